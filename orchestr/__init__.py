@@ -1,0 +1,54 @@
+"""orchestr: async-first workflow orchestration with guaranteed cleanup.
+
+The public API is re-exported here; everything else is private (modules starting with
+``_``) or reached through its public module (``orchestr.states``, ``orchestr.exceptions``,
+``orchestr.runners``, ``orchestr.testing``).
+"""
+
+from .annotations import allow_failure as allow_failure
+from .annotations import unmapped as unmapped
+from .exceptions import OrchestrError as OrchestrError
+from .flows import Flow as Flow
+from .flows import flow as flow
+from .futures import FutureList as FutureList
+from .futures import TaskFuture as TaskFuture
+from .futures import as_completed as as_completed
+from .futures import wait as wait
+from .logging import get_run_logger as get_run_logger
+from .records import FlowRunRecord as FlowRunRecord
+from .records import RunEvent as RunEvent
+from .records import TaskRunRecord as TaskRunRecord
+from .runners import TaskRunner as TaskRunner
+from .runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
+from .settings import get_settings as get_settings
+from .settings import override_settings as override_settings
+from .states import State as State
+from .states import StateType as StateType
+from .tasks import Task as Task
+from .tasks import task as task
+
+__all__ = [
+    "Flow",
+    "FlowRunRecord",
+    "FutureList",
+    "OrchestrError",
+    "RunEvent",
+    "State",
+    "StateType",
+    "Task",
+    "TaskFuture",
+    "TaskRunRecord",
+    "TaskRunner",
+    "ThreadPoolTaskRunner",
+    "allow_failure",
+    "as_completed",
+    "flow",
+    "get_run_logger",
+    "get_settings",
+    "override_settings",
+    "task",
+    "unmapped",
+    "wait",
+]
+
+__version__ = "0.1.0"

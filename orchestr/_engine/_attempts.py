@@ -1,0 +1,248 @@
+"""The attempt loop: one task run, from its first attempt to its final state.
+
+Written once, as async code that awaits only its driver (see ``_drivers.py``), and used
+for every task run: async or sync, inline or submitted, on the loop or in a thread.
+Retries never retry cancellation, and a crash (a ``BaseException`` that is not
+cancellation) is never retried either.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from contextvars import Token
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
+
+from ..exceptions import RunCancelled, RunTimedOut
+from ..logging import enable_print_capture, log_prints_var, task_run_logger
+from ..records import TaskRunRecord
+from ..states import State, StateType
+from ._context import TaskRunContext, retry_delay_override_var, task_run_var
+from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver
+from ._outcomes import cancelled_state, crashed_state, describe, record_final_state
+
+if TYPE_CHECKING:
+    from ..futures import TaskFuture
+    from ..tasks import Task
+    from ._flowrun import FlowRun
+
+__all__ = ["RetryOptions", "retry_delay", "run_attempts"]
+
+_log = logging.getLogger("orchestr.task_runs")
+
+
+class RetryOptions(Protocol):
+    """The retry settings shared by tasks and flows."""
+
+    retry_delay_seconds: float | Sequence[float] | Callable[[int], float]
+    retry_jitter_factor: float | None
+
+
+async def run_attempts(
+    run: FlowRun | None,
+    task: Task[Any, Any],
+    record: TaskRunRecord,
+    future: TaskFuture[Any] | None,
+    args: Any,
+    kwargs: Any,
+    driver: AsyncDriver | BlockingDriver,
+) -> State[Any]:
+    """Run a task run to its final state, record it, and complete its future."""
+    token = task_run_var.set(TaskRunContext(task, record, future, run))
+    prints = _route_prints(task, record)
+    try:
+        try:
+            state = await _attempts(task, record, args, kwargs, driver)
+        except BaseException as exc:
+            # Cancellation, or an interrupt that keeps propagating to the caller.
+            _finish(run, record, future, _interrupted_state(record, exc, driver))
+            raise
+        for hook in _hooks_for(task, state):
+            await _run_hook(hook, task, record, state, driver)
+        _log_final(record, state)
+        _finish(run, record, future, state)
+        return state
+    finally:
+        if prints is not None:
+            log_prints_var.reset(prints)
+        task_run_var.reset(token)
+
+
+async def _attempts(
+    task: Task[Any, Any],
+    record: TaskRunRecord,
+    args: Any,
+    kwargs: Any,
+    driver: AsyncDriver | BlockingDriver,
+) -> State[Any]:
+    record.started = time.time()
+    propagate = driver.propagate
+    attempt = 0
+    while True:
+        attempt += 1
+        record.attempts = attempt
+        record.state_type = StateType.RUNNING
+        record.state_name = "Running"
+        try:
+            value = await driver.call(task, args, kwargs)
+        except propagate:
+            raise
+        except AttemptTimedOut as timed_out:
+            failed = _timed_out_state(record, timed_out)
+        except RunCancelled:
+            return cancelled_state(record, "its flow run was cancelled")
+        except Exception as exc:
+            failed = State(StateType.FAILED, error=exc, record=record)
+        except BaseException as exc:
+            return crashed_state(record, exc)
+        else:
+            return State(StateType.COMPLETED, data=value, record=record)
+        if attempt > task.retries or not await _should_retry(task, record, failed, driver):
+            return failed
+        delay = retry_delay(task, attempt)
+        record.state_type = StateType.RETRYING
+        record.state_name = "Retrying"
+        task_run_logger(record).warning(
+            "Attempt %d failed with %s; retry %d/%d in %.3g s",
+            attempt,
+            describe(failed.exception),
+            attempt,
+            task.retries,
+            delay,
+        )
+        await driver.sleep(delay)
+
+
+def _finish(
+    run: FlowRun | None,
+    record: TaskRunRecord,
+    future: TaskFuture[Any] | None,
+    state: State[Any],
+) -> None:
+    if future is not None:
+        assert run is not None
+        run.finish(future, state)
+    else:
+        record_final_state(record, state)
+
+
+# -- states the attempt loop ends in ----------------------------------------------------------
+def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State[Any]:
+    message = f"task run {record.name!r} exceeded its timeout of {timed_out.seconds} s"
+    if timed_out.abandoned:
+        message += "; its thread cannot be interrupted and was abandoned (still running)"
+        task_run_logger(record).warning("%s", message)
+    return State(
+        StateType.FAILED, name="TimedOut", error=RunTimedOut(message), record=record
+    )
+
+
+def _interrupted_state(
+    record: TaskRunRecord, exc: BaseException, driver: AsyncDriver | BlockingDriver
+) -> State[Any]:
+    if isinstance(exc, RunCancelled) or (
+        isinstance(driver, AsyncDriver) and isinstance(exc, driver.propagate[0])
+    ):
+        return cancelled_state(record, "its caller was cancelled")
+    return crashed_state(record, exc)
+
+
+# -- retry policy -----------------------------------------------------------------------------
+def retry_delay(options: RetryOptions, attempt: int) -> float:
+    """Seconds to wait before retry number ``attempt`` (1-based).
+
+    ``retry_delay_seconds`` is a number, a list (entry ``attempt - 1``, the last one
+    repeating), or a callable of the attempt. ``retry_jitter_factor`` f spreads the delay
+    uniformly over ``[d * (1 - f), d * (1 + f)]`` so that many runs retrying together do
+    not hit a service at the same instant.
+    """
+    override = retry_delay_override_var.get()
+    if override is not None:
+        return override
+    spec = options.retry_delay_seconds
+    if callable(spec):
+        delay = float(spec(attempt))
+    elif isinstance(spec, (list, tuple)):
+        delay = float(spec[min(attempt, len(spec)) - 1]) if spec else 0.0
+    else:
+        delay = float(spec or 0)
+    jitter = options.retry_jitter_factor
+    if jitter:
+        delay *= 1 + random.uniform(-jitter, jitter)
+    return max(0.0, delay)
+
+
+async def _should_retry(
+    task: Task[Any, Any],
+    record: TaskRunRecord,
+    state: State[Any],
+    driver: AsyncDriver | BlockingDriver,
+) -> bool:
+    condition = task.retry_condition_fn
+    if condition is None:
+        return True
+    try:
+        verdict = condition(task, record, state)
+        if hasattr(verdict, "__await__"):
+            verdict = await verdict
+    except Exception:
+        task_run_logger(record).exception("retry_condition_fn raised; not retrying")
+        return False
+    return bool(verdict)
+
+
+def _hooks_for(task: Task[Any, Any], state: State[Any]) -> Sequence[Any]:
+    if state.type is StateType.COMPLETED:
+        return task.on_completion
+    if state.type is StateType.FAILED or state.type is StateType.CRASHED:
+        return task.on_failure
+    return ()
+
+
+async def _run_hook(
+    hook: Any,
+    task: Task[Any, Any],
+    record: TaskRunRecord,
+    state: State[Any],
+    driver: AsyncDriver | BlockingDriver,
+) -> None:
+    try:
+        await driver.call_hook(hook, task, record, state)
+    except Exception:
+        task_run_logger(record).exception(
+            "Hook %r raised; the run's state stays %s",
+            getattr(hook, "__name__", hook),
+            state.name,
+        )
+
+
+def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
+    kind = state.type
+    if kind is StateType.COMPLETED:
+        if _log.isEnabledFor(logging.DEBUG):
+            task_run_logger(record).debug("Finished in state %r", state)
+    elif kind is StateType.FAILED or kind is StateType.CRASHED:
+        error = state.exception
+        task_run_logger(record).error(
+            "Finished in state %r",
+            state,
+            exc_info=(type(error), error, error.__traceback__) if error else None,
+        )
+    else:
+        task_run_logger(record).info("Finished in state %r", state)
+
+
+def _route_prints(task: Task[Any, Any], record: TaskRunRecord) -> Token[Any] | None:
+    """Point print() at this task run's logger when log_prints is on for it (set on
+    the task, or inherited from its flow)."""
+    wanted = task.log_prints
+    if wanted is None:
+        if log_prints_var.get() is None:
+            return None
+        return log_prints_var.set(task_run_logger(record))
+    if wanted:
+        enable_print_capture()
+        return log_prints_var.set(task_run_logger(record))
+    return log_prints_var.set(None) if log_prints_var.get() is not None else None

@@ -1,0 +1,61 @@
+"""The context variables that tie code to the run it belongs to.
+
+Context variables (not thread-locals) because they follow the code: into tasks spawned on
+the loop, and (copied at submit time) into worker threads.
+"""
+
+from __future__ import annotations
+
+from contextvars import ContextVar
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..futures import TaskFuture
+    from ..records import TaskRunRecord
+    from ..tasks import Task
+    from ._flowrun import FlowRun
+
+__all__ = [
+    "FutureScope",
+    "TaskRunContext",
+    "flow_run_var",
+    "retry_delay_override_var",
+    "scope_var",
+    "task_run_var",
+]
+
+
+class FutureScope(Protocol):
+    """Something that wants to know about every future submitted inside it (a resource
+    block waits for them before cleaning up)."""
+
+    def register(self, future: TaskFuture[Any]) -> None: ...
+
+
+class TaskRunContext:
+    """What code running inside a task run can find out about it."""
+
+    __slots__ = ("task", "record", "future", "flow_run")
+
+    def __init__(
+        self,
+        task: Task[Any, Any],
+        record: TaskRunRecord,
+        future: TaskFuture[Any] | None,
+        flow_run: FlowRun | None,
+    ) -> None:
+        self.task = task
+        self.record = record
+        self.future = future
+        self.flow_run = flow_run
+
+
+flow_run_var: ContextVar[FlowRun | None] = ContextVar("orchestr.flow_run", default=None)
+task_run_var: ContextVar[TaskRunContext | None] = ContextVar(
+    "orchestr.task_run", default=None
+)
+scope_var: ContextVar[FutureScope | None] = ContextVar("orchestr.scope", default=None)
+# Set by orchestr.testing.fast_retries(): replaces every retry delay.
+retry_delay_override_var: ContextVar[float | None] = ContextVar(
+    "orchestr.retry_delay_override", default=None
+)

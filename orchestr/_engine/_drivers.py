@@ -1,0 +1,200 @@
+"""Drivers: how the one attempt loop waits, sleeps and calls user code.
+
+The attempt loop (``_attempts.py``) is an ``async def`` that awaits nothing but its
+driver. :class:`AsyncDriver` runs it on the event loop. :class:`BlockingDriver` runs it in
+the current thread: every one of its awaits completes without suspending, so
+:func:`drive` finishes the coroutine with a single ``send(None)``. That is how sync task
+runs (called inline, or executed in a worker thread) share the async code path instead of
+keeping a sync twin of it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from contextvars import copy_context
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import anyio
+
+from ..exceptions import RunCancelled
+from ..runners import CallHandle
+
+if TYPE_CHECKING:
+    from ..tasks import Task
+    from ._flowrun import FlowRun
+
+__all__ = ["AsyncDriver", "AttemptTimedOut", "BlockingDriver", "drive", "wait_handle"]
+
+T = TypeVar("T")
+
+
+class AttemptTimedOut(Exception):
+    """Internal: an attempt ran past ``timeout_seconds``."""
+
+    def __init__(self, seconds: float, abandoned: bool) -> None:
+        super().__init__(seconds)
+        self.seconds = seconds
+        self.abandoned = abandoned
+
+
+def drive(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine whose awaits never suspend (a BlockingDriver's) to completion."""
+    try:
+        coro.send(None)
+    except StopIteration as stop:
+        return stop.value  # type: ignore[no-any-return]
+    coro.close()
+    raise RuntimeError("orchestr bug: a blocking-driver coroutine suspended")
+
+
+async def wait_handle(handle: CallHandle[T], run: FlowRun) -> T:
+    """Await a runner's call handle on the loop; if cancelled, cancel the call too."""
+    if not handle.done():
+        event = anyio.Event()
+        loop = run.loop
+        handle.add_done_callback(lambda _: loop.call(event.set))
+        try:
+            await event.wait()
+        except BaseException:
+            run.runner.cancel(handle)
+            raise
+    return handle.result()
+
+
+class AsyncDriver:
+    """Runs an attempt loop on the event loop.
+
+    Async functions are awaited in place; sync functions go to the flow run's task
+    runner. ``inline`` is True for ``await task(x)``: interrupts then keep propagating to
+    the caller, as they would from a plain function.
+    """
+
+    __slots__ = ("run", "propagate")
+
+    def __init__(self, run: FlowRun | None, inline: bool) -> None:
+        self.run = run
+        cancelled = anyio.get_cancelled_exc_class()
+        self.propagate: tuple[type[BaseException], ...] = (
+            (cancelled, KeyboardInterrupt, SystemExit) if inline else (cancelled,)
+        )
+
+    async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
+        timeout = task.timeout_seconds
+        if task.is_async:
+            if timeout is None:
+                return await task.fn(*args, **kwargs)
+            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
+                return await task.fn(*args, **kwargs)
+            raise AttemptTimedOut(timeout, abandoned=False)
+        run = self.run
+        assert run is not None, "sync calls reach the async driver only inside flow runs"
+        runner = run.runner
+        if runner.local:
+            handle = runner.submit(copy_context().run, task.fn, *args, **kwargs)
+        else:
+            handle = runner.submit(task.fn, *args, **kwargs)
+        deadline = anyio.current_time() + (timeout if timeout is not None else float("inf"))
+        with anyio.CancelScope(deadline=deadline):
+            return await wait_handle(handle, run)
+        raise AttemptTimedOut(timeout, abandoned=not handle.done())  # type: ignore[arg-type]
+
+    async def sleep(self, seconds: float) -> None:
+        await anyio.sleep(seconds)
+
+    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        outcome = hook(*args)
+        if inspect.isawaitable(outcome):
+            await outcome
+
+
+class BlockingDriver:
+    """Runs an attempt loop in the current thread, blocking it.
+
+    ``inline`` is True for ``task(x)`` called from sync code: interrupts and run
+    cancellation keep propagating to the caller. In a worker thread (``inline=False``)
+    they only end the task run.
+    """
+
+    __slots__ = ("run", "propagate")
+
+    def __init__(self, run: FlowRun | None, inline: bool) -> None:
+        self.run = run
+        self.propagate: tuple[type[BaseException], ...] = (
+            (KeyboardInterrupt, SystemExit, RunCancelled) if inline else ()
+        )
+
+    async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
+        timeout = task.timeout_seconds
+        if timeout is None:
+            return task.fn(*args, **kwargs)
+        return _call_with_deadline(task, args, kwargs, timeout)
+
+    async def sleep(self, seconds: float) -> None:
+        run = self.run
+        if run is None:
+            time.sleep(seconds)
+            return
+        wakeup = threading.Event()
+        with run.thread_waiter(wakeup):
+            wakeup.wait(seconds)
+        if run.cancel_requested:
+            raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
+
+    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> None:
+        outcome = hook(*args)
+        if inspect.isawaitable(outcome):
+            # An async hook on a sync run: give it a loop of its own, in a fresh thread
+            # (this thread may already be running one).
+            _in_new_thread(lambda: anyio.run(_awaiter, outcome))
+
+
+async def _awaiter(awaitable: Any) -> Any:
+    return await awaitable
+
+
+def _in_new_thread(fn: Callable[[], object]) -> None:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            fn()
+        except BaseException as exc:  # reported in the calling thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=copy_context().run, args=(target,), daemon=True)
+    thread.start()
+    thread.join()
+    if errors:
+        raise errors[0]
+
+
+def _call_with_deadline(task: Task[Any, Any], args: Any, kwargs: Any, timeout: float) -> Any:
+    """Call a sync function in a helper thread, so that the caller can stop waiting
+    (and abandon the thread) when the deadline passes."""
+    outcome: list[tuple[bool, Any]] = []
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, task.fn(*args, **kwargs)))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            finished.set()
+
+    thread = threading.Thread(
+        target=copy_context().run,
+        args=(target,),
+        name=f"orchestr-deadline-{task.name}",
+        daemon=True,
+    )
+    thread.start()
+    if not finished.wait(timeout):
+        raise AttemptTimedOut(timeout, abandoned=True)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value

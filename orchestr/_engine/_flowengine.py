@@ -1,0 +1,362 @@
+"""A flow run from call to final state.
+
+Parameters are validated before anything else; each attempt starts the task runner,
+runs the body inside the run's cancel scope and task group, then waits for every task
+run it submitted (the exit barrier); the final state follows rule 7; hooks run; the
+runner shuts down. :func:`run_flow_async` is the entry for async flows (on the caller's
+loop), :func:`run_flow_sync` for sync flows (body in the calling thread, engine on a loop
+of its own in a helper thread).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from contextlib import nullcontext
+from contextvars import copy_context
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.from_thread
+
+from ..exceptions import (
+    CrashedError,
+    FailedRunsGroup,
+    ParameterValidationError,
+    RunCancelled,
+    RunTimedOut,
+    TaskRunCancelledError,
+)
+from ..futures import TaskFuture, _observe
+from ..logging import (
+    configure_logging,
+    enable_print_capture,
+    flow_run_logger,
+    log_prints_var,
+)
+from ..settings import get_settings
+from ..states import State, StateType
+from ._attempts import retry_delay
+from ._caller import CallerThread
+from ._context import flow_run_var
+from ._deps import collect_returned, resolve_returned
+from ._flowrun import FlowRun
+from ._outcomes import describe, record_final_state
+from ._signals import interrupt_for, signal_guard
+from ._taskcalls import execute_job
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from ..flows import Flow
+
+    Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
+
+__all__ = ["run_flow_async", "run_flow_sync"]
+
+_UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
+
+
+# -- entry points ----------------------------------------------------------------------------
+async def run_flow_async(
+    flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+) -> Any:
+    run = FlowRun(flow, flow_run_var.get(), execute_job)
+    run.bind_loop()
+    settings = get_settings()
+
+    async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await flow.fn(*args, **kwargs)
+
+    token = flow_run_var.set(run)
+    prints = _route_prints(run)
+    try:
+        top_level = run.parent is None
+        with signal_guard(run, None, top_level and settings.handle_signals):
+            state = await _run(run, args, kwargs, body)
+    finally:
+        if prints is not None:
+            log_prints_var.reset(prints)
+        flow_run_var.reset(token)
+    return _deliver(run, state, return_state)
+
+
+def run_flow_sync(
+    flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+) -> Any:
+    settings = get_settings()
+    run = FlowRun(flow, flow_run_var.get(), execute_job)
+    caller = CallerThread(run)
+    context = copy_context()
+    context.run(flow_run_var.set, run)
+    context.run(_route_prints, run)
+
+    async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return await caller.run(context.run, flow.fn, *args, **kwargs)
+
+    async def on_loop() -> State[Any]:
+        run.bind_loop()
+        flow_run_var.set(run)
+        return await _run(run, args, kwargs, body)
+
+    interrupt: BaseException | None = None
+    guard = signal_guard(run, caller, run.parent is None and settings.handle_signals)
+    with guard, anyio.from_thread.start_blocking_portal(
+        settings.backend, name=f"orchestr-{run.record.name}"
+    ) as portal:
+        done = portal.start_task_soon(on_loop)
+        done.add_done_callback(lambda _: caller.close())
+        while True:
+            try:
+                caller.serve()
+                break
+            except BaseException as exc:  # an interrupt while the engine was working
+                interrupt = interrupt or exc
+                portal.call(run.request_cancel)
+        state = done.result()
+    if interrupt is not None and run.signal is None:
+        raise interrupt
+    return _deliver(run, state, return_state)
+
+
+def _route_prints(run: FlowRun) -> Any:
+    if not run.flow.log_prints:
+        return None
+    enable_print_capture()
+    return log_prints_var.set(flow_run_logger(run.record))
+
+
+def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
+    if run.signal is not None:
+        raise interrupt_for(run.signal)
+    if state.type is StateType.CRASHED and isinstance(state.exception, CrashedError):
+        cause = state.exception.__cause__
+        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
+            raise cause  # an interrupt raised by the body keeps propagating
+    return state if return_state else state.result()
+
+
+# -- the run ---------------------------------------------------------------------------------
+async def _run(
+    run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
+) -> State[Any]:
+    settings = get_settings()
+    configure_logging(settings.logging_level, settings.setup_logging)
+    record = run.record
+    record.started = time.time()
+    cancelled = anyio.get_cancelled_exc_class()
+    try:
+        try:
+            args, kwargs = run.flow.parameters(args, kwargs)
+        except ParameterValidationError as exc:
+            state: State[Any] = State(StateType.FAILED, error=exc, record=record)
+        else:
+            state = await _attempts(run, args, kwargs, body)
+    except cancelled:
+        with anyio.CancelScope(shield=True):
+            error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled by its caller")
+            await _end(run, State(StateType.CANCELLED, message="cancelled by its caller", error=error, record=record))
+        raise
+    await _end(run, state)
+    return state
+
+
+async def _attempts(
+    run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
+) -> State[Any]:
+    flow = run.flow
+    record = run.record
+    attempt = 0
+    while True:
+        attempt += 1
+        record.attempts = attempt
+        record.state_type = StateType.RUNNING
+        record.state_name = "Running"
+        state = await _attempt(run, args, kwargs, body)
+        if (
+            state.type is not StateType.FAILED
+            or attempt > flow.retries
+            or run.cancel_requested
+            or not await _should_retry(run, state)
+        ):
+            return state
+        delay = retry_delay(flow, attempt)
+        flow_run_logger(record).warning(
+            "Attempt %d failed with %s; retry %d/%d in %.3g s",
+            attempt,
+            describe(state.exception),
+            attempt,
+            flow.retries,
+            delay,
+        )
+        await anyio.sleep(delay)
+
+
+async def _attempt(
+    run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
+) -> State[Any]:
+    first_task_run = len(run.record.task_runs)
+    runner = run.flow.task_runner.duplicate()
+    run.runner = runner
+    cancelled = anyio.get_cancelled_exc_class()
+    timeout = run.flow.timeout_seconds
+    deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    value: Any = None
+    body_error: BaseException | None = None
+    await runner.start()
+    try:
+        with anyio.CancelScope(deadline=deadline) as scope:
+            run.scope = scope
+            if run.cancel_requested:  # a signal arrived before the body could start
+                scope.cancel()
+            async with anyio.create_task_group() as task_group:
+                run.task_group = task_group
+                task_group.start_soon(run.dispatch)
+                try:
+                    value = await body(args, kwargs)
+                except cancelled:
+                    raise
+                except BaseException as exc:
+                    body_error = exc
+                    if not isinstance(exc, Exception):
+                        scope.cancel()  # an interrupt: stop everything, wait for nothing
+                await run.barrier()
+                run.stop_dispatch()
+    except cancelled:
+        # Cancelled from outside the run: finish every task run, then let it propagate.
+        with anyio.CancelScope(shield=True):
+            await _wind_down(run, cancel=True)
+        raise
+    finally:
+        run.task_group = None
+        run.scope = None
+    with anyio.CancelScope(shield=True):
+        await _wind_down(run, cancel=scope.cancel_called)
+    return _final_state(run, value, body_error, scope.cancelled_caught, first_task_run)
+
+
+async def _wind_down(run: FlowRun, cancel: bool) -> None:
+    if cancel:
+        await run.cancel_outstanding(get_settings().cancel_grace_seconds)
+    await run.runner.shutdown()
+
+
+def _final_state(
+    run: FlowRun,
+    value: Any,
+    body_error: BaseException | None,
+    cancelled_caught: bool,
+    first_task_run: int,
+) -> State[Any]:
+    """Rule 7, in order: interrupts, timeouts, body errors, returned futures and
+    states, unobserved task failures, success."""
+    record = run.record
+    if run.signal is not None:
+        name = signal.Signals(run.signal).name
+        error = CrashedError(f"flow run {record.name!r} was interrupted by {name}")
+        return State(StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record)
+    if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
+        error = CrashedError(f"flow run {record.name!r} crashed: {describe(body_error)}")
+        error.__cause__ = body_error
+        return State(StateType.CRASHED, message=describe(body_error), error=error, record=record)
+    if cancelled_caught:
+        message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
+        return State(
+            StateType.FAILED, name="TimedOut", message=message, error=RunTimedOut(message), record=record
+        )
+    if isinstance(body_error, RunCancelled):
+        error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
+        return State(StateType.CANCELLED, message="cancelled", error=error, record=record)
+    if body_error is not None:
+        return State(StateType.FAILED, message=describe(body_error), error=body_error, record=record)
+    returned = collect_returned(value)
+    if returned:
+        return _aggregate(run, value, returned)
+    unobserved = [
+        tr.error
+        for tr in record.task_runs[first_task_run:]
+        if tr.state_type in _UNOBSERVED and not tr.observed and tr.error is not None
+    ]
+    if unobserved:
+        message = (
+            f"{len(unobserved)} task run(s) did not complete and no code observed it "
+            "(await the future, read its state, or pass it through allow_failure)"
+        )
+        group = FailedRunsGroup(message, unobserved)  # type: ignore[arg-type]
+        return State(StateType.FAILED, message=message, error=group, record=record)
+    return State(StateType.COMPLETED, data=value, record=record)
+
+
+def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
+    """The final state of a run that returned futures or states (rule 7)."""
+    record = run.record
+    states: list[State[Any]] = []
+    for item in returned:
+        if isinstance(item, TaskFuture):
+            _observe(item._record)
+            states.append(item._state or item._record.state)
+        else:
+            states.append(item)
+    if len(returned) == 1 and returned[0] is value:
+        # A single future or state returned: it *is* the flow's outcome.
+        only = states[0]
+        if only.is_completed():
+            return State(StateType.COMPLETED, message=only.message, data=only._data, record=record)
+        return State(only.type, name=only.name, message=only.message, error=only.exception, record=record)
+    bad = [s for s in states if not s.is_completed()]
+    if not bad:
+        return State(StateType.COMPLETED, data=resolve_returned(value), record=record)
+    failed = [s for s in bad if s.type is not StateType.CANCELLED]
+    kind, verb = (StateType.FAILED, "failed") if failed else (StateType.CANCELLED, "cancelled")
+    message = f"{len(failed or bad)}/{len(states)} states {verb}"
+    errors = [s.exception or RuntimeError(repr(s)) for s in bad]
+    group = FailedRunsGroup(message, errors)  # type: ignore[arg-type]
+    return State(kind, message=message, error=group, record=record)
+
+
+async def _should_retry(run: FlowRun, state: State[Any]) -> bool:
+    condition = run.flow.retry_condition_fn
+    if condition is None:
+        return True
+    try:
+        verdict = condition(run.flow, run.record, state)
+        if hasattr(verdict, "__await__"):
+            verdict = await verdict
+    except Exception:
+        flow_run_logger(run.record).exception("retry_condition_fn raised; not retrying")
+        return False
+    return bool(verdict)
+
+
+async def _end(run: FlowRun, state: State[Any]) -> None:
+    """Record the final state, run the hooks, log; the run takes no more submissions."""
+    record = run.record
+    run.closed = True
+    record_final_state(record, state)
+    flow = run.flow
+    hooks = {
+        StateType.COMPLETED: flow.on_completion,
+        StateType.FAILED: flow.on_failure,
+        StateType.CANCELLED: flow.on_cancellation,
+        StateType.CRASHED: flow.on_crashed,
+    }.get(state.type, ())
+    logger = flow_run_logger(record)
+    for hook in hooks:
+        try:
+            outcome = hook(flow, record, state)
+            if hasattr(outcome, "__await__"):
+                await outcome
+        except Exception:
+            logger.exception("Hook %r raised; the run's state stays %s", getattr(hook, "__name__", hook), state.name)
+    if state.type is StateType.COMPLETED:
+        logger.info("Finished in state %r", state)
+    else:
+        error = state.exception
+        logger.log(
+            logging.ERROR if state.type in (StateType.FAILED, StateType.CRASHED) else logging.WARNING,
+            "Finished in state %r",
+            state,
+            exc_info=(type(error), error, error.__traceback__) if error else None,
+        )

@@ -1,0 +1,49 @@
+"""How runs end: the final states the engine builds, and the one function that writes a
+final state into a run record."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
+from ..records import RunRecord, TaskRunRecord
+from ..states import State, StateType
+
+__all__ = [
+    "cancelled_state",
+    "crashed_state",
+    "describe",
+    "not_run_state",
+    "record_final_state",
+]
+
+
+def record_final_state(record: RunRecord, state: State[Any]) -> None:
+    """Write a final state into a record (never its result: records keep no results)."""
+    record.state_type = state.type
+    record.state_name = state.name
+    record.message = state.message
+    record.error = state.exception
+    record.ended = state.timestamp
+
+
+def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:
+    error = TaskRunCancelledError(f"task run {record.name!r} was cancelled: {why}", record)
+    return State(StateType.CANCELLED, message=why, error=error, record=record)
+
+
+def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:
+    error = CrashedError(f"task run {record.name!r} crashed: {describe(exc)}", record)
+    error.__cause__ = exc
+    return State(StateType.CRASHED, message=describe(exc), error=error, record=record)
+
+
+def not_run_state(record: TaskRunRecord, error: UpstreamNotCompletedError) -> State[Any]:
+    return State(StateType.NOT_RUN, message=str(error), error=error, record=record)
+
+
+def describe(error: BaseException | None) -> str:
+    if error is None:
+        return "nothing"
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,102 @@
+"""Flow parameter validation (rule 9): bind the call to the signature, then validate and
+coerce the explicitly passed arguments against the type hints with pydantic, before the
+body or any resource runs.
+
+Defaults are not validated (``x: int = None`` stays legal). Parameters without hints are
+passed through. The pydantic adapter is built on the first call, not at decoration, so
+``import orchestr`` and ``@flow`` never import pydantic.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import typing
+from collections.abc import Callable
+from typing import Any
+
+from ..exceptions import ParameterValidationError
+
+__all__ = ["ParameterValidator"]
+
+
+class ParameterValidator:
+    """Validates the parameters of calls to one flow function."""
+
+    __slots__ = ("_fn", "_flow_name", "_signature", "_validate", "_annotated", "enabled")
+
+    def __init__(self, fn: Callable[..., Any], flow_name: str, enabled: bool) -> None:
+        self._fn = fn
+        self._flow_name = flow_name
+        self._signature = inspect.signature(fn)
+        self._annotated = any(
+            p.annotation is not inspect.Parameter.empty
+            for p in self._signature.parameters.values()
+        )
+        self._validate: Callable[[Any], dict[str, Any]] | None = None
+        self.enabled = enabled
+
+    def __call__(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ParameterValidationError(
+                f"flow {self._flow_name!r} was called with arguments that do not fit "
+                f"its signature {self._flow_name}{self._signature}: {exc}"
+            ) from exc
+        if not (self.enabled and self._annotated and bound.arguments):
+            return args, kwargs
+        validate = self._validate or self._build()
+        try:
+            validated = validate(bound.arguments)
+        except ValueError as exc:  # pydantic.ValidationError is a ValueError
+            raise ParameterValidationError(
+                f"parameters of flow {self._flow_name!r} are not valid "
+                f"(pass validate_parameters=False to skip validation):\n{exc}"
+            ) from exc
+        bound.arguments.update(validated)
+        return bound.args, bound.kwargs
+
+    def _build(self) -> Callable[[Any], dict[str, Any]]:
+        # Deferred: pydantic costs a tenth of a second to import.
+        from pydantic import ConfigDict, TypeAdapter
+        from typing_extensions import TypedDict
+
+        hints = _type_hints(self._fn, self._signature)
+        fields: dict[str, Any] = {}
+        for name, parameter in self._signature.parameters.items():
+            hint = hints.get(name, Any)
+            if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
+                hint = tuple[hint, ...]  # type: ignore[valid-type]
+            elif parameter.kind is inspect.Parameter.VAR_KEYWORD:
+                hint = dict[str, hint]  # type: ignore[valid-type]
+            fields[name] = hint
+        model_name = re.sub(r"\W", "_", f"{self._flow_name}_parameters")
+        parameters = TypedDict(model_name, fields, total=False)  # type: ignore[operator]
+        parameters.__pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)  # type: ignore[attr-defined]
+        self._validate = TypeAdapter(parameters).validate_python
+        return self._validate
+
+
+def _type_hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:
+    """Resolved hints; a hint that cannot be resolved (a name only imported for type
+    checking, say) is treated as ``Any`` rather than failing every call."""
+    try:
+        return typing.get_type_hints(fn, include_extras=True)
+    except Exception:
+        pass
+    namespace = getattr(fn, "__globals__", {})
+    hints: dict[str, Any] = {}
+    for name, parameter in signature.parameters.items():
+        annotation = parameter.annotation
+        if annotation is inspect.Parameter.empty:
+            continue
+        if isinstance(annotation, str):
+            try:
+                annotation = eval(annotation, namespace)  # noqa: S307 - the user's own hint
+            except Exception:
+                annotation = Any
+        hints[name] = annotation
+    return hints

@@ -1,0 +1,67 @@
+"""SIGINT and SIGTERM during a flow run: cancel, clean up, then exit non-zero.
+
+The outermost flow run in the main thread installs handlers for its duration (and puts
+the previous ones back after). The first signal cancels the run: in an async flow through
+a thread-safe call onto the loop (never raising inside loop code); in a sync flow whose
+body is running, by raising ``KeyboardInterrupt`` / ``Terminated`` in the body, as Python
+itself would. Later signals are logged and ignored: cleanup is already under way, and
+bounded by cleanup timeouts. When the run has ended, the flow call raises the signal's
+exception, so the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+from typing import TYPE_CHECKING
+
+from ..exceptions import Terminated
+
+if TYPE_CHECKING:
+    from ._caller import CallerThread
+    from ._flowrun import FlowRun
+
+__all__ = ["interrupt_for", "signal_guard"]
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_log = logging.getLogger("orchestr.flow_runs")
+
+
+@contextmanager
+def signal_guard(run: FlowRun, caller: CallerThread | None, enabled: bool) -> Iterator[None]:
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if run.signal is not None:
+            _log.warning(
+                "Received %s again; flow run %r is already cleaning up",
+                signal.Signals(signum).name,
+                run.record.name,
+            )
+            return
+        run.signal = signum
+        if caller is not None and caller.in_body:
+            raise interrupt_for(signum)
+        run.cancel_requested = True
+        if run.loop is not None:
+            run.loop.call_soon(run.request_cancel)
+
+    previous = [(sig, signal.signal(sig, handler)) for sig in _SIGNALS]
+    try:
+        yield
+    finally:
+        for sig, handler_before in previous:
+            signal.signal(sig, handler_before)
+
+
+def interrupt_for(signum: int) -> BaseException:
+    """The exception a flow call raises after a signal interrupted its run."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(f"terminated by {signal.Signals(signum).name}")

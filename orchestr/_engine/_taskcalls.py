@@ -1,0 +1,295 @@
+"""Calling, submitting and mapping tasks: the engine side of ``Task``.
+
+- Inline calls (``await async_task(x)``, ``sync_task(x)``) run the attempt loop in the
+  caller, on the async or the blocking driver.
+- ``submit`` creates the run's record and future at once and never blocks. A sync task
+  with nothing to wait for goes straight to an in-process runner's thread (the fast path);
+  everything else goes through the flow run's pending queue to :func:`execute_job` on
+  the loop.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from contextvars import copy_context
+from typing import TYPE_CHECKING, Any
+
+import anyio
+
+from ..annotations import unmapped
+from ..exceptions import CyclicDependencyError, MappingError, NotInFlowRunError
+from ..futures import FutureList, TaskFuture, _observe
+from ..records import TaskRunRecord
+from ..states import State, StateType
+from ._attempts import run_attempts
+from ._context import flow_run_var, scope_var, task_run_var
+from ._deps import (
+    Upstream,
+    find_upstreams,
+    not_completed_upstream,
+    resolve_arguments,
+    wait_for_list,
+)
+from ._drivers import AsyncDriver, BlockingDriver, drive
+from ._flowrun import FlowRun, Job
+from ._outcomes import cancelled_state, crashed_state, not_run_state, record_final_state
+
+if TYPE_CHECKING:
+    from ..tasks import Task
+
+__all__ = [
+    "call_task_async",
+    "call_task_blocking",
+    "execute_job",
+    "map_task",
+    "submit_task",
+]
+
+
+# -- inline calls ---------------------------------------------------------------------------
+async def call_task_async(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    wait_for: Any,
+) -> Any:
+    run = flow_run_var.get()
+    record = _new_record(task, run)
+    upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
+    for future, _ in upstreams:
+        await future._wait_async()
+    state = _blocked_state(record, upstreams)
+    if state is None:
+        if upstreams:
+            args, kwargs = resolve_arguments(args, kwargs, upstreams)
+        state = await run_attempts(run, task, record, None, args, kwargs, AsyncDriver(run, True))
+    return _deliver(record, state, return_state)
+
+
+def call_task_blocking(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    wait_for: Any,
+) -> Any:
+    run = flow_run_var.get()
+    record = _new_record(task, run)
+    upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
+    for future, _ in upstreams:
+        future.wait_blocking()
+    state = _blocked_state(record, upstreams)
+    if state is None:
+        if upstreams:
+            args, kwargs = resolve_arguments(args, kwargs, upstreams)
+        driver = BlockingDriver(run, inline=True)
+        state = drive(run_attempts(run, task, record, None, args, kwargs, driver))
+    return _deliver(record, state, return_state)
+
+
+def _new_record(task: Task[Any, Any], run: FlowRun | None) -> TaskRunRecord:
+    if run is not None:
+        return run.new_task_record(task.name)
+    return TaskRunRecord(task.name, next(task._standalone_runs))
+
+
+def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[Any] | None:
+    error = not_completed_upstream(record, upstreams) if upstreams else None
+    if error is None:
+        return None
+    state = not_run_state(record, error)
+    record_final_state(record, state)
+    return state
+
+
+def _deliver(record: TaskRunRecord, state: State[Any], return_state: bool) -> Any:
+    # The caller gets the state, or the result, or the exception: it has seen it.
+    _observe(record)
+    return state if return_state else state.result()
+
+
+# -- submitting -----------------------------------------------------------------------------
+def submit_task(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
+) -> TaskFuture[Any]:
+    run = _current_run(task, "submit")
+    waits = wait_for_list(wait_for)
+    upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else []
+    if upstreams:
+        _refuse_cycle(task, upstreams)
+    record = run.new_task_record(task.name)
+    future: TaskFuture[Any] = TaskFuture(record, run)
+    run.active.add(future)
+    scope = scope_var.get()
+    if scope is not None:
+        try:
+            scope.register(future)
+        except BaseException as exc:
+            run.finish(future, State(StateType.FAILED, error=exc, record=record))
+            _observe(record)
+            raise
+    context = copy_context()
+    runner = run.runner
+    if (
+        not task.is_async
+        and runner.local
+        and task.timeout_seconds is None
+        and all(f._state is not None for f, _ in upstreams)
+    ):
+        if upstreams:
+            blocked = not_completed_upstream(record, upstreams)
+            if blocked is not None:
+                run.finish(future, not_run_state(record, blocked))
+                return future
+            args, kwargs = resolve_arguments(args, kwargs, upstreams)
+        runner.submit(context.run, run_in_thread, run, task, future, args, kwargs)
+    else:
+        run.enqueue(Job(task, future, args, kwargs, upstreams, context))
+    return future
+
+
+def map_task(
+    task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
+) -> FutureList[Any]:
+    _current_run(task, "map")
+    mapped: dict[int | str, list[Any]] = {}
+    static: dict[int | str, Any] = {}
+    for key, value in [*enumerate(args), *kwargs.items()]:
+        if isinstance(value, unmapped):
+            static[key] = value.value
+        elif _mappable(task, key, value):
+            mapped[key] = list(value)
+        else:
+            static[key] = value
+    if not mapped:
+        given = ", ".join(f"{_arg_name(k)} ({type(v).__name__})" for k, v in static.items())
+        raise MappingError(
+            f"{task.name}.map() got no iterable argument to map over"
+            + (f" (got {given})" if given else "")
+            + "; pass a list or other iterable of values (strings, bytes and "
+            "unmapped(...) values are passed whole), or use .submit() for a single run"
+        )
+    lengths = {key: len(values) for key, values in mapped.items()}
+    if len(set(lengths.values())) > 1:
+        described = ", ".join(f"{_arg_name(k)} has {n}" for k, n in lengths.items())
+        raise MappingError(
+            f"{task.name}.map() got iterables of different lengths ({described}); "
+            "map needs equal lengths (wrap a value in unmapped(...) to pass it whole "
+            "to every run)"
+        )
+    count = next(iter(lengths.values()))
+    futures: FutureList[Any] = FutureList()
+    for i in range(count):
+        call = {key: values[i] for key, values in mapped.items()} | static
+        call_args = tuple(call[k] for k in range(len(args)))
+        call_kwargs = {k: v for k, v in call.items() if isinstance(k, str)}
+        futures.append(submit_task(task, call_args, call_kwargs, wait_for))
+    return futures
+
+
+def _mappable(task: Task[Any, Any], key: int | str, value: Any) -> bool:
+    """Iterables are mapped over; anything else (and str/bytes) is passed whole."""
+    if isinstance(value, TaskFuture):
+        raise MappingError(
+            f"{task.name}.map() argument {_arg_name(key)} is a future; map needs the values "
+            "to count the runs: await it (or call .result()) first, or wrap it in "
+            "unmapped(...) to pass it to every run"
+        )
+    return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
+
+
+def _arg_name(key: int | str) -> str:
+    return f"#{key}" if isinstance(key, int) else repr(key)
+
+
+def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
+    run = flow_run_var.get()
+    if run is None:
+        raise NotInFlowRunError(
+            f"{task.name}.{verb}() was called outside a flow run; call it inside a "
+            f"@flow function, or call {task.name}(...) to run the task inline"
+        )
+    if run.closed:
+        raise NotInFlowRunError(
+            f"{task.name}.{verb}() was called after flow run {run.record.name!r} ended; "
+            "submit task runs while their flow run is running"
+        )
+    return run
+
+
+def _refuse_cycle(task: Task[Any, Any], upstreams: list[Upstream]) -> None:
+    current = task_run_var.get()
+    if current is None or current.future is None:
+        return
+    for future, _ in upstreams:
+        if future is current.future:
+            raise CyclicDependencyError(
+                f"{task.name}.submit() was given the future of task run "
+                f"{future.name!r}, which is the run submitting it; the new run would wait "
+                "for its own caller's result while that caller may wait for it"
+            )
+
+
+# -- executing submitted runs -----------------------------------------------------------------
+async def execute_job(run: FlowRun, job: Job) -> None:
+    """Start one submitted run on the loop (spawned by the flow run's dispatcher)."""
+    future = job.future
+    if future._state is not None:  # cancelled before it started
+        return
+    for var, value in job.context.items():
+        var.set(value)
+    cancelled = anyio.get_cancelled_exc_class()
+    try:
+        with anyio.CancelScope() as scope:
+            future._canceller = scope.cancel
+            await _start(run, job)
+    except cancelled:
+        run.finish(future, cancelled_state(future._record, "its flow run was cancelled"))
+        raise
+    finally:
+        future._canceller = None
+    if scope.cancelled_caught:
+        run.finish(future, cancelled_state(future._record, "cancelled by fut.cancel()"))
+
+
+async def _start(run: FlowRun, job: Job) -> None:
+    future, task, upstreams = job.future, job.task, job.upstreams
+    record = future._record
+    args, kwargs = job.args, job.kwargs
+    if upstreams:
+        for upstream, _ in upstreams:
+            await upstream._wait_async()
+        blocked = not_completed_upstream(record, upstreams)
+        if blocked is not None:
+            run.finish(future, not_run_state(record, blocked))
+            return
+        args, kwargs = resolve_arguments(args, kwargs, upstreams)
+    runner = run.runner
+    if not task.is_async and runner.local and task.timeout_seconds is None:
+        # Nothing left to wait for on the loop: hand the whole run to a thread.
+        future._canceller = None
+        runner.submit(job.context.run, run_in_thread, run, task, future, args, kwargs)
+        return
+    await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))
+
+
+def run_in_thread(
+    run: FlowRun,
+    task: Task[Any, Any],
+    future: TaskFuture[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> None:
+    """A sync task run, whole, in a worker thread: the fast path."""
+    if future._state is not None:  # cancelled while queued
+        return
+    record = future._record
+    if run.cancel_requested:
+        run.finish(future, cancelled_state(record, "its flow run was cancelled"))
+        return
+    try:
+        drive(run_attempts(run, task, record, future, args, kwargs, BlockingDriver(run, False)))
+    except BaseException as exc:  # an orchestr bug: never lose the run to it
+        run.finish(future, crashed_state(record, exc))
+        raise

@@ -1,0 +1,214 @@
+"""Every error orchestr raises, in one place.
+
+Catch :class:`OrchestrError` to catch them all. The tree::
+
+    OrchestrError                          root of everything orchestr raises
+    ├── UsageError                         the API was used wrongly (a bug in the caller)
+    │   ├── NotInFlowRunError              .submit() / .map() outside a flow run
+    │   ├── ReservedParameterError         a parameter named wait_for / return_state
+    │   ├── NotAFunctionError (TypeError)  @flow / @task on something that is not a function
+    │   ├── BlockingCallError              fut.result() on the event loop thread
+    │   ├── MappingError (ValueError)      .map() over non-iterables / unequal lengths
+    │   └── CyclicDependencyError          a task run that waits for itself
+    ├── ParameterValidationError (ValueError)
+    │                                      flow parameters failed pydantic validation
+    ├── TaskRunError                       awaited a task run that did not complete
+    │   ├── UpstreamNotCompletedError      it did not run: an upstream did not complete
+    │   ├── TaskRunCancelledError          it was cancelled
+    │   └── CrashedError                   the infrastructure failed under it
+    ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
+    ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
+    ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
+    └── ResourceError                      a resource was misused or failed
+        ├── ResourceDefinitionError (TypeError)
+        │                                  @resource / @resource_manager used wrongly
+        ├── ResourceSetupError             a resource's setup failed
+        ├── ResourceCleanupError           a resource's cleanup failed
+        │   └── CleanupTimeoutError        a cleanup exceeded its cleanup timeout
+        ├── ResourceClosedError            a resource was used after its scope ended
+        └── PoolError
+            └── PoolTimeoutError (TimeoutError)
+                                           no pooled object became free in time
+
+Two exceptions are deliberately *not* ``OrchestrError``s, because ordinary
+``except Exception`` blocks must not swallow them: :class:`RunCancelled` (a sync body or
+sync task learns that its run was cancelled) and :class:`Terminated` (the process received
+SIGTERM).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from .records import TaskRunRecord
+
+__all__ = [
+    "BlockingCallError",
+    "CleanupTimeoutError",
+    "CrashedError",
+    "CyclicDependencyError",
+    "FailedRunsGroup",
+    "FutureTimeoutError",
+    "MappingError",
+    "NotAFunctionError",
+    "NotInFlowRunError",
+    "OrchestrError",
+    "ParameterValidationError",
+    "PoolError",
+    "PoolTimeoutError",
+    "ReservedParameterError",
+    "ResourceCleanupError",
+    "ResourceClosedError",
+    "ResourceDefinitionError",
+    "ResourceError",
+    "ResourceSetupError",
+    "RunCancelled",
+    "RunTimedOut",
+    "TaskRunCancelledError",
+    "TaskRunError",
+    "Terminated",
+    "UpstreamNotCompletedError",
+    "UsageError",
+]
+
+
+class OrchestrError(Exception):
+    """Raised for every error that orchestr itself detects; the root of the tree."""
+
+
+class UsageError(OrchestrError):
+    """Raised when the API is used in a way that cannot work; fix the calling code."""
+
+
+class NotInFlowRunError(UsageError):
+    """Raised when ``.submit()`` or ``.map()`` is called outside a flow run."""
+
+
+class ReservedParameterError(UsageError):
+    """Raised when a flow or task function declares a parameter orchestr reserves."""
+
+
+class NotAFunctionError(UsageError, TypeError):
+    """Raised when ``@flow`` or ``@task`` decorates something that is not a function."""
+
+
+class BlockingCallError(UsageError):
+    """Raised when a blocking call (``fut.result()``) is made on an event loop thread."""
+
+
+class MappingError(UsageError, ValueError):
+    """Raised when ``.map()`` gets arguments it cannot map over."""
+
+
+class CyclicDependencyError(UsageError):
+    """Raised when a task run would wait for itself."""
+
+
+class ParameterValidationError(OrchestrError, ValueError):
+    """Raised when a flow's parameters fail validation; the run's body never started."""
+
+
+class TaskRunError(OrchestrError):
+    """Raised when awaiting a task run that did not complete; ``record`` tells which."""
+
+    def __init__(self, message: str, record: TaskRunRecord | None = None) -> None:
+        super().__init__(message)
+        self.record = record
+
+
+class UpstreamNotCompletedError(TaskRunError):
+    """Raised for a task run that did not run because an upstream did not complete.
+
+    ``upstream`` is the record of that upstream run; the upstream's own error is the
+    ``__cause__``.
+    """
+
+    def __init__(
+        self, message: str, record: TaskRunRecord | None, upstream: TaskRunRecord
+    ) -> None:
+        super().__init__(message, record)
+        self.upstream = upstream
+
+
+class TaskRunCancelledError(TaskRunError):
+    """Raised when awaiting a task run that was cancelled."""
+
+
+class CrashedError(TaskRunError):
+    """Raised when awaiting a run that crashed: the infrastructure failed under it.
+
+    The exception that escaped (``SystemExit``, a dead worker, ...) is the ``__cause__``.
+    """
+
+
+class RunTimedOut(OrchestrError, TimeoutError):
+    """Raised when a task or flow run exceeded its ``timeout_seconds``."""
+
+
+class FutureTimeoutError(OrchestrError, TimeoutError):
+    """Raised when ``fut.result(timeout=...)`` ran out of time; the run goes on."""
+
+
+class FailedRunsGroup(ExceptionGroup, OrchestrError):  # type: ignore[misc]
+    """Raised to report several failures at once, e.g. the unobserved task failures
+    that failed a flow run, or a resource body error together with cleanup errors."""
+
+    def derive(self, excs: Any) -> Self:  # type: ignore[override]
+        return FailedRunsGroup(self.message, excs)  # type: ignore[return-value]
+
+
+class ResourceError(OrchestrError):
+    """Raised when a resource is misused or fails; ``resource`` names it."""
+
+    def __init__(self, message: str, resource: str | None = None) -> None:
+        super().__init__(message)
+        self.resource = resource
+
+
+class ResourceDefinitionError(ResourceError, TypeError):
+    """Raised when ``@resource`` or ``@resource_manager`` is applied to the wrong thing,
+    or a resource generator does not yield exactly once."""
+
+
+class ResourceSetupError(ResourceError):
+    """Raised when a resource's setup failed; its cleanup is not run. The setup's own
+    error is the ``__cause__``."""
+
+
+class ResourceCleanupError(ResourceError):
+    """Raised when a resource's cleanup failed; the other cleanups still ran. The
+    cleanup's own error is the ``__cause__``."""
+
+
+class CleanupTimeoutError(ResourceCleanupError, TimeoutError):
+    """Raised when a resource's cleanup exceeded its cleanup timeout."""
+
+
+class ResourceClosedError(ResourceError):
+    """Raised when a resource (or pool) is used after its scope has ended."""
+
+
+class PoolError(ResourceError):
+    """Raised when a :class:`~orchestr.Pool` cannot serve a request."""
+
+
+class PoolTimeoutError(PoolError, TimeoutError):
+    """Raised when no pooled object became free within the acquire timeout."""
+
+
+class RunCancelled(BaseException):
+    """Raised in a sync flow body or sync task, at its next call into orchestr, when its
+    run was cancelled. A ``BaseException`` so that ``except Exception`` lets it through."""
+
+
+class Terminated(SystemExit):
+    """Raised when the process received SIGTERM during a flow run; the run was cancelled
+    and its resources cleaned up first. Exits with status 143 when uncaught."""
+
+    def __init__(self, message: str = "terminated by SIGTERM") -> None:
+        super().__init__(143)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

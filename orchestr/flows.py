@@ -1,0 +1,130 @@
+"""``@flow`` and :class:`Flow`: a function whose call is a recorded flow run.
+
+``await async_flow(x)`` runs on the current event loop; ``sync_flow(x)`` runs its body in
+the calling thread with its own event loop beside it. A flow called inside another flow
+runs as its subflow. The engine does the work; this module is the definition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._definitions import Definition, Hook, RetryCondition, RetryDelay, _hooks
+from ._engine._flowengine import run_flow_async, run_flow_sync
+from ._engine._params import ParameterValidator
+from .exceptions import UsageError
+from .runners import TaskRunner, ThreadPoolTaskRunner
+
+__all__ = ["Flow", "flow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class Flow(Definition[P, R]):
+    """A flow: see :func:`flow` for the options."""
+
+    kind = "flow"
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: RetryDelay = 0,
+        retry_jitter_factor: float | None = None,
+        retry_condition_fn: RetryCondition | None = None,
+        timeout_seconds: float | None = None,
+        log_prints: bool | None = None,
+        validate_parameters: bool = True,
+        task_runner: TaskRunner | type[TaskRunner] | None = None,
+        on_completion: Hook | Iterable[Hook] | None = None,
+        on_failure: Hook | Iterable[Hook] | None = None,
+        on_cancellation: Hook | Iterable[Hook] | None = None,
+        on_crashed: Hook | Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(
+            fn,
+            name=name,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_jitter_factor=retry_jitter_factor,
+            retry_condition_fn=retry_condition_fn,
+            timeout_seconds=timeout_seconds,
+            log_prints=log_prints,
+            on_completion=on_completion,
+            on_failure=on_failure,
+        )
+        self.on_cancellation = _hooks(self, "on_cancellation", on_cancellation)
+        self.on_crashed = _hooks(self, "on_crashed", on_crashed)
+        self.validate_parameters = bool(validate_parameters)
+        self.task_runner = _runner(self.name, task_runner)
+        self.parameters = ParameterValidator(fn, self.name, self.validate_parameters)
+
+    def _options(self) -> dict[str, Any]:
+        return super()._options() | {
+            "validate_parameters": self.validate_parameters,
+            "task_runner": self.task_runner,
+            "on_cancellation": self.on_cancellation,
+            "on_crashed": self.on_crashed,
+        }
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
+        final State instead of the result (or the error)."""
+        return_state = kwargs.pop("return_state", False)
+        if self.is_async:
+            return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
+        return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+
+
+def _runner(flow_name: str, runner: Any) -> TaskRunner:
+    if runner is None:
+        return ThreadPoolTaskRunner()
+    if isinstance(runner, type) and issubclass(runner, TaskRunner):
+        return runner()
+    if isinstance(runner, TaskRunner):
+        return runner
+    raise UsageError(
+        f"task_runner of flow {flow_name!r} must be a TaskRunner (e.g. "
+        f"ThreadPoolTaskRunner(max_workers=8)), got {runner!r}"
+    )
+
+
+@overload
+def flow(__fn: Callable[P, R], /) -> Flow[P, R]: ...
+
+
+@overload
+def flow(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: RetryDelay = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: RetryCondition | None = None,
+    timeout_seconds: float | None = None,
+    log_prints: bool | None = None,
+    validate_parameters: bool = True,
+    task_runner: TaskRunner | type[TaskRunner] | None = None,
+    on_completion: Hook | Iterable[Hook] | None = None,
+    on_failure: Hook | Iterable[Hook] | None = None,
+    on_cancellation: Hook | Iterable[Hook] | None = None,
+    on_crashed: Hook | Iterable[Hook] | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(__fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a flow, bare (``@flow``) or with options (``@flow(retries=1)``).
+
+    Options: as for :func:`~orchestr.task` (except tags), plus ``validate_parameters``
+    (validate and coerce parameters from type hints with pydantic; default True),
+    ``task_runner`` (default :class:`ThreadPoolTaskRunner`), and hooks
+    ``on_cancellation`` and ``on_crashed``. Hooks are called as
+    ``hook(flow, run_record, state)``.
+    """
+    if __fn is not None:
+        return Flow(__fn, **options)
+    return lambda fn: Flow(fn, **options)

@@ -1,0 +1,170 @@
+"""Run records: what each run did, reachable from its final state as ``state.record``.
+
+A record is compact on purpose: names, state, timestamps, attempts and error. It keeps
+no copies of arguments or results (those live in futures, and go when the futures go), so
+a flow run of 100,000 tasks keeps a few hundred bytes per task. Only the engine writes
+records; users read them.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from .states import State, StateType
+
+__all__ = ["FlowRunRecord", "RunEvent", "RunRecord", "TaskRunRecord"]
+
+
+class RunRecord:
+    """Common part of task and flow run records."""
+
+    __slots__ = (
+        "state_type",
+        "state_name",
+        "message",
+        "started",
+        "ended",
+        "attempts",
+        "error",
+        "_id",
+    )
+
+    def __init__(self) -> None:
+        self.state_type = StateType.PENDING
+        self.state_name = "Pending"
+        self.message: str | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.attempts = 0
+        self.error: BaseException | None = None
+        self._id: uuid.UUID | None = None
+
+    @property
+    def id(self) -> uuid.UUID:
+        # Made on first access: most task runs never need one.
+        if self._id is None:
+            self._id = uuid.uuid4()
+        return self._id
+
+    @property
+    def name(self) -> str:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> State[Any]:
+        """The run's current state, without its result (records never hold results)."""
+        return State(
+            self.state_type,
+            name=self.state_name,
+            message=self.message,
+            error=self.error,
+            timestamp=self.ended or self.started or 0.0,
+            record=self,
+        )
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from the first attempt's start to the end, once both are known."""
+        if self.started is None or self.ended is None:
+            return None
+        return self.ended - self.started
+
+    def is_final(self) -> bool:
+        return self.state_type.is_final
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r} {self.state_name}>"
+
+
+class TaskRunRecord(RunRecord):
+    """One task run: name, id, final state, start/end, attempts and error."""
+
+    __slots__ = ("task_name", "index", "flow_run", "observed")
+
+    def __init__(
+        self, task_name: str, index: int, flow_run: FlowRunRecord | None = None
+    ) -> None:
+        super().__init__()
+        self.task_name = task_name
+        self.index = index
+        self.flow_run = flow_run
+        # Set when user code saw this run's final state (rule 7).
+        self.observed = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.task_name}-{self.index}"
+
+
+class RunEvent:
+    """Something that happened during a run besides task runs, e.g. a resource's setup.
+
+    ``kind`` is dotted: ``resource.setup.started``, ``resource.cleanup.failed``, ...
+    ``duration`` is set on events that end a phase; ``error`` on failures.
+    """
+
+    __slots__ = ("kind", "subject", "at", "duration", "error", "message")
+
+    def __init__(
+        self,
+        kind: str,
+        subject: str,
+        *,
+        duration: float | None = None,
+        error: BaseException | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.kind = kind
+        self.subject = subject
+        self.at = time.time()
+        self.duration = duration
+        self.error = error
+        self.message = message
+
+    def __repr__(self) -> str:
+        extra = f" {self.duration * 1000:.1f}ms" if self.duration is not None else ""
+        err = f" {type(self.error).__name__}: {self.error}" if self.error else ""
+        return f"<RunEvent {self.kind} {self.subject!r}{extra}{err}>"
+
+
+class FlowRunRecord(RunRecord):
+    """One flow run: its task runs, subflow runs and events (resources, signals)."""
+
+    __slots__ = ("flow_name", "parent", "task_runs", "subflow_runs", "events")
+
+    def __init__(self, flow_name: str, parent: FlowRunRecord | None = None) -> None:
+        super().__init__()
+        self.flow_name = flow_name
+        self.parent = parent
+        self.task_runs: list[TaskRunRecord] = []
+        self.subflow_runs: list[FlowRunRecord] = []
+        self.events: list[RunEvent] = []
+        self._id = uuid.uuid4()
+
+    @property
+    def name(self) -> str:
+        return f"{self.flow_name}-{self.id.hex[:8]}"
+
+    def events_of(self, kind_prefix: str) -> list[RunEvent]:
+        """The events whose kind starts with ``kind_prefix``, in order."""
+        return [e for e in self.events if e.kind.startswith(kind_prefix)]
+
+    def summary(self) -> str:
+        """A readable multi-line account of the run, for logs and examples."""
+        lines = [f"flow run {self.name!r}: {self.state_name}" + _took(self)]
+        for tr in self.task_runs:
+            err = f"  {type(tr.error).__name__}: {tr.error}" if tr.error else ""
+            tries = f" ({tr.attempts} attempts)" if tr.attempts > 1 else ""
+            lines.append(f"  task run {tr.name!r}: {tr.state_name}{tries}{_took(tr)}{err}")
+        for sub in self.subflow_runs:
+            lines.extend("  " + line for line in sub.summary().splitlines())
+        for ev in self.events:
+            lines.append(f"  event {ev.kind} {ev.subject!r}{_took(ev)}")
+        return "\n".join(lines)
+
+
+def _took(thing: RunRecord | RunEvent) -> str:
+    duration = thing.duration
+    return "" if duration is None else f" in {duration * 1000:.1f} ms"

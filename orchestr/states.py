@@ -1,0 +1,221 @@
+"""Run states: what a task or flow run is doing, or how it ended.
+
+A :class:`State` is plain data: its type, a display name (``TimedOut`` is a ``Failed``
+state with its own name), an optional message, a timestamp, and either the run's result
+or its exception. States of real runs also point at the run's record, which carries the
+run's id and name. Nothing here touches an event loop.
+
+Final states are ``Completed``, ``Failed``, ``Crashed``, ``Cancelled`` and ``NotRun``;
+``Pending``, ``Running`` and ``Retrying`` are not final.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+from .exceptions import CrashedError, OrchestrError, TaskRunCancelledError, UsageError
+
+if TYPE_CHECKING:
+    from .records import RunRecord
+
+__all__ = [
+    "Cancelled",
+    "Completed",
+    "Crashed",
+    "Failed",
+    "NotRun",
+    "Pending",
+    "Retrying",
+    "Running",
+    "State",
+    "StateType",
+    "TimedOut",
+]
+
+R = TypeVar("R")
+
+
+class StateType(enum.Enum):
+    """The kind of a state; ``State.name`` may refine it (``TimedOut`` is ``FAILED``)."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    RETRYING = "RETRYING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
+    NOT_RUN = "NOT_RUN"
+
+    @property
+    def is_final(self) -> bool:
+        return self not in _NOT_FINAL
+
+
+_NOT_FINAL = frozenset({StateType.PENDING, StateType.RUNNING, StateType.RETRYING})
+_DEFAULT_NAMES = {
+    StateType.PENDING: "Pending",
+    StateType.RUNNING: "Running",
+    StateType.RETRYING: "Retrying",
+    StateType.COMPLETED: "Completed",
+    StateType.FAILED: "Failed",
+    StateType.CRASHED: "Crashed",
+    StateType.CANCELLED: "Cancelled",
+    StateType.NOT_RUN: "NotRun",
+}
+
+
+class State(Generic[R]):
+    """The state of a run: its type and name, and for final states its result or error.
+
+    ``result()`` returns the result of a ``Completed`` state and raises the error of
+    any other final state.
+    """
+
+    __slots__ = ("type", "name", "message", "timestamp", "_data", "_error", "record")
+
+    def __init__(
+        self,
+        type: StateType,
+        *,
+        name: str | None = None,
+        message: str | None = None,
+        data: R | None = None,
+        error: BaseException | None = None,
+        timestamp: float | None = None,
+        record: RunRecord | None = None,
+    ) -> None:
+        self.type = type
+        self.name = name or _DEFAULT_NAMES[type]
+        self.message = message
+        self.timestamp = time.time() if timestamp is None else timestamp
+        self._data = data
+        self._error = error
+        self.record = record
+
+    # -- predicates ---------------------------------------------------------------------
+    def is_final(self) -> bool:
+        return self.type not in _NOT_FINAL
+
+    def is_pending(self) -> bool:
+        return self.type is StateType.PENDING
+
+    def is_running(self) -> bool:
+        return self.type is StateType.RUNNING
+
+    def is_retrying(self) -> bool:
+        return self.type is StateType.RETRYING
+
+    def is_completed(self) -> bool:
+        return self.type is StateType.COMPLETED
+
+    def is_failed(self) -> bool:
+        return self.type is StateType.FAILED
+
+    def is_crashed(self) -> bool:
+        return self.type is StateType.CRASHED
+
+    def is_cancelled(self) -> bool:
+        return self.type is StateType.CANCELLED
+
+    def is_not_run(self) -> bool:
+        return self.type is StateType.NOT_RUN
+
+    # -- contents -----------------------------------------------------------------------
+    @property
+    def exception(self) -> BaseException | None:
+        """The error of a non-completed final state (``None`` for other states)."""
+        if self.type is StateType.COMPLETED or self.type in _NOT_FINAL:
+            return None
+        return self._error if self._error is not None else self._default_error()
+
+    @property
+    def run_id(self) -> Any:
+        return None if self.record is None else self.record.id
+
+    @property
+    def run_name(self) -> str | None:
+        return None if self.record is None else self.record.name
+
+    def result(self, raise_on_failure: bool = True) -> R:
+        """Return the run's result, or raise (or with ``raise_on_failure=False``, return)
+        the error of a run that did not complete."""
+        if self.type is StateType.COMPLETED:
+            return self._data  # type: ignore[return-value]
+        if self.type in _NOT_FINAL:
+            raise UsageError(
+                f"{self!r} is not final, so it has no result yet; await the future "
+                "(or call fut.result()) to wait for the run to finish"
+            )
+        error = self.exception
+        assert error is not None
+        if raise_on_failure:
+            raise error
+        return error  # type: ignore[return-value]
+
+    def _default_error(self) -> BaseException:
+        what = f"run {self.run_name!r}" if self.record is not None else "run"
+        reason = f": {self.message}" if self.message else ""
+        if self.type is StateType.CANCELLED:
+            return TaskRunCancelledError(f"{what} was cancelled{reason}")
+        if self.type is StateType.CRASHED:
+            return CrashedError(f"{what} crashed{reason}")
+        return OrchestrError(f"{what} ended {self.name}{reason}")
+
+    def __repr__(self) -> str:
+        parts = []
+        if self.name != _DEFAULT_NAMES[self.type]:
+            parts.append(f"name={self.name!r}")
+        if self.message:
+            parts.append(f"message={self.message!r}")
+        elif self._error is not None:
+            parts.append(f"error={_describe(self._error)!r}")
+        if self.record is not None:
+            parts.append(f"run={self.record.name!r}")
+        return f"{_DEFAULT_NAMES[self.type]}({', '.join(parts)})"
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+# -- constructors, for users who build or return states themselves -----------------------
+def Pending(message: str | None = None) -> State[Any]:
+    return State(StateType.PENDING, message=message)
+
+
+def Running(message: str | None = None) -> State[Any]:
+    return State(StateType.RUNNING, message=message)
+
+
+def Retrying(message: str | None = None) -> State[Any]:
+    return State(StateType.RETRYING, message=message)
+
+
+def Completed(data: R | None = None, message: str | None = None) -> State[R]:
+    return State(StateType.COMPLETED, data=data, message=message)
+
+
+def Failed(
+    error: BaseException | None = None, message: str | None = None, name: str = "Failed"
+) -> State[Any]:
+    return State(StateType.FAILED, name=name, error=error, message=message)
+
+
+def TimedOut(error: BaseException | None = None, message: str | None = None) -> State[Any]:
+    return State(StateType.FAILED, name="TimedOut", error=error, message=message)
+
+
+def Crashed(error: BaseException | None = None, message: str | None = None) -> State[Any]:
+    return State(StateType.CRASHED, error=error, message=message)
+
+
+def Cancelled(error: BaseException | None = None, message: str | None = None) -> State[Any]:
+    return State(StateType.CANCELLED, error=error, message=message)
+
+
+def NotRun(error: BaseException | None = None, message: str | None = None) -> State[Any]:
+    return State(StateType.NOT_RUN, error=error, message=message)

@@ -1,0 +1,146 @@
+"""``@task`` and :class:`Task`: a function that runs as a recorded, retryable task run.
+
+Calling a task runs it inline (``await async_task(x)``, ``sync_task(x)``); ``.submit()``
+starts it concurrently and returns a :class:`~orchestr.TaskFuture` at once; ``.map()``
+submits one run per element. The engine does the work; this module is the definition.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._definitions import Definition, Hook, RetryCondition, RetryDelay
+from ._engine._taskcalls import call_task_async, call_task_blocking, map_task, submit_task
+from .futures import FutureList, TaskFuture
+
+__all__ = ["Task", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+T = TypeVar("T")
+
+
+class Task(Definition[P, R]):
+    """A task: see :func:`task` for the options."""
+
+    kind = "task"
+
+    def __init__(
+        self,
+        fn: Callable[P, R],
+        *,
+        name: str | None = None,
+        retries: int = 0,
+        retry_delay_seconds: RetryDelay = 0,
+        retry_jitter_factor: float | None = None,
+        retry_condition_fn: RetryCondition | None = None,
+        timeout_seconds: float | None = None,
+        tags: Iterable[str] = (),
+        log_prints: bool | None = None,
+        on_completion: Hook | Iterable[Hook] | None = None,
+        on_failure: Hook | Iterable[Hook] | None = None,
+    ) -> None:
+        super().__init__(
+            fn,
+            name=name,
+            retries=retries,
+            retry_delay_seconds=retry_delay_seconds,
+            retry_jitter_factor=retry_jitter_factor,
+            retry_condition_fn=retry_condition_fn,
+            timeout_seconds=timeout_seconds,
+            log_prints=log_prints,
+            on_completion=on_completion,
+            on_failure=on_failure,
+        )
+        if isinstance(tags, str):
+            tags = (tags,)
+        self.tags: frozenset[str] = frozenset(tags)
+        # Run numbers for inline calls made outside any flow run.
+        self._standalone_runs = itertools.count()
+
+    def _options(self) -> dict[str, Any]:
+        return super()._options() | {"tags": self.tags}
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Run the task inline: ``await`` it if it is async. Accepts ``return_state=True``
+        (get the final State instead of the result) and ``wait_for=[...]``."""
+        return_state = kwargs.pop("return_state", False)
+        wait_for = kwargs.pop("wait_for", None)
+        if self.is_async:
+            return call_task_async(self, args, kwargs, return_state, wait_for)  # type: ignore[return-value]
+        return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+
+    @overload
+    def submit(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: P.args,
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: P.kwargs,
+    ) -> TaskFuture[T]: ...
+
+    @overload
+    def submit(
+        self: Task[P, T],
+        *args: P.args,
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: P.kwargs,
+    ) -> TaskFuture[T]: ...
+
+    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        """Start a run concurrently and return its future at once (never blocks).
+        Futures in the arguments are replaced by their results first; the run waits
+        for everything in ``wait_for``."""
+        return submit_task(self, args, kwargs, wait_for)
+
+    @overload
+    def map(
+        self: Task[P, Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> FutureList[T]: ...
+
+    @overload
+    def map(
+        self: Task[P, T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+    ) -> FutureList[T]: ...
+
+    def map(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+        """Submit one run per element of the iterable arguments (which must have equal
+        lengths); ``unmapped(x)`` passes ``x`` whole to every run."""
+        return map_task(self, args, kwargs, wait_for)
+
+
+@overload
+def task(__fn: Callable[P, R], /) -> Task[P, R]: ...
+
+
+@overload
+def task(
+    *,
+    name: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: RetryDelay = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: RetryCondition | None = None,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] = (),
+    log_prints: bool | None = None,
+    on_completion: Hook | Iterable[Hook] | None = None,
+    on_failure: Hook | Iterable[Hook] | None = None,
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(__fn: Any = None, /, **options: Any) -> Any:
+    """Make a function a task, bare (``@task``) or with options (``@task(retries=3)``).
+
+    Options: ``name``; ``retries``, ``retry_delay_seconds`` (a number, a list, or a
+    callable of the attempt), ``retry_jitter_factor``, ``retry_condition_fn(task, run,
+    state)``; ``timeout_seconds``; ``tags``; ``log_prints``; hooks ``on_completion`` and
+    ``on_failure``, each called as ``hook(task, run_record, state)``.
+    """
+    if __fn is not None:
+        return Task(__fn, **options)
+    return lambda fn: Task(fn, **options)
