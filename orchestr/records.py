@@ -86,7 +86,15 @@ class TaskRunRecord(RunRecord):
     def __init__(
         self, task_name: str, index: int, flow_run: FlowRunRecord | None = None
     ) -> None:
-        super().__init__()
+        # RunRecord.__init__ spelled out: one record per task run, on the submit path.
+        self.state_type = StateType.PENDING
+        self.state_name = "Pending"
+        self.message: str | None = None
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.attempts = 0
+        self.error: BaseException | None = None
+        self._id: uuid.UUID | None = None
         self.task_name = task_name
         self.index = index
         self.flow_run = flow_run

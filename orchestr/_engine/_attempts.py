@@ -51,7 +51,9 @@ async def run_attempts(
 ) -> State[Any]:
     """Run a task run to its final state, record it, and complete its future."""
     token = task_run_var.set(TaskRunContext(task, record, future, run))
-    prints = _route_prints(task, record)
+    prints = None
+    if task.log_prints is not None or log_prints_var.get() is not None:
+        prints = _route_prints(task, record)
     try:
         try:
             state = await _attempts(task, record, args, kwargs, driver)

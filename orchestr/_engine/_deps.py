@@ -57,7 +57,7 @@ def wait_for_list(wait_for: Any) -> list[Any]:
 
 
 def find_upstreams(
-    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: list[Any]
+    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Iterable[Any]
 ) -> list[Upstream]:
     """Every future the call depends on, each once; allowed to fail only if every
     mention of it is wrapped in ``allow_failure``."""

@@ -212,8 +212,7 @@ async def _attempt(
             if run.cancel_requested:  # a signal arrived before the body could start
                 scope.cancel()
             async with anyio.create_task_group() as task_group:
-                run.task_group = task_group
-                task_group.start_soon(run.dispatch)
+                run.start_dispatch(task_group)
                 try:
                     value = await body(args, kwargs)
                 except cancelled:

@@ -24,6 +24,7 @@ import anyio.lowlevel
 from ..futures import TaskFuture
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
+from ._drivers import BlockingDriver
 from ._loop import LoopHandle
 from ._outcomes import cancelled_state, record_final_state
 
@@ -75,6 +76,7 @@ class FlowRun:
         "record",
         "parent",
         "execute_job",
+        "worker_driver",
         "lock",
         "loop",
         "runner",
@@ -101,6 +103,7 @@ class FlowRun:
         if parent is not None:
             parent.record.subflow_runs.append(self.record)
         self.execute_job = execute_job
+        self.worker_driver = BlockingDriver(self, inline=False)
         # Guards completion of this run's futures against concurrent waiters/cancellers.
         self.lock = threading.Lock()
         self.loop: LoopHandle = None  # type: ignore[assignment]  # set by bind_loop()
@@ -145,16 +148,21 @@ class FlowRun:
         if self._doorbell is not None:
             self._doorbell.set()
 
-    async def dispatch(self) -> None:
-        """Start queued runs in batches until :meth:`stop_dispatch`. One per attempt."""
-        pending = self.pending
-        task_group = self.task_group
-        assert task_group is not None
-        execute = self.execute_job
+    def start_dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
+        """Start the dispatcher of one attempt in its task group (from a task)."""
+        self.task_group = task_group
         self._stopping = False
         self._doorbell = anyio.Event()
-        if pending:
+        if self.pending:
             self._doorbell.set()
+        task_group.start_soon(self._dispatch)
+
+    async def _dispatch(self) -> None:
+        """Start queued runs in batches until :meth:`stop_dispatch`."""
+        pending = self.pending
+        task_group = self.task_group
+        assert task_group is not None and self._doorbell is not None
+        execute = self.execute_job
         while True:
             await self._doorbell.wait()
             self._doorbell = anyio.Event()

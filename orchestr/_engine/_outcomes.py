@@ -23,7 +23,9 @@ def record_final_state(record: RunRecord, state: State[Any]) -> None:
     record.state_type = state.type
     record.state_name = state.name
     record.message = state.message
-    record.error = state.exception
+    # Not state.exception: that invents an error for bare user-made states, and this
+    # runs once per task run.
+    record.error = state._error if state._error is not None else state.exception
     record.ended = state.timestamp
 
 

@@ -114,7 +114,7 @@ def submit_task(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
 ) -> TaskFuture[Any]:
     run = _current_run(task, "submit")
-    waits = wait_for_list(wait_for)
+    waits = wait_for_list(wait_for) if wait_for is not None else ()
     upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else []
     if upstreams:
         _refuse_cycle(task, upstreams)
@@ -129,24 +129,42 @@ def submit_task(
             run.finish(future, State(StateType.FAILED, error=exc, record=record))
             _observe(record)
             raise
+    try:
+        _dispatch(run, task, future, args, kwargs, upstreams)
+    except BaseException as exc:
+        # Never leave a registered future without a final state: the exit barrier
+        # would wait for it for ever.
+        run.finish(future, crashed_state(record, exc))
+        raise
+    return future
+
+
+def _dispatch(
+    run: FlowRun,
+    task: Task[Any, Any],
+    future: TaskFuture[Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    upstreams: list[Upstream],
+) -> None:
     context = copy_context()
     runner = run.runner
     if (
         not task.is_async
         and runner.local
         and task.timeout_seconds is None
-        and all(f._state is not None for f, _ in upstreams)
+        and (not upstreams or all(f._state is not None for f, _ in upstreams))
     ):
         if upstreams:
+            record = future._record
             blocked = not_completed_upstream(record, upstreams)
             if blocked is not None:
                 run.finish(future, not_run_state(record, blocked))
-                return future
+                return
             args, kwargs = resolve_arguments(args, kwargs, upstreams)
-        runner.submit(context.run, run_in_thread, run, task, future, args, kwargs)
+        runner.run_soon(context.run, run_in_thread, run, task, future, args, kwargs)
     else:
         run.enqueue(Job(task, future, args, kwargs, upstreams, context))
-    return future
 
 
 def map_task(
@@ -269,7 +287,7 @@ async def _start(run: FlowRun, job: Job) -> None:
     if not task.is_async and runner.local and task.timeout_seconds is None:
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
-        runner.submit(job.context.run, run_in_thread, run, task, future, args, kwargs)
+        runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)
         return
     await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))
 
@@ -289,7 +307,7 @@ def run_in_thread(
         run.finish(future, cancelled_state(record, "its flow run was cancelled"))
         return
     try:
-        drive(run_attempts(run, task, record, future, args, kwargs, BlockingDriver(run, False)))
+        drive(run_attempts(run, task, record, future, args, kwargs, run.worker_driver))
     except BaseException as exc:  # an orchestr bug: never lose the run to it
         run.finish(future, crashed_state(record, exc))
         raise

@@ -34,9 +34,9 @@ class CallHandle(Protocol[T_co]):
 class TaskRunner(abc.ABC):
     """Executes task calls somewhere: threads of this process, a Dask cluster, ..."""
 
-    #: Calls run in this process and share its memory. The engine then runs a sync
-    #: task's whole run (retries included) in the runner's thread, with no round trip
-    #: through the event loop per call.
+    #: Calls run in this process and share its memory. A local runner also implements
+    #: :meth:`run_soon`, and the engine uses it to run a sync task's whole run (retries
+    #: included) in the runner's thread, with no round trip through the event loop.
     local: ClassVar[bool] = False
 
     @property
@@ -53,6 +53,11 @@ class TaskRunner(abc.ABC):
     @abc.abstractmethod
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> CallHandle[T]:
         """Execute ``fn(*args, **kwargs)``; thread-safe and non-blocking."""
+
+    def run_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Local runners only: execute ``fn(*args)`` without a handle (``fn`` reports its
+        own outcome)."""
+        raise NotImplementedError(f"{self.name} is not a local runner")
 
     def cancel(self, handle: CallHandle[Any]) -> bool:
         """Stop a call if it can be stopped. A call that cannot (a thread already running

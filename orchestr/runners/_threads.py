@@ -5,13 +5,15 @@ Async tasks never come here: they run on the flow's own event loop.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from typing import Any, ClassVar, Self, TypeVar
 
 from ..settings import get_settings
 from ._base import TaskRunner
+from ._pool import WorkerPool
 
 __all__ = ["ThreadPoolTaskRunner"]
 
@@ -20,11 +22,12 @@ T = TypeVar("T")
 
 class ThreadPoolTaskRunner(TaskRunner):
     """Runs sync task calls in a pool of at most ``max_workers`` threads (default: the
-    ``thread_pool_max_workers`` setting, else ``ThreadPoolExecutor``'s own default).
+    ``thread_pool_max_workers`` setting, else ``min(32, cpu count + 4)`` like
+    ``ThreadPoolExecutor``).
 
     Threads start on the first sync call, so flows of async tasks never create any.
     At shutdown the runner joins its threads, unless some call could not be stopped
-    (a timed-out or cancelled sync task): those threads are left to finish on their own.
+    (a timed-out or cancelled sync task): those daemon threads finish on their own.
     """
 
     local: ClassVar[bool] = True
@@ -33,42 +36,47 @@ class ThreadPoolTaskRunner(TaskRunner):
         if max_workers is not None and max_workers < 1:
             raise ValueError(f"max_workers must be at least 1, got {max_workers}")
         self.max_workers = max_workers
-        self._executor: ThreadPoolExecutor | None = None
+        self._pool: WorkerPool | None = None
         self._lock = threading.Lock()
-        self._busy = 0  # calls executing right now
 
     def duplicate(self) -> Self:
         return type(self)(self.max_workers)
 
+    def run_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+        """Execute ``fn(*args)`` in a worker thread; ``fn`` reports its own outcome."""
+        (self._pool or self._start_pool()).put(fn, args)
+
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        executor = self._executor or self._start_executor()
-        return executor.submit(self._call, fn, args, kwargs)
+        future: Future[T] = Future()
+        (self._pool or self._start_pool()).put(_complete, (future, fn, args, kwargs))
+        return future
 
-    def _call(self, fn: Callable[..., T], args: Any, kwargs: Any) -> T:
+    def _start_pool(self) -> WorkerPool:
         with self._lock:
-            self._busy += 1
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            with self._lock:
-                self._busy -= 1
-
-    def _start_executor(self) -> ThreadPoolExecutor:
-        with self._lock:
-            if self._executor is None:
-                workers = self.max_workers or get_settings().thread_pool_max_workers
-                self._executor = ThreadPoolExecutor(
-                    workers, thread_name_prefix="orchestr-worker"
+            if self._pool is None:
+                workers = (
+                    self.max_workers
+                    or get_settings().thread_pool_max_workers
+                    or min(32, (os.cpu_count() or 1) + 4)
                 )
-            return self._executor
+                self._pool = WorkerPool(workers, "orchestr-worker")
+            return self._pool
 
     async def shutdown(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
-            return
-        # Every task run has finished by now, so a call still executing was abandoned
-        # (timed out or cancelled): joining its thread could block for ever.
-        executor.shutdown(wait=self._busy == 0, cancel_futures=True)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown()
 
     def __repr__(self) -> str:
         return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
+
+
+def _complete(future: Future[T], fn: Callable[..., T], args: Any, kwargs: Any) -> None:
+    if not future.set_running_or_notify_cancel():
+        return
+    try:
+        result = fn(*args, **kwargs)
+    except BaseException as exc:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
