@@ -95,14 +95,12 @@ def _check_function(fn: Any, kind: str) -> None:
     if isinstance(fn, type):
         hint = " (to manage a resource with a class, use @resource_manager)" if kind else ""
         raise NotAFunctionError(
-            f"@{kind} needs a function (def or async def), but got the class "
-            f"{fn.__name__}{hint}"
+            f"@{kind} needs a function (def or async def), but got the class {fn.__name__}{hint}"
         )
     inner = fn.func if isinstance(fn, functools.partial) else fn
     if not (inspect.isfunction(inner) or inspect.ismethod(inner)):
         raise NotAFunctionError(
-            f"@{kind} needs a function (def or async def), but got "
-            f"{type(fn).__name__} {fn!r}"
+            f"@{kind} needs a function (def or async def), but got {type(fn).__name__} {fn!r}"
         )
     if inspect.isasyncgenfunction(inner):
         raise NotAFunctionError(
@@ -136,7 +134,9 @@ def _number(
     ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
     if not ok or (value <= low if strict else value < low):
         bound = f"> {low}" if strict else f">= {low}"
-        raise UsageError(f"{option} of {_where(defn)} must be a number {bound} or None, got {value!r}")
+        raise UsageError(
+            f"{option} of {_where(defn)} must be a number {bound} or None, got {value!r}"
+        )
     return value
 
 

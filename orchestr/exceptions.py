@@ -124,9 +124,7 @@ class UpstreamNotCompletedError(TaskRunError):
     ``__cause__``.
     """
 
-    def __init__(
-        self, message: str, record: TaskRunRecord | None, upstream: TaskRunRecord
-    ) -> None:
+    def __init__(self, message: str, record: TaskRunRecord | None, upstream: TaskRunRecord) -> None:
         super().__init__(message, record)
         self.upstream = upstream
 

@@ -48,7 +48,7 @@ class TaskFuture(Generic[R]):
     ``await fut.wait()`` gives its final state; ``fut.result()`` blocks (sync code only).
     """
 
-    __slots__ = ("_record", "_run", "_state", "_callbacks", "_canceller")
+    __slots__ = ("_callbacks", "_canceller", "_record", "_run", "_state")
 
     def __init__(self, record: TaskRunRecord, run: FlowRun) -> None:
         self._record = record
@@ -246,9 +246,7 @@ class DoneAndNotDone(NamedTuple):
     not_done: set[TaskFuture[Any]]
 
 
-async def wait(
-    futures: Iterable[TaskFuture[Any]], timeout: float | None = None
-) -> DoneAndNotDone:
+async def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> DoneAndNotDone:
     """Wait until all ``futures`` are final, or ``timeout`` seconds passed; return which
     finished and which did not."""
     futures = list(futures)

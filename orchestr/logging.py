@@ -116,7 +116,13 @@ def enable_print_capture() -> None:
         _print_patched = True
 
 
-def _print(*values: object, sep: str | None = " ", end: str | None = "\n", file: Any = None, flush: bool = False) -> None:
+def _print(
+    *values: object,
+    sep: str | None = " ",
+    end: str | None = "\n",
+    file: Any = None,
+    flush: bool = False,
+) -> None:
     logger = log_prints_var.get()
     if logger is None or (file is not None and file is not sys.stdout):
         _original_print(*values, sep=sep, end=end, file=file, flush=flush)

@@ -21,14 +21,14 @@ class RunRecord:
     """Common part of task and flow run records."""
 
     __slots__ = (
-        "state_type",
-        "state_name",
+        "_id",
+        "attempts",
+        "ended",
+        "error",
         "message",
         "started",
-        "ended",
-        "attempts",
-        "error",
-        "_id",
+        "state_name",
+        "state_type",
     )
 
     def __init__(self) -> None:
@@ -81,11 +81,9 @@ class RunRecord:
 class TaskRunRecord(RunRecord):
     """One task run: name, id, final state, start/end, attempts and error."""
 
-    __slots__ = ("task_name", "index", "flow_run", "observed")
+    __slots__ = ("flow_run", "index", "observed", "task_name")
 
-    def __init__(
-        self, task_name: str, index: int, flow_run: FlowRunRecord | None = None
-    ) -> None:
+    def __init__(self, task_name: str, index: int, flow_run: FlowRunRecord | None = None) -> None:
         # RunRecord.__init__ spelled out: one record per task run, on the submit path.
         self.state_type = StateType.PENDING
         self.state_name = "Pending"
@@ -113,7 +111,7 @@ class RunEvent:
     ``duration`` is set on events that end a phase; ``error`` on failures.
     """
 
-    __slots__ = ("kind", "subject", "at", "duration", "error", "message")
+    __slots__ = ("at", "duration", "error", "kind", "message", "subject")
 
     def __init__(
         self,
@@ -140,7 +138,7 @@ class RunEvent:
 class FlowRunRecord(RunRecord):
     """One flow run: its task runs, subflow runs and events (resources, signals)."""
 
-    __slots__ = ("flow_name", "parent", "task_runs", "subflow_runs", "events")
+    __slots__ = ("events", "flow_name", "parent", "subflow_runs", "task_runs")
 
     def __init__(self, flow_name: str, parent: FlowRunRecord | None = None) -> None:
         super().__init__()

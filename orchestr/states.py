@@ -74,7 +74,7 @@ class State(Generic[R]):
     any other final state.
     """
 
-    __slots__ = ("type", "name", "message", "timestamp", "_data", "_error", "record")
+    __slots__ = ("_data", "_error", "message", "name", "record", "timestamp", "type")
 
     def __init__(
         self,

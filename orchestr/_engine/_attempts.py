@@ -11,8 +11,8 @@ from __future__ import annotations
 import logging
 import random
 import time
-from contextvars import Token
 from collections.abc import Callable, Sequence
+from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..exceptions import RunCancelled, RunTimedOut
@@ -136,9 +136,7 @@ def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State
     if timed_out.abandoned:
         message += "; its thread cannot be interrupted and was abandoned (still running)"
         task_run_logger(record).warning("%s", message)
-    return State(
-        StateType.FAILED, name="TimedOut", error=RunTimedOut(message), record=record
-    )
+    return State(StateType.FAILED, name="TimedOut", error=RunTimedOut(message), record=record)
 
 
 def _interrupted_state(

@@ -10,6 +10,7 @@ runs the body waits for.
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
@@ -18,6 +19,7 @@ import anyio
 
 from ..exceptions import RunCancelled
 from ._loop import LoopHandle
+from ._signals import interrupt_main_thread
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -85,8 +87,14 @@ class CallerThread:
 
 
 def _interrupt(thread_id: int) -> None:
-    """Raise RunCancelled in a thread at its next bytecode (blocking C calls finish
-    first). The only way to stop sync Python code from outside."""
+    """Raise RunCancelled in a sync body's thread. In the main thread a signal does it,
+    even inside a blocking call; elsewhere the exception is injected at the thread's next
+    bytecode (a blocking C call finishes first): the only ways to stop sync Python code
+    from outside."""
+    if thread_id == threading.main_thread().ident and interrupt_main_thread(
+        RunCancelled("the flow run timed out")
+    ):
+        return
     import ctypes  # deferred: only cancelled sync bodies need it
 
     ctypes.pythonapi.PyThreadState_SetAsyncExc(

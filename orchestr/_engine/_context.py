@@ -35,7 +35,7 @@ class FutureScope(Protocol):
 class TaskRunContext:
     """What code running inside a task run can find out about it."""
 
-    __slots__ = ("task", "record", "future", "flow_run")
+    __slots__ = ("flow_run", "future", "record", "task")
 
     def __init__(
         self,
@@ -51,9 +51,7 @@ class TaskRunContext:
 
 
 flow_run_var: ContextVar[FlowRun | None] = ContextVar("orchestr.flow_run", default=None)
-task_run_var: ContextVar[TaskRunContext | None] = ContextVar(
-    "orchestr.task_run", default=None
-)
+task_run_var: ContextVar[TaskRunContext | None] = ContextVar("orchestr.task_run", default=None)
 scope_var: ContextVar[FutureScope | None] = ContextVar("orchestr.scope", default=None)
 # Set by orchestr.testing.fast_retries(): replaces every retry delay.
 retry_delay_override_var: ContextVar[float | None] = ContextVar(

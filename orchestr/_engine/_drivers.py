@@ -72,7 +72,7 @@ class AsyncDriver:
     the caller, as they would from a plain function.
     """
 
-    __slots__ = ("run", "propagate")
+    __slots__ = ("propagate", "run")
 
     def __init__(self, run: FlowRun | None, inline: bool) -> None:
         self.run = run
@@ -118,7 +118,7 @@ class BlockingDriver:
     they only end the task run.
     """
 
-    __slots__ = ("run", "propagate")
+    __slots__ = ("propagate", "run")
 
     def __init__(self, run: FlowRun | None, inline: bool) -> None:
         self.run = run
@@ -135,7 +135,7 @@ class BlockingDriver:
     async def sleep(self, seconds: float) -> None:
         run = self.run
         if run is None:
-            time.sleep(seconds)
+            time.sleep(seconds)  # noqa: ASYNC251 - the blocking driver blocks by design
             return
         wakeup = threading.Event()
         with run.thread_waiter(wakeup):

@@ -13,13 +13,12 @@ from __future__ import annotations
 import logging
 import math
 import signal
+import threading
 import time
-from contextlib import nullcontext
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.from_thread
 
 from ..exceptions import (
     CrashedError,
@@ -101,24 +100,39 @@ def run_flow_sync(
         flow_run_var.set(run)
         return await _run(run, args, kwargs, body)
 
+    outcome: list[tuple[bool, Any]] = []
+
+    def loop_thread() -> None:
+        try:
+            outcome.append((True, anyio.run(on_loop, backend=settings.backend)))
+        except BaseException as exc:  # handed to the calling thread
+            outcome.append((False, exc))
+        finally:
+            caller.close()
+
+    # A plain thread, not anyio's blocking portal: the caller may itself be running an
+    # event loop (a sync subflow of an async flow), and trio forbids a portal's
+    # blocking calls from there.
+    thread = threading.Thread(target=loop_thread, name=f"orchestr-{run.record.name}", daemon=True)
     interrupt: BaseException | None = None
-    guard = signal_guard(run, caller, run.parent is None and settings.handle_signals)
-    with guard, anyio.from_thread.start_blocking_portal(
-        settings.backend, name=f"orchestr-{run.record.name}"
-    ) as portal:
-        done = portal.start_task_soon(on_loop)
-        done.add_done_callback(lambda _: caller.close())
+    with signal_guard(run, caller, run.parent is None and settings.handle_signals):
+        thread.start()
         while True:
             try:
                 caller.serve()
                 break
             except BaseException as exc:  # an interrupt while the engine was working
                 interrupt = interrupt or exc
-                portal.call(run.request_cancel)
-        state = done.result()
+                run.cancel_requested = True
+                if run.loop is not None:
+                    run.loop.call_soon(run.request_cancel)
+        thread.join()
     if interrupt is not None and run.signal is None:
         raise interrupt
-    return _deliver(run, state, return_state)
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return _deliver(run, value, return_state)
 
 
 def _route_prints(run: FlowRun) -> Any:
@@ -157,7 +171,15 @@ async def _run(
     except cancelled:
         with anyio.CancelScope(shield=True):
             error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled by its caller")
-            await _end(run, State(StateType.CANCELLED, message="cancelled by its caller", error=error, record=record))
+            await _end(
+                run,
+                State(
+                    StateType.CANCELLED,
+                    message="cancelled by its caller",
+                    error=error,
+                    record=record,
+                ),
+            )
         raise
     await _end(run, state)
     return state
@@ -255,7 +277,9 @@ def _final_state(
     if run.signal is not None:
         name = signal.Signals(run.signal).name
         error = CrashedError(f"flow run {record.name!r} was interrupted by {name}")
-        return State(StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record)
+        return State(
+            StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record
+        )
     if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
         error = CrashedError(f"flow run {record.name!r} crashed: {describe(body_error)}")
         error.__cause__ = body_error
@@ -263,13 +287,19 @@ def _final_state(
     if cancelled_caught:
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         return State(
-            StateType.FAILED, name="TimedOut", message=message, error=RunTimedOut(message), record=record
+            StateType.FAILED,
+            name="TimedOut",
+            message=message,
+            error=RunTimedOut(message),
+            record=record,
         )
     if isinstance(body_error, RunCancelled):
         error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
         return State(StateType.CANCELLED, message="cancelled", error=error, record=record)
     if body_error is not None:
-        return State(StateType.FAILED, message=describe(body_error), error=body_error, record=record)
+        return State(
+            StateType.FAILED, message=describe(body_error), error=body_error, record=record
+        )
     returned = collect_returned(value)
     if returned:
         return _aggregate(run, value, returned)
@@ -303,7 +333,9 @@ def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
         only = states[0]
         if only.is_completed():
             return State(StateType.COMPLETED, message=only.message, data=only._data, record=record)
-        return State(only.type, name=only.name, message=only.message, error=only.exception, record=record)
+        return State(
+            only.type, name=only.name, message=only.message, error=only.exception, record=record
+        )
     bad = [s for s in states if not s.is_completed()]
     if not bad:
         return State(StateType.COMPLETED, data=resolve_returned(value), record=record)
@@ -348,13 +380,19 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
             if hasattr(outcome, "__await__"):
                 await outcome
         except Exception:
-            logger.exception("Hook %r raised; the run's state stays %s", getattr(hook, "__name__", hook), state.name)
+            logger.exception(
+                "Hook %r raised; the run's state stays %s",
+                getattr(hook, "__name__", hook),
+                state.name,
+            )
     if state.type is StateType.COMPLETED:
         logger.info("Finished in state %r", state)
     else:
         error = state.exception
         logger.log(
-            logging.ERROR if state.type in (StateType.FAILED, StateType.CRASHED) else logging.WARNING,
+            logging.ERROR
+            if state.type in (StateType.FAILED, StateType.CRASHED)
+            else logging.WARNING,
             "Finished in state %r",
             state,
             exc_info=(type(error), error, error.__traceback__) if error else None,

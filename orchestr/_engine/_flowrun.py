@@ -45,7 +45,7 @@ _log = logging.getLogger("orchestr.flow_runs")
 class Job:
     """A submitted task run waiting to be started on the loop."""
 
-    __slots__ = ("task", "future", "args", "kwargs", "upstreams", "context")
+    __slots__ = ("args", "context", "future", "kwargs", "task", "upstreams")
 
     def __init__(
         self,
@@ -72,26 +72,26 @@ class FlowRun:
     """One flow run while it runs."""
 
     __slots__ = (
-        "flow",
-        "record",
-        "parent",
-        "execute_job",
-        "worker_driver",
-        "lock",
-        "loop",
-        "runner",
-        "task_group",
-        "scope",
-        "active",
-        "pending",
+        "_counters",
         "_doorbell",
         "_rung",
         "_stopping",
-        "closed",
-        "cancel_requested",
-        "signal",
         "_thread_waiters",
-        "_counters",
+        "active",
+        "cancel_requested",
+        "closed",
+        "execute_job",
+        "flow",
+        "lock",
+        "loop",
+        "parent",
+        "pending",
+        "record",
+        "runner",
+        "scope",
+        "signal",
+        "task_group",
+        "worker_driver",
     )
 
     def __init__(
@@ -161,7 +161,8 @@ class FlowRun:
         """Start queued runs in batches until :meth:`stop_dispatch`."""
         pending = self.pending
         task_group = self.task_group
-        assert task_group is not None and self._doorbell is not None
+        assert task_group is not None
+        assert self._doorbell is not None
         execute = self.execute_job
         while True:
             await self._doorbell.wait()
@@ -267,4 +268,6 @@ class FlowRun:
                 future.name,
                 grace,
             )
-            self.finish(future, cancelled_state(future._record, "abandoned when its flow run was cancelled"))
+            self.finish(
+                future, cancelled_state(future._record, "abandoned when its flow run was cancelled")
+            )

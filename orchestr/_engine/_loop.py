@@ -19,13 +19,13 @@ __all__ = ["LoopHandle"]
 class LoopHandle:
     """A way back into the event loop running in the thread that created it."""
 
-    __slots__ = ("thread_id", "_schedule")
+    __slots__ = ("_schedule", "thread_id")
 
     def __init__(self) -> None:
         native = anyio.lowlevel.current_token().native_token
-        self._schedule: Callable[[Callable[[], object]], object] = getattr(
-            native, "call_soon_threadsafe", None
-        ) or native.run_sync_soon  # type: ignore[attr-defined]
+        self._schedule: Callable[[Callable[[], object]], object] = (
+            getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
+        )  # type: ignore[attr-defined]
         self.thread_id = get_ident()
 
     def on_loop_thread(self) -> bool:

@@ -23,15 +23,14 @@ __all__ = ["ParameterValidator"]
 class ParameterValidator:
     """Validates the parameters of calls to one flow function."""
 
-    __slots__ = ("_fn", "_flow_name", "_signature", "_validate", "_annotated", "enabled")
+    __slots__ = ("_annotated", "_flow_name", "_fn", "_signature", "_validate", "enabled")
 
     def __init__(self, fn: Callable[..., Any], flow_name: str, enabled: bool) -> None:
         self._fn = fn
         self._flow_name = flow_name
         self._signature = inspect.signature(fn)
         self._annotated = any(
-            p.annotation is not inspect.Parameter.empty
-            for p in self._signature.parameters.values()
+            p.annotation is not inspect.Parameter.empty for p in self._signature.parameters.values()
         )
         self._validate: Callable[[Any], dict[str, Any]] | None = None
         self.enabled = enabled
@@ -95,7 +94,7 @@ def _type_hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[st
             continue
         if isinstance(annotation, str):
             try:
-                annotation = eval(annotation, namespace)  # noqa: S307 - the user's own hint
+                annotation = eval(annotation, namespace)
             except Exception:
                 annotation = Any
         hints[name] = annotation

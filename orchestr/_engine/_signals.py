@@ -26,10 +26,15 @@ if TYPE_CHECKING:
     from ._caller import CallerThread
     from ._flowrun import FlowRun
 
-__all__ = ["interrupt_for", "signal_guard"]
+__all__ = ["interrupt_for", "interrupt_main_thread", "signal_guard"]
 
 _SIGNAL_NUMBERS = (int(signal.SIGINT), int(signal.SIGTERM))
 _log = logging.getLogger("orchestr.flow_runs")
+# An exception a guard's handler must raise in the main thread instead of treating the
+# signal as an interrupt: how a timed-out sync flow body blocked in time.sleep() (or any
+# system call) is woken there.
+_pending: list[BaseException] = []
+_guards_active = 0
 
 
 @contextmanager
@@ -39,6 +44,8 @@ def signal_guard(run: FlowRun, caller: CallerThread | None, enabled: bool) -> It
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
+        if _pending:
+            raise _pending.pop()
         if run.signal is not None:
             _log.warning(
                 "Received %s again; flow run %r is already cleaning up",
@@ -55,12 +62,26 @@ def signal_guard(run: FlowRun, caller: CallerThread | None, enabled: bool) -> It
 
     # _signal.signal is signal.signal without its enum conversions, which cost ~10 us a
     # call: this runs twice per signal for every top-level flow call.
+    global _guards_active
     previous = [(sig, _signal.signal(sig, handler)) for sig in _SIGNAL_NUMBERS]
+    _guards_active += 1
     try:
         yield
     finally:
+        _guards_active -= 1
+        _pending.clear()
         for sig, handler_before in previous:
             _signal.signal(sig, handler_before)
+
+
+def interrupt_main_thread(exc: BaseException) -> bool:
+    """Raise ``exc`` in the main thread now, even inside a blocking system call, through
+    an installed guard's handler. Returns False when no guard is installed."""
+    if not _guards_active:
+        return False
+    _pending.append(exc)
+    signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
+    return True
 
 
 def interrupt_for(signum: int) -> BaseException:

@@ -47,7 +47,7 @@ class TaskRunner(abc.ABC):
     def duplicate(self) -> Self:
         """A new, unstarted runner with the same configuration."""
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Acquire what the runner needs; called when the flow run starts."""
 
     @abc.abstractmethod
@@ -64,7 +64,7 @@ class TaskRunner(abc.ABC):
         it) keeps running, and the runner no longer waits for it at shutdown."""
         return handle.cancel()
 
-    async def shutdown(self) -> None:
+    async def shutdown(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release everything; called once every task run of the flow run finished."""
 
     def __repr__(self) -> str:
