@@ -18,6 +18,11 @@ from .logging import get_run_logger as get_run_logger
 from .records import FlowRunRecord as FlowRunRecord
 from .records import RunEvent as RunEvent
 from .records import TaskRunRecord as TaskRunRecord
+from .resources import Resource as Resource
+from .resources import ResourceStack as ResourceStack
+from .resources import resource as resource
+from .resources import resource_manager as resource_manager
+from .resources import scope as scope
 from .runners import TaskRunner as TaskRunner
 from .runners import ThreadPoolTaskRunner as ThreadPoolTaskRunner
 from .settings import get_settings as get_settings
@@ -32,6 +37,8 @@ __all__ = [
     "FlowRunRecord",
     "FutureList",
     "OrchestrError",
+    "Resource",
+    "ResourceStack",
     "RunEvent",
     "State",
     "StateType",
@@ -46,6 +53,9 @@ __all__ = [
     "get_run_logger",
     "get_settings",
     "override_settings",
+    "resource",
+    "resource_manager",
+    "scope",
     "task",
     "unmapped",
     "wait",

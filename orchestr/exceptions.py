@@ -19,6 +19,8 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
     ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
     ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
+    │   └── ResourceErrorGroup             a block's error plus its resources' cleanup
+    │                                      errors, each naming its resource
     └── ResourceError                      a resource was misused or failed
         ├── ResourceDefinitionError (TypeError)
         │                                  @resource / @resource_manager used wrongly
@@ -62,6 +64,7 @@ __all__ = [
     "ResourceClosedError",
     "ResourceDefinitionError",
     "ResourceError",
+    "ResourceErrorGroup",
     "ResourceSetupError",
     "RunCancelled",
     "RunTimedOut",
@@ -154,6 +157,14 @@ class FailedRunsGroup(ExceptionGroup, OrchestrError):  # type: ignore[misc]
 
     def derive(self, excs: Any) -> Self:  # type: ignore[override]
         return FailedRunsGroup(self.message, excs)  # type: ignore[return-value]
+
+
+class ResourceErrorGroup(FailedRunsGroup):
+    """Raised when resource cleanups failed: the block's own error (if any) and every
+    cleanup error (a :class:`ResourceCleanupError` naming its resource), together."""
+
+    def derive(self, excs: Any) -> Self:  # type: ignore[override]
+        return ResourceErrorGroup(self.message, excs)  # type: ignore[return-value]
 
 
 class ResourceError(OrchestrError):

@@ -162,7 +162,9 @@ class TaskFuture(Generic[R]):
         self.add_done_callback(lambda _: call(event.set))
         await event.wait()
 
-    def _wait_blocking(self, timeout: float | None) -> bool:
+    def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
+        """Block until final or ``timeout``; returns whether final. When the run is
+        cancelled, a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         run = self._run
         if run.loop.on_loop_thread():
             raise BlockingCallError(
@@ -172,10 +174,13 @@ class TaskFuture(Generic[R]):
             )
         event = threading.Event()
         self.add_done_callback(lambda _: event.set())
-        with run.thread_waiter(event):
+        if cancellable:
+            with run.thread_waiter(event):
+                event.wait(timeout)
+        else:
             event.wait(timeout)
         if self._state is None:
-            if run.cancel_requested:
+            if cancellable and run.cancel_requested:
                 raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
             return False
         return True

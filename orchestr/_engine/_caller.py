@@ -10,7 +10,6 @@ runs the body waits for.
 from __future__ import annotations
 
 import queue
-import threading
 from collections.abc import Callable
 from threading import get_ident
 from typing import TYPE_CHECKING, Any
@@ -19,7 +18,7 @@ import anyio
 
 from ..exceptions import RunCancelled
 from ._loop import LoopHandle
-from ._signals import interrupt_main_thread
+from ._signals import interrupt_thread
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -66,7 +65,7 @@ class CallerThread:
             with anyio.CancelScope(shield=True):
                 self._run.request_cancel()
                 if self.in_body:
-                    _interrupt(self.thread_id)
+                    interrupt_thread(self.thread_id, RunCancelled)
                 await done.wait()
             raise
         ok, value = outcome[0]
@@ -84,19 +83,3 @@ class CallerThread:
 
     def close(self) -> None:
         self._jobs.put(None)
-
-
-def _interrupt(thread_id: int) -> None:
-    """Raise RunCancelled in a sync body's thread. In the main thread a signal does it,
-    even inside a blocking call; elsewhere the exception is injected at the thread's next
-    bytecode (a blocking C call finishes first): the only ways to stop sync Python code
-    from outside."""
-    if thread_id == threading.main_thread().ident and interrupt_main_thread(
-        RunCancelled("the flow run timed out")
-    ):
-        return
-    import ctypes  # deferred: only cancelled sync bodies need it
-
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread_id), ctypes.py_object(RunCancelled)
-    )

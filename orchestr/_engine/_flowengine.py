@@ -39,7 +39,7 @@ from ..settings import get_settings
 from ..states import State, StateType
 from ._attempts import retry_delay
 from ._caller import CallerThread
-from ._context import flow_run_var
+from ._context import flow_run_var, retry_delay_override_var
 from ._deps import collect_returned, resolve_returned
 from ._flowrun import FlowRun
 from ._outcomes import describe, record_final_state
@@ -95,9 +95,14 @@ def run_flow_sync(
     async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await caller.run(context.run, flow.fn, *args, **kwargs)
 
+    # The loop thread starts with an empty context; the flow's own retry delays must
+    # still see the caller's fast_retries().
+    delay_override = retry_delay_override_var.get()
+
     async def on_loop() -> State[Any]:
         run.bind_loop()
         flow_run_var.set(run)
+        retry_delay_override_var.set(delay_override)
         return await _run(run, args, kwargs, body)
 
     outcome: list[tuple[bool, Any]] = []

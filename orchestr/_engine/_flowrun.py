@@ -73,6 +73,7 @@ class FlowRun:
 
     __slots__ = (
         "_counters",
+        "closed_resources",
         "_doorbell",
         "_rung",
         "_stopping",
@@ -120,6 +121,9 @@ class FlowRun:
         self.signal: int | None = None  # the signal that interrupted the run, if any
         self._thread_waiters: set[threading.Event] = set()
         self._counters: dict[str, Iterator[int]] = {}
+        # Values of resources whose block ended, by id (the value is kept so the id is
+        # not reused): handing one to a task is refused (rule 12).
+        self.closed_resources: dict[int, tuple[Any, str]] = {}
 
     def bind_loop(self) -> None:
         """Attach the run to the event loop of the calling thread."""
@@ -133,6 +137,10 @@ class FlowRun:
         record = TaskRunRecord(task_name, next(counter), self.record)
         self.record.task_runs.append(record)
         return record
+
+    def remember_closed_resource(self, value: Any, name: str) -> None:
+        if value is not None and type(value) not in (int, float, str, bytes, bool):
+            self.closed_resources[id(value)] = (value, name)
 
     # -- starting submitted runs ------------------------------------------------------------
     def enqueue(self, job: Job) -> None:

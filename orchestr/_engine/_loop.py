@@ -19,10 +19,12 @@ __all__ = ["LoopHandle"]
 class LoopHandle:
     """A way back into the event loop running in the thread that created it."""
 
-    __slots__ = ("_schedule", "thread_id")
+    __slots__ = ("_schedule", "thread_id", "token")
 
     def __init__(self) -> None:
-        native = anyio.lowlevel.current_token().native_token
+        # Also kept for blocking calls into the loop: anyio.from_thread.run(token=...).
+        self.token = anyio.lowlevel.current_token()
+        native = self.token.native_token
         self._schedule: Callable[[Callable[[], object]], object] = (
             getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
         )  # type: ignore[attr-defined]

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ._caller import CallerThread
     from ._flowrun import FlowRun
 
-__all__ = ["interrupt_for", "interrupt_main_thread", "signal_guard"]
+__all__ = ["clear_interrupt", "interrupt_for", "interrupt_thread", "signal_guard"]
 
 _SIGNAL_NUMBERS = (int(signal.SIGINT), int(signal.SIGTERM))
 _log = logging.getLogger("orchestr.flow_runs")
@@ -34,6 +34,7 @@ _log = logging.getLogger("orchestr.flow_runs")
 # signal as an interrupt: how a timed-out sync flow body blocked in time.sleep() (or any
 # system call) is woken there.
 _pending: list[BaseException] = []
+_sent = [0]  # signals sent by interrupt_main_thread() and not yet handled
 _guards_active = 0
 
 
@@ -44,8 +45,12 @@ def signal_guard(run: FlowRun, caller: CallerThread | None, enabled: bool) -> It
         return
 
     def handler(signum: int, frame: FrameType | None) -> None:
-        if _pending:
-            raise _pending.pop()
+        if _sent[0]:
+            # One of ours: raise what it carries, or nothing if it was withdrawn.
+            _sent[0] -= 1
+            if _pending:
+                raise _pending.pop()
+            return
         if run.signal is not None:
             _log.warning(
                 "Received %s again; flow run %r is already cleaning up",
@@ -70,6 +75,7 @@ def signal_guard(run: FlowRun, caller: CallerThread | None, enabled: bool) -> It
     finally:
         _guards_active -= 1
         _pending.clear()
+        _sent[0] = 0
         for sig, handler_before in previous:
             _signal.signal(sig, handler_before)
 
@@ -80,6 +86,7 @@ def interrupt_main_thread(exc: BaseException) -> bool:
     if not _guards_active:
         return False
     _pending.append(exc)
+    _sent[0] += 1
     signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)  # type: ignore[arg-type]
     return True
 
@@ -89,3 +96,25 @@ def interrupt_for(signum: int) -> BaseException:
     if signum == signal.SIGINT:
         return KeyboardInterrupt()
     return Terminated(f"terminated by {signal.Signals(signum).name}")
+
+
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type()`` in another thread: the only ways to stop sync Python code
+    from outside. In the main thread a signal does it, even inside a blocking call (when a
+    guard's handler is installed); elsewhere the exception is injected at the thread's
+    next bytecode, so a blocking C call there finishes first."""
+    if thread_id == threading.main_thread().ident and interrupt_main_thread(exc_type()):
+        return
+    import ctypes  # deferred: only interrupted threads need it
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
+
+
+def clear_interrupt(thread_id: int) -> None:
+    """Withdraw an interrupt sent with :func:`interrupt_thread` that has not fired yet."""
+    _pending.clear()
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)

@@ -17,7 +17,12 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from ..annotations import unmapped
-from ..exceptions import CyclicDependencyError, MappingError, NotInFlowRunError
+from ..exceptions import (
+    CyclicDependencyError,
+    MappingError,
+    NotInFlowRunError,
+    ResourceClosedError,
+)
 from ..futures import FutureList, TaskFuture, _observe
 from ..records import TaskRunRecord
 from ..states import State, StateType
@@ -55,6 +60,8 @@ async def call_task_async(
     wait_for: Any,
 ) -> Any:
     run = flow_run_var.get()
+    if run is not None and run.closed_resources:
+        _refuse_closed_resources(run, task, args, kwargs)
     record = _new_record(task, run)
     upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
     for future, _ in upstreams:
@@ -75,6 +82,8 @@ def call_task_blocking(
     wait_for: Any,
 ) -> Any:
     run = flow_run_var.get()
+    if run is not None and run.closed_resources:
+        _refuse_closed_resources(run, task, args, kwargs)
     record = _new_record(task, run)
     upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
     for future, _ in upstreams:
@@ -114,6 +123,8 @@ def submit_task(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
 ) -> TaskFuture[Any]:
     run = _current_run(task, "submit")
+    if run.closed_resources:
+        _refuse_closed_resources(run, task, args, kwargs)
     waits = wait_for_list(wait_for) if wait_for is not None else ()
     upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else []
     if upstreams:
@@ -234,6 +245,27 @@ def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
             "submit task runs while their flow run is running"
         )
     return run
+
+
+def _refuse_closed_resources(
+    run: FlowRun, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """A resource whose block has ended (its cleanup ran) must not reach a task: look
+    at the arguments and one level into lists, tuples, sets and dicts."""
+    closed = run.closed_resources
+    for key, value in [*enumerate(args), *kwargs.items()]:
+        inner = value.values() if isinstance(value, dict) else value
+        candidates = inner if isinstance(value, (list, tuple, set, frozenset, dict)) else ()
+        for candidate in (value, *candidates):
+            found = closed.get(id(candidate))
+            if found is not None and found[0] is candidate:
+                where = f"argument #{key}" if isinstance(key, int) else f"argument {key!r}"
+                raise ResourceClosedError(
+                    f"{task.name} was given resource {found[1]!r} ({where}) after its "
+                    "block ended and it was cleaned up; use it inside its block, or "
+                    "enter the resource again",
+                    found[1],
+                )
 
 
 def _refuse_cycle(task: Task[Any, Any], upstreams: list[Upstream]) -> None:

@@ -1,0 +1,358 @@
+"""Resource: a block that is set up once and cleaned up exactly once, after the tasks
+submitted inside it have finished, whatever happened (DESIGN rule 10).
+
+Entering a resource runs its setup; leaving it waits for every future submitted inside
+the block, then runs its cleanup, shielded from cancellation and bounded by the cleanup
+timeout. If setup fails there is no cleanup. A failing cleanup does not stop the cleanup
+of enclosing resources; every error (the block's own and each cleanup's) is raised
+together as a :class:`~orchestr.exceptions.ResourceErrorGroup`. Cancellation and other
+interrupts keep propagating as they are; the cleanup errors that came with them are in
+the run's events and log.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from contextvars import Token
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.from_thread
+
+from .._engine._context import FutureScope as FutureScopeProtocol
+from .._engine._context import flow_run_var, scope_var
+from ..exceptions import (
+    CleanupTimeoutError,
+    ResourceCleanupError,
+    ResourceClosedError,
+    ResourceError,
+    ResourceErrorGroup,
+    ResourceSetupError,
+    UsageError,
+)
+from ..settings import get_settings
+from ._events import ResourceEvents
+from ._lifecycles import Lifecycle
+from ._scope import FutureScope
+from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
+
+__all__ = ["Resource"]
+
+T = TypeVar("T")
+
+_NEW, _SETTING_UP, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
+
+
+class Resource(Generic[T]):
+    """A scope-aware resource. Enter it once, with ``with`` (sync code) or
+    ``async with`` (async code); made by ``@resource``, ``@resource_manager`` classes and
+    ``scope(cm)``."""
+
+    __slots__ = (
+        "_events",
+        "_lifecycle",
+        "_scope",
+        "_state",
+        "_thread",
+        "_token",
+        "_value",
+        "cleanup_timeout",
+        "name",
+    )
+
+    def __init__(
+        self, lifecycle: Lifecycle, *, name: str, cleanup_timeout: float | None = None
+    ) -> None:
+        if cleanup_timeout is not None and not cleanup_timeout > 0:
+            raise UsageError(
+                f"cleanup_timeout of resource {name!r} must be a number > 0 or None, "
+                f"got {cleanup_timeout!r}"
+            )
+        self.name = name
+        self.cleanup_timeout = cleanup_timeout
+        self._lifecycle = lifecycle
+        self._state = _NEW
+        self._events: ResourceEvents | None = None
+        self._scope: FutureScope | None = None
+        self._token: Token[FutureScopeProtocol | None] | None = None
+        self._value: Any = None
+        self._thread: ResourceThread | None = None
+
+    def __repr__(self) -> str:
+        states = ["new", "setting up", "open", "closing", "closed", "failed"]
+        return f"<Resource {self.name!r} {states[self._state]}>"
+
+    # -- async blocks ----------------------------------------------------------------------
+    async def __aenter__(self) -> T:
+        self._claim(in_async_block=True)
+        start = time.perf_counter()
+        try:
+            value = await self._setup_in_async_block()
+        except BaseException as exc:
+            error = self._setup_failed(exc, start)
+            if error is exc:
+                raise
+            raise error from exc
+        return self._open(value, start)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scope = self._leave_scope()
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        with anyio.CancelScope(shield=True):
+            await scope.settle(interrupted)
+            scope.closed = True
+            suppress, error = await self._cleanup_async(exc_type, exc, tb)
+        return self._conclude(exc, suppress, error)
+
+    async def _setup_in_async_block(self) -> Any:
+        lifecycle = self._lifecycle
+        if lifecycle.setup_is_async:
+            return await lifecycle.setup()
+        # Sync setup: in the resource's own thread, where its cleanup will run too.
+        self._thread = ResourceThread(self.name)
+        call = self._thread.start(lifecycle.setup)
+        try:
+            await call.wait()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await self._finish_abandoned_setup(call)
+            raise
+        return call.result()
+
+    async def _finish_abandoned_setup(self, call: ThreadCall) -> None:
+        """The block was cancelled while a sync setup ran in its thread. That setup may
+        still succeed, and a resource that was set up must be cleaned up."""
+        with anyio.move_on_after(self._timeout()):
+            await call.wait()
+        if not call.succeeded:
+            return
+        self._value = call.result()
+        assert self._events is not None
+        self._events.emit("setup.finished")
+        await self._cleanup_async(None, None, None)
+
+    async def _cleanup_async(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> tuple[bool, ResourceCleanupError | None]:
+        lifecycle = self._lifecycle
+        start = self._cleanup_started()
+        timeout = self._timeout()
+        suppress = False
+        error: BaseException | None = None
+        timed_out = False
+        try:
+            if lifecycle.cleanup_is_async:
+                with anyio.move_on_after(timeout) as deadline:
+                    suppress = bool(await lifecycle.cleanup(self._value, exc_type, exc, tb))
+                timed_out = deadline.cancelled_caught
+            else:
+                if self._thread is None:
+                    self._thread = ResourceThread(self.name)
+                call = self._thread.start(lifecycle.cleanup, self._value, exc_type, exc, tb)
+                with anyio.move_on_after(timeout) as deadline:
+                    await call.wait()
+                timed_out = deadline.cancelled_caught
+                if not timed_out:
+                    suppress = bool(call.result())
+        except Exception as cleanup_exc:
+            error = cleanup_exc
+        finally:
+            if self._thread is not None:
+                self._thread.close()
+        return suppress, self._cleanup_ended(start, timeout, timed_out, error)
+
+    # -- sync blocks -----------------------------------------------------------------------
+    def __enter__(self) -> T:
+        self._claim(in_async_block=False)
+        start = time.perf_counter()
+        try:
+            lifecycle = self._lifecycle
+            if lifecycle.setup_is_async:
+                value = self._on_run_loop(lifecycle.setup)
+            else:
+                value = lifecycle.setup()
+        except BaseException as exc:
+            error = self._setup_failed(exc, start)
+            if error is exc:
+                raise
+            raise error from exc
+        return self._open(value, start)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        scope = self._leave_scope()
+        interrupted = exc is not None and not isinstance(exc, Exception)
+        scope.settle_blocking(interrupted)
+        scope.closed = True
+        if self._lifecycle.cleanup_is_async:
+            suppress, error = self._on_run_loop(self._shielded_cleanup, exc_type, exc, tb)
+        else:
+            suppress, error = self._cleanup_blocking(exc_type, exc, tb)
+        return self._conclude(exc, suppress, error)
+
+    def _cleanup_blocking(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> tuple[bool, ResourceCleanupError | None]:
+        start = self._cleanup_started()
+        timeout = self._timeout()
+        suppress = False
+        error: BaseException | None = None
+        timed_out = False
+        watchdog = Watchdog(timeout)
+        try:
+            with watchdog:
+                suppress = bool(self._lifecycle.cleanup(self._value, exc_type, exc, tb))
+        except CleanupInterrupted:
+            timed_out = True
+        except Exception as cleanup_exc:
+            error = cleanup_exc
+        timed_out = timed_out or watchdog.fired
+        return suppress, self._cleanup_ended(start, timeout, timed_out, error)
+
+    async def _shielded_cleanup(self, *exc_info: Any) -> tuple[bool, ResourceCleanupError | None]:
+        with anyio.CancelScope(shield=True):
+            return await self._cleanup_async(*exc_info)
+
+    def _on_run_loop(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        """Run async setup/cleanup code from a sync block: on the event loop of the
+        current sync flow run."""
+        run = flow_run_var.get()
+        if run is None or run.loop is None or run.loop.on_loop_thread():
+            raise UsageError(
+                f"resource {self.name!r} has async setup or cleanup code; enter it with "
+                "`async with` (a sync `with` can run it only inside a sync flow run)"
+            )
+        return anyio.from_thread.run(_awaited, fn, *args, token=run.loop.token)
+
+    # -- shared steps ----------------------------------------------------------------------
+    def _claim(self, in_async_block: bool) -> None:
+        if self._state != _NEW:
+            raise ResourceClosedError(
+                f"resource {self.name!r} was already used; a resource object is entered "
+                "once: call its factory again for a new one",
+                self.name,
+            )
+        if not in_async_block:
+            run = flow_run_var.get()
+            if run is not None and run.loop is not None and run.loop.on_loop_thread():
+                raise UsageError(
+                    f"resource {self.name!r} was entered with a sync `with` on the event "
+                    "loop of an async flow run; use `async with` (leaving the block waits "
+                    "for tasks that need that loop)"
+                )
+        self._state = _SETTING_UP
+        self._lifecycle.bind(in_async_block)
+        self._events = ResourceEvents(self.name)
+        self._events.emit("setup.started")
+
+    def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
+        if self._state == _CLOSED:  # cancelled, but set up and cleaned up after all
+            return exc
+        self._state = _FAILED
+        assert self._events is not None
+        self._events.emit("setup.failed", duration=time.perf_counter() - start, error=exc)
+        if self._thread is not None:
+            self._thread.close()
+        if not isinstance(exc, Exception) or isinstance(exc, ResourceError):
+            return exc  # interrupts and orchestr's own resource errors stay as they are
+        return ResourceSetupError(
+            f"setup of resource {self.name!r} failed: {type(exc).__name__}: {exc}", self.name
+        )
+
+    def _open(self, value: T, start: float) -> T:
+        assert self._events is not None
+        self._events.emit("setup.finished", duration=time.perf_counter() - start)
+        self._value = value
+        self._scope = FutureScope(self.name)
+        self._token = scope_var.set(self._scope)
+        self._state = _OPEN
+        return value
+
+    def _leave_scope(self) -> FutureScope:
+        assert self._scope is not None
+        assert self._token is not None
+        scope_var.reset(self._token)
+        self._token = None
+        return self._scope
+
+    def _timeout(self) -> float:
+        if self.cleanup_timeout is not None:
+            return self.cleanup_timeout
+        return get_settings().cleanup_timeout_seconds
+
+    def _cleanup_started(self) -> float:
+        self._state = _CLOSING
+        assert self._events is not None
+        self._events.emit("cleanup.started")
+        return time.perf_counter()
+
+    def _cleanup_ended(
+        self, start: float, timeout: float, timed_out: bool, error: BaseException | None
+    ) -> ResourceCleanupError | None:
+        self._state = _CLOSED
+        self._register_closed_value()
+        duration = time.perf_counter() - start
+        assert self._events is not None
+        if timed_out:
+            timeout_error = CleanupTimeoutError(
+                f"cleanup of resource {self.name!r} did not finish within its cleanup "
+                f"timeout of {timeout} s; it was abandoned",
+                self.name,
+            )
+            self._events.emit("cleanup.timed_out", duration=duration, error=timeout_error)
+            return timeout_error
+        if error is not None:
+            self._events.emit("cleanup.failed", duration=duration, error=error)
+            cleanup_error = ResourceCleanupError(
+                f"cleanup of resource {self.name!r} failed: {type(error).__name__}: {error}",
+                self.name,
+            )
+            cleanup_error.__cause__ = error
+            return cleanup_error
+        self._events.emit("cleanup.finished", duration=duration)
+        return None
+
+    def _register_closed_value(self) -> None:
+        run = flow_run_var.get()
+        if run is not None:
+            run.remember_closed_resource(self._value, self.name)
+
+    def _conclude(
+        self, exc: BaseException | None, suppress: bool, error: ResourceCleanupError | None
+    ) -> bool:
+        if error is None:
+            return suppress
+        if exc is not None and not isinstance(exc, Exception):
+            return False  # an interrupt keeps propagating; the error is in the events
+        members: list[Exception] = []
+        if isinstance(exc, ResourceErrorGroup):
+            members.extend(exc.exceptions)
+        elif exc is not None and not suppress:
+            members.append(exc)
+        members.append(error)
+        cleanups = sum(isinstance(m, ResourceCleanupError) for m in members)
+        message = f"{cleanups} resource cleanup(s) failed"
+        if len(members) > cleanups:
+            message += " after their block failed"
+        raise ResourceErrorGroup(message, members)
+
+
+async def _awaited(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    return await fn(*args)

@@ -1,0 +1,61 @@
+"""Resource lifecycle events: recorded on the current flow run and written to its log.
+
+Kinds are ``resource.setup.{started,finished,failed}`` and
+``resource.cleanup.{started,finished,failed,timed_out}``; events that end a phase carry
+its duration, failures carry the error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from .._engine._context import flow_run_var, task_run_var
+from ..logging import flow_run_logger, task_run_logger
+from ..records import FlowRunRecord, RunEvent
+
+__all__ = ["ResourceEvents"]
+
+_ERRORS = ("setup.failed", "cleanup.failed", "cleanup.timed_out")
+_log = logging.getLogger("orchestr.resources")
+
+
+class ResourceEvents:
+    """The events of one resource block, bound to the run it was entered in."""
+
+    __slots__ = ("_logger", "_record", "_task_record", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        run = flow_run_var.get()
+        task_ctx = task_run_var.get()
+        self._record: FlowRunRecord | None = None if run is None else run.record
+        self._task_record = None if task_ctx is None else task_ctx.record
+        self._logger: Any = None
+
+    def emit(
+        self,
+        kind: str,
+        *,
+        duration: float | None = None,
+        error: BaseException | None = None,
+    ) -> None:
+        event = RunEvent(f"resource.{kind}", self.name, duration=duration, error=error)
+        if self._record is not None:
+            self._record.events.append(event)
+        level = logging.ERROR if kind in _ERRORS else logging.INFO
+        if not logging.getLogger("orchestr").isEnabledFor(level):
+            return
+        took = "" if duration is None else f" in {duration * 1000:.1f} ms"
+        failure = "" if error is None else f": {type(error).__name__}: {error}"
+        self._run_logger().log(level, "Resource %r: %s%s%s", self.name, kind, took, failure)
+
+    def _run_logger(self) -> Any:
+        if self._logger is None:
+            if self._task_record is not None:
+                self._logger = task_run_logger(self._task_record)
+            elif self._record is not None:
+                self._logger = flow_run_logger(self._record)
+            else:
+                self._logger = _log
+        return self._logger

@@ -1,0 +1,109 @@
+"""Flows that tests/test_signals.py runs in real subprocesses and interrupts with real
+signals. Usage: python signal_scenarios.py <scenario> <directory>
+
+Each scenario holds a resource, has task runs in flight, prints READY once they are
+running, and waits. The resource's cleanup writes ``cleaned`` into the directory; task
+runs that end write ``<name> ended`` lines.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import anyio
+
+from orchestr import flow, resource, resource_manager, task
+
+
+def note(directory: Path, line: str) -> None:
+    with (directory / "journal").open("a") as f:
+        f.write(line + "\n")
+        f.flush()
+
+
+def ready() -> None:
+    print("READY", flush=True)
+
+
+def main() -> None:
+    scenario, directory = sys.argv[1], Path(sys.argv[2])
+
+    @resource
+    async def async_res() -> AsyncIterator[str]:
+        note(directory, "setup")
+        try:
+            yield "handle"
+        finally:
+            await anyio.sleep(0.05)  # cleanup that awaits: must be shielded
+            note(directory, "cleaned")
+
+    @resource_manager
+    class SyncRes:
+        def setup(self) -> str:
+            note(directory, "setup")
+            return "handle"
+
+        def cleanup(self, handle: str) -> None:
+            note(directory, "cleaned")
+
+    @task
+    async def waiter(handle: str, started: anyio.Event) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        finally:
+            note(directory, "async task ended")
+
+    @task
+    def sync_waiter(handle: str, started: threading.Event) -> None:
+        started.set()
+        time.sleep(0.3)  # a sync task mid-call when the signal arrives
+        note(directory, "sync task ended")
+
+    @flow
+    async def async_flow() -> None:
+        async with async_res() as handle:
+            started = anyio.Event()
+            waiter.submit(handle, started)
+            await started.wait()
+            ready()
+            await anyio.sleep(60)
+
+    @flow
+    def sync_flow() -> None:
+        with SyncRes() as handle:
+            started = threading.Event()
+            sync_waiter.submit(handle, started)
+            started.wait(10)
+            ready()
+            time.sleep(60)
+
+    @flow
+    def sync_flow_waiting() -> None:
+        with SyncRes() as handle:
+            started = threading.Event()
+            future = sync_waiter.submit(handle, started)
+            started.wait(10)
+            ready()
+            future.result()
+            time.sleep(60)
+
+    if scenario == "async-asyncio":
+        anyio.run(async_flow)
+    elif scenario == "async-trio":
+        anyio.run(async_flow, backend="trio")
+    elif scenario == "sync":
+        sync_flow()
+    elif scenario == "sync-waiting":
+        sync_flow_waiting()
+    else:
+        raise SystemExit(f"unknown scenario {scenario}")
+    note(directory, "flow returned")  # must not happen: the flow was interrupted
+
+
+if __name__ == "__main__":
+    main()
