@@ -1,0 +1,51 @@
+"""Every example in examples/ runs as a real program and tells its story correctly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).parent.parent / "examples"
+
+# example file -> lines its output must contain
+EXPECTED: dict[str, list[str]] = {
+    "quickstart.py": [
+        "publish ended Failed: the report server refused a total of 96.0",
+        "'cleanup': 'clean'",
+        "final state: Completed(",
+    ],
+    "resource_manager.py": [
+        "cleanup: committed and closed the connection",
+        "rows in sales.db after the flow: 3",
+    ],
+    "generator_resource.py": ["customers stored: 3", "exported: ['ada', 'grace', 'linus']"],
+    "cleanup_barrier.py": ["released everything (2 did not complete)", "workspace closed"],
+    "resource_lifecycle.py": [
+        "scratch-2 down -> scratch-1 down -> cache down -> database down",
+        "cache: ResourceCleanupError",
+    ],
+}
+
+
+def test_every_example_is_covered() -> None:
+    """A new example must be added to this test."""
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str) -> None:
+    """The example exits 0 and prints what its story promises."""
+    done = subprocess.run(
+        [sys.executable, str(EXAMPLES / name)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    output = done.stdout + done.stderr  # log_prints output goes to the log (stderr)
+    for line in EXPECTED[name]:
+        assert line in output, f"{line!r} missing from:\n{output}"
