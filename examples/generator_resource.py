@@ -15,6 +15,7 @@ import sqlite3
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
+from contextlib import closing
 from pathlib import Path
 
 import anyio
@@ -24,7 +25,7 @@ from orchestr import flow, resource, scope, task
 
 @resource  # was: @contextlib.contextmanager
 def get_conn(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path, check_same_thread=False)
+    conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
     conn.execute("create table if not exists customers (name text)")
     try:
         yield conn
@@ -65,7 +66,7 @@ def load_customers(path: Path, names: list[str]) -> int:
     with get_conn(path) as conn:  # the body Prefect users already have
         for name in names:
             insert_customer.submit(conn, name)
-    with scope(sqlite3.connect(path)) as check:  # any context manager, scope-aware
+    with scope(closing(sqlite3.connect(path))) as check:  # any context manager
         return int(check.execute("select count(*) from customers").fetchone()[0])
 
 

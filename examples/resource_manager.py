@@ -23,7 +23,9 @@ class SQLiteConnection:
         self.path = path
 
     def setup(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False)
+        # Shared by tasks in several threads: autocommit mode, so that concurrent
+        # statements never race over an implicit transaction.
+        conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         conn.execute("create table if not exists sales (region text, amount real)")
         print(f"setup: opened {self.path.name}")
         return conn

@@ -61,7 +61,7 @@ def make_db(journal: Journal, fail_setup: bool = False, fail_cleanup: bool = Fal
             journal.add("setup")
             if fail_setup:
                 raise ConnectionError("database unreachable")
-            conn = sqlite3.connect(self.path, check_same_thread=False)
+            conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             conn.execute("create table if not exists rows (x integer)")
             return conn
 
@@ -276,7 +276,7 @@ def test_resource_is_a_drop_in_for_contextmanager(tmp_path: Path) -> None:
 
     @resource
     def get_conn(path: Path) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(path, check_same_thread=False)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("create table rows (x integer)")
         journal.add("open")
         try:
@@ -307,7 +307,7 @@ def test_plain_contextmanager_would_have_closed_too_early(tmp_path: Path) -> Non
 
     @contextmanager
     def get_conn(path: Path) -> Iterator[sqlite3.Connection]:
-        conn = sqlite3.connect(path, check_same_thread=False)
+        conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         conn.execute("create table rows (x integer)")
         yield conn
         conn.close()

@@ -15,8 +15,9 @@ from collections.abc import Callable, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._limits._registry import has_limits
 from ..exceptions import RunCancelled, RunTimedOut
-from ..logging import enable_print_capture, log_prints_var, task_run_logger
+from .._logging import enable_print_capture, log_prints_var, task_run_logger
 from ..records import TaskRunRecord
 from ..states import State, StateType
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
@@ -88,7 +89,10 @@ async def _attempts(
         record.state_type = StateType.RUNNING
         record.state_name = "Running"
         try:
-            value = await driver.call(task, args, kwargs)
+            if task.tags and has_limits(task.tags):
+                value = await _call_limited(task, args, kwargs, driver)
+            else:
+                value = await driver.call(task, args, kwargs)
         except propagate:
             raise
         except AttemptTimedOut as timed_out:
@@ -115,6 +119,18 @@ async def _attempts(
             delay,
         )
         await driver.sleep(delay)
+
+
+async def _call_limited(
+    task: Task[Any, Any], args: Any, kwargs: Any, driver: AsyncDriver | BlockingDriver
+) -> Any:
+    """One attempt of a limited task: it holds the limits its tags name (see
+    ``orchestr.limits``), released however the attempt ends."""
+    lease = await driver.acquire_limits(task)
+    try:
+        return await driver.call(task, args, kwargs)
+    finally:
+        lease.release()
 
 
 def _finish(
@@ -184,9 +200,8 @@ async def _should_retry(
     if condition is None:
         return True
     try:
-        verdict = condition(task, record, state)
-        if hasattr(verdict, "__await__"):
-            verdict = await verdict
+        # Through the driver: an async condition of a sync run needs a loop of its own.
+        verdict = await driver.call_hook(condition, task, record, state)
     except Exception:
         task_run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
@@ -222,7 +237,9 @@ def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
     kind = state.type
     if kind is StateType.COMPLETED:
         if _log.isEnabledFor(logging.DEBUG):
-            task_run_logger(record).debug("Finished in state %r", state)
+            # repr now, not the state: a handler that keeps log records (pytest's
+            # caplog, a MemoryHandler) would otherwise keep the run's result alive.
+            task_run_logger(record).debug("Finished in state %s", repr(state))
     elif kind is StateType.FAILED or kind is StateType.CRASHED:
         error = state.exception
         task_run_logger(record).error(

@@ -19,7 +19,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from ..exceptions import RunCancelled
+from .._limits._backends import backend_for
+from .._limits._taking import LimitLease, acquire_task_limits
+from .._semaphore import on_event_loop
+from ..exceptions import RunCancelled, UsageError
 from ..runners import CallHandle
 
 if TYPE_CHECKING:
@@ -101,13 +104,19 @@ class AsyncDriver:
             return await wait_handle(handle, run)
         raise AttemptTimedOut(timeout, abandoned=not handle.done())  # type: ignore[arg-type]
 
+    async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
+        """Wait on the loop for the limits the task's tags name."""
+        return await acquire_task_limits(task.tags, backend_for(self.run), blocking=False)
+
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
-    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> None:
+    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
+        """Call a hook or retry condition, sync or async; return what it returned."""
         outcome = hook(*args)
         if inspect.isawaitable(outcome):
-            await outcome
+            outcome = await outcome
+        return outcome
 
 
 class BlockingDriver:
@@ -132,6 +141,16 @@ class BlockingDriver:
             return task.fn(*args, **kwargs)
         return _call_with_deadline(task, args, kwargs, timeout)
 
+    async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
+        """Block this thread for the limits the task's tags name (never suspends)."""
+        if on_event_loop():
+            raise UsageError(
+                f"sync task {task.name!r} is limited (tags {sorted(task.tags)}) and was "
+                "called inline on an event loop thread, where waiting for its limits would "
+                f"block the loop; use `await {task.name}.submit(...)` instead"
+            )
+        return await acquire_task_limits(task.tags, backend_for(self.run), blocking=True)
+
     async def sleep(self, seconds: float) -> None:
         run = self.run
         if run is None:
@@ -143,24 +162,41 @@ class BlockingDriver:
         if run.cancel_requested:
             raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
 
-    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> None:
+    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
+        """Call a hook or retry condition, sync or async; return what it returned."""
         outcome = hook(*args)
         if inspect.isawaitable(outcome):
             # An async hook on a sync run: give it a loop of its own, in a fresh thread
             # (this thread may already be running one).
-            _in_new_thread(lambda: anyio.run(_awaiter, outcome))
+            outcome = _in_new_thread(lambda: _run_fresh_loop(_awaiter, outcome))
+        return outcome
 
 
 async def _awaiter(awaitable: Any) -> Any:
     return await awaitable
 
 
-def _in_new_thread(fn: Callable[[], object]) -> None:
+def _run_fresh_loop(fn: Callable[..., Any], *args: Any) -> Any:
+    """anyio.run in a thread whose context was copied from code running on a loop: that
+    context still names the loop's library in sniffio's context variable, so anyio.run
+    would refuse ("Already running asyncio in this thread") and anyio calls inside
+    would pick the wrong backend. The context is this thread's own copy: clear it."""
+    try:
+        import sniffio
+    except ImportError:  # anyio then detects the running loop without it
+        pass
+    else:
+        sniffio.current_async_library_cvar.set(None)
+    return anyio.run(fn, *args)
+
+
+def _in_new_thread(fn: Callable[[], T]) -> T:
+    results: list[T] = []
     errors: list[BaseException] = []
 
     def target() -> None:
         try:
-            fn()
+            results.append(fn())
         except BaseException as exc:  # reported in the calling thread
             errors.append(exc)
 
@@ -169,6 +205,7 @@ def _in_new_thread(fn: Callable[[], object]) -> None:
     thread.join()
     if errors:
         raise errors[0]
+    return results[0]
 
 
 def _call_with_deadline(task: Task[Any, Any], args: Any, kwargs: Any, timeout: float) -> Any:

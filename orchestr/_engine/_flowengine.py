@@ -29,7 +29,7 @@ from ..exceptions import (
     TaskRunCancelledError,
 )
 from ..futures import TaskFuture, _observe
-from ..logging import (
+from .._logging import (
     configure_logging,
     enable_print_capture,
     flow_run_logger,
@@ -202,13 +202,17 @@ async def _attempts(
         record.state_type = StateType.RUNNING
         record.state_name = "Running"
         state = await _attempt(run, args, kwargs, body)
+        # A timed-out attempt cancelled its own runs (setting cancel_requested); that
+        # is a failure to retry, not a cancellation of the flow run.
+        timed_out = state.name == "TimedOut" and run.signal is None
         if (
             state.type is not StateType.FAILED
             or attempt > flow.retries
-            or run.cancel_requested
+            or (run.cancel_requested and not timed_out)
             or not await _should_retry(run, state)
         ):
             return state
+        run.cancel_requested = False
         delay = retry_delay(flow, attempt)
         flow_run_logger(record).warning(
             "Attempt %d failed with %s; retry %d/%d in %.3g s",
@@ -289,6 +293,12 @@ def _final_state(
         error = CrashedError(f"flow run {record.name!r} crashed: {describe(body_error)}")
         error.__cause__ = body_error
         return State(StateType.CRASHED, message=describe(body_error), error=error, record=record)
+    if isinstance(body_error, RunCancelled):
+        # Before the timeout check: the body's RunCancelled made the run cancel its own
+        # scope above (a sync subflow whose parent was cancelled or timed out), which is
+        # no timeout of this run. Its own timeout cancels the body call instead.
+        error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
+        return State(StateType.CANCELLED, message="cancelled", error=error, record=record)
     if cancelled_caught:
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         return State(
@@ -298,9 +308,6 @@ def _final_state(
             error=RunTimedOut(message),
             record=record,
         )
-    if isinstance(body_error, RunCancelled):
-        error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
-        return State(StateType.CANCELLED, message="cancelled", error=error, record=record)
     if body_error is not None:
         return State(
             StateType.FAILED, message=describe(body_error), error=body_error, record=record
@@ -391,7 +398,8 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
                 state.name,
             )
     if state.type is StateType.COMPLETED:
-        logger.info("Finished in state %r", state)
+        # repr now: a kept log record must not keep the flow's result alive.
+        logger.info("Finished in state %s", repr(state))
     else:
         error = state.exception
         logger.log(

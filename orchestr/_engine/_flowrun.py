@@ -182,6 +182,11 @@ class FlowRun:
                 for _ in range(min(len(pending), _BATCH)):
                     task_group.start_soon(execute, self, pending.popleft())
                 await anyio.lowlevel.checkpoint()
+            # One ring can carry both a submission and the stop (a run cancelled before
+            # it started leaves its job queued, and the barrier does not wait for it):
+            # the stop must not be missed, or the task group never exits.
+            if self._stopping and not pending:
+                return
 
     def stop_dispatch(self) -> None:
         self._stopping = True

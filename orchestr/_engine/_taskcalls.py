@@ -3,7 +3,8 @@
 - Inline calls (``await async_task(x)``, ``sync_task(x)``) run the attempt loop in the
   caller, on the async or the blocking driver.
 - ``submit`` creates the run's record and future at once and never blocks. A sync task
-  with nothing to wait for goes straight to an in-process runner's thread (the fast path);
+  with nothing to wait for (no unfinished upstream, no timeout, no limit on its tags)
+  goes straight to an in-process runner's thread (the fast path);
   everything else goes through the flow run's pending queue to :func:`execute_job` on
   the loop.
 """
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._limits._registry import has_limits
 from ..annotations import unmapped
 from ..exceptions import (
     CyclicDependencyError,
@@ -23,7 +25,7 @@ from ..exceptions import (
     NotInFlowRunError,
     ResourceClosedError,
 )
-from ..futures import FutureList, TaskFuture, _observe
+from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord
 from ..states import State, StateType
 from ._attempts import run_attempts
@@ -62,10 +64,14 @@ async def call_task_async(
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
         _refuse_closed_resources(run, task, args, kwargs)
-    record = _new_record(task, run)
     upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
     for future, _ in upstreams:
+        if future._state is None:
+            _refuse_self_wait(future)
         await future._wait_async()
+    # Recorded once its upstreams are final: a call refused (or cancelled) while
+    # waiting leaves no run that stays Pending in the flow's record.
+    record = _new_record(task, run)
     state = _blocked_state(record, upstreams)
     if state is None:
         if upstreams:
@@ -84,10 +90,10 @@ def call_task_blocking(
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
         _refuse_closed_resources(run, task, args, kwargs)
-    record = _new_record(task, run)
     upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
     for future, _ in upstreams:
         future.wait_blocking()
+    record = _new_record(task, run)  # after the waits, as in call_task_async
     state = _blocked_state(record, upstreams)
     if state is None:
         if upstreams:
@@ -165,6 +171,8 @@ def _dispatch(
         and runner.local
         and task.timeout_seconds is None
         and (not upstreams or all(f._state is not None for f, _ in upstreams))
+        # A limited run waits for its limits on the loop, not by blocking a worker.
+        and not (task.tags and has_limits(task.tags))
     ):
         if upstreams:
             record = future._record
@@ -182,6 +190,8 @@ def map_task(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
 ) -> FutureList[Any]:
     _current_run(task, "map")
+    # Every run gets the same wait_for: read a one-shot iterable (a generator) once.
+    wait_for = wait_for_list(wait_for) or None
     mapped: dict[int | str, list[Any]] = {}
     static: dict[int | str, Any] = {}
     for key, value in [*enumerate(args), *kwargs.items()]:
@@ -316,7 +326,12 @@ async def _start(run: FlowRun, job: Job) -> None:
             return
         args, kwargs = resolve_arguments(args, kwargs, upstreams)
     runner = run.runner
-    if not task.is_async and runner.local and task.timeout_seconds is None:
+    if (
+        not task.is_async
+        and runner.local
+        and task.timeout_seconds is None
+        and not (task.tags and has_limits(task.tags))
+    ):
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
         runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)

@@ -11,7 +11,7 @@ import logging
 from typing import Any
 
 from .._engine._context import flow_run_var, task_run_var
-from ..logging import flow_run_logger, task_run_logger
+from .._logging import flow_run_logger, task_run_logger
 from ..records import FlowRunRecord, RunEvent
 
 __all__ = ["ResourceEvents"]
