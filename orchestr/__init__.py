@@ -18,6 +18,7 @@ from .logging import get_run_logger as get_run_logger
 from .records import FlowRunRecord as FlowRunRecord
 from .records import RunEvent as RunEvent
 from .records import TaskRunRecord as TaskRunRecord
+from .resources import Pool as Pool
 from .resources import Resource as Resource
 from .resources import ResourceStack as ResourceStack
 from .resources import resource as resource
@@ -37,6 +38,7 @@ __all__ = [
     "FlowRunRecord",
     "FutureList",
     "OrchestrError",
+    "Pool",
     "Resource",
     "ResourceStack",
     "RunEvent",

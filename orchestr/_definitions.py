@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import functools
 import inspect
-import numbers
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 from .exceptions import NotAFunctionError, ReservedParameterError, UsageError
 
-__all__ = ["Definition", "Hook", "RetryCondition", "RetryDelay"]
+__all__ = ["Definition", "Hook", "RetryCondition", "RetryDelay", "check_option_names"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -86,6 +85,17 @@ class Definition(Generic[P, R]):
         return f"<{type(self).__name__} {self.name!r}>"
 
 
+def check_option_names(definition: type[Definition[Any, Any]], options: dict[str, Any]) -> None:
+    """Refuse options a decorator does not have, listing those it has: a typo such as
+    ``@task(retrys=3)`` would otherwise be a bare TypeError from ``__init__``."""
+    known = set(inspect.signature(definition).parameters) - {"fn"}
+    unknown = set(options) - known
+    if unknown:
+        raise UsageError(
+            f"@{definition.kind} has no option(s) {sorted(unknown)}; options are {sorted(known)}"
+        )
+
+
 def _function_name(fn: Callable[..., Any]) -> str:
     inner = fn.func if isinstance(fn, functools.partial) else fn
     return getattr(inner, "__name__", type(inner).__name__)
@@ -131,7 +141,7 @@ def _number(
 ) -> Any:
     if value is None:
         return None
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if not ok or (value <= low if strict else value < low):
         bound = f"> {low}" if strict else f">= {low}"
         raise UsageError(
@@ -145,7 +155,7 @@ def _delay(defn: Definition[Any, Any], value: Any) -> RetryDelay:
         return value  # type: ignore[no-any-return]
     items = value if isinstance(value, (list, tuple)) else [value]
     for item in items:
-        if isinstance(item, bool) or not isinstance(item, numbers.Real) or item < 0:
+        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
             raise UsageError(
                 f"retry_delay_seconds of {_where(defn)} must be a number >= 0, a list of "
                 f"them, or a callable of the attempt number; got {value!r}"
@@ -162,7 +172,14 @@ def _callable(defn: Definition[Any, Any], option: str, value: Any) -> Any:
 def _hooks(defn: Definition[Any, Any], option: str, value: Any) -> tuple[Hook, ...]:
     if value is None:
         return ()
-    hooks = (value,) if callable(value) else tuple(value)
+    if callable(value):
+        hooks: tuple[Any, ...] = (value,)
+    elif isinstance(value, Iterable):
+        hooks = tuple(value)
+    else:
+        raise UsageError(
+            f"{option} of {_where(defn)} takes a callable or a list of them, got {value!r}"
+        )
     for hook in hooks:
         if not callable(hook):
             raise UsageError(f"{option} of {_where(defn)} takes callables, got {hook!r}")

@@ -10,7 +10,14 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ._definitions import Definition, Hook, RetryCondition, RetryDelay, _hooks
+from ._definitions import (
+    Definition,
+    Hook,
+    RetryCondition,
+    RetryDelay,
+    _hooks,
+    check_option_names,
+)
 from ._engine._flowengine import run_flow_async, run_flow_sync
 from ._engine._params import ParameterValidator
 from .exceptions import UsageError
@@ -74,7 +81,7 @@ class Flow(Definition[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
         final State instead of the result (or the error)."""
-        return_state = kwargs.pop("return_state", False)
+        return_state = bool(kwargs.pop("return_state", False))
         if self.is_async:
             return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
         return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
@@ -125,6 +132,7 @@ def flow(__fn: Any = None, /, **options: Any) -> Any:
     ``on_cancellation`` and ``on_crashed``. Hooks are called as
     ``hook(flow, run_record, state)``.
     """
+    check_option_names(Flow, options)
     if __fn is not None:
         return Flow(__fn, **options)
     return lambda fn: Flow(fn, **options)

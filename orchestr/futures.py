@@ -13,6 +13,7 @@ the run as *observed*: a failure that was observed no longer fails the flow run 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["DoneAndNotDone", "FutureList", "TaskFuture", "as_completed", "wait"]
 
 R = TypeVar("R")
+_log = logging.getLogger("orchestr.futures")
 
 
 class TaskFuture(Generic[R]):
@@ -142,7 +144,7 @@ class TaskFuture(Generic[R]):
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], object]) -> None:
         """Call ``fn(future)`` once the run is final, in the thread that finished it
-        (or now, if it already is)."""
+        (or now, if it already is). An exception from ``fn`` is logged and ignored."""
         with self._run.lock:
             if self._state is None:
                 if self._callbacks is None:
@@ -150,7 +152,7 @@ class TaskFuture(Generic[R]):
                 else:
                     self._callbacks.append(fn)
                 return
-        fn(self)
+        _run_done_callback(fn, self)
 
     # -- engine side --------------------------------------------------------------------
     async def _wait_async(self) -> None:
@@ -187,6 +189,16 @@ class TaskFuture(Generic[R]):
 
     def __repr__(self) -> str:
         return f"<TaskFuture {self.name!r} {self._record.state_name}>"
+
+
+def _run_done_callback(fn: Callable[[TaskFuture[Any]], object], future: TaskFuture[Any]) -> None:
+    """Call a done callback. One that raises is logged and ignored (as in
+    ``concurrent.futures``): it must neither crash the code that finished the run nor
+    stop the callbacks after it (waiters among them), wherever it happens to run."""
+    try:
+        fn(future)
+    except Exception:
+        _log.exception("done callback %r of task run %r raised", fn, future.name)
 
 
 def _observe(record: TaskRunRecord) -> None:
@@ -255,6 +267,9 @@ async def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None)
     """Wait until all ``futures`` are final, or ``timeout`` seconds passed; return which
     finished and which did not."""
     futures = list(futures)
+    for future in futures:
+        if future._state is None:
+            _refuse_self_wait(future)
     with anyio.move_on_after(math.inf if timeout is None else timeout):
         for future in futures:
             await future._wait_async()
@@ -268,6 +283,9 @@ async def as_completed(
     """Yield ``futures`` as they finish. Raises :class:`FutureTimeoutError` if they have
     not all finished within ``timeout`` seconds."""
     pending = list(dict.fromkeys(futures))
+    for future in pending:
+        if future._state is None:
+            _refuse_self_wait(future)
     finished: deque[TaskFuture[R]] = deque()
     wakeup = [anyio.Event()]
     loop = LoopHandle()

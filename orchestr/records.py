@@ -9,10 +9,12 @@ records; users read them.
 from __future__ import annotations
 
 import time
-import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .states import State, StateType
+
+if TYPE_CHECKING:
+    import uuid
 
 __all__ = ["FlowRunRecord", "RunEvent", "RunRecord", "TaskRunRecord"]
 
@@ -45,6 +47,9 @@ class RunRecord:
     def id(self) -> uuid.UUID:
         # Made on first access: most task runs never need one.
         if self._id is None:
+            # Deferred: uuid (with platform) is ~2 ms of `import orchestr`.
+            import uuid
+
             self._id = uuid.uuid4()
         return self._id
 
@@ -147,7 +152,6 @@ class FlowRunRecord(RunRecord):
         self.task_runs: list[TaskRunRecord] = []
         self.subflow_runs: list[FlowRunRecord] = []
         self.events: list[RunEvent] = []
-        self._id = uuid.uuid4()
 
     @property
     def name(self) -> str:

@@ -11,8 +11,9 @@ import itertools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ._definitions import Definition, Hook, RetryCondition, RetryDelay
+from ._definitions import Definition, Hook, RetryCondition, RetryDelay, check_option_names
 from ._engine._taskcalls import call_task_async, call_task_blocking, map_task, submit_task
+from .exceptions import UsageError
 from .futures import FutureList, TaskFuture
 
 __all__ = ["Task", "task"]
@@ -56,6 +57,12 @@ class Task(Definition[P, R]):
         )
         if isinstance(tags, str):
             tags = (tags,)
+        tags = tuple(tags) if isinstance(tags, Iterable) else (tags,)
+        for tag in tags:
+            if not isinstance(tag, str):
+                raise UsageError(
+                    f"tags of task {self.name!r} must be a string or strings, got {tag!r}"
+                )
         self.tags: frozenset[str] = frozenset(tags)
         # Run numbers for inline calls made outside any flow run.
         self._standalone_runs = itertools.count()
@@ -66,26 +73,35 @@ class Task(Definition[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task inline: ``await`` it if it is async. Accepts ``return_state=True``
         (get the final State instead of the result) and ``wait_for=[...]``."""
-        return_state = kwargs.pop("return_state", False)
+        return_state = bool(kwargs.pop("return_state", False))
         wait_for = kwargs.pop("wait_for", None)
         if self.is_async:
             return call_task_async(self, args, kwargs, return_state, wait_for)  # type: ignore[return-value]
         return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
 
+    # Two shapes per kind of task, because PEP 612 forbids a keyword (wait_for) between
+    # P.args and P.kwargs: calls without wait_for are checked against the function's
+    # signature; calls with it are accepted with any arguments (and still typed by
+    # their result).
     @overload
     def submit(
-        self: Task[P, Coroutine[Any, Any, T]],
-        *args: P.args,
-        wait_for: Iterable[Any] | None = None,
-        **kwargs: P.kwargs,
+        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+    ) -> TaskFuture[T]: ...
+
+    @overload
+    def submit(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]: ...
+
+    @overload
+    def submit(
+        self: Task[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        wait_for: Iterable[Any],
+        **kwargs: Any,
     ) -> TaskFuture[T]: ...
 
     @overload
     def submit(
-        self: Task[P, T],
-        *args: P.args,
-        wait_for: Iterable[Any] | None = None,
-        **kwargs: P.kwargs,
+        self: Task[..., T], *args: Any, wait_for: Iterable[Any], **kwargs: Any
     ) -> TaskFuture[T]: ...
 
     def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
@@ -96,7 +112,7 @@ class Task(Definition[P, R]):
 
     @overload
     def map(
-        self: Task[P, Coroutine[Any, Any, T]],
+        self: Task[..., Coroutine[Any, Any, T]],
         *args: Any,
         wait_for: Iterable[Any] | None = None,
         **kwargs: Any,
@@ -104,7 +120,7 @@ class Task(Definition[P, R]):
 
     @overload
     def map(
-        self: Task[P, T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+        self: Task[..., T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
     ) -> FutureList[T]: ...
 
     def map(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
@@ -141,6 +157,7 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     state)``; ``timeout_seconds``; ``tags``; ``log_prints``; hooks ``on_completion`` and
     ``on_failure``, each called as ``hook(task, run_record, state)``.
     """
+    check_option_names(Task, options)
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)

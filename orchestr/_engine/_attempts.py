@@ -9,15 +9,14 @@ cancellation) is never retried either.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Sequence
 from contextvars import Token
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._limits._registry import has_limits
-from ..exceptions import RunCancelled, RunTimedOut
 from .._logging import enable_print_capture, log_prints_var, task_run_logger
+from ..exceptions import RunCancelled, RunTimedOut
 from ..records import TaskRunRecord
 from ..states import State, StateType
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
@@ -84,6 +83,11 @@ async def _attempts(
     propagate = driver.propagate
     attempt = 0
     while True:
+        if record.is_final():
+            # Finished from outside: fut.cancel() marks a sync run executing in a thread
+            # Cancelled at once. Stop here (retries never retry cancellation), without
+            # overwriting that final state.
+            return record.state
         attempt += 1
         record.attempts = attempt
         record.state_type = StateType.RUNNING
@@ -105,6 +109,8 @@ async def _attempts(
             return crashed_state(record, exc)
         else:
             return State(StateType.COMPLETED, data=value, record=record)
+        if record.is_final():  # cancelled while this attempt ran (see above)
+            return record.state
         if attempt > task.retries or not await _should_retry(task, record, failed, driver):
             return failed
         delay = retry_delay(task, attempt)
@@ -183,9 +189,11 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
     elif isinstance(spec, (list, tuple)):
         delay = float(spec[min(attempt, len(spec)) - 1]) if spec else 0.0
     else:
-        delay = float(spec or 0)
+        delay = float(spec or 0)  # type: ignore[arg-type]  # a number by validation
     jitter = options.retry_jitter_factor
     if jitter:
+        import random  # deferred: ~4 ms of `import orchestr`, for jitter only
+
         delay *= 1 + random.uniform(-jitter, jitter)
     return max(0.0, delay)
 

@@ -1,23 +1,26 @@
 """Dependencies between task runs: finding futures in arguments, and replacing them with
 results once they are final (rules 4 and 5).
 
-Futures are found inside lists, tuples (named ones too), dicts, sets and frozensets, and
-through ``allow_failure``. Containers are rebuilt only when something inside them changed,
-so a task that receives a plain list still receives *that* list.
+Futures are found inside lists, tuples (named ones too), dicts (subclasses too), sets and
+frozensets, and through ``allow_failure``. Containers are rebuilt only when something
+inside them changed, so a task that receives a plain list still receives *that* list.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from typing import Any
 
 from ..annotations import allow_failure, unmapped
 from ..exceptions import UpstreamNotCompletedError, UsageError
-from ..futures import TaskFuture, _observe
+from ..futures import FutureList, TaskFuture, _observe
 from ..records import TaskRunRecord
 from ..states import State, StateType
 
 __all__ = [
+    "NO_DEPENDENCIES",
+    "Dependencies",
     "Upstream",
     "collect_returned",
     "find_upstreams",
@@ -28,12 +31,27 @@ __all__ = [
 ]
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
-_SEQUENCES = (list, tuple, set, frozenset)
+# FutureList: what .map() returns, passed on or returned whole.
+_SEQUENCES = (list, tuple, set, frozenset, FutureList)
 # Self-referencing containers would otherwise recurse forever.
 _MAX_DEPTH = 64
 
 # (future, allowed to fail)
 Upstream = tuple[TaskFuture[Any], bool]
+
+
+class Dependencies(list[Upstream]):
+    """The futures a call depends on. ``annotated`` is set when ``allow_failure`` or
+    ``unmapped`` wrappers appear: they must be unwrapped even around plain values."""
+
+    annotated = False
+
+    @property
+    def needs_resolving(self) -> bool:
+        return bool(self) or self.annotated
+
+
+NO_DEPENDENCIES = Dependencies()
 
 
 def wait_for_list(wait_for: Any) -> list[Any]:
@@ -58,17 +76,23 @@ def wait_for_list(wait_for: Any) -> list[Any]:
 
 def find_upstreams(
     args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Iterable[Any]
-) -> list[Upstream]:
+) -> Dependencies:
     """Every future the call depends on, each once; allowed to fail only if every
     mention of it is wrapped in ``allow_failure``."""
-    found: dict[TaskFuture[Any], bool] = {}
+    found: dict[Any, bool] = {}
     for value in args:
         _scan(value, found, False, 0)
     for value in kwargs.values():
         _scan(value, found, False, 0)
     for value in wait_for:
         _scan(value, found, False, 0)
-    return list(found.items())
+    dependencies = Dependencies(item for item in found.items() if item[0] is not _ANNOTATED)
+    dependencies.annotated = _ANNOTATED in found
+    return dependencies
+
+
+# A key of the scan's findings: an annotation was seen (with or without a future in it).
+_ANNOTATED = object()
 
 
 def _scan(obj: Any, found: dict[TaskFuture[Any], bool], allowed: bool, depth: int) -> None:
@@ -78,10 +102,15 @@ def _scan(obj: Any, found: dict[TaskFuture[Any], bool], allowed: bool, depth: in
     if kind is TaskFuture:
         found[obj] = found.get(obj, True) and allowed
     elif kind is allow_failure:
+        found[_ANNOTATED] = True
         _scan(obj.value, found, True, depth + 1)
+    elif kind is unmapped:
+        found[_ANNOTATED] = True
+        # _resolve unwraps it, so what it holds must be waited for like the rest.
+        _scan(obj.value, found, allowed, depth + 1)
     elif depth >= _MAX_DEPTH:
         return
-    elif kind is dict:
+    elif isinstance(obj, dict):  # subclasses too: OrderedDict, defaultdict, Counter
         for key, value in obj.items():
             _scan(key, found, allowed, depth + 1)
             _scan(value, found, allowed, depth + 1)
@@ -143,7 +172,7 @@ def _collect(obj: Any, found: dict[Any, None], depth: int) -> None:
         found[obj] = None
     elif depth >= _MAX_DEPTH:
         return
-    elif kind is dict:
+    elif isinstance(obj, dict):
         for key, value in obj.items():
             _collect(key, found, depth + 1)
             _collect(value, found, depth + 1)
@@ -167,20 +196,34 @@ def _resolve(obj: Any, depth: int) -> Any:
         inner = obj.value
         if type(inner) is TaskFuture:
             state = inner._state
+            assert state is not None, "upstreams are final before arguments are resolved"
             return state._data if state.type is StateType.COMPLETED else state.exception
         return _resolve(inner, depth + 1)
     if kind is unmapped:
         return _resolve(obj.value, depth + 1)
     if depth >= _MAX_DEPTH:
         return obj
-    if kind is dict:
+    if isinstance(obj, dict):
         items = [(_resolve(k, depth + 1), _resolve(v, depth + 1)) for k, v in obj.items()]
         if all(a is k and b is v for (a, b), (k, v) in zip(items, obj.items(), strict=True)):
             return obj
-        return dict(items)
+        return dict(items) if kind is dict else _refilled(obj, items)
     if kind in _SEQUENCES or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
         items = [_resolve(item, depth + 1) for item in obj]
         if all(a is b for a, b in zip(items, obj, strict=True)):
             return obj
+        if kind is FutureList:  # its results are a plain list
+            return items
         return kind(*items) if kind not in _SEQUENCES else kind(items)
     return obj
+
+
+def _refilled(mapping: dict[Any, Any], items: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A copy of a dict subclass holding ``items``. Copying keeps its type and state (a
+    defaultdict's factory), which calling the type with the items would not; items go in
+    through ``__setitem__`` so that the subclass (an OrderedDict) stays consistent."""
+    new = copy.copy(mapping)
+    new.clear()
+    for key, value in items:
+        new[key] = value
+    return new

@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
 __all__ = ["run_flow_async", "run_flow_sync"]
 
+_log = logging.getLogger("orchestr.flow_runs")
+
 _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 
 
@@ -141,10 +143,17 @@ def run_flow_sync(
 
 
 def _route_prints(run: FlowRun) -> Any:
-    if not run.flow.log_prints:
-        return None
-    enable_print_capture()
-    return log_prints_var.set(flow_run_logger(run.record))
+    """Point print() at this run's logger when log_prints is on for it (set on the
+    flow, or inherited from its parent run); log_prints=False opts a subflow out."""
+    wanted = run.flow.log_prints
+    if wanted is None:
+        if log_prints_var.get() is None:
+            return None
+        return log_prints_var.set(flow_run_logger(run.record))
+    if wanted:
+        enable_print_capture()
+        return log_prints_var.set(flow_run_logger(run.record))
+    return log_prints_var.set(None) if log_prints_var.get() is not None else None
 
 
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
@@ -297,8 +306,8 @@ def _final_state(
         # Before the timeout check: the body's RunCancelled made the run cancel its own
         # scope above (a sync subflow whose parent was cancelled or timed out), which is
         # no timeout of this run. Its own timeout cancels the body call instead.
-        error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
-        return State(StateType.CANCELLED, message="cancelled", error=error, record=record)
+        cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
+        return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
     if cancelled_caught:
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         return State(
@@ -385,27 +394,34 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
         StateType.CANCELLED: flow.on_cancellation,
         StateType.CRASHED: flow.on_crashed,
     }.get(state.type, ())
-    logger = flow_run_logger(record)
     for hook in hooks:
         try:
             outcome = hook(flow, record, state)
             if hasattr(outcome, "__await__"):
                 await outcome
         except Exception:
-            logger.exception(
+            flow_run_logger(record).exception(
                 "Hook %r raised; the run's state stays %s",
                 getattr(hook, "__name__", hook),
                 state.name,
             )
     if state.type is StateType.COMPLETED:
+        level = logging.INFO
+    elif state.type in (StateType.FAILED, StateType.CRASHED):
+        level = logging.ERROR
+    else:
+        level = logging.WARNING
+    # Checked first: building the run logger and the state's repr is most of the cost
+    # of an empty flow call when nobody reads INFO.
+    if not _log.isEnabledFor(level):
+        return
+    if state.type is StateType.COMPLETED:
         # repr now: a kept log record must not keep the flow's result alive.
-        logger.info("Finished in state %s", repr(state))
+        flow_run_logger(record).log(level, "Finished in state %s", repr(state))
     else:
         error = state.exception
-        logger.log(
-            logging.ERROR
-            if state.type in (StateType.FAILED, StateType.CRASHED)
-            else logging.WARNING,
+        flow_run_logger(record).log(
+            level,
             "Finished in state %r",
             state,
             exc_info=(type(error), error, error.__traceback__) if error else None,

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
-from ..futures import TaskFuture
+from ..futures import TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
 from ._drivers import BlockingDriver
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..flows import Flow
     from ..runners import TaskRunner
     from ..tasks import Task
-    from ._deps import Upstream
+    from ._deps import Dependencies
 
 __all__ = ["FlowRun", "Job"]
 
@@ -53,7 +53,7 @@ class Job:
         future: TaskFuture[Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
-        upstreams: list[Upstream],
+        upstreams: Dependencies,
         context: Context,
     ) -> None:
         self.task = task
@@ -100,7 +100,9 @@ class FlowRun:
     ) -> None:
         self.flow = flow
         self.parent = parent
-        self.record = FlowRunRecord(flow.name, None if parent is None else parent.record)
+        self.record: FlowRunRecord = FlowRunRecord(
+            flow.name, None if parent is None else parent.record
+        )
         if parent is not None:
             parent.record.subflow_runs.append(self.record)
         self.execute_job = execute_job
@@ -205,7 +207,7 @@ class FlowRun:
             self.active.discard(future)
         if callbacks:
             for callback in callbacks:
-                callback(future)
+                _run_done_callback(callback, future)
         return True
 
     def cancel_future(self, future: TaskFuture[Any]) -> bool:

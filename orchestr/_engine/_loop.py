@@ -26,8 +26,8 @@ class LoopHandle:
         self.token = anyio.lowlevel.current_token()
         native = self.token.native_token
         self._schedule: Callable[[Callable[[], object]], object] = (
-            getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon
-        )  # type: ignore[attr-defined]
+            getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
+        )
         self.thread_id = get_ident()
 
     def on_loop_thread(self) -> bool:

@@ -73,10 +73,11 @@ class ParameterValidator:
                 hint = dict[str, hint]  # type: ignore[valid-type]
             fields[name] = hint
         model_name = re.sub(r"\W", "_", f"{self._flow_name}_parameters")
-        parameters = TypedDict(model_name, fields, total=False)  # type: ignore[operator]
+        parameters = TypedDict(model_name, fields, total=False)  # type: ignore[misc]
         parameters.__pydantic_config__ = ConfigDict(arbitrary_types_allowed=True)  # type: ignore[attr-defined]
-        self._validate = TypeAdapter(parameters).validate_python
-        return self._validate
+        validate: Callable[[Any], dict[str, Any]] = TypeAdapter(parameters).validate_python  # type: ignore[assignment]
+        self._validate = validate
+        return validate
 
 
 def _type_hints(fn: Callable[..., Any], signature: inspect.Signature) -> dict[str, Any]:

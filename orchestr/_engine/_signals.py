@@ -11,7 +11,7 @@ exception, so the process exits non-zero.
 
 from __future__ import annotations
 
-import _signal
+import _signal  # type: ignore[import-not-found]
 import logging
 import signal
 import threading

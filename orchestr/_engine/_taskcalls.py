@@ -32,6 +32,8 @@ from ._attempts import run_attempts
 from ._context import flow_run_var, scope_var, task_run_var
 from ._deps import (
     Upstream,
+    NO_DEPENDENCIES,
+    Dependencies,
     find_upstreams,
     not_completed_upstream,
     resolve_arguments,
@@ -73,9 +75,9 @@ async def call_task_async(
     # waiting leaves no run that stays Pending in the flow's record.
     record = _new_record(task, run)
     state = _blocked_state(record, upstreams)
+    if state is None and upstreams.needs_resolving:
+        args, kwargs, state = _resolved(record, args, kwargs, upstreams)
     if state is None:
-        if upstreams:
-            args, kwargs = resolve_arguments(args, kwargs, upstreams)
         state = await run_attempts(run, task, record, None, args, kwargs, AsyncDriver(run, True))
     return _deliver(record, state, return_state)
 
@@ -95,9 +97,9 @@ def call_task_blocking(
         future.wait_blocking()
     record = _new_record(task, run)  # after the waits, as in call_task_async
     state = _blocked_state(record, upstreams)
+    if state is None and upstreams.needs_resolving:
+        args, kwargs, state = _resolved(record, args, kwargs, upstreams)
     if state is None:
-        if upstreams:
-            args, kwargs = resolve_arguments(args, kwargs, upstreams)
         driver = BlockingDriver(run, inline=True)
         state = drive(run_attempts(run, task, record, None, args, kwargs, driver))
     return _deliver(record, state, return_state)
@@ -118,6 +120,22 @@ def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[An
     return state
 
 
+def _resolved(
+    record: TaskRunRecord, args: tuple[Any, ...], kwargs: dict[str, Any], upstreams: list[Upstream]
+) -> tuple[tuple[Any, ...], dict[str, Any], State[Any] | None]:
+    """The arguments with their upstreams' results, or (recorded, as ``_blocked_state``
+    does) the Failed state of a run whose arguments cannot hold them, e.g. an unhashable
+    result in a set: that fails this run, not the engine code starting it."""
+    try:
+        args, kwargs = resolve_arguments(args, kwargs, upstreams)
+    except Exception as exc:
+        exc.add_note(f"while passing upstream results to task run {record.name!r}")
+        state: State[Any] = State(StateType.FAILED, error=exc, record=record)
+        record_final_state(record, state)
+        return args, kwargs, state
+    return args, kwargs, None
+
+
 def _deliver(record: TaskRunRecord, state: State[Any], return_state: bool) -> Any:
     # The caller gets the state, or the result, or the exception: it has seen it.
     _observe(record)
@@ -132,7 +150,7 @@ def submit_task(
     if run.closed_resources:
         _refuse_closed_resources(run, task, args, kwargs)
     waits = wait_for_list(wait_for) if wait_for is not None else ()
-    upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else []
+    upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else NO_DEPENDENCIES
     if upstreams:
         _refuse_cycle(task, upstreams)
     record = run.new_task_record(task.name)
@@ -162,7 +180,7 @@ def _dispatch(
     future: TaskFuture[Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
-    upstreams: list[Upstream],
+    upstreams: Dependencies,
 ) -> None:
     context = copy_context()
     runner = run.runner
@@ -174,13 +192,16 @@ def _dispatch(
         # A limited run waits for its limits on the loop, not by blocking a worker.
         and not (task.tags and has_limits(task.tags))
     ):
-        if upstreams:
+        if upstreams.needs_resolving:
             record = future._record
             blocked = not_completed_upstream(record, upstreams)
             if blocked is not None:
                 run.finish(future, not_run_state(record, blocked))
                 return
-            args, kwargs = resolve_arguments(args, kwargs, upstreams)
+            args, kwargs, failed = _resolved(record, args, kwargs, upstreams)
+            if failed is not None:
+                run.finish(future, failed)
+                return
         runner.run_soon(context.run, run_in_thread, run, task, future, args, kwargs)
     else:
         run.enqueue(Job(task, future, args, kwargs, upstreams, context))
@@ -194,7 +215,8 @@ def map_task(
     wait_for = wait_for_list(wait_for) or None
     mapped: dict[int | str, list[Any]] = {}
     static: dict[int | str, Any] = {}
-    for key, value in [*enumerate(args), *kwargs.items()]:
+    arguments: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
+    for key, value in arguments:
         if isinstance(value, unmapped):
             static[key] = value.value
         elif _mappable(task, key, value):
@@ -317,14 +339,17 @@ async def _start(run: FlowRun, job: Job) -> None:
     future, task, upstreams = job.future, job.task, job.upstreams
     record = future._record
     args, kwargs = job.args, job.kwargs
-    if upstreams:
+    if upstreams.needs_resolving:
         for upstream, _ in upstreams:
             await upstream._wait_async()
         blocked = not_completed_upstream(record, upstreams)
         if blocked is not None:
             run.finish(future, not_run_state(record, blocked))
             return
-        args, kwargs = resolve_arguments(args, kwargs, upstreams)
+        args, kwargs, failed = _resolved(record, args, kwargs, upstreams)
+        if failed is not None:
+            run.finish(future, failed)
+            return
     runner = run.runner
     if (
         not task.is_async

@@ -19,7 +19,6 @@ from types import TracebackType
 from typing import Any, Generic, TypeVar
 
 import anyio
-import anyio.from_thread
 
 from .._engine._context import FutureScope as FutureScopeProtocol
 from .._engine._context import flow_run_var, scope_var
@@ -228,7 +227,8 @@ class Resource(Generic[T]):
 
     async def _shielded_cleanup(self, *exc_info: Any) -> tuple[bool, ResourceCleanupError | None]:
         with anyio.CancelScope(shield=True):
-            return await self._cleanup_async(*exc_info)
+            outcome = await self._cleanup_async(*exc_info)
+        return outcome
 
     def _on_run_loop(self, fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
         """Run async setup/cleanup code from a sync block: on the event loop of the
@@ -239,6 +239,9 @@ class Resource(Generic[T]):
                 f"resource {self.name!r} has async setup or cleanup code; enter it with "
                 "`async with` (a sync `with` can run it only inside a sync flow run)"
             )
+        # Deferred: anyio.from_thread costs ~6 ms of `import orchestr`, for a rare path.
+        import anyio.from_thread
+
         return anyio.from_thread.run(_awaited, fn, *args, token=run.loop.token)
 
     # -- shared steps ----------------------------------------------------------------------

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+
+if TYPE_CHECKING:
+    from .._limits._backends import LimitBackend
 
 __all__ = ["CallHandle", "TaskRunner"]
 
@@ -63,6 +66,14 @@ class TaskRunner(abc.ABC):
         """Stop a call if it can be stopped. A call that cannot (a thread already running
         it) keeps running, and the runner no longer waits for it at shutdown."""
         return handle.cancel()
+
+    def limit_backend(self) -> LimitBackend | None:
+        """Where the limits of this runner's task runs (their tags) and of
+        ``concurrency()`` / ``rate_limit()`` in their code are enforced. ``None`` (the
+        default): in this process. A runner whose task runs execute in other processes
+        returns a cluster-wide backend here (e.g. on ``distributed.Semaphore``), so that
+        the same limit names hold across the cluster."""
+        return None
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release everything; called once every task run of the flow run finished."""

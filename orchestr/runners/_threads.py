@@ -8,12 +8,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from concurrent.futures import Future
-from typing import Any, ClassVar, Self, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
 from ..settings import get_settings
 from ._base import TaskRunner
 from ._pool import WorkerPool
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 __all__ = ["ThreadPoolTaskRunner"]
 
@@ -47,6 +49,9 @@ class ThreadPoolTaskRunner(TaskRunner):
         (self._pool or self._start_pool()).put(fn, args)
 
     def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        # Deferred: only timed-out sync calls come here; the fast path uses run_soon().
+        from concurrent.futures import Future
+
         future: Future[T] = Future()
         (self._pool or self._start_pool()).put(_complete, (future, fn, args, kwargs))
         return future

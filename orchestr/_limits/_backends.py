@@ -1,0 +1,150 @@
+"""Where limits are enforced: the :class:`LimitBackend` seam and its in-process default.
+
+A backend has two methods, ``acquire`` (waits on an event loop) and
+``acquire_blocking`` (waits in a thread); both wait, never fail, until they are granted,
+and return the :data:`Release` that gives back what they took. That is all a cluster
+backend needs to provide: ``distributed.Semaphore`` (acquire / release by name, sync and
+async) fits it directly, which is how a Dask runner can back the same limit names with a
+cluster-wide primitive by returning its backend from ``TaskRunner.limit_backend()``.
+"""
+
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.lowlevel
+
+from .._semaphore import Semaphore
+from ..exceptions import UsageError
+from ._registry import ConcurrencyLimit, Limit, RateLimit
+
+if TYPE_CHECKING:
+    from .._engine._flowrun import FlowRun
+
+__all__ = ["InProcessLimits", "LimitBackend", "Release", "backend_for", "noop_release"]
+
+#: Gives back what an acquire took; called exactly once. A no-op for rate limits.
+Release = Callable[[], None]
+
+
+def noop_release() -> None:
+    """The release of a rate token, or of a name without a limit: nothing to give back."""
+
+
+class LimitBackend(abc.ABC):
+    """Where limits are enforced."""
+
+    @abc.abstractmethod
+    async def acquire(self, limit: Limit, amount: int = 1) -> Release:
+        """Wait on the current event loop until ``amount`` of ``limit`` is granted."""
+
+    @abc.abstractmethod
+    def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
+        """Block this thread until ``amount`` of ``limit`` is granted."""
+
+
+class _Window:
+    """A sliding-window rate limit. Each acquisition books the earliest start that keeps
+    at most ``limit`` starts in any ``per_seconds``, in arrival order (FIFO), then waits
+    until then. Booked times never go backwards, so any ``limit + 1`` consecutive starts
+    span at least ``per_seconds``. A waiter cancelled before its start leaves its booking
+    unused: the limit errs on the strict side."""
+
+    __slots__ = ("_lock", "_starts", "per_seconds")
+
+    def __init__(self, definition: RateLimit) -> None:
+        self.per_seconds = definition.per_seconds
+        self._lock = threading.Lock()
+        self._starts: deque[float] = deque(maxlen=definition.limit)  # the last bookings
+
+    def book(self, amount: int) -> float:
+        """Book ``amount`` starts; return the time (``time.monotonic``) of the last."""
+        with self._lock:
+            starts = self._starts
+            at = 0.0
+            for _ in range(amount):
+                at = time.monotonic()
+                if len(starts) == starts.maxlen:
+                    at = max(at, starts[0] + self.per_seconds)
+                starts.append(at)
+            return at
+
+
+class InProcessLimits(LimitBackend):
+    """The default backend: each limit shared by every event loop and thread of this
+    process (a FIFO semaphore per concurrency limit, a sliding window per rate limit)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        # (kind, name) -> (definition, state). A redefined limit gets a fresh state; the
+        # holders of the old one release into it through the Release they were given.
+        self._states: dict[tuple[type, str], tuple[Limit, Semaphore | _Window]] = {}
+
+    def _state(self, limit: Limit, amount: int) -> Semaphore | _Window:
+        if isinstance(limit, ConcurrencyLimit) and amount > limit.limit:
+            raise UsageError(
+                f"cannot occupy {amount} slots of concurrency limit {limit.name!r}, which "
+                f"has {limit.limit}: it would wait for ever"
+            )
+        key = (type(limit), limit.name)
+        entry = self._states.get(key)
+        if entry is None or entry[0] != limit:
+            with self._lock:
+                entry = self._states.get(key)
+                if entry is None or entry[0] != limit:
+                    state: Semaphore | _Window = (
+                        Semaphore(limit.limit)
+                        if isinstance(limit, ConcurrencyLimit)
+                        else _Window(limit)
+                    )
+                    entry = self._states[key] = (limit, state)
+        return entry[1]
+
+    async def acquire(self, limit: Limit, amount: int = 1) -> Release:
+        state = self._state(limit, amount)
+        if isinstance(state, Semaphore):
+            await state.acquire_async(amount)
+            return _releaser(state, amount)
+        at = state.book(amount)
+        left = at - time.monotonic()
+        if left <= 0:
+            await anyio.lowlevel.checkpoint()
+        while left > 0:  # a loop's clock may wake a hair early by time.monotonic's
+            await anyio.sleep(left)
+            left = at - time.monotonic()
+        return noop_release
+
+    def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
+        state = self._state(limit, amount)
+        if isinstance(state, Semaphore):
+            state.acquire_blocking(amount)
+            return _releaser(state, amount)
+        at = state.book(amount)
+        while (left := at - time.monotonic()) > 0:
+            time.sleep(left)
+        return noop_release
+
+
+def _releaser(semaphore: Semaphore, amount: int) -> Release:
+    def release() -> None:
+        semaphore.release(amount)
+
+    return release
+
+
+_in_process = InProcessLimits()
+
+
+def backend_for(run: FlowRun | None) -> LimitBackend:
+    """The limit backend of a flow run's task runner; this process's by default."""
+    if run is not None and run.runner is not None:
+        backend = run.runner.limit_backend()
+        if backend is not None:
+            return backend
+    return _in_process

@@ -1,0 +1,468 @@
+"""Pool: a bounded set of reusable objects (connections, clients), itself a resource.
+
+``Pool(create, max_size=5)`` makes objects on demand, at most ``max_size`` alive, and
+hands them out with ``async with pool.acquire() as conn:`` (async code) or
+``with pool.acquire() as conn:`` (sync code in threads: sync tasks, a sync flow's body).
+Released objects go to the next waiter in line (FIFO), else back to the pool; before an
+idle object is reused, ``validate`` (if given) checks it, and a failing one is closed and
+replaced. Waiting longer than the acquire timeout raises
+:class:`~orchestr.exceptions.PoolTimeoutError` with the pool's statistics.
+
+The pool is a :class:`~orchestr.resources.Resource`: ``async with Pool(...) as pool:``
+(or ``with``) waits for the tasks submitted inside the block, then closes every object
+the pool made, including objects still checked out (a task that timed out in a thread,
+a run that failed), shielded and bounded by the cleanup timeout, with the usual events.
+A pool can also be used without a block and closed with ``await pool.aclose()`` /
+``pool.close()``; after either, ``acquire`` raises
+:class:`~orchestr.exceptions.ResourceClosedError` naming the pool.
+
+``create``, ``validate`` and ``close`` may each be sync or async. From async code a sync
+one runs in a worker thread (connecting or pinging must not block the loop); from sync
+code an async one runs on the current flow run's event loop. Slots are counted by the
+loop- and thread-agnostic :class:`~orchestr._semaphore.Semaphore`, so one pool serves
+async tasks, sync tasks and several event loops at once.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import math
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+import anyio
+import anyio.from_thread
+import anyio.to_thread
+
+from .._engine._context import flow_run_var
+from .._semaphore import Semaphore, on_event_loop
+from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
+from ._block import Resource
+
+__all__ = ["Pool", "PoolCheckout", "PoolStatistics"]
+
+T = TypeVar("T")
+
+_log = logging.getLogger("orchestr.resources")
+
+
+@dataclass(frozen=True, slots=True)
+class PoolStatistics:
+    """A snapshot of a pool. ``size == in_use + idle == created - closed``."""
+
+    size: int  # objects alive
+    in_use: int  # checked out
+    idle: int  # alive and free
+    waiting: int  # acquirers waiting for a free slot
+    max_size: int
+    created: int  # objects made so far
+    closed: int  # objects closed so far (failed validation, pool closed)
+
+    def __str__(self) -> str:
+        return (
+            f"size={self.size}, in_use={self.in_use}, idle={self.idle}, "
+            f"waiting={self.waiting}, max_size={self.max_size}"
+        )
+
+
+class Pool(Resource["Pool[T]"], Generic[T]):
+    """A bounded pool of objects made by ``create``; see the module docstring."""
+
+    __slots__ = (
+        "acquire_timeout",
+        "max_size",
+        "_create",
+        "_validate",
+        "_close",
+        "_slots",
+        "_lock",
+        "_idle",
+        "_in_use",
+        "_created",
+        "_closed",
+        "_is_closed",
+    )
+
+    def __init__(
+        self,
+        create: Callable[[], T] | Callable[[], Awaitable[T]],
+        *,
+        max_size: int,
+        validate: Callable[[T], bool] | Callable[[T], Awaitable[bool]] | None = None,
+        close: Callable[[T], object] | None = None,
+        name: str | None = None,
+        acquire_timeout: float | None = None,
+        cleanup_timeout: float | None = None,
+    ) -> None:
+        name = name or getattr(create, "__name__", None) or "pool"
+        if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
+            raise UsageError(f"max_size of pool {name!r} must be an integer >= 1, got {max_size!r}")
+        for what, fn in (("create", create), ("validate", validate), ("close", close)):
+            if fn is not None and not callable(fn):
+                raise UsageError(f"{what} of pool {name!r} must be callable, got {fn!r}")
+        super().__init__(_PoolLifecycle(self), name=name, cleanup_timeout=cleanup_timeout)
+        self.max_size = max_size
+        self.acquire_timeout = _checked_timeout(name, acquire_timeout)
+        self._create = create
+        self._validate = validate
+        self._close = close
+        self._slots = Semaphore(max_size)
+        # Guards the objects and counters below; held only for a few statements.
+        self._lock = threading.Lock()
+        self._idle: list[T] = []  # LIFO: the most recently used object is the warmest
+        self._in_use: dict[int, T] = {}  # by id(): pooled objects need not be hashable
+        self._created = 0
+        self._closed = 0
+        self._is_closed = False
+
+    # -- public API ------------------------------------------------------------------------
+    def acquire(self, timeout: float | None = None) -> PoolCheckout[T]:
+        """A checkout of one object: ``async with pool.acquire() as conn:`` (async code)
+        or ``with pool.acquire() as conn:`` (sync code, not on an event loop thread).
+        ``timeout`` (default: the pool's ``acquire_timeout``; None waits for ever) bounds
+        the wait for a free slot."""
+        self._check_open()
+        return PoolCheckout(self, self.acquire_timeout if timeout is None else timeout)
+
+    def statistics(self) -> PoolStatistics:
+        with self._lock:
+            in_use, idle = len(self._in_use), len(self._idle)
+            created, closed = self._created, self._closed
+        return PoolStatistics(
+            in_use + idle, in_use, idle, self._slots.waiting, self.max_size, created, closed
+        )
+
+    @property
+    def is_closed(self) -> bool:
+        return self._is_closed
+
+    async def aclose(self) -> None:
+        """Close the pool and every object it made, checked out or not (from async
+        code). Objects released later are dropped; ``acquire`` raises from now on."""
+        errors: list[Exception] = []
+        for obj in self._shut():
+            try:
+                await self._close_async(obj)
+            except Exception as exc:
+                errors.append(exc)
+        self._raise_close_errors(errors)
+
+    def close(self) -> None:
+        """Close the pool and every object it made, like :meth:`aclose`, from sync code."""
+        errors: list[Exception] = []
+        for obj in self._shut():
+            try:
+                self._close_blocking(obj)
+            except Exception as exc:
+                errors.append(exc)
+        self._raise_close_errors(errors)
+
+    def __repr__(self) -> str:
+        state = "closed" if self._is_closed else str(self.statistics())
+        return f"<Pool {self.name!r} {state}>"
+
+    # -- checking out and in ---------------------------------------------------------------
+    async def _checkout_async(self, timeout: float | None) -> T:
+        self._check_open()
+        if not await self._slots.acquire_async(1, timeout):
+            raise self._timeout_error(timeout)
+        try:
+            while not isinstance(obj := self._take_idle(), _Missing):
+                if self._validate is None or await self._is_valid_async(obj):
+                    return obj
+                await self._discard_async(obj)
+            made: T = await self._call_async(self._create)
+            if not self._adopt(made):  # the pool closed while it was being made
+                await self._discard_async(made)
+                raise self._closed_error()
+            return made
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _checkout_blocking(self, timeout: float | None) -> T:
+        self._check_open()
+        if on_event_loop():
+            raise UsageError(
+                f"`with pool.acquire()` on pool {self.name!r} was called on an event loop "
+                "thread, where waiting for a free object would block the loop; in async "
+                "code use `async with pool.acquire()`"
+            )
+        if not self._slots.acquire_blocking(1, timeout):
+            raise self._timeout_error(timeout)
+        try:
+            while not isinstance(obj := self._take_idle(), _Missing):
+                if self._validate is None or self._is_valid_blocking(obj):
+                    return obj
+                self._discard_blocking(obj)
+            made: T = self._call_blocking(self._create)
+            if not self._adopt(made):
+                self._discard_blocking(made)
+                raise self._closed_error()
+            return made
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def _take_idle(self) -> T | _Missing:
+        """With a slot held: an idle object (now in use), or _NONE to make a new one."""
+        with self._lock:
+            if self._is_closed:
+                raise self._closed_error()
+            if not self._idle:
+                return _NONE
+            obj = self._idle.pop()
+            self._in_use[id(obj)] = obj
+            return obj
+
+    def _adopt(self, obj: T) -> bool:
+        """Count a newly made object in (checked out), unless the pool has closed."""
+        with self._lock:
+            self._created += 1
+            if self._is_closed:
+                return False
+            self._in_use[id(obj)] = obj
+            return True
+
+    def _checkin(self, obj: T) -> None:
+        with self._lock:
+            # Absent if the pool closed (and closed the object) while it was out.
+            if self._in_use.pop(id(obj), None) is not None and not self._is_closed:
+                self._idle.append(obj)
+        self._slots.release()
+
+    # -- validating and discarding ---------------------------------------------------------
+    async def _is_valid_async(self, obj: T) -> bool:
+        try:
+            return bool(await self._call_async(self._validate, obj))  # type: ignore[arg-type]
+        except Exception:
+            _log.debug(
+                "validate of pool %r raised; the object is replaced", self.name, exc_info=True
+            )
+            return False
+
+    def _is_valid_blocking(self, obj: T) -> bool:
+        try:
+            return bool(self._call_blocking(self._validate, obj))  # type: ignore[arg-type]
+        except Exception:
+            _log.debug(
+                "validate of pool %r raised; the object is replaced", self.name, exc_info=True
+            )
+            return False
+
+    async def _discard_async(self, obj: T) -> None:
+        self._forget(obj)
+        try:
+            await self._close_async(obj)
+        except Exception:
+            _log.warning("closing an invalid object of pool %r failed", self.name, exc_info=True)
+
+    def _discard_blocking(self, obj: T) -> None:
+        self._forget(obj)
+        try:
+            self._close_blocking(obj)
+        except Exception:
+            _log.warning("closing an invalid object of pool %r failed", self.name, exc_info=True)
+
+    def _forget(self, obj: T) -> None:
+        """Stop counting an object that is about to be closed."""
+        with self._lock:
+            self._in_use.pop(id(obj), None)
+            self._closed += 1
+
+    # -- closing ---------------------------------------------------------------------------
+    def _shut(self) -> list[T]:
+        """Mark the pool closed and take every object it has (idle and checked out)."""
+        with self._lock:
+            self._is_closed = True
+            objects = [*self._idle, *self._in_use.values()]
+            self._idle.clear()
+            self._in_use.clear()
+            self._closed += len(objects)
+        return objects
+
+    async def _close_async(self, obj: T) -> None:
+        if self._close is not None:
+            await self._call_async(self._close, obj)
+            return
+        method = getattr(obj, "aclose", None) or getattr(obj, "close", None)
+        if method is not None:
+            await self._call_async(method)
+
+    def _close_blocking(self, obj: T) -> None:
+        if self._close is not None:
+            self._call_blocking(self._close, obj)
+            return
+        method = getattr(obj, "close", None) or getattr(obj, "aclose", None)
+        if method is not None:
+            self._call_blocking(method)
+
+    def _raise_close_errors(self, errors: list[Exception]) -> None:
+        if len(errors) == 1:
+            raise errors[0]
+        if errors:
+            raise ExceptionGroup(
+                f"{len(errors)} objects of pool {self.name!r} failed to close", errors
+            )
+
+    # -- calling user code from either side ------------------------------------------------
+    async def _call_async(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call create / validate / close from async code: await an async one, run a
+        sync one in a worker thread (abandoned if the caller is cancelled)."""
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    def _call_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call create / validate / close from sync code: directly if sync, else on the
+        current flow run's event loop."""
+        if inspect.iscoroutinefunction(fn):
+            return self._await_on_run_loop(fn(*args))
+        result = fn(*args)
+        if inspect.isawaitable(result):
+            return self._await_on_run_loop(result)
+        return result
+
+    def _await_on_run_loop(self, awaitable: Awaitable[Any]) -> Any:
+        run = flow_run_var.get()
+        if run is None or run.loop is None or run.loop.on_loop_thread():
+            if inspect.iscoroutine(awaitable):
+                awaitable.close()  # never awaited: no "never awaited" warning
+            raise UsageError(
+                f"pool {self.name!r} has async code (create, validate or close) and was "
+                "used from sync code outside a flow run, where there is no event loop to "
+                "run it on; use the pool from async code, or give it sync callables"
+            )
+        return anyio.from_thread.run(_awaited, awaitable, token=run.loop.token)
+
+    # -- errors ----------------------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self._is_closed:
+            raise self._closed_error()
+
+    def _closed_error(self) -> ResourceClosedError:
+        return ResourceClosedError(
+            f"pool {self.name!r} is closed (its block ended, or it was closed), and so "
+            "are the objects it made; acquire them inside the pool's block, or make a new "
+            "pool",
+            self.name,
+        )
+
+    def _timeout_error(self, timeout: float | None) -> PoolTimeoutError:
+        return PoolTimeoutError(
+            f"no object of pool {self.name!r} became free within {timeout} s "
+            f"({self.statistics()}); raise max_size or acquire_timeout, or hold objects "
+            "for less time",
+            self.name,
+        )
+
+
+class PoolCheckout(Generic[T]):
+    """One checkout from a pool; made by :meth:`Pool.acquire`, entered once."""
+
+    __slots__ = ("_obj", "_pool", "_timeout")
+
+    def __init__(self, pool: Pool[T], timeout: float | None) -> None:
+        self._pool = pool
+        self._timeout = _checked_timeout(pool.name, timeout)
+        self._obj: T | _Missing = _NONE
+
+    def _claim(self) -> None:
+        if not isinstance(self._obj, _Missing):
+            raise UsageError(
+                f"this checkout of pool {self._pool.name!r} is in use; call "
+                "pool.acquire() for each block"
+            )
+
+    async def __aenter__(self) -> T:
+        self._claim()
+        obj = self._obj = await self._pool._checkout_async(self._timeout)
+        return obj
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def __enter__(self) -> T:
+        self._claim()
+        obj = self._obj = self._pool._checkout_blocking(self._timeout)
+        return obj
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        obj, self._obj = self._obj, _NONE
+        if not isinstance(obj, _Missing):
+            self._pool._checkin(obj)
+
+
+class _PoolLifecycle:
+    """The pool as a resource: setup hands out the pool itself; cleanup closes every
+    object it made. Both run the way the block was entered (async or sync), so an async
+    block needs no thread of its own."""
+
+    def __init__(self, pool: Pool[Any]) -> None:
+        self._pool = pool
+        self.setup_is_async = False
+        self.cleanup_is_async = False
+
+    def bind(self, in_async_block: bool) -> None:
+        self.setup_is_async = self.cleanup_is_async = in_async_block
+
+    def setup(self) -> Any:
+        self._pool._check_open()
+        if self.setup_is_async:
+            return _ready(self._pool)
+        return self._pool
+
+    def cleanup(self, value: Any, *exc_info: Any) -> Any:
+        if self.cleanup_is_async:
+            return self._aclose()
+        self._pool.close()
+        return False  # never swallows the block's error
+
+    async def _aclose(self) -> bool:
+        await self._pool.aclose()
+        return False
+
+
+class _Missing:
+    """No object (yet); distinct from any object a pool may hold, including None."""
+
+    __slots__ = ()
+
+
+_NONE = _Missing()
+
+
+async def _ready(value: Any) -> Any:
+    return value
+
+
+async def _awaited(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _checked_timeout(name: str, timeout: float | None) -> float | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
+        raise UsageError(f"acquire timeout of pool {name!r} must be a number >= 0, got {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)

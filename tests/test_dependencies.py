@@ -1,0 +1,847 @@
+"""Rules 4 and 5: futures in arguments and wait_for, NotRun downstreams, allow_failure,
+and cyclic dependencies."""
+
+from __future__ import annotations
+
+import collections
+import threading
+from collections import namedtuple
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+import orchestr
+from orchestr import State, StateType, TaskFuture, allow_failure, flow, task, unmapped
+from orchestr.exceptions import (
+    CrashedError,
+    CyclicDependencyError,
+    TaskRunCancelledError,
+    UpstreamNotCompletedError,
+    UsageError,
+)
+
+WAIT = 5  # seconds: the bound on every wait that should succeed at once
+
+Point = namedtuple("Point", ["x", "y"])
+
+
+class Box:
+    """Hides a value from dependency resolution (only containers are searched)."""
+
+    def __init__(self, value: Any = None) -> None:
+        self.value = value
+        self.ready = threading.Event()
+
+
+@task
+async def async_value(x: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return x
+
+
+@task
+def sync_value(x: Any) -> Any:
+    return x
+
+
+@task
+async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+@task
+def sync_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+@task
+async def async_fails(message: str) -> None:
+    await anyio.lowlevel.checkpoint()
+    raise ValueError(message)
+
+
+@task
+def sync_fails(message: str) -> None:
+    raise ValueError(message)
+
+
+# -- futures in arguments ---------------------------------------------------------------------
+@pytest.mark.parametrize("consumer", [echo, sync_echo], ids=["async", "sync"])
+def test_futures_anywhere_in_arguments_are_replaced_by_results(run: Any, consumer: Any) -> None:
+    """Futures in args, kwargs, nested lists/tuples/namedtuples/dicts (keys and values),
+    sets and frozensets reach the task as their results, with container types kept."""
+
+    @flow
+    async def main() -> Any:
+        one, two, three = async_value.submit(1), sync_value.submit(2), async_value.submit(3)
+        key = sync_value.submit("k")
+        args = (
+            one,
+            [two, [three, (one,)]],
+            Point(one, [two]),
+            {key: two, "nested": {"deep": [three]}},
+            {one, two},
+            frozenset({three}),
+        )
+        with anyio.fail_after(WAIT):
+            return await consumer.submit(*args, kw=two, kws=[one, {"x": three}])
+
+    args, kwargs = run(main)
+    assert args == (
+        1,
+        [2, [3, (1,)]],
+        Point(1, [2]),
+        {"k": 2, "nested": {"deep": [3]}},
+        {1, 2},
+        frozenset({3}),
+    )
+    assert type(args[2]) is Point
+    assert type(args[4]) is set
+    assert type(args[5]) is frozenset
+    assert kwargs == {"kw": 2, "kws": [1, {"x": 3}]}
+
+
+def test_a_map_result_passed_on_is_resolved_to_a_list_of_results(run: Any) -> None:
+    """The FutureList of a .map() passed as an argument arrives as a list of results."""
+
+    @task
+    def summarize(values: Any) -> tuple[type, list[Any]]:
+        return type(values), list(values)
+
+    @flow
+    async def main() -> tuple[type, list[Any]]:
+        with anyio.fail_after(WAIT):
+            return await summarize.submit(async_value.map([1, 2, 3]))
+
+    assert run(main) == (list, [1, 2, 3])
+
+
+def test_futures_in_dict_subclasses_are_resolved_keeping_the_type(run: Any) -> None:
+    """OrderedDict, defaultdict and Counter holding futures reach the task with results,
+    as the same type with the same state (the defaultdict keeps its factory)."""
+
+    @task
+    async def receive(od: Any, dd: Any, counter: Any) -> tuple[Any, ...]:
+        return od, type(od), dd, type(dd), dd.default_factory, counter, type(counter)
+
+    @flow
+    async def main() -> tuple[Any, ...]:
+        one, two = async_value.submit(1), sync_value.submit(2)
+        od = collections.OrderedDict([("b", one), ("a", two)])
+        dd = collections.defaultdict(list, {"k": [one]})
+        counter = collections.Counter({"x": two})
+        with anyio.fail_after(WAIT):
+            return await receive.submit(od, dd, counter)
+
+    od, od_type, dd, dd_type, factory, counter, counter_type = run(main)
+    assert od_type is collections.OrderedDict
+    assert list(od.items()) == [("b", 1), ("a", 2)]
+    assert dd_type is collections.defaultdict
+    assert factory is list
+    assert dd == {"k": [1]}
+    assert counter_type is collections.Counter
+    assert counter == {"x": 2}
+
+
+def test_containers_without_futures_are_passed_as_the_same_objects(run: Any) -> None:
+    """Containers holding no futures reach the task as the very same objects, also next
+    to (and inside) containers that had to be rebuilt; the caller's containers are
+    never mutated."""
+    plain_list = [1, [2]]
+    plain_dict = {"a": [1]}
+    plain_tuple = (1, "x")
+    plain_point = Point(1, 2)
+    inner = [7, 8]
+
+    @task
+    async def receive(*args: Any, **kwargs: Any) -> bool:
+        lst, dct, tpl, pnt, mixed, kw_plain, _ = args
+        return (
+            lst is plain_list
+            and dct is plain_dict
+            and tpl is plain_tuple
+            and pnt is plain_point
+            and mixed[1] is inner  # untouched sibling inside a rebuilt list
+            and mixed[0] == 5
+            and kw_plain is plain_dict
+            and kwargs["same"] is plain_list
+        )
+
+    @flow
+    async def main() -> tuple[bool, bool, bool]:
+        fut = async_value.submit(5)
+        mixed = [fut, inner]
+        with anyio.fail_after(WAIT):
+            with_future = await receive.submit(
+                plain_list,
+                plain_dict,
+                plain_tuple,
+                plain_point,
+                mixed,
+                plain_dict,
+                fut,
+                same=plain_list,
+            )
+            without_any = await receive.submit(
+                plain_list,
+                plain_dict,
+                plain_tuple,
+                plain_point,
+                [5, inner],
+                plain_dict,
+                0,
+                same=plain_list,
+            )
+        return with_future, without_any, mixed[0] is fut
+
+    assert run(main) == (True, True, True)
+
+
+def test_a_future_inside_unmapped_is_waited_for_and_resolved(run: Any) -> None:
+    """unmapped(fut) given to .submit() waits for that (slow) future and passes its
+    result, like a bare future."""
+    gate = anyio.Event()
+
+    @task
+    async def gated() -> str:
+        await gate.wait()
+        return "slow"
+
+    @flow
+    async def main() -> Any:
+        quick = async_value.submit("quick")
+        fut = echo.submit(unmapped(gated.submit()), quick)
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        gate.set()
+        with anyio.fail_after(WAIT):
+            return await fut
+
+    assert run(main) == (("slow", "quick"), {})
+
+
+def test_annotations_around_plain_values_are_unwrapped(run: Any) -> None:
+    """unmapped(x) / allow_failure(x) around a plain value reach the task as x, as they
+    do when the call also has a future."""
+
+    @flow
+    async def main() -> Any:
+        with anyio.fail_after(WAIT):
+            return await echo.submit(unmapped(5), allow_failure(6))
+
+    assert run(main) == ((5, 6), {})
+
+
+@pytest.mark.parametrize("upstream", [async_value, sync_value], ids=["async-up", "sync-up"])
+@pytest.mark.parametrize("downstream", [echo, sync_echo], ids=["async-down", "sync-down"])
+def test_results_that_do_not_fit_their_container_fail_only_that_run(
+    run: Any, upstream: Any, downstream: Any
+) -> None:
+    """An upstream result that cannot go where its future was (an unhashable list in a
+    set) fails that downstream run with the TypeError, noting the run; the flow goes on."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> str:
+        fut = upstream.submit([1])
+        with anyio.fail_after(WAIT):
+            seen["state"] = await downstream.submit({fut}).wait()
+            seen["inline"] = await echo({"key": 1, fut: 2}, return_state=True)
+            return await async_value.submit("still running")
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    assert flow_state.result() == "still running"
+    inline_name = "echo-1" if downstream is echo else "echo-0"
+    for key, name in (("state", f"{downstream.name}-0"), ("inline", inline_name)):
+        state = seen[key]
+        assert state.is_failed()
+        assert isinstance(state.exception, TypeError)
+        assert "unhashable" in str(state.exception)
+        assert any(name in note for note in state.exception.__notes__)
+
+
+def test_futures_in_arguments_of_inline_calls_are_resolved(run: Any) -> None:
+    """Inline task calls (await async_task(fut)) wait for and resolve futures too."""
+    gate = anyio.Event()
+
+    @task
+    async def gated() -> int:
+        await gate.wait()
+        return 10
+
+    @flow
+    async def main() -> tuple[Any, Any]:
+        fut = gated.submit()
+        gate.set()
+        with anyio.fail_after(WAIT):
+            return await echo([fut], key=fut)
+
+    assert run(main) == (([10],), {"key": 10})
+
+
+# -- wait_for ---------------------------------------------------------------------------------
+@pytest.mark.parametrize("downstream_kind", ["async", "sync"])
+def test_wait_for_waits_for_a_slow_upstream(run: Any, downstream_kind: str) -> None:
+    """A run with wait_for does not start until the waited run has finished."""
+    order: list[str] = []
+    gate = anyio.Event()
+
+    @task
+    async def slow_upstream() -> None:
+        await gate.wait()
+        order.append("upstream")
+
+    @task
+    async def async_down() -> None:
+        order.append("downstream")
+
+    @task
+    def sync_down() -> None:
+        order.append("downstream")
+
+    down = async_down if downstream_kind == "async" else sync_down
+
+    @flow
+    async def main() -> list[str]:
+        up = slow_upstream.submit()
+        fut = down.submit(wait_for=[up])
+        # Give the downstream every chance to start too early.
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        before = list(order)
+        gate.set()
+        with anyio.fail_after(WAIT):
+            await fut
+        return before
+
+    assert run(main) == []
+    assert order == ["upstream", "downstream"]
+
+
+def test_wait_for_a_slow_sync_upstream_in_a_thread(run: Any) -> None:
+    """wait_for also waits for a sync upstream blocked in its worker thread; a single
+    future (not in a list) is accepted."""
+    order: list[str] = []
+    release = threading.Event()
+    entered = threading.Event()
+
+    @task
+    def slow_upstream() -> None:
+        entered.set()
+        release.wait(WAIT)
+        order.append("upstream")
+
+    @task
+    async def down() -> None:
+        order.append("downstream")
+
+    @flow
+    async def main() -> list[str]:
+        up = slow_upstream.submit()
+        fut = down.submit(wait_for=up)
+        await anyio.to_thread.run_sync(entered.wait, WAIT)
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        before = list(order)
+        release.set()
+        with anyio.fail_after(WAIT):
+            await fut
+        return before
+
+    assert run(main) == []
+    assert order == ["upstream", "downstream"]
+
+
+def test_wait_for_values_are_not_passed_to_the_task(run: Any) -> None:
+    """wait_for only orders runs: the task's arguments are unchanged."""
+
+    @flow
+    async def main() -> Any:
+        up = async_value.submit("ignored")
+        with anyio.fail_after(WAIT):
+            return await echo.submit(1, wait_for=[up])
+
+    assert run(main) == ((1,), {})
+
+
+# -- NotRun -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("upstream", [async_fails, sync_fails], ids=["async-up", "sync-up"])
+@pytest.mark.parametrize("downstream", [echo, sync_echo], ids=["async-down", "sync-down"])
+@pytest.mark.parametrize("how", ["argument", "wait_for"])
+def test_downstream_of_a_failed_upstream_is_not_run(
+    run: Any, upstream: Any, downstream: Any, how: str
+) -> None:
+    """If an upstream failed, the downstream never runs: NotRun, with an
+    UpstreamNotCompletedError naming the upstream run, carrying its record, caused by
+    the upstream's own exception."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        up = upstream.submit("boom")
+        down = downstream.submit([up]) if how == "argument" else downstream.submit(wait_for=[up])
+        with anyio.fail_after(WAIT):
+            seen["down"] = await down.wait()
+            seen["up"] = up.state  # already final: no wait needed
+            with pytest.raises(UpstreamNotCompletedError) as info:
+                await down
+        seen["raised"] = info.value
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    down, up, raised = seen["down"], seen["up"], seen["raised"]
+    assert down.type is StateType.NOT_RUN
+    assert down.record.started is None  # never started
+    error = down.exception
+    assert isinstance(error, UpstreamNotCompletedError)
+    assert raised is error
+    assert f"{upstream.name}-0" in str(error)
+    assert f"{downstream.name}-0" in str(error)
+    assert error.upstream is up.record
+    assert error.record is down.record
+    assert error.__cause__ is up.exception
+    assert isinstance(error.__cause__, ValueError)
+    # Seeing the NotRun counts as seeing the failure that caused it.
+    assert flow_state.is_completed(), flow_state
+
+
+def test_not_run_for_an_upstream_that_already_failed(run: Any) -> None:
+    """A downstream submitted after its upstream already failed is NotRun at once."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        up = sync_fails.submit("early")
+        with anyio.fail_after(WAIT):
+            await up.wait()
+            down = sync_echo.submit(up)
+            seen["state"] = await down.wait()
+
+    run(main)
+    assert seen["state"].is_not_run()
+    assert "sync_fails-0" in str(seen["state"].exception)
+
+
+def test_not_run_propagates_down_a_chain(run: Any) -> None:
+    """a fails -> b, c, d are NotRun; each error names its direct upstream and is
+    caused by that upstream's error, back to a's exception."""
+    seen: list[State[Any]] = []
+
+    @flow
+    async def main() -> None:
+        a = async_fails.submit("root")
+        b = echo.submit(a)
+        c = sync_echo.submit(b)
+        d = echo.submit(wait_for=[c])
+        with anyio.fail_after(WAIT):
+            for fut in (a, b, c, d):
+                seen.append(await fut.wait())
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    a, b, c, d = seen
+    assert a.is_failed()
+    assert [s.type for s in (b, c, d)] == [StateType.NOT_RUN] * 3
+    for downstream, upstream in ((b, a), (c, b), (d, c)):
+        error = downstream.exception
+        assert isinstance(error, UpstreamNotCompletedError)
+        assert error.upstream is upstream.record
+        assert error.__cause__ is upstream.exception
+        assert repr(upstream.run_name) in str(error)
+    assert d.exception.__cause__.__cause__.__cause__ is a.exception  # type: ignore[union-attr]
+    assert flow_state.is_completed(), flow_state
+
+
+def test_unobserved_not_run_chain_fails_the_flow(run: Any) -> None:
+    """Nobody looked at the failed chain: the flow fails, reporting it."""
+
+    @flow
+    async def main() -> str:
+        a = async_fails.submit("unseen")
+        echo.submit(a)
+        return "returned"
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert state.is_failed()
+    runs = {r.name: r.state_type for r in state.record.task_runs}
+    assert runs == {"async_fails-0": StateType.FAILED, "echo-0": StateType.NOT_RUN}
+
+
+# -- allow_failure ----------------------------------------------------------------------------
+def _make_failed() -> TaskFuture[Any]:
+    return async_fails.submit("failed")
+
+
+def _make_sync_failed() -> TaskFuture[Any]:
+    return sync_fails.submit("failed")
+
+
+@task
+def exits() -> None:
+    raise SystemExit(3)
+
+
+@task
+def interrupted() -> None:
+    raise KeyboardInterrupt
+
+
+@task
+async def waits_forever(event: anyio.Event) -> None:
+    await event.wait()
+
+
+def _make_crashed_exit() -> TaskFuture[Any]:
+    return exits.submit()
+
+
+def _make_crashed_interrupt() -> TaskFuture[Any]:
+    return interrupted.submit()
+
+
+def _make_cancelled() -> TaskFuture[Any]:
+    fut = waits_forever.submit(anyio.Event())
+    assert fut.cancel()
+    return fut
+
+
+def _make_not_run() -> TaskFuture[Any]:
+    return echo.submit(async_fails.submit("root"))
+
+
+UPSTREAMS = {
+    "failed": (_make_failed, StateType.FAILED, ValueError),
+    "failed-sync": (_make_sync_failed, StateType.FAILED, ValueError),
+    "crashed-systemexit": (_make_crashed_exit, StateType.CRASHED, CrashedError),
+    "crashed-keyboardinterrupt": (_make_crashed_interrupt, StateType.CRASHED, CrashedError),
+    "cancelled": (_make_cancelled, StateType.CANCELLED, TaskRunCancelledError),
+    "not-run": (_make_not_run, StateType.NOT_RUN, UpstreamNotCompletedError),
+}
+
+
+@pytest.mark.parametrize("kind", list(UPSTREAMS))
+@pytest.mark.parametrize("downstream", [echo, sync_echo], ids=["async-down", "sync-down"])
+def test_allow_failure_argument_passes_the_upstream_exception(
+    run: Any, kind: str, downstream: Any
+) -> None:
+    """allow_failure(fut) lets the downstream run whatever non-completed final state the
+    upstream ended in; the downstream receives the upstream's exception as the value,
+    and the flow (having passed the failure on) completes."""
+    make, expected_type, expected_error = UPSTREAMS[kind]
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        up = make()
+        down = downstream.submit(allow_failure(up), other=[allow_failure(up)])
+        with anyio.fail_after(WAIT):
+            seen["received"] = await down
+        seen["up"] = up.state
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    (value,), kwargs = seen["received"]
+    up = seen["up"]
+    assert up.type is expected_type
+    assert isinstance(value, expected_error)
+    assert value is up.exception
+    assert kwargs == {"other": [value]}
+    assert flow_state.is_completed(), flow_state
+
+
+def test_allow_failure_crash_keeps_the_interrupt_as_cause(run: Any) -> None:
+    """A sync task raising SystemExit in its thread is Crashed; allow_failure hands the
+    downstream a CrashedError whose cause is the SystemExit, and nothing escapes."""
+
+    @flow
+    async def main() -> Any:
+        with anyio.fail_after(WAIT):
+            return await echo.submit(allow_failure(exits.submit()))
+
+    (error,), _ = run(main)
+    assert isinstance(error, CrashedError)
+    assert isinstance(error.__cause__, SystemExit)
+    assert error.__cause__.code == 3
+    assert "exits-0" in str(error)
+
+
+def test_allow_failure_with_a_completed_upstream_passes_the_result(run: Any) -> None:
+    """allow_failure(fut) of a completed upstream passes its result as usual."""
+
+    @flow
+    async def main() -> Any:
+        with anyio.fail_after(WAIT):
+            return await echo.submit(allow_failure(async_value.submit(4)))
+
+    assert run(main) == ((4,), {})
+
+
+def test_a_future_also_passed_plainly_still_blocks(run: Any) -> None:
+    """allow_failure applies only if every mention of the future is wrapped: a plain
+    mention elsewhere still makes the downstream NotRun."""
+    seen: list[State[Any]] = []
+
+    @flow
+    async def main() -> None:
+        up = async_fails.submit("x")
+        with anyio.fail_after(WAIT):
+            seen.append(await echo.submit(allow_failure(up), up).wait())
+
+    run(main)
+    assert seen[0].is_not_run()
+
+
+def test_allow_failure_in_wait_for_is_a_cleanup_barrier(run: Any) -> None:
+    """wait_for=[allow_failure(f) ...] runs after every upstream finished, however it
+    ended (completed, failed, crashed, cancelled, not run), and gets no arguments."""
+    order: list[str] = []
+    gates = {name: anyio.Event() for name in ("ok", "failed", "cancelled")}
+    sync_gate = threading.Event()
+    started = anyio.Event()
+
+    @task
+    async def ok() -> None:
+        await gates["ok"].wait()
+        order.append("ok")
+
+    @task
+    async def failing() -> None:
+        await gates["failed"].wait()
+        order.append("failed")
+        raise ValueError("failed")
+
+    @task
+    def crashing() -> None:
+        sync_gate.wait(WAIT)
+        order.append("crashed")
+        raise SystemExit(1)
+
+    @task
+    async def cancellable() -> None:
+        started.set()
+        try:
+            await gates["cancelled"].wait()
+        finally:
+            order.append("cancelled")
+
+    @task
+    async def cleanup(*args: Any) -> tuple[Any, ...]:
+        order.append("cleanup")
+        return args
+
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        futures = [ok.submit(), failing.submit(), crashing.submit(), cancellable.submit()]
+        not_run = echo.submit(futures[1])
+        futures.append(not_run)
+        final = cleanup.submit(wait_for=[allow_failure(f) for f in futures])
+        with anyio.fail_after(WAIT):
+            await started.wait()
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            seen["early"] = list(order)
+            gates["ok"].set()
+            gates["failed"].set()
+            sync_gate.set()
+            futures[3].cancel()
+            seen["cleanup"] = await final
+            seen["states"] = [(await f.wait()).type for f in futures]
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    assert seen["early"] == []
+    assert order[-1] == "cleanup"
+    assert sorted(order[:-1]) == ["cancelled", "crashed", "failed", "ok"]
+    assert seen["cleanup"] == ()
+    assert seen["states"] == [
+        StateType.COMPLETED,
+        StateType.FAILED,
+        StateType.CRASHED,
+        StateType.CANCELLED,
+        StateType.NOT_RUN,
+    ]
+    assert flow_state.is_completed(), flow_state
+
+
+def test_allow_failure_in_wait_for_lets_an_unseen_failure_count_as_observed(run: Any) -> None:
+    """A failure passed through allow_failure to a downstream that ran is observed."""
+
+    @flow
+    async def main() -> str:
+        bad = async_fails.submit("passed on")
+        cleanup = async_value.submit("cleaned", wait_for=[allow_failure(bad)])
+        with anyio.fail_after(WAIT):
+            return await cleanup
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    assert state.result() == "cleaned"
+
+
+# -- cycles -----------------------------------------------------------------------------------
+def test_submitting_with_the_submitters_own_future_is_cyclic(run: Any) -> None:
+    """A task run that passes its own future to a run it submits (as an argument, in
+    wait_for, or through allow_failure) gets CyclicDependencyError at submit time."""
+
+    @task
+    async def selfish(box: Box) -> list[str]:
+        me = box.value
+        errors = []
+        for submit in (
+            lambda: echo.submit(me),
+            lambda: echo.submit([{"k": me}]),
+            lambda: echo.submit(wait_for=[me]),
+            lambda: echo.submit(allow_failure(me)),
+        ):
+            with pytest.raises(CyclicDependencyError) as info:
+                submit()
+            errors.append(str(info.value))
+        return errors
+
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        box = Box()
+        fut = selfish.submit(box)
+        box.value = fut  # an async run does not start before the submitter yields
+        with anyio.fail_after(WAIT):
+            seen["errors"] = await fut
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    assert len(seen["errors"]) == 4
+    assert all("selfish-0" in e and "echo.submit()" in e for e in seen["errors"])
+    # Nothing was submitted by the refused calls.
+    assert [r.name for r in state.record.task_runs] == ["selfish-0"]
+
+
+def test_sync_task_submitting_with_its_own_future_is_cyclic(run: Any) -> None:
+    """The same check applies in a sync task running in a worker thread."""
+
+    @task
+    def selfish(box: Box) -> str:
+        box.ready.wait(WAIT)
+        try:
+            sync_echo.submit(box.value)
+        except CyclicDependencyError as exc:
+            return str(exc)
+        return "submitted"
+
+    @flow
+    async def main() -> str:
+        box = Box()
+        fut = selfish.submit(box)
+        box.value = fut
+        box.ready.set()
+        with anyio.fail_after(WAIT):
+            return await fut
+
+    assert "selfish-0" in run(main)
+
+
+def test_a_task_waiting_for_its_own_future_is_cyclic(run: Any) -> None:
+    """await own_future, own_future.wait() and own_future.result() raise
+    CyclicDependencyError instead of hanging."""
+
+    @task
+    async def async_self(box: Box) -> list[str]:
+        me = box.value
+        names = []
+        with pytest.raises(CyclicDependencyError) as info:
+            await me
+        names.append(type(info.value).__name__)
+        with pytest.raises(CyclicDependencyError):
+            await me.wait()
+        names.append("wait")
+        return names
+
+    @task
+    def sync_self(box: Box) -> str:
+        box.ready.wait(WAIT)
+        try:
+            box.value.result(timeout=WAIT)
+        except CyclicDependencyError as exc:
+            return str(exc)
+        return "waited for itself"
+
+    @flow
+    async def main() -> tuple[list[str], str]:
+        a_box, s_box = Box(), Box()
+        a = async_self.submit(a_box)
+        a_box.value = a
+        s = sync_self.submit(s_box)
+        s_box.value = s
+        s_box.ready.set()
+        with anyio.fail_after(WAIT):
+            return await a, await s
+
+    names, message = run(main)
+    assert names == ["CyclicDependencyError", "wait"]
+    assert "sync_self-0" in message
+    assert "own future" in message
+
+
+def test_waiting_for_its_own_future_through_helpers_is_cyclic(run: Any) -> None:
+    """orchestr.wait([own]), as_completed([own]) and an inline call given the own
+    future refuse with CyclicDependencyError instead of hanging."""
+
+    @task
+    async def async_self(box: Box) -> list[str]:
+        me = box.value
+        refused = []
+        attempts = {
+            "wait": lambda: orchestr.wait([me]),
+            "as_completed": lambda: _drain(orchestr.as_completed([me])),
+            "inline": lambda: echo(me),
+        }
+        for name, attempt in attempts.items():
+            with anyio.fail_after(1):  # a hang fails the test instead of the suite
+                try:
+                    await attempt()
+                except CyclicDependencyError:
+                    refused.append(name)
+        return refused
+
+    @flow
+    async def main() -> list[str]:
+        box = Box()
+        fut = async_self.submit(box)
+        box.value = fut
+        with anyio.fail_after(WAIT):
+            return await fut
+
+    assert run(main) == ["wait", "as_completed", "inline"]
+
+
+async def _drain(iterator: Any) -> list[Any]:
+    return [item async for item in iterator]
+
+
+def test_cyclic_dependency_error_is_a_usage_error() -> None:
+    """CyclicDependencyError is a UsageError (an OrchestrError)."""
+    assert issubclass(CyclicDependencyError, UsageError)

@@ -1,0 +1,370 @@
+"""Hooks: on_completion / on_failure for tasks and flows, on_cancellation / on_crashed
+for flows, called as hook(task_or_flow, record, state)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import FlowRunRecord, State, TaskRunRecord, flow, override_settings, task
+from orchestr.exceptions import CrashedError
+from orchestr.states import StateType
+
+
+class Fatal(BaseException):
+    """A crash: a BaseException that is not cancellation."""
+
+
+class Calls:
+    """Collects hook calls as (hook name, owner, record, state type, state)."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any, Any, StateType, State[Any]]] = []
+        self.threads: list[int] = []
+
+    def hook(self, name: str) -> Any:
+        def sync_hook(owner: Any, record: Any, state: State[Any]) -> None:
+            self.threads.append(threading.get_ident())
+            self.calls.append((name, owner, record, state.type, state))
+
+        sync_hook.__name__ = name
+        return sync_hook
+
+    def async_hook(self, name: str) -> Any:
+        async def async_hook(owner: Any, record: Any, state: State[Any]) -> None:
+            await anyio.lowlevel.checkpoint()
+            self.calls.append((name, owner, record, state.type, state))
+
+        async_hook.__name__ = name
+        return async_hook
+
+    def names(self) -> list[str]:
+        return [c[0] for c in self.calls]
+
+
+# -- task hooks -----------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_task_hooks_get_task_record_and_state(run: Any, kind: str) -> None:
+    """on_completion and on_failure of a task are called as hook(task, record, state)
+    with the run's record and final state, and have run before `await fut` returns."""
+    calls = Calls()
+    hooks = {
+        "on_completion": [calls.hook("done"), calls.async_hook("adone")],
+        "on_failure": [calls.hook("failed"), calls.async_hook("afailed")],
+    }
+
+    @task(**hooks)
+    async def aworker(fail: bool) -> int:
+        if fail:
+            raise ValueError("nope")
+        return 1
+
+    @task(**hooks)
+    def sworker(fail: bool) -> int:
+        if fail:
+            raise ValueError("nope")
+        return 1
+
+    worker = aworker if kind == "async" else sworker
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        ok = worker.submit(False)
+        await ok
+        seen["after ok"] = calls.names()
+        seen["ok"] = ok
+        bad = worker.submit(True)
+        with pytest.raises(ValueError, match="nope"):
+            await bad
+        seen["after bad"] = calls.names()
+        seen["bad"] = bad
+
+    run(main)
+    assert seen["after ok"] == ["done", "adone"]
+    assert seen["after bad"] == ["done", "adone", "failed", "afailed"]
+    ok, bad = seen["ok"], seen["bad"]
+    for name, owner, record, type_, state in calls.calls:
+        assert owner is worker
+        assert isinstance(record, TaskRunRecord)
+        expected = ok if name.endswith("done") else bad
+        assert record is expected.record
+        assert type_ is (StateType.COMPLETED if expected is ok else StateType.FAILED)
+        assert state.record is record
+    assert calls.calls[0][4].result() == 1
+    assert isinstance(calls.calls[2][4].exception, ValueError)
+
+
+def test_task_hooks_run_before_blocking_result_returns(backend: str) -> None:
+    """In a sync flow, a sync task's hooks have run before fut.result() returns (the
+    fast path runs them in the worker thread)."""
+    calls = Calls()
+
+    @task(on_completion=calls.hook("done"))
+    def work() -> int:
+        return 5
+
+    @flow
+    def main() -> list[str]:
+        value = work.submit().result(timeout=5)
+        assert value == 5
+        return calls.names()
+
+    with override_settings(backend=backend):
+        assert main() == ["done"]
+
+
+def test_task_on_failure_for_crash_and_not_for_cancel(run: Any) -> None:
+    """A crashed task calls on_failure; a cancelled one calls no hook."""
+    calls = Calls()
+    started = anyio.Event()
+
+    @task(on_failure=calls.hook("failed"), on_completion=calls.hook("done"))
+    async def crashes() -> None:
+        raise Fatal()
+
+    @task(on_failure=calls.hook("failed"), on_completion=calls.hook("done"))
+    async def forever() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    @flow
+    async def main() -> None:
+        crashed = await crashes.submit().wait()
+        assert crashed.type is StateType.CRASHED
+        fut = forever.submit()
+        with anyio.fail_after(5):
+            await started.wait()
+        fut.cancel()
+        assert (await fut.wait()).type is StateType.CANCELLED
+
+    run(main)
+    assert [(c[0], c[3]) for c in calls.calls] == [("failed", StateType.CRASHED)]
+
+
+def test_task_hook_for_inline_calls_and_outside_flows(run: Any) -> None:
+    """Hooks run for inline task calls and for tasks called outside any flow."""
+    calls = Calls()
+
+    @task(on_completion=calls.hook("done"))
+    def inline(x: int) -> int:
+        return x
+
+    @flow
+    async def main() -> int:
+        return inline(1)
+
+    async def go() -> int:
+        return await main() + inline(2)
+
+    assert run(go) == 3
+    assert calls.names() == ["done", "done"]
+    assert calls.calls[0][2].flow_run is not None
+    assert calls.calls[1][2].flow_run is None
+
+
+def test_raising_task_hook_is_logged_and_changes_nothing(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task hook that raises is logged with its traceback; the run stays Completed
+    and the following hooks still run."""
+    calls = Calls()
+
+    def broken(task_: Any, record: Any, state: State[Any]) -> None:
+        raise RuntimeError("hook bug")
+
+    @task(on_completion=[broken, calls.hook("after")])
+    async def work() -> int:
+        return 3
+
+    @flow
+    async def main() -> tuple[int, StateType]:
+        fut = work.submit()
+        return await fut, fut.record.state_type
+
+    assert run(main) == (3, StateType.COMPLETED)
+    assert calls.names() == ["after"]
+    logged = [r for r in caplog.records if "Hook 'broken' raised" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.ERROR
+    assert "Completed" in logged[0].getMessage()
+    assert isinstance(logged[0].exc_info[1], RuntimeError)  # type: ignore[index]
+
+
+# -- flow hooks -----------------------------------------------------------------------------
+def test_flow_completion_and_failure_hooks(run: Any) -> None:
+    """A flow's on_completion / on_failure hooks get (flow, record, state) with its
+    final state; sync and async hooks both run."""
+    calls = Calls()
+
+    @flow(
+        on_completion=[calls.hook("done"), calls.async_hook("adone")],
+        on_failure=[calls.hook("failed"), calls.async_hook("afailed")],
+    )
+    async def main(fail: bool) -> str:
+        if fail:
+            raise ValueError("flow failed")
+        return "fine"
+
+    async def go() -> tuple[State[Any], State[Any]]:
+        return await main(False, return_state=True), await main(True, return_state=True)
+
+    good, bad = run(go)
+    assert calls.names() == ["done", "adone", "failed", "afailed"]
+    for name, owner, record, type_, state in calls.calls:
+        assert owner is main
+        assert isinstance(record, FlowRunRecord)
+        expected = good if name.endswith("done") else bad
+        assert record is expected.record
+        assert state is expected
+        assert type_ is expected.type
+    assert isinstance(bad.exception, ValueError)
+
+
+def test_flow_hooks_run_before_the_call_returns(backend: str) -> None:
+    """A sync flow's hooks have run, with the record already final, when the call
+    returns."""
+    calls = Calls()
+    seen: list[StateType] = []
+
+    def check(flow_: Any, record: FlowRunRecord, state: State[Any]) -> None:
+        seen.append(record.state_type)
+
+    @flow(on_completion=[check, calls.hook("done")])
+    def main() -> int:
+        return 1
+
+    with override_settings(backend=backend):
+        assert main() == 1
+    assert calls.names() == ["done"]
+    assert seen == [StateType.COMPLETED]
+
+
+def test_flow_on_cancellation_hook(run: Any) -> None:
+    """A flow cancelled by an enclosing cancel scope calls on_cancellation (sync and
+    async) with a Cancelled state, and not the other hooks."""
+    calls = Calls()
+    started = anyio.Event()
+
+    @flow(
+        on_cancellation=[calls.hook("cancelled"), calls.async_hook("acancelled")],
+        on_failure=calls.hook("failed"),
+        on_completion=calls.hook("done"),
+    )
+    async def main() -> None:
+        started.set()
+        await anyio.sleep_forever()
+
+    async def go() -> None:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(main)
+                with anyio.fail_after(5):
+                    await started.wait()
+                scope.cancel()
+
+    run(go)
+    assert calls.names() == ["cancelled", "acancelled"]
+    assert all(c[3] is StateType.CANCELLED for c in calls.calls)
+    assert calls.calls[0][1] is main
+
+
+def test_flow_on_crashed_hook(run: Any) -> None:
+    """A flow whose body raises a non-cancellation BaseException calls on_crashed, and
+    the call raises CrashedError caused by it."""
+    calls = Calls()
+    raised: list[BaseException] = []
+
+    @flow(on_crashed=[calls.hook("crashed")], on_failure=calls.hook("failed"))
+    async def main() -> None:
+        raised.append(Fatal())
+        raise raised[0]
+
+    async def go() -> None:
+        await main()
+
+    with pytest.raises(CrashedError) as info:
+        run(go)
+    assert info.value.__cause__ is raised[0]
+    assert [(c[0], c[3]) for c in calls.calls] == [("crashed", StateType.CRASHED)]
+
+
+def test_raising_flow_hook_is_logged_and_changes_nothing(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flow hook that raises (sync or async) is logged; the flow's state and result
+    are unchanged and later hooks run."""
+    calls = Calls()
+
+    def broken(flow_: Any, record: Any, state: State[Any]) -> None:
+        raise RuntimeError("sync hook bug")
+
+    async def abroken(flow_: Any, record: Any, state: State[Any]) -> None:
+        raise RuntimeError("async hook bug")
+
+    @flow(on_failure=[broken, abroken, calls.hook("after")])
+    async def main() -> None:
+        raise KeyError("the real error")
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert state.type is StateType.FAILED
+    assert isinstance(state.exception, KeyError)
+    assert state.record.state_type is StateType.FAILED
+    assert calls.names() == ["after"]
+    logged = [r for r in caplog.records if "raised; the run's state stays" in r.getMessage()]
+    assert [str(r.exc_info[1]) for r in logged] == [  # type: ignore[index]
+        "sync hook bug",
+        "async hook bug",
+    ]
+    assert all(r.levelno == logging.ERROR for r in logged)
+
+
+@pytest.mark.parametrize("how", ["submitted", "inline"])
+def test_sync_task_async_hook(run: Any, how: str) -> None:
+    """An async hook (using anyio) on a sync task, submitted to a worker thread or
+    called inline on the flow's loop thread, is awaited to completion before the
+    result is delivered."""
+    done = threading.Event()
+
+    async def ahook(task_: Any, record: Any, state: State[Any]) -> None:
+        await anyio.sleep(0.001)
+        done.set()
+
+    @task(on_completion=ahook)
+    def work() -> int:
+        return 1
+
+    @flow
+    async def main() -> bool:
+        if how == "submitted":
+            await work.submit()
+        else:
+            work()
+        return done.is_set()
+
+    assert run(main) is True
+
+
+def test_flow_on_failure_hook_for_bad_parameters(run: Any) -> None:
+    """A run failed by parameter validation calls on_failure (its body never ran)."""
+    calls = Calls()
+    ran: list[str] = []
+
+    @flow(on_failure=calls.hook("failed"), on_completion=calls.hook("done"))
+    async def main(n: int) -> None:
+        ran.append("body")
+
+    async def go() -> State[Any]:
+        return await main("not a number", return_state=True)
+
+    state = run(go)
+    assert ran == []
+    assert calls.names() == ["failed"]
+    assert calls.calls[0][4] is state

@@ -1,0 +1,356 @@
+"""Rule 2 (mapping): .map() submits one run per element and returns a FutureList."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from orchestr import (
+    FutureList,
+    State,
+    StateType,
+    TaskFuture,
+    flow,
+    override_settings,
+    task,
+    unmapped,
+)
+from orchestr.exceptions import MappingError, UsageError
+
+WAIT = 5  # seconds: the bound on every wait that should succeed at once
+
+
+@task
+async def async_add(a: Any, b: Any = 0) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return a + b
+
+
+@task
+def sync_add(a: Any, b: Any = 0) -> Any:
+    return a + b
+
+
+@task
+async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+@task
+async def async_value(x: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return x
+
+
+def mapped(run: Any, make: Any) -> Any:
+    """Run ``make()`` (which calls .map()) in a flow and return the awaited results."""
+
+    @flow
+    async def main() -> Any:
+        futures = make()
+        with anyio.fail_after(WAIT):
+            return await futures
+
+    return run(main)
+
+
+# -- what gets mapped -------------------------------------------------------------------------
+@pytest.mark.parametrize("add", [async_add, sync_add], ids=["async", "sync"])
+def test_map_over_one_iterable(run: Any, add: Any) -> None:
+    """One run per element, results in element order, for async and sync tasks."""
+    assert mapped(run, lambda: add.map([1, 2, 3])) == [1, 2, 3]
+
+
+@pytest.mark.parametrize("add", [async_add, sync_add], ids=["async", "sync"])
+def test_map_over_several_iterables_zips_them(run: Any, add: Any) -> None:
+    """Equal-length iterables are zipped: run i gets element i of each."""
+    assert mapped(run, lambda: add.map([1, 2, 3], (10, 20, 30))) == [11, 22, 33]
+
+
+def test_map_accepts_any_iterable(run: Any) -> None:
+    """Generators, ranges and tuples are mapped over (each consumed once)."""
+    assert mapped(run, lambda: async_add.map((x for x in range(3)), range(10, 13))) == [
+        10,
+        12,
+        14,
+    ]
+
+
+def test_map_keyword_iterables(run: Any) -> None:
+    """Keyword iterables are mapped like positional ones, also mixed with them."""
+    assert mapped(run, lambda: sync_add.map(a=[1, 2], b=[10, 20])) == [11, 22]
+    assert mapped(run, lambda: sync_add.map([1, 2], b=[10, 20])) == [11, 22]
+
+
+def test_unmapped_passes_a_value_whole_to_every_run(run: Any) -> None:
+    """unmapped(x) gives every run the same x, even an iterable (the same object)."""
+    shared = [9, 9]
+
+    @task
+    async def pair(item: int, whole: list[int]) -> tuple[int, bool]:
+        return item, whole is shared
+
+    assert mapped(run, lambda: pair.map([1, 2], unmapped(shared))) == [(1, True), (2, True)]
+    assert mapped(run, lambda: pair.map([1, 2], whole=unmapped(shared))) == [
+        (1, True),
+        (2, True),
+    ]
+
+
+def test_non_iterable_static_arguments_are_passed_whole(run: Any) -> None:
+    """Ints (and other non-iterables) are passed as they are to every run."""
+    assert mapped(run, lambda: async_add.map([1, 2, 3], 100)) == [101, 102, 103]
+    assert mapped(run, lambda: async_add.map([1, 2], b=5)) == [6, 7]
+
+
+@pytest.mark.parametrize("whole", ["ab", b"ab"], ids=["str", "bytes"])
+def test_str_and_bytes_are_passed_whole(run: Any, whole: Any) -> None:
+    """Strings and bytes are not mapped over (Prefect compatibility)."""
+    results = mapped(run, lambda: echo.map([1, 2], whole, key=whole))
+    assert results == [((1, whole), {"key": whole}), ((2, whole), {"key": whole})]
+
+
+def test_map_over_an_empty_iterable_submits_nothing(run: Any) -> None:
+    """An empty iterable gives an empty FutureList."""
+
+    @flow
+    async def main() -> tuple[bool, int, list[Any]]:
+        futures = async_add.map([])
+        with anyio.fail_after(WAIT):
+            return isinstance(futures, FutureList), len(futures), await futures
+
+    assert run(main) == (True, 0, [])
+
+
+# -- futures as map arguments -----------------------------------------------------------------
+def test_futures_as_elements_are_resolved_per_run(run: Any) -> None:
+    """A list of futures is mapped over; each run gets its element's result."""
+    assert mapped(
+        run, lambda: async_add.map([async_value.submit(1), async_value.submit(2)], 10)
+    ) == [11, 12]
+
+
+def test_unmapped_future_gives_every_run_its_result(run: Any) -> None:
+    """unmapped(fut) passes the future's result to every run."""
+    assert mapped(run, lambda: async_add.map([1, 2], unmapped(async_value.submit(100)))) == [
+        101,
+        102,
+    ]
+
+
+def test_a_failed_element_makes_only_its_run_not_run(run: Any) -> None:
+    """A failed future element makes that run NotRun; the others complete."""
+
+    @task
+    async def fails() -> int:
+        raise ValueError("bad element")
+
+    seen: list[StateType] = []
+
+    @flow
+    async def main() -> None:
+        futures = async_add.map([async_value.submit(1), fails.submit()], 1)
+        with anyio.fail_after(WAIT):
+            seen.extend(s.type for s in await futures.wait())
+
+    run(main)
+    assert seen == [StateType.COMPLETED, StateType.NOT_RUN]
+
+
+# -- the returned FutureList ------------------------------------------------------------------
+def test_map_returns_a_future_list_in_submission_order(run: Any) -> None:
+    """The FutureList holds one future per element, in element order (named task-0,
+    task-1, ...), whatever order the runs finish in."""
+    gates = [anyio.Event() for _ in range(3)]
+    finished: list[int] = []
+
+    @task
+    async def gated(i: int, gate: anyio.Event) -> int:
+        await gate.wait()
+        finished.append(i)
+        return i
+
+    @flow
+    async def main() -> tuple[list[str], list[int]]:
+        futures = gated.map([0, 1, 2], gates)
+        assert isinstance(futures, FutureList)
+        assert isinstance(futures, list)
+        assert all(isinstance(f, TaskFuture) for f in futures)
+        for i in (2, 1, 0):  # finish in reverse
+            gates[i].set()
+            with anyio.fail_after(WAIT):
+                await futures[i]
+        with anyio.fail_after(WAIT):
+            return [f.name for f in futures], await futures
+
+    names, results = run(main)
+    assert finished == [2, 1, 0]
+    assert names == ["gated-0", "gated-1", "gated-2"]
+    assert results == [0, 1, 2]
+
+
+def test_map_with_wait_for_waits_before_every_run(run: Any) -> None:
+    """wait_for applies to every mapped run: none starts before the upstream finished."""
+    order: list[str] = []
+    gate = anyio.Event()
+
+    @task
+    async def slow() -> None:
+        await gate.wait()
+        order.append("upstream")
+
+    @task
+    async def a_step(i: int) -> None:
+        order.append(f"async-{i}")
+
+    @task
+    def s_step(i: int) -> None:
+        order.append(f"sync-{i}")
+
+    @flow
+    async def main() -> list[str]:
+        up = slow.submit()
+        futures = FutureList([*a_step.map([0, 1], wait_for=[up]), *s_step.map([0], wait_for=up)])
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        before = list(order)
+        gate.set()
+        with anyio.fail_after(WAIT):
+            await futures
+        return before
+
+    assert run(main) == []
+    assert order[0] == "upstream"
+    assert sorted(order[1:]) == ["async-0", "async-1", "sync-0"]
+
+
+def test_map_with_wait_for_given_as_a_generator(run: Any) -> None:
+    """A one-shot iterable as wait_for applies to every mapped run, not just the first."""
+    release = threading.Event()
+    order: list[str] = []
+
+    @task
+    def slow() -> None:
+        release.wait(WAIT)
+        order.append("upstream")
+
+    @task
+    async def step(i: int) -> None:
+        order.append(f"step-{i}")
+
+    @flow
+    async def main() -> list[str]:
+        up = slow.submit()
+        futures = step.map([0, 1, 2], wait_for=(f for f in [up]))
+        for _ in range(20):
+            await anyio.lowlevel.checkpoint()
+        before = list(order)
+        release.set()
+        with anyio.fail_after(WAIT):
+            await futures
+        return before
+
+    assert run(main) == []
+    assert order[0] == "upstream"
+
+
+def test_sync_flow_map_and_result(backend: str) -> None:
+    """.map() in a sync flow body, collected with FutureList.result()."""
+
+    @flow
+    def main() -> list[int]:
+        return sync_add.map([1, 2], [3, 4]).result(timeout=WAIT)
+
+    with override_settings(backend=backend):
+        assert main() == [4, 6]
+
+
+# -- bad map arguments ------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "kwargs"),
+    [((1, 2), {}), (("abc",), {}), ((b"xy", unmapped([1])), {}), ((), {}), ((), {"a": 3})],
+    ids=["ints", "str", "bytes-and-unmapped", "nothing", "keyword-int"],
+)
+def test_map_without_an_iterable_raises(run: Any, args: Any, kwargs: Any) -> None:
+    """No iterable argument to map over: MappingError naming the task and what it got,
+    and no run is submitted."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        with pytest.raises(MappingError) as info:
+            echo.map(*args, **kwargs)
+        seen["error"] = info.value
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    error = seen["error"]
+    assert "echo.map()" in str(error)
+    assert "no iterable" in str(error)
+    assert isinstance(error, ValueError)
+    assert isinstance(error, UsageError)
+    assert state.record.task_runs == []
+    if args:
+        assert type(args[0]).__name__ in str(error)
+
+
+def test_map_over_different_lengths_raises_naming_them(run: Any) -> None:
+    """Iterables of different lengths: MappingError naming each argument's length;
+    nothing is submitted."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        with pytest.raises(MappingError) as info:
+            echo.map([1, 2], [1, 2, 3], key=[1])
+        seen["error"] = str(info.value)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    message = seen["error"]
+    assert "different lengths" in message
+    assert "#0 has 2" in message
+    assert "#1 has 3" in message
+    assert "'key' has 1" in message
+    assert "unmapped" in message
+    assert state.record.task_runs == []
+
+
+@pytest.mark.parametrize("as_keyword", [False, True])
+def test_map_over_a_future_raises(run: Any, as_keyword: bool) -> None:
+    """A TaskFuture as a map argument: MappingError saying to await it or wrap it in
+    unmapped, naming the argument; nothing is submitted for it."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        fut = async_value.submit([1, 2])
+        args, kwargs = ([1, 2],), {"items": fut}
+        if not as_keyword:
+            args, kwargs = ([1, 2], fut), {}
+        with pytest.raises(MappingError) as info:
+            echo.map(*args, **kwargs)
+        seen["error"] = str(info.value)
+        with anyio.fail_after(WAIT):
+            # Awaiting it first is the fix the message suggests.
+            seen["fixed"] = await echo.map(await fut)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    message = seen["error"]
+    assert "is a future" in message
+    assert "await it" in message
+    assert "unmapped" in message
+    assert ("'items'" if as_keyword else "#1") in message
+    assert seen["fixed"] == [((1,), {}), ((2,), {})]
+    assert [r.name for r in state.record.task_runs] == ["async_value-0", "echo-0", "echo-1"]

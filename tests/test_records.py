@@ -1,0 +1,234 @@
+"""Run records: what each run did, reachable from the flow's final state, keeping no
+results."""
+
+from __future__ import annotations
+
+import gc
+import uuid
+import weakref
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import FlowRunRecord, State, TaskRunRecord, flow, task
+from orchestr.exceptions import UpstreamNotCompletedError
+from orchestr.states import StateType
+
+
+class Payload:
+    """A large result that can be weakly referenced."""
+
+    def __init__(self) -> None:
+        self.data = bytearray(1_000_000)
+
+
+@task
+async def ok(x: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return x
+
+
+@task
+def bad(message: str) -> None:
+    raise ValueError(message)
+
+
+def test_record_lists_every_task_run(run: Any) -> None:
+    """The flow's final state leads to a record of every task run: name, uuid id,
+    final state, start <= end, attempts and error."""
+    calls: list[int] = []
+
+    @task(retries=2)
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("flaky")
+        return "ok"
+
+    @flow
+    async def main() -> None:
+        a = ok.submit(1)
+        b = bad.submit("failed on purpose")
+        c = ok.submit(b)
+        await a
+        await c.wait()
+        await flaky.submit()
+        await ok(2)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    record = state.record
+    assert isinstance(record, FlowRunRecord)
+    assert record.flow_name == "main"
+    assert record.state_type is StateType.COMPLETED
+    assert isinstance(record.id, uuid.UUID)
+    assert record.started is not None
+    assert record.ended is not None
+    assert record.started <= record.ended
+    assert record.duration is not None
+    assert record.duration >= 0
+
+    runs = {tr.name: tr for tr in record.task_runs}
+    assert list(runs) == ["ok-0", "bad-0", "ok-1", "flaky-0", "ok-2"]
+    assert all(isinstance(tr, TaskRunRecord) for tr in runs.values())
+    assert len({tr.id for tr in runs.values()}) == 5
+    assert all(isinstance(tr.id, uuid.UUID) for tr in runs.values())
+    assert all(tr.flow_run is record for tr in runs.values())
+    assert all(tr.is_final() for tr in runs.values())
+
+    assert runs["ok-0"].state_type is StateType.COMPLETED
+    assert runs["ok-0"].error is None
+    assert runs["ok-0"].attempts == 1
+    assert runs["bad-0"].state_type is StateType.FAILED
+    assert isinstance(runs["bad-0"].error, ValueError)
+    assert runs["ok-1"].state_type is StateType.NOT_RUN
+    assert isinstance(runs["ok-1"].error, UpstreamNotCompletedError)
+    assert runs["ok-1"].attempts == 0  # it never ran
+    assert runs["flaky-0"].attempts == 3
+    assert runs["flaky-0"].state_type is StateType.COMPLETED
+    for name in ("ok-0", "bad-0", "flaky-0", "ok-2"):
+        tr = runs[name]
+        assert tr.started is not None
+        assert tr.ended is not None
+        assert tr.started <= tr.ended
+        assert record.started <= tr.started
+        assert tr.ended <= record.ended
+
+
+def test_record_state_has_no_result(run: Any) -> None:
+    """record.state is a State of the run's type, without the result (the future's
+    state has it)."""
+    out: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        good = ok.submit(42)
+        failing = bad.submit("x")
+        await good
+        await failing.wait()
+        out["good"], out["failing"] = good, failing
+
+    run(main)
+    good, failing = out["good"], out["failing"]
+    assert good.state.result() == 42
+    record_state = good.record.state
+    assert isinstance(record_state, State)
+    assert record_state.type is StateType.COMPLETED
+    assert record_state.result() is None
+    assert record_state.record is good.record
+    assert record_state.run_id == good.record.id
+    assert record_state.timestamp == good.record.ended
+    failed_state = failing.record.state
+    assert failed_state.type is StateType.FAILED
+    assert failed_state.exception is failing.record.error
+    with pytest.raises(ValueError, match="x"):
+        failed_state.result()
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_records_keep_no_results(run: Any, kind: str) -> None:
+    """Once user code drops a future, its (large) result is garbage collected, even
+    though the flow run and its record are still alive."""
+    refs: list[weakref.ref[Payload]] = []
+
+    @task
+    async def amake() -> Payload:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        return payload
+
+    @task
+    def smake() -> Payload:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        return payload
+
+    maker = amake if kind == "async" else smake
+
+    @flow
+    async def main() -> tuple[bool, bool, StateType]:
+        fut = maker.submit()
+        state = await fut.wait()
+        alive_with_future = refs[0]() is not None
+        record = fut.record
+        del fut, state
+        gc.collect()
+        # Still inside the flow run: its record (and this task run's) are alive.
+        assert record.flow_run is not None
+        assert record in record.flow_run.task_runs
+        return alive_with_future, refs[0]() is None, record.state_type
+
+    alive_with_future, collected, state_type = run(main)
+    assert alive_with_future
+    assert collected
+    assert state_type is StateType.COMPLETED
+
+
+def test_flow_record_does_not_keep_task_results(run: Any) -> None:
+    """After the flow returns, its record (kept by the caller) holds no task results."""
+    refs: list[weakref.ref[Payload]] = []
+
+    @task
+    async def make() -> Payload:
+        payload = Payload()
+        refs.append(weakref.ref(payload))
+        return payload
+
+    @flow
+    async def main() -> int:
+        await make.submit()
+        return 1
+
+    async def go() -> FlowRunRecord:
+        state = await main(return_state=True)
+        return state.record
+
+    record = run(go)
+    gc.collect()
+    assert record.task_runs[0].state_type is StateType.COMPLETED
+    assert refs[0]() is None
+
+
+def test_summary_describes_the_run(run: Any) -> None:
+    """summary() lists the flow's state, every task run with state, attempts and
+    error, and its subflows, indented."""
+    calls: list[int] = []
+
+    @task(retries=1)
+    def retried() -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("first")
+
+    @flow
+    async def child() -> int:
+        return await ok(5)
+
+    @flow(name="summarised")
+    async def main() -> None:
+        await ok.submit(1)
+        await bad.submit("boom").wait()
+        await retried.submit()
+        await child()
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    text = state.record.summary()
+    lines = text.splitlines()
+    assert lines[0].startswith(f"flow run {state.record.name!r}: Completed in ")
+    assert lines[0].endswith(" ms")
+    assert any(line.startswith("  task run 'ok-0': Completed in ") for line in lines)
+    (bad_line,) = [line for line in lines if "'bad-0'" in line]
+    assert bad_line.startswith("  task run 'bad-0': Failed")
+    assert bad_line.endswith("ValueError: boom")
+    (retried_line,) = [line for line in lines if "'retried-0'" in line]
+    assert "Completed (2 attempts)" in retried_line
+    child_name = state.record.subflow_runs[0].name
+    assert f"  flow run {child_name!r}: Completed" in text
+    assert "    task run 'ok-0': Completed" in text  # the child's own task run, indented
+    assert repr(state.record) == f"<FlowRunRecord {state.record.name!r} Completed>"

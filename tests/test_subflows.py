@@ -1,0 +1,271 @@
+"""Subflows: a flow called inside a flow runs as a child run of its caller."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import FlowRunRecord, State, flow, override_settings, task
+from orchestr.states import StateType
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@task
+async def inc(x: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return x + 1
+
+
+def test_subflow_is_a_child_run_of_its_caller(run: Any) -> None:
+    """A flow called in a flow is a child run: listed in the parent's subflow_runs,
+    with the parent's record as its parent, and its own task runs."""
+    out: dict[str, Any] = {}
+
+    @flow
+    async def child(x: int) -> int:
+        return await inc.submit(x)
+
+    @flow
+    async def parent() -> int:
+        state = await child(1, return_state=True)
+        out["child"] = state.record
+        return state.result() + await child(10)
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.result() == 13
+    parent_record = state.record
+    child_record = out["child"]
+    assert isinstance(child_record, FlowRunRecord)
+    assert parent_record.parent is None
+    assert [r.flow_name for r in parent_record.subflow_runs] == ["child", "child"]
+    assert parent_record.subflow_runs[0] is child_record
+    assert all(r.parent is parent_record for r in parent_record.subflow_runs)
+    assert [tr.name for tr in child_record.task_runs] == ["inc-0"]
+    assert parent_record.task_runs == []
+    assert child_record.id != parent_record.id
+
+
+def test_async_subflows_run_concurrently_and_parent_waits(run: Any) -> None:
+    """Async subflows started in a task group overlap (each waits for the other to have
+    started), and the parent finishes only after both."""
+    started = {"a": anyio.Event(), "b": anyio.Event()}
+    order: list[str] = []
+
+    @flow
+    async def child(me: str, other: str) -> str:
+        started[me].set()
+        with anyio.fail_after(5):
+            await started[other].wait()  # deadlocks unless the two overlap
+        order.append(f"{me} done")
+        return me
+
+    @flow
+    async def parent() -> list[str]:
+        results: list[str] = []
+
+        async def call(me: str, other: str) -> None:
+            results.append(await child(me, other))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(call, "a", "b")
+            tg.start_soon(call, "b", "a")
+        order.append("parent body done")
+        return sorted(results)
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.result() == ["a", "b"]
+    assert sorted(order[:2]) == ["a done", "b done"]
+    assert order[2] == "parent body done"
+    subs = state.record.subflow_runs
+    assert len(subs) == 2
+    assert all(s.state_type is StateType.COMPLETED for s in subs)
+    assert all(s.ended is not None and s.ended <= state.record.ended for s in subs)
+
+
+def test_parent_waits_for_subflow_started_in_submitted_task(run: Any) -> None:
+    """A subflow called from a submitted (unawaited) task of the parent is the parent's
+    child, and the parent run ends only after it finished."""
+    order: list[str] = []
+
+    @flow
+    async def child() -> str:
+        for _ in range(10):
+            await anyio.lowlevel.checkpoint()
+        order.append("child done")
+        return "child"
+
+    @task
+    async def runs_child() -> str:
+        return await child()
+
+    @flow
+    async def parent() -> None:
+        runs_child.submit()
+        order.append("parent body returned")
+
+    async def go() -> State[Any]:
+        state = await parent(return_state=True)
+        order.append("parent returned")
+        return state
+
+    state = run(go)
+    assert order == ["parent body returned", "child done", "parent returned"]
+    assert [s.flow_name for s in state.record.subflow_runs] == ["child"]
+    assert state.record.subflow_runs[0].parent is state.record
+
+
+def test_failing_subflow_raises_in_parent(run: Any) -> None:
+    """A failing child raises its exception in the parent; uncaught, it fails the
+    parent with that same exception."""
+    error = ValueError("child failed")
+
+    @flow
+    async def child() -> None:
+        raise error
+
+    @flow
+    async def catches() -> str:
+        try:
+            await child()
+        except ValueError as exc:
+            return f"caught {exc}"
+        return "not raised"
+
+    @flow
+    async def lets_it_fly() -> None:
+        await child()
+
+    async def go() -> tuple[str, State[Any]]:
+        return await catches(), await lets_it_fly(return_state=True)
+
+    caught, state = run(go)
+    assert caught == "caught child failed"
+    assert state.type is StateType.FAILED
+    assert state.exception is error
+    assert state.record.subflow_runs[0].state_type is StateType.FAILED
+
+
+def test_failing_subflow_with_return_state_does_not_raise(run: Any) -> None:
+    """With return_state=True a failing child gives its Failed state to the parent,
+    which goes on and completes."""
+
+    @flow
+    async def child() -> None:
+        raise KeyError("child")
+
+    @flow
+    async def parent() -> str:
+        state = await child(return_state=True)
+        return f"{state.type.value} {type(state.exception).__name__}"
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.type is StateType.COMPLETED
+    assert state.result() == "FAILED KeyError"
+    assert state.record.subflow_runs[0].state_type is StateType.FAILED
+
+
+def test_sync_subflow_in_sync_flow(backend: str) -> None:
+    """A sync flow called in a sync flow is its child; its body runs in the same
+    calling thread and its tasks run."""
+    threads: list[int] = []
+
+    @flow
+    def child(x: int) -> int:
+        threads.append(threading.get_ident())
+        return double.submit(x).result(timeout=5) + double(x)
+
+    @flow
+    def parent() -> int:
+        threads.append(threading.get_ident())
+        return child(3) + child(4)
+
+    with override_settings(backend=backend):
+        state = parent(return_state=True)
+    assert state.result() == 28
+    assert threads == [threading.get_ident()] * 3
+    subs = state.record.subflow_runs
+    assert [s.flow_name for s in subs] == ["child", "child"]
+    assert all(s.parent is state.record for s in subs)
+    assert [len(s.task_runs) for s in subs] == [2, 2]
+
+
+def test_sync_subflow_from_async_flow(run: Any) -> None:
+    """A sync flow called from an async flow runs as its child, with its own tasks."""
+
+    @flow
+    def child(x: int) -> int:
+        return double.submit(x).result(timeout=5)
+
+    @flow
+    async def parent() -> int:
+        return child(21)
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.result() == 42
+    (sub,) = state.record.subflow_runs
+    assert sub.parent is state.record
+    assert sub.state_type is StateType.COMPLETED
+    assert [tr.name for tr in sub.task_runs] == ["double-0"]
+
+
+def test_failing_sync_subflow_raises_in_async_parent(run: Any) -> None:
+    """A failing sync child raises its own exception in its async parent."""
+
+    @flow
+    def child() -> None:
+        raise LookupError("sync child")
+
+    @flow
+    async def parent() -> None:
+        child()
+
+    async def go() -> None:
+        await parent()
+
+    with pytest.raises(LookupError, match="sync child"):
+        run(go)
+
+
+def test_subflow_with_unobserved_task_failure_fails_only_the_child(run: Any) -> None:
+    """A child's unobserved task failure fails the child (raising in the parent), not
+    the parent's own unobserved-failure accounting."""
+
+    @task
+    async def bad() -> None:
+        raise ValueError("in child")
+
+    @flow
+    async def child() -> None:
+        bad.submit()
+
+    @flow
+    async def parent() -> str:
+        state = await child(return_state=True)
+        return state.type.value
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.type is StateType.COMPLETED
+    assert state.result() == "FAILED"
+    assert state.record.task_runs == []

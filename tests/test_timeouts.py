@@ -1,0 +1,420 @@
+"""Rule 8, timeouts: async tasks are cancelled, sync tasks are abandoned with a warning,
+flow timeouts stop async and sync bodies promptly, and timeouts apply outside flows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import State, TaskFuture, flow, override_settings, task
+from orchestr.exceptions import RunTimedOut
+from orchestr.states import StateType
+
+
+def _abandon_warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING
+        and "abandoned" in r.getMessage()
+        and "retry" not in r.getMessage()  # the retry announcement quotes the error
+    ]
+
+
+def test_timed_out_async_task_is_cancelled(run: Any) -> None:
+    """A timed-out async task is cancelled at its await: it sees the cancellation and
+    the code after the await never runs; it ends Failed/TimedOut with RunTimedOut."""
+    reached: list[str] = []
+
+    @task(timeout_seconds=0.05)
+    async def slow() -> None:
+        reached.append("before")
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            reached.append("saw cancellation")
+            raise
+        reached.append("after")
+
+    @flow
+    async def main() -> tuple[str, str, BaseException | None]:
+        with anyio.fail_after(5):
+            state = await slow.submit().wait()
+        return state.type.value, state.name, state.exception
+
+    type_, name, error = run(main)
+    assert (type_, name) == ("FAILED", "TimedOut")
+    assert isinstance(error, RunTimedOut)
+    assert isinstance(error, TimeoutError)
+    assert "0.05" in str(error)
+    assert reached == ["before", "saw cancellation"]
+
+
+def test_timed_out_async_task_inline_raises_run_timed_out(run: Any) -> None:
+    """An async task called inline with a timeout raises RunTimedOut in the caller."""
+
+    @task(timeout_seconds=0.05)
+    async def slow() -> None:
+        await anyio.sleep(30)
+
+    @flow
+    async def main() -> str:
+        with anyio.fail_after(5):
+            try:
+                await slow()
+            except RunTimedOut:
+                return "timed out"
+        return "finished"
+
+    assert run(main) == "timed out"
+
+
+def test_timed_out_sync_task_is_abandoned_with_a_warning(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A submitted sync task past its timeout is Failed/TimedOut while its thread is
+    still running (abandoned), and a WARNING says so."""
+    release = threading.Event()
+    finished = threading.Event()
+
+    @task(timeout_seconds=0.05)
+    def stuck() -> str:
+        release.wait(5)
+        finished.set()
+        return "late"
+
+    @flow
+    async def main() -> tuple[StateType, str, BaseException | None, bool]:
+        with anyio.fail_after(5):
+            state = await stuck.submit().wait()
+        return state.type, state.name, state.exception, finished.is_set()
+
+    start = time.monotonic()
+    try:
+        type_, name, error, finished_then = run(main)
+        elapsed = time.monotonic() - start
+    finally:
+        release.set()
+    assert (type_, name) == (StateType.FAILED, "TimedOut")
+    assert isinstance(error, RunTimedOut)
+    assert not finished_then  # the thread was still running when the run ended
+    assert elapsed < 2
+    warnings = _abandon_warnings(caplog)
+    assert len(warnings) == 1
+    assert "stuck-0" in warnings[0].getMessage()
+    assert finished.wait(5)  # the abandoned thread finished on its own later
+
+
+def test_timed_out_inline_sync_task_is_abandoned(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync task called inline in a flow with a timeout raises RunTimedOut promptly,
+    abandoning its thread with a warning."""
+    release = threading.Event()
+
+    @task(timeout_seconds=0.05)
+    def stuck() -> None:
+        release.wait(5)
+
+    @flow
+    def main() -> str:
+        try:
+            stuck()
+        except RunTimedOut:
+            return "timed out"
+        return "finished"
+
+    start = time.monotonic()
+    try:
+        with override_settings(backend=backend):
+            assert main() == "timed out"
+    finally:
+        release.set()
+    assert time.monotonic() - start < 2
+    assert len(_abandon_warnings(caplog)) == 1
+
+
+def test_fast_sync_task_within_timeout_completes(run: Any) -> None:
+    """A sync task that finishes within its timeout completes normally with its result."""
+
+    @task(timeout_seconds=5)
+    def quick(x: int) -> int:
+        return x * 2
+
+    @flow
+    async def main() -> list[int]:
+        return [await quick.submit(1), quick(2)]
+
+    assert run(main) == [2, 4]
+
+
+def test_async_flow_timeout_cancels_submitted_tasks(run: Any) -> None:
+    """An async flow past timeout_seconds ends Failed/TimedOut with RunTimedOut, its
+    body stopped and its submitted tasks Cancelled."""
+    futures: list[TaskFuture[Any]] = []
+    reached: list[str] = []
+
+    @task
+    async def forever() -> None:
+        try:
+            await anyio.sleep_forever()
+        finally:
+            reached.append("task cleanup")
+
+    @flow(timeout_seconds=0.1)
+    async def main() -> None:
+        futures.append(forever.submit())
+        futures.append(forever.submit())
+        await anyio.sleep(30)
+        reached.append("body after sleep")
+
+    async def go() -> tuple[State[Any], float]:
+        start = anyio.current_time()
+        with anyio.fail_after(5):
+            state = await main(return_state=True)
+        return state, anyio.current_time() - start
+
+    state, elapsed = run(go)
+    assert state.type is StateType.FAILED
+    assert state.name == "TimedOut"
+    assert isinstance(state.exception, RunTimedOut)
+    assert "0.1" in str(state.exception)
+    assert elapsed < 2
+    assert reached == ["task cleanup", "task cleanup"]
+    assert [f.record.state_type for f in futures] == [StateType.CANCELLED] * 2
+
+
+def test_async_flow_timeout_raises_run_timed_out(run: Any) -> None:
+    """Calling a timed-out async flow raises RunTimedOut (a TimeoutError)."""
+
+    @flow(timeout_seconds=0.05)
+    async def main() -> None:
+        await anyio.sleep(30)
+
+    async def go() -> None:
+        with anyio.fail_after(5):
+            await main()
+
+    with pytest.raises(RunTimedOut):
+        run(go)
+
+
+def test_sync_flow_timeout_interrupts_a_sleeping_body(backend: str) -> None:
+    """A sync flow whose body is blocked in time.sleep (main thread) still ends promptly
+    at its timeout: Failed/TimedOut, and the code after the sleep never runs."""
+    assert threading.current_thread() is threading.main_thread()
+    reached: list[str] = []
+
+    @flow(timeout_seconds=0.1)
+    def main() -> None:
+        reached.append("before")
+        time.sleep(30)
+        reached.append("after")
+
+    start = time.monotonic()
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    elapsed = time.monotonic() - start
+    assert elapsed < 2
+    assert state.type is StateType.FAILED
+    assert state.name == "TimedOut"
+    assert isinstance(state.exception, RunTimedOut)
+    assert reached == ["before"]
+
+
+def test_sync_flow_timeout_raises_and_cancels_tasks(backend: str) -> None:
+    """A timed-out sync flow raises RunTimedOut; the async tasks it submitted end
+    Cancelled and none outlives the run."""
+    futures: list[TaskFuture[Any]] = []
+
+    @task
+    async def forever() -> None:
+        await anyio.sleep_forever()
+
+    @flow(timeout_seconds=0.1)
+    def main() -> None:
+        futures.append(forever.submit())
+        time.sleep(30)
+
+    start = time.monotonic()
+    with override_settings(backend=backend), pytest.raises(RunTimedOut):
+        main()
+    assert time.monotonic() - start < 2
+    assert futures[0].record.state_type is StateType.CANCELLED
+
+
+def test_sync_flow_timeout_while_waiting_on_a_future(backend: str) -> None:
+    """A sync flow body blocked in fut.result() is released at the flow's timeout."""
+
+    @task
+    async def forever() -> None:
+        await anyio.sleep_forever()
+
+    @flow(timeout_seconds=0.1)
+    def main() -> None:
+        forever.submit().result()
+
+    start = time.monotonic()
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert time.monotonic() - start < 2
+    assert state.name == "TimedOut"
+
+
+def test_async_task_timeout_outside_flows(run: Any) -> None:
+    """An async task called outside any flow honours its timeout."""
+    reached: list[str] = []
+
+    @task(timeout_seconds=0.05)
+    async def slow() -> None:
+        await anyio.sleep(30)
+        reached.append("after")
+
+    async def go() -> State[Any]:
+        with anyio.fail_after(5):
+            return await slow(return_state=True)
+
+    state = run(go)
+    assert state.type is StateType.FAILED
+    assert state.name == "TimedOut"
+    assert isinstance(state.exception, RunTimedOut)
+    assert reached == []
+
+
+def test_sync_task_timeout_with_retries_outside_flows(caplog: pytest.LogCaptureFixture) -> None:
+    """A sync task called outside any flow times out on every attempt, is retried, and
+    raises RunTimedOut; each abandoned thread is warned about."""
+    release = threading.Event()
+
+    @task(timeout_seconds=0.05, retries=1)
+    def stuck() -> None:
+        release.wait(5)
+
+    start = time.monotonic()
+    try:
+        with pytest.raises(RunTimedOut):
+            stuck()
+    finally:
+        release.set()
+    assert time.monotonic() - start < 2
+    assert len(_abandon_warnings(caplog)) == 2
+
+
+def test_timed_out_async_flow_is_retried(run: Any) -> None:
+    """A flow attempt that times out is retried like any failure; the next attempt
+    runs normally (its tasks are not treated as cancelled)."""
+    bodies: list[int] = []
+
+    @task
+    async def step() -> int:
+        return len(bodies)
+
+    @flow(timeout_seconds=0.1, retries=1)
+    async def main() -> int:
+        bodies.append(1)
+        if len(bodies) == 1:
+            await anyio.sleep(30)
+        return await step.submit()
+
+    async def go() -> State[Any]:
+        with anyio.fail_after(5):
+            return await main(return_state=True)
+
+    state = run(go)
+    assert state.result() == 2
+    assert state.record.attempts == 2
+
+
+def test_timed_out_sync_flow_is_retried(backend: str) -> None:
+    """A sync flow attempt interrupted by its timeout is retried, and the retried body
+    can wait on task runs again."""
+    bodies: list[int] = []
+
+    @task
+    def step() -> int:
+        return 10
+
+    @flow(timeout_seconds=0.2, retries=1)
+    def main() -> int:
+        bodies.append(1)
+        if len(bodies) == 1:
+            time.sleep(30)
+        return step.submit().result(timeout=5) + len(bodies)
+
+    start = time.monotonic()
+    with override_settings(backend=backend):
+        assert main() == 12
+    assert time.monotonic() - start < 3
+
+
+def test_subflow_timeout_is_caught_by_parent(run: Any) -> None:
+    """A subflow's own timeout raises RunTimedOut in its parent, which can go on."""
+
+    @flow(timeout_seconds=0.05)
+    async def child() -> None:
+        await anyio.sleep(30)
+
+    @flow
+    async def parent() -> str:
+        try:
+            await child()
+        except RunTimedOut:
+            return "child timed out"
+        return "no timeout"
+
+    async def go() -> State[Any]:
+        with anyio.fail_after(5):
+            return await parent(return_state=True)
+
+    state = run(go)
+    assert state.result() == "child timed out"
+    assert state.record.subflow_runs[0].state_name == "TimedOut"
+
+
+def test_parent_timeout_cancels_async_subflow(run: Any) -> None:
+    """When a parent flow times out, its running async subflow ends Cancelled (not
+    TimedOut: the child has no timeout of its own)."""
+
+    @flow
+    async def child() -> None:
+        await anyio.sleep(30)
+
+    @flow(timeout_seconds=0.05)
+    async def parent() -> None:
+        await child()
+
+    async def go() -> State[Any]:
+        with anyio.fail_after(5):
+            return await parent(return_state=True)
+
+    state = run(go)
+    assert state.name == "TimedOut"
+    assert state.record.subflow_runs[0].state_type is StateType.CANCELLED
+
+
+def test_parent_timeout_cancels_sync_subflow(backend: str) -> None:
+    """When a sync parent flow times out while its sync subflow's body sleeps, the
+    child ends Cancelled (it has no timeout of its own) and the parent TimedOut,
+    promptly."""
+
+    @flow
+    def child() -> None:
+        time.sleep(30)
+
+    @flow(timeout_seconds=0.1)
+    def parent() -> None:
+        child()
+
+    start = time.monotonic()
+    with override_settings(backend=backend):
+        state = parent(return_state=True)
+    assert time.monotonic() - start < 2
+    assert state.name == "TimedOut"
+    (sub,) = state.record.subflow_runs
+    assert sub.state_type is StateType.CANCELLED
+    assert "timeout" not in str(sub.message)
