@@ -52,6 +52,10 @@ class Definition(Generic[P, R]):
         self.retry_jitter_factor = _number(self, "retry_jitter_factor", retry_jitter_factor, 0)
         self.retry_condition_fn = _callable(self, "retry_condition_fn", retry_condition_fn)
         self.timeout_seconds = _number(self, "timeout_seconds", timeout_seconds, 0, strict=True)
+        if log_prints is not None and not isinstance(log_prints, bool):
+            raise UsageError(
+                f"log_prints of {_where(self)} must be True, False or None, got {log_prints!r}"
+            )
         self.log_prints = log_prints
         self.on_completion = _hooks(self, "on_completion", on_completion)
         self.on_failure = _hooks(self, "on_failure", on_failure)

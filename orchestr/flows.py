@@ -66,7 +66,12 @@ class Flow(Definition[P, R]):
         )
         self.on_cancellation = _hooks(self, "on_cancellation", on_cancellation)
         self.on_crashed = _hooks(self, "on_crashed", on_crashed)
-        self.validate_parameters = bool(validate_parameters)
+        if not isinstance(validate_parameters, bool):
+            raise UsageError(
+                f"validate_parameters of flow {self.name!r} must be True or False, "
+                f"got {validate_parameters!r}"
+            )
+        self.validate_parameters = validate_parameters
         self.task_runner = _runner(self.name, task_runner)
         self.parameters = ParameterValidator(fn, self.name, self.validate_parameters)
 

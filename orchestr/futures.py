@@ -50,7 +50,7 @@ class TaskFuture(Generic[R]):
     ``await fut.wait()`` gives its final state; ``fut.result()`` blocks (sync code only).
     """
 
-    __slots__ = ("_callbacks", "_canceller", "_record", "_run", "_state")
+    __slots__ = ("_record", "_run", "_state", "_callbacks", "_canceller", "_cancel_requested")
 
     def __init__(self, record: TaskRunRecord, run: FlowRun) -> None:
         self._record = record
@@ -60,6 +60,7 @@ class TaskFuture(Generic[R]):
         self._callbacks: list[Callable[[TaskFuture[R]], object]] | None = None
         # Set by the engine while an async run is cancellable through its cancel scope.
         self._canceller: Callable[[], object] | None = None
+        self._cancel_requested = False  # fut.cancel() was called (for the state message)
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -109,7 +110,9 @@ class TaskFuture(Generic[R]):
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """Block until the run finishes; return its result or raise its error. For sync
         code (a sync flow body or a sync task); on the event loop thread it raises
-        :class:`BlockingCallError`."""
+        :class:`BlockingCallError` (even when the run has finished, so that such code
+        fails every time, not only when it is unlucky)."""
+        self._refuse_loop_thread("fut.result()")
         if self._state is None:
             _refuse_self_wait(self)
             if not self._wait_blocking(timeout):
@@ -123,6 +126,7 @@ class TaskFuture(Generic[R]):
     def wait_blocking(self, timeout: float | None = None) -> State[R]:
         """Block until the run finishes and return its final state (sync code only);
         with ``timeout``, return the current state if it ran out."""
+        self._refuse_loop_thread("fut.wait_blocking()")
         if self._state is None:
             _refuse_self_wait(self)
             if not self._wait_blocking(timeout):
@@ -140,6 +144,7 @@ class TaskFuture(Generic[R]):
         """
         if self._state is not None:
             return False
+        self._cancel_requested = True
         return self._run.cancel_future(self)
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], object]) -> None:
@@ -163,6 +168,14 @@ class TaskFuture(Generic[R]):
         call = loop.call if loop.on_loop_thread() else LoopHandle().call
         self.add_done_callback(lambda _: call(event.set))
         await event.wait()
+
+    def _refuse_loop_thread(self, call: str) -> None:
+        if self._run.loop.on_loop_thread():
+            raise BlockingCallError(
+                f"{call} was called on the event loop thread that runs task run "
+                f"{self.name!r}; it would block that loop (and the run, if unfinished). "
+                "In async code use `await fut` or `await fut.wait()`"
+            )
 
     def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
         """Block until final or ``timeout``; returns whether final. When the run is

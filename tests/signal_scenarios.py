@@ -92,7 +92,19 @@ def main() -> None:
             future.result()
             time.sleep(60)
 
-    if scenario == "async-asyncio":
+    def in_retry_delay(flow_: object, record: object, state: object) -> bool:
+        ready()  # called just before the retry delay starts
+        return True
+
+    @flow(retries=1, retry_delay_seconds=60, retry_condition_fn=in_retry_delay)
+    async def retrying_flow() -> None:
+        async with async_res():
+            note(directory, "async task ended")  # the attempt's work is done
+            raise RuntimeError("first attempt fails")
+
+    if scenario == "retry-delay":
+        anyio.run(retrying_flow)
+    elif scenario == "async-asyncio":
         anyio.run(async_flow)
     elif scenario == "async-trio":
         anyio.run(async_flow, backend="trio")

@@ -10,7 +10,15 @@ import anyio
 import anyio.lowlevel
 import pytest
 
-from orchestr import State, StateType, allow_failure, flow, override_settings, task
+from orchestr import (
+    State,
+    StateType,
+    ThreadPoolTaskRunner,
+    allow_failure,
+    flow,
+    override_settings,
+    task,
+)
 from orchestr.exceptions import (
     BlockingCallError,
     CyclicDependencyError,
@@ -424,3 +432,35 @@ def test_sync_flow_usage_error_keeps_finished_runs(backend: str) -> None:
     assert [(r.name, r.state_type) for r in state.record.task_runs] == [
         ("sync_value-0", StateType.COMPLETED)
     ]
+
+
+def test_allow_failure_around_a_non_future_in_wait_for_is_refused(run: Any) -> None:
+    """wait_for=[allow_failure(42)] is a mistake, not something to ignore silently."""
+
+    @task
+    def noop() -> None:
+        pass
+
+    @flow
+    async def main() -> str:
+        with pytest.raises(UsageError) as caught:
+            noop.submit(wait_for=[allow_failure(42)])
+        return str(caught.value)
+
+    assert "wait_for takes futures" in run(main)
+
+
+@pytest.mark.parametrize(
+    ("make", "fragment"),
+    [
+        (lambda: flow(validate_parameters="no")(lambda: None), "validate_parameters"),
+        (lambda: task(log_prints=5)(lambda: None), "log_prints"),
+        (lambda: ThreadPoolTaskRunner(max_workers=0), "max_workers"),
+        (lambda: ThreadPoolTaskRunner(max_workers=2.5), "max_workers"),  # type: ignore[arg-type]
+    ],
+    ids=["validate_parameters", "log_prints", "max_workers=0", "max_workers=2.5"],
+)
+def test_option_values_of_the_wrong_kind_are_refused(make: Any, fragment: str) -> None:
+    """Options of the wrong type fail at definition with a UsageError naming them."""
+    with pytest.raises(UsageError, match=fragment):
+        make()

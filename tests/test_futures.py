@@ -943,3 +943,45 @@ def test_future_list_result_raises_group_and_times_out(backend: str) -> None:
     failed, timed_out = sync_flow(backend, main)
     assert [type(e) for e in failed.exceptions] == [KeyError]
     assert "wait_thread_event-0" in str(timed_out)
+
+
+def test_result_on_the_loop_thread_is_refused_even_when_finished(run: Any) -> None:
+    """fut.result() on the loop thread raises every time, not only when unlucky."""
+
+    @task
+    async def quick() -> int:
+        return 1
+
+    @flow
+    async def main() -> tuple[int, str]:
+        future = quick.submit()
+        value = await future  # finished now
+        with pytest.raises(BlockingCallError) as caught:
+            future.result()
+        return value, str(caught.value)
+
+    value, message = run(main)
+    assert value == 1
+    assert "await fut" in message
+
+
+def test_cancelling_a_running_async_run_says_so(run: Any) -> None:
+    """A running async run cancelled with fut.cancel() ends Cancelled "by fut.cancel()"."""
+
+    @task
+    async def forever(started: anyio.Event) -> None:
+        started.set()
+        await anyio.sleep(60)
+
+    @flow
+    async def main() -> str | None:
+        started = anyio.Event()
+        future = forever.submit(started)
+        with anyio.fail_after(5):
+            await started.wait()
+            assert future.cancel()
+            state = await future.wait()
+        assert state.is_cancelled()
+        return state.message
+
+    assert run(main) == "cancelled by fut.cancel()"

@@ -3,6 +3,7 @@ for flows, called as hook(task_or_flow, record, state)."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from typing import Any
@@ -368,3 +369,57 @@ def test_flow_on_failure_hook_for_bad_parameters(run: Any) -> None:
     assert ran == []
     assert calls.names() == ["failed"]
     assert calls.calls[0][4] is state
+
+
+def test_a_sync_run_cancelled_while_running_does_not_run_completion_hooks(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A sync run cancelled mid-call keeps its Cancelled state when the call later
+    returns: its on_completion hooks do not run and it is not logged as Completed."""
+    hooked: list[str] = []
+    release = threading.Event()
+    started = threading.Event()
+
+    def on_done(task: Any, record: Any, state: Any) -> None:
+        hooked.append(state.name)
+
+    @task(on_completion=on_done)
+    def blocked() -> str:
+        started.set()
+        release.wait(5)
+        return "late"
+
+    @flow
+    async def main() -> str:
+        future = blocked.submit()
+        with anyio.fail_after(5):
+            assert await anyio.to_thread.run_sync(started.wait, 5)
+        assert future.cancel()
+        release.set()
+        state = await future.wait()
+        return state.name
+
+    assert run(main) == "Cancelled"
+    assert hooked == []
+    finished = [r for r in caplog.records if "Finished in state Completed" in r.getMessage()]
+    assert not [r for r in finished if getattr(r, "task_name", None) == "blocked"]
+
+
+def test_sync_flow_hooks_see_the_callers_context_variables() -> None:
+    """Engine-side code of a sync flow (its hooks) runs in a copy of the caller's context."""
+    seen: list[str] = []
+    request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id")
+
+    def on_completion(flow_: Any, record: Any, state: Any) -> None:
+        seen.append(request_id.get("missing"))
+
+    @flow(on_completion=on_completion)
+    def main() -> None:
+        pass
+
+    token = request_id.set("req-42")
+    try:
+        main()
+    finally:
+        request_id.reset(token)
+    assert seen == ["req-42"]

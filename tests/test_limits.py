@@ -128,8 +128,9 @@ def test_tag_concurrency_limit_holds_in_a_sync_flow(backend: str) -> None:
 
 
 def test_waiting_sync_runs_do_not_hold_worker_threads(run: Any) -> None:
-    """Limited sync runs wait for their slot on the loop, so the runner's threads stay
-    free for other work (here: the only task that can let the slot holder finish)."""
+    """Limited sync runs wait for their slot on the loop, leaving worker threads free."""
+    # Two threads: the slot holder blocks one until `opener` runs. Were the five waiting
+    # runs blocked in threads too, `opener` would never get the other one.
     gate = threading.Event()
 
     @task(tags=["one-at-a-time"])
@@ -255,8 +256,7 @@ def test_a_run_with_two_limited_tags_holds_both(run: Any) -> None:
 
 # -- rate limits -----------------------------------------------------------------------------
 def test_tag_rate_limit_spaces_starts(run: Any) -> None:
-    """With N per period, the (N+1)-th start is a period after the first acquisition, and
-    the (2N+1)-th two periods."""
+    """With N per period, start N+1 comes a period after submission, start 2N+1 two."""
     starts: list[float] = []
 
     @task(tags=["api"])
@@ -393,8 +393,7 @@ def test_names_without_a_limit_do_not_wait(run: Any) -> None:
 
 # -- the registry ----------------------------------------------------------------------------
 def test_limits_context_manager_restores_the_previous_registry() -> None:
-    """limits(...) adds and overrides for a block, then restores exactly what was there,
-    also when the block raises."""
+    """limits(...) overrides for a block, then restores the previous registry (even on error)."""
     set_concurrency_limit("kept", 1)
     try:
         before = get_limits()
@@ -443,8 +442,7 @@ def test_bad_limits_raise_usage_error() -> None:
 
 
 def test_blocking_forms_are_refused_on_the_event_loop(run: Any) -> None:
-    """`with concurrency()`, rate_limit_blocking() and a limited sync task called inline
-    on an event loop raise UsageError instead of blocking it."""
+    """Blocking limit waits on an event loop thread raise UsageError instead of blocking it."""
 
     @task(tags=["loop-limited"])
     def limited() -> None:

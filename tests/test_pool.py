@@ -202,6 +202,42 @@ def test_validate_replaces_broken_objects(run: Any) -> None:
     run(main)
 
 
+def test_a_checkout_cancelled_during_validate_puts_the_object_back(run: Any) -> None:
+    """Cancelled while validating, a checkout returns the object and its slot unjudged."""
+    made = Made()
+    validating = anyio.Event()
+    hang = True
+
+    async def validate(conn: Conn) -> bool:
+        validating.set()
+        if hang:
+            await anyio.sleep_forever()
+        return True
+
+    async def main() -> None:
+        nonlocal hang
+        async with Pool(made, max_size=1, validate=validate) as pool:
+            async with pool.acquire():
+                pass
+            with anyio.fail_after(WAIT):
+                async with anyio.create_task_group() as tg:
+
+                    async def checkout() -> None:
+                        async with pool.acquire():
+                            raise AssertionError("validate never returned")
+
+                    tg.start_soon(checkout)
+                    await validating.wait()
+                    tg.cancel_scope.cancel()
+                stats = pool.statistics()
+                assert (stats.in_use, stats.idle, stats.closed) == (0, 1, 0)
+                hang = False
+                async with pool.acquire(timeout=0) as conn:
+                    assert conn is made.objects[0]
+
+    run(main)
+
+
 def test_sync_validate_runs_for_sync_checkouts() -> None:
     """A sync validate checks objects before reuse in sync code too."""
     made = Made()
@@ -215,8 +251,7 @@ def test_sync_validate_runs_for_sync_checkouts() -> None:
 
 # -- timeouts and statistics ---------------------------------------------------------------
 def test_acquire_timeout_raises_pool_timeout_error_with_statistics(run: Any) -> None:
-    """Waiting past the acquire timeout raises PoolTimeoutError naming the pool and its
-    statistics; the timed-out waiter leaves no trace."""
+    """Past the acquire timeout: PoolTimeoutError with the pool's name and statistics."""
 
     async def main() -> None:
         async with Pool(Made(), max_size=1, name="warehouse", acquire_timeout=0.05) as pool:
@@ -290,8 +325,7 @@ def test_statistics_at_known_moments(run: Any) -> None:
 
 
 def test_a_waiter_cancelled_as_it_is_granted_gives_the_slot_back(run: Any) -> None:
-    """A waiter granted the slot from another thread and cancelled before it could run
-    gives the slot back."""
+    """A waiter cancelled just after another thread granted it the slot gives it back."""
 
     async def main() -> None:
         async with Pool(Made(), max_size=1) as pool:
@@ -354,8 +388,7 @@ def test_a_release_from_a_thread_wakes_an_async_waiter(run: Any) -> None:
 
 # -- closing ---------------------------------------------------------------------------------
 def test_scope_end_closes_objects_still_checked_out_when_the_run_failed(run: Any) -> None:
-    """A task that timed out in its thread still holds an object when the flow fails: the
-    pool's cleanup closes it anyway, and its late release neither re-pools nor re-closes it."""
+    """Objects still checked out by a timed-out task when the flow fails are closed once."""
     made = Made()
     gate = threading.Event()
     released = threading.Event()
@@ -387,8 +420,7 @@ def test_scope_end_closes_objects_still_checked_out_when_the_run_failed(run: Any
 
 
 def test_acquire_after_close_raises_resource_closed_error_naming_the_pool(run: Any) -> None:
-    """Once its block has ended, the pool refuses acquire with a ResourceClosedError that
-    names it, and refuses to be passed to a task."""
+    """After its block, acquire (or passing the pool to a task) raises ResourceClosedError."""
 
     @task
     async def use(pool: Pool[Conn]) -> None:
@@ -410,8 +442,7 @@ def test_acquire_after_close_raises_resource_closed_error_naming_the_pool(run: A
 
 
 def test_aclose_and_close_close_the_pool_without_a_block(run: Any) -> None:
-    """A pool used without a block closes with aclose() (async objects via aclose()) and
-    refuses acquire afterwards."""
+    """A pool used without a block is closed by aclose(), its objects by their aclose()."""
     made = Made(AsyncConn)
 
     async def main() -> None:

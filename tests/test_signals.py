@@ -65,3 +65,12 @@ def test_signal_cleans_up_and_exits_non_zero_promptly(
     ended = [line for line in journal if line.endswith("task ended")]
     assert ended, journal
     assert journal.index(ended[-1]) < journal.index("cleaned")
+
+
+def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(tmp_path: Path) -> None:
+    """SIGTERM while a flow waits out its retry delay ends the run now, not after it."""
+    code, took, journal = run_and_interrupt("retry-delay", signal.SIGTERM, tmp_path)
+    assert code == 143
+    assert took < 5, f"took {took:.1f} s to exit"
+    assert journal.count("setup") == 1  # no second attempt
+    assert journal.count("cleaned") == 1

@@ -59,8 +59,12 @@ async def run_attempts(
             state = await _attempts(task, record, args, kwargs, driver)
         except BaseException as exc:
             # Cancellation, or an interrupt that keeps propagating to the caller.
-            _finish(run, record, future, _interrupted_state(record, exc, driver))
+            _finish(run, record, future, _interrupted_state(record, exc, driver, future))
             raise
+        if future is not None and future._state is not None:
+            # Finished from outside while it ran (fut.cancel() on a sync run in a
+            # thread): what it did afterwards is discarded: no hooks, no log.
+            return future._state
         for hook in _hooks_for(task, state):
             await _run_hook(hook, task, record, state, driver)
         _log_final(record, state)
@@ -162,12 +166,21 @@ def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State
 
 
 def _interrupted_state(
-    record: TaskRunRecord, exc: BaseException, driver: AsyncDriver | BlockingDriver
+    record: TaskRunRecord,
+    exc: BaseException,
+    driver: AsyncDriver | BlockingDriver,
+    future: TaskFuture[Any] | None,
 ) -> State[Any]:
     if isinstance(exc, RunCancelled) or (
         isinstance(driver, AsyncDriver) and isinstance(exc, driver.propagate[0])
     ):
-        return cancelled_state(record, "its caller was cancelled")
+        if future is None:
+            why = "its caller was cancelled"
+        elif future._cancel_requested:
+            why = "cancelled by fut.cancel()"
+        else:
+            why = "its flow run was cancelled"
+        return cancelled_state(record, why)
     return crashed_state(record, exc)
 
 

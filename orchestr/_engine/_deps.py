@@ -58,12 +58,15 @@ def wait_for_list(wait_for: Any) -> list[Any]:
     """Accept ``wait_for`` as one future, ``allow_failure(...)``, or an iterable of them."""
     if wait_for is None:
         return []
-    if isinstance(wait_for, (TaskFuture, allow_failure)):
+    if isinstance(wait_for, TaskFuture) or (
+        isinstance(wait_for, allow_failure) and isinstance(wait_for.value, TaskFuture)
+    ):
         return [wait_for]
     if isinstance(wait_for, Iterable) and not isinstance(wait_for, (str, bytes)):
         items = list(wait_for)
         for item in items:
-            if not isinstance(item, (TaskFuture, allow_failure)):
+            inner = item.value if isinstance(item, allow_failure) else item
+            if not isinstance(inner, TaskFuture):
                 raise UsageError(
                     f"wait_for takes futures (or allow_failure(future)); got "
                     f"{type(item).__name__} {item!r}"

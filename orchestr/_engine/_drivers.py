@@ -24,6 +24,7 @@ from .._limits._taking import LimitLease, acquire_task_limits
 from .._semaphore import on_event_loop
 from ..exceptions import RunCancelled, UsageError
 from ..runners import CallHandle
+from ._loop import run_new_loop
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -168,26 +169,12 @@ class BlockingDriver:
         if inspect.isawaitable(outcome):
             # An async hook on a sync run: give it a loop of its own, in a fresh thread
             # (this thread may already be running one).
-            outcome = _in_new_thread(lambda: _run_fresh_loop(_awaiter, outcome))
+            outcome = _in_new_thread(lambda: run_new_loop(_awaiter, outcome))
         return outcome
 
 
 async def _awaiter(awaitable: Any) -> Any:
     return await awaitable
-
-
-def _run_fresh_loop(fn: Callable[..., Any], *args: Any) -> Any:
-    """anyio.run in a thread whose context was copied from code running on a loop: that
-    context still names the loop's library in sniffio's context variable, so anyio.run
-    would refuse ("Already running asyncio in this thread") and anyio calls inside
-    would pick the wrong backend. The context is this thread's own copy: clear it."""
-    try:
-        import sniffio
-    except ImportError:  # anyio then detects the running loop without it
-        pass
-    else:
-        sniffio.current_async_library_cvar.set(None)
-    return anyio.run(fn, *args)
 
 
 def _in_new_thread(fn: Callable[[], T]) -> T:

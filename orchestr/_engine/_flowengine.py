@@ -20,6 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._logging import (
+    configure_logging,
+    enable_print_capture,
+    flow_run_logger,
+    log_prints_var,
+)
 from ..exceptions import (
     CrashedError,
     FailedRunsGroup,
@@ -29,19 +35,14 @@ from ..exceptions import (
     TaskRunCancelledError,
 )
 from ..futures import TaskFuture, _observe
-from .._logging import (
-    configure_logging,
-    enable_print_capture,
-    flow_run_logger,
-    log_prints_var,
-)
 from ..settings import get_settings
 from ..states import State, StateType
 from ._attempts import retry_delay
 from ._caller import CallerThread
-from ._context import flow_run_var, retry_delay_override_var
+from ._context import flow_run_var
 from ._deps import collect_returned, resolve_returned
 from ._flowrun import FlowRun
+from ._loop import run_new_loop
 from ._outcomes import describe, record_final_state
 from ._signals import interrupt_for, signal_guard
 from ._taskcalls import execute_job
@@ -99,19 +100,15 @@ def run_flow_sync(
 
     # The loop thread starts with an empty context; the flow's own retry delays must
     # still see the caller's fast_retries().
-    delay_override = retry_delay_override_var.get()
-
     async def on_loop() -> State[Any]:
         run.bind_loop()
-        flow_run_var.set(run)
-        retry_delay_override_var.set(delay_override)
         return await _run(run, args, kwargs, body)
 
     outcome: list[tuple[bool, Any]] = []
 
     def loop_thread() -> None:
         try:
-            outcome.append((True, anyio.run(on_loop, backend=settings.backend)))
+            outcome.append((True, run_new_loop(on_loop, backend=settings.backend)))
         except BaseException as exc:  # handed to the calling thread
             outcome.append((False, exc))
         finally:
@@ -120,7 +117,14 @@ def run_flow_sync(
     # A plain thread, not anyio's blocking portal: the caller may itself be running an
     # event loop (a sync subflow of an async flow), and trio forbids a portal's
     # blocking calls from there.
-    thread = threading.Thread(target=loop_thread, name=f"orchestr-{run.record.name}", daemon=True)
+    # The engine runs in a copy of the caller's context too: hooks and retry conditions
+    # see the caller's context variables (and fast_retries()).
+    thread = threading.Thread(
+        target=context.copy().run,
+        args=(loop_thread,),
+        name=f"orchestr-{run.record.name}",
+        daemon=True,
+    )
     interrupt: BaseException | None = None
     with signal_guard(run, caller, run.parent is None and settings.handle_signals):
         thread.start()
@@ -231,7 +235,16 @@ async def _attempts(
             flow.retries,
             delay,
         )
-        await anyio.sleep(delay)
+        # Interruptible: a signal during the delay ends the run now (request_cancel()
+        # cancels run.scope), not when the delay is over.
+        with anyio.CancelScope() as scope:
+            run.scope = scope
+            if run.signal is not None:  # arrived before the scope existed
+                scope.cancel()
+            await anyio.sleep(delay)
+        run.scope = None
+        if run.signal is not None:
+            return _final_state(run, None, None, False, len(record.task_runs))
 
 
 async def _attempt(

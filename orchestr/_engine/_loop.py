@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from threading import get_ident
+from typing import Any
 
+import anyio
 import anyio.lowlevel
 
-__all__ = ["LoopHandle"]
+__all__ = ["LoopHandle", "run_new_loop"]
 
 
 class LoopHandle:
@@ -47,3 +49,18 @@ class LoopHandle:
             self._schedule(callback)
         except RuntimeError:  # loop closed (asyncio) / RunFinishedError (trio)
             pass
+
+
+def run_new_loop(fn: Callable[..., Any], *args: Any, backend: str = "asyncio") -> Any:
+    """``anyio.run`` in a thread whose context was copied from code that may be running
+    on a loop: such a context still names that loop's library in sniffio's context
+    variable, and anyio.run would refuse ("Already running asyncio in this thread") or
+    anyio calls would pick the wrong backend. The context is this thread's own copy, so
+    clearing the variable touches nothing else."""
+    try:
+        import sniffio  # installed with trio; without it anyio needs no help
+    except ImportError:
+        pass
+    else:
+        sniffio.current_async_library_cvar.set(None)
+    return anyio.run(fn, *args, backend=backend)

@@ -31,9 +31,9 @@ from ..states import State, StateType
 from ._attempts import run_attempts
 from ._context import flow_run_var, scope_var, task_run_var
 from ._deps import (
-    Upstream,
     NO_DEPENDENCIES,
     Dependencies,
+    Upstream,
     find_upstreams,
     not_completed_upstream,
     resolve_arguments,
@@ -94,7 +94,9 @@ def call_task_blocking(
         _refuse_closed_resources(run, task, args, kwargs)
     upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
     for future, _ in upstreams:
-        future.wait_blocking()
+        if future._state is None:
+            _refuse_self_wait(future)
+            future._wait_blocking(None)  # refused on the loop thread: it would deadlock
     record = _new_record(task, run)  # after the waits, as in call_task_async
     state = _blocked_state(record, upstreams)
     if state is None and upstreams.needs_resolving:
@@ -150,7 +152,9 @@ def submit_task(
     if run.closed_resources:
         _refuse_closed_resources(run, task, args, kwargs)
     waits = wait_for_list(wait_for) if wait_for is not None else ()
-    upstreams = find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else NO_DEPENDENCIES
+    upstreams = (
+        find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else NO_DEPENDENCIES
+    )
     if upstreams:
         _refuse_cycle(task, upstreams)
     record = run.new_task_record(task.name)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ..exceptions import UsageError
 
@@ -32,16 +32,14 @@ __all__ = [
 ]
 
 
-@dataclass(frozen=True, slots=True)
-class ConcurrencyLimit:
+class ConcurrencyLimit(NamedTuple):
     """At most ``limit`` slots of ``name`` held at once (a holder may occupy several)."""
 
     name: str
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimit:
+class RateLimit(NamedTuple):
     """At most ``limit`` acquisitions of ``name`` in any window of ``per_seconds``
     seconds (a sliding window: unlike a token bucket, no burst ever exceeds ``limit``)."""
 

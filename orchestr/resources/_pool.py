@@ -30,12 +30,10 @@ import logging
 import math
 import threading
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
-import anyio.from_thread
 import anyio.to_thread
 
 from .._engine._context import flow_run_var
@@ -50,8 +48,7 @@ T = TypeVar("T")
 _log = logging.getLogger("orchestr.resources")
 
 
-@dataclass(frozen=True, slots=True)
-class PoolStatistics:
+class PoolStatistics(NamedTuple):
     """A snapshot of a pool. ``size == in_use + idle == created - closed``."""
 
     size: int  # objects alive
@@ -170,10 +167,12 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         self._check_open()
         if not await self._slots.acquire_async(1, timeout):
             raise self._timeout_error(timeout)
+        taken: T | _Missing = _NONE  # an idle object being validated
         try:
-            while not isinstance(obj := self._take_idle(), _Missing):
-                if self._validate is None or await self._is_valid_async(obj):
-                    return obj
+            while not isinstance(taken := self._take_idle(), _Missing):
+                if self._validate is None or await self._is_valid_async(taken):
+                    return taken
+                obj, taken = taken, _NONE
                 await self._discard_async(obj)
             made: T = await self._call_async(self._create)
             if not self._adopt(made):  # the pool closed while it was being made
@@ -181,7 +180,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 raise self._closed_error()
             return made
         except BaseException:
-            self._slots.release()
+            self._abandon_checkout(taken)
             raise
 
     def _checkout_blocking(self, timeout: float | None) -> T:
@@ -194,10 +193,12 @@ class Pool(Resource["Pool[T]"], Generic[T]):
             )
         if not self._slots.acquire_blocking(1, timeout):
             raise self._timeout_error(timeout)
+        taken: T | _Missing = _NONE
         try:
-            while not isinstance(obj := self._take_idle(), _Missing):
-                if self._validate is None or self._is_valid_blocking(obj):
-                    return obj
+            while not isinstance(taken := self._take_idle(), _Missing):
+                if self._validate is None or self._is_valid_blocking(taken):
+                    return taken
+                obj, taken = taken, _NONE
                 self._discard_blocking(obj)
             made: T = self._call_blocking(self._create)
             if not self._adopt(made):
@@ -205,7 +206,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 raise self._closed_error()
             return made
         except BaseException:
-            self._slots.release()
+            self._abandon_checkout(taken)
             raise
 
     def _take_idle(self) -> T | _Missing:
@@ -231,9 +232,17 @@ class Pool(Resource["Pool[T]"], Generic[T]):
     def _checkin(self, obj: T) -> None:
         with self._lock:
             # Absent if the pool closed (and closed the object) while it was out.
-            if self._in_use.pop(id(obj), None) is not None and not self._is_closed:
+            if self._in_use.pop(id(obj), _NONE) is not _NONE and not self._is_closed:
                 self._idle.append(obj)
         self._slots.release()
+
+    def _abandon_checkout(self, taken: T | _Missing) -> None:
+        """A checkout failed or was cancelled: free its slot, and put back an object it
+        was validating (unjudged: it is validated again before its next use)."""
+        if isinstance(taken, _Missing):
+            self._slots.release()
+        else:
+            self._checkin(taken)
 
     # -- validating and discarding ---------------------------------------------------------
     async def _is_valid_async(self, obj: T) -> bool:
@@ -340,6 +349,10 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 "used from sync code outside a flow run, where there is no event loop to "
                 "run it on; use the pool from async code, or give it sync callables"
             )
+        # Deferred, as in _block.py: anyio.from_thread costs ~6 ms of `import orchestr`,
+        # for a path only sync code using a pool with async callables takes.
+        import anyio.from_thread
+
         return anyio.from_thread.run(_awaited, awaitable, token=run.loop.token)
 
     # -- errors ----------------------------------------------------------------------------

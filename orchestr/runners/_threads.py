@@ -10,6 +10,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
 
+from ..exceptions import UsageError
 from ..settings import get_settings
 from ._base import TaskRunner
 from ._pool import WorkerPool
@@ -35,8 +36,13 @@ class ThreadPoolTaskRunner(TaskRunner):
     local: ClassVar[bool] = True
 
     def __init__(self, max_workers: int | None = None) -> None:
-        if max_workers is not None and max_workers < 1:
-            raise ValueError(f"max_workers must be at least 1, got {max_workers}")
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise UsageError(
+                f"max_workers of ThreadPoolTaskRunner must be a whole number >= 1 or None, "
+                f"got {max_workers!r}"
+            )
         self.max_workers = max_workers
         self._pool: WorkerPool | None = None
         self._lock = threading.Lock()
