@@ -23,6 +23,16 @@ EXPECTED: dict[str, list[str]] = {
     ],
     "generator_resource.py": ["customers stored: 3", "exported: ['ada', 'grace', 'linus']"],
     "cleanup_barrier.py": ["released everything (2 did not complete)", "workspace closed"],
+    "shared_pool.py": [
+        "squares: [0, 1, 4, 9, 16, 25, 36, 49, 64, 81]",
+        "connections opened: 4, closed: 4, most in use: 4",
+    ],
+    "external_service.py": [
+        "requests served: 11 for 8 cities",
+        "runs that needed a retry: 3",
+        "shortest span of 6 consecutive calls: 0.5",
+        "final state: Completed(",
+    ],
     "resource_lifecycle.py": [
         "scratch-2 down -> scratch-1 down -> cache down -> database down",
         "cache: ResourceCleanupError",

@@ -18,6 +18,7 @@ PUBLIC_MODULES = [
     "orchestr.exceptions",
     "orchestr.flows",
     "orchestr.futures",
+    "orchestr.limits",
     "orchestr.logging",
     "orchestr.records",
     "orchestr.resources",

@@ -98,7 +98,7 @@ def find_upstreams(
 _ANNOTATED = object()
 
 
-def _scan(obj: Any, found: dict[TaskFuture[Any], bool], allowed: bool, depth: int) -> None:
+def _scan(obj: Any, found: dict[Any, bool], allowed: bool, depth: int) -> None:
     kind = type(obj)
     if kind in _ATOMIC:
         return

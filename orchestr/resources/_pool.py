@@ -5,8 +5,11 @@ hands them out with ``async with pool.acquire() as conn:`` (async code) or
 ``with pool.acquire() as conn:`` (sync code in threads: sync tasks, a sync flow's body).
 Released objects go to the next waiter in line (FIFO), else back to the pool; before an
 idle object is reused, ``validate`` (if given) checks it, and a failing one is closed and
-replaced. Waiting longer than the acquire timeout raises
-:class:`~orchestr.exceptions.PoolTimeoutError` with the pool's statistics.
+replaced. An object whose block raised goes back too: ``validate`` is the judge of
+whether it is still good. Objects are closed with ``close(obj)`` if given, else their
+own ``close()`` (or ``aclose()``), awaited if it returns an awaitable. Waiting longer
+than the acquire timeout raises :class:`~orchestr.exceptions.PoolTimeoutError` with the
+pool's statistics.
 
 The pool is a :class:`~orchestr.resources.Resource`: ``async with Pool(...) as pool:``
 (or ``with``) waits for the tasks submitted inside the block, then closes every object
@@ -37,6 +40,7 @@ import anyio
 import anyio.to_thread
 
 from .._engine._context import flow_run_var
+from .._engine._drivers import drive
 from .._semaphore import Semaphore, on_event_loop
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
 from ._block import Resource
@@ -140,69 +144,45 @@ class Pool(Resource["Pool[T]"], Generic[T]):
     async def aclose(self) -> None:
         """Close the pool and every object it made, checked out or not (from async
         code). Objects released later are dropped; ``acquire`` raises from now on."""
-        errors: list[Exception] = []
-        for obj in self._shut():
-            try:
-                await self._close_async(obj)
-            except Exception as exc:
-                errors.append(exc)
-        self._raise_close_errors(errors)
+        await self._close_all(blocking=False)
 
     def close(self) -> None:
         """Close the pool and every object it made, like :meth:`aclose`, from sync code."""
-        errors: list[Exception] = []
-        for obj in self._shut():
-            try:
-                self._close_blocking(obj)
-            except Exception as exc:
-                errors.append(exc)
-        self._raise_close_errors(errors)
+        drive(self._close_all(blocking=True))
 
     def __repr__(self) -> str:
         state = "closed" if self._is_closed else str(self.statistics())
         return f"<Pool {self.name!r} {state}>"
 
+    # The internals below are written once, as async code. With ``blocking=True`` every
+    # wait blocks the calling thread and nothing suspends, so sync callers run them with
+    # ``drive()``, as the engine runs its attempt loop for sync tasks (docs/design.md).
+
     # -- checking out and in ---------------------------------------------------------------
-    async def _checkout_async(self, timeout: float | None) -> T:
+    async def _checkout(self, timeout: float | None, blocking: bool) -> T:
         self._check_open()
-        if not await self._slots.acquire_async(1, timeout):
+        if blocking:
+            if on_event_loop():
+                raise UsageError(
+                    f"`with pool.acquire()` on pool {self.name!r} was called on an event "
+                    "loop thread, where waiting for a free object would block the loop; in "
+                    "async code use `async with pool.acquire()`"
+                )
+            got = self._slots.acquire_blocking(1, timeout)
+        else:
+            got = await self._slots.acquire_async(1, timeout)
+        if not got:
             raise self._timeout_error(timeout)
         taken: T | _Missing = _NONE  # an idle object being validated
         try:
             while not isinstance(taken := self._take_idle(), _Missing):
-                if self._validate is None or await self._is_valid_async(taken):
+                if self._validate is None or await self._is_valid(taken, blocking):
                     return taken
                 obj, taken = taken, _NONE
-                await self._discard_async(obj)
-            made: T = await self._call_async(self._create)
+                await self._discard(obj, blocking)
+            made: T = await self._call(blocking, self._create)
             if not self._adopt(made):  # the pool closed while it was being made
-                await self._discard_async(made)
-                raise self._closed_error()
-            return made
-        except BaseException:
-            self._abandon_checkout(taken)
-            raise
-
-    def _checkout_blocking(self, timeout: float | None) -> T:
-        self._check_open()
-        if on_event_loop():
-            raise UsageError(
-                f"`with pool.acquire()` on pool {self.name!r} was called on an event loop "
-                "thread, where waiting for a free object would block the loop; in async "
-                "code use `async with pool.acquire()`"
-            )
-        if not self._slots.acquire_blocking(1, timeout):
-            raise self._timeout_error(timeout)
-        taken: T | _Missing = _NONE
-        try:
-            while not isinstance(taken := self._take_idle(), _Missing):
-                if self._validate is None or self._is_valid_blocking(taken):
-                    return taken
-                obj, taken = taken, _NONE
-                self._discard_blocking(obj)
-            made: T = self._call_blocking(self._create)
-            if not self._adopt(made):
-                self._discard_blocking(made)
+                await self._discard(made, blocking)
                 raise self._closed_error()
             return made
         except BaseException:
@@ -244,73 +224,41 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         else:
             self._checkin(taken)
 
-    # -- validating and discarding ---------------------------------------------------------
-    async def _is_valid_async(self, obj: T) -> bool:
+    # -- validating, discarding, closing ---------------------------------------------------
+    async def _is_valid(self, obj: T, blocking: bool) -> bool:
+        assert self._validate is not None
         try:
-            return bool(await self._call_async(self._validate, obj))  # type: ignore[arg-type]
-        except Exception:
+            return bool(await self._call(blocking, self._validate, obj))
+        except Exception:  # a health check that raises says "unhealthy"
             _log.debug(
                 "validate of pool %r raised; the object is replaced", self.name, exc_info=True
             )
             return False
 
-    def _is_valid_blocking(self, obj: T) -> bool:
-        try:
-            return bool(self._call_blocking(self._validate, obj))  # type: ignore[arg-type]
-        except Exception:
-            _log.debug(
-                "validate of pool %r raised; the object is replaced", self.name, exc_info=True
-            )
-            return False
-
-    async def _discard_async(self, obj: T) -> None:
-        self._forget(obj)
-        try:
-            await self._close_async(obj)
-        except Exception:
-            _log.warning("closing an invalid object of pool %r failed", self.name, exc_info=True)
-
-    def _discard_blocking(self, obj: T) -> None:
-        self._forget(obj)
-        try:
-            self._close_blocking(obj)
-        except Exception:
-            _log.warning("closing an invalid object of pool %r failed", self.name, exc_info=True)
-
-    def _forget(self, obj: T) -> None:
-        """Stop counting an object that is about to be closed."""
+    async def _discard(self, obj: T, blocking: bool) -> None:
+        """Close an object that failed validation (or came too late): the acquirer wants
+        a fresh one, not this one's close error, which is logged."""
         with self._lock:
             self._in_use.pop(id(obj), None)
             self._closed += 1
+        try:
+            await self._close_one(obj, blocking)
+        except Exception:
+            _log.warning("closing a discarded object of pool %r failed", self.name, exc_info=True)
 
-    # -- closing ---------------------------------------------------------------------------
-    def _shut(self) -> list[T]:
-        """Mark the pool closed and take every object it has (idle and checked out)."""
-        with self._lock:
+    async def _close_all(self, blocking: bool) -> None:
+        with self._lock:  # closed from now on: whatever is out is dropped when released
             self._is_closed = True
             objects = [*self._idle, *self._in_use.values()]
             self._idle.clear()
             self._in_use.clear()
             self._closed += len(objects)
-        return objects
-
-    async def _close_async(self, obj: T) -> None:
-        if self._close is not None:
-            await self._call_async(self._close, obj)
-            return
-        method = getattr(obj, "aclose", None) or getattr(obj, "close", None)
-        if method is not None:
-            await self._call_async(method)
-
-    def _close_blocking(self, obj: T) -> None:
-        if self._close is not None:
-            self._call_blocking(self._close, obj)
-            return
-        method = getattr(obj, "close", None) or getattr(obj, "aclose", None)
-        if method is not None:
-            self._call_blocking(method)
-
-    def _raise_close_errors(self, errors: list[Exception]) -> None:
+        errors: list[Exception] = []
+        for obj in objects:
+            try:
+                await self._close_one(obj, blocking)
+            except Exception as exc:  # close the others, then report them all
+                errors.append(exc)
         if len(errors) == 1:
             raise errors[0]
         if errors:
@@ -318,26 +266,31 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 f"{len(errors)} objects of pool {self.name!r} failed to close", errors
             )
 
+    async def _close_one(self, obj: T, blocking: bool) -> None:
+        if self._close is not None:
+            await self._call(blocking, self._close, obj)
+            return
+        # Default: the object's own close(); aclose() (async clients) if it has none,
+        # or if async code has a choice.
+        names = ("close", "aclose") if blocking else ("aclose", "close")
+        method = getattr(obj, names[0], None) or getattr(obj, names[1], None)
+        if method is not None:
+            await self._call(blocking, method)
+
     # -- calling user code from either side ------------------------------------------------
-    async def _call_async(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call create / validate / close from async code: await an async one, run a
-        sync one in a worker thread (abandoned if the caller is cancelled)."""
+    async def _call(self, blocking: bool, fn: Callable[..., Any], *args: Any) -> Any:
+        """Call create / validate / close. From async code: await an async one, run a
+        sync one in a worker thread (abandoned if the caller is cancelled). From sync
+        code: call a sync one here, run an async one on the current flow run's loop."""
+        if blocking:
+            if inspect.iscoroutinefunction(fn):
+                return self._await_on_run_loop(fn(*args))
+            result = fn(*args)
+            return self._await_on_run_loop(result) if inspect.isawaitable(result) else result
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
         result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
-        if inspect.isawaitable(result):
-            result = await result
-        return result
-
-    def _call_blocking(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Call create / validate / close from sync code: directly if sync, else on the
-        current flow run's event loop."""
-        if inspect.iscoroutinefunction(fn):
-            return self._await_on_run_loop(fn(*args))
-        result = fn(*args)
-        if inspect.isawaitable(result):
-            return self._await_on_run_loop(result)
-        return result
+        return (await result) if inspect.isawaitable(result) else result
 
     def _await_on_run_loop(self, awaitable: Awaitable[Any]) -> Any:
         run = flow_run_var.get()
@@ -396,7 +349,7 @@ class PoolCheckout(Generic[T]):
 
     async def __aenter__(self) -> T:
         self._claim()
-        obj = self._obj = await self._pool._checkout_async(self._timeout)
+        obj = self._obj = await self._pool._checkout(self._timeout, blocking=False)
         return obj
 
     async def __aexit__(
@@ -409,7 +362,7 @@ class PoolCheckout(Generic[T]):
 
     def __enter__(self) -> T:
         self._claim()
-        obj = self._obj = self._pool._checkout_blocking(self._timeout)
+        obj = self._obj = drive(self._pool._checkout(self._timeout, blocking=True))
         return obj
 
     def __exit__(
