@@ -1,0 +1,144 @@
+"""orchestr.testing: the helpers users' own tests rely on must catch what they claim to."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import flow, resource, task
+from orchestr.testing import (
+    LeakError,
+    ResourceLeakError,
+    assert_no_leaks,
+    assert_resources_cleaned_up,
+    fast_retries,
+    no_leaks,
+)
+
+
+@task
+def sync_work(x: int) -> int:
+    return x * 2
+
+
+@task
+async def async_work(x: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    return x + 1
+
+
+def test_a_flow_leaves_no_threads_behind() -> None:
+    """Sync flows (engine loop thread) and sync tasks (worker threads) end with the run."""
+
+    @flow
+    def main() -> list[int]:
+        return [sync_work.submit(i).result() + async_work.submit(i).result() for i in range(5)]
+
+    assert assert_no_leaks(main) == [3 * i + 1 for i in range(5)]
+
+
+def test_an_async_flow_with_sync_tasks_leaves_no_threads_behind(run: Any) -> None:
+    """The thread pool of an async flow run is joined when the run ends."""
+
+    @flow
+    async def main() -> int:
+        return sum([await sync_work.submit(i) for i in range(10)])
+
+    with no_leaks():
+        assert run(main) == 90
+
+
+def test_no_leaks_catches_a_thread_left_running() -> None:
+    """A thread started in the block and still alive afterwards is reported by name."""
+    release = threading.Event()
+    try:
+        with pytest.raises(LeakError, match="threads stray-thread"), no_leaks(grace=0.05):
+            threading.Thread(target=release.wait, name="stray-thread", daemon=True).start()
+    finally:
+        release.set()
+
+
+def test_no_leaks_catches_a_child_process_left_running() -> None:
+    """A child process started in the block and still running afterwards is reported."""
+    child: subprocess.Popen[bytes] | None = None
+    try:
+        with pytest.raises(LeakError, match="child processes"), no_leaks(grace=0.05):
+            child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    finally:
+        if child is not None:
+            child.kill()
+            child.wait()
+
+
+def test_assert_resources_cleaned_up_reports_a_failed_cleanup(run: Any) -> None:
+    """A resource whose cleanup failed is reported with the error."""
+
+    @resource(name="tmpdir")
+    async def tmpdir() -> Any:
+        try:
+            yield "/tmp/x"
+        finally:
+            raise OSError("directory busy")
+
+    @flow
+    async def main() -> None:
+        async with tmpdir():
+            pass
+
+    async def go() -> Any:
+        return await main(return_state=True)
+
+    state = run(go)
+    with pytest.raises(ResourceLeakError, match=r"'tmpdir': failed .*directory busy"):
+        assert_resources_cleaned_up(state)
+
+
+def test_assert_resources_cleaned_up_counts_subflows(run: Any) -> None:
+    """Resources of subflows are checked too, and the counts are returned."""
+
+    @resource(name="conn")
+    async def conn() -> Any:
+        yield "c"
+
+    @flow
+    async def child() -> None:
+        async with conn():
+            pass
+
+    @flow
+    async def parent() -> None:
+        async with conn():
+            await child()
+            await child()
+
+    async def go() -> Any:
+        return await parent(return_state=True)
+
+    assert assert_resources_cleaned_up(run(go)) == {"conn": 3}
+
+
+def test_fast_retries_removes_the_delays(run: Any) -> None:
+    """Inside fast_retries(), a 30 s retry delay does not wait."""
+    attempts: list[int] = []
+
+    @task(retries=2, retry_delay_seconds=30)
+    async def flaky() -> int:
+        attempts.append(1)
+        if len(attempts) < 3:
+            raise RuntimeError("again")
+        return len(attempts)
+
+    @flow
+    async def main() -> int:
+        return await flaky.submit()
+
+    async def go() -> int:
+        with anyio.fail_after(5), fast_retries():
+            return await main()
+
+    assert run(go) == 3
