@@ -44,6 +44,7 @@ from ._flowrun import FlowRun, Job
 from ._outcomes import cancelled_state, crashed_state, not_run_state, record_final_state
 
 if TYPE_CHECKING:
+    from ..runners import TaskRunner
     from ..tasks import Task
 
 __all__ = [
@@ -188,13 +189,8 @@ def _dispatch(
 ) -> None:
     context = copy_context()
     runner = run.runner
-    if (
-        not task.is_async
-        and runner.local
-        and task.timeout_seconds is None
-        and (not upstreams or all(f._state is not None for f, _ in upstreams))
-        # A limited run waits for its limits on the loop, not by blocking a worker.
-        and not (task.tags and has_limits(task.tags))
+    if _whole_run_in_thread(task, runner) and (
+        not upstreams or all(f._state is not None for f, _ in upstreams)
     ):
         if upstreams.needs_resolving:
             record = future._record
@@ -355,17 +351,24 @@ async def _start(run: FlowRun, job: Job) -> None:
             run.finish(future, failed)
             return
     runner = run.runner
-    if (
-        not task.is_async
-        and runner.local
-        and task.timeout_seconds is None
-        and not (task.tags and has_limits(task.tags))
-    ):
+    if _whole_run_in_thread(task, runner):
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
         runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)
         return
     await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))
+
+
+def _whole_run_in_thread(task: Task[Any, Any], runner: TaskRunner) -> bool:
+    """The fast path: a sync task on an in-process runner runs, retries included, in a
+    worker thread. Not with a timeout (the loop must be able to abandon the thread) nor
+    with limits (they are waited for on the loop, not by blocking a worker)."""
+    return (
+        not task.is_async
+        and runner.local
+        and task.timeout_seconds is None
+        and not (task.tags and has_limits(task.tags))
+    )
 
 
 def run_in_thread(
