@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import threading
 import time
 from contextvars import copy_context
@@ -28,19 +27,15 @@ from .._logging import (
 )
 from ..exceptions import (
     CrashedError,
-    FailedRunsGroup,
     ParameterValidationError,
-    RunCancelled,
-    RunTimedOut,
     TaskRunCancelledError,
 )
-from ..futures import TaskFuture, _observe
 from ..settings import get_settings
 from ..states import State, StateType
 from ._attempts import retry_delay
 from ._caller import CallerThread
 from ._context import flow_run_var
-from ._deps import collect_returned, resolve_returned
+from ._finalstate import final_state
 from ._flowrun import FlowRun
 from ._loop import run_new_loop
 from ._outcomes import describe, record_final_state
@@ -57,8 +52,6 @@ if TYPE_CHECKING:
 __all__ = ["run_flow_async", "run_flow_sync"]
 
 _log = logging.getLogger("orchestr.flow_runs")
-
-_UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 
 
 # -- entry points ----------------------------------------------------------------------------
@@ -244,7 +237,7 @@ async def _attempts(
             await anyio.sleep(delay)
         run.scope = None
         if run.signal is not None:
-            return _final_state(run, None, None, False, len(record.task_runs))
+            return final_state(run, None, None, False, len(record.task_runs))
 
 
 async def _attempt(
@@ -286,99 +279,13 @@ async def _attempt(
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
-    return _final_state(run, value, body_error, scope.cancelled_caught, first_task_run)
+    return final_state(run, value, body_error, scope.cancelled_caught, first_task_run)
 
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:
     if cancel:
         await run.cancel_outstanding(get_settings().cancel_grace_seconds)
     await run.runner.shutdown()
-
-
-def _final_state(
-    run: FlowRun,
-    value: Any,
-    body_error: BaseException | None,
-    cancelled_caught: bool,
-    first_task_run: int,
-) -> State[Any]:
-    """Rule 7, in order: interrupts, timeouts, body errors, returned futures and
-    states, unobserved task failures, success."""
-    record = run.record
-    if run.signal is not None:
-        name = signal.Signals(run.signal).name
-        error = CrashedError(f"flow run {record.name!r} was interrupted by {name}")
-        return State(
-            StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record
-        )
-    if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
-        error = CrashedError(f"flow run {record.name!r} crashed: {describe(body_error)}")
-        error.__cause__ = body_error
-        return State(StateType.CRASHED, message=describe(body_error), error=error, record=record)
-    if isinstance(body_error, RunCancelled):
-        # Before the timeout check: the body's RunCancelled made the run cancel its own
-        # scope above (a sync subflow whose parent was cancelled or timed out), which is
-        # no timeout of this run. Its own timeout cancels the body call instead.
-        cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
-        return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
-    if cancelled_caught:
-        message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
-        return State(
-            StateType.FAILED,
-            name="TimedOut",
-            message=message,
-            error=RunTimedOut(message),
-            record=record,
-        )
-    if body_error is not None:
-        return State(
-            StateType.FAILED, message=describe(body_error), error=body_error, record=record
-        )
-    returned = collect_returned(value)
-    if returned:
-        return _aggregate(run, value, returned)
-    unobserved = [
-        tr.error
-        for tr in record.task_runs[first_task_run:]
-        if tr.state_type in _UNOBSERVED and not tr.observed and tr.error is not None
-    ]
-    if unobserved:
-        message = (
-            f"{len(unobserved)} task run(s) did not complete and no code observed it "
-            "(await the future, read its state, or pass it through allow_failure)"
-        )
-        group = FailedRunsGroup(message, unobserved)  # type: ignore[arg-type]
-        return State(StateType.FAILED, message=message, error=group, record=record)
-    return State(StateType.COMPLETED, data=value, record=record)
-
-
-def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
-    """The final state of a run that returned futures or states (rule 7)."""
-    record = run.record
-    states: list[State[Any]] = []
-    for item in returned:
-        if isinstance(item, TaskFuture):
-            _observe(item._record)
-            states.append(item._state or item._record.state)
-        else:
-            states.append(item)
-    if len(returned) == 1 and returned[0] is value:
-        # A single future or state returned: it *is* the flow's outcome.
-        only = states[0]
-        if only.is_completed():
-            return State(StateType.COMPLETED, message=only.message, data=only._data, record=record)
-        return State(
-            only.type, name=only.name, message=only.message, error=only.exception, record=record
-        )
-    bad = [s for s in states if not s.is_completed()]
-    if not bad:
-        return State(StateType.COMPLETED, data=resolve_returned(value), record=record)
-    failed = [s for s in bad if s.type is not StateType.CANCELLED]
-    kind, verb = (StateType.FAILED, "failed") if failed else (StateType.CANCELLED, "cancelled")
-    message = f"{len(failed or bad)}/{len(states)} states {verb}"
-    errors = [s.exception or RuntimeError(repr(s)) for s in bad]
-    group = FailedRunsGroup(message, errors)  # type: ignore[arg-type]
-    return State(kind, message=message, error=group, record=record)
 
 
 async def _should_retry(run: FlowRun, state: State[Any]) -> bool:
