@@ -25,7 +25,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 NOT_RUN = "<!-- not-run -->"
-OPENING = re.compile(r"^(?P<indent>[ \t]*)```python\s*$")
+# ```python, ```py or ```python3, with or without attributes (title="...", ...).
+OPENING = re.compile(r"^(?P<indent>[ \t]*)```(?:python3?|py)(?:\s.*)?$")
 SNIPPET = re.compile(r'^--8<--\s+"(?P<path>[^"]+)"\s*$')
 BLOCK_TIMEOUT = 60
 
@@ -86,8 +87,14 @@ def _run_block(block: Block) -> subprocess.CompletedProcess[str]:
             capture_output=True,
             text=True,
             timeout=BLOCK_TIMEOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=_clean_environment(),
         )
+
+
+def _clean_environment() -> dict[str, str]:
+    """The environment without ORCHESTR_* variables: the docs describe the defaults."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
+    return env | {"PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")

@@ -506,3 +506,44 @@ def test_a_runner_can_supply_the_limit_backend(run: Any) -> None:
     with limits(concurrency={"shared": 1}):
         run(main)
     assert backend.calls == [("acquire", "shared"), ("acquire_blocking", "shared")]
+
+
+def test_a_run_waiting_for_a_slot_is_pending_and_its_duration_starts_when_it_runs(
+    run: Any,
+) -> None:
+    """While a run waits for a concurrency slot it is Pending, not Running, and its
+    recorded start is when it got the slot."""
+
+    @task(tags=["one-at-a-time"])
+    async def hold(release: anyio.Event, started: anyio.Event) -> None:
+        started.set()
+        await release.wait()
+
+    @flow
+    async def main() -> tuple[StateType, StateType, float, float]:
+        with limits(concurrency={"one-at-a-time": 1}):
+            release = anyio.Event()
+            first_started, second_started = anyio.Event(), anyio.Event()
+            first = hold.submit(release, first_started)
+            with anyio.fail_after(5):
+                await first_started.wait()
+            second = hold.submit(release, second_started)
+            with anyio.fail_after(5):
+                # attempts is counted just before the limit is waited for: from then on
+                # the second run is waiting for the slot the first one holds.
+                while second.record.attempts == 0:
+                    await anyio.lowlevel.checkpoint()
+            waiting = second.state.type
+            running = first.state.type
+            released_at = time.time()
+            release.set()
+            with anyio.fail_after(5):
+                await first
+                await second
+        assert second.record.started is not None
+        return waiting, running, released_at, second.record.started
+
+    waiting, running, released_at, second_start = run(main)
+    assert waiting is StateType.PENDING
+    assert running is StateType.RUNNING
+    assert second_start >= released_at

@@ -371,3 +371,41 @@ def test_completed_runs_are_not_logged_as_errors(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     finished = [r for r in caplog.records if r.getMessage().startswith("Finished in state")]
     assert [r.levelno for r in finished] == [logging.INFO]
+
+
+def test_cancelled_and_not_run_task_runs_are_logged(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A run cancelled before it started and a run that did not run for its upstream both
+    leave an INFO "Finished in state" record, once each."""
+
+    @task
+    async def fails() -> None:
+        raise ValueError("upstream broke")
+
+    @task
+    async def downstream(x: object) -> None:
+        pass  # pragma: no cover
+
+    @task
+    async def never() -> None:
+        pass  # pragma: no cover
+
+    @flow
+    async def main() -> None:
+        pending = never.submit()
+        pending.cancel()
+        await downstream.submit(fails.submit()).wait()
+        await pending.wait()
+
+    run(main)
+    finished = [
+        (getattr(r, "task_run_name", None), r.getMessage())
+        for r in caplog.records
+        if r.levelname == "INFO" and "Finished in state" in r.getMessage()
+    ]
+    names = [name for name, _ in finished]
+    assert names.count("never-0") == 1
+    assert names.count("downstream-0") == 1
+    assert any("Cancelled" in m for n, m in finished if n == "never-0")
+    assert any("NotRun" in m for n, m in finished if n == "downstream-0")

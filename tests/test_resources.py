@@ -1047,3 +1047,15 @@ def test_sync_with_on_the_event_loop_thread_is_refused(run: Any) -> None:
         return "allowed"
 
     assert "use `async with`" in run(main)
+
+
+def test_async_resource_in_a_sync_with_outside_flows_says_how_to_fix_it() -> None:
+    """An async resource entered with a sync `with` outside any flow run raises a
+    UsageError (not a setup failure) that points to `async with`."""
+
+    @resource
+    async def client() -> AsyncIterator[str]:
+        yield "client"  # pragma: no cover
+
+    with pytest.raises(UsageError, match="enter it with `async with`"), client():
+        pass  # pragma: no cover

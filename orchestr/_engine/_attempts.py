@@ -83,7 +83,6 @@ async def _attempts(
     kwargs: Any,
     driver: AsyncDriver | BlockingDriver,
 ) -> State[Any]:
-    record.started = time.time()
     propagate = driver.propagate
     attempt = 0
     while True:
@@ -94,12 +93,11 @@ async def _attempts(
             return record.state
         attempt += 1
         record.attempts = attempt
-        record.state_type = StateType.RUNNING
-        record.state_name = "Running"
         try:
             if task.tags and has_limits(task.tags):
-                value = await _call_limited(task, args, kwargs, driver)
+                value = await _call_limited(task, record, args, kwargs, driver)
             else:
+                _running(record)
                 value = await driver.call(task, args, kwargs)
         except propagate:
             raise
@@ -131,12 +129,25 @@ async def _attempts(
         await driver.sleep(delay)
 
 
+def _running(record: TaskRunRecord) -> None:
+    if record.started is None:
+        record.started = time.time()
+    record.state_type = StateType.RUNNING
+    record.state_name = "Running"
+
+
 async def _call_limited(
-    task: Task[Any, Any], args: Any, kwargs: Any, driver: AsyncDriver | BlockingDriver
+    task: Task[Any, Any],
+    record: TaskRunRecord,
+    args: Any,
+    kwargs: Any,
+    driver: AsyncDriver | BlockingDriver,
 ) -> Any:
     """One attempt of a limited task: it holds the limits its tags name (see
-    ``orchestr.limits``), released however the attempt ends."""
+    ``orchestr.limits``), released however the attempt ends. While it waits for them
+    the run stays Pending (or Retrying), and its duration starts when it runs."""
     lease = await driver.acquire_limits(task)
+    _running(record)
     try:
         return await driver.call(task, args, kwargs)
     finally:
@@ -268,8 +279,7 @@ def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
             state,
             exc_info=(type(error), error, error.__traceback__) if error else None,
         )
-    else:
-        task_run_logger(record).info("Finished in state %r", state)
+    # Cancelled runs are logged where every final state is recorded (record_final_state).
 
 
 def _route_prints(task: Task[Any, Any], record: TaskRunRecord) -> Token[Any] | None:

@@ -3,8 +3,10 @@ final state into a run record."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from .._logging import task_run_logger
 from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType
@@ -27,6 +29,18 @@ def record_final_state(record: RunRecord, state: State[Any]) -> None:
     # runs once per task run.
     record.error = state._error if state._error is not None else state.exception
     record.ended = state.timestamp
+    # Runs that ended without a failure of their own are logged here, where every one
+    # of them ends (many never reach the attempt loop, which logs the others).
+    if (
+        state.type in _ENDED_WITHOUT_RUNNING
+        and type(record) is TaskRunRecord
+        and _log.isEnabledFor(logging.INFO)
+    ):
+        task_run_logger(record).info("Finished in state %r", state)
+
+
+_ENDED_WITHOUT_RUNNING = (StateType.CANCELLED, StateType.NOT_RUN)
+_log = logging.getLogger("orchestr.task_runs")
 
 
 def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:

@@ -24,9 +24,9 @@ from .._engine._context import FutureScope as FutureScopeProtocol
 from .._engine._context import flow_run_var, scope_var
 from ..exceptions import (
     CleanupTimeoutError,
+    OrchestrError,
     ResourceCleanupError,
     ResourceClosedError,
-    ResourceError,
     ResourceErrorGroup,
     ResourceSetupError,
     UsageError,
@@ -237,7 +237,8 @@ class Resource(Generic[T]):
         if run is None or run.loop is None or run.loop.on_loop_thread():
             raise UsageError(
                 f"resource {self.name!r} has async setup or cleanup code; enter it with "
-                "`async with` (a sync `with` can run it only inside a sync flow run)"
+                "`async with` (a sync `with` can run it only inside a flow run, from a sync "
+                "flow body or a sync task)"
             )
         # Deferred: anyio.from_thread costs ~6 ms of `import orchestr`, for a rare path.
         import anyio.from_thread
@@ -273,8 +274,8 @@ class Resource(Generic[T]):
         self._events.emit("setup.failed", duration=time.perf_counter() - start, error=exc)
         if self._thread is not None:
             self._thread.close()
-        if not isinstance(exc, Exception) or isinstance(exc, ResourceError):
-            return exc  # interrupts and orchestr's own resource errors stay as they are
+        if not isinstance(exc, Exception) or isinstance(exc, OrchestrError):
+            return exc  # interrupts and orchestr's own errors (misuse) stay as they are
         return ResourceSetupError(
             f"setup of resource {self.name!r} failed: {type(exc).__name__}: {exc}", self.name
         )
