@@ -159,6 +159,13 @@ class TaskFuture(Generic[R]):
                 return
         _run_done_callback(fn, self)
 
+    def _discard_done_callback(self, fn: Callable[[TaskFuture[R]], object]) -> None:
+        # A waiter that gave up (timeout, cancellation) takes its callback back, so that
+        # polling a long run does not pile callbacks onto it.
+        with self._run.lock:
+            if self._callbacks is not None and fn in self._callbacks:
+                self._callbacks.remove(fn)
+
     # -- engine side --------------------------------------------------------------------
     async def _wait_async(self) -> None:
         if self._state is not None:
@@ -166,8 +173,16 @@ class TaskFuture(Generic[R]):
         event = anyio.Event()
         loop = self._run.loop
         call = loop.call if loop.on_loop_thread() else LoopHandle().call
-        self.add_done_callback(lambda _: call(event.set))
-        await event.wait()
+
+        def wake(_: TaskFuture[R]) -> None:
+            call(event.set)
+
+        self.add_done_callback(wake)
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():
+                self._discard_done_callback(wake)
 
     def _refuse_loop_thread(self, call: str) -> None:
         if self._run.loop.on_loop_thread():
@@ -188,12 +203,20 @@ class TaskFuture(Generic[R]):
                 "`await fut` or `await fut.wait()`"
             )
         event = threading.Event()
-        self.add_done_callback(lambda _: event.set())
-        if cancellable:
-            with run.thread_waiter(event):
+
+        def wake(_: TaskFuture[R]) -> None:
+            event.set()
+
+        self.add_done_callback(wake)
+        try:
+            if cancellable:
+                with run.thread_waiter(event):
+                    event.wait(timeout)
+            else:
                 event.wait(timeout)
-        else:
-            event.wait(timeout)
+        finally:
+            if self._state is None:
+                self._discard_done_callback(wake)
         if self._state is None:
             if cancellable and run.cancel_requested:
                 raise RunCancelled(f"flow run {run.record.name!r} was cancelled")

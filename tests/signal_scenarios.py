@@ -92,6 +92,15 @@ def main() -> None:
             future.result()
             time.sleep(60)
 
+    @flow
+    def sync_flow_leaving_block() -> None:
+        with SyncRes() as handle:
+            started = threading.Event()
+            sync_waiter.submit(handle, started)
+            started.wait(10)
+            ready()  # leaving the block now waits for sync_waiter (0.3 s)
+        time.sleep(60)
+
     def in_retry_delay(flow_: object, record: object, state: object) -> bool:
         ready()  # called just before the retry delay starts
         return True
@@ -102,7 +111,9 @@ def main() -> None:
             note(directory, "async task ended")  # the attempt's work is done
             raise RuntimeError("first attempt fails")
 
-    if scenario == "retry-delay":
+    if scenario == "sync-leaving-block":
+        sync_flow_leaving_block()
+    elif scenario == "retry-delay":
         anyio.run(retrying_flow)
     elif scenario == "async-asyncio":
         anyio.run(async_flow)

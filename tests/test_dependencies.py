@@ -845,3 +845,33 @@ async def _drain(iterator: Any) -> list[Any]:
 def test_cyclic_dependency_error_is_a_usage_error() -> None:
     """CyclicDependencyError is a UsageError (an OrchestrError)."""
     assert issubclass(CyclicDependencyError, UsageError)
+
+
+def test_allow_failure_around_a_container_gives_each_failed_upstream_its_exception(
+    run: Any,
+) -> None:
+    """allow_failure([f, g]) passes each future's result, or its exception if it failed,
+    at any depth (not None)."""
+
+    @task
+    async def ok() -> int:
+        return 1
+
+    @task
+    async def broken() -> int:
+        raise ValueError("upstream failed")
+
+    @task
+    async def take(values: list[Any], by_name: dict[str, Any]) -> tuple[Any, ...]:
+        return (*values, by_name["b"])
+
+    @flow
+    async def main() -> tuple[Any, ...]:
+        good, bad = ok.submit(), broken.submit()
+        return await take.submit(allow_failure([good, bad]), allow_failure({"b": bad}))
+
+    first, second, third = run(main)
+    assert first == 1
+    assert isinstance(second, ValueError)
+    assert str(second) == "upstream failed"
+    assert third is second

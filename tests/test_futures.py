@@ -985,3 +985,27 @@ def test_cancelling_a_running_async_run_says_so(run: Any) -> None:
         return state.message
 
     assert run(main) == "cancelled by fut.cancel()"
+
+
+def test_waits_that_give_up_leave_no_callback_behind(run: Any) -> None:
+    """Polling a long run with timed waits does not pile callbacks onto its future."""
+
+    @task
+    async def long_one(release: anyio.Event) -> int:
+        await release.wait()
+        return 1
+
+    @flow
+    async def main() -> tuple[int, int]:
+        release = anyio.Event()
+        future = long_one.submit(release)
+        for _ in range(50):
+            await future.wait(timeout=0)
+            await orchestr.wait([future], timeout=0)
+        pending = len(future._callbacks or [])
+        release.set()
+        return pending, await future
+
+    pending, value = run(main)
+    assert pending == 0
+    assert value == 1

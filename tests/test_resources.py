@@ -1059,3 +1059,82 @@ def test_async_resource_in_a_sync_with_outside_flows_says_how_to_fix_it() -> Non
 
     with pytest.raises(UsageError, match="enter it with `async with`"), client():
         pass  # pragma: no cover
+
+
+def test_timeout_while_a_sync_block_waits_for_its_tasks_still_cleans_up() -> None:
+    """A flow timeout that fires while a sync `with` waits for its tasks still runs the
+    cleanup (once) before the run ends TimedOut, promptly."""
+    journal = Journal()
+    release = threading.Event()
+
+    @resource_manager
+    class Held:
+        def setup(self) -> str:
+            journal.add("setup")
+            return "held"
+
+        def cleanup(self, value: str) -> None:
+            journal.add("cleanup")
+
+    @task
+    def slow() -> None:
+        release.wait(10)
+
+    @flow(timeout_seconds=0.3)
+    def main() -> None:
+        with Held():
+            slow.submit()
+        # leaving the block waits for `slow`: the timeout fires during that wait
+
+    from orchestr import override_settings
+
+    started = time.monotonic()
+    try:
+        with override_settings(cancel_grace_seconds=0.1):
+            state = main(return_state=True)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+    assert state.name == "TimedOut"
+    assert journal.entries == ["setup", "cleanup"]
+    assert_resources_cleaned_up(state)
+
+
+def test_timeout_while_an_async_block_waits_for_its_tasks_ends_the_wait(run: Any) -> None:
+    """Leaving an `async with` is not a shielded, unbounded wait: a flow timeout ends it,
+    the cleanup still runs once, and the run is TimedOut, not Completed."""
+    journal = Journal()
+    release = threading.Event()
+
+    @resource
+    async def held() -> AsyncIterator[str]:
+        journal.add("setup")
+        try:
+            yield "held"
+        finally:
+            journal.add("cleanup")
+
+    @task
+    def slow() -> None:
+        release.wait(10)
+
+    @flow(timeout_seconds=0.3)
+    async def main() -> None:
+        async with held():
+            slow.submit()
+
+    async def go() -> Any:
+        with anyio.fail_after(8):
+            return await main(return_state=True)
+
+    from orchestr import override_settings
+
+    started = time.monotonic()
+    try:
+        with override_settings(cancel_grace_seconds=0.1):
+            state = run(go)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 5
+    assert state.name == "TimedOut"
+    assert journal.entries == ["setup", "cleanup"]

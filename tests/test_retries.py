@@ -660,3 +660,45 @@ def test_cancel_during_retry_delay_stops_retrying(run: Any) -> None:
 
     assert run(main) == "cancelled"
     assert attempts == [1]
+
+
+def test_a_retried_flow_starts_tasks_after_a_timed_out_attempt(run: Any) -> None:
+    """Submissions that arrive while a timed-out attempt is winding down do not keep the
+    next attempt from starting its own task runs."""
+    attempt = [0]
+
+    @task
+    async def quick() -> str:
+        return "ran"
+
+    @task
+    async def holder() -> None:
+        try:
+            await anyio.sleep(10)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.sleep(0.5)  # the attempt's task group exits only at ~0.8 s
+
+    @task
+    def spawner() -> None:
+        time.sleep(0.5)  # after the 0.3 s timeout, before the task group has exited
+        quick.submit()
+
+    @flow(timeout_seconds=0.3, retries=1)
+    async def main() -> str:
+        attempt[0] += 1
+        if attempt[0] == 1:
+            holder.submit()
+            spawner.submit()
+            await anyio.sleep(10)
+        return await quick.submit()
+
+    async def go() -> Any:
+        with anyio.fail_after(10):
+            return await main(return_state=True)
+
+    with override_settings(cancel_grace_seconds=1):
+        state = run(go)
+    assert state.is_completed(), state
+    assert state.result() == "ran"
+    assert state.record.attempts == 2

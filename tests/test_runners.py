@@ -236,3 +236,44 @@ def test_async_only_flows_start_no_worker_threads(run: Any) -> None:
 
     assert run(main) == 10
     assert not [n for n in names if n.startswith("orchestr-worker")]
+
+
+def test_an_interrupt_from_a_task_hook_still_finishes_runs_and_shuts_the_runner_down(
+    run: Any,
+) -> None:
+    """sys.exit() in a task's hook propagates, but the task run keeps its final state,
+    the runner is shut down and the flow run is recorded Crashed."""
+    journal: list[str] = []
+    futures: list[Any] = []
+    records: list[Any] = []
+
+    def leave(task_: Any, record: Any, state: Any) -> None:
+        raise SystemExit(3)
+
+    @task(on_completion=leave)
+    async def quick() -> int:
+        return 1
+
+    def on_crashed(flow_: Any, record: Any, state: Any) -> None:
+        records.append(record)
+
+    @flow(task_runner=RecordingRunner(journal), on_crashed=on_crashed)
+    async def main() -> None:
+        futures.append(quick.submit())
+        await anyio.sleep(5)
+
+    async def go() -> None:
+        with anyio.fail_after(5):
+            await main()
+
+    with pytest.raises(BaseException) as caught:
+        run(go)
+    error = caught.value
+    if isinstance(error, BaseExceptionGroup):  # from the run's task group
+        assert error.subgroup(SystemExit) is not None
+    else:
+        assert isinstance(error, SystemExit)
+    assert journal[-1] == "shutdown"
+    assert futures[0].done()
+    assert futures[0].state.is_completed()
+    assert [r.state_name for r in records] == ["Crashed"]

@@ -43,7 +43,9 @@ def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, 
     return process.returncode, took, journal
 
 
-@pytest.mark.parametrize("scenario", ["async-asyncio", "async-trio", "sync", "sync-waiting"])
+@pytest.mark.parametrize(
+    "scenario", ["async-asyncio", "async-trio", "sync", "sync-waiting", "sync-leaving-block"]
+)
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_cleans_up_and_exits_non_zero_promptly(
     scenario: str, signum: int, tmp_path: Path

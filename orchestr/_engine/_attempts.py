@@ -65,10 +65,14 @@ async def run_attempts(
             # Finished from outside while it ran (fut.cancel() on a sync run in a
             # thread): what it did afterwards is discarded: no hooks, no log.
             return future._state
-        for hook in _hooks_for(task, state):
-            await _run_hook(hook, task, record, state, driver)
-        _log_final(record, state)
-        _finish(run, record, future, state)
+        try:
+            for hook in _hooks_for(task, state):
+                await _run_hook(hook, task, record, state, driver)
+            _log_final(record, state)
+        finally:
+            # Even if a hook raised an interrupt (sys.exit()): a run is never left
+            # without its final state, or the flow's exit barrier would wait for ever.
+            _finish(run, record, future, state)
         return state
     finally:
         if prints is not None:

@@ -193,15 +193,16 @@ def _resolve(obj: Any, depth: int) -> Any:
     kind = type(obj)
     if kind in _ATOMIC:
         return obj
-    if kind is TaskFuture or kind is State:
-        return (obj._state if kind is TaskFuture else obj)._data
+    if kind is TaskFuture:
+        state = obj._state
+        assert state is not None, "upstreams are final before arguments are resolved"
+        # Only futures inside allow_failure(...) get here without having completed (the
+        # others made the run NotRun first): they give their exception, at any depth.
+        return state._data if state.type is StateType.COMPLETED else state.exception
+    if kind is State:
+        return obj._data
     if kind is allow_failure:
-        inner = obj.value
-        if type(inner) is TaskFuture:
-            state = inner._state
-            assert state is not None, "upstreams are final before arguments are resolved"
-            return state._data if state.type is StateType.COMPLETED else state.exception
-        return _resolve(inner, depth + 1)
+        return _resolve(obj.value, depth + 1)
     if kind is unmapped:
         return _resolve(obj.value, depth + 1)
     if depth >= _MAX_DEPTH:

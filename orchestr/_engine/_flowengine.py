@@ -28,6 +28,7 @@ from .._logging import (
 from ..exceptions import (
     CrashedError,
     ParameterValidationError,
+    RunCancelled,
     TaskRunCancelledError,
 )
 from ..settings import get_settings
@@ -125,6 +126,10 @@ def run_flow_sync(
             try:
                 caller.serve()
                 break
+            except RunCancelled:
+                # A timeout's interrupt aimed at the body that landed just after the body
+                # returned: the engine already knows; keep serving it.
+                continue
             except BaseException as exc:  # an interrupt while the engine was working
                 interrupt = interrupt or exc
                 run.cancel_requested = True
@@ -179,18 +184,21 @@ async def _run(
             state: State[Any] = State(StateType.FAILED, error=exc, record=record)
         else:
             state = await _attempts(run, args, kwargs, body)
-    except cancelled:
-        with anyio.CancelScope(shield=True):
-            error = TaskRunCancelledError(f"flow run {record.name!r} was cancelled by its caller")
-            await _end(
-                run,
-                State(
-                    StateType.CANCELLED,
-                    message="cancelled by its caller",
-                    error=error,
-                    record=record,
-                ),
+    except BaseException as exc:
+        # The run does not return a state: record one (and run its hooks) first.
+        if isinstance(exc, cancelled):
+            error: BaseException = TaskRunCancelledError(
+                f"flow run {record.name!r} was cancelled by its caller"
             )
+            ended: State[Any] = State(
+                StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
+            )
+        else:  # an interrupt escaping a task run, e.g. sys.exit() in a hook
+            error = CrashedError(f"flow run {record.name!r} crashed: {describe(exc)}")
+            error.__cause__ = exc
+            ended = State(StateType.CRASHED, message=describe(exc), error=error, record=record)
+        with anyio.CancelScope(shield=True):
+            await _end(run, ended)
         raise
     await _end(run, state)
     return state
@@ -269,8 +277,10 @@ async def _attempt(
                         scope.cancel()  # an interrupt: stop everything, wait for nothing
                 await run.barrier()
                 run.stop_dispatch()
-    except cancelled:
-        # Cancelled from outside the run: finish every task run, then let it propagate.
+    except BaseException:
+        # Cancelled from outside the run, or an interrupt escaping its task group (a
+        # task's hook called sys.exit()): finish every task run and shut the runner
+        # down, then let it propagate.
         with anyio.CancelScope(shield=True):
             await _wind_down(run, cancel=True)
         raise

@@ -162,6 +162,9 @@ class FlowRun:
         """Start the dispatcher of one attempt in its task group (from a task)."""
         self.task_group = task_group
         self._stopping = False
+        # A submission that arrived after the previous attempt's dispatcher was gone left
+        # _rung set with nobody to clear it: start every attempt from a clean slate.
+        self._rung = False
         self._doorbell = anyio.Event()
         if self.pending:
             self._doorbell.set()

@@ -98,23 +98,34 @@ def interrupt_for(signum: int) -> BaseException:
     return Terminated(f"terminated by {signal.Signals(signum).name}")
 
 
-def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> None:
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> BaseException | None:
     """Raise ``exc_type()`` in another thread: the only ways to stop sync Python code
     from outside. In the main thread a signal does it, even inside a blocking call (when a
     guard's handler is installed); elsewhere the exception is injected at the thread's
-    next bytecode, so a blocking C call there finishes first."""
-    if thread_id == threading.main_thread().ident and interrupt_main_thread(exc_type()):
-        return
-    import ctypes  # deferred: only interrupted threads need it
+    next bytecode, so a blocking C call there finishes first.
+
+    Returns what to pass to :func:`clear_interrupt` to withdraw this interrupt."""
+    if thread_id == threading.main_thread().ident:
+        exc = exc_type()
+        if interrupt_main_thread(exc):
+            return exc
+    # Deferred: only interrupted threads need ctypes (it costs `import orchestr` time).
+    import ctypes
 
     ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
     )
+    return None
 
 
-def clear_interrupt(thread_id: int) -> None:
-    """Withdraw an interrupt sent with :func:`interrupt_thread` that has not fired yet."""
-    _pending.clear()
-    import ctypes
+def clear_interrupt(thread_id: int, sent: BaseException | None) -> None:
+    """Withdraw an interrupt sent with :func:`interrupt_thread` that has not fired yet:
+    only that one. (An injected one cannot be told apart from others pending for the same
+    thread; the engine never sends two to one thread at once.)"""
+    if sent is not None:
+        if sent in _pending:  # exceptions compare by identity
+            _pending.remove(sent)
+        return
+    import ctypes  # deferred, as above
 
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)

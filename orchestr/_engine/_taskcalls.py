@@ -354,6 +354,9 @@ async def _start(run: FlowRun, job: Job) -> None:
     if _whole_run_in_thread(task, runner):
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
+        if future._cancel_requested:  # a fut.cancel() whose canceller has not run yet
+            run.finish(future, cancelled_state(record, "cancelled by fut.cancel()"))
+            return
         runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)
         return
     await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))

@@ -103,12 +103,27 @@ class Resource(Generic[T]):
         tb: TracebackType | None,
     ) -> bool:
         scope = self._leave_scope()
-        interrupted = exc is not None and not isinstance(exc, Exception)
+        arrived: BaseException | None = None  # an interrupt that came while we waited
+        if exc is not None and not isinstance(exc, Exception):
+            with anyio.CancelScope(shield=True):
+                await scope.settle(interrupted=True)
+        else:
+            try:
+                # Not shielded: a timeout or a cancellation may end this wait.
+                await scope.settle(interrupted=False)
+            except BaseException as interrupt:
+                arrived = interrupt
+                with anyio.CancelScope(shield=True):
+                    await scope.settle(interrupted=True)
+        scope.closed = True
+        if arrived is not None:
+            exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
         with anyio.CancelScope(shield=True):
-            await scope.settle(interrupted)
-            scope.closed = True
             suppress, error = await self._cleanup_async(exc_type, exc, tb)
-        return self._conclude(exc, suppress, error)
+        outcome = self._conclude(exc, suppress, error)
+        if arrived is not None:
+            raise arrived
+        return outcome
 
     async def _setup_in_async_block(self) -> Any:
         lifecycle = self._lifecycle
@@ -194,14 +209,26 @@ class Resource(Generic[T]):
         tb: TracebackType | None,
     ) -> bool:
         scope = self._leave_scope()
-        interrupted = exc is not None and not isinstance(exc, Exception)
-        scope.settle_blocking(interrupted)
+        arrived: BaseException | None = None  # an interrupt that came while we waited
+        try:
+            scope.settle_blocking(interrupted=exc is not None and not isinstance(exc, Exception))
+        except BaseException as interrupt:  # a flow timeout or a signal, raised here
+            arrived = interrupt
+            try:
+                scope.settle_blocking(interrupted=True)
+            except BaseException:  # another one: stop waiting, but still clean up
+                pass
         scope.closed = True
+        if arrived is not None:
+            exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
         if self._lifecycle.cleanup_is_async:
             suppress, error = self._on_run_loop(self._shielded_cleanup, exc_type, exc, tb)
         else:
             suppress, error = self._cleanup_blocking(exc_type, exc, tb)
-        return self._conclude(exc, suppress, error)
+        outcome = self._conclude(exc, suppress, error)
+        if arrived is not None:
+            raise arrived
+        return outcome
 
     def _cleanup_blocking(
         self,

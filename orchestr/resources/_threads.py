@@ -101,16 +101,19 @@ class Watchdog:
         self._lock = threading.Lock()
         self._armed = True
         self.fired = False
+        self._sent: BaseException | None = None
         self._timer = threading.Timer(timeout, self._fire)
         self._timer.daemon = True
 
     def _fire(self) -> None:
+        # Under the lock, interrupt included: __exit__ must never withdraw an interrupt
+        # that has not been sent yet (it would land later, in unrelated code).
         with self._lock:
             if not self._armed:
                 return
             self._armed = False
             self.fired = True
-        interrupt_thread(self._thread_id, CleanupInterrupted)
+            self._sent = interrupt_thread(self._thread_id, CleanupInterrupted)
 
     def __enter__(self) -> Watchdog:
         self._timer.start()
@@ -120,6 +123,7 @@ class Watchdog:
         with self._lock:
             self._armed = False
         self._timer.cancel()
+        self._timer.join()  # leave no timer thread behind
         if self.fired:
             # The interrupt may still be pending (not raised yet): withdraw it.
-            clear_interrupt(self._thread_id)
+            clear_interrupt(self._thread_id, self._sent)
