@@ -5,6 +5,7 @@ The public API is re-exported here; everything else is private (modules starting
 ``orchestr.runners``, ``orchestr.testing``).
 """
 
+from ._public import show_public_module as _show_public_module
 from .annotations import allow_failure as allow_failure
 from .annotations import unmapped as unmapped
 from .exceptions import OrchestrError as OrchestrError
@@ -64,3 +65,5 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+_show_public_module(globals())

@@ -14,11 +14,12 @@ from __future__ import annotations
 import builtins
 import logging
 import sys
-from contextvars import ContextVar
+from collections.abc import Callable
+from contextvars import ContextVar, Token
 from typing import Any
 
 from ._engine._context import flow_run_var, task_run_var
-from .records import FlowRunRecord, TaskRunRecord
+from .records import FlowRunRecord, RunRecord, TaskRunRecord
 
 __all__ = [
     "RunLogger",
@@ -27,6 +28,8 @@ __all__ = [
     "flow_run_logger",
     "get_run_logger",
     "log_prints_var",
+    "route_prints",
+    "run_logger",
     "task_run_logger",
 ]
 
@@ -89,6 +92,14 @@ def flow_run_logger(record: FlowRunRecord) -> RunLogger:
     )
 
 
+def run_logger(record: RunRecord) -> RunLogger:
+    """The logger of a task run or a flow run, by its record."""
+    if isinstance(record, TaskRunRecord):
+        return task_run_logger(record)
+    assert isinstance(record, FlowRunRecord)
+    return flow_run_logger(record)
+
+
 _configured = False
 
 
@@ -122,6 +133,22 @@ def enable_print_capture() -> None:
     if not _print_patched:
         builtins.print = _print
         _print_patched = True
+
+
+def route_prints(
+    wanted: bool | None, make_logger: Callable[[], logging.LoggerAdapter[Any]]
+) -> Token[Any] | None:
+    """Point print() at a run's logger (made by ``make_logger``) when log_prints is on
+    for the run: ``wanted`` is its own setting, None to inherit the enclosing run's, and
+    False opts out. Returns the token to reset, or None if nothing changed."""
+    if wanted is None:
+        if log_prints_var.get() is None:
+            return None
+        return log_prints_var.set(make_logger())
+    if wanted:
+        enable_print_capture()
+        return log_prints_var.set(make_logger())
+    return log_prints_var.set(None) if log_prints_var.get() is not None else None
 
 
 def _print(

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from typing import TypeVar
 
 import anyio
 import anyio.lowlevel
@@ -38,12 +38,44 @@ __all__ = ["Semaphore", "on_event_loop"]
 class _Waiter:
     """One acquirer in line. ``granted`` is only written under the semaphore's lock."""
 
-    __slots__ = ("amount", "granted", "wake")
+    __slots__ = ("amount", "granted")
 
-    def __init__(self, amount: int, wake: Callable[[], object]) -> None:
+    def __init__(self, amount: int) -> None:
         self.amount = amount
         self.granted = False
-        self.wake = wake
+
+    def wake(self) -> None:
+        raise NotImplementedError
+
+
+class _LoopWaiter(_Waiter):
+    """An async acquirer, woken through its event loop (from any thread)."""
+
+    __slots__ = ("event", "loop")
+
+    def __init__(self, amount: int) -> None:
+        super().__init__(amount)
+        self.event = anyio.Event()
+        self.loop = LoopHandle()
+
+    def wake(self) -> None:
+        self.loop.call(self.event.set)
+
+
+class _ThreadWaiter(_Waiter):
+    """A blocking acquirer, woken through a ``threading.Event``."""
+
+    __slots__ = ("event",)
+
+    def __init__(self, amount: int) -> None:
+        super().__init__(amount)
+        self.event = threading.Event()
+
+    def wake(self) -> None:
+        self.event.set()
+
+
+W = TypeVar("W", bound=_Waiter)
 
 
 class Semaphore:
@@ -59,45 +91,28 @@ class Semaphore:
         self._waiters: deque[_Waiter] = deque()
 
     @property
-    def available(self) -> int:
-        """Permits free right now."""
-        return self._value
-
-    @property
     def waiting(self) -> int:
         """Acquirers waiting in line."""
         return len(self._waiters)
-
-    def try_acquire(self, amount: int = 1) -> bool:
-        """Take ``amount`` permits if they are free and nobody is waiting."""
-        with self._lock:
-            if self._waiters or self._value < amount:
-                return False
-            self._value -= amount
-            return True
 
     async def acquire_async(self, amount: int = 1, timeout: float | None = None) -> bool:
         """Wait (on the current loop) for ``amount`` permits; False if ``timeout`` ran
         out first. A checkpoint, like anyio's own ``acquire``."""
         await anyio.lowlevel.checkpoint_if_cancelled()
-        if self.try_acquire(amount):
+        waiter = self._join(amount, _LoopWaiter)
+        if waiter is None:
             try:
                 await anyio.lowlevel.cancel_shielded_checkpoint()
             except BaseException:
                 self.release(amount)
                 raise
             return True
-        event = anyio.Event()
-        loop = LoopHandle()
-        waiter = _Waiter(amount, lambda: loop.call(event.set))
-        if self._join(waiter):
-            return True
         try:
             if timeout is None:
-                await event.wait()
+                await waiter.event.wait()
             else:
                 with anyio.move_on_after(timeout):
-                    await event.wait()
+                    await waiter.event.wait()
         except BaseException:
             if self._withdraw(waiter):
                 self.release(amount)  # granted while being cancelled: hand it on
@@ -107,12 +122,11 @@ class Semaphore:
     def acquire_blocking(self, amount: int = 1, timeout: float | None = None) -> bool:
         """Block this thread until ``amount`` permits are ours; False if ``timeout`` ran
         out first."""
-        event = threading.Event()
-        waiter = _Waiter(amount, event.set)
-        if self._join(waiter):
+        waiter = self._join(amount, _ThreadWaiter)
+        if waiter is None:
             return True
         try:
-            event.wait(timeout)
+            waiter.event.wait(timeout)
         except BaseException:  # KeyboardInterrupt in the main thread, ...
             if self._withdraw(waiter):
                 self.release(amount)
@@ -130,14 +144,16 @@ class Semaphore:
         for waiter in woken:  # outside the lock: waking may run loop callbacks inline
             waiter.wake()
 
-    def _join(self, waiter: _Waiter) -> bool:
-        """Take the permits at once if possible, else get in line."""
+    def _join(self, amount: int, kind: type[W]) -> W | None:
+        """Take the permits at once if possible (None), else get in line as a new
+        ``kind`` of waiter, made only then (an async one costs an event and a handle)."""
         with self._lock:
-            if not self._waiters and self._value >= waiter.amount:
-                self._value -= waiter.amount
-                return True
+            if not self._waiters and self._value >= amount:
+                self._value -= amount
+                return None
+            waiter = kind(amount)
             self._waiters.append(waiter)
-            return False
+            return waiter
 
     def _withdraw(self, waiter: _Waiter) -> bool:
         """Leave the line; returns True if the permits had been granted already (the

@@ -36,6 +36,13 @@ Two exceptions are deliberately *not* ``OrchestrError``s, because ordinary
 ``except Exception`` blocks must not swallow them: :class:`RunCancelled` (a sync body or
 sync task learns that its run was cancelled) and :class:`Terminated` (the process received
 SIGTERM).
+
+Test helpers (``orchestr.testing``) fail tests with ``AssertionError``s, as ``assert``
+does::
+
+    AssertionError
+    ├── ResourceLeakError                  a resource was not cleaned up exactly once
+    └── LeakError                          threads or child processes outlived a block
 """
 
 from __future__ import annotations
@@ -52,6 +59,7 @@ __all__ = [
     "CyclicDependencyError",
     "FailedRunsGroup",
     "FutureTimeoutError",
+    "LeakError",
     "MappingError",
     "NotAFunctionError",
     "NotInFlowRunError",
@@ -65,6 +73,7 @@ __all__ = [
     "ResourceDefinitionError",
     "ResourceError",
     "ResourceErrorGroup",
+    "ResourceLeakError",
     "ResourceSetupError",
     "RunCancelled",
     "RunTimedOut",
@@ -152,8 +161,9 @@ class FutureTimeoutError(OrchestrError, TimeoutError):
 
 
 class FailedRunsGroup(ExceptionGroup, OrchestrError):  # type: ignore[misc]
-    """Raised to report several failures at once, e.g. the unobserved task failures
-    that failed a flow run, or a resource body error together with cleanup errors."""
+    """Raised when several failures are reported at once, e.g. the unobserved task
+    failures that failed a flow run, or a resource body error together with cleanup
+    errors."""
 
     def derive(self, excs: Any) -> Self:  # type: ignore[override]
         return FailedRunsGroup(self.message, excs)  # type: ignore[return-value]
@@ -221,3 +231,14 @@ class Terminated(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+# -- test helpers (orchestr.testing) -----------------------------------------------------------
+class ResourceLeakError(AssertionError):
+    """Raised when :func:`~orchestr.testing.assert_resources_cleaned_up` finds a resource
+    that was not cleaned up exactly once, or whose cleanup failed or timed out."""
+
+
+class LeakError(AssertionError):
+    """Raised when :func:`~orchestr.testing.no_leaks` finds threads or child processes
+    started inside its block still alive after the grace period."""

@@ -195,13 +195,8 @@ class TaskFuture(Generic[R]):
     def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
         """Block until final or ``timeout``; returns whether final. When the run is
         cancelled, a ``cancellable`` wait raises RunCancelled instead of waiting on."""
+        self._refuse_loop_thread("a blocking wait")
         run = self._run
-        if run.loop.on_loop_thread():
-            raise BlockingCallError(
-                f"a blocking wait for task run {self.name!r} was made on the event loop "
-                "thread that runs it, so it could never finish; in async code use "
-                "`await fut` or `await fut.wait()`"
-            )
         event = threading.Event()
 
         def wake(_: TaskFuture[R]) -> None:

@@ -36,6 +36,7 @@ from ._limits._taking import ConcurrencyBlock as ConcurrencyBlock
 from ._limits._taking import concurrency as concurrency
 from ._limits._taking import rate_limit as rate_limit
 from ._limits._taking import rate_limit_blocking as rate_limit_blocking
+from ._public import show_public_module as _show_public_module
 
 __all__ = [
     "ConcurrencyBlock",
@@ -53,3 +54,5 @@ __all__ = [
     "set_concurrency_limit",
     "set_rate_limit",
 ]
+
+_show_public_module(globals())

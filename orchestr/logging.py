@@ -12,5 +12,8 @@ handlers untouched.
 
 from ._logging import RunLogger as RunLogger
 from ._logging import get_run_logger as get_run_logger
+from ._public import show_public_module as _show_public_module
 
 __all__ = ["RunLogger", "get_run_logger"]
+
+_show_public_module(globals())

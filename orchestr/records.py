@@ -116,7 +116,7 @@ class RunEvent:
     ``duration`` is set on events that end a phase; ``error`` on failures.
     """
 
-    __slots__ = ("at", "duration", "error", "kind", "message", "subject")
+    __slots__ = ("at", "duration", "error", "kind", "subject")
 
     def __init__(
         self,
@@ -125,14 +125,12 @@ class RunEvent:
         *,
         duration: float | None = None,
         error: BaseException | None = None,
-        message: str | None = None,
     ) -> None:
         self.kind = kind
         self.subject = subject
         self.at = time.time()
         self.duration = duration
         self.error = error
-        self.message = message
 
     def __repr__(self) -> str:
         extra = f" {self.duration * 1000:.1f}ms" if self.duration is not None else ""

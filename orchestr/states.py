@@ -177,7 +177,10 @@ class State(Generic[R]):
         return f"{_DEFAULT_NAMES[self.type]}({', '.join(parts)})"
 
 
-def _describe(error: BaseException) -> str:
+def _describe(error: BaseException | None) -> str:
+    """``Type: message`` (or just ``Type``), for state reprs and engine messages."""
+    if error is None:
+        return "nothing"
     text = str(error)
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 

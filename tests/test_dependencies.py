@@ -875,3 +875,27 @@ def test_allow_failure_around_a_container_gives_each_failed_upstream_its_excepti
     assert isinstance(second, ValueError)
     assert str(second) == "upstream failed"
     assert third is second
+
+
+def test_map_wait_for_combines_with_futures_in_arguments(run: Any) -> None:
+    """A map's wait_for, scanned once, combines with each run's own arguments as if
+    scanned together: a future also passed plainly must complete; allow_failure only in
+    wait_for lets every run start."""
+
+    @flow
+    async def main() -> None:
+        bad = async_fails.submit("upstream broke")
+        await async_value.map([1, 2], wait_for=[allow_failure(bad)]).wait()
+        await echo.map([1, 2], unmapped(bad), wait_for=[allow_failure(bad)]).wait()
+
+    async def go() -> Any:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert {r.name: r.state_type for r in state.record.task_runs} == {
+        "async_fails-0": StateType.FAILED,
+        "async_value-0": StateType.COMPLETED,
+        "async_value-1": StateType.COMPLETED,
+        "echo-0": StateType.NOT_RUN,
+        "echo-1": StateType.NOT_RUN,
+    }

@@ -702,3 +702,42 @@ def test_a_retried_flow_starts_tasks_after_a_timed_out_attempt(run: Any) -> None
     assert state.is_completed(), state
     assert state.result() == "ran"
     assert state.record.attempts == 2
+
+
+def test_a_submission_after_an_attempt_ended_is_cancelled_not_lost(run: Any) -> None:
+    """A task run submitted by a thread that outlived its attempt (abandoned after the
+    timeout) ends Cancelled with a warning; it neither hangs nor leaks into the retry."""
+    release = threading.Event()
+    submitted: list[TaskFuture[Any]] = []
+    done = threading.Event()
+
+    @task
+    async def quick() -> str:
+        return "ran"
+
+    @task
+    def straggler() -> None:
+        release.wait(10)
+        submitted.append(quick.submit())
+        done.set()
+
+    def condition(flow: Any, record: Any, state: State[Any]) -> bool:
+        release.set()  # the first attempt has ended: its straggler submits now
+        return done.wait(10)  # (submitting needs nothing from this loop)
+
+    @flow(timeout_seconds=0.2, retries=1, retry_condition_fn=condition)
+    async def main() -> str:
+        if not release.is_set():
+            straggler.submit()
+            await anyio.sleep(10)
+        return await quick.submit()
+
+    async def go() -> Any:
+        with anyio.fail_after(10):
+            return await main(return_state=True)
+
+    with override_settings(cancel_grace_seconds=0.05):
+        state = run(go)
+    assert state.is_completed(), state
+    assert submitted[0].state.type is StateType.CANCELLED
+    assert state.record.attempts == 2

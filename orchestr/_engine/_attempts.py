@@ -11,24 +11,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from contextvars import Token
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._limits._registry import has_limits
-from .._logging import enable_print_capture, log_prints_var, task_run_logger
+from .._logging import log_prints_var, route_prints, run_logger, task_run_logger
 from ..exceptions import RunCancelled, RunTimedOut
-from ..records import TaskRunRecord
-from ..states import State, StateType
+from ..records import RunRecord, TaskRunRecord
+from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver
-from ._outcomes import cancelled_state, crashed_state, describe, record_final_state
+from ._outcomes import cancelled_state, crashed_state, record_final_state
 
 if TYPE_CHECKING:
+    from .._definitions import Definition
     from ..futures import TaskFuture
     from ..tasks import Task
     from ._flowrun import FlowRun
 
-__all__ = ["RetryOptions", "retry_delay", "run_attempts"]
+__all__ = ["RetryOptions", "log_retry", "retry_delay", "run_attempts", "run_hook", "should_retry"]
 
 _log = logging.getLogger("orchestr.task_runs")
 
@@ -50,10 +51,11 @@ async def run_attempts(
     driver: AsyncDriver | BlockingDriver,
 ) -> State[Any]:
     """Run a task run to its final state, record it, and complete its future."""
-    token = task_run_var.set(TaskRunContext(task, record, future, run))
+    token = task_run_var.set(TaskRunContext(task, record, future))
     prints = None
     if task.log_prints is not None or log_prints_var.get() is not None:
-        prints = _route_prints(task, record)
+        # Set on the task, or inherited from its flow.
+        prints = route_prints(task.log_prints, partial(task_run_logger, record))
     try:
         try:
             state = await _attempts(task, record, args, kwargs, driver)
@@ -67,7 +69,7 @@ async def run_attempts(
             return future._state
         try:
             for hook in _hooks_for(task, state):
-                await _run_hook(hook, task, record, state, driver)
+                await run_hook(hook, task, record, state, driver)
             _log_final(record, state)
         finally:
             # Even if a hook raised an interrupt (sys.exit()): a run is never left
@@ -117,19 +119,12 @@ async def _attempts(
             return State(StateType.COMPLETED, data=value, record=record)
         if record.is_final():  # cancelled while this attempt ran (see above)
             return record.state
-        if attempt > task.retries or not await _should_retry(task, record, failed, driver):
+        if attempt > task.retries or not await should_retry(task, record, failed, driver):
             return failed
         delay = retry_delay(task, attempt)
         record.state_type = StateType.RETRYING
         record.state_name = "Retrying"
-        task_run_logger(record).warning(
-            "Attempt %d failed with %s; retry %d/%d in %.3g s",
-            attempt,
-            describe(failed.exception),
-            attempt,
-            task.retries,
-            delay,
-        )
+        log_retry(record, attempt, task.retries, failed, delay)
         await driver.sleep(delay)
 
 
@@ -226,22 +221,37 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
     return max(0.0, delay)
 
 
-async def _should_retry(
-    task: Task[Any, Any],
-    record: TaskRunRecord,
+async def should_retry(
+    owner: Definition[Any, Any],
+    record: RunRecord,
     state: State[Any],
     driver: AsyncDriver | BlockingDriver,
 ) -> bool:
-    condition = task.retry_condition_fn
+    """Whether the task's or flow's ``retry_condition_fn`` (if any) allows a retry; a
+    condition that raises says no."""
+    condition = owner.retry_condition_fn
     if condition is None:
         return True
     try:
         # Through the driver: an async condition of a sync run needs a loop of its own.
-        verdict = await driver.call_hook(condition, task, record, state)
+        verdict = await driver.call_hook(condition, owner, record, state)
     except Exception:
-        task_run_logger(record).exception("retry_condition_fn raised; not retrying")
+        run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
     return bool(verdict)
+
+
+def log_retry(
+    record: RunRecord, attempt: int, retries: int, failed: State[Any], delay: float
+) -> None:
+    run_logger(record).warning(
+        "Attempt %d failed with %s; retry %d/%d in %.3g s",
+        attempt,
+        _describe(failed.exception),
+        attempt,
+        retries,
+        delay,
+    )
 
 
 def _hooks_for(task: Task[Any, Any], state: State[Any]) -> Sequence[Any]:
@@ -252,17 +262,19 @@ def _hooks_for(task: Task[Any, Any], state: State[Any]) -> Sequence[Any]:
     return ()
 
 
-async def _run_hook(
+async def run_hook(
     hook: Any,
-    task: Task[Any, Any],
-    record: TaskRunRecord,
+    owner: Definition[Any, Any],
+    record: RunRecord,
     state: State[Any],
     driver: AsyncDriver | BlockingDriver,
 ) -> None:
+    """Call ``hook(owner, record, state)`` for a task or flow run; one that raises is
+    logged and changes nothing."""
     try:
-        await driver.call_hook(hook, task, record, state)
+        await driver.call_hook(hook, owner, record, state)
     except Exception:
-        task_run_logger(record).exception(
+        run_logger(record).exception(
             "Hook %r raised; the run's state stays %s",
             getattr(hook, "__name__", hook),
             state.name,
@@ -284,17 +296,3 @@ def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
             exc_info=(type(error), error, error.__traceback__) if error else None,
         )
     # Cancelled runs are logged where every final state is recorded (record_final_state).
-
-
-def _route_prints(task: Task[Any, Any], record: TaskRunRecord) -> Token[Any] | None:
-    """Point print() at this task run's logger when log_prints is on for it (set on
-    the task, or inherited from its flow)."""
-    wanted = task.log_prints
-    if wanted is None:
-        if log_prints_var.get() is None:
-            return None
-        return log_prints_var.set(task_run_logger(record))
-    if wanted:
-        enable_print_capture()
-        return log_prints_var.set(task_run_logger(record))
-    return log_prints_var.set(None) if log_prints_var.get() is not None else None

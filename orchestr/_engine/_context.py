@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
 __all__ = [
-    "FutureScope",
+    "SubmissionScope",
     "TaskRunContext",
     "flow_run_var",
     "retry_delay_override_var",
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 
-class FutureScope(Protocol):
+class SubmissionScope(Protocol):
     """Something that wants to know about every future submitted inside it (a resource
     block waits for them before cleaning up)."""
 
@@ -35,24 +35,19 @@ class FutureScope(Protocol):
 class TaskRunContext:
     """What code running inside a task run can find out about it."""
 
-    __slots__ = ("flow_run", "future", "record", "task")
+    __slots__ = ("future", "record", "task")
 
     def __init__(
-        self,
-        task: Task[Any, Any],
-        record: TaskRunRecord,
-        future: TaskFuture[Any] | None,
-        flow_run: FlowRun | None,
+        self, task: Task[Any, Any], record: TaskRunRecord, future: TaskFuture[Any] | None
     ) -> None:
         self.task = task
         self.record = record
         self.future = future
-        self.flow_run = flow_run
 
 
 flow_run_var: ContextVar[FlowRun | None] = ContextVar("orchestr.flow_run", default=None)
 task_run_var: ContextVar[TaskRunContext | None] = ContextVar("orchestr.task_run", default=None)
-scope_var: ContextVar[FutureScope | None] = ContextVar("orchestr.scope", default=None)
+scope_var: ContextVar[SubmissionScope | None] = ContextVar("orchestr.scope", default=None)
 # Set by orchestr.testing.fast_retries(): replaces every retry delay.
 retry_delay_override_var: ContextVar[float | None] = ContextVar(
     "orchestr.retry_delay_override", default=None

@@ -27,7 +27,7 @@ __all__ = [
     "not_completed_upstream",
     "resolve_arguments",
     "resolve_returned",
-    "wait_for_list",
+    "scan_wait_for",
 ]
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -42,7 +42,8 @@ Upstream = tuple[TaskFuture[Any], bool]
 
 class Dependencies(list[Upstream]):
     """The futures a call depends on. ``annotated`` is set when ``allow_failure`` or
-    ``unmapped`` wrappers appear: they must be unwrapped even around plain values."""
+    ``unmapped`` wrappers appear: they must be unwrapped even around plain values.
+    Never changed once made: one may be shared by many runs (a map's ``wait_for``)."""
 
     annotated = False
 
@@ -54,10 +55,16 @@ class Dependencies(list[Upstream]):
 NO_DEPENDENCIES = Dependencies()
 
 
-def wait_for_list(wait_for: Any) -> list[Any]:
-    """Accept ``wait_for`` as one future, ``allow_failure(...)``, or an iterable of them."""
+def scan_wait_for(wait_for: Any) -> Dependencies:
+    """Check ``wait_for`` and find the futures in it: once per call, and once for a
+    whole ``.map()``."""
     if wait_for is None:
-        return []
+        return NO_DEPENDENCIES
+    return _dependencies(_wait_for_list(wait_for))
+
+
+def _wait_for_list(wait_for: Any) -> list[Any]:
+    """Accept ``wait_for`` as one future, ``allow_failure(...)``, or an iterable of them."""
     if isinstance(wait_for, TaskFuture) or (
         isinstance(wait_for, allow_failure) and isinstance(wait_for.value, TaskFuture)
     ):
@@ -78,17 +85,33 @@ def wait_for_list(wait_for: Any) -> list[Any]:
 
 
 def find_upstreams(
-    args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Iterable[Any]
+    args: tuple[Any, ...], kwargs: dict[str, Any], waits: Dependencies = NO_DEPENDENCIES
 ) -> Dependencies:
-    """Every future the call depends on, each once; allowed to fail only if every
-    mention of it is wrapped in ``allow_failure``."""
+    """Every future the call depends on (its arguments', then those of its scanned
+    ``wait_for``), each once; allowed to fail only if every mention of it is wrapped in
+    ``allow_failure``."""
     found: dict[Any, bool] = {}
     for value in args:
         _scan(value, found, False, 0)
     for value in kwargs.values():
         _scan(value, found, False, 0)
-    for value in wait_for:
+    if not found:
+        return waits  # nothing to add: shared, so a map costs O(runs + wait_for)
+    for future, allowed in waits:  # as if scanned here: the same order and flags
+        found[future] = found.get(future, True) and allowed
+    if waits.annotated:
+        found[_ANNOTATED] = True
+    return _found(found)
+
+
+def _dependencies(values: Iterable[Any]) -> Dependencies:
+    found: dict[Any, bool] = {}
+    for value in values:
         _scan(value, found, False, 0)
+    return _found(found)
+
+
+def _found(found: dict[Any, bool]) -> Dependencies:
     dependencies = Dependencies(item for item in found.items() if item[0] is not _ANNOTATED)
     dependencies.annotated = _ANNOTATED in found
     return dependencies

@@ -20,11 +20,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._limits._backends import backend_for
-from .._limits._taking import LimitLease, acquire_task_limits
-from .._semaphore import on_event_loop
-from ..exceptions import RunCancelled, UsageError
+from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
+from ..exceptions import RunCancelled
 from ..runners import CallHandle
-from ._loop import run_new_loop
+from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
     from ..tasks import Task
@@ -36,7 +35,8 @@ T = TypeVar("T")
 
 
 class AttemptTimedOut(Exception):
-    """Internal: an attempt ran past ``timeout_seconds``."""
+    """Raised when an attempt ran past its task's ``timeout_seconds`` (internal: the
+    attempt loop turns it into a ``TimedOut`` state)."""
 
     def __init__(self, seconds: float, abandoned: bool) -> None:
         super().__init__(seconds)
@@ -140,16 +140,18 @@ class BlockingDriver:
         timeout = task.timeout_seconds
         if timeout is None:
             return task.fn(*args, **kwargs)
-        return _call_with_deadline(task, args, kwargs, timeout)
+        # In a helper thread, so that this one can stop waiting (and abandon it) when
+        # the deadline passes.
+        return _in_new_thread(
+            lambda: task.fn(*args, **kwargs), timeout, name=f"orchestr-deadline-{task.name}"
+        )
 
     async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
         """Block this thread for the limits the task's tags name (never suspends)."""
-        if on_event_loop():
-            raise UsageError(
-                f"sync task {task.name!r} is limited (tags {sorted(task.tags)}) and was "
-                "called inline on an event loop thread, where waiting for its limits would "
-                f"block the loop; use `await {task.name}.submit(...)` instead"
-            )
+        refuse_loop_thread(
+            f"sync task {task.name!r} (limited by tags {sorted(task.tags)})",
+            f"await {task.name}.submit(...)",
+        )
         return await acquire_task_limits(task.tags, backend_for(self.run), blocking=True)
 
     async def sleep(self, seconds: float) -> None:
@@ -169,56 +171,31 @@ class BlockingDriver:
         if inspect.isawaitable(outcome):
             # An async hook on a sync run: give it a loop of its own, in a fresh thread
             # (this thread may already be running one).
-            outcome = _in_new_thread(lambda: run_new_loop(_awaiter, outcome))
+            outcome = _in_new_thread(lambda: run_new_loop(awaited, outcome))
         return outcome
 
 
-async def _awaiter(awaitable: Any) -> Any:
-    return await awaitable
-
-
-def _in_new_thread(fn: Callable[[], T]) -> T:
-    results: list[T] = []
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            results.append(fn())
-        except BaseException as exc:  # reported in the calling thread
-            errors.append(exc)
-
-    thread = threading.Thread(target=copy_context().run, args=(target,), daemon=True)
-    thread.start()
-    thread.join()
-    if errors:
-        raise errors[0]
-    return results[0]
-
-
-def _call_with_deadline(task: Task[Any, Any], args: Any, kwargs: Any, timeout: float) -> Any:
-    """Call a sync function in a helper thread, so that the caller can stop waiting
-    (and abandon the thread) when the deadline passes."""
+def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str | None = None) -> T:
+    """Call ``fn()`` in a fresh daemon thread, in a copy of this context, and wait for
+    its result or exception. After ``timeout`` seconds, stop waiting: AttemptTimedOut,
+    and the thread is abandoned."""
     outcome: list[tuple[bool, Any]] = []
     finished = threading.Event()
 
     def target() -> None:
         try:
-            outcome.append((True, task.fn(*args, **kwargs)))
+            outcome.append((True, fn()))
         except BaseException as exc:  # handed to the waiting thread
             outcome.append((False, exc))
         finally:
             finished.set()
 
-    thread = threading.Thread(
-        target=copy_context().run,
-        args=(target,),
-        name=f"orchestr-deadline-{task.name}",
-        daemon=True,
-    )
+    thread = threading.Thread(target=copy_context().run, args=(target,), name=name, daemon=True)
     thread.start()
     if not finished.wait(timeout):
+        assert timeout is not None
         raise AttemptTimedOut(timeout, abandoned=True)
     ok, value = outcome[0]
     if ok:
-        return value
+        return value  # type: ignore[no-any-return]
     raise value

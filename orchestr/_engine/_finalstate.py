@@ -19,9 +19,8 @@ from ..exceptions import (
     TaskRunCancelledError,
 )
 from ..futures import TaskFuture, _observe
-from ..states import State, StateType
+from ..states import State, StateType, _describe
 from ._deps import collect_returned, resolve_returned
-from ._outcomes import describe
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -48,9 +47,9 @@ def final_state(
             StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record
         )
     if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
-        error = CrashedError(f"flow run {record.name!r} crashed: {describe(body_error)}")
+        error = CrashedError(f"flow run {record.name!r} crashed: {_describe(body_error)}")
         error.__cause__ = body_error
-        return State(StateType.CRASHED, message=describe(body_error), error=error, record=record)
+        return State(StateType.CRASHED, message=_describe(body_error), error=error, record=record)
     if isinstance(body_error, RunCancelled):
         # Before the timeout check: the body's RunCancelled made the run cancel its own
         # scope above (a sync subflow whose parent was cancelled or timed out), which is
@@ -68,7 +67,7 @@ def final_state(
         )
     if body_error is not None:
         return State(
-            StateType.FAILED, message=describe(body_error), error=body_error, record=record
+            StateType.FAILED, message=_describe(body_error), error=body_error, record=record
         )
     returned = collect_returned(value)
     if returned:

@@ -15,16 +15,12 @@ import math
 import threading
 import time
 from contextvars import copy_context
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._logging import (
-    configure_logging,
-    enable_print_capture,
-    flow_run_logger,
-    log_prints_var,
-)
+from .._logging import configure_logging, flow_run_logger, log_prints_var, route_prints
 from ..exceptions import (
     CrashedError,
     ParameterValidationError,
@@ -32,14 +28,16 @@ from ..exceptions import (
     TaskRunCancelledError,
 )
 from ..settings import get_settings
-from ..states import State, StateType
-from ._attempts import retry_delay
+from ..states import State, StateType, _describe
+from ._attempts import log_retry, retry_delay, run_hook, should_retry
 from ._caller import CallerThread
 from ._context import flow_run_var
+from ._dispatch import Dispatcher
+from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
 from ._loop import run_new_loop
-from ._outcomes import describe, record_final_state
+from ._outcomes import record_final_state
 from ._signals import interrupt_for, signal_guard
 from ._taskcalls import execute_job
 
@@ -67,9 +65,10 @@ async def run_flow_async(
         return await flow.fn(*args, **kwargs)
 
     token = flow_run_var.set(run)
-    prints = _route_prints(run)
+    # log_prints: set on the flow, or inherited from the parent run.
+    prints = route_prints(flow.log_prints, partial(flow_run_logger, run.record))
     try:
-        top_level = run.parent is None
+        top_level = run.record.parent is None
         with signal_guard(run, None, top_level and settings.handle_signals):
             state = await _run(run, args, kwargs, body)
     finally:
@@ -87,13 +86,11 @@ def run_flow_sync(
     caller = CallerThread(run)
     context = copy_context()
     context.run(flow_run_var.set, run)
-    context.run(_route_prints, run)
+    context.run(route_prints, flow.log_prints, partial(flow_run_logger, run.record))
 
     async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await caller.run(context.run, flow.fn, *args, **kwargs)
 
-    # The loop thread starts with an empty context; the flow's own retry delays must
-    # still see the caller's fast_retries().
     async def on_loop() -> State[Any]:
         run.bind_loop()
         return await _run(run, args, kwargs, body)
@@ -111,8 +108,8 @@ def run_flow_sync(
     # A plain thread, not anyio's blocking portal: the caller may itself be running an
     # event loop (a sync subflow of an async flow), and trio forbids a portal's
     # blocking calls from there.
-    # The engine runs in a copy of the caller's context too: hooks and retry conditions
-    # see the caller's context variables (and fast_retries()).
+    # The engine runs in a copy of the caller's context too: hooks, retry conditions and
+    # the flow's own retry delays see the caller's context variables (fast_retries()).
     thread = threading.Thread(
         target=context.copy().run,
         args=(loop_thread,),
@@ -120,7 +117,7 @@ def run_flow_sync(
         daemon=True,
     )
     interrupt: BaseException | None = None
-    with signal_guard(run, caller, run.parent is None and settings.handle_signals):
+    with signal_guard(run, caller, run.record.parent is None and settings.handle_signals):
         thread.start()
         while True:
             try:
@@ -142,20 +139,6 @@ def run_flow_sync(
     if not ok:
         raise value
     return _deliver(run, value, return_state)
-
-
-def _route_prints(run: FlowRun) -> Any:
-    """Point print() at this run's logger when log_prints is on for it (set on the
-    flow, or inherited from its parent run); log_prints=False opts a subflow out."""
-    wanted = run.flow.log_prints
-    if wanted is None:
-        if log_prints_var.get() is None:
-            return None
-        return log_prints_var.set(flow_run_logger(run.record))
-    if wanted:
-        enable_print_capture()
-        return log_prints_var.set(flow_run_logger(run.record))
-    return log_prints_var.set(None) if log_prints_var.get() is not None else None
 
 
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
@@ -194,9 +177,9 @@ async def _run(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
         else:  # an interrupt escaping a task run, e.g. sys.exit() in a hook
-            error = CrashedError(f"flow run {record.name!r} crashed: {describe(exc)}")
+            error = CrashedError(f"flow run {record.name!r} crashed: {_describe(exc)}")
             error.__cause__ = exc
-            ended = State(StateType.CRASHED, message=describe(exc), error=error, record=record)
+            ended = State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
         with anyio.CancelScope(shield=True):
             await _end(run, ended)
         raise
@@ -223,19 +206,12 @@ async def _attempts(
             state.type is not StateType.FAILED
             or attempt > flow.retries
             or (run.cancel_requested and not timed_out)
-            or not await _should_retry(run, state)
+            or not await should_retry(flow, record, state, AsyncDriver(run, inline=False))
         ):
             return state
         run.cancel_requested = False
         delay = retry_delay(flow, attempt)
-        flow_run_logger(record).warning(
-            "Attempt %d failed with %s; retry %d/%d in %.3g s",
-            attempt,
-            describe(state.exception),
-            attempt,
-            flow.retries,
-            delay,
-        )
+        log_retry(record, attempt, flow.retries, state, delay)
         # Interruptible: a signal during the delay ends the run now (request_cancel()
         # cancels run.scope), not when the delay is over.
         with anyio.CancelScope() as scope:
@@ -260,13 +236,14 @@ async def _attempt(
     value: Any = None
     body_error: BaseException | None = None
     await runner.start()
+    dispatcher = run.dispatcher = Dispatcher(run)
     try:
         with anyio.CancelScope(deadline=deadline) as scope:
             run.scope = scope
             if run.cancel_requested:  # a signal arrived before the body could start
                 scope.cancel()
             async with anyio.create_task_group() as task_group:
-                run.start_dispatch(task_group)
+                dispatcher.start(task_group)
                 try:
                     value = await body(args, kwargs)
                 except cancelled:
@@ -276,7 +253,7 @@ async def _attempt(
                     if not isinstance(exc, Exception):
                         scope.cancel()  # an interrupt: stop everything, wait for nothing
                 await run.barrier()
-                run.stop_dispatch()
+                dispatcher.stop()
     except BaseException:
         # Cancelled from outside the run, or an interrupt escaping its task group (a
         # task's hook called sys.exit()): finish every task run and shut the runner
@@ -285,7 +262,6 @@ async def _attempt(
             await _wind_down(run, cancel=True)
         raise
     finally:
-        run.task_group = None
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
@@ -293,23 +269,12 @@ async def _attempt(
 
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:
+    """After an attempt's task group exited: nothing more starts in it; finish what is
+    left (if cancelled), then shut the runner down."""
+    run.dispatcher.close()
     if cancel:
         await run.cancel_outstanding(get_settings().cancel_grace_seconds)
     await run.runner.shutdown()
-
-
-async def _should_retry(run: FlowRun, state: State[Any]) -> bool:
-    condition = run.flow.retry_condition_fn
-    if condition is None:
-        return True
-    try:
-        verdict = condition(run.flow, run.record, state)
-        if hasattr(verdict, "__await__"):
-            verdict = await verdict
-    except Exception:
-        flow_run_logger(run.record).exception("retry_condition_fn raised; not retrying")
-        return False
-    return bool(verdict)
 
 
 async def _end(run: FlowRun, state: State[Any]) -> None:
@@ -324,17 +289,10 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
         StateType.CANCELLED: flow.on_cancellation,
         StateType.CRASHED: flow.on_crashed,
     }.get(state.type, ())
-    for hook in hooks:
-        try:
-            outcome = hook(flow, record, state)
-            if hasattr(outcome, "__await__"):
-                await outcome
-        except Exception:
-            flow_run_logger(record).exception(
-                "Hook %r raised; the run's state stays %s",
-                getattr(hook, "__name__", hook),
-                state.name,
-            )
+    if hooks:
+        driver = AsyncDriver(run, inline=False)
+        for hook in hooks:
+            await run_hook(hook, flow, record, state, driver)
     if state.type is StateType.COMPLETED:
         level = logging.INFO
     elif state.type in (StateType.FAILED, StateType.CRASHED):

@@ -2,9 +2,8 @@
 get started, how they finish, and how the run waits for or cancels them.
 
 The *record* (``records.FlowRunRecord``) is what the run did; this is the machinery that
-did it, and it is dropped when the run ends. Submitted task runs reach the loop through a
-pending queue drained by a dispatcher task in batches (see ``docs/design.md``: bounded
-memory for 100,000 submissions, and one path for submissions from any thread).
+did it, and it is dropped when the run ends. Submitted task runs reach the loop through
+the current attempt's :class:`~orchestr._engine._dispatch.Dispatcher`.
 """
 
 from __future__ import annotations
@@ -12,18 +11,17 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
-from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from contextvars import Context
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import anyio.lowlevel
 
+from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
+from ._dispatch import ENDED_FIRST
 from ._drivers import BlockingDriver
 from ._loop import LoopHandle
 from ._outcomes import cancelled_state, record_final_state
@@ -31,41 +29,11 @@ from ._outcomes import cancelled_state, record_final_state
 if TYPE_CHECKING:
     from ..flows import Flow
     from ..runners import TaskRunner
-    from ..tasks import Task
-    from ._deps import Dependencies
+    from ._dispatch import Dispatcher, JobExecutor
 
-__all__ = ["FlowRun", "Job"]
+__all__ = ["FlowRun"]
 
-# Spawned-but-unstarted tasks cost ~3 KiB each on asyncio; the dispatcher yields to the
-# loop after this many, so they start (and usually finish) before more are spawned.
-_BATCH = 256
 _log = logging.getLogger("orchestr.flow_runs")
-
-
-class Job:
-    """A submitted task run waiting to be started on the loop."""
-
-    __slots__ = ("args", "context", "future", "kwargs", "task", "upstreams")
-
-    def __init__(
-        self,
-        task: Task[Any, Any],
-        future: TaskFuture[Any],
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        upstreams: Dependencies,
-        context: Context,
-    ) -> None:
-        self.task = task
-        self.future = future
-        self.args = args
-        self.kwargs = kwargs
-        self.upstreams = upstreams
-        # The submitter's context, so the run sees the submitter's context variables.
-        self.context = context
-
-
-JobExecutor = Callable[["FlowRun", Job], Coroutine[Any, Any, None]]
 
 
 class FlowRun:
@@ -74,24 +42,19 @@ class FlowRun:
     __slots__ = (
         "_counters",
         "closed_resources",
-        "_doorbell",
-        "_rung",
-        "_stopping",
         "_thread_waiters",
         "active",
         "cancel_requested",
         "closed",
+        "dispatcher",
         "execute_job",
         "flow",
         "lock",
         "loop",
-        "parent",
-        "pending",
         "record",
         "runner",
         "scope",
         "signal",
-        "task_group",
         "worker_driver",
     )
 
@@ -99,7 +62,6 @@ class FlowRun:
         self, flow: Flow[Any, Any], parent: FlowRun | None, execute_job: JobExecutor
     ) -> None:
         self.flow = flow
-        self.parent = parent
         self.record: FlowRunRecord = FlowRunRecord(
             flow.name, None if parent is None else parent.record
         )
@@ -111,13 +73,10 @@ class FlowRun:
         self.lock = threading.Lock()
         self.loop: LoopHandle = None  # type: ignore[assignment]  # set by bind_loop()
         self.runner: TaskRunner = None  # type: ignore[assignment]  # set per attempt
-        self.task_group: anyio.abc.TaskGroup | None = None
+        # Set per attempt too; once the attempt has ended it cancels what reaches it.
+        self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.scope: anyio.CancelScope | None = None
         self.active: set[TaskFuture[Any]] = set()  # submitted and not final yet
-        self.pending: deque[Job] = deque()
-        self._doorbell: anyio.Event | None = None
-        self._rung = False
-        self._stopping = False
         self.closed = False
         self.cancel_requested = False
         self.signal: int | None = None  # the signal that interrupted the run, if any
@@ -144,59 +103,25 @@ class FlowRun:
         if value is not None and type(value) not in (int, float, str, bytes, bool):
             self.closed_resources[id(value)] = (value, name)
 
-    # -- starting submitted runs ------------------------------------------------------------
-    def enqueue(self, job: Job) -> None:
-        """Queue a submitted run for the loop; callable from any thread, never blocks."""
-        self.pending.append(job)
-        if not self._rung:
-            self._rung = True
-            self.loop.call(self._ring)
-
-    def _ring(self) -> None:
-        # On the loop thread. Setting an event is safe even from a plain callback, where
-        # anyio could not spawn a task: that is why a dispatcher task waits for it.
-        if self._doorbell is not None:
-            self._doorbell.set()
-
-    def start_dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Start the dispatcher of one attempt in its task group (from a task)."""
-        self.task_group = task_group
-        self._stopping = False
-        # A submission that arrived after the previous attempt's dispatcher was gone left
-        # _rung set with nobody to clear it: start every attempt from a clean slate.
-        self._rung = False
-        self._doorbell = anyio.Event()
-        if self.pending:
-            self._doorbell.set()
-        task_group.start_soon(self._dispatch)
-
-    async def _dispatch(self) -> None:
-        """Start queued runs in batches until :meth:`stop_dispatch`."""
-        pending = self.pending
-        task_group = self.task_group
-        assert task_group is not None
-        assert self._doorbell is not None
-        execute = self.execute_job
-        while True:
-            await self._doorbell.wait()
-            self._doorbell = anyio.Event()
-            self._rung = False
-            if self._stopping and not pending:
-                return
-            while pending:
-                for _ in range(min(len(pending), _BATCH)):
-                    task_group.start_soon(execute, self, pending.popleft())
-                await anyio.lowlevel.checkpoint()
-            # One ring can carry both a submission and the stop (a run cancelled before
-            # it started leaves its job queued, and the barrier does not wait for it):
-            # the stop must not be missed, or the task group never exits.
-            if self._stopping and not pending:
-                return
-
-    def stop_dispatch(self) -> None:
-        self._stopping = True
-        if self._doorbell is not None:
-            self._doorbell.set()
+    def refuse_closed_resources(
+        self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> None:
+        """A resource whose block has ended (its cleanup ran) must not reach a task: look
+        at the arguments and one level into lists, tuples, sets and dicts."""
+        closed = self.closed_resources
+        for key, value in [*enumerate(args), *kwargs.items()]:
+            inner = value.values() if isinstance(value, dict) else value
+            candidates = inner if isinstance(value, (list, tuple, set, frozenset, dict)) else ()
+            for candidate in (value, *candidates):
+                found = closed.get(id(candidate))
+                if found is not None and found[0] is candidate:
+                    where = f"argument #{key}" if isinstance(key, int) else f"argument {key!r}"
+                    raise ResourceClosedError(
+                        f"{task_name} was given resource {found[1]!r} ({where}) after its "
+                        "block ended and it was cleaned up; use it inside its block, or "
+                        "enter the resource again",
+                        found[1],
+                    )
 
     # -- finishing --------------------------------------------------------------------------
     def finish(self, future: TaskFuture[Any], state: State[Any]) -> bool:
@@ -243,13 +168,16 @@ class FlowRun:
             with self.lock:
                 self._thread_waiters.discard(event)
 
-    def request_cancel(self) -> None:
-        """Cancel the run: its body, its task runs, its blocked threads. Loop thread."""
-        self.cancel_requested = True
+    def _wake_thread_waiters(self) -> None:
         with self.lock:
             waiters = list(self._thread_waiters)
         for event in waiters:
             event.set()
+
+    def request_cancel(self) -> None:
+        """Cancel the run: its body, its task runs, its blocked threads. Loop thread."""
+        self.cancel_requested = True
+        self._wake_thread_waiters()
         if self.scope is not None:
             self.scope.cancel()
 
@@ -263,19 +191,14 @@ class FlowRun:
 
     async def cancel_outstanding(self, grace: float) -> None:
         """Give every unfinished task run a final state. Call shielded, after the task
-        group has cancelled the async ones: what is left waits in the queue, or runs in
-        a thread, which gets ``grace`` seconds to finish before it is abandoned."""
+        group has cancelled the async ones and the dispatcher has cancelled what was
+        queued: what is left waits for a worker thread, or runs in one, which gets
+        ``grace`` seconds to finish before it is abandoned."""
         self.cancel_requested = True
-        with self.lock:
-            waiters = list(self._thread_waiters)
-        for event in waiters:
-            event.set()
-        while self.pending:
-            job = self.pending.popleft()
-            self.finish(job.future, cancelled_state(job.future._record, "its flow run ended first"))
+        self._wake_thread_waiters()
         for future in list(self.active):
             if future._record.state_type is StateType.PENDING:
-                self.finish(future, cancelled_state(future._record, "its flow run ended first"))
+                self.finish(future, cancelled_state(future._record, ENDED_FIRST))
         if self.active:
             with anyio.move_on_after(grace):
                 await self.barrier()

@@ -9,12 +9,11 @@ from typing import Any
 from .._logging import task_run_logger
 from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
 from ..records import RunRecord, TaskRunRecord
-from ..states import State, StateType
+from ..states import State, StateType, _describe
 
 __all__ = [
     "cancelled_state",
     "crashed_state",
-    "describe",
     "not_run_state",
     "record_final_state",
 ]
@@ -49,17 +48,10 @@ def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:
 
 
 def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:
-    error = CrashedError(f"task run {record.name!r} crashed: {describe(exc)}", record)
+    error = CrashedError(f"task run {record.name!r} crashed: {_describe(exc)}", record)
     error.__cause__ = exc
-    return State(StateType.CRASHED, message=describe(exc), error=error, record=record)
+    return State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
 
 
 def not_run_state(record: TaskRunRecord, error: UpstreamNotCompletedError) -> State[Any]:
     return State(StateType.NOT_RUN, message=str(error), error=error, record=record)
-
-
-def describe(error: BaseException | None) -> str:
-    if error is None:
-        return "nothing"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -23,7 +23,6 @@ from ..exceptions import (
     CyclicDependencyError,
     MappingError,
     NotInFlowRunError,
-    ResourceClosedError,
 )
 from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord
@@ -31,16 +30,16 @@ from ..states import State, StateType
 from ._attempts import run_attempts
 from ._context import flow_run_var, scope_var, task_run_var
 from ._deps import (
-    NO_DEPENDENCIES,
     Dependencies,
     Upstream,
     find_upstreams,
     not_completed_upstream,
     resolve_arguments,
-    wait_for_list,
+    scan_wait_for,
 )
+from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
-from ._flowrun import FlowRun, Job
+from ._flowrun import FlowRun
 from ._outcomes import cancelled_state, crashed_state, not_run_state, record_final_state
 
 if TYPE_CHECKING:
@@ -66,8 +65,8 @@ async def call_task_async(
 ) -> Any:
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
-        _refuse_closed_resources(run, task, args, kwargs)
-    upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
+        run.refuse_closed_resources(task.name, args, kwargs)
+    upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
     for future, _ in upstreams:
         if future._state is None:
             _refuse_self_wait(future)
@@ -92,8 +91,8 @@ def call_task_blocking(
 ) -> Any:
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
-        _refuse_closed_resources(run, task, args, kwargs)
-    upstreams = find_upstreams(args, kwargs, wait_for_list(wait_for))
+        run.refuse_closed_resources(task.name, args, kwargs)
+    upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
     for future, _ in upstreams:
         if future._state is None:
             _refuse_self_wait(future)
@@ -151,11 +150,19 @@ def submit_task(
 ) -> TaskFuture[Any]:
     run = _current_run(task, "submit")
     if run.closed_resources:
-        _refuse_closed_resources(run, task, args, kwargs)
-    waits = wait_for_list(wait_for) if wait_for is not None else ()
-    upstreams = (
-        find_upstreams(args, kwargs, waits) if (args or kwargs or waits) else NO_DEPENDENCIES
-    )
+        run.refuse_closed_resources(task.name, args, kwargs)
+    return _submit(run, task, args, kwargs, scan_wait_for(wait_for))
+
+
+def _submit(
+    run: FlowRun,
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    waits: Dependencies,
+) -> TaskFuture[Any]:
+    """Submit with ``wait_for`` already checked and scanned (once for a whole map)."""
+    upstreams = find_upstreams(args, kwargs, waits) if args or kwargs else waits
     if upstreams:
         _refuse_cycle(task, upstreams)
     record = run.new_task_record(task.name)
@@ -204,15 +211,15 @@ def _dispatch(
                 return
         runner.run_soon(context.run, run_in_thread, run, task, future, args, kwargs)
     else:
-        run.enqueue(Job(task, future, args, kwargs, upstreams, context))
+        run.dispatcher.enqueue(Job(task, future, args, kwargs, upstreams, context))
 
 
 def map_task(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
 ) -> FutureList[Any]:
-    _current_run(task, "map")
-    # Every run gets the same wait_for: read a one-shot iterable (a generator) once.
-    wait_for = wait_for_list(wait_for) or None
+    run = _current_run(task, "map")
+    # Every run gets the same wait_for: read it (a generator too) and scan it once.
+    waits = scan_wait_for(wait_for)
     mapped: dict[int | str, list[Any]] = {}
     static: dict[int | str, Any] = {}
     arguments: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
@@ -245,7 +252,9 @@ def map_task(
         call = {key: values[i] for key, values in mapped.items()} | static
         call_args = tuple(call[k] for k in range(len(args)))
         call_kwargs = {k: v for k, v in call.items() if isinstance(k, str)}
-        futures.append(submit_task(task, call_args, call_kwargs, wait_for))
+        if run.closed_resources:
+            run.refuse_closed_resources(task.name, call_args, call_kwargs)
+        futures.append(_submit(run, task, call_args, call_kwargs, waits))
     return futures
 
 
@@ -277,27 +286,6 @@ def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
             "submit task runs while their flow run is running"
         )
     return run
-
-
-def _refuse_closed_resources(
-    run: FlowRun, task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    """A resource whose block has ended (its cleanup ran) must not reach a task: look
-    at the arguments and one level into lists, tuples, sets and dicts."""
-    closed = run.closed_resources
-    for key, value in [*enumerate(args), *kwargs.items()]:
-        inner = value.values() if isinstance(value, dict) else value
-        candidates = inner if isinstance(value, (list, tuple, set, frozenset, dict)) else ()
-        for candidate in (value, *candidates):
-            found = closed.get(id(candidate))
-            if found is not None and found[0] is candidate:
-                where = f"argument #{key}" if isinstance(key, int) else f"argument {key!r}"
-                raise ResourceClosedError(
-                    f"{task.name} was given resource {found[1]!r} ({where}) after its "
-                    "block ended and it was cleaned up; use it inside its block, or "
-                    "enter the resource again",
-                    found[1],
-                )
 
 
 def _refuse_cycle(task: Task[Any, Any], upstreams: list[Upstream]) -> None:

@@ -8,6 +8,7 @@ errors, task failures, timeouts, cancellation and SIGINT / SIGTERM. Make one wit
 reusable objects is a resource too.
 """
 
+from .._public import show_public_module as _show_public_module
 from ._block import Resource as Resource
 from ._decorators import resource as resource
 from ._decorators import resource_manager as resource_manager
@@ -27,3 +28,5 @@ __all__ = [
     "resource_manager",
     "scope",
 ]
+
+_show_public_module(globals())

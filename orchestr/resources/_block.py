@@ -12,6 +12,7 @@ the run's events and log.
 
 from __future__ import annotations
 
+import enum
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
@@ -20,8 +21,8 @@ from typing import Any, Generic, TypeVar
 
 import anyio
 
-from .._engine._context import FutureScope as FutureScopeProtocol
-from .._engine._context import flow_run_var, scope_var
+from .._engine._context import SubmissionScope, flow_run_var, scope_var
+from .._engine._loop import run_on_loop
 from ..exceptions import (
     CleanupTimeoutError,
     OrchestrError,
@@ -41,7 +42,16 @@ __all__ = ["Resource"]
 
 T = TypeVar("T")
 
-_NEW, _SETTING_UP, _OPEN, _CLOSING, _CLOSED, _FAILED = range(6)
+
+class _Phase(enum.IntEnum):
+    """Where a resource is in its one life; its repr says it in words."""
+
+    NEW = enum.auto()
+    SETTING_UP = enum.auto()
+    OPEN = enum.auto()
+    CLOSING = enum.auto()
+    CLOSED = enum.auto()
+    FAILED = enum.auto()
 
 
 class Resource(Generic[T]):
@@ -72,16 +82,15 @@ class Resource(Generic[T]):
         self.name = name
         self.cleanup_timeout = cleanup_timeout
         self._lifecycle = lifecycle
-        self._state = _NEW
+        self._state = _Phase.NEW
         self._events: ResourceEvents | None = None
         self._scope: FutureScope | None = None
-        self._token: Token[FutureScopeProtocol | None] | None = None
+        self._token: Token[SubmissionScope | None] | None = None
         self._value: Any = None
         self._thread: ResourceThread | None = None
 
     def __repr__(self) -> str:
-        states = ["new", "setting up", "open", "closing", "closed", "failed"]
-        return f"<Resource {self.name!r} {states[self._state]}>"
+        return f"<Resource {self.name!r} {self._state.name.lower().replace('_', ' ')}>"
 
     # -- async blocks ----------------------------------------------------------------------
     async def __aenter__(self) -> T:
@@ -267,14 +276,11 @@ class Resource(Generic[T]):
                 "`async with` (a sync `with` can run it only inside a flow run, from a sync "
                 "flow body or a sync task)"
             )
-        # Deferred: anyio.from_thread costs ~6 ms of `import orchestr`, for a rare path.
-        import anyio.from_thread
-
-        return anyio.from_thread.run(_awaited, fn, *args, token=run.loop.token)
+        return run_on_loop(run.loop, fn, *args)
 
     # -- shared steps ----------------------------------------------------------------------
     def _claim(self, in_async_block: bool) -> None:
-        if self._state != _NEW:
+        if self._state is not _Phase.NEW:
             raise ResourceClosedError(
                 f"resource {self.name!r} was already used; a resource object is entered "
                 "once: call its factory again for a new one",
@@ -288,15 +294,15 @@ class Resource(Generic[T]):
                     "loop of an async flow run; use `async with` (leaving the block waits "
                     "for tasks that need that loop)"
                 )
-        self._state = _SETTING_UP
+        self._state = _Phase.SETTING_UP
         self._lifecycle.bind(in_async_block)
         self._events = ResourceEvents(self.name)
         self._events.emit("setup.started")
 
     def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
-        if self._state == _CLOSED:  # cancelled, but set up and cleaned up after all
+        if self._state is _Phase.CLOSED:  # cancelled, but set up and cleaned up after all
             return exc
-        self._state = _FAILED
+        self._state = _Phase.FAILED
         assert self._events is not None
         self._events.emit("setup.failed", duration=time.perf_counter() - start, error=exc)
         if self._thread is not None:
@@ -313,7 +319,7 @@ class Resource(Generic[T]):
         self._value = value
         self._scope = FutureScope(self.name)
         self._token = scope_var.set(self._scope)
-        self._state = _OPEN
+        self._state = _Phase.OPEN
         return value
 
     def _leave_scope(self) -> FutureScope:
@@ -329,7 +335,7 @@ class Resource(Generic[T]):
         return get_settings().cleanup_timeout_seconds
 
     def _cleanup_started(self) -> float:
-        self._state = _CLOSING
+        self._state = _Phase.CLOSING
         assert self._events is not None
         self._events.emit("cleanup.started")
         return time.perf_counter()
@@ -337,7 +343,7 @@ class Resource(Generic[T]):
     def _cleanup_ended(
         self, start: float, timeout: float, timed_out: bool, error: BaseException | None
     ) -> ResourceCleanupError | None:
-        self._state = _CLOSED
+        self._state = _Phase.CLOSED
         self._register_closed_value()
         duration = time.perf_counter() - start
         assert self._events is not None
@@ -383,7 +389,3 @@ class Resource(Generic[T]):
         if len(members) > cleanups:
             message += " after their block failed"
         raise ResourceErrorGroup(message, members)
-
-
-async def _awaited(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-    return await fn(*args)

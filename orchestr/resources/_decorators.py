@@ -131,7 +131,6 @@ def resource_manager(
                 cleanup_timeout=cleanup_timeout,
             )
 
-        factory.manager_class = cls  # type: ignore[attr-defined]
         return factory
 
     return wrap(cls) if cls is not None else wrap

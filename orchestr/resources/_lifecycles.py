@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
-from typing import Any, Protocol
+from typing import Any
 
 from ..exceptions import ResourceDefinitionError
 
@@ -26,19 +26,25 @@ __all__ = [
 ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
-class Lifecycle(Protocol):
+class Lifecycle:
+    """The base of every lifecycle. ``setup_is_async`` / ``cleanup_is_async`` say
+    whether ``setup()`` / ``cleanup()`` return an awaitable."""
+
     setup_is_async: bool
     cleanup_is_async: bool
 
     def bind(self, in_async_block: bool) -> None:
-        """Called before setup with the kind of block it is entered in."""
+        """Called before setup with the kind of block it is entered in; only a lifecycle
+        that can work both ways cares."""
 
-    def setup(self) -> Any: ...
+    def setup(self) -> Any:
+        raise NotImplementedError
 
-    def cleanup(self, value: Any, *exc_info: Any) -> Any: ...
+    def cleanup(self, value: Any, *exc_info: Any) -> Any:
+        raise NotImplementedError
 
 
-class GeneratorLifecycle:
+class GeneratorLifecycle(Lifecycle):
     """A generator function that yields the resource once (``@resource``)."""
 
     setup_is_async = False
@@ -50,9 +56,6 @@ class GeneratorLifecycle:
         self._args = args
         self._kwargs = kwargs
         self._gen: Generator[Any] | None = None
-
-    def bind(self, in_async_block: bool) -> None:
-        pass
 
     def setup(self) -> Any:
         self._gen = self._fn(*self._args, **self._kwargs)
@@ -83,7 +86,7 @@ class GeneratorLifecycle:
         raise _yielded_twice(self._name)
 
 
-class AsyncGeneratorLifecycle:
+class AsyncGeneratorLifecycle(Lifecycle):
     """An async generator function that yields the resource once (``@resource``)."""
 
     setup_is_async = True
@@ -95,9 +98,6 @@ class AsyncGeneratorLifecycle:
         self._args = args
         self._kwargs = kwargs
         self._gen: AsyncGenerator[Any] | None = None
-
-    def bind(self, in_async_block: bool) -> None:
-        pass
 
     async def setup(self) -> Any:
         self._gen = self._fn(*self._args, **self._kwargs)
@@ -128,7 +128,7 @@ class AsyncGeneratorLifecycle:
         raise _yielded_twice(self._name)
 
 
-class ManagerLifecycle:
+class ManagerLifecycle(Lifecycle):
     """An instance of a ``@resource_manager`` class: ``setup()`` (optional) makes the
     resource, ``cleanup(resource)`` releases it. Either may be sync or async."""
 
@@ -138,9 +138,6 @@ class ManagerLifecycle:
         self._setup = setup
         self.setup_is_async = setup is not None and inspect.iscoroutinefunction(setup)
         self.cleanup_is_async = inspect.iscoroutinefunction(manager.cleanup)
-
-    def bind(self, in_async_block: bool) -> None:
-        pass
 
     def setup(self) -> Any:
         # Without setup(), the manager instance itself is the resource.
@@ -157,7 +154,7 @@ class ManagerLifecycle:
         return False
 
 
-class ContextManagerLifecycle:
+class ContextManagerLifecycle(Lifecycle):
     """Any context manager made scope-aware with ``scope(cm)``. An object with both
     protocols uses the async one in ``async with`` and the sync one in ``with``."""
 

@@ -41,9 +41,11 @@ import anyio.to_thread
 
 from .._engine._context import flow_run_var
 from .._engine._drivers import drive
+from .._engine._loop import awaited, run_on_loop
 from .._semaphore import Semaphore, on_event_loop
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
 from ._block import Resource
+from ._lifecycles import Lifecycle
 
 __all__ = ["Pool", "PoolCheckout", "PoolStatistics"]
 
@@ -283,9 +285,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         sync one in a worker thread (abandoned if the caller is cancelled). From sync
         code: call a sync one here, run an async one on the current flow run's loop."""
         if blocking:
-            if inspect.iscoroutinefunction(fn):
-                return self._await_on_run_loop(fn(*args))
-            result = fn(*args)
+            result = fn(*args)  # an async one only makes its coroutine here
             return self._await_on_run_loop(result) if inspect.isawaitable(result) else result
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
@@ -302,11 +302,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 "used from sync code outside a flow run, where there is no event loop to "
                 "run it on; use the pool from async code, or give it sync callables"
             )
-        # Deferred, as in _block.py: anyio.from_thread costs ~6 ms of `import orchestr`,
-        # for a path only sync code using a pool with async callables takes.
-        import anyio.from_thread
-
-        return anyio.from_thread.run(_awaited, awaitable, token=run.loop.token)
+        return run_on_loop(run.loop, awaited, awaitable)
 
     # -- errors ----------------------------------------------------------------------------
     def _check_open(self) -> None:
@@ -379,7 +375,7 @@ class PoolCheckout(Generic[T]):
             self._pool._checkin(obj)
 
 
-class _PoolLifecycle:
+class _PoolLifecycle(Lifecycle):
     """The pool as a resource: setup hands out the pool itself; cleanup closes every
     object it made. Both run the way the block was entered (async or sync), so an async
     block needs no thread of its own."""
@@ -420,10 +416,6 @@ _NONE = _Missing()
 
 async def _ready(value: Any) -> Any:
     return value
-
-
-async def _awaited(awaitable: Awaitable[Any]) -> Any:
-    return await awaitable
 
 
 def _checked_timeout(name: str, timeout: float | None) -> float | None:

@@ -24,8 +24,9 @@ __all__ = ["CleanupInterrupted", "ResourceThread", "ThreadCall", "Watchdog"]
 
 
 class CleanupInterrupted(BaseException):
-    """Internal: raised inside a sync cleanup that ran past its cleanup timeout. A
-    BaseException so that the cleanup's own ``except Exception`` does not swallow it."""
+    """Raised inside a sync cleanup when it ran past its cleanup timeout (internal: the
+    watchdog injects it). A BaseException so that the cleanup's own ``except Exception``
+    does not swallow it."""
 
 
 class ThreadCall:

@@ -66,10 +66,6 @@ class WorkerPool:
                 self._busy -= 1
                 self._idle += 1
 
-    def busy(self) -> int:
-        """Calls executing right now."""
-        return self._busy
-
     def shutdown(self) -> None:
         """Stop the threads once the queue is drained; join them unless a call is still
         executing (an abandoned one could take for ever)."""

@@ -19,6 +19,8 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._engine._context import retry_delay_override_var
+from ..exceptions import LeakError as LeakError
+from ..exceptions import ResourceLeakError as ResourceLeakError
 from ..records import FlowRunRecord
 from ..states import State
 
@@ -44,11 +46,6 @@ def fast_retries(delay: float = 0.0) -> Iterator[None]:
         yield
     finally:
         retry_delay_override_var.reset(token)
-
-
-class ResourceLeakError(AssertionError):
-    """Raised by :func:`assert_resources_cleaned_up` when a resource was not cleaned up
-    exactly once, or its cleanup failed."""
 
 
 def assert_resources_cleaned_up(run: State[Any] | FlowRunRecord) -> dict[str, int]:
@@ -89,10 +86,6 @@ def _all_flow_records(record: FlowRunRecord) -> Iterator[FlowRunRecord]:
     yield record
     for child in record.subflow_runs:
         yield from _all_flow_records(child)
-
-
-class LeakError(AssertionError):
-    """Raised by :func:`no_leaks` when threads or child processes outlived the block."""
 
 
 def _threads() -> set[threading.Thread]:
