@@ -56,6 +56,7 @@ from typing import Any
 os.environ["ORCHESTR_LOGGING_LEVEL"] = "WARNING"
 
 import anyio
+from _timing import alternate
 
 import orchestr
 from orchestr import StateType, ThreadPoolTaskRunner, flow, task
@@ -202,23 +203,6 @@ class Result:
     raw: dict[str, Any] = field(default_factory=dict)
     informational: bool = False  # shown for context, no verdict
     figure: str | None = None  # shown instead of the ratio when that is not a ratio
-
-
-def alternate(
-    measures: dict[str, Callable[[], float]], rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    """Run every measure once per round, rotating which goes first, so that a burst of
-    load from other processes hits all of them alike rather than one."""
-    names = list(measures)
-    for _ in range(warmup):
-        for name in names:
-            measures[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(measures[name]())
-    return samples
 
 
 def compare(

@@ -36,6 +36,7 @@ os.environ["ORCHESTR_LOGGING_LEVEL"] = "WARNING"
 
 import anyio
 import anyio.lowlevel
+from _timing import alternate
 
 from orchestr import Pool, StateType, flow, resource, task
 
@@ -170,21 +171,6 @@ def check_flows() -> None:
                 raise RuntimeError(f"{fn.name}: {state!r}, {done}/{runs} task runs completed")
 
     anyio.run(main)
-
-
-def alternate(
-    measures: dict[str, Callable[[], float]], rounds: int, warmup: int
-) -> dict[str, list[float]]:
-    names = list(measures)
-    for _ in range(warmup):
-        for name in names:
-            measures[name]()
-    samples: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(rounds):
-        shift = r % len(names)
-        for name in names[shift:] + names[:shift]:
-            samples[name].append(measures[name]())
-    return samples
 
 
 def report(title: str, ours: list[float], theirs: list[float], limit: float | None) -> str:

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from shared_tasks import async_value, sync_value
 
 from orchestr import (
     State,
@@ -49,17 +50,6 @@ class Widget:
 
 async def agen() -> Any:
     yield 1
-
-
-@task
-async def async_value(x: Any) -> Any:
-    await anyio.lowlevel.checkpoint()
-    return x
-
-
-@task
-def sync_value(x: Any) -> Any:
-    return x
 
 
 # -- decorating things that are not functions -------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from shared_tasks import async_fails, async_value, sync_fails, sync_value
 
 import orchestr
 from orchestr import State, StateType, TaskFuture, allow_failure, flow, task, unmapped
@@ -36,17 +37,6 @@ class Box:
 
 
 @task
-async def async_value(x: Any) -> Any:
-    await anyio.lowlevel.checkpoint()
-    return x
-
-
-@task
-def sync_value(x: Any) -> Any:
-    return x
-
-
-@task
 async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
 
@@ -54,17 +44,6 @@ async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, An
 @task
 def sync_echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
-
-
-@task
-async def async_fails(message: str) -> None:
-    await anyio.lowlevel.checkpoint()
-    raise ValueError(message)
-
-
-@task
-def sync_fails(message: str) -> None:
-    raise ValueError(message)
 
 
 # -- futures in arguments ---------------------------------------------------------------------

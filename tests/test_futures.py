@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from shared_tasks import async_fails, async_value, sync_value
 
 import orchestr
 from orchestr import FutureList, State, StateType, TaskFuture, flow, override_settings, task
@@ -30,23 +31,6 @@ class Box:
 
     def __init__(self, future: TaskFuture[Any]) -> None:
         self.future = future
-
-
-@task
-async def async_value(x: Any) -> Any:
-    await anyio.lowlevel.checkpoint()
-    return x
-
-
-@task
-def sync_value(x: Any) -> Any:
-    return x
-
-
-@task
-async def async_fails(message: str) -> None:
-    await anyio.lowlevel.checkpoint()
-    raise ValueError(message)
 
 
 @task

@@ -8,6 +8,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from shared_tasks import async_value
 
 from orchestr import (
     FutureList,
@@ -38,12 +39,6 @@ def sync_add(a: Any, b: Any = 0) -> Any:
 @task
 async def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
     return args, kwargs
-
-
-@task
-async def async_value(x: Any) -> Any:
-    await anyio.lowlevel.checkpoint()
-    return x
 
 
 def mapped(run: Any, make: Any) -> Any:
