@@ -30,6 +30,7 @@ from typing import TypeVar
 import anyio
 import anyio.lowlevel
 
+from ._engine._interrupts import wait_event
 from ._engine._loop import LoopHandle
 
 __all__ = ["Semaphore", "on_event_loop"]
@@ -126,7 +127,7 @@ class Semaphore:
         if waiter is None:
             return True
         try:
-            waiter.event.wait(timeout)
+            wait_event(waiter.event, timeout)  # where interrupts may land
         except BaseException:  # KeyboardInterrupt in the main thread, ...
             if self._withdraw(waiter):
                 self.release(amount)

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 
 from ._engine._context import task_run_var
+from ._engine._interrupts import wait_event
 from ._engine._loop import LoopHandle
 from .exceptions import (
     BlockingCallError,
@@ -50,7 +51,7 @@ class TaskFuture(Generic[R]):
     ``await fut.wait()`` gives its final state; ``fut.result()`` blocks (sync code only).
     """
 
-    __slots__ = ("_record", "_run", "_state", "_callbacks", "_canceller", "_cancel_requested")
+    __slots__ = ("_record", "_run", "_state", "_callbacks", "_canceller", "_cancel_reason")
 
     def __init__(self, record: TaskRunRecord, run: FlowRun) -> None:
         self._record = record
@@ -60,7 +61,9 @@ class TaskFuture(Generic[R]):
         self._callbacks: list[Callable[[TaskFuture[R]], object]] | None = None
         # Set by the engine while an async run is cancellable through its cancel scope.
         self._canceller: Callable[[], object] | None = None
-        self._cancel_requested = False  # fut.cancel() was called (for the state message)
+        # Who cancelled the run (fut.cancel(), a resource block left by an interrupt), for
+        # its state's message.
+        self._cancel_reason: str | None = None
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -144,8 +147,7 @@ class TaskFuture(Generic[R]):
         """
         if self._state is not None:
             return False
-        self._cancel_requested = True
-        return self._run.cancel_future(self)
+        return self._run.cancel_future(self, "cancelled by fut.cancel()")
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], object]) -> None:
         """Call ``fn(future)`` once the run is final, in the thread that finished it
@@ -193,8 +195,9 @@ class TaskFuture(Generic[R]):
             )
 
     def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
-        """Block until final or ``timeout``; returns whether final. When the run is
-        cancelled, a ``cancellable`` wait raises RunCancelled instead of waiting on."""
+        """Block until final or ``timeout``; returns whether final. A point where
+        interrupts may land (see ``_engine/_interrupts.py``). When the run is cancelled,
+        a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         self._refuse_loop_thread("a blocking wait")
         run = self._run
         event = threading.Event()
@@ -206,9 +209,9 @@ class TaskFuture(Generic[R]):
         try:
             if cancellable:
                 with run.thread_waiter(event):
-                    event.wait(timeout)
+                    wait_event(event, timeout)
             else:
-                event.wait(timeout)
+                wait_event(event, timeout)
         finally:
             if self._state is None:
                 self._discard_done_callback(wake)
@@ -218,18 +221,39 @@ class TaskFuture(Generic[R]):
             return False
         return True
 
+    def _wait_protected(self, timeout: float) -> bool:
+        """Block until final, ``timeout``, or a second signal (the run escalates); not
+        a point where interrupts land. Returns whether final."""
+        if self._state is not None:
+            return True
+        run = self._run
+        event = threading.Event()
+
+        def wake(_: TaskFuture[R]) -> None:
+            event.set()
+
+        self.add_done_callback(wake)
+        try:
+            with run.thread_waiter(event, escalation=True):
+                event.wait(timeout)
+        finally:
+            if self._state is None:
+                self._discard_done_callback(wake)
+        return self._state is not None
+
     def __repr__(self) -> str:
         return f"<TaskFuture {self.name!r} {self._record.state_name}>"
 
 
 def _run_done_callback(fn: Callable[[TaskFuture[Any]], object], future: TaskFuture[Any]) -> None:
-    """Call a done callback. One that raises is logged and ignored (as in
-    ``concurrent.futures``): it must neither crash the code that finished the run nor
-    stop the callbacks after it (waiters among them), wherever it happens to run."""
+    """Call a done callback. One that raises (anything, ``KeyboardInterrupt`` included)
+    is logged and ignored, as in ``concurrent.futures``: it runs inside the engine (on the
+    loop or in a worker thread), which it must neither tear down nor stop from running
+    the callbacks after it (waiters among them)."""
     try:
         fn(future)
-    except Exception:
-        _log.exception("done callback %r of task run %r raised", fn, future.name)
+    except BaseException:
+        _log.exception("done callback %r of task run %r raised; ignored", fn, future.name)
 
 
 def _observe(record: TaskRunRecord) -> None:

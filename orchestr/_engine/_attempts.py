@@ -110,7 +110,10 @@ async def _attempts(
         except AttemptTimedOut as timed_out:
             failed = _timed_out_state(record, timed_out)
         except RunCancelled:
-            return cancelled_state(record, "its flow run was cancelled")
+            run = driver.run
+            return cancelled_state(
+                record, "its caller was cancelled" if run is None else run.why_cancelled()
+            )
         except Exception as exc:
             failed = State(StateType.FAILED, error=exc, record=record)
         except BaseException as exc:
@@ -186,8 +189,10 @@ def _interrupted_state(
     ):
         if future is None:
             why = "its caller was cancelled"
-        elif future._cancel_requested:
-            why = "cancelled by fut.cancel()"
+        elif future._cancel_reason is not None:
+            why = future._cancel_reason
+        elif driver.run is not None:
+            why = driver.run.why_cancelled()
         else:
             why = "its flow run was cancelled"
         return cancelled_state(record, why)

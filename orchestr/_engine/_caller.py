@@ -5,25 +5,34 @@ for the body call the engine posts, runs it, and posts the outcome back. So the 
 where the user called the flow (thread-bound objects made there keep working, and signals
 interrupt the body as Python normally would), while the loop stays free to run the task
 runs the body waits for.
+
+Stopping the body (a flow timeout, the run cancelled) follows ``_interrupts``: in the
+main thread, ``RunCancelled`` is raised in the body where an interrupt may land; in other
+threads the body meets it at its next call into orchestr. A body cancelled before it
+started never starts.
 """
 
 from __future__ import annotations
 
 import queue
+import threading
 from collections.abc import Callable
-from threading import get_ident
 from typing import TYPE_CHECKING, Any
 
 import anyio
 
 from ..exceptions import RunCancelled
+from . import _interrupts
 from ._loop import LoopHandle
-from ._signals import interrupt_thread
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
 __all__ = ["CallerThread"]
+
+# How often the engine wakes the main thread while an interrupt waits for a protected
+# section to end (see _interrupts.kick).
+_KICK_INTERVAL = 0.005
 
 
 class CallerThread:
@@ -31,31 +40,50 @@ class CallerThread:
 
     def __init__(self, run: FlowRun) -> None:
         self._jobs: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
-        self._run = run
-        self.thread_id = get_ident()
-        self.in_body = False  # True while user code runs (signal handlers may raise)
+        self.flow_run = run
+        self._lock = threading.Lock()
+        self.is_main = _interrupts.is_main_thread()
+        self.in_body = False  # the body is running (interrupts for it are wanted)
+        self.cancelled = False  # the engine wants the body to stop
+        self.interrupt_sent = False  # an interrupt was raised or posted for this body
 
-    async def run(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Run ``fn(*args)`` in the serving thread and return (or raise) its outcome.
+    def body_running(self) -> bool:
+        return self.in_body
 
-        If cancelled (a flow timeout), the run is told to stop (blocking calls raise
-        :class:`RunCancelled`, which is also injected into the body's next bytecode),
-        and this waits, shielded, for the body to actually return.
+    def _body_cancelled(self) -> bool:
+        return self.cancelled and self.in_body
+
+    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run ``fn(*args, **kwargs)`` in the serving thread; return (or raise) its outcome.
+
+        If cancelled (a flow timeout), the body is told to stop, and this waits, shielded,
+        until it has actually returned.
         """
         done = anyio.Event()
         loop = LoopHandle()
         outcome: list[tuple[bool, Any]] = []
+        with self._lock:
+            self.cancelled = False  # a new attempt's body
+            self.interrupt_sent = False
 
         def job() -> None:
+            # Runs in the serving thread, in protected orchestr frames except call_user.
+            with self._lock:
+                start = not self.cancelled
+                self.in_body = start
+            if not start:
+                outcome.append((False, RunCancelled("cancelled before the body started")))
+                loop.call_soon(done.set)
+                return
+            _interrupts.push_body(self._body_cancelled)
             try:
-                self.in_body = True
-                try:
-                    outcome.append((True, fn(*args)))
-                finally:
-                    self.in_body = False
+                outcome.append((True, _interrupts.call_user(fn, *args, **kwargs)))
             except BaseException as exc:  # handed to the engine, which decides
                 outcome.append((False, exc))
             finally:
+                with self._lock:
+                    self.in_body = False
+                _interrupts.pop_body()
                 loop.call_soon(done.set)
 
         self._jobs.put(job)
@@ -63,15 +91,36 @@ class CallerThread:
             await done.wait()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                self._run.request_cancel()
-                if self.in_body:
-                    interrupt_thread(self.thread_id, RunCancelled)
-                await done.wait()
+                run = self.flow_run
+                run.request_cancel(run.why_cancelled())  # here the deadline is readable
+                request = self._stop_body()
+                while not done.is_set():
+                    with anyio.move_on_after(_KICK_INTERVAL):
+                        await done.wait()
+                    _interrupts.kick()  # a deferred interrupt may be deliverable now
+                _interrupts.withdraw(request)
             raise
         ok, value = outcome[0]
         if ok:
             return value
         raise value
+
+    def _stop_body(self) -> _interrupts.Request | None:
+        with self._lock:
+            self.cancelled = True
+            running = self.in_body
+        if not running or not self.is_main or self.interrupt_sent:
+            # Not started (it never will), already returned, in another thread (it meets
+            # the cancellation at its next call into orchestr), or the signal handler
+            # raised the signal's exception in it already.
+            return None
+        self.interrupt_sent = True
+        run = self.flow_run
+        if run.signal is not None:  # the body sees the signal's exception, as Python's
+            exc = _interrupts.interrupt_for(run.signal)
+        else:
+            exc = RunCancelled(f"flow run {run.record.name!r} was cancelled")
+        return _interrupts.post(exc, self.body_running)
 
     def serve(self) -> None:
         """Run posted calls until :meth:`close`."""

@@ -147,9 +147,13 @@ class Dispatcher:
     def cancel_queued(self) -> None:
         """Finish every queued run Cancelled (from any thread)."""
         pending = self.pending
+        run = self.run
         while pending:
             try:
                 job = pending.popleft()
             except IndexError:  # another thread took the last one
                 return
-            self.run.finish(job.future, cancelled_state(job.future._record, ENDED_FIRST))
+            why = (
+                f"{run.why_cancelled()} before it started" if run.cancel_requested else ENDED_FIRST
+            )
+            run.finish(job.future, cancelled_state(job.future._record, why))

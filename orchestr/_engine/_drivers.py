@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import inspect
 import threading
-import time
 from collections.abc import Callable, Coroutine
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,6 +22,7 @@ from .._limits._backends import backend_for
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from ..exceptions import RunCancelled
 from ..runners import CallHandle
+from ._interrupts import call_user, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class BlockingDriver:
     async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
         timeout = task.timeout_seconds
         if timeout is None:
-            return task.fn(*args, **kwargs)
+            return call_user(task.fn, *args, **kwargs)
         # In a helper thread, so that this one can stop waiting (and abandon it) when
         # the deadline passes.
         return _in_new_thread(
@@ -156,18 +156,18 @@ class BlockingDriver:
 
     async def sleep(self, seconds: float) -> None:
         run = self.run
-        if run is None:
-            time.sleep(seconds)  # noqa: ASYNC251 - the blocking driver blocks by design
-            return
         wakeup = threading.Event()
+        if run is None:
+            wait_event(wakeup, seconds)
+            return
         with run.thread_waiter(wakeup):
-            wakeup.wait(seconds)
+            wait_event(wakeup, seconds)
         if run.cancel_requested:
             raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""
-        outcome = hook(*args)
+        outcome = call_user(hook, *args)
         if inspect.isawaitable(outcome):
             # An async hook on a sync run: give it a loop of its own, in a fresh thread
             # (this thread may already be running one).
@@ -192,7 +192,7 @@ def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str 
 
     thread = threading.Thread(target=copy_context().run, args=(target,), name=name, daemon=True)
     thread.start()
-    if not finished.wait(timeout):
+    if not wait_event(finished, timeout):
         assert timeout is not None
         raise AttemptTimedOut(timeout, abandoned=True)
     ok, value = outcome[0]

@@ -24,11 +24,11 @@ from .._logging import configure_logging, flow_run_logger, log_prints_var, route
 from ..exceptions import (
     CrashedError,
     ParameterValidationError,
-    RunCancelled,
     TaskRunCancelledError,
 )
 from ..settings import get_settings
 from ..states import State, StateType, _describe
+from . import _interrupts
 from ._attempts import log_retry, retry_delay, run_hook, should_retry
 from ._caller import CallerThread
 from ._context import flow_run_var
@@ -38,7 +38,6 @@ from ._finalstate import final_state
 from ._flowrun import FlowRun
 from ._loop import run_new_loop
 from ._outcomes import record_final_state
-from ._signals import interrupt_for, signal_guard
 from ._taskcalls import execute_job
 
 if TYPE_CHECKING:
@@ -59,21 +58,26 @@ async def run_flow_async(
 ) -> Any:
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     run.bind_loop()
-    settings = get_settings()
 
     async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return await flow.fn(*args, **kwargs)
 
     token = flow_run_var.set(run)
-    # log_prints: set on the flow, or inherited from the parent run.
-    prints = route_prints(flow.log_prints, partial(flow_run_logger, run.record))
     try:
-        top_level = run.record.parent is None
-        with signal_guard(run, None, top_level and settings.handle_signals):
-            state = await _run(run, args, kwargs, body)
+        # Registered before the settings load (a first call imports pydantic): a signal
+        # that comes meanwhile is not lost.
+        with _interrupts.signal_handling(run, run.parent is None) as handling:
+            settings = get_settings()
+            if not settings.handle_signals:
+                handling.release()
+            # log_prints: set on the flow, or inherited from the parent run.
+            prints = route_prints(flow.log_prints, partial(flow_run_logger, run.record))
+            try:
+                state = await _run(run, args, kwargs, body)
+            finally:
+                if prints is not None:
+                    log_prints_var.reset(prints)
     finally:
-        if prints is not None:
-            log_prints_var.reset(prints)
         flow_run_var.reset(token)
     return _deliver(run, state, return_state)
 
@@ -81,7 +85,6 @@ async def run_flow_async(
 def run_flow_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
-    settings = get_settings()
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     caller = CallerThread(run)
     context = copy_context()
@@ -97,42 +100,51 @@ def run_flow_sync(
 
     outcome: list[tuple[bool, Any]] = []
 
-    def loop_thread() -> None:
+    def loop_thread(backend: str) -> None:
         try:
-            outcome.append((True, run_new_loop(on_loop, backend=settings.backend)))
+            outcome.append((True, run_new_loop(on_loop, backend=backend)))
         except BaseException as exc:  # handed to the calling thread
             outcome.append((False, exc))
         finally:
             caller.close()
 
-    # A plain thread, not anyio's blocking portal: the caller may itself be running an
-    # event loop (a sync subflow of an async flow), and trio forbids a portal's
-    # blocking calls from there.
-    # The engine runs in a copy of the caller's context too: hooks, retry conditions and
-    # the flow's own retry delays see the caller's context variables (fast_retries()).
-    thread = threading.Thread(
-        target=context.copy().run,
-        args=(loop_thread,),
-        name=f"orchestr-{run.record.name}",
-        daemon=True,
-    )
     interrupt: BaseException | None = None
-    with signal_guard(run, caller, run.record.parent is None and settings.handle_signals):
+    with (
+        _interrupts.signal_handling(run, run.parent is None) as handling,
+        _interrupts.wakeups(),
+        _interrupts.main_thread_body(caller),
+    ):
+        settings = get_settings()  # after registering: a signal meanwhile is not lost
+        if not settings.handle_signals:
+            handling.release()
+        # A plain thread, not anyio's blocking portal: the caller may itself be running an
+        # event loop (a sync subflow of an async flow), and trio forbids a portal's
+        # blocking calls from there.
+        # The engine runs in a copy of the caller's context too: hooks, retry conditions
+        # and the flow's own retry delays see the caller's context variables.
+        thread = threading.Thread(
+            target=context.copy().run,
+            args=(loop_thread, settings.backend),
+            name=f"orchestr-{run.record.name}",
+            daemon=True,
+        )
         thread.start()
+        served = False
         while True:
             try:
-                caller.serve()
+                if not served:
+                    caller.serve()
+                    served = True
+                thread.join()
                 break
-            except RunCancelled:
-                # A timeout's interrupt aimed at the body that landed just after the body
-                # returned: the engine already knows; keep serving it.
-                continue
-            except BaseException as exc:  # an interrupt while the engine was working
+            except BaseException as exc:
+                # orchestr defers its own interrupts out of these frames; this is one
+                # raised by an application's own signal handler. Stop the run, keep
+                # serving it until it has ended.
                 interrupt = interrupt or exc
                 run.cancel_requested = True
                 if run.loop is not None:
                     run.loop.call_soon(run.request_cancel)
-        thread.join()
     if interrupt is not None and run.signal is None:
         raise interrupt
     ok, value = outcome[0]
@@ -143,7 +155,7 @@ def run_flow_sync(
 
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
     if run.signal is not None:
-        raise interrupt_for(run.signal)
+        raise _interrupts.interrupt_for(run.signal)
     if state.type is StateType.CRASHED and isinstance(state.exception, CrashedError):
         cause = state.exception.__cause__
         if isinstance(cause, (KeyboardInterrupt, SystemExit)):

@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import itertools
 import logging
+import math
+import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -20,8 +24,8 @@ import anyio
 from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord
+from ..settings import get_settings
 from ..states import State, StateType
-from ._dispatch import ENDED_FIRST
 from ._drivers import BlockingDriver
 from ._loop import LoopHandle
 from ._outcomes import cancelled_state, record_final_state
@@ -41,16 +45,22 @@ class FlowRun:
 
     __slots__ = (
         "_counters",
-        "closed_resources",
+        "_escalation_waiters",
+        "_grace_scopes",
         "_thread_waiters",
         "active",
+        "cancel_reason",
         "cancel_requested",
         "closed",
+        "closed_resources",
         "dispatcher",
+        "escalated",
         "execute_job",
         "flow",
         "lock",
         "loop",
+        "open_resources",
+        "parent",
         "record",
         "runner",
         "scope",
@@ -62,6 +72,7 @@ class FlowRun:
         self, flow: Flow[Any, Any], parent: FlowRun | None, execute_job: JobExecutor
     ) -> None:
         self.flow = flow
+        self.parent = parent
         self.record: FlowRunRecord = FlowRunRecord(
             flow.name, None if parent is None else parent.record
         )
@@ -80,7 +91,16 @@ class FlowRun:
         self.closed = False
         self.cancel_requested = False
         self.signal: int | None = None  # the signal that interrupted the run, if any
+        # Why the run was cancelled, when something other than a signal or its timeout
+        # did it (see why_cancelled()).
+        self.cancel_reason: str | None = None
+        # A second signal: stop waiting for task runs still executing (see escalate()).
+        self.escalated = False
         self._thread_waiters: set[threading.Event] = set()
+        self._escalation_waiters: set[threading.Event] = set()
+        self._grace_scopes: set[anyio.CancelScope] = set()
+        # Resources whose block is open (set up, not yet cleaned up), by id: name.
+        self.open_resources: dict[int, str] = {}
         self._counters: dict[str, Iterator[int]] = {}
         # Values of resources whose block ended, by id (the value is kept so the id is
         # not reused): handing one to a task is refused (rule 12).
@@ -138,7 +158,9 @@ class FlowRun:
                 _run_done_callback(callback, future)
         return True
 
-    def cancel_future(self, future: TaskFuture[Any]) -> bool:
+    def cancel_future(self, future: TaskFuture[Any], why: str) -> bool:
+        """Cancel one task run; ``why`` says who did it (its state's message)."""
+        future._cancel_reason = why
         canceller = future._canceller
         if canceller is not None:
             self.loop.call(canceller)
@@ -148,38 +170,119 @@ class FlowRun:
         if running:
             _log.warning(
                 "task run %r is executing in a thread, which cannot be interrupted; it is "
-                "marked Cancelled and its thread abandoned",
+                "marked Cancelled (%s) and its thread abandoned",
                 record.name,
+                why,
             )
-        why = "cancelled while running in a thread" if running else "cancelled before it started"
+            why += " while running in a thread, which was abandoned"
+        else:
+            why += " before it started"
         return self.finish(future, cancelled_state(record, why))
 
     # -- blocking waiters -------------------------------------------------------------------
     @contextmanager
-    def thread_waiter(self, event: threading.Event) -> Iterator[None]:
-        """Wake ``event`` (a thread blocked in orchestr) if the run gets cancelled."""
+    def thread_waiter(self, event: threading.Event, escalation: bool = False) -> Iterator[None]:
+        """Wake ``event`` (a thread blocked in orchestr) if the run gets cancelled, or
+        with ``escalation``, only if a second signal says to stop waiting."""
+        waiters = self._escalation_waiters if escalation else self._thread_waiters
         with self.lock:
-            self._thread_waiters.add(event)
-        if self.cancel_requested:
+            waiters.add(event)
+        if self.escalated if escalation else self.cancel_requested:
             event.set()
         try:
             yield
         finally:
             with self.lock:
-                self._thread_waiters.discard(event)
+                waiters.discard(event)
 
-    def _wake_thread_waiters(self) -> None:
+    def _wake(self, waiters: set[threading.Event]) -> None:
         with self.lock:
-            waiters = list(self._thread_waiters)
-        for event in waiters:
+            events = list(waiters)
+        for event in events:
             event.set()
 
-    def request_cancel(self) -> None:
+    def request_cancel(self, reason: str | None = None) -> None:
         """Cancel the run: its body, its task runs, its blocked threads. Loop thread."""
+        if reason is not None and self.cancel_reason is None:
+            self.cancel_reason = reason
         self.cancel_requested = True
-        self._wake_thread_waiters()
+        self._wake(self._thread_waiters)
         if self.scope is not None:
             self.scope.cancel()
+
+    def why_cancelled(self) -> str:
+        """Why the run's task runs are being cancelled, for their states' messages."""
+        if self.signal is not None:
+            return f"its flow run received {signal.Signals(self.signal).name}"
+        if self.cancel_reason is not None:
+            return self.cancel_reason
+        scope = self.scope
+        if (
+            scope is not None
+            and scope.deadline != math.inf
+            and self.loop is not None
+            and self.loop.on_loop_thread()
+            and anyio.current_time() >= scope.deadline
+        ):
+            return f"its flow run timed out after {self.flow.timeout_seconds} s"
+        if self.parent is not None and self.parent.cancel_requested:
+            return f"its parent flow run {self.parent.record.name!r} was cancelled"
+        return "its flow run was cancelled"
+
+    # -- signals -------------------------------------------------------------------------
+    def signalled(self, signum: int) -> None:
+        """SIGINT / SIGTERM arrived (called in a signal handler: no locks here)."""
+        first = self.signal is None
+        if first:
+            self.signal = signum
+            self.cancel_requested = True  # read by an attempt that has not started yet
+        if self.loop is not None:
+            self.loop.call_soon(partial(self._on_signal, signum, first))
+
+    def _on_signal(self, signum: int, first: bool) -> None:
+        # On the loop: the first signal cancels the run, a second one escalates.
+        name = signal.Signals(signum).name
+        running = sorted(f.name for f in list(self.active) if f._state is None)
+        if first:
+            self.request_cancel()
+            note = f"orchestr: {name}: cancelling flow run {self.record.name!r}"
+            if running:
+                grace = get_settings().cancel_grace_seconds
+                note += (
+                    f"; waiting up to {grace:g} s for {len(running)} task run(s) still "
+                    f"running ({_listed(running)}), then cleaning up; send {name} again to "
+                    "stop waiting"
+                )
+        else:
+            self.escalate()
+            note = (
+                f"orchestr: {name} again: flow run {self.record.name!r} no longer waits for "
+                f"its task runs ({_listed(running) or 'none running'})"
+            )
+            resources = list(self.open_resources.values())
+            if resources:
+                note += f"; cleaning up {_listed(resources[::-1])}, each within its cleanup timeout"
+        _say(note)
+
+    def escalate(self) -> None:
+        """Stop waiting for task runs still executing: cancel them now, abandon their
+        threads (loop thread)."""
+        self.escalated = True
+        self.request_cancel()
+        for scope in list(self._grace_scopes):
+            scope.cancel()
+        self._wake(self._escalation_waiters)
+
+    @contextmanager
+    def grace_period(self, seconds: float) -> Iterator[None]:
+        """On the loop: wait inside the block for at most ``seconds``, or until a second
+        signal escalates."""
+        with anyio.move_on_after(0 if self.escalated else seconds) as scope:
+            self._grace_scopes.add(scope)
+            try:
+                yield
+            finally:
+                self._grace_scopes.discard(scope)
 
     # -- the end of a run ------------------------------------------------------------------
     async def barrier(self) -> None:
@@ -193,22 +296,37 @@ class FlowRun:
         """Give every unfinished task run a final state. Call shielded, after the task
         group has cancelled the async ones and the dispatcher has cancelled what was
         queued: what is left waits for a worker thread, or runs in one, which gets
-        ``grace`` seconds to finish before it is abandoned."""
+        ``grace`` seconds to finish (less if a second signal escalates) before it is
+        abandoned."""
         self.cancel_requested = True
-        self._wake_thread_waiters()
+        self._wake(self._thread_waiters)
+        why = self.why_cancelled()
         for future in list(self.active):
             if future._record.state_type is StateType.PENDING:
-                self.finish(future, cancelled_state(future._record, ENDED_FIRST))
+                self.finish(future, cancelled_state(future._record, f"{why} before it started"))
         if self.active:
-            with anyio.move_on_after(grace):
+            with self.grace_period(grace):
                 await self.barrier()
         for future in list(self.active):
             _log.warning(
-                "task run %r was still running in a thread %.3g s after its flow run was "
-                "cancelled; it is marked Cancelled and its thread abandoned",
+                "task run %r was still running in a thread %s after %s; it is marked "
+                "Cancelled and its thread abandoned",
                 future.name,
-                grace,
+                "when a second signal came" if self.escalated else f"{grace:g} s",
+                why,
             )
-            self.finish(
-                future, cancelled_state(future._record, "abandoned when its flow run was cancelled")
-            )
+            self.finish(future, cancelled_state(future._record, f"{why}; abandoned in its thread"))
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def _say(note: str) -> None:
+    """Tell the person at the terminal (stderr) what a signal does."""
+    try:
+        sys.stderr.write(note + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):  # no usable stderr: the log still has the story
+        pass

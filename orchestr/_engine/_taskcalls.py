@@ -315,12 +315,13 @@ async def execute_job(run: FlowRun, job: Job) -> None:
             future._canceller = scope.cancel
             await _start(run, job)
     except cancelled:
-        run.finish(future, cancelled_state(future._record, "its flow run was cancelled"))
+        run.finish(future, cancelled_state(future._record, run.why_cancelled()))
         raise
     finally:
         future._canceller = None
     if scope.cancelled_caught:
-        run.finish(future, cancelled_state(future._record, "cancelled by fut.cancel()"))
+        why = future._cancel_reason or "cancelled by fut.cancel()"
+        run.finish(future, cancelled_state(future._record, why))
 
 
 async def _start(run: FlowRun, job: Job) -> None:
@@ -342,8 +343,8 @@ async def _start(run: FlowRun, job: Job) -> None:
     if _whole_run_in_thread(task, runner):
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
-        if future._cancel_requested:  # a fut.cancel() whose canceller has not run yet
-            run.finish(future, cancelled_state(record, "cancelled by fut.cancel()"))
+        if future._cancel_reason is not None:  # a cancel whose canceller has not run yet
+            run.finish(future, cancelled_state(record, future._cancel_reason))
             return
         runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)
         return
@@ -374,7 +375,7 @@ def run_in_thread(
         return
     record = future._record
     if run.cancel_requested:
-        run.finish(future, cancelled_state(record, "its flow run was cancelled"))
+        run.finish(future, cancelled_state(record, run.why_cancelled()))
         return
     try:
         drive(run_attempts(run, task, record, future, args, kwargs, run.worker_driver))

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 import anyio.lowlevel
 
+from .._engine._interrupts import wait_event
 from .._semaphore import Semaphore
 from ..exceptions import UsageError
 from ._registry import ConcurrencyLimit, Limit, RateLimit
@@ -126,8 +127,9 @@ class InProcessLimits(LimitBackend):
             state.acquire_blocking(amount)
             return _releaser(state, amount)
         at = state.book(amount)
+        wakeup = threading.Event()  # never set: a sleep where interrupts may land
         while (left := at - time.monotonic()) > 0:
-            time.sleep(left)
+            wait_event(wakeup, left)
         return noop_release
 
 

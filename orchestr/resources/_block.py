@@ -13,14 +13,16 @@ the run's events and log.
 from __future__ import annotations
 
 import enum
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from contextvars import Token
 from types import TracebackType
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
+from .._engine import _interrupts
 from .._engine._context import SubmissionScope, flow_run_var, scope_var
 from .._engine._loop import run_on_loop
 from ..exceptions import (
@@ -37,6 +39,9 @@ from ._events import ResourceEvents
 from ._lifecycles import Lifecycle
 from ._scope import FutureScope
 from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
+
+if TYPE_CHECKING:
+    from .._engine._flowrun import FlowRun
 
 __all__ = ["Resource"]
 
@@ -62,6 +67,7 @@ class Resource(Generic[T]):
     __slots__ = (
         "_events",
         "_lifecycle",
+        "_run",
         "_scope",
         "_state",
         "_thread",
@@ -88,6 +94,7 @@ class Resource(Generic[T]):
         self._token: Token[SubmissionScope | None] | None = None
         self._value: Any = None
         self._thread: ResourceThread | None = None
+        self._run: FlowRun | None = None  # the flow run it was entered in, if any
 
     def __repr__(self) -> str:
         return f"<Resource {self.name!r} {self._state.name.lower().replace('_', ' ')}>"
@@ -97,7 +104,7 @@ class Resource(Generic[T]):
         self._claim(in_async_block=True)
         start = time.perf_counter()
         try:
-            value = await self._setup_in_async_block()
+            value = await self._setup_in_async_block(start)
         except BaseException as exc:
             error = self._setup_failed(exc, start)
             if error is exc:
@@ -115,15 +122,15 @@ class Resource(Generic[T]):
         arrived: BaseException | None = None  # an interrupt that came while we waited
         if exc is not None and not isinstance(exc, Exception):
             with anyio.CancelScope(shield=True):
-                await scope.settle(interrupted=True)
+                await scope.settle(self._why_left(exc))
         else:
             try:
                 # Not shielded: a timeout or a cancellation may end this wait.
-                await scope.settle(interrupted=False)
+                await scope.settle(None)
             except BaseException as interrupt:
                 arrived = interrupt
                 with anyio.CancelScope(shield=True):
-                    await scope.settle(interrupted=True)
+                    await scope.settle(self._why_left(interrupt))
         scope.closed = True
         if arrived is not None:
             exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
@@ -134,7 +141,7 @@ class Resource(Generic[T]):
             raise arrived
         return outcome
 
-    async def _setup_in_async_block(self) -> Any:
+    async def _setup_in_async_block(self, start: float) -> Any:
         lifecycle = self._lifecycle
         if lifecycle.setup_is_async:
             return await lifecycle.setup()
@@ -145,20 +152,19 @@ class Resource(Generic[T]):
             await call.wait()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await self._finish_abandoned_setup(call)
+                await self._finish_interrupted_setup(call, start)
             raise
         return call.result()
 
-    async def _finish_abandoned_setup(self, call: ThreadCall) -> None:
-        """The block was cancelled while a sync setup ran in its thread. That setup may
-        still succeed, and a resource that was set up must be cleaned up."""
-        with anyio.move_on_after(self._timeout()):
-            await call.wait()
+    async def _finish_interrupted_setup(self, call: ThreadCall, start: float) -> None:
+        """The block was cancelled while a sync setup ran in its thread. Setup is
+        protected: wait for it to end; a resource that was set up is cleaned up now (no
+        task was submitted in its block yet), then the cancellation goes on."""
+        await call.wait()
         if not call.succeeded:
             return
-        self._value = call.result()
-        assert self._events is not None
-        self._events.emit("setup.finished")
+        self._open(call.result(), start)
+        self._leave_scope().closed = True
         await self._cleanup_async(None, None, None)
 
     async def _cleanup_async(
@@ -195,6 +201,8 @@ class Resource(Generic[T]):
         return suppress, self._cleanup_ended(start, timeout, timed_out, error)
 
     # -- sync blocks -----------------------------------------------------------------------
+    # Protected (see orchestr/_engine/_interrupts.py): an interrupt that comes during setup
+    # or cleanup is raised once they are done, never inside them.
     def __enter__(self) -> T:
         self._claim(in_async_block=False)
         start = time.perf_counter()
@@ -209,7 +217,14 @@ class Resource(Generic[T]):
             if error is exc:
                 raise
             raise error from exc
-        return self._open(value, start)
+        value = self._open(value, start)
+        interrupt = _interrupts.take_interrupt()
+        if interrupt is not None:
+            # It came during setup: the block would stop at its first line, before
+            # submitting anything. Clean up now and raise it from here.
+            self._exit_sync(type(interrupt), interrupt, interrupt.__traceback__)
+            raise interrupt
+        return value
 
     def __exit__(
         self,
@@ -217,16 +232,28 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
+        outcome = self._exit_sync(exc_type, exc, tb)
+        interrupt = _interrupts.take_interrupt()  # one that came during the cleanup
+        if interrupt is not None:
+            raise interrupt
+        return outcome
+
+    def _exit_sync(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
         scope = self._leave_scope()
         arrived: BaseException | None = None  # an interrupt that came while we waited
-        try:
-            scope.settle_blocking(interrupted=exc is not None and not isinstance(exc, Exception))
-        except BaseException as interrupt:  # a flow timeout or a signal, raised here
-            arrived = interrupt
+        if exc is not None and not isinstance(exc, Exception):
+            scope.settle_blocking(self._why_left(exc))
+        else:
             try:
-                scope.settle_blocking(interrupted=True)
-            except BaseException:  # another one: stop waiting, but still clean up
-                pass
+                scope.settle_blocking(None)  # interruptible: a timeout or signal may end it
+            except BaseException as interrupt:
+                arrived = interrupt
+                scope.settle_blocking(self._why_left(interrupt))
         scope.closed = True
         if arrived is not None:
             exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
@@ -250,11 +277,14 @@ class Resource(Generic[T]):
         suppress = False
         error: BaseException | None = None
         timed_out = False
-        watchdog = Watchdog(timeout)
+        # The one interrupt allowed inside a cleanup: its own timeout's, in this frame.
+        watchdog = Watchdog(timeout, sys._getframe())
         try:
-            with watchdog:
+            with _interrupts.wakeups(), watchdog:
                 suppress = bool(self._lifecycle.cleanup(self._value, exc_type, exc, tb))
         except CleanupInterrupted:
+            if not watchdog.fired:
+                raise  # an enclosing cleanup's timeout: it is that one's to handle
             timed_out = True
         except Exception as cleanup_exc:
             error = cleanup_exc
@@ -320,6 +350,9 @@ class Resource(Generic[T]):
         self._scope = FutureScope(self.name)
         self._token = scope_var.set(self._scope)
         self._state = _Phase.OPEN
+        run = self._run = flow_run_var.get()
+        if run is not None:
+            run.open_resources[id(self)] = self.name
         return value
 
     def _leave_scope(self) -> FutureScope:
@@ -328,6 +361,13 @@ class Resource(Generic[T]):
         scope_var.reset(self._token)
         self._token = None
         return self._scope
+
+    def _why_left(self, interrupt: BaseException) -> str:
+        """Why the task runs of a block left by ``interrupt`` are cancelled."""
+        run = flow_run_var.get()
+        if run is not None and run.cancel_requested:
+            return run.why_cancelled()
+        return f"the block of resource {self.name!r} was left by {type(interrupt).__name__}"
 
     def _timeout(self) -> float:
         if self.cleanup_timeout is not None:
@@ -344,6 +384,8 @@ class Resource(Generic[T]):
         self, start: float, timeout: float, timed_out: bool, error: BaseException | None
     ) -> ResourceCleanupError | None:
         self._state = _Phase.CLOSED
+        if self._run is not None:
+            self._run.open_resources.pop(id(self), None)
         self._register_closed_value()
         duration = time.perf_counter() - start
         assert self._events is not None

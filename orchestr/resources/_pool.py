@@ -289,7 +289,11 @@ class Pool(Resource["Pool[T]"], Generic[T]):
             return self._await_on_run_loop(result) if inspect.isawaitable(result) else result
         if inspect.iscoroutinefunction(fn):
             return await fn(*args)
-        result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=True)
+        # A sync create or validate is protected like a resource's setup: a cancellation
+        # waits for it (so what it made is adopted, never lost), then goes on at the next
+        # checkpoint. A close may be abandoned: the pool's cleanup timeout bounds it.
+        abandon = fn is self._close or fn not in (self._create, self._validate)
+        result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon)
         return (await result) if inspect.isawaitable(result) else result
 
     def _await_on_run_loop(self, awaitable: Awaitable[Any]) -> Any:

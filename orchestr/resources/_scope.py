@@ -10,9 +10,8 @@ and runs already executing get the cancel grace period to finish.
 
 from __future__ import annotations
 
-import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
@@ -20,6 +19,9 @@ from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture
 from ..settings import get_settings
 from ..states import StateType
+
+if TYPE_CHECKING:
+    from .._engine._flowrun import FlowRun
 
 __all__ = ["FutureScope"]
 
@@ -44,40 +46,64 @@ class FutureScope:
             )
         self.futures.append(future)
 
-    async def settle(self, interrupted: bool) -> None:
-        """Wait (on the loop) until every registered future is final."""
-        if interrupted:
-            self._cancel_pending()
-        grace = get_settings().cancel_grace_seconds if interrupted else math.inf
-        with anyio.move_on_after(grace):
+    async def settle(self, interrupted: str | None) -> None:
+        """Wait (on the loop) until every registered future is final. ``interrupted``:
+        why the block was left by an interrupt (then the runs are cancelled, see the
+        module docstring), or None."""
+        if interrupted is None:
             index = 0
             # Index-based: runs submitted while we wait are waited for as well.
             while index < len(self.futures):
                 await self.futures[index]._wait_async()
                 index += 1
-        if interrupted:
-            self._cancel_all()
+            return
+        self._cancel_cancellable(interrupted)
+        run = self._run()
+        if run is None:
+            with anyio.move_on_after(get_settings().cancel_grace_seconds):
+                await self._wait_all()
+        else:
+            with run.grace_period(get_settings().cancel_grace_seconds):
+                await self._wait_all()
+        self._abandon_rest(interrupted)
 
-    def settle_blocking(self, interrupted: bool) -> None:
-        """Wait (blocking this thread) until every registered future is final."""
-        if interrupted:
-            self._cancel_pending()
-        deadline = time.monotonic() + get_settings().cancel_grace_seconds
-        index = 0
-        while index < len(self.futures):
-            left = max(0.0, deadline - time.monotonic()) if interrupted else None
-            if not self.futures[index]._wait_blocking(left, cancellable=False):
-                break  # the grace period ran out
-            index += 1
-        if interrupted:
-            self._cancel_all()
-
-    def _cancel_pending(self) -> None:
+    async def _wait_all(self) -> None:
         for future in self.futures:
-            if not future.done() and future._record.state_type is StateType.PENDING:
-                future.cancel()
+            await future._wait_async()
 
-    def _cancel_all(self) -> None:
+    def settle_blocking(self, interrupted: str | None) -> None:
+        """Wait (blocking this thread) until every registered future is final; as
+        :meth:`settle`. The uninterrupted wait is a point where interrupts may land; the
+        interrupted one is not (it ends at the grace period, or at a second signal)."""
+        if interrupted is None:
+            index = 0
+            while index < len(self.futures):
+                self.futures[index]._wait_blocking(None, cancellable=False)
+                index += 1
+            return
+        self._cancel_cancellable(interrupted)
+        deadline = time.monotonic() + get_settings().cancel_grace_seconds
+        for future in self.futures:
+            left = max(0.0, deadline - time.monotonic())
+            if not future._wait_protected(left):
+                break  # the grace period ran out, or a second signal came
+        self._abandon_rest(interrupted)
+
+    def _run(self) -> FlowRun | None:
+        for future in self.futures:
+            return future._run
+        return None
+
+    def _cancel_cancellable(self, why: str) -> None:
+        """Cancel at once what stops at once: runs not started yet, and runs on the loop
+        (async tasks), which stop at their next ``await``."""
+        for future in self.futures:
+            if not future.done() and (
+                future._canceller is not None or future._record.state_type is StateType.PENDING
+            ):
+                future._run.cancel_future(future, why)
+
+    def _abandon_rest(self, why: str) -> None:
         for future in self.futures:
             if not future.done():
-                future.cancel()
+                future._run.cancel_future(future, why)

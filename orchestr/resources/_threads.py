@@ -13,14 +13,17 @@ import threading
 from collections.abc import Callable
 from queue import SimpleQueue
 from threading import get_ident
+from types import FrameType
 from typing import Any
 
 import anyio
 
+from .._engine import _interrupts
 from .._engine._loop import LoopHandle
-from .._engine._signals import clear_interrupt, interrupt_thread
 
 __all__ = ["CleanupInterrupted", "ResourceThread", "ThreadCall", "Watchdog"]
+
+_KICK_INTERVAL = 0.005
 
 
 class CleanupInterrupted(BaseException):
@@ -95,26 +98,53 @@ class ResourceThread:
 
 
 class Watchdog:
-    """Interrupt this thread with :class:`CleanupInterrupted` after ``timeout``."""
+    """Interrupt the cleanup running in this thread with :class:`CleanupInterrupted` once
+    it overruns ``timeout``: only inside that cleanup (``inside``, its frame), and only
+    while the watchdog is armed.
 
-    def __init__(self, timeout: float) -> None:
+    In the main thread the interrupt is a request to ``_interrupts`` (raised there by a
+    signal handler, never once the cleanup has returned); elsewhere it is sent to the
+    thread, and the cleanup's caller catches it wherever it lands before the watchdog
+    is disarmed, and withdraws it if it has not landed by then.
+    """
+
+    def __init__(self, timeout: float, inside: FrameType) -> None:
         self._thread_id = get_ident()
+        self._main = _interrupts.is_main_thread()
+        self._inside = inside
         self._lock = threading.Lock()
         self._armed = True
+        self._done = threading.Event()
         self.fired = False
-        self._sent: BaseException | None = None
-        self._timer = threading.Timer(timeout, self._fire)
-        self._timer.daemon = True
+        self._timer = threading.Thread(
+            target=self._watch, args=(timeout,), name="orchestr-cleanup-watchdog", daemon=True
+        )
 
-    def _fire(self) -> None:
-        # Under the lock, interrupt included: __exit__ must never withdraw an interrupt
-        # that has not been sent yet (it would land later, in unrelated code).
+    def _still_armed(self) -> bool:
+        return self._armed
+
+    def _watch(self, timeout: float) -> None:
+        if self._done.wait(timeout):
+            return
+        # Under the lock, the interrupt included: __exit__ must never withdraw an
+        # interrupt that has not been sent yet (it would land later, in unrelated code).
         with self._lock:
             if not self._armed:
                 return
-            self._armed = False
             self.fired = True
-            self._sent = interrupt_thread(self._thread_id, CleanupInterrupted)
+            if not self._main:
+                _interrupts.interrupt_thread(self._thread_id, CleanupInterrupted)
+                return
+            request = _interrupts.post(CleanupInterrupted(), self._still_armed, self._inside)
+        if request is None:
+            return  # the main thread cannot be woken (no signal support): nothing to do
+        # Until it lands or the cleanup returns: the cleanup may be blocked in a call
+        # that only a signal can interrupt.
+        while not self._done.wait(_KICK_INTERVAL):
+            if not _interrupts.is_pending(request):
+                return
+            _interrupts.kick()
+        _interrupts.withdraw(request)
 
     def __enter__(self) -> Watchdog:
         self._timer.start()
@@ -123,8 +153,8 @@ class Watchdog:
     def __exit__(self, *exc_info: object) -> None:
         with self._lock:
             self._armed = False
-        self._timer.cancel()
-        self._timer.join()  # leave no timer thread behind
-        if self.fired:
-            # The interrupt may still be pending (not raised yet): withdraw it.
-            clear_interrupt(self._thread_id, self._sent)
+        self._done.set()
+        self._timer.join()  # leave no watchdog thread behind
+        if self.fired and not self._main:
+            # It may not have landed yet: withdraw it (it can no longer be re-sent).
+            _interrupts.clear_thread_interrupt(self._thread_id)

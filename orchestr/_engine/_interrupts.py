@@ -1,0 +1,387 @@
+"""Interrupts (timeouts, signals, outside cancellation) reach user code only.
+
+Async code is interrupted by cancellation, which lands only at an ``await``. Sync code has
+no such points: Python raises a signal's exception, or one sent to a thread, between any
+two bytecodes, in the middle of orchestr's bookkeeping or of a resource's cleanup alike.
+So orchestr decides where an interrupt may land in sync code, as trio protects its own
+internals from ``KeyboardInterrupt``:
+
+- **Protected by default.** A frame of the orchestr package is protected, except the
+  two functions marked :func:`interruptible`: :func:`call_user`, through which orchestr
+  calls user code that may be interrupted (a sync flow's body, a sync task called inline,
+  hooks), and :func:`wait_event`, its blocking waits. Walking out from the running frame,
+  the first of those or of orchestr's own frames decides. A resource's setup and cleanup
+  are called from protected frames, so they are protected.
+- **Deferred, not lost.** An interrupt aimed at the main thread while it is protected
+  waits: it is raised at the next interruptible point, or where a protected section ends
+  (a resource block raises it once its cleanup is done), or dropped once it is no longer
+  wanted (the body it was meant for has returned).
+- **Cleanups stop early only at their own timeout**: that interrupt (a watchdog's) may land
+  only inside the cleanup it bounds.
+
+Delivery to the main thread goes through a signal handler, which Python runs in the main
+thread between bytecodes, so the decision and the raise happen atomically with respect to
+the code being interrupted. Another thread that wants to interrupt the main thread (a sync
+flow's timeout, a cleanup's watchdog) posts a :class:`Request` and wakes the main thread
+with SIGURG, whose default action is to be ignored: a late one can never kill a process.
+
+SIGINT and SIGTERM are handled while any top-level flow run in the main thread wants
+them: the first such run installs the handlers, the last one to end (in any order) puts
+back what was there before. The first signal cancels every such run (cleanups follow);
+a second one escalates: the runs stop waiting for task runs still executing and go
+straight to their cleanups, still bounded by their cleanup timeouts.
+
+No other thread can safely be interrupted at an arbitrary point. A sync flow body running
+outside the main thread learns that its run was cancelled at its next call into orchestr
+(a blocking wait, entering or leaving a resource block). Only a cleanup that overran its
+cleanup timeout is interrupted there, by an exception confined to that cleanup.
+"""
+
+from __future__ import annotations
+
+import _signal  # type: ignore[import-not-found]
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from types import CodeType, FrameType
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from ..exceptions import RunCancelled, Terminated
+
+if TYPE_CHECKING:
+    from ._flowrun import FlowRun
+
+__all__ = [
+    "Request",
+    "call_user",
+    "clear_thread_interrupt",
+    "interrupt_for",
+    "interrupt_thread",
+    "interruptible",
+    "is_main_thread",
+    "is_pending",
+    "kick",
+    "pending_interrupt",
+    "post",
+    "signal_handling",
+    "take_interrupt",
+    "wait_event",
+    "wakeups",
+    "withdraw",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_interruptible: set[CodeType] = set()
+_main_ident = threading.main_thread().ident
+_SIGNALS = (int(signal.SIGINT), int(signal.SIGTERM))
+# Absent on Windows: there, sync code is interrupted only at orchestr's own calls.
+_WAKEUP: int | None = getattr(signal, "SIGURG", None)
+_can_wake = _WAKEUP is not None and hasattr(signal, "pthread_kill")
+
+
+# -- where an interrupt may land ------------------------------------------------------------
+def interruptible(fn: F) -> F:
+    """Mark an orchestr function as a point where interrupts may land (see above)."""
+    _interruptible.add(fn.__code__)
+    return fn
+
+
+@interruptible
+def call_user(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """Call user code that interrupts may stop (an exception can surface here, before or
+    after ``fn`` ran: the caller handles it as one raised by ``fn``)."""
+    return fn(*args, **kwargs)
+
+
+@interruptible
+def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
+    """``event.wait(timeout)``, where interrupts may land."""
+    return event.wait(timeout)
+
+
+# The directory of the orchestr package, spelled as its code objects spell it.
+_PACKAGE = os.path.dirname(os.path.dirname(call_user.__code__.co_filename)) + os.sep
+
+
+def _may_interrupt(frame: FrameType | None) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code in _interruptible:
+            return True
+        if code.co_filename.startswith(_PACKAGE):
+            return False
+        frame = frame.f_back
+    return True
+
+
+def _on_stack(frame: FrameType | None, target: FrameType) -> bool:
+    while frame is not None:
+        if frame is target:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def is_main_thread() -> bool:
+    return threading.get_ident() == _main_ident
+
+
+# -- interrupting the main thread ------------------------------------------------------------
+class Request:
+    """An interrupt waiting to be raised in the main thread: ``exc``, while ``wanted()``,
+    at an interruptible point, or (``inside`` given) only while that frame is running."""
+
+    __slots__ = ("exc", "inside", "wanted")
+
+    def __init__(
+        self, exc: BaseException, wanted: Callable[[], bool], inside: FrameType | None
+    ) -> None:
+        self.exc = exc
+        self.wanted = wanted
+        self.inside = inside
+
+
+_requests: list[Request] = []
+_wakeup_users = [0]
+_wakeup_previous: list[Any] = [None]
+
+
+@contextmanager
+def wakeups() -> Iterator[bool]:
+    """Main thread: let other threads interrupt it (SIGURG handler) inside the block;
+    yields whether that is possible here."""
+    if not _can_wake or threading.get_ident() != _main_ident:
+        yield False
+        return
+    if _wakeup_users[0] == 0:
+        _wakeup_previous[0] = _signal.signal(_WAKEUP, _on_wakeup)
+    _wakeup_users[0] += 1
+    try:
+        yield True
+    finally:
+        _wakeup_users[0] -= 1
+        if _wakeup_users[0] == 0:
+            _requests.clear()
+            if _signal.getsignal(_WAKEUP) is _on_wakeup:
+                _signal.signal(_WAKEUP, _wakeup_previous[0])
+            _wakeup_previous[0] = None
+
+
+def post(
+    exc: BaseException, wanted: Callable[[], bool], inside: FrameType | None = None
+) -> Request | None:
+    """From any thread: raise ``exc`` in the main thread at the first point allowed (see
+    :class:`Request`). None if the main thread cannot be woken (no :func:`wakeups`
+    block): the caller falls back on the main thread noticing by itself."""
+    if not _wakeup_users[0]:
+        return None
+    request = Request(exc, wanted, inside)
+    _requests.append(request)
+    kick()
+    return request
+
+
+def is_pending(request: Request) -> bool:
+    return request in _requests
+
+
+def withdraw(request: Request | None) -> None:
+    if request is not None:
+        try:
+            _requests.remove(request)
+        except ValueError:  # raised already, or dropped
+            pass
+
+
+def kick() -> None:
+    """Wake the main thread to try the waiting requests again (the posters call this
+    every few milliseconds while theirs waits: a protected section may have ended)."""
+    if _requests and _wakeup_users[0]:
+        signal.pthread_kill(_main_ident, _WAKEUP)  # type: ignore[arg-type]
+
+
+def _on_wakeup(signum: int, frame: FrameType | None) -> None:
+    if not _requests:
+        previous = _wakeup_previous[0]
+        if callable(previous):
+            previous(signum, frame)
+        return
+    _deliver(frame)
+
+
+def _deliver(frame: FrameType | None) -> None:
+    """In the main thread (a signal handler): raise the first request allowed here."""
+    for request in list(_requests):
+        if not request.wanted():
+            withdraw(request)
+            continue
+        inside = request.inside
+        if _on_stack(frame, inside) if inside is not None else _may_interrupt(frame):
+            withdraw(request)
+            raise request.exc
+
+
+# -- the ends of protected sections ---------------------------------------------------------
+_local = threading.local()
+
+
+def push_body(cancelled: Callable[[], bool]) -> None:
+    """This thread starts running a sync flow body; ``cancelled()`` says whether its run
+    wants it to stop (read by :func:`pending_interrupt` outside the main thread)."""
+    bodies = getattr(_local, "bodies", None)
+    if bodies is None:
+        bodies = _local.bodies = []
+    bodies.append(cancelled)
+
+
+def pop_body() -> None:
+    _local.bodies.pop()
+
+
+def pending_interrupt() -> BaseException | None:
+    """The interrupt waiting for the current thread, if any (not removed): checked where a
+    protected section ends."""
+    if threading.get_ident() == _main_ident:
+        for request in _requests:
+            if request.inside is None and request.wanted():
+                return request.exc
+        return None
+    for cancelled in getattr(_local, "bodies", ()):
+        if cancelled():
+            return RunCancelled("the flow run of this body was cancelled")
+    return None
+
+
+def take_interrupt() -> BaseException | None:
+    """Like :func:`pending_interrupt`, and the caller raises it now."""
+    exc = pending_interrupt()
+    if exc is not None:
+        for request in list(_requests):
+            if request.exc is exc:
+                withdraw(request)
+    return exc
+
+
+# -- other threads (cleanup watchdogs only) ----------------------------------------------------
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> None:
+    """Raise ``exc_type()`` in another (non-main) thread at its next bytecode. Only for an
+    interrupt confined to a section that catches it (a cleanup's watchdog)."""
+    # Deferred: only interrupted threads need ctypes (it costs `import orchestr` time).
+    import ctypes
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
+    )
+
+
+def clear_thread_interrupt(thread_id: int) -> None:
+    """Withdraw an interrupt sent with :func:`interrupt_thread` that has not fired yet."""
+    import ctypes  # deferred, as above
+
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+
+
+# -- SIGINT and SIGTERM ------------------------------------------------------------------------
+class Body(Protocol):
+    """A sync flow body, as the signal handler sees it (``_caller.CallerThread``)."""
+
+    flow_run: FlowRun
+    is_main: bool
+    in_body: bool
+    interrupt_sent: bool
+
+
+_runs: list[FlowRun] = []
+_previous_handlers: list[tuple[int, Any]] = []
+_main_bodies: list[Body] = []
+
+
+def interrupt_for(signum: int) -> BaseException:
+    """The exception a flow call raises after a signal interrupted its run."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return Terminated(f"terminated by {signal.Signals(signum).name}")
+
+
+class _Registration:
+    """A run's registration for SIGINT / SIGTERM; :meth:`release` ends it early."""
+
+    __slots__ = ("run",)
+
+    def __init__(self, run: FlowRun | None) -> None:
+        self.run = run
+
+    def release(self) -> None:
+        run, self.run = self.run, None
+        if run is not None:
+            _runs.remove(run)
+            if not _runs:
+                for sig, previous in _previous_handlers:
+                    if _signal.getsignal(sig) is _on_signal:  # unless the app changed it
+                        _signal.signal(sig, previous)
+                _previous_handlers.clear()
+
+
+@contextmanager
+def signal_handling(run: FlowRun, top_level: bool) -> Iterator[_Registration]:
+    """Register a top-level run for SIGINT / SIGTERM for the block (main thread only;
+    elsewhere this does nothing)."""
+    if not top_level or threading.get_ident() != _main_ident:
+        yield _Registration(None)
+        return
+    if not _runs:
+        # _signal.signal is signal.signal without its enum conversions (~10 us a call).
+        _previous_handlers[:] = [(sig, _signal.signal(sig, _on_signal)) for sig in _SIGNALS]
+    _runs.append(run)
+    registration = _Registration(run)
+    try:
+        yield registration
+    finally:
+        registration.release()
+
+
+@contextmanager
+def main_thread_body(body: Body) -> Iterator[None]:
+    """A sync flow body may run in the main thread inside the block: signals interrupt
+    it (where allowed) and cancel its run even if the run is not a top-level one."""
+    if not body.is_main:
+        yield
+        return
+    _main_bodies.append(body)
+    try:
+        yield
+    finally:
+        _main_bodies.remove(body)
+
+
+def _on_signal(signum: int, frame: FrameType | None) -> None:
+    runs = list(_runs)
+    if not runs:  # the last run just ended: behave as before it started
+        _chain(signum, frame)
+        return
+    bodies = [body for body in _main_bodies if body.in_body]
+    for body in bodies:
+        if body.flow_run not in runs:
+            runs.append(body.flow_run)
+    for run in runs:
+        run.signalled(signum)
+    if bodies and _may_interrupt(frame):
+        # A sync body runs in this thread and may be interrupted here: raise the signal's
+        # exception now, as Python would. Otherwise the cancelled run's engine sends it
+        # once the body reaches a point where it may land.
+        for body in bodies:
+            body.interrupt_sent = True
+        raise interrupt_for(signum)
+
+
+def _chain(signum: int, frame: FrameType | None) -> None:
+    for sig, previous in _previous_handlers:
+        if sig == signum and callable(previous):
+            previous(signum, frame)
+            return
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt
+    raise interrupt_for(signum)
