@@ -242,15 +242,23 @@ class FlowRun:
     def _on_signal(self, signum: int, first: bool) -> None:
         # On the loop: the first signal cancels the run, a second one escalates.
         name = signal.Signals(signum).name
-        running = sorted(f.name for f in list(self.active) if f._state is None)
+        # Runs on the loop stop at their next await; runs executing in threads cannot be
+        # stopped, and are waited for (the grace period).
+        running = sorted(
+            f.name
+            for f in list(self.active)
+            if f._state is None
+            and f._canceller is None
+            and f._record.state_type is not StateType.PENDING
+        )
         if first:
             self.request_cancel()
             note = f"orchestr: {name}: cancelling flow run {self.record.name!r}"
             if running:
                 grace = get_settings().cancel_grace_seconds
                 note += (
-                    f"; waiting up to {grace:g} s for {len(running)} task run(s) still "
-                    f"running ({_listed(running)}), then cleaning up; send {name} again to "
+                    f"; waiting up to {grace:g} s for {len(running)} task run(s) running in "
+                    f"threads ({_listed(running)}), then cleaning up; send {name} again to "
                     "stop waiting"
                 )
         else:

@@ -76,6 +76,18 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 _interruptible: set[CodeType] = set()
 _main_ident = threading.main_thread().ident
+
+
+def _after_fork() -> None:
+    # The forking thread is the child's main thread; nothing registered survives.
+    global _main_ident
+    _main_ident = threading.main_thread().ident
+    _requests.clear()
+    _runs.clear()
+    _main_bodies.clear()
+    _wakeup_users[0] = 0
+
+
 _SIGNALS = (int(signal.SIGINT), int(signal.SIGTERM))
 # Absent on Windows: there, sync code is interrupted only at orchestr's own calls.
 _WAKEUP: int | None = getattr(signal, "SIGURG", None)
@@ -385,3 +397,7 @@ def _chain(signum: int, frame: FrameType | None) -> None:
     if signum == signal.SIGINT:
         raise KeyboardInterrupt
     raise interrupt_for(signum)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)

@@ -37,6 +37,7 @@ from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from .._engine._context import flow_run_var
@@ -350,6 +351,13 @@ class PoolCheckout(Generic[T]):
     async def __aenter__(self) -> T:
         self._claim()
         obj = self._obj = await self._pool._checkout(self._timeout, blocking=False)
+        try:
+            # A cancellation that waited for a protected create lands here, not in the
+            # block: the object goes back to the pool.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except BaseException:
+            self._release()
+            raise
         return obj
 
     async def __aexit__(
