@@ -278,6 +278,35 @@ def test_tag_rate_limit_spaces_starts(run: Any) -> None:
     assert starts[4] - begin >= 0.4
 
 
+def test_rate_limit_holds_for_actual_starts_when_the_loop_is_late(run: Any) -> None:
+    """The window counts when calls really start: a loop blocked between granting and
+    running some calls (load) cannot let later calls crowd closer than the limit."""
+    starts: list[float] = []
+
+    @task(tags=["busy-api"])
+    async def call() -> None:
+        starts.append(time.monotonic())
+
+    @task
+    async def hog() -> None:
+        time.sleep(0.15)  # blocks the loop on purpose, as a loaded machine would
+
+    @flow
+    async def main() -> None:
+        for _ in range(3):
+            call.submit()
+        hog.submit()  # runs after the first three were let through, before they start
+        for _ in range(4):
+            call.submit()
+
+    with limits(rate={"busy-api": (3, 0.2)}):
+        run(main)
+    starts.sort()
+    assert len(starts) == 7
+    spans = [later - earlier for earlier, later in zip(starts, starts[3:], strict=False)]
+    assert min(spans) >= 0.2 - 0.005, spans
+
+
 def test_rate_limit_applies_to_sync_tasks(run: Any) -> None:
     """Sync runs with a rate-limited tag are spaced the same way."""
     starts: list[float] = []

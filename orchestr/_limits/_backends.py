@@ -51,30 +51,54 @@ class LimitBackend(abc.ABC):
 
 
 class _Window:
-    """A sliding-window rate limit. Each acquisition books the earliest start that keeps
-    at most ``limit`` starts in any ``per_seconds``, in arrival order (FIFO), then waits
-    until then. Booked times never go backwards, so any ``limit + 1`` consecutive starts
-    span at least ``per_seconds``. A waiter cancelled before its start leaves its booking
-    unused: the limit errs on the strict side."""
+    """A sliding-window rate limit: at most ``limit`` starts in any ``per_seconds``.
 
-    __slots__ = ("_lock", "_starts", "per_seconds")
+    A start is recorded when its caller actually proceeds, not when it asked: under load
+    a caller may resume late, and a window kept on planned times would then let later
+    calls crowd closer than the limit allows. Callers take turns (FIFO, through a
+    one-permit :class:`Semaphore`): the one whose turn it is waits until the window has
+    room, records its starts and returns at once, with no checkpoint in between, so its
+    call starts when recorded. A caller cancelled while waiting records nothing.
+    """
+
+    __slots__ = ("_lock", "_starts", "_turn", "per_seconds")
 
     def __init__(self, definition: RateLimit) -> None:
         self.per_seconds = definition.per_seconds
         self._lock = threading.Lock()
-        self._starts: deque[float] = deque(maxlen=definition.limit)  # the last bookings
+        self._starts: deque[float] = deque(maxlen=definition.limit)  # the last starts
+        self._turn = Semaphore(1)
 
-    def book(self, amount: int) -> float:
-        """Book ``amount`` starts; return the time (``time.monotonic``) of the last."""
+    def _try_start(self, amount: int) -> float:
+        """Record ``amount`` starts now if the window allows; else the seconds to wait."""
         with self._lock:
             starts = self._starts
-            at = 0.0
-            for _ in range(amount):
-                at = time.monotonic()
-                if len(starts) == starts.maxlen:
-                    at = max(at, starts[0] + self.per_seconds)
-                starts.append(at)
-            return at
+            now = time.monotonic()
+            # The start `limit` places before the last new one must be a window ago.
+            index = len(starts) + amount - 1 - starts.maxlen  # type: ignore[operator]
+            if index >= 0:
+                wait = starts[index] + self.per_seconds - now
+                if wait > 0:
+                    return wait
+            starts.extend([now] * amount)
+            return 0.0
+
+    async def acquire(self, amount: int) -> None:
+        await self._turn.acquire_async()
+        try:
+            while (wait := self._try_start(amount)) > 0:  # noqa: ASYNC110 - waits for time
+                await anyio.sleep(wait)
+        finally:
+            self._turn.release()
+
+    def acquire_blocking(self, amount: int) -> None:
+        self._turn.acquire_blocking()
+        try:
+            wakeup = threading.Event()  # never set: a sleep where interrupts may land
+            while (wait := self._try_start(amount)) > 0:
+                wait_event(wakeup, wait)
+        finally:
+            self._turn.release()
 
 
 class InProcessLimits(LimitBackend):
@@ -88,10 +112,13 @@ class InProcessLimits(LimitBackend):
         self._states: dict[tuple[type, str], tuple[Limit, Semaphore | _Window]] = {}
 
     def _state(self, limit: Limit, amount: int) -> Semaphore | _Window:
-        if isinstance(limit, ConcurrencyLimit) and amount > limit.limit:
+        if amount > limit.limit:
+            what = (
+                "slots of concurrency" if isinstance(limit, ConcurrencyLimit) else "starts of rate"
+            )
             raise UsageError(
-                f"cannot occupy {amount} slots of concurrency limit {limit.name!r}, which "
-                f"has {limit.limit}: it would wait for ever"
+                f"cannot occupy {amount} {what} limit {limit.name!r}, which allows "
+                f"{limit.limit}: it would wait for ever"
             )
         key = (type(limit), limit.name)
         entry = self._states.get(key)
@@ -112,13 +139,7 @@ class InProcessLimits(LimitBackend):
         if isinstance(state, Semaphore):
             await state.acquire_async(amount)
             return _releaser(state, amount)
-        at = state.book(amount)
-        left = at - time.monotonic()
-        if left <= 0:
-            await anyio.lowlevel.checkpoint()
-        while left > 0:  # a loop's clock may wake a hair early by time.monotonic's
-            await anyio.sleep(left)
-            left = at - time.monotonic()
+        await state.acquire(amount)
         return noop_release
 
     def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
@@ -126,10 +147,7 @@ class InProcessLimits(LimitBackend):
         if isinstance(state, Semaphore):
             state.acquire_blocking(amount)
             return _releaser(state, amount)
-        at = state.book(amount)
-        wakeup = threading.Event()  # never set: a sleep where interrupts may land
-        while (left := at - time.monotonic()) > 0:
-            wait_event(wakeup, left)
+        state.acquire_blocking(amount)
         return noop_release
 
 
