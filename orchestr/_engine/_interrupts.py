@@ -16,6 +16,8 @@ internals from ``KeyboardInterrupt``:
   waits: it is raised at the next interruptible point, or where a protected section ends
   (a resource block raises it once its cleanup is done), or dropped once it is no longer
   wanted (the body it was meant for has returned).
+- **Setup and cleanup are shielded**: nothing under them is interrupted, not even user
+  code they call through :func:`call_user` (a task called inline from a cleanup).
 - **Cleanups stop early only at their own timeout**: that interrupt (a watchdog's) may land
   only inside the cleanup it bounds.
 
@@ -61,6 +63,7 @@ __all__ = [
     "interrupt_thread",
     "interruptible",
     "is_main_thread",
+    "shielded",
     "is_pending",
     "kick",
     "pending_interrupt",
@@ -75,6 +78,7 @@ __all__ = [
 F = TypeVar("F", bound=Callable[..., Any])
 
 _interruptible: set[CodeType] = set()
+_shielded: set[CodeType] = set()
 _main_ident = threading.main_thread().ident
 
 
@@ -101,6 +105,14 @@ def interruptible(fn: F) -> F:
     return fn
 
 
+def shielded(fn: F) -> F:
+    """Mark a function (a resource's setup or cleanup) inside which nothing may be
+    interrupted, not even user code it calls through :func:`call_user` (a task called
+    inline from a cleanup)."""
+    _shielded.add(fn.__code__)
+    return fn
+
+
 @interruptible
 def call_user(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
     """Call user code that interrupts may stop (an exception can surface here, before or
@@ -119,14 +131,18 @@ _PACKAGE = os.path.dirname(os.path.dirname(call_user.__code__.co_filename)) + os
 
 
 def _may_interrupt(frame: FrameType | None) -> bool:
+    decided: bool | None = None  # by the innermost marked or orchestr frame
     while frame is not None:
         code = frame.f_code
-        if code in _interruptible:
-            return True
-        if code.co_filename.startswith(_PACKAGE):
+        if code in _shielded:
             return False
+        if decided is None:
+            if code in _interruptible:
+                decided = True
+            elif code.co_filename.startswith(_PACKAGE):
+                decided = False
         frame = frame.f_back
-    return True
+    return decided is not False
 
 
 def _on_stack(frame: FrameType | None, target: FrameType) -> bool:

@@ -13,6 +13,7 @@ from collections.abc import AsyncGenerator, Callable, Generator
 from types import TracebackType
 from typing import Any
 
+from .._engine._interrupts import shielded
 from ..exceptions import ResourceDefinitionError
 
 __all__ = [
@@ -37,9 +38,11 @@ class Lifecycle:
         """Called before setup with the kind of block it is entered in; only a lifecycle
         that can work both ways cares."""
 
+    @shielded
     def setup(self) -> Any:
         raise NotImplementedError
 
+    @shielded
     def cleanup(self, value: Any, *exc_info: Any) -> Any:
         raise NotImplementedError
 
@@ -57,6 +60,7 @@ class GeneratorLifecycle(Lifecycle):
         self._kwargs = kwargs
         self._gen: Generator[Any] | None = None
 
+    @shielded
     def setup(self) -> Any:
         self._gen = self._fn(*self._args, **self._kwargs)
         try:
@@ -64,6 +68,7 @@ class GeneratorLifecycle(Lifecycle):
         except StopIteration:
             raise _never_yielded(self._name) from None
 
+    @shielded
     def cleanup(self, value: Any, *exc_info: Any) -> bool:
         gen = self._gen
         assert gen is not None
@@ -99,6 +104,7 @@ class AsyncGeneratorLifecycle(Lifecycle):
         self._kwargs = kwargs
         self._gen: AsyncGenerator[Any] | None = None
 
+    @shielded
     async def setup(self) -> Any:
         self._gen = self._fn(*self._args, **self._kwargs)
         try:
@@ -106,6 +112,7 @@ class AsyncGeneratorLifecycle(Lifecycle):
         except StopAsyncIteration:
             raise _never_yielded(self._name) from None
 
+    @shielded
     async def cleanup(self, value: Any, *exc_info: Any) -> bool:
         gen = self._gen
         assert gen is not None
@@ -139,16 +146,19 @@ class ManagerLifecycle(Lifecycle):
         self.setup_is_async = setup is not None and inspect.iscoroutinefunction(setup)
         self.cleanup_is_async = inspect.iscoroutinefunction(manager.cleanup)
 
+    @shielded
     def setup(self) -> Any:
         # Without setup(), the manager instance itself is the resource.
         return self._manager if self._setup is None else self._setup()
 
+    @shielded
     def cleanup(self, value: Any, *exc_info: Any) -> Any:
         if self.cleanup_is_async:
             return self._cleanup_async(value)
         self._manager.cleanup(value)
         return False  # a resource manager never swallows the block's error
 
+    @shielded
     async def _cleanup_async(self, value: Any) -> bool:
         await self._manager.cleanup(value)
         return False
@@ -174,14 +184,17 @@ class ContextManagerLifecycle(Lifecycle):
         use_async = self._async and (in_async_block or not self._sync)
         self.setup_is_async = self.cleanup_is_async = use_async
 
+    @shielded
     def setup(self) -> Any:
         return self._cm.__aenter__() if self.setup_is_async else self._cm.__enter__()
 
+    @shielded
     def cleanup(self, value: Any, *exc_info: Any) -> Any:
         if self.cleanup_is_async:
             return self._aexit(*exc_info)
         return bool(self._cm.__exit__(*exc_info))
 
+    @shielded
     async def _aexit(self, *exc_info: Any) -> bool:
         return bool(await self._cm.__aexit__(*exc_info))
 

@@ -42,6 +42,7 @@ import anyio.to_thread
 
 from .._engine._context import flow_run_var
 from .._engine._drivers import drive
+from .._engine._interrupts import shielded
 from .._engine._loop import awaited, run_on_loop
 from .._semaphore import Semaphore, on_event_loop
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
@@ -281,6 +282,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
             await self._call(blocking, method)
 
     # -- calling user code from either side ------------------------------------------------
+    @shielded  # create / validate / close are protected like a resource's setup / cleanup
     async def _call(self, blocking: bool, fn: Callable[..., Any], *args: Any) -> Any:
         """Call create / validate / close. From async code: await an async one, run a
         sync one in a worker thread (abandoned if the caller is cancelled). From sync
