@@ -658,6 +658,46 @@ def test_enclosing_cancel_scope_cancels_the_flow_and_its_tasks(run: Any) -> None
     assert all(f.done() for f in futures)
 
 
+def test_body_failure_is_kept_when_the_caller_cancels_during_the_barrier(run: Any) -> None:
+    """A body that raised, then its caller's cancellation while the run waits for its
+    task runs: the run ends Failed with the body's error (it failed first, rule 7), its
+    on_failure hooks see it, and the cancellation still propagates to the caller."""
+    ended: list[State[Any]] = []
+    waiting = anyio.Event()
+
+    @task
+    async def slow() -> None:
+        waiting.set()
+        await anyio.sleep_forever()
+
+    @flow(
+        on_failure=[lambda f, r, s: ended.append(s)],
+        on_cancellation=[lambda f, r, s: ended.append(s)],
+    )
+    async def main() -> None:
+        slow.submit()
+        await waiting.wait()
+        raise ValueError("the body failed first")
+
+    async def go() -> bool:
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(main)
+                await waiting.wait()
+                for _ in range(5):  # the body has raised; the run waits for `slow`
+                    await anyio.lowlevel.checkpoint()
+                scope.cancel()
+        return scope.cancelled_caught
+
+    assert run(go) is True  # the cancellation reached the caller
+    assert len(ended) == 1
+    assert ended[0].is_failed()
+    assert isinstance(ended[0].exception, ValueError)
+    assert str(ended[0].exception) == "the body failed first"
+    slow_run = ended[0].record.task_runs[0]
+    assert slow_run.state_type is StateType.CANCELLED
+
+
 def test_no_task_outlives_its_flow_run(run: Any) -> None:
     """Whatever the outcome of the body, once the flow call returns every task run it
     (or its tasks) submitted has a final state and an end time."""

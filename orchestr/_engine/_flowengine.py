@@ -181,11 +181,19 @@ async def _run(
             state = await _attempts(run, args, kwargs, body)
     except BaseException as exc:
         # The run does not return a state: record one (and run its hooks) first.
-        if isinstance(exc, cancelled):
+        if isinstance(exc, cancelled) and run.body_error is not None:
+            # The body failed, then the caller's cancellation came while the run ended.
+            ended: State[Any] = State(
+                StateType.FAILED,
+                message=_describe(run.body_error),
+                error=run.body_error,
+                record=record,
+            )
+        elif isinstance(exc, cancelled):
             error: BaseException = TaskRunCancelledError(
                 f"flow run {record.name!r} was cancelled by its caller"
             )
-            ended: State[Any] = State(
+            ended = State(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
         else:  # an interrupt escaping a task run, e.g. sys.exit() in a hook
@@ -269,7 +277,10 @@ async def _attempt(
     except BaseException:
         # Cancelled from outside the run, or an interrupt escaping its task group (a
         # task's hook called sys.exit()): finish every task run and shut the runner
-        # down, then let it propagate.
+        # down, then let it propagate. A body that had already failed keeps its error:
+        # the run failed before the cancellation came (rule 7).
+        if isinstance(body_error, Exception):
+            run.body_error = body_error
         with anyio.CancelScope(shield=True):
             await _wind_down(run, cancel=True)
         raise

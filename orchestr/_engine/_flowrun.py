@@ -49,6 +49,7 @@ class FlowRun:
         "_grace_scopes",
         "_thread_waiters",
         "active",
+        "body_error",
         "cancel_reason",
         "cancel_requested",
         "closed",
@@ -94,6 +95,8 @@ class FlowRun:
         # Why the run was cancelled, when something other than a signal or its timeout
         # did it (see why_cancelled()).
         self.cancel_reason: str | None = None
+        # The body's error, when a cancellation from outside came after it (rule 7).
+        self.body_error: Exception | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
         self._thread_waiters: set[threading.Event] = set()
