@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 
 from ._engine._context import task_run_var
-from ._engine._interrupts import wait_event
+from ._engine._interrupts import take_interrupt, wait_event
 from ._engine._loop import LoopHandle
 from .exceptions import (
     BlockingCallError,
@@ -217,7 +217,10 @@ class TaskFuture(Generic[R]):
                 self._discard_done_callback(wake)
         if self._state is None:
             if cancellable and run.cancel_requested:
-                raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
+                # The interrupt meant for this thread (a signal's), else RunCancelled.
+                raise take_interrupt() or RunCancelled(
+                    f"flow run {run.record.name!r} was cancelled"
+                )
             return False
         return True
 

@@ -79,6 +79,9 @@ async def run_flow_async(
                     log_prints_var.reset(prints)
     finally:
         flow_run_var.reset(token)
+    if run.signal is not None:
+        with anyio.CancelScope(shield=True):
+            await _interrupts.others_signalled_ended()
     return _deliver(run, state, return_state)
 
 

@@ -50,6 +50,8 @@ from contextlib import contextmanager
 from types import CodeType, FrameType
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
+import anyio
+
 from ..exceptions import RunCancelled, Terminated
 
 if TYPE_CHECKING:
@@ -66,6 +68,7 @@ __all__ = [
     "shielded",
     "is_pending",
     "kick",
+    "others_signalled_ended",
     "pending_interrupt",
     "post",
     "signal_handling",
@@ -93,6 +96,7 @@ def _after_fork() -> None:
 
 
 _SIGNALS = (int(signal.SIGINT), int(signal.SIGTERM))
+_POLL_INTERVAL = 0.01
 # Absent on Windows: there, sync code is interrupted only at orchestr's own calls.
 _WAKEUP: int | None = getattr(signal, "SIGURG", None)
 _can_wake = _WAKEUP is not None and hasattr(signal, "pthread_kill")
@@ -403,6 +407,15 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         for body in bodies:
             body.interrupt_sent = True
         raise interrupt_for(signum)
+
+
+async def others_signalled_ended() -> None:
+    """Wait until no other registered run is still ending because of a signal. A run a
+    signal ended raises the signal's exception to its caller; on asyncio a
+    ``KeyboardInterrupt`` or ``SystemExit`` that escapes a task stops the event loop at
+    once, which would cut short the cleanups of flow runs running beside it."""
+    while any(run.signal is not None for run in _runs):  # noqa: ASYNC110 - other loops too
+        await anyio.sleep(_POLL_INTERVAL)
 
 
 def _chain(signum: int, frame: FrameType | None) -> None:

@@ -78,7 +78,8 @@ class FutureScope:
         if interrupted is None:
             index = 0
             while index < len(self.futures):
-                self.futures[index]._wait_blocking(None, cancellable=False)
+                # Cancellable: a cancelled run may never start what was submitted.
+                self.futures[index]._wait_blocking(None)
                 index += 1
             return
         self._cancel_cancellable(interrupted)

@@ -76,4 +76,5 @@ class WorkerPool:
             self._queue.put(_STOP)
         if wait:
             for thread in threads:
-                thread.join()
+                if thread.ident is not None:  # started (a failed start leaves one that is not)
+                    thread.join()
