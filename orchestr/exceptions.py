@@ -16,6 +16,9 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     │   ├── UpstreamNotCompletedError      it did not run: an upstream did not complete
     │   ├── TaskRunCancelledError          it was cancelled
     │   └── CrashedError                   the infrastructure failed under it
+    ├── SerializationError (TypeError)     a call, result or error does not pickle (worker
+    │                                      processes)
+    ├── WorkerLostError                    the worker process running a call died
     ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
     ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
     ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
@@ -77,11 +80,13 @@ __all__ = [
     "ResourceSetupError",
     "RunCancelled",
     "RunTimedOut",
+    "SerializationError",
     "TaskRunCancelledError",
     "TaskRunError",
     "Terminated",
     "UpstreamNotCompletedError",
     "UsageError",
+    "WorkerLostError",
 ]
 
 
@@ -206,6 +211,17 @@ class CleanupTimeoutError(ResourceCleanupError, TimeoutError):
 
 class ResourceClosedError(ResourceError):
     """Raised when a resource (or pool) is used after its scope has ended."""
+
+
+class SerializationError(OrchestrError, TypeError):
+    """Raised when a task call, its result or its exception cannot be sent to or from the
+    process that runs it (it does not pickle); the message names the task run and the
+    argument."""
+
+
+class WorkerLostError(OrchestrError):
+    """Raised (as a Crashed run's error) when the worker process running a task run died
+    or was killed under it."""
 
 
 class PoolError(ResourceError):

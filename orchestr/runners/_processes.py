@@ -1,0 +1,498 @@
+"""ProcessPoolTaskRunner: task calls in worker processes, each watched one by one.
+
+``concurrent.futures.ProcessPoolExecutor`` cannot say which worker runs which call, so it
+can neither stop one call (a timeout, a cancellation) nor tell a crash from a failure
+cleanly. This pool owns its workers: each has a pipe, a reader thread in this process, and
+the calls in flight on it (at most ``_DEPTH``: one running, one queued behind it, so a
+worker never waits for the round trip between calls).
+
+- **Stopping a call** that has started ends its worker (SIGKILL) and a new worker takes
+  its place when needed; a call still queued on a worker is skipped there instead.
+- **A worker that dies** (``os._exit``, a signal, out of memory) crashes the call it was
+  running (``Outcome.crashed``); calls queued behind it go to another worker.
+- **Loop-agnostic**: completions reach the awaiting call through its loop's
+  :class:`~orchestr._engine._loop.LoopHandle`, so calls may come from several event loops
+  (asyncio, trio; the loops of sync subflows) at once.
+- Logging in a worker is shipped back as it happens and handled here, in order, by the
+  logger it was logged to, carrying the task run's fields.
+
+Workers are started with the ``forkserver`` method where it exists (fast, and safe with
+threads), else ``spawn``: code that creates a flow run with this runner must sit under
+``if __name__ == "__main__":`` in the main module, as with every multiprocessing pool.
+Workers ignore SIGINT (the flow run decides what a Ctrl-C stops) and end soon after this
+process does, however it ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+import pickle
+import signal
+import threading
+import time
+from collections import deque
+from multiprocessing.connection import Connection
+from typing import Any, ClassVar, Self
+
+import anyio
+import anyio.to_thread
+
+from .._engine._loop import LoopHandle
+from .._semaphore import Semaphore
+from ..exceptions import SerializationError, UsageError, WorkerLostError
+from ._base import TaskRunner
+from ._call import Call, Outcome
+from ._remote import run_call
+
+__all__ = ["ProcessPoolTaskRunner"]
+
+_DEPTH = 2  # calls in flight per worker
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_STOP_TIMEOUT = 5.0  # a worker asked to stop that has not within this is killed
+_PARENT_CHECK = 0.5  # how often a worker checks that the process that made it lives
+
+
+class ProcessPoolTaskRunner(TaskRunner):
+    """Runs task calls (sync and async) in at most ``max_workers`` worker processes
+    (default: the CPU count). ``start_method``: ``"forkserver"`` (default where available)
+    or ``"spawn"``. See the module docstring for what happens on timeouts and crashes."""
+
+    local: ClassVar[bool] = False
+
+    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            raise UsageError(
+                "max_workers of ProcessPoolTaskRunner must be a whole number >= 1 or None, "
+                f"got {max_workers!r}"
+            )
+        methods = multiprocessing.get_all_start_methods()
+        if start_method is None:
+            start_method = "forkserver" if "forkserver" in methods else "spawn"
+        elif start_method not in methods or start_method == "fork":
+            usable = [m for m in methods if m != "fork"]
+            raise UsageError(
+                f"start_method of ProcessPoolTaskRunner must be one of {usable} "
+                f"(fork is unsafe in a process with threads), got {start_method!r}"
+            )
+        self.max_workers = max_workers or os.cpu_count() or 1
+        self.start_method = start_method
+        self._pool: _Pool | None = None
+
+    def duplicate(self) -> Self:
+        return type(self)(self.max_workers, start_method=self.start_method)
+
+    async def start(self) -> None:
+        self._pool = _Pool(self.max_workers, self.start_method)
+
+    async def run(self, call: Call) -> Outcome:
+        pool = self._pool
+        if pool is None:
+            raise UsageError("ProcessPoolTaskRunner.run() was called before start()")
+        return await pool.run(call)
+
+    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        raise UsageError("ProcessPoolTaskRunner runs calls with run(call), not submit()")
+
+    async def shutdown(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await anyio.to_thread.run_sync(pool.close)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        """The process ids of the live workers (for tests and diagnostics)."""
+        return [] if self._pool is None else self._pool.pids()
+
+    def __repr__(self) -> str:
+        return (
+            f"ProcessPoolTaskRunner(max_workers={self.max_workers}, "
+            f"start_method={self.start_method!r})"
+        )
+
+
+class _Waiter:
+    """A call sent to a worker, and the caller waiting for its outcome."""
+
+    __slots__ = ("cancelled", "event", "key", "loop", "outcome", "payload", "worker")
+
+    def __init__(self, key: str, payload: bytes) -> None:
+        self.key = key
+        self.payload = payload
+        self.event = anyio.Event()
+        self.loop = LoopHandle()
+        self.outcome: Outcome | None = None
+        self.worker: _Worker | None = None
+        self.cancelled = False
+
+    def deliver(self, outcome: Outcome) -> None:
+        self.outcome = outcome
+        self.loop.call_soon(self.event.set)
+
+
+class _Worker:
+    """One worker process and what it has in flight."""
+
+    __slots__ = ("conn", "dead", "inflight", "pid", "process", "send_lock", "started")
+
+    def __init__(self, process: Any, conn: Connection) -> None:
+        self.process = process
+        self.pid: int = process.pid
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.inflight: dict[str, _Waiter] = {}
+        self.started: set[str] = set()
+        self.dead = False
+
+    def send(self, message: tuple[str, str, bytes | None] | None) -> None:
+        data = pickle.dumps(message, protocol=_PROTOCOL)
+        with self.send_lock:
+            self.conn.send_bytes(data)
+
+
+class _Pool:
+    def __init__(self, max_workers: int, start_method: str) -> None:
+        self._context = multiprocessing.get_context(start_method)
+        self._max = max_workers
+        self._lock = threading.Lock()
+        self._slots = Semaphore(max_workers * _DEPTH)
+        self._workers: list[_Worker] = []
+        self._readers: list[threading.Thread] = []
+        self._closed = False
+
+    def pids(self) -> list[int]:
+        with self._lock:
+            return [w.pid for w in self._workers if not w.dead]
+
+    # -- running a call ---------------------------------------------------------------------
+    async def run(self, call: Call) -> Outcome:
+        waiter = _Waiter(call.key, _dumps(call))
+        await self._slots.acquire_async()
+        try:
+            self._dispatch(waiter)
+        except BaseException:
+            self._slots.release()
+            raise
+        try:
+            await waiter.event.wait()
+        except BaseException:  # cancelled: a timeout, fut.cancel(), the run cancelled
+            self._cancel(waiter)
+            raise
+        assert waiter.outcome is not None
+        return waiter.outcome
+
+    def _dispatch(self, waiter: _Waiter) -> None:
+        """Send a call to the least busy live worker (starting one if there is room)."""
+        with self._lock:
+            if self._closed:
+                raise UsageError("the ProcessPoolTaskRunner was shut down")
+            live = [w for w in self._workers if not w.dead]
+            worker = min(live, key=lambda w: len(w.inflight), default=None)
+            if worker is None or (len(worker.inflight) and len(live) < self._max):
+                worker = self._start_worker()
+            waiter.worker = worker
+            worker.inflight[waiter.key] = waiter
+        try:
+            worker.send(("call", waiter.key, waiter.payload))
+        except OSError:  # the worker died just now: its reader sends the call elsewhere
+            pass
+
+    def _cancel(self, waiter: _Waiter) -> None:
+        with self._lock:
+            if waiter.outcome is not None:
+                return
+            waiter.cancelled = True
+            worker = waiter.worker
+            if worker is None or worker.dead:
+                return
+            started = waiter.key in worker.started
+        if started:
+            self._kill(worker)  # the only way to stop a call that is running
+        else:
+            try:
+                worker.send(("skip", waiter.key, None))  # if it starts anyway, its reader kills it
+            except OSError:
+                pass
+
+    # -- workers ----------------------------------------------------------------------------
+    def _start_worker(self) -> _Worker:
+        """With the lock held."""
+        parent_conn, child_conn = self._context.Pipe()
+        levels = (logging.getLogger().getEffectiveLevel(), _orchestr_level())
+        process = self._context.Process(  # type: ignore[attr-defined]
+            target=_worker_main,
+            args=(child_conn, levels, os.getpid()),
+            name="orchestr-worker",
+            daemon=True,
+        )
+        process.start()
+        child_conn.close()
+        worker = _Worker(process, parent_conn)
+        self._workers.append(worker)
+        reader = threading.Thread(
+            target=self._read, args=(worker,), name=f"orchestr-worker-{worker.pid}", daemon=True
+        )
+        self._readers.append(reader)
+        reader.start()
+        return worker
+
+    def _kill(self, worker: _Worker) -> None:
+        try:
+            worker.process.kill()
+        except (OSError, ValueError):  # gone already
+            pass
+
+    def _read(self, worker: _Worker) -> None:
+        """This worker's reader thread: outcomes, log records, and its death."""
+        conn = worker.conn
+        while True:
+            try:
+                kind, key, body = pickle.loads(conn.recv_bytes())
+            except (EOFError, OSError):
+                break
+            if kind == "log":
+                _handle_record(body)
+                continue
+            self._note(worker, kind, key, body)
+        self._gone(worker)
+
+    def _note(self, worker: _Worker, kind: str, key: str | None, body: Any) -> None:
+        kill = False
+        with self._lock:
+            waiter = worker.inflight.get(key) if key is not None else None
+            if kind == "start":
+                worker.started.add(key)  # type: ignore[arg-type]
+                kill = waiter is not None and waiter.cancelled
+            elif kind in ("done", "skipped"):
+                worker.inflight.pop(key, None)  # type: ignore[arg-type]
+                worker.started.discard(key)  # type: ignore[arg-type]
+        if kill:
+            self._kill(worker)  # a cancelled call started before it read the skip
+            return
+        if kind in ("done", "skipped"):
+            self._slots.release()
+            if kind == "done" and waiter is not None and not waiter.cancelled:
+                waiter.deliver(_outcome(body, waiter.key))
+
+    def _gone(self, worker: _Worker) -> None:
+        """The worker's pipe closed: it exited, was killed, or was stopped."""
+        worker.process.join(_STOP_TIMEOUT)
+        code = worker.process.exitcode
+        with self._lock:
+            worker.dead = True
+            if worker in self._workers:
+                self._workers.remove(worker)
+            waiters = list(worker.inflight.values())
+            started = set(worker.started)
+            worker.inflight.clear()
+            closed = self._closed
+        worker.conn.close()
+        for waiter in waiters:
+            self._slots.release()
+            if waiter.cancelled:
+                continue
+            if waiter.key in started or closed:
+                waiter.deliver(Outcome(error=_lost(worker, code, waiter.key), crashed=True))
+            else:  # never started there: run it elsewhere
+                self._redispatch(waiter)
+
+    def _redispatch(self, waiter: _Waiter) -> None:
+        # Its slot was released with the dead worker's: take one again, without waiting
+        # (this is a reader thread); the pool has room, as the dead worker's calls left.
+        self._slots.acquire_blocking()
+        try:
+            self._dispatch(waiter)
+        except BaseException as exc:
+            self._slots.release()
+            waiter.deliver(Outcome(error=exc, crashed=True))
+
+    def close(self) -> None:
+        """Stop every worker (after its calls), kill those that do not stop; wait for
+        the readers. Blocking: run it in a thread."""
+        with self._lock:
+            self._closed = True
+            workers = list(self._workers)
+        for worker in workers:
+            try:
+                worker.send(None)
+            except OSError:
+                pass
+        for worker in workers:
+            worker.process.join(_STOP_TIMEOUT)
+            if worker.process.is_alive():
+                self._kill(worker)
+        for reader in self._readers:
+            reader.join(_STOP_TIMEOUT)
+
+
+def _dumps(call: Call) -> bytes:
+    try:
+        return pickle.dumps(call, protocol=_PROTOCOL)
+    except Exception as exc:
+        raise _unpicklable_argument(call, exc) from exc
+
+
+def _unpicklable_argument(call: Call, exc: Exception) -> SerializationError:
+    name = call.identity.task_run_name
+    parts: list[tuple[str, Any]] = [("the task function", call.fn)]
+    parts += [(f"argument #{i}", value) for i, value in enumerate(call.args)]
+    parts += [(f"argument {key!r}", value) for key, value in call.kwargs.items()]
+    for what, value in parts:
+        try:
+            pickle.dumps(value, protocol=_PROTOCOL)
+        except Exception as error:
+            return SerializationError(
+                f"task run {name!r} cannot be sent to a worker process: {what} "
+                f"({type(value).__name__}) does not pickle ({type(error).__name__}: {error}); "
+                "pass picklable values (module-level functions and classes, plain data), or "
+                "create the object inside the task"
+            )
+    return SerializationError(f"task run {name!r} cannot be sent to a worker process: {exc}")
+
+
+def _outcome(body: bytes, key: str) -> Outcome:
+    """The outcome sent back for ``key`` (pickled on its own, so that one that cannot be
+    rebuilt here still reaches its caller, as an error)."""
+    try:
+        outcome = pickle.loads(body)
+    except Exception as exc:
+        return Outcome(
+            error=SerializationError(
+                f"the outcome of call {key!r} came back from the worker process but cannot be "
+                f"rebuilt here: {type(exc).__name__}: {exc}"
+            )
+        )
+    assert isinstance(outcome, Outcome)
+    return outcome
+
+
+def _lost(worker: _Worker, code: int | None, key: str) -> WorkerLostError:
+    if code is not None and code < 0:
+        how = f"was killed by {signal.Signals(-code).name}"
+    elif code is not None:
+        how = f"exited with code {code}"
+    else:
+        how = "stopped answering"
+    return WorkerLostError(f"worker process {worker.pid} {how} while running call {key!r}")
+
+
+def _orchestr_level() -> int:
+    return logging.getLogger("orchestr").getEffectiveLevel()
+
+
+def _handle_record(fields: dict[str, Any]) -> None:
+    record = logging.makeLogRecord(fields)
+    logging.getLogger(record.name).handle(record)
+
+
+# -- the worker process ------------------------------------------------------------------------
+class _Forward(logging.Handler):
+    """In a worker: ship every record to the pool, formatted (args and tracebacks do not
+    always pickle)."""
+
+    def __init__(self, send: Any) -> None:
+        super().__init__()
+        self._send = send
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fields = dict(record.__dict__)
+            fields["msg"] = record.getMessage()
+            fields["args"] = None
+            if record.exc_info:
+                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+            fields["exc_info"] = None
+            self._send(("log", None, fields))
+        except Exception:
+            self.handleError(record)
+
+
+def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the flow run decides what Ctrl-C stops
+    _die_with(parent)
+    lock = threading.Lock()
+
+    def send(message: Any) -> None:
+        data = pickle.dumps(message, protocol=_PROTOCOL)
+        with lock:
+            conn.send_bytes(data)
+
+    root = logging.getLogger()
+    root.handlers[:] = [_Forward(send)]
+    root.setLevel(levels[0])
+    logging.getLogger("orchestr").setLevel(levels[1])
+    queued: deque[tuple[str, bytes]] = deque()
+    skipped: set[str] = set()
+    while True:
+        try:
+            if not queued and not _take(pickle.loads(conn.recv_bytes()), queued, skipped):
+                return
+            while conn.poll():
+                if not _take(pickle.loads(conn.recv_bytes()), queued, skipped):
+                    return
+        except (EOFError, OSError):
+            return
+        key, payload = queued.popleft()
+        if key in skipped:
+            skipped.discard(key)
+            send(("skipped", key, None))
+            continue
+        send(("start", key, None))
+        try:
+            call = pickle.loads(payload)
+        except BaseException as exc:
+            outcome = Outcome(
+                error=SerializationError(
+                    f"call {key!r} could not be rebuilt in the worker process: "
+                    f"{type(exc).__name__}: {exc} (is the task defined at module level, in a "
+                    "module the worker can import?)"
+                )
+            )
+        else:
+            outcome = run_call(call)
+        try:
+            body = pickle.dumps(outcome, protocol=_PROTOCOL)
+        except Exception as exc:
+            bad = SerializationError(
+                f"the result of call {key!r} ({type(outcome.value).__name__}) cannot be sent "
+                f"back from the worker process: it does not pickle ({exc}); return plain data"
+            )
+            body = pickle.dumps(Outcome(error=bad), protocol=_PROTOCOL)
+        send(("done", key, body))
+
+
+def _take(message: Any, queued: deque[tuple[str, bytes]], skipped: set[str]) -> bool:
+    if message is None:
+        return False
+    kind, key, payload = message
+    if kind == "call":
+        queued.append((key, payload))
+    elif kind == "skip":
+        skipped.add(key)
+    return True
+
+
+def _die_with(parent: int) -> None:
+    """End this worker soon after the process that made the pool dies, even by SIGKILL
+    (an idle worker notices at once: its pipe closes)."""
+
+    def watch() -> None:
+        while True:
+            time.sleep(_PARENT_CHECK)
+            if not _alive(parent):
+                os._exit(1)
+
+    threading.Thread(target=watch, name="orchestr-parent-watch", daemon=True).start()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,94 @@
+"""The far side of a call: running a :class:`~orchestr.runners._call.Call` where there is
+no flow run (a worker process, a Dask worker) and turning what happened into an
+:class:`~orchestr.runners._call.Outcome`.
+
+Task code there still finds its run: :data:`remote_call_var` holds the call's
+:class:`~orchestr.runners._call.RunIdentity`, from which ``get_run_logger()`` builds the
+task run's logger (the same fields as at home, so records shipped back read the same) and
+``print`` is routed to it when the run has ``log_prints``. Whatever the call returns or
+raises must travel back: a value or an exception that does not pickle becomes an error
+naming the task run and the value's type.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+import traceback
+from contextvars import ContextVar, copy_context
+from typing import Any
+
+from .._logging import RunLogger, log_prints_var, route_prints
+from ._call import Call, Outcome, RunIdentity
+
+__all__ = ["RemoteError", "remote_call_var", "remote_logger", "run_call", "transportable"]
+
+remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_call", default=None)
+
+_TASK_LOGGER = logging.getLogger("orchestr.task_runs")
+
+
+class RemoteError(Exception):
+    """Stands in for an exception raised far away that could not be sent back as it is
+    (it does not pickle); its message and the remote traceback are kept."""
+
+
+def remote_logger(identity: RunIdentity) -> RunLogger:
+    """The task run's logger, built from its identity (as ``task_run_logger`` at home)."""
+    return RunLogger(
+        _TASK_LOGGER,
+        {
+            "run_label": f"Task run {identity.task_run_name!r}",
+            "task_run_name": identity.task_run_name,
+            "task_run_id": identity.task_run_id,
+            "task_name": identity.task_name,
+            "flow_run_name": identity.flow_run_name,
+            "flow_run_id": identity.flow_run_id,
+            "flow_name": identity.flow_name,
+        },
+    )
+
+
+def run_call(call: Call) -> Outcome:
+    """Run ``call`` here, in a fresh context; never raises (the outcome carries it)."""
+    return copy_context().run(_run_in_context, call)
+
+
+def _run_in_context(call: Call) -> Outcome:
+    identity = call.identity
+    remote_call_var.set(identity)
+    if identity.log_prints:
+        route_prints(True, lambda: remote_logger(identity))
+    else:
+        log_prints_var.set(None)
+    started = time.time()
+    try:
+        if call.is_async:
+            # Deferred: anyio.run is all a worker needs of anyio, only for async calls.
+            import anyio
+
+            value = anyio.run(_awaited, call, backend=call.backend)
+        else:
+            value = call.fn(*call.args, **call.kwargs)
+    except BaseException as exc:  # the outcome carries it home
+        return Outcome(error=transportable(exc, identity), started=started, ended=time.time())
+    return Outcome(value=value, started=started, ended=time.time())
+
+
+async def _awaited(call: Call) -> Any:
+    return await call.fn(*call.args, **call.kwargs)
+
+
+def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
+    """``exc`` if it survives pickling, else a :class:`RemoteError` telling its story."""
+    try:
+        pickle.loads(pickle.dumps(exc))
+    except Exception:
+        text = "".join(traceback.format_exception(exc))
+        error = RemoteError(
+            f"task run {identity.task_run_name!r} raised {type(exc).__name__}: {exc} "
+            "(the exception could not be sent back as it is: it does not pickle)\n" + text
+        )
+        return error
+    return exc
