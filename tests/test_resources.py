@@ -631,6 +631,39 @@ def test_cleanup_exactly_once_however_the_block_ends(run: Any, ending: str) -> N
         assert_resources_cleaned_up(state)
 
 
+def test_sync_setup_failing_after_a_cancellation_keeps_its_own_error(run: Any) -> None:
+    """An `async with` cancelled while its sync setup runs waits for that setup; if the
+    setup then fails, the event records the setup's own error (not the cancellation),
+    and there is no cleanup."""
+    records: list[Any] = []
+    released = threading.Event()
+
+    @resource
+    def broken() -> Iterator[int]:
+        released.wait(5)
+        raise ValueError("setup broke")
+        yield 1  # pragma: no cover - never reached
+
+    @flow(on_cancellation=[lambda f, r, s: records.append(r)])
+    async def main() -> None:
+        async with broken():
+            pass  # pragma: no cover - setup fails
+
+    async def go() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(main)
+            await anyio.sleep(0.05)  # let the setup start in its thread
+            tg.cancel_scope.cancel()
+            released.set()  # the setup fails after the cancellation came
+
+    run(go)
+    kinds = [(e.kind, e.error) for e in records[0].events]
+    assert [k for k, _ in kinds] == ["resource.setup.started", "resource.setup.failed"]
+    error = kinds[1][1]
+    assert isinstance(error, ValueError)
+    assert str(error) == "setup broke"
+
+
 def test_cleanup_is_shielded_from_cancellation(run: Any) -> None:
     """A cleanup that awaits still completes when the block is left by cancellation."""
     journal = Journal()

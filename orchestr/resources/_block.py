@@ -162,6 +162,8 @@ class Resource(Generic[T]):
         task was submitted in its block yet), then the cancellation goes on."""
         await call.wait()
         if not call.succeeded:
+            assert call.outcome is not None
+            self._setup_failed(call.outcome[1], start)  # its own error, not the interrupt's
             return
         self._open(call.result(), start)
         self._leave_scope().closed = True
@@ -330,7 +332,9 @@ class Resource(Generic[T]):
         self._events.emit("setup.started")
 
     def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
-        if self._state is _Phase.CLOSED:  # cancelled, but set up and cleaned up after all
+        if self._state in (_Phase.CLOSED, _Phase.FAILED):
+            # Interrupted, and the setup's own ending is recorded already (it was set up
+            # and cleaned up after all, or it failed by itself).
             return exc
         self._state = _Phase.FAILED
         assert self._events is not None
