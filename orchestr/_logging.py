@@ -154,7 +154,7 @@ class ConsoleFormatter(logging.Formatter):
 
 # -- the lines a flow run logs at its start and end ----------------------------------------
 def log_flow_begin(
-    record: FlowRunRecord, signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    record: FlowRunRecord, flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """``Beginning with parameters x=1, items=[1, 2, 3, ...]`` (INFO): the call's
     arguments by name, defaults included, before validation; shortened."""
@@ -162,7 +162,10 @@ def log_flow_begin(
         return
     parent = record.parent
     where = "" if parent is None else f" as a subflow of {parent.name!r}"
-    shown = _parameters(signature, args, kwargs)
+    try:
+        shown = _parameters(_signature_of(flow), args, kwargs)
+    except Exception:  # an argument whose repr misbehaves must not fail the run
+        shown = "(not shown: a repr failed)"
     with_ = f" with parameters {shown}" if shown else " with no parameters"
     flow_run_logger(record).info("Beginning%s%s", where, with_)
 
@@ -270,13 +273,23 @@ def _news(error: BaseException, label: str) -> bool:
     return _has_traceback(error)
 
 
-def _parameters(signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+def _signature_of(flow: Any) -> inspect.Signature | None:
+    # The parameter validator has it already (made at decoration).
+    found = getattr(getattr(flow, "parameters", None), "_signature", None)
+    return found if isinstance(found, inspect.Signature) else None
+
+
+def _parameters(
+    signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
     """``x=1, items=[1, 2, ...]``: the call's arguments by name (defaults included),
     shortened."""
     named: list[tuple[str, Any]]
     try:
+        if signature is None:
+            raise TypeError("no signature")
         bound = signature.bind_partial(*args, **kwargs)
-    except Exception:  # does not fit: validation says so; show what was passed
+    except TypeError:  # does not fit (validation says so), or unknown: what was passed
         named = [(f"#{i}", value) for i, value in enumerate(args)] + list(kwargs.items())
     else:
         bound.apply_defaults()
@@ -284,8 +297,8 @@ def _parameters(signature: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -
         named = [
             (name, value)
             for name, value in bound.arguments.items()
-            # An empty *args or **kwargs says nothing.
-            if value or kinds[name].kind not in (_VAR_POSITIONAL, _VAR_KEYWORD)
+            # An empty *args or **kwargs says nothing (a tuple or a dict: len() is safe).
+            if kinds[name].kind not in (_VAR_POSITIONAL, _VAR_KEYWORD) or len(value)
         ]
     text = ", ".join(f"{name}={_short_repr(value)}" for name, value in named)
     return text if len(text) <= 300 else text[:297] + "..."

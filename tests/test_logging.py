@@ -632,6 +632,38 @@ def test_cancelled_and_not_run_task_runs_are_logged(
     assert any("NotRun" in m for n, m in finished if n == runs["downstream"])
 
 
+def test_the_begin_line_survives_arguments_that_misbehave(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An argument whose truth value or repr raises (a numpy array, a broken object)
+    is shown as best it can be and never fails the run."""
+
+    class Ambiguous:
+        def __bool__(self) -> bool:
+            raise ValueError("truth value is ambiguous")
+
+        def __repr__(self) -> str:
+            return "Ambiguous()"
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    @flow
+    def main(a: Any, b: Any, *rest: Any, **named: Any) -> int:
+        return 1
+
+    with override_settings(backend=backend):
+        state = main(Ambiguous(), Unprintable(), z=Ambiguous(), return_state=True)
+    assert state.result() == 1
+    line = _one_matching(
+        caplog, "orchestr.flow_runs", f"Flow run {state.record.name!r}", start="Beginning"
+    )
+    message = line.getMessage()
+    assert message.startswith("Beginning with parameters a=Ambiguous(), b=<Unprintable")
+    assert message.endswith(", named={'z': Ambiguous()}")  # the empty *rest is left out
+
+
 # -- names ----------------------------------------------------------------------------------
 def test_task_run_names_are_unique_across_concurrent_flow_runs(
     run: Any, caplog: pytest.LogCaptureFixture

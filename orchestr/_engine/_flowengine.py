@@ -178,7 +178,7 @@ async def _run(
     configure_logging(settings.logging_level, settings.setup_logging)
     record = run.record
     record.started = time.time()
-    log_flow_begin(record, run.flow.parameters._signature, args, kwargs)
+    log_flow_begin(record, run.flow, args, kwargs)
     cancelled = anyio.get_cancelled_exc_class()
     try:
         try:
