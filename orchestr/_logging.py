@@ -12,23 +12,33 @@ records propagate to the application's handlers untouched.
 from __future__ import annotations
 
 import builtins
+import inspect
 import logging
 import sys
-from collections.abc import Callable
+import traceback
+from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import Any
 
 from ._engine._context import flow_run_var, task_run_var
+from ._tracebacks import chain_of, claim, origin_of, trim_summary
+from .exceptions import ParameterValidationError
 from .records import FlowRunRecord, RunRecord, TaskRunRecord
+from .states import State, StateType, _describe, _short_repr
 
 __all__ = [
+    "ConsoleFormatter",
     "RunLogger",
     "configure_logging",
     "enable_print_capture",
     "flow_run_logger",
     "get_run_logger",
+    "log_flow_begin",
+    "log_flow_end",
     "log_prints_var",
+    "log_task_failure",
     "route_prints",
+    "run_label",
     "run_logger",
     "task_run_logger",
 ]
@@ -66,10 +76,13 @@ def get_run_logger() -> logging.LoggerAdapter[Any]:
 
 def task_run_logger(record: TaskRunRecord) -> RunLogger:
     flow = record.flow_run
+    label = f"Task run {record.name!r}"
+    if flow is not None:
+        label += f" of flow run {flow.name!r}"
     return RunLogger(
         _TASK_LOGGER,
         {
-            "run_label": f"Task run {record.name!r}",
+            "run_label": label,
             "task_run_name": record.name,
             "task_run_id": str(record.id),
             "task_name": record.task_name,
@@ -90,6 +103,12 @@ def flow_run_logger(record: FlowRunRecord) -> RunLogger:
             "flow_name": record.flow_name,
         },
     )
+
+
+def run_label(record: RunRecord) -> str:
+    """``task run 'fetch-3'`` or ``flow run 'etl-1a2b3c4d'``, as errors' origins say."""
+    kind = "task run" if isinstance(record, TaskRunRecord) else "flow run"
+    return f"{kind} {record.name!r}"
 
 
 def run_logger(record: RunRecord) -> RunLogger:
@@ -115,10 +134,174 @@ def configure_logging(level: str, enabled: bool) -> None:
         return
     handler = logging.StreamHandler()
     handler.setFormatter(
-        logging.Formatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
+        ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
     )
     package.addHandler(handler)
     package.setLevel(level.upper())
+
+
+class ConsoleFormatter(logging.Formatter):
+    """orchestr's console format; tracebacks show the user's frames, not orchestr's
+    (see ``orchestr._tracebacks``)."""
+
+    def formatException(self, ei: Any) -> str:  # noqa: N802 (logging's name)
+        exc_type, value, tb = ei
+        if value is None:
+            return super().formatException(ei)
+        summary = traceback.TracebackException(exc_type, value, tb, compact=True)
+        return "".join(trim_summary(summary).format()).rstrip("\n")
+
+
+# -- the lines a flow run logs at its start and end ----------------------------------------
+def log_flow_begin(
+    record: FlowRunRecord, flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """``Beginning with parameters x=1, items=[1, 2, 3, ...]`` (INFO): the call's
+    arguments by name, defaults included, before validation; shortened."""
+    if not _FLOW_LOGGER.isEnabledFor(logging.INFO):
+        return
+    parent = record.parent
+    where = "" if parent is None else f" as a subflow of {parent.name!r}"
+    try:
+        shown = _parameters(_signature_of(flow), args, kwargs)
+    except Exception:  # an argument whose repr misbehaves must not fail the run
+        shown = "(not shown: a repr failed)"
+    with_ = f" with parameters {shown}" if shown else " with no parameters"
+    flow_run_logger(record).info("Beginning%s%s", where, with_)
+
+
+def log_flow_end(record: FlowRunRecord, state: State[Any], level: int) -> None:
+    """One line: final state, duration, the flow's error in one line, task (and
+    subflow) runs counted by state, and which runs failed, with their errors. The
+    traceback only if the error is the flow's own: a task's failure was logged, with its
+    traceback, by its task run."""
+    parts = [f" in {_duration(record.duration)}"]
+    error = None if state.type is StateType.COMPLETED else state.exception
+    failed = [
+        run for run in (*record.task_runs, *record.subflow_runs) if run.state_type in _FAILED_KINDS
+    ]
+    if error is not None and not any(run.error is error for run in failed):
+        # Its own error, or one that summarises others (not one the list below shows).
+        parts[0] += ": " + _one_line(state.message or _describe(error))
+    counts = _counts(record.task_runs)
+    if counts:
+        parts.append(f"task runs: {counts}")
+    counts = _counts(record.subflow_runs)
+    if counts:
+        parts.append(f"subflow runs: {counts}")
+    if failed:
+        shown = ", ".join(
+            f"{run.name!r} ({_one_line(_describe(run.error))})" for run in failed[:_MOST_SHOWN]
+        )
+        more = len(failed) - _MOST_SHOWN
+        parts.append(f"failed: {shown}" + (f" and {more} more" if more > 0 else ""))
+    show = error is not None and _news(error, run_label(record))
+    flow_run_logger(record).log(
+        level,
+        "Finished in state %s%s",
+        state.name,
+        "; ".join(parts),
+        exc_info=error if show else None,
+    )
+
+
+def log_task_failure(record: TaskRunRecord, state: State[Any]) -> None:
+    """``Finished in state Failed: ValueError: bad value`` (ERROR) with the traceback of
+    the user's frames; an error that another run failed with first (and logged) is named,
+    not repeated."""
+    error = state.exception
+    own = error is None or claim(error, run_label(record))
+    if not _TASK_LOGGER.isEnabledFor(logging.ERROR):
+        return
+    tries = f" after {record.attempts} attempts" if record.attempts > 1 else ""
+    what = "" if error is None else ": " + _one_line(_describe(error))
+    source = "" if own or error is None else f" (from {origin_of(error)})"
+    task_run_logger(record).error(
+        "Finished in state %s%s%s%s",
+        state.name,
+        tries,
+        what,
+        source,
+        exc_info=error if own and error is not None and _has_traceback(error) else None,
+    )
+
+
+_FAILED_KINDS = (StateType.FAILED, StateType.CRASHED)
+_VAR_POSITIONAL = inspect.Parameter.VAR_POSITIONAL
+_VAR_KEYWORD = inspect.Parameter.VAR_KEYWORD
+_MOST_SHOWN = 5
+_ORDER = ("Completed", "Failed", "TimedOut", "Crashed", "Cancelled", "NotRun")
+
+
+def _counts(records: Sequence[RunRecord]) -> str:
+    if not records:
+        return ""
+    found: dict[str, int] = {}
+    for run in records:
+        found[run.state_name] = found.get(run.state_name, 0) + 1
+    names = sorted(found, key=lambda n: (_ORDER.index(n) if n in _ORDER else len(_ORDER), n))
+    return ", ".join(f"{found[name]} {name}" for name in names)
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "? s"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    return f"{seconds:.2f} s" if seconds < 100 else f"{seconds:.0f} s"
+
+
+def _one_line(text: str, most: int = 200) -> str:
+    line = text.strip().split("\n", 1)[0]
+    if line != text.strip():
+        line += " ..."
+    return line if len(line) <= most else line[: most - 3] + "..."
+
+
+def _has_traceback(error: BaseException) -> bool:
+    return any(exc.__traceback__ is not None for exc in chain_of(error))
+
+
+def _news(error: BaseException, label: str) -> bool:
+    """Whether ``error``'s traceback tells something not logged yet: it is this run's
+    own (no other run failed with it first), and not a group of errors other runs
+    reported (the unobserved failures that failed a flow)."""
+    if origin_of(error) not in (None, label) or isinstance(error, ParameterValidationError):
+        return False  # logged by the run it came from; or a message that says it all
+    if isinstance(error, BaseExceptionGroup):
+        return any(_news(member, label) for member in error.exceptions)
+    return _has_traceback(error)
+
+
+def _signature_of(flow: Any) -> inspect.Signature | None:
+    # The parameter validator has it already (made at decoration).
+    found = getattr(getattr(flow, "parameters", None), "_signature", None)
+    return found if isinstance(found, inspect.Signature) else None
+
+
+def _parameters(
+    signature: inspect.Signature | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> str:
+    """``x=1, items=[1, 2, ...]``: the call's arguments by name (defaults included),
+    shortened."""
+    named: list[tuple[str, Any]]
+    try:
+        if signature is None:
+            raise TypeError("no signature")
+        bound = signature.bind_partial(*args, **kwargs)
+    except TypeError:  # does not fit (validation says so), or unknown: what was passed
+        named = [(f"#{i}", value) for i, value in enumerate(args)] + list(kwargs.items())
+    else:
+        bound.apply_defaults()
+        kinds = signature.parameters
+        named = [
+            (name, value)
+            for name, value in bound.arguments.items()
+            # An empty *args or **kwargs says nothing (a tuple or a dict: len() is safe).
+            if kinds[name].kind not in (_VAR_POSITIONAL, _VAR_KEYWORD) or len(value)
+        ]
+    text = ", ".join(f"{name}={_short_repr(value)}" for name, value in named)
+    return text if len(text) <= 300 else text[:297] + "..."
 
 
 # -- log_prints ----------------------------------------------------------------------------

@@ -168,7 +168,16 @@ class FutureTimeoutError(OrchestrError, TimeoutError):
 class FailedRunsGroup(ExceptionGroup, OrchestrError):  # type: ignore[misc]
     """Raised when several failures are reported at once, e.g. the unobserved task
     failures that failed a flow run, or a resource body error together with cleanup
-    errors."""
+    errors.
+
+    Each member that failed a run names it in a note (``raised in task run 'fetch-3'``,
+    shown under the member's traceback), unless its message already does.
+    """
+
+    def __init__(self, message: str, exceptions: Any) -> None:
+        super().__init__(message, exceptions)
+        for member in self.exceptions:
+            _name_origin(member)
 
     def derive(self, excs: Any) -> Self:  # type: ignore[override]
         return FailedRunsGroup(self.message, excs)  # type: ignore[return-value]
@@ -180,6 +189,24 @@ class ResourceErrorGroup(FailedRunsGroup):
 
     def derive(self, excs: Any) -> Self:  # type: ignore[override]
         return ResourceErrorGroup(self.message, excs)  # type: ignore[return-value]
+
+
+# Set on an error by the first run it failed (orchestr._tracebacks.claim).
+_ORIGIN_ATTRIBUTE = "_orchestr_origin"
+
+
+def _name_origin(error: BaseException) -> None:
+    origin = getattr(error, _ORIGIN_ATTRIBUTE, None)
+    if not isinstance(origin, str):
+        return
+    note = f"raised in {origin}"
+    name = origin.partition(" run ")[2]  # "'fetch-3'"
+    if note in getattr(error, "__notes__", ()) or (name and name in str(error)):
+        return
+    try:
+        error.add_note(note)
+    except Exception:  # notes refused by an odd exception type: the note is a nicety
+        pass
 
 
 class ResourceError(OrchestrError):

@@ -8,7 +8,9 @@ records; users read them.
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from .states import State, StateType
@@ -17,6 +19,19 @@ if TYPE_CHECKING:
     import uuid
 
 __all__ = ["FlowRunRecord", "RunEvent", "RunRecord", "TaskRunRecord"]
+
+# Task run numbers, per task name, for the whole process: task run names are unique
+# across concurrent flow runs (and runs outside flows).
+_task_run_counters: dict[str, Iterator[int]] = {}
+
+
+def _next_task_run_index(task_name: str) -> int:
+    """The number of the next run of tasks named ``task_name`` (its run is named
+    ``{task_name}-{number}``); thread-safe."""
+    counter = _task_run_counters.get(task_name)
+    if counter is None:
+        counter = _task_run_counters.setdefault(task_name, itertools.count())
+    return next(counter)
 
 
 class RunRecord:
@@ -84,7 +99,11 @@ class RunRecord:
 
 
 class TaskRunRecord(RunRecord):
-    """One task run: name, id, final state, start/end, attempts and error."""
+    """One task run: name, id, final state, start/end, attempts and error.
+
+    Its name is ``{task_name}-{index}``, the index counting the runs of tasks of that
+    name in the whole process: names are unique across concurrent flow runs.
+    """
 
     __slots__ = ("flow_run", "index", "observed", "task_name")
 

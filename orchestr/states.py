@@ -15,6 +15,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._tracebacks import hide_frames
 from .exceptions import CrashedError, OrchestrError, TaskRunCancelledError, UsageError
 
 if TYPE_CHECKING:
@@ -152,7 +153,9 @@ class State(Generic[R]):
         error = self.exception
         assert error is not None
         if raise_on_failure:
-            raise error
+            # orchestr's frames out of its traceback (and out of the history of earlier
+            # raises of the same error): the caller sees where it came from in user code.
+            raise hide_frames(error)
         return error  # type: ignore[return-value]
 
     def _default_error(self) -> BaseException:
@@ -165,16 +168,77 @@ class State(Generic[R]):
         return OrchestrError(f"{what} ended {self.name}{reason}")
 
     def __repr__(self) -> str:
+        """A short, stable form, spelled like the constructor call that would build the
+        state: ``Completed(5)``, ``Failed(ValueError('bad value'))``,
+        ``Cancelled(message='...')``, plus ``run='name'`` for states of real runs. Big
+        results and long messages are shortened (``reprlib``); ``str()`` is the same."""
+        kind = self.type
+        head = _DEFAULT_NAMES[kind]
         parts = []
-        if self.name != _DEFAULT_NAMES[self.type]:
-            parts.append(f"name={self.name!r}")
-        if self.message:
-            parts.append(f"message={self.message!r}")
-        elif self._error is not None:
-            parts.append(f"error={_describe(self._error)!r}")
+        if self.name != head:
+            if self.name == "TimedOut" and kind is StateType.FAILED:
+                head = "TimedOut"
+            else:
+                parts.append(f"name={self.name!r}")
+        error = self._error
+        if kind is StateType.COMPLETED:
+            if self._data is not None:
+                parts.insert(0, _short_repr(self._data))
+            if self.message:
+                parts.append(f"message={_short_text(self.message)!r}")
+        elif kind is StateType.FAILED and error is not None:
+            parts.insert(0, _short_error(error))
+            if self.message and self.message != _describe(error):
+                parts.append(f"message={_short_text(self.message)!r}")
+        elif self.message:
+            parts.append(f"message={_short_text(self.message)!r}")
+        elif error is not None:
+            parts.insert(0, _short_error(error))
         if self.record is not None:
             parts.append(f"run={self.record.name!r}")
-        return f"{_DEFAULT_NAMES[self.type]}({', '.join(parts)})"
+        return f"{head}({', '.join(parts)})"
+
+    __str__ = __repr__
+
+
+_SHORT_TEXT = 100
+_reprs: Any = None
+
+
+def _short_repr(value: object) -> str:
+    """``repr(value)``, shortened like ``reprlib`` does (containers cut after a few items,
+    other long reprs cut in the middle)."""
+    global _reprs
+    if _reprs is None:
+        import reprlib  # deferred: only reprs of states with results need it
+
+        _reprs = reprlib.Repr()
+        _reprs.maxlevel = 3
+        _reprs.maxstring = 60
+        _reprs.maxother = 60
+        _reprs.maxlong = 40
+    text = str(_reprs.repr(value))
+    return text if len(text) <= _SHORT_TEXT else text[: _SHORT_TEXT - 3] + "..."
+
+
+def _short_text(text: str) -> str:
+    return text if len(text) <= _SHORT_TEXT else text[: _SHORT_TEXT - 3] + "..."
+
+
+def _short_error(error: BaseException) -> str:
+    """``ValueError('bad value')``: the error's repr, or its type and shortened text."""
+    try:
+        text = repr(error)
+    except Exception:
+        text = ""
+    if text and len(text) <= _SHORT_TEXT and "\n" not in text:
+        return text
+    message = str(error).split("\n", 1)[0]
+    return (
+        f"{type(error).__name__}({_short_text(message)!r})"
+        if message
+        else type(error).__name__ + "()"
+    )
 
 
 def _describe(error: BaseException | None) -> str:

@@ -252,7 +252,7 @@ def test_wait_for_mixing_futures_and_non_futures_submits_nothing(run: Any) -> No
 
     state = run(go)
     assert seen["value"] == 1
-    assert [r.name for r in state.record.task_runs] == ["async_value-0"]
+    assert [r.task_name for r in state.record.task_runs] == ["async_value"]
 
 
 def test_refused_inline_call_leaves_no_pending_record(run: Any) -> None:
@@ -279,8 +279,8 @@ def test_refused_inline_call_leaves_no_pending_record(run: Any) -> None:
 
     state = run(go)
     assert state.is_completed(), state
-    assert [(r.name, r.state_type) for r in state.record.task_runs] == [
-        ("gated-0", StateType.COMPLETED)
+    assert [(r.task_name, r.state_type) for r in state.record.task_runs] == [
+        ("gated", StateType.COMPLETED)
     ]
 
 
@@ -345,8 +345,9 @@ def test_a_usage_error_in_the_body_keeps_finished_and_running_task_runs(run: Any
     assert state.type is StateType.FAILED
     assert isinstance(state.exception, MappingError)
     assert "different lengths" in str(state.exception)
-    runs = {r.name: r for r in state.record.task_runs}
-    assert set(runs) == {"async_value-0", "sync_value-0", "slow-0"}
+    runs = {r.task_name: r for r in state.record.task_runs}
+    assert set(runs) == {"async_value", "sync_value", "slow"}
+    assert len(state.record.task_runs) == 3
     assert all(r.state_type is StateType.COMPLETED for r in runs.values())
     assert all(r.ended is not None and r.started is not None for r in runs.values())
     assert finished == ["slow"]
@@ -375,7 +376,7 @@ def test_a_usage_error_keeps_failed_runs_and_their_errors(run: Any) -> None:
     state = run(go)
     assert isinstance(state.exception, ReservedParameterError)
     (record,) = state.record.task_runs
-    assert record.name == "fails-0"
+    assert record.task_name == "fails"
     assert record.state_type is StateType.FAILED
     assert isinstance(record.error, ValueError)
     assert str(record.error) == "recorded"
@@ -419,8 +420,8 @@ def test_sync_flow_usage_error_keeps_finished_runs(backend: str) -> None:
     with override_settings(backend=backend):
         state = main(return_state=True)
     assert isinstance(state.exception, MappingError)
-    assert [(r.name, r.state_type) for r in state.record.task_runs] == [
-        ("sync_value-0", StateType.COMPLETED)
+    assert [(r.task_name, r.state_type) for r in state.record.task_runs] == [
+        ("sync_value", StateType.COMPLETED)
     ]
 
 

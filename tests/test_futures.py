@@ -142,7 +142,8 @@ def test_wait_returns_the_final_state_and_never_raises(run: Any) -> None:
     assert str(bad_async.exception) == "a"
     assert bad_sync.is_failed()
     assert isinstance(bad_sync.exception, KeyError)
-    assert bad_async.run_name == "async_fails-0"
+    assert bad_async.record.task_name == "async_fails"
+    assert bad_async.run_name == bad_async.record.name
     assert bad_async.record.attempts == 1
 
 
@@ -174,7 +175,8 @@ def test_wait_with_timeout_returns_the_current_non_final_state(run: Any) -> None
     early, final = seen
     assert not early.is_final()
     assert early.type is StateType.RUNNING
-    assert early.run_name == "slow-0"
+    assert early.run_name == final.run_name
+    assert early.record.task_name == "slow"
     assert final.is_completed()
     assert final.result() == "late"
 
@@ -323,17 +325,17 @@ def test_result_on_the_event_loop_thread_raises_blocking_call_error(run: Any) ->
     gate = anyio.Event()
 
     @flow
-    async def main() -> tuple[BaseException, Any]:
+    async def main() -> tuple[BaseException, Any, str]:
         fut = wait_event.submit(gate, 9)
         with pytest.raises(BlockingCallError) as info:
             fut.result(timeout=WAIT)
         gate.set()
         with anyio.fail_after(WAIT):
-            return info.value, await fut
+            return info.value, await fut, fut.name
 
-    error, value = run(main)
+    error, value, name = run(main)
     assert isinstance(error, UsageError)
-    assert "wait_event-0" in str(error)
+    assert repr(name) in str(error)
     assert "event loop" in str(error)
     assert "await fut" in str(error)
     assert value == 9
@@ -368,18 +370,18 @@ def test_result_timeout_raises_and_the_run_keeps_going(backend: str) -> None:
     release = threading.Event()
 
     @flow
-    def main() -> tuple[BaseException, str, Any]:
+    def main() -> tuple[BaseException, str, Any, str]:
         fut = wait_thread_event.submit(release, "finally")
         with pytest.raises(FutureTimeoutError) as info:
             fut.result(timeout=0.02)
         state_after_timeout = fut.state.name
         release.set()
-        return info.value, state_after_timeout, fut.result(timeout=WAIT)
+        return info.value, state_after_timeout, fut.result(timeout=WAIT), fut.name
 
-    error, state_name, value = sync_flow(backend, main)
+    error, state_name, value, name = sync_flow(backend, main)
     assert isinstance(error, TimeoutError)
     assert isinstance(error, OrchestrError)
-    assert "wait_thread_event-0" in str(error)
+    assert repr(name) in str(error)
     assert "keeps running" in str(error)
     assert state_name in {"Pending", "Running"}
     assert value == "finally"
@@ -417,7 +419,7 @@ def test_cancel_a_pending_async_run(run: Any) -> None:
     assert cancelled_again is False
     assert state.type is StateType.CANCELLED
     assert state.record.started is None  # never started
-    assert "never-0" in str(error)
+    assert repr(state.run_name) in str(error)
     assert ran == []
 
 
@@ -490,8 +492,9 @@ def test_cancel_a_running_async_run_at_its_next_await(run: Any) -> None:
 def test_cancel_a_sync_run_executing_in_a_thread(
     run: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A sync run already executing is marked Cancelled at once, with a warning; its
-    late return does not overwrite that state."""
+    """A sync run already executing is marked Cancelled at once, with a warning logged
+    as that run (its task and flow run names); its late return does not overwrite that
+    state."""
     entered = threading.Event()
     release = threading.Event()
 
@@ -513,10 +516,17 @@ def test_cancel_a_sync_run_executing_in_a_thread(
         with anyio.fail_after(WAIT):
             seen.append((await fut.wait()).type)
 
-    run(main)
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
     assert seen == [True, StateType.CANCELLED, StateType.CANCELLED]
+    (stuck_run,) = state.record.task_runs
+    # The warning is the run's own: it carries the task run's and the flow run's names.
     assert any(
-        "stuck-0" in r.getMessage() and "cannot be interrupted" in r.getMessage()
+        "cannot be interrupted" in r.getMessage()
+        and getattr(r, "task_run_name", None) == stuck_run.name
+        and getattr(r, "flow_run_name", None) == state.record.name
         for r in caplog.records
         if r.levelname == "WARNING"
     )
@@ -659,7 +669,8 @@ def test_done_callbacks_run_once_when_final_or_at_once_if_already_final(run: Any
         return calls
 
     result = run(main)
-    assert [c[:2] for c in result] == [("wait_thread_event-0", StateType.COMPLETED)] * 2
+    assert result[0][0].startswith("wait_thread_event-")
+    assert [c[:2] for c in result] == [(result[0][0], StateType.COMPLETED)] * 2
     assert result[0][2].startswith("orchestr-worker_")
     assert result[1][2] == threading.current_thread().name
 
@@ -813,13 +824,14 @@ def test_as_completed_yields_each_future_once(run: Any) -> None:
     """A future passed twice is yielded once; already-finished futures are yielded."""
 
     @flow
-    async def main() -> list[str]:
+    async def main() -> tuple[list[TaskFuture[Any]], TaskFuture[Any]]:
         fut = async_value.submit(1)
         with anyio.fail_after(WAIT):
             await fut
-            return [f.name async for f in orchestr.as_completed([fut, fut])]
+            return [f async for f in orchestr.as_completed([fut, fut])], fut
 
-    assert run(main) == ["async_value-0"]
+    yielded, fut = run(main)
+    assert yielded == [fut]
 
 
 # -- FutureList -------------------------------------------------------------------------------
@@ -913,7 +925,7 @@ def test_future_list_result_raises_group_and_times_out(backend: str) -> None:
     release = threading.Event()
 
     @flow
-    def main() -> tuple[BaseException, BaseException]:
+    def main() -> tuple[BaseException, BaseException, str]:
         bad = FutureList([sync_value.submit(1), sync_fails.submit("k")])
         with pytest.raises(FailedRunsGroup) as failed:
             bad.result(timeout=WAIT)
@@ -922,11 +934,11 @@ def test_future_list_result_raises_group_and_times_out(backend: str) -> None:
             slow.result(timeout=0.02)
         release.set()
         slow.result(timeout=WAIT)
-        return failed.value, timed_out.value
+        return failed.value, timed_out.value, slow[0].name
 
-    failed, timed_out = sync_flow(backend, main)
+    failed, timed_out, slow_name = sync_flow(backend, main)
     assert [type(e) for e in failed.exceptions] == [KeyError]
-    assert "wait_thread_event-0" in str(timed_out)
+    assert repr(slow_name) in str(timed_out)
 
 
 def test_result_on_the_loop_thread_is_refused_even_when_finished(run: Any) -> None:

@@ -4,14 +4,22 @@ logged with their tracebacks."""
 from __future__ import annotations
 
 import logging
+import os
+import re
 import sys
+import threading
+import traceback
 from typing import Any
 
 import anyio
 import pytest
 
+import orchestr
 from orchestr import State, flow, get_run_logger, override_settings, task
+from orchestr.exceptions import FailedRunsGroup
+from orchestr.states import StateType
 
+ORCHESTR_DIR = os.path.join(os.path.dirname(orchestr.__file__), "")
 FLOW_FIELDS = ("flow_run_name", "flow_run_id", "flow_name")
 TASK_FIELDS = ("task_run_name", "task_run_id", "task_name")
 
@@ -22,6 +30,21 @@ def _records(caplog: pytest.LogCaptureFixture, message: str) -> list[logging.Log
 
 def _one(caplog: pytest.LogCaptureFixture, message: str) -> logging.LogRecord:
     found = _records(caplog, message)
+    assert len(found) == 1, [r.getMessage() for r in caplog.records]
+    return found[0]
+
+
+def _one_matching(
+    caplog: pytest.LogCaptureFixture, logger: str, label: str, start: str = "Finished in state"
+) -> logging.LogRecord:
+    """The one record of ``logger`` whose run label is ``label`` and message starts so."""
+    found = [
+        r
+        for r in caplog.records
+        if r.name == logger
+        and getattr(r, "run_label", None) == label
+        and r.getMessage().startswith(start)
+    ]
     assert len(found) == 1, [r.getMessage() for r in caplog.records]
     return found[0]
 
@@ -65,22 +88,19 @@ def test_run_logger_in_async_flow_and_tasks(run: Any, caplog: pytest.LogCaptureF
     assert _fields(in_flow, FLOW_FIELDS) == flow_fields
     assert not hasattr(in_flow, "task_run_name")
 
-    runs = {tr.name: tr for tr in record.task_runs}
+    atask_run, *stask_runs = record.task_runs
     in_async = _one(caplog, "from async task")
     assert in_async.name == "orchestr.task_runs"
     assert _fields(in_async, FLOW_FIELDS) == flow_fields
     assert _fields(in_async, TASK_FIELDS) == {
-        "task_run_name": "atask-0",
-        "task_run_id": str(runs["atask-0"].id),
+        "task_run_name": atask_run.name,
+        "task_run_id": str(atask_run.id),
         "task_name": "atask",
     }
     in_sync = _records(caplog, "from sync task")
     assert [r.levelno for r in in_sync] == [logging.WARNING] * 2
-    assert [r.task_run_name for r in in_sync] == ["stask-0", "stask-1"]  # type: ignore[attr-defined]
-    assert [r.task_run_id for r in in_sync] == [  # type: ignore[attr-defined]
-        str(runs["stask-0"].id),
-        str(runs["stask-1"].id),
-    ]
+    assert [r.task_run_name for r in in_sync] == [r.name for r in stask_runs]  # type: ignore[attr-defined]
+    assert [r.task_run_id for r in in_sync] == [str(r.id) for r in stask_runs]  # type: ignore[attr-defined]
     assert all(_fields(r, FLOW_FIELDS) == flow_fields for r in in_sync)
 
 
@@ -102,7 +122,7 @@ def test_run_logger_in_sync_flow(backend: str, caplog: pytest.LogCaptureFixture)
     assert body.flow_run_id == str(state.record.id)  # type: ignore[attr-defined]
     in_task = _one(caplog, "sync flow task")
     assert in_task.flow_run_name == state.record.name  # type: ignore[attr-defined]
-    assert in_task.task_run_name == "step-0"  # type: ignore[attr-defined]
+    assert in_task.task_run_name == state.record.task_runs[0].name  # type: ignore[attr-defined]
 
 
 def test_run_logger_in_task_outside_flows(caplog: pytest.LogCaptureFixture) -> None:
@@ -162,15 +182,18 @@ def test_log_prints_routes_flow_and_task_prints(
         await atask.submit()
         await stask.submit()
 
-    run(main)
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    atask_run, stask_run = run(go).record.task_runs
     out = capsys.readouterr().out
     assert "says" not in out
     in_flow = _one(caplog, "flow says 0")
     assert in_flow.levelno == logging.INFO
     assert in_flow.name == "orchestr.flow_runs"
     assert in_flow.flow_name == "main"  # type: ignore[attr-defined]
-    assert _one(caplog, "async task says 1").task_run_name == "atask-0"  # type: ignore[attr-defined]
-    assert _one(caplog, "sync task says 2").task_run_name == "stask-0"  # type: ignore[attr-defined]
+    assert _one(caplog, "async task says 1").task_run_name == atask_run.name  # type: ignore[attr-defined]
+    assert _one(caplog, "sync task says 2").task_run_name == stask_run.name  # type: ignore[attr-defined]
 
 
 def test_task_can_opt_out_of_log_prints(
@@ -285,7 +308,7 @@ def test_log_prints_in_sync_flow_and_subflows(
     child_line = _one(caplog, "inheriting child line")
     assert child_line.flow_run_id == str(child_run.id)  # type: ignore[attr-defined]
     task_line = _one(caplog, "task line")
-    assert task_line.task_run_name == "step-0"  # type: ignore[attr-defined]
+    assert task_line.task_run_name == child_run.task_runs[0].name  # type: ignore[attr-defined]
     assert task_line.flow_run_id == str(child_run.id)  # type: ignore[attr-defined]
     assert quiet_run.flow_name == "opts_out"
 
@@ -326,36 +349,231 @@ def test_print_outside_runs_is_untouched(capsys: pytest.CaptureFixture[str]) -> 
 
 
 # -- failures -------------------------------------------------------------------------------
-def test_failures_are_logged_at_error_with_traceback(
+def _frames(error: BaseException) -> list[tuple[str, str]]:
+    """(file, function) of each frame of the error's traceback."""
+    return [(f.filename, f.name) for f in traceback.extract_tb(error.__traceback__)]
+
+
+def _in_orchestr(filename: str) -> bool:
+    return filename.startswith(ORCHESTR_DIR)
+
+
+def test_a_failed_task_is_logged_once_with_only_its_own_frames(
     run: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """A failed task run and the flow run it fails are logged at ERROR with the error's
-    traceback attached."""
+    """A failed task run (async inline, sync submitted) is logged once, at ERROR, with a
+    traceback of the user's frames only; the flow run it fails logs no traceback again,
+    but names the failed run and its error."""
 
     @task
     async def broken() -> None:
         raise ValueError("broken task")
 
+    @task
+    def broken_sync() -> None:
+        raise KeyError("broken sync task")
+
     @flow
     async def main() -> None:
+        await broken_sync.submit().wait()
         await broken()
 
     async def go() -> State[Any]:
         return await main(return_state=True)
 
     state = run(go)
+    sync_run, async_run = state.record.task_runs
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
-    task_logs = [r for r in errors if getattr(r, "task_name", None) == "broken"]
-    flow_logs = [r for r in errors if r.name == "orchestr.flow_runs"]
-    assert len(task_logs) == 1
-    assert len(flow_logs) == 1
-    for record in (task_logs[0], flow_logs[0]):
-        assert record.exc_info is not None
-        assert record.exc_info[1] is state.exception
-        assert record.exc_info[2] is not None  # the traceback
-        assert "Failed" in record.getMessage()
-    assert "broken task" in caplog.text
-    assert "Traceback" in caplog.text
+    for task_run, function in ((async_run, "broken"), (sync_run, "broken_sync")):
+        logged = [r for r in errors if getattr(r, "task_run_name", None) == task_run.name]
+        assert len(logged) == 1
+        assert logged[0].exc_info is not None
+        assert logged[0].exc_info[1] is task_run.error
+        frames = _frames(task_run.error)  # type: ignore[arg-type]
+        assert frames, "the user's frames are kept"
+        assert not [f for f, _ in frames if _in_orchestr(f)]
+        assert frames[-1][1] == function
+    assert async_run.error is state.exception
+    (flow_line,) = [r for r in errors if r.name == "orchestr.flow_runs"]
+    assert flow_line.exc_info is None
+    message = flow_line.getMessage()
+    assert message.startswith("Finished in state Failed in ")
+    assert f"{async_run.name!r} (ValueError: broken task)" in message
+    assert f"{sync_run.name!r} (KeyError: 'broken sync task')" in message
+    assert caplog.text.count("Traceback (most recent call last)") == 2
+
+
+def test_a_flow_body_error_is_logged_once_at_the_flow_end(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An error raised by a flow body itself is logged with the flow's final line, with
+    its traceback (the user's frames only), once."""
+
+    def check(amount: int) -> None:
+        if amount < 0:
+            raise ValueError(f"negative amount {amount}")
+
+    @flow
+    def main(amount: int) -> None:
+        check(amount)
+
+    with override_settings(backend=backend):
+        state = main(-3, return_state=True)
+    logged = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(logged) == 1
+    (line,) = logged
+    assert line.getMessage().startswith("Finished in state Failed in ")
+    assert line.getMessage().endswith(": ValueError: negative amount -3")
+    assert line.exc_info is not None
+    assert line.exc_info[1] is state.exception
+    assert [name for _, name in _frames(state.exception)] == ["main", "check"]  # type: ignore[arg-type]
+
+
+def test_a_run_failing_with_another_runs_error_names_it_without_its_traceback(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A task that fails with the error of a task it called (inline) logs which run it
+    came from, not the traceback again."""
+
+    @task
+    def inner() -> None:
+        raise RuntimeError("deep down")
+
+    @task
+    def outer() -> None:
+        inner()
+
+    @flow
+    async def main() -> None:
+        await outer.submit().wait()
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    outer_run, inner_run = sorted(state.record.task_runs, key=lambda r: r.task_name != "outer")
+    assert outer_run.error is inner_run.error
+    by_run = {
+        getattr(r, "task_run_name", None): r for r in caplog.records if r.levelno == logging.ERROR
+    }
+    assert by_run[inner_run.name].exc_info is not None
+    assert by_run[outer_run.name].exc_info is None
+    assert by_run[outer_run.name].getMessage() == (
+        f"Finished in state Failed: RuntimeError: deep down (from task run {inner_run.name!r})"
+    )
+    assert caplog.text.count("Traceback (most recent call last)") == 1
+    # The error's traceback runs through both tasks' bodies, and nothing of orchestr's.
+    assert [name for _, name in _frames(inner_run.error)] == ["outer", "inner"]  # type: ignore[arg-type]
+
+
+def test_failed_runs_group_members_name_their_runs(run: Any) -> None:
+    """The unobserved failures that fail a flow come as a FailedRunsGroup whose members
+    each name their task run in a note (an error whose message names it gets none)."""
+
+    @task
+    async def fails(x: int) -> None:
+        raise ValueError(f"bad {x}")
+
+    @task
+    async def after(x: object) -> None:
+        pass  # pragma: no cover
+
+    @flow
+    async def main() -> None:
+        first = fails.submit(1)
+        fails.submit(2)
+        after.submit(first)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    group = state.exception
+    assert isinstance(group, FailedRunsGroup)
+    first_run, second_run, after_run = state.record.task_runs
+    one, two, not_run = group.exceptions
+    assert one.__notes__ == [f"raised in task run {first_run.name!r}"]
+    assert two.__notes__ == [f"raised in task run {second_run.name!r}"]
+    assert repr(after_run.name) in str(not_run)
+    assert not getattr(not_run, "__notes__", [])
+    # Deriving a group (split, subgroup) adds no second note.
+    matched, _ = group.split(ValueError)
+    assert matched is not None
+    assert [e.__notes__ for e in matched.exceptions] == [one.__notes__, two.__notes__]
+
+
+def test_the_flow_end_line_counts_runs_by_state_and_names_failures(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A flow run's final line gives its duration, its task runs counted by state and
+    its subflow runs, and the failed runs with their errors in one line each."""
+
+    @task
+    async def ok(x: int) -> int:
+        return x
+
+    @task
+    async def bad(x: int) -> int:
+        raise ValueError(f"no {x}")
+
+    @flow
+    async def child() -> int:
+        return await ok(1)
+
+    @flow(name="counted")
+    async def main() -> None:
+        first = bad.submit(1)
+        await ok.submit(first).wait()
+        await ok.submit(2)
+        await ok.submit(3)
+        await bad.submit(4).wait()
+        await child()
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert state.is_completed()
+    names = [r.name for r in state.record.task_runs]
+    line = _one_matching(caplog, "orchestr.flow_runs", f"Flow run {state.record.name!r}")
+    assert line.levelno == logging.INFO
+    assert re.fullmatch(
+        r"Finished in state Completed in \d+\.\d ms; task runs: 2 Completed, 2 Failed, "
+        r"1 NotRun; subflow runs: 1 Completed; failed: "
+        + re.escape(f"{names[0]!r} (ValueError: no 1), {names[4]!r} (ValueError: no 4)"),
+        line.getMessage(),
+    ), line.getMessage()
+
+
+def test_a_flow_run_logs_a_line_when_it_begins(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """A flow run's first line (INFO) names its parameters, shortened; a subflow's says
+    which run it is a subflow of."""
+
+    @flow
+    async def child(n: int) -> int:
+        return n
+
+    @flow
+    async def main(items: list[int], label: str = "x", *, verbose: bool = False) -> int:
+        return await child(len(items))
+
+    async def go() -> State[Any]:
+        return await main(list(range(100)), "y" * 1000, verbose=True, return_state=True)
+
+    state = run(go)
+    (sub,) = state.record.subflow_runs
+    begun = [
+        (r.flow_run_name, r.getMessage())  # type: ignore[attr-defined]
+        for r in caplog.records
+        if r.getMessage().startswith("Beginning")
+    ]
+    assert [name for name, _ in begun] == [state.record.name, sub.name]
+    assert all(r.levelno == logging.INFO for r in caplog.records if "Beginning" in r.msg)
+    first, second = (message for _, message in begun)
+    assert first.startswith("Beginning with parameters items=[0, 1, 2, 3, 4, 5, ...], label='yyy")
+    assert first.endswith(", verbose=True")
+    assert len(first) < 200
+    assert second == f"Beginning as a subflow of {state.record.name!r} with parameters n=100"
 
 
 def test_completed_runs_are_not_logged_as_errors(
@@ -398,14 +616,149 @@ def test_cancelled_and_not_run_task_runs_are_logged(
         await downstream.submit(fails.submit()).wait()
         await pending.wait()
 
-    run(main)
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    runs = {r.task_name: r.name for r in run(go).record.task_runs}
     finished = [
         (getattr(r, "task_run_name", None), r.getMessage())
         for r in caplog.records
         if r.levelname == "INFO" and "Finished in state" in r.getMessage()
     ]
     names = [name for name, _ in finished]
-    assert names.count("never-0") == 1
-    assert names.count("downstream-0") == 1
-    assert any("Cancelled" in m for n, m in finished if n == "never-0")
-    assert any("NotRun" in m for n, m in finished if n == "downstream-0")
+    assert names.count(runs["never"]) == 1
+    assert names.count(runs["downstream"]) == 1
+    assert any("Cancelled" in m for n, m in finished if n == runs["never"])
+    assert any("NotRun" in m for n, m in finished if n == runs["downstream"])
+
+
+def test_the_begin_line_survives_arguments_that_misbehave(
+    backend: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An argument whose truth value or repr raises (a numpy array, a broken object)
+    is shown as best it can be and never fails the run."""
+
+    class Ambiguous:
+        def __bool__(self) -> bool:
+            raise ValueError("truth value is ambiguous")
+
+        def __repr__(self) -> str:
+            return "Ambiguous()"
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    @flow
+    def main(a: Any, b: Any, *rest: Any, **named: Any) -> int:
+        return 1
+
+    with override_settings(backend=backend):
+        state = main(Ambiguous(), Unprintable(), z=Ambiguous(), return_state=True)
+    assert state.result() == 1
+    line = _one_matching(
+        caplog, "orchestr.flow_runs", f"Flow run {state.record.name!r}", start="Beginning"
+    )
+    message = line.getMessage()
+    assert message.startswith("Beginning with parameters a=Ambiguous(), b=<Unprintable")
+    assert message.endswith(", named={'z': Ambiguous()}")  # the empty *rest is left out
+
+
+# -- names ----------------------------------------------------------------------------------
+def test_task_run_names_are_unique_across_concurrent_flow_runs(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two flow runs running at once, and a run outside any flow, number the runs of the
+    same task from one counter: every name is unique, and each task run's log record
+    carries the flow run it belongs to."""
+    both_submitted = anyio.Event()
+    arrived: list[str] = []
+
+    @task
+    async def step(i: int) -> int:
+        get_run_logger().info("step %d", i)
+        return i
+
+    @flow
+    async def main(tag: str) -> list[str]:
+        futures = [step.submit(i) for i in range(3)]
+        arrived.append(tag)
+        if len(arrived) == 2:
+            both_submitted.set()
+        with anyio.fail_after(5):
+            await both_submitted.wait()  # the other flow run has submitted too
+            await futures[0]
+        return [f.name for f in futures]
+
+    async def go() -> list[State[Any]]:
+        states: list[State[Any]] = []
+
+        async def one(tag: str) -> None:
+            states.append(await main(tag, return_state=True))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one, "a")
+            tg.start_soon(one, "b")
+        return states
+
+    @task(name="step")
+    def same_name(i: int) -> int:
+        return i
+
+    states = run(go)
+    alone = same_name(9, return_state=True)  # outside any flow, same task name
+    names = [name for state in states for name in state.result()] + [alone.run_name]
+    assert len(set(names)) == 7
+    assert all(name.startswith("step-") for name in names)
+    for state in states:
+        mine = {r.name for r in state.record.task_runs}
+        lines = [r for r in caplog.records if getattr(r, "task_run_name", None) in mine]
+        assert lines
+        assert {r.flow_run_name for r in lines} == {state.record.name}  # type: ignore[attr-defined]
+        assert all(
+            r.run_label == f"Task run {r.task_run_name!r} of flow run {state.record.name!r}"  # type: ignore[attr-defined]
+            for r in lines
+        )
+
+
+# -- warnings -------------------------------------------------------------------------------
+def test_abandoning_a_thread_warns_as_that_task_run(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """When a flow run times out with a sync task still running in its thread, the
+    warning that the thread is abandoned is logged as that task run (its names)."""
+    entered = threading.Event()
+    release = threading.Event()
+
+    @task
+    def stuck() -> None:
+        entered.set()
+        release.wait(10)
+
+    @flow(timeout_seconds=0.2)
+    async def main() -> None:
+        stuck.submit()
+        await anyio.to_thread.run_sync(entered.wait, 5)
+        await anyio.sleep(10)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    try:
+        with override_settings(cancel_grace_seconds=0.05):
+            state = run(go)
+    finally:
+        release.set()
+    (stuck_run,) = state.record.task_runs
+    assert stuck_run.state_type is StateType.CANCELLED
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and "abandoned" in r.getMessage()
+    ]
+    assert len(warnings) == 1
+    assert warnings[0].name == "orchestr.task_runs"
+    assert _fields(warnings[0], TASK_FIELDS) == {
+        "task_run_name": stuck_run.name,
+        "task_run_id": str(stuck_run.id),
+        "task_name": "stuck",
+    }
+    assert warnings[0].flow_run_name == state.record.name  # type: ignore[attr-defined]

@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from run_names import relative
 
 from orchestr import FlowRunRecord, State, TaskRunRecord, flow, task
 from orchestr.exceptions import UpstreamNotCompletedError
@@ -71,7 +72,9 @@ def test_record_lists_every_task_run(run: Any) -> None:
     assert record.duration is not None
     assert record.duration >= 0
 
-    runs = {tr.name: tr for tr in record.task_runs}
+    # Numbered per task name, in submission order (relative: the numbers count runs of
+    # that task name in the whole process).
+    runs = dict(zip(relative(tr.name for tr in record.task_runs), record.task_runs, strict=True))
     assert list(runs) == ["ok-0", "bad-0", "ok-1", "flaky-0", "ok-2"]
     assert all(isinstance(tr, TaskRunRecord) for tr in runs.values())
     assert len({tr.id for tr in runs.values()}) == 5
@@ -222,13 +225,15 @@ def test_summary_describes_the_run(run: Any) -> None:
     lines = text.splitlines()
     assert lines[0].startswith(f"flow run {state.record.name!r}: Completed in ")
     assert lines[0].endswith(" ms")
-    assert any(line.startswith("  task run 'ok-0': Completed in ") for line in lines)
-    (bad_line,) = [line for line in lines if "'bad-0'" in line]
-    assert bad_line.startswith("  task run 'bad-0': Failed")
+    ok_run, bad_run, retried_run = (tr.name for tr in state.record.task_runs)
+    assert any(line.startswith(f"  task run {ok_run!r}: Completed in ") for line in lines)
+    (bad_line,) = [line for line in lines if repr(bad_run) in line]
+    assert bad_line.startswith(f"  task run {bad_run!r}: Failed")
     assert bad_line.endswith("ValueError: boom")
-    (retried_line,) = [line for line in lines if "'retried-0'" in line]
+    (retried_line,) = [line for line in lines if repr(retried_run) in line]
     assert "Completed (2 attempts)" in retried_line
-    child_name = state.record.subflow_runs[0].name
-    assert f"  flow run {child_name!r}: Completed" in text
-    assert "    task run 'ok-0': Completed" in text  # the child's own task run, indented
+    child_run = state.record.subflow_runs[0]
+    assert f"  flow run {child_run.name!r}: Completed" in text
+    (child_ok,) = child_run.task_runs
+    assert f"    task run {child_ok.name!r}: Completed" in text  # the child's own, indented
     assert repr(state.record) == f"<FlowRunRecord {state.record.name!r} Completed>"

@@ -3,6 +3,7 @@ after every task submitted inside their block has finished."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -888,7 +889,8 @@ def test_async_resource_in_a_sync_flow_runs_on_the_flow_loop() -> None:
 
 # -- events -----------------------------------------------------------------------------------
 def test_events_are_recorded_and_logged(run: Any, caplog: pytest.LogCaptureFixture) -> None:
-    """Setup and cleanup events carry the resource name and durations, and reach the log."""
+    """Setup and cleanup events carry the resource name and durations, and reach the log
+    at DEBUG (routine: the default INFO output leaves them out)."""
 
     @resource(name="warehouse")
     async def warehouse() -> AsyncIterator[None]:
@@ -917,13 +919,19 @@ def test_events_are_recorded_and_logged(run: Any, caplog: pytest.LogCaptureFixtu
     assert events[1].duration >= 0.009
     assert events[3].duration is not None
     assert events[3].duration >= 0.009
-    messages = [r.getMessage() for r in caplog.records if r.name.startswith("orchestr")]
-    assert any("'warehouse': cleanup.finished" in m for m in messages)
+    logged = [r for r in caplog.records if "'warehouse'" in r.getMessage()]
+    assert any("'warehouse': cleanup.finished" in r.getMessage() for r in logged)
+    assert len(logged) == 4
+    assert {r.levelno for r in logged} == {logging.DEBUG}
+    assert {getattr(r, "flow_run_name", None) for r in logged} == {state.record.name}
     assert assert_resources_cleaned_up(state) == {"warehouse": 1}
 
 
-def test_cleanup_failure_event_and_group_without_body_error(run: Any) -> None:
-    """A cleanup failure alone is raised in a group and recorded as cleanup.failed."""
+def test_cleanup_failure_event_and_group_without_body_error(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A cleanup failure alone is raised in a group and recorded as cleanup.failed, and
+    logged as a one-line WARNING (the run's failure carries the traceback)."""
 
     @resource(name="flaky")
     async def flaky() -> AsyncIterator[None]:
@@ -945,6 +953,10 @@ def test_cleanup_failure_event_and_group_without_body_error(run: Any) -> None:
     failed = [e for e in state.record.events if e.kind == "resource.cleanup.failed"]
     assert len(failed) == 1
     assert isinstance(failed[0].error, PermissionError)
+    (warned,) = [r for r in caplog.records if "cleanup.failed" in r.getMessage()]
+    assert warned.levelno == logging.WARNING
+    assert warned.exc_info is None
+    assert warned.getMessage().endswith(": PermissionError: cannot delete")
 
 
 # -- bad input --------------------------------------------------------------------------------

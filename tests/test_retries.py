@@ -704,9 +704,12 @@ def test_a_retried_flow_starts_tasks_after_a_timed_out_attempt(run: Any) -> None
     assert state.record.attempts == 2
 
 
-def test_a_submission_after_an_attempt_ended_is_cancelled_not_lost(run: Any) -> None:
+def test_a_submission_after_an_attempt_ended_is_cancelled_not_lost(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """A task run submitted by a thread that outlived its attempt (abandoned after the
-    timeout) ends Cancelled with a warning; it neither hangs nor leaks into the retry."""
+    timeout) ends Cancelled with a warning logged as that run; it neither hangs nor leaks
+    into the retry."""
     release = threading.Event()
     submitted: list[TaskFuture[Any]] = []
     done = threading.Event()
@@ -741,3 +744,9 @@ def test_a_submission_after_an_attempt_ended_is_cancelled_not_lost(run: Any) -> 
     assert state.is_completed(), state
     assert submitted[0].state.type is StateType.CANCELLED
     assert state.record.attempts == 2
+    late = [
+        r
+        for r in caplog.records
+        if r.levelno == logging.WARNING and "attempt ended" in r.getMessage()
+    ]
+    assert [getattr(r, "task_run_name", None) for r in late] == [submitted[0].name]

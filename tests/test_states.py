@@ -402,7 +402,9 @@ def test_task_state_carries_timestamp_run_id_and_name(run: Any) -> None:
     assert before <= state.timestamp <= after
     assert isinstance(state.run_id, uuid.UUID)
     assert state.run_id == record_id
-    assert state.run_name == name == "identity-0"
+    assert state.run_name == name
+    assert state.record.task_name == "identity"
+    assert name.startswith("identity-")
 
 
 def test_flow_state_carries_timestamp_run_id_and_name(run: Any) -> None:
@@ -515,7 +517,74 @@ def test_constructor_with_explicit_error_and_repr() -> None:
     error = RuntimeError("infrastructure")
     state = Crashed(error)
     assert state.exception is error
-    assert repr(state) == "Crashed(error='RuntimeError: infrastructure')"
+    assert repr(state) == "Crashed(RuntimeError('infrastructure'))"
     assert Cancelled(error).exception is error
     assert NotRun(error).exception is error
-    assert repr(Completed(1)) == "Completed()"
+
+
+@pytest.mark.parametrize(
+    ("state", "expected"),
+    [
+        (Completed(5), "Completed(5)"),
+        (Completed(), "Completed()"),
+        (Completed("ok", message="cached"), "Completed('ok', message='cached')"),
+        (Failed(ValueError("bad")), "Failed(ValueError('bad'))"),
+        (Failed(message="why"), "Failed(message='why')"),
+        (Failed(ValueError("x"), name="Rejected"), "Failed(ValueError('x'), name='Rejected')"),
+        (TimedOut(RunTimedOut("late")), "TimedOut(RunTimedOut('late'))"),
+        (Crashed(message="worker died"), "Crashed(message='worker died')"),
+        (Cancelled(message="by the user"), "Cancelled(message='by the user')"),
+        (NotRun(), "NotRun()"),
+        (Pending(), "Pending()"),
+    ],
+)
+def test_repr_is_short_and_spelled_like_the_constructor(state: State[Any], expected: str) -> None:
+    """repr (and str) of a state reads like the call that builds it: the result of a
+    Completed state, the error of a Failed one, the message of the others."""
+    assert repr(state) == expected
+    assert str(state) == expected
+
+
+def test_repr_shortens_big_results_and_long_errors() -> None:
+    """A big result or a long error message is shortened in the repr (reprlib), and a
+    result whose repr raises does not make repr(state) raise."""
+
+    class Unprintable:
+        def __repr__(self) -> str:
+            raise RuntimeError("no repr")
+
+    big = Completed(list(range(100_000)))
+    assert repr(big) == "Completed([0, 1, 2, 3, 4, 5, ...])"
+    assert len(repr(Completed("x" * 100_000))) < 80
+    assert len(repr(Completed({i: "v" * 1000 for i in range(1000)}))) < 120
+    long_error = Failed(ValueError("y" * 10_000 + "\nsecond line"))
+    assert repr(long_error).startswith("Failed(ValueError('yyy")
+    assert len(repr(long_error)) < 130
+    assert "second line" not in repr(long_error)
+    assert repr(Completed(Unprintable())).startswith("Completed(<")
+
+
+def test_repr_of_a_real_run_names_the_run(run: Any) -> None:
+    """States of real runs add the run's name: Completed(10, run='double-3'),
+    Failed(ValueError('boom'), run='fails-4')."""
+
+    @task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @task
+    async def fails() -> None:
+        raise ValueError("boom")
+
+    seen: list[State[Any]] = []
+
+    @flow
+    async def main() -> None:
+        seen.append(await double.submit(5).wait())
+        seen.append(await fails.submit().wait())
+
+    run(main)
+    ok, bad = seen
+    assert repr(ok) == f"Completed(10, run={ok.run_name!r})"
+    assert repr(bad) == f"Failed(ValueError('boom'), run={bad.run_name!r})"
+    assert repr(ok.record.state) == f"Completed(run={ok.run_name!r})"  # records keep no result

@@ -50,7 +50,7 @@ def test_subflow_is_a_child_run_of_its_caller(run: Any) -> None:
     assert [r.flow_name for r in parent_record.subflow_runs] == ["child", "child"]
     assert parent_record.subflow_runs[0] is child_record
     assert all(r.parent is parent_record for r in parent_record.subflow_runs)
-    assert [tr.name for tr in child_record.task_runs] == ["inc-0"]
+    assert [tr.task_name for tr in child_record.task_runs] == ["inc"]
     assert parent_record.task_runs == []
     assert child_record.id != parent_record.id
 
@@ -224,7 +224,7 @@ def test_sync_subflow_from_async_flow(run: Any) -> None:
     (sub,) = state.record.subflow_runs
     assert sub.parent is state.record
     assert sub.state_type is StateType.COMPLETED
-    assert [tr.name for tr in sub.task_runs] == ["double-0"]
+    assert [tr.task_name for tr in sub.task_runs] == ["double"]
 
 
 def test_failing_sync_subflow_raises_in_async_parent(run: Any) -> None:

@@ -89,14 +89,14 @@ def test_timed_out_sync_task_is_abandoned_with_a_warning(
         return "late"
 
     @flow
-    async def main() -> tuple[StateType, str, BaseException | None, bool]:
+    async def main() -> tuple[StateType, str, BaseException | None, bool, str | None]:
         with anyio.fail_after(5):
             state = await stuck.submit().wait()
-        return state.type, state.name, state.exception, finished.is_set()
+        return state.type, state.name, state.exception, finished.is_set(), state.run_name
 
     start = time.monotonic()
     try:
-        type_, name, error, finished_then = run(main)
+        type_, name, error, finished_then, run_name = run(main)
         elapsed = time.monotonic() - start
     finally:
         release.set()
@@ -106,7 +106,8 @@ def test_timed_out_sync_task_is_abandoned_with_a_warning(
     assert elapsed < 2
     warnings = _abandon_warnings(caplog)
     assert len(warnings) == 1
-    assert "stuck-0" in warnings[0].getMessage()
+    assert repr(run_name) in warnings[0].getMessage()
+    assert warnings[0].task_run_name == run_name  # type: ignore[attr-defined]
     assert finished.wait(5)  # the abandoned thread finished on its own later
 
 

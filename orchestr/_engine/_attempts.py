@@ -15,7 +15,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .._limits._registry import has_limits
-from .._logging import log_prints_var, route_prints, run_logger, task_run_logger
+from .._logging import (
+    log_prints_var,
+    log_task_failure,
+    route_prints,
+    run_logger,
+    task_run_logger,
+)
 from ..exceptions import RunCancelled, RunTimedOut
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
@@ -290,14 +296,11 @@ def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
     kind = state.type
     if kind is StateType.COMPLETED:
         if _log.isEnabledFor(logging.DEBUG):
-            # repr now, not the state: a handler that keeps log records (pytest's
+            # The state's name, not the state: a handler that keeps log records (pytest's
             # caplog, a MemoryHandler) would otherwise keep the run's result alive.
-            task_run_logger(record).debug("Finished in state %s", repr(state))
+            task_run_logger(record).debug("Finished in state %s", state.name)
     elif kind is StateType.FAILED or kind is StateType.CRASHED:
-        error = state.exception
-        task_run_logger(record).error(
-            "Finished in state %r",
-            state,
-            exc_info=(type(error), error, error.__traceback__) if error else None,
-        )
+        # Once, with the user's frames only; a flow that fails with the same error says
+        # which run it came from instead of repeating it.
+        log_task_failure(record, state)
     # Cancelled runs are logged where every final state is recorded (record_final_state).

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from .._logging import task_run_logger
 from ._outcomes import cancelled_state
 
 if TYPE_CHECKING:
@@ -87,10 +88,8 @@ class Dispatcher:
         if self.closed:
             # After close() drained the queue: nobody else will (appended first, checked
             # second, so a job is never missed by both).
-            _log.warning(
-                "task run %r was submitted after its flow run's attempt ended; it is "
-                "marked Cancelled",
-                job.future.name,
+            task_run_logger(job.future._record).warning(
+                "Submitted after its flow run's attempt ended; marked Cancelled"
             )
             self.cancel_queued()
         elif not self._rung:

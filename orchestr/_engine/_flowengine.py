@@ -20,7 +20,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from .._logging import configure_logging, flow_run_logger, log_prints_var, route_prints
+from .._logging import (
+    configure_logging,
+    flow_run_logger,
+    log_flow_begin,
+    log_flow_end,
+    log_prints_var,
+    route_prints,
+)
 from ..exceptions import (
     CrashedError,
     ParameterValidationError,
@@ -174,6 +181,7 @@ async def _run(
     configure_logging(settings.logging_level, settings.setup_logging)
     record = run.record
     record.started = time.time()
+    log_flow_begin(record, run.flow, args, kwargs)
     cancelled = anyio.get_cancelled_exc_class()
     try:
         try:
@@ -325,18 +333,7 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
         level = logging.ERROR
     else:
         level = logging.WARNING
-    # Checked first: building the run logger and the state's repr is most of the cost
-    # of an empty flow call when nobody reads INFO.
-    if not _log.isEnabledFor(level):
-        return
-    if state.type is StateType.COMPLETED:
-        # repr now: a kept log record must not keep the flow's result alive.
-        flow_run_logger(record).log(level, "Finished in state %s", repr(state))
-    else:
-        error = state.exception
-        flow_run_logger(record).log(
-            level,
-            "Finished in state %r",
-            state,
-            exc_info=(type(error), error, error.__traceback__) if error else None,
-        )
+    # Checked first: building the run logger and the line is most of the cost of an
+    # empty flow call when nobody reads INFO.
+    if _log.isEnabledFor(level):
+        log_flow_end(record, state, level)

@@ -8,7 +8,6 @@ the current attempt's :class:`~orchestr._engine._dispatch.Dispatcher`.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import signal
@@ -21,9 +20,10 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._logging import task_run_logger
 from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture, _run_done_callback
-from ..records import FlowRunRecord, TaskRunRecord
+from ..records import FlowRunRecord, TaskRunRecord, _next_task_run_index
 from ..settings import get_settings
 from ..states import State, StateType
 from ._drivers import BlockingDriver
@@ -44,7 +44,6 @@ class FlowRun:
     """One flow run while it runs."""
 
     __slots__ = (
-        "_counters",
         "_escalation_waiters",
         "_grace_scopes",
         "_thread_waiters",
@@ -104,7 +103,6 @@ class FlowRun:
         self._grace_scopes: set[anyio.CancelScope] = set()
         # Resources whose block is open (set up, not yet cleaned up), by id: name.
         self.open_resources: dict[int, str] = {}
-        self._counters: dict[str, Iterator[int]] = {}
         # Values of resources whose block ended, by id (the value is kept so the id is
         # not reused): handing one to a task is refused (rule 12).
         self.closed_resources: dict[int, tuple[Any, str]] = {}
@@ -115,10 +113,8 @@ class FlowRun:
 
     # -- task run records -------------------------------------------------------------------
     def new_task_record(self, task_name: str) -> TaskRunRecord:
-        counter = self._counters.get(task_name)
-        if counter is None:
-            counter = self._counters.setdefault(task_name, itertools.count())
-        record = TaskRunRecord(task_name, next(counter), self.record)
+        # Numbered per task name across the process: names are unique across flow runs.
+        record = TaskRunRecord(task_name, _next_task_run_index(task_name), self.record)
         self.record.task_runs.append(record)
         return record
 
@@ -171,10 +167,9 @@ class FlowRun:
         record = future._record
         running = record.state_type is not StateType.PENDING
         if running:
-            _log.warning(
-                "task run %r is executing in a thread, which cannot be interrupted; it is "
-                "marked Cancelled (%s) and its thread abandoned",
-                record.name,
+            task_run_logger(record).warning(
+                "Executing in a thread, which cannot be interrupted; marked Cancelled (%s) "
+                "and its thread abandoned",
                 why,
             )
             why += " while running in a thread, which was abandoned"
@@ -319,10 +314,8 @@ class FlowRun:
             with self.grace_period(grace):
                 await self.barrier()
         for future in list(self.active):
-            _log.warning(
-                "task run %r was still running in a thread %s after %s; it is marked "
-                "Cancelled and its thread abandoned",
-                future.name,
+            task_run_logger(future._record).warning(
+                "Still running in a thread %s after %s; marked Cancelled and its thread abandoned",
                 "when a second signal came" if self.escalated else f"{grace:g} s",
                 why,
             )

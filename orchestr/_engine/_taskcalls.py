@@ -25,7 +25,7 @@ from ..exceptions import (
     NotInFlowRunError,
 )
 from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
-from ..records import TaskRunRecord
+from ..records import TaskRunRecord, _next_task_run_index
 from ..states import State, StateType
 from ._attempts import run_attempts
 from ._context import flow_run_var, scope_var, task_run_var
@@ -110,7 +110,7 @@ def call_task_blocking(
 def _new_record(task: Task[Any, Any], run: FlowRun | None) -> TaskRunRecord:
     if run is not None:
         return run.new_task_record(task.name)
-    return TaskRunRecord(task.name, next(task._standalone_runs))
+    return TaskRunRecord(task.name, _next_task_run_index(task.name))
 
 
 def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[Any] | None:

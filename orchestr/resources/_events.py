@@ -2,7 +2,8 @@
 
 Kinds are ``resource.setup.{started,finished,failed}`` and
 ``resource.cleanup.{started,finished,failed,timed_out}``; events that end a phase carry
-its duration, failures carry the error.
+its duration, failures carry the error. Routine events are logged at DEBUG, failures at
+WARNING (one line: the error itself fails the run, which logs it with its traceback).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ __all__ = ["ResourceEvents"]
 
 _ERRORS = ("setup.failed", "cleanup.failed", "cleanup.timed_out")
 _log = logging.getLogger("orchestr.resources")
+_TASK_LOG = logging.getLogger("orchestr.task_runs")
+_FLOW_LOG = logging.getLogger("orchestr.flow_runs")
 
 
 class ResourceEvents:
@@ -43,8 +46,14 @@ class ResourceEvents:
         event = RunEvent(f"resource.{kind}", self.name, duration=duration, error=error)
         if self._record is not None:
             self._record.events.append(event)
-        level = logging.ERROR if kind in _ERRORS else logging.INFO
-        if not logging.getLogger("orchestr").isEnabledFor(level):
+        # Setup and cleanup are routine (DEBUG; the run record keeps every event); a
+        # failure is a WARNING line, its error reaching the run (logged with it).
+        level = logging.WARNING if kind in _ERRORS else logging.DEBUG
+        if self._task_record is not None:
+            target = _TASK_LOG
+        else:
+            target = _FLOW_LOG if self._record is not None else _log
+        if not target.isEnabledFor(level):
             return
         took = "" if duration is None else f" in {duration * 1000:.1f} ms"
         failure = "" if error is None else f": {type(error).__name__}: {error}"

@@ -1,0 +1,170 @@
+"""Tracebacks a person can read: orchestr's own frames hidden, the user's kept.
+
+An error raised in a task passes through a dozen of orchestr's frames (the attempt loop,
+its driver, the worker thread, the future, the state) before anyone sees it. Like
+pytest's ``__tracebackhide__``, orchestr drops those frames from the tracebacks of the
+errors it records and re-raises, and from the tracebacks its console handler prints:
+
+* a frame is orchestr's when its code lives in the ``orchestr`` package;
+* the user's frames (the task's and the flow's bodies, the libraries they call, the
+  caller's) are always kept, and so is every exception of the chain (``__cause__``,
+  ``__context__``, the members of an exception group), each trimmed the same way;
+* an error raised *inside* orchestr's frames that is not an :class:`OrchestrError` (a bug
+  in orchestr, or a call that does not fit the function's signature) keeps the frames
+  where it was raised, after the last frame of the user's.
+
+``ORCHESTR_FULL_TRACEBACKS=1`` in the environment keeps every frame (for debugging
+orchestr itself).
+
+The first run (task or flow) to record an error is its *origin*; later runs that fail
+with the same error object (a flow that re-raised its task's error) report it without
+repeating its traceback, and members of a :class:`~orchestr.exceptions.FailedRunsGroup`
+name it in a note.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from types import TracebackType
+from typing import Any
+
+from .exceptions import _ORIGIN_ATTRIBUTE, OrchestrError
+
+__all__ = ["chain_of", "claim", "hide_frames", "is_internal_file", "origin_of", "trim_summary"]
+
+# Where orchestr's modules live, spelled as their code objects spell it.
+_PACKAGE_DIR = os.path.join(os.path.dirname(__file__), "")
+_ORIGIN = _ORIGIN_ATTRIBUTE
+
+
+def is_internal_file(filename: str) -> bool:
+    """Whether code of this file is orchestr's own."""
+    return filename.startswith(_PACKAGE_DIR)
+
+
+def _full() -> bool:
+    return os.environ.get("ORCHESTR_FULL_TRACEBACKS", "") not in ("", "0")
+
+
+def _keeps_raise_site(error: BaseException) -> bool:
+    # orchestr raises OrchestrErrors on purpose, with messages that say what went wrong;
+    # anything else raised in its frames needs the frames to be understood.
+    return not isinstance(error, OrchestrError)
+
+
+def _trimmed(tb: TracebackType | None, keep_tail: bool) -> TracebackType | None:
+    entries: list[TracebackType] = []
+    internal: list[bool] = []
+    while tb is not None:
+        entries.append(tb)
+        internal.append(tb.tb_frame.f_code.co_filename.startswith(_PACKAGE_DIR))
+        tb = tb.tb_next
+    if not any(internal):
+        return entries[0] if entries else None
+    last_user = max((i for i, hidden in enumerate(internal) if not hidden), default=-1)
+    kept = [
+        entry for i, entry in enumerate(entries) if not internal[i] or (keep_tail and i > last_user)
+    ]
+    if len(kept) == len(entries):
+        return entries[0]
+    new: TracebackType | None = None
+    for entry in reversed(kept):
+        new = TracebackType(new, entry.tb_frame, entry.tb_lasti, entry.tb_lineno)
+    return new
+
+
+def chain_of(error: BaseException) -> list[BaseException]:
+    """The error and every exception reachable from it: causes, contexts, members."""
+    seen: set[int] = set()
+    found: list[BaseException] = []
+    todo = [error]
+    while todo:
+        exc = todo.pop()
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        found.append(exc)
+        if exc.__cause__ is not None:
+            todo.append(exc.__cause__)
+        if exc.__context__ is not None:
+            todo.append(exc.__context__)
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+    return found
+
+
+def hide_frames(error: BaseException) -> BaseException:
+    """Drop orchestr's frames from the tracebacks of ``error`` and of every exception
+    chained to it (in place); returns ``error``."""
+    if _full():
+        return error
+    for exc in chain_of(error):
+        tb = exc.__traceback__
+        if tb is not None:
+            trimmed = _trimmed(tb, _keeps_raise_site(exc))
+            if trimmed is not tb:
+                exc.__traceback__ = trimmed
+    return error
+
+
+def claim(error: BaseException, origin: str) -> bool:
+    """Record ``origin`` (e.g. ``"task run 'fetch-3'"``) as where ``error`` failed a run,
+    unless an earlier run did; hide orchestr's frames. True if ``origin`` is the error's
+    origin (it is this run's own failure, not one it passed on)."""
+    hide_frames(error)
+    found = getattr(error, _ORIGIN, None)
+    if found is None:
+        try:
+            setattr(error, _ORIGIN, origin)
+        except Exception:  # an exception type that refuses attributes: no origin known
+            return True
+        return True
+    return bool(found == origin)
+
+
+def origin_of(error: BaseException) -> str | None:
+    """The run that first failed with ``error`` (see :func:`claim`), if any."""
+    found = getattr(error, _ORIGIN, None)
+    return found if isinstance(found, str) else None
+
+
+# -- display only (the console handler's formatter) ---------------------------------------
+def trim_summary(te: traceback.TracebackException) -> traceback.TracebackException:
+    """Hide orchestr's frames in a TracebackException and its chain, for display."""
+    if _full():
+        return te
+    seen: set[int] = set()
+    todo = [te]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        frames = current.stack
+        internal = [is_internal_file(frame.filename) for frame in frames]
+        if any(internal):
+            keep_tail = not _is_orchestr_error_type(_type_of(current))
+            last_user = max((i for i, hidden in enumerate(internal) if not hidden), default=-1)
+            current.stack = traceback.StackSummary.from_list(
+                [
+                    frame
+                    for i, frame in enumerate(frames)
+                    if not internal[i] or (keep_tail and i > last_user)
+                ]
+            )
+        for linked in (current.__cause__, current.__context__):
+            if linked is not None:
+                todo.append(linked)
+        todo.extend(getattr(current, "exceptions", None) or ())
+    return te
+
+
+def _type_of(te: traceback.TracebackException) -> Any:
+    # Read without the property: Python 3.13 deprecates ``exc_type`` (a warning).
+    found = vars(te)
+    return found.get("exc_type", found.get("_exc_type"))
+
+
+def _is_orchestr_error_type(exc_type: Any) -> bool:
+    return isinstance(exc_type, type) and issubclass(exc_type, OrchestrError)
