@@ -537,17 +537,18 @@ def raising_callbacks(backend: str, where: str) -> None:
     callbacks run on the loop (``where`` "loop": async tasks) or in a worker thread
     ("thread": sync tasks); in an async flow and in a sync flow."""
     calls: list[str] = []
+    positions: dict[int, int] = {}  # id(future) -> its place in submit_all()
 
     def raises_error(future: TaskFuture[Any]) -> None:
-        calls.append(f"error {future.name}")
+        calls.append(f"error {positions[id(future)]}")
         raise ValueError("a broken done callback")
 
     def raises_interrupt(future: TaskFuture[Any]) -> None:
-        calls.append(f"interrupt {future.name}")
+        calls.append(f"interrupt {positions[id(future)]}")
         raise KeyboardInterrupt
 
     def records(future: TaskFuture[Any]) -> None:
-        calls.append(f"good {future.name}")
+        calls.append(f"good {positions[id(future)]}")
 
     @task
     async def async_value(x: int) -> int:
@@ -563,6 +564,7 @@ def raising_callbacks(backend: str, where: str) -> None:
 
     def submit_all() -> list[TaskFuture[int]]:
         futures = [watched.submit(1), watched.submit(2), watched.submit(3), other.submit(4)]
+        positions.update((id(future), i) for i, future in enumerate(futures))
         futures[0].add_done_callback(raises_error)
         futures[0].add_done_callback(records)
         futures[1].add_done_callback(raises_interrupt)
