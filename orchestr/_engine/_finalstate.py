@@ -38,7 +38,8 @@ def final_state(
     first_task_run: int,
 ) -> State[Any]:
     """Rule 7, in order: interrupts, timeouts, body errors, returned futures and
-    states, unobserved task failures, success."""
+    states, unobserved task failures, success. ``cancelled_caught``: the run's timeout
+    decides (not when the body had failed before the deadline)."""
     record = run.record
     if run.signal is not None:
         name = signal.Signals(run.signal).name
@@ -58,12 +59,11 @@ def final_state(
         return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
     if cancelled_caught:
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
+        timed_out = RunTimedOut(message)
+        # What the body raised once stopped (because of the timeout) is kept, not lost.
+        timed_out.__context__ = body_error
         return State(
-            StateType.FAILED,
-            name="TimedOut",
-            message=message,
-            error=RunTimedOut(message),
-            record=record,
+            StateType.FAILED, name="TimedOut", message=message, error=timed_out, record=record
         )
     if body_error is not None:
         return State(

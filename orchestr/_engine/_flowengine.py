@@ -266,6 +266,7 @@ async def _attempt(
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
     value: Any = None
     body_error: BaseException | None = None
+    failed_first = False
     await runner.start()
     dispatcher = run.dispatcher = Dispatcher(run)
     try:
@@ -281,6 +282,9 @@ async def _attempt(
                     raise
                 except BaseException as exc:
                     body_error = exc
+                    # Raised before the deadline: then the body's failure, not a timeout
+                    # that came while the run waited for its task runs, decides (rule 7).
+                    failed_first = anyio.current_time() < deadline
                     if not isinstance(exc, Exception):
                         scope.cancel()  # an interrupt: stop everything, wait for nothing
                 await run.barrier()
@@ -299,7 +303,8 @@ async def _attempt(
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
-    return final_state(run, value, body_error, scope.cancelled_caught, first_task_run)
+    timed_out = scope.cancelled_caught and not (failed_first and isinstance(body_error, Exception))
+    return final_state(run, value, body_error, timed_out, first_task_run)
 
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:

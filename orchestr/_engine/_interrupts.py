@@ -138,8 +138,8 @@ def _may_interrupt(frame: FrameType | None) -> bool:
     decided: bool | None = None  # by the innermost marked or orchestr frame
     while frame is not None:
         code = frame.f_code
-        if code in _shielded:
-            return False
+        if code in _shielded or code.co_name == "__del__":
+            return False  # (Python would swallow an exception raised in a finalizer)
         if decided is None:
             if code in _interruptible:
                 decided = True
