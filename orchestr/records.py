@@ -24,6 +24,7 @@ class RunRecord:
 
     __slots__ = (
         "_id",
+        "_given_name",
         "attempts",
         "ended",
         "error",
@@ -42,6 +43,7 @@ class RunRecord:
         self.attempts = 0
         self.error: BaseException | None = None
         self._id: uuid.UUID | None = None
+        self._given_name: str | None = None  # from task_run_name / flow_run_name
 
     @property
     def id(self) -> uuid.UUID:
@@ -98,6 +100,7 @@ class TaskRunRecord(RunRecord):
         self.attempts = 0
         self.error: BaseException | None = None
         self._id: uuid.UUID | None = None
+        self._given_name: str | None = None
         self.task_name = task_name
         self.index = index
         self.flow_run = flow_run
@@ -106,7 +109,7 @@ class TaskRunRecord(RunRecord):
 
     @property
     def name(self) -> str:
-        return f"{self.task_name}-{self.index}"
+        return self._given_name or f"{self.task_name}-{self.index}"
 
 
 class RunEvent:
@@ -153,7 +156,7 @@ class FlowRunRecord(RunRecord):
 
     @property
     def name(self) -> str:
-        return f"{self.flow_name}-{self.id.hex[:8]}"
+        return self._given_name or f"{self.flow_name}-{self.id.hex[:8]}"
 
     def events_of(self, kind_prefix: str) -> list[RunEvent]:
         """The events whose kind starts with ``kind_prefix``, in order."""
