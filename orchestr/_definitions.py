@@ -13,11 +13,12 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-from ._checks import as_float, is_number, seconds, whole
+from ._checks import MAX_SECONDS, as_float, is_number, seconds, whole
 from .exceptions import NotAFunctionError, ParameterBindError, ReservedParameterError, UsageError
 
 __all__ = [
@@ -198,6 +199,7 @@ class Definition(Generic[P, R]):
             return self
         bound = copy.copy(self)
         bound.fn = bound._source = types.MethodType(self.fn, target)
+        bound.__dict__["__wrapped__"] = bound.fn  # inspect.signature() shows no self
         bound._binding = _FIXED
         shared = self._bound_calls
         if shared is None:
@@ -357,30 +359,40 @@ def _jitter(where: str, value: Any) -> float | None:
     )
 
 
-def _delay_item(value: Any) -> bool:
+def _delay_item(value: Any) -> float | None:
+    """A delay in seconds, clamped to MAX_SECONDS (a huge int too), or None if
+    ``value`` is not a number >= 0 (NaN, inf, a bool, a string, ...)."""
     if not is_number(value):
-        return False
+        return None
     number = as_float(value)
-    return 0 <= number < float("inf")
+    if number == math.inf and isinstance(value, float):
+        return None  # inf itself: a retry that never comes is not a delay
+    if not number >= 0:  # negative, or NaN
+        return None
+    return min(number, MAX_SECONDS)
 
 
 def _delay(where: str, value: Any) -> RetryDelay:
     if callable(value):
         return value  # type: ignore[no-any-return]  # checked when called
     items = value if isinstance(value, (list, tuple)) else [value]
-    if not all(_delay_item(item) for item in items):
+    delays = [_delay_item(item) for item in items]
+    if any(delay is None for delay in delays):
         raise UsageError(
             f"retry_delay_seconds of {where} must be a finite number >= 0, a list of "
             f"them, or a callable of the attempt number; got {value!r}"
         )
-    return value  # type: ignore[no-any-return]
+    if isinstance(value, (list, tuple)):
+        return delays  # type: ignore[return-value]  # floats, clamped
+    return delays[0]  # type: ignore[return-value]
 
 
 def check_retry_delay(defn: Any, value: Any, attempt: int) -> float:
     """What a ``retry_delay_seconds`` callable returned, checked: raises UsageError
     (naming the task or flow, and the value) unless it is a finite number >= 0."""
-    if _delay_item(value):
-        return float(value)
+    delay = _delay_item(value)
+    if delay is not None:
+        return delay
     raise UsageError(
         f"retry_delay_seconds of {defn.kind} {defn.name!r} returned {value!r} for attempt "
         f"{attempt}; it must return a finite number >= 0"

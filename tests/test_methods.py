@@ -4,6 +4,7 @@ from an instance or class gives a copy bound to it."""
 
 from __future__ import annotations
 
+import inspect
 import sys
 from typing import Any
 
@@ -135,6 +136,8 @@ def test_instance_access_gives_a_bound_task_class_access_the_task() -> None:
     assert one.add(5) == 6
     assert Counter.add(two, 1) == 3  # unbound, the instance passed by hand
     assert one.me() is one  # self is passed as is, never copied
+    assert str(inspect.signature(one.add)) == "(x: 'int') -> 'int'"
+    assert str(inspect.signature(Counter.add)) == "(self, x: 'int') -> 'int'"
 
 
 @pytest.mark.parametrize("order", ["task-above", "task-below"])

@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import string
+import time
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from fractions import Fraction
@@ -21,7 +22,7 @@ from typing import Any
 import anyio
 import pydantic
 import pytest
-from hypothesis import HealthCheck, given
+from hypothesis import HealthCheck, example, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
@@ -133,12 +134,22 @@ def test_infinite_timeouts_mean_none_and_huge_ones_are_clamped(decorator: Any) -
     assert decorator(timeout_seconds=Fraction(1, 2))(fn).timeout_seconds == 0.5
 
 
+def test_huge_retry_delays_are_clamped_and_stored_as_floats() -> None:
+    """Retry delays are stored as floats, a huge one (even an int no float can hold)
+    clamped to the longest wait orchestr supports, so computing a delay never
+    overflows."""
+    assert task(retry_delay_seconds=10**400)(fn).retry_delay_seconds == MAX_SECONDS
+    assert task(retry_delay_seconds=(1, 1e300))(fn).retry_delay_seconds == [1.0, MAX_SECONDS]
+    assert task(retry_delay_seconds=Fraction(1, 4))(fn).retry_delay_seconds == 0.25
+
+
 def test_runs_with_infinite_and_huge_timeouts_complete(run: Any) -> None:
     """Tasks and flows with an infinite or huge timeout run normally (no OverflowError
     from a deadline), async and sync, on the loop and in threads."""
 
     @task(timeout_seconds=1e300)
     def sync_work() -> int:
+        time.sleep(0.02)  # so that the caller is already waiting with the huge timeout
         return 1
 
     @task(timeout_seconds=math.inf)
@@ -407,6 +418,15 @@ def _finite_non_negative(value: Any) -> bool:
     return number is not None and 0 <= number < math.inf
 
 
+def _delay_ok(value: Any) -> bool:
+    """A retry delay: a number >= 0 that is not NaN nor inf itself (a huge int is
+    clamped)."""
+    number = _number(value)
+    if number is None or math.isnan(number) or number < 0:
+        return False
+    return number != math.inf or not isinstance(value, float)
+
+
 def _hooks_ok(value: Any) -> bool:
     if value is None or callable(value):
         return True
@@ -435,8 +455,8 @@ OPTION_ORACLES: dict[str, Callable[[Any], bool | None]] = {
     "retry_delay_seconds": lambda v: (
         v is None
         or callable(v)
-        or _finite_non_negative(v)
-        or (isinstance(v, list | tuple) and all(_finite_non_negative(i) for i in v))
+        or _delay_ok(v)
+        or (isinstance(v, list | tuple) and all(_delay_ok(i) for i in v))
     ),
     "retry_jitter_factor": lambda v: v is None or _finite_non_negative(v),
     "retry_condition_fn": lambda v: v is None or callable(v),
@@ -594,6 +614,9 @@ def test_fuzz_limits_arguments(concurrency: Any, rate: Any) -> None:
 
 @FUZZ
 @given(name=LIMIT_NAMES, limit=VALUES, per_seconds=VALUES)
+@example(name="api", limit=1, per_seconds=10**400)  # no float holds it: clamped
+@example(name="api", limit=1, per_seconds=math.inf)  # a window that never ends
+@example(name="api", limit=True, per_seconds=1.0)
 def test_fuzz_set_limit_functions(name: Any, limit: Any, per_seconds: Any) -> None:
     """set_concurrency_limit() / set_rate_limit() refuse bad names, counts and windows
     with an OrchestrError, and accept good ones."""

@@ -62,7 +62,7 @@ print(json.dumps({
         m for m in sys.modules if m.split(".")[0] in ("pydantic", "pydantic_settings")
     ),
     "backend": settings.backend,
-    "retries": settings.task_default_retries,
+    "retries": getattr(settings, "task_default_retries", None),
 }))
 """
 

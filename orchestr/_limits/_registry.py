@@ -12,7 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import NamedTuple
 
-from .._checks import MAX_SECONDS, as_float
+from .._checks import MAX_SECONDS, as_float, is_number
 from ..exceptions import UsageError
 
 __all__ = [
@@ -82,7 +82,7 @@ def set_rate_limit(name: str, limit: int, per_seconds: float) -> None:
     """At most ``limit`` starts of task runs tagged ``name`` (and ``rate_limit(name)``
     calls) in any window of ``per_seconds`` seconds; the ones over wait their turn."""
     checked_name(name)
-    if isinstance(per_seconds, bool) or not isinstance(per_seconds, int | float):
+    if not is_number(per_seconds):
         raise UsageError(
             f"per_seconds of rate limit {name!r} must be a number, got {per_seconds!r}"
         )
