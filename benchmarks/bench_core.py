@@ -1,8 +1,8 @@
 """Core overhead benchmark: orchestr against the raw primitive it is built on.
 
 orchestr promises that orchestration costs little next to what it wraps. This script
-checks the five targets from the project's issue by timing orchestr and the raw
-baseline side by side in one process:
+checks the five targets from the project's issue (and a sixth, from issue 7) by timing
+orchestr and the raw baseline side by side:
 
 1. 5,000 async no-op tasks submitted and awaited in an async flow, against an anyio
    task group running 5,000 no-op coroutines (limit: 3x).
@@ -18,6 +18,9 @@ baseline side by side in one process:
    inside the child around the import statement so interpreter startup is excluded,
    with ``-X importtime`` as a second view, and a check that the import pulls in no
    dask, distributed, pydantic or asyncio and starts no threads.
+6. The first flow calls in a fresh process (``import orchestr``, an empty sync flow and
+   an empty async flow called once each), against the same with pydantic-settings
+   imported too, and a check that the first calls import no pydantic.
 
 The machine this runs on is usually shared, so every timing target alternates orchestr
 and baseline within each round (rotating which goes first), after a warm-up, and reports
@@ -511,6 +514,77 @@ def bench_import(reps: int, importtime_reps: int) -> list[Result]:
     return results
 
 
+# -- target 6: the first flow call ---------------------------------------------------------------
+# A fresh process without ORCHESTR_* variables (they would load the settings with
+# pydantic-settings): import orchestr, define an empty sync flow and an empty async flow,
+# call each once. The baseline is the same with pydantic-settings imported in the timed
+# region too: what the first call cost when the settings always loaded through it.
+_FIRST_CALL_CHILD = """\
+import time
+start = time.perf_counter()
+{preamble}
+import anyio
+import orchestr
+
+@orchestr.flow
+def empty_sync():
+    pass
+
+@orchestr.flow
+async def empty_async():
+    pass
+
+empty_sync()
+anyio.run(empty_async)
+seconds = time.perf_counter() - start
+import json, sys
+print(json.dumps({{
+    "seconds": seconds,
+    "pydantic": [m for m in ("pydantic", "pydantic_settings") if m in sys.modules],
+}}))
+"""
+
+
+def first_call_child(kind: str, env: dict[str, str]) -> dict[str, Any]:
+    preamble = "import pydantic_settings" if kind == "with pydantic" else ""
+    out = run_child(["-c", _FIRST_CALL_CHILD.format(preamble=preamble)], env)
+    result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return result
+
+
+def bench_first_call(reps: int) -> list[Result]:
+    with tempfile.TemporaryDirectory(prefix="orchestr-bench-pycache-") as prefix:
+        env = {
+            k: v
+            for k, v in cached_bytecode_env(prefix).items()
+            if not k.upper().startswith("ORCHESTR_")
+        }
+        samples: dict[str, list[dict[str, Any]]] = {"orchestr": [], "with pydantic": []}
+        first_call_child("orchestr", env)  # writes the bytecode cache
+        first_call_child("with pydantic", env)
+        for r in range(reps):
+            for kind in (
+                ("orchestr", "with pydantic") if r % 2 == 0 else ("with pydantic", "orchestr")
+            ):
+                samples[kind].append(first_call_child(kind, env))
+    timing = compare(
+        "6",
+        "first flow calls in a fresh process (import orchestr + an empty sync and an empty "
+        "async flow) vs the same with pydantic-settings imported",
+        [c["seconds"] for c in samples["orchestr"]],
+        [c["seconds"] for c in samples["with pydantic"]],
+        1,
+    )
+    loaded = sorted({m for c in samples["orchestr"] for m in c["pydantic"]})
+    timing.passed = timing.passed and not loaded
+    timing.limit = "< 1x and no pydantic loaded"
+    timing.notes.append(
+        f"{reps} processes each, no ORCHESTR_* variable set; pydantic modules loaded by "
+        f"the first calls: {', '.join(loaded) or 'none'}"
+    )
+    return [timing]
+
+
 # -- report ---------------------------------------------------------------------------------
 def environment() -> dict[str, Any]:
     def version(dist: str) -> str:
@@ -623,6 +697,7 @@ def main() -> None:
         emit("3", lambda: [bench_empty_flow(rounds, warmup)])
         emit("4", lambda: [bench_memory(memory_reps)])
     emit("5", lambda: bench_import(import_reps, importtime_reps))
+    emit("6", lambda: bench_first_call(import_reps))
 
     elapsed = time.perf_counter() - started
     verdicts = [r for r in results if not r.informational]

@@ -2,9 +2,10 @@
 
 The public API is re-exported here; everything else is private (modules starting with
 ``_``) or reached through its public module (``orchestr.states``, ``orchestr.exceptions``,
-``orchestr.runners``, ``orchestr.testing``).
+``orchestr.runners``, ``orchestr.runtime``, ``orchestr.testing``).
 """
 
+from . import runtime as runtime
 from ._public import show_public_module as _show_public_module
 from .annotations import allow_failure as allow_failure
 from .annotations import unmapped as unmapped
@@ -58,6 +59,7 @@ __all__ = [
     "override_settings",
     "resource",
     "resource_manager",
+    "runtime",
     "scope",
     "task",
     "unmapped",

@@ -1,24 +1,57 @@
 """What tasks and flows have in common: the wrapped function, and options checked once,
-at decoration, so that a typo fails where it was written instead of mid-run."""
+at decoration, so that a typo fails where it was written instead of mid-run.
+
+A definition also works as a method: ``@task`` / ``@flow`` on an instance method, a
+classmethod or a staticmethod (the decorator above or below ``@classmethod`` /
+``@staticmethod``) gives a descriptor whose ``__get__`` returns a copy bound to the
+instance (or class), as Python does for functions. A callable object (an instance with a
+``__call__``, sync or async) can be decorated too.
+"""
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
-from collections.abc import Callable, Iterable, Sequence
+import math
+import types
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
-from .exceptions import NotAFunctionError, ReservedParameterError, UsageError
+from ._checks import MAX_SECONDS, as_float, is_number, seconds, whole
+from .exceptions import NotAFunctionError, ParameterBindError, ReservedParameterError, UsageError
 
-__all__ = ["Definition", "Hook", "RetryCondition", "RetryDelay", "check_option_names"]
+__all__ = [
+    "Definition",
+    "Hook",
+    "RetryCondition",
+    "RetryDelay",
+    "RunName",
+    "check_option_names",
+    "check_retry_delay",
+    "parameters_of",
+    "run_name_for",
+    "signature_of",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+H = TypeVar("H", bound=Callable[..., Any])
 
 RESERVED_PARAMETERS = ("wait_for", "return_state")
 RetryDelay = float | Sequence[float] | Callable[[int], float]
 RetryCondition = Callable[[Any, Any, Any], Any]
 Hook = Callable[[Any, Any, Any], Any]
+RunName = str | Callable[[], str]
+
+# How a definition binds when it is read as an attribute (see Definition.__get__).
+_FUNCTION = "function"  # a plain def: binds to an instance, like a method
+_CLASS = "class"  # @classmethod under the decorator: binds to the class
+_FIXED = "fixed"  # staticmethod, callable object, partial, method, bound copy: never binds
+
+# Call shapes remembered per definition (see _CallShapes); a function taking *args or
+# **kwargs can be called in endless shapes, so stop remembering after this many.
+_MAX_SHAPES = 256
 
 
 class Definition(Generic[P, R]):
@@ -32,46 +65,90 @@ class Definition(Generic[P, R]):
         fn: Callable[P, R],
         *,
         name: str | None,
-        retries: int,
-        retry_delay_seconds: RetryDelay,
+        retries: int | None,
+        retry_delay_seconds: RetryDelay | None,
         retry_jitter_factor: float | None,
         retry_condition_fn: RetryCondition | None,
         timeout_seconds: float | None,
         log_prints: bool | None,
         on_completion: Hook | Iterable[Hook] | None,
         on_failure: Hook | Iterable[Hook] | None,
+        on_running: Hook | Iterable[Hook] | None,
+        run_name: RunName | None,
     ) -> None:
+        self._source: Any = fn  # as given: with_options() starts from it again
+        fn, self._binding = _unwrap(fn)
         _check_function(fn, self.kind)
-        self.fn = fn
+        self.fn: Callable[P, R] = fn
         self.name: str = name if name is not None else _function_name(fn)
         if not isinstance(self.name, str) or not self.name:
             raise UsageError(f"a {self.kind}'s name must be a non-empty string, got {name!r}")
-        self.is_async = inspect.iscoroutinefunction(fn)
-        self.retries = _whole(self, "retries", retries)
-        self.retry_delay_seconds = _delay(self, retry_delay_seconds)
-        self.retry_jitter_factor = _number(self, "retry_jitter_factor", retry_jitter_factor, 0)
+        where = _where(self)
+        self.is_async = _is_async(fn)
+        # None: the default from the settings, read when a run needs it.
+        self._retries = None if retries is None else whole(retries, f"retries of {where}")
+        self._retry_delay_seconds = (
+            None if retry_delay_seconds is None else _delay(where, retry_delay_seconds)
+        )
+        self.retry_jitter_factor = _jitter(where, retry_jitter_factor)
         self.retry_condition_fn = _callable(self, "retry_condition_fn", retry_condition_fn)
-        self.timeout_seconds = _number(self, "timeout_seconds", timeout_seconds, 0, strict=True)
+        self.timeout_seconds = seconds(
+            timeout_seconds, f"timeout_seconds of {where}", zero=False, infinite=True
+        )
         if log_prints is not None and not isinstance(log_prints, bool):
             raise UsageError(
-                f"log_prints of {_where(self)} must be True, False or None, got {log_prints!r}"
+                f"log_prints of {where} must be True, False or None, got {log_prints!r}"
             )
         self.log_prints = log_prints
-        self.on_completion = _hooks(self, "on_completion", on_completion)
-        self.on_failure = _hooks(self, "on_failure", on_failure)
-        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        self.on_completion_hooks = _hooks(self, "on_completion", on_completion)
+        self.on_failure_hooks = _hooks(self, "on_failure", on_failure)
+        self.on_running_hooks = _hooks(self, "on_running", on_running)
+        self.run_name = _run_name(self, run_name)
+        self._calls = _CallShapes()
+        self._bound_calls: _CallShapes | None = None  # shared by the bound copies
+        if inspect.isfunction(fn) or inspect.ismethod(fn):
+            functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        else:
+            # A callable object or a partial: its instance attributes must not land
+            # on the definition (an attribute `name` would replace the run name).
+            functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]
+
+    # -- options --------------------------------------------------------------------------
+    @property
+    def retries(self) -> int:
+        """Retries after a failed attempt (the ``*_default_retries`` setting when the
+        decorator left it unset)."""
+        retries = self._retries
+        if retries is None:
+            from .settings import get_settings
+
+            return getattr(get_settings(), f"{self.kind}_default_retries")  # type: ignore[no-any-return]
+        return retries
+
+    @property
+    def retry_delay_seconds(self) -> RetryDelay:
+        """Seconds before each retry: a number, a list (one per retry, the last one
+        repeating) or a callable of the attempt number (the ``*_default_retry_delay_seconds``
+        setting when the decorator left it unset)."""
+        delay = self._retry_delay_seconds
+        if delay is None:
+            from .settings import get_settings
+
+            return getattr(get_settings(), f"{self.kind}_default_retry_delay_seconds")  # type: ignore[no-any-return]
+        return delay
 
     def _options(self) -> dict[str, Any]:
         return {
             "name": self.name,
-            "retries": self.retries,
-            "retry_delay_seconds": self.retry_delay_seconds,
+            "retries": self._retries,
+            "retry_delay_seconds": self._retry_delay_seconds,
             "retry_jitter_factor": self.retry_jitter_factor,
             "retry_condition_fn": self.retry_condition_fn,
             "timeout_seconds": self.timeout_seconds,
             "log_prints": self.log_prints,
-            "on_completion": self.on_completion,
-            "on_failure": self.on_failure,
+            "on_completion": self.on_completion_hooks,
+            "on_failure": self.on_failure_hooks,
+            "on_running": self.on_running_hooks,
         }
 
     def with_options(self, **changes: Any) -> Self:
@@ -83,10 +160,112 @@ class Definition(Generic[P, R]):
                 f"{self.kind} {self.name!r} has no option(s) {sorted(unknown)}; "
                 f"options are {sorted(options)}"
             )
-        return type(self)(self.fn, **(options | changes))
+        # A bound copy's source is its bound method: the new copy stays bound.
+        return type(self)(self._source, **(options | changes))
+
+    # -- hooks, decorator style -----------------------------------------------------------
+    def on_completion(self, fn: H) -> H:
+        """Add a hook called as ``hook(definition, record, state)`` when a run
+        completes: ``@my_task.on_completion`` above a function. Returns the function."""
+        self.on_completion_hooks = (*self.on_completion_hooks, _hook(self, "on_completion", fn))
+        return fn
+
+    def on_failure(self, fn: H) -> H:
+        """Add a hook called when a run fails (or crashes, for a task); decorator style,
+        as :meth:`on_completion`."""
+        self.on_failure_hooks = (*self.on_failure_hooks, _hook(self, "on_failure", fn))
+        return fn
+
+    def on_running(self, fn: H) -> H:
+        """Add a hook called each time a run enters Running (once per attempt);
+        decorator style, as :meth:`on_completion`."""
+        self.on_running_hooks = (*self.on_running_hooks, _hook(self, "on_running", fn))
+        return fn
+
+    # -- methods --------------------------------------------------------------------------
+    def __get__(self, instance: Any, owner: type[Any] | None = None) -> Self:
+        """Read as an attribute: a definition made from a plain function binds to the
+        instance (``obj.method`` is a copy whose calls pass ``obj`` first, as a method's
+        do), one made from a classmethod binds to the class; otherwise the definition
+        itself."""
+        binding = self._binding
+        if binding is _FUNCTION:
+            if instance is None:
+                return self
+            target = instance
+        elif binding is _CLASS:
+            target = owner if owner is not None else type(instance)
+        else:
+            return self
+        bound = copy.copy(self)
+        bound.fn = bound._source = types.MethodType(self.fn, target)
+        bound.__dict__["__wrapped__"] = bound.fn  # inspect.signature() shows no self
+        bound._binding = _FIXED
+        shared = self._bound_calls
+        if shared is None:
+            shared = self._bound_calls = _CallShapes()
+        bound._calls = shared
+        bound._bound_calls = None
+        self._bind_extra(bound)
+        return bound
+
+    def _bind_extra(self, bound: Self) -> None:
+        """What a subclass shares with (or sets on) its bound copies."""
+
+    # -- calls ----------------------------------------------------------------------------
+    def _check_call(self, args: tuple[Any, ...], kwargs: Mapping[str, Any], verb: str) -> None:
+        """Refuse a call whose arguments do not fit the function's signature, naming
+        the definition, before anything is submitted. A shape (number of positional
+        arguments and keyword names) seen before costs one dict lookup."""
+        key = len(args) if not kwargs else (len(args), *kwargs)
+        calls = self._calls
+        if key not in calls.known:
+            calls.check(self, key, args, kwargs, verb)
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r}>"
+
+
+class _CallShapes:
+    """The call shapes a definition has accepted, and its signature (computed on the
+    first call that needs it)."""
+
+    __slots__ = ("known", "signature")
+
+    def __init__(self) -> None:
+        self.known: dict[Any, None] = {}
+        self.signature: inspect.Signature | None = None
+
+    def check(
+        self,
+        defn: Definition[Any, Any],
+        key: Any,
+        args: tuple[Any, ...],
+        kwargs: Mapping[str, Any],
+        verb: str,
+    ) -> None:
+        signature = signature_of(defn)
+        if any(name in kwargs for name in RESERVED_PARAMETERS):
+            kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_PARAMETERS}
+        try:
+            signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise ParameterBindError(
+                f"{defn.kind} {defn.name!r} was called ({defn.name}{verb}) with arguments "
+                f"that do not fit its signature {defn.name}{signature}: {exc}"
+            ) from None
+        if len(self.known) < _MAX_SHAPES:
+            self.known[key] = None
+
+
+def signature_of(defn: Definition[Any, Any]) -> inspect.Signature:
+    """The signature calls to ``defn`` are checked against (computed once; a bound
+    copy's leaves out the bound first parameter)."""
+    calls = defn._calls
+    signature = calls.signature
+    if signature is None:
+        signature = calls.signature = inspect.signature(defn.fn)
+    return signature
 
 
 def check_option_names(definition: type[Definition[Any, Any]], options: dict[str, Any]) -> None:
@@ -100,9 +279,38 @@ def check_option_names(definition: type[Definition[Any, Any]], options: dict[str
         )
 
 
+# -- the function ------------------------------------------------------------------------------
+def _unwrap(fn: Any) -> tuple[Any, str]:
+    """The function to call, and how the definition binds (see ``__get__``)."""
+    if isinstance(fn, classmethod):
+        return fn.__func__, _CLASS
+    if isinstance(fn, staticmethod):
+        return fn.__func__, _FIXED
+    if inspect.isfunction(fn):
+        return fn, _FUNCTION
+    return fn, _FIXED
+
+
 def _function_name(fn: Callable[..., Any]) -> str:
     inner = fn.func if isinstance(fn, functools.partial) else fn
     return getattr(inner, "__name__", type(inner).__name__)
+
+
+def _callable_object_call(fn: Any) -> Any:
+    """The ``__call__`` function of a callable object defined in Python, else None
+    (classes, builtins and other objects are not task functions)."""
+    if isinstance(fn, type):
+        return None
+    call = getattr(type(fn), "__call__", None)  # noqa: B004  # the function, not callable()
+    return call if inspect.isfunction(call) else None
+
+
+def _is_async(fn: Any) -> bool:
+    if inspect.iscoroutinefunction(fn):
+        return True
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    call = _callable_object_call(inner)
+    return call is not None and inspect.iscoroutinefunction(call)
 
 
 def _check_function(fn: Any, kind: str) -> None:
@@ -112,13 +320,17 @@ def _check_function(fn: Any, kind: str) -> None:
             f"@{kind} needs a function (def or async def), but got the class {fn.__name__}{hint}"
         )
     inner = fn.func if isinstance(fn, functools.partial) else fn
+    call = None
     if not (inspect.isfunction(inner) or inspect.ismethod(inner)):
+        call = _callable_object_call(inner)
+        if call is None:
+            raise NotAFunctionError(
+                f"@{kind} needs a function (def or async def), a method or a callable "
+                f"object, but got {type(fn).__name__} {fn!r}"
+            )
+    if inspect.isasyncgenfunction(inner) or (call is not None and inspect.isasyncgenfunction(call)):
         raise NotAFunctionError(
-            f"@{kind} needs a function (def or async def), but got {type(fn).__name__} {fn!r}"
-        )
-    if inspect.isasyncgenfunction(inner):
-        raise NotAFunctionError(
-            f"@{kind} cannot wrap the async generator function {inner.__name__}; to "
+            f"@{kind} cannot wrap the async generator function {_function_name(fn)}; to "
             "set up and clean up a resource, decorate it with @resource instead"
         )
     for parameter in inspect.signature(fn).parameters:
@@ -130,41 +342,61 @@ def _check_function(fn: Any, kind: str) -> None:
             )
 
 
+# -- options -----------------------------------------------------------------------------------
 def _where(defn: Definition[Any, Any]) -> str:
     return f"{defn.kind} {getattr(defn, 'name', '?')!r}"
 
 
-def _whole(defn: Definition[Any, Any], option: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise UsageError(f"{option} of {_where(defn)} must be a whole number >= 0, got {value!r}")
-    return value
-
-
-def _number(
-    defn: Definition[Any, Any], option: str, value: Any, low: float, strict: bool = False
-) -> Any:
+def _jitter(where: str, value: Any) -> float | None:
     if value is None:
         return None
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not ok or (value <= low if strict else value < low):
-        bound = f"> {low}" if strict else f">= {low}"
-        raise UsageError(
-            f"{option} of {_where(defn)} must be a number {bound} or None, got {value!r}"
-        )
-    return value
+    if is_number(value):
+        number = as_float(value)
+        if 0 <= number < float("inf"):
+            return number
+    raise UsageError(
+        f"retry_jitter_factor of {where} must be a finite number >= 0 or None, got {value!r}"
+    )
 
 
-def _delay(defn: Definition[Any, Any], value: Any) -> RetryDelay:
+def _delay_item(value: Any) -> float | None:
+    """A delay in seconds, clamped to MAX_SECONDS (a huge int too), or None if
+    ``value`` is not a number >= 0 (NaN, inf, a bool, a string, ...)."""
+    if not is_number(value):
+        return None
+    number = as_float(value)
+    if number == math.inf and isinstance(value, float):
+        return None  # inf itself: a retry that never comes is not a delay
+    if not number >= 0:  # negative, or NaN
+        return None
+    return min(number, MAX_SECONDS)
+
+
+def _delay(where: str, value: Any) -> RetryDelay:
     if callable(value):
-        return value  # type: ignore[no-any-return]
+        return value  # type: ignore[no-any-return]  # checked when called
     items = value if isinstance(value, (list, tuple)) else [value]
-    for item in items:
-        if isinstance(item, bool) or not isinstance(item, (int, float)) or item < 0:
-            raise UsageError(
-                f"retry_delay_seconds of {_where(defn)} must be a number >= 0, a list of "
-                f"them, or a callable of the attempt number; got {value!r}"
-            )
-    return value  # type: ignore[no-any-return]
+    delays = [_delay_item(item) for item in items]
+    if any(delay is None for delay in delays):
+        raise UsageError(
+            f"retry_delay_seconds of {where} must be a finite number >= 0, a list of "
+            f"them, or a callable of the attempt number; got {value!r}"
+        )
+    if isinstance(value, (list, tuple)):
+        return delays  # type: ignore[return-value]  # floats, clamped
+    return delays[0]  # type: ignore[return-value]
+
+
+def check_retry_delay(defn: Any, value: Any, attempt: int) -> float:
+    """What a ``retry_delay_seconds`` callable returned, checked: raises UsageError
+    (naming the task or flow, and the value) unless it is a finite number >= 0."""
+    delay = _delay_item(value)
+    if delay is not None:
+        return delay
+    raise UsageError(
+        f"retry_delay_seconds of {defn.kind} {defn.name!r} returned {value!r} for attempt "
+        f"{attempt}; it must return a finite number >= 0"
+    )
 
 
 def _callable(defn: Definition[Any, Any], option: str, value: Any) -> Any:
@@ -173,18 +405,108 @@ def _callable(defn: Definition[Any, Any], option: str, value: Any) -> Any:
     return value
 
 
+def _hook(defn: Definition[Any, Any], option: str, hook: Any) -> Hook:
+    if not callable(hook):
+        raise UsageError(f"{option} of {_where(defn)} takes callables, got {hook!r}")
+    return hook  # type: ignore[no-any-return]
+
+
 def _hooks(defn: Definition[Any, Any], option: str, value: Any) -> tuple[Hook, ...]:
     if value is None:
         return ()
     if callable(value):
         hooks: tuple[Any, ...] = (value,)
-    elif isinstance(value, Iterable):
+    elif isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         hooks = tuple(value)
     else:
         raise UsageError(
             f"{option} of {_where(defn)} takes a callable or a list of them, got {value!r}"
         )
-    for hook in hooks:
-        if not callable(hook):
-            raise UsageError(f"{option} of {_where(defn)} takes callables, got {hook!r}")
-    return hooks
+    return tuple(_hook(defn, option, hook) for hook in hooks)
+
+
+# -- run names ---------------------------------------------------------------------------------
+def _run_name(defn: Definition[Any, Any], value: Any) -> RunName | None:
+    option = f"{defn.kind}_run_name"
+    if value is None or callable(value):
+        return value  # type: ignore[no-any-return]
+    if not isinstance(value, str) or not value:
+        raise UsageError(
+            f"{option} of {_where(defn)} must be a non-empty string template (such as "
+            f"'fetch-{{city}}') or a callable of no arguments returning one; got {value!r}"
+        )
+    import string  # deferred: only templates need it
+
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+    except ValueError as exc:
+        raise UsageError(
+            f"{option} of {_where(defn)} is not a valid template {value!r}: {exc}"
+        ) from None
+    parameters = inspect.signature(defn.fn).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    for field in fields:
+        root = field.split(".", 1)[0].split("[", 1)[0]
+        if not root.isidentifier():
+            raise UsageError(
+                f"{option} of {_where(defn)} has the field {{{field}}} in {value!r}; name "
+                f"a parameter instead, e.g. {{{next(iter(parameters), 'x')}}}"
+            )
+        if root not in parameters and not takes_any:
+            raise UsageError(
+                f"{option} of {_where(defn)} names {{{root}}} in {value!r}, but "
+                f"{defn.name}{inspect.signature(defn.fn)} has no parameter {root!r}"
+            )
+    return value
+
+
+def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
+    """The name a run gets from its definition's ``task_run_name`` / ``flow_run_name``:
+    the template formatted with the call's parameters by name (defaults included), or
+    what the callable returned. Raises UsageError naming the definition when that
+    fails."""
+    template = defn.run_name
+    option = f"{defn.kind}_run_name"
+    try:
+        if isinstance(template, str):
+            name = template.format(**_parameters(defn, args, kwargs))
+        else:
+            assert template is not None
+            name = template()
+    except Exception as exc:
+        raise UsageError(
+            f"{option} of {_where(defn)} could not make a run name: {type(exc).__name__}: {exc}"
+        ) from exc
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"{option} of {_where(defn)} must give a non-empty string, got {name!r}")
+    return name
+
+
+def _parameters(
+    defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name, defaults applied, ``**kwargs`` spread
+    out, and the bound instance (or class) of a method under its own name."""
+    fn = defn.fn
+    bound = signature_of(defn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    values: dict[str, Any] = {}
+    if isinstance(fn, types.MethodType):
+        first = next(iter(inspect.signature(fn.__func__).parameters), None)
+        if first is not None:
+            values[first] = fn.__self__
+    for name, value in bound.arguments.items():
+        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+            values.update(value)
+        else:
+            values[name] = value
+    return values
+
+
+def parameters_of(
+    defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name (what ``orchestr.runtime`` shows)."""
+    bound = signature_of(defn).bind(*args, **kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)

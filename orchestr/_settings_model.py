@@ -1,44 +1,224 @@
-"""The settings model (pydantic-settings). Imported on the first run, not at
-``import orchestr``: pydantic is a tenth of a second to import."""
+"""The settings: each field declared once, in :class:`Settings`, with its type, default,
+description and constraints.
+
+That one declaration drives two things. :class:`Settings` itself is a plain object:
+the defaults, made without importing pydantic (a tenth of a second), which is what a
+program that sets no ``ORCHESTR_*`` variable gets. When a variable is set, or a setting
+is changed (``override_settings``, assignment), :func:`pydantic_model` builds a
+pydantic-settings model from the same declarations, which reads the environment and
+validates, exactly as before.
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+import os
+import types
+import typing
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from ._checks import MAX_SECONDS
 
-__all__ = ["Settings"]
+__all__ = ["FIELDS", "Settings", "environment_sets_any", "pydantic_model"]
+
+ENV_PREFIX = "ORCHESTR_"
 
 
-class Settings(BaseSettings):
+class Field:
+    """One setting's default, description and pydantic constraints (``ge``, ``gt``)."""
+
+    __slots__ = ("constraints", "default", "description", "seconds")
+
+    def __init__(
+        self, default: Any, description: str, seconds: bool, constraints: dict[str, Any]
+    ) -> None:
+        self.default = default
+        self.description = description
+        self.seconds = seconds  # a duration: clamped to MAX_SECONDS, never inf
+        self.constraints = constraints
+
+
+def setting(default: Any, description: str, *, seconds: bool = False, **constraints: Any) -> Any:
+    """Declare a setting (typed ``Any`` so the class body can annotate the real type)."""
+    return Field(default, description, seconds, constraints)
+
+
+class Settings:
     """orchestr's settings; each can be set with an ``ORCHESTR_<NAME>`` environment
-    variable (e.g. ``ORCHESTR_CLEANUP_TIMEOUT_SECONDS=10``)."""
+    variable (e.g. ``ORCHESTR_CLEANUP_TIMEOUT_SECONDS=10``). Assigning to one validates
+    the value."""
 
-    model_config = SettingsConfigDict(env_prefix="ORCHESTR_", validate_assignment=True)
-
-    backend: Literal["asyncio", "trio"] = Field(
-        "asyncio", description="Event loop that sync flows run their engine on."
+    backend: Literal["asyncio", "trio"] = setting(
+        "asyncio", "Event loop that sync flows run their engine on."
     )
-    thread_pool_max_workers: int | None = Field(
-        None, ge=1, description="Default worker threads of ThreadPoolTaskRunner."
+    thread_pool_max_workers: int | None = setting(
+        None, "Default worker threads of ThreadPoolTaskRunner.", ge=1
     )
-    cleanup_timeout_seconds: float = Field(
-        30.0, gt=0, description="Default bound on one resource's cleanup."
+    cleanup_timeout_seconds: float = setting(
+        30.0, "Default bound on one resource's cleanup.", seconds=True, gt=0
     )
-    cancel_grace_seconds: float = Field(
+    cancel_grace_seconds: float = setting(
         5.0,
+        "How long a cancelled run waits for sync task runs already executing in threads "
+        "before abandoning them.",
+        seconds=True,
         ge=0,
-        description="How long a cancelled run waits for sync task runs already "
-        "executing in threads before abandoning them.",
     )
-    handle_signals: bool = Field(
+    handle_signals: bool = setting(
         True,
-        description="Whether the outermost flow run in the main thread turns SIGINT / "
-        "SIGTERM into cancellation with cleanup.",
+        "Whether the outermost flow run in the main thread turns SIGINT / SIGTERM into "
+        "cancellation with cleanup.",
     )
-    logging_level: str = Field("INFO", description="Level of orchestr's console logs.")
-    setup_logging: bool = Field(
-        True,
-        description="Add a console handler when the application configured no logging.",
+    logging_level: str = setting("INFO", "Level of orchestr's console logs.")
+    setup_logging: bool = setting(
+        True, "Add a console handler when the application configured no logging."
     )
+    task_default_retries: int = setting(
+        0, "Retries of a task whose decorator does not set retries.", ge=0
+    )
+    task_default_retry_delay_seconds: float | list[float] = setting(
+        0.0,
+        "Retry delay (seconds, or a list of them) of a task whose decorator does not set "
+        "retry_delay_seconds.",
+        seconds=True,
+        ge=0,
+    )
+    flow_default_retries: int = setting(
+        0, "Retries of a flow whose decorator does not set retries.", ge=0
+    )
+    flow_default_retry_delay_seconds: float | list[float] = setting(
+        0.0,
+        "Retry delay (seconds, or a list of them) of a flow whose decorator does not set "
+        "retry_delay_seconds.",
+        seconds=True,
+        ge=0,
+    )
+
+    def __init__(self, **values: Any) -> None:
+        """Settings with ``values`` (already validated) and defaults for the rest."""
+        for name, field in FIELDS.items():
+            object.__setattr__(self, name, values.get(name, field.default))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        changed = validated(self, {name: value})
+        object.__setattr__(self, name, getattr(changed, name))
+
+    def model_dump(self) -> dict[str, Any]:
+        """Every setting by name."""
+        return {name: getattr(self, name) for name in FIELDS}
+
+    def model_copy(self, update: Mapping[str, Any] | None = None) -> Settings:
+        """A copy, with ``update`` validated and applied."""
+        return validated(self, update) if update else Settings(**self.model_dump())
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Settings):
+            return NotImplemented
+        return self.model_dump() == other.model_dump()
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={value!r}" for name, value in self.model_dump().items())
+        return f"Settings({shown})"
+
+
+# The declarations, in order; the class attributes stay the Field objects (instances
+# shadow them with the values).
+FIELDS: dict[str, Field] = {
+    name: value for name, value in vars(Settings).items() if isinstance(value, Field)
+}
+
+
+def environment_sets_any() -> bool:
+    """Whether an ``ORCHESTR_*`` variable is set (any case, as pydantic-settings reads
+    them)."""
+    return any(key[:9].upper() == ENV_PREFIX for key in os.environ)
+
+
+def from_environment() -> Settings:
+    """Settings read from the environment and validated (imports pydantic)."""
+    return _plain(pydantic_model()().model_dump())
+
+
+def validated(current: Settings, changes: Mapping[str, Any]) -> Settings:
+    """``current`` with ``changes`` validated and applied, as a new object. An unknown
+    name raises UnknownSettingError; a bad value pydantic's ValidationError naming the
+    setting."""
+    from .exceptions import UnknownSettingError
+
+    for name in changes:
+        if name not in FIELDS:
+            raise UnknownSettingError(
+                f"orchestr has no setting named {name!r}; settings are {sorted(FIELDS)}"
+            )
+    values = {**current.model_dump(), **changes}
+    return _plain(pydantic_model().model_validate(values).model_dump())
+
+
+def _plain(values: dict[str, Any]) -> Settings:
+    for name, field in FIELDS.items():
+        if field.seconds:
+            values[name] = _clamped(values[name])
+    return Settings(**values)
+
+
+def _clamped(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_clamped(item) for item in value]
+    if isinstance(value, float):
+        return min(value, MAX_SECONDS)
+    return value
+
+
+_model: Any = None
+
+
+def pydantic_model() -> Any:
+    """The pydantic-settings model of :class:`Settings` (built on first use)."""
+    global _model
+    if _model is None:
+        _model = _build_model()
+    return _model
+
+
+def _build_model() -> Any:
+    # Deferred: pydantic costs a tenth of a second to import.
+    from pydantic import BeforeValidator, create_model
+    from pydantic import Field as PydanticField
+    from pydantic_settings import BaseSettings, SettingsConfigDict
+
+    class Base(BaseSettings):
+        model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid")
+
+    def refuse_bool(value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError("a bool is not a number")
+        return value
+
+    def constrained(hint: Any, constraints: dict[str, Any]) -> Any:
+        origin = typing.get_origin(hint)
+        if origin in (typing.Union, types.UnionType):
+            members = tuple(constrained(arg, constraints) for arg in typing.get_args(hint))
+            return typing.Union[members]  # noqa: UP007  # a tuple of members
+        if origin is list:
+            return list[constrained(typing.get_args(hint)[0], constraints)]  # type: ignore[misc]
+        if hint in (int, float):
+            options: dict[str, Any] = dict(constraints)
+            if hint is float:
+                options["allow_inf_nan"] = False
+            return Annotated[hint, BeforeValidator(refuse_bool), PydanticField(**options)]
+        return hint
+
+    # This module's names: Settings shows orchestr.settings as its module.
+    hints = typing.get_type_hints(Settings, globalns=globals())
+    fields = {
+        name: (
+            constrained(hints[name], field.constraints),
+            PydanticField(field.default, description=field.description),
+        )
+        for name, field in FIELDS.items()
+    }
+    model = create_model("Settings", __base__=Base, **fields)  # type: ignore[call-overload]
+    model.__doc__ = Settings.__doc__
+    return model

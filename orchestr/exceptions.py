@@ -7,6 +7,10 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     │   ├── NotInFlowRunError              .submit() / .map() outside a flow run
     │   ├── ReservedParameterError         a parameter named wait_for / return_state
     │   ├── NotAFunctionError (TypeError)  @flow / @task on something that is not a function
+    │   ├── ParameterBindError (TypeError) a task called (or submitted, mapped) with
+    │   │                                  arguments that do not fit its signature
+    │   ├── UnknownSettingError (AttributeError)
+    │   │                                  override_settings() with a name that is no setting
     │   ├── BlockingCallError              fut.result() on the event loop thread
     │   ├── MappingError (ValueError)      .map() over non-iterables / unequal lengths
     │   └── CyclicDependencyError          a task run that waits for itself
@@ -67,6 +71,7 @@ __all__ = [
     "NotAFunctionError",
     "NotInFlowRunError",
     "OrchestrError",
+    "ParameterBindError",
     "ParameterValidationError",
     "PoolError",
     "PoolTimeoutError",
@@ -84,6 +89,7 @@ __all__ = [
     "TaskRunCancelledError",
     "TaskRunError",
     "Terminated",
+    "UnknownSettingError",
     "UpstreamNotCompletedError",
     "UsageError",
     "WorkerLostError",
@@ -108,6 +114,16 @@ class ReservedParameterError(UsageError):
 
 class NotAFunctionError(UsageError, TypeError):
     """Raised when ``@flow`` or ``@task`` decorates something that is not a function."""
+
+
+class ParameterBindError(UsageError, TypeError):
+    """Raised when a task is called, submitted or mapped with arguments that do not fit
+    its function's signature (a TypeError, as the plain call would raise); nothing was
+    submitted."""
+
+
+class UnknownSettingError(UsageError, AttributeError):
+    """Raised when ``override_settings()`` is given a name that is not a setting."""
 
 
 class BlockingCallError(UsageError):

@@ -12,9 +12,12 @@ from typing import Any, ParamSpec, TypeVar, overload
 
 from ._definitions import (
     Definition,
+    H,
     Hook,
     RetryCondition,
     RetryDelay,
+    RunName,
+    _hook,
     _hooks,
     check_option_names,
 )
@@ -39,18 +42,20 @@ class Flow(Definition[P, R]):
         fn: Callable[P, R],
         *,
         name: str | None = None,
-        retries: int = 0,
-        retry_delay_seconds: RetryDelay = 0,
+        retries: int | None = None,
+        retry_delay_seconds: RetryDelay | None = None,
         retry_jitter_factor: float | None = None,
         retry_condition_fn: RetryCondition | None = None,
         timeout_seconds: float | None = None,
         log_prints: bool | None = None,
         validate_parameters: bool = True,
         task_runner: TaskRunner | type[TaskRunner] | None = None,
+        flow_run_name: RunName | None = None,
         on_completion: Hook | Iterable[Hook] | None = None,
         on_failure: Hook | Iterable[Hook] | None = None,
         on_cancellation: Hook | Iterable[Hook] | None = None,
         on_crashed: Hook | Iterable[Hook] | None = None,
+        on_running: Hook | Iterable[Hook] | None = None,
     ) -> None:
         super().__init__(
             fn,
@@ -63,9 +68,11 @@ class Flow(Definition[P, R]):
             log_prints=log_prints,
             on_completion=on_completion,
             on_failure=on_failure,
+            on_running=on_running,
+            run_name=flow_run_name,
         )
-        self.on_cancellation = _hooks(self, "on_cancellation", on_cancellation)
-        self.on_crashed = _hooks(self, "on_crashed", on_crashed)
+        self.on_cancellation_hooks = _hooks(self, "on_cancellation", on_cancellation)
+        self.on_crashed_hooks = _hooks(self, "on_crashed", on_crashed)
         if not isinstance(validate_parameters, bool):
             raise UsageError(
                 f"validate_parameters of flow {self.name!r} must be True or False, "
@@ -73,15 +80,49 @@ class Flow(Definition[P, R]):
             )
         self.validate_parameters = validate_parameters
         self.task_runner = _runner(self.name, task_runner)
-        self.parameters = ParameterValidator(fn, self.name, self.validate_parameters)
+        self.parameters = ParameterValidator(self.fn, self.name, self.validate_parameters)
+        self._bound_parameters: ParameterValidator | None = None
+
+    @property
+    def flow_run_name(self) -> RunName | None:
+        """The ``flow_run_name`` option: a template or a callable naming each run."""
+        return self.run_name
 
     def _options(self) -> dict[str, Any]:
         return super()._options() | {
             "validate_parameters": self.validate_parameters,
             "task_runner": self.task_runner,
-            "on_cancellation": self.on_cancellation,
-            "on_crashed": self.on_crashed,
+            "flow_run_name": self.run_name,
+            "on_cancellation": self.on_cancellation_hooks,
+            "on_crashed": self.on_crashed_hooks,
         }
+
+    def _bind_extra(self, bound: Flow[P, R]) -> None:
+        # Bound copies validate the parameters after the bound one (self or cls is
+        # not a parameter of the call), with one validator shared by all of them.
+        validator = self._bound_parameters
+        if validator is None:
+            validator = ParameterValidator(
+                self.fn, self.name, self.validate_parameters, skip_first=True
+            )
+            self._bound_parameters = validator
+        bound.parameters = validator
+        bound._bound_parameters = None
+
+    def on_cancellation(self, fn: H) -> H:
+        """Add a hook called when a run is cancelled; decorator style
+        (``@my_flow.on_cancellation``). Returns the function."""
+        self.on_cancellation_hooks = (
+            *self.on_cancellation_hooks,
+            _hook(self, "on_cancellation", fn),
+        )
+        return fn
+
+    def on_crashed(self, fn: H) -> H:
+        """Add a hook called when a run crashes; decorator style
+        (``@my_flow.on_crashed``). Returns the function."""
+        self.on_crashed_hooks = (*self.on_crashed_hooks, _hook(self, "on_crashed", fn))
+        return fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
@@ -113,28 +154,34 @@ def flow(__fn: Callable[P, R], /) -> Flow[P, R]: ...
 def flow(
     *,
     name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: RetryDelay = 0,
+    retries: int | None = None,
+    retry_delay_seconds: RetryDelay | None = None,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: RetryCondition | None = None,
     timeout_seconds: float | None = None,
     log_prints: bool | None = None,
     validate_parameters: bool = True,
     task_runner: TaskRunner | type[TaskRunner] | None = None,
+    flow_run_name: RunName | None = None,
     on_completion: Hook | Iterable[Hook] | None = None,
     on_failure: Hook | Iterable[Hook] | None = None,
     on_cancellation: Hook | Iterable[Hook] | None = None,
     on_crashed: Hook | Iterable[Hook] | None = None,
+    on_running: Hook | Iterable[Hook] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(__fn: Any = None, /, **options: Any) -> Any:
     """Make a function a flow, bare (``@flow``) or with options (``@flow(retries=1)``).
 
-    Options: as for :func:`~orchestr.task` (except tags), plus ``validate_parameters``
-    (validate and coerce parameters from type hints with pydantic; default True),
-    ``task_runner`` (default :class:`ThreadPoolTaskRunner`), and hooks
-    ``on_cancellation`` and ``on_crashed``. Hooks are called as
+    Works on functions, methods (instance methods, classmethods, staticmethods) and
+    callable objects, as :func:`~orchestr.task` does.
+
+    Options: as for :func:`~orchestr.task` (except tags; ``flow_run_name`` for
+    ``task_run_name``; retries default to the ``flow_default_*`` settings), plus
+    ``validate_parameters`` (validate and coerce parameters from type hints with
+    pydantic; default True), ``task_runner`` (default :class:`ThreadPoolTaskRunner`),
+    and hooks ``on_cancellation`` and ``on_crashed``. Hooks are called as
     ``hook(flow, run_record, state)``.
     """
     check_option_names(Flow, options)

@@ -39,6 +39,7 @@ class RunRecord:
 
     __slots__ = (
         "_id",
+        "_given_name",
         "attempts",
         "ended",
         "error",
@@ -57,6 +58,7 @@ class RunRecord:
         self.attempts = 0
         self.error: BaseException | None = None
         self._id: uuid.UUID | None = None
+        self._given_name: str | None = None  # from task_run_name / flow_run_name
 
     @property
     def id(self) -> uuid.UUID:
@@ -117,6 +119,7 @@ class TaskRunRecord(RunRecord):
         self.attempts = 0
         self.error: BaseException | None = None
         self._id: uuid.UUID | None = None
+        self._given_name: str | None = None
         self.task_name = task_name
         self.index = index
         self.flow_run = flow_run
@@ -125,7 +128,7 @@ class TaskRunRecord(RunRecord):
 
     @property
     def name(self) -> str:
-        return f"{self.task_name}-{self.index}"
+        return self._given_name or f"{self.task_name}-{self.index}"
 
 
 class RunEvent:
@@ -172,7 +175,7 @@ class FlowRunRecord(RunRecord):
 
     @property
     def name(self) -> str:
-        return f"{self.flow_name}-{self.id.hex[:8]}"
+        return self._given_name or f"{self.flow_name}-{self.id.hex[:8]}"
 
     def events_of(self, kind_prefix: str) -> list[RunEvent]:
         """The events whose kind starts with ``kind_prefix``, in order."""

@@ -11,7 +11,14 @@ import itertools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, ParamSpec, TypeVar, overload
 
-from ._definitions import Definition, Hook, RetryCondition, RetryDelay, check_option_names
+from ._definitions import (
+    Definition,
+    Hook,
+    RetryCondition,
+    RetryDelay,
+    RunName,
+    check_option_names,
+)
 from ._engine._taskcalls import call_task_async, call_task_blocking, map_task, submit_task
 from .exceptions import UsageError
 from .futures import FutureList, TaskFuture
@@ -33,15 +40,17 @@ class Task(Definition[P, R]):
         fn: Callable[P, R],
         *,
         name: str | None = None,
-        retries: int = 0,
-        retry_delay_seconds: RetryDelay = 0,
+        retries: int | None = None,
+        retry_delay_seconds: RetryDelay | None = None,
         retry_jitter_factor: float | None = None,
         retry_condition_fn: RetryCondition | None = None,
         timeout_seconds: float | None = None,
         tags: Iterable[str] = (),
         log_prints: bool | None = None,
+        task_run_name: RunName | None = None,
         on_completion: Hook | Iterable[Hook] | None = None,
         on_failure: Hook | Iterable[Hook] | None = None,
+        on_running: Hook | Iterable[Hook] | None = None,
     ) -> None:
         super().__init__(
             fn,
@@ -54,6 +63,8 @@ class Task(Definition[P, R]):
             log_prints=log_prints,
             on_completion=on_completion,
             on_failure=on_failure,
+            on_running=on_running,
+            run_name=task_run_name,
         )
         if isinstance(tags, str):
             tags = (tags,)
@@ -67,12 +78,18 @@ class Task(Definition[P, R]):
         # Run numbers for inline calls made outside any flow run.
         self._standalone_runs = itertools.count()
 
+    @property
+    def task_run_name(self) -> RunName | None:
+        """The ``task_run_name`` option: a template or a callable naming each run."""
+        return self.run_name
+
     def _options(self) -> dict[str, Any]:
-        return super()._options() | {"tags": self.tags}
+        return super()._options() | {"tags": self.tags, "task_run_name": self.run_name}
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task inline: ``await`` it if it is async. Accepts ``return_state=True``
         (get the final State instead of the result) and ``wait_for=[...]``."""
+        self._check_call(args, kwargs, "()")
         return_state = bool(kwargs.pop("return_state", False))
         wait_for = kwargs.pop("wait_for", None)
         if self.is_async:
@@ -108,6 +125,7 @@ class Task(Definition[P, R]):
         """Start a run concurrently and return its future at once (never blocks).
         Futures in the arguments are replaced by their results first; the run waits
         for everything in ``wait_for``."""
+        self._check_call(args, kwargs, ".submit()")
         return submit_task(self, args, kwargs, wait_for)
 
     @overload
@@ -126,6 +144,7 @@ class Task(Definition[P, R]):
     def map(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
         """Submit one run per element of the iterable arguments (which must have equal
         lengths); ``unmapped(x)`` passes ``x`` whole to every run."""
+        self._check_call(args, kwargs, ".map()")
         return map_task(self, args, kwargs, wait_for)
 
 
@@ -137,25 +156,34 @@ def task(__fn: Callable[P, R], /) -> Task[P, R]: ...
 def task(
     *,
     name: str | None = None,
-    retries: int = 0,
-    retry_delay_seconds: RetryDelay = 0,
+    retries: int | None = None,
+    retry_delay_seconds: RetryDelay | None = None,
     retry_jitter_factor: float | None = None,
     retry_condition_fn: RetryCondition | None = None,
     timeout_seconds: float | None = None,
     tags: Iterable[str] = (),
     log_prints: bool | None = None,
+    task_run_name: RunName | None = None,
     on_completion: Hook | Iterable[Hook] | None = None,
     on_failure: Hook | Iterable[Hook] | None = None,
+    on_running: Hook | Iterable[Hook] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(__fn: Any = None, /, **options: Any) -> Any:
     """Make a function a task, bare (``@task``) or with options (``@task(retries=3)``).
 
+    Works on functions (sync or async), on methods (instance methods, classmethods and
+    staticmethods, the decorator above or below ``@classmethod`` / ``@staticmethod``) and
+    on callable objects.
+
     Options: ``name``; ``retries``, ``retry_delay_seconds`` (a number, a list, or a
-    callable of the attempt), ``retry_jitter_factor``, ``retry_condition_fn(task, run,
-    state)``; ``timeout_seconds``; ``tags``; ``log_prints``; hooks ``on_completion`` and
-    ``on_failure``, each called as ``hook(task, run_record, state)``.
+    callable of the attempt; both default to the ``task_default_*`` settings),
+    ``retry_jitter_factor``, ``retry_condition_fn(task, run, state)``;
+    ``timeout_seconds`` (``inf`` or None: none); ``tags``; ``log_prints``;
+    ``task_run_name`` (a template over the parameters, ``"fetch-{city}"``, or a callable
+    of no arguments); hooks ``on_completion``, ``on_failure`` and ``on_running`` (each
+    attempt), each called as ``hook(task, run_record, state)``.
     """
     check_option_names(Task, options)
     if __fn is not None:

@@ -423,3 +423,215 @@ def test_sync_flow_hooks_see_the_callers_context_variables() -> None:
     finally:
         request_id.reset(token)
     assert seen == ["req-42"]
+
+
+# -- on_running -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_task_on_running_is_called_each_attempt_before_the_body(run: Any, kind: str) -> None:
+    """A task's on_running hooks (sync and async) are called each time a run enters
+    Running, once per attempt, before the body, with the run's record in Running."""
+    calls = Calls()
+    journal: list[str] = []
+
+    def body() -> int:
+        journal.append("body")
+        if journal.count("body") < 3:
+            raise ValueError("again")
+        return 1
+
+    def running(owner: Any, record: Any, state: State[Any]) -> None:
+        journal.append(f"running {record.attempts}")
+
+    hooks = {"on_running": [running, calls.hook("sync"), calls.async_hook("async")]}
+
+    @task(retries=2, **hooks)
+    async def aworker() -> int:
+        return body()
+
+    @task(retries=2, **hooks)
+    def sworker() -> int:
+        return body()
+
+    worker = aworker if kind == "async" else sworker
+
+    @flow
+    async def main() -> int:
+        with anyio.fail_after(5):
+            return await worker.submit()
+
+    assert run(main) == 1
+    assert journal == ["running 1", "body", "running 2", "body", "running 3", "body"]
+    assert calls.names() == ["sync", "async"] * 3
+    assert all(c[1] is worker for c in calls.calls)
+    assert all(c[3] is StateType.RUNNING for c in calls.calls)
+    assert all(isinstance(c[2], TaskRunRecord) for c in calls.calls)
+
+
+def test_task_on_running_for_inline_calls_and_limited_tasks(backend: str) -> None:
+    """on_running is called for inline calls in a sync flow, outside flows, and for a
+    task whose tags name a limit (after it got its slot)."""
+    from orchestr.limits import limits
+
+    calls = Calls()
+
+    @task(on_running=calls.hook("inline"))
+    def plain() -> int:
+        return 1
+
+    @task(tags=["db"], on_running=calls.hook("limited"))
+    def limited() -> int:
+        return 2
+
+    @flow
+    def main() -> int:
+        return plain() + limited.submit().result(timeout=5)
+
+    assert plain() == 1
+    with override_settings(backend=backend), limits(concurrency={"db": 1}):
+        assert main() == 3
+    assert calls.names() == ["inline", "inline", "limited"]
+
+
+def test_flow_on_running_is_called_each_attempt(run: Any, backend: str) -> None:
+    """A flow's on_running hooks are called when each attempt starts, before the body,
+    for async and sync flows."""
+    journal: list[str] = []
+
+    def running(owner: Any, record: Any, state: State[Any]) -> None:
+        assert isinstance(record, FlowRunRecord)
+        assert state.type is StateType.RUNNING
+        journal.append(f"{owner.name} running {record.attempts}")
+
+    @flow(retries=1, on_running=running)
+    async def amain() -> int:
+        journal.append("amain body")
+        if journal.count("amain body") == 1:
+            raise ValueError("again")
+        return 1
+
+    @flow(on_running=[running])
+    def smain() -> int:
+        journal.append("smain body")
+        return 2
+
+    assert run(amain) == 1
+    with override_settings(backend=backend):
+        assert smain() == 2
+    assert journal == [
+        "amain running 1",
+        "amain body",
+        "amain running 2",
+        "amain body",
+        "smain running 1",
+        "smain body",
+    ]
+
+
+# -- decorator style --------------------------------------------------------------------------
+def test_task_hook_decorators_append_and_return_the_function(run: Any) -> None:
+    """@my_task.on_completion / .on_failure / .on_running append a hook (after those
+    given as options) and return the function unchanged."""
+    calls = Calls()
+
+    @task(on_completion=calls.hook("option"))
+    async def work(fail: bool) -> int:
+        if fail:
+            raise ValueError("nope")
+        return 1
+
+    def completed(owner: Any, record: Any, state: State[Any]) -> None:
+        calls.calls.append(("decorated done", owner, record, state.type, state))
+
+    assert work.on_completion(completed) is completed
+
+    @work.on_failure
+    async def failed(owner: Any, record: Any, state: State[Any]) -> None:
+        calls.calls.append(("decorated failed", owner, record, state.type, state))
+
+    @work.on_running
+    def running(owner: Any, record: Any, state: State[Any]) -> None:
+        calls.calls.append(("decorated running", owner, record, state.type, state))
+
+    assert callable(failed)
+    assert callable(running)
+
+    @flow
+    async def main() -> None:
+        await work.submit(False)
+        await work.submit(True).wait()
+
+    run(main)
+    assert calls.names() == [
+        "decorated running",
+        "option",
+        "decorated done",
+        "decorated running",
+        "decorated failed",
+    ]
+
+
+def test_flow_hook_decorators_cover_every_hook(run: Any) -> None:
+    """@my_flow.on_completion / on_failure / on_cancellation / on_crashed / on_running
+    register hooks that are called for those outcomes; with_options copies made after
+    keep them."""
+    journal: list[str] = []
+    started = anyio.Event()
+
+    @flow
+    async def main(outcome: str) -> str:
+        if outcome == "fail":
+            raise ValueError("nope")
+        if outcome == "crash":
+            raise Fatal()
+        if outcome == "cancel":
+            started.set()
+            await anyio.sleep_forever()
+        return outcome
+
+    for name in ("on_completion", "on_failure", "on_cancellation", "on_crashed", "on_running"):
+
+        def hook(owner: Any, record: Any, state: State[Any], name: str = name) -> None:
+            journal.append(f"{name}:{state.type.name}")
+
+        assert getattr(main, name)(hook) is hook
+    copy = main.with_options(name="copy")
+
+    async def go() -> None:
+        assert await copy("ok") == "ok"
+        with pytest.raises(ValueError, match="nope"):
+            await main("fail")
+        with pytest.raises(CrashedError):
+            await main("crash")
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(main, "cancel")
+            with anyio.fail_after(5):
+                await started.wait()
+            tg.cancel_scope.cancel()
+
+    run(go)
+    assert journal == [
+        "on_running:RUNNING",
+        "on_completion:COMPLETED",
+        "on_running:RUNNING",
+        "on_failure:FAILED",
+        "on_running:RUNNING",
+        "on_crashed:CRASHED",
+        "on_running:RUNNING",
+        "on_cancellation:CANCELLED",
+    ]
+
+
+@pytest.mark.parametrize("decorator", [task, flow], ids=["task", "flow"])
+def test_hook_decorators_refuse_non_callables(decorator: Any) -> None:
+    """A hook decorator given something that is not callable raises UsageError naming
+    the hook kind and the definition."""
+    from orchestr.exceptions import UsageError
+
+    @decorator
+    def work() -> None:
+        pass
+
+    with pytest.raises(UsageError, match=r"on_running of \w+ 'work' takes callables, got 42"):
+        work.on_running(42)
+    with pytest.raises(UsageError, match="on_completion"):
+        work.on_completion("not a hook")

@@ -600,7 +600,7 @@ def test_bad_pool_arguments_raise_usage_error() -> None:
     """max_size, timeouts and callables are checked when the pool is made."""
     with pytest.raises(UsageError, match="max_size"):
         Pool(Conn, max_size=0)
-    with pytest.raises(UsageError, match="acquire timeout"):
+    with pytest.raises(UsageError, match="acquire_timeout"):
         Pool(Conn, max_size=1, acquire_timeout=-1)
     with pytest.raises(UsageError, match="validate"):
         Pool(Conn, max_size=1, validate=42)  # type: ignore[arg-type]

@@ -15,6 +15,7 @@ import anyio
 import pytest
 
 from orchestr import State, TaskFuture, flow, override_settings, task
+from orchestr._checks import MAX_SECONDS
 from orchestr._engine._attempts import retry_delay
 from orchestr.exceptions import FailedRunsGroup, TaskRunCancelledError
 from orchestr.states import StateType
@@ -32,7 +33,9 @@ def _delays_logged(caplog: pytest.LogCaptureFixture) -> list[float]:
 
 
 def _options(delay: Any, jitter: float | None = None) -> Any:
-    return SimpleNamespace(retry_delay_seconds=delay, retry_jitter_factor=jitter)
+    return SimpleNamespace(
+        kind="task", name="t", retry_delay_seconds=delay, retry_jitter_factor=jitter
+    )
 
 
 # -- retry counts ---------------------------------------------------------------------------
@@ -105,7 +108,7 @@ def test_retry_delay_number_list_and_callable() -> None:
     assert [retry_delay(_options(lambda a: a * 1.5), a) for a in (1, 2, 3)] == [1.5, 3.0, 4.5]
     assert retry_delay(_options([]), 1) == 0.0
     assert retry_delay(_options(0), 1) == 0.0
-    assert retry_delay(_options(lambda a: -5), 1) == 0.0
+    assert retry_delay(_options(1e300), 1) == MAX_SECONDS  # clamped, no OverflowError
 
 
 def test_retry_jitter_stays_within_bounds() -> None:

@@ -14,6 +14,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
+from .._checks import MAX_SECONDS
+from .._definitions import check_retry_delay, run_name_for
 from .._limits._registry import has_limits
 from .._logging import (
     log_prints_var,
@@ -22,7 +24,7 @@ from .._logging import (
     run_logger,
     task_run_logger,
 )
-from ..exceptions import RunCancelled, RunTimedOut
+from ..exceptions import RunCancelled, RunTimedOut, UsageError
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
@@ -35,7 +37,16 @@ if TYPE_CHECKING:
     from ..tasks import Task
     from ._flowrun import FlowRun
 
-__all__ = ["RetryOptions", "log_retry", "retry_delay", "run_attempts", "run_hook", "should_retry"]
+__all__ = [
+    "RetryOptions",
+    "log_retry",
+    "next_retry_delay",
+    "retry_delay",
+    "run_attempts",
+    "run_hook",
+    "run_running_hooks",
+    "should_retry",
+]
 
 _log = logging.getLogger("orchestr.task_runs")
 
@@ -43,8 +54,14 @@ _log = logging.getLogger("orchestr.task_runs")
 class RetryOptions(Protocol):
     """The retry settings shared by tasks and flows."""
 
-    retry_delay_seconds: float | Sequence[float] | Callable[[int], float]
-    retry_jitter_factor: float | None
+    kind: str
+    name: str
+
+    @property
+    def retry_delay_seconds(self) -> float | Sequence[float] | Callable[[int], float]: ...
+
+    @property
+    def retry_jitter_factor(self) -> float | None: ...
 
 
 async def run_attempts(
@@ -96,6 +113,13 @@ async def _attempts(
     driver: AsyncDriver | BlockingDriver,
 ) -> State[Any]:
     propagate = driver.propagate
+    if task.run_name is not None:
+        # Named as it starts, in its own context: the template sees the resolved
+        # arguments, a callable can read orchestr.runtime.
+        try:
+            record._given_name = run_name_for(task, args, kwargs)
+        except UsageError as exc:
+            return State(StateType.FAILED, error=exc, record=record)
     attempt = 0
     while True:
         if record.is_final():
@@ -110,6 +134,8 @@ async def _attempts(
                 value = await _call_limited(task, record, args, kwargs, driver)
             else:
                 _running(record)
+                if task.on_running_hooks:
+                    await run_running_hooks(task, record, driver)
                 value = await driver.call(task, args, kwargs)
         except propagate:
             raise
@@ -130,7 +156,9 @@ async def _attempts(
             return record.state
         if attempt > task.retries or not await should_retry(task, record, failed, driver):
             return failed
-        delay = retry_delay(task, attempt)
+        delay = next_retry_delay(task, record, attempt, failed)
+        if isinstance(delay, State):  # retry_delay_seconds gave no delay: fails the run
+            return delay
         record.state_type = StateType.RETRYING
         record.state_name = "Retrying"
         log_retry(record, attempt, task.retries, failed, delay)
@@ -157,6 +185,8 @@ async def _call_limited(
     lease = await driver.acquire_limits(task)
     _running(record)
     try:
+        if task.on_running_hooks:
+            await run_running_hooks(task, record, driver)
         return await driver.call(task, args, kwargs)
     finally:
         lease.release()
@@ -219,7 +249,16 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
         return override
     spec = options.retry_delay_seconds
     if callable(spec):
-        delay = float(spec(attempt))
+        # Checked here, not at decoration: what it returns is known only now. A bad
+        # value (or an error) is a UsageError naming the task or flow.
+        try:
+            value = spec(attempt)
+        except Exception as exc:
+            raise UsageError(
+                f"retry_delay_seconds of {options.kind} {options.name!r} raised "
+                f"{type(exc).__name__}: {exc} for attempt {attempt}"
+            ) from exc
+        delay = check_retry_delay(options, value, attempt)
     elif isinstance(spec, (list, tuple)):
         delay = float(spec[min(attempt, len(spec)) - 1]) if spec else 0.0
     else:
@@ -229,7 +268,24 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
         import random  # deferred: ~4 ms of `import orchestr`, for jitter only
 
         delay *= 1 + random.uniform(-jitter, jitter)
-    return max(0.0, delay)
+    return min(max(0.0, delay), MAX_SECONDS)
+
+
+def next_retry_delay(
+    options: RetryOptions, record: RunRecord, attempt: int, failed: State[Any]
+) -> float | State[Any]:
+    """The delay before the next retry, or, when ``retry_delay_seconds`` could not give
+    one (a callable that raised or returned a non-number), the Failed state that ends
+    the run with that UsageError (the attempt's own error noted on it)."""
+    try:
+        return retry_delay(options, attempt)
+    except UsageError as exc:
+        error = failed.exception
+        if error is not None:
+            exc.add_note(
+                f"attempt {attempt} of run {record.name!r} had failed with {_describe(error)}"
+            )
+        return State(StateType.FAILED, error=exc, record=record)
 
 
 async def should_retry(
@@ -267,10 +323,20 @@ def log_retry(
 
 def _hooks_for(task: Task[Any, Any], state: State[Any]) -> Sequence[Any]:
     if state.type is StateType.COMPLETED:
-        return task.on_completion
+        return task.on_completion_hooks
     if state.type is StateType.FAILED or state.type is StateType.CRASHED:
-        return task.on_failure
+        return task.on_failure_hooks
     return ()
+
+
+async def run_running_hooks(
+    owner: Definition[Any, Any], record: RunRecord, driver: AsyncDriver | BlockingDriver
+) -> None:
+    """Call the ``on_running`` hooks of a task or flow run that has just entered Running
+    (each attempt does)."""
+    state = record.state
+    for hook in owner.on_running_hooks:
+        await run_hook(hook, owner, record, state, driver)
 
 
 async def run_hook(

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._definitions import run_name_for
 from .._logging import (
     configure_logging,
     flow_run_logger,
@@ -32,11 +33,12 @@ from ..exceptions import (
     CrashedError,
     ParameterValidationError,
     TaskRunCancelledError,
+    UsageError,
 )
 from ..settings import get_settings
 from ..states import State, StateType, _describe
 from . import _interrupts
-from ._attempts import log_retry, retry_delay, run_hook, should_retry
+from ._attempts import log_retry, next_retry_delay, run_hook, run_running_hooks, should_retry
 from ._caller import CallerThread
 from ._context import flow_run_var
 from ._dispatch import Dispatcher
@@ -186,7 +188,10 @@ async def _run(
     try:
         try:
             args, kwargs = run.flow.parameters(args, kwargs)
-        except ParameterValidationError as exc:
+            run.arguments = (args, kwargs)
+            if run.flow.run_name is not None:
+                record._given_name = run_name_for(run.flow, args, kwargs)
+        except (ParameterValidationError, UsageError) as exc:
             state: State[Any] = State(StateType.FAILED, error=exc, record=record)
         else:
             state = await _attempts(run, args, kwargs, body)
@@ -229,6 +234,8 @@ async def _attempts(
         record.attempts = attempt
         record.state_type = StateType.RUNNING
         record.state_name = "Running"
+        if flow.on_running_hooks:
+            await run_running_hooks(flow, record, AsyncDriver(run, inline=False))
         state = await _attempt(run, args, kwargs, body)
         # A timed-out attempt cancelled its own runs (setting cancel_requested); that
         # is a failure to retry, not a cancellation of the flow run.
@@ -240,8 +247,10 @@ async def _attempts(
             or not await should_retry(flow, record, state, AsyncDriver(run, inline=False))
         ):
             return state
+        delay = next_retry_delay(flow, record, attempt, state)
+        if isinstance(delay, State):  # retry_delay_seconds gave no delay: fails the run
+            return delay
         run.cancel_requested = False
-        delay = retry_delay(flow, attempt)
         log_retry(record, attempt, flow.retries, state, delay)
         # Interruptible: a signal during the delay ends the run now (request_cancel()
         # cancels run.scope), not when the delay is over.
@@ -323,10 +332,10 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
     record_final_state(record, state)
     flow = run.flow
     hooks = {
-        StateType.COMPLETED: flow.on_completion,
-        StateType.FAILED: flow.on_failure,
-        StateType.CANCELLED: flow.on_cancellation,
-        StateType.CRASHED: flow.on_crashed,
+        StateType.COMPLETED: flow.on_completion_hooks,
+        StateType.FAILED: flow.on_failure_hooks,
+        StateType.CANCELLED: flow.on_cancellation_hooks,
+        StateType.CRASHED: flow.on_crashed_hooks,
     }.get(state.type, ())
     if hooks:
         driver = AsyncDriver(run, inline=False)

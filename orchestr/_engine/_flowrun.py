@@ -48,6 +48,7 @@ class FlowRun:
         "_grace_scopes",
         "_thread_waiters",
         "active",
+        "arguments",
         "body_error",
         "cancel_reason",
         "cancel_requested",
@@ -79,6 +80,8 @@ class FlowRun:
         if parent is not None:
             parent.record.subflow_runs.append(self.record)
         self.execute_job = execute_job
+        # The validated call (args, kwargs), once validated: orchestr.runtime reads it.
+        self.arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.worker_driver = BlockingDriver(self, inline=False)
         # Guards completion of this run's futures against concurrent waiters/cancellers.
         self.lock = threading.Lock()

@@ -3,8 +3,9 @@ coerce the explicitly passed arguments against the type hints with pydantic, bef
 body or any resource runs.
 
 Defaults are not validated (``x: int = None`` stays legal). Parameters without hints are
-passed through. The pydantic adapter is built on the first call, not at decoration, so
-``import orchestr`` and ``@flow`` never import pydantic.
+passed through. A flow method's bound ``self`` / ``cls`` is not a parameter. The pydantic
+adapter is built on the first call, not at decoration, so ``import orchestr`` and
+``@flow`` never import pydantic.
 """
 
 from __future__ import annotations
@@ -25,10 +26,17 @@ class ParameterValidator:
 
     __slots__ = ("_annotated", "_flow_name", "_fn", "_signature", "_validate", "enabled")
 
-    def __init__(self, fn: Callable[..., Any], flow_name: str, enabled: bool) -> None:
+    def __init__(
+        self, fn: Callable[..., Any], flow_name: str, enabled: bool, skip_first: bool = False
+    ) -> None:
         self._fn = fn
         self._flow_name = flow_name
-        self._signature = inspect.signature(fn)
+        signature = inspect.signature(fn)
+        if skip_first:
+            # A method's validator: the bound first parameter (self or cls) is not one
+            # of the call's parameters, and is never validated.
+            signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+        self._signature = signature
         self._annotated = any(
             p.annotation is not inspect.Parameter.empty for p in self._signature.parameters.values()
         )
@@ -57,6 +65,12 @@ class ParameterValidator:
             ) from exc
         bound.arguments.update(validated)
         return bound.args, bound.kwargs
+
+    def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The (validated) call's arguments by parameter name, defaults included."""
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
 
     def _build(self) -> Callable[[Any], dict[str, Any]]:
         # Deferred: pydantic costs a tenth of a second to import.

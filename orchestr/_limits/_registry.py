@@ -12,6 +12,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import NamedTuple
 
+from .._checks import MAX_SECONDS, as_float, is_number
 from ..exceptions import UsageError
 
 __all__ = [
@@ -81,13 +82,17 @@ def set_rate_limit(name: str, limit: int, per_seconds: float) -> None:
     """At most ``limit`` starts of task runs tagged ``name`` (and ``rate_limit(name)``
     calls) in any window of ``per_seconds`` seconds; the ones over wait their turn."""
     checked_name(name)
-    if isinstance(per_seconds, bool) or not isinstance(per_seconds, int | float):
+    if not is_number(per_seconds):
         raise UsageError(
             f"per_seconds of rate limit {name!r} must be a number, got {per_seconds!r}"
         )
-    if not per_seconds > 0:
-        raise UsageError(f"per_seconds of rate limit {name!r} must be > 0, got {per_seconds!r}")
-    definition = RateLimit(name, checked_count("limit", name, limit), float(per_seconds))
+    window = as_float(per_seconds)
+    if not 0 < window < float("inf"):  # NaN and inf too
+        raise UsageError(
+            f"per_seconds of rate limit {name!r} must be a finite number > 0, got {per_seconds!r}"
+        )
+    window = min(window, MAX_SECONDS)
+    definition = RateLimit(name, checked_count("limit", name, limit), window)
     with _registry.lock:
         _registry.replace(_registry.concurrency, {**_registry.rate, name: definition})
 
@@ -116,6 +121,12 @@ def limits(
     exactly: ``with limits(concurrency={"db": 5}, rate={"api": (10, 1.0)}):``. The
     registry is process-wide (not per task or thread); nested blocks restore in reverse
     order."""
+    for what, given in (("concurrency", concurrency), ("rate", rate)):
+        if given is not None and not isinstance(given, Mapping):
+            raise UsageError(
+                f"limits({what}=...) takes a mapping of limit names, e.g. "
+                f"{{'db': 5}}, got {given!r}"
+            )
     with _registry.lock:
         saved = (_registry.concurrency, _registry.rate)
     try:

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
 
+from .._checks import MAX_SECONDS, seconds
 from .._engine import _interrupts
 from .._engine._context import SubmissionScope, flow_run_var, scope_var
 from .._engine._loop import run_on_loop
@@ -43,9 +44,26 @@ from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
 if TYPE_CHECKING:
     from .._engine._flowrun import FlowRun
 
-__all__ = ["Resource"]
+__all__ = ["Resource", "checked_cleanup_timeout", "checked_name"]
 
 T = TypeVar("T")
+
+
+def checked_name(name: Any) -> str:
+    """A resource's name, checked: a non-empty string."""
+    if not isinstance(name, str) or not name:
+        raise UsageError(f"a resource's name must be a non-empty string, got {name!r}")
+    return name
+
+
+def checked_cleanup_timeout(name: Any, value: Any) -> float | None:
+    """A resource's ``cleanup_timeout``, checked: a number > 0, or None (the
+    ``cleanup_timeout_seconds`` setting). ``inf`` means no bound; huge values are
+    clamped."""
+    checked = seconds(value, f"cleanup_timeout of resource {name!r}", zero=False, infinite=True)
+    if checked is None and value is not None:  # inf: None would mean "the setting"
+        return MAX_SECONDS
+    return checked
 
 
 class _Phase(enum.IntEnum):
@@ -80,13 +98,8 @@ class Resource(Generic[T]):
     def __init__(
         self, lifecycle: Lifecycle, *, name: str, cleanup_timeout: float | None = None
     ) -> None:
-        if cleanup_timeout is not None and not cleanup_timeout > 0:
-            raise UsageError(
-                f"cleanup_timeout of resource {name!r} must be a number > 0 or None, "
-                f"got {cleanup_timeout!r}"
-            )
-        self.name = name
-        self.cleanup_timeout = cleanup_timeout
+        self.name = checked_name(name)
+        self.cleanup_timeout = checked_cleanup_timeout(name, cleanup_timeout)
         self._lifecycle = lifecycle
         self._state = _Phase.NEW
         self._events: ResourceEvents | None = None

@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, ParamSpec, TypeVar, overload
 
 from ..exceptions import ResourceDefinitionError
-from ._block import Resource
+from ._block import Resource, checked_cleanup_timeout, checked_name
 from ._lifecycles import (
     AsyncGeneratorLifecycle,
     ContextManagerLifecycle,
@@ -55,6 +55,7 @@ def resource(
 
     The block's exception is thrown into the generator at its ``yield``, as with
     contextlib; the code after the ``yield`` (or its ``finally``) is the cleanup.
+    ``name`` and ``cleanup_timeout`` are checked here, at decoration.
     """
 
     def wrap(fn: Any) -> Any:
@@ -68,7 +69,8 @@ def resource(
                 "scope(cm)",
                 what,
             )
-        resource_name = name or fn.__name__
+        resource_name = checked_name(fn.__name__ if name is None else name)
+        timeout = checked_cleanup_timeout(resource_name, cleanup_timeout)
         lifecycle = AsyncGeneratorLifecycle if is_async else GeneratorLifecycle
 
         @functools.wraps(fn)
@@ -76,7 +78,7 @@ def resource(
             return Resource(
                 lifecycle(resource_name, fn, args, kwargs),
                 name=resource_name,
-                cleanup_timeout=cleanup_timeout,
+                cleanup_timeout=timeout,
             )
 
         return factory
@@ -111,7 +113,8 @@ def resource_manager(
                 "@resource)",
                 getattr(cls, "__name__", None),
             )
-        resource_name = name or cls.__name__
+        resource_name = checked_name(cls.__name__ if name is None else name)
+        timeout = checked_cleanup_timeout(resource_name, cleanup_timeout)
         if not callable(getattr(cls, "cleanup", None)):
             raise ResourceDefinitionError(
                 f"@resource_manager class {cls.__name__} has no cleanup(resource) method; "
@@ -128,7 +131,7 @@ def resource_manager(
             return Resource(
                 ManagerLifecycle(cls(*args, **kwargs)),
                 name=resource_name,
-                cleanup_timeout=cleanup_timeout,
+                cleanup_timeout=timeout,
             )
 
         return factory
@@ -141,7 +144,7 @@ def scope(
 ) -> Resource[Any]:
     """Make any context manager scope-aware: ``async with scope(httpx.AsyncClient()) as
     client:`` waits for the tasks submitted inside the block before the client closes."""
-    resource_name = name or type(cm).__name__
+    resource_name = type(cm).__name__ if name is None else name
     return Resource(
         ContextManagerLifecycle(resource_name, cm),
         name=resource_name,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 import threading
 from collections.abc import Awaitable, Callable
 from types import TracebackType
@@ -40,6 +39,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from .._checks import seconds
 from .._engine._context import flow_run_var
 from .._engine._drivers import drive
 from .._engine._interrupts import shielded
@@ -103,15 +103,18 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         acquire_timeout: float | None = None,
         cleanup_timeout: float | None = None,
     ) -> None:
-        name = name or getattr(create, "__name__", None) or "pool"
+        if name is None:
+            name = getattr(create, "__name__", None) or "pool"
         if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 1:
             raise UsageError(f"max_size of pool {name!r} must be an integer >= 1, got {max_size!r}")
         for what, fn in (("create", create), ("validate", validate), ("close", close)):
-            if fn is not None and not callable(fn):
+            if (fn is not None or what == "create") and not callable(fn):
                 raise UsageError(f"{what} of pool {name!r} must be callable, got {fn!r}")
         super().__init__(_PoolLifecycle(self), name=name, cleanup_timeout=cleanup_timeout)
         self.max_size = max_size
-        self.acquire_timeout = _checked_timeout(name, acquire_timeout)
+        self.acquire_timeout = _checked_timeout(
+            f"acquire_timeout of pool {name!r}", acquire_timeout
+        )
         self._create = create
         self._validate = validate
         self._close = close
@@ -340,7 +343,7 @@ class PoolCheckout(Generic[T]):
 
     def __init__(self, pool: Pool[T], timeout: float | None) -> None:
         self._pool = pool
-        self._timeout = _checked_timeout(pool.name, timeout)
+        self._timeout = _checked_timeout(f"timeout of {pool.name}.acquire()", timeout)
         self._obj: T | _Missing = _NONE
 
     def _claim(self) -> None:
@@ -432,9 +435,6 @@ async def _ready(value: Any) -> Any:
     return value
 
 
-def _checked_timeout(name: str, timeout: float | None) -> float | None:
-    if timeout is None:
-        return None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout >= 0:
-        raise UsageError(f"acquire timeout of pool {name!r} must be a number >= 0, got {timeout!r}")
-    return None if math.isinf(timeout) else float(timeout)
+def _checked_timeout(what: str, timeout: float | None) -> float | None:
+    # NaN and bools refused, inf is None (no bound), huge values clamped.
+    return seconds(timeout, what, zero=True, infinite=True)

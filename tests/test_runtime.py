@@ -1,0 +1,396 @@
+"""orchestr.runtime (what code learns about the run it is part of) and the task_run_name /
+flow_run_name options that name runs."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from orchestr import State, flow, override_settings, runtime, task
+from orchestr.exceptions import UsageError
+from orchestr.states import StateType
+from orchestr.testing import fast_retries
+
+WAIT = 5  # seconds: the bound on every wait that should succeed at once
+
+
+def flow_view() -> dict[str, Any]:
+    run = runtime.flow_run
+    return {
+        "id": run.id,
+        "name": run.name,
+        "flow_name": run.flow_name,
+        "parameters": run.parameters,
+        "attempt": run.attempt,
+        "run_count": run.run_count,
+    }
+
+
+def task_view() -> dict[str, Any]:
+    run = runtime.task_run
+    return {
+        "id": run.id,
+        "name": run.name,
+        "task_name": run.task_name,
+        "tags": run.tags,
+        "attempt": run.attempt,
+        "run_count": run.run_count,
+        "thread": threading.get_ident(),
+    }
+
+
+@task(tags=["io", "db"])
+async def async_probe(x: int) -> dict[str, Any]:
+    await anyio.lowlevel.checkpoint()
+    return {"task": task_view(), "flow": flow_view()}
+
+
+@task(tags=["cpu"])
+def sync_probe(x: int) -> dict[str, Any]:
+    return {"task": task_view(), "flow": flow_view()}
+
+
+def _expect_task(view: dict[str, Any], record: Any, tags: set[str]) -> None:
+    assert view["id"] == record.id
+    assert view["name"] == record.name
+    assert view["task_name"] == record.task_name
+    assert view["tags"] == frozenset(tags)
+    assert view["attempt"] == view["run_count"] == 1
+
+
+# -- outside runs -------------------------------------------------------------------------------
+def test_outside_any_run_everything_is_none() -> None:
+    """Outside runs every attribute is None (tags empty, parameters an empty dict)."""
+    assert flow_view() == {
+        "id": None,
+        "name": None,
+        "flow_name": None,
+        "parameters": {},
+        "attempt": None,
+        "run_count": None,
+    }
+    view = task_view()
+    del view["thread"]
+    assert view == {
+        "id": None,
+        "name": None,
+        "task_name": None,
+        "tags": frozenset(),
+        "attempt": None,
+        "run_count": None,
+    }
+
+
+def test_an_inline_task_outside_flows_has_a_task_run_only() -> None:
+    """A sync task called outside any flow sees its own task run, and no flow run."""
+    seen = sync_probe(1)
+    assert seen["flow"]["id"] is None
+    assert seen["task"]["name"].startswith("sync_probe-")
+    assert seen["task"]["tags"] == frozenset({"cpu"})
+
+
+# -- inside runs --------------------------------------------------------------------------------
+def test_async_flow_async_and_sync_tasks_see_their_runs(run: Any) -> None:
+    """In an async flow: the body, an async task on the loop, a submitted sync task in a
+    worker thread and an inline sync task each see the flow run (validated parameters,
+    defaults included) and their own task run."""
+
+    @flow
+    async def main(n: int, label: str = "x") -> dict[str, Any]:
+        with anyio.fail_after(WAIT):
+            return {
+                "body": flow_view(),
+                "body_task": runtime.task_run.name,
+                "async": await async_probe.submit(1),
+                "inline": await async_probe(2),
+                "thread": await sync_probe.submit(3),
+                "loop_thread": threading.get_ident(),
+            }
+
+    async def go() -> State[Any]:
+        return await main("7", return_state=True)
+
+    state = run(go)
+    seen = state.result()
+    record = state.record
+    expected_flow = {
+        "id": record.id,
+        "name": record.name,
+        "flow_name": "main",
+        "parameters": {"n": 7, "label": "x"},
+        "attempt": 1,
+        "run_count": 1,
+    }
+    assert seen["body"] == expected_flow
+    assert seen["body_task"] is None
+    runs = {r.name: r for r in record.task_runs}
+    for key, tags in (("async", {"io", "db"}), ("inline", {"io", "db"}), ("thread", {"cpu"})):
+        assert seen[key]["flow"] == expected_flow
+        _expect_task(seen[key]["task"], runs[seen[key]["task"]["name"]], tags)
+    assert seen["thread"]["task"]["thread"] != seen["loop_thread"]
+    assert len({seen[k]["task"]["id"] for k in ("async", "inline", "thread")}) == 3
+
+
+def test_sync_flow_body_and_worker_threads_see_their_runs(backend: str) -> None:
+    """In a sync flow: the body (calling thread) and sync tasks in worker threads see the
+    flow run; parameters keep keyword-only and **kwargs arguments."""
+
+    @flow
+    def main(n: int, *, scale: float = 1.0, **extra: Any) -> dict[str, Any]:
+        return {
+            "body": flow_view(),
+            "submitted": sync_probe.submit(1).result(timeout=WAIT),
+            "inline": sync_probe(2),
+        }
+
+    with override_settings(backend=backend):
+        state = main(3, scale=2, color="red", return_state=True)
+    seen = state.result()
+    record = state.record
+    assert seen["body"]["name"] == record.name
+    assert seen["body"]["id"] == record.id
+    assert seen["body"]["parameters"] == {"n": 3, "scale": 2.0, "extra": {"color": "red"}}
+    runs = {r.name: r for r in record.task_runs}
+    for key in ("submitted", "inline"):
+        assert seen[key]["flow"]["id"] == record.id
+        _expect_task(seen[key]["task"], runs[seen[key]["task"]["name"]], {"cpu"})
+
+
+def test_subflows_see_their_own_flow_run(run: Any) -> None:
+    """Inside a subflow (sync or async) flow_run is the subflow run; back in the parent,
+    the parent run again."""
+
+    @flow
+    async def child(k: int) -> dict[str, Any]:
+        return flow_view()
+
+    @flow
+    def sync_child(k: int) -> dict[str, Any]:
+        return flow_view()
+
+    @flow
+    async def parent() -> dict[str, Any]:
+        before = runtime.flow_run.id
+        inner = await child(1)
+        inner_sync = await anyio.to_thread.run_sync(sync_child, 2)
+        return {"before": before, "inner": inner, "sync": inner_sync, "after": flow_view()}
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    seen = state.result()
+    record = state.record
+    assert seen["before"] == seen["after"]["id"] == record.id
+    async_sub, sync_sub = record.subflow_runs
+    assert seen["inner"]["id"] == async_sub.id
+    assert seen["inner"]["flow_name"] == "child"
+    assert seen["inner"]["parameters"] == {"k": 1}
+    assert seen["sync"]["id"] == sync_sub.id
+    assert seen["sync"]["parameters"] == {"k": 2}
+
+
+def test_attempt_counts_retries_of_tasks_and_flows(run: Any) -> None:
+    """task_run.attempt and flow_run.attempt (and run_count) count 1, 2, ... across
+    retries; the task's hooks see the final attempt too."""
+    task_attempts: list[tuple[int | None, int | None]] = []
+    flow_attempts: list[int | None] = []
+
+    @task(retries=2)
+    def flaky() -> int:
+        task_attempts.append((runtime.task_run.attempt, runtime.task_run.run_count))
+        if len(task_attempts) < 3:
+            raise ValueError("again")
+        return 1
+
+    @flow(retries=1)
+    async def main() -> int:
+        flow_attempts.append(runtime.flow_run.attempt)
+        if len(flow_attempts) == 1:
+            raise ValueError("flow again")
+        return await flaky.submit()
+
+    async def go() -> Any:
+        with fast_retries():
+            return await main()
+
+    assert run(go) == 1
+    assert task_attempts == [(1, 1), (2, 2), (3, 3)]
+    assert flow_attempts == [1, 2]
+
+
+# -- run names ----------------------------------------------------------------------------------
+def test_task_run_name_templates_use_parameters_by_name(run: Any) -> None:
+    """task_run_name="fetch-{city}" names each run from its call's parameters (by name,
+    defaults and **kwargs included, futures resolved first); task_run.name says so."""
+
+    @task(task_run_name="fetch-{city}-{units}")
+    async def fetch(city: str, units: str = "metric") -> str | None:
+        return runtime.task_run.name
+
+    @task
+    def capital() -> str:
+        return "Paris"
+
+    @task(task_run_name="extra-{color}")
+    def extra(**kwargs: Any) -> str | None:
+        return runtime.task_run.name
+
+    @flow
+    async def main() -> list[Any]:
+        with anyio.fail_after(WAIT):
+            return [
+                await fetch.submit("Oslo"),
+                await fetch.submit(city=capital.submit(), units="imperial"),
+                await fetch("Rome"),
+                await extra.submit(color="red"),
+            ]
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    expected = ["fetch-Oslo-metric", "fetch-Paris-imperial", "fetch-Rome-metric", "extra-red"]
+    assert state.result() == expected
+    assert set(expected) <= {r.name for r in state.record.task_runs}
+
+
+def test_run_names_from_callables_read_runtime(backend: str) -> None:
+    """A callable task_run_name / flow_run_name is called in the run's context, where it
+    can read orchestr.runtime (the flow's parameters, the task's name)."""
+
+    def task_name() -> str:
+        return f"{runtime.task_run.task_name}-for-{runtime.flow_run.parameters['n']}"
+
+    @task(task_run_name=task_name)
+    def work() -> str | None:
+        return runtime.task_run.name
+
+    @flow(flow_run_name=lambda: f"nightly-{runtime.flow_run.parameters['n']}")
+    def main(n: int) -> tuple[Any, Any]:
+        return runtime.flow_run.name, work.submit().result(timeout=WAIT)
+
+    with override_settings(backend=backend):
+        state = main(4, return_state=True)
+    assert state.result() == ("nightly-4", "work-for-4")
+    assert state.record.name == "nightly-4"
+
+
+def test_flow_run_name_template_and_method_self(run: Any) -> None:
+    """flow_run_name templates see the validated parameters; on a method, a template can
+    reach the instance as {self.attr} (as Prefect allows)."""
+
+    class Job:
+        region = "eu"
+
+        @task(task_run_name="{self.region}-{x}")
+        def step(self, x: int) -> str | None:
+            return runtime.task_run.name
+
+    @flow(flow_run_name="daily-{day:02d}")
+    async def main(day: int) -> Any:
+        return Job().step(3)
+
+    async def go() -> State[Any]:
+        return await main("5", return_state=True)
+
+    state = run(go)
+    assert state.record.name == "daily-05"
+    assert state.result() == "eu-3"
+
+
+@pytest.mark.parametrize(
+    ("template", "complaint"),
+    [
+        ("fetch-{town}", "no parameter 'town'"),
+        ("fetch-{}", "name a parameter"),
+        ("fetch-{0}", "name a parameter"),
+        ("fetch-{city", "not a valid template"),
+        ("", "non-empty string"),
+        (42, "non-empty string template"),
+    ],
+)
+@pytest.mark.parametrize("decorator", ["task", "flow"])
+def test_bad_run_name_templates_are_refused_at_decoration(
+    decorator: str, template: Any, complaint: str
+) -> None:
+    """A template naming a parameter the function does not have (or a positional field,
+    a broken template, a non-string) is refused where the decorator is written."""
+    make = task if decorator == "task" else flow
+    option = f"{decorator}_run_name"
+    with pytest.raises(UsageError) as caught:
+        make(**{option: template})(lambda city: city)
+    assert option in str(caught.value)
+    assert complaint in str(caught.value)
+
+
+def test_a_run_name_that_cannot_be_made_fails_that_run(run: Any) -> None:
+    """A template field missing at run time (through **kwargs), or a callable that
+    raises or returns a non-string, fails that run with a UsageError naming the task;
+    the flow goes on."""
+
+    @task(task_run_name="item-{key}")
+    def loose(**kwargs: Any) -> int:
+        return 1
+
+    @task(task_run_name=lambda: 42)  # type: ignore[arg-type, return-value]
+    async def not_a_string() -> int:
+        return 1
+
+    def boom() -> str:
+        raise KeyError("no name today")
+
+    @task(task_run_name=boom)
+    def raising() -> int:
+        return 1
+
+    @task
+    def fine() -> int:
+        return 2
+
+    @flow
+    async def main() -> tuple[list[tuple[Any, ...]], int]:
+        with anyio.fail_after(WAIT):
+            futures = [loose.submit(other=1), not_a_string.submit(), raising.submit()]
+            states = [await f.wait() for f in futures]
+            seen = [(s.type, s.exception, s.record.attempts) for s in states]
+            return seen, await fine.submit()
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    seen, value = state.result()
+    assert value == 2
+    for (kind, error, attempts), name in zip(
+        seen, ["loose", "not_a_string", "raising"], strict=True
+    ):
+        assert kind is StateType.FAILED
+        assert isinstance(error, UsageError)
+        assert f"task_run_name of task {name!r}" in str(error)
+        assert attempts == 0  # it never started
+
+
+def test_a_flow_run_name_that_cannot_be_made_fails_the_flow_run(backend: str) -> None:
+    """A flow_run_name callable that raises fails the flow run (Failed, not Crashed)
+    with a UsageError naming the flow, before the body runs."""
+    ran: list[int] = []
+
+    def bad() -> str:
+        raise RuntimeError("no name")
+
+    @flow(flow_run_name=bad)
+    def main() -> None:
+        ran.append(1)
+
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert state.type is StateType.FAILED
+    assert isinstance(state.exception, UsageError)
+    assert "flow_run_name of flow 'main'" in str(state.exception)
+    assert ran == []
