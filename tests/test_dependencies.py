@@ -1030,8 +1030,19 @@ def test_inline_calls_take_allow_failure_around_a_list_in_wait_for(run: Any) -> 
         ([1], ["int 1"]),
         (allow_failure(3), ["allow_failure(3)"]),
         ("abc", ["list of futures", "str"]),
+        ([[1, 2]], ["list [1, 2]", "holds no future"]),
+        ([allow_failure(Point(1, 2))], ["Point(x=1, y=2)", "holds no future"]),
     ],
-    ids=["state", "state-in-list", "allow-failure-of-state", "int", "allow-failure-int", "str"],
+    ids=[
+        "state",
+        "state-in-list",
+        "allow-failure-of-state",
+        "int",
+        "allow-failure-int",
+        "str",
+        "list-of-values",
+        "namedtuple-of-values",
+    ],
 )
 def test_wait_for_refuses_values_and_states(run: Any, wait_for: Any, words: list[str]) -> None:
     """wait_for with a State (also inside a list or allow_failure) or a plain value:
@@ -1052,6 +1063,19 @@ def test_wait_for_refuses_values_and_states(run: Any, wait_for: Any, words: list
     for word in words:
         assert word in seen["message"]
     assert state.record.task_runs == []
+
+
+def test_wait_for_an_empty_map_result_waits_for_nothing(run: Any) -> None:
+    """wait_for=[allow_failure(futures)] with the FutureList of a .map() over nothing (and
+    an empty list) is accepted: the run starts at once."""
+
+    @flow
+    async def main() -> str:
+        nothing = async_value.map([])
+        with anyio.fail_after(WAIT):
+            return await async_value.submit("ran", wait_for=[allow_failure(nothing), []])
+
+    assert run(main) == "ran"
 
 
 def test_wait_for_searches_containers_like_arguments(run: Any) -> None:

@@ -183,11 +183,24 @@ def scan_wait_for(wait_for: Any) -> Dependencies:
         raise UsageError(
             f"wait_for takes a list of futures; got {type(wait_for).__name__} {wait_for!r}"
         )
+    found: dict[Any, bool] = {}
     for item in items:
         inner = item.value if type(item) is allow_failure else item
-        if type(inner) is not TaskFuture and not _is_container(inner):
+        if type(inner) is TaskFuture:
+            _scan(item, found, False, 0)
+            continue
+        if not _is_container(inner):
             raise _wait_for_error(item, inner)
-    dependencies = _dependencies(items)
+        own: dict[Any, bool] = {}
+        _scan(item, own, False, 0)
+        futures = [key for key in own if type(key) is TaskFuture or type(key) is State]
+        if not futures and (not hasattr(inner, "__len__") or len(inner) > 0):
+            # Values only: nothing to wait for, surely a mistake. (An empty list is
+            # fine: the futures of a .map() over nothing.)
+            raise _wait_for_error(item, inner, ", which holds no future")
+        for key, allowed in own.items():
+            found[key] = found.get(key, True) and allowed
+    dependencies = _found(found)
     if dependencies.states:
         state = dependencies.states[0][0]
         raise _wait_for_error(state, state)
@@ -204,10 +217,10 @@ def _is_container(value: Any) -> bool:
     return _LEAF < category <= _MODEL
 
 
-def _wait_for_error(item: Any, inner: Any) -> UsageError:
+def _wait_for_error(item: Any, inner: Any, why: str = "") -> UsageError:
     return UsageError(
         "wait_for takes futures, containers of futures (a list, a dict, a dataclass, ...) "
-        f"and allow_failure(...) around either; got {type(item).__name__} {item!r}"
+        f"and allow_failure(...) around either; got {type(item).__name__} {item!r}{why}"
         + (" (a State: pass the future of its run instead)" if type(inner) is State else "")
     )
 
@@ -230,13 +243,6 @@ def find_upstreams(
         found[future] = found.get(future, True) and allowed
     if waits.annotated:
         found[_ANNOTATED] = True
-    return _found(found)
-
-
-def _dependencies(values: Iterable[Any]) -> Dependencies:
-    found: dict[Any, bool] = {}
-    for value in values:
-        _scan(value, found, False, 0)
     return _found(found)
 
 
