@@ -8,6 +8,8 @@ The public API is re-exported here; everything else is private (modules starting
 from . import runtime as runtime
 from ._public import show_public_module as _show_public_module
 from .annotations import allow_failure as allow_failure
+from .annotations import opaque as opaque
+from .annotations import quote as quote
 from .annotations import unmapped as unmapped
 from .exceptions import OrchestrError as OrchestrError
 from .flows import Flow as Flow
@@ -56,7 +58,9 @@ __all__ = [
     "flow",
     "get_run_logger",
     "get_settings",
+    "opaque",
     "override_settings",
+    "quote",
     "resource",
     "resource_manager",
     "runtime",

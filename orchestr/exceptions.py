@@ -57,7 +57,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from .records import TaskRunRecord
+    from .records import RunRecord, TaskRunRecord
 
 __all__ = [
     "BlockingCallError",
@@ -153,11 +153,14 @@ class TaskRunError(OrchestrError):
 class UpstreamNotCompletedError(TaskRunError):
     """Raised for a task run that did not run because an upstream did not complete.
 
-    ``upstream`` is the record of that upstream run; the upstream's own error is the
-    ``__cause__``.
+    ``upstream`` is the record of that upstream run (a flow run's, for a subflow's State
+    given as an argument; ``None`` for a State that belongs to no run); the upstream's
+    own error is the ``__cause__``.
     """
 
-    def __init__(self, message: str, record: TaskRunRecord | None, upstream: TaskRunRecord) -> None:
+    def __init__(
+        self, message: str, record: TaskRunRecord | None, upstream: RunRecord | None
+    ) -> None:
         super().__init__(message, record)
         self.upstream = upstream
 

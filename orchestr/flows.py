@@ -21,6 +21,7 @@ from ._definitions import (
     _hooks,
     check_option_names,
 )
+from ._engine._deps import flow_after_upstreams
 from ._engine._flowengine import run_flow_async, run_flow_sync
 from ._engine._params import ParameterValidator
 from .exceptions import UsageError
@@ -126,7 +127,13 @@ class Flow(Definition[P, R]):
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
-        final State instead of the result (or the error)."""
+        final State instead of the result (or the error); ``wait_for=[...]`` waits for
+        those futures first (the flow is NotRun if one did not complete)."""
+        wait_for = kwargs.pop("wait_for", None)
+        if wait_for is not None:
+            return_state = bool(kwargs.get("return_state", False))
+            call = lambda: self(*args, **kwargs)  # noqa: E731 - called once it may run
+            return flow_after_upstreams(self, wait_for, return_state, call)  # type: ignore[no-any-return]
         return_state = bool(kwargs.pop("return_state", False))
         if self.is_async:
             return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]

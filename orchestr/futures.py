@@ -265,8 +265,11 @@ def _observe(record: TaskRunRecord) -> None:
     record.observed = True
     error = record.error
     while isinstance(error, UpstreamNotCompletedError):
-        error.upstream.observed = True
-        error = error.upstream.error
+        upstream = error.upstream
+        if not isinstance(upstream, TaskRunRecord):  # a flow run's State, or a bare one
+            break
+        upstream.observed = True
+        error = upstream.error
 
 
 def _refuse_self_wait(future: TaskFuture[Any]) -> None:

@@ -5,23 +5,37 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from collections import namedtuple
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
+from run_names import relative
 from shared_tasks import async_fails, async_value, sync_fails, sync_value
 
 import orchestr
-from orchestr import State, StateType, TaskFuture, allow_failure, flow, task, unmapped
+from orchestr import (
+    State,
+    StateType,
+    TaskFuture,
+    allow_failure,
+    flow,
+    override_settings,
+    task,
+    unmapped,
+)
 from orchestr.exceptions import (
+    BlockingCallError,
     CrashedError,
     CyclicDependencyError,
     TaskRunCancelledError,
     UpstreamNotCompletedError,
     UsageError,
 )
+from orchestr.records import FlowRunRecord
+from orchestr.states import Completed, Failed, Running
 
 WAIT = 5  # seconds: the bound on every wait that should succeed at once
 
@@ -874,10 +888,518 @@ def test_map_wait_for_combines_with_futures_in_arguments(run: Any) -> None:
         return await main(return_state=True)
 
     state = run(go)
-    assert [(r.task_name, r.state_type) for r in state.record.task_runs] == [
+    assert sorted((r.task_name, r.state_type) for r in state.record.task_runs) == [
         ("async_fails", StateType.FAILED),
         ("async_value", StateType.COMPLETED),
         ("async_value", StateType.COMPLETED),
         ("echo", StateType.NOT_RUN),
         ("echo", StateType.NOT_RUN),
     ]
+
+
+# -- allow_failure around a list in wait_for (Prefect #8124) ----------------------------------
+def test_wait_for_allow_failure_around_a_map_result_is_a_cleanup_barrier(run: Any) -> None:
+    """Prefect #8124: cleanup.submit(wait_for=[allow_failure(c)]) with c the FutureList
+    of a chained map (one element failed, so one downstream is NotRun) runs after every
+    run of c, and the flow completes."""
+    order: list[str] = []
+
+    @task
+    async def extract() -> list[int]:
+        return [1, 2, 3]
+
+    @task
+    def add_one(x: int) -> int:
+        if x == 2:
+            raise ValueError("Something is not right")
+        return x + 1
+
+    @task
+    async def add_two(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        order.append(f"add_two {x}")
+        return x + 2
+
+    @task
+    def cleanup_task() -> str:
+        order.append("cleanup")
+        return "cleaned"
+
+    @flow
+    async def map_with_cleanup_task() -> str:
+        a = await extract()
+        b = add_one.map(a)
+        c = add_two.map(b)
+        with anyio.fail_after(WAIT):
+            return await cleanup_task.submit(wait_for=[allow_failure(c)])
+
+    async def go() -> State[Any]:
+        return await map_with_cleanup_task(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    assert state.result() == "cleaned"
+    assert order[-1] == "cleanup"
+    assert sorted(order[:-1]) == ["add_two 2", "add_two 4"]
+    runs = state.record.task_runs
+    kinds = dict(zip(relative(r.name for r in runs), (r.state_type for r in runs), strict=True))
+    assert kinds["add_two-1"] is StateType.NOT_RUN
+
+
+@pytest.mark.parametrize(
+    "shape", ["bare", "in-list", "tuple", "nested-list", "plain-nested"], ids=str
+)
+def test_wait_for_takes_lists_of_futures_in_every_shape(run: Any, shape: str) -> None:
+    """wait_for=allow_failure(futures), [allow_failure(futures)], [allow_failure(tuple)],
+    [[allow_failure(f)], allow_failure([g])] all wait for every future; a plain nested
+    list of futures is taken as its futures (so a failure in it blocks the run)."""
+    gate = anyio.Event()
+    order: list[str] = []
+
+    @task
+    async def slow(x: int) -> int:
+        await gate.wait()
+        order.append(f"up-{x}")
+        if x == 1:
+            raise ValueError("one")
+        return x
+
+    @task
+    async def down() -> str:
+        order.append("down")
+        return "ran"
+
+    @flow
+    async def main() -> tuple[list[str], StateType]:
+        ups = slow.map([0, 1])
+        wait_for: Any = {
+            "bare": allow_failure(ups),
+            "in-list": [allow_failure(ups)],
+            "tuple": [allow_failure(tuple(ups))],
+            "nested-list": [[allow_failure(ups[0])], allow_failure([ups[1]])],
+            "plain-nested": [list(ups)],
+        }[shape]
+        try:
+            fut = down.submit(wait_for=wait_for)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            before = list(order)
+        finally:
+            gate.set()  # a refused submit must not leave the upstreams waiting for ever
+        with anyio.fail_after(WAIT):
+            final = await fut.wait()
+        return before, final.type
+
+    before, final = run(main)
+    assert before == []
+    assert sorted(order[:2]) == ["up-0", "up-1"]
+    if shape == "plain-nested":
+        assert final is StateType.NOT_RUN
+        assert "down" not in order
+    else:
+        assert final is StateType.COMPLETED
+        assert order[-1] == "down"
+
+
+def test_inline_calls_take_allow_failure_around_a_list_in_wait_for(run: Any) -> None:
+    """await task(wait_for=[allow_failure(futures)]) and a sync inline call with the same
+    wait_for run after the failed futures."""
+
+    @task
+    async def async_down() -> str:
+        return "async ran"
+
+    @task
+    def sync_down() -> str:
+        return "sync ran"
+
+    @flow
+    async def main() -> tuple[str, str]:
+        failures = [async_fails.submit("a"), sync_fails.submit("b")]
+        with anyio.fail_after(WAIT):
+            first = await async_down(wait_for=[allow_failure(failures)])
+            second = await anyio.to_thread.run_sync(
+                lambda: sync_down(wait_for=allow_failure(failures))
+            )
+        return first, second
+
+    assert run(main) == ("async ran", "sync ran")
+
+
+@pytest.mark.parametrize(
+    ("wait_for", "words"),
+    [
+        ([Completed(1)], ["State", "pass the future"]),
+        ([[Completed(1)]], ["State", "pass the future"]),
+        ([allow_failure(Completed(1))], ["allow_failure", "pass the future"]),
+        ([1], ["int 1"]),
+        (allow_failure(3), ["allow_failure(3)"]),
+        ("abc", ["list of futures", "str"]),
+        ([[1, 2]], ["list [1, 2]", "holds no future"]),
+        ([allow_failure(Point(1, 2))], ["Point(x=1, y=2)", "holds no future"]),
+    ],
+    ids=[
+        "state",
+        "state-in-list",
+        "allow-failure-of-state",
+        "int",
+        "allow-failure-int",
+        "str",
+        "list-of-values",
+        "namedtuple-of-values",
+    ],
+)
+def test_wait_for_refuses_values_and_states(run: Any, wait_for: Any, words: list[str]) -> None:
+    """wait_for with a State (also inside a list or allow_failure) or a plain value:
+    UsageError saying what it takes and what it got; nothing is submitted."""
+    seen: dict[str, str] = {}
+
+    @flow
+    async def main() -> None:
+        with pytest.raises(UsageError) as info:
+            echo.submit(wait_for=wait_for)
+        seen["message"] = str(info.value)
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    state = run(go)
+    assert "wait_for takes" in seen["message"]
+    for word in words:
+        assert word in seen["message"]
+    assert state.record.task_runs == []
+
+
+def test_wait_for_an_empty_map_result_waits_for_nothing(run: Any) -> None:
+    """wait_for=[allow_failure(futures)] with the FutureList of a .map() over nothing (and
+    an empty list) is accepted: the run starts at once."""
+
+    @flow
+    async def main() -> str:
+        nothing = async_value.map([])
+        with anyio.fail_after(WAIT):
+            return await async_value.submit("ran", wait_for=[allow_failure(nothing), []])
+
+    assert run(main) == "ran"
+
+
+def test_wait_for_searches_containers_like_arguments(run: Any) -> None:
+    """Futures in a dict, a dataclass or a pydantic-like container in wait_for are waited
+    for (allow_failure around one covers all of them); values beside them are ignored."""
+    gate = anyio.Event()
+    order: list[str] = []
+
+    @task
+    async def slow(name: str) -> str:
+        await gate.wait()
+        order.append(name)
+        if name == "bad":
+            raise ValueError(name)
+        return name
+
+    @task
+    async def down() -> str:
+        order.append("down")
+        return "ran"
+
+    @flow
+    async def main() -> tuple[list[str], str]:
+        ok, bad = slow.submit("ok"), slow.submit("bad")
+        try:
+            fut = down.submit(wait_for=[{"ok": ok, "n": 1}, allow_failure(Point(bad, 2)), []])
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            before = list(order)
+        finally:
+            gate.set()  # a refused submit must not leave the upstreams waiting for ever
+        with anyio.fail_after(WAIT):
+            return before, await fut
+
+    before, result = run(main)
+    assert before == []
+    assert result == "ran"
+    assert sorted(order[:2]) == ["bad", "ok"]
+    assert order[2] == "down"
+
+
+# -- States as arguments ----------------------------------------------------------------------
+@pytest.mark.parametrize("consumer", [echo, sync_echo], ids=["async", "sync"])
+def test_a_completed_state_argument_passes_its_result(run: Any, consumer: Any) -> None:
+    """A Completed State as an argument (top level or nested, submitted or called inline)
+    reaches the task as its result."""
+
+    @flow
+    async def main() -> tuple[Any, Any]:
+        state = await async_value(5, return_state=True)
+        with anyio.fail_after(WAIT):
+            submitted = await consumer.submit(state, [Completed("x")], key={"k": state})
+            inline = await echo(state)
+        return submitted, inline
+
+    submitted, inline = run(main)
+    assert submitted == ((5, ["x"]), {"key": {"k": 5}})
+    assert inline == ((5,), {})
+
+
+@pytest.mark.parametrize("consumer", [echo, sync_echo], ids=["async", "sync"])
+def test_a_failed_state_argument_makes_the_run_not_run(run: Any, consumer: Any) -> None:
+    """A State that is not Completed makes the downstream NotRun: its
+    UpstreamNotCompletedError names the State and its run, has the run's record as
+    upstream and its error as cause; inside allow_failure the task gets the exception."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        failed = await async_fails("state failed", return_state=True)
+        with anyio.fail_after(WAIT):
+            seen["blocked"] = await consumer.submit(failed).wait()
+            seen["inline"] = await echo([failed], return_state=True)
+            seen["allowed"] = await consumer.submit(allow_failure(failed))
+            seen["bare"] = await consumer.submit(allow_failure(Failed(KeyError("bare"))))
+        seen["failed"] = failed
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    flow_state = run(go)
+    assert flow_state.is_completed(), flow_state
+    for key in ("blocked", "inline"):
+        state = seen[key]
+        assert state.is_not_run()
+        error = state.exception
+        assert isinstance(error, UpstreamNotCompletedError)
+        assert "'async_fails-" in str(error)
+        assert "not Completed" in str(error)
+        assert error.upstream is seen["failed"].record
+        assert isinstance(error.__cause__, ValueError)
+    (allowed,), _ = seen["allowed"]
+    assert isinstance(allowed, ValueError)
+    assert str(allowed) == "state failed"
+    (bare,), _ = seen["bare"]
+    assert isinstance(bare, KeyError)
+
+
+def test_a_not_final_state_argument_is_not_run_even_with_allow_failure(run: Any) -> None:
+    """A State that is not final (Running(), or fut.state read too early) has no outcome:
+    the downstream is NotRun, also through allow_failure, and the error says to pass the
+    future instead."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        with anyio.fail_after(WAIT):
+            seen["plain"] = await echo.submit(Running()).wait()
+            seen["allowed"] = await echo.submit(allow_failure(Running())).wait()
+
+    run(main)
+    for key in ("plain", "allowed"):
+        state = seen[key]
+        assert state.is_not_run()
+        assert "not final" in str(state.exception)
+        assert "pass the future" in str(state.exception)
+        assert state.exception.upstream is None
+
+
+def test_a_failed_subflow_state_argument_names_the_flow_run(run: Any) -> None:
+    """The State of a failed subflow (return_state=True) as an argument: the downstream is
+    NotRun with the subflow's record as upstream, and awaiting that NotRun works (the
+    flow run is not taken for a task run)."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def child() -> None:
+        raise RuntimeError("child failed")
+
+    @flow
+    async def parent() -> None:
+        child_state = await child(return_state=True)
+        fut = echo.submit(child_state)
+        with anyio.fail_after(WAIT):
+            with pytest.raises(UpstreamNotCompletedError) as info:
+                await fut
+        seen["error"], seen["child"] = info.value, child_state
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    error = seen["error"]
+    assert isinstance(error.upstream, FlowRunRecord)
+    assert error.upstream is seen["child"].record
+    assert isinstance(error.__cause__, RuntimeError)
+
+
+# -- subflow wait_for -------------------------------------------------------------------------
+def test_subflow_wait_for_waits_for_its_upstreams_before_starting(run: Any) -> None:
+    """child(wait_for=[fut]) starts only after that (slow) future finished; its arguments
+    are passed as given."""
+    order: list[str] = []
+    gate = anyio.Event()
+
+    @task
+    async def slow() -> None:
+        await gate.wait()
+        order.append("upstream")
+
+    @flow
+    async def child(x: int) -> int:
+        order.append("child")
+        return x
+
+    @flow
+    async def parent() -> int:
+        up = slow.submit()
+        async with anyio.create_task_group() as tg:
+
+            async def call_child() -> None:
+                seen.append(await child(7, wait_for=[up]))
+
+            tg.start_soon(call_child)
+            for _ in range(20):
+                await anyio.lowlevel.checkpoint()
+            order.append("released")
+            gate.set()
+        return seen[0]
+
+    seen: list[int] = []
+    assert run(parent) == 7
+    assert order == ["released", "upstream", "child"]
+
+
+def test_subflow_wait_for_a_failed_upstream_is_not_run(run: Any) -> None:
+    """child(wait_for=[failed]) never runs: with return_state=True its State is NotRun
+    naming the upstream (recorded as a subflow run of the parent); without, the call
+    raises UpstreamNotCompletedError. The parent, having seen it, completes."""
+    ran: list[str] = []
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def child() -> None:
+        ran.append("child")
+
+    @flow
+    async def parent() -> None:
+        bad = async_fails.submit("upstream of a subflow")
+        seen["state"] = await child(wait_for=[bad], return_state=True)
+        with pytest.raises(UpstreamNotCompletedError) as info:
+            await child(wait_for=bad)
+        seen["error"] = info.value
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    assert ran == []
+    child_state = seen["state"]
+    assert child_state.is_not_run()
+    assert "'async_fails-" in str(child_state.exception)
+    assert isinstance(child_state.exception.__cause__, ValueError)
+    assert child_state.exception.upstream is state.record.task_runs[0]
+    assert [r.state_type for r in state.record.subflow_runs] == [StateType.NOT_RUN] * 2
+    assert child_state.record is state.record.subflow_runs[0]
+    assert "'async_fails-" in str(seen["error"])
+
+
+def test_subflow_wait_for_allow_failure_runs_after_failures(run: Any) -> None:
+    """child(wait_for=[allow_failure(futures)]) runs after every future, failed ones
+    included, and the parent completes (those failures count as observed)."""
+    order: list[str] = []
+
+    @task
+    async def work(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        order.append(f"work-{x}")
+        if x == 1:
+            raise ValueError("one")
+        return x
+
+    @flow
+    async def report() -> str:
+        order.append("report")
+        return "reported"
+
+    @flow
+    async def parent() -> str:
+        futures = work.map([0, 1, 2])
+        return await report(wait_for=[allow_failure(futures)])
+
+    async def go() -> State[Any]:
+        return await parent(return_state=True)
+
+    state = run(go)
+    assert state.is_completed(), state
+    assert state.result() == "reported"
+    assert order[-1] == "report"
+    assert sorted(order[:-1]) == ["work-0", "work-1", "work-2"]
+
+
+def _release_when_waited_for(future: TaskFuture[Any], gate: threading.Event) -> None:
+    """Set ``gate`` once something waits for ``future`` (it has a done callback): the
+    wait provably began before the upstream could finish."""
+    deadline = time.monotonic() + WAIT
+    while not future._callbacks and time.monotonic() < deadline:
+        time.sleep(0.001)
+    gate.set()
+
+
+def test_sync_subflow_wait_for_in_a_sync_flow(backend: str) -> None:
+    """In a sync flow, a sync subflow with wait_for blocks until the (unfinished) future
+    finished, then runs; with a failed upstream it raises UpstreamNotCompletedError."""
+    release = threading.Event()
+    order: list[str] = []
+
+    @task
+    def slow() -> None:
+        release.wait(WAIT)
+        order.append("upstream")
+
+    @flow
+    def child() -> str:
+        order.append("child")
+        return "child ran"
+
+    @flow
+    def parent() -> tuple[str, str]:
+        up = slow.submit()
+        watcher = threading.Thread(target=_release_when_waited_for, args=(up, release))
+        watcher.start()
+        result = child(wait_for=[up])
+        watcher.join(WAIT)
+        bad = sync_fails.submit("sync upstream")
+        try:
+            child(wait_for=[bad])
+        except UpstreamNotCompletedError as exc:
+            return result, str(exc)
+        return result, "ran anyway"
+
+    with override_settings(backend=backend):
+        result, message = parent()
+    assert result == "child ran"
+    assert order == ["upstream", "child"]
+    assert "'sync_fails-" in message
+
+
+def test_sync_subflow_with_wait_for_on_an_event_loop_is_refused(run: Any) -> None:
+    """A sync subflow called with wait_for on an event loop thread (from an async flow)
+    would block the loop its upstreams run on: BlockingCallError naming the flow and
+    the fix; the subflow does not run."""
+    ran: list[str] = []
+
+    @flow
+    def child() -> None:
+        ran.append("child")
+
+    @flow
+    async def parent() -> str:
+        up = async_value.submit(1)
+        with pytest.raises(BlockingCallError) as info:
+            child(wait_for=[up])
+        await up
+        return str(info.value)
+
+    message = run(parent)
+    assert "'child'" in message
+    assert "await orchestr.wait(futures)" in message
+    assert ran == []

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import anyio
 import anyio.lowlevel
 import pytest
 from run_names import relative
-from shared_tasks import async_value
+from shared_tasks import async_fails, async_value, sync_value
 
 from orchestr import (
     FutureList,
     State,
     StateType,
     TaskFuture,
+    allow_failure,
     flow,
     override_settings,
     task,
     unmapped,
 )
-from orchestr.exceptions import MappingError, UsageError
+from orchestr.exceptions import MappingError, UpstreamNotCompletedError, UsageError
+from orchestr.states import Completed, Failed
 
 WAIT = 5  # seconds: the bound on every wait that should succeed at once
 
@@ -322,8 +325,9 @@ def test_map_over_different_lengths_raises_naming_them(run: Any) -> None:
 
 @pytest.mark.parametrize("as_keyword", [False, True])
 def test_map_over_a_future_raises(run: Any, as_keyword: bool) -> None:
-    """A TaskFuture as a map argument: MappingError saying to await it or wrap it in
-    unmapped, naming the argument; nothing is submitted for it."""
+    """A TaskFuture as a map argument on an event loop (which map must not block):
+    MappingError showing the one-line fixes (await it, or unmapped(fut)), naming the
+    argument; nothing is submitted for it."""
     seen: dict[str, Any] = {}
 
     @flow
@@ -346,7 +350,202 @@ def test_map_over_a_future_raises(run: Any, as_keyword: bool) -> None:
     message = seen["error"]
     assert "is a future" in message
     assert "await it" in message
-    assert "unmapped" in message
+    assert "echo.map(await fut)" in message
+    assert "unmapped(fut)" in message
     assert ("'items'" if as_keyword else "#1") in message
     assert seen["fixed"] == [((1,), {}), ((2,), {})]
     assert [r.task_name for r in state.record.task_runs] == ["async_value", "echo", "echo"]
+
+
+# -- futures and States given directly to .map() -------------------------------------------
+def _release_when_waited_for(future: TaskFuture[Any], gate: threading.Event) -> threading.Thread:
+    """Set ``gate`` once something waits for ``future`` (it has a done callback), so a
+    test knows the wait happened before the upstream could finish."""
+
+    def watch() -> None:
+        deadline = time.monotonic() + WAIT
+        while not future._callbacks and time.monotonic() < deadline:
+            time.sleep(0.001)
+        gate.set()
+
+    thread = threading.Thread(target=watch)
+    thread.start()
+    return thread
+
+
+def test_sync_flow_map_over_a_future_waits_and_maps_its_result(backend: str) -> None:
+    """In a sync flow, .map(fut) (Prefect's idiom) waits for the unfinished future and
+    maps over its result; a future whose result is not iterable is passed whole."""
+    gate = threading.Event()
+
+    @task
+    def numbers() -> list[int]:
+        gate.wait(WAIT)
+        return [1, 2, 3]
+
+    @flow
+    def main() -> tuple[bool, list[int], list[int]]:
+        fut = numbers.submit()
+        was_done = fut.done()
+        watcher = _release_when_waited_for(fut, gate)
+        mapped_over = sync_add.map(fut, 10).result(timeout=WAIT)
+        watcher.join(WAIT)
+        static = sync_add.map([1, 2], b=sync_value.submit(100)).result(timeout=WAIT)
+        return was_done, mapped_over, static
+
+    with override_settings(backend=backend):
+        assert main() == (False, [11, 12, 13], [101, 102])
+
+
+def test_sync_flow_map_over_a_failed_future_raises_naming_it(backend: str) -> None:
+    """In a sync flow, .map(fut) of a failed upstream raises UpstreamNotCompletedError
+    naming it (its error as the cause) and submits nothing; having seen it, the flow
+    can go on and complete."""
+    seen: dict[str, Any] = {}
+
+    @task
+    def broken() -> list[int]:
+        raise ValueError("no numbers")
+
+    @flow
+    def main() -> str:
+        fut = broken.submit()
+        try:
+            sync_add.map(fut)
+        except UpstreamNotCompletedError as exc:
+            seen["error"] = exc
+        return "went on"
+
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert state.is_completed(), state
+    error = seen["error"]
+    assert "sync_add.map()" in str(error)
+    assert "'broken-" in str(error)
+    assert error.upstream is state.record.task_runs[0]
+    assert isinstance(error.__cause__, ValueError)
+    assert [r.task_name for r in state.record.task_runs] == ["broken"]
+
+
+def test_map_over_a_state_uses_its_result_without_waiting(run: Any) -> None:
+    """A State given directly to .map() (even on the event loop) stands for its result:
+    mapped over if iterable, passed whole if not; one that did not complete raises
+    UpstreamNotCompletedError naming it."""
+    seen: dict[str, Any] = {}
+
+    @task
+    async def numbers() -> list[int]:
+        return [1, 2]
+
+    @flow
+    async def main() -> list[int]:
+        numbers_state = await numbers(return_state=True)
+        with pytest.raises(UpstreamNotCompletedError) as info:
+            async_add.map(Failed(ValueError("not numbers")))
+        seen["error"] = info.value
+        with anyio.fail_after(WAIT):
+            return await async_add.map(numbers_state, Completed(10))
+
+    assert run(main) == [11, 12]
+    error = seen["error"]
+    assert "async_add.map()" in str(error)
+    assert "Failed" in str(error)
+    assert isinstance(error.__cause__, ValueError)
+
+
+def test_states_as_map_elements_are_resolved_per_run(run: Any) -> None:
+    """States inside the mapped iterable: a Completed one gives its result to its run,
+    a Failed one makes only its run NotRun."""
+
+    @flow
+    async def main() -> list[StateType]:
+        futures = async_add.map([Completed(1), Failed(ValueError("bad"))], 1)
+        with anyio.fail_after(WAIT):
+            states = await futures.wait()
+            assert await futures[0] == 2
+        return [s.type for s in states]
+
+    assert run(main) == [StateType.COMPLETED, StateType.NOT_RUN]
+
+
+@pytest.mark.parametrize("flow_kind", ["async", "sync"])
+def test_map_over_allow_failure_of_a_future_list(run: Any, flow_kind: str) -> None:
+    """identity.map(allow_failure(futures)) (Prefect's idiom for chaining maps past a
+    failure) maps over the futures, each run getting its element's result or
+    exception; the flow completes."""
+
+    @task
+    def fails_on_two(x: int) -> int:
+        if x == 2:
+            raise ValueError("two")
+        return x
+
+    @task
+    def identity(y: Any) -> Any:
+        return y
+
+    if flow_kind == "async":
+
+        @flow
+        async def main() -> list[Any]:
+            with anyio.fail_after(WAIT):
+                return await identity.map(allow_failure(fails_on_two.map([1, 2, 3])))
+
+    else:
+
+        @flow
+        def main() -> list[Any]:
+            return identity.map(allow_failure(fails_on_two.map([1, 2, 3]))).result(WAIT)
+
+    async def go() -> State[Any]:
+        return await anyio.to_thread.run_sync(lambda: main(return_state=True))
+
+    state = run(go) if flow_kind == "sync" else run(lambda: main(return_state=True))
+    assert state.is_completed(), state
+    first, second, third = state.result()
+    assert (first, third) == (1, 3)
+    assert isinstance(second, ValueError)
+    assert str(second) == "two"
+
+
+def test_allow_failure_of_one_future_in_map_goes_to_every_run(run: Any) -> None:
+    """allow_failure(fut) beside a mapped list is passed whole: every run waits for it
+    and receives its exception."""
+
+    @flow
+    async def main() -> list[Any]:
+        bad = async_fails.submit("shared failure")
+        with anyio.fail_after(WAIT):
+            return await echo.map([1, 2], allow_failure(bad))
+
+    results = run(main)
+    assert [args[0] for args, _ in results] == [1, 2]
+    assert all(str(args[1]) == "shared failure" for args, _ in results)
+
+
+def test_map_wait_for_takes_allow_failure_around_a_future_list(run: Any) -> None:
+    """.map(..., wait_for=[allow_failure(futures)]) waits for every future of that list,
+    however it ended, before each run."""
+    order: list[str] = []
+
+    @task
+    async def upstream(x: int) -> int:
+        await anyio.lowlevel.checkpoint()
+        order.append(f"up-{x}")
+        if x == 1:
+            raise ValueError("one")
+        return x
+
+    @task
+    async def after(i: int) -> None:
+        order.append(f"after-{i}")
+
+    @flow
+    async def main() -> list[Any]:
+        ups = upstream.map([0, 1, 2])
+        with anyio.fail_after(WAIT):
+            return await after.map([0, 1], wait_for=[allow_failure(ups)])
+
+    assert run(main) == [None, None]
+    assert sorted(order[:3]) == ["up-0", "up-1", "up-2"]
+    assert sorted(order[3:]) == ["after-0", "after-1"]

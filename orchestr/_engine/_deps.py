@@ -1,22 +1,37 @@
-"""Dependencies between task runs: finding futures in arguments, and replacing them with
-results once they are final (rules 4 and 5).
+"""Dependencies between runs: finding futures and States in arguments, and replacing them
+with results once they are final (rules 4 and 5).
 
-Futures are found inside lists, tuples (named ones too), dicts (subclasses too), sets and
-frozensets, and through ``allow_failure``. Containers are rebuilt only when something
-inside them changed, so a task that receives a plain list still receives *that* list.
+Futures and States are found inside lists, tuples (named ones too), dicts (subclasses
+too), sets, frozensets, the fields of dataclasses and of pydantic models, and through
+``allow_failure``, ``unmapped`` and ``opaque``; never inside ``quote``, nor inside any
+other object, nor inside a future's result. Containers are rebuilt only when something
+inside them changed, so a task that receives a plain list (or dataclass) still receives
+*that* object, and the caller's objects are never changed.
+
+The search runs on every call that has arguments, so what it does with a value is
+decided once per type (:func:`_classify`) and kept.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from typing import Any
+import dataclasses
+import logging
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, cast
 
-from ..annotations import allow_failure, unmapped
-from ..exceptions import UpstreamNotCompletedError, UsageError
-from ..futures import FutureList, TaskFuture, _observe
-from ..records import TaskRunRecord
+from .._logging import flow_run_logger
+from .._semaphore import on_event_loop
+from ..annotations import allow_failure, opaque, quote, unmapped
+from ..exceptions import BlockingCallError, UpstreamNotCompletedError, UsageError
+from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
+from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
+from ._context import flow_run_var
+from ._outcomes import record_final_state
+
+if TYPE_CHECKING:
+    from ..flows import Flow
 
 __all__ = [
     "NO_DEPENDENCIES",
@@ -24,6 +39,7 @@ __all__ = [
     "Upstream",
     "collect_returned",
     "find_upstreams",
+    "flow_after_upstreams",
     "not_completed_upstream",
     "resolve_arguments",
     "resolve_returned",
@@ -31,65 +47,191 @@ __all__ = [
 ]
 
 _ATOMIC = frozenset({int, float, str, bytes, bool, type(None), complex})
-# FutureList: what .map() returns, passed on or returned whole.
-_SEQUENCES = (list, tuple, set, frozenset, FutureList)
 # Self-referencing containers would otherwise recurse forever.
 _MAX_DEPTH = 64
+
+# What the search does with a value, by its exact type. Containers first, in the order
+# tested: the common cases cost the fewest comparisons.
+_LEAF = 0  # passed as it is, not looked into
+_SEQUENCE = 1  # list, tuple, set, frozenset, FutureList (exactly these types)
+_NAMEDTUPLE = 2
+_DICT = 3  # dict and its subclasses
+_DATACLASS = 4
+_MODEL = 5  # a pydantic (v2) model
+_STATE = 6
+_ALLOW = 7  # allow_failure
+_UNMAPPED = 8
+_QUOTE = 9
+_OPAQUE = 10
+
+_BUILTIN_CATEGORIES: dict[type, int] = {
+    State: _STATE,
+    allow_failure: _ALLOW,
+    unmapped: _UNMAPPED,
+    quote: _QUOTE,
+    opaque: _OPAQUE,
+    dict: _DICT,
+    list: _SEQUENCE,
+    tuple: _SEQUENCE,
+    set: _SEQUENCE,
+    frozenset: _SEQUENCE,
+    # What .map() returns, passed on or returned whole.
+    FutureList: _SEQUENCE,
+}
+_categories: dict[type, int] = dict(_BUILTIN_CATEGORIES)
+# The declared fields of each dataclass / pydantic model type seen.
+_fields: dict[type, tuple[str, ...]] = {}
+# Types made at run time (one class per call) must not grow the cache for ever.
+_CACHE_LIMIT = 4096
 
 # (future, allowed to fail)
 Upstream = tuple[TaskFuture[Any], bool]
 
 
+def _classify(kind: type) -> int:
+    """What to do with values of type ``kind``; decided on first sight, then cached."""
+    global _categories, _fields
+    names: tuple[str, ...] = ()
+    try:
+        if kind in _BUILTIN_CATEGORIES:
+            category = _BUILTIN_CATEGORIES[kind]
+        elif issubclass(kind, dict):  # OrderedDict, defaultdict, Counter
+            category = _DICT
+        elif issubclass(kind, tuple) and hasattr(kind, "_fields"):
+            category = _NAMEDTUPLE
+        elif isinstance(getattr(kind, "__dataclass_fields__", None), dict):
+            category = _DATACLASS
+            names = tuple(f.name for f in dataclasses.fields(cast(Any, kind)))
+        elif isinstance(getattr(kind, "model_fields", None), dict) and callable(
+            getattr(kind, "model_copy", None)
+        ):
+            # A pydantic v2 model, recognised without importing pydantic.
+            category = _MODEL
+            names = tuple(kind.model_fields)  # type: ignore[attr-defined]
+        else:
+            category = _LEAF
+    except Exception:  # a type that cannot even be asked: passed as it is
+        category, names = _LEAF, ()
+    if len(_categories) >= _CACHE_LIMIT:
+        # New dicts rather than cleared ones: a search running in another thread sees
+        # either the old cache or the new one, never a half-empty one.
+        _categories = dict(_BUILTIN_CATEGORIES)
+        _fields = {}
+    if names:
+        _fields[kind] = names
+    elif category in (_DATACLASS, _MODEL):
+        category = _LEAF  # no fields: nothing to look into
+    _categories[kind] = category
+    return category
+
+
+def _field_names(kind: type) -> tuple[str, ...]:
+    names = _fields.get(kind)
+    if names is None:  # the cache was cleared (by another thread) since kind was classified
+        _classify(kind)
+        names = _fields.get(kind, ())
+    return names
+
+
 class Dependencies(list[Upstream]):
-    """The futures a call depends on. ``annotated`` is set when ``allow_failure`` or
-    ``unmapped`` wrappers appear: they must be unwrapped even around plain values.
-    Never changed once made: one may be shared by many runs (a map's ``wait_for``)."""
+    """The futures a call depends on, and the States it was given (``states``, checked
+    like futures that are already final). ``annotated`` is set when a wrapper
+    (``allow_failure``, ``unmapped``, ``quote``, ``opaque``) or a State appears: they
+    must be unwrapped or replaced even around plain values. True when there is anything
+    to check before the run starts. Never changed once made: one may be shared by many
+    runs (a map's ``wait_for``)."""
 
     annotated = False
+    states: tuple[tuple[State[Any], bool], ...] = ()
 
     @property
     def needs_resolving(self) -> bool:
         return bool(self) or self.annotated
 
 
+class _WithStates(Dependencies):
+    """Dependencies that include States: true even without a future. A subclass, so
+    that the common case keeps the list's own (C-level) truth test on the submit path."""
+
+    def __bool__(self) -> bool:
+        return True
+
+
 NO_DEPENDENCIES = Dependencies()
 
 
+# -- wait_for ---------------------------------------------------------------------------------
 def scan_wait_for(wait_for: Any) -> Dependencies:
     """Check ``wait_for`` and find the futures in it: once per call, and once for a
-    whole ``.map()``."""
+    whole ``.map()``.
+
+    It takes one future, ``allow_failure(...)``, or an iterable of items, each a future,
+    ``allow_failure(...)``, or a container searched for futures as arguments are (a
+    list, a FutureList, a dict, a dataclass, ...); ``allow_failure`` around a container
+    applies to every future in it. Anything else is a mistake worth an error: values
+    (there is nothing to wait for) and States (no run to wait for).
+    """
     if wait_for is None:
         return NO_DEPENDENCIES
-    return _dependencies(_wait_for_list(wait_for))
-
-
-def _wait_for_list(wait_for: Any) -> list[Any]:
-    """Accept ``wait_for`` as one future, ``allow_failure(...)``, or an iterable of them."""
-    if isinstance(wait_for, TaskFuture) or (
-        isinstance(wait_for, allow_failure) and isinstance(wait_for.value, TaskFuture)
-    ):
-        return [wait_for]
-    if isinstance(wait_for, Iterable) and not isinstance(wait_for, (str, bytes)):
+    if type(wait_for) is TaskFuture or type(wait_for) is allow_failure:
+        items = [wait_for]
+    elif _is_container(wait_for) and not isinstance(wait_for, (list, tuple, set, frozenset)):
+        items = [wait_for]  # a dict, a dataclass, a model: searched whole
+    elif isinstance(wait_for, Iterable) and not isinstance(wait_for, (str, bytes)):
         items = list(wait_for)
-        for item in items:
-            inner = item.value if isinstance(item, allow_failure) else item
-            if not isinstance(inner, TaskFuture):
-                raise UsageError(
-                    f"wait_for takes futures (or allow_failure(future)); got "
-                    f"{type(item).__name__} {item!r}"
-                )
-        return items
-    raise UsageError(
-        f"wait_for takes a list of futures; got {type(wait_for).__name__} {wait_for!r}"
+    else:
+        raise UsageError(
+            f"wait_for takes a list of futures; got {type(wait_for).__name__} {wait_for!r}"
+        )
+    found: dict[Any, bool] = {}
+    for item in items:
+        inner = item.value if type(item) is allow_failure else item
+        if type(inner) is TaskFuture:
+            _scan(item, found, False, 0)
+            continue
+        if not _is_container(inner):
+            raise _wait_for_error(item, inner)
+        own: dict[Any, bool] = {}
+        _scan(item, own, False, 0)
+        futures = [key for key in own if type(key) is TaskFuture or type(key) is State]
+        if not futures and (not hasattr(inner, "__len__") or len(inner) > 0):
+            # Values only: nothing to wait for, surely a mistake. (An empty list is
+            # fine: the futures of a .map() over nothing.)
+            raise _wait_for_error(item, inner, ", which holds no future")
+        for key, allowed in own.items():
+            found[key] = found.get(key, True) and allowed
+    dependencies = _found(found)
+    if dependencies.states:
+        state = dependencies.states[0][0]
+        raise _wait_for_error(state, state)
+    return dependencies
+
+
+def _is_container(value: Any) -> bool:
+    kind = type(value)
+    if kind in _ATOMIC:
+        return False
+    category = _categories.get(kind)
+    if category is None:
+        category = _classify(kind)
+    return _LEAF < category <= _MODEL
+
+
+def _wait_for_error(item: Any, inner: Any, why: str = "") -> UsageError:
+    return UsageError(
+        "wait_for takes futures, containers of futures (a list, a dict, a dataclass, ...) "
+        f"and allow_failure(...) around either; got {type(item).__name__} {item!r}{why}"
+        + (" (a State: pass the future of its run instead)" if type(inner) is State else "")
     )
 
 
+# -- finding futures --------------------------------------------------------------------------
 def find_upstreams(
     args: tuple[Any, ...], kwargs: dict[str, Any], waits: Dependencies = NO_DEPENDENCIES
 ) -> Dependencies:
     """Every future the call depends on (its arguments', then those of its scanned
     ``wait_for``), each once; allowed to fail only if every mention of it is wrapped in
-    ``allow_failure``."""
+    ``allow_failure``. States in the arguments go to ``states``."""
     found: dict[Any, bool] = {}
     for value in args:
         _scan(value, found, False, 0)
@@ -104,52 +246,102 @@ def find_upstreams(
     return _found(found)
 
 
-def _dependencies(values: Iterable[Any]) -> Dependencies:
-    found: dict[Any, bool] = {}
-    for value in values:
-        _scan(value, found, False, 0)
-    return _found(found)
-
-
 def _found(found: dict[Any, bool]) -> Dependencies:
-    dependencies = Dependencies(item for item in found.items() if item[0] is not _ANNOTATED)
+    futures: list[Upstream] = []
+    states: list[tuple[State[Any], bool]] = []
+    for key, allowed in found.items():
+        kind = type(key)
+        if kind is TaskFuture:
+            futures.append((key, allowed))
+        elif kind is State:
+            states.append((key, allowed))
+    dependencies = _WithStates(futures) if states else Dependencies(futures)
     dependencies.annotated = _ANNOTATED in found
+    if states:
+        dependencies.states = tuple(states)
     return dependencies
 
 
-# A key of the scan's findings: an annotation was seen (with or without a future in it).
+# A key of the scan's findings: an annotation or a State was seen (with or without a
+# future in it).
 _ANNOTATED = object()
 
 
-def _scan(obj: Any, found: dict[Any, bool], allowed: bool, depth: int) -> None:
+def _scan(
+    obj: Any, found: dict[Any, bool], allowed: bool, depth: int, seen: set[int] | None = None
+) -> None:
     kind = type(obj)
     if kind in _ATOMIC:
         return
     if kind is TaskFuture:
         found[obj] = found.get(obj, True) and allowed
-    elif kind is allow_failure:
+        return
+    category = _categories.get(kind)
+    if category is None:
+        category = _classify(kind)
+    if category == _LEAF:
+        return
+    if category <= _MODEL:  # a container
+        if depth >= _MAX_DEPTH:
+            return
+        # Each container once (per allowed flag): objects that point back at each other
+        # (a child's parent field) would otherwise be searched exponentially often.
+        mark = -id(obj) if allowed else id(obj)
+        if seen is None:
+            seen = {mark}
+        elif mark in seen:
+            return
+        else:
+            seen.add(mark)
+        depth += 1
+        if category <= _NAMEDTUPLE:
+            for item in obj:
+                if type(item) not in _ATOMIC:
+                    _scan(item, found, allowed, depth, seen)
+        elif category == _DICT:
+            for key, value in obj.items():
+                if type(key) not in _ATOMIC:
+                    _scan(key, found, allowed, depth, seen)
+                if type(value) not in _ATOMIC:
+                    _scan(value, found, allowed, depth, seen)
+        else:  # dataclass or pydantic model: its declared fields
+            for name in _field_names(kind):
+                value = getattr(obj, name, None)
+                if type(value) not in _ATOMIC:
+                    _scan(value, found, allowed, depth, seen)
+    elif category == _STATE:
+        _scan_state(obj, found, allowed)
+    elif category == _ALLOW:
         found[_ANNOTATED] = True
-        _scan(obj.value, found, True, depth + 1)
-    elif kind is unmapped:
+        _scan(obj.value, found, True, depth + 1, seen)
+    elif category == _UNMAPPED:
         found[_ANNOTATED] = True
         # _resolve unwraps it, so what it holds must be waited for like the rest.
-        _scan(obj.value, found, allowed, depth + 1)
-    elif depth >= _MAX_DEPTH:
-        return
-    elif isinstance(obj, dict):  # subclasses too: OrderedDict, defaultdict, Counter
-        for key, value in obj.items():
-            _scan(key, found, allowed, depth + 1)
-            _scan(value, found, allowed, depth + 1)
-    elif kind in _SEQUENCES or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
-        for item in obj:
-            _scan(item, found, allowed, depth + 1)
+        _scan(obj.value, found, allowed, depth + 1, seen)
+    elif category == _QUOTE:
+        found[_ANNOTATED] = True  # to unwrap it; nothing inside is looked at
+    else:  # opaque
+        found[_ANNOTATED] = True
+        inner = obj.value  # only the value itself, never what is inside it
+        if type(inner) is TaskFuture:
+            found[inner] = found.get(inner, True) and allowed
+        elif type(inner) is State:
+            _scan_state(inner, found, allowed)
 
 
+def _scan_state(state: State[Any], found: dict[Any, bool], allowed: bool) -> None:
+    # A State is final or not for good. One that is not final has no outcome to pass on,
+    # so not even allow_failure lets the downstream run with it.
+    found[_ANNOTATED] = True
+    found[state] = found.get(state, True) and allowed and state.type.is_final
+
+
+# -- NotRun -----------------------------------------------------------------------------------
 def not_completed_upstream(
     record: TaskRunRecord, upstreams: list[Upstream]
 ) -> UpstreamNotCompletedError | None:
-    """The error that makes this run NotRun: its first upstream that had to complete
-    and did not. ``None`` when every required upstream completed."""
+    """The error that makes this run NotRun: its first upstream (future, then State) that
+    had to complete and did not. ``None`` when every required upstream completed."""
     for future, allowed in upstreams:
         state = future._state
         assert state is not None, "upstreams are final before arguments are resolved"
@@ -164,13 +356,37 @@ def not_completed_upstream(
         )
         error.__cause__ = state.exception
         return error
+    states = upstreams.states if isinstance(upstreams, Dependencies) else ()
+    for state, allowed in states:
+        if allowed or state.type is StateType.COMPLETED:
+            continue
+        return _state_not_completed(f"task run {record.name!r} did not run", record, state)
     return None
 
 
+def _state_not_completed(
+    what: str, record: TaskRunRecord | None, state: State[Any]
+) -> UpstreamNotCompletedError:
+    if state.is_final():
+        why = "which is not Completed"
+    else:
+        why = (
+            "which is not final (it was read before its run ended); pass the future "
+            "itself, or its state once the run has finished"
+        )
+    error = UpstreamNotCompletedError(
+        f"{what}: it was given the state {state!r}, {why}", record, state.record
+    )
+    error.__cause__ = state.exception
+    return error
+
+
+# -- resolving --------------------------------------------------------------------------------
 def resolve_arguments(
     args: tuple[Any, ...], kwargs: dict[str, Any], upstreams: list[Upstream]
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Replace futures by their results (``allow_failure(f)`` by result or exception).
+    """Replace futures and States by their results (``allow_failure(f)`` by result or
+    exception) and unwrap annotations.
 
     Every upstream must be final. Upstreams passed through ``allow_failure`` count as
     observed: the downstream that receives them is about to run.
@@ -178,71 +394,133 @@ def resolve_arguments(
     for future, allowed in upstreams:
         if allowed:
             _observe(future._record)
-    new_args = tuple(_resolve(value, 0) for value in args)
-    new_kwargs = {key: _resolve(value, 0) for key, value in kwargs.items()}
+    done: dict[int, Any] = {}
+    new_args = tuple(_resolve(value, 0, False, done) for value in args)
+    new_kwargs = {key: _resolve(value, 0, False, done) for key, value in kwargs.items()}
     return new_args, new_kwargs
 
 
 def collect_returned(value: Any) -> list[Any]:
-    """The futures and states in a flow's return value (top level or in containers)."""
+    """The futures and states in a flow's return value (top level or in containers;
+    not inside ``quote``, nor inside ``allow_failure`` / ``unmapped``)."""
     found: dict[Any, None] = {}
-    _collect(value, found, 0)
+    _collect(value, found, 0, set())
     return list(found)
 
 
-def _collect(obj: Any, found: dict[Any, None], depth: int) -> None:
+def _collect(obj: Any, found: dict[Any, None], depth: int, seen: set[int]) -> None:
     kind = type(obj)
     if kind in _ATOMIC:
         return
-    if kind is TaskFuture or kind is State:
+    if kind is TaskFuture:
         found[obj] = None
-    elif depth >= _MAX_DEPTH:
         return
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _collect(key, found, depth + 1)
-            _collect(value, found, depth + 1)
-    elif kind in _SEQUENCES or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
-        for item in obj:
-            _collect(item, found, depth + 1)
+    category = _categories.get(kind)
+    if category is None:
+        category = _classify(kind)
+    if category == _LEAF:
+        return
+    if category <= _MODEL:
+        if depth >= _MAX_DEPTH or id(obj) in seen:
+            return
+        seen.add(id(obj))
+        if category <= _NAMEDTUPLE:
+            for item in obj:
+                _collect(item, found, depth + 1, seen)
+        elif category == _DICT:
+            for key, value in obj.items():
+                _collect(key, found, depth + 1, seen)
+                _collect(value, found, depth + 1, seen)
+        else:
+            for name in _field_names(kind):
+                _collect(getattr(obj, name, None), found, depth + 1, seen)
+    elif category == _STATE:
+        found[obj] = None
+    elif category == _OPAQUE:
+        inner = obj.value
+        if type(inner) is TaskFuture or type(inner) is State:
+            found[inner] = None
+    # allow_failure, unmapped, quote: not looked into.
 
 
 def resolve_returned(value: Any) -> Any:
-    """A flow's return value with futures and (completed) states replaced by results."""
-    return _resolve(value, 0)
+    """A flow's return value with futures and (completed) states replaced by results.
+    ``quote(x)`` stays as it is (as in Prefect: the caller calls ``.unquote()``), and so
+    does ``opaque(x)`` around anything but a future or a State."""
+    return _resolve(value, 0, True, {})
 
 
-def _resolve(obj: Any, depth: int) -> Any:
+def _resolve(obj: Any, depth: int, returned: bool, done: dict[int, Any]) -> Any:
+    """``obj`` with futures and States replaced; ``done`` maps each container met (by
+    id) to what it became, so a container met twice becomes the same object twice, and
+    one that contains itself is not rebuilt for ever."""
     kind = type(obj)
     if kind in _ATOMIC:
         return obj
     if kind is TaskFuture:
-        state = obj._state
-        assert state is not None, "upstreams are final before arguments are resolved"
-        # Only futures inside allow_failure(...) get here without having completed (the
-        # others made the run NotRun first): they give their exception, at any depth.
-        return state._data if state.type is StateType.COMPLETED else state.exception
-    if kind is State:
-        return obj._data
-    if kind is allow_failure:
-        return _resolve(obj.value, depth + 1)
-    if kind is unmapped:
-        return _resolve(obj.value, depth + 1)
-    if depth >= _MAX_DEPTH:
+        return _future_value(obj)
+    category = _categories.get(kind)
+    if category is None:
+        category = _classify(kind)
+    if category == _LEAF:
         return obj
-    if isinstance(obj, dict):
-        items = [(_resolve(k, depth + 1), _resolve(v, depth + 1)) for k, v in obj.items()]
+    if category <= _MODEL:
+        if depth >= _MAX_DEPTH:
+            return obj
+        key = id(obj)
+        if key in done:
+            return done[key]
+        done[key] = obj  # while in progress: a way back to it keeps the original
+        new = _rebuilt(obj, kind, category, depth + 1, returned, done)
+        done[key] = new
+        return new
+    if category == _STATE:
+        return _state_value(obj)
+    if category in (_ALLOW, _UNMAPPED):
+        return _resolve(obj.value, depth + 1, returned, done)
+    if category == _QUOTE:
+        return obj if returned else obj.value
+    inner = obj.value  # opaque
+    if type(inner) is TaskFuture:
+        return _future_value(inner)
+    if type(inner) is State:
+        return _state_value(inner)
+    return obj if returned else inner
+
+
+def _rebuilt(
+    obj: Any, kind: type, category: int, depth: int, returned: bool, done: dict[int, Any]
+) -> Any:
+    """A container with its contents resolved: ``obj`` itself if nothing changed."""
+    if category <= _NAMEDTUPLE:
+        values = [_resolve(item, depth, returned, done) for item in obj]
+        if all(a is b for a, b in zip(values, obj, strict=True)):
+            return obj
+        if kind is FutureList:  # its results are a plain list
+            return values
+        return kind(*values) if category == _NAMEDTUPLE else kind(values)
+    if category == _DICT:
+        items = [
+            (_resolve(k, depth, returned, done), _resolve(v, depth, returned, done))
+            for k, v in obj.items()
+        ]
         if all(a is k and b is v for (a, b), (k, v) in zip(items, obj.items(), strict=True)):
             return obj
         return dict(items) if kind is dict else _refilled(obj, items)
-    if kind in _SEQUENCES or (isinstance(obj, tuple) and hasattr(kind, "_fields")):
-        items = [_resolve(item, depth + 1) for item in obj]
-        if all(a is b for a, b in zip(items, obj, strict=True)):
-            return obj
-        if kind is FutureList:  # its results are a plain list
-            return items
-        return kind(*items) if kind not in _SEQUENCES else kind(items)
-    return obj
+    return _refilled_fields(obj, kind, category, depth, returned, done)
+
+
+def _future_value(future: TaskFuture[Any]) -> Any:
+    state = future._state
+    assert state is not None, "upstreams are final before arguments are resolved"
+    # Only futures inside allow_failure(...) get here without having completed (the
+    # others made the run NotRun first): they give their exception, at any depth.
+    return state._data if state.type is StateType.COMPLETED else state.exception
+
+
+def _state_value(state: State[Any]) -> Any:
+    # As for futures: a State that did not complete gets here only through allow_failure.
+    return state._data if state.type is StateType.COMPLETED else state.exception
 
 
 def _refilled(mapping: dict[Any, Any], items: list[tuple[Any, Any]]) -> dict[Any, Any]:
@@ -254,3 +532,118 @@ def _refilled(mapping: dict[Any, Any], items: list[tuple[Any, Any]]) -> dict[Any
     for key, value in items:
         new[key] = value
     return new
+
+
+_MISSING = object()
+
+
+def _refilled_fields(
+    obj: Any, kind: type, category: int, depth: int, returned: bool, done: dict[int, Any]
+) -> Any:
+    """A dataclass or pydantic model with its fields resolved: the object itself if no
+    field changed, else a shallow copy with the changed fields replaced. Dataclasses are
+    copied with ``copy.copy`` and set with ``object.__setattr__`` (frozen and slots
+    dataclasses too, without running ``__init__`` or ``__post_init__`` again); models
+    with ``model_copy(update=...)`` (no validation, as for the other fields)."""
+    changed: dict[str, Any] = {}
+    for name in _field_names(kind):
+        value = getattr(obj, name, _MISSING)
+        if value is _MISSING:  # declared but never set (init=False, no default)
+            continue
+        new = _resolve(value, depth, returned, done)
+        if new is not value:
+            changed[name] = new
+    if not changed:
+        return obj
+    if category == _MODEL:
+        return obj.model_copy(update=changed)
+    new_obj = copy.copy(obj)
+    for name, value in changed.items():
+        object.__setattr__(new_obj, name, value)
+    return new_obj
+
+
+# -- subflows with wait_for -------------------------------------------------------------------
+_flow_log = logging.getLogger("orchestr.flow_runs")
+
+
+def flow_after_upstreams(
+    flow: Flow[Any, Any], wait_for: Any, return_state: bool, call: Callable[[], Any]
+) -> Any:
+    """``flow(..., wait_for=[...])``: wait for those futures, then ``call()`` (the flow
+    call without ``wait_for``). If one did not complete (and is not in
+    ``allow_failure``), the flow does not run: its run is recorded as NotRun, and that
+    State is returned (``return_state=True``) or its UpstreamNotCompletedError raised.
+
+    An async flow called on an event loop thread gets a coroutine that waits without
+    blocking; everything else waits by blocking the calling thread, which must not be
+    an event loop thread (it would block the runs it waits for).
+    """
+    upstreams = scan_wait_for(wait_for)
+    if flow.is_async and on_event_loop():
+        return _flow_after_upstreams_async(flow, upstreams, return_state, call)
+    if upstreams and on_event_loop():
+        raise BlockingCallError(
+            f"sync flow {flow.name!r} was called with wait_for on an event loop thread, "
+            "where waiting for those task runs would block the loop that runs them; "
+            "`await orchestr.wait(futures)` first and call the flow without wait_for, "
+            "or make the flow async"
+        )
+    for future, _ in upstreams:
+        if future._state is None:
+            _refuse_self_wait(future)
+            future._wait_blocking(None)
+    blocked = _flow_blocked(upstreams)
+    if blocked is not None:
+        return _not_run_flow(flow, blocked, return_state)
+    return call()
+
+
+async def _flow_after_upstreams_async(
+    flow: Flow[Any, Any], upstreams: Dependencies, return_state: bool, call: Callable[[], Any]
+) -> Any:
+    for future, _ in upstreams:
+        if future._state is None:
+            _refuse_self_wait(future)
+            await future._wait_async()
+    blocked = _flow_blocked(upstreams)
+    if blocked is not None:
+        return _not_run_flow(flow, blocked, return_state)
+    return await call()
+
+
+def _flow_blocked(upstreams: Dependencies) -> TaskFuture[Any] | None:
+    """The first required upstream that did not complete, or ``None`` if the flow may
+    run (its allow_failure upstreams then count as observed, as for a task)."""
+    for future, allowed in upstreams:
+        state = future._state
+        assert state is not None, "upstreams are final before the flow starts"
+        if not allowed and state.type is not StateType.COMPLETED:
+            return future
+    for future, allowed in upstreams:
+        if allowed:
+            _observe(future._record)
+    return None
+
+
+def _not_run_flow(flow: Flow[Any, Any], future: TaskFuture[Any], return_state: bool) -> Any:
+    """Record the flow's run as NotRun (under its parent run, if any) and deliver it."""
+    parent = flow_run_var.get()
+    record = FlowRunRecord(flow.name, None if parent is None else parent.record)
+    if parent is not None:
+        parent.record.subflow_runs.append(record)
+    upstream = future._record
+    error = UpstreamNotCompletedError(
+        f"flow run {record.name!r} did not run: its upstream {upstream.name!r} ended "
+        f"{upstream.state_name}",
+        None,
+        upstream,
+    )
+    error.__cause__ = future._state.exception if future._state is not None else None
+    state: State[Any] = State(StateType.NOT_RUN, message=str(error), error=error, record=record)
+    record_final_state(record, state)
+    if _flow_log.isEnabledFor(logging.INFO):
+        flow_run_logger(record).info("Finished in state %r", state)
+    # The caller gets the state or the error: it has seen the upstream's failure.
+    _observe(upstream)
+    return state if return_state else state.result()

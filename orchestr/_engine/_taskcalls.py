@@ -18,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._limits._registry import has_limits
-from ..annotations import unmapped
+from .._semaphore import on_event_loop
+from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
     CyclicDependencyError,
     MappingError,
     NotInFlowRunError,
+    UpstreamNotCompletedError,
 )
 from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord, _next_task_run_index
@@ -222,12 +224,19 @@ def map_task(
     waits = scan_wait_for(wait_for)
     mapped: dict[int | str, list[Any]] = {}
     static: dict[int | str, Any] = {}
+    # allow_failure / quote / opaque around a mapped iterable: each element gets it.
+    rewrap: dict[int | str, type[Any]] = {}
     arguments: list[tuple[int | str, Any]] = [*enumerate(args), *kwargs.items()]
     for key, value in arguments:
-        if isinstance(value, unmapped):
-            static[key] = value.value
-        elif _mappable(task, key, value):
-            mapped[key] = list(value)
+        value = _top_level_value(task, key, value)
+        wrapper = type(value) if type(value) in _REWRAPPED else None
+        inner = value.value if wrapper is not None else value
+        if isinstance(inner, unmapped):
+            static[key] = inner.value if wrapper is None else wrapper(inner.value)
+        elif _mappable(inner):
+            mapped[key] = list(inner)
+            if wrapper is not None:
+                rewrap[key] = wrapper
         else:
             static[key] = value
     if not mapped:
@@ -246,6 +255,8 @@ def map_task(
             "map needs equal lengths (wrap a value in unmapped(...) to pass it whole "
             "to every run)"
         )
+    for key, wrapper in rewrap.items():
+        mapped[key] = [wrapper(item) for item in mapped[key]]
     count = next(iter(lengths.values()))
     futures: FutureList[Any] = FutureList()
     for i in range(count):
@@ -258,14 +269,59 @@ def map_task(
     return futures
 
 
-def _mappable(task: Task[Any, Any], key: int | str, value: Any) -> bool:
-    """Iterables are mapped over; anything else (and str/bytes) is passed whole."""
-    if isinstance(value, TaskFuture):
-        raise MappingError(
-            f"{task.name}.map() argument {_arg_name(key)} is a future; map needs the values "
-            "to count the runs: await it (or call .result()) first, or wrap it in "
-            "unmapped(...) to pass it to every run"
+# Wrappers that a mapped iterable may come in; every element is mapped over in one.
+_REWRAPPED = (allow_failure, quote, opaque)
+
+
+def _top_level_value(task: Task[Any, Any], key: int | str, value: Any) -> Any:
+    """A future or State given directly as a map argument stands for its result (as in
+    Prefect): map needs the values to count the runs. Sync code waits for the future;
+    on an event loop thread that would block the loop, so the call is refused with the
+    fix. A future or State that did not complete has no values to map over."""
+    if type(value) is TaskFuture:
+        future: TaskFuture[Any] = value
+        if on_event_loop():  # even when it has finished: such code must fail every time
+            raise MappingError(
+                f"{task.name}.map() argument {_arg_name(key)} is a future, and map "
+                "needs its result to count the runs; on an event loop it cannot wait "
+                f"for it: await it first ({task.name}.map(await fut)), or wrap it in "
+                "unmapped(fut) to pass it whole to every run"
+            )
+        if future._state is None:
+            _refuse_self_wait(future)
+            future._wait_blocking(None)
+        _observe(future._record)
+        state: State[Any] = future._state  # type: ignore[assignment]
+        if state.type is StateType.COMPLETED:
+            return state._data
+        upstream = future._record
+        error = UpstreamNotCompletedError(
+            f"{task.name}.map() cannot map over argument {_arg_name(key)}: it is the "
+            f"future of task run {upstream.name!r}, which ended {upstream.state_name}",
+            None,
+            upstream,
         )
+        error.__cause__ = state.exception
+        raise error
+    if type(value) is State:
+        if value.type is StateType.COMPLETED:
+            return value._data
+        error = UpstreamNotCompletedError(
+            f"{task.name}.map() cannot map over argument {_arg_name(key)}: it is the state "
+            f"{value!r}, which is {value.name}, not Completed",
+            None,
+            value.record,
+        )
+        error.__cause__ = value.exception
+        raise error
+    return value
+
+
+def _mappable(value: Any) -> bool:
+    """Iterables are mapped over; anything else (and str/bytes, and a future or State
+    inside a wrapper) is passed whole."""
+    if type(value) is TaskFuture or type(value) is State:
+        return False
     return isinstance(value, Iterable) and not isinstance(value, (str, bytes))
 
 
