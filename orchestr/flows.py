@@ -18,8 +18,10 @@ from ._definitions import (
     _hooks,
     check_option_names,
 )
-from ._engine._flowengine import run_flow_async, run_flow_sync
+from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_flow_sync
+from ._engine._loop import in_async_code
 from ._engine._params import ParameterValidator
+from ._engine._taskcalls import checked_return_state
 from .exceptions import UsageError
 from .runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -84,12 +86,16 @@ class Flow(Definition[P, R]):
         }
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
-        final State instead of the result (or the error)."""
-        return_state = bool(kwargs.pop("return_state", False))
-        if self.is_async:
+        """Run the flow (``await`` it if it is async; sync code calling an async flow gets
+        its result: it runs as a subflow on the calling run's loop, or outside any run on
+        a loop of its own). ``return_state=True`` returns the final State instead of the
+        result (or the error)."""
+        return_state = checked_return_state(self, kwargs.pop("return_state", False))
+        if not self.is_async:
+            return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+        if in_async_code():
             return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
-        return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+        return run_async_flow_from_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
 
 
 def _runner(flow_name: str, runner: Any) -> TaskRunner:
