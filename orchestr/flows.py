@@ -22,8 +22,10 @@ from ._definitions import (
     check_option_names,
 )
 from ._engine._deps import flow_after_upstreams
-from ._engine._flowengine import run_flow_async, run_flow_sync
+from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_flow_sync
+from ._engine._loop import in_async_code
 from ._engine._params import ParameterValidator
+from ._engine._taskcalls import checked_return_state
 from .exceptions import UsageError
 from .runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -126,18 +128,22 @@ class Flow(Definition[P, R]):
         return fn
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the flow (``await`` it if it is async). ``return_state=True`` returns the
-        final State instead of the result (or the error); ``wait_for=[...]`` waits for
-        those futures first (the flow is NotRun if one did not complete)."""
+        """Run the flow (``await`` it if it is async; sync code calling an async flow gets
+        its result: it runs as a subflow on the calling run's loop, or outside any run on
+        a loop of its own). ``return_state=True`` returns the final State instead of the
+        result (or the error); ``wait_for=[...]`` waits for those futures first (the flow
+        is NotRun if one did not complete)."""
         wait_for = kwargs.pop("wait_for", None)
         if wait_for is not None:
-            return_state = bool(kwargs.get("return_state", False))
+            return_state = checked_return_state(self, kwargs.get("return_state", False))
             call = lambda: self(*args, **kwargs)  # noqa: E731 - called once it may run
             return flow_after_upstreams(self, wait_for, return_state, call)  # type: ignore[no-any-return]
-        return_state = bool(kwargs.pop("return_state", False))
-        if self.is_async:
+        return_state = checked_return_state(self, kwargs.pop("return_state", False))
+        if not self.is_async:
+            return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+        if in_async_code():
             return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
-        return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+        return run_async_flow_from_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
 
 
 def _runner(flow_name: str, runner: Any) -> TaskRunner:

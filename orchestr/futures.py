@@ -9,6 +9,12 @@ sets an ``anyio.Event`` (through a thread-safe call when needed), a blocking wai
 
 Reading a future's final state (awaiting it, ``result()``, ``wait()``, ``state``) marks
 the run as *observed*: a failure that was observed no longer fails the flow run (rule 7).
+
+Waits come in two forms, chosen by the caller (``_loop.in_async_code``): async code gets
+an awaitable (``await fut.wait()``, ``async for f in as_completed(...)``), sync code (a
+sync flow's body, a sync task) a blocking call's value. Sync code never gets a coroutine
+it cannot await; a blocking form used where it would stall the loop that must finish the
+run raises :class:`~orchestr.exceptions.BlockingCallError` naming the async spelling.
 """
 
 from __future__ import annotations
@@ -18,14 +24,14 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Generator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from ._engine._context import task_run_var
+from ._engine._context import flow_run_var, task_run_var
 from ._engine._interrupts import take_interrupt, wait_event
-from ._engine._loop import LoopHandle
+from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
     BlockingCallError,
     CyclicDependencyError,
@@ -33,6 +39,7 @@ from .exceptions import (
     FutureTimeoutError,
     RunCancelled,
     UpstreamNotCompletedError,
+    UsageError,
 )
 from .records import TaskRunRecord
 from .states import State
@@ -40,10 +47,64 @@ from .states import State
 if TYPE_CHECKING:
     from ._engine._flowrun import FlowRun
 
-__all__ = ["DoneAndNotDone", "FutureList", "TaskFuture", "as_completed", "wait"]
+__all__ = ["AsCompleted", "DoneAndNotDone", "FutureList", "TaskFuture", "as_completed", "wait"]
 
 R = TypeVar("R")
 _log = logging.getLogger("orchestr.futures")
+
+
+class DoneAndNotDone(NamedTuple):
+    done: set[TaskFuture[Any]]
+    not_done: set[TaskFuture[Any]]
+
+
+if TYPE_CHECKING:
+    # What the dual calls return, as type checkers see it: the sync form's value, which
+    # async code awaits instead (at run time each caller gets one or the other).
+    class _StateOrAwaitable(State[R], Awaitable[State[R]]):  # type: ignore[misc]
+        pass
+
+    class _StatesOrAwaitable(list[State[R]], Awaitable[list[State[R]]]):
+        pass
+
+    class _DoneOrAwaitable(DoneAndNotDone, Awaitable[DoneAndNotDone]):  # type: ignore[misc]
+        pass
+
+else:
+    _StateOrAwaitable = State
+    _StatesOrAwaitable = list
+    _DoneOrAwaitable = DoneAndNotDone
+
+# Waits longer than this cannot be expressed to threading (OverflowError): no limit.
+_NO_LIMIT = threading.TIMEOUT_MAX
+
+
+def _checked_timeout(call: str, timeout: object) -> float | None:
+    """A wait's ``timeout`` as seconds, or None for no limit (None, inf, or too large to
+    wait for); anything but a non-negative number is refused, naming ``call``."""
+    if timeout is None:
+        return None
+    kind = type(timeout)
+    if kind is not float and kind is not int:
+        if isinstance(timeout, bool) or not _is_real(timeout):
+            raise UsageError(
+                f"{call} takes timeout as a number of seconds (or None for no limit), "
+                f"got {type(timeout).__name__} {timeout!r}"
+            )
+        timeout = float(timeout)  # type: ignore[arg-type]
+    seconds: float = timeout  # type: ignore[assignment]
+    if seconds != seconds or seconds < 0:  # NaN, negative
+        raise UsageError(
+            f"{call} takes timeout as a non-negative number of seconds (or None for no "
+            f"limit), got {seconds!r}"
+        )
+    return None if seconds >= _NO_LIMIT else seconds
+
+
+def _is_real(value: object) -> bool:
+    import numbers  # deferred: only unusual timeouts (numpy, Fraction) get here
+
+    return isinstance(value, numbers.Real)
 
 
 class TaskFuture(Generic[R]):
@@ -76,10 +137,14 @@ class TaskFuture(Generic[R]):
 
     @property
     def state(self) -> State[R]:
-        """The current state; reading a final state counts as observing it."""
+        """The current state; reading a final state counts as observing it. A state read
+        before the end remembers its future: a run that returns it ends in the future's
+        final state."""
         state = self._state
         if state is None:
-            return self._record.state
+            early = self._record.state
+            early._future = self
+            return early
         _observe(self._record)
         return state
 
@@ -97,9 +162,18 @@ class TaskFuture(Generic[R]):
         _observe(self._record)
         return self._state.result()  # type: ignore[union-attr]
 
-    async def wait(self, timeout: float | None = None) -> State[R]:
+    def wait(self, timeout: float | None = None) -> _StateOrAwaitable[R]:
         """Wait for the run to finish and return its final state; never raises for the
-        run's failure. With ``timeout``, returns the current state if it ran out."""
+        run's failure. With ``timeout``, returns the current state if it ran out.
+
+        Async code awaits it (``await fut.wait()``); in sync code it blocks and returns
+        the state (as :meth:`wait_blocking`)."""
+        timeout = _checked_timeout("fut.wait()", timeout)
+        if in_async_code():
+            return self._wait_state(timeout)  # type: ignore[return-value]
+        return self._wait_blocking_state("fut.wait()", timeout)  # type: ignore[return-value]
+
+    async def _wait_state(self, timeout: float | None) -> State[R]:
         if self._state is None:
             _refuse_self_wait(self)
             with anyio.move_on_after(math.inf if timeout is None else timeout):
@@ -116,6 +190,8 @@ class TaskFuture(Generic[R]):
         :class:`BlockingCallError` (even when the run has finished, so that such code
         fails every time, not only when it is unlucky)."""
         self._refuse_loop_thread("fut.result()")
+        if timeout is not None:
+            timeout = _checked_timeout("fut.result()", timeout)
         if self._state is None:
             _refuse_self_wait(self)
             if not self._wait_blocking(timeout):
@@ -129,7 +205,12 @@ class TaskFuture(Generic[R]):
     def wait_blocking(self, timeout: float | None = None) -> State[R]:
         """Block until the run finishes and return its final state (sync code only);
         with ``timeout``, return the current state if it ran out."""
-        self._refuse_loop_thread("fut.wait_blocking()")
+        return self._wait_blocking_state(
+            "fut.wait_blocking()", _checked_timeout("fut.wait_blocking()", timeout)
+        )
+
+    def _wait_blocking_state(self, call: str, timeout: float | None) -> State[R]:
+        self._refuse_loop_thread(call)
         if self._state is None:
             _refuse_self_wait(self)
             if not self._wait_blocking(timeout):
@@ -191,7 +272,7 @@ class TaskFuture(Generic[R]):
             raise BlockingCallError(
                 f"{call} was called on the event loop thread that runs task run "
                 f"{self.name!r}; it would block that loop (and the run, if unfinished). "
-                "In async code use `await fut` or `await fut.wait()`"
+                + _async_spelling()
             )
 
     def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
@@ -283,30 +364,84 @@ def _refuse_self_wait(future: TaskFuture[Any]) -> None:
 
 class FutureList(list[TaskFuture[R]]):
     """The futures of a ``.map()``. ``await futures`` gives all results (raising a
-    :class:`FailedRunsGroup` if any run did not complete); ``await futures.wait()`` gives
-    all final states; ``futures.result()`` blocks (sync code only)."""
+    :class:`FailedRunsGroup` if any run did not complete); ``futures.wait()`` gives all
+    states (awaited in async code); ``futures.result()`` blocks (sync code only)."""
 
     def __await__(self) -> Generator[Any, None, list[R]]:
         return self._results().__await__()
 
     async def _results(self) -> list[R]:
-        return _results_or_raise(await self.wait())
+        return _results_or_raise(await self._wait_states(None))
 
-    async def wait(self) -> list[State[R]]:
-        return [await future.wait() for future in self]
+    def wait(self, timeout: float | None = None) -> _StatesOrAwaitable[R]:
+        """Wait until every run is final (or ``timeout`` seconds passed) and return their
+        states in order, final or (if time ran out) current; never raises for the runs'
+        failures. Async code awaits it; sync code gets the list."""
+        timeout = _checked_timeout("FutureList.wait()", timeout)
+        if in_async_code():
+            return self._wait_states(timeout)  # type: ignore[return-value]
+        return self._wait_blocking_states("FutureList.wait()", timeout)  # type: ignore[return-value]
 
-    def result(self, timeout: float | None = None) -> list[R]:
+    async def _wait_states(self, timeout: float | None) -> list[State[R]]:
+        for future in self:
+            if future._state is None:
+                _refuse_self_wait(future)
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            for future in self:
+                await future._wait_async()
+        return [_state_seen(future) for future in self]
+
+    def _wait_blocking_states(self, call: str, timeout: float | None) -> list[State[R]]:
         deadline = None if timeout is None else time.monotonic() + timeout
         states = []
         for future in self:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            state = future.wait_blocking(left)
+            states.append(future._wait_blocking_state(call, left))
+        return states
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """Block until every run is final and return their results in order (sync code
+        only). A run that did not complete raises (all of them together, as a
+        :class:`FailedRunsGroup`), or with ``raise_on_failure=False`` gives its exception
+        in its place. :class:`FutureTimeoutError` if ``timeout`` seconds pass first."""
+        timeout = _checked_timeout("FutureList.result()", timeout)
+        states = self._wait_blocking_states("FutureList.result()", timeout)
+        for future, state in zip(self, states, strict=True):
             if not state.is_final():
                 raise FutureTimeoutError(
-                    f"task run {future.name!r} did not finish within {timeout} s"
+                    f"task run {future.name!r} did not finish within {timeout} s "
+                    f"(it is {state.name}); it keeps running"
                 )
-            states.append(state)
-        return _results_or_raise(states)
+        if raise_on_failure:
+            return _results_or_raise(states)
+        return [state.result(raise_on_failure=False) for state in states]
+
+
+def _state_seen(future: TaskFuture[R]) -> State[R]:
+    """The final state (observed), or the current one."""
+    state = future._state
+    if state is None:
+        return future._record.state
+    _observe(future._record)
+    return state
+
+
+def _future_of(state: State[R]) -> TaskFuture[R] | None:
+    """The future a non-final state was read from (``fut.state`` before the end), if any."""
+    return getattr(state, "_future", None)
+
+
+def _async_spelling() -> str:
+    """What blocking code on a loop thread should do instead."""
+    task_run = task_run_var.get()
+    if task_run is not None and not task_run.task.is_async:
+        name = task_run.task.name
+        return (
+            f"Sync task {name!r} was called inline from async code, so it runs on the loop "
+            f"thread: submit it instead (`await {name}.submit(...)`, it then runs in a "
+            "worker thread), or make it async and await"
+        )
+    return "In async code use `await fut` or `await fut.wait()`"
 
 
 def _results_or_raise(states: list[State[R]]) -> list[R]:
@@ -319,55 +454,135 @@ def _results_or_raise(states: list[State[R]]) -> list[R]:
     return [s.result() for s in states]
 
 
-class DoneAndNotDone(NamedTuple):
-    done: set[TaskFuture[Any]]
-    not_done: set[TaskFuture[Any]]
-
-
-async def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> DoneAndNotDone:
+def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> _DoneOrAwaitable:
     """Wait until all ``futures`` are final, or ``timeout`` seconds passed; return which
-    finished and which did not."""
+    finished and which did not. Async code awaits it; sync code gets the result. It does
+    not count as observing the runs' outcomes."""
     futures = list(futures)
+    timeout = _checked_timeout("orchestr.wait()", timeout)
     for future in futures:
         if future._state is None:
             _refuse_self_wait(future)
+    if in_async_code():
+        return _wait_async(futures, timeout)  # type: ignore[return-value]
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for future in futures:
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        future._refuse_loop_thread("orchestr.wait()")
+        if future._state is None and not future._wait_blocking(left):
+            break
+    return _done_and_not_done(futures)  # type: ignore[return-value]
+
+
+async def _wait_async(futures: list[TaskFuture[Any]], timeout: float | None) -> DoneAndNotDone:
     with anyio.move_on_after(math.inf if timeout is None else timeout):
         for future in futures:
             await future._wait_async()
+    return _done_and_not_done(futures)
+
+
+def _done_and_not_done(futures: list[TaskFuture[Any]]) -> DoneAndNotDone:
     done = {f for f in futures if f.done()}
     return DoneAndNotDone(done, {f for f in futures if f not in done})
 
 
-async def as_completed(
-    futures: Iterable[TaskFuture[R]], timeout: float | None = None
-) -> AsyncIterator[TaskFuture[R]]:
-    """Yield ``futures`` as they finish. Raises :class:`FutureTimeoutError` if they have
+def as_completed(futures: Iterable[TaskFuture[R]], timeout: float | None = None) -> AsCompleted[R]:
+    """Yield ``futures`` as they finish (each once, finished ones first): ``async for``
+    in async code, ``for`` in sync code. Raises :class:`FutureTimeoutError` if they have
     not all finished within ``timeout`` seconds."""
-    pending = list(dict.fromkeys(futures))
-    for future in pending:
-        if future._state is None:
-            _refuse_self_wait(future)
-    finished: deque[TaskFuture[R]] = deque()
-    wakeup = [anyio.Event()]
-    loop = LoopHandle()
+    return AsCompleted(futures, _checked_timeout("as_completed()", timeout))
 
-    def on_done(future: TaskFuture[R]) -> None:
-        finished.append(future)
-        loop.call(lambda: wakeup[0].set())
 
-    for future in pending:
-        future.add_done_callback(on_done)
-    deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
-    for _ in range(len(pending)):
-        while not finished:
-            wakeup[0] = anyio.Event()
-            if finished:
-                break
-            with anyio.move_on_after(deadline - anyio.current_time()):
-                await wakeup[0].wait()
-            if not finished and anyio.current_time() >= deadline:
-                left = sum(1 for f in pending if not f.done())
-                raise FutureTimeoutError(
-                    f"{left} of {len(pending)} task runs did not finish within {timeout} s"
-                )
-        yield finished.popleft()
+class AsCompleted(Generic[R]):
+    """What :func:`as_completed` returns: iterate it with ``async for`` (async code) or
+    ``for`` (sync code), once."""
+
+    __slots__ = ("_pending", "_timeout")
+
+    def __init__(self, futures: Iterable[TaskFuture[R]], timeout: float | None) -> None:
+        self._pending = list(dict.fromkeys(futures))
+        self._timeout = timeout
+        for future in self._pending:
+            if future._state is None:
+                _refuse_self_wait(future)
+
+    def __aiter__(self) -> AsyncIterator[TaskFuture[R]]:
+        return self._async_iter()
+
+    def __iter__(self) -> Iterator[TaskFuture[R]]:
+        if in_async_code():
+            raise BlockingCallError(
+                "`for future in as_completed(...)` blocks, and this is async code on the "
+                "event loop thread; use `async for future in as_completed(...)`"
+            )
+        for future in self._pending:
+            future._refuse_loop_thread("as_completed()")
+        return self._blocking_iter()
+
+    def _timed_out(self) -> FutureTimeoutError:
+        left = sum(1 for f in self._pending if not f.done())
+        return FutureTimeoutError(
+            f"{left} of {len(self._pending)} task runs did not finish within {self._timeout} s"
+        )
+
+    async def _async_iter(self) -> AsyncIterator[TaskFuture[R]]:
+        pending = self._pending
+        finished: deque[TaskFuture[R]] = deque()
+        wakeup = [anyio.Event()]
+        loop = LoopHandle()
+
+        def on_done(future: TaskFuture[R]) -> None:
+            finished.append(future)
+            loop.call(lambda: wakeup[0].set())
+
+        for future in pending:
+            future.add_done_callback(on_done)
+        timeout = self._timeout
+        deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+        for _ in range(len(pending)):
+            while not finished:
+                wakeup[0] = anyio.Event()
+                if finished:
+                    break
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    await wakeup[0].wait()
+                if not finished and anyio.current_time() >= deadline:
+                    raise self._timed_out()
+            yield finished.popleft()
+
+    def _blocking_iter(self) -> Iterator[TaskFuture[R]]:
+        pending = self._pending
+        finished: deque[TaskFuture[R]] = deque()
+        wakeup = threading.Event()
+
+        def on_done(future: TaskFuture[R]) -> None:
+            finished.append(future)
+            wakeup.set()
+
+        for future in pending:
+            future.add_done_callback(on_done)
+        timeout = self._timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        run = flow_run_var.get()
+        for _ in range(len(pending)):
+            while not finished:
+                wakeup.clear()
+                if finished:
+                    break
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                _block(wakeup, left, run)
+                if not finished and deadline is not None and time.monotonic() >= deadline:
+                    raise self._timed_out()
+            yield finished.popleft()
+
+
+def _block(event: threading.Event, timeout: float | None, run: FlowRun | None) -> None:
+    """Wait for ``event`` (where interrupts may land); RunCancelled if the calling code's
+    flow run is cancelled meanwhile."""
+    if run is None:
+        wait_event(event, timeout)
+        return
+    with run.thread_waiter(event):
+        wait_event(event, timeout)
+    if run.cancel_requested:
+        raise RunCancelled(f"flow run {run.record.name!r} was cancelled")

@@ -75,7 +75,10 @@ class State(Generic[R]):
     any other final state.
     """
 
-    __slots__ = ("_data", "_error", "message", "name", "record", "timestamp", "type")
+    # _future: set (by TaskFuture.state) only on a non-final state read from a future, so
+    # that a run returning that state ends in the future's final state.
+    __slots__ = ("_data", "_error", "_future", "message", "name", "record", "timestamp", "type")
+    _future: Any
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, overload
 
 from ._definitions import (
     Definition,
@@ -19,9 +19,17 @@ from ._definitions import (
     RunName,
     check_option_names,
 )
-from ._engine._taskcalls import call_task_async, call_task_blocking, map_task, submit_task
+from ._engine._loop import in_async_code
+from ._engine._taskcalls import (
+    call_async_task_from_sync,
+    call_task_async,
+    call_task_blocking,
+    checked_return_state,
+    map_task,
+    submit_task,
+)
 from .exceptions import UsageError
-from .futures import FutureList, TaskFuture
+from .futures import FutureList, TaskFuture, _StateOrAwaitable, _StatesOrAwaitable
 
 __all__ = ["Task", "task"]
 
@@ -87,19 +95,42 @@ class Task(Definition[P, R]):
         return super()._options() | {"tags": self.tags, "task_run_name": self.run_name}
 
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
-        """Run the task inline: ``await`` it if it is async. Accepts ``return_state=True``
-        (get the final State instead of the result) and ``wait_for=[...]``."""
+        """Run the task inline: ``await`` it if it is async (sync code calling an async
+        task gets its result: it runs on the flow run's loop, or outside any run on a
+        loop of its own). Accepts ``return_state=True`` (get the final State instead of
+        the result) and ``wait_for=[...]``."""
         self._check_call(args, kwargs, "()")
-        return_state = bool(kwargs.pop("return_state", False))
+        return_state = checked_return_state(self, kwargs.pop("return_state", False))
         wait_for = kwargs.pop("wait_for", None)
-        if self.is_async:
+        if not self.is_async:
+            return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+        if in_async_code():
             return call_task_async(self, args, kwargs, return_state, wait_for)  # type: ignore[return-value]
-        return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+        return call_async_task_from_sync(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
 
     # Two shapes per kind of task, because PEP 612 forbids a keyword (wait_for) between
     # P.args and P.kwargs: calls without wait_for are checked against the function's
     # signature; calls with it are accepted with any arguments (and still typed by
-    # their result).
+    # their result). Calls with return_state=True come first: they give a State (which
+    # async code awaits). They overlap the others only for a function taking **kwargs.
+    @overload
+    def submit(  # type: ignore[overload-overlap]
+        self: Task[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StateOrAwaitable[T]: ...
+
+    @overload
+    def submit(  # type: ignore[overload-overlap]
+        self: Task[..., T],
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StateOrAwaitable[T]: ...
+
     @overload
     def submit(
         self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
@@ -121,12 +152,40 @@ class Task(Definition[P, R]):
         self: Task[..., T], *args: Any, wait_for: Iterable[Any], **kwargs: Any
     ) -> TaskFuture[T]: ...
 
-    def submit(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+    def submit(
+        self,
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        return_state: Any = False,
+        **kwargs: Any,
+    ) -> Any:
         """Start a run concurrently and return its future at once (never blocks).
         Futures in the arguments are replaced by their results first; the run waits
-        for everything in ``wait_for``."""
+        for everything in ``wait_for``. With ``return_state=True``, wait for the run and
+        give its final State instead (sync code gets it; async code awaits it)."""
         self._check_call(args, kwargs, ".submit()")
-        return submit_task(self, args, kwargs, wait_for)
+        if return_state is False:
+            return submit_task(self, args, kwargs, wait_for)
+        checked_return_state(self, return_state)
+        return submit_task(self, args, kwargs, wait_for).wait()
+
+    @overload
+    def map(
+        self: Task[..., Coroutine[Any, Any, T]],
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StatesOrAwaitable[T]: ...
+
+    @overload
+    def map(
+        self: Task[..., T],
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StatesOrAwaitable[T]: ...
 
     @overload
     def map(
@@ -141,11 +200,22 @@ class Task(Definition[P, R]):
         self: Task[..., T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
     ) -> FutureList[T]: ...
 
-    def map(self, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any) -> Any:
+    def map(
+        self,
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        return_state: Any = False,
+        **kwargs: Any,
+    ) -> Any:
         """Submit one run per element of the iterable arguments (which must have equal
-        lengths); ``unmapped(x)`` passes ``x`` whole to every run."""
+        lengths); ``unmapped(x)`` passes ``x`` whole to every run. With
+        ``return_state=True``, wait for the runs and give their final States instead
+        (sync code gets the list; async code awaits it)."""
         self._check_call(args, kwargs, ".map()")
-        return map_task(self, args, kwargs, wait_for)
+        if return_state is False:
+            return map_task(self, args, kwargs, wait_for)
+        checked_return_state(self, return_state)
+        return map_task(self, args, kwargs, wait_for).wait()
 
 
 @overload

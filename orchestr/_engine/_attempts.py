@@ -25,10 +25,12 @@ from .._logging import (
     task_run_logger,
 )
 from ..exceptions import RunCancelled, RunTimedOut, UsageError
+from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver
+from ._finalstate import final_returned, returned_error
 from ._outcomes import cancelled_state, crashed_state, record_final_state
 
 if TYPE_CHECKING:
@@ -137,6 +139,8 @@ async def _attempts(
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
                 value = await driver.call(task, args, kwargs)
+            if isinstance(value, State):
+                value = await _settled(record, value, driver)
         except propagate:
             raise
         except AttemptTimedOut as timed_out:
@@ -151,7 +155,12 @@ async def _attempts(
         except BaseException as exc:
             return crashed_state(record, exc)
         else:
-            return State(StateType.COMPLETED, data=value, record=record)
+            if not isinstance(value, State):
+                return State(StateType.COMPLETED, data=value, record=record)
+            returned = _returned_state(record, value)
+            if returned.type is not StateType.FAILED:
+                return returned
+            failed = returned  # like a raise: retries apply
         if record.is_final():  # cancelled while this attempt ran (see above)
             return record.state
         if attempt > task.retries or not await should_retry(task, record, failed, driver):
@@ -163,6 +172,44 @@ async def _attempts(
         record.state_name = "Retrying"
         log_retry(record, attempt, task.retries, failed, delay)
         await driver.sleep(delay)
+
+
+# -- a task that returns a State ends in it -----------------------------------------------------
+async def _settled(
+    record: TaskRunRecord, state: State[Any], driver: AsyncDriver | BlockingDriver
+) -> State[Any]:
+    """A state the task returned, after waiting for the future it was read from if it was
+    read early (``return fut.state``): it stands for that future's final state."""
+    future = _future_of(state)
+    if future is None or future._state is not None:
+        return state
+    if future._record is record:
+        error = UsageError(
+            f"task run {record.name!r} returned its own state, read while it ran; a task "
+            "must return a value or a final state (Completed(...), Failed(...), ...)"
+        )
+        return State(StateType.FAILED, message=str(error), error=error)
+    if isinstance(driver, AsyncDriver):
+        await future._wait_async()
+    elif not future._run.loop.on_loop_thread():  # else it would wait for ever
+        future._wait_blocking(None)
+    return state
+
+
+def _returned_state(record: TaskRunRecord, returned: State[Any]) -> State[Any]:
+    """The state a task run ends its attempt in when the task returned ``returned``:
+    Completed with its data, Cancelled or NotRun as it says, otherwise (Failed, Crashed,
+    or a state that is not final) Failed with its error."""
+    what = f"task run {record.name!r}"
+    final = final_returned(what, returned)
+    kind = final.type
+    if kind is StateType.COMPLETED:
+        return State(StateType.COMPLETED, message=final.message, data=final._data, record=record)
+    error = returned_error(what, final)
+    if kind is StateType.CANCELLED or kind is StateType.NOT_RUN:
+        return State(kind, name=final.name, message=final.message, error=error, record=record)
+    name = final.name if kind is StateType.FAILED else None
+    return State(StateType.FAILED, name=name, message=final.message, error=error, record=record)
 
 
 def _running(record: TaskRunRecord) -> None:

@@ -24,7 +24,7 @@ from .._logging import flow_run_logger
 from .._semaphore import on_event_loop
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import BlockingCallError, UpstreamNotCompletedError, UsageError
-from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
+from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self_wait
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
 from ._context import flow_run_var
@@ -330,9 +330,13 @@ def _scan(
 
 
 def _scan_state(state: State[Any], found: dict[Any, bool], allowed: bool) -> None:
+    found[_ANNOTATED] = True
+    future = _future_of(state)
+    if future is not None:  # `fut.state` read before the run ended: it stands for `fut`
+        found[future] = found.get(future, True) and allowed
+        return
     # A State is final or not for good. One that is not final has no outcome to pass on,
     # so not even allow_failure lets the downstream run with it.
-    found[_ANNOTATED] = True
     found[state] = found.get(state, True) and allowed and state.type.is_final
 
 
@@ -519,6 +523,9 @@ def _future_value(future: TaskFuture[Any]) -> Any:
 
 
 def _state_value(state: State[Any]) -> Any:
+    future = _future_of(state)
+    if future is not None and future._state is not None:  # read early: the future's
+        return _future_value(future)
     # As for futures: a State that did not complete gets here only through allow_failure.
     return state._data if state.type is StateType.COMPLETED else state.exception
 

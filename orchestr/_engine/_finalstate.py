@@ -14,18 +14,20 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import (
     CrashedError,
     FailedRunsGroup,
+    OrchestrError,
     RunCancelled,
     RunTimedOut,
     TaskRunCancelledError,
+    UsageError,
 )
-from ..futures import TaskFuture, _observe
+from ..futures import TaskFuture, _future_of, _observe
 from ..states import State, StateType, _describe
 from ._deps import collect_returned, resolve_returned
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
-__all__ = ["final_state"]
+__all__ = ["final_returned", "final_state", "returned_error"]
 
 _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 
@@ -90,20 +92,19 @@ def final_state(
 def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
     """The final state of a run that returned futures or states (rule 7)."""
     record = run.record
-    states: list[State[Any]] = []
-    for item in returned:
-        if isinstance(item, TaskFuture):
-            _observe(item._record)
-            states.append(item._state or item._record.state)
-        else:
-            states.append(item)
+    what = f"flow run {record.name!r}"
+    states = [final_returned(what, item) for item in returned]
     if len(returned) == 1 and returned[0] is value:
         # A single future or state returned: it *is* the flow's outcome.
         only = states[0]
         if only.is_completed():
             return State(StateType.COMPLETED, message=only.message, data=only._data, record=record)
         return State(
-            only.type, name=only.name, message=only.message, error=only.exception, record=record
+            only.type,
+            name=only.name,
+            message=only.message,
+            error=returned_error(what, only),
+            record=record,
         )
     bad = [s for s in states if not s.is_completed()]
     if not bad:
@@ -111,6 +112,53 @@ def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
     failed = [s for s in bad if s.type is not StateType.CANCELLED]
     kind, verb = (StateType.FAILED, "failed") if failed else (StateType.CANCELLED, "cancelled")
     message = f"{len(failed or bad)}/{len(states)} states {verb}"
-    errors = [s.exception or RuntimeError(repr(s)) for s in bad]
+    errors = [returned_error(what, s) for s in bad]
     group = FailedRunsGroup(message, errors)  # type: ignore[arg-type]
     return State(kind, message=message, error=group, record=record)
+
+
+def final_returned(what: str, item: TaskFuture[Any] | State[Any]) -> State[Any]:
+    """The final state that a future or state returned by a run stands for: a future's
+    (or for a state read from a future before the end, that future's) final state, or a
+    final state itself. Anything not final by now is a mistake of the run (``return
+    Running()``): a Failed state saying so. Futures count as observed."""
+    future = item if isinstance(item, TaskFuture) else _future_of(item)
+    if future is not None:
+        _observe(future._record)
+        final = future._state
+        if final is not None:
+            if future is not item:
+                # Where the returned value is resolved, this state stands for the
+                # future's result (a non-final state's data is never read otherwise).
+                item._data = final._data  # type: ignore[union-attr]
+            return final
+    elif item.is_final():  # type: ignore[union-attr]
+        return item  # type: ignore[return-value]
+    if future is not None:
+        error = UsageError(
+            f"{what} returned the state of task run {future.name!r}, read before that run "
+            "finished, and it has not finished yet; return the future itself, or wait for "
+            "it first"
+        )
+    else:
+        error = UsageError(
+            f"{what} returned {item!r}, which is not a final state; a run must return a "
+            "value or a final state (Completed(...), Failed(...), Cancelled(...))"
+        )
+    return State(StateType.FAILED, message=str(error), error=error)
+
+
+def returned_error(what: str, state: State[Any]) -> BaseException:
+    """The error of a non-completed final state a run returned: its own, or for a state
+    made without one (``Failed(message="...")``), one saying the run returned it."""
+    error = state._error
+    if error is not None:
+        return error
+    if state.record is not None:  # a real run's state: its default error names the run
+        return state.exception or OrchestrError(repr(state))
+    text = f"{what} returned {state!r}"
+    if state.type is StateType.CANCELLED:
+        return TaskRunCancelledError(text)
+    if state.type is StateType.CRASHED:
+        return CrashedError(text)
+    return OrchestrError(text)

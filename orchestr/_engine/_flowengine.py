@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import copy_context
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -30,6 +32,7 @@ from .._logging import (
     route_prints,
 )
 from ..exceptions import (
+    BlockingCallError,
     CrashedError,
     ParameterValidationError,
     TaskRunCancelledError,
@@ -45,31 +48,43 @@ from ._dispatch import Dispatcher
 from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
-from ._loop import run_new_loop
+from ._loop import call_in_run, run_fresh_loop, run_new_loop
 from ._outcomes import record_final_state
 from ._taskcalls import execute_job
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
-
     from ..flows import Flow
 
     Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
-__all__ = ["run_flow_async", "run_flow_sync"]
+__all__ = ["run_async_flow_from_sync", "run_flow_async", "run_flow_sync"]
 
 _log = logging.getLogger("orchestr.flow_runs")
 
 
 # -- entry points ----------------------------------------------------------------------------
 async def run_flow_async(
-    flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    hopped: bool = False,
 ) -> Any:
-    run = FlowRun(flow, flow_run_var.get(), execute_job)
+    parent = flow_run_var.get()
+    too_deep = None
+    if parent is not None and _deep_stack():
+        too_deep = _too_deep(parent)
+        if too_deep is None and not hopped:
+            # Subflows nest their coroutines: past some depth, start this one in a task
+            # of its own, on a fresh stack (see _deep_stack).
+            return await _in_fresh_task(run_flow_async, flow, args, kwargs, return_state, True)
+    run = FlowRun(flow, parent, execute_job)
     run.bind_loop()
 
-    async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await flow.fn(*args, **kwargs)
+    def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if too_deep is not None:
+            raise RecursionError(too_deep)
+        return flow.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     token = flow_run_var.set(run)
     try:
@@ -94,17 +109,51 @@ async def run_flow_async(
     return _deliver(run, state, return_state)
 
 
+def run_async_flow_from_sync(
+    flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
+) -> Any:
+    """An async flow called by sync code: run it to its end and return its result (or
+    state). In a flow run (its sync body, a sync task in a worker thread) it is a subflow
+    on the run's loop, which this thread waits for (cancelled with the run); outside any
+    run, a flow run on a loop of its own (the ``backend`` setting)."""
+    parent = flow_run_var.get()
+    if parent is None or parent.closed or parent.loop is None:
+        return run_fresh_loop(
+            run_flow_async, flow, args, kwargs, return_state, backend=get_settings().backend
+        )
+    if parent.loop.on_loop_thread():
+        # Sync code on the loop that would run it (a sync task called inline from async
+        # code): waiting here would block that loop for ever.
+        raise BlockingCallError(
+            f"async flow {flow.name!r} was called from sync code running on the event loop "
+            f"thread of flow run {parent.record.name!r}, where waiting for it would block "
+            f"the loop that runs it; in async code, `await {flow.name}(...)`; from a sync "
+            "task, submit that task (it then runs in a worker thread)"
+        )
+    return call_in_run(parent, run_flow_async, flow, args, kwargs, return_state)
+
+
 def run_flow_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     caller = CallerThread(run)
+    # Sync subflows nest their bodies in the calling thread: past some depth, the body
+    # runs in a fresh thread instead (see _deep_stack).
+    too_deep = None
+    fresh_thread = False
+    if run.parent is not None and _deep_stack():
+        too_deep = _too_deep(run.parent)
+        fresh_thread = too_deep is None
+        caller.is_main = False
     context = copy_context()
     context.run(flow_run_var.set, run)
     context.run(route_prints, flow.log_prints, partial(flow_run_logger, run.record))
 
-    async def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        return await caller.run(context.run, flow.fn, *args, **kwargs)
+    def body(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Awaitable[Any]:
+        if too_deep is not None:
+            raise RecursionError(too_deep)
+        return caller.run(context.run, flow.fn, *args, **kwargs)
 
     async def on_loop() -> State[Any]:
         run.bind_loop()
@@ -142,6 +191,12 @@ def run_flow_sync(
         )
         thread.start()
         served = False
+        if fresh_thread:
+            server = threading.Thread(
+                target=caller.serve, name=f"orchestr-body-{run.record.name}", daemon=True
+            )
+            server.start()
+            served = True
         while True:
             try:
                 if not served:
@@ -157,12 +212,74 @@ def run_flow_sync(
                 run.cancel_requested = True
                 if run.loop is not None:
                     run.loop.call_soon(run.request_cancel)
+    if fresh_thread:
+        server.join()
     if interrupt is not None and run.signal is None:
         raise interrupt
     ok, value = outcome[0]
     if not ok:
         raise value
     return _deliver(run, value, return_state)
+
+
+# Past this share of the recursion limit in frames, a subflow starts on a fresh stack.
+# A level of async subflow nesting takes 5 frames (the flow function, run_flow_async,
+# _run, _attempts, _attempt); a level of sync nesting 6 (the flow function,
+# Flow.__call__, run_flow_sync, CallerThread.serve, its job, call_user). Without fresh
+# stacks, ~160 levels of either raised RecursionError inside orchestr's (and anyio's) own
+# frames, where it crashed every run of the chain.
+_DEEP_SHARE = 0.4
+
+
+def _deep_stack() -> bool:
+    """Whether the calling thread's stack is deep enough that a subflow nested here should
+    start on a fresh one (a task of its own, or for a sync body, a thread of its own)."""
+    try:
+        sys._getframe(int(sys.getrecursionlimit() * _DEEP_SHARE))
+    except ValueError:
+        return False
+    return True
+
+
+def _too_deep(parent: FlowRun) -> str | None:
+    """Why a subflow of ``parent`` must not run: subflows nest like calls, so at most as
+    many levels as the recursion limit (a flow that calls itself without end fails as a
+    function would, with RecursionError, not by exhausting memory)."""
+    depth = 2
+    ancestor = parent.parent
+    while ancestor is not None:
+        depth += 1
+        ancestor = ancestor.parent
+    limit = sys.getrecursionlimit()
+    if depth <= limit:
+        return None
+    return (
+        f"flow run {parent.record.name!r} called a subflow at nesting depth {depth}, past "
+        f"the recursion limit ({limit}, sys.getrecursionlimit()); does a flow call itself "
+        "without end?"
+    )
+
+
+async def _in_fresh_task(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+    """Await ``fn(*args)`` in a new task (a fresh stack) on this loop, in a copy of this
+    context, under this task's cancel scopes; its outcome comes back here."""
+    outcome: list[tuple[bool, Any]] = []
+    cancelled = anyio.get_cancelled_exc_class()
+
+    async def child() -> None:
+        try:
+            outcome.append((True, await fn(*args)))
+        except cancelled:
+            raise
+        except BaseException as exc:  # handed to the caller, not to the task group
+            outcome.append((False, exc))
+
+    async with anyio.create_task_group() as task_group:
+        task_group.start_soon(child)
+    ok, value = outcome[0]
+    if ok:
+        return value
+    raise value
 
 
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:

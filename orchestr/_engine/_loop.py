@@ -1,22 +1,48 @@
-"""Reaching an event loop from other threads, on asyncio and trio alike.
+"""Reaching an event loop from other threads, on asyncio and trio alike, and telling
+sync callers from async ones.
 
 anyio offers blocking calls into a loop (``from_thread.run``): :func:`run_on_loop` wraps
 them for sync code that must await something on a flow run's loop. Completing a future
 from a worker thread needs the non-blocking kind: "run this callback on that loop soon".
 Both backends have one (``loop.call_soon_threadsafe``, ``TrioToken.run_sync_soon``), both
 safe from signal handlers too; :class:`LoopHandle` picks the right one.
+
+:func:`in_async_code` decides which form a dual call gives (``fut.wait()``, an async task
+or flow called from sync code, ...): an awaitable to async code, a blocking call's value
+to sync code. :func:`call_in_run` runs an async call for sync code on its flow run's loop
+(from any thread, a thread running another loop included, where trio refuses anyio's
+portal), cancelled with the run; :func:`run_fresh_loop` runs one on a loop of its own.
 """
 
 from __future__ import annotations
 
+import sys
+import threading
 from collections.abc import Awaitable, Callable
+from contextvars import Context, copy_context
 from threading import get_ident
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-__all__ = ["LoopHandle", "awaited", "run_new_loop", "run_on_loop"]
+from ..exceptions import RunCancelled
+from ._context import flow_run_var, task_run_var
+from ._interrupts import wait_event
+
+if TYPE_CHECKING:
+    from ._flowrun import FlowRun
+
+__all__ = [
+    "LoopHandle",
+    "awaited",
+    "call_in_run",
+    "in_async_code",
+    "loop_running",
+    "run_fresh_loop",
+    "run_new_loop",
+    "run_on_loop",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +70,25 @@ class LoopHandle:
             callback()
         else:
             self.call_soon(callback)
+
+    def spawn(self, fn: Callable[[], Awaitable[object]], context: Context) -> None:
+        """Start ``fn()`` as a task of its own on the loop, in ``context``; safe from any
+        thread, one running another loop included. ``fn`` must not raise (on trio it is
+        a system task, whose exceptions would end the whole run). RuntimeError if the loop
+        has ended."""
+        native: Any = self.token.native_token
+        create_task = getattr(native, "create_task", None)
+        sniffio = sys.modules.get("sniffio")
+        if create_task is not None:  # asyncio
+            if sniffio is not None:  # the context may come from a thread running trio
+                context.run(sniffio.current_async_library_cvar.set, "asyncio")
+            native.call_soon_threadsafe(lambda: create_task(fn(), context=context))
+            return
+        import trio  # the loop runs trio: loaded
+
+        if sniffio is not None:
+            context.run(sniffio.current_async_library_cvar.set, None)
+        native.run_sync_soon(lambda: trio.lowlevel.spawn_system_task(fn, context=context))
 
     def call_soon(self, callback: Callable[[], object]) -> None:
         """Schedule ``callback`` on the loop; safe from any thread and from signal
@@ -89,3 +134,104 @@ def run_new_loop(fn: Callable[..., Any], *args: Any, backend: str = "asyncio") -
     else:
         sniffio.current_async_library_cvar.set(None)
     return anyio.run(fn, *args, backend=backend)
+
+
+# -- which convention the calling code follows ------------------------------------------------
+def loop_running() -> bool:
+    """Whether this thread is running an asyncio or trio event loop right now (cheaper
+    than asking anyio: the running-loop lookups of the two libraries, when loaded)."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and asyncio._get_running_loop() is not None:
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and bool(trio.lowlevel.in_trio_run())
+
+
+def in_async_code() -> bool:
+    """Whether the calling code is async code on an event loop (it gets awaitables),
+    rather than sync code (whose calls block and return values).
+
+    The innermost run decides: the code of a sync task is sync wherever it runs (a worker
+    thread, or inline on a loop thread); code of a flow run is async only on that run's
+    loop thread (a sync flow's body runs in the thread that called it, maybe another
+    loop's thread); outside any run, whether this thread runs an event loop.
+    """
+    task_run = task_run_var.get()
+    run = flow_run_var.get()
+    if (
+        task_run is not None
+        and not task_run.task.is_async
+        and (run is None or task_run.record.flow_run is run.record)
+    ):
+        return False
+    if run is not None and run.loop is not None:
+        return run.loop.on_loop_thread()
+    return loop_running()
+
+
+class _Canceller(threading.Event):
+    """Registered as a blocked thread's waiter with a flow run: the run's cancellation
+    (which wakes its waiters on its loop thread) cancels a scope on that loop instead."""
+
+    def __init__(self, loop: LoopHandle, scope: anyio.CancelScope) -> None:
+        super().__init__()
+        self._loop = loop
+        self._scope = scope
+
+    def set(self) -> None:
+        self._loop.call(self._scope.cancel)
+
+
+def call_in_run(run: FlowRun, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await ``fn(*args)`` on ``run``'s loop for sync code of that run (a sync flow's
+    body, a worker thread; never the loop's own thread), blocking until it is done, in a
+    copy of this thread's context. It is cancelled with the run; then RunCancelled is
+    raised here, as from the run's other blocking waits."""
+    loop = run.loop
+    done = threading.Event()
+    outcome: list[tuple[bool, Any]] = []
+
+    async def on_loop() -> None:
+        try:
+            with anyio.CancelScope() as scope, run.thread_waiter(_Canceller(loop, scope)):
+                outcome.append((True, await fn(*args)))
+            if not outcome:
+                outcome.append((False, RunCancelled(f"flow run {run.record.name!r} was cancelled")))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+        finally:
+            done.set()
+
+    try:
+        loop.spawn(on_loop, copy_context())
+    except RuntimeError:  # the loop has ended: so has the run
+        raise RunCancelled(f"flow run {run.record.name!r} has ended") from None
+    wait_event(done)  # where interrupts may land
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value
+
+
+def run_fresh_loop(fn: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:
+    """Await ``fn(*args)`` on a new event loop for sync code outside any run: in this
+    thread, or (if this thread runs a loop already) in a new one, which this one waits
+    for; in a copy of this thread's context either way."""
+    context = copy_context()
+    if not loop_running():
+        return context.run(run_new_loop, fn, *args, backend=backend)  # type: ignore[no-any-return]
+    outcome: list[tuple[bool, Any]] = []
+
+    def target() -> None:
+        try:
+            outcome.append((True, run_new_loop(fn, *args, backend=backend)))
+        except BaseException as exc:  # handed to the waiting thread
+            outcome.append((False, exc))
+
+    thread = threading.Thread(target=context.run, args=(target,), name="orchestr-loop", daemon=True)
+    thread.start()
+    thread.join()
+    ok, value = outcome[0]
+    if ok:
+        return value  # type: ignore[no-any-return]
+    raise value

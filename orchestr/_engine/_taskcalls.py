@@ -1,7 +1,9 @@
 """Calling, submitting and mapping tasks: the engine side of ``Task``.
 
 - Inline calls (``await async_task(x)``, ``sync_task(x)``) run the attempt loop in the
-  caller, on the async or the blocking driver.
+  caller, on the async or the blocking driver. Sync code calling an async task gets its
+  result: inside a flow run the task runs on the run's loop (submitted, and waited for
+  by the calling thread), outside any run on a loop of its own.
 - ``submit`` creates the run's record and future at once and never blocks. A sync task
   with nothing to wait for (no unfinished upstream, no timeout, no limit on its tags)
   goes straight to an in-process runner's thread (the fast path);
@@ -21,10 +23,12 @@ from .._limits._registry import has_limits
 from .._semaphore import on_event_loop
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
+    BlockingCallError,
     CyclicDependencyError,
     MappingError,
     NotInFlowRunError,
     UpstreamNotCompletedError,
+    UsageError,
 )
 from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord, _next_task_run_index
@@ -42,19 +46,33 @@ from ._deps import (
 from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
+from ._loop import run_fresh_loop
 from ._outcomes import cancelled_state, crashed_state, not_run_state, record_final_state
 
 if TYPE_CHECKING:
+    from .._definitions import Definition
     from ..runners import TaskRunner
     from ..tasks import Task
 
 __all__ = [
+    "call_async_task_from_sync",
     "call_task_async",
     "call_task_blocking",
+    "checked_return_state",
     "execute_job",
     "map_task",
     "submit_task",
 ]
+
+
+def checked_return_state(owner: Definition[Any, Any], value: object) -> bool:
+    """``return_state`` must be True or False (it is the caller's, never the function's)."""
+    if value is False or value is True:
+        return value
+    raise UsageError(
+        f"return_state of a call of {owner.kind} {owner.name!r} must be True or False, "
+        f"got {value!r}"
+    )
 
 
 # -- inline calls ---------------------------------------------------------------------------
@@ -107,6 +125,55 @@ def call_task_blocking(
         driver = BlockingDriver(run, inline=True)
         state = drive(run_attempts(run, task, record, None, args, kwargs, driver))
     return _deliver(record, state, return_state)
+
+
+def call_async_task_from_sync(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    wait_for: Any,
+) -> Any:
+    """An async task called inline by sync code: run it to its end, return its result
+    (or state). In a flow run (its sync body, a sync task in a worker thread) it runs on
+    the run's loop like a submitted run, which this thread waits for (cancelled with the
+    run); outside any run, on a loop of its own."""
+    run = flow_run_var.get()
+    if run is None or run.closed:
+        from ..settings import get_settings
+
+        return run_fresh_loop(
+            call_task_async,
+            task,
+            args,
+            kwargs,
+            return_state,
+            wait_for,
+            backend=get_settings().backend,
+        )
+    if run.loop.on_loop_thread():
+        raise BlockingCallError(_blocking_call_message(f"async task {task.name!r}", task.name))
+    future = submit_task(task, args, kwargs, wait_for)
+    future._wait_blocking(None)
+    return _deliver(future._record, future._state, return_state)  # type: ignore[arg-type]
+
+
+def _blocking_call_message(what: str, name: str) -> str:
+    """Why sync code on a flow run's loop thread cannot wait for ``what``, and what to do."""
+    current = task_run_var.get()
+    if current is not None and not current.task.is_async:
+        caller = current.task.name
+        return (
+            f"{what} was called from sync task {caller!r}, which runs on the event loop "
+            "thread (it was called inline from async code), where waiting for it would "
+            f"block the loop that runs it: submit {caller!r} instead (`await "
+            f"{caller}.submit(...)` runs it in a worker thread), or make it async and "
+            f"`await {name}(...)`"
+        )
+    return (
+        f"{what} was called from sync code on the event loop thread, where waiting for it "
+        f"would block the loop that runs it; in async code, `await {name}(...)`"
+    )
 
 
 def _new_record(task: Task[Any, Any], run: FlowRun | None) -> TaskRunRecord:

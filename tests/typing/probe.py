@@ -6,7 +6,7 @@ type-check.
 
 from __future__ import annotations
 
-from orchestr import FutureList, TaskFuture, flow, task
+from orchestr import FutureList, State, TaskFuture, as_completed, flow, task, wait
 
 
 @task
@@ -32,7 +32,26 @@ async def pipeline(n: int) -> int:
     add.submit(1)  # E: a missing argument
     add(1, 2, 3)  # E: an extra argument
     bad: str = add(1, 2)  # E: the result type is kept
-    return total + len(bad)
+    state: State[int] = await first.wait()
+    states: list[State[int]] = await many.wait(timeout=1)
+    submitted: State[int] = await add.submit(1, 2, return_state=True)
+    mapped: list[State[bytes]] = await fetch.map(["x"], return_state=True)
+    done = (await wait([first])).done
+    async for finished in as_completed([first]):
+        total += await finished
+    total += submitted.result()
+    return total + len(bad) + len(states) + len(mapped) + len(done) + state.result()
+
+
+@flow
+def sync_waits() -> int:
+    fut = add.submit(1, 2)
+    state: State[int] = fut.wait(timeout=1)
+    states: list[State[int]] = add.map([1], [2]).wait()
+    submitted: State[int] = add.submit(1, 2, return_state=True)
+    for finished in as_completed([fut]):
+        state = finished.wait()
+    return state.result() + len(states) + submitted.result() + len(wait([fut]).done)
 
 
 @flow
