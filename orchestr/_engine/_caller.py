@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +82,14 @@ class CallerThread:
             except BaseException as exc:  # handed to the engine, which decides
                 outcome.append((False, exc))
             finally:
+                self.flow_run.body_ended = time.monotonic()
                 with self._lock:
                     self.in_body = False
                 _interrupts.pop_body()
                 loop.call_soon(done.set)
 
         self._jobs.put(job)
+        failed: Exception | None = None
         try:
             await done.wait()
         except anyio.get_cancelled_exc_class():
@@ -99,7 +102,17 @@ class CallerThread:
                         await done.wait()
                     _interrupts.kick()  # a deferred interrupt may be deliverable now
                 _interrupts.withdraw(request)
-            raise
+            ok, value = outcome[0]
+            if ok or not isinstance(value, Exception):
+                if not ok:
+                    run.body_outcome = value
+                raise
+            # The body failed, maybe before the cancellation (the engine compares when
+            # it ended with the deadline): its error, raised below, out of this handler
+            # so that its own __context__ stays as it was.
+            failed = value
+        if failed is not None:
+            raise failed
         ok, value = outcome[0]
         if ok:
             return value

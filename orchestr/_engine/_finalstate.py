@@ -63,7 +63,7 @@ def final_state(
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         timed_out = RunTimedOut(message)
         # What the body raised once stopped (because of the timeout) is kept, not lost.
-        timed_out.__context__ = body_error
+        timed_out.__context__ = body_error if body_error is not None else run.body_outcome
         return State(
             StateType.FAILED, name="TimedOut", message=message, error=timed_out, record=record
         )

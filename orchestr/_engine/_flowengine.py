@@ -390,6 +390,9 @@ async def _attempt(
     cancelled = anyio.get_cancelled_exc_class()
     timeout = run.flow.timeout_seconds
     deadline = math.inf if timeout is None else anyio.current_time() + timeout
+    # The same deadline on the clock a sync body's thread reads (trio's differs).
+    deadline_at = math.inf if timeout is None else time.monotonic() + timeout
+    run.body_ended = run.body_outcome = None
     value: Any = None
     body_error: BaseException | None = None
     failed_first = False
@@ -404,13 +407,17 @@ async def _attempt(
                 dispatcher.start(task_group)
                 try:
                     value = await body(args, kwargs)
-                except cancelled:
+                except cancelled as exc:
+                    if run.body_outcome is None:
+                        run.body_outcome = exc  # (what it stopped may be its __context__)
                     raise
                 except BaseException as exc:
                     body_error = exc
                     # Raised before the deadline: then the body's failure, not a timeout
-                    # that came while the run waited for its task runs, decides (rule 7).
-                    failed_first = anyio.current_time() < deadline
+                    # that came while the run waited for its task runs (or before the
+                    # loop saw the body end), decides (rule 7).
+                    ended = run.body_ended if run.body_ended is not None else time.monotonic()
+                    failed_first = ended < deadline_at
                     if not isinstance(exc, Exception):
                         scope.cancel()  # an interrupt: stop everything, wait for nothing
                 await run.barrier()
@@ -429,7 +436,12 @@ async def _attempt(
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
-    timed_out = scope.cancelled_caught and not (failed_first and isinstance(body_error, Exception))
+    # The deadline passed (a body error raised in its place may have kept the scope from
+    # catching a cancellation), unless the body had failed before it.
+    deadline_hit = scope.cancelled_caught or (
+        scope.cancel_called and anyio.current_time() >= deadline
+    )
+    timed_out = deadline_hit and not (failed_first and isinstance(body_error, Exception))
     return final_state(run, value, body_error, timed_out, first_task_run)
 
 

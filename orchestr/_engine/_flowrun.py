@@ -49,7 +49,9 @@ class FlowRun:
         "_thread_waiters",
         "active",
         "arguments",
+        "body_ended",
         "body_error",
+        "body_outcome",
         "cancel_reason",
         "cancel_requested",
         "closed",
@@ -99,6 +101,10 @@ class FlowRun:
         self.cancel_reason: str | None = None
         # The body's error, when a cancellation from outside came after it (rule 7).
         self.body_error: Exception | None = None
+        # When a sync body ended (time.monotonic()), and what it ended with when the
+        # attempt was cancelled or timed out meanwhile: nothing it raised is lost.
+        self.body_ended: float | None = None
+        self.body_outcome: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
         self._thread_waiters: set[threading.Event] = set()
