@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestr import State, TaskFuture, flow, override_settings, task
+from orchestr import State, TaskFuture, flow, override_settings, resource, task
 from orchestr.exceptions import RunTimedOut
 from orchestr.states import StateType
 
@@ -419,3 +419,57 @@ def test_parent_timeout_cancels_sync_subflow(backend: str) -> None:
     (sub,) = state.record.subflow_runs
     assert sub.state_type is StateType.CANCELLED
     assert "timeout" not in str(sub.message)
+
+
+# -- a body error and a timeout close together ------------------------------------------------
+def test_sync_body_failing_before_its_deadline_keeps_its_error_when_the_loop_is_late(
+    backend: str,
+) -> None:
+    """A sync body raises well before the flow's deadline while the run's loop is busy
+    (a task blocking it), so the engine sees the body end only after the deadline: the
+    run is Failed with the body's error, not TimedOut."""
+
+    @task
+    async def blocks_the_loop() -> None:
+        time.sleep(0.3)  # holds the run's event loop past the deadline
+
+    @flow(timeout_seconds=0.1)
+    def main() -> None:
+        blocks_the_loop.submit()
+        time.sleep(0.02)  # the loop is blocked by now
+        raise ValueError("failed in time")
+
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert state.name == "Failed"
+    assert isinstance(state.exception, ValueError)
+    assert str(state.exception) == "failed in time"
+
+
+def test_an_error_the_timeout_stopped_stays_reachable_from_the_timeout(run: Any) -> None:
+    """An async body raises inside a resource block whose cleanup runs past the flow's
+    deadline: the run is TimedOut (it did not end in time), and the body's error is the
+    RunTimedOut's context, not lost."""
+
+    @resource
+    async def slow_to_close() -> Any:
+        try:
+            yield "handle"
+        finally:
+            end = time.perf_counter() + 0.3
+            while time.perf_counter() < end:  # a cleanup holding the loop past the deadline
+                pass
+
+    @flow(timeout_seconds=0.1)
+    async def main() -> None:
+        async with slow_to_close():
+            raise ValueError("raised before the deadline, ended after it")
+
+    state = run(lambda: main(return_state=True))
+    assert state.name == "TimedOut"
+    chain = []
+    error: BaseException | None = state.exception
+    while error is not None:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    assert any(isinstance(e, ValueError) and "before the deadline" in str(e) for e in chain), chain

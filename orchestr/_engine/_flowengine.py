@@ -395,7 +395,7 @@ async def _attempt(
     run.body_ended = run.body_outcome = None
     value: Any = None
     body_error: BaseException | None = None
-    failed_first = False
+    ended_at = math.inf  # when the body returned or raised (time.monotonic())
     await runner.start()
     dispatcher = run.dispatcher = Dispatcher(run)
     try:
@@ -407,17 +407,14 @@ async def _attempt(
                 dispatcher.start(task_group)
                 try:
                     value = await body(args, kwargs)
+                    ended_at = run.body_ended or time.monotonic()
                 except cancelled as exc:
                     if run.body_outcome is None:
                         run.body_outcome = exc  # (what it stopped may be its __context__)
                     raise
                 except BaseException as exc:
                     body_error = exc
-                    # Raised before the deadline: then the body's failure, not a timeout
-                    # that came while the run waited for its task runs (or before the
-                    # loop saw the body end), decides (rule 7).
-                    ended = run.body_ended if run.body_ended is not None else time.monotonic()
-                    failed_first = ended < deadline_at
+                    ended_at = run.body_ended or time.monotonic()
                     if not isinstance(exc, Exception):
                         scope.cancel()  # an interrupt: stop everything, wait for nothing
                 await run.barrier()
@@ -436,13 +433,26 @@ async def _attempt(
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
-    # The deadline passed (a body error raised in its place may have kept the scope from
-    # catching a cancellation), unless the body had failed before it.
-    deadline_hit = scope.cancelled_caught or (
-        scope.cancel_called and anyio.current_time() >= deadline
+    return final_state(
+        run,
+        value,
+        body_error,
+        _timed_out(scope, deadline, ended_at < deadline_at, body_error),
+        first_task_run,
     )
-    timed_out = deadline_hit and not (failed_first and isinstance(body_error, Exception))
-    return final_state(run, value, body_error, timed_out, first_task_run)
+
+
+def _timed_out(
+    scope: anyio.CancelScope, deadline: float, in_time: bool, body_error: BaseException | None
+) -> bool:
+    """Whether the attempt's timeout decides its state (rule 7). A body that failed
+    before the deadline decides instead, even if the deadline then passed while the run
+    waited for its task runs, or before the loop saw the body end. A body that ended
+    after the deadline timed out, even if no cancellation reached the scope (a sync body
+    that raised in its place, a cleanup that held the loop past the timer)."""
+    if scope.cancelled_caught:
+        return not (in_time and isinstance(body_error, Exception))
+    return not in_time and anyio.current_time() >= deadline
 
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:
