@@ -26,6 +26,7 @@ from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_f
 from ._engine._loop import in_async_code
 from ._engine._params import ParameterValidator
 from ._engine._taskcalls import checked_return_state
+from ._tracebacks import hide_frames
 from .exceptions import UsageError
 from .runners import TaskRunner, ThreadPoolTaskRunner
 
@@ -140,7 +141,10 @@ class Flow(Definition[P, R]):
             return flow_after_upstreams(self, wait_for, return_state, call)  # type: ignore[no-any-return]
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
         if not self.is_async:
-            return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+            try:
+                return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+            except BaseException as exc:
+                raise hide_frames(exc)  # noqa: B904 - the same error: the caller sees its frames, not ours
         if in_async_code():
             return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
         return run_async_flow_from_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]

@@ -31,6 +31,7 @@ from .._logging import (
     log_prints_var,
     route_prints,
 )
+from .._tracebacks import hide_frames
 from ..exceptions import (
     BlockingCallError,
     CrashedError,
@@ -106,7 +107,10 @@ async def run_flow_async(
     if run.signal is not None:
         with anyio.CancelScope(shield=True):
             await _interrupts.others_signalled_ended()
-    return _deliver(run, state, return_state)
+    try:
+        return _deliver(run, state, return_state)
+    except BaseException as exc:
+        raise hide_frames(exc)  # noqa: B904 - the same error: the caller sees its frames, not ours
 
 
 def run_async_flow_from_sync(
