@@ -30,14 +30,13 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 import anyio
 
 from ._engine._context import flow_run_var, task_run_var
-from ._engine._interrupts import take_interrupt, wait_event
+from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
     BlockingCallError,
     CyclicDependencyError,
     FailedRunsGroup,
     FutureTimeoutError,
-    RunCancelled,
     UpstreamNotCompletedError,
     UsageError,
 )
@@ -140,11 +139,17 @@ class TaskFuture(Generic[R]):
         """The current state; reading a final state counts as observing it. A state read
         before the end remembers its future: a run that returns it ends in the future's
         final state."""
-        state = self._state
-        if state is None:
-            early = self._record.state
-            early._future = self
-            return early
+        return self._current_state()
+
+    def _current_state(self) -> State[R]:
+        """The final state (observed), else the current one, read under the run's lock:
+        never a record that the finishing thread has written only half of."""
+        with self._run.lock:
+            state = self._state
+            if state is None:
+                early = self._record.state
+                early._future = self
+                return early
         _observe(self._record)
         return state
 
@@ -178,10 +183,7 @@ class TaskFuture(Generic[R]):
             _refuse_self_wait(self)
             with anyio.move_on_after(math.inf if timeout is None else timeout):
                 await self._wait_async()
-            if self._state is None:
-                return self._record.state
-        _observe(self._record)
-        return self._state
+        return self._current_state()
 
     # -- waiting from sync code ---------------------------------------------------------
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
@@ -213,10 +215,8 @@ class TaskFuture(Generic[R]):
         self._refuse_loop_thread(call)
         if self._state is None:
             _refuse_self_wait(self)
-            if not self._wait_blocking(timeout):
-                return self._record.state
-        _observe(self._record)
-        return self._state  # type: ignore[return-value]
+            self._wait_blocking(timeout)
+        return self._current_state()
 
     # -- control ------------------------------------------------------------------------
     def cancel(self) -> bool:
@@ -299,9 +299,7 @@ class TaskFuture(Generic[R]):
         if self._state is None:
             if cancellable and run.cancel_requested:
                 # The interrupt meant for this thread (a signal's), else RunCancelled.
-                raise take_interrupt() or RunCancelled(
-                    f"flow run {run.record.name!r} was cancelled"
-                )
+                raise cancelled_error(run.record.name)
             return False
         return True
 
@@ -419,11 +417,7 @@ class FutureList(list[TaskFuture[R]]):
 
 def _state_seen(future: TaskFuture[R]) -> State[R]:
     """The final state (observed), or the current one."""
-    state = future._state
-    if state is None:
-        return future._record.state
-    _observe(future._record)
-    return state
+    return future._current_state()
 
 
 def _future_of(state: State[R]) -> TaskFuture[R] | None:
@@ -585,4 +579,4 @@ def _block(event: threading.Event, timeout: float | None, run: FlowRun | None) -
     with run.thread_waiter(event):
         wait_event(event, timeout)
     if run.cancel_requested:
-        raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
+        raise cancelled_error(run.record.name)

@@ -1005,3 +1005,41 @@ def test_waits_that_give_up_leave_no_callback_behind(run: Any) -> None:
     pending, value = run(main)
     assert pending == 0
     assert value == 1
+
+
+def test_state_read_while_the_run_finishes_is_consistent_and_observes(backend: str) -> None:
+    """Polling fut.state while a worker thread finishes the run (threads switching as
+    often as possible): a final state read carries the run's result or error, and seeing
+    a Failed state observes it (the flow does not fail for failures its body handled)."""
+    import sys
+
+    @task
+    def answer() -> int:
+        return 42
+
+    @task
+    def flaky() -> int:
+        raise ValueError("handled by the body")
+
+    @flow
+    def main() -> list[Any]:
+        wrong = []
+        for _ in range(150):
+            good, bad = answer.submit(), flaky.submit()
+            while not (state := good.state).is_final():
+                pass
+            if state.result() != 42:
+                wrong.append(state)
+            while not bad.state.is_final():
+                pass
+        return wrong
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with override_settings(backend=backend):
+            state = main(return_state=True)
+    finally:
+        sys.setswitchinterval(interval)
+    assert state.is_completed(), state
+    assert state.result() == []

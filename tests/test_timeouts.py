@@ -473,3 +473,45 @@ def test_an_error_the_timeout_stopped_stays_reachable_from_the_timeout(run: Any)
         chain.append(error)
         error = error.__cause__ or error.__context__
     assert any(isinstance(e, ValueError) and "before the deadline" in str(e) for e in chain), chain
+
+
+def test_a_timeout_interrupts_a_sync_body_once(backend: str) -> None:
+    """A flow timeout while the body waits in fut.result(): the body gets one
+    RunCancelled there, and its handler then runs to its end, with no second interrupt."""
+    import sys
+
+    from orchestr.exceptions import RunCancelled
+
+    seen: list[str] = []
+
+    @task
+    def slow() -> int:
+        time.sleep(0.5)
+        return 1
+
+    @flow(timeout_seconds=0.05)
+    def main() -> None:
+        future = slow.submit()
+        try:
+            future.result()
+        except RunCancelled:
+            seen.append("interrupted")
+            try:
+                time.sleep(0.2)  # a handler doing some work after the interrupt
+                seen.append("handler finished")
+            except BaseException as again:
+                seen.append(f"interrupted again: {type(again).__name__}")
+                raise
+            raise
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        with override_settings(backend=backend, cancel_grace_seconds=1):
+            for _ in range(5):
+                seen.clear()
+                state = main(return_state=True)
+                assert state.name == "TimedOut"
+                assert seen == ["interrupted", "handler finished"]
+    finally:
+        sys.setswitchinterval(interval)

@@ -51,9 +51,6 @@ class CallerThread:
     def body_running(self) -> bool:
         return self.in_body
 
-    def _body_cancelled(self) -> bool:
-        return self.cancelled and self.in_body
-
     async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` in the serving thread; return (or raise) its outcome.
 
@@ -76,7 +73,7 @@ class CallerThread:
                 outcome.append((False, RunCancelled("cancelled before the body started")))
                 loop.call_soon(done.set)
                 return
-            _interrupts.push_body(self._body_cancelled)
+            _interrupts.push_body(self)
             try:
                 outcome.append((True, _interrupts.call_user(fn, *args, **kwargs)))
             except BaseException as exc:  # handed to the engine, which decides
@@ -95,8 +92,11 @@ class CallerThread:
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 run = self.flow_run
-                run.request_cancel(run.why_cancelled())  # here the deadline is readable
+                why = run.why_cancelled()  # here, on the loop, the deadline is readable
+                # Posted before the run's blocking waits are woken: one of them then
+                # raises this very interrupt, never a second one after it.
                 request = self._stop_body()
+                run.request_cancel(why)
                 while not done.is_set():
                     with anyio.move_on_after(_KICK_INTERVAL):
                         await done.wait()

@@ -22,7 +22,7 @@ from .._limits._backends import backend_for
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from ..exceptions import RunCancelled
 from ..runners import CallHandle
-from ._interrupts import call_user, wait_event
+from ._interrupts import call_user, cancelled_error, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
@@ -163,7 +163,7 @@ class BlockingDriver:
         with run.thread_waiter(wakeup):
             wait_event(wakeup, seconds)
         if run.cancel_requested:
-            raise RunCancelled(f"flow run {run.record.name!r} was cancelled")
+            raise cancelled_error(run.record.name)
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""

@@ -260,30 +260,34 @@ def _deliver(frame: FrameType | None) -> None:
 _local = threading.local()
 
 
-def push_body(cancelled: Callable[[], bool]) -> None:
-    """This thread starts running a sync flow body; ``cancelled()`` says whether its run
-    wants it to stop (read by :func:`pending_interrupt` outside the main thread)."""
+def push_body(body: Body) -> None:
+    """This thread starts running a sync flow body."""
     bodies = getattr(_local, "bodies", None)
     if bodies is None:
         bodies = _local.bodies = []
-    bodies.append(cancelled)
+    bodies.append(body)
 
 
 def pop_body() -> None:
     _local.bodies.pop()
 
 
+def _thread_bodies() -> list[Body]:
+    return getattr(_local, "bodies", None) or []
+
+
 def pending_interrupt() -> BaseException | None:
     """The interrupt waiting for the current thread, if any (not removed): checked where a
-    protected section ends."""
-    if threading.get_ident() == _main_ident:
+    protected section ends. In the main thread (when it can be woken), a request; in any
+    other thread (or where signals cannot wake it), its body's cancellation."""
+    if threading.get_ident() == _main_ident and _wakeup_users[0]:
         for request in _requests:
             if request.inside is None and request.wanted():
                 return request.exc
         return None
-    for cancelled in getattr(_local, "bodies", ()):
-        if cancelled():
-            return RunCancelled("the flow run of this body was cancelled")
+    for body in _thread_bodies():
+        if body.cancelled and body.in_body:
+            return RunCancelled(f"flow run {body.flow_run.record.name!r} was cancelled")
     return None
 
 
@@ -295,6 +299,17 @@ def take_interrupt() -> BaseException | None:
             if request.exc is exc:
                 withdraw(request)
     return exc
+
+
+def cancelled_error(run_name: str) -> BaseException:
+    """What a blocking orchestr call raises in a thread whose flow run was cancelled: the
+    interrupt waiting for this thread (a signal's exception, a timeout's RunCancelled),
+    else RunCancelled. Either way the bodies running in this thread now count as
+    interrupted, so the engine sends them no second one."""
+    exc = take_interrupt()
+    for body in _thread_bodies():
+        body.interrupt_sent = True
+    return exc or RunCancelled(f"flow run {run_name!r} was cancelled")
 
 
 # -- other threads (cleanup watchdogs only) ----------------------------------------------------
@@ -318,11 +333,13 @@ def clear_thread_interrupt(thread_id: int) -> None:
 
 # -- SIGINT and SIGTERM ------------------------------------------------------------------------
 class Body(Protocol):
-    """A sync flow body, as the signal handler sees it (``_caller.CallerThread``)."""
+    """A sync flow body, as the signal handler and blocking calls see it
+    (``_caller.CallerThread``)."""
 
     flow_run: FlowRun
     is_main: bool
     in_body: bool
+    cancelled: bool
     interrupt_sent: bool
 
 

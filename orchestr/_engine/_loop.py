@@ -28,7 +28,7 @@ import anyio.lowlevel
 
 from ..exceptions import RunCancelled
 from ._context import flow_run_var, task_run_var
-from ._interrupts import wait_event
+from ._interrupts import cancelled_error, wait_event
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -208,6 +208,8 @@ def call_in_run(run: FlowRun, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
         raise RunCancelled(f"flow run {run.record.name!r} has ended") from None
     wait_event(done)  # where interrupts may land
     ok, value = outcome[0]
+    if not ok and isinstance(value, RunCancelled):
+        raise cancelled_error(run.record.name)  # the thread's pending interrupt, if any
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
