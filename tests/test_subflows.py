@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -269,3 +270,44 @@ def test_subflow_with_unobserved_task_failure_fails_only_the_child(run: Any) -> 
     assert state.type is StateType.COMPLETED
     assert state.result() == "FAILED"
     assert state.record.task_runs == []
+
+
+@pytest.mark.parametrize("parent_kind", ["sync", "async"])
+def test_a_parent_timeout_reaches_a_sync_subflow_waiting_for_its_task_runs(
+    backend: str, parent_kind: str
+) -> None:
+    """A sync subflow whose body returned but whose exit barrier waits for a long sync
+    task run is cancelled when its parent times out: the parent ends TimedOut within the
+    cancel grace, not when the task run would have ended."""
+    release = threading.Event()
+
+    @task
+    def long_job() -> str:
+        release.wait(10)
+        return "done"
+
+    @flow
+    def child() -> None:
+        long_job.submit()  # not waited for: the child's exit barrier waits for it
+
+    @flow(timeout_seconds=0.2)
+    def sync_parent() -> None:
+        child()
+
+    @flow(timeout_seconds=0.2)
+    async def async_parent() -> None:
+        child()
+
+    started = time.monotonic()
+    try:
+        with override_settings(backend=backend, cancel_grace_seconds=0.2):
+            if parent_kind == "sync":
+                state = sync_parent(return_state=True)
+            else:
+                state = anyio.run(lambda: async_parent(return_state=True), backend=backend)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 3
+    assert state.name == "TimedOut"
+    (sub,) = state.record.subflow_runs
+    assert sub.state_type is StateType.CANCELLED

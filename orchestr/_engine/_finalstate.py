@@ -9,7 +9,7 @@ all of them), and otherwise Completed with the return value. No failure is silen
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from ..exceptions import (
     CrashedError,
@@ -27,21 +27,25 @@ from ._deps import collect_returned, resolve_returned
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
-__all__ = ["final_returned", "final_state", "returned_error"]
+__all__ = ["Stop", "final_returned", "final_state", "returned_error"]
 
 _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
+
+
+Stop = Literal["timeout", "cancel"]
 
 
 def final_state(
     run: FlowRun,
     value: Any,
     body_error: BaseException | None,
-    cancelled_caught: bool,
+    stopped: Stop | None,
     first_task_run: int,
 ) -> State[Any]:
-    """Rule 7, in order: interrupts, timeouts, body errors, returned futures and
-    states, unobserved task failures, success. ``cancelled_caught``: the run's timeout
-    decides (not when the body had failed before the deadline)."""
+    """Rule 7, in order: interrupts, timeouts and cancellations, body errors, returned
+    futures and states, unobserved task failures, success. ``stopped``: the attempt's
+    timeout or a cancellation of the run (a parent's) decides (see
+    ``_flowengine._stopped_by``)."""
     record = run.record
     if run.signal is not None:
         name = signal.Signals(run.signal).name
@@ -59,7 +63,12 @@ def final_state(
         # no timeout of this run. Its own timeout cancels the body call instead.
         cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
         return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
-    if cancelled_caught:
+    if stopped == "cancel":
+        why = run.why_cancelled()
+        cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {why}")
+        cancelled.__context__ = body_error if body_error is not None else run.body_outcome
+        return State(StateType.CANCELLED, message=why, error=cancelled, record=record)
+    if stopped == "timeout":
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         timed_out = RunTimedOut(message)
         # What the body raised once stopped (because of the timeout) is kept, not lost.

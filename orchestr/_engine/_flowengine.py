@@ -55,6 +55,7 @@ from ._taskcalls import execute_job
 
 if TYPE_CHECKING:
     from ..flows import Flow
+    from ._finalstate import Stop
 
     Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
 
@@ -141,6 +142,12 @@ def run_flow_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
     run = FlowRun(flow, flow_run_var.get(), execute_job)
+    parent = run.parent
+    if parent is not None and parent.loop is not None and parent.loop.on_loop_thread():
+        # Called on its parent's loop thread (a sync subflow of an async flow): the
+        # parent's loop waits for it, so the parent's deadline cannot fire meanwhile;
+        # this run honours it instead.
+        run.inherited_deadline_at = parent.deadline_at
     caller = CallerThread(run)
     # Sync subflows nest their bodies in the calling thread: past some depth, the body
     # runs in a fresh thread instead (see _deep_stack).
@@ -339,8 +346,10 @@ async def _run(
             ended = State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
         with anyio.CancelScope(shield=True):
             await _end(run, ended)
+        run.ended()
         raise
     await _end(run, state)
+    run.ended()
     return state
 
 
@@ -372,6 +381,7 @@ async def _attempts(
         if isinstance(delay, State):  # retry_delay_seconds gave no delay: fails the run
             return delay
         run.cancel_requested = False
+        run.cancelled_at = None
         log_retry(record, attempt, flow.retries, state, delay)
         # Interruptible: a signal during the delay ends the run now (request_cancel()
         # cancels run.scope), not when the delay is over.
@@ -382,7 +392,7 @@ async def _attempts(
             await anyio.sleep(delay)
         run.scope = None
         if run.signal is not None:
-            return final_state(run, None, None, False, len(record.task_runs))
+            return final_state(run, None, None, None, len(record.task_runs))
 
 
 async def _attempt(
@@ -393,9 +403,13 @@ async def _attempt(
     run.runner = runner
     cancelled = anyio.get_cancelled_exc_class()
     timeout = run.flow.timeout_seconds
-    deadline = math.inf if timeout is None else anyio.current_time() + timeout
-    # The same deadline on the clock a sync body's thread reads (trio's differs).
-    deadline_at = math.inf if timeout is None else time.monotonic() + timeout
+    # The deadline on the clock a sync body's thread reads (trio's differs), then on the
+    # loop's: its own timeout's, or the parent's it honours if that comes first.
+    own_at = math.inf if timeout is None else time.monotonic() + timeout
+    deadline_at = run.deadline_at = min(own_at, run.inherited_deadline_at)
+    deadline = anyio.current_time() + (deadline_at - time.monotonic())
+    if run.inherited_deadline_at < own_at and run.cancel_reason is None:
+        run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"  # type: ignore[union-attr]
     run.body_ended = run.body_outcome = None
     value: Any = None
     body_error: BaseException | None = None
@@ -437,26 +451,36 @@ async def _attempt(
         run.scope = None
     with anyio.CancelScope(shield=True):
         await _wind_down(run, cancel=scope.cancel_called)
-    return final_state(
-        run,
-        value,
-        body_error,
-        _timed_out(scope, deadline, ended_at < deadline_at, body_error),
-        first_task_run,
-    )
+    stopped = _stopped_by(run, scope, deadline_at, ended_at, body_error)
+    return final_state(run, value, body_error, stopped, first_task_run)
 
 
-def _timed_out(
-    scope: anyio.CancelScope, deadline: float, in_time: bool, body_error: BaseException | None
-) -> bool:
-    """Whether the attempt's timeout decides its state (rule 7). A body that failed
-    before the deadline decides instead, even if the deadline then passed while the run
-    waited for its task runs, or before the loop saw the body end. A body that ended
-    after the deadline timed out, even if no cancellation reached the scope (a sync body
-    that raised in its place, a cleanup that held the loop past the timer)."""
-    if scope.cancelled_caught:
-        return not (in_time and isinstance(body_error, Exception))
-    return not in_time and anyio.current_time() >= deadline
+def _stopped_by(
+    run: FlowRun,
+    scope: anyio.CancelScope,
+    deadline_at: float,
+    ended_at: float,
+    body_error: BaseException | None,
+) -> Stop | None:
+    """What stopped the attempt, if anything did: its timeout or a cancellation of the
+    run (its parent's, say), whichever came first (times on ``time.monotonic()``).
+
+    A body that failed before either decides instead (rule 7), even if they came while
+    the run waited for its task runs, or before the loop saw the body end. A body that
+    ended after one was stopped by it, even if no cancellation reached the scope (a sync
+    body that raised in its place, a cleanup that held the loop past the timer); one that
+    ended before is stopped only if its task runs were cancelled (the scope caught it).
+    """
+    cancelled_at = run.cancelled_at if run.cancelled_at is not None else math.inf
+    if deadline_at == run.inherited_deadline_at:  # the parent's deadline: a cancellation
+        cancelled_at, deadline_at = min(cancelled_at, deadline_at), math.inf
+    first = min(deadline_at, cancelled_at)
+    ended_first = ended_at < first
+    if ended_first and isinstance(body_error, Exception):
+        return None
+    if not (scope.cancelled_caught or (not ended_first and time.monotonic() >= first)):
+        return None
+    return "cancel" if cancelled_at < deadline_at else "timeout"
 
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:

@@ -13,7 +13,8 @@ import math
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -52,14 +53,18 @@ class FlowRun:
         "body_ended",
         "body_error",
         "body_outcome",
+        "children",
         "cancel_reason",
+        "cancelled_at",
         "cancel_requested",
         "closed",
         "closed_resources",
+        "deadline_at",
         "dispatcher",
         "escalated",
         "execute_job",
         "flow",
+        "inherited_deadline_at",
         "lock",
         "loop",
         "open_resources",
@@ -76,17 +81,23 @@ class FlowRun:
     ) -> None:
         self.flow = flow
         self.parent = parent
+        # Guards completion of this run's futures against concurrent waiters/cancellers,
+        # and its set of subflow runs.
+        self.lock = threading.Lock()
         self.record: FlowRunRecord = FlowRunRecord(
             flow.name, None if parent is None else parent.record
         )
+        # Subflow runs under way: a cancellation of this run reaches them too, even a
+        # sync subflow's, which runs on a loop of its own.
+        self.children: set[FlowRun] = set()
         if parent is not None:
             parent.record.subflow_runs.append(self.record)
+            with parent.lock:
+                parent.children.add(self)
         self.execute_job = execute_job
         # The validated call (args, kwargs), once validated: orchestr.runtime reads it.
         self.arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.worker_driver = BlockingDriver(self, inline=False)
-        # Guards completion of this run's futures against concurrent waiters/cancellers.
-        self.lock = threading.Lock()
         self.loop: LoopHandle = None  # type: ignore[assignment]  # set by bind_loop()
         self.runner: TaskRunner = None  # type: ignore[assignment]  # set per attempt
         # Set per attempt too; once the attempt has ended it cancels what reaches it.
@@ -99,6 +110,14 @@ class FlowRun:
         # Why the run was cancelled, when something other than a signal or its timeout
         # did it (see why_cancelled()).
         self.cancel_reason: str | None = None
+        # When a cancellation was first asked for (time.monotonic()): told apart from
+        # the run's own timeout by which came first.
+        self.cancelled_at: float | None = None
+        # The current attempt's deadline (time.monotonic(); inf: none), and a parent's
+        # this run honours because the parent's loop waits for it (a sync subflow of an
+        # async flow, on that loop's thread).
+        self.deadline_at = math.inf
+        self.inherited_deadline_at = math.inf
         # The body's error, when a cancellation from outside came after it (rule 7).
         self.body_error: Exception | None = None
         # When a sync body ended (time.monotonic()), and what it ended with when the
@@ -209,13 +228,39 @@ class FlowRun:
             event.set()
 
     def request_cancel(self, reason: str | None = None) -> None:
-        """Cancel the run: its body, its task runs, its blocked threads. Loop thread."""
+        """Cancel the run: its body, its task runs, its blocked threads, its subflow
+        runs. Loop thread."""
         if reason is not None and self.cancel_reason is None:
             self.cancel_reason = reason
+        if self.cancelled_at is None:
+            self.cancelled_at = time.monotonic()
         self.cancel_requested = True
         self._wake(self._thread_waiters)
         if self.scope is not None:
             self.scope.cancel()
+        self._to_children(self._child_cancel)
+
+    def _child_cancel(self, child: FlowRun) -> None:
+        child.request_cancel(f"its parent flow run {self.record.name!r} was cancelled")
+
+    def _to_children(self, action: Callable[[FlowRun], None]) -> None:
+        """Apply ``action`` to each running subflow run, on that run's own loop."""
+        with self.lock:
+            children = list(self.children)
+        for child in children:
+            if child.loop is None:
+                # Its attempt checks before the body starts.
+                child.cancelled_at = child.cancelled_at or time.monotonic()
+                child.cancel_requested = True
+            else:
+                child.loop.call_soon(partial(action, child))
+
+    def ended(self) -> None:
+        """The run has its final state: its parent no longer passes cancellations on."""
+        parent = self.parent
+        if parent is not None:
+            with parent.lock:
+                parent.children.discard(self)
 
     def why_cancelled(self) -> str:
         """Why the run's task runs are being cancelled, for their states' messages."""
@@ -287,6 +332,7 @@ class FlowRun:
         for scope in list(self._grace_scopes):
             scope.cancel()
         self._wake(self._escalation_waiters)
+        self._to_children(FlowRun.escalate)
 
     @contextmanager
     def grace_period(self, seconds: float) -> Iterator[None]:
