@@ -19,6 +19,7 @@ from orchestr import (
     ResourceStack,
     allow_failure,
     flow,
+    override_settings,
     resource,
     resource_manager,
     scope,
@@ -757,7 +758,6 @@ def test_sync_cleanup_timeout_in_a_sync_block(tmp_path: Path) -> None:
 
 def test_default_cleanup_timeout_comes_from_settings(run: Any) -> None:
     """Without a per-resource timeout, the cleanup_timeout_seconds setting bounds cleanup."""
-    from orchestr import override_settings
 
     @resource
     async def stuck() -> AsyncIterator[None]:
@@ -1131,8 +1131,6 @@ def test_timeout_while_a_sync_block_waits_for_its_tasks_still_cleans_up() -> Non
             slow.submit()
         # leaving the block waits for `slow`: the timeout fires during that wait
 
-    from orchestr import override_settings
-
     started = time.monotonic()
     try:
         with override_settings(cancel_grace_seconds=0.1):
@@ -1172,8 +1170,6 @@ def test_timeout_while_an_async_block_waits_for_its_tasks_ends_the_wait(run: Any
         with anyio.fail_after(8):
             return await main(return_state=True)
 
-    from orchestr import override_settings
-
     started = time.monotonic()
     try:
         with override_settings(cancel_grace_seconds=0.1):
@@ -1183,3 +1179,73 @@ def test_timeout_while_an_async_block_waits_for_its_tasks_ends_the_wait(run: Any
     assert time.monotonic() - started < 5
     assert state.name == "TimedOut"
     assert journal.entries == ["setup", "cleanup"]
+
+
+def test_a_cleanup_submitting_tasks_is_stopped_at_its_timeout(backend: str) -> None:
+    """A sync cleanup that keeps submitting task runs past its cleanup timeout is
+    stopped at the timeout (while it is between submissions, never inside one): the
+    event says it timed out, every task run it submitted ends, the flow ends promptly."""
+    submitted: list[Any] = []
+
+    @task
+    def tick(i: int) -> int:
+        return i
+
+    @resource(cleanup_timeout=0.05)
+    def busy_cleanup() -> Iterator[str]:
+        yield "handle"
+        started = time.monotonic()
+        while time.monotonic() - started < 3:  # would run 3 s
+            submitted.append(tick.submit(len(submitted)))
+
+    @flow
+    def main() -> None:
+        with busy_cleanup():
+            pass
+
+    began = time.monotonic()
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert time.monotonic() - began < 2.5
+    kinds = [e.kind for e in state.record.events]
+    assert kinds[-1] == "resource.cleanup.timed_out"
+    assert submitted
+    assert all(f.done() for f in submitted)
+
+
+def test_a_task_called_inline_in_a_cleanup_does_not_hide_its_timeout(backend: str) -> None:
+    """A best-effort sync cleanup calling sync tasks inline (catching their errors) is
+    still stopped at its cleanup timeout; the task run it interrupted ends Cancelled,
+    saying why, not as a crash of the task."""
+    done: list[int] = []
+
+    @task
+    def remove_shard(i: int) -> None:
+        time.sleep(0.2)
+        done.append(i)
+
+    @resource(cleanup_timeout=0.3)
+    def shards() -> Iterator[str]:
+        try:
+            yield "shards"
+        finally:
+            for i in range(10):  # 2 s of work
+                try:
+                    remove_shard(i)
+                except Exception:
+                    pass  # best effort: keep going
+
+    @flow
+    def main() -> None:
+        with shards():
+            pass
+
+    began = time.monotonic()
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert time.monotonic() - began < 1.5
+    assert len(done) < 10
+    assert state.record.events[-1].kind == "resource.cleanup.timed_out"
+    interrupted = [r for r in state.record.task_runs if r.state_type is not StateType.COMPLETED]
+    assert [r.state_name for r in interrupted] == ["Cancelled"]
+    assert "cleanup timeout" in str(interrupted[0].message)

@@ -31,6 +31,7 @@ from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver
 from ._finalstate import final_returned, returned_error
+from ._interrupts import CleanupInterrupted
 from ._outcomes import cancelled_state, crashed_state, record_final_state
 
 if TYPE_CHECKING:
@@ -279,6 +280,8 @@ def _interrupted_state(
         else:
             why = "its flow run was cancelled"
         return cancelled_state(record, why)
+    if isinstance(exc, CleanupInterrupted):
+        return cancelled_state(record, "the cleanup that called it ran past its cleanup timeout")
     return crashed_state(record, exc)
 
 

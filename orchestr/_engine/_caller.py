@@ -31,10 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["CallerThread"]
 
-# How often the engine wakes the main thread while an interrupt waits for a protected
-# section to end (see _interrupts.kick).
-_KICK_INTERVAL = 0.005
-
 
 class CallerThread:
     """Runs calls posted from an event loop in the thread that sits in :meth:`serve`."""
@@ -97,9 +93,11 @@ class CallerThread:
                 # raises this very interrupt, never a second one after it.
                 request = self._stop_body()
                 run.request_cancel(why)
-                while not done.is_set():
-                    with anyio.move_on_after(_KICK_INTERVAL):
+                for interval in _interrupts.kick_intervals():
+                    with anyio.move_on_after(interval):
                         await done.wait()
+                    if done.is_set():
+                        break
                     _interrupts.kick()  # a deferred interrupt may be deliverable now
                 _interrupts.withdraw(request)
             ok, value = outcome[0]

@@ -22,7 +22,7 @@ from .._limits._backends import backend_for
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from ..exceptions import RunCancelled
 from ..runners import CallHandle
-from ._interrupts import call_user, cancelled_error, wait_event
+from ._interrupts import CleanupInterrupted, call_user, cancelled_error, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
@@ -133,7 +133,7 @@ class BlockingDriver:
     def __init__(self, run: FlowRun | None, inline: bool) -> None:
         self.run = run
         self.propagate: tuple[type[BaseException], ...] = (
-            (KeyboardInterrupt, SystemExit, RunCancelled) if inline else ()
+            (KeyboardInterrupt, SystemExit, RunCancelled, CleanupInterrupted) if inline else ()
         )
 
     async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:

@@ -44,6 +44,7 @@ from __future__ import annotations
 import _signal  # type: ignore[import-not-found]
 import os
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -58,16 +59,20 @@ if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
 __all__ = [
+    "CleanupInterrupted",
     "Request",
     "call_user",
+    "checkpoint",
     "clear_thread_interrupt",
     "interrupt_for",
     "interrupt_thread",
+    "in_cleanup_code",
     "interruptible",
     "is_main_thread",
     "shielded",
     "is_pending",
     "kick",
+    "kick_intervals",
     "others_signalled_ended",
     "pending_interrupt",
     "post",
@@ -100,6 +105,12 @@ _POLL_INTERVAL = 0.01
 # Absent on Windows: there, sync code is interrupted only at orchestr's own calls.
 _WAKEUP: int | None = getattr(signal, "SIGURG", None)
 _can_wake = _WAKEUP is not None and hasattr(signal, "pthread_kill")
+
+
+class CleanupInterrupted(BaseException):
+    """Raised inside a sync cleanup when it ran past its cleanup timeout (internal: its
+    watchdog sends it). A BaseException so that the cleanup's own ``except Exception``
+    does not swallow it."""
 
 
 # -- where an interrupt may land ------------------------------------------------------------
@@ -153,6 +164,22 @@ def _on_stack(frame: FrameType | None, target: FrameType) -> bool:
     while frame is not None:
         if frame is target:
             return True
+        frame = frame.f_back
+    return False
+
+
+def in_cleanup_code(frame: FrameType | None, cleanup: FrameType) -> bool:
+    """Whether ``frame`` runs a cleanup's own code (the frame calling it being
+    ``cleanup``): where its watchdog's interrupt may land. Not in orchestr's bookkeeping
+    that the cleanup calls into (submitting a task, running one inline)."""
+    while frame is not None:
+        if frame is cleanup:
+            return True
+        code = frame.f_code
+        if code in _shielded or code in _interruptible:  # the way into the cleanup's code
+            return _on_stack(frame, cleanup)
+        if code.co_filename.startswith(_PACKAGE):
+            return False
         frame = frame.f_back
     return False
 
@@ -228,6 +255,16 @@ def withdraw(request: Request | None) -> None:
             pass
 
 
+def kick_intervals() -> Iterator[float]:
+    """How long to wait between two kicks while a request waits for a protected section
+    to end: soon at first, then less often (each kick makes the main thread's blocking
+    system calls fail with EINTR, which C code that does not retry may not like)."""
+    interval = 0.005
+    while True:
+        yield interval
+        interval = min(interval * 2, 0.1)
+
+
 def kick() -> None:
     """Wake the main thread to try the waiting requests again (the posters call this
     every few milliseconds while theirs waits: a protected section may have ended)."""
@@ -251,9 +288,22 @@ def _deliver(frame: FrameType | None) -> None:
             withdraw(request)
             continue
         inside = request.inside
-        if _on_stack(frame, inside) if inside is not None else _may_interrupt(frame):
+        if in_cleanup_code(frame, inside) if inside is not None else _may_interrupt(frame):
             withdraw(request)
             raise request.exc
+
+
+def checkpoint() -> None:
+    """At the start of an orchestr call made by user code: raise here an interrupt that
+    waits for the main thread and may land on the caller's line (a cleanup's timeout
+    while the cleanup submits tasks, a timeout while a body does): nothing of the call is
+    done yet. Costs one list test when nothing waits."""
+    if not _requests or threading.get_ident() != _main_ident:
+        return
+    frame: FrameType | None = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PACKAGE):
+        frame = frame.f_back  # out of orchestr's frames: to the caller's
+    _deliver(frame)
 
 
 # -- the ends of protected sections ---------------------------------------------------------

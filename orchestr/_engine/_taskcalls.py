@@ -236,20 +236,20 @@ def _submit(
         _refuse_cycle(task, upstreams)
     record = run.new_task_record(task.name)
     future: TaskFuture[Any] = TaskFuture(record, run)
-    run.active.add(future)
-    scope = scope_var.get()
-    if scope is not None:
-        try:
-            scope.register(future)
-        except BaseException as exc:
-            run.finish(future, State(StateType.FAILED, error=exc, record=record))
-            _observe(record)
-            raise
     try:
+        run.active.add(future)
+        scope = scope_var.get()
+        if scope is not None:
+            try:
+                scope.register(future)
+            except BaseException as exc:
+                run.finish(future, State(StateType.FAILED, error=exc, record=record))
+                _observe(record)
+                raise
         _dispatch(run, task, future, args, kwargs, upstreams)
     except BaseException as exc:
-        # Never leave a registered future without a final state: the exit barrier
-        # would wait for it for ever.
+        # Never leave a future without a final state: the exit barrier would wait for it
+        # for ever (finish() is a no-op for one finished above).
         run.finish(future, crashed_state(record, exc))
         raise
     return future

@@ -213,7 +213,8 @@ class Resource(Generic[T]):
         finally:
             if self._thread is not None:
                 self._thread.close()
-        return suppress, self._cleanup_ended(start, timeout, timed_out, error)
+        how = "it was cancelled" if lifecycle.cleanup_is_async else "its thread was abandoned"
+        return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
 
     # -- sync blocks -----------------------------------------------------------------------
     # Protected (see orchestr/_engine/_interrupts.py): an interrupt that comes during setup
@@ -303,8 +304,9 @@ class Resource(Generic[T]):
             timed_out = True
         except Exception as cleanup_exc:
             error = cleanup_exc
+        how = "it was interrupted" if timed_out else "it went on until it ended"
         timed_out = timed_out or watchdog.fired
-        return suppress, self._cleanup_ended(start, timeout, timed_out, error)
+        return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
 
     async def _shielded_cleanup(self, *exc_info: Any) -> tuple[bool, ResourceCleanupError | None]:
         with anyio.CancelScope(shield=True):
@@ -398,8 +400,14 @@ class Resource(Generic[T]):
         return time.perf_counter()
 
     def _cleanup_ended(
-        self, start: float, timeout: float, timed_out: bool, error: BaseException | None
+        self,
+        start: float,
+        timeout: float,
+        timed_out: bool,
+        error: BaseException | None,
+        how: str = "",
     ) -> ResourceCleanupError | None:
+        """Record the cleanup's end; ``how`` says what happened to one that timed out."""
         self._state = _Phase.CLOSED
         if self._run is not None:
             self._run.open_resources.pop(id(self), None)
@@ -409,7 +417,7 @@ class Resource(Generic[T]):
         if timed_out:
             timeout_error = CleanupTimeoutError(
                 f"cleanup of resource {self.name!r} did not finish within its cleanup "
-                f"timeout of {timeout} s; it was abandoned",
+                f"timeout of {timeout} s; {how}",
                 self.name,
             )
             self._events.emit("cleanup.timed_out", duration=duration, error=timeout_error)

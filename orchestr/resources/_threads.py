@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Callable
 from queue import SimpleQueue
@@ -19,17 +20,10 @@ from typing import Any
 import anyio
 
 from .._engine import _interrupts
+from .._engine._interrupts import CleanupInterrupted
 from .._engine._loop import LoopHandle
 
 __all__ = ["CleanupInterrupted", "ResourceThread", "ThreadCall", "Watchdog"]
-
-_KICK_INTERVAL = 0.005
-
-
-class CleanupInterrupted(BaseException):
-    """Raised inside a sync cleanup when it ran past its cleanup timeout (internal: the
-    watchdog injects it). A BaseException so that the cleanup's own ``except Exception``
-    does not swallow it."""
 
 
 class ThreadCall:
@@ -115,6 +109,7 @@ class Watchdog:
         self._lock = threading.Lock()
         self._armed = True
         self._done = threading.Event()
+        self._request: _interrupts.Request | None = None
         self.fired = False
         self._timer = threading.Thread(
             target=self._watch, args=(timeout,), name="orchestr-cleanup-watchdog", daemon=True
@@ -126,25 +121,41 @@ class Watchdog:
     def _watch(self, timeout: float) -> None:
         if self._done.wait(timeout):
             return
-        # Under the lock, the interrupt included: __exit__ must never withdraw an
-        # interrupt that has not been sent yet (it would land later, in unrelated code).
-        with self._lock:
-            if not self._armed:
+        send = self._send_main if self._main else self._send_thread
+        for interval in _interrupts.kick_intervals():
+            # Under the lock, the interrupt included: __exit__ must never withdraw an
+            # interrupt that has not been sent yet (it would land later, elsewhere).
+            with self._lock:
+                if not self._armed or send():
+                    return
+            if self._done.wait(interval):
                 return
+
+    def _send_main(self) -> bool:
+        """Main thread: post the interrupt (once), then kick until it landed (the
+        cleanup may be blocked in a call only a signal interrupts). Done when it can do
+        no more."""
+        if self._request is None:
             self.fired = True
-            if not self._main:
-                _interrupts.interrupt_thread(self._thread_id, CleanupInterrupted)
-                return
-            request = _interrupts.post(CleanupInterrupted(), self._still_armed, self._inside)
-        if request is None:
-            return  # the main thread cannot be woken (no signal support): nothing to do
-        # Until it lands or the cleanup returns: the cleanup may be blocked in a call
-        # that only a signal can interrupt.
-        while not self._done.wait(_KICK_INTERVAL):
-            if not _interrupts.is_pending(request):
-                return
-            _interrupts.kick()
-        _interrupts.withdraw(request)
+            self._request = _interrupts.post(CleanupInterrupted(), self._still_armed, self._inside)
+            return self._request is None  # the main thread cannot be woken: nothing to do
+        if not _interrupts.is_pending(self._request):
+            return True
+        _interrupts.kick()
+        return False
+
+    def _send_thread(self) -> bool:
+        """Another thread: send the interrupt once that thread runs the cleanup's own
+        code, not orchestr's bookkeeping it calls into (checked on its current frame,
+        now, with the lock held)."""
+        frame = sys._current_frames().get(self._thread_id)
+        if frame is None:
+            return True  # the thread is gone
+        if not _interrupts.in_cleanup_code(frame, self._inside):
+            return False  # try again soon
+        self.fired = True
+        _interrupts.interrupt_thread(self._thread_id, CleanupInterrupted)
+        return True
 
     def __enter__(self) -> Watchdog:
         self._timer.start()
@@ -158,3 +169,4 @@ class Watchdog:
         if self.fired and not self._main:
             # It may not have landed yet: withdraw it (it can no longer be re-sent).
             _interrupts.clear_thread_interrupt(self._thread_id)
+        _interrupts.withdraw(self._request)
