@@ -425,6 +425,20 @@ def _future_of(state: State[R]) -> TaskFuture[R] | None:
     return getattr(state, "_future", None)
 
 
+def _refuse_blocking_here(call: str) -> None:
+    """Refuse, before anything is done, a call that will block if made in sync code on
+    the event loop thread of the current flow run (a sync task called inline from async
+    code): it would block the loop (async code gets an awaitable instead)."""
+    if in_async_code():
+        return
+    run = flow_run_var.get()
+    if run is not None and run.loop is not None and run.loop.on_loop_thread():
+        raise BlockingCallError(
+            f"{call} was called on the event loop thread of flow run "
+            f"{run.record.name!r}; waiting there would block that loop. " + _async_spelling()
+        )
+
+
 def _async_spelling() -> str:
     """What blocking code on a loop thread should do instead."""
     task_run = task_run_var.get()

@@ -30,7 +30,13 @@ from ._engine._taskcalls import (
     submit_task,
 )
 from .exceptions import UsageError
-from .futures import FutureList, TaskFuture, _StateOrAwaitable, _StatesOrAwaitable
+from .futures import (
+    FutureList,
+    TaskFuture,
+    _refuse_blocking_here,
+    _StateOrAwaitable,
+    _StatesOrAwaitable,
+)
 
 __all__ = ["Task", "task"]
 
@@ -170,6 +176,7 @@ class Task(Definition[P, R]):
         if return_state is False:
             return submit_task(self, args, kwargs, wait_for)
         checked_return_state(self, return_state)
+        _refuse_blocking_here(f"{self.name}.submit(return_state=True)")  # before submitting
         return submit_task(self, args, kwargs, wait_for).wait()
 
     @overload
@@ -219,6 +226,7 @@ class Task(Definition[P, R]):
         if return_state is False:
             return map_task(self, args, kwargs, wait_for)
         checked_return_state(self, return_state)
+        _refuse_blocking_here(f"{self.name}.map(return_state=True)")  # before submitting
         return map_task(self, args, kwargs, wait_for).wait()
 
 

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -76,3 +77,77 @@ def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(tmp_path: Path) -
     assert took < 5, f"took {took:.1f} s to exit"
     assert journal.count("setup") == 1  # no second attempt
     assert journal.count("cleaned") == 1
+
+
+def _run_program(tmp_path: Path, source: str) -> subprocess.CompletedProcess[str]:
+    script = tmp_path / "program.py"
+    script.write_text(textwrap.dedent(source))
+    return subprocess.run(
+        [sys.executable, str(script)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+    )
+
+
+def test_a_signal_keeps_what_the_body_raised_before_it(tmp_path: Path) -> None:
+    """A body raised, then SIGINT came while the run waited for its task runs: the run
+    ends Crashed by the signal, and the body's error stays in the crash's context (and in
+    what the process prints), not lost."""
+    done = _run_program(
+        tmp_path,
+        """
+        import os, signal, threading, time
+        from orchestr import flow, task
+
+        @task
+        def slow():
+            time.sleep(0.5)
+
+        seen = {}
+
+        @flow(on_crashed=lambda f, r, s: seen.update(state=s))
+        def body():
+            slow.submit()
+            threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            raise ValueError("the real bug: row 42 is corrupt")
+
+        try:
+            body()
+        except KeyboardInterrupt as interrupt:
+            print("raised KeyboardInterrupt")
+            print("chain:", repr(interrupt.__context__), repr(interrupt.__context__.__context__))
+        print("state:", seen["state"].name, repr(seen["state"].exception.__context__))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "raised KeyboardInterrupt" in done.stdout
+    assert "state: Crashed ValueError('the real bug: row 42 is corrupt')" in done.stdout
+    assert "chain: CrashedError(" in done.stdout
+    assert "row 42" in done.stdout.split("chain:")[1]
+
+
+def test_a_signal_the_application_ignores_stays_ignored(tmp_path: Path) -> None:
+    """An application that set SIGINT to SIG_IGN keeps it ignored while a flow runs: the
+    flow completes, and the handler is still SIG_IGN afterwards."""
+    done = _run_program(
+        tmp_path,
+        """
+        import os, signal, threading, time
+        from orchestr import flow
+
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+        @flow
+        def main():
+            threading.Timer(0.1, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            time.sleep(0.5)
+            return "finished"
+
+        print(main())
+        print("still ignored:", signal.getsignal(signal.SIGINT) is signal.SIG_IGN)
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["finished", "still", "ignored:", "True"]

@@ -608,3 +608,32 @@ def test_bad_timeouts_are_refused_in_async_code_too(run: Any) -> None:
         return refused
 
     assert run(main) == 4
+
+
+def test_submit_return_state_from_sync_code_on_the_loop_submits_nothing(run: Any) -> None:
+    """A sync task called inline from an async flow (so it runs on the loop thread) that
+    asks for .submit(return_state=True) is refused before anything is submitted: waiting
+    there would block the loop."""
+    from orchestr.exceptions import BlockingCallError
+
+    effects: list[str] = []
+
+    @task
+    def charge() -> None:
+        effects.append("charged")
+
+    @task
+    def helper() -> str:
+        try:
+            charge.submit(return_state=True)
+        except BlockingCallError as error:
+            return str(error)
+        return "not refused"
+
+    @flow
+    async def main() -> str:
+        return helper()
+
+    message = run(main)
+    assert "charge.submit(return_state=True)" in message
+    assert effects == []

@@ -62,23 +62,30 @@ class CallerThread:
 
         def job() -> None:
             # Runs in the serving thread, in protected orchestr frames except call_user.
-            with self._lock:
-                start = not self.cancelled
-                self.in_body = start
-            if not start:
-                outcome.append((False, RunCancelled("cancelled before the body started")))
-                loop.call_soon(done.set)
-                return
-            _interrupts.push_body(self)
+            # Whatever happens in it (even an interrupt raised here by an application's
+            # own signal handler), the engine hears back: it waits for `done`.
             try:
-                outcome.append((True, _interrupts.call_user(fn, *args, **kwargs)))
-            except BaseException as exc:  # handed to the engine, which decides
-                outcome.append((False, exc))
-            finally:
-                self.flow_run.body_ended = time.monotonic()
                 with self._lock:
-                    self.in_body = False
-                _interrupts.pop_body()
+                    start = not self.cancelled
+                    self.in_body = start
+                if not start:
+                    outcome.append((False, RunCancelled("cancelled before the body started")))
+                    return
+                _interrupts.push_body(self)
+                try:
+                    outcome.append((True, _interrupts.call_user(fn, *args, **kwargs)))
+                except BaseException as exc:  # handed to the engine, which decides
+                    outcome.append((False, exc))
+                finally:
+                    self.flow_run.body_ended = time.monotonic()
+                    with self._lock:
+                        self.in_body = False
+                    _interrupts.pop_body()
+            except BaseException as exc:
+                if not outcome:
+                    outcome.append((False, exc))
+                raise
+            finally:
                 loop.call_soon(done.set)
 
         self._jobs.put(job)

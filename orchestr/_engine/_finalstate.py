@@ -50,6 +50,9 @@ def final_state(
     if run.signal is not None:
         name = signal.Signals(run.signal).name
         error = CrashedError(f"flow run {record.name!r} was interrupted by {name}")
+        # What the body raised before or because of the signal is kept, not lost.
+        if isinstance(body_error, Exception):
+            error.__context__ = body_error
         return State(
             StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record
         )

@@ -295,7 +295,9 @@ async def _in_fresh_task(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
 
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
     if run.signal is not None:
-        raise _interrupts.interrupt_for(run.signal)
+        interrupt = _interrupts.interrupt_for(run.signal)
+        interrupt.__context__ = state.exception  # the crash, and what the body raised
+        raise interrupt
     if state.type is StateType.CRASHED and isinstance(state.exception, CrashedError):
         cause = state.exception.__cause__
         if isinstance(cause, (KeyboardInterrupt, SystemExit)):

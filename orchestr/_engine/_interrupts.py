@@ -433,7 +433,12 @@ def signal_handling(run: FlowRun, top_level: bool) -> Iterator[_Registration]:
         return
     if not _runs:
         # _signal.signal is signal.signal without its enum conversions (~10 us a call).
-        _previous_handlers[:] = [(sig, _signal.signal(sig, _on_signal)) for sig in _SIGNALS]
+        # A signal the application ignores on purpose (SIG_IGN) stays ignored.
+        _previous_handlers[:] = [
+            (sig, _signal.signal(sig, _on_signal))
+            for sig in _SIGNALS
+            if _signal.getsignal(sig) != _signal.SIG_IGN
+        ]
     _runs.append(run)
     registration = _Registration(run)
     try:
