@@ -18,6 +18,7 @@ import types
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
+from ._binding import bind
 from ._checks import MAX_SECONDS, as_float, is_number, seconds, whole
 from .exceptions import NotAFunctionError, ParameterBindError, ReservedParameterError, UsageError
 
@@ -248,7 +249,7 @@ class _CallShapes:
         if any(name in kwargs for name in RESERVED_PARAMETERS):
             kwargs = {k: v for k, v in kwargs.items() if k not in RESERVED_PARAMETERS}
         try:
-            signature.bind(*args, **kwargs)
+            bind(signature, args, kwargs)
         except TypeError as exc:
             raise ParameterBindError(
                 f"{defn.kind} {defn.name!r} was called ({defn.name}{verb}) with arguments "
@@ -488,7 +489,7 @@ def _parameters(
     """The call's arguments by parameter name, defaults applied, ``**kwargs`` spread
     out, and the bound instance (or class) of a method under its own name."""
     fn = defn.fn
-    bound = signature_of(defn).bind(*args, **kwargs)
+    bound = bind(signature_of(defn), args, kwargs)
     bound.apply_defaults()
     values: dict[str, Any] = {}
     if isinstance(fn, types.MethodType):
@@ -507,6 +508,6 @@ def parameters_of(
     defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """The call's arguments by parameter name (what ``orchestr.runtime`` shows)."""
-    bound = signature_of(defn).bind(*args, **kwargs)
+    bound = bind(signature_of(defn), args, kwargs)
     bound.apply_defaults()
     return dict(bound.arguments)

@@ -128,7 +128,7 @@ class Flow(Definition[P, R]):
         self.on_crashed_hooks = (*self.on_crashed_hooks, _hook(self, "on_crashed", fn))
         return fn
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow (``await`` it if it is async; sync code calling an async flow gets
         its result: it runs as a subflow on the calling run's loop, or outside any run on
         a loop of its own). ``return_state=True`` returns the final State instead of the

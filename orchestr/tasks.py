@@ -101,7 +101,7 @@ class Task(Definition[P, R]):
     def _options(self) -> dict[str, Any]:
         return super()._options() | {"tags": self.tags, "task_run_name": self.run_name}
 
-    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R:
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task inline: ``await`` it if it is async (sync code calling an async
         task gets its result: it runs on the flow run's loop, or outside any run on a
         loop of its own). Accepts ``return_state=True`` (get the final State instead of
@@ -124,6 +124,7 @@ class Task(Definition[P, R]):
     @overload
     def submit(  # type: ignore[overload-overlap]
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
         *args: Any,
         return_state: Literal[True],
         wait_for: Iterable[Any] | None = None,
@@ -133,6 +134,7 @@ class Task(Definition[P, R]):
     @overload
     def submit(  # type: ignore[overload-overlap]
         self: Task[..., T],
+        /,
         *args: Any,
         return_state: Literal[True],
         wait_for: Iterable[Any] | None = None,
@@ -141,15 +143,16 @@ class Task(Definition[P, R]):
 
     @overload
     def submit(
-        self: Task[P, Coroutine[Any, Any, T]], *args: P.args, **kwargs: P.kwargs
+        self: Task[P, Coroutine[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
     ) -> TaskFuture[T]: ...
 
     @overload
-    def submit(self: Task[P, T], *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]: ...
+    def submit(self: Task[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]: ...
 
     @overload
     def submit(
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
         *args: Any,
         wait_for: Iterable[Any],
         **kwargs: Any,
@@ -157,11 +160,12 @@ class Task(Definition[P, R]):
 
     @overload
     def submit(
-        self: Task[..., T], *args: Any, wait_for: Iterable[Any], **kwargs: Any
+        self: Task[..., T], /, *args: Any, wait_for: Iterable[Any], **kwargs: Any
     ) -> TaskFuture[T]: ...
 
     def submit(
         self,
+        /,
         *args: Any,
         wait_for: Iterable[Any] | None = None,
         return_state: Any = False,
@@ -182,6 +186,7 @@ class Task(Definition[P, R]):
     @overload
     def map(
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
         *args: Any,
         return_state: Literal[True],
         wait_for: Iterable[Any] | None = None,
@@ -191,6 +196,7 @@ class Task(Definition[P, R]):
     @overload
     def map(
         self: Task[..., T],
+        /,
         *args: Any,
         return_state: Literal[True],
         wait_for: Iterable[Any] | None = None,
@@ -200,6 +206,7 @@ class Task(Definition[P, R]):
     @overload
     def map(
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
         *args: Any,
         wait_for: Iterable[Any] | None = None,
         **kwargs: Any,
@@ -207,11 +214,12 @@ class Task(Definition[P, R]):
 
     @overload
     def map(
-        self: Task[..., T], *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
+        self: Task[..., T], /, *args: Any, wait_for: Iterable[Any] | None = None, **kwargs: Any
     ) -> FutureList[T]: ...
 
     def map(
         self,
+        /,
         *args: Any,
         wait_for: Iterable[Any] | None = None,
         return_state: Any = False,

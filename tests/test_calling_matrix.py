@@ -21,14 +21,16 @@ give is the undecorated sync body called the same way (bound to the same instanc
 class). One parametrized case makes all the calls of all shapes in one run of its entry
 point (one flow run per call for flows called outside any flow).
 
-Orchestr bugs this matrix found are strict xfails (the reason says where the bug is):
-remove the mark with the fix.
+The orchestr bugs this matrix found are fixed and kept as ordinary tests: keywords named
+like orchestr's own parameters (``self``, ``fn``), keyword order through ``.map()``, a
+keyword named like a positional-only parameter (CPython gh-87106 in
+``inspect.Signature.bind``), and a sync task called inline on the loop thread with
+futures to wait for (refused every time, not by timing).
 """
 
 from __future__ import annotations
 
 import functools
-import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -627,16 +629,6 @@ def test_sync_task_inline_in_async_flow_refuses_unfinished_wait_for(backend: str
     assert len(BODY_RUNS) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "orchestr bug: call_task_blocking (_engine/_taskcalls.py) refuses a future in "
-        "wait_for (or in the arguments) on the loop thread only while it is unfinished, "
-        "so the same code works or raises BlockingCallError by timing; fut.result(), "
-        ".map() over a future and a sync subflow's wait_for refuse every time"
-    ),
-)
 def test_sync_task_inline_in_async_flow_refuses_wait_for_every_time(backend: str) -> None:
     """A sync task called inline from an async flow refuses a future in wait_for even
     when it has finished (as fut.result() does there), so that such code fails every
@@ -731,91 +723,30 @@ def test_wrong_calls_fail_at_the_call_naming_the_definition(entry: str, backend:
     assert len(BODY_RUNS) == before
 
 
-# -- orchestr bugs found by the matrix (strict xfails: remove the mark with the fix) -----------
-MAP_KEYWORD_ORDER_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "orchestr bug: .map() builds each run's keywords as {mapped} | {unmapped and "
-        "static} (_engine/_taskcalls.py map_task), so **kwargs get the mapped keywords "
-        "first instead of in the order given"
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [pytest.param(e, marks=MAP_KEYWORD_ORDER_BUG if ".map" in e else ()) for e in ENTRIES],
-)
+# -- names orchestr's own signatures use, and keyword order ------------------------------------
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_keyword_order_is_kept(entry: str, backend: str) -> None:
     """**kwargs receive the keywords in the order they were given (as Python keeps it),
     through every entry point."""
     _check(entry, backend, [("function", "keyword-order", *KEYWORD_ORDER.calls[0])])
 
 
-def _bind_refuses_positional_only_names_in_kwargs() -> bool:
-    """Whether this Python's inspect.Signature.bind has CPython gh-87106."""
-
-    def probe(a: int, b: int = 0, /, **kwargs: int) -> None: ...
-
-    try:
-        inspect.signature(probe).bind(1, b=2)
-    except TypeError:
-        return True
-    return False
-
-
-@pytest.mark.xfail(
-    _bind_refuses_positional_only_names_in_kwargs(),
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "orchestr bug: calls are checked with inspect.Signature.bind, which (CPython "
-        "gh-87106, fixed in 3.13 and later 3.12 releases) refuses a keyword named like a "
-        "positional-only parameter even where **kwargs takes it: tasks raise "
-        "ParameterBindError, flows ParameterValidationError, for a call Python accepts"
-    ),
-)
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_keyword_named_like_a_positional_only_parameter_goes_to_kwargs(
     entry: str, backend: str
 ) -> None:
     """f(1, k=2, b=9) for f(a, b=20, /, c=30, *rest, k, m=40, **extra) gets b=20 and
-    extra={'b': 9}, as a plain call does."""
+    extra={'b': 9}, as a plain call does (inspect.Signature.bind refuses it on Python
+    3.11: CPython gh-87106)."""
     _check(entry, backend, [("function", "mixed", (1,), {"k": 2, "b": 9})])
 
 
-SYNC_FLOW_BODIES = {"sync-flow", "sync-subflow-in-sync-flow", "sync-subflow-in-async-flow"}
-FN_KEYWORD_BUG = pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "orchestr bug: a sync flow's body is called as CallerThread.run(context.run, "
-        "flow.fn, *args, **kwargs) (_engine/_flowengine.py), whose own parameter fn "
-        "takes the keyword: the run fails with TypeError 'got multiple values for "
-        "argument fn'"
-    ),
-)
-
-
-@pytest.mark.parametrize(
-    "entry",
-    [pytest.param(e, marks=FN_KEYWORD_BUG if e in SYNC_FLOW_BODIES else ()) for e in ENTRIES],
-)
+@pytest.mark.parametrize("entry", ENTRIES)
 def test_keyword_named_fn_goes_to_kwargs(entry: str, backend: str) -> None:
     """A keyword argument named fn reaches the function's **kwargs."""
     _check(entry, backend, [("function", "only-varargs-varkw", (), {"fn": 1})])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "orchestr bug: Task.__call__, Task.submit, Task.map and Flow.__call__ take self "
-        "as a positional-or-keyword parameter, so a keyword named self raises TypeError "
-        "'got multiple values for argument self' (make self positional-only)"
-    ),
-)
 @pytest.mark.parametrize("entry", ENTRIES)
 def test_keyword_named_self_goes_to_kwargs(entry: str, backend: str) -> None:
     """A keyword argument named self reaches the function's **kwargs."""

@@ -47,7 +47,7 @@ class CallerThread:
     def body_running(self) -> bool:
         return self.in_body
 
-    async def run(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    async def run(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         """Run ``fn(*args, **kwargs)`` in the serving thread; return (or raise) its outcome.
 
         If cancelled (a flow timeout), the body is told to stop, and this waits, shielded,

@@ -16,6 +16,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
+from .._binding import bind
 from ..exceptions import ParameterValidationError
 
 __all__ = ["ParameterValidator"]
@@ -47,7 +48,7 @@ class ParameterValidator:
         self, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> tuple[tuple[Any, ...], dict[str, Any]]:
         try:
-            bound = self._signature.bind(*args, **kwargs)
+            bound = bind(self._signature, args, kwargs)
         except TypeError as exc:
             raise ParameterValidationError(
                 f"flow {self._flow_name!r} was called with arguments that do not fit "
@@ -68,7 +69,7 @@ class ParameterValidator:
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The (validated) call's arguments by parameter name, defaults included."""
-        bound = self._signature.bind(*args, **kwargs)
+        bound = bind(self._signature, args, kwargs)
         bound.apply_defaults()
         return dict(bound.arguments)
 

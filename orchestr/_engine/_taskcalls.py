@@ -113,10 +113,19 @@ def call_task_blocking(
     if run is not None and run.closed_resources:
         run.refuse_closed_resources(task.name, args, kwargs)
     upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
+    if upstreams and run is not None and run.loop is not None and run.loop.on_loop_thread():
+        # Every time, not only when an upstream is unfinished: the same code must not
+        # work or fail by timing.
+        raise BlockingCallError(
+            f"sync task {task.name!r} was called inline on the event loop thread of flow "
+            f"run {run.record.name!r} with futures to wait for (in its arguments or "
+            "wait_for); waiting there would block the loop: submit it instead "
+            f"(`await {task.name}.submit(...)`), or make it async"
+        )
     for future, _ in upstreams:
         if future._state is None:
             _refuse_self_wait(future)
-            future._wait_blocking(None)  # refused on the loop thread: it would deadlock
+            future._wait_blocking(None)
     record = _new_record(task, run)  # after the waits, as in call_task_async
     state = _blocked_state(record, upstreams)
     if state is None and upstreams.needs_resolving:
@@ -329,7 +338,7 @@ def map_task(
     for i in range(count):
         call = {key: values[i] for key, values in mapped.items()} | static
         call_args = tuple(call[k] for k in range(len(args)))
-        call_kwargs = {k: v for k, v in call.items() if isinstance(k, str)}
+        call_kwargs = {k: call[k] for k in kwargs}  # in the order they were given
         if run.closed_resources:
             run.refuse_closed_resources(task.name, call_args, call_kwargs)
         futures.append(_submit(run, task, call_args, call_kwargs, waits))
