@@ -151,3 +151,42 @@ def test_a_signal_the_application_ignores_stays_ignored(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["finished", "still", "ignored:", "True"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_third_signal_interrupts_a_setup_that_hangs(tmp_path: Path, kind: str) -> None:
+    """A resource setup is never interrupted by the first two signals (the second says
+    so, and how to insist); a third one interrupts it (sync flow: in the setup; async
+    flow: the wait for the setup's thread), and the process ends at once."""
+    flow_code = {
+        "sync": "@flow\ndef main():\n    with db():\n        pass\n\nmain()\n",
+        "async": (
+            "@flow\nasync def main():\n    async with db():\n        pass\n\n"
+            "import anyio\nanyio.run(main)\n"
+        ),
+    }[kind]
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            from orchestr import flow, resource
+
+            @resource
+            def db():
+                time.sleep(10)  # a connect() that hangs
+                yield "conn"
+
+            for at in (0.3, 0.6, 0.9):
+                threading.Timer(at, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+            """
+        )
+        + flow_code
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert time.monotonic() - started < 5, done.stderr
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    assert "KeyboardInterrupt" in done.stderr
+    assert "send SIGINT a third time to interrupt it anyway" in done.stderr
+    assert "SIGINT a third time" in done.stderr

@@ -46,6 +46,7 @@ class FlowRun:
 
     __slots__ = (
         "_escalation_waiters",
+        "_force_scopes",
         "_grace_scopes",
         "_thread_waiters",
         "active",
@@ -72,7 +73,9 @@ class FlowRun:
         "record",
         "runner",
         "scope",
+        "setting_up",
         "signal",
+        "signal_count",
         "worker_driver",
     )
 
@@ -107,6 +110,7 @@ class FlowRun:
         self.closed = False
         self.cancel_requested = False
         self.signal: int | None = None  # the signal that interrupted the run, if any
+        self.signal_count = 0  # SIGINT / SIGTERM received: 1 cancels, 2 escalates, 3 forces
         # Why the run was cancelled, when something other than a signal or its timeout
         # did it (see why_cancelled()).
         self.cancel_reason: str | None = None
@@ -129,6 +133,9 @@ class FlowRun:
         self._thread_waiters: set[threading.Event] = set()
         self._escalation_waiters: set[threading.Event] = set()
         self._grace_scopes: set[anyio.CancelScope] = set()
+        self._force_scopes: set[anyio.CancelScope] = set()
+        # Resources whose setup is running, by id: name (what a third signal interrupts).
+        self.setting_up: dict[int, str] = {}
         # Resources whose block is open (set up, not yet cleaned up), by id: name.
         self.open_resources: dict[int, str] = {}
         # Values of resources whose block ended, by id (the value is kept so the id is
@@ -284,16 +291,27 @@ class FlowRun:
     # -- signals -------------------------------------------------------------------------
     def signalled(self, signum: int) -> None:
         """SIGINT / SIGTERM arrived (called in a signal handler: no locks here)."""
-        first = self.signal is None
-        if first:
+        self.signal_count += 1
+        if self.signal is None:
             self.signal = signum
             self.cancel_requested = True  # read by an attempt that has not started yet
         if self.loop is not None:
-            self.loop.call_soon(partial(self._on_signal, signum, first))
+            self.loop.call_soon(partial(self._on_signal, signum, self.signal_count))
 
-    def _on_signal(self, signum: int, first: bool) -> None:
-        # On the loop: the first signal cancels the run, a second one escalates.
+    def _on_signal(self, signum: int, count: int) -> None:
+        # On the loop: the first signal cancels the run, a second one escalates, a third
+        # interrupts resource setups and cleanups still running.
         name = signal.Signals(signum).name
+        if count >= 3:
+            self.force()
+            busy = list(self.setting_up.values()) + list(self.open_resources.values())
+            _say(
+                f"orchestr: {name} a third time: interrupting what still runs in flow run "
+                f"{self.record.name!r} ({_listed(busy) or 'nothing left'}), setup and "
+                "cleanup included; what they hold may be left as it is"
+            )
+            return
+        first = count == 1
         # Runs on the loop stop at their next await; runs executing in threads cannot be
         # stopped, and are waited for (the grace period).
         running = sorted(
@@ -322,6 +340,11 @@ class FlowRun:
             resources = list(self.open_resources.values())
             if resources:
                 note += f"; cleaning up {_listed(resources[::-1])}, each within its cleanup timeout"
+            if self.setting_up or resources:
+                note += (
+                    f"; a resource setup or cleanup is not interrupted: send {name} a third "
+                    "time to interrupt it anyway"
+                )
         _say(note)
 
     def escalate(self) -> None:
@@ -333,6 +356,26 @@ class FlowRun:
             scope.cancel()
         self._wake(self._escalation_waiters)
         self._to_children(FlowRun.escalate)
+
+    def force(self) -> None:
+        """A third signal: stop waiting for resource setups still running in threads."""
+        self.escalate()
+        for scope in list(self._force_scopes):
+            scope.cancel()
+        self._to_children(FlowRun.force)
+
+    @contextmanager
+    def forcible(self) -> Iterator[anyio.CancelScope]:
+        """On the loop: a shielded wait (for a setup) that only a third signal ends; the
+        caller reads ``cancel_called`` on the scope it yields."""
+        with anyio.CancelScope(shield=True) as scope:
+            if self.signal_count >= 3:
+                scope.cancel()
+            self._force_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._force_scopes.discard(scope)
 
     @contextmanager
     def grace_period(self, seconds: float) -> Iterator[None]:

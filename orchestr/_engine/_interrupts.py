@@ -160,6 +160,19 @@ def _may_interrupt(frame: FrameType | None) -> bool:
     return decided is not False
 
 
+def _in_user_code(frame: FrameType | None) -> bool:
+    """Whether ``frame`` runs user code, a resource's setup or cleanup included (where a
+    third signal lands): not orchestr's bookkeeping."""
+    while frame is not None:
+        code = frame.f_code
+        if code in _interruptible or code in _shielded:
+            return True
+        if code.co_filename.startswith(_PACKAGE):
+            return False
+        frame = frame.f_back
+    return True
+
+
 def _on_stack(frame: FrameType | None, target: FrameType) -> bool:
     while frame is not None:
         if frame is target:
@@ -472,7 +485,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
             runs.append(body.flow_run)
     for run in runs:
         run.signalled(signum)
-    if bodies and _may_interrupt(frame):
+    forced = any(run.signal_count >= 3 for run in runs)
+    if bodies and (_may_interrupt(frame) or (forced and _in_user_code(frame))):
         # A sync body runs in this thread and may be interrupted here: raise the signal's
         # exception now, as Python would. Otherwise the cancelled run's engine sends it
         # once the body reaches a point where it may land.

@@ -173,7 +173,20 @@ class Resource(Generic[T]):
         """The block was cancelled while a sync setup ran in its thread. Setup is
         protected: wait for it to end; a resource that was set up is cleaned up now (no
         task was submitted in its block yet), then the cancellation goes on."""
-        await call.wait()
+        run = self._run_of_block()
+        if run is None:
+            await call.wait()
+        else:
+            with run.forcible() as forced:
+                await call.wait()
+            if forced.cancel_called and call.outcome is None:
+                abandoned = ResourceSetupError(
+                    f"setup of resource {self.name!r} was abandoned, still running in its "
+                    "thread, after a third signal; what it holds may be left as it is",
+                    self.name,
+                )
+                self._setup_failed(abandoned, start)
+                return
         if not call.succeeded:
             assert call.outcome is not None
             self._setup_failed(call.outcome[1], start)  # its own error, not the interrupt's
@@ -345,8 +358,20 @@ class Resource(Generic[T]):
         self._lifecycle.bind(in_async_block)
         self._events = ResourceEvents(self.name)
         self._events.emit("setup.started")
+        run = self._run_of_block()
+        if run is not None:
+            run.setting_up[id(self)] = self.name
+
+    def _run_of_block(self) -> FlowRun | None:
+        return flow_run_var.get()
+
+    def _setup_ended(self) -> None:
+        run = self._run_of_block()
+        if run is not None:
+            run.setting_up.pop(id(self), None)
 
     def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
+        self._setup_ended()
         if self._state in (_Phase.CLOSED, _Phase.FAILED):
             # Interrupted, and the setup's own ending is recorded already (it was set up
             # and cleaned up after all, or it failed by itself).
@@ -363,6 +388,7 @@ class Resource(Generic[T]):
         )
 
     def _open(self, value: T, start: float) -> T:
+        self._setup_ended()
         assert self._events is not None
         self._events.emit("setup.finished", duration=time.perf_counter() - start)
         self._value = value
