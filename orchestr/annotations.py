@@ -19,7 +19,22 @@ __all__ = ["allow_failure", "opaque", "quote", "unmapped"]
 T = TypeVar("T")
 
 
-class allow_failure(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for migration
+class _Annotation(Generic[T]):
+    """What every wrapper has: the value, ``unwrap()``, and a repr in its own name."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def unwrap(self) -> T:
+        return self.value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
+
+
+class allow_failure(_Annotation[T]):  # noqa: N801 - Prefect's spelling, kept for migration
     """Let the downstream run whatever final state ``value`` (a future, a State, or a
     container of them) ends in.
 
@@ -31,59 +46,33 @@ class allow_failure(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for mi
     ``allow_failure``.
     """
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def unwrap(self) -> T:
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"allow_failure({self.value!r})"
+    __slots__ = ()
 
 
-class unmapped(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for migration
+class unmapped(_Annotation[T]):  # noqa: N801 - Prefect's spelling, kept for migration
     """Pass ``value`` whole to every run of a ``.map()`` instead of mapping over it."""
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def unwrap(self) -> T:
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"unmapped({self.value!r})"
+    __slots__ = ()
 
 
-class quote(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for migration
+class quote(_Annotation[T]):  # noqa: N801 - Prefect's spelling, kept for migration
     """Pass ``value`` to the task exactly as it is, without looking inside it.
 
     Futures and States in it are neither waited for nor replaced by their results; a
     large collection is not walked through (which saves time on every call). A flow
-    that returns ``quote(x)`` returns ``x`` as its result, untouched. As a ``.map()``
+    that returns ``quote(x)`` returns that ``quote`` as it is (``.unquote()`` it), as in
+    Prefect. As a ``.map()``
     argument around a list, every element is mapped over, each passed as it is.
     """
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def unwrap(self) -> T:
-        return self.value
+    __slots__ = ()
 
     def unquote(self) -> T:
         """The wrapped value (Prefect's name for :meth:`unwrap`)."""
         return self.value
 
-    def __repr__(self) -> str:
-        return f"quote({self.value!r})"
 
-
-class opaque(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for migration
+class opaque(_Annotation[T]):  # noqa: N801 - Prefect's spelling, kept for migration
     """Resolve ``value`` if it is a future (wait for it, pass its result) or a State
     (pass its result), but do not look inside what it wraps or resolves to.
 
@@ -92,13 +81,4 @@ class opaque(Generic[T]):  # noqa: N801 - Prefect's spelling, kept for migration
     of a large container that is not a future.
     """
 
-    __slots__ = ("value",)
-
-    def __init__(self, value: T) -> None:
-        self.value = value
-
-    def unwrap(self) -> T:
-        return self.value
-
-    def __repr__(self) -> str:
-        return f"opaque({self.value!r})"
+    __slots__ = ()

@@ -25,6 +25,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
@@ -281,21 +282,12 @@ class TaskFuture(Generic[R]):
         a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         self._refuse_loop_thread("a blocking wait")
         run = self._run
-        event = threading.Event()
-
-        def wake(_: TaskFuture[R]) -> None:
-            event.set()
-
-        self.add_done_callback(wake)
-        try:
+        with self._done_event() as event:
             if cancellable:
                 with run.thread_waiter(event):
                     wait_event(event, timeout)
             else:
                 wait_event(event, timeout)
-        finally:
-            if self._state is None:
-                self._discard_done_callback(wake)
         if self._state is None:
             if cancellable and run.cancel_requested:
                 # The interrupt meant for this thread (a signal's), else RunCancelled.
@@ -303,12 +295,10 @@ class TaskFuture(Generic[R]):
             return False
         return True
 
-    def _wait_protected(self, timeout: float) -> bool:
-        """Block until final, ``timeout``, or a second signal (the run escalates); not
-        a point where interrupts land. Returns whether final."""
-        if self._state is not None:
-            return True
-        run = self._run
+    @contextmanager
+    def _done_event(self) -> Iterator[threading.Event]:
+        """An event set when the run is final, for a blocking wait in the block; a
+        waiter that gave up takes its callback back."""
         event = threading.Event()
 
         def wake(_: TaskFuture[R]) -> None:
@@ -316,11 +306,18 @@ class TaskFuture(Generic[R]):
 
         self.add_done_callback(wake)
         try:
-            with run.thread_waiter(event, escalation=True):
-                event.wait(timeout)
+            yield event
         finally:
             if self._state is None:
                 self._discard_done_callback(wake)
+
+    def _wait_protected(self, timeout: float) -> bool:
+        """Block until final, ``timeout``, or a second signal (the run escalates); not
+        a point where interrupts land. Returns whether final."""
+        if self._state is not None:
+            return True
+        with self._done_event() as event, self._run.thread_waiter(event, escalation=True):
+            event.wait(timeout)
         return self._state is not None
 
     def __repr__(self) -> str:
@@ -589,8 +586,5 @@ def _block(event: threading.Event, timeout: float | None, run: FlowRun | None) -
     flow run is cancelled meanwhile."""
     if run is None:
         wait_event(event, timeout)
-        return
-    with run.thread_waiter(event):
-        wait_event(event, timeout)
-    if run.cancel_requested:
-        raise cancelled_error(run.record.name)
+    else:
+        run.block(event, timeout)

@@ -22,7 +22,7 @@ from .._limits._backends import backend_for
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from ..exceptions import RunCancelled
 from ..runners import CallHandle
-from ._interrupts import CleanupInterrupted, call_user, cancelled_error, wait_event
+from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
@@ -155,15 +155,11 @@ class BlockingDriver:
         return await acquire_task_limits(task.tags, backend_for(self.run), blocking=True)
 
     async def sleep(self, seconds: float) -> None:
-        run = self.run
-        wakeup = threading.Event()
-        if run is None:
+        wakeup = threading.Event()  # set only by the run's cancellation
+        if self.run is None:
             wait_event(wakeup, seconds)
-            return
-        with run.thread_waiter(wakeup):
-            wait_event(wakeup, seconds)
-        if run.cancel_requested:
-            raise cancelled_error(run.record.name)
+        else:
+            self.run.block(wakeup, seconds)
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""

@@ -28,6 +28,7 @@ from ..records import FlowRunRecord, TaskRunRecord, _next_task_run_index
 from ..settings import get_settings
 from ..states import State, StateType
 from ._drivers import BlockingDriver
+from ._interrupts import cancelled_error, wait_event
 from ._loop import LoopHandle
 from ._outcomes import cancelled_state, record_final_state
 
@@ -227,6 +228,15 @@ class FlowRun:
         finally:
             with self.lock:
                 waiters.discard(event)
+
+    def block(self, event: threading.Event, timeout: float | None) -> None:
+        """Wait (in a thread of this run) for ``event`` or ``timeout``, where interrupts
+        may land; the run's cancellation wakes the wait and is raised (the thread's
+        pending interrupt, else RunCancelled)."""
+        with self.thread_waiter(event):
+            wait_event(event, timeout)
+        if self.cancel_requested:
+            raise cancelled_error(self.record.name)
 
     def _wake(self, waiters: set[threading.Event]) -> None:
         with self.lock:
