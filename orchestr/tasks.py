@@ -19,7 +19,7 @@ from ._definitions import (
     RunName,
     check_option_names,
 )
-from ._engine._interrupts import checkpoint
+from ._engine import _interrupts
 from ._engine._loop import in_async_code
 from ._engine._taskcalls import (
     call_async_task_from_sync,
@@ -106,7 +106,8 @@ class Task(Definition[P, R]):
         task gets its result: it runs on the flow run's loop, or outside any run on a
         loop of its own). Accepts ``return_state=True`` (get the final State instead of
         the result) and ``wait_for=[...]``."""
-        checkpoint()  # an interrupt waiting for this thread lands here, before the call
+        if _interrupts._requests:  # an interrupt waiting for this thread lands here
+            _interrupts.checkpoint()
         self._check_call(args, kwargs, "()")
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
         wait_for = kwargs.pop("wait_for", None)
@@ -175,7 +176,8 @@ class Task(Definition[P, R]):
         Futures in the arguments are replaced by their results first; the run waits
         for everything in ``wait_for``. With ``return_state=True``, wait for the run and
         give its final State instead (sync code gets it; async code awaits it)."""
-        checkpoint()
+        if _interrupts._requests:
+            _interrupts.checkpoint()
         self._check_call(args, kwargs, ".submit()")
         if return_state is False:
             return submit_task(self, args, kwargs, wait_for)
@@ -229,7 +231,8 @@ class Task(Definition[P, R]):
         lengths); ``unmapped(x)`` passes ``x`` whole to every run. With
         ``return_state=True``, wait for the runs and give their final States instead
         (sync code gets the list; async code awaits it)."""
-        checkpoint()
+        if _interrupts._requests:
+            _interrupts.checkpoint()
         self._check_call(args, kwargs, ".map()")
         if return_state is False:
             return map_task(self, args, kwargs, wait_for)

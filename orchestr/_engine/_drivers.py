@@ -139,7 +139,9 @@ class BlockingDriver:
     async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
         timeout = task.timeout_seconds
         if timeout is None:
-            return call_user(task.fn, *args, **kwargs)
+            if self.propagate:  # inline: the caller's thread, where interrupts may land
+                return call_user(task.fn, *args, **kwargs)
+            return task.fn(*args, **kwargs)  # a worker thread: no signal lands there
         # In a helper thread, so that this one can stop waiting (and abandon it) when
         # the deadline passes.
         return _in_new_thread(

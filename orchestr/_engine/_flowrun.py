@@ -8,6 +8,7 @@ the current attempt's :class:`~orchestr._engine._dispatch.Dispatcher`.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import signal
@@ -24,7 +25,7 @@ import anyio
 from .._logging import task_run_logger
 from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture, _run_done_callback
-from ..records import FlowRunRecord, TaskRunRecord, _next_task_run_index
+from ..records import FlowRunRecord, TaskRunRecord, _task_run_counters
 from ..settings import get_settings
 from ..states import State, StateType
 from ._drivers import BlockingDriver
@@ -150,7 +151,10 @@ class FlowRun:
     # -- task run records -------------------------------------------------------------------
     def new_task_record(self, task_name: str) -> TaskRunRecord:
         # Numbered per task name across the process: names are unique across flow runs.
-        record = TaskRunRecord(task_name, _next_task_run_index(task_name), self.record)
+        counter = _task_run_counters.get(task_name)  # (_next_task_run_index, inlined)
+        if counter is None:
+            counter = _task_run_counters.setdefault(task_name, itertools.count())
+        record = TaskRunRecord(task_name, next(counter), self.record)
         self.record.task_runs.append(record)
         return record
 
