@@ -5,6 +5,8 @@ The public API is re-exported here; everything else is private (modules starting
 ``orchestr.runners``, ``orchestr.runtime``, ``orchestr.testing``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from . import runtime as runtime
 from ._public import show_public_module as _show_public_module
 from .annotations import allow_failure as allow_failure
@@ -37,12 +39,16 @@ from .states import StateType as StateType
 from .tasks import Task as Task
 from .tasks import task as task
 
+if TYPE_CHECKING:
+    from .runners import ProcessPoolTaskRunner as ProcessPoolTaskRunner
+
 __all__ = [
     "Flow",
     "FlowRunRecord",
     "FutureList",
     "OrchestrError",
     "Pool",
+    "ProcessPoolTaskRunner",
     "Resource",
     "ResourceStack",
     "RunEvent",
@@ -72,4 +78,14 @@ __all__ = [
 
 __version__ = "0.1.0"
 
-_show_public_module(globals())
+_show_public_module(globals(), lazy=("ProcessPoolTaskRunner",))
+
+
+def __getattr__(name: str) -> Any:
+    # Loaded when first asked for (see orchestr.runners): no multiprocessing at import.
+    if name == "ProcessPoolTaskRunner":
+        from .runners import ProcessPoolTaskRunner
+
+        globals()[name] = ProcessPoolTaskRunner
+        return ProcessPoolTaskRunner
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

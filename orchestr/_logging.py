@@ -18,13 +18,16 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._engine._context import flow_run_var, task_run_var
+from ._engine._context import flow_run_var, remote_call_var, task_run_var
 from ._tracebacks import chain_of, claim, origin_of, trim_summary
 from .exceptions import ParameterValidationError
 from .records import FlowRunRecord, RunRecord, TaskRunRecord
 from .states import State, StateType, _describe, _short_repr
+
+if TYPE_CHECKING:
+    from .runners._call import RunIdentity
 
 __all__ = [
     "ConsoleFormatter",
@@ -33,6 +36,7 @@ __all__ = [
     "enable_print_capture",
     "flow_run_logger",
     "get_run_logger",
+    "identity_logger",
     "log_flow_begin",
     "log_flow_end",
     "log_prints_var",
@@ -63,14 +67,18 @@ class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 def get_run_logger() -> logging.LoggerAdapter[Any]:
-    """The logger of the current task run or flow run. Outside any run, the plain
-    ``orchestr`` logger (so task functions can still be called in tests)."""
+    """The logger of the current task run or flow run, also in a task run executing in
+    another process. Outside any run, the plain ``orchestr`` logger (so task functions
+    can still be called in tests)."""
     task_ctx = task_run_var.get()
     if task_ctx is not None:
         return task_run_logger(task_ctx.record)
     flow_run = flow_run_var.get()
     if flow_run is not None:
         return flow_run_logger(flow_run.record)
+    remote = remote_call_var.get()
+    if remote is not None:
+        return identity_logger(remote)
     return RunLogger(logging.getLogger("orchestr"), {"run_label": "orchestr"})
 
 
@@ -89,6 +97,24 @@ def task_run_logger(record: TaskRunRecord) -> RunLogger:
             "flow_run_name": None if flow is None else flow.name,
             "flow_run_id": None if flow is None else str(flow.id),
             "flow_name": None if flow is None else flow.flow_name,
+        },
+    )
+
+
+def identity_logger(identity: RunIdentity) -> RunLogger:
+    """A task run's logger from its portable identity (in another process), with the
+    same fields as :func:`task_run_logger` gives at home."""
+    return RunLogger(
+        _TASK_LOGGER,
+        {
+            "run_label": f"Task run {identity.task_run_name!r} of flow run "
+            f"{identity.flow_run_name!r}",
+            "task_run_name": identity.task_run_name,
+            "task_run_id": str(identity.task_run_id),
+            "task_name": identity.task_name,
+            "flow_run_name": identity.flow_run_name,
+            "flow_run_id": str(identity.flow_run_id),
+            "flow_name": identity.flow_name,
         },
     )
 

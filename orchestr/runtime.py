@@ -24,11 +24,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from ._engine._context import flow_run_var, task_run_var
+from ._engine._context import flow_run_var, remote_call_var, task_run_var
 from ._public import show_public_module as _show_public_module
 
 if TYPE_CHECKING:
     import uuid
+
+    from ._engine._flowrun import FlowRun
+    from .runners._call import RunIdentity
 
 __all__ = ["FlowRunContext", "TaskRunContext", "flow_run", "task_run"]
 
@@ -40,23 +43,29 @@ class FlowRunContext:
 
     @property
     def id(self) -> uuid.UUID | None:
-        run = flow_run_var.get()
-        return None if run is None else run.record.id
+        run, remote = _flow_run()
+        if run is not None:
+            return run.record.id
+        return None if remote is None else remote.flow_run_id
 
     @property
     def name(self) -> str | None:
-        run = flow_run_var.get()
-        return None if run is None else run.record.name
+        run, remote = _flow_run()
+        if run is not None:
+            return run.record.name
+        return None if remote is None else remote.flow_run_name
 
     @property
     def flow_name(self) -> str | None:
-        run = flow_run_var.get()
-        return None if run is None else run.record.flow_name
+        run, remote = _flow_run()
+        if run is not None:
+            return run.record.flow_name
+        return None if remote is None else remote.flow_name
 
     @property
     def parameters(self) -> dict[str, Any]:
         """The run's parameters by name, after validation, defaults included (a new
-        dict each time); empty before validation and outside runs."""
+        dict each time); empty before validation, outside runs and in another process."""
         run = flow_run_var.get()
         if run is None or run.arguments is None:
             return {}
@@ -65,8 +74,10 @@ class FlowRunContext:
     @property
     def attempt(self) -> int | None:
         """Which attempt of the flow run is running: 1, then 2 on the first retry, ..."""
-        run = flow_run_var.get()
-        return None if run is None else run.record.attempts
+        run, remote = _flow_run()
+        if run is not None:
+            return run.record.attempts
+        return None if remote is None else remote.flow_attempt
 
     @property
     def run_count(self) -> int | None:
@@ -85,28 +96,43 @@ class TaskRunContext:
     @property
     def id(self) -> uuid.UUID | None:
         current = task_run_var.get()
-        return None if current is None else current.record.id
+        if current is not None:
+            return current.record.id
+        remote = remote_call_var.get()
+        return None if remote is None else remote.task_run_id
 
     @property
     def name(self) -> str | None:
         current = task_run_var.get()
-        return None if current is None else current.record.name
+        if current is not None:
+            return current.record.name
+        remote = remote_call_var.get()
+        return None if remote is None else remote.task_run_name
 
     @property
     def task_name(self) -> str | None:
         current = task_run_var.get()
-        return None if current is None else current.record.task_name
+        if current is not None:
+            return current.record.task_name
+        remote = remote_call_var.get()
+        return None if remote is None else remote.task_name
 
     @property
     def tags(self) -> frozenset[str]:
         current = task_run_var.get()
-        return frozenset() if current is None else current.task.tags
+        if current is not None:
+            return current.task.tags
+        remote = remote_call_var.get()
+        return frozenset() if remote is None else remote.tags
 
     @property
     def attempt(self) -> int | None:
         """Which attempt of the task run is running: 1, then 2 on the first retry, ..."""
         current = task_run_var.get()
-        return None if current is None else current.record.attempts
+        if current is not None:
+            return current.record.attempts
+        remote = remote_call_var.get()
+        return None if remote is None else remote.attempt
 
     @property
     def run_count(self) -> int | None:
@@ -115,6 +141,12 @@ class TaskRunContext:
 
     def __repr__(self) -> str:
         return f"<orchestr.runtime.task_run {self.name!r}>"
+
+
+def _flow_run() -> tuple[FlowRun | None, RunIdentity | None]:
+    """The flow run of this code, or (in a worker process) the identity of its call."""
+    run = flow_run_var.get()
+    return run, (None if run is not None else remote_call_var.get())
 
 
 flow_run = FlowRunContext()

@@ -585,3 +585,62 @@ def test_raising_done_callbacks_never_tear_down_the_engine(
             problems.append(f"{flow_kind}: callbacks {outcome['calls']}")
     assert not problems, "\n".join(problems)
     assert program.returncode == 0, program.describe()
+
+
+class _Dropped:
+    """An object that notes the frame of its finalizer."""
+
+    def __del__(self) -> None:
+        _note_frame()
+
+
+class _Plain:
+    """An object weak references point at."""
+
+
+_gc_frames: list[Any] = []
+
+
+def _note_frame() -> None:
+    _gc_frames.append(sys._getframe(1))
+
+
+@pytest.mark.parametrize(
+    "kind", ["__del__", "WeakSet", "WeakValueDictionary", "WeakKeyDictionary", "finalize"]
+)
+def test_an_interrupt_never_lands_in_a_garbage_collector_callback(kind: str) -> None:
+    """Python swallows an exception raised in a finalizer or weakref callback ("Exception
+    ignored in ..."): an interrupt delivered there would be lost, so none may land in
+    one, nor in user code it calls (a weakref.finalize callback)."""
+    import weakref
+
+    from orchestr._engine import _interrupts
+
+    verdicts: list[bool] = []
+    _gc_frames.clear()
+    obj: Any = _Dropped() if kind == "__del__" else _Plain()
+    holders: list[Any] = []
+    if kind == "WeakSet":
+        holders.append(weakref.WeakSet([obj]))
+    elif kind == "WeakValueDictionary":
+        holders.append(weakref.WeakValueDictionary({1: obj}))
+    elif kind == "WeakKeyDictionary":
+        holders.append(weakref.WeakKeyDictionary({obj: 1}))
+    elif kind == "finalize":
+        holders.append(weakref.finalize(obj, _note_frame))
+
+    names = {"WeakSet": "_remove", "WeakValueDictionary": "remove", "WeakKeyDictionary": "remove"}
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_name == names.get(kind):
+            verdicts.append(_interrupts._may_interrupt(frame))
+
+    sys.setprofile(profile)
+    try:
+        del obj
+    finally:
+        sys.setprofile(None)
+    verdicts.extend(_interrupts._may_interrupt(frame) for frame in _gc_frames)
+    _gc_frames.clear()
+    assert verdicts, "no callback ran"
+    assert not any(verdicts)

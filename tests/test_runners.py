@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Self
 
 import anyio
+import anyio.to_thread
 import pytest
 
-from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, task
+from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, runtime, task
+from orchestr.runners import Call, Outcome, run_call
 from orchestr.states import StateType
 
 
@@ -36,8 +37,9 @@ class RecordingRunner(ThreadPoolTaskRunner):
 
 
 class ExecutorRunner(TaskRunner):
-    """A non-local runner: every call goes through submit() to its own executor, as it
-    would to a cluster. The engine must give every rule through this path too."""
+    """A non-local runner: every submitted call goes through run() to its own executor,
+    as it would to a cluster, and runs there through run_call (the far side) in a thread
+    without the run's context. The engine must give every rule through this path too."""
 
     local: ClassVar[bool] = False
 
@@ -52,14 +54,16 @@ class ExecutorRunner(TaskRunner):
     async def start(self) -> None:
         self._executor = ThreadPoolExecutor(4, thread_name_prefix="executor-runner")
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
-        assert self._executor is not None, "submit before start"
-        self.submitted.append(getattr(fn, "__name__", repr(fn)))
-        return self._executor.submit(fn, *args, **kwargs)
-
-    def cancel(self, handle: Any) -> bool:
-        self.cancelled += 1
-        return bool(handle.cancel())
+    async def run(self, call: Call) -> Outcome:
+        assert self._executor is not None, "run before start"
+        self.submitted.append(call.identity.task_name)
+        future = self._executor.submit(run_call, call)
+        try:
+            return await anyio.to_thread.run_sync(future.result, abandon_on_cancel=True)
+        except BaseException:
+            self.cancelled += 1
+            future.cancel()
+            raise
 
     async def shutdown(self) -> None:
         assert self._executor is not None
@@ -145,37 +149,53 @@ def test_each_flow_run_gets_its_own_runner(run: Any) -> None:
     assert id(template) not in seen
 
 
-def test_a_non_local_runner_gets_every_sync_call_through_submit(run: Any) -> None:
-    """With a non-local runner, sync calls go through submit(); retries, dependencies,
-    failures and results still behave the same."""
-    runner = ExecutorRunner()
-    attempts: list[int] = []
+def test_a_non_local_runner_gets_every_submitted_call_through_run(run: Any) -> None:
+    """With a non-local runner, every attempt of a submitted run, sync or async, goes
+    through run(); retries, dependencies, failures and results still behave the same,
+    and the code there knows its run without the run's context."""
+    runners: list[ExecutorRunner] = []
+
+    class Tracked(ExecutorRunner):
+        def duplicate(self) -> Self:
+            runners.append(type(self)())
+            return runners[-1]  # type: ignore[return-value]
+
+    attempts: list[tuple[int, str | None, int | None]] = []
 
     @task(retries=2)
     def flaky(x: int) -> int:
-        attempts.append(x)
+        attempts.append((x, runtime.task_run.name, runtime.task_run.attempt))
         if len(attempts) < 3:
             raise ConnectionError("not yet")
         return x * 10
 
     @task
-    def double(x: int) -> int:
+    async def double(x: int) -> int:
+        await anyio.sleep(0)
         return x * 2
 
-    @flow(task_runner=runner)
-    async def main() -> tuple[int, str]:
+    @task
+    def inline_only(x: int) -> int:
+        return x + 1
+
+    @flow(task_runner=Tracked())
+    async def main() -> tuple[int, str, int, str]:
         first = flaky.submit(4)
         second = double.submit(first)
         third = await second.wait()
-        return await second, third.name
+        return await second, third.name, inline_only(1), str(runtime.flow_run.name)
 
-    value, name = run(main)
-    assert (value, name) == (80, "Completed")
-    assert attempts == [4, 4, 4]
+    value, name, inline, flow_run_name = run(main)
+    assert (value, name, inline) == (80, "Completed", 2)
+    assert [(x, attempt) for x, _, attempt in attempts] == [(4, 1), (4, 2), (4, 3)]
+    assert len({name for _, name, _ in attempts}) == 1
+    assert attempts[0][1] is not None and attempts[0][1].startswith("flaky-")
+    # Inline calls run where they are called; only submitted attempts reach the runner.
+    assert runners[0].submitted == ["flaky", "flaky", "flaky", "double"]
 
 
 def test_a_non_local_runner_times_out_and_cancels_through_the_protocol(run: Any) -> None:
-    """A timed-out call on a non-local runner is Failed/TimedOut and handed to cancel()."""
+    """A timed-out call on a non-local runner is Failed/TimedOut: its run() is cancelled."""
     runners: list[ExecutorRunner] = []
 
     class Tracked(ExecutorRunner):

@@ -29,7 +29,7 @@ from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
-from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver
+from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
 from ._outcomes import cancelled_state, crashed_state, record_final_state
@@ -139,13 +139,15 @@ async def _attempts(
                 _running(record)
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
-                value = await driver.call(task, args, kwargs)
+                value = await driver.call(task, record, args, kwargs)
             if isinstance(value, State):
                 value = await _settled(record, value, driver)
         except propagate:
             raise
         except AttemptTimedOut as timed_out:
             failed = _timed_out_state(record, timed_out)
+        except CallCrashed as crash:  # the runner failed under it: retried like a failure
+            failed = crashed_state(record, crash.error)
         except RunCancelled:
             run = driver.run
             return cancelled_state(
@@ -235,9 +237,9 @@ async def _call_limited(
     try:
         if task.on_running_hooks:
             await run_running_hooks(task, record, driver)
-        return await driver.call(task, args, kwargs)
+        return await driver.call(task, record, args, kwargs)
     finally:
-        lease.release()
+        await lease.release()
 
 
 def _finish(

@@ -12,10 +12,12 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from ..futures import TaskFuture
     from ..records import TaskRunRecord
+    from ..runners._call import RunIdentity
     from ..tasks import Task
     from ._flowrun import FlowRun
 
 __all__ = [
+    "remote_call_var",
     "SubmissionScope",
     "TaskRunContext",
     "flow_run_var",
@@ -52,3 +54,7 @@ scope_var: ContextVar[SubmissionScope | None] = ContextVar("orchestr.scope", def
 retry_delay_override_var: ContextVar[float | None] = ContextVar(
     "orchestr.retry_delay_override", default=None
 )
+
+# Set where a call runs away from its flow run (a worker process; a Dask worker): the
+# run it belongs to, so that its code finds its logger and orchestr.runtime there.
+remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_call", default=None)

@@ -1,7 +1,8 @@
 """Drivers: how the one attempt loop waits, sleeps and calls user code.
 
 The attempt loop (``_attempts.py``) is an ``async def`` that awaits nothing but its
-driver. :class:`AsyncDriver` runs it on the event loop. :class:`BlockingDriver` runs it in
+driver. :class:`AsyncDriver` runs it on the event loop; it is where a call leaves for the
+flow run's task runner (:func:`task_call` describes it). :class:`BlockingDriver` runs it in
 the current thread: every one of its awaits completes without suspending, so
 :func:`drive` finishes the coroutine with a single ``send(None)``. That is how sync task
 runs (called inline, or executed in a worker thread) share the async code path instead of
@@ -18,18 +19,27 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
-from .._limits._backends import backend_for
+from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
+from .._logging import log_prints_var
 from ..exceptions import RunCancelled
-from ..runners import CallHandle
+from ..runners._call import Call, RunIdentity
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
+    from ..records import TaskRunRecord
     from ..tasks import Task
     from ._flowrun import FlowRun
 
-__all__ = ["AsyncDriver", "AttemptTimedOut", "BlockingDriver", "drive", "wait_handle"]
+__all__ = [
+    "AsyncDriver",
+    "AttemptTimedOut",
+    "BlockingDriver",
+    "CallCrashed",
+    "drive",
+    "task_call",
+]
 
 T = TypeVar("T")
 
@@ -44,6 +54,15 @@ class AttemptTimedOut(Exception):
         self.abandoned = abandoned
 
 
+class CallCrashed(Exception):
+    """Raised when the runner failed under a call (its worker process died): the
+    attempt ends Crashed, and retries apply (internal)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
+
+
 def drive(coro: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine whose awaits never suspend (a BlockingDriver's) to completion."""
     try:
@@ -54,56 +73,69 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
     raise RuntimeError("orchestr bug: a blocking-driver coroutine suspended")
 
 
-async def wait_handle(handle: CallHandle[T], run: FlowRun) -> T:
-    """Await a runner's call handle on the loop; if cancelled, cancel the call too."""
-    if not handle.done():
-        event = anyio.Event()
-        loop = run.loop
-        handle.add_done_callback(lambda _: loop.call(event.set))
-        try:
-            await event.wait()
-        except BaseException:
-            run.runner.cancel(handle)
-            raise
-    return handle.result()
+def task_call(
+    run: FlowRun, task: Task[Any, Any], record: TaskRunRecord, args: Any, kwargs: Any
+) -> Call:
+    """The call for the current attempt of ``record``, for the flow run's runner."""
+    flow_record = run.record
+    identity = RunIdentity(
+        flow_run_id=flow_record.id,
+        flow_run_name=flow_record.name,
+        flow_name=flow_record.flow_name,
+        flow_attempt=flow_record.attempts,
+        task_run_id=record.id,
+        task_run_name=record.name,
+        task_name=task.name,
+        attempt=record.attempts,
+        tags=task.tags,
+        log_prints=log_prints_var.get() is not None,
+        limits=portable_limits(run),
+    )
+    key = f"{record.name}-{record.id.hex[:8]}-a{record.attempts}"
+    # An async call runs far away on the same kind of event loop as its flow's.
+    return Call(task.fn, tuple(args), dict(kwargs), identity, key, run.loop.backend)
 
 
 class AsyncDriver:
     """Runs an attempt loop on the event loop.
 
-    Async functions are awaited in place; sync functions go to the flow run's task
-    runner. ``inline`` is True for ``await task(x)``: interrupts then keep propagating to
-    the caller, as they would from a plain function.
+    Async functions are awaited in place, except submitted runs on a runner that is not
+    local: those go to the runner, like every sync call. ``inline`` is True for
+    ``await task(x)``: the call runs here, and interrupts keep propagating to the
+    caller, as they would from a plain function.
     """
 
-    __slots__ = ("propagate", "run")
+    __slots__ = ("inline", "propagate", "run")
 
     def __init__(self, run: FlowRun | None, inline: bool) -> None:
         self.run = run
+        self.inline = inline
         cancelled = anyio.get_cancelled_exc_class()
         self.propagate: tuple[type[BaseException], ...] = (
             (cancelled, KeyboardInterrupt, SystemExit) if inline else (cancelled,)
         )
 
-    async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
+    async def call(
+        self, task: Task[Any, Any], record: TaskRunRecord, args: Any, kwargs: Any
+    ) -> Any:
         timeout = task.timeout_seconds
-        if task.is_async:
+        run = self.run
+        if task.is_async and (self.inline or run is None or run.runner.local):
             if timeout is None:
                 return await task.fn(*args, **kwargs)
             with anyio.CancelScope(deadline=anyio.current_time() + timeout):
                 return await task.fn(*args, **kwargs)
             raise AttemptTimedOut(timeout, abandoned=False)
-        run = self.run
-        assert run is not None, "sync calls reach the async driver only inside flow runs"
+        assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
-        if runner.local:
-            handle = runner.submit(copy_context().run, task.fn, *args, **kwargs)
-        else:
-            handle = runner.submit(task.fn, *args, **kwargs)
+        call = task_call(run, task, record, args, kwargs)
         deadline = anyio.current_time() + (timeout if timeout is not None else float("inf"))
         with anyio.CancelScope(deadline=deadline):
-            return await wait_handle(handle, run)
-        raise AttemptTimedOut(timeout, abandoned=not handle.done())  # type: ignore[arg-type]
+            outcome = await runner.run(call)
+            if outcome.crashed:
+                raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
+            return outcome.result()
+        raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
 
     async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
         """Wait on the loop for the limits the task's tags name."""
@@ -136,7 +168,9 @@ class BlockingDriver:
             (KeyboardInterrupt, SystemExit, RunCancelled, CleanupInterrupted) if inline else ()
         )
 
-    async def call(self, task: Task[Any, Any], args: Any, kwargs: Any) -> Any:
+    async def call(
+        self, task: Task[Any, Any], record: TaskRunRecord, args: Any, kwargs: Any
+    ) -> Any:
         timeout = task.timeout_seconds
         if timeout is None:
             if self.propagate:  # inline: the caller's thread, where interrupts may land

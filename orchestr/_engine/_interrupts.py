@@ -42,10 +42,12 @@ cleanup timeout is interrupted there, by an exception confined to that cleanup.
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
+import _weakrefset
 import os
 import signal
 import sys
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import CodeType, FrameType
@@ -149,12 +151,22 @@ def wait_event(event: threading.Event, timeout: float | None = None) -> bool:
 # The directory of the orchestr package, spelled as its code objects spell it.
 _PACKAGE = os.path.dirname(os.path.dirname(call_user.__code__.co_filename)) + os.sep
 
+# Where the garbage collector's callbacks run (WeakSet and weak dictionaries dropping a
+# dead entry, weakref.finalize): like __del__, at any moment, and Python would swallow
+# an exception raised there ("Exception ignored in ...").
+_FINALIZER_FILES = frozenset(
+    (
+        _weakrefset.WeakSet.__init__.__code__.co_filename,
+        weakref.finalize.__init__.__code__.co_filename,
+    )
+)
+
 
 def _may_interrupt(frame: FrameType | None) -> bool:
     decided: bool | None = None  # by the innermost marked or orchestr frame
     while frame is not None:
         code = frame.f_code
-        if code in _shielded or code.co_name == "__del__":
+        if code in _shielded or code.co_name == "__del__" or code.co_filename in _FINALIZER_FILES:
             return False  # (Python would swallow an exception raised in a finalizer)
         if decided is None:
             if code in _interruptible:

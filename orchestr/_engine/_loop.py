@@ -64,6 +64,11 @@ class LoopHandle:
     def on_loop_thread(self) -> bool:
         return get_ident() == self.thread_id
 
+    @property
+    def backend(self) -> str:
+        """``"asyncio"`` or ``"trio"``: the kind of loop this is."""
+        return "asyncio" if hasattr(self.token.native_token, "create_task") else "trio"
+
     def call(self, callback: Callable[[], object]) -> None:
         """Run ``callback`` on the loop: now if this is the loop thread, else soon."""
         if get_ident() == self.thread_id:

@@ -34,7 +34,7 @@ from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord, _next_task_run_index
 from ..states import State, StateType
 from ._attempts import run_attempts
-from ._context import flow_run_var, scope_var, task_run_var
+from ._context import flow_run_var, remote_call_var, scope_var, task_run_var
 from ._deps import (
     Dependencies,
     Upstream,
@@ -408,6 +408,15 @@ def _arg_name(key: int | str) -> str:
 def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
     run = flow_run_var.get()
     if run is None:
+        remote = remote_call_var.get()
+        if remote is not None:
+            raise NotInFlowRunError(
+                f"{task.name}.{verb}() was called in task run {remote.task_run_name!r} of "
+                f"flow run {remote.flow_run_name!r}, which executes in another process; "
+                "task runs are submitted by their flow run, in its process: return what "
+                f"the new runs need and {verb} them in the flow, or call {task.name}(...) "
+                "to run the task inline here"
+            )
         raise NotInFlowRunError(
             f"{task.name}.{verb}() was called outside a flow run; call it inside a "
             f"@flow function, or call {task.name}(...) to run the task inline"

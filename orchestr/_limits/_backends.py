@@ -6,6 +6,15 @@ and return the :data:`Release` that gives back what they took. That is all a clu
 backend needs to provide: ``distributed.Semaphore`` (acquire / release by name, sync and
 async) fits it directly, which is how a Dask runner can back the same limit names with a
 cluster-wide primitive by returning its backend from ``TaskRunner.limit_backend()``.
+
+A release may be a coroutine function when the backend's primitive releases
+asynchronously (a ``distributed.Semaphore`` on an asynchronous client): the engine and
+``async with concurrency(...)`` await what it returns. Releases given by
+``acquire_blocking`` must be plain calls.
+
+:class:`PortableLimits` is what a call to another process takes along: the definitions
+of the flow's process, and the backend that enforces them there (None when the runner has
+none: limits named by code in that process are then refused, never silently ignored).
 """
 
 from __future__ import annotations
@@ -14,8 +23,8 @@ import abc
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
 import anyio.lowlevel
@@ -23,15 +32,24 @@ import anyio.lowlevel
 from .._engine._interrupts import wait_event
 from .._semaphore import Semaphore
 from ..exceptions import UsageError
-from ._registry import ConcurrencyLimit, Limit, RateLimit
+from ._registry import ConcurrencyLimit, Limit, RateLimit, defined_limits
 
 if TYPE_CHECKING:
     from .._engine._flowrun import FlowRun
 
-__all__ = ["InProcessLimits", "LimitBackend", "Release", "backend_for", "noop_release"]
+__all__ = [
+    "InProcessLimits",
+    "LimitBackend",
+    "PortableLimits",
+    "Release",
+    "backend_for",
+    "noop_release",
+    "portable_limits",
+]
 
-#: Gives back what an acquire took; called exactly once. A no-op for rate limits.
-Release = Callable[[], None]
+#: Gives back what an acquire took; called exactly once. A no-op for rate limits. One
+#: from ``acquire`` may return an awaitable, which is awaited.
+Release = Callable[[], Awaitable[object] | None]
 
 
 def noop_release() -> None:
@@ -159,6 +177,22 @@ def _releaser(semaphore: Semaphore, amount: int) -> Release:
 
 
 _in_process = InProcessLimits()
+
+
+class PortableLimits(NamedTuple):
+    """The limits a call to another process takes along (see the module docstring)."""
+
+    concurrency: dict[str, ConcurrencyLimit]
+    rate: dict[str, RateLimit]
+    backend: LimitBackend | None
+
+
+def portable_limits(run: FlowRun) -> PortableLimits | None:
+    """What a call from ``run`` to another process takes along; None if no limits."""
+    defined = defined_limits()
+    if defined is None:
+        return None
+    return PortableLimits(*defined, run.runner.limit_backend())
 
 
 def backend_for(run: FlowRun | None) -> LimitBackend:

@@ -22,6 +22,7 @@ __all__ = [
     "checked_count",
     "checked_name",
     "concurrency_limit",
+    "defined_limits",
     "get_limits",
     "has_limits",
     "limits",
@@ -103,6 +104,13 @@ def remove_limit(name: str) -> None:
         concurrency = {k: v for k, v in _registry.concurrency.items() if k != name}
         rate = {k: v for k, v in _registry.rate.items() if k != name}
         _registry.replace(concurrency, rate)
+
+
+def defined_limits() -> tuple[dict[str, ConcurrencyLimit], dict[str, RateLimit]] | None:
+    """The definitions now (the registry's own dicts: they are never changed in place),
+    or None when there are none; what a call to another process takes along."""
+    concurrency, rate = _registry.concurrency, _registry.rate
+    return (concurrency, rate) if concurrency or rate else None
 
 
 def get_limits() -> tuple[Limit, ...]:

@@ -3,20 +3,27 @@
 
 Blocking forms refuse to run on an event loop thread: waiting there for a slot could
 wait for ever, when the holders are tasks on that same loop.
+
+In task code running in another process (a worker of ``ProcessPoolTaskRunner``, a Dask
+worker) the limits are the flow's, taken along with the call: enforced there through the
+runner's cluster-wide backend, or refused with an error when it has none. Never ignored.
 """
 
 from __future__ import annotations
 
+import inspect
 from types import TracebackType
 
+import anyio
 import anyio.lowlevel
 
-from .._engine._context import flow_run_var
+from .._engine._context import flow_run_var, remote_call_var
 from .._semaphore import on_event_loop
 from ..exceptions import UsageError
 from ._backends import LimitBackend, Release, backend_for, noop_release
 from ._registry import (
     ConcurrencyLimit,
+    Limit,
     checked_count,
     checked_name,
     concurrency_limit,
@@ -43,10 +50,19 @@ class LimitLease:
     def __init__(self) -> None:
         self.releases: list[Release] = []
 
-    def release(self) -> None:
+    async def release(self) -> None:
+        """Give everything back, even when cancelled. On the blocking driver releases are
+        plain calls, so this never suspends there."""
         releases, self.releases = self.releases, []
         for release in reversed(releases):
-            release()
+            await _released(release)
+
+
+async def _released(release: Release) -> None:
+    outcome = release()
+    if inspect.isawaitable(outcome):
+        with anyio.CancelScope(shield=True):
+            await outcome
 
 
 async def acquire_task_limits(
@@ -63,7 +79,7 @@ async def acquire_task_limits(
             else:
                 lease.releases.append(await backend.acquire(limit))
     except BaseException:
-        lease.release()  # what was taken before the failure or cancellation
+        await lease.release()  # what was taken before the failure or cancellation
         raise
     return lease
 
@@ -78,18 +94,17 @@ class ConcurrencyBlock:
         self._occupy = checked_count("occupy", name, occupy)
         self._release: Release | None = None
 
-    def _limit(self) -> ConcurrencyLimit | None:
+    def _limit(self) -> tuple[ConcurrencyLimit | None, LimitBackend]:
         if self._release is not None:
             raise UsageError(f"concurrency({self._name!r}) is already held; enter it once")
-        return concurrency_limit(self._name)
+        return _user_limit(f"concurrency({self._name!r})", self._name, rate=False)  # type: ignore[return-value]
 
     async def __aenter__(self) -> None:
-        limit = self._limit()
+        limit, backend = self._limit()
         if limit is None:
             await anyio.lowlevel.checkpoint()
             self._release = noop_release
             return
-        backend = backend_for(flow_run_var.get())
         self._release = await backend.acquire(limit, self._occupy)
 
     async def __aexit__(
@@ -98,15 +113,17 @@ class ConcurrencyBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit()
+        release, self._release = self._release, None
+        if release is not None:
+            await _released(release)
 
     def __enter__(self) -> None:
         refuse_loop_thread(f"`with concurrency({self._name!r})`", "async with")
-        limit = self._limit()
+        limit, backend = self._limit()
         if limit is None:
             self._release = noop_release
             return
-        self._release = backend_for(flow_run_var.get()).acquire_blocking(limit, self._occupy)
+        self._release = backend.acquire_blocking(limit, self._occupy)
 
     def __exit__(
         self,
@@ -114,9 +131,6 @@ class ConcurrencyBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._exit()
-
-    def _exit(self) -> None:
         release, self._release = self._release, None
         if release is not None:
             release()
@@ -132,23 +146,46 @@ def concurrency(name: str, occupy: int = 1) -> ConcurrencyBlock:
 async def rate_limit(name: str, occupy: int = 1) -> None:
     """Wait until the rate limit ``name`` lets ``occupy`` more calls start (async code).
     Without a rate limit of that name it does not wait."""
-    limit = rate_limit_of(checked_name(name))
+    limit, backend = _user_limit(f"rate_limit({name!r})", checked_name(name), rate=True)
     if limit is None:
         await anyio.lowlevel.checkpoint()
         return
-    amount = checked_count("occupy", name, occupy)
-    await backend_for(flow_run_var.get()).acquire(limit, amount)
+    await backend.acquire(limit, checked_count("occupy", name, occupy))
 
 
 def rate_limit_blocking(name: str, occupy: int = 1) -> None:
     """Block this thread until the rate limit ``name`` lets ``occupy`` more calls start
     (sync code; on an event loop use ``await rate_limit(name)``)."""
     refuse_loop_thread(f"rate_limit_blocking({name!r})", f"await rate_limit({name!r})")
-    limit = rate_limit_of(checked_name(name))
+    limit, backend = _user_limit(f"rate_limit_blocking({name!r})", checked_name(name), rate=True)
     if limit is None:
         return
-    amount = checked_count("occupy", name, occupy)
-    backend_for(flow_run_var.get()).acquire_blocking(limit, amount)
+    backend.acquire_blocking(limit, checked_count("occupy", name, occupy))
+
+
+def _user_limit(what: str, name: str, *, rate: bool) -> tuple[Limit | None, LimitBackend]:
+    """The limit user code names, and where it is enforced: this process's definitions
+    in a flow's process; in another process, the definitions its call brought along and
+    the runner's backend, or an error if the runner has none."""
+    run = flow_run_var.get()
+    remote = remote_call_var.get() if run is None else None
+    if remote is None:
+        limit: Limit | None = rate_limit_of(name) if rate else concurrency_limit(name)
+        return limit, backend_for(run)
+    carried = remote.limits
+    if carried is None:
+        return None, backend_for(None)
+    limit = (carried.rate if rate else carried.concurrency).get(name)
+    if limit is None:
+        return None, backend_for(None)
+    if carried.backend is None:
+        raise UsageError(
+            f"{what} was called in task run {remote.task_run_name!r}, which executes in "
+            "another process, and its task runner cannot enforce limits across processes; "
+            f"tag the task instead (@task(tags=[{name!r}])): its flow run then holds the "
+            "limit around each call"
+        )
+    return limit, carried.backend
 
 
 def refuse_loop_thread(what: str, instead: str) -> None:

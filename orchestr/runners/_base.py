@@ -1,45 +1,39 @@
 """The task runner protocol: where task calls execute.
 
-A runner starts, executes calls and hands back their outcomes, and shuts down. It knows
-nothing of states, retries, timeouts or resources: those belong to the engine. Each flow
-run gets its own runner (``duplicate()`` of the one configured on the flow), started when
-the run starts and shut down after every task run of the flow run has finished.
+A runner is as small as an HTTP transport: it starts, runs one call at a time as asked
+(many at once), and shuts down. A call (:class:`~orchestr.runners._call.Call`) is a
+picklable description of one attempt of a task run; running it returns its
+:class:`~orchestr.runners._call.Outcome`. A runner knows nothing of states, retries,
+timeouts, dependencies or resources: those stay with the engine, in the flow's process,
+so every runner gets all of them.
+
+A flow run starts its runner (a ``duplicate()`` of the one configured on the flow) before
+its body and shuts it down after every task run has finished, whatever happened; its
+retries and its subflows without a runner of their own use the same started runner.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
     from .._limits._backends import LimitBackend
+    from ._call import Call, Outcome
 
-__all__ = ["CallHandle", "TaskRunner"]
-
-T = TypeVar("T")
-T_co = TypeVar("T_co", covariant=True)
-
-
-class CallHandle(Protocol[T_co]):
-    """The handle of a submitted call. ``concurrent.futures.Future`` has this shape, and
-    so does ``distributed.Future``."""
-
-    def add_done_callback(self, fn: Callable[[Any], object], /) -> None: ...
-
-    def done(self) -> bool: ...
-
-    def result(self, timeout: float | None = None) -> T_co: ...
-
-    def cancel(self) -> bool: ...
+__all__ = ["TaskRunner"]
 
 
 class TaskRunner(abc.ABC):
-    """Executes task calls somewhere: threads of this process, a Dask cluster, ..."""
+    """Executes task calls somewhere: threads of this process, worker processes, a Dask
+    cluster, ..."""
 
     #: Calls run in this process and share its memory. A local runner also implements
     #: :meth:`run_soon`, and the engine uses it to run a sync task's whole run (retries
-    #: included) in the runner's thread, with no round trip through the event loop.
+    #: included) in the runner's thread, with no round trip through the event loop;
+    #: async tasks then run on the flow's event loop. A runner that is not local gets
+    #: every submitted call, sync and async, through :meth:`run`.
     local: ClassVar[bool] = False
 
     @property
@@ -54,25 +48,25 @@ class TaskRunner(abc.ABC):
         """Acquire what the runner needs; called when the flow run starts."""
 
     @abc.abstractmethod
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> CallHandle[T]:
-        """Execute ``fn(*args, **kwargs)``; thread-safe and non-blocking."""
+    async def run(self, call: Call) -> Outcome:
+        """Execute ``call`` and return its outcome; an exception the call raised is in
+        the outcome, not raised. Cancelling the await cancels the call: a runner that
+        can stop it does (a worker process is ended); one that cannot abandons it and
+        does not wait for it at shutdown. Called on the flow run's event loop (any
+        number at once, from asyncio or trio loops): it must not block the loop."""
 
-    def run_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
-        """Local runners only: execute ``fn(*args)`` without a handle (``fn`` reports its
-        own outcome)."""
+    def run_soon(self, fn: Callable[..., object], /, *args: object) -> None:
+        """Local runners only: execute ``fn(*args)`` soon, without waiting (``fn``
+        reports its own outcome); thread-safe."""
         raise NotImplementedError(f"{self.name} is not a local runner")
-
-    def cancel(self, handle: CallHandle[Any]) -> bool:
-        """Stop a call if it can be stopped. A call that cannot (a thread already running
-        it) keeps running, and the runner no longer waits for it at shutdown."""
-        return handle.cancel()
 
     def limit_backend(self) -> LimitBackend | None:
         """Where the limits of this runner's task runs (their tags) and of
         ``concurrency()`` / ``rate_limit()`` in their code are enforced. ``None`` (the
-        default): in this process. A runner whose task runs execute in other processes
-        returns a cluster-wide backend here (e.g. on ``distributed.Semaphore``), so that
-        the same limit names hold across the cluster."""
+        default): in the flow's process; code running in other processes may then not
+        take limits itself (it gets a clear error). A runner whose calls execute in
+        other processes may return a cluster-wide backend here (e.g. on
+        ``distributed.Semaphore``), so that the same limit names hold everywhere."""
         return None
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, no-op by default

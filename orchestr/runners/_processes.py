@@ -26,18 +26,15 @@ process does, however it ends.
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import pickle
 import signal
 import threading
 import time
 from collections import deque
-from multiprocessing.connection import Connection
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
-import anyio.to_thread
 
 from .._engine._loop import LoopHandle
 from .._semaphore import Semaphore
@@ -45,6 +42,9 @@ from ..exceptions import SerializationError, UsageError, WorkerLostError
 from ._base import TaskRunner
 from ._call import Call, Outcome
 from ._remote import run_call
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 __all__ = ["ProcessPoolTaskRunner"]
 
@@ -69,6 +69,9 @@ class ProcessPoolTaskRunner(TaskRunner):
                 "max_workers of ProcessPoolTaskRunner must be a whole number >= 1 or None, "
                 f"got {max_workers!r}"
             )
+        # Deferred (here and below): multiprocessing costs 10 ms of `import orchestr`.
+        import multiprocessing
+
         methods = multiprocessing.get_all_start_methods()
         if start_method is None:
             start_method = "forkserver" if "forkserver" in methods else "spawn"
@@ -100,6 +103,8 @@ class ProcessPoolTaskRunner(TaskRunner):
     async def shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
+            import anyio.to_thread
+
             await anyio.to_thread.run_sync(pool.close)
 
     @property
@@ -155,6 +160,8 @@ class _Worker:
 
 class _Pool:
     def __init__(self, max_workers: int, start_method: str) -> None:
+        import multiprocessing
+
         self._context = multiprocessing.get_context(start_method)
         self._max = max_workers
         self._lock = threading.Lock()

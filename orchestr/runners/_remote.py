@@ -2,52 +2,31 @@
 no flow run (a worker process, a Dask worker) and turning what happened into an
 :class:`~orchestr.runners._call.Outcome`.
 
-Task code there still finds its run: :data:`remote_call_var` holds the call's
-:class:`~orchestr.runners._call.RunIdentity`, from which ``get_run_logger()`` builds the
-task run's logger (the same fields as at home, so records shipped back read the same) and
-``print`` is routed to it when the run has ``log_prints``. Whatever the call returns or
-raises must travel back: a value or an exception that does not pickle becomes an error
-naming the task run and the value's type.
+Task code there still finds its run: ``remote_call_var`` holds the call's
+:class:`~orchestr.runners._call.RunIdentity`, from which ``orchestr.runtime`` answers and
+``get_run_logger()`` builds the task run's logger (the same fields as at home, so records
+shipped back read the same), and ``print`` is routed to it when the run has
+``log_prints``. Whatever the call returns or raises must travel back: a value or an
+exception that does not pickle becomes an error naming the task run and the value's type.
 """
 
 from __future__ import annotations
 
-import logging
-import pickle
 import time
 import traceback
-from contextvars import ContextVar, copy_context
+from contextvars import copy_context
 from typing import Any
 
-from .._logging import RunLogger, log_prints_var, route_prints
+from .._engine._context import remote_call_var
+from .._logging import identity_logger, log_prints_var, route_prints
 from ._call import Call, Outcome, RunIdentity
 
-__all__ = ["RemoteError", "remote_call_var", "remote_logger", "run_call", "transportable"]
-
-remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_call", default=None)
-
-_TASK_LOGGER = logging.getLogger("orchestr.task_runs")
+__all__ = ["RemoteError", "run_call", "transportable"]
 
 
 class RemoteError(Exception):
     """Stands in for an exception raised far away that could not be sent back as it is
     (it does not pickle); its message and the remote traceback are kept."""
-
-
-def remote_logger(identity: RunIdentity) -> RunLogger:
-    """The task run's logger, built from its identity (as ``task_run_logger`` at home)."""
-    return RunLogger(
-        _TASK_LOGGER,
-        {
-            "run_label": f"Task run {identity.task_run_name!r}",
-            "task_run_name": identity.task_run_name,
-            "task_run_id": identity.task_run_id,
-            "task_name": identity.task_name,
-            "flow_run_name": identity.flow_run_name,
-            "flow_run_id": identity.flow_run_id,
-            "flow_name": identity.flow_name,
-        },
-    )
 
 
 def run_call(call: Call) -> Outcome:
@@ -59,7 +38,7 @@ def _run_in_context(call: Call) -> Outcome:
     identity = call.identity
     remote_call_var.set(identity)
     if identity.log_prints:
-        route_prints(True, lambda: remote_logger(identity))
+        route_prints(True, lambda: identity_logger(identity))
     else:
         log_prints_var.set(None)
     started = time.time()
@@ -82,6 +61,8 @@ async def _awaited(call: Call) -> Any:
 
 def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     """``exc`` if it survives pickling, else a :class:`RemoteError` telling its story."""
+    import pickle  # deferred: no part of `import orchestr`
+
     try:
         pickle.loads(pickle.dumps(exc))
     except Exception:

@@ -1,5 +1,8 @@
 """ThreadPoolTaskRunner: the default runner, running sync task calls in worker threads.
 
+It is local: a submitted sync task run with nothing to wait for on the loop runs whole in
+a worker thread (:meth:`run_soon`, the fast path); one with a timeout or limits runs
+each attempt through :meth:`run`, awaited on the loop, which can stop waiting for it.
 Async tasks never come here: they run on the flow's own event loop.
 """
 
@@ -8,19 +11,22 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Self, TypeVar
+from contextvars import copy_context
+from typing import ClassVar, Self
 
+import anyio
+
+from .._engine._loop import LoopHandle
 from ..exceptions import UsageError
 from ..settings import get_settings
 from ._base import TaskRunner
+from ._call import Call, Outcome
 from ._pool import WorkerPool
-
-if TYPE_CHECKING:
-    from concurrent.futures import Future
 
 __all__ = ["ThreadPoolTaskRunner"]
 
-T = TypeVar("T")
+# Where a call given to ThreadPoolTaskRunner.run() stands.
+_QUEUED, _STARTED, _SKIPPED = "queued", "started", "skipped"
 
 
 class ThreadPoolTaskRunner(TaskRunner):
@@ -50,17 +56,48 @@ class ThreadPoolTaskRunner(TaskRunner):
     def duplicate(self) -> Self:
         return type(self)(self.max_workers)
 
-    def run_soon(self, fn: Callable[..., object], /, *args: Any) -> None:
+    def run_soon(self, fn: Callable[..., object], /, *args: object) -> None:
         """Execute ``fn(*args)`` in a worker thread; ``fn`` reports its own outcome."""
         (self._pool or self._start_pool()).put(fn, args)
 
-    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
-        # Deferred: only timed-out sync calls come here; the fast path uses run_soon().
-        from concurrent.futures import Future
+    async def run(self, call: Call) -> Outcome:
+        """Run ``call`` in a worker thread, in a copy of the caller's context (the task
+        run's). Cancelled before a thread took it, it never starts; cancelled while it
+        runs, it is abandoned (a thread cannot be interrupted) and finishes on its own."""
+        if call.is_async:
+            try:
+                return Outcome(value=await call.fn(*call.args, **call.kwargs))
+            except Exception as exc:
+                return Outcome(error=exc)
+        outcome: list[Outcome] = []
+        finished = anyio.Event()
+        loop = LoopHandle()
+        context = copy_context()
+        lock = self._lock
+        turn = [_QUEUED]
 
-        future: Future[T] = Future()
-        (self._pool or self._start_pool()).put(_complete, (future, fn, args, kwargs))
-        return future
+        def work() -> None:
+            with lock:
+                if turn[0] is _SKIPPED:
+                    return
+                turn[0] = _STARTED
+            try:
+                outcome.append(Outcome(value=context.run(call.fn, *call.args, **call.kwargs)))
+            except BaseException as exc:  # carried back to the awaiting attempt
+                outcome.append(Outcome(error=exc))
+            loop.call_soon(finished.set)
+
+        (self._pool or self._start_pool()).put(work, ())
+        try:
+            await finished.wait()
+        except BaseException:
+            with lock:
+                if turn[0] is _STARTED:
+                    call.abandoned = not outcome
+                else:
+                    turn[0] = _SKIPPED
+            raise
+        return outcome[0]
 
     def _start_pool(self) -> WorkerPool:
         with self._lock:
@@ -80,14 +117,3 @@ class ThreadPoolTaskRunner(TaskRunner):
 
     def __repr__(self) -> str:
         return f"ThreadPoolTaskRunner(max_workers={self.max_workers})"
-
-
-def _complete(future: Future[T], fn: Callable[..., T], args: Any, kwargs: Any) -> None:
-    if not future.set_running_or_notify_cancel():
-        return
-    try:
-        result = fn(*args, **kwargs)
-    except BaseException as exc:
-        future.set_exception(exc)
-    else:
-        future.set_result(result)
