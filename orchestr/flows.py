@@ -84,6 +84,9 @@ class Flow(Definition[P, R]):
             )
         self.validate_parameters = validate_parameters
         self.task_runner = _runner(self.name, task_runner)
+        # Whether this flow names a runner of its own: a subflow that does not runs its
+        # tasks on its parent run's started runner (see docs/guide/runners.md).
+        self.declares_runner = task_runner is not None
         self.parameters = ParameterValidator(self.fn, self.name, self.validate_parameters)
         self._bound_parameters: ParameterValidator | None = None
 
@@ -95,7 +98,7 @@ class Flow(Definition[P, R]):
     def _options(self) -> dict[str, Any]:
         return super()._options() | {
             "validate_parameters": self.validate_parameters,
-            "task_runner": self.task_runner,
+            "task_runner": self.task_runner if self.declares_runner else None,
             "flow_run_name": self.run_name,
             "on_cancellation": self.on_cancellation_hooks,
             "on_crashed": self.on_crashed_hooks,

@@ -42,6 +42,7 @@ from .exceptions import (
     UsageError,
 )
 from .records import TaskRunRecord
+from .runners._pool import lending_worker
 from .states import State
 
 if TYPE_CHECKING:
@@ -282,7 +283,7 @@ class TaskFuture(Generic[R]):
         a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         self._refuse_loop_thread("a blocking wait")
         run = self._run
-        with self._done_event() as event:
+        with self._done_event() as event, lending_worker():
             if cancellable:
                 with run.thread_waiter(event):
                     wait_event(event, timeout)

@@ -1,9 +1,10 @@
 """A flow run from call to final state.
 
-Parameters are validated before anything else; each attempt starts the task runner,
-runs the body inside the run's cancel scope and task group, then waits for every task
-run it submitted (the exit barrier); the final state follows rule 7; hooks run; the
-runner shuts down. :func:`run_flow_async` is the entry for async flows (on the caller's
+Parameters are validated before anything else; the task runner starts (or, for a
+subflow without a runner of its own, the parent's is used); each attempt runs the body
+inside the run's cancel scope and task group, then waits for every task run it submitted
+(the exit barrier); after the last attempt the runner shuts down; the final state
+follows rule 7; hooks run. :func:`run_flow_async` is the entry for async flows (on the caller's
 loop), :func:`run_flow_sync` for sync flows (body in the calling thread, engine on a loop
 of its own in a helper thread).
 """
@@ -39,6 +40,7 @@ from ..exceptions import (
     TaskRunCancelledError,
     UsageError,
 )
+from ..runners._pool import lending_worker
 from ..settings import get_settings
 from ..states import State, StateType, _describe
 from . import _interrupts
@@ -135,7 +137,8 @@ def run_async_flow_from_sync(
             f"the loop that runs it; in async code, `await {flow.name}(...)`; from a sync "
             "task, submit that task (it then runs in a worker thread)"
         )
-    return call_in_run(parent, run_flow_async, flow, args, kwargs, return_state)
+    with lending_worker():  # as in run_flow_sync
+        return call_in_run(parent, run_flow_async, flow, args, kwargs, return_state)
 
 
 def run_flow_sync(
@@ -185,6 +188,9 @@ def run_flow_sync(
         _interrupts.signal_handling(run, run.parent is None) as handling,
         _interrupts.wakeups(),
         _interrupts.main_thread_body(caller),
+        # A subflow run from a task's worker thread: its own task runs (on the parent's
+        # runner) must not wait for this thread.
+        lending_worker(),
     ):
         settings = get_settings()  # after registering: a signal meanwhile is not lost
         if not settings.handle_signals:
@@ -358,6 +364,25 @@ async def _run(
 async def _attempts(
     run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
 ) -> State[Any]:
+    """Every attempt of the run, on one task runner: its own (a duplicate of its flow's,
+    started now and shut down after the last attempt, whatever happened), or, for a
+    subflow whose flow names none, its parent run's, already started."""
+    parent = run.parent
+    if parent is not None and not run.flow.declares_runner and parent.runner is not None:
+        run.runner = parent.runner
+        return await _each_attempt(run, args, kwargs, body)
+    runner = run.runner = run.flow.task_runner.duplicate()
+    await runner.start()
+    try:
+        return await _each_attempt(run, args, kwargs, body)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await runner.shutdown()
+
+
+async def _each_attempt(
+    run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
+) -> State[Any]:
     flow = run.flow
     record = run.record
     attempt = 0
@@ -401,8 +426,6 @@ async def _attempt(
     run: FlowRun, args: tuple[Any, ...], kwargs: dict[str, Any], body: Body
 ) -> State[Any]:
     first_task_run = len(run.record.task_runs)
-    runner = run.flow.task_runner.duplicate()
-    run.runner = runner
     cancelled = anyio.get_cancelled_exc_class()
     timeout = run.flow.timeout_seconds
     # The deadline on the clock a sync body's thread reads (trio's differs), then on the
@@ -416,7 +439,6 @@ async def _attempt(
     value: Any = None
     body_error: BaseException | None = None
     ended_at = math.inf  # when the body returned or raised (time.monotonic())
-    await runner.start()
     dispatcher = run.dispatcher = Dispatcher(run)
     try:
         with anyio.CancelScope(deadline=deadline) as scope:
@@ -487,11 +509,10 @@ def _stopped_by(
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:
     """After an attempt's task group exited: nothing more starts in it; finish what is
-    left (if cancelled), then shut the runner down."""
+    left (if cancelled)."""
     run.dispatcher.close()
     if cancel:
         await run.cancel_outstanding(get_settings().cancel_grace_seconds)
-    await run.runner.shutdown()
 
 
 async def _end(run: FlowRun, state: State[Any]) -> None:

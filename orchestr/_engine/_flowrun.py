@@ -104,7 +104,7 @@ class FlowRun:
         self.arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None
         self.worker_driver = BlockingDriver(self, inline=False)
         self.loop: LoopHandle = None  # type: ignore[assignment]  # set by bind_loop()
-        self.runner: TaskRunner = None  # type: ignore[assignment]  # set per attempt
+        self.runner: TaskRunner = None  # type: ignore[assignment]  # set as the run starts
         # Set per attempt too; once the attempt has ended it cancels what reaches it.
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.scope: anyio.CancelScope | None = None

@@ -5,22 +5,30 @@ call; the engine's fast path completes its own futures and needs none of them, a
 5,000 calls that is the difference between 1.3x and 2.5x a raw executor. This pool is a
 queue and threads. Threads start on demand up to ``max_workers`` and are daemons: a call
 that was abandoned (timed out) cannot keep the interpreter from exiting.
+
+A worker that blocks waiting for other task runs (a sync task waiting for a future, or
+running a subflow whose task runs use this same pool) lends its place: inside
+:func:`lending_worker` the pool may run one more thread, so that waiting workers cannot
+take every thread the runs they wait for need.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from queue import SimpleQueue
 from typing import Any
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "lending_worker"]
 
 _STOP = None
+_local = threading.local()  # .pool: the pool of this worker thread
 
 
 class WorkerPool:
-    """Runs ``fn(*args)`` calls in at most ``max_workers`` daemon threads."""
+    """Runs ``fn(*args)`` calls in at most ``max_workers`` daemon threads (plus one per
+    worker lending its place)."""
 
     def __init__(self, max_workers: int, name: str) -> None:
         self.max_workers = max_workers
@@ -29,9 +37,11 @@ class WorkerPool:
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         # Workers that finished a call and were not yet claimed by a new one; a caller
-        # that finds none starts another thread (while under max_workers).
+        # that finds none starts another thread (while under the limit).
         self._idle = 0
         self._busy = 0
+        self._lent = 0  # workers blocked in lending_worker()
+        self._started = 0  # threads ever started (their names)
 
     def put(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._queue.put((fn, args))
@@ -39,15 +49,23 @@ class WorkerPool:
             if self._idle:
                 self._idle -= 1
                 return
-            if len(self._threads) >= self.max_workers:
-                return
-            thread = threading.Thread(
-                target=self._work, name=f"{self._name}_{len(self._threads)}", daemon=True
-            )
-            self._threads.append(thread)
-        thread.start()
+            thread = self._new_thread()
+        if thread is not None:
+            thread.start()
+
+    def _new_thread(self) -> threading.Thread | None:
+        """With the lock held: a new worker if the pool is under its limit."""
+        if len(self._threads) >= self.max_workers + self._lent:
+            return None
+        thread = threading.Thread(
+            target=self._work, name=f"{self._name}_{self._started}", daemon=True
+        )
+        self._started += 1
+        self._threads.append(thread)
+        return thread
 
     def _work(self) -> None:
+        _local.pool = self
         get = self._queue.get
         lock = self._lock
         while True:
@@ -64,7 +82,25 @@ class WorkerPool:
             del item, fn, args
             with lock:
                 self._busy -= 1
+                threads = self._threads
+                if len(threads) > self.max_workers + self._lent:
+                    # One too many since a lender stopped waiting: this one retires.
+                    threads.remove(threading.current_thread())
+                    return
                 self._idle += 1
+
+    @contextmanager
+    def _lending(self) -> Iterator[None]:
+        with self._lock:
+            self._lent += 1
+            thread = self._new_thread() if not self._idle and not self._queue.empty() else None
+        if thread is not None:
+            thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._lent -= 1
 
     def shutdown(self) -> None:
         """Stop the threads once the queue is drained; join them unless a call is still
@@ -78,3 +114,15 @@ class WorkerPool:
             for thread in threads:
                 if thread.ident is not None:  # started (a failed start leaves one that is not)
                     thread.join()
+
+
+@contextmanager
+def lending_worker() -> Iterator[None]:
+    """Around a blocking wait for other task runs: if this thread is a pool's worker, the
+    pool may start one more thread meanwhile. Elsewhere it does nothing."""
+    pool: WorkerPool | None = getattr(_local, "pool", None)
+    if pool is None:
+        yield
+        return
+    with pool._lending():
+        yield

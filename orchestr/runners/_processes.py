@@ -38,10 +38,11 @@ import anyio
 
 from .._engine._loop import LoopHandle
 from .._semaphore import Semaphore
-from ..exceptions import SerializationError, UsageError, WorkerLostError
+from ..exceptions import UsageError, WorkerLostError
 from ._base import TaskRunner
 from ._call import Call, Outcome
-from ._remote import run_call
+from ._pickling import PROTOCOL as _PROTOCOL
+from ._pickling import dump_call, far_side, load_outcome
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -49,7 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["ProcessPoolTaskRunner"]
 
 _DEPTH = 2  # calls in flight per worker
-_PROTOCOL = pickle.HIGHEST_PROTOCOL
 _STOP_TIMEOUT = 5.0  # a worker asked to stop that has not within this is killed
 _PARENT_CHECK = 0.5  # how often a worker checks that the process that made it lives
 
@@ -163,6 +163,8 @@ class _Pool:
         import multiprocessing
 
         self._context = multiprocessing.get_context(start_method)
+        if start_method == "forkserver":
+            _preload_orchestr(self._context)
         self._max = max_workers
         self._lock = threading.Lock()
         self._slots = Semaphore(max_workers * _DEPTH)
@@ -176,7 +178,7 @@ class _Pool:
 
     # -- running a call ---------------------------------------------------------------------
     async def run(self, call: Call) -> Outcome:
-        waiter = _Waiter(call.key, _dumps(call))
+        waiter = _Waiter(call.key, dump_call(call, "a worker process"))
         await self._slots.acquire_async()
         try:
             self._dispatch(waiter)
@@ -282,7 +284,7 @@ class _Pool:
         if kind in ("done", "skipped"):
             self._slots.release()
             if kind == "done" and waiter is not None and not waiter.cancelled:
-                waiter.deliver(_outcome(body, waiter.key))
+                waiter.deliver(load_outcome(body, waiter.key))
 
     def _gone(self, worker: _Worker) -> None:
         """The worker's pipe closed: it exited, was killed, or was stopped."""
@@ -335,45 +337,16 @@ class _Pool:
             reader.join(_STOP_TIMEOUT)
 
 
-def _dumps(call: Call) -> bytes:
-    try:
-        return pickle.dumps(call, protocol=_PROTOCOL)
-    except Exception as exc:
-        raise _unpicklable_argument(call, exc) from exc
+def _preload_orchestr(context: Any) -> None:
+    """Have the fork server import orchestr once, so that each worker forked from it
+    starts with it imported (when the server is not running yet; the modules it
+    preloads already, ``__main__`` by default, are kept)."""
+    from multiprocessing import forkserver
 
-
-def _unpicklable_argument(call: Call, exc: Exception) -> SerializationError:
-    name = call.identity.task_run_name
-    parts: list[tuple[str, Any]] = [("the task function", call.fn)]
-    parts += [(f"argument #{i}", value) for i, value in enumerate(call.args)]
-    parts += [(f"argument {key!r}", value) for key, value in call.kwargs.items()]
-    for what, value in parts:
-        try:
-            pickle.dumps(value, protocol=_PROTOCOL)
-        except Exception as error:
-            return SerializationError(
-                f"task run {name!r} cannot be sent to a worker process: {what} "
-                f"({type(value).__name__}) does not pickle ({type(error).__name__}: {error}); "
-                "pass picklable values (module-level functions and classes, plain data), or "
-                "create the object inside the task"
-            )
-    return SerializationError(f"task run {name!r} cannot be sent to a worker process: {exc}")
-
-
-def _outcome(body: bytes, key: str) -> Outcome:
-    """The outcome sent back for ``key`` (pickled on its own, so that one that cannot be
-    rebuilt here still reaches its caller, as an error)."""
-    try:
-        outcome = pickle.loads(body)
-    except Exception as exc:
-        return Outcome(
-            error=SerializationError(
-                f"the outcome of call {key!r} came back from the worker process but cannot be "
-                f"rebuilt here: {type(exc).__name__}: {exc}"
-            )
-        )
-    assert isinstance(outcome, Outcome)
-    return outcome
+    server = getattr(forkserver, "_forkserver", None)
+    current = list(getattr(server, "_preload_modules", None) or ["__main__"])
+    if __name__ not in current:
+        context.set_forkserver_preload([*current, __name__])
 
 
 def _lost(worker: _Worker, code: int | None, key: str) -> WorkerLostError:
@@ -448,27 +421,7 @@ def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None
             send(("skipped", key, None))
             continue
         send(("start", key, None))
-        try:
-            call = pickle.loads(payload)
-        except BaseException as exc:
-            outcome = Outcome(
-                error=SerializationError(
-                    f"call {key!r} could not be rebuilt in the worker process: "
-                    f"{type(exc).__name__}: {exc} (is the task defined at module level, in a "
-                    "module the worker can import?)"
-                )
-            )
-        else:
-            outcome = run_call(call)
-        try:
-            body = pickle.dumps(outcome, protocol=_PROTOCOL)
-        except Exception as exc:
-            bad = SerializationError(
-                f"the result of call {key!r} ({type(outcome.value).__name__}) cannot be sent "
-                f"back from the worker process: it does not pickle ({exc}); return plain data"
-            )
-            body = pickle.dumps(Outcome(error=bad), protocol=_PROTOCOL)
-        send(("done", key, body))
+        send(("done", key, far_side(payload, key)))
 
 
 def _take(message: Any, queued: deque[tuple[str, bytes]], skipped: set[str]) -> bool:

@@ -6,6 +6,9 @@
   subflows) was cleaned up exactly once, and no cleanup failed or timed out.
 - :func:`no_leaks` / :func:`assert_no_leaks`: a block left no threads or child processes
   behind.
+- :class:`PicklingTaskRunner`: a task runner that sends every call and its outcome
+  through ``pickle`` in this process, proving quickly that a flow could run on
+  ``ProcessPoolTaskRunner`` or a Dask cluster.
 """
 
 from __future__ import annotations
@@ -19,13 +22,16 @@ from contextlib import contextmanager
 from typing import Any
 
 from .._engine._context import retry_delay_override_var
+from .._public import show_public_module as _show_public_module
 from ..exceptions import LeakError as LeakError
 from ..exceptions import ResourceLeakError as ResourceLeakError
 from ..records import FlowRunRecord
 from ..states import State
+from ._pickling_runner import PicklingTaskRunner as PicklingTaskRunner
 
 __all__ = [
     "LeakError",
+    "PicklingTaskRunner",
     "ResourceLeakError",
     "assert_no_leaks",
     "assert_resources_cleaned_up",
@@ -137,3 +143,6 @@ def assert_no_leaks(fn: Any, *args: Any, grace: float = 2.0, **kwargs: Any) -> A
     """Call ``fn(*args, **kwargs)`` inside :func:`no_leaks` and return its result."""
     with no_leaks(grace):
         return fn(*args, **kwargs)
+
+
+_show_public_module(globals())

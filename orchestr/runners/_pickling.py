@@ -1,0 +1,138 @@
+"""Pickling calls for another process, and running one that arrived: the wire format
+shared by ProcessPoolTaskRunner and ``orchestr.testing.PicklingTaskRunner``.
+
+Task functions travel by their task's name.
+``@task`` puts a :class:`~orchestr.tasks.Task` where the function's name was, so plain
+``pickle`` cannot find the function itself by name (``it's not the same object as
+__main__.fetch``). :func:`dumps` pickles such a function as a reference to the task
+holding it (module and qualified name); the far side imports the module and takes the
+task's function. Everything else pickles as usual. What does not pickle gets an error
+that names it: an argument (the call is refused before it leaves), a result or an
+exception (the outcome becomes that error), a call the far side cannot rebuild.
+"""
+
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+import sys
+import types
+from typing import Any
+
+from ..exceptions import SerializationError
+from ._call import Call, Outcome
+from ._remote import run_call
+
+__all__ = ["PROTOCOL", "dump_call", "dumps", "far_side", "load_outcome", "loads"]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+loads = pickle.loads
+
+
+class _Pickler(pickle.Pickler):
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is types.FunctionType:
+            where = _task_holding(obj)
+            if where is not None:
+                return _task_function, where
+        return NotImplemented
+
+
+def dumps(obj: Any) -> bytes:
+    buffer = io.BytesIO()
+    _Pickler(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _task_holding(fn: types.FunctionType) -> tuple[str, str] | None:
+    """Where the task (or flow) whose function ``fn`` is can be found by name."""
+    module = sys.modules.get(fn.__module__)
+    if module is None or "<locals>" in fn.__qualname__:
+        return None
+    holder: Any = module
+    for part in fn.__qualname__.split("."):
+        holder = getattr(holder, part, None)
+        if holder is None:
+            return None
+    if holder is fn or getattr(holder, "fn", None) is not fn:
+        return None  # found as itself (plain pickle does it), or not a task's function
+    return fn.__module__, fn.__qualname__
+
+
+def _task_function(module: str, qualname: str) -> Any:
+    """The function of the task ``module.qualname``, here."""
+    holder: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        holder = getattr(holder, part)
+    return holder.fn
+
+
+def dump_call(call: Call, where: str) -> bytes:
+    """``call`` pickled for ``where`` ("a worker process"); SerializationError naming
+    the function or argument that does not pickle."""
+    try:
+        return dumps(call)
+    except Exception as exc:
+        raise _unpicklable_part(call, where, exc) from None  # the message says it all
+
+
+def _unpicklable_part(call: Call, where: str, exc: Exception) -> SerializationError:
+    name = call.identity.task_run_name
+    parts: list[tuple[str, Any]] = [("the task function", call.fn)]
+    parts += [(f"argument #{i}", value) for i, value in enumerate(call.args)]
+    parts += [(f"argument {key!r}", value) for key, value in call.kwargs.items()]
+    for what, value in parts:
+        try:
+            dumps(value)
+        except Exception as error:
+            return SerializationError(
+                f"task run {name!r} cannot be sent to {where}: {what} "
+                f"({type(value).__name__}) does not pickle ({type(error).__name__}: {error}); "
+                "pass picklable values (module-level functions and classes, plain data), or "
+                "create the object inside the task"
+            )
+    return SerializationError(f"task run {name!r} cannot be sent to {where}: {exc}")
+
+
+def far_side(payload: bytes, key: str) -> bytes:
+    """Rebuild the call ``payload``, run it, and return its pickled outcome; never
+    raises."""
+    try:
+        call = loads(payload)
+    except BaseException as exc:
+        outcome = Outcome(
+            error=SerializationError(
+                f"call {key!r} could not be rebuilt on the far side: {type(exc).__name__}: "
+                f"{exc} (is the task defined at module level, in a module that can be "
+                "imported there?)"
+            )
+        )
+    else:
+        outcome = run_call(call)
+    try:
+        return dumps(outcome)
+    except Exception as exc:
+        what = "result" if outcome.error is None else "exception"
+        shown = outcome.value if outcome.error is None else outcome.error
+        bad = SerializationError(
+            f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
+            f"does not pickle ({type(exc).__name__}: {exc}); return plain data"
+        )
+        return dumps(Outcome(error=bad, started=outcome.started, ended=outcome.ended))
+
+
+def load_outcome(body: bytes, key: str) -> Outcome:
+    """The outcome sent back for ``key`` (one that cannot be rebuilt here still reaches
+    its caller, as an error)."""
+    try:
+        outcome = loads(body)
+    except Exception as exc:
+        return Outcome(
+            error=SerializationError(
+                f"the outcome of call {key!r} came back but cannot be rebuilt here: "
+                f"{type(exc).__name__}: {exc}"
+            )
+        )
+    assert isinstance(outcome, Outcome)
+    return outcome

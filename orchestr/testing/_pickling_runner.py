@@ -1,0 +1,74 @@
+"""PicklingTaskRunner: prove that a flow's task calls could run in another process,
+without starting one.
+
+Every submitted call (sync and async) is pickled as a worker process would receive it,
+rebuilt and run in a worker thread of this process with none of the run's context (as
+far away: ``get_run_logger()`` and ``orchestr.runtime`` work from the call's identity),
+and its outcome comes back through pickle too. An argument, result or exception that does
+not pickle fails the task run with the error ProcessPoolTaskRunner or a Dask cluster would
+give, in milliseconds. It proves that calls travel; not that they are isolated (module
+globals are still shared, as they are not across processes).
+"""
+
+from __future__ import annotations
+
+import contextvars
+from typing import ClassVar, Self
+
+import anyio
+import anyio.to_thread
+
+from ..exceptions import UsageError
+from ..runners._base import TaskRunner
+from ..runners._call import Call, Outcome
+from ..runners._pickling import dump_call, far_side, load_outcome
+
+__all__ = ["PicklingTaskRunner"]
+
+
+class PicklingTaskRunner(TaskRunner):
+    """Runs each call after a pickle round trip, at most ``max_workers`` at once (default
+    4), in threads; see the module docstring."""
+
+    local: ClassVar[bool] = False
+
+    def __init__(self, max_workers: int = 4) -> None:
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise UsageError(
+                "max_workers of PicklingTaskRunner must be a whole number >= 1, "
+                f"got {max_workers!r}"
+            )
+        self.max_workers = max_workers
+        self._limiter: anyio.CapacityLimiter | None = None
+        #: The calls it ran, by key (for tests that want to see what travelled).
+        self.keys: list[str] = []
+
+    def duplicate(self) -> Self:
+        return type(self)(self.max_workers)
+
+    async def start(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.max_workers)
+
+    async def run(self, call: Call) -> Outcome:
+        if self._limiter is None:
+            raise UsageError("PicklingTaskRunner.run() was called before start()")
+        payload = dump_call(call, "another process")
+        self.keys.append(call.key)
+        started: list[bool] = []
+
+        def away() -> bytes:
+            started.append(True)
+            # An empty context: nothing of the run's travels but what the call carries.
+            return contextvars.Context().run(far_side, payload, call.key)
+
+        try:
+            body = await anyio.to_thread.run_sync(
+                away, limiter=self._limiter, abandon_on_cancel=True
+            )
+        except BaseException:
+            call.abandoned = bool(started)  # a thread cannot be stopped
+            raise
+        return load_outcome(body, call.key)
+
+    def __repr__(self) -> str:
+        return f"PicklingTaskRunner(max_workers={self.max_workers})"
