@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, ClassVar, Self
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
@@ -171,7 +172,7 @@ def test_a_non_local_runner_gets_every_submitted_call_through_run(run: Any) -> N
 
     @task
     async def double(x: int) -> int:
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
         return x * 2
 
     @task
@@ -185,11 +186,12 @@ def test_a_non_local_runner_gets_every_submitted_call_through_run(run: Any) -> N
         third = await second.wait()
         return await second, third.name, inline_only(1), str(runtime.flow_run.name)
 
-    value, name, inline, flow_run_name = run(main)
+    value, name, inline, _flow_run_name = run(main)
     assert (value, name, inline) == (80, "Completed", 2)
     assert [(x, attempt) for x, _, attempt in attempts] == [(4, 1), (4, 2), (4, 3)]
     assert len({name for _, name, _ in attempts}) == 1
-    assert attempts[0][1] is not None and attempts[0][1].startswith("flaky-")
+    assert attempts[0][1] is not None
+    assert attempts[0][1].startswith("flaky-")
     # Inline calls run where they are called; only submitted attempts reach the runner.
     assert runners[0].submitted == ["flaky", "flaky", "flaky", "double"]
 
@@ -297,3 +299,167 @@ def test_an_interrupt_from_a_task_hook_still_finishes_runs_and_shuts_the_runner_
     assert futures[0].done()
     assert futures[0].state.is_completed()
     assert [r.state_name for r in records] == ["Crashed"]
+
+
+# -- runner lifetime: retries and subflows ------------------------------------------------------
+def _current_runner() -> Any:
+    from orchestr._engine._context import flow_run_var
+
+    current = flow_run_var.get()
+    assert current is not None
+    return current.runner
+
+
+def test_every_retry_of_a_flow_uses_the_one_started_runner(run: Any) -> None:
+    """A flow's retries run on the runner started for its first attempt: started once,
+    shut down once, after the last attempt."""
+    journal: list[str] = []
+    seen: list[int] = []
+
+    @flow(task_runner=RecordingRunner(journal), retries=2, retry_delay_seconds=0)
+    async def flaky() -> int:
+        journal.append("attempt")
+        seen.append(id(_current_runner()))
+        value = await slow_sync.submit(len(seen), 0.0)
+        if len(seen) < 3:
+            raise ConnectionError("not yet")
+        return value
+
+    assert run(flaky) == 3
+    assert journal == ["duplicate", "start", "attempt", "attempt", "attempt", "shutdown"]
+    assert len(set(seen)) == 1
+
+
+@pytest.mark.parametrize("kind", ["async", "sync"])
+def test_a_subflow_without_a_runner_of_its_own_uses_its_parents(run: Any, kind: str) -> None:
+    """No duplicate, start or shutdown for the subflow: its task runs go to the parent's
+    started runner, which shuts down once, after the parent's last task run."""
+    journal: list[str] = []
+    seen: dict[str, int] = {}
+
+    @flow
+    async def child_async() -> int:
+        seen["child"] = id(_current_runner())
+        return await slow_sync.submit(2, 0.0)
+
+    @flow
+    def child_sync() -> int:
+        seen["child"] = id(_current_runner())
+        return slow_sync.submit(2, 0.0).result()
+
+    @flow(task_runner=RecordingRunner(journal))
+    async def parent() -> int:
+        seen["parent"] = id(_current_runner())
+        journal.append("body")
+        value = await child_async() if kind == "async" else child_sync()
+        journal.append("child returned")
+        return value
+
+    assert run(parent) == 2
+    assert seen["child"] == seen["parent"]
+    assert journal == ["duplicate", "start", "body", "child returned", "shutdown"]
+
+
+def test_a_subflow_that_names_a_runner_gets_its_own(run: Any) -> None:
+    """An explicitly declared runner on a subflow is duplicated, started and shut down
+    by the subflow run, inside the parent's lifetime."""
+    journal: list[str] = []
+    child_journal: list[str] = []
+
+    @flow(task_runner=RecordingRunner(child_journal))
+    async def child() -> int:
+        child_journal.append("child body")
+        return await slow_sync.submit(5, 0.0)
+
+    @flow(task_runner=RecordingRunner(journal))
+    async def parent() -> tuple[int, list[str]]:
+        value = await child()
+        return value, list(child_journal)
+
+    value, during = run(parent)
+    assert value == 5
+    assert during == ["duplicate", "start", "child body", "shutdown"]
+    assert journal == ["duplicate", "start", "shutdown"]
+
+
+def test_with_options_keeps_whether_a_flow_names_its_runner() -> None:
+    """with_options() of a flow without a runner still has none of its own (a subflow
+    of it shares its parent's); naming one there declares it."""
+
+    @flow
+    async def plain() -> None:
+        pass
+
+    copy = plain.with_options(retries=1)
+    assert not plain.declares_runner
+    assert not copy.declares_runner
+    assert isinstance(copy.task_runner, ThreadPoolTaskRunner)
+    named = plain.with_options(task_runner=ThreadPoolTaskRunner(max_workers=3))
+    assert named.declares_runner
+    assert named.with_options(retries=2).declares_runner
+
+
+# -- a worker blocked on other runs lends its place ----------------------------------------------
+@task
+def leaf(x: int) -> int:
+    return x + 1
+
+
+@task
+def waits_for_a_sibling(x: int) -> int:
+    return leaf.submit(x).result() * 10
+
+
+@flow
+def inner_sync(x: int) -> int:
+    return leaf.submit(x).result()
+
+
+@task
+def runs_a_subflow(x: int) -> int:
+    return inner_sync(x) * 100
+
+
+@pytest.mark.parametrize("waiter", ["future", "subflow"])
+def test_a_worker_waiting_for_other_runs_does_not_starve_them(run: Any, waiter: str) -> None:
+    """With one worker thread, a sync task that waits for a run it submitted (or runs a
+    subflow whose runs share the pool) would wait for ever for a thread it occupies;
+    while it waits, the pool runs one more."""
+    outer = waits_for_a_sibling if waiter == "future" else runs_a_subflow
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1))
+    async def main() -> list[int]:
+        return [await f for f in outer.map([1, 2])]
+
+    async def go() -> list[int]:
+        with anyio.fail_after(10):
+            return await main()
+
+    expected = [20, 30] if waiter == "future" else [200, 300]
+    assert run(go) == expected
+
+
+def test_lent_places_are_given_back(run: Any) -> None:
+    """Once the waits are over, the pool is back to max_workers threads at once."""
+    lock = threading.Lock()
+    running = [0]
+    most: list[int] = []
+
+    @task
+    def counted() -> None:
+        with lock:
+            running[0] += 1
+            most.append(running[0])
+        time.sleep(0.005)
+        with lock:
+            running[0] -= 1
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=2))
+    async def main() -> None:
+        assert [await f for f in waits_for_a_sibling.map([1, 2, 3])] == [20, 30, 40]
+        most.clear()
+        for future in [counted.submit() for _ in range(30)]:
+            await future
+
+    run(main)
+    assert max(most) <= 2

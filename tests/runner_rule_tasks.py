@@ -1,0 +1,349 @@
+"""Tasks for test_runner_rules.py (not a test module itself).
+
+They are at module level in a module of their own because ProcessPoolTaskRunner's worker
+processes import a task's module by name to find its function: a test module would drag
+pytest and every test into each worker. The workers find this module because pytest puts
+tests/ on ``sys.path`` (its default "prepend" import mode, tests/ has no __init__.py), and
+a forkserver child gets its parent's ``sys.path`` with every process it starts.
+
+Memory is not shared with a worker process, so these tasks report what they saw through
+their return values and through files (markers, logs of attempts), never through module
+globals. Every wait in them is bounded.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from orchestr import get_run_logger, runtime, task
+
+BOUND = 10.0  # seconds: the bound on every wait in a task that should end at once
+POLL = 0.005
+
+
+# -- plain values ---------------------------------------------------------------------------
+@task
+def sync_add(a: int, b: int = 10) -> int:
+    return a + b
+
+
+@task
+async def async_add(a: int, b: int = 10) -> int:
+    await anyio.lowlevel.checkpoint()
+    return a + b
+
+
+@task
+def sync_collect(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    return args, kwargs
+
+
+@task
+async def async_collect(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    await anyio.lowlevel.checkpoint()
+    return args, kwargs
+
+
+@task
+def sync_total(values: Any) -> int:
+    """The sum of the ints anywhere in a list / tuple / dict (one level)."""
+    if isinstance(values, dict):
+        values = list(values.values())
+    return sum(values)
+
+
+@task
+async def async_total(values: Any) -> int:
+    await anyio.lowlevel.checkpoint()
+    if isinstance(values, dict):
+        values = list(values.values())
+    return sum(values)
+
+
+@task
+def sync_fail(message: str) -> int:
+    raise ValueError(message)
+
+
+@task
+async def async_fail(message: str) -> int:
+    await anyio.lowlevel.checkpoint()
+    raise ValueError(message)
+
+
+@task
+def sync_describe(value: Any) -> str:
+    """What the task received: the exception an allow_failure upstream passes, or a value."""
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return f"value: {value!r}"
+
+
+@task
+async def async_describe(value: Any) -> str:
+    await anyio.lowlevel.checkpoint()
+    if isinstance(value, BaseException):
+        return f"{type(value).__name__}: {value}"
+    return f"value: {value!r}"
+
+
+# -- where and as whom a call runs -----------------------------------------------------------
+def _identity() -> dict[str, Any]:
+    return {
+        "pid": os.getpid(),
+        "task_run": runtime.task_run.name,
+        "task": runtime.task_run.task_name,
+        "attempt": runtime.task_run.attempt,
+        "flow_run": runtime.flow_run.name,
+    }
+
+
+@task
+def sync_whoami() -> dict[str, Any]:
+    return _identity()
+
+
+@task
+async def async_whoami() -> dict[str, Any]:
+    await anyio.lowlevel.checkpoint()
+    return _identity()
+
+
+# -- files: markers and journals --------------------------------------------------------------
+def _append(path: str, line: str) -> None:
+    with open(path, "a") as f:
+        f.write(line + "\n")
+
+
+def _write(path: str, text: str) -> None:
+    """Write ``path`` whole, atomically (a reader never sees it half written)."""
+    partial = f"{path}.{os.getpid()}.{threading.get_ident()}.part"
+    with open(partial, "w") as f:
+        f.write(text)
+    os.replace(partial, path)
+
+
+def _wait_for_file_sync(path: str) -> None:
+    deadline = time.monotonic() + BOUND
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {BOUND} s")
+        time.sleep(POLL)
+
+
+async def _wait_for_file_async(path: str) -> None:
+    with anyio.fail_after(BOUND):
+        while not os.path.exists(path):
+            await anyio.sleep(POLL)
+
+
+@task
+def sync_after_file(go: str, out: str, value: int) -> int:
+    """Wait for ``go`` to exist, then write ``out`` and return ``value``."""
+    _wait_for_file_sync(go)
+    _write(out, str(value))
+    return value
+
+
+@task
+async def async_after_file(go: str, out: str, value: int) -> int:
+    await _wait_for_file_async(go)
+    _write(out, str(value))
+    return value
+
+
+@task
+def sync_after_file_fail(go: str, message: str) -> int:
+    _wait_for_file_sync(go)
+    raise ValueError(message)
+
+
+@task
+async def async_after_file_fail(go: str, message: str) -> int:
+    await _wait_for_file_async(go)
+    raise ValueError(message)
+
+
+@task
+def sync_flaky(journal: str, failures: int) -> int:
+    """Record this attempt in ``journal``; fail the first ``failures`` attempts."""
+    attempt = runtime.task_run.attempt
+    assert attempt is not None
+    _append(journal, f"{attempt} {os.getpid()}")
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
+@task
+async def async_flaky(journal: str, failures: int) -> int:
+    await anyio.lowlevel.checkpoint()
+    attempt = runtime.task_run.attempt
+    assert attempt is not None
+    _append(journal, f"{attempt} {os.getpid()}")
+    if attempt <= failures:
+        raise ConnectionError(f"attempt {attempt} failed")
+    return attempt
+
+
+@task
+def sync_stuck(started: str, release: str, out: str) -> str:
+    """Say (in ``started``) which process runs it, wait for ``release``, write ``out``."""
+    _write(started, str(os.getpid()))
+    _wait_for_file_sync(release)
+    _write(out, "finished")
+    return "finished"
+
+
+@task
+async def async_stuck(started: str, release: str, out: str) -> str:
+    _write(started, str(os.getpid()))
+    await _wait_for_file_async(release)
+    _write(out, "finished")
+    return "finished"
+
+
+@task
+def write_into(directory: str, name: str, go: str) -> str:
+    """For resources: wait for ``go``, then write a file into the resource's directory
+    (which must still exist)."""
+    _wait_for_file_sync(go)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"the resource's directory {directory} is gone")
+    _write(os.path.join(directory, name), name)
+    return name
+
+
+@task
+async def async_write_into(directory: str, name: str, go: str) -> str:
+    await _wait_for_file_async(go)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"the resource's directory {directory} is gone")
+    _write(os.path.join(directory, name), name)
+    return name
+
+
+# -- worker deaths -----------------------------------------------------------------------------
+@task
+def die_unless(marker: str) -> int:
+    """End this process abruptly, unless ``marker`` exists (it is created first, so a
+    retry survives). In a flow's own process it must never be run without the marker."""
+    if os.path.exists(marker):
+        return os.getpid()
+    Path(marker).touch()
+    os._exit(3)
+
+
+@task
+async def async_die_unless(marker: str) -> int:
+    await anyio.lowlevel.checkpoint()
+    if os.path.exists(marker):
+        return os.getpid()
+    Path(marker).touch()
+    os._exit(3)
+
+
+# -- logging -----------------------------------------------------------------------------------
+@task
+def sync_log(count: int) -> str | None:
+    logger = get_run_logger()
+    for i in range(count):
+        logger.info("record %d of %d", i, count)
+    return runtime.task_run.name
+
+
+@task
+async def async_log(count: int) -> str | None:
+    logger = get_run_logger()
+    for i in range(count):
+        logger.info("record %d of %d", i, count)
+        await anyio.lowlevel.checkpoint()
+    return runtime.task_run.name
+
+
+@task
+def sync_print(text: str) -> str | None:
+    print(text)
+    return runtime.task_run.name
+
+
+@task
+async def async_print(text: str) -> str | None:
+    await anyio.lowlevel.checkpoint()
+    print(text)
+    return runtime.task_run.name
+
+
+# -- what cannot travel --------------------------------------------------------------------------
+@task
+def sync_nested_submit() -> int:
+    return sync_add.submit(1).result()
+
+
+@task
+async def async_nested_submit() -> int:
+    return await sync_add.submit(1)
+
+
+@task
+def takes_anything(value: Any) -> str:
+    return type(value).__name__
+
+
+@task
+def returns_a_lock() -> Any:
+    return threading.Lock()
+
+
+@task
+async def async_returns_a_lock() -> Any:
+    await anyio.lowlevel.checkpoint()
+    return threading.Lock()
+
+
+@task
+def file_exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+@task
+async def async_file_exists(path: str) -> bool:
+    await anyio.lowlevel.checkpoint()
+    return os.path.exists(path)
+
+
+@task
+def stuck_first_attempt(started: str, release: str) -> str:
+    """Attempt 1 says (in ``started``) which process runs it and waits for ``release``;
+    later attempts return at once."""
+    attempt = runtime.task_run.attempt
+    if attempt == 1:
+        _write(started, str(os.getpid()))
+        _wait_for_file_sync(release)
+    return f"attempt {attempt} in {os.getpid()}"
+
+
+class OddError(Exception):
+    """An exception that pickles but cannot be rebuilt (its __init__ wants two
+    arguments, its args hold one)."""
+
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"odd error {code}: {detail}")
+        self.code = code
+
+
+@task
+def raises_odd() -> None:
+    raise OddError(7, "cannot travel")
+
+
+@task
+async def async_raises_odd() -> None:
+    await anyio.lowlevel.checkpoint()
+    raise OddError(8, "cannot travel either")

@@ -1,0 +1,349 @@
+"""ProcessPoolTaskRunner's own guarantees: a stopped call is really stopped (its worker
+ended and replaced), a queued one never starts, a dead worker crashes only its call, no
+worker outlives the run or the process that made it, and what travels (errors, logs,
+large values, trio calls) arrives intact.
+
+The rules every runner must keep (calls, futures, dependencies, exit barrier, retries,
+timeouts, resources) are in test_runner_rules.py. Task functions live at module level:
+workers import this module to find them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from orchestr import ProcessPoolTaskRunner, flow, get_run_logger, task
+from orchestr.exceptions import UsageError
+from orchestr.runners import RemoteError
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0): read its state.
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except OSError:
+        return False
+
+
+def _gone_within(pids: list[int], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        time.sleep(0.02)
+    return not any(_alive(pid) for pid in pids)
+
+
+@task
+def pid(_: int = 0) -> int:
+    return os.getpid()
+
+
+@task
+def sleep_then_mark(seconds: float, marker: str) -> int:
+    Path(marker + ".started").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    Path(marker).write_text("ran")
+    return os.getpid()
+
+
+@task
+def mark(marker: str) -> None:
+    Path(marker).write_text("ran")
+
+
+@task
+def kill_myself(how: str) -> None:
+    if how == "exit":
+        os._exit(7)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _wait_for(path: Path, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("how", ["exit", "SIGKILL"])
+def test_a_dead_worker_crashes_its_call_and_is_replaced(run: Any, how: str) -> None:
+    """os._exit or SIGKILL under a call: that run is Crashed with WorkerLostError as its
+    cause, naming how the worker ended; the next call runs in a new worker."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, BaseException | None, int, int]:
+        before = await pid.submit()
+        state = await kill_myself.submit(how).wait()
+        after = await pid.submit()
+        return state.name, state.exception, before, after
+
+    name, error, before, after = run(main)
+    assert name == "Crashed"
+    assert error is not None
+    cause = error.__cause__
+    assert type(cause).__name__ == "WorkerLostError"
+    assert ("exited with code 7" if how == "exit" else "killed by SIGKILL") in str(cause)
+    assert before != after
+    assert _gone_within([before], 5)
+
+
+@pytest.mark.parametrize("stop", ["timeout", "fut.cancel()"])
+def test_a_stopped_call_is_stopped_for_real(run: Any, tmp_path: Path, stop: str) -> None:
+    """Unlike a thread, a timed-out or cancelled call does not go on: its worker is ended
+    (the call never gets to write its marker) and another takes its place."""
+    marker = str(tmp_path / "late")
+    timeout = 0.3 if stop == "timeout" else None
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, int, int]:
+        future = sleep_then_mark.with_options(timeout_seconds=timeout).submit(3, marker)
+        if stop == "fut.cancel()":
+            with anyio.fail_after(10):
+                while not Path(marker + ".started").exists():
+                    await anyio.sleep(0.01)
+            future.cancel()
+        state = await future.wait()
+        return state.name, int(Path(marker + ".started").read_text()), await pid.submit()
+
+    name, stopped, after = run(main)
+    assert name == ("TimedOut" if stop == "timeout" else "Cancelled")
+    assert _gone_within([stopped], 5)
+    assert after != stopped
+    assert not Path(marker).exists()
+
+
+def test_a_call_cancelled_while_queued_never_starts_and_spares_its_worker(
+    run: Any, tmp_path: Path
+) -> None:
+    """A call waiting behind another on the same worker is skipped there: it never runs,
+    and the worker (busy with the first call, which completes) is not ended."""
+    first, second = str(tmp_path / "first"), str(tmp_path / "second")
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, str, int]:
+        running = sleep_then_mark.submit(0.3, first)
+        with anyio.fail_after(10):
+            while not Path(first + ".started").exists():
+                await anyio.sleep(0.01)
+        queued = mark.submit(second)
+        await anyio.lowlevel.checkpoint()  # let it reach the worker's queue
+        queued.cancel()
+        worker = await running
+        return (await running.wait()).name, (await queued.wait()).name, worker
+
+    first_state, second_state, _worker = run(main)
+    assert (first_state, second_state) == ("Completed", "Cancelled")
+    assert Path(first).exists()
+    assert not Path(second).exists()
+
+
+def test_no_worker_outlives_its_flow_run(run: Any) -> None:
+    """Every worker is gone when the flow call returns, also after crashes and timeouts."""
+    pids: list[int] = []
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    async def main() -> None:
+        pids.extend([await f for f in pid.map(range(4))])
+        await kill_myself.submit("exit").wait()
+        await sleep_then_mark.with_options(timeout_seconds=0.2).submit(5, os.devnull).wait()
+        pids.append(await pid.submit())
+
+    run(main)
+    assert pids
+    assert _gone_within(sorted(set(pids)), 5)
+
+
+ORPHAN_PROGRAM = textwrap.dedent(
+    """
+    import os, sys, time
+    import anyio
+    from orchestr import ProcessPoolTaskRunner, flow, task
+
+    @task
+    def worker_pid(_: int) -> int:
+        return os.getpid()
+
+    @task
+    def forever() -> None:
+        time.sleep(60)
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    async def main() -> None:
+        pids = {await f for f in worker_pid.map(range(6))}
+        busy = forever.submit()
+        print(" ".join(map(str, sorted(pids))), flush=True)
+        await busy
+
+    if __name__ == "__main__":
+        anyio.run(main)
+    """
+)
+
+
+@pytest.mark.parametrize("ending", ["SIGKILL", "SIGTERM"])
+def test_workers_end_with_the_process_that_made_them(tmp_path: Path, ending: str) -> None:
+    """Killed outright (no cleanup of its own can run), the flow's process takes its
+    workers with it: each notices and exits. Terminated, the run ends and shuts the pool
+    down."""
+    program = tmp_path / "orphans.py"
+    program.write_text(ORPHAN_PROGRAM)
+    with subprocess.Popen(
+        [sys.executable, str(program)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as process:
+        try:
+            assert process.stdout is not None
+            workers = [int(p) for p in process.stdout.readline().split()]
+            assert workers, process.communicate(timeout=10)[1]
+            os.kill(process.pid, getattr(signal, ending))
+            process.communicate(timeout=10)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert _gone_within(workers, 5), f"workers {workers} outlived their parent"
+
+
+class Unpicklable(Exception):
+    def __init__(self, lock: Any) -> None:
+        super().__init__("holds a lock")
+        self.lock = lock
+
+
+class Custom(Exception):
+    pass
+
+
+@task
+def raises(kind: str) -> None:
+    if kind == "custom":
+        raise Custom("custom failure")
+    import threading
+
+    raise Unpicklable(threading.Lock())
+
+
+def test_exceptions_come_back_as_they_were_or_as_a_remote_error(run: Any) -> None:
+    """An exception that pickles comes back as itself; one that does not becomes a
+    RemoteError carrying its type, message and the remote traceback."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[Any, Any]:
+        custom = await raises.submit("custom").wait()
+        lock = await raises.submit("lock").wait()
+        return custom.exception, lock.exception
+
+    custom, lock = run(main)
+    assert type(custom) is Custom
+    assert str(custom) == "custom failure"
+    assert isinstance(lock, RemoteError)
+    assert "Unpicklable: holds a lock" in str(lock)
+    assert "does not pickle" in str(lock)
+    assert "in raises" in str(lock)  # the remote traceback
+
+
+@task
+def chatty(n: int) -> int:
+    logger = get_run_logger()
+    for i in range(n):
+        logger.info("line %d", i)
+    return os.getpid()
+
+
+def test_records_of_a_run_arrive_in_order_with_its_names(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Log records made in a worker reach this process's logging as they happen, each
+    run's in the order it logged them, with its run's names."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    async def main() -> list[str]:
+        futures = chatty.map([50, 50, 50])
+        for future in futures:
+            await future
+        return [f.name for f in futures]
+
+    with caplog.at_level(logging.INFO, logger="orchestr"):
+        names = run(main)
+    for name in names:
+        lines = [
+            r.getMessage()
+            for r in caplog.records
+            if getattr(r, "task_run_name", None) == name and r.getMessage().startswith("line")
+        ]
+        assert lines == [f"line {i}" for i in range(50)]
+        record = next(r for r in caplog.records if getattr(r, "task_run_name", None) == name)
+        assert record.flow_name == "main"  # type: ignore[attr-defined]
+        assert record.process != os.getpid()
+
+
+@task
+def echo(blob: bytes) -> bytes:
+    return blob[::-1]
+
+
+def test_large_values_travel_both_ways(run: Any) -> None:
+    blob = os.urandom(4 * 1024 * 1024)
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    async def main() -> list[bytes]:
+        return [await f for f in echo.map([blob, blob[:10]])]
+
+    assert run(main) == [blob[::-1], blob[:10][::-1]]
+
+
+@task
+async def which_loop() -> str:
+    import sniffio
+
+    await anyio.lowlevel.checkpoint()
+    return sniffio.current_async_library()
+
+
+def test_an_async_call_runs_on_its_flows_kind_of_loop(run: Any, backend: str) -> None:
+    """An async task in a worker runs on an event loop of the flow's own kind."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> str:
+        return await which_loop.submit()
+
+    assert run(main) == backend
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_workers": 0}, "max_workers of ProcessPoolTaskRunner"),
+        ({"max_workers": True}, "max_workers of ProcessPoolTaskRunner"),
+        ({"start_method": "fork"}, "fork is unsafe"),
+        ({"start_method": "nope"}, "start_method of ProcessPoolTaskRunner"),
+    ],
+)
+def test_bad_options_are_refused_naming_them(kwargs: dict[str, Any], match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        ProcessPoolTaskRunner(**kwargs)
+
+
+def test_spawn_works_too(run: Any) -> None:
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1, start_method="spawn"))
+    async def main() -> int:
+        return await pid.submit()
+
+    assert run(main) != os.getpid()
