@@ -149,6 +149,15 @@ class TaskRunError(OrchestrError):
         super().__init__(message)
         self.record = record
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without __init__ (whose signature differs per subclass); the record
+        # travels in the state, after the error is memoised (record -> error -> record).
+        return _blank_error, (type(self), self.args), self.__dict__
+
+
+def _blank_error(cls: type[BaseException], args: tuple[Any, ...]) -> BaseException:
+    return cls.__new__(cls, *args)
+
 
 class UpstreamNotCompletedError(TaskRunError):
     """Raised for a task run that did not run because an upstream did not complete.

@@ -4,6 +4,12 @@ A record is compact on purpose: names, state, timestamps, attempts and error. It
 no copies of arguments or results (those live in futures, and go when the futures go), so
 a flow run of 100,000 tasks keeps a few hundred bytes per task. Only the engine writes
 records; users read them.
+
+Records pickle (to cross a process, or into a run history). A flow run record pickles
+whole: its task runs, subflow runs and events. A task run record pickled on its own (in
+a ``TaskRunError``, a ``State`` passed to a task) carries a summary of its flow run
+instead (name, id, flow name, state; none of its other runs), so an error travelling to
+a worker process costs a few hundred bytes, not the whole flow run.
 """
 
 from __future__ import annotations
@@ -99,6 +105,26 @@ class RunRecord:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name!r} {self.state_name}>"
 
+    # -- pickling: the state goes after the blank record is memoised, so the cycles
+    # record -> error -> record (a NotRun run's error names its run) pickle.
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _blank, (type(self),), self._portable()
+
+    def _portable(self) -> dict[str, Any]:
+        return {slot: getattr(self, slot) for slot in _slots(type(self))}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for slot, value in state.items():
+            object.__setattr__(self, slot, value)
+
+
+def _blank(cls: type[RunRecord]) -> RunRecord:
+    return cls.__new__(cls)
+
+
+def _slots(cls: type) -> list[str]:
+    return [s for c in reversed(cls.__mro__) for s in c.__dict__.get("__slots__", ())]
+
 
 class TaskRunRecord(RunRecord):
     """One task run: name, id, final state, start/end, attempts and error.
@@ -129,6 +155,12 @@ class TaskRunRecord(RunRecord):
     @property
     def name(self) -> str:
         return self._given_name or f"{self.task_name}-{self.index}"
+
+    def _portable(self) -> dict[str, Any]:
+        state = super()._portable()
+        if self.flow_run is not None:
+            state["flow_run"] = self.flow_run._summary()
+        return state
 
 
 class RunEvent:
@@ -163,7 +195,7 @@ class RunEvent:
 class FlowRunRecord(RunRecord):
     """One flow run: its task runs, subflow runs and events (resources, signals)."""
 
-    __slots__ = ("events", "flow_name", "parent", "subflow_runs", "task_runs")
+    __slots__ = ("_summarised", "events", "flow_name", "parent", "subflow_runs", "task_runs")
 
     def __init__(self, flow_name: str, parent: FlowRunRecord | None = None) -> None:
         super().__init__()
@@ -172,6 +204,35 @@ class FlowRunRecord(RunRecord):
         self.task_runs: list[TaskRunRecord] = []
         self.subflow_runs: list[FlowRunRecord] = []
         self.events: list[RunEvent] = []
+        self._summarised: FlowRunRecord | None = None
+
+    def _summary(self) -> FlowRunRecord:
+        """This run without its task runs, subflow runs, events and error, as it is now
+        (one object per record, so that the task runs pickled together share it)."""
+        summary = self._summarised
+        if summary is None:
+            summary = self._summarised = FlowRunRecord(self.flow_name)
+            summary._id = self.id
+        summary._given_name = self._given_name
+        summary.parent = None if self.parent is None else self.parent._summary()
+        for field in ("state_type", "state_name", "message", "started", "ended", "attempts"):
+            setattr(summary, field, getattr(self, field))
+        return summary
+
+    def _portable(self) -> dict[str, Any]:
+        state = super()._portable()
+        state["_summarised"] = None
+        if self.parent is not None:
+            state["parent"] = self.parent._summary()
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        # Its own runs were pickled with its summary: they belong to it again.
+        for task_run in self.task_runs:
+            task_run.flow_run = self
+        for subflow_run in self.subflow_runs:
+            subflow_run.parent = self
 
     @property
     def name(self) -> str:

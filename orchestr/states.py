@@ -99,6 +99,13 @@ class State(Generic[R]):
         self._error = error
         self.record = record
 
+    # -- pickling ----------------------------------------------------------------------
+    def __getstate__(self) -> tuple[None, dict[str, Any]]:
+        # A state read early from a future pickles as what it was when read: the live
+        # future (and the flow run behind it) stays here.
+        fields = {slot: getattr(self, slot) for slot in self.__slots__ if slot != "_future"}
+        return None, fields
+
     # -- predicates ---------------------------------------------------------------------
     def is_final(self) -> bool:
         return self.type not in _NOT_FINAL

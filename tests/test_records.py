@@ -237,3 +237,101 @@ def test_summary_describes_the_run(run: Any) -> None:
     (child_ok,) = child_run.task_runs
     assert f"    task run {child_ok.name!r}: Completed" in text  # the child's own, indented
     assert repr(state.record) == f"<FlowRunRecord {state.record.name!r} Completed>"
+
+
+# -- pickling: records, states and run errors travel without their flow run ------------------
+def test_a_task_run_error_pickles_with_a_summary_of_its_flow_run(run: Any) -> None:
+    """A NotRun run's UpstreamNotCompletedError (whose __init__ takes more than a message)
+    and its record round-trip through pickle: names, states, the upstream, the cycle
+    error -> record -> error; the flow run comes as a summary (none of its 300 task runs),
+    so the error stays small."""
+    import pickle
+
+    @flow
+    async def main() -> None:
+        failed = bad.submit("root")
+        skipped = ok.submit(failed)
+        for i in range(300):
+            ok.submit(i)
+        await skipped.wait()
+
+    record = run(lambda: main(return_state=True)).record
+    error = next(tr.error for tr in record.task_runs if tr.state_name == "NotRun")
+    assert isinstance(error, UpstreamNotCompletedError)
+    data = pickle.dumps(error)
+    assert len(data) < 2_000  # the whole flow run record pickles to about 25 KB
+    assert len(pickle.dumps(record)) > 10 * len(data)
+    copy = pickle.loads(data)
+    assert type(copy) is UpstreamNotCompletedError
+    assert str(copy) == str(error)
+    assert copy.record is not None
+    assert copy.record.name == error.record.name
+    assert copy.record.error is copy
+    assert copy.record.state_name == "NotRun"
+    assert copy.upstream is not None
+    assert copy.upstream.name == error.upstream.name
+    assert isinstance(copy.upstream.error, ValueError)
+    summary = copy.record.flow_run
+    assert isinstance(summary, FlowRunRecord)
+    assert (summary.name, summary.id, summary.flow_name) == (record.name, record.id, "main")
+    assert summary.state_name == record.state_name
+    assert summary.task_runs == []
+
+
+def test_a_flow_run_record_pickles_whole_and_owns_its_runs_again(run: Any) -> None:
+    """A flow run record round-trips with every task run, subflow run and event; its
+    runs point at the copy (not at a summary), and the subflow's parent is the copy."""
+    import pickle
+
+    @flow
+    async def child() -> int:
+        return await ok(1)
+
+    @flow
+    async def main() -> int:
+        ok.submit(2)
+        bad.submit("x")
+        return await child()
+
+    record = run(lambda: main(return_state=True)).record
+    copy = pickle.loads(pickle.dumps(record))
+    assert copy.name == record.name
+    assert [(t.name, t.state_name) for t in copy.task_runs] == [
+        (t.name, t.state_name) for t in record.task_runs
+    ]
+    assert all(t.flow_run is copy for t in copy.task_runs)
+    assert [s.name for s in copy.subflow_runs] == [s.name for s in record.subflow_runs]
+    assert copy.subflow_runs[0].parent is copy
+    assert copy.subflow_runs[0].task_runs[0].flow_run is copy.subflow_runs[0]
+    assert copy.summary() == record.summary()
+
+
+def test_a_state_read_early_from_a_future_pickles_as_it_was(run: Any) -> None:
+    """A Running state read from a future pickles without the future (and the flow run
+    behind it); the copy stays what it was when read."""
+    import pickle
+
+    pickled: list[bytes] = []
+
+    @flow
+    async def main() -> None:
+        gate = anyio.Event()
+
+        @task
+        async def held() -> int:
+            await gate.wait()
+            return 1
+
+        fut = held.submit()
+        while not fut.state.is_running():
+            await anyio.lowlevel.checkpoint()
+        pickled.append(pickle.dumps(fut.state))
+        gate.set()
+        await fut
+
+    run(main)
+    copy = pickle.loads(pickled[0])
+    assert isinstance(copy, State)
+    assert copy.type is StateType.RUNNING
+    assert copy.record is not None
+    assert copy.record.name.startswith("held-")

@@ -460,19 +460,10 @@ def test_cancelling_a_run_that_has_not_started_never_starts_it(
 
 
 def test_a_waiting_run_starts_as_soon_as_any_worker_is_free(
-    run: Any, kind: str, runner: TaskRunner, tmp_path: Path, request: pytest.FixtureRequest
+    run: Any, runner: TaskRunner, tmp_path: Path
 ) -> None:
     """With both workers busy, a third run waits; when one of the busy runs finishes it
     starts on the free worker, whichever run the other worker is still busy with."""
-    if kind == "processes":
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="ProcessPoolTaskRunner queues a call behind a busy worker's "
-                "running call (_DEPTH=2) and never moves it: it waits for that call "
-                "even when another worker is idle",
-            )
-        )
     paths = {name: tmp_path / name for name in ("sa", "ra", "oa", "sb", "rb", "ob")}
 
     @flow(task_runner=runner)
@@ -606,20 +597,9 @@ def test_allow_failure_passes_the_exception_and_is_a_cleanup_barrier(
     ]
 
 
-def test_allow_failure_of_a_not_run_upstream_passes_its_error(
-    run: Any, kind: str, runner: TaskRunner, request: pytest.FixtureRequest
-) -> None:
+def test_allow_failure_of_a_not_run_upstream_passes_its_error(run: Any, runner: TaskRunner) -> None:
     """allow_failure around a NotRun upstream: the downstream runs and receives the
     UpstreamNotCompletedError naming the run that did not complete."""
-    if remote(kind):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="UpstreamNotCompletedError does not survive pickle (its __init__ "
-                "takes record and upstream, its args hold only the message): the call "
-                "cannot be rebuilt on the far side and the downstream fails",
-            )
-        )
 
     @flow(task_runner=runner)
     async def main() -> tuple[list[str], str, str]:
@@ -1061,20 +1041,10 @@ def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
 
 
 def test_allow_failure_passes_an_error_on_whatever_else_the_flow_run_holds(
-    run: Any, kind: str, runner: TaskRunner, tmp_path: Path, request: pytest.FixtureRequest
+    run: Any, runner: TaskRunner, tmp_path: Path
 ) -> None:
     """allow_failure around a Cancelled upstream in a flow run where another run was
     already NotRun: the downstream still runs and receives the TaskRunCancelledError."""
-    if remote(kind):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="a TaskRunError (Cancelled, Crashed, NotRun error) pickles its "
-                "`record` attribute and with it the whole flow run record (every task "
-                "run, its result and error); the NotRun run's UpstreamNotCompletedError "
-                "in it cannot be rebuilt on the far side, so the downstream fails",
-            )
-        )
     go = tmp_path / "go"
 
     @flow(task_runner=runner)

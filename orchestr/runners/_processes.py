@@ -6,6 +6,9 @@ cleanly. This pool owns its workers: each has a pipe, a reader thread in this pr
 the calls in flight on it (at most ``_DEPTH``: one running, one queued behind it, so a
 worker never waits for the round trip between calls).
 
+- **No call waits behind a busy worker while another is free**: a worker that runs out
+  of calls takes back a call queued on a busy one (the busy worker's receiver thread
+  gives it up at once if it has not started it).
 - **Stopping a call** that has started ends its worker (SIGKILL) and a new worker takes
   its place when needed; a call still queued on a worker is skipped there instead.
 - **A worker that dies** (``os._exit``, a signal, out of memory) crashes the call it was
@@ -31,7 +34,6 @@ import pickle
 import signal
 import threading
 import time
-from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
@@ -122,7 +124,7 @@ class ProcessPoolTaskRunner(TaskRunner):
 class _Waiter:
     """A call sent to a worker, and the caller waiting for its outcome."""
 
-    __slots__ = ("cancelled", "event", "key", "loop", "outcome", "payload", "worker")
+    __slots__ = ("cancelled", "event", "key", "loop", "moving", "outcome", "payload", "worker")
 
     def __init__(self, key: str, payload: bytes) -> None:
         self.key = key
@@ -132,6 +134,7 @@ class _Waiter:
         self.outcome: Outcome | None = None
         self.worker: _Worker | None = None
         self.cancelled = False
+        self.moving = False  # asked back from a busy worker, for an idle one
 
     def deliver(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -203,6 +206,7 @@ class _Pool:
             if worker is None or (len(worker.inflight) and len(live) < self._max):
                 worker = self._start_worker()
             waiter.worker = worker
+            waiter.moving = False
             worker.inflight[waiter.key] = waiter
         try:
             worker.send(("call", waiter.key, waiter.payload))
@@ -269,22 +273,57 @@ class _Pool:
         self._gone(worker)
 
     def _note(self, worker: _Worker, kind: str, key: str | None, body: Any) -> None:
-        kill = False
+        kill = move = False
+        steal: tuple[_Worker, _Waiter] | None = None
         with self._lock:
             waiter = worker.inflight.get(key) if key is not None else None
             if kind == "start":
                 worker.started.add(key)  # type: ignore[arg-type]
                 kill = waiter is not None and waiter.cancelled
+                if waiter is not None:
+                    waiter.moving = False  # it started here before the ask arrived
             elif kind in ("done", "skipped"):
                 worker.inflight.pop(key, None)  # type: ignore[arg-type]
                 worker.started.discard(key)  # type: ignore[arg-type]
+                move = kind == "skipped" and waiter is not None and not waiter.cancelled
+                if not worker.inflight and not worker.dead and not self._closed:
+                    steal = self._queued_elsewhere(worker)
         if kill:
             self._kill(worker)  # a cancelled call started before it read the skip
             return
-        if kind in ("done", "skipped"):
+        if steal is not None:
+            self._ask_back(*steal)
+        if move:
+            assert waiter is not None
+            waiter.moving = False
+            try:
+                self._dispatch(waiter)  # keeps its slot: to the least busy worker
+            except BaseException as exc:
+                self._slots.release()
+                waiter.deliver(Outcome(error=exc, crashed=True))
+        elif kind in ("done", "skipped"):
             self._slots.release()
             if kind == "done" and waiter is not None and not waiter.cancelled:
                 waiter.deliver(load_outcome(body, waiter.key))
+
+    def _queued_elsewhere(self, idle: _Worker) -> tuple[_Worker, _Waiter] | None:
+        """A call waiting on another worker behind the one it runs (with the lock held)."""
+        for worker in self._workers:
+            if worker is idle or worker.dead:
+                continue
+            for key, waiter in worker.inflight.items():
+                if key not in worker.started and not waiter.cancelled and not waiter.moving:
+                    waiter.moving = True
+                    return worker, waiter
+        return None
+
+    def _ask_back(self, worker: _Worker, waiter: _Waiter) -> None:
+        """Ask a busy worker for a call it has not started; it answers "skipped" (the
+        call then goes to the least busy worker) or "start" (it keeps it)."""
+        try:
+            worker.send(("skip", waiter.key, None))
+        except OSError:  # it died: its reader sends the call elsewhere
+            pass
 
     def _gone(self, worker: _Worker) -> None:
         """The worker's pipe closed: it exited, was killed, or was stopped."""
@@ -404,35 +443,51 @@ def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None
     root.handlers[:] = [_Forward(send)]
     root.setLevel(levels[0])
     logging.getLogger("orchestr").setLevel(levels[1])
-    queued: deque[tuple[str, bytes]] = deque()
-    skipped: set[str] = set()
-    while True:
-        try:
-            if not queued and not _take(pickle.loads(conn.recv_bytes()), queued, skipped):
-                return
-            while conn.poll():
-                if not _take(pickle.loads(conn.recv_bytes()), queued, skipped):
-                    return
-        except (EOFError, OSError):
-            return
-        key, payload = queued.popleft()
-        if key in skipped:
-            skipped.discard(key)
-            send(("skipped", key, None))
-            continue
-        send(("start", key, None))
+    inbox = _Inbox(send)
+    threading.Thread(target=inbox.receive, args=(conn,), name="orchestr-inbox", daemon=True).start()
+    while (taken := inbox.take()) is not None:
+        key, payload = taken
         send(("done", key, far_side(payload, key)))
 
 
-def _take(message: Any, queued: deque[tuple[str, bytes]], skipped: set[str]) -> bool:
-    if message is None:
-        return False
-    kind, key, payload = message
-    if kind == "call":
-        queued.append((key, payload))
-    elif kind == "skip":
-        skipped.add(key)
-    return True
+class _Inbox:
+    """A worker's queued calls. Its receiver thread reads the pipe while a call runs, so
+    a call asked back (skipped) is given up at once if it has not started; "start" is
+    sent under the same lock, so the pool hears exactly one of "start" and "skipped"."""
+
+    def __init__(self, send: Any) -> None:
+        self._send = send
+        self._ready = threading.Condition()
+        self._queued: dict[str, bytes] = {}
+        self._closing = False
+
+    def receive(self, conn: Connection) -> None:
+        try:
+            while (message := pickle.loads(conn.recv_bytes())) is not None:
+                kind, key, payload = message
+                with self._ready:
+                    if kind == "call":
+                        self._queued[key] = payload
+                        self._ready.notify()
+                    elif self._queued.pop(key, None) is not None:  # "skip", not started
+                        self._send(("skipped", key, None))
+        except (EOFError, OSError):
+            pass
+        with self._ready:
+            self._closing = True
+            self._ready.notify()
+
+    def take(self) -> tuple[str, bytes] | None:
+        """The next call, marked started; None once the pool says stop (or is gone)."""
+        with self._ready:
+            while not self._queued or self._closing:
+                if self._closing:  # calls left queued belong to a pool that is gone
+                    return None
+                self._ready.wait()
+            key = next(iter(self._queued))
+            payload = self._queued.pop(key)
+            self._send(("start", key, None))
+            return key, payload
 
 
 def _die_with(parent: int) -> None:
