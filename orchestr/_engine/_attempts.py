@@ -9,7 +9,6 @@ cancellation) is never retried either.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -32,7 +31,8 @@ from ._context import TaskRunContext, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
-from ._outcomes import cancelled_state, crashed_state, record_final_state
+from ._outcomes import cancelled_state, crashed_state
+from ._transitions import set_state
 
 if TYPE_CHECKING:
     from .._definitions import Definition
@@ -136,7 +136,7 @@ async def _attempts(
             if task.tags and has_limits(task.tags):
                 value = await _call_limited(task, record, args, kwargs, driver)
             else:
-                _running(record)
+                set_state(record, StateType.RUNNING)
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
                 value = await driver.call(task, record, args, kwargs)
@@ -171,8 +171,7 @@ async def _attempts(
         delay = next_retry_delay(task, record, attempt, failed)
         if isinstance(delay, State):  # retry_delay_seconds gave no delay: fails the run
             return delay
-        record.state_type = StateType.RETRYING
-        record.state_name = "Retrying"
+        set_state(record, StateType.RETRYING)
         log_retry(record, attempt, task.retries, failed, delay)
         await driver.sleep(delay)
 
@@ -215,13 +214,6 @@ def _returned_state(record: TaskRunRecord, returned: State[Any]) -> State[Any]:
     return State(StateType.FAILED, name=name, message=final.message, error=error, record=record)
 
 
-def _running(record: TaskRunRecord) -> None:
-    if record.started is None:
-        record.started = time.time()
-    record.state_type = StateType.RUNNING
-    record.state_name = "Running"
-
-
 async def _call_limited(
     task: Task[Any, Any],
     record: TaskRunRecord,
@@ -233,7 +225,7 @@ async def _call_limited(
     ``orchestr.limits``), released however the attempt ends. While it waits for them
     the run stays Pending (or Retrying), and its duration starts when it runs."""
     lease = await driver.acquire_limits(task)
-    _running(record)
+    set_state(record, StateType.RUNNING)
     try:
         if task.on_running_hooks:
             await run_running_hooks(task, record, driver)
@@ -252,7 +244,7 @@ def _finish(
         assert run is not None
         run.finish(future, state)
     else:
-        record_final_state(record, state)
+        set_state(record, state)
 
 
 # -- states the attempt loop ends in ----------------------------------------------------------

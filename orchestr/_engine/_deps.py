@@ -28,7 +28,7 @@ from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
 from ._context import flow_run_var
-from ._outcomes import record_final_state
+from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -648,7 +648,7 @@ def _not_run_flow(flow: Flow[Any, Any], future: TaskFuture[Any], return_state: b
     )
     error.__cause__ = future._state.exception if future._state is not None else None
     state: State[Any] = State(StateType.NOT_RUN, message=str(error), error=error, record=record)
-    record_final_state(record, state)
+    set_state(record, state)
     if _flow_log.isEnabledFor(logging.INFO):
         flow_run_logger(record).info("Finished in state %r", state)
     # The caller gets the state or the error: it has seen the upstream's failure.

@@ -52,8 +52,8 @@ from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
 from ._loop import call_in_run, run_fresh_loop, run_new_loop
-from ._outcomes import record_final_state
 from ._taskcalls import execute_job
+from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -389,8 +389,7 @@ async def _each_attempt(
     while True:
         attempt += 1
         record.attempts = attempt
-        record.state_type = StateType.RUNNING
-        record.state_name = "Running"
+        set_state(record, StateType.RUNNING)
         if flow.on_running_hooks:
             await run_running_hooks(flow, record, AsyncDriver(run, inline=False))
         state = await _attempt(run, args, kwargs, body)
@@ -519,7 +518,7 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
     """Record the final state, run the hooks, log; the run takes no more submissions."""
     record = run.record
     run.closed = True
-    record_final_state(record, state)
+    set_state(record, state)
     flow = run.flow
     hooks = {
         StateType.COMPLETED: flow.on_completion_hooks,

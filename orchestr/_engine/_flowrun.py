@@ -31,7 +31,8 @@ from ..states import State, StateType
 from ._drivers import BlockingDriver
 from ._interrupts import cancelled_error, wait_event
 from ._loop import LoopHandle
-from ._outcomes import cancelled_state, record_final_state
+from ._outcomes import cancelled_state
+from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
@@ -188,7 +189,7 @@ class FlowRun:
         with self.lock:
             if future._state is not None:
                 return False
-            record_final_state(future._record, state)
+            set_state(future._record, state)
             future._state = state
             callbacks, future._callbacks = future._callbacks, None
             self.active.discard(future)

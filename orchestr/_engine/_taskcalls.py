@@ -47,7 +47,8 @@ from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
 from ._loop import run_fresh_loop
-from ._outcomes import cancelled_state, crashed_state, not_run_state, record_final_state
+from ._outcomes import cancelled_state, crashed_state, not_run_state
+from ._transitions import set_state
 
 if TYPE_CHECKING:
     from .._definitions import Definition
@@ -196,7 +197,7 @@ def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[An
     if error is None:
         return None
     state = not_run_state(record, error)
-    record_final_state(record, state)
+    set_state(record, state)
     return state
 
 
@@ -211,7 +212,7 @@ def _resolved(
     except Exception as exc:
         exc.add_note(f"while passing upstream results to task run {record.name!r}")
         state: State[Any] = State(StateType.FAILED, error=exc, record=record)
-        record_final_state(record, state)
+        set_state(record, state)
         return args, kwargs, state
     return args, kwargs, None
 

@@ -1,0 +1,110 @@
+"""The one state writer: every change of a task run's or flow run's state goes through
+:func:`set_state`, and whoever wants to know about state changes observes it.
+
+A record's state fields (type, name, message, error, end; the start of a task run) are
+written here and nowhere else (a flow run's start is stamped as it begins, before its
+parameters are checked). Futures hold the final state they were finished with (``FlowRun.finish``
+writes it here under the run's lock, then wakes their waiters and callbacks); records,
+the run's logs and, through :func:`observe`, a run history or progress display follow
+the changes made here, in the order they were made.
+
+Changes are made in the thread that makes them (the flow's event-loop thread, or the
+worker thread of a sync task run, whose fast path has no loop hop to spare) and
+observers are told there, one change at a time, in order, with a process-wide lock
+held: an observer must be quick (queue the change and return), must not wait for a
+run, and its failure is logged and ignored: it never breaks a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .._logging import run_label, task_run_logger
+from .._tracebacks import claim
+from ..records import RunRecord, TaskRunRecord
+from ..states import State, StateType
+
+__all__ = ["Observer", "observe", "set_state"]
+
+Observer = Callable[[RunRecord, State[Any]], object]
+
+# Copied on change, so the hot path reads it without a lock (empty: one truth test).
+_observers: tuple[Observer, ...] = ()
+_telling = threading.RLock()
+_NAMES = {StateType.RUNNING: "Running", StateType.RETRYING: "Retrying"}
+_ENDED_WITHOUT_RUNNING = (StateType.CANCELLED, StateType.NOT_RUN)
+_log = logging.getLogger("orchestr.task_runs")
+
+
+def set_state(record: RunRecord, state: State[Any] | StateType) -> None:
+    """Move ``record`` to ``state``: a final :class:`State` (never its result: records
+    keep no results), or ``StateType.RUNNING`` / ``StateType.RETRYING`` for the steps
+    of an attempt loop (the first Running sets the start time)."""
+    if type(state) is StateType:
+        if state is StateType.RUNNING and record.started is None:
+            record.started = time.time()
+        record.state_type = state
+        record.state_name = _NAMES[state]
+    else:
+        assert isinstance(state, State)
+        _write_final(record, state)
+    if _observers:
+        _tell(record, state)
+
+
+def _write_final(record: RunRecord, state: State[Any]) -> None:
+    record.state_type = state.type
+    record.state_name = state.name
+    record.message = state.message
+    # Not state.exception: that invents an error for bare user-made states, and this
+    # runs once per task run.
+    error = state._error if state._error is not None else state.exception
+    record.error = error
+    record.ended = state.timestamp
+    if error is not None and (error.__traceback__ is not None or error.__cause__ is not None):
+        # The first run to record an error is its origin (later runs it fails report it
+        # without repeating its traceback); orchestr's frames leave its traceback. (Not
+        # for the bare errors orchestr makes for cancelled runs: nothing to trim, and
+        # their messages name their runs.)
+        claim(error, run_label(record))
+    # Runs that ended without a failure of their own are logged here, where every one
+    # of them ends (many never reach the attempt loop, which logs the others).
+    if (
+        state.type in _ENDED_WITHOUT_RUNNING
+        and type(record) is TaskRunRecord
+        and _log.isEnabledFor(logging.INFO)
+    ):
+        why = f": {state.message}" if state.message else ""
+        task_run_logger(record).info("Finished in state %s%s", state.name, why)
+
+
+def _tell(record: RunRecord, state: State[Any] | StateType) -> None:
+    # Observers get a State: the final one as given, a step as the record now reads.
+    shown = record.state if type(state) is StateType else state
+    with _telling:
+        for observer in _observers:
+            try:
+                observer(record, shown)
+            except Exception:
+                logging.getLogger("orchestr").exception(
+                    "state observer %r failed on %r (ignored)", observer, record
+                )
+
+
+def observe(observer: Observer) -> Callable[[], None]:
+    """Call ``observer(record, state)`` on every state change of every run in this
+    process from now on; returns the function that stops it."""
+    global _observers
+    with _telling:
+        _observers = (*_observers, observer)
+
+    def stop() -> None:
+        global _observers
+        with _telling:
+            _observers = tuple(o for o in _observers if o is not observer)
+
+    return stop
