@@ -28,6 +28,7 @@ from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import awaited, run_new_loop
 
 if TYPE_CHECKING:
+    from ..futures import TaskFuture
     from ..records import TaskRunRecord
     from ..tasks import Task
     from ._flowrun import FlowRun
@@ -137,6 +138,10 @@ class AsyncDriver:
             return outcome.result()
         raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
 
+    async def wait(self, future: TaskFuture[Any]) -> None:
+        """Wait on the loop for an upstream run to end."""
+        await future._wait_async()
+
     async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
         """Wait on the loop for the limits the task's tags name."""
         return await acquire_task_limits(task.tags, backend_for(self.run), blocking=False)
@@ -181,6 +186,10 @@ class BlockingDriver:
         return _in_new_thread(
             lambda: task.fn(*args, **kwargs), timeout, name=f"orchestr-deadline-{task.name}"
         )
+
+    async def wait(self, future: TaskFuture[Any]) -> None:
+        """Block this thread until an upstream run ends (never suspends)."""
+        future._wait_blocking(None)
 
     async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
         """Block this thread for the limits the task's tags name (never suspends)."""

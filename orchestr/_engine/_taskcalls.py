@@ -13,7 +13,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any
 
@@ -77,30 +77,15 @@ def checked_return_state(owner: Definition[Any, Any], value: object) -> bool:
 
 
 # -- inline calls ---------------------------------------------------------------------------
-async def call_task_async(
+def call_task_async(
     task: Task[Any, Any],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     return_state: bool,
     wait_for: Any,
-) -> Any:
-    run = flow_run_var.get()
-    if run is not None and run.closed_resources:
-        run.refuse_closed_resources(task.name, args, kwargs)
-    upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
-    for future, _ in upstreams:
-        if future._state is None:
-            _refuse_self_wait(future)
-        await future._wait_async()
-    # Recorded once its upstreams are final: a call refused (or cancelled) while
-    # waiting leaves no run that stays Pending in the flow's record.
-    record = _new_record(task, run)
-    state = _blocked_state(record, upstreams)
-    if state is None and upstreams.needs_resolving:
-        args, kwargs, state = _resolved(record, args, kwargs, upstreams)
-    if state is None:
-        state = await run_attempts(run, task, record, None, args, kwargs, AsyncDriver(run, True))
-    return _deliver(record, state, return_state)
+) -> Coroutine[Any, Any, Any]:
+    """``await task(x)``: the inline call, run on the caller's loop."""
+    return _call_inline(task, args, kwargs, return_state, wait_for, blocking=False)
 
 
 def call_task_blocking(
@@ -110,30 +95,50 @@ def call_task_blocking(
     return_state: bool,
     wait_for: Any,
 ) -> Any:
+    """``task(x)`` of a sync task: the same inline call, run in the calling thread."""
+    return drive(_call_inline(task, args, kwargs, return_state, wait_for, blocking=True))
+
+
+async def _call_inline(
+    task: Task[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    wait_for: Any,
+    blocking: bool,
+) -> Any:
+    """An inline task call, once for both kinds: a blocking one runs on a
+    :class:`BlockingDriver`, whose awaits never suspend (see ``drive``)."""
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
         run.refuse_closed_resources(task.name, args, kwargs)
     upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
-    if upstreams and run is not None and run.loop is not None and run.loop.on_loop_thread():
-        # Every time, not only when an upstream is unfinished: the same code must not
-        # work or fail by timing.
-        raise BlockingCallError(
-            f"sync task {task.name!r} was called inline on the event loop thread of flow "
-            f"run {run.record.name!r} with futures to wait for (in its arguments or "
-            "wait_for); waiting there would block the loop: submit it instead "
-            f"(`await {task.name}.submit(...)`), or make it async"
-        )
+    driver: AsyncDriver | BlockingDriver
+    if blocking:
+        if upstreams and run is not None and run.loop is not None and run.loop.on_loop_thread():
+            # Every time, not only when an upstream is unfinished: the same code must
+            # not work or fail by timing.
+            raise BlockingCallError(
+                f"sync task {task.name!r} was called inline on the event loop thread of "
+                f"flow run {run.record.name!r} with futures to wait for (in its arguments "
+                "or wait_for); waiting there would block the loop: submit it instead "
+                f"(`await {task.name}.submit(...)`), or make it async"
+            )
+        driver = BlockingDriver(run, inline=True)
+    else:
+        driver = AsyncDriver(run, inline=True)
     for future, _ in upstreams:
         if future._state is None:
             _refuse_self_wait(future)
-            future._wait_blocking(None)
-    record = _new_record(task, run)  # after the waits, as in call_task_async
+            await driver.wait(future)
+    # Recorded once its upstreams are final: a call refused (or cancelled) while
+    # waiting leaves no run that stays Pending in the flow's record.
+    record = _new_record(task, run)
     state = _blocked_state(record, upstreams)
     if state is None and upstreams.needs_resolving:
         args, kwargs, state = _resolved(record, args, kwargs, upstreams)
     if state is None:
-        driver = BlockingDriver(run, inline=True)
-        state = drive(run_attempts(run, task, record, None, args, kwargs, driver))
+        state = await run_attempts(run, task, record, None, args, kwargs, driver)
     return _deliver(record, state, return_state)
 
 
