@@ -15,11 +15,12 @@ import functools
 import inspect
 import math
 import types
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Generic, ParamSpec, Self, TypeVar
 
 from ._binding import bind
 from ._checks import MAX_SECONDS, as_float, is_number, seconds, whole
+from ._options import Hook, RetryCondition, RetryDelay, RunName, check_option_names
 from .exceptions import NotAFunctionError, ParameterBindError, ReservedParameterError, UsageError
 
 __all__ = [
@@ -40,10 +41,6 @@ R = TypeVar("R")
 H = TypeVar("H", bound=Callable[..., Any])
 
 RESERVED_PARAMETERS = ("wait_for", "return_state")
-RetryDelay = float | Sequence[float] | Callable[[int], float]
-RetryCondition = Callable[[Any, Any, Any], Any]
-Hook = Callable[[Any, Any, Any], Any]
-RunName = str | Callable[[], str]
 
 # How a definition binds when it is read as an attribute (see Definition.__get__).
 _FUNCTION = "function"  # a plain def: binds to an instance, like a method
@@ -61,23 +58,19 @@ class Definition(Generic[P, R]):
 
     kind = "definition"  # "task" or "flow", for messages
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None,
-        retries: int | None,
-        retry_delay_seconds: RetryDelay | None,
-        retry_jitter_factor: float | None,
-        retry_condition_fn: RetryCondition | None,
-        timeout_seconds: float | None,
-        log_prints: bool | None,
-        on_completion: Hook | Iterable[Hook] | None,
-        on_failure: Hook | Iterable[Hook] | None,
-        on_running: Hook | Iterable[Hook] | None,
-        run_name: RunName | None,
-    ) -> None:
+    def __init__(self, fn: Callable[P, R], options: Mapping[str, Any]) -> None:
+        """``options``: as given to ``@task`` / ``@flow`` (see ``_options``), names
+        checked; each is checked here (the common ones) or by the subclass."""
+        check_option_names(self.kind, options, f"{self.kind} {_function_name(fn)!r}")
         self._source: Any = fn  # as given: with_options() starts from it again
+        # The options as given: with_options() makes its copy from them and its changes.
+        self._given: dict[str, Any] = dict(options)
+        get = options.get
+        name = get("name")
+        retries = get("retries")
+        retry_delay_seconds = get("retry_delay_seconds")
+        timeout_seconds = get("timeout_seconds")
+        log_prints = get("log_prints")
         fn, self._binding = _unwrap(fn)
         _check_function(fn, self.kind)
         self.fn: Callable[P, R] = fn
@@ -91,8 +84,8 @@ class Definition(Generic[P, R]):
         self._retry_delay_seconds = (
             None if retry_delay_seconds is None else _delay(where, retry_delay_seconds)
         )
-        self.retry_jitter_factor = _jitter(where, retry_jitter_factor)
-        self.retry_condition_fn = _callable(self, "retry_condition_fn", retry_condition_fn)
+        self.retry_jitter_factor = _jitter(where, get("retry_jitter_factor"))
+        self.retry_condition_fn = _callable(self, "retry_condition_fn", get("retry_condition_fn"))
         self.timeout_seconds = seconds(
             timeout_seconds, f"timeout_seconds of {where}", zero=False, infinite=True
         )
@@ -101,10 +94,10 @@ class Definition(Generic[P, R]):
                 f"log_prints of {where} must be True, False or None, got {log_prints!r}"
             )
         self.log_prints = log_prints
-        self.on_completion_hooks = _hooks(self, "on_completion", on_completion)
-        self.on_failure_hooks = _hooks(self, "on_failure", on_failure)
-        self.on_running_hooks = _hooks(self, "on_running", on_running)
-        self.run_name = _run_name(self, run_name)
+        self.on_completion_hooks = _hooks(self, "on_completion", get("on_completion"))
+        self.on_failure_hooks = _hooks(self, "on_failure", get("on_failure"))
+        self.on_running_hooks = _hooks(self, "on_running", get("on_running"))
+        self.run_name = _run_name(self, get(f"{self.kind}_run_name"))
         self._calls = _CallShapes()
         self._bound_calls: _CallShapes | None = None  # shared by the bound copies
         if inspect.isfunction(fn) or inspect.ismethod(fn):
@@ -138,50 +131,35 @@ class Definition(Generic[P, R]):
             return getattr(get_settings(), f"{self.kind}_default_retry_delay_seconds")  # type: ignore[no-any-return]
         return delay
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "retries": self._retries,
-            "retry_delay_seconds": self._retry_delay_seconds,
-            "retry_jitter_factor": self.retry_jitter_factor,
-            "retry_condition_fn": self.retry_condition_fn,
-            "timeout_seconds": self.timeout_seconds,
-            "log_prints": self.log_prints,
-            "on_completion": self.on_completion_hooks,
-            "on_failure": self.on_failure_hooks,
-            "on_running": self.on_running_hooks,
-        }
-
     def with_options(self, **changes: Any) -> Self:
         """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""
-        options = self._options()
-        unknown = set(changes) - set(options)
-        if unknown:
-            raise UsageError(
-                f"{self.kind} {self.name!r} has no option(s) {sorted(unknown)}; "
-                f"options are {sorted(options)}"
-            )
+        check_option_names(self.kind, changes, f"{self.kind} {self.name!r}")
         # A bound copy's source is its bound method: the new copy stays bound.
-        return type(self)(self._source, **(options | changes))
+        return type(self)(self._source, **(self._given | changes))
+
+    def _add_hook(self, option: str, fn: H) -> H:
+        """A hook added decorator style (``@t.on_failure``): kept with the options given
+        (a new dict: bound copies share the old one), so copies have it too."""
+        hooks = (*getattr(self, f"{option}_hooks"), _hook(self, option, fn))
+        setattr(self, f"{option}_hooks", hooks)
+        self._given = self._given | {option: hooks}
+        return fn
 
     # -- hooks, decorator style -----------------------------------------------------------
     def on_completion(self, fn: H) -> H:
         """Add a hook called as ``hook(definition, record, state)`` when a run
         completes: ``@my_task.on_completion`` above a function. Returns the function."""
-        self.on_completion_hooks = (*self.on_completion_hooks, _hook(self, "on_completion", fn))
-        return fn
+        return self._add_hook("on_completion", fn)
 
     def on_failure(self, fn: H) -> H:
         """Add a hook called when a run fails (or crashes, for a task); decorator style,
         as :meth:`on_completion`."""
-        self.on_failure_hooks = (*self.on_failure_hooks, _hook(self, "on_failure", fn))
-        return fn
+        return self._add_hook("on_failure", fn)
 
     def on_running(self, fn: H) -> H:
         """Add a hook called each time a run enters Running (once per attempt);
         decorator style, as :meth:`on_completion`."""
-        self.on_running_hooks = (*self.on_running_hooks, _hook(self, "on_running", fn))
-        return fn
+        return self._add_hook("on_running", fn)
 
     # -- methods --------------------------------------------------------------------------
     def __get__(self, instance: Any, owner: type[Any] | None = None) -> Self:
@@ -267,17 +245,6 @@ def signature_of(defn: Definition[Any, Any]) -> inspect.Signature:
     if signature is None:
         signature = calls.signature = inspect.signature(defn.fn)
     return signature
-
-
-def check_option_names(definition: type[Definition[Any, Any]], options: dict[str, Any]) -> None:
-    """Refuse options a decorator does not have, listing those it has: a typo such as
-    ``@task(retrys=3)`` would otherwise be a bare TypeError from ``__init__``."""
-    known = set(inspect.signature(definition).parameters) - {"fn"}
-    unknown = set(options) - known
-    if unknown:
-        raise UsageError(
-            f"@{definition.kind} has no option(s) {sorted(unknown)}; options are {sorted(known)}"
-        )
 
 
 # -- the function ------------------------------------------------------------------------------

@@ -7,25 +7,16 @@ runs as its subflow. The engine does the work; this module is the definition.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any, ParamSpec, TypeVar, overload
+from collections.abc import Callable
+from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
-from ._definitions import (
-    Definition,
-    H,
-    Hook,
-    RetryCondition,
-    RetryDelay,
-    RunName,
-    _hook,
-    _hooks,
-    check_option_names,
-)
+from ._definitions import Definition, H, RunName, _hooks
 from ._engine._deps import flow_after_upstreams
 from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_flow_sync
 from ._engine._loop import in_async_code
 from ._engine._params import ParameterValidator
 from ._engine._taskcalls import checked_return_state
+from ._options import FlowOptions, check_option_names
 from ._tracebacks import hide_frames
 from .exceptions import UsageError
 from .runners import TaskRunner, ThreadPoolTaskRunner
@@ -41,42 +32,12 @@ class Flow(Definition[P, R]):
 
     kind = "flow"
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        retries: int | None = None,
-        retry_delay_seconds: RetryDelay | None = None,
-        retry_jitter_factor: float | None = None,
-        retry_condition_fn: RetryCondition | None = None,
-        timeout_seconds: float | None = None,
-        log_prints: bool | None = None,
-        validate_parameters: bool = True,
-        task_runner: TaskRunner | type[TaskRunner] | None = None,
-        flow_run_name: RunName | None = None,
-        on_completion: Hook | Iterable[Hook] | None = None,
-        on_failure: Hook | Iterable[Hook] | None = None,
-        on_cancellation: Hook | Iterable[Hook] | None = None,
-        on_crashed: Hook | Iterable[Hook] | None = None,
-        on_running: Hook | Iterable[Hook] | None = None,
-    ) -> None:
-        super().__init__(
-            fn,
-            name=name,
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-            retry_jitter_factor=retry_jitter_factor,
-            retry_condition_fn=retry_condition_fn,
-            timeout_seconds=timeout_seconds,
-            log_prints=log_prints,
-            on_completion=on_completion,
-            on_failure=on_failure,
-            on_running=on_running,
-            run_name=flow_run_name,
-        )
-        self.on_cancellation_hooks = _hooks(self, "on_cancellation", on_cancellation)
-        self.on_crashed_hooks = _hooks(self, "on_crashed", on_crashed)
+    def __init__(self, fn: Callable[P, R], /, **options: Unpack[FlowOptions]) -> None:
+        super().__init__(fn, options)
+        self.on_cancellation_hooks = _hooks(self, "on_cancellation", options.get("on_cancellation"))
+        self.on_crashed_hooks = _hooks(self, "on_crashed", options.get("on_crashed"))
+        validate_parameters = options.get("validate_parameters", True)
+        task_runner = options.get("task_runner")
         if not isinstance(validate_parameters, bool):
             raise UsageError(
                 f"validate_parameters of flow {self.name!r} must be True or False, "
@@ -95,15 +56,6 @@ class Flow(Definition[P, R]):
         """The ``flow_run_name`` option: a template or a callable naming each run."""
         return self.run_name
 
-    def _options(self) -> dict[str, Any]:
-        return super()._options() | {
-            "validate_parameters": self.validate_parameters,
-            "task_runner": self.task_runner if self.declares_runner else None,
-            "flow_run_name": self.run_name,
-            "on_cancellation": self.on_cancellation_hooks,
-            "on_crashed": self.on_crashed_hooks,
-        }
-
     def _bind_extra(self, bound: Flow[P, R]) -> None:
         # Bound copies validate the parameters after the bound one (self or cls is
         # not a parameter of the call), with one validator shared by all of them.
@@ -119,17 +71,12 @@ class Flow(Definition[P, R]):
     def on_cancellation(self, fn: H) -> H:
         """Add a hook called when a run is cancelled; decorator style
         (``@my_flow.on_cancellation``). Returns the function."""
-        self.on_cancellation_hooks = (
-            *self.on_cancellation_hooks,
-            _hook(self, "on_cancellation", fn),
-        )
-        return fn
+        return self._add_hook("on_cancellation", fn)
 
     def on_crashed(self, fn: H) -> H:
         """Add a hook called when a run crashes; decorator style
         (``@my_flow.on_crashed``). Returns the function."""
-        self.on_crashed_hooks = (*self.on_crashed_hooks, _hook(self, "on_crashed", fn))
-        return fn
+        return self._add_hook("on_crashed", fn)
 
     def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the flow (``await`` it if it is async; sync code calling an async flow gets
@@ -171,24 +118,7 @@ def flow(__fn: Callable[P, R], /) -> Flow[P, R]: ...
 
 
 @overload
-def flow(
-    *,
-    name: str | None = None,
-    retries: int | None = None,
-    retry_delay_seconds: RetryDelay | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: RetryCondition | None = None,
-    timeout_seconds: float | None = None,
-    log_prints: bool | None = None,
-    validate_parameters: bool = True,
-    task_runner: TaskRunner | type[TaskRunner] | None = None,
-    flow_run_name: RunName | None = None,
-    on_completion: Hook | Iterable[Hook] | None = None,
-    on_failure: Hook | Iterable[Hook] | None = None,
-    on_cancellation: Hook | Iterable[Hook] | None = None,
-    on_crashed: Hook | Iterable[Hook] | None = None,
-    on_running: Hook | Iterable[Hook] | None = None,
-) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+def flow(**options: Unpack[FlowOptions]) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
 def flow(__fn: Any = None, /, **options: Any) -> Any:
@@ -204,7 +134,7 @@ def flow(__fn: Any = None, /, **options: Any) -> Any:
     and hooks ``on_cancellation`` and ``on_crashed``. Hooks are called as
     ``hook(flow, run_record, state)``.
     """
-    check_option_names(Flow, options)
+    check_option_names("flow", options)
     if __fn is not None:
         return Flow(__fn, **options)
     return lambda fn: Flow(fn, **options)

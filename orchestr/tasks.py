@@ -9,16 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Literal, ParamSpec, TypeVar, overload
+from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from ._definitions import (
-    Definition,
-    Hook,
-    RetryCondition,
-    RetryDelay,
-    RunName,
-    check_option_names,
-)
+from ._definitions import Definition, RunName
 from ._engine import _interrupts
 from ._engine._loop import in_async_code
 from ._engine._taskcalls import (
@@ -29,6 +22,7 @@ from ._engine._taskcalls import (
     map_task,
     submit_task,
 )
+from ._options import TaskOptions, check_option_names
 from .exceptions import UsageError
 from .futures import (
     FutureList,
@@ -50,37 +44,9 @@ class Task(Definition[P, R]):
 
     kind = "task"
 
-    def __init__(
-        self,
-        fn: Callable[P, R],
-        *,
-        name: str | None = None,
-        retries: int | None = None,
-        retry_delay_seconds: RetryDelay | None = None,
-        retry_jitter_factor: float | None = None,
-        retry_condition_fn: RetryCondition | None = None,
-        timeout_seconds: float | None = None,
-        tags: Iterable[str] = (),
-        log_prints: bool | None = None,
-        task_run_name: RunName | None = None,
-        on_completion: Hook | Iterable[Hook] | None = None,
-        on_failure: Hook | Iterable[Hook] | None = None,
-        on_running: Hook | Iterable[Hook] | None = None,
-    ) -> None:
-        super().__init__(
-            fn,
-            name=name,
-            retries=retries,
-            retry_delay_seconds=retry_delay_seconds,
-            retry_jitter_factor=retry_jitter_factor,
-            retry_condition_fn=retry_condition_fn,
-            timeout_seconds=timeout_seconds,
-            log_prints=log_prints,
-            on_completion=on_completion,
-            on_failure=on_failure,
-            on_running=on_running,
-            run_name=task_run_name,
-        )
+    def __init__(self, fn: Callable[P, R], /, **options: Unpack[TaskOptions]) -> None:
+        super().__init__(fn, options)
+        tags: Any = options.get("tags", ())
         if isinstance(tags, str):
             tags = (tags,)
         tags = tuple(tags) if isinstance(tags, Iterable) else (tags,)
@@ -97,9 +63,6 @@ class Task(Definition[P, R]):
     def task_run_name(self) -> RunName | None:
         """The ``task_run_name`` option: a template or a callable naming each run."""
         return self.run_name
-
-    def _options(self) -> dict[str, Any]:
-        return super()._options() | {"tags": self.tags, "task_run_name": self.run_name}
 
     def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
         """Run the task inline: ``await`` it if it is async (sync code calling an async
@@ -246,21 +209,7 @@ def task(__fn: Callable[P, R], /) -> Task[P, R]: ...
 
 
 @overload
-def task(
-    *,
-    name: str | None = None,
-    retries: int | None = None,
-    retry_delay_seconds: RetryDelay | None = None,
-    retry_jitter_factor: float | None = None,
-    retry_condition_fn: RetryCondition | None = None,
-    timeout_seconds: float | None = None,
-    tags: Iterable[str] = (),
-    log_prints: bool | None = None,
-    task_run_name: RunName | None = None,
-    on_completion: Hook | Iterable[Hook] | None = None,
-    on_failure: Hook | Iterable[Hook] | None = None,
-    on_running: Hook | Iterable[Hook] | None = None,
-) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+def task(**options: Unpack[TaskOptions]) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
 def task(__fn: Any = None, /, **options: Any) -> Any:
@@ -278,7 +227,7 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     of no arguments); hooks ``on_completion``, ``on_failure`` and ``on_running`` (each
     attempt), each called as ``hook(task, run_record, state)``.
     """
-    check_option_names(Task, options)
+    check_option_names("task", options)
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)

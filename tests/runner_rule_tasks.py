@@ -347,3 +347,39 @@ def raises_odd() -> None:
 async def async_raises_odd() -> None:
     await anyio.lowlevel.checkpoint()
     raise OddError(8, "cannot travel either")
+
+
+# -- limits ---------------------------------------------------------------------------------
+@task(tags=["rule-db"])
+def sync_tagged_span(log: str) -> None:
+    """Append this run's (start, end) to ``log``: overlapping spans break a limit of 1."""
+    start = time.monotonic()
+    time.sleep(0.05)
+    with open(log, "a") as out:
+        out.write(f"{start} {time.monotonic()} {os.getpid()}\n")
+
+
+@task
+def sync_takes_limit(name: str, define: bool = False) -> str:
+    """Take the concurrency limit ``name`` in task code (defining it here first if
+    ``define``); report what happened."""
+    from orchestr.limits import concurrency, set_concurrency_limit
+
+    if define:
+        set_concurrency_limit(name, 1)
+    try:
+        with concurrency(name):
+            return "held"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+@task
+async def async_takes_rate(name: str) -> str:
+    from orchestr.limits import rate_limit
+
+    try:
+        await rate_limit(name)
+        return "taken"
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"

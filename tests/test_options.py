@@ -38,6 +38,7 @@ from orchestr import (
     task,
 )
 from orchestr._checks import MAX_SECONDS
+from orchestr._options import FlowOptions, TaskOptions
 from orchestr._settings_model import FIELDS
 from orchestr.exceptions import OrchestrError, ParameterBindError, UsageError
 from orchestr.limits import get_limits, limits, set_concurrency_limit, set_rate_limit
@@ -689,3 +690,88 @@ def test_fuzz_unknown_settings(name: str, value: Any) -> None:
         return
     with pytest.raises(OrchestrError, match=repr(name)), override_settings(**{name: value}):
         pass
+
+
+# -- the options, listed once -----------------------------------------------------------------
+def _every_option(kind: str) -> dict[str, Any]:
+    """A valid value for every option of ``@task`` / ``@flow`` (the test fails if an
+    option is added without one)."""
+    from orchestr import ThreadPoolTaskRunner
+
+    hook = lambda *a: None  # noqa: E731
+    values: dict[str, Any] = {
+        "name": "renamed",
+        "retries": 2,
+        "retry_delay_seconds": [0.5, 1.0],
+        "retry_jitter_factor": 0.25,
+        "retry_condition_fn": lambda *a: True,
+        "timeout_seconds": 7.0,
+        "log_prints": True,
+        "on_completion": [hook],
+        "on_failure": [hook],
+        "on_running": [hook],
+        "tags": ["a", "b"],
+        "task_run_name": "run-{x}",
+        "validate_parameters": False,
+        "task_runner": ThreadPoolTaskRunner(max_workers=3),
+        "flow_run_name": "run-{x}",
+        "on_cancellation": [hook],
+        "on_crashed": [hook],
+    }
+    known = (TaskOptions if kind == "task" else FlowOptions).__annotations__
+    assert set(known) <= set(values), f"no test value for {set(known) - set(values)}"
+    return {name: values[name] for name in known}
+
+
+def _settings(defn: Any) -> dict[str, Any]:
+    return {
+        "name": defn.name,
+        "retries": defn.retries,
+        "retry_delay_seconds": defn.retry_delay_seconds,
+        "jitter": defn.retry_jitter_factor,
+        "condition": defn.retry_condition_fn,
+        "timeout": defn.timeout_seconds,
+        "log_prints": defn.log_prints,
+        "hooks": [
+            getattr(defn, f"{h}_hooks")
+            for h in ("on_completion", "on_failure", "on_running", "on_cancellation", "on_crashed")
+            if hasattr(defn, f"{h}_hooks")
+        ],
+        "run_name": defn.run_name,
+        "tags": getattr(defn, "tags", None),
+        "validate": getattr(defn, "validate_parameters", None),
+        "runner": getattr(defn, "task_runner", None),
+    }
+
+
+@pytest.mark.parametrize("kind", ["task", "flow"])
+def test_every_option_is_taken_alike_by_decorator_constructor_and_with_options(
+    kind: str,
+) -> None:
+    """The options listed in TaskOptions / FlowOptions are exactly what the decorator,
+    the class and with_options() accept; a with_options() copy keeps every option it
+    does not change, hooks added decorator style included (and adding one to a copy
+    leaves the original alone)."""
+    from orchestr import Flow, Task
+
+    def fn(x: int = 1) -> int:
+        return x
+
+    options = _every_option(kind)
+    decorator, cls = (task, Task) if kind == "task" else (flow, Flow)
+    made = decorator(**options)(fn)
+    direct = cls(fn, **options)
+    assert _settings(made) == _settings(direct)
+    extra = lambda *a: None  # noqa: E731
+    made.on_failure(extra)
+    copy = made.with_options()
+    assert _settings(copy) == _settings(made)
+    assert copy.on_failure_hooks[-1] is extra
+    changed = made.with_options(retries=5, name="other")
+    assert (changed.retries, changed.name) == (5, "other")
+    assert _settings(changed) | {"retries": 2, "name": "renamed"} == _settings(made)
+    changed.on_failure(lambda *a: None)
+    assert len(changed.on_failure_hooks) == len(made.on_failure_hooks) + 1
+    for where in (lambda **o: decorator(**o), lambda **o: cls(fn, **o), made.with_options):
+        with pytest.raises(UsageError, match=r"no option\(s\) \['retrys'\]"):
+            where(retrys=3)

@@ -15,6 +15,7 @@ this one. Inline calls (``await t(x)``, ``t(x)``) always run in the flow's proce
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import shutil
@@ -1379,3 +1380,77 @@ def test_descendants_sees_grandchildren() -> None:
             child.wait(WAIT)
     wait_until(lambda: process_gone(grandchild), "the grandchild ended")
     assert child.pid not in descendants()
+
+
+# == limits across processes (deliverable: enforced wherever the task runs, or refused) ==========
+def test_a_tag_limit_holds_across_worker_processes(
+    run: Any, kind: str, runner: TaskRunner, tmp_path: Path
+) -> None:
+    """Six runs tagged with a limit of 1 on two workers never overlap: the flow's process
+    holds the limit around each call."""
+    from orchestr.limits import limits
+
+    log = tmp_path / "spans"
+
+    @flow(task_runner=runner)
+    async def main() -> None:
+        futures = [rt.sync_tagged_span.submit(str(log)) for _ in range(6)]
+        with anyio.fail_after(WAIT):
+            for fut in futures:
+                await fut
+
+    with limits(concurrency={"rule-db": 1}):
+        run(main)
+    spans = sorted(tuple(map(float, line.split()[:2])) for line in log.read_text().splitlines())
+    assert len(spans) == 6
+    for (_, end), (start, _) in itertools.pairwise(spans):
+        assert start >= end, f"runs overlapped under a limit of 1: {spans}"
+    if in_another_process(kind):
+        pids = {int(line.split()[2]) for line in log.read_text().splitlines()}
+        assert os.getpid() not in pids
+
+
+def test_limits_taken_in_far_away_task_code_are_refused_or_held(
+    run: Any, kind: str, runner: TaskRunner
+) -> None:
+    """concurrency() / rate_limit() in task code: held where the flow's process can
+    enforce them (threads), otherwise a UsageError saying to tag the task; a name with
+    no limit does not wait anywhere; a limit defined only where the call runs is
+    refused (each worker would hold its own copy)."""
+    from orchestr.limits import limits, remove_limit
+
+    @flow(task_runner=runner)
+    async def main() -> list[str]:
+        futures = [
+            rt.sync_takes_limit.submit("rule-limited"),
+            rt.async_takes_rate.submit("rule-rated"),
+            rt.sync_takes_limit.submit("rule-unlimited"),
+        ]
+        with anyio.fail_after(WAIT):
+            return [await f for f in futures]
+
+    with limits(concurrency={"rule-limited": 1}, rate={"rule-rated": (5, 1.0)}):
+        held, rated, unlimited = run(main)
+    assert unlimited == "held"
+    if remote(kind):
+        for told in (held, rated):
+            assert told.startswith("UsageError: "), told
+            assert "executes in another process" in told
+            assert "tags=[" in told
+    else:
+        assert (held, rated) == ("held", "taken")
+
+    @flow(task_runner=runner)
+    async def defines_its_own() -> str:
+        with anyio.fail_after(WAIT):
+            return await rt.sync_takes_limit.submit("rule-local", define=True)
+
+    try:
+        told = run(defines_its_own)
+    finally:
+        remove_limit("rule-local")  # in-process runners defined it here
+    if remote(kind):
+        assert told.startswith("UsageError: "), told
+        assert "not in its flow's process" in told
+    else:
+        assert told == "held"

@@ -84,7 +84,7 @@ def _write_final(record: RunRecord, state: State[Any]) -> None:
 
 def _tell(record: RunRecord, state: State[Any] | StateType) -> None:
     # Observers get a State: the final one as given, a step as the record now reads.
-    shown = record.state if type(state) is StateType else state
+    shown = state if isinstance(state, State) else record.state
     with _telling:
         for observer in _observers:
             try:

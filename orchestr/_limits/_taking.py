@@ -173,11 +173,17 @@ def _user_limit(what: str, name: str, *, rate: bool) -> tuple[Limit | None, Limi
         limit: Limit | None = rate_limit_of(name) if rate else concurrency_limit(name)
         return limit, backend_for(run)
     carried = remote.limits
-    if carried is None:
-        return None, backend_for(None)
-    limit = (carried.rate if rate else carried.concurrency).get(name)
+    limit = None if carried is None else (carried.rate if rate else carried.concurrency).get(name)
     if limit is None:
+        if (rate_limit_of(name) if rate else concurrency_limit(name)) is not None:
+            raise UsageError(
+                f"{what} names a limit defined in the process that runs task run "
+                f"{remote.task_run_name!r}, not in its flow's process: each worker would "
+                "hold its own copy; define the limit where the flow runs (before the "
+                "flow run starts)"
+            )
         return None, backend_for(None)
+    assert carried is not None
     if carried.backend is None:
         raise UsageError(
             f"{what} was called in task run {remote.task_run_name!r}, which executes in "

@@ -472,7 +472,9 @@ class _Inbox:
                     elif self._queued.pop(key, None) is not None:  # "skip", not started
                         self._send(("skipped", key, None))
         except (EOFError, OSError):
-            pass
+            # Closed without being told to stop: the pool's process is gone, and with
+            # it whoever wanted the running call's outcome.
+            os._exit(1)
         with self._ready:
             self._closing = True
             self._ready.notify()
@@ -491,13 +493,17 @@ class _Inbox:
 
 
 def _die_with(parent: int) -> None:
-    """End this worker soon after the process that made the pool dies, even by SIGKILL
-    (an idle worker notices at once: its pipe closes)."""
+    """End this worker soon after the process that made the pool dies, even by SIGKILL:
+    its pipe closes (see ``_Inbox.receive``), and as a second line, this thread sees it
+    gone, or this worker's own parent change (the fork server, or with spawn the pool's
+    process: a dead process that is not reaped yet still answers ``kill(pid, 0)``, but
+    its children are handed to another parent when it dies)."""
+    ppid = os.getppid()
 
     def watch() -> None:
         while True:
             time.sleep(_PARENT_CHECK)
-            if not _alive(parent):
+            if os.getppid() != ppid or not _alive(parent):
                 os._exit(1)
 
     threading.Thread(target=watch, name="orchestr-parent-watch", daemon=True).start()
