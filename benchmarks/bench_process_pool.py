@@ -1,38 +1,34 @@
 """Process-pool benchmark: ProcessPoolTaskRunner against the raw primitives.
 
-Two targets from the project's issue, timed side by side in one process:
-
 1. 1,000 tiny sync tasks (``x + 1``) submitted and awaited in an async flow on
-   ``ProcessPoolTaskRunner(max_workers=2)``, against a raw ``ProcessPoolExecutor(2)``
-   submit + result loop (limit: 1.5x). ``[1]``, the verdict, times whole runs: orchestr
-   starts its workers in each flow run and stops them at its end, so the raw executor is
-   created and shut down in each measurement too. ``[1w]`` leaves out starting and
-   stopping the pool (and the flow run) on both sides: warm-up calls start both workers,
-   then the 1,000 tasks are timed (orchestr's from inside the flow body). Both sides use
-   the ``forkserver`` start method and the same fork server; a note gives the raw figure
-   with ``fork`` (Python 3.11's default on Linux, which orchestr refuses).
-2. 8 CPU-bound sync tasks of ~0.5 s each (a pure-Python loop calibrated at start-up) on
-   the same runner, against the 8 calls one after another in this process (limit: at
-   least 1.7x faster, the pool start included).
+   ``ProcessPoolTaskRunner(max_workers=2)``, against a ``ProcessPoolExecutor(2)`` submit +
+   result loop (limit: 1.5x). ``[1]`` (the verdict) times whole runs: orchestr starts its
+   workers in each flow run and stops them at its end, so the raw executor is created and
+   shut down in each measurement too. ``[1w]`` leaves the pool's (and the flow run's)
+   start and stop out on both sides: warm-up calls start both workers, then the 1,000
+   tasks are timed, orchestr's from inside the flow body. Both use ``forkserver`` (one
+   fork server), as orchestr refuses ``fork`` (3.11's default, which starts faster).
+2. 8 CPU-bound sync tasks of ~0.5 s (a pure-Python loop calibrated at start-up) on the
+   same runner, against the 8 calls one after another here (limit: 1.7x faster, pool
+   start included); a raw ``ProcessPoolExecutor(2)`` is shown for reference.
 
-Measured as ``bench_core.py`` does, with its helpers (alternating rounds after warm-up;
-median times; median per-round ratio as the verdict; minimum ratio; exit code 0 whatever
-the verdicts). The fork server imports this module as ``__mp_main__``, which lets the
-workers find its tasks; hence the run under ``if __name__ == "__main__":``.
-Run: ``python benchmarks/bench_process_pool.py`` (about 50 s), ``--quick`` (about 20 s).
+Measured as ``bench_core.py`` does, with its helpers: alternating rounds after warm-up,
+median times, median per-round ratio (the verdict) and minimum, exit code 0 whatever the
+verdicts. The fork server imports this module as ``__mp_main__``, so workers find its
+tasks; hence the run under ``if __name__ == "__main__":``. Run: ``python
+benchmarks/bench_process_pool.py`` (about 60 s), ``--quick`` (about 20 s).
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import multiprocessing
 import os
 import statistics
 import time
+from collections.abc import Callable, Iterable
 from concurrent.futures import ProcessPoolExecutor
-from multiprocessing.context import BaseContext
 
 # Set before orchestr is imported (and inherited by the workers): each flow run logs its
 # final state at INFO, and writing those lines would be measured as orchestr overhead.
@@ -111,20 +107,19 @@ async def cpu_fanout(n: int) -> None:
         await future
 
 
-def raw_pool(n: int, context: BaseContext = FORKSERVER, warm: bool = False) -> float:
-    """:func:`tiny_fanout`, raw: the seconds of the whole (creating and shutting down the
-    executor count, as orchestr starts and stops its workers in each flow run) or, with
-    ``warm``, of the ``n`` calls alone, after warm-up calls that start every worker."""
+def raw_pool(fn: Callable[[int], int], args: Iterable[int], warm: bool = False) -> float:
+    """Seconds for ``fn`` on each of ``args`` in a new executor, its start and shutdown
+    included (orchestr's too, per flow run), or with ``warm`` the calls alone."""
     gc.collect()
     start = time.perf_counter()
-    with ProcessPoolExecutor(WORKERS, mp_context=context) as executor:
+    with ProcessPoolExecutor(WORKERS, mp_context=FORKSERVER) as executor:
         if warm:
             pids = {f.result() for f in [executor.submit(warm_call) for _ in range(N_WARM)]}
             if len(pids) != WORKERS:
                 raise WorkloadError(f"raw warm-up started {len(pids)} worker(s), not {WORKERS}")
             gc.collect()
             start = time.perf_counter()
-        futures = [executor.submit(add_one, i) for i in range(n)]
+        futures = [executor.submit(fn, x) for x in args]
         [f.result() for f in futures]
         seconds = time.perf_counter() - start
     return seconds if warm else time.perf_counter() - start
@@ -143,15 +138,17 @@ async def check_workloads() -> None:
 
 
 # -- targets --------------------------------------------------------------------------------
+def median_ratio(ours: list[float], theirs: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(ours, theirs, strict=True))
+
+
 def bench_tiny(rounds: int, warmup: int) -> list[Result]:
-    fork = multiprocessing.get_context("fork")
     samples = alternate(
         {
             "orchestr": lambda: timed_async(tiny_fanout, N_TINY),
-            "raw": lambda: raw_pool(N_TINY),
-            "raw_fork": lambda: raw_pool(N_TINY, fork),
+            "raw": lambda: raw_pool(add_one, range(N_TINY)),
             "orchestr_warm": lambda: anyio.run(tiny_fanout, N_TINY, True),
-            "raw_warm": lambda: raw_pool(N_TINY, FORKSERVER, True),
+            "raw_warm": lambda: raw_pool(add_one, range(N_TINY), warm=True),
         },
         rounds,
         warmup,
@@ -161,18 +158,13 @@ def bench_tiny(rounds: int, warmup: int) -> list[Result]:
         f"ProcessPoolExecutor({WORKERS}), pool start and stop included"
     )
     whole = compare("1", title, samples["orchestr"], samples["raw"], 1.5)
-    ratios = [a / b for a, b in zip(samples["orchestr"], samples["raw_fork"], strict=True)]
     ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
-    whole.notes.append(
-        f"raw with the fork start method (orchestr refuses it): {ms['raw_fork']:.1f} ms, "
-        f"ratio {statistics.median(ratios):.2f}x"
-    )
     title = "the same, timed once both workers run: pool and flow run start/stop excluded"
     warm = compare("1w", title, samples["orchestr_warm"], samples["raw_warm"], 1.5)
     warm.informational = True
     warm.notes.append(
         f"per task: orchestr {ms['orchestr_warm'] * 1e3 / N_TINY:.0f} us, raw "
-        f"{ms['raw_warm'] * 1e3 / N_TINY:.0f} us; start and stop ([1] minus [1w] medians): "
+        f"{ms['raw_warm'] * 1e3 / N_TINY:.0f} us; start, ramp-up, stop ([1] minus [1w]): "
         f"orchestr {ms['orchestr'] - ms['orchestr_warm']:.0f} ms, "
         f"raw {ms['raw'] - ms['raw_warm']:.0f} ms"
     )
@@ -181,11 +173,15 @@ def bench_tiny(rounds: int, warmup: int) -> list[Result]:
 
 def bench_cpu(rounds: int) -> Result:
     # Calibrated here: loop iterations for one call of CPU_SECONDS in this process.
-    one = functools.partial(serial, calls=1)
-    n = round(2e5 * CPU_SECONDS / min(timed_sync(one, 200_000) for _ in range(5)))
-    one_call = timed_sync(one, n)
+    probe = min(timed_sync(lambda m: serial(m, 1), 200_000) for _ in range(5))
+    n = round(200_000 * CPU_SECONDS / probe)
+    one_call = timed_sync(lambda m: serial(m, 1), n)
     samples = alternate(  # no warm-up: [1] and the checks warmed the fork server and code
-        {"orchestr": lambda: timed_async(cpu_fanout, n), "serial": lambda: timed_sync(serial, n)},
+        {
+            "orchestr": lambda: timed_async(cpu_fanout, n),
+            "serial": lambda: timed_sync(serial, n),
+            "raw": lambda: raw_pool(spin, [n] * N_CPU),
+        },
         rounds,
         0,
     )
@@ -194,17 +190,17 @@ def bench_cpu(rounds: int) -> Result:
         f"vs the same {N_CPU} calls one after another in this process"
     )
     result = compare("2", title, samples["orchestr"], samples["serial"], 1 / SPEEDUP_LIMIT)
-    speedups = [b / a for a, b in zip(samples["orchestr"], samples["serial"], strict=True)]
-    result.passed = statistics.median(speedups) >= SPEEDUP_LIMIT
+    speedup = median_ratio(samples["serial"], samples["orchestr"])
+    ms = {k: statistics.median(v) * 1e3 for k, v in samples.items()}
+    result.passed = speedup >= SPEEDUP_LIMIT
     result.limit = f"speed-up >= {SPEEDUP_LIMIT:g}x"
-    result.figure = (
-        f"{result.ratio:.2f}x (min {result.ratio_min:.2f}x), "
-        f"speed-up {statistics.median(speedups):.2f}x (best {max(speedups):.2f}x)"
-    )
-    result.notes.append(
+    result.figure = f"{result.ratio:.2f}x (min {result.ratio_min:.2f}x), speed-up {speedup:.2f}x"
+    result.notes += [
         f"{n:,} loop iterations per call: one call took {one_call:.2f} s in this process; "
-        f"the ideal speed-up on {WORKERS} workers is {WORKERS}x"
-    )
+        f"the ideal speed-up on {WORKERS} workers is {WORKERS}x",
+        f"for reference, raw ProcessPoolExecutor({WORKERS}): {ms['raw']:.1f} ms, "
+        f"speed-up {median_ratio(samples['serial'], samples['raw']):.2f}x",
+    ]
     return result
 
 
@@ -220,13 +216,11 @@ def main() -> None:
     env = environment()
     print(
         f"orchestr process-pool benchmark, {env['date']}\npython {env['python']}, orchestr "
-        f"{env['orchestr']}, {env['platform']}, {env['cpus']} CPUs, "
-        f"load average {env['loadavg_start'][0]:.2f}"
-    )
-    print(
-        f"[1]: {rounds} rounds after {warmup} warm-up, [2]: {cpu_rounds} round(s), alternating; "
-        "ratios are orchestr/baseline per round; verdict on the median ratio; "
-        f"ORCHESTR_LOGGING_LEVEL=WARNING; max_workers={WORKERS}, forkserver on both sides\n",
+        f"{env['orchestr']}, {env['platform']}, {env['cpus']} CPUs, load average "
+        f"{env['loadavg_start'][0]:.2f}\n[1]: {rounds} rounds after {warmup} warm-up, [2]: "
+        f"{cpu_rounds} round(s), alternating; ratios are orchestr/baseline per round; verdict "
+        f"on the median ratio; ORCHESTR_LOGGING_LEVEL=WARNING; max_workers={WORKERS}, "
+        "forkserver on both sides\n",
         flush=True,
     )
     started = time.perf_counter()
@@ -243,8 +237,7 @@ def main() -> None:
     print(
         f"\nSUMMARY: {2 - len(failed)}/2 targets passed"
         + (f", FAILED: {', '.join(failed)}" if failed else "")
-        + f"; load average now {os.getloadavg()[0]:.2f}; "
-        f"took {time.perf_counter() - started:.0f} s"
+        + f"; load average now {os.getloadavg()[0]:.2f}; took {time.perf_counter() - started:.0f} s"
     )
 
 

@@ -226,7 +226,8 @@ class TaskFuture(Generic[R]):
 
         A pending run never starts. A running async run is cancelled at its next
         ``await``. A sync run already executing in a thread cannot be interrupted: it is
-        marked ``Cancelled`` at once and its thread is abandoned (with a warning).
+        marked ``Cancelled`` at once and its thread is abandoned (with a warning). A run
+        on a runner that can stop calls (``ProcessPoolTaskRunner``) is stopped there.
         """
         if self._state is not None:
             return False
