@@ -131,11 +131,12 @@ class Definition(Generic[P, R]):
             return getattr(get_settings(), f"{self.kind}_default_retry_delay_seconds")  # type: ignore[no-any-return]
         return delay
 
-    def with_options(self, **changes: Any) -> Self:
-        """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""
+    def _with_options(self, changes: Mapping[str, Any]) -> Self:
+        """What ``Task.with_options`` / ``Flow.with_options`` do (each typed by its own
+        options)."""
         check_option_names(self.kind, changes, f"{self.kind} {self.name!r}")
         # A bound copy's source is its bound method: the new copy stays bound.
-        return type(self)(self._source, **(self._given | changes))
+        return type(self)(self._source, **(self._given | dict(changes)))
 
     def _add_hook(self, option: str, fn: H) -> H:
         """A hook added decorator style (``@t.on_failure``): kept with the options given

@@ -51,6 +51,10 @@ class Flow(Definition[P, R]):
         self.parameters = ParameterValidator(self.fn, self.name, self.validate_parameters)
         self._bound_parameters: ParameterValidator | None = None
 
+    def with_options(self, **changes: Unpack[FlowOptions]) -> Flow[P, R]:
+        """A copy with some options changed, e.g. ``nightly.with_options(retries=2)``."""
+        return self._with_options(changes)
+
     @property
     def flow_run_name(self) -> RunName | None:
         """The ``flow_run_name`` option: a template or a callable naming each run."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from .states import State, StateType
 
@@ -116,6 +116,28 @@ class RunRecord:
     def __setstate__(self, state: dict[str, Any]) -> None:
         for slot, value in state.items():
             object.__setattr__(self, slot, value)
+
+    # Copies keep the real links (only pickling summarises a task run's flow run).
+    def __copy__(self) -> Self:
+        new = _blank(type(self))
+        for slot in _slots(type(self)):
+            if hasattr(self, slot):
+                object.__setattr__(new, slot, getattr(self, slot))
+        if isinstance(new, FlowRunRecord):
+            new._summarised = None
+        return new  # type: ignore[return-value]
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        import copy  # deferred: rarely needed
+
+        new = _blank(type(self))
+        memo[id(self)] = new
+        for slot in _slots(type(self)):
+            if hasattr(self, slot):
+                object.__setattr__(new, slot, copy.deepcopy(getattr(self, slot), memo))
+        if isinstance(new, FlowRunRecord):
+            new._summarised = None
+        return new  # type: ignore[return-value]
 
 
 def _blank(cls: type[RunRecord]) -> RunRecord:

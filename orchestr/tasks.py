@@ -59,6 +59,10 @@ class Task(Definition[P, R]):
         # Run numbers for inline calls made outside any flow run.
         self._standalone_runs = itertools.count()
 
+    def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
+        """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""
+        return self._with_options(changes)
+
     @property
     def task_run_name(self) -> RunName | None:
         """The ``task_run_name`` option: a template or a callable naming each run."""

@@ -383,3 +383,9 @@ async def async_takes_rate(name: str) -> str:
         return "taken"
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"
+
+
+@task
+def sync_sleep(seconds: float, value: int) -> int:
+    time.sleep(seconds)
+    return value

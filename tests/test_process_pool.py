@@ -25,6 +25,7 @@ import anyio.lowlevel
 import pytest
 
 from orchestr import ProcessPoolTaskRunner, flow, get_run_logger, task
+from orchestr._engine._context import flow_run_var
 from orchestr.exceptions import UsageError
 from orchestr.runners import RemoteError
 
@@ -347,3 +348,145 @@ def test_spawn_works_too(run: Any) -> None:
         return await pid.submit()
 
     assert run(main) != os.getpid()
+
+
+# -- stopping exactly what was meant ------------------------------------------------------------
+def test_a_stop_for_a_call_that_has_finished_spares_its_worker(run: Any) -> None:
+    """A stop that arrives after its call finished (a timeout firing as the call ends)
+    must not end the worker, which may run the next call by then: the worker, which
+    knows what it runs, ignores it."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[int, int]:
+        before = await pid.submit()
+        pool = flow_run_var.get().runner._pool  # type: ignore[union-attr]
+        (worker,) = pool._workers
+        finished_key = next(iter(worker.started), None) or "pid-finished-key"
+        worker.send(("stop", finished_key, None))
+        worker.send(("stop", "a-key-it-never-had", None))
+        return before, await pid.submit()
+
+    before, after = run(main)
+    assert before == after
+
+
+@task(timeout_seconds=0.5)
+def starts_a_child(pid_file: str) -> None:
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    Path(pid_file).write_text(str(child.pid))
+    time.sleep(30)
+
+
+def test_a_stopped_call_takes_the_processes_it_started_with_it(run: Any, tmp_path: Path) -> None:
+    """A timed-out call that started a program: the program ends with the call (the
+    worker's process group is killed), not left running under pid 1."""
+    pid_file = tmp_path / "child"
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> str:
+        return (await starts_a_child.submit(str(pid_file)).wait()).name
+
+    assert run(main) == "TimedOut"
+    assert _gone_within([int(pid_file.read_text())], 5)
+
+
+@task
+def blocks_until(path: str) -> int:
+    deadline = time.monotonic() + 20
+    while not Path(path).exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@task(timeout_seconds=0.3)
+def overstays(started: str) -> None:
+    Path(started).write_text("")
+    time.sleep(20)
+
+
+def test_a_call_queued_behind_a_busy_worker_moves_when_another_worker_is_killed(
+    run: Any, tmp_path: Path
+) -> None:
+    """Two workers busy, a third call waits behind one of them; the other is killed by a
+    timeout: its place goes to the waiting call at once, not after the busy one."""
+    go, started = tmp_path / "go", tmp_path / "started"
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
+    async def main() -> bool:
+        busy = blocks_until.submit(str(go))
+        killed = overstays.submit(str(started))
+        with anyio.fail_after(10):
+            while not started.exists():
+                await anyio.sleep(0.01)
+        waiting = pid.submit()
+        try:
+            with anyio.fail_after(10):
+                assert (await killed.wait()).name == "TimedOut"
+            with anyio.move_on_after(3):
+                await waiting
+            return waiting.done()
+        finally:
+            go.touch()
+            await busy
+
+    assert run(main) is True
+
+
+@task
+def limit_in_a_thread() -> str:
+    import threading
+
+    from orchestr.limits import concurrency
+
+    told: list[str] = []
+
+    def body() -> None:
+        try:
+            with concurrency("pp-db"):
+                told.append("entered")
+        except UsageError as exc:
+            told.append(str(exc))
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(10)
+    return told[0]
+
+
+def test_a_limit_taken_in_a_thread_a_worker_task_started_is_refused(run: Any) -> None:
+    """Outside the call's context (a thread the task started) a worker knows no limits:
+    it says so instead of letting the code through unlimited."""
+    from orchestr.limits import limits
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> str:
+        return await limit_in_a_thread.submit()
+
+    with limits(concurrency={"pp-db": 1}):
+        told = run(main)
+    assert "outside a task run's call" in told
+    assert "tags=['pp-db']" in told
+
+
+@task
+def fails_with_a_cause() -> None:
+    try:
+        {}["missing"]
+    except KeyError as exc:
+        raise ValueError("could not look it up") from exc
+
+
+def test_an_error_from_a_worker_keeps_its_traceback_and_cause_as_text(run: Any) -> None:
+    """Tracebacks and causes do not pickle; their text comes along as a note, so the
+    log shows the task's own frames and what caused the error."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> BaseException | None:
+        return (await fails_with_a_cause.submit().wait()).exception
+
+    error = run(main)
+    assert isinstance(error, ValueError)
+    (note,) = [n for n in getattr(error, "__notes__", []) if n.startswith("Traceback where")]
+    assert "in fails_with_a_cause" in note
+    assert "KeyError: 'missing'" in note
+    assert "direct cause" in note

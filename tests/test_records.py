@@ -335,3 +335,38 @@ def test_a_state_read_early_from_a_future_pickles_as_it_was(run: Any) -> None:
     assert copy.type is StateType.RUNNING
     assert copy.record is not None
     assert copy.record.name.startswith("held-")
+
+
+def test_copies_of_records_keep_their_real_links(run: Any) -> None:
+    """copy.copy and copy.deepcopy of records are copies, not pickles: a task run's copy
+    points at its real flow run (not a summary), and copying a flow run record leaves the
+    original's runs pointing at the original."""
+    import copy
+    import pickle
+
+    @flow
+    async def main() -> None:
+        await ok(1)
+        bad.submit("x")
+
+    record = run(lambda: main(return_state=True)).record
+    first = record.task_runs[0]
+    pickle.dumps(first)  # makes (and caches) the flow run's summary
+
+    shallow = copy.copy(record)
+    assert shallow is not record
+    assert shallow.task_runs == record.task_runs
+    assert all(t.flow_run is record for t in record.task_runs)
+
+    task_copy = copy.copy(first)
+    assert task_copy.flow_run is record
+    deep_task = copy.deepcopy(first)
+    assert deep_task.flow_run is not record
+    assert deep_task.flow_run.name == record.name
+    assert len(deep_task.flow_run.task_runs) == len(record.task_runs)
+    assert deep_task.flow_run.task_runs[0] is deep_task
+
+    deep = copy.deepcopy(record)
+    assert [t.name for t in deep.task_runs] == [t.name for t in record.task_runs]
+    assert all(t.flow_run is deep for t in deep.task_runs)
+    assert isinstance(deep.task_runs[1].error, ValueError)

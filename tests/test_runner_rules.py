@@ -1454,3 +1454,36 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
         assert "not in its flow's process" in told
     else:
         assert told == "held"
+
+
+# == subflows share the parent's started runner ===================================================
+@pytest.mark.parametrize("parent_kind", ["async", "sync"])
+def test_a_sync_subflow_runs_its_calls_on_the_parents_runner_of_one_worker(
+    run: Any, kind: str, parent_kind: str
+) -> None:
+    """A sync subflow (on a loop of its own) uses its parent's started runner: with one
+    worker, the parent's call, then the subflow's sync and async calls, then the
+    parent's again all run, none waiting for ever on a slot held by another loop."""
+    runner = RUNNERS[kind](1)  # type: ignore[call-arg]
+
+    @flow
+    def child(x: int) -> int:
+        return rt.sync_add.submit(x, 1).result() + rt.async_add.submit(x, 2).result()
+
+    @flow(task_runner=runner)
+    async def parent_async() -> int:
+        with anyio.fail_after(WAIT):
+            busy = rt.sync_sleep.submit(0.2, 1)  # holds the one worker as the child starts
+            first = await anyio.to_thread.run_sync(child, 1)  # a sync subflow, in a thread
+            return first + await busy + await rt.async_add.submit(1, 0)
+
+    @flow(task_runner=runner)
+    def parent_sync() -> int:
+        busy = rt.sync_sleep.submit(0.2, 1)
+        first = child(1)
+        return first + busy.result() + rt.async_add.submit(1, 0).result()
+
+    if parent_kind == "async":
+        assert run(parent_async) == (2 + 3) + 1 + 1
+    else:
+        assert parent_sync() == (2 + 3) + 1 + 1

@@ -244,3 +244,57 @@ def test_no_other_code_writes_a_records_state() -> None:
                 ):
                     writers.append(f"{path.relative_to(package)}:{node.lineno}")
     assert writers == []
+
+
+def test_a_step_after_a_final_state_is_refused_and_not_told(changes: Changes) -> None:
+    """A run cancelled from outside as its attempt begins stays Cancelled: Running (or
+    Retrying) is refused, nothing is written, observers hear nothing of it."""
+    from orchestr._engine._transitions import set_state
+    from orchestr.states import Cancelled, StateType
+
+    record = TaskRunRecord("t", 0)
+    assert set_state(record, StateType.RUNNING) is True
+    assert set_state(record, Cancelled()) is True
+    for step in (StateType.RUNNING, StateType.RETRYING):
+        assert set_state(record, step) is False
+    assert record.state_name == "Cancelled"
+    assert [state for _, state, _ in changes.seen] == ["Running", "Cancelled"]
+
+
+def test_a_thread_run_cancelled_as_its_attempt_begins_never_runs(
+    changes: Changes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fut.cancel() lands between the attempt loop's check that the run is not final and
+    its Running (here: while it looks up the limits its tags name, in its worker
+    thread): the run stays Cancelled, its function never runs, it is not retried."""
+    import orchestr._engine._attempts as attempts
+
+    ran: list[str] = []
+    cancel_now: list[Any] = []
+
+    def cancelled_meanwhile(tags: Any) -> bool:
+        if cancel_now:
+            cancel_now.pop().cancel()
+        return False  # no limit of that name
+
+    @task(retries=2, tags=["transitions-tag"])
+    def never(x: int) -> int:
+        ran.append("ran")
+        return x
+
+    @flow
+    def main() -> str:
+        gate = threading.Event()
+        cancel_now.append(None)  # filled below, before the worker thread gets there
+        monkeypatch.setattr(
+            attempts, "has_limits", lambda tags: gate.wait(5) and cancelled_meanwhile(tags)
+        )
+        fut = never.submit(1)
+        cancel_now[0] = fut
+        gate.set()
+        return fut.wait().name
+
+    assert main() == "Cancelled"
+    assert ran == []
+    name = next(r.name for r in changes.runs(TaskRunRecord))
+    assert changes.of(name) == ["Cancelled"]

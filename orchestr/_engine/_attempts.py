@@ -136,12 +136,14 @@ async def _attempts(
             if task.tags and has_limits(task.tags):
                 value = await _call_limited(task, record, args, kwargs, driver)
             else:
-                set_state(record, StateType.RUNNING)
+                _start_attempt(driver, record)
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
                 value = await driver.call(task, record, args, kwargs)
             if isinstance(value, State):
                 value = await _settled(record, value, driver)
+        except _EndedElsewhere:
+            return record.state
         except propagate:
             raise
         except AttemptTimedOut as timed_out:
@@ -214,6 +216,23 @@ def _returned_state(record: TaskRunRecord, returned: State[Any]) -> State[Any]:
     return State(StateType.FAILED, name=name, message=final.message, error=error, record=record)
 
 
+class _EndedElsewhere(Exception):
+    """The run was finished from outside (``fut.cancel()``) as its attempt began."""
+
+
+def _start_attempt(driver: AsyncDriver | BlockingDriver, record: TaskRunRecord) -> None:
+    """Running, unless the run was finished meanwhile: checked and written under the
+    run's lock, where ``fut.cancel()`` writes its final state."""
+    run = driver.run
+    if run is None:
+        started = set_state(record, StateType.RUNNING)
+    else:
+        with run.lock:
+            started = set_state(record, StateType.RUNNING)
+    if not started:
+        raise _EndedElsewhere
+
+
 async def _call_limited(
     task: Task[Any, Any],
     record: TaskRunRecord,
@@ -225,8 +244,8 @@ async def _call_limited(
     ``orchestr.limits``), released however the attempt ends. While it waits for them
     the run stays Pending (or Retrying), and its duration starts when it runs."""
     lease = await driver.acquire_limits(task)
-    set_state(record, StateType.RUNNING)
     try:
+        _start_attempt(driver, record)
         if task.on_running_hooks:
             await run_running_hooks(task, record, driver)
         return await driver.call(task, record, args, kwargs)

@@ -40,11 +40,14 @@ _ENDED_WITHOUT_RUNNING = (StateType.CANCELLED, StateType.NOT_RUN)
 _log = logging.getLogger("orchestr.task_runs")
 
 
-def set_state(record: RunRecord, state: State[Any] | StateType) -> None:
+def set_state(record: RunRecord, state: State[Any] | StateType) -> bool:
     """Move ``record`` to ``state``: a final :class:`State` (never its result: records
     keep no results), or ``StateType.RUNNING`` / ``StateType.RETRYING`` for the steps
-    of an attempt loop (the first Running sets the start time)."""
+    of an attempt loop (the first Running sets the start time). A step is refused
+    (False) once the run is final: a run cancelled from outside stays Cancelled."""
     if type(state) is StateType:
+        if record.state_type.is_final:
+            return False
         if state is StateType.RUNNING and record.started is None:
             record.started = time.time()
         record.state_type = state
@@ -54,6 +57,7 @@ def set_state(record: RunRecord, state: State[Any] | StateType) -> None:
         _write_final(record, state)
     if _observers:
         _tell(record, state)
+    return True
 
 
 def _write_final(record: RunRecord, state: State[Any]) -> None:

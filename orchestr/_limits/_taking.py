@@ -163,12 +163,27 @@ def rate_limit_blocking(name: str, occupy: int = 1) -> None:
     backend.acquire_blocking(limit, checked_count("occupy", name, occupy))
 
 
+# Set in a process pool's worker processes: limits there come with a call, or not at all.
+_worker_process = False
+
+
+def mark_worker_process() -> None:
+    global _worker_process
+    _worker_process = True
+
+
 def _user_limit(what: str, name: str, *, rate: bool) -> tuple[Limit | None, LimitBackend]:
     """The limit user code names, and where it is enforced: this process's definitions
     in a flow's process; in another process, the definitions its call brought along and
     the runner's backend, or an error if the runner has none."""
     run = flow_run_var.get()
     remote = remote_call_var.get() if run is None else None
+    if remote is None and run is None and _worker_process:
+        raise UsageError(
+            f"{what} was called in a worker process outside a task run's call (in a thread "
+            "the task started?): the limits are defined and held in the flow's process, "
+            f"and cannot be enforced here; tag the task instead (@task(tags=[{name!r}]))"
+        )
     if remote is None:
         limit: Limit | None = rate_limit_of(name) if rate else concurrency_limit(name)
         return limit, backend_for(run)

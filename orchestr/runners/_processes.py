@@ -9,8 +9,11 @@ worker never waits for the round trip between calls).
 - **No call waits behind a busy worker while another is free**: a worker that runs out
   of calls takes back a call queued on a busy one (the busy worker's receiver thread
   gives it up at once if it has not started it).
-- **Stopping a call** that has started ends its worker (SIGKILL) and a new worker takes
-  its place when needed; a call still queued on a worker is skipped there instead.
+- **Stopping a call** that has started ends its worker and the processes it started
+  (the worker's process group, SIGKILL) and a new worker takes its place when needed; a
+  call still queued on a worker is skipped there instead. The worker decides which (its
+  receiver thread knows what runs), so a stop never hits the call after the one meant;
+  a worker that cannot act on it within ``_STOP_GRACE`` is killed from here.
 - **A worker that dies** (``os._exit``, a signal, out of memory) crashes the call it was
   running (``Outcome.crashed``); calls queued behind it go to another worker.
 - **Loop-agnostic**: completions reach the awaiting call through its loop's
@@ -22,8 +25,9 @@ worker never waits for the round trip between calls).
 Workers are started with the ``forkserver`` method where it exists (fast, and safe with
 threads), else ``spawn``: code that creates a flow run with this runner must sit under
 ``if __name__ == "__main__":`` in the main module, as with every multiprocessing pool.
-Workers ignore SIGINT (the flow run decides what a Ctrl-C stops) and end soon after this
-process does, however it ends.
+Each worker leads a process group of its own, so a Ctrl-C at the terminal does not reach
+it (the flow run decides what a Ctrl-C stops); workers end soon after this process does,
+however it ends.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ __all__ = ["ProcessPoolTaskRunner"]
 
 _DEPTH = 2  # calls in flight per worker
 _STOP_TIMEOUT = 5.0  # a worker asked to stop that has not within this is killed
+_STOP_GRACE = 2.0  # a call told to stop that still runs after this: its worker is killed
 _PARENT_CHECK = 0.5  # how often a worker checks that the process that made it lives
 
 
@@ -201,6 +206,9 @@ class _Pool:
         with self._lock:
             if self._closed:
                 raise UsageError("the ProcessPoolTaskRunner was shut down")
+            if waiter.cancelled:  # cancelled while it moved between workers: never sent
+                self._slots.release()
+                return
             live = [w for w in self._workers if not w.dead]
             worker = min(live, key=lambda w: len(w.inflight), default=None)
             if worker is None or (len(worker.inflight) and len(live) < self._max):
@@ -221,14 +229,24 @@ class _Pool:
             worker = waiter.worker
             if worker is None or worker.dead:
                 return
-            started = waiter.key in worker.started
-        if started:
-            self._kill(worker)  # the only way to stop a call that is running
-        else:
-            try:
-                worker.send(("skip", waiter.key, None))  # if it starts anyway, its reader kills it
-            except OSError:
-                pass
+        # The worker skips the call if it is still queued there, or ends itself if it
+        # runs it; if it has finished it, nothing happens. Killing it from here could
+        # hit the next call, when the outcome of this one is on its way.
+        try:
+            worker.send(("stop", waiter.key, None))
+        except OSError:  # it died: nothing runs there any more
+            return
+        timer = threading.Timer(_STOP_GRACE, self._stop_overdue, (worker, waiter.key))
+        timer.daemon = True
+        timer.start()
+
+    def _stop_overdue(self, worker: _Worker, key: str) -> None:
+        """A worker told to stop a call still runs it (it holds the GIL in native code,
+        say): kill it from here."""
+        with self._lock:
+            overdue = not worker.dead and key in worker.started
+        if overdue:
+            self._kill(worker)
 
     # -- workers ----------------------------------------------------------------------------
     def _start_worker(self) -> _Worker:
@@ -253,10 +271,14 @@ class _Pool:
         return worker
 
     def _kill(self, worker: _Worker) -> None:
+        """SIGKILL the worker and every process it started (its process group)."""
         try:
-            worker.process.kill()
-        except (OSError, ValueError):  # gone already
-            pass
+            os.killpg(worker.pid, signal.SIGKILL)
+        except OSError:  # its group is gone already (or it was not a leader yet)
+            try:
+                worker.process.kill()
+            except (OSError, ValueError):
+                pass
 
     def _read(self, worker: _Worker) -> None:
         """This worker's reader thread: outcomes, log records, and its death."""
@@ -273,13 +295,13 @@ class _Pool:
         self._gone(worker)
 
     def _note(self, worker: _Worker, kind: str, key: str | None, body: Any) -> None:
-        kill = move = False
+        move = False
         steal: tuple[_Worker, _Waiter] | None = None
         with self._lock:
             waiter = worker.inflight.get(key) if key is not None else None
             if kind == "start":
+                # (Started after it was cancelled: the worker ends itself on the stop.)
                 worker.started.add(key)  # type: ignore[arg-type]
-                kill = waiter is not None and waiter.cancelled
                 if waiter is not None:
                     waiter.moving = False  # it started here before the ask arrived
             elif kind in ("done", "skipped"):
@@ -288,9 +310,6 @@ class _Pool:
                 move = kind == "skipped" and waiter is not None and not waiter.cancelled
                 if not worker.inflight and not worker.dead and not self._closed:
                     steal = self._queued_elsewhere(worker)
-        if kill:
-            self._kill(worker)  # a cancelled call started before it read the skip
-            return
         if steal is not None:
             self._ask_back(*steal)
         if move:
@@ -337,7 +356,10 @@ class _Pool:
             started = set(worker.started)
             worker.inflight.clear()
             closed = self._closed
+            # Its place is free: a call queued behind a busy worker can start in it.
+            steal = None if closed else self._queued_elsewhere(worker)
         worker.conn.close()
+        _kill_group(worker.pid)  # what the call started, if it left any
         for waiter in waiters:
             self._slots.release()
             if waiter.cancelled:
@@ -346,6 +368,8 @@ class _Pool:
                 waiter.deliver(Outcome(error=_lost(worker, code, waiter.key), crashed=True))
             else:  # never started there: run it elsewhere
                 self._redispatch(waiter)
+        if steal is not None:
+            self._ask_back(*steal)
 
     def _redispatch(self, waiter: _Waiter) -> None:
         # Its slot was released with the dead worker's: take one again, without waiting
@@ -368,8 +392,9 @@ class _Pool:
                 worker.send(None)
             except OSError:
                 pass
+        deadline = time.monotonic() + _STOP_TIMEOUT  # for all of them, not each
         for worker in workers:
-            worker.process.join(_STOP_TIMEOUT)
+            worker.process.join(max(0.0, deadline - time.monotonic()))
             if worker.process.is_alive():
                 self._kill(worker)
         for reader in self._readers:
@@ -386,6 +411,13 @@ def _preload_orchestr(context: Any) -> None:
     current = list(getattr(server, "_preload_modules", None) or ["__main__"])
     if __name__ not in current:
         context.set_forkserver_preload([*current, __name__])
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except OSError:  # no process left in it
+        pass
 
 
 def _lost(worker: _Worker, code: int | None, key: str) -> WorkerLostError:
@@ -430,7 +462,12 @@ class _Forward(logging.Handler):
 
 
 def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the flow run decides what Ctrl-C stops
+    # A group of its own: stopping a call ends what it started too, and a Ctrl-C at the
+    # terminal reaches the flow's process only (which decides what it stops). A no-op
+    # handler, not SIG_IGN, which the programs a task runs would inherit.
+    os.setpgrp()
+    signal.signal(signal.SIGINT, lambda signum, frame: None)
+    _in_worker_process()
     _die_with(parent)
     lock = threading.Lock()
 
@@ -447,18 +484,27 @@ def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None
     threading.Thread(target=inbox.receive, args=(conn,), name="orchestr-inbox", daemon=True).start()
     while (taken := inbox.take()) is not None:
         key, payload = taken
-        send(("done", key, far_side(payload, key)))
+        body = far_side(payload, key)
+        inbox.finished()  # before "done": a stop that comes later finds nothing to end
+        send(("done", key, body))
 
 
 class _Inbox:
-    """A worker's queued calls. Its receiver thread reads the pipe while a call runs, so
-    a call asked back (skipped) is given up at once if it has not started; "start" is
-    sent under the same lock, so the pool hears exactly one of "start" and "skipped"."""
+    """A worker's queued calls. Its receiver thread reads the pipe while a call runs:
+
+    - "skip" (asked back for an idle worker): a call not started is given up at once;
+    - "stop" (cancelled): a call not started is given up, the running one ends this
+      worker (and its process group); a call already finished is left alone.
+
+    A call leaves the queue under the lock, so the pool hears exactly one of "start"
+    and "skipped" for it. Nothing is sent with the lock held: a full pipe must not stop
+    the receiver from reading."""
 
     def __init__(self, send: Any) -> None:
         self._send = send
         self._ready = threading.Condition()
         self._queued: dict[str, bytes] = {}
+        self._running: str | None = None
         self._closing = False
 
     def receive(self, conn: Connection) -> None:
@@ -469,8 +515,13 @@ class _Inbox:
                     if kind == "call":
                         self._queued[key] = payload
                         self._ready.notify()
-                    elif self._queued.pop(key, None) is not None:  # "skip", not started
-                        self._send(("skipped", key, None))
+                        continue
+                    given_up = self._queued.pop(key, None) is not None
+                    running = key == self._running
+                if given_up:
+                    self._send(("skipped", key, None))
+                elif running and kind == "stop":
+                    os.killpg(os.getpid(), signal.SIGKILL)
         except (EOFError, OSError):
             # Closed without being told to stop: the pool's process is gone, and with
             # it whoever wanted the running call's outcome.
@@ -478,6 +529,10 @@ class _Inbox:
         with self._ready:
             self._closing = True
             self._ready.notify()
+
+    def finished(self) -> None:
+        with self._ready:
+            self._running = None
 
     def take(self) -> tuple[str, bytes] | None:
         """The next call, marked started; None once the pool says stop (or is gone)."""
@@ -488,8 +543,15 @@ class _Inbox:
                 self._ready.wait()
             key = next(iter(self._queued))
             payload = self._queued.pop(key)
-            self._send(("start", key, None))
-            return key, payload
+            self._running = key
+        self._send(("start", key, None))
+        return key, payload
+
+
+def _in_worker_process() -> None:
+    from .._limits._taking import mark_worker_process
+
+    mark_worker_process()
 
 
 def _die_with(parent: int) -> None:

@@ -12,6 +12,7 @@ exception that does not pickle becomes an error naming the task run and the valu
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
 from contextvars import copy_context
@@ -72,4 +73,7 @@ def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
             "(the exception could not be sent back as it is: it does not pickle)\n" + text
         )
         return error
+    # Its traceback and causes do not travel: their text does, as a note.
+    frames = "".join(traceback.format_exception(exc))
+    exc.add_note(f"Traceback where the call ran (process {os.getpid()}):\n{frames.rstrip()}")
     return exc

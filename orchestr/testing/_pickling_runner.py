@@ -13,11 +13,12 @@ globals are still shared, as they are not across processes).
 from __future__ import annotations
 
 import contextvars
+import threading
 from typing import ClassVar, Self
 
-import anyio
 import anyio.to_thread
 
+from .._semaphore import Semaphore
 from ..exceptions import UsageError
 from ..runners._base import TaskRunner
 from ..runners._call import Call, Outcome
@@ -39,7 +40,8 @@ class PicklingTaskRunner(TaskRunner):
                 f"got {max_workers!r}"
             )
         self.max_workers = max_workers
-        self._limiter: anyio.CapacityLimiter | None = None
+        # Not an anyio limiter: a started runner serves the loops of sync subflows too.
+        self._slots: Semaphore | None = None
         #: The calls it ran, by key (for tests that want to see what travelled).
         self.keys: list[str] = []
 
@@ -47,27 +49,42 @@ class PicklingTaskRunner(TaskRunner):
         return type(self)(self.max_workers)
 
     async def start(self) -> None:
-        self._limiter = anyio.CapacityLimiter(self.max_workers)
+        self._slots = Semaphore(self.max_workers)
 
     async def run(self, call: Call) -> Outcome:
-        if self._limiter is None:
+        slots = self._slots
+        if slots is None:
             raise UsageError("PicklingTaskRunner.run() was called before start()")
         payload = dump_call(call, "another process")
         self.keys.append(call.key)
-        started: list[bool] = []
+        await slots.acquire_async()
+        # Who owns the slot's release: the thread once it starts the call, or this
+        # coroutine if it gives up first (a cancelled wait may never start the thread).
+        lock = threading.Lock()
+        claimed: list[str] = []
 
-        def away() -> bytes:
-            started.append(True)
-            # An empty context: nothing of the run's travels but what the call carries.
-            return contextvars.Context().run(far_side, payload, call.key)
+        def away() -> bytes | None:
+            with lock:
+                if claimed:
+                    return None  # given up before it started
+                claimed.append("thread")
+            try:
+                # An empty context: nothing of the run's travels but what the call carries.
+                return contextvars.Context().run(far_side, payload, call.key)
+            finally:
+                slots.release()
 
         try:
-            body = await anyio.to_thread.run_sync(
-                away, limiter=self._limiter, abandon_on_cancel=True
-            )
+            body = await anyio.to_thread.run_sync(away, abandon_on_cancel=True)
         except BaseException:
-            call.abandoned = bool(started)  # a thread cannot be stopped
+            with lock:
+                started = bool(claimed)
+                claimed.append("caller")
+            if not started:
+                slots.release()
+            call.abandoned = started  # a thread cannot be stopped
             raise
+        assert body is not None
         return load_outcome(body, call.key)
 
     def __repr__(self) -> str:

@@ -62,3 +62,12 @@ def sync_pipeline(name: str) -> str:
 result: str = sync_pipeline("x")
 wrong: int = sync_pipeline("x")  # E: a flow's return type is kept
 sync_pipeline(3)  # E: a flow's parameters are kept
+
+# with_options() takes the options of its kind, typed, and keeps the signature.
+retried = add.with_options(retries=3, tags=["db"])
+kept: int = retried(1, 2)
+nightly = sync_pipeline.with_options(retries=2, validate_parameters=False)
+also_kept: str = nightly("x")
+add.with_options(retrys=3)  # E: an option name that does not exist
+add.with_options(retries="3")  # E: an option of the wrong type
+sync_pipeline.with_options(tags=["x"])  # E: a task option on a flow
