@@ -266,6 +266,7 @@ class _Pool:
         reader = threading.Thread(
             target=self._read, args=(worker,), name=f"orchestr-worker-{worker.pid}", daemon=True
         )
+        self._readers = [r for r in self._readers if r.is_alive()]  # of workers long gone
         self._readers.append(reader)
         reader.start()
         return worker
@@ -274,7 +275,7 @@ class _Pool:
         """SIGKILL the worker and every process it started (its process group)."""
         try:
             os.killpg(worker.pid, signal.SIGKILL)
-        except OSError:  # its group is gone already (or it was not a leader yet)
+        except (OSError, AttributeError):  # gone, not a leader yet, or Windows (no groups)
             try:
                 worker.process.kill()
             except (OSError, ValueError):
@@ -416,7 +417,7 @@ def _preload_orchestr(context: Any) -> None:
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
-    except OSError:  # no process left in it
+    except (OSError, AttributeError):  # no process left in it
         pass
 
 
@@ -465,7 +466,8 @@ def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None
     # A group of its own: stopping a call ends what it started too, and a Ctrl-C at the
     # terminal reaches the flow's process only (which decides what it stops). A no-op
     # handler, not SIG_IGN, which the programs a task runs would inherit.
-    os.setpgrp()
+    if hasattr(os, "setpgrp"):  # POSIX
+        os.setpgrp()
     signal.signal(signal.SIGINT, lambda signum, frame: None)
     _in_worker_process()
     _die_with(parent)
@@ -521,7 +523,7 @@ class _Inbox:
                 if given_up:
                     self._send(("skipped", key, None))
                 elif running and kind == "stop":
-                    os.killpg(os.getpid(), signal.SIGKILL)
+                    _end_self()
         except (EOFError, OSError):
             # Closed without being told to stop: the pool's process is gone, and with
             # it whoever wanted the running call's outcome.
@@ -565,13 +567,21 @@ def _die_with(parent: int) -> None:
     def watch() -> None:
         while True:
             time.sleep(_PARENT_CHECK)
-            if os.getppid() != ppid or not _alive(parent):
+            if os.getppid() != ppid or (os.name == "posix" and not _alive(parent)):
                 os._exit(1)
 
     threading.Thread(target=watch, name="orchestr-parent-watch", daemon=True).start()
 
 
+def _end_self() -> None:
+    """End this worker and what it started, now."""
+    if hasattr(os, "killpg"):
+        os.killpg(os.getpid(), signal.SIGKILL)
+    os._exit(1)
+
+
 def _alive(pid: int) -> bool:
+    """POSIX only: on Windows, signal 0 would be a Ctrl-C event."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
