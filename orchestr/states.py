@@ -50,6 +50,10 @@ class StateType(enum.Enum):
     CANCELLED = "CANCELLED"
     NOT_RUN = "NOT_RUN"
 
+    # Members are singletons compared by identity: hash them by identity too, in C (Enum's
+    # own __hash__ is Python code, and state types are looked up in sets on every run).
+    __hash__ = object.__hash__
+
     @property
     def is_final(self) -> bool:
         return self not in _NOT_FINAL

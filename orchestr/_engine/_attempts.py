@@ -221,15 +221,11 @@ class _EndedElsewhere(Exception):
 
 
 def _start_attempt(driver: AsyncDriver | BlockingDriver, record: TaskRunRecord) -> None:
-    """Running, unless the run was finished meanwhile: checked and written under the
-    run's lock, where ``fut.cancel()`` writes its final state."""
-    run = driver.run
-    if run is None:
-        started = set_state(record, StateType.RUNNING)
-    else:
-        with run.lock:
-            started = set_state(record, StateType.RUNNING)
-    if not started:
+    """Running, unless the run was finished meanwhile (``fut.cancel()``). Not under the
+    run's lock: the thread fast path would contend for it with every submit. If a
+    cancel lands between set_state's check and its write, ``_finish`` puts the record
+    back to the future's final state."""
+    if not set_state(record, StateType.RUNNING):
         raise _EndedElsewhere
 
 
@@ -261,7 +257,13 @@ def _finish(
 ) -> None:
     if future is not None:
         assert run is not None
-        run.finish(future, state)
+        if not run.finish(future, state):
+            final = future._state
+            if final is not None and record.state_type is not final.type:
+                # Finished from outside as this attempt wrote Running over it: the
+                # record follows the future again.
+                with run.lock:
+                    set_state(record, final)
     else:
         set_state(record, state)
 

@@ -26,7 +26,7 @@ from typing import Any
 from .._logging import run_label, task_run_logger
 from .._tracebacks import claim
 from ..records import RunRecord, TaskRunRecord
-from ..states import State, StateType
+from ..states import _NOT_FINAL, State, StateType
 
 __all__ = ["Observer", "observe", "set_state"]
 
@@ -46,15 +46,14 @@ def set_state(record: RunRecord, state: State[Any] | StateType) -> bool:
     of an attempt loop (the first Running sets the start time). A step is refused
     (False) once the run is final: a run cancelled from outside stays Cancelled."""
     if type(state) is StateType:
-        if record.state_type.is_final:
+        if record.state_type not in _NOT_FINAL:
             return False
         if state is StateType.RUNNING and record.started is None:
             record.started = time.time()
         record.state_type = state
         record.state_name = _NAMES[state]
     else:
-        assert isinstance(state, State)
-        _write_final(record, state)
+        _write_final(record, state)  # type: ignore[arg-type]
     if _observers:
         _tell(record, state)
     return True

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from queue import SimpleQueue
 from typing import Any
 
@@ -41,22 +41,24 @@ class WorkerPool:
         self._idle = 0
         self._busy = 0
         self._lent = 0  # workers blocked in lending_worker()
+        self._retiring = 0  # threads over the limit since lenders stopped waiting
         self._started = 0  # threads ever started (their names)
 
     def put(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
         self._queue.put((fn, args))
+        # The lock is held as briefly as can be: every submit and every finished call
+        # takes it, and under the GIL a longer hold makes a convoy of waiting threads.
         with self._lock:
             if self._idle:
                 self._idle -= 1
                 return
+            if len(self._threads) >= self.max_workers + self._lent:
+                return
             thread = self._new_thread()
-        if thread is not None:
-            thread.start()
+        thread.start()
 
-    def _new_thread(self) -> threading.Thread | None:
-        """With the lock held: a new worker if the pool is under its limit."""
-        if len(self._threads) >= self.max_workers + self._lent:
-            return None
+    def _new_thread(self) -> threading.Thread:
+        """With the lock held: a new worker (the caller checked the limit)."""
         thread = threading.Thread(
             target=self._work, name=f"{self._name}_{self._started}", daemon=True
         )
@@ -82,10 +84,10 @@ class WorkerPool:
             del item, fn, args
             with lock:
                 self._busy -= 1
-                threads = self._threads
-                if len(threads) > self.max_workers + self._lent:
-                    # One too many since a lender stopped waiting: this one retires.
-                    threads.remove(threading.current_thread())
+                if self._retiring:  # one too many since a lender stopped waiting
+                    self._retiring -= 1
+                    if threading.current_thread() in self._threads:  # (not shut down)
+                        self._threads.remove(threading.current_thread())
                     return
                 self._idle += 1
 
@@ -93,7 +95,8 @@ class WorkerPool:
     def _lending(self) -> Iterator[None]:
         with self._lock:
             self._lent += 1
-            thread = self._new_thread() if not self._idle and not self._queue.empty() else None
+            wanted = not self._idle and not self._queue.empty()
+            thread = self._new_thread() if wanted else None
         if thread is not None:
             thread.start()
         try:
@@ -101,6 +104,9 @@ class WorkerPool:
         finally:
             with self._lock:
                 self._lent -= 1
+                surplus = len(self._threads) - self.max_workers - self._lent - self._retiring
+                if surplus > 0:
+                    self._retiring += 1
 
     def shutdown(self) -> None:
         """Stop the threads once the queue is drained; join them unless a call is still
@@ -116,13 +122,12 @@ class WorkerPool:
                     thread.join()
 
 
-@contextmanager
-def lending_worker() -> Iterator[None]:
+def lending_worker() -> AbstractContextManager[None]:
     """Around a blocking wait for other task runs: if this thread is a pool's worker, the
-    pool may start one more thread meanwhile. Elsewhere it does nothing."""
+    pool may start one more thread meanwhile. Elsewhere it does nothing (and costs an
+    attribute lookup: it is on every blocking wait)."""
     pool: WorkerPool | None = getattr(_local, "pool", None)
-    if pool is None:
-        yield
-        return
-    with pool._lending():
-        yield
+    return _NOT_LENDING if pool is None else pool._lending()
+
+
+_NOT_LENDING = nullcontext()
