@@ -1278,11 +1278,13 @@ def test_an_argument_that_does_not_pickle_fails_the_run_naming_it(
 
     states: list[State[Any]] = []
 
+    retried = rt.takes_anything.with_options(retries=3, retry_delay_seconds=5)
+
     @flow(task_runner=runner)
     async def main() -> None:
-        positional = rt.takes_anything.submit(threading.Lock())
-        keyword = rt.takes_anything.submit(value=threading.Lock())
-        with anyio.fail_after(WAIT):
+        positional = retried.submit(threading.Lock())
+        keyword = retried.submit(value=threading.Lock())
+        with anyio.fail_after(WAIT):  # no retry (nor its 5 s delay): it cannot succeed
             states.extend([await positional.wait(), await keyword.wait()])
 
     run(main)
@@ -1297,6 +1299,8 @@ def test_an_argument_that_does_not_pickle_fails_the_run_naming_it(
         assert f"{where} (lock) does not pickle" in message
         assert state.run_name is not None
         assert repr(state.run_name) in message
+        assert state.record is not None
+        assert state.record.attempts == 1
 
 
 @pytest.mark.parametrize("task_kind", ["sync", "async"])

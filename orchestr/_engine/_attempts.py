@@ -23,7 +23,7 @@ from .._logging import (
     run_logger,
     task_run_logger,
 )
-from ..exceptions import RunCancelled, RunTimedOut, UsageError
+from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageError
 from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
@@ -155,6 +155,10 @@ async def _attempts(
             return cancelled_state(
                 record, "its caller was cancelled" if run is None else run.why_cancelled()
             )
+        except SerializationError as exc:
+            # A call (or its outcome) that cannot travel fails the same way every time:
+            # never retried.
+            return State(StateType.FAILED, error=exc, record=record)
         except Exception as exc:
             failed = State(StateType.FAILED, error=exc, record=record)
         except BaseException as exc:
