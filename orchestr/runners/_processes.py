@@ -27,7 +27,9 @@ threads), else ``spawn``: code that creates a flow run with this runner must sit
 ``if __name__ == "__main__":`` in the main module, as with every multiprocessing pool.
 Each worker leads a process group of its own, so a Ctrl-C at the terminal does not reach
 it (the flow run decides what a Ctrl-C stops); workers end soon after this process does,
-however it ends.
+however it ends. What runs in a worker is in ``_worker.py``; the messages: to a worker
+"call", "skip" (asked back), "stop" (cancelled) and None (end); from it "start", "done",
+"skipped" and "log".
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ from ..exceptions import UsageError, WorkerLostError
 from ._base import TaskRunner
 from ._call import Call, Outcome
 from ._pickling import PROTOCOL as _PROTOCOL
-from ._pickling import dump_call, far_side, load_outcome
+from ._pickling import dump_call, load_outcome
+from ._worker import worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -58,7 +61,6 @@ __all__ = ["ProcessPoolTaskRunner"]
 _DEPTH = 2  # calls in flight per worker
 _STOP_TIMEOUT = 5.0  # a worker asked to stop that has not within this is killed
 _STOP_GRACE = 2.0  # a call told to stop that still runs after this: its worker is killed
-_PARENT_CHECK = 0.5  # how often a worker checks that the process that made it lives
 
 
 class ProcessPoolTaskRunner(TaskRunner):
@@ -254,7 +256,7 @@ class _Pool:
         parent_conn, child_conn = self._context.Pipe()
         levels = (logging.getLogger().getEffectiveLevel(), _orchestr_level())
         process = self._context.Process(  # type: ignore[attr-defined]
-            target=_worker_main,
+            target=worker_main,
             args=(child_conn, levels, os.getpid()),
             name="orchestr-worker",
             daemon=True,
@@ -438,154 +440,3 @@ def _orchestr_level() -> int:
 def _handle_record(fields: dict[str, Any]) -> None:
     record = logging.makeLogRecord(fields)
     logging.getLogger(record.name).handle(record)
-
-
-# -- the worker process ------------------------------------------------------------------------
-class _Forward(logging.Handler):
-    """In a worker: ship every record to the pool, formatted (args and tracebacks do not
-    always pickle)."""
-
-    def __init__(self, send: Any) -> None:
-        super().__init__()
-        self._send = send
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            self._send(("log", None, fields))
-        except Exception:
-            self.handleError(record)
-
-
-def _worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
-    # A group of its own: stopping a call ends what it started too, and a Ctrl-C at the
-    # terminal reaches the flow's process only (which decides what it stops). A no-op
-    # handler, not SIG_IGN, which the programs a task runs would inherit.
-    if hasattr(os, "setpgrp"):  # POSIX
-        os.setpgrp()
-    signal.signal(signal.SIGINT, lambda signum, frame: None)
-    _in_worker_process()
-    _die_with(parent)
-    lock = threading.Lock()
-
-    def send(message: Any) -> None:
-        data = pickle.dumps(message, protocol=_PROTOCOL)
-        with lock:
-            conn.send_bytes(data)
-
-    root = logging.getLogger()
-    root.handlers[:] = [_Forward(send)]
-    root.setLevel(levels[0])
-    logging.getLogger("orchestr").setLevel(levels[1])
-    inbox = _Inbox(send)
-    threading.Thread(target=inbox.receive, args=(conn,), name="orchestr-inbox", daemon=True).start()
-    while (taken := inbox.take()) is not None:
-        key, payload = taken
-        body = far_side(payload, key)
-        inbox.finished()  # before "done": a stop that comes later finds nothing to end
-        send(("done", key, body))
-
-
-class _Inbox:
-    """A worker's queued calls. Its receiver thread reads the pipe while a call runs:
-
-    - "skip" (asked back for an idle worker): a call not started is given up at once;
-    - "stop" (cancelled): a call not started is given up, the running one ends this
-      worker (and its process group); a call already finished is left alone.
-
-    A call leaves the queue under the lock, so the pool hears exactly one of "start"
-    and "skipped" for it. Nothing is sent with the lock held: a full pipe must not stop
-    the receiver from reading."""
-
-    def __init__(self, send: Any) -> None:
-        self._send = send
-        self._ready = threading.Condition()
-        self._queued: dict[str, bytes] = {}
-        self._running: str | None = None
-        self._closing = False
-
-    def receive(self, conn: Connection) -> None:
-        try:
-            while (message := pickle.loads(conn.recv_bytes())) is not None:
-                kind, key, payload = message
-                with self._ready:
-                    if kind == "call":
-                        self._queued[key] = payload
-                        self._ready.notify()
-                        continue
-                    given_up = self._queued.pop(key, None) is not None
-                    running = key == self._running
-                if given_up:
-                    self._send(("skipped", key, None))
-                elif running and kind == "stop":
-                    _end_self()
-        except (EOFError, OSError):
-            # Closed without being told to stop: the pool's process is gone, and with
-            # it whoever wanted the running call's outcome.
-            os._exit(1)
-        with self._ready:
-            self._closing = True
-            self._ready.notify()
-
-    def finished(self) -> None:
-        with self._ready:
-            self._running = None
-
-    def take(self) -> tuple[str, bytes] | None:
-        """The next call, marked started; None once the pool says stop (or is gone)."""
-        with self._ready:
-            while not self._queued or self._closing:
-                if self._closing:  # calls left queued belong to a pool that is gone
-                    return None
-                self._ready.wait()
-            key = next(iter(self._queued))
-            payload = self._queued.pop(key)
-            self._running = key
-        self._send(("start", key, None))
-        return key, payload
-
-
-def _in_worker_process() -> None:
-    from .._limits._taking import mark_worker_process
-
-    mark_worker_process()
-
-
-def _die_with(parent: int) -> None:
-    """End this worker soon after the process that made the pool dies, even by SIGKILL:
-    its pipe closes (see ``_Inbox.receive``), and as a second line, this thread sees it
-    gone, or this worker's own parent change (the fork server, or with spawn the pool's
-    process: a dead process that is not reaped yet still answers ``kill(pid, 0)``, but
-    its children are handed to another parent when it dies)."""
-    ppid = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(_PARENT_CHECK)
-            if os.getppid() != ppid or (os.name == "posix" and not _alive(parent)):
-                os._exit(1)
-
-    threading.Thread(target=watch, name="orchestr-parent-watch", daemon=True).start()
-
-
-def _end_self() -> None:
-    """End this worker and what it started, now."""
-    if hasattr(os, "killpg"):
-        os.killpg(os.getpid(), signal.SIGKILL)
-    os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    """POSIX only: on Windows, signal 0 would be a Ctrl-C event."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
