@@ -490,3 +490,48 @@ def test_an_error_from_a_worker_keeps_its_traceback_and_cause_as_text(run: Any) 
     assert "in fails_with_a_cause" in note
     assert "KeyError: 'missing'" in note
     assert "direct cause" in note
+
+
+def test_a_refused_ask_back_is_made_again_for_the_worker_still_free() -> None:
+    """The pool's bookkeeping alone (no processes): worker B ran out of calls and asked
+    for Q, queued behind A's running call; A had started Q by then (its "start" is the
+    refusal). B, still free, asks next for R, queued behind C's running call."""
+    import threading
+    from types import SimpleNamespace
+
+    from orchestr._semaphore import Semaphore
+    from orchestr.runners._processes import _Pool, _Waiter, _Worker
+
+    pool = _Pool.__new__(_Pool)
+    pool._lock = threading.Lock()
+    pool._slots = Semaphore(6)
+    pool._closed = False
+    pool._max = 3
+    a, b, c = (_Worker(SimpleNamespace(pid=n), None) for n in (1, 2, 3))  # type: ignore[arg-type]
+    pool._workers = [a, b, c]
+
+    def waiter(key: str) -> _Waiter:
+        made = _Waiter.__new__(_Waiter)  # without the event loop a real one waits on
+        made.key, made.outcome, made.asker = key, None, None
+        made.cancelled = made.moving = False
+        return made
+
+    running_a, q = waiter("running-a"), waiter("q")
+    running_c, r = waiter("running-c"), waiter("r")
+    a.inflight.update({"running-a": running_a, "q": q})
+    a.started.add("running-a")
+    c.inflight.update({"running-c": running_c, "r": r})
+    c.started.add("running-c")
+    asked: list[tuple[int, str]] = []
+    pool._ask_back = lambda worker, waiter: asked.append((worker.pid, waiter.key))  # type: ignore[method-assign]
+
+    with pool._lock:
+        assert pool._queued_elsewhere(b) == (a, q)
+    assert (q.moving, q.asker) == (True, b)
+    pool._note(a, "start", "q", None)  # A started Q before the ask arrived: refused
+    assert not q.moving
+    assert asked == [(3, "r")]
+    assert (r.moving, r.asker) == (True, b)
+    b.inflight["something"] = running_c  # once B is busy again, nobody asks for it
+    pool._note(c, "start", "r", None)
+    assert asked == [(3, "r")]

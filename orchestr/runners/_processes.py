@@ -131,7 +131,17 @@ class ProcessPoolTaskRunner(TaskRunner):
 class _Waiter:
     """A call sent to a worker, and the caller waiting for its outcome."""
 
-    __slots__ = ("cancelled", "event", "key", "loop", "moving", "outcome", "payload", "worker")
+    __slots__ = (
+        "asker",
+        "cancelled",
+        "event",
+        "key",
+        "loop",
+        "moving",
+        "outcome",
+        "payload",
+        "worker",
+    )
 
     def __init__(self, key: str, payload: bytes) -> None:
         self.key = key
@@ -142,6 +152,7 @@ class _Waiter:
         self.worker: _Worker | None = None
         self.cancelled = False
         self.moving = False  # asked back from a busy worker, for an idle one
+        self.asker: _Worker | None = None  # that idle one (None: the place of a dead one)
 
     def deliver(self, outcome: Outcome) -> None:
         self.outcome = outcome
@@ -305,8 +316,11 @@ class _Pool:
             if kind == "start":
                 # (Started after it was cancelled: the worker ends itself on the stop.)
                 worker.started.add(key)  # type: ignore[arg-type]
-                if waiter is not None:
-                    waiter.moving = False  # it started here before the ask arrived
+                if waiter is not None and waiter.moving:
+                    # It started here before the ask arrived: the one who asked tries
+                    # another, if it is still free.
+                    waiter.moving = False
+                    steal = self._ask_again(waiter.asker)
             elif kind in ("done", "skipped"):
                 worker.inflight.pop(key, None)  # type: ignore[arg-type]
                 worker.started.discard(key)  # type: ignore[arg-type]
@@ -328,16 +342,30 @@ class _Pool:
             if kind == "done" and waiter is not None and not waiter.cancelled:
                 waiter.deliver(load_outcome(body, waiter.key))
 
-    def _queued_elsewhere(self, idle: _Worker) -> tuple[_Worker, _Waiter] | None:
-        """A call waiting on another worker behind the one it runs (with the lock held)."""
+    def _queued_elsewhere(self, idle: _Worker | None) -> tuple[_Worker, _Waiter] | None:
+        """A call waiting on another worker behind the one it runs, marked as asked back
+        for ``idle`` (with the lock held)."""
         for worker in self._workers:
             if worker is idle or worker.dead:
                 continue
             for key, waiter in worker.inflight.items():
                 if key not in worker.started and not waiter.cancelled and not waiter.moving:
                     waiter.moving = True
+                    waiter.asker = None if idle is None or idle.dead else idle
                     return worker, waiter
         return None
+
+    def _ask_again(self, asker: _Worker | None) -> tuple[_Worker, _Waiter] | None:
+        """After a refused ask: another call for ``asker`` if it is still idle (for the
+        place of a dead worker if the pool still has room), with the lock held."""
+        if self._closed:
+            return None
+        if asker is None:
+            live = sum(not w.dead for w in self._workers)
+            return None if live >= self._max else self._queued_elsewhere(None)
+        if asker.dead or asker.inflight:
+            return None
+        return self._queued_elsewhere(asker)
 
     def _ask_back(self, worker: _Worker, waiter: _Waiter) -> None:
         """Ask a busy worker for a call it has not started; it answers "skipped" (the
