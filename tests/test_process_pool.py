@@ -35,10 +35,10 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    # A zombie still answers kill(0): read its state.
+    # A zombie (Z) or a dead one being reaped (X) still answers kill(0): read its state.
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ", 1)[1][0] != "Z"
+            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
     except OSError:
         return False
 
@@ -75,13 +75,6 @@ def kill_myself(how: str) -> None:
     if how == "exit":
         os._exit(7)
     os.kill(os.getpid(), signal.SIGKILL)
-
-
-def _wait_for(path: Path, seconds: float = 10) -> None:
-    deadline = time.monotonic() + seconds
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} did not appear"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("how", ["exit", "SIGKILL"])
@@ -139,35 +132,43 @@ def test_a_call_cancelled_while_queued_never_starts_and_spares_its_worker(
     first, second = str(tmp_path / "first"), str(tmp_path / "second")
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
-    async def main() -> tuple[str, str, int]:
+    async def main() -> tuple[str, str, int, int]:
         running = sleep_then_mark.submit(0.3, first)
         with anyio.fail_after(10):
             while not Path(first + ".started").exists():
                 await anyio.sleep(0.01)
         queued = mark.submit(second)
-        await anyio.lowlevel.checkpoint()  # let it reach the worker's queue
+        (worker,) = flow_run_var.get().runner._pool._workers  # type: ignore[union-attr]
+        with anyio.fail_after(10):  # queued there, behind the running call
+            while len(worker.inflight) < 2:
+                await anyio.sleep(0.005)
         queued.cancel()
-        worker = await running
-        return (await running.wait()).name, (await queued.wait()).name, worker
+        ran_in = await running
+        states = (await running.wait()).name, (await queued.wait()).name
+        return *states, ran_in, await pid.submit()
 
-    first_state, second_state, _worker = run(main)
+    first_state, second_state, ran_in, next_call_in = run(main)
     assert (first_state, second_state) == ("Completed", "Cancelled")
+    assert next_call_in == ran_in  # the worker was spared
     assert Path(first).exists()
     assert not Path(second).exists()
 
 
-def test_no_worker_outlives_its_flow_run(run: Any) -> None:
+def test_no_worker_outlives_its_flow_run(run: Any, tmp_path: Path) -> None:
     """Every worker is gone when the flow call returns, also after crashes and timeouts."""
     pids: list[int] = []
+    marker = str(tmp_path / "late")
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=2))
-    async def main() -> None:
+    async def main() -> list[str]:
         pids.extend([await f for f in pid.map(range(4))])
-        await kill_myself.submit("exit").wait()
-        await sleep_then_mark.with_options(timeout_seconds=0.2).submit(5, os.devnull).wait()
+        crashed = await kill_myself.submit("exit").wait()
+        timed_out = await sleep_then_mark.with_options(timeout_seconds=0.2).submit(5, marker).wait()
         pids.append(await pid.submit())
+        pids.append(int(Path(marker + ".started").read_text()))
+        return [crashed.name, timed_out.name]
 
-    run(main)
+    assert run(main) == ["Crashed", "TimedOut"]
     assert pids
     assert _gone_within(sorted(set(pids)), 5)
 
@@ -351,23 +352,38 @@ def test_spawn_works_too(run: Any) -> None:
 
 
 # -- stopping exactly what was meant ------------------------------------------------------------
-def test_a_stop_for_a_call_that_has_finished_spares_its_worker(run: Any) -> None:
+def test_a_stop_for_a_call_that_has_finished_spares_its_worker(run: Any, tmp_path: Path) -> None:
     """A stop that arrives after its call finished (a timeout firing as the call ends)
-    must not end the worker, which may run the next call by then: the worker, which
-    knows what it runs, ignores it."""
+    must not end the worker, which runs the next call by then: the worker, which knows
+    what it runs, ignores it, and the next call completes there."""
+    go_first, go_second = tmp_path / "go1", tmp_path / "go2"
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
-    async def main() -> tuple[int, int]:
-        before = await pid.submit()
+    async def main() -> tuple[int, str, int]:
         pool = flow_run_var.get().runner._pool  # type: ignore[union-attr]
-        (worker,) = pool._workers
-        finished_key = next(iter(worker.started), None) or "pid-finished-key"
-        worker.send(("stop", finished_key, None))
-        worker.send(("stop", "a-key-it-never-had", None))
-        return before, await pid.submit()
 
-    before, after = run(main)
-    assert before == after
+        async def running_key() -> str:
+            with anyio.fail_after(10):
+                while not (pool._workers and pool._workers[0].started):
+                    await anyio.sleep(0.005)
+            return next(iter(pool._workers[0].started))
+
+        first = blocks_until.submit(str(go_first))
+        first_key = await running_key()
+        go_first.touch()
+        ran_first_in = await first
+        second = blocks_until.submit(str(go_second))
+        second_key = await running_key()
+        assert second_key != first_key
+        pool._workers[0].send(("stop", first_key, None))  # late: first_key has finished
+        pool._workers[0].send(("stop", "a-key-it-never-had", None))
+        go_second.touch()
+        state = await second.wait()
+        return ran_first_in, state.name, await second if state.is_completed() else -1
+
+    ran_first_in, second_state, ran_second_in = run(main)
+    assert second_state == "Completed"
+    assert ran_second_in == ran_first_in
 
 
 @task(timeout_seconds=0.5)
@@ -393,7 +409,9 @@ def test_a_stopped_call_takes_the_processes_it_started_with_it(run: Any, tmp_pat
 @task
 def blocks_until(path: str) -> int:
     deadline = time.monotonic() + 20
-    while not Path(path).exists() and time.monotonic() < deadline:
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within 20 s")
         time.sleep(0.01)
     return os.getpid()
 

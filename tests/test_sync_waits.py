@@ -579,13 +579,21 @@ def test_bad_wait_timeouts_are_refused_naming_the_call_and_value(backend: str, c
 def test_huge_and_infinite_timeouts_mean_no_limit(backend: str, call: str) -> None:
     """timeout=1e300 and timeout=inf wait without a limit (no OverflowError)."""
 
-    @flow
-    def main() -> int:
-        for limit in (1e300, math.inf, 10**400):
-            WAITS[call](double.submit(1), limit)
-        return 3
+    @task
+    def slow_double(x: int) -> int:
+        time.sleep(0.05)  # a limit clamped to about 0 would return (or raise) before this
+        return 2 * x
 
-    assert sync_flow(backend, main) == 3
+    @flow
+    def main() -> list[bool]:
+        done = []
+        for limit in (1e300, math.inf, 10**400):
+            fut = slow_double.submit(1)
+            WAITS[call](fut, limit)
+            done.append(fut.done() and fut.result() == 2)
+        return done
+
+    assert sync_flow(backend, main) == [True, True, True]
 
 
 def test_bad_timeouts_are_refused_in_async_code_too(run: Any) -> None:

@@ -239,10 +239,18 @@ def test_no_other_code_writes_a_records_state() -> None:
                 if (
                     isinstance(target, ast.Attribute)
                     and target.attr in fields
-                    and isinstance(target.value, ast.Name)
-                    and "record" in target.value.id
+                    and "record" in ast.unparse(target.value)  # record.x, run.record.x
                 ):
                     writers.append(f"{path.relative_to(package)}:{node.lineno}")
+            if (  # setattr(record, "state_name", ...), object.__setattr__(...)
+                isinstance(node, ast.Call)
+                and ast.unparse(node.func) in ("setattr", "object.__setattr__")
+                and len(node.args) >= 2
+                and isinstance(node.args[1], ast.Constant)
+                and node.args[1].value in fields
+                and "record" in ast.unparse(node.args[0])
+            ):
+                writers.append(f"{path.relative_to(package)}:{node.lineno}")
     assert writers == []
 
 
