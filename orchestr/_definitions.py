@@ -31,7 +31,6 @@ __all__ = [
     "RunName",
     "check_option_names",
     "check_retry_delay",
-    "parameters_of",
     "run_name_for",
     "signature_of",
 ]
@@ -470,12 +469,3 @@ def _parameters(
         else:
             values[name] = value
     return values
-
-
-def parameters_of(
-    defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> dict[str, Any]:
-    """The call's arguments by parameter name (what ``orchestr.runtime`` shows)."""
-    bound = bind(signature_of(defn), args, kwargs)
-    bound.apply_defaults()
-    return dict(bound.arguments)

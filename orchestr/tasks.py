@@ -7,7 +7,6 @@ submits one run per element. The engine does the work; this module is the defini
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
@@ -56,8 +55,6 @@ class Task(Definition[P, R]):
                     f"tags of task {self.name!r} must be a string or strings, got {tag!r}"
                 )
         self.tags: frozenset[str] = frozenset(tags)
-        # Run numbers for inline calls made outside any flow run.
-        self._standalone_runs = itertools.count()
 
     def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""

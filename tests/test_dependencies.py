@@ -1403,3 +1403,21 @@ def test_sync_subflow_with_wait_for_on_an_event_loop_is_refused(run: Any) -> Non
     assert "'child'" in message
     assert "await orchestr.wait(futures)" in message
     assert ran == []
+
+
+def test_a_final_state_passed_to_an_inline_sync_task_in_async_code_needs_no_wait(
+    run: Any,
+) -> None:
+    """A State argument that is already final has nothing to wait for: an async flow may
+    call a sync task inline with it (only futures to wait for are refused there)."""
+    from orchestr.states import Completed
+
+    @task
+    def plus_one(x: int) -> int:
+        return x + 1
+
+    @flow
+    async def main() -> int:
+        return plus_one(Completed(4))
+
+    assert run(main) == 5

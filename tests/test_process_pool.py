@@ -553,3 +553,18 @@ def test_a_refused_ask_back_is_made_again_for_the_worker_still_free() -> None:
     b.inflight["something"] = running_c  # once B is busy again, nobody asks for it
     pool._note(c, "start", "r", None)
     assert asked == [(3, "r")]
+
+
+def test_calls_queued_on_a_worker_that_dies_run_elsewhere(run: Any) -> None:
+    """Submitted back to back on one worker, without waiting: the call queued behind the
+    one that kills its worker never started there, so it runs in the next worker and
+    completes (it is not Crashed, and it keeps its place in the pool)."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, list[str]]:
+        dying = kill_myself.submit("exit")
+        queued = [pid.submit(i) for i in range(3)]
+        with anyio.fail_after(20):
+            return (await dying.wait()).name, [(await q.wait()).name for q in queued]
+
+    assert run(main) == ("Crashed", ["Completed"] * 3)

@@ -2,8 +2,9 @@
 
 Written once, as async code that awaits only its driver (see ``_drivers.py``), and used
 for every task run: async or sync, inline or submitted, on the loop or in a thread.
-Retries never retry cancellation, and a crash (a ``BaseException`` that is not
-cancellation) is never retried either.
+Retries never retry cancellation, a crash of the task's own code (a ``BaseException``
+that is not cancellation) or a call that cannot travel (``SerializationError``); a call
+the runner lost (a dead worker process: ``CallCrashed``) is retried like a failure.
 """
 
 from __future__ import annotations
@@ -197,10 +198,8 @@ async def _settled(
             "must return a value or a final state (Completed(...), Failed(...), ...)"
         )
         return State(StateType.FAILED, message=str(error), error=error)
-    if isinstance(driver, AsyncDriver):
-        await future._wait_async()
-    elif not future._run.loop.on_loop_thread():  # else it would wait for ever
-        future._wait_blocking(None)
+    if isinstance(driver, AsyncDriver) or not future._run.loop.on_loop_thread():
+        await driver.wait(future)  # (a blocking wait on the loop thread would never end)
     return state
 
 
@@ -225,11 +224,15 @@ class _EndedElsewhere(Exception):
 
 
 def _start_attempt(driver: AsyncDriver | BlockingDriver, record: TaskRunRecord) -> None:
-    """Running, unless the run was finished meanwhile (``fut.cancel()``). Not under the
-    run's lock: the thread fast path would contend for it with every submit. If a
-    cancel lands between set_state's check and its write, ``_finish`` puts the record
-    back to the future's final state."""
-    if not set_state(record, StateType.RUNNING):
+    """Running, unless the run was finished meanwhile (``fut.cancel()``): checked and
+    written under the run's lock, where ``FlowRun.finish`` writes final states."""
+    run = driver.run
+    if run is None:
+        started = set_state(record, StateType.RUNNING)
+    else:
+        with run.lock:
+            started = set_state(record, StateType.RUNNING)
+    if not started:
         raise _EndedElsewhere
 
 
@@ -261,13 +264,7 @@ def _finish(
 ) -> None:
     if future is not None:
         assert run is not None
-        if not run.finish(future, state):
-            final = future._state
-            if final is not None and record.state_type is not final.type:
-                # Finished from outside as this attempt wrote Running over it: the
-                # record follows the future again.
-                with run.lock:
-                    set_state(record, final)
+        run.finish(future, state)
     else:
         set_state(record, state)
 
@@ -438,4 +435,4 @@ def _log_final(record: TaskRunRecord, state: State[Any]) -> None:
         # Once, with the user's frames only; a flow that fails with the same error says
         # which run it came from instead of repeating it.
         log_task_failure(record, state)
-    # Cancelled runs are logged where every final state is recorded (record_final_state).
+    # Cancelled and NotRun runs are logged where final states are written (_transitions).

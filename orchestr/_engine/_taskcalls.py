@@ -115,9 +115,12 @@ async def _call_inline(
     upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
     driver: AsyncDriver | BlockingDriver
     if blocking:
-        if upstreams and run is not None and run.loop is not None and run.loop.on_loop_thread():
-            # Every time, not only when an upstream is unfinished: the same code must
-            # not work or fail by timing.
+        # len(): futures only (a final State argument has nothing to wait for). Every
+        # time, not only when an upstream is unfinished: the same code must not work
+        # or fail by timing.
+        on_loop = run is not None and run.loop is not None and run.loop.on_loop_thread()
+        if len(upstreams) and on_loop:
+            assert run is not None
             raise BlockingCallError(
                 f"sync task {task.name!r} was called inline on the event loop thread of "
                 f"flow run {run.record.name!r} with futures to wait for (in its arguments "

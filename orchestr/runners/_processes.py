@@ -106,9 +106,6 @@ class ProcessPoolTaskRunner(TaskRunner):
             raise UsageError("ProcessPoolTaskRunner.run() was called before start()")
         return await pool.run(call)
 
-    def submit(self, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
-        raise UsageError("ProcessPoolTaskRunner runs calls with run(call), not submit()")
-
     async def shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
@@ -331,12 +328,7 @@ class _Pool:
             self._ask_back(*steal)
         if move:
             assert waiter is not None
-            waiter.moving = False
-            try:
-                self._dispatch(waiter)  # keeps its slot: to the least busy worker
-            except BaseException as exc:
-                self._slots.release()
-                waiter.deliver(Outcome(error=exc, crashed=True))
+            self._redispatch(waiter)
         elif kind in ("done", "skipped"):
             self._slots.release()
             if kind == "done" and waiter is not None and not waiter.cancelled:
@@ -392,20 +384,19 @@ class _Pool:
         worker.conn.close()
         _kill_group(worker.pid)  # what the call started, if it left any
         for waiter in waiters:
-            self._slots.release()
-            if waiter.cancelled:
-                continue
-            if waiter.key in started or closed:
-                waiter.deliver(Outcome(error=_lost(worker, code, waiter.key), crashed=True))
+            if waiter.cancelled or waiter.key in started or closed:
+                self._slots.release()
+                if not waiter.cancelled:
+                    waiter.deliver(Outcome(error=_lost(worker, code, waiter.key), crashed=True))
             else:  # never started there: run it elsewhere
                 self._redispatch(waiter)
         if steal is not None:
             self._ask_back(*steal)
 
     def _redispatch(self, waiter: _Waiter) -> None:
-        # Its slot was released with the dead worker's: take one again, without waiting
-        # (this is a reader thread); the pool has room, as the dead worker's calls left.
-        self._slots.acquire_blocking()
+        """Send a call that never started where it was (asked back, or its worker died)
+        to the least busy worker, keeping its slot: it does not queue again."""
+        waiter.moving = False
         try:
             self._dispatch(waiter)
         except BaseException as exc:
