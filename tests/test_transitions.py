@@ -306,3 +306,40 @@ def test_a_thread_run_cancelled_as_its_attempt_begins_never_runs(
     assert ran == []
     name = next(r.name for r in changes.runs(TaskRunRecord))
     assert changes.of(name) == ["Cancelled"]
+
+
+def test_a_cancel_overwritten_by_running_is_put_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lock-free window: fut.cancel() writes Cancelled between the attempt loop's
+    check and its write of Running, which overwrites it. The attempt sees its future
+    final, puts the record back to Cancelled, and never calls the function."""
+    import orchestr._engine._attempts as attempts
+    from orchestr.states import StateType
+
+    ran: list[str] = []
+    futures: list[Any] = []
+    real = attempts.set_state
+
+    def overwritten(record: RunRecord, state: Any) -> bool:
+        if state is StateType.RUNNING and futures:
+            futures.pop().cancel()  # Cancelled now (it runs in a thread: at once) ...
+            record.state_type, record.state_name = StateType.RUNNING, "Running"  # ... lost
+            return True
+        return real(record, state)
+
+    @task(retries=2)
+    def never(x: int) -> int:
+        ran.append("ran")
+        return x
+
+    @flow
+    def main() -> tuple[str, str]:
+        gate = threading.Event()
+        monkeypatch.setattr(attempts, "set_state", lambda r, s: gate.wait(5) and overwritten(r, s))
+        fut = never.submit(1)
+        futures.append(fut)
+        gate.set()
+        state = fut.wait()
+        return state.name, fut._record.state_name
+
+    assert main() == ("Cancelled", "Cancelled")
+    assert ran == []

@@ -93,6 +93,7 @@ async def run_attempts(
         if future is not None and future._state is not None:
             # Finished from outside while it ran (fut.cancel() on a sync run in a
             # thread): what it did afterwards is discarded: no hooks, no log.
+            _follow(future, record)
             return future._state
         try:
             for hook in _hooks_for(task, state):
@@ -137,7 +138,7 @@ async def _attempts(
             if task.tags and has_limits(task.tags):
                 value = await _call_limited(task, record, args, kwargs, driver)
             else:
-                _start_attempt(driver, record)
+                _start_attempt(record)
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
                 value = await driver.call(task, record, args, kwargs)
@@ -223,17 +224,26 @@ class _EndedElsewhere(Exception):
     """The run was finished from outside (``fut.cancel()``) as its attempt began."""
 
 
-def _start_attempt(driver: AsyncDriver | BlockingDriver, record: TaskRunRecord) -> None:
-    """Running, unless the run was finished meanwhile (``fut.cancel()``): checked and
-    written under the run's lock, where ``FlowRun.finish`` writes final states."""
-    run = driver.run
-    if run is None:
-        started = set_state(record, StateType.RUNNING)
-    else:
-        with run.lock:
-            started = set_state(record, StateType.RUNNING)
-    if not started:
+def _start_attempt(record: TaskRunRecord) -> None:
+    """Running, unless the run was finished meanwhile (``fut.cancel()``). Without the
+    run's lock (every thread-run attempt would contend for it): if a cancel lands
+    between set_state's check and its write, the record follows its future again, here
+    or where the run ends (``_follow``)."""
+    if not set_state(record, StateType.RUNNING):
         raise _EndedElsewhere
+    context = task_run_var.get()
+    future = None if context is None else context.future
+    if future is not None and future._state is not None:
+        _follow(future, record)
+        raise _EndedElsewhere
+
+
+def _follow(future: TaskFuture[Any], record: TaskRunRecord) -> None:
+    """The record of a run finished from outside says what its future says."""
+    final = future._state
+    if final is not None and record.state_type is not final.type:
+        with future._run.lock:
+            set_state(record, final)
 
 
 async def _call_limited(
@@ -248,7 +258,7 @@ async def _call_limited(
     the run stays Pending (or Retrying), and its duration starts when it runs."""
     lease = await driver.acquire_limits(task)
     try:
-        _start_attempt(driver, record)
+        _start_attempt(record)
         if task.on_running_hooks:
             await run_running_hooks(task, record, driver)
         return await driver.call(task, record, args, kwargs)
@@ -264,7 +274,8 @@ def _finish(
 ) -> None:
     if future is not None:
         assert run is not None
-        run.finish(future, state)
+        if not run.finish(future, state):
+            _follow(future, record)
     else:
         set_state(record, state)
 
