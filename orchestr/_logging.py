@@ -36,6 +36,7 @@ __all__ = [
     "enable_print_capture",
     "flow_run_logger",
     "get_run_logger",
+    "handle_shipped_record",
     "identity_logger",
     "log_flow_begin",
     "log_flow_end",
@@ -44,6 +45,7 @@ __all__ = [
     "route_prints",
     "run_label",
     "run_logger",
+    "shippable_record",
     "task_run_logger",
 ]
 
@@ -372,3 +374,22 @@ def _print(
         _original_print(*values, sep=sep, end=end, file=file, flush=flush)
         return
     logger.info((" " if sep is None else sep).join(str(v) for v in values))
+
+
+def shippable_record(record: logging.LogRecord) -> dict[str, Any]:
+    """``record``'s fields, formatted for another process (its args and traceback do not
+    always pickle: the message and the traceback's text travel instead)."""
+    fields = dict(record.__dict__)
+    fields["msg"] = record.getMessage()
+    fields["args"] = None
+    if record.exc_info:
+        fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+    fields["exc_info"] = None
+    return fields
+
+
+def handle_shipped_record(fields: dict[str, Any]) -> None:
+    """Handle a record shipped from another process here, by the logger it was logged
+    to (whose level it already passed there)."""
+    record = logging.makeLogRecord(fields)
+    logging.getLogger(record.name).handle(record)

@@ -10,7 +10,7 @@ makes its copies. What each option means is documented on :func:`orchestr.task` 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypedDict
 
 from .exceptions import UsageError
@@ -52,6 +52,7 @@ class TaskOptions(_CommonOptions, total=False):
 
     tags: Iterable[str]
     task_run_name: RunName | None
+    worker_resources: Mapping[str, float] | None
 
 
 class FlowOptions(_CommonOptions, total=False):

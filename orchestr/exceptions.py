@@ -23,6 +23,7 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     ├── SerializationError (TypeError)     a call, result or error does not pickle (worker
     │                                      processes)
     ├── WorkerLostError                    the worker process running a call died
+    ├── ClusterError                       a Dask cluster could not be started or reached
     ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
     ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
     ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
@@ -62,6 +63,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BlockingCallError",
     "CleanupTimeoutError",
+    "ClusterError",
     "CrashedError",
     "CyclicDependencyError",
     "FailedRunsGroup",
@@ -277,6 +279,12 @@ class SerializationError(OrchestrError, TypeError):
 class WorkerLostError(OrchestrError):
     """Raised (as a Crashed run's error) when the worker process running a task run died
     or was killed under it."""
+
+
+class ClusterError(OrchestrError):
+    """Raised when a task runner's cluster could not be started or reached (a Dask
+    scheduler address that does not answer, a cluster class that fails to start); the
+    message names the address or class."""
 
 
 class PoolError(ResourceError):

@@ -7,9 +7,10 @@ submits one run per element. The engine does the work; this module is the defini
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
+from ._checks import is_number
 from ._definitions import Definition, RunName
 from ._engine import _interrupts
 from ._engine._loop import in_async_code
@@ -55,6 +56,7 @@ class Task(Definition[P, R]):
                     f"tags of task {self.name!r} must be a string or strings, got {tag!r}"
                 )
         self.tags: frozenset[str] = frozenset(tags)
+        self.worker_resources = _worker_resources(self.name, options.get("worker_resources"))
 
     def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""
@@ -224,6 +226,8 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     callable of the attempt; both default to the ``task_default_*`` settings),
     ``retry_jitter_factor``, ``retry_condition_fn(task, run, state)``;
     ``timeout_seconds`` (``inf`` or None: none); ``tags``; ``log_prints``;
+    ``worker_resources`` (what each run asks of the worker that runs it on a Dask
+    cluster, e.g. ``{"GPU": 1}``: Dask's worker resources);
     ``task_run_name`` (a template over the parameters, ``"fetch-{city}"``, or a callable
     of no arguments); hooks ``on_completion``, ``on_failure`` and ``on_running`` (each
     attempt), each called as ``hook(task, run_record, state)``.
@@ -232,3 +236,17 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)
+
+
+def _worker_resources(name: str, value: Any) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and is_number(v) and not isinstance(v, bool) and v > 0
+        for k, v in value.items()
+    ):
+        raise UsageError(
+            f"worker_resources of task {name!r} must be a dict of resource names to "
+            f"positive amounts, such as {{'GPU': 1}}, got {value!r}"
+        )
+    return {k: float(v) for k, v in value.items()} or None

@@ -12,6 +12,7 @@ keeping a sync twin of it.
 from __future__ import annotations
 
 import inspect
+import sys
 import threading
 from collections.abc import Callable, Coroutine
 from contextvars import copy_context
@@ -93,8 +94,14 @@ def task_call(
         limits=portable_limits(run),
     )
     key = f"{record.name}-{record.id.hex[:8]}-a{record.attempts}"
+    resources = task.worker_resources
+    annotations = sys.modules.get("dask.base")
+    if annotations is not None:  # dask.annotate(resources=...) around the .submit()
+        annotated = annotations.get_annotations().get("resources")
+        if annotated:
+            resources = {**(resources or {}), **annotated}
     # An async call runs far away on the same kind of event loop as its flow's.
-    return Call(task.fn, tuple(args), dict(kwargs), identity, key, run.loop.backend)
+    return Call(task.fn, tuple(args), dict(kwargs), identity, key, run.loop.backend, resources)
 
 
 class AsyncDriver:

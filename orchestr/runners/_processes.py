@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 import anyio
 
 from .._engine._loop import LoopHandle
+from .._logging import handle_shipped_record
 from .._semaphore import Semaphore
 from ..exceptions import UsageError, WorkerLostError
 from ._base import TaskRunner
@@ -300,7 +301,7 @@ class _Pool:
             except (EOFError, OSError):
                 break
             if kind == "log":
-                _handle_record(body)
+                handle_shipped_record(body)
                 continue
             self._note(worker, kind, key, body)
         self._gone(worker)
@@ -454,8 +455,3 @@ def _lost(worker: _Worker, code: int | None, key: str) -> WorkerLostError:
 
 def _orchestr_level() -> int:
     return logging.getLogger("orchestr").getEffectiveLevel()
-
-
-def _handle_record(fields: dict[str, Any]) -> None:
-    record = logging.makeLogRecord(fields)
-    logging.getLogger(record.name).handle(record)

@@ -18,6 +18,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from .._logging import shippable_record
 from ._pickling import PROTOCOL as _PROTOCOL
 from ._pickling import far_side
 
@@ -39,13 +40,7 @@ class _Forward(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            fields = dict(record.__dict__)
-            fields["msg"] = record.getMessage()
-            fields["args"] = None
-            if record.exc_info:
-                fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
-            fields["exc_info"] = None
-            self._send(("log", None, fields))
+            self._send(("log", None, shippable_record(record)))
         except Exception:
             self.handleError(record)
 

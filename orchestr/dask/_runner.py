@@ -1,0 +1,400 @@
+"""DaskTaskRunner: task calls on a Dask cluster.
+
+The cluster is one of (checked when the runner is made, so a typo fails at once):
+
+- a temporary cluster, made for the flow run and closed after it whatever happened:
+  ``distributed.LocalCluster`` by default, or ``cluster_class`` (a class, an import
+  string such as ``"dask_jobqueue.SLURMCluster"``, or a factory callable), called with
+  ``cluster_kwargs`` and ``asynchronous=True``; ``adapt_kwargs`` make it adaptive;
+- an existing scheduler, ``address="tcp://host:8786"``, left running after the flow;
+- an existing cluster object, ``cluster=...``, also left running.
+
+Every submitted attempt (sync and async tasks) becomes one Dask task whose key is the
+attempt's own (readable in the dashboard: task run name, id, attempt; never merged, as
+``pure=True`` would), running :func:`~orchestr.dask._far.run_on_worker`; its result is
+released as soon as the outcome is here, so nothing completed is recomputed when a worker
+dies later. States, retries, timeouts, dependencies, hooks and resources stay in the
+flow's process, as with every runner.
+
+- A worker that dies under a call gives a ``Crashed`` attempt (a
+  :class:`~orchestr.exceptions.WorkerLostError`); retries apply and the run goes on with
+  the workers left. A temporary ``LocalCluster`` is made with the scheduler's
+  ``allowed_failures=0``, so Dask does not silently run the call again first; an existing
+  scheduler re-runs it as its own ``distributed.scheduler.allowed-failures`` says (3 by
+  default) before orchestr hears of the loss.
+- Cancelling a call (a timeout, ``fut.cancel()``, the run cancelled) cancels its Dask
+  future: a call that has not started never starts; one running in a worker thread cannot
+  be stopped there and is abandoned (its outcome dropped).
+- ``with dask.annotate(resources={"GPU": 1}):`` around ``.submit()``, or the task option
+  ``worker_resources``, become the Dask task's ``resources=``.
+
+The client and a temporary cluster live on an asyncio loop of their own
+(:mod:`~orchestr.dask._bridge`), so flows on trio, on asyncio and sync flows all use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+import anyio
+import anyio.to_thread
+
+from .._checks import seconds
+from .._logging import handle_shipped_record
+from ..exceptions import ClusterError, UsageError, WorkerLostError
+from ..runners._base import TaskRunner
+from ..runners._call import Call, Outcome
+from ..runners._pickling import dump_call, load_outcome
+from ._bridge import ClientLoop
+from ._far import run_on_worker
+
+if TYPE_CHECKING:
+    import distributed
+
+__all__ = ["DaskTaskRunner"]
+
+_CLOSE_TIMEOUT = 30.0  # a client and cluster that do not close within this are left
+_cancelling: set[Any] = set()  # cancellations of Dask futures on their way
+
+
+class DaskTaskRunner(TaskRunner):
+    """Runs task calls (sync and async) on a Dask cluster: a temporary one by default
+    (see the module docstring for the modes and what happens on failures)."""
+
+    local: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        cluster_class: str | Callable[..., Any] | None = None,
+        cluster_kwargs: Mapping[str, Any] | None = None,
+        adapt_kwargs: Mapping[str, Any] | None = None,
+        client_kwargs: Mapping[str, Any] | None = None,
+        address: str | None = None,
+        *,
+        cluster: Any = None,
+        connect_timeout: float = 10.0,
+    ) -> None:
+        given = [n for n, v in (("address", address), ("cluster", cluster)) if v is not None]
+        if cluster_class is not None:
+            given.append("cluster_class")
+        if len(given) > 1:
+            raise UsageError(
+                f"DaskTaskRunner got {' and '.join(given)}: give at most one of address (an "
+                "existing scheduler), cluster (an existing cluster) and cluster_class (a "
+                "temporary cluster)"
+            )
+        if address is not None and (not isinstance(address, str) or not address.strip()):
+            raise UsageError(
+                f"address of DaskTaskRunner must be a scheduler address such as "
+                f"'tcp://127.0.0.1:8786', got {address!r}"
+            )
+        if cluster is not None and not hasattr(cluster, "scheduler_address"):
+            raise UsageError(
+                f"cluster of DaskTaskRunner must be a Dask cluster object (with a "
+                f"scheduler_address), got {type(cluster).__name__}"
+            )
+        for what, value in (
+            ("cluster_kwargs", cluster_kwargs),
+            ("adapt_kwargs", adapt_kwargs),
+            ("client_kwargs", client_kwargs),
+        ):
+            if value is not None and not isinstance(value, Mapping):
+                raise UsageError(
+                    f"{what} of DaskTaskRunner must be a dict of keyword arguments, got "
+                    f"{type(value).__name__}"
+                )
+        if (address is not None or cluster is not None) and (cluster_kwargs or adapt_kwargs):
+            raise UsageError(
+                "cluster_kwargs and adapt_kwargs of DaskTaskRunner configure a temporary "
+                "cluster: they cannot go with address or cluster (which are left as they are)"
+            )
+        self.cluster_class = cluster_class
+        self._factory = _cluster_factory(cluster_class)
+        self.cluster_kwargs = dict(cluster_kwargs or {})
+        self.adapt_kwargs = dict(adapt_kwargs) if adapt_kwargs is not None else None
+        self.client_kwargs = dict(client_kwargs or {})
+        self.address = address
+        self.existing_cluster = cluster
+        self.connect_timeout: float = seconds(  # type: ignore[assignment]
+            connect_timeout,
+            "connect_timeout of DaskTaskRunner",
+            zero=False,
+            infinite=False,
+            none=False,
+        )
+        self._bridge: ClientLoop | None = None
+        self._client: distributed.Client | None = None
+        self._cluster: Any = None  # the temporary one, closed at shutdown
+
+    # -- lifetime ---------------------------------------------------------------------------
+    def duplicate(self) -> Self:
+        return type(self)(
+            self.cluster_class,
+            self.cluster_kwargs,
+            self.adapt_kwargs,
+            self.client_kwargs,
+            self.address,
+            cluster=self.existing_cluster,
+            connect_timeout=self.connect_timeout,
+        )
+
+    async def start(self) -> None:
+        if self._bridge is not None:
+            raise UsageError("this DaskTaskRunner was started already (duplicate() it)")
+        bridge = self._bridge = ClientLoop("orchestr-dask-client")
+        started = bridge.submit(self._connect())
+        try:
+            # Not cancelled half-way (a cluster half started leaks its processes): a
+            # cancelled start waits for it, then closes what it made.
+            await bridge.wait(started, cancel=False)
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._abort_start, started)
+            raise
+
+    def _abort_start(self, started: Any) -> None:
+        try:
+            started.result()
+        except BaseException:
+            pass  # reported by start()
+        self._close_blocking()
+
+    async def _connect(self) -> None:
+        """On the client's loop: start the temporary cluster if there is one, and the
+        client."""
+        import distributed
+
+        kwargs = {"set_as_default": False, **self.client_kwargs}
+        if self.address is not None:
+            target: Any = self.address
+        elif self.existing_cluster is not None:
+            target = self.existing_cluster.scheduler_address
+        else:
+            self._cluster = await self._start_cluster()
+            target = self._cluster
+        try:
+            self._client = await distributed.Client(
+                target, asynchronous=True, timeout=self.connect_timeout, **kwargs
+            )
+        except (OSError, TimeoutError) as exc:
+            where = target if isinstance(target, str) else _address_of(target)
+            raise ClusterError(
+                f"could not connect to the Dask scheduler at {where!r} within "
+                f"{self.connect_timeout:g} s ({type(exc).__name__}: {exc}); is it running "
+                "and reachable from here? (connect_timeout= sets the wait)"
+            ) from exc
+
+    async def _start_cluster(self) -> Any:
+        what = _describe(self.cluster_class)
+        kwargs = dict(self.cluster_kwargs)
+        if self._factory is _local_cluster() or _is_local_cluster(self._factory):
+            # orchestr, not Dask, decides what happens after a worker dies (Crashed, then
+            # the task's retries): the scheduler must not run the call again first.
+            scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
+            scheduler_kwargs.setdefault("allowed_failures", 0)
+            kwargs["scheduler_kwargs"] = scheduler_kwargs
+        try:
+            cluster = self._factory(asynchronous=True, **kwargs)
+            if inspect.isawaitable(cluster):
+                cluster = await cluster
+        except Exception as exc:
+            raise ClusterError(
+                f"the Dask cluster {what} could not be started ({type(exc).__name__}: {exc})"
+            ) from exc
+        try:
+            if self.adapt_kwargs is not None:
+                adapting = cluster.adapt(**self.adapt_kwargs)
+                if inspect.isawaitable(adapting):
+                    await adapting
+        except BaseException as exc:
+            await _close(cluster)
+            if not isinstance(exc, Exception):
+                raise
+            raise ClusterError(
+                f"the Dask cluster {what} could not be made adaptive with adapt_kwargs "
+                f"{self.adapt_kwargs!r} ({type(exc).__name__}: {exc})"
+            ) from exc
+        return cluster
+
+    async def shutdown(self) -> None:
+        await anyio.to_thread.run_sync(self._close_blocking)
+
+    def _close_blocking(self) -> None:
+        bridge, self._bridge = self._bridge, None
+        if bridge is None:
+            return
+        client, self._client = self._client, None
+        cluster, self._cluster = self._cluster, None
+        try:
+            bridge.run_blocking(_close_all(client, cluster), _CLOSE_TIMEOUT)
+        except Exception as exc:  # never fails a run: it has finished
+            logging.getLogger("orchestr").warning(
+                "closing the Dask client or cluster of %r failed: %s: %s",
+                self,
+                type(exc).__name__,
+                exc,
+            )
+        finally:
+            bridge.close()
+
+    # -- calls ------------------------------------------------------------------------------
+    async def run(self, call: Call) -> Outcome:
+        bridge, client = self._bridge, self._client
+        if bridge is None or client is None:
+            raise UsageError("DaskTaskRunner.run() was called before start()")
+        payload = dump_call(call, "a Dask worker")
+        level = logging.getLogger("orchestr").getEffectiveLevel()
+        try:
+            body, records = await bridge.run(_on_dask(client, call, payload, level))
+        except BaseException:
+            call.abandoned = True  # if it was running, nothing can stop it there
+            raise
+        if isinstance(body, Outcome):  # what Dask itself reported
+            return body
+        for fields in records:
+            handle_shipped_record(fields)
+        return load_outcome(body, call.key)
+
+    # -- for users and tests ----------------------------------------------------------------
+    @property
+    def scheduler_address(self) -> str | None:
+        """The address of the scheduler the started runner talks to."""
+        client = self._client
+        return None if client is None else client.scheduler.address
+
+    @property
+    def dashboard_link(self) -> str | None:
+        client = self._client
+        return None if client is None else client.dashboard_link
+
+    def __repr__(self) -> str:
+        if self.address is not None:
+            return f"DaskTaskRunner(address={self.address!r})"
+        if self.existing_cluster is not None:
+            return f"DaskTaskRunner(cluster={self.existing_cluster!r})"
+        shown = [f"cluster_class={_describe(self.cluster_class)}"]
+        if self.cluster_kwargs:
+            shown.append(f"cluster_kwargs={self.cluster_kwargs!r}")
+        if self.adapt_kwargs is not None:
+            shown.append(f"adapt_kwargs={self.adapt_kwargs!r}")
+        return f"DaskTaskRunner({', '.join(shown)})"
+
+
+async def _on_dask(
+    client: distributed.Client, call: Call, payload: bytes, level: int
+) -> tuple[bytes | Outcome, list[dict[str, Any]]]:
+    """On the client's loop: one Dask task for ``call``, awaited; cancelled with it."""
+    import asyncio
+
+    import distributed
+
+    future = client.submit(
+        run_on_worker,
+        payload,
+        call.key,
+        level,
+        key=call.key,
+        pure=False,
+        resources=dict(call.resources) if call.resources else None,
+    )
+    try:
+        return await future  # type: ignore[no-any-return]
+    except asyncio.CancelledError:
+        cancelling = client.cancel([future])
+        if inspect.isawaitable(cancelling):  # done after this task ends: kept till then
+            task = asyncio.ensure_future(cancelling)
+            _cancelling.add(task)
+            task.add_done_callback(_cancelling.discard)
+        raise
+    except distributed.KilledWorker as exc:
+        lost = WorkerLostError(f"the Dask worker running call {call.key!r} died under it ({exc})")
+        return Outcome(error=lost, crashed=True), []
+    except Exception as exc:  # run_on_worker never raises: this is Dask's own trouble
+        error = WorkerLostError(
+            f"Dask could not run call {call.key!r}: {type(exc).__name__}: {exc}"
+        )
+        error.__cause__ = exc
+        return Outcome(error=error, crashed=True), []
+    finally:
+        future.release()
+
+
+async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
+    try:
+        if client is not None:
+            await client.close()
+    finally:
+        if cluster is not None:
+            await _close(cluster)
+
+
+async def _close(cluster: Any) -> None:
+    closing = cluster.close()
+    if inspect.isawaitable(closing):
+        await closing
+
+
+def _local_cluster() -> Any:
+    import distributed
+
+    return distributed.LocalCluster
+
+
+def _is_local_cluster(factory: Any) -> bool:
+    return isinstance(factory, type) and issubclass(factory, _local_cluster())
+
+
+def _cluster_factory(cluster_class: str | Callable[..., Any] | None) -> Callable[..., Any]:
+    """What makes the temporary cluster; a clear error for what cannot."""
+    if cluster_class is None:
+        return _local_cluster()  # type: ignore[no-any-return]
+    if isinstance(cluster_class, str):
+        module_name, _, name = cluster_class.rpartition(".")
+        if not module_name:
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner is not an import path; "
+                "write it as 'package.module.ClassName' (e.g. 'distributed.LocalCluster')"
+            )
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
+                f"module {module_name!r} is not importable ({exc}); is it installed?"
+            ) from None
+        try:
+            found = getattr(module, name)
+        except AttributeError:
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
+                f"module {module_name!r} has no {name!r}"
+            ) from None
+        if not callable(found):
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner is a "
+                f"{type(found).__name__}, not a cluster class or factory"
+            )
+        return found  # type: ignore[no-any-return]
+    if not callable(cluster_class):
+        raise UsageError(
+            "cluster_class of DaskTaskRunner must be a cluster class, its import path, or a "
+            f"callable that makes a cluster, got {type(cluster_class).__name__}"
+        )
+    return cluster_class
+
+
+def _describe(cluster_class: Any) -> str:
+    if cluster_class is None:
+        return "distributed.LocalCluster"
+    if isinstance(cluster_class, str):
+        return cluster_class
+    module = getattr(cluster_class, "__module__", "?")
+    return f"{module}.{getattr(cluster_class, '__qualname__', cluster_class)}"
+
+
+def _address_of(cluster: Any) -> str:
+    return str(getattr(cluster, "scheduler_address", cluster))
