@@ -21,6 +21,12 @@ orchestr and the raw baseline side by side:
 6. The first flow calls in a fresh process (``import orchestr``, an empty sync flow and
    an empty async flow called once each), against the same with pydantic-settings
    imported too, and a check that the first calls import no pydantic.
+7. The run history (issue 10): target 1's fan-out with the history on against the same
+   with it off (limit: 1.10x), alternating; each history-on round's rows are flushed
+   outside the clock, so that the next round does not pay for them. For context: the
+   same with that flush inside the clock (everything written when the clock stops),
+   empty flow calls (target 3) on vs off, and a 50,000-task fan-out, long enough for
+   the writer to write while the run goes.
 
 The machine this runs on is usually shared, so every timing target alternates orchestr
 and baseline within each round (rotating which goes first), after a warm-up, and reports
@@ -35,12 +41,14 @@ Run: ``python benchmarks/bench_core.py`` (about 40 s), ``--quick`` for a short r
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime
 import gc
 import json
 import os
 import platform
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -57,12 +65,20 @@ from typing import Any
 # logs its final state at INFO, and writing 2,000 log lines to the console would be
 # measured as flow overhead.
 os.environ["ORCHESTR_LOGGING_LEVEL"] = "WARNING"
+# The run history (on by default) goes to a temporary home, here and in every child (the
+# first-call children, which drop ORCHESTR_* variables, by way of XDG_DATA_HOME): a
+# benchmark does not fill the user's history. main() removes it at exit.
+os.environ.setdefault(
+    "BENCH_CORE_HOME", os.path.join(tempfile.gettempdir(), f"orchestr-bench-{os.getpid()}")
+)
+os.environ["XDG_DATA_HOME"] = os.environ["BENCH_CORE_HOME"]
+os.environ["ORCHESTR_HOME"] = os.path.join(os.environ["BENCH_CORE_HOME"], "orchestr")
 
 import anyio
 from _timing import alternate
 
 import orchestr
-from orchestr import StateType, ThreadPoolTaskRunner, flow, task
+from orchestr import StateType, ThreadPoolTaskRunner, flow, history, override_settings, task
 
 N_TASKS = 5_000
 N_EMPTY_CALLS = 2_000
@@ -585,6 +601,87 @@ def bench_first_call(reps: int) -> list[Result]:
     return [timing]
 
 
+# -- target 7: the run history --------------------------------------------------------------------
+N_HISTORY_LONG = 50_000
+
+
+def timed_history(fn: Callable[[int], Awaitable[None]], n: int, on: bool, flushed: bool) -> float:
+    """``timed_async(fn, n)`` with the history on or off; with ``flushed``, the clock
+    stops once every row is written. The rows are written before this returns either
+    way (not on the next measurement's clock)."""
+
+    async def measure() -> float:
+        gc.collect()
+        start = time.perf_counter()
+        await fn(n)
+        if flushed:
+            history.flush()
+        return time.perf_counter() - start
+
+    with override_settings(history=on):
+        seconds = anyio.run(measure)
+    history.flush()
+    return seconds
+
+
+def bench_history(rounds: int, warmup: int) -> list[Result]:
+    samples = alternate(
+        {
+            "on": lambda: timed_history(async_fanout, N_TASKS, True, False),
+            "off": lambda: timed_history(async_fanout, N_TASKS, False, False),
+            "on, flushed": lambda: timed_history(async_fanout, N_TASKS, True, True),
+            "empty on": lambda: timed_history(empty_flow_calls, N_EMPTY_CALLS, True, False),
+            "empty off": lambda: timed_history(empty_flow_calls, N_EMPTY_CALLS, False, False),
+        },
+        rounds,
+        warmup,
+    )
+    main = compare(
+        "7",
+        f"{N_TASKS:,} async no-op tasks (target [1]) with the run history on vs off",
+        samples["on"],
+        samples["off"],
+        1.10,
+    )
+    flushed = compare(
+        "7f",
+        "the same, the clock stopped once every row is written (info)",
+        samples["on, flushed"],
+        samples["off"],
+        1.10,
+    )
+    flushed.informational = True
+    empty_calls = compare(
+        "7e",
+        f"empty async flow calls (target [3], x{N_EMPTY_CALLS:,}) with the history on vs off "
+        "(info)",
+        samples["empty on"],
+        samples["empty off"],
+        1.10,
+    )
+    empty_calls.informational = True
+    long_rounds = max(2, rounds // 3)
+    long = alternate(
+        {
+            "on": lambda: timed_history(async_fanout, N_HISTORY_LONG, True, False),
+            "off": lambda: timed_history(async_fanout, N_HISTORY_LONG, False, False),
+        },
+        long_rounds,
+        0,
+    )
+    long_result = compare(
+        "7l",
+        f"{N_HISTORY_LONG:,} async no-op tasks (the writer writes while the run goes) with "
+        "the history on vs off (info)",
+        long["on"],
+        long["off"],
+        1.10,
+    )
+    long_result.informational = True
+    long_result.notes.append(f"{long_rounds} rounds")
+    return [main, flushed, empty_calls, long_result]
+
+
 # -- report ---------------------------------------------------------------------------------
 def environment() -> dict[str, Any]:
     def version(dist: str) -> str:
@@ -651,6 +748,8 @@ def main() -> None:
         child_memory(args.child_memory[0], int(args.child_memory[1]))
         return
 
+    # Registered before any flow run registers orchestr's exit flush, so it runs after it.
+    atexit.register(shutil.rmtree, os.environ["BENCH_CORE_HOME"], True)
     rounds = args.rounds or (3 if args.quick else 15)
     warmup = 1 if args.quick else 2
     memory_reps = 1 if args.quick else 3
@@ -698,6 +797,8 @@ def main() -> None:
         emit("4", lambda: [bench_memory(memory_reps)])
     emit("5", lambda: bench_import(import_reps, importtime_reps))
     emit("6", lambda: bench_first_call(import_reps))
+    if not errors:
+        emit("7", lambda: bench_history(rounds, warmup))
 
     elapsed = time.perf_counter() - started
     verdicts = [r for r in results if not r.informational]

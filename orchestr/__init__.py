@@ -24,9 +24,11 @@ from .logging import get_run_logger as get_run_logger
 from .records import FlowRunRecord as FlowRunRecord
 from .records import RunEvent as RunEvent
 from .records import TaskRunRecord as TaskRunRecord
+from .resources import PerWorkerResource as PerWorkerResource
 from .resources import Pool as Pool
 from .resources import Resource as Resource
 from .resources import ResourceStack as ResourceStack
+from .resources import per_worker_resource as per_worker_resource
 from .resources import resource as resource
 from .resources import resource_manager as resource_manager
 from .resources import scope as scope
@@ -47,6 +49,7 @@ __all__ = [
     "FlowRunRecord",
     "FutureList",
     "OrchestrError",
+    "PerWorkerResource",
     "Pool",
     "ProcessPoolTaskRunner",
     "Resource",
@@ -66,6 +69,7 @@ __all__ = [
     "get_settings",
     "opaque",
     "override_settings",
+    "per_worker_resource",
     "quote",
     "resource",
     "resource_manager",

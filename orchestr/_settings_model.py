@@ -3,10 +3,11 @@ description and constraints.
 
 That one declaration drives two things. :class:`Settings` itself is a plain object:
 the defaults, made without importing pydantic (a tenth of a second), which is what a
-program that sets no ``ORCHESTR_*`` variable gets. When a variable is set, or a setting
-is changed (``override_settings``, assignment), :func:`pydantic_model` builds a
-pydantic-settings model from the same declarations, which reads the environment and
-validates, exactly as before.
+program that sets no ``ORCHESTR_*`` variable gets (a default that depends on the
+environment, such as ``home``, is made by a factory on first read). When a variable is
+set, or a setting is changed (``override_settings``, assignment), :func:`pydantic_model`
+builds a pydantic-settings model from the same declarations, which reads the
+environment and validates, exactly as before.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import os
 import types
 import typing
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from ._checks import MAX_SECONDS
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from pathlib import Path
 
 __all__ = ["FIELDS", "Settings", "environment_sets_any", "pydantic_model"]
 
@@ -25,22 +30,47 @@ ENV_PREFIX = "ORCHESTR_"
 
 
 class Field:
-    """One setting's default, description and pydantic constraints (``ge``, ``gt``)."""
+    """One setting's default (or default factory), description and pydantic
+    constraints (``ge``, ``gt``)."""
 
-    __slots__ = ("constraints", "default", "description", "seconds")
+    __slots__ = ("constraints", "default", "description", "factory", "seconds")
 
     def __init__(
-        self, default: Any, description: str, seconds: bool, constraints: dict[str, Any]
+        self,
+        default: Any,
+        description: str,
+        seconds: bool,
+        constraints: dict[str, Any],
+        factory: Callable[[], Any] | None = None,
     ) -> None:
         self.default = default
         self.description = description
         self.seconds = seconds  # a duration: clamped to MAX_SECONDS, never inf
         self.constraints = constraints
+        self.factory = factory
 
 
-def setting(default: Any, description: str, *, seconds: bool = False, **constraints: Any) -> Any:
-    """Declare a setting (typed ``Any`` so the class body can annotate the real type)."""
-    return Field(default, description, seconds, constraints)
+def setting(
+    default: Any,
+    description: str,
+    *,
+    seconds: bool = False,
+    factory: Callable[[], Any] | None = None,
+    **constraints: Any,
+) -> Any:
+    """Declare a setting (typed ``Any`` so the class body can annotate the real type);
+    ``factory`` makes its default when it is first read (``default`` is then unused)."""
+    return Field(default, description, seconds, constraints, factory)
+
+
+def _default_home() -> Path:
+    # Deferred: pathlib costs milliseconds to import, and only the run history needs it
+    # (its writer thread reads this first). XDG says a relative XDG_DATA_HOME is ignored.
+    from pathlib import Path
+
+    data = os.environ.get("XDG_DATA_HOME", "")
+    base = Path(data) if os.path.isabs(data) else Path.home() / ".local" / "share"
+    return base / "orchestr"
 
 
 class Settings:
@@ -93,11 +123,33 @@ class Settings:
         seconds=True,
         ge=0,
     )
+    home: Path = setting(
+        None,
+        "orchestr's per-user data directory; the run history is history.db in it "
+        "(default: $XDG_DATA_HOME/orchestr, else ~/.local/share/orchestr).",
+        factory=_default_home,
+    )
+    history: bool = setting(
+        True,
+        "Record every flow run, task run, state change, resource event, parameter set and "
+        "error in the run history (history.db under home); false records nothing.",
+    )
 
     def __init__(self, **values: Any) -> None:
-        """Settings with ``values`` (already validated) and defaults for the rest."""
+        """Settings with ``values`` (already validated) and defaults for the rest (those
+        made by a factory: on first read)."""
         for name, field in FIELDS.items():
-            object.__setattr__(self, name, values.get(name, field.default))
+            if name in values or field.factory is None:
+                object.__setattr__(self, name, values.get(name, field.default))
+
+    def __getattr__(self, name: str) -> Any:
+        # Only for what the instance lacks: a factory-made default not read yet.
+        field = FIELDS.get(name)
+        if field is None or field.factory is None:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        value = field.factory()
+        object.__setattr__(self, name, value)
+        return value
 
     def __setattr__(self, name: str, value: Any) -> None:
         changed = validated(self, {name: value})
@@ -128,6 +180,10 @@ class Settings:
 FIELDS: dict[str, Field] = {
     name: value for name, value in vars(Settings).items() if isinstance(value, Field)
 }
+for _name, _field in FIELDS.items():
+    if _field.factory is not None:
+        delattr(Settings, _name)  # so that a default not made yet reaches __getattr__
+del _name, _field
 
 
 def environment_sets_any() -> bool:
@@ -210,12 +266,17 @@ def _build_model() -> Any:
             return Annotated[hint, BeforeValidator(refuse_bool), PydanticField(**options)]
         return hint
 
-    # This module's names: Settings shows orchestr.settings as its module.
-    hints = typing.get_type_hints(Settings, globalns=globals())
+    # This module's names (Settings shows orchestr.settings as its module), and Path,
+    # imported only for type checking here.
+    from pathlib import Path
+
+    hints = typing.get_type_hints(Settings, globalns={**globals(), "Path": Path})
     fields = {
         name: (
             constrained(hints[name], field.constraints),
-            PydanticField(field.default, description=field.description),
+            PydanticField(field.default, description=field.description)
+            if field.factory is None
+            else PydanticField(default_factory=field.factory, description=field.description),
         )
         for name, field in FIELDS.items()
     }

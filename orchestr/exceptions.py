@@ -24,6 +24,8 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     │                                      processes)
     ├── WorkerLostError                    the worker process running a call died
     ├── ClusterError                       a Dask cluster could not be started or reached
+    ├── HistoryError                       the run history cannot answer: no such run, an
+    │                                      ambiguous id prefix, an unreadable database
     ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
     ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
     ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
@@ -68,6 +70,7 @@ __all__ = [
     "CyclicDependencyError",
     "FailedRunsGroup",
     "FutureTimeoutError",
+    "HistoryError",
     "LeakError",
     "MappingError",
     "NotAFunctionError",
@@ -285,6 +288,13 @@ class ClusterError(OrchestrError):
     """Raised when a task runner's cluster could not be started or reached (a Dask
     scheduler address that does not answer, a cluster class that fails to start); the
     message names the address or class."""
+
+
+class HistoryError(OrchestrError):
+    """Raised when the run history cannot answer a question asked of it
+    (:mod:`orchestr.history`): no run has the id (or unique id prefix) asked for, several
+    do, or the database cannot be read. Recording never raises it: a run never fails
+    because its history could not be written."""
 
 
 class PoolError(ResourceError):

@@ -2,7 +2,9 @@
 
 A record is compact on purpose: names, state, timestamps, attempts and error. It keeps
 no copies of arguments or results (those live in futures, and go when the futures go), so
-a flow run of 100,000 tasks keeps a few hundred bytes per task. Only the engine writes
+a flow run of 100,000 tasks keeps a few hundred bytes per task. (A flow run's record
+refers to its parameters while the run goes, for the run history's snapshot of them;
+it lets go of them as the run ends, and never pickles them.) Only the engine writes
 records; users read them.
 
 Records pickle (to cross a process, or into a run history). A flow run record pickles
@@ -16,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
 from .states import State, StateType
@@ -217,7 +219,15 @@ class RunEvent:
 class FlowRunRecord(RunRecord):
     """One flow run: its task runs, subflow runs and events (resources, signals)."""
 
-    __slots__ = ("_summarised", "events", "flow_name", "parent", "subflow_runs", "task_runs")
+    __slots__ = (
+        "_arguments",
+        "_summarised",
+        "events",
+        "flow_name",
+        "parent",
+        "subflow_runs",
+        "task_runs",
+    )
 
     def __init__(self, flow_name: str, parent: FlowRunRecord | None = None) -> None:
         super().__init__()
@@ -227,6 +237,9 @@ class FlowRunRecord(RunRecord):
         self.subflow_runs: list[FlowRunRecord] = []
         self.events: list[RunEvent] = []
         self._summarised: FlowRunRecord | None = None
+        # While the run goes: (arguments by name, args, kwargs) of its call, as given,
+        # then as validated (the engine's; the run history snapshots them).
+        self._arguments: tuple[Callable[..., dict[str, Any]], tuple[Any, ...], Any] | None = None
 
     def _summary(self) -> FlowRunRecord:
         """This run without its task runs, subflow runs, events and error, as it is now
@@ -244,6 +257,7 @@ class FlowRunRecord(RunRecord):
     def _portable(self) -> dict[str, Any]:
         state = super()._portable()
         state["_summarised"] = None
+        state["_arguments"] = None  # the parameters need not pickle: they stay here
         if self.parent is not None:
             state["parent"] = self.parent._summary()
         return state

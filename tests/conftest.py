@@ -2,14 +2,27 @@
 
 from __future__ import annotations
 
+import atexit
 import logging
+import os
+import shutil
+import tempfile
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import anyio
-import pytest
+# The run history of every run in the session (and of its subprocesses, which inherit
+# the environment) goes to a temporary home, never the real one: ORCHESTR_HOME, and
+# XDG_DATA_HOME for the subprocesses that drop ORCHESTR_* variables (the default home
+# is under it). Removed at exit, after orchestr's own exit flush (registered later).
+_SESSION_DATA = tempfile.mkdtemp(prefix="orchestr-tests-")
+atexit.register(shutil.rmtree, _SESSION_DATA, True)
+os.environ["XDG_DATA_HOME"] = _SESSION_DATA
+os.environ["ORCHESTR_HOME"] = os.path.join(_SESSION_DATA, "orchestr")
 
-from orchestr import override_settings
+import anyio  # noqa: E402
+import pytest  # noqa: E402
+
+from orchestr import override_settings  # noqa: E402
 
 
 @pytest.fixture(params=["asyncio", "trio"])
@@ -38,3 +51,23 @@ def _capture_orchestr_logs(caplog: pytest.LogCaptureFixture) -> None:
     # Task failures are logged at ERROR with tracebacks; keep them in caplog (where
     # tests can assert on them) rather than on the terminal.
     caplog.set_level(logging.DEBUG, logger="orchestr")
+
+
+@pytest.fixture(scope="session")
+def dask_address() -> Any:
+    """The scheduler address of one 2-worker ``LocalCluster`` (worker processes, two
+    threads each) shared by the Dask tests that do not test cluster lifetimes; made
+    with ``allowed_failures=0`` as orchestr makes its temporary ones. Closed at the end
+    of the session."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=":0",  # None still serves HTTP on 8787: a clash when shared
+        scheduler_kwargs={"allowed_failures": 0},
+    )
+    try:
+        yield cluster.scheduler_address
+    finally:
+        cluster.close()

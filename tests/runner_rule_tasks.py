@@ -1,10 +1,11 @@
 """Tasks for test_runner_rules.py (not a test module itself).
 
-They are at module level in a module of their own because ProcessPoolTaskRunner's worker
-processes import a task's module by name to find its function: a test module would drag
-pytest and every test into each worker. The workers find this module because pytest puts
-tests/ on ``sys.path`` (its default "prepend" import mode, tests/ has no __init__.py), and
-a forkserver child gets its parent's ``sys.path`` with every process it starts.
+They are at module level in a module of their own because ProcessPoolTaskRunner's and
+Dask's worker processes import a task's module by name to find its function: a test
+module would drag pytest and every test into each worker. The workers find this module
+because pytest puts tests/ on ``sys.path`` (its default "prepend" import mode, tests/ has
+no __init__.py), and a forkserver child, like a process Dask's nanny spawns, gets its
+parent's ``sys.path``.
 
 Memory is not shared with a worker process, so these tasks report what they saw through
 their return values and through files (markers, logs of attempts), never through module
@@ -16,7 +17,6 @@ from __future__ import annotations
 import os
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import anyio
@@ -232,11 +232,12 @@ async def async_write_into(directory: str, name: str, go: str) -> str:
 # -- worker deaths -----------------------------------------------------------------------------
 @task
 def die_unless(marker: str) -> int:
-    """End this process abruptly, unless ``marker`` exists (it is created first, so a
-    retry survives). In a flow's own process it must never be run without the marker."""
+    """End this process abruptly, unless ``marker`` exists (it is written first, with
+    this process's pid, so a retry survives and knows where the first attempt died). In
+    a flow's own process it must never be run without the marker."""
     if os.path.exists(marker):
         return os.getpid()
-    Path(marker).touch()
+    _write(marker, str(os.getpid()))
     os._exit(3)
 
 
@@ -245,7 +246,7 @@ async def async_die_unless(marker: str) -> int:
     await anyio.lowlevel.checkpoint()
     if os.path.exists(marker):
         return os.getpid()
-    Path(marker).touch()
+    _write(marker, str(os.getpid()))
     os._exit(3)
 
 
@@ -389,3 +390,19 @@ async def async_takes_rate(name: str) -> str:
 def sync_sleep(seconds: float, value: int) -> int:
     time.sleep(seconds)
     return value
+
+
+# -- asked of a Dask cluster (by tests that watch where a call is) ---------------------------
+def dask_task_on_scheduler(marker: str, dask_scheduler: Any) -> tuple[str, int | None] | None:
+    """On the scheduler: the state of the task whose key holds ``marker`` and the pid of
+    the worker it is given to; None when the scheduler holds no such task."""
+    for key, ts in dask_scheduler.tasks.items():
+        if marker in str(key):
+            worker = ts.processing_on
+            return ts.state, None if worker is None else worker.pid
+    return None
+
+
+def dask_worker_holds(marker: str, dask_worker: Any) -> bool:
+    """On a worker: whether it holds a task whose key holds ``marker``."""
+    return any(marker in str(key) for key in dask_worker.state.tasks)

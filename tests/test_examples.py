@@ -37,6 +37,12 @@ EXPECTED: dict[str, list[str]] = {
         "scratch-2 down -> scratch-1 down -> cache down -> database down",
         "cache: ResourceCleanupError",
     ],
+    "worker_resources.py": [
+        "every per-worker resource was cleaned up exactly once",
+        "HTTP requests served: 12",
+        "rows in the worker caches: 12",
+        "one SQLite connection and one HTTP client per worker: True",
+    ],
 }
 
 

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from decimal import Decimal
 from fractions import Fraction
+from pathlib import PurePath
 from typing import Any
 
 import anyio
@@ -655,6 +656,8 @@ SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
         (type(v) is float and 0 <= v <= MAX_SECONDS)
         or (type(v) is list and all(type(i) is float and 0 <= i <= MAX_SECONDS for i in v))
     ),
+    "home": lambda v: isinstance(v, PurePath),
+    "history": lambda v: type(v) is bool,
 }
 
 
@@ -712,6 +715,7 @@ def _every_option(kind: str) -> dict[str, Any]:
         "on_running": [hook],
         "tags": ["a", "b"],
         "task_run_name": "run-{x}",
+        "worker_resources": {"GPU": 1},
         "validate_parameters": False,
         "task_runner": ThreadPoolTaskRunner(max_workers=3),
         "flow_run_name": "run-{x}",
@@ -739,6 +743,7 @@ def _settings(defn: Any) -> dict[str, Any]:
         ],
         "run_name": defn.run_name,
         "tags": getattr(defn, "tags", None),
+        "worker_resources": getattr(defn, "worker_resources", None),
         "validate": getattr(defn, "validate_parameters", None),
         "runner": getattr(defn, "task_runner", None),
     }
@@ -775,3 +780,27 @@ def test_every_option_is_taken_alike_by_decorator_constructor_and_with_options(
     for where in (lambda **o: decorator(**o), lambda **o: cls(fn, **o), made.with_options):
         with pytest.raises(UsageError, match=r"no option\(s\) \['retrys'\]"):
             where(retrys=3)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [{"GPU": 0}, {"GPU": -1}, {"GPU": "1"}, {1: 1}, ["GPU"], "GPU", {"GPU": True}],
+)
+def test_worker_resources_must_map_names_to_positive_amounts(value: Any) -> None:
+    """A bad worker_resources is refused where the task is made, naming the task."""
+    with pytest.raises(UsageError, match=r"worker_resources of task 'fetch'.*\{'GPU': 1\}"):
+
+        @task(worker_resources=value)
+        def fetch() -> None:
+            pass
+
+
+def test_worker_resources_are_kept_as_amounts_and_copied_by_with_options() -> None:
+    @task(worker_resources={"GPU": 1, "memory": 2.5e9})
+    def fetch() -> None:
+        pass
+
+    assert fetch.worker_resources == {"GPU": 1.0, "memory": 2.5e9}
+    assert fetch.with_options(retries=1).worker_resources == {"GPU": 1.0, "memory": 2.5e9}
+    assert fetch.with_options(worker_resources=None).worker_resources is None
+    assert task(lambda: None).worker_resources is None

@@ -30,6 +30,7 @@ PUBLIC_MODULES = [
     "orchestr.exceptions",
     "orchestr.flows",
     "orchestr.futures",
+    "orchestr.history",
     "orchestr.limits",
     "orchestr.logging",
     "orchestr.records",

@@ -1,12 +1,16 @@
-"""The rules (calls, futures, dependencies, flow exit, retries, timeouts, resources,
-logging) on every kind of task runner, each on asyncio and trio.
+"""The rules (calls, futures, dependencies, flow exit, hooks, retries, timeouts,
+resources, logging) on every kind of task runner, each on asyncio and trio.
 
 - ``threads``: ThreadPoolTaskRunner, the default (local: sync tasks in threads, async ones
   on the flow's loop);
 - ``processes``: ProcessPoolTaskRunner (every submitted attempt, sync and async, in a
   worker process started by the fork server; stopping a call ends its worker);
 - ``pickling``: orchestr.testing.PicklingTaskRunner (every call and outcome through
-  pickle, in a thread with an empty context).
+  pickle, in a thread with an empty context);
+- ``dask``: DaskTaskRunner on the shared session cluster (``dask_address``: two worker
+  processes of two threads each), so a flow run only connects a client. A call runs in a
+  worker's thread: stopping it (a timeout, a cancel) abandons it as on the pickling
+  runner, and four calls run at once.
 
 Task functions live in ``runner_rule_tasks`` (see its docstring for why), and report
 what they saw through return values and files: a worker process shares no memory with
@@ -69,22 +73,59 @@ RUNNERS: dict[str, type[TaskRunner]] = {
     "processes": ProcessPoolTaskRunner,
     "pickling": PicklingTaskRunner,
 }
+KINDS = [*RUNNERS, "dask"]
 
 
-@pytest.fixture(params=list(RUNNERS))
+@pytest.fixture(params=KINDS)
 def kind(request: pytest.FixtureRequest) -> str:
     """Which runner a test runs on."""
     return str(request.param)
 
 
 @pytest.fixture
-def runner(kind: str) -> TaskRunner:
+def make_runner(kind: str, request: pytest.FixtureRequest) -> Callable[..., TaskRunner]:
+    """Makes a runner of the test's kind, of ``base`` (a subclass of the kind's class)."""
+
+    def make(base: type[TaskRunner] | None = None) -> TaskRunner:
+        cls: Any = base or runner_class(kind)
+        if kind == "dask":
+            # The shared session cluster: each flow run only connects a client.
+            return cls(address=request.getfixturevalue("dask_address"))  # type: ignore[no-any-return]
+        return cls(2)  # type: ignore[no-any-return]
+
+    return make
+
+
+@pytest.fixture
+def runner(make_runner: Callable[..., TaskRunner]) -> TaskRunner:
     """The runner for the test's flows (a template: each flow run duplicates it)."""
-    return RUNNERS[kind](2)  # type: ignore[call-arg]
+    return make_runner()
+
+
+def runner_class(kind: str) -> type[TaskRunner]:
+    if kind == "dask":
+        from orchestr.dask import DaskTaskRunner  # imports distributed: only when asked
+
+        return DaskTaskRunner
+    return RUNNERS[kind]
 
 
 def in_another_process(kind: str) -> bool:
+    """Whether submitted calls run in other processes (a pool's, a Dask cluster's)."""
+    return kind in ("processes", "dask")
+
+
+def stops_calls(kind: str) -> bool:
+    """Whether a cancelled or timed-out running call is stopped (its worker process
+    ended). Dask cannot stop a call running in a worker thread: like a thread here, it
+    is abandoned and finishes on its own."""
     return kind == "processes"
+
+
+def slots(kind: str) -> int:
+    """How many calls the test's runner runs at once: two workers, or on Dask the shared
+    cluster's two worker processes of two threads each."""
+    return 4 if kind == "dask" else 2
 
 
 def remote(kind: str) -> bool:
@@ -97,6 +138,88 @@ def current_runner() -> TaskRunner:
     run = flow_run_var.get()
     assert run is not None
     return run.runner
+
+
+def on_dask(address: str, ask: Callable[[Any], Any]) -> Any:
+    """``ask(client)`` with a sync Dask client of its own (the runner's lives on its own
+    loop) for the scheduler at ``address``; blocking, for a worker thread or a test."""
+    import distributed
+
+    with distributed.Client(address, set_as_default=False, timeout=WAIT) as client:
+        return ask(client)
+
+
+def dask_workers(address: str, count: int | None = None) -> set[int]:
+    """The pids of the Dask workers of the scheduler at ``address``; first wait until
+    there are ``count`` of them (a killed one is restarted by its nanny)."""
+
+    def ask(client: Any) -> set[int]:
+        if count is not None:
+            client.wait_for_workers(count, timeout=WAIT * 3)
+        return set(client.run(os.getpid).values())
+
+    return on_dask(address, ask)  # type: ignore[no-any-return]
+
+
+def poll_dask(address: str, asking: Callable[[Any], Any], what: str) -> Any:
+    """Poll ``asking(client)`` until it gives something other than None; fail after
+    WAIT seconds."""
+
+    def ask(client: Any) -> Any:
+        deadline = time.monotonic() + WAIT
+        while (found := asking(client)) is None:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not within {WAIT} s")
+            time.sleep(POLL)
+        return found
+
+    return on_dask(address, ask)
+
+
+def dask_marker(fut: Any) -> str:
+    """What the Dask key of ``fut``'s first attempt holds (the key is the attempt's own:
+    task run name, the start of its id, attempt)."""
+    return f"-{fut.record.id.hex[:8]}-a1"
+
+
+async def dask_task(fut: Any) -> tuple[str, int | None]:
+    """Wait until the Dask scheduler of the current flow run holds the call of ``fut``'s
+    first attempt; its state there and the pid of the worker it is given to."""
+    address = current_runner().scheduler_address  # type: ignore[attr-defined]
+    marker = dask_marker(fut)
+    found = await anyio.to_thread.run_sync(
+        poll_dask,
+        address,
+        lambda client: client.run_on_scheduler(rt.dask_task_on_scheduler, marker),
+        f"the scheduler holds Dask task {marker!r}",
+    )
+    return tuple(found)  # type: ignore[return-value]
+
+
+async def dask_dropped(fut: Any) -> None:
+    """Wait until neither the scheduler nor any worker of the current flow run's cluster
+    holds the call of ``fut``'s first attempt."""
+    address = current_runner().scheduler_address  # type: ignore[attr-defined]
+    marker = dask_marker(fut)
+
+    def dropped(client: Any) -> bool | None:
+        held = client.run_on_scheduler(rt.dask_task_on_scheduler, marker) is not None
+        held = held or any(client.run(rt.dask_worker_holds, marker).values())
+        return None if held else True
+
+    await anyio.to_thread.run_sync(poll_dask, address, dropped, f"Dask dropped task {marker!r}")
+
+
+async def worker_pids() -> set[int]:
+    """The processes where the current flow run's runner runs calls: a process pool's
+    workers, a Dask cluster's; none for runners in this process."""
+    pool = current_runner()
+    if isinstance(pool, ProcessPoolTaskRunner):
+        return set(pool.worker_pids)
+    address = getattr(pool, "scheduler_address", None)  # a DaskTaskRunner
+    if address is not None:
+        return await anyio.to_thread.run_sync(dask_workers, address)
+    return set()
 
 
 # -- waiting without hoping ---------------------------------------------------------------------
@@ -229,19 +352,19 @@ def test_submitted_runs_execute_on_the_runner_and_inline_calls_here(
     run: Any, kind: str, runner: TaskRunner
 ) -> None:
     """Submitted sync and async runs execute where the runner puts them (a worker process
-    of the flow run's pool for processes) and know their task run, attempt and flow run
-    there; inline calls always run in the flow's process."""
+    of the flow run's pool for processes, a worker of the cluster for Dask) and know
+    their task run, attempt and flow run there; inline calls always run in the flow's
+    process."""
 
     @flow(task_runner=runner)
     async def main() -> dict[str, Any]:
         futures = [rt.sync_whoami.submit(), rt.async_whoami.submit()]
         with anyio.fail_after(WAIT):
             submitted = [await f for f in futures]
-        pool = current_runner()
         return {
             "submitted": submitted,
             "names": [f.name for f in futures],
-            "workers": pool.worker_pids if isinstance(pool, ProcessPoolTaskRunner) else [],
+            "workers": await worker_pids(),
             "inline": [rt.sync_whoami(), await rt.async_whoami()],
         }
 
@@ -400,7 +523,8 @@ def test_cancelling_a_running_call_stops_it_where_the_runner_can(
     run: Any, kind: str, runner: TaskRunner, tmp_path: Path
 ) -> None:
     """fut.cancel() on a run that has started ends it Cancelled; on a process pool its
-    worker is ended (the call never finishes); a thread cannot be stopped and goes on."""
+    worker is ended (the call never finishes); a thread cannot be stopped and goes on
+    (on Dask too: the call's Dask future is cancelled, its worker thread goes on)."""
     started, release, out = tmp_path / "started", tmp_path / "release", tmp_path / "out"
 
     @flow(task_runner=runner)
@@ -415,76 +539,101 @@ def test_cancelling_a_running_call_stops_it_where_the_runner_can(
     try:
         assert run(main) == (True, StateType.CANCELLED)
         pid = int(started.read_text())
-        if in_another_process(kind):
+        if stops_calls(kind):
             wait_until(lambda: process_gone(pid), f"worker {pid} ended")
     finally:
         release.touch()
-    if in_another_process(kind):
+    if stops_calls(kind):
         assert not out.exists()  # its process is gone: it can never finish
     else:
         wait_until(out.exists, "the abandoned thread finished on its own")
 
 
 def test_cancelling_a_run_that_has_not_started_never_starts_it(
-    run: Any, runner: TaskRunner, tmp_path: Path
+    run: Any, kind: str, runner: TaskRunner, tmp_path: Path
 ) -> None:
-    """With every worker busy, a run waiting for one is cancelled: it ends Cancelled and
-    never starts, the busy runs finish normally (on a process pool their worker is not
-    ended), and allow_failure passes the cancellation on to a downstream."""
-    paths = {name: tmp_path / name for name in ("sa", "ra", "oa", "sb", "rb", "ob", "go")}
-    paths["go"].touch()
+    """With every worker busy (every worker thread of the cluster on Dask), a run waiting
+    for one is cancelled: it ends Cancelled and never starts, the busy runs finish
+    normally (on a process pool their worker is not ended), and allow_failure passes the
+    cancellation on to a downstream."""
+    started = [tmp_path / f"started{i}" for i in range(slots(kind))]
+    release = tmp_path / "release"
+    go = tmp_path / "go"
+    go.touch()
     queued_out = tmp_path / "queued_out"
 
     @flow(task_runner=runner)
     async def main() -> tuple[bool, StateType, list[str], str]:
         busy = [
-            rt.sync_stuck.submit(str(paths["sa"]), str(paths["ra"]), str(paths["oa"])),
-            rt.sync_stuck.submit(str(paths["sb"]), str(paths["rb"]), str(paths["ob"])),
+            rt.sync_stuck.submit(str(path), str(release), str(tmp_path / f"out{i}"))
+            for i, path in enumerate(started)
         ]
-        await wait_for_path(paths["sa"])
-        await wait_for_path(paths["sb"])
-        queued = rt.sync_after_file.submit(str(paths["go"]), str(queued_out), 1)
+        for path in started:
+            await wait_for_path(path)
+        queued = rt.sync_after_file.submit(str(go), str(queued_out), 1)
         told = rt.sync_describe.submit(allow_failure(queued))
+        if kind == "dask":  # cancelled once it is a Dask task waiting for a thread
+            waiting, _ = await dask_task(queued)
+            assert waiting in ("queued", "processing"), waiting
         cancelled = queued.cancel()
         with anyio.fail_after(WAIT):
             state = await queued.wait()
-        paths["ra"].touch()
-        paths["rb"].touch()
+        if kind == "dask":
+            # The run is Cancelled at once; Dask drops the call when the scheduler's
+            # word reaches its worker, a moment later: a worker thread freed before that
+            # could still start it (its outcome dropped). So the threads are freed once
+            # it is dropped.
+            await dask_dropped(queued)
+        release.touch()
         with anyio.fail_after(WAIT):
             return cancelled, state.type, [await f for f in busy], await told
 
     cancelled, state_type, busy, told = run(main)
     assert (cancelled, state_type) == (True, StateType.CANCELLED)
-    assert busy == ["finished", "finished"]
+    assert busy == ["finished"] * slots(kind)
     assert told.startswith("TaskRunCancelledError: ")
     assert not queued_out.exists()  # the runner has shut down: it never ran
 
 
 def test_a_waiting_run_starts_as_soon_as_any_worker_is_free(
-    run: Any, runner: TaskRunner, tmp_path: Path
+    run: Any, kind: str, runner: TaskRunner, tmp_path: Path
 ) -> None:
-    """With both workers busy, a third run waits; when one of the busy runs finishes it
-    starts on the free worker, whichever run the other worker is still busy with."""
-    paths = {name: tmp_path / name for name in ("sa", "ra", "oa", "sb", "rb", "ob")}
+    """With every worker busy, one more run waits; when one of the busy runs finishes it
+    starts on the free worker, whichever runs the others are still busy with.
+
+    Dask gives the waiting call to a worker as soon as it is submitted: here a thread of
+    the other worker frees up, and takes the call over by Dask's work stealing, within
+    about a second rather than at once (so a longer bound)."""
+    count = slots(kind)
+    started = [tmp_path / f"started{i}" for i in range(count)]
+    releases = [tmp_path / f"release{i}" for i in range(count)]
 
     @flow(task_runner=runner)
     async def main() -> bool:
-        first = rt.sync_stuck.submit(str(paths["sa"]), str(paths["ra"]), str(paths["oa"]))
-        await wait_for_path(paths["sa"])
-        second = rt.sync_stuck.submit(str(paths["sb"]), str(paths["rb"]), str(paths["ob"]))
-        await wait_for_path(paths["sb"])
+        busy = []
+        for i in range(count):
+            busy.append(
+                rt.sync_stuck.submit(str(started[i]), str(releases[i]), str(tmp_path / f"out{i}"))
+            )
+            await wait_for_path(started[i])
         waiting = rt.sync_add.submit(1)
-        paths["rb"].touch()  # the second worker frees up; the first stays busy
+        freed = count - 1  # the last worker frees up; the others stay busy
+        if kind == "dask":
+            _, given_to = await dask_task(waiting)
+            freed = next(i for i, path in enumerate(started) if int(path.read_text()) != given_to)
+        releases[freed].touch()
         try:
             with anyio.fail_after(WAIT):
-                await second
-            with anyio.move_on_after(QUEUED_BOUND):
+                await busy[freed]
+            with anyio.move_on_after(WAIT if kind == "dask" else QUEUED_BOUND):
                 await waiting
             return waiting.done()
         finally:
-            paths["ra"].touch()
+            for release in releases:
+                release.touch()
             with anyio.fail_after(WAIT):
-                await first
+                for fut in busy:
+                    await fut
 
     assert run(main) is True
 
@@ -771,6 +920,71 @@ def test_returned_futures_are_resolved_and_aggregated(run: Any, runner: TaskRunn
     assert [str(e) for e in state.exception.exceptions] == ["one bad"]
 
 
+# == hooks ======================================================================================
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
+def test_task_hooks_run_in_the_flows_process_wherever_the_attempts_ran(
+    run: Any, runner: TaskRunner, tmp_path: Path, task_kind: str
+) -> None:
+    """A submitted run's hooks (sync and async) are called in the flow's process as
+    hook(task, record, state), wherever its attempts ran: on_running before each attempt
+    (the journal shows it before the attempt's own line), on_completion / on_failure
+    with the final state, before `await fut` or `fut.wait()` returns."""
+    journal = tmp_path / "journal"
+    calls: list[tuple[str, bool, int, StateType, int]] = []
+
+    def hook(name: str) -> Callable[..., None]:
+        def sync_hook(owner: Any, record: Any, state: State[Any]) -> None:
+            if name == "running":
+                with open(journal, "a") as f:
+                    f.write(f"running {record.attempts}\n")
+            calls.append((name, owner in tasks, record.attempts, state.type, os.getpid()))
+
+        return sync_hook
+
+    def async_hook(name: str) -> Callable[..., Any]:
+        async def hook_async(owner: Any, record: Any, state: State[Any]) -> None:
+            await anyio.lowlevel.checkpoint()
+            calls.append((name, owner in tasks, record.attempts, state.type, os.getpid()))
+
+        return hook_async
+
+    flaky = (rt.sync_flaky if task_kind == "sync" else rt.async_flaky).with_options(
+        retries=1,
+        on_running=[hook("running")],
+        on_completion=[hook("completion"), async_hook("async completion")],
+        on_failure=[hook("failure")],
+    )
+    failing = (rt.sync_fail if task_kind == "sync" else rt.async_fail).with_options(
+        on_completion=[hook("completion")],
+        on_failure=[hook("failure"), async_hook("async failure")],
+    )
+    tasks = (flaky, failing)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[int, int, StateType]:
+        with anyio.fail_after(WAIT):
+            value = await flaky.submit(str(journal), 1)
+            seen = len(calls)  # the hooks had all run when the await returned
+            state = await failing.submit("hooked").wait()
+        return value, seen, state.type
+
+    with fast_retries():
+        value, seen, failed = run(main)
+    assert (value, failed) == (2, StateType.FAILED)
+    here = os.getpid()
+    assert calls == [
+        ("running", True, 1, StateType.RUNNING, here),
+        ("running", True, 2, StateType.RUNNING, here),
+        ("completion", True, 2, StateType.COMPLETED, here),
+        ("async completion", True, 2, StateType.COMPLETED, here),
+        ("failure", True, 1, StateType.FAILED, here),
+        ("async failure", True, 1, StateType.FAILED, here),
+    ]
+    assert seen == 4
+    lines = journal.read_text().split("\n")
+    assert [line.split()[0] for line in lines if line] == ["running", "1", "running", "2"]
+
+
 # == retries (rule 8) ============================================================================
 @pytest.mark.parametrize("task_kind", ["sync", "async"])
 def test_a_task_retried_until_it_succeeds(
@@ -819,31 +1033,34 @@ def test_exhausted_retries_fail_with_the_last_attempts_error(
     assert len(journal.read_text().splitlines()) == 2
 
 
-def counting_runner(kind: str, journal: list[str]) -> TaskRunner:
+def counting_runner(
+    kind: str, make_runner: Callable[..., TaskRunner], journal: list[str]
+) -> TaskRunner:
     """A runner of ``kind`` whose duplicate() calls are written in ``journal``."""
-    base: Any = RUNNERS[kind]
+    base: Any = runner_class(kind)
 
     class Counting(base):  # type: ignore[misc, valid-type]
         def duplicate(self) -> Any:
             journal.append("duplicate")
             return super().duplicate()
 
-    return Counting(2)  # type: ignore[no-any-return]
+    return make_runner(Counting)
 
 
 def test_flow_retries_use_the_one_runner_of_the_flow_run(
-    run: Any, kind: str, tmp_path: Path
+    run: Any, kind: str, make_runner: Callable[..., TaskRunner], tmp_path: Path
 ) -> None:
     """A flow run's retries use the runner started for its first attempt: one
-    duplicate(), the same runner object, and (for processes) the same worker process."""
+    duplicate(), the same runner object, and (for processes) the same worker process; on
+    Dask, the workers of the same cluster (either of them may take a call)."""
     journal: list[str] = []
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[int, int, set[int]]] = []
 
-    @flow(task_runner=counting_runner(kind, journal), retries=1)
+    @flow(task_runner=counting_runner(kind, make_runner, journal), retries=1)
     async def main() -> int:
         with anyio.fail_after(WAIT):
             identity = await rt.sync_whoami.submit()
-        seen.append((id(current_runner()), identity["pid"]))
+        seen.append((id(current_runner()), identity["pid"], await worker_pids()))
         if len(seen) == 1:
             raise RuntimeError("first attempt fails")
         return len(seen)
@@ -853,12 +1070,19 @@ def test_flow_retries_use_the_one_runner_of_the_flow_run(
     assert state.result() == 2
     assert state.record.attempts == 2
     assert journal == ["duplicate"]
-    assert seen[0] == seen[1]
+    (first_runner, first_pid, workers), (second_runner, second_pid, _) = seen
+    assert first_runner == second_runner
+    if kind == "dask":
+        assert {first_pid, second_pid} <= workers
+    else:
+        assert first_pid == second_pid
 
 
-def test_a_subflow_without_a_runner_uses_its_parents(run: Any, kind: str) -> None:
+def test_a_subflow_without_a_runner_uses_its_parents(
+    run: Any, kind: str, make_runner: Callable[..., TaskRunner]
+) -> None:
     """A subflow with no runner of its own submits to its parent's started runner (for
-    processes: into the parent's worker processes)."""
+    processes: into the parent's worker processes; for Dask: its cluster's workers)."""
     journal: list[str] = []
 
     @flow
@@ -866,14 +1090,17 @@ def test_a_subflow_without_a_runner_uses_its_parents(run: Any, kind: str) -> Non
         with anyio.fail_after(WAIT):
             return id(current_runner()), await rt.async_whoami.submit()
 
-    @flow(task_runner=counting_runner(kind, journal))
+    @flow(task_runner=counting_runner(kind, make_runner, journal))
     async def parent() -> tuple[int, int, dict[str, Any], list[int]]:
         with anyio.fail_after(WAIT):
             mine = await rt.sync_whoami.submit()
         child_runner, child_identity = await child()
-        pool = current_runner()
-        workers = pool.worker_pids if isinstance(pool, ProcessPoolTaskRunner) else []
-        return id(pool), child_runner, child_identity, [mine["pid"], *workers]
+        return (
+            id(current_runner()),
+            child_runner,
+            child_identity,
+            [mine["pid"], *await worker_pids()],
+        )
 
     parent_runner, child_runner, child_identity, pids = run(parent)
     assert child_runner == parent_runner
@@ -892,13 +1119,13 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
 ) -> None:
     """A submitted call past its task's timeout ends Failed/TimedOut promptly. On a
     process pool its worker is ended, so the call never finishes; a thread (a sync task
-    on the thread pool, any call on the pickling runner) is abandoned, says so, and
-    finishes on its own."""
+    on the thread pool, any call on the pickling runner or in a Dask worker's thread) is
+    abandoned, says so, and finishes on its own."""
     stuck = (rt.sync_stuck if task_kind == "sync" else rt.async_stuck).with_options(
         timeout_seconds=TIMEOUT
     )
     started, release, out = tmp_path / "started", tmp_path / "release", tmp_path / "out"
-    abandoned = kind == "pickling" or (kind == "threads" and task_kind == "sync")
+    abandoned = kind in ("pickling", "dask") or (kind == "threads" and task_kind == "sync")
 
     states: list[State[Any]] = []
 
@@ -916,7 +1143,7 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
         [state] = states
         assert started.exists()  # it had started: the timeout stopped a running call
         pid = int(started.read_text())
-        if in_another_process(kind):
+        if stops_calls(kind):
             wait_until(lambda: process_gone(pid), f"worker {pid} ended")
     finally:
         release.touch()
@@ -925,7 +1152,7 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
     assert f"timeout of {TIMEOUT} s" in str(state.exception)
     assert ("abandoned" in str(state.exception)) is abandoned
     assert elapsed < WAIT / 2
-    if in_another_process(kind):
+    if stops_calls(kind):
         assert not out.exists()  # its process is gone: it can never finish
     elif abandoned:
         wait_until(out.exists, "the abandoned call finished on its own")
@@ -935,7 +1162,8 @@ def test_a_timed_out_attempt_is_retried(
     run: Any, kind: str, runner: TaskRunner, tmp_path: Path
 ) -> None:
     """Retries apply to an attempt that timed out: the next attempt completes (on a
-    process pool, in a worker other than the one ended under the first attempt)."""
+    process pool, in a worker other than the one ended under the first attempt; where
+    the first is abandoned, while it is still running: it is released only after)."""
     task = rt.stuck_first_attempt.with_options(timeout_seconds=TIMEOUT, retries=1)
     started, release = tmp_path / "started", tmp_path / "release"
 
@@ -955,7 +1183,7 @@ def test_a_timed_out_attempt_is_retried(
     assert attempts == 2
     assert value.startswith("attempt 2 in ")
     second_pid = int(value.rsplit(" ", 1)[1])
-    if in_another_process(kind):
+    if stops_calls(kind):
         assert second_pid != first_pid
         assert process_gone(first_pid)
 
@@ -964,7 +1192,8 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
     run: Any, kind: str, runner: TaskRunner, tmp_path: Path
 ) -> None:
     """A flow run past its timeout ends TimedOut with its running task runs Cancelled;
-    on a process pool their workers are ended, so they never finish."""
+    on a process pool their workers are ended, so they never finish (elsewhere they are
+    abandoned and finish on their own)."""
     names = ("sync", "async")
     started = {n: tmp_path / f"started_{n}" for n in names}
     outs = {n: tmp_path / f"out_{n}" for n in names}
@@ -983,60 +1212,90 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
         state = flow_state(run, main)
         assert all(path.exists() for path in started.values())  # both had started
         pids = [int(path.read_text()) for path in started.values()]
-        if in_another_process(kind):
+        if stops_calls(kind):
             for pid in pids:
                 wait_until(lambda pid=pid: process_gone(pid), f"worker {pid} ended")
     finally:
         release.touch()
     assert (state.type, state.name) == (StateType.FAILED, "TimedOut")
     assert [f.state.type for f in futures] == [StateType.CANCELLED] * 2
-    if in_another_process(kind):
+    if stops_calls(kind):
         assert not any(out.exists() for out in outs.values())
     else:  # a thread cannot be stopped: let the abandoned ones end
-        abandoned = [outs["sync"]] + ([outs["async"]] if kind == "pickling" else [])
+        far = kind in ("pickling", "dask")  # the async call is in a thread there too
+        abandoned = [outs["sync"]] + ([outs["async"]] if far else [])
         wait_until(lambda: all(out.exists() for out in abandoned), "abandoned calls ended")
 
 
-# == worker processes that die (processes only) ==================================================
+# == worker processes that die (processes and Dask) ===============================================
 @pytest.mark.parametrize("task_kind", ["sync", "async"])
+@pytest.mark.parametrize("kind", ["processes", "dask"])
 def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
-    run: Any, tmp_path: Path, task_kind: str
+    run: Any, kind: str, make_runner: Callable[..., TaskRunner], tmp_path: Path, task_kind: str
 ) -> None:
     """A worker process ending abruptly (os._exit) under a call makes the task run
     Crashed with a WorkerLostError; with retries=1 the next attempt runs in another
-    worker and completes. Other runs of the flow are unharmed."""
+    worker and completes. Other runs of the flow are unharmed.
+
+    On Dask a worker runs several calls at once, in threads: a call sharing the killed
+    worker process dies with it (Crashed too, rightly). So there the runs follow one
+    another: the bystander finishes before the first death, and the retried run starts
+    after it. The killed worker's nanny starts a new one; the retry runs on the worker
+    left, or on the new one. The shared cluster has its two workers again after."""
     die = rt.die_unless if task_kind == "sync" else rt.async_die_unless
+    one_at_a_time = kind == "dask"
+    first, second = tmp_path / "first", tmp_path / "second"
 
     states: list[State[Any]] = []
+    hooked: list[StateType] = []  # on_failure is called for a crash too, here
 
-    @flow(task_runner=ProcessPoolTaskRunner(2))
-    async def main() -> tuple[int, int]:
-        bystander = rt.sync_add.submit(1)
-        crashed = die.submit(str(tmp_path / "first"))
-        retried = die.with_options(retries=1).submit(str(tmp_path / "second"))
+    def on_failure(owner: Any, record: Any, state: State[Any]) -> None:
+        hooked.append(state.type)
+
+    @flow(task_runner=make_runner())
+    async def main() -> tuple[int, int, str, set[int]]:
         with anyio.fail_after(WAIT):
+            bystander = rt.sync_add.submit(1)
+            if one_at_a_time:
+                await bystander
+            crashed = die.with_options(on_failure=[on_failure]).submit(str(first))
+            if not one_at_a_time:
+                retried = die.with_options(retries=1).submit(str(second))
             states.append(await crashed.wait())
             # Before any run of this flow is NotRun: see the next test.
             told = await rt.sync_describe.submit(allow_failure(crashed))
             skipped = rt.sync_add.submit(crashed, 1)
+            if one_at_a_time:
+                await skipped.wait()
+                retried = die.with_options(retries=1).submit(str(second))
             states.extend([await retried.wait(), await skipped.wait()])
-            return retried.record.attempts, await bystander, told
+            workers = await worker_pids() if kind == "dask" else set()
+            return retried.record.attempts, await bystander, told, workers
 
-    with fast_retries():
-        attempts, bystander, told = flow_state(run, main).result()
+    try:
+        with fast_retries():
+            attempts, bystander, told, workers = flow_state(run, main).result()
+    finally:
+        if kind == "dask":  # the nannies restart the killed workers: wait for them
+            dask_workers(make_runner().address, count=2)  # type: ignore[attr-defined]
     crashed, retried, skipped = states
+    died = "died under it" if kind == "dask" else "exited with code 3"
     assert crashed.type is StateType.CRASHED
+    assert hooked == [StateType.CRASHED]
     assert isinstance(crashed.exception, CrashedError)
     lost = crashed.exception.__cause__
     assert isinstance(lost, WorkerLostError), repr(lost)
-    assert "exited with code 3" in str(lost)
+    assert died in str(lost)
+    assert process_gone(int(first.read_text()))  # it really died
     assert retried.type is StateType.COMPLETED
     assert attempts == 2
-    assert retried.result() != os.getpid()
+    assert retried.result() not in (os.getpid(), int(second.read_text()))
+    if kind == "dask":
+        assert retried.result() in workers
     assert bystander == 11
     # rule 5: allow_failure lets a crashed upstream through, with its error ...
     assert told.startswith("CrashedError: ")
-    assert "exited with code 3" in told
+    assert died in told
     # ... and rule 4: a plain downstream of it does not run
     assert skipped.type is StateType.NOT_RUN
 
@@ -1418,8 +1677,9 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
     run: Any, kind: str, runner: TaskRunner
 ) -> None:
     """concurrency() / rate_limit() in task code: held where the flow's process can
-    enforce them (threads), otherwise a UsageError saying to tag the task; a name with
-    no limit does not wait anywhere; a limit defined only where the call runs is
+    enforce them (threads) or where the runner enforces them across processes (Dask:
+    semaphores on the scheduler), otherwise a UsageError saying to tag the task; a name
+    with no limit does not wait anywhere; a limit defined only where the call runs is
     refused (each worker would hold its own copy)."""
     from orchestr.limits import limits, remove_limit
 
@@ -1436,7 +1696,7 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
     with limits(concurrency={"rule-limited": 1}, rate={"rule-rated": (5, 1.0)}):
         held, rated, unlimited = run(main)
     assert unlimited == "held"
-    if remote(kind):
+    if remote(kind) and kind != "dask":
         for told in (held, rated):
             assert told.startswith("UsageError: "), told
             assert "executes in another process" in told
@@ -1463,12 +1723,16 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
 # == subflows share the parent's started runner ===================================================
 @pytest.mark.parametrize("parent_kind", ["async", "sync"])
 def test_a_sync_subflow_runs_its_calls_on_the_parents_runner_of_one_worker(
-    run: Any, kind: str, parent_kind: str
+    run: Any, kind: str, make_runner: Callable[..., TaskRunner], parent_kind: str
 ) -> None:
     """A sync subflow (on a loop of its own) uses its parent's started runner: with one
     worker, the parent's call, then the subflow's sync and async calls, then the
-    parent's again all run, none waiting for ever on a slot held by another loop."""
-    runner = RUNNERS[kind](1)  # type: ignore[call-arg]
+    parent's again all run, none waiting for ever on a slot held by another loop.
+
+    On Dask the slots are the shared cluster's worker threads, held by no loop of this
+    process: what this proves there is that the sync subflow's loop reaches the parent's
+    client (which lives on a loop of its own)."""
+    runner = make_runner() if kind == "dask" else RUNNERS[kind](1)  # type: ignore[call-arg]
 
     @flow
     def child(x: int) -> int:

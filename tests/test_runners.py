@@ -463,3 +463,53 @@ def test_lent_places_are_given_back(run: Any) -> None:
 
     run(main)
     assert max(most) <= 2
+
+
+class _RunnerThatCannotStart(TaskRunner):
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def duplicate(self) -> Self:
+        return type(self)(self.error)
+
+    async def start(self) -> None:
+        raise self.error
+
+    async def run(self, call: Call) -> Outcome:
+        raise AssertionError("never started: never asked to run")
+
+
+@pytest.mark.parametrize("kind", ["foreign", "orchestr"])
+def test_a_runner_that_cannot_start_crashes_the_run_which_returns_its_state(
+    run: Any, kind: str
+) -> None:
+    """The body never runs; the run ends Crashed (on_crashed hooks run); return_state=True
+    gives that state (rule 1) and a plain call raises its error: orchestr's own error as
+    the runner gave it (it names what failed), any other wrapped in a CrashedError naming
+    the runner."""
+    from orchestr.exceptions import ClusterError, CrashedError
+
+    error = RuntimeError("no room") if kind == "foreign" else ClusterError("no scheduler at x")
+    began: list[bool] = []
+    crashed: list[Any] = []
+
+    @flow(task_runner=_RunnerThatCannotStart(error), on_crashed=[lambda f, r, s: crashed.append(s)])
+    async def main() -> None:
+        began.append(True)
+
+    async def go() -> Any:
+        state = await main(return_state=True)
+        with pytest.raises(CrashedError if kind == "foreign" else ClusterError) as raised:
+            await main()
+        return state, raised.value
+
+    state, raised = run(go)
+    assert began == []
+    assert state.type is StateType.CRASHED
+    assert [s.type for s in crashed] == [StateType.CRASHED] * 2
+    if kind == "foreign":
+        assert "its task runner _RunnerThatCannotStart() could not start" in str(raised)
+        assert "RuntimeError: no room" in str(raised)
+        assert raised.__cause__ is error
+    else:
+        assert raised is error

@@ -106,7 +106,9 @@ def test_one_declaration_drives_defaults_and_the_pydantic_model() -> None:
     assert list(model.model_fields) == list(FIELDS)
     defaults = Settings()
     for name, field in FIELDS.items():
-        assert model.model_fields[name].default == field.default == getattr(defaults, name)
+        made = field.default if field.factory is None else field.factory()
+        pydantic_default = model.model_fields[name].get_default(call_default_factory=True)
+        assert pydantic_default == made == getattr(defaults, name)
         assert model.model_fields[name].description == field.description
     assert model.model_validate({}).model_dump() == defaults.model_dump()
     assert repr(defaults).startswith("Settings(backend='asyncio'")

@@ -93,7 +93,12 @@ def task_call(
         log_prints=log_prints_var.get() is not None,
         limits=portable_limits(run),
     )
-    key = f"{record.name}-{record.id.hex[:8]}-a{record.attempts}"
+    # Dask's dashboard groups keys by their leading name (dask.utils.key_split: words up
+    # to the first one that is not all letters): the task's name, ended by the run's
+    # index; a name given by task_run_name follows it, after that index, for the reader.
+    given = record._given_name
+    named = f"{record.task_name}-{record.index}" + (f"-{given}" if given else "")
+    key = f"{named}-{record.id.hex[:8]}-a{record.attempts}"
     resources = task.worker_resources
     annotations = sys.modules.get("dask.base")
     if annotations is not None:  # dask.annotate(resources=...) around the .submit()

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._definitions import run_name_for
+from .._history._recorder import record_flow_run
 from .._logging import (
     configure_logging,
     flow_run_logger,
@@ -36,10 +37,13 @@ from .._tracebacks import hide_frames
 from ..exceptions import (
     BlockingCallError,
     CrashedError,
+    OrchestrError,
     ParameterValidationError,
+    ResourceCleanupError,
     TaskRunCancelledError,
     UsageError,
 )
+from ..resources._worker_cleanup import end_worker_resources, with_cleanup_errors
 from ..runners._pool import lending_worker
 from ..settings import get_settings
 from ..states import State, StateType, _describe
@@ -57,6 +61,7 @@ from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
+    from ..runners import TaskRunner
     from ._finalstate import Stop
 
     Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -319,11 +324,16 @@ async def _run(
     configure_logging(settings.logging_level, settings.setup_logging)
     record = run.record
     record.started = time.time()
+    if settings.history:
+        record_flow_run(record, settings)
     log_flow_begin(record, run.flow, args, kwargs)
     cancelled = anyio.get_cancelled_exc_class()
+    by_name = run.flow.parameters.arguments
     try:
         try:
+            record._arguments = (by_name, args, kwargs)  # as given, if validation fails
             args, kwargs = run.flow.parameters(args, kwargs)
+            record._arguments = (by_name, args, kwargs)
             run.arguments = (args, kwargs)
             if run.flow.run_name is not None:
                 record._given_name = run_name_for(run.flow, args, kwargs)
@@ -372,12 +382,37 @@ async def _attempts(
         run.runner = parent.runner
         return await _each_attempt(run, args, kwargs, body)
     runner = run.runner = run.flow.task_runner.duplicate()
-    await runner.start()
     try:
-        return await _each_attempt(run, args, kwargs, body)
+        await runner.start()
+    except Exception as exc:  # it cleaned up after itself: the run crashed, not raised
+        return _runner_failed(run, runner, exc)
+    cleanup_errors: list[ResourceCleanupError] = []
+    try:
+        state = await _each_attempt(run, args, kwargs, body)
     finally:
         with anyio.CancelScope(shield=True):
-            await runner.shutdown()
+            try:
+                # The run's per-worker resources, on the workers too: before the runner
+                # (its cluster client) is gone.
+                cleanup_errors = await end_worker_resources(run)
+            finally:
+                await runner.shutdown()
+    return with_cleanup_errors(state, cleanup_errors)
+
+
+def _runner_failed(run: FlowRun, runner: TaskRunner, exc: Exception) -> State[Any]:
+    """The Crashed state of a run whose task runner could not start (a cluster that
+    cannot be reached, ...): its error as the runner gave it if orchestr's own (which
+    names what failed), else a CrashedError that says so."""
+    record = run.record
+    error: BaseException = exc
+    if not isinstance(exc, OrchestrError):
+        error = CrashedError(
+            f"flow run {record.name!r} crashed: its task runner {runner!r} could not "
+            f"start: {_describe(exc)}"
+        )
+        error.__cause__ = exc
+    return State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
 
 
 async def _each_attempt(
@@ -519,6 +554,7 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
     record = run.record
     run.closed = True
     set_state(record, state)
+    record._arguments = None  # records keep no arguments (the history took its snapshot)
     flow = run.flow
     hooks = {
         StateType.COMPLETED: flow.on_completion_hooks,

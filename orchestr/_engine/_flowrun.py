@@ -36,6 +36,7 @@ from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
+    from ..resources._worker_sessions import Session
     from ..runners import TaskRunner
     from ._dispatch import Dispatcher, JobExecutor
 
@@ -80,6 +81,7 @@ class FlowRun:
         "signal",
         "signal_count",
         "worker_driver",
+        "worker_resources",
     )
 
     def __init__(
@@ -106,6 +108,9 @@ class FlowRun:
         self.worker_driver = BlockingDriver(self, inline=False)
         self.loop: LoopHandle = None  # type: ignore[assignment]  # set by bind_loop()
         self.runner: TaskRunner = None  # type: ignore[assignment]  # set as the run starts
+        # The per-worker resources of this process, if this run started its runner and
+        # its tasks asked for some (orchestr.resources._worker_sessions).
+        self.worker_resources: Session | None = None
         # Set per attempt too; once the attempt has ended it cancels what reaches it.
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.scope: anyio.CancelScope | None = None

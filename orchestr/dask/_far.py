@@ -15,14 +15,28 @@ left to the worker's logging as they were.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from contextvars import ContextVar
 from typing import Any
 
 from .._logging import shippable_record
+from ..resources._worker_sessions import session_var
 from ..runners._pickling import far_side
 
-__all__ = ["run_on_worker"]
+__all__ = ["SEND_ADVICE", "run_on_worker"]
+
+# What a SerializationError suggests on Dask: what does not pickle (a connection, a
+# client) is usually meant to be shared by the tasks on a worker.
+SEND_ADVICE = (
+    "create the object inside the task; for a connection or client that the tasks on a "
+    "worker should share, declare a per-worker resource (@per_worker_resource) and ask "
+    "for it inside the task"
+)
+_RETURN_ADVICE = (
+    "return plain data; keep a connection or client in a per-worker resource "
+    "(@per_worker_resource) instead of returning it"
+)
 
 _collected: ContextVar[list[dict[str, Any]] | None] = ContextVar(
     "orchestr.dask.collected", default=None
@@ -55,10 +69,25 @@ def _install() -> None:
 
 
 def run_on_worker(
-    payload: bytes, key: str, orchestr_level: int
+    payload: bytes, key: str, orchestr_level: int, home: int, session: str | None = None
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """Run the call ``payload`` here; its pickled outcome and the log records it made.
-    Never raises (the outcome carries what happened)."""
+    Never raises (the outcome carries what happened). ``home`` is the process id of the
+    flow's process: a worker in that process (``LocalCluster(processes=False)``) lets its
+    records be handled where they are made, as they would be twice otherwise.
+    ``session``: the runner's, for the per-worker resources the call asks for."""
+    token = session_var.set(session)
+    try:
+        return _run_here(payload, key, orchestr_level, home)
+    finally:
+        session_var.reset(token)
+
+
+def _run_here(
+    payload: bytes, key: str, orchestr_level: int, home: int
+) -> tuple[bytes, list[dict[str, Any]]]:
+    if os.getpid() == home:
+        return far_side(payload, key, _RETURN_ADVICE), []
     _install()
     # The flow's process decides which run-logger records exist, as it would at home.
     logger = logging.getLogger("orchestr")
@@ -67,7 +96,7 @@ def run_on_worker(
     records: list[dict[str, Any]] = []
     token = _collected.set(records)
     try:
-        body = far_side(payload, key)
+        body = far_side(payload, key, _RETURN_ADVICE)
     finally:
         _collected.reset(token)
     return body, records

@@ -10,11 +10,11 @@ The cluster is one of (checked when the runner is made, so a typo fails at once)
 - an existing cluster object, ``cluster=...``, also left running.
 
 Every submitted attempt (sync and async tasks) becomes one Dask task whose key is the
-attempt's own (readable in the dashboard: task run name, id, attempt; never merged, as
-``pure=True`` would), running :func:`~orchestr.dask._far.run_on_worker`; its result is
-released as soon as the outcome is here, so nothing completed is recomputed when a worker
-dies later. States, retries, timeouts, dependencies, hooks and resources stay in the
-flow's process, as with every runner.
+attempt's own (``fetch-3-1f2e3d4c-a1``: the dashboard groups it under the task's name;
+never merged, as ``pure=True`` would), running :func:`~orchestr.dask._far.run_on_worker`;
+its result is released as soon as the outcome is here, so nothing completed is recomputed
+when a worker dies later. States, retries, timeouts, dependencies, hooks and resources
+stay in the flow's process, as with every runner.
 
 - A worker that dies under a call gives a ``Crashed`` attempt (a
   :class:`~orchestr.exceptions.WorkerLostError`); retries apply and the run goes on with
@@ -27,6 +27,10 @@ flow's process, as with every runner.
   be stopped there and is abandoned (its outcome dropped).
 - ``with dask.annotate(resources={"GPU": 1}):`` around ``.submit()``, or the task option
   ``worker_resources``, become the Dask task's ``resources=``.
+- Tag limits, ``concurrency()`` and ``rate_limit()`` hold across the cluster, through
+  semaphores on its scheduler (:mod:`~orchestr.dask._limits`, :meth:`limit_backend`).
+- A temporary cluster that fails to start is a ``ClusterError`` naming it, its
+  ``cluster_kwargs`` and the underlying cause; what it had started is closed.
 
 The client and a temporary cluster live on an asyncio loop of their own
 (:mod:`~orchestr.dask._bridge`), so flows on trio, on asyncio and sync flows all use it.
@@ -34,26 +38,40 @@ The client and a temporary cluster live on an asyncio loop of their own
 
 from __future__ import annotations
 
+import contextvars
 import importlib
 import inspect
 import logging
+import os
+import uuid
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
 import anyio
 import anyio.to_thread
 
-from .._checks import seconds
+try:
+    import distributed
+    from distributed.comm.addressing import get_address_host_port, parse_address
+    from distributed.comm.registry import get_backend
+except ImportError as exc:  # here, not when a flow first runs
+    raise ImportError(
+        f"orchestr.dask needs Dask's distributed ({exc}): pip install 'orchestr[dask]'"
+    ) from exc
+
+from .._checks import is_number, seconds
 from .._logging import handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
+from ..resources._per_worker import remote_cleanup_bound
+from ..resources._worker_cleanup import WorkerReport
 from ..runners._base import TaskRunner
 from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
+from ..settings import get_settings
 from ._bridge import ClientLoop
-from ._far import run_on_worker
-
-if TYPE_CHECKING:
-    import distributed
+from ._far import SEND_ADVICE, run_on_worker
+from ._limits import ClusterLimits
+from ._worker_resources import close_on_cluster
 
 __all__ = ["DaskTaskRunner"]
 
@@ -87,26 +105,18 @@ class DaskTaskRunner(TaskRunner):
                 "existing scheduler), cluster (an existing cluster) and cluster_class (a "
                 "temporary cluster)"
             )
-        if address is not None and (not isinstance(address, str) or not address.strip()):
-            raise UsageError(
-                f"address of DaskTaskRunner must be a scheduler address such as "
-                f"'tcp://127.0.0.1:8786', got {address!r}"
-            )
+        if address is not None:
+            _check_address(address)
         if cluster is not None and not hasattr(cluster, "scheduler_address"):
             raise UsageError(
                 f"cluster of DaskTaskRunner must be a Dask cluster object (with a "
                 f"scheduler_address), got {type(cluster).__name__}"
             )
-        for what, value in (
-            ("cluster_kwargs", cluster_kwargs),
-            ("adapt_kwargs", adapt_kwargs),
-            ("client_kwargs", client_kwargs),
-        ):
-            if value is not None and not isinstance(value, Mapping):
-                raise UsageError(
-                    f"{what} of DaskTaskRunner must be a dict of keyword arguments, got "
-                    f"{type(value).__name__}"
-                )
+        cluster_kwargs = _keywords("cluster_kwargs", cluster_kwargs)
+        adapt_kwargs = _keywords("adapt_kwargs", adapt_kwargs)
+        client_kwargs = _keywords("client_kwargs", client_kwargs)
+        if adapt_kwargs is not None:
+            _check_adapt(adapt_kwargs)
         if (address is not None or cluster is not None) and (cluster_kwargs or adapt_kwargs):
             raise UsageError(
                 "cluster_kwargs and adapt_kwargs of DaskTaskRunner configure a temporary "
@@ -129,6 +139,9 @@ class DaskTaskRunner(TaskRunner):
         self._bridge: ClientLoop | None = None
         self._client: distributed.Client | None = None
         self._cluster: Any = None  # the temporary one, closed at shutdown
+        self._limits: ClusterLimits | None = None
+        # What its calls share on each worker: their per-worker resources.
+        self._session = uuid.uuid4().hex
 
     # -- lifetime ---------------------------------------------------------------------------
     def duplicate(self) -> Self:
@@ -146,7 +159,10 @@ class DaskTaskRunner(TaskRunner):
         if self._bridge is not None:
             raise UsageError("this DaskTaskRunner was started already (duplicate() it)")
         bridge = self._bridge = ClientLoop("orchestr-dask-client")
-        started = bridge.submit(self._connect())
+        # In a context of its own: a temporary cluster's in-process workers (processes=
+        # False) run calls in copies of it, and the flow's (its run, the event loop
+        # library that sniffio names) would make anyio.run() there refuse async tasks.
+        started = contextvars.Context().run(bridge.submit, self._connect())
         try:
             # Not cancelled half-way (a cluster half started leaks its processes): a
             # cancelled start waits for it, then closes what it made.
@@ -166,8 +182,6 @@ class DaskTaskRunner(TaskRunner):
     async def _connect(self) -> None:
         """On the client's loop: start the temporary cluster if there is one, and the
         client."""
-        import distributed
-
         kwargs = {"set_as_default": False, **self.client_kwargs}
         if self.address is not None:
             target: Any = self.address
@@ -176,17 +190,36 @@ class DaskTaskRunner(TaskRunner):
         else:
             self._cluster = await self._start_cluster()
             target = self._cluster
+        client = None
         try:
-            self._client = await distributed.Client(
+            client = distributed.Client(
                 target, asynchronous=True, timeout=self.connect_timeout, **kwargs
             )
-        except (OSError, TimeoutError) as exc:
+            self._client = await client
+        except Exception as exc:
+            if client is not None:  # not left to its __del__, which needs this loop
+                await _close_quietly(client)
             where = target if isinstance(target, str) else _address_of(target)
-            raise ClusterError(
+            raise ClusterError(self._connect_failure(where, exc)) from exc
+        self._limits = ClusterLimits.of_client(self._client)
+
+    def _connect_failure(self, where: str, exc: Exception) -> str:
+        if isinstance(exc, (OSError, TimeoutError)):
+            return (
                 f"could not connect to the Dask scheduler at {where!r} within "
                 f"{self.connect_timeout:g} s ({type(exc).__name__}: {exc}); is it running "
                 "and reachable from here? (connect_timeout= sets the wait)"
-            ) from exc
+            )
+        hint = ""
+        if where.startswith("tls://") and "security" not in self.client_kwargs:
+            hint = (
+                "; a tls:// scheduler needs client_kwargs={'security': "
+                "distributed.security.Security(...)} (or TLS settings in Dask's config)"
+            )
+        return (
+            f"could not connect to the Dask scheduler at {where!r} "
+            f"({type(exc).__name__}: {exc}){hint}"
+        )
 
     async def _start_cluster(self) -> Any:
         what = _describe(self.cluster_class)
@@ -197,14 +230,27 @@ class DaskTaskRunner(TaskRunner):
             scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
             scheduler_kwargs.setdefault("allowed_failures", 0)
             kwargs["scheduler_kwargs"] = scheduler_kwargs
+        made: Any = None
         try:
-            cluster = self._factory(asynchronous=True, **kwargs)
+            made = cluster = self._factory(asynchronous=True, **kwargs)
             if inspect.isawaitable(cluster):
                 cluster = await cluster
         except Exception as exc:
+            if made is not None and not inspect.iscoroutine(made):
+                # Started half-way: a LocalCluster whose workers fail to start has its
+                # scheduler listening already, and Dask leaves it so.
+                await _close_half_started(made)
+            given = f" with cluster_kwargs {self.cluster_kwargs!r}" if self.cluster_kwargs else ""
             raise ClusterError(
-                f"the Dask cluster {what} could not be started ({type(exc).__name__}: {exc})"
+                f"the Dask cluster {what} could not be started{given} "
+                f"({_causes(exc)}); check the cluster's arguments"
             ) from exc
+        if not hasattr(cluster, "scheduler_address"):
+            raise ClusterError(
+                f"cluster_class {what} of DaskTaskRunner made a {type(cluster).__name__}, "
+                "not a Dask cluster (it has no scheduler_address): it must return a cluster "
+                "such as distributed.LocalCluster(**kwargs)"
+            )
         try:
             if self.adapt_kwargs is not None:
                 adapting = cluster.adapt(**self.adapt_kwargs)
@@ -220,6 +266,21 @@ class DaskTaskRunner(TaskRunner):
             ) from exc
         return cluster
 
+    def limit_backend(self) -> ClusterLimits | None:
+        """Tag limits, ``concurrency()`` and ``rate_limit()`` hold across the cluster
+        (:mod:`orchestr.dask._limits`); None until the runner has started."""
+        return self._limits
+
+    async def close_worker_resources(self) -> list[WorkerReport]:
+        """Clean up the per-worker resources of this runner's calls on every worker
+        (:mod:`orchestr.dask._worker_resources`); what each worker reported."""
+        bridge, client = self._bridge, self._client
+        if bridge is None or client is None:
+            return []
+        timeout = get_settings().cleanup_timeout_seconds
+        closing = close_on_cluster(client, self._session, timeout, remote_cleanup_bound())
+        return await bridge.run(closing)
+
     async def shutdown(self) -> None:
         await anyio.to_thread.run_sync(self._close_blocking)
 
@@ -229,7 +290,10 @@ class DaskTaskRunner(TaskRunner):
             return
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
+        limits, self._limits = self._limits, None
         try:
+            if limits is not None:  # the last requests of waits given up, if they matter
+                bridge.run_blocking(limits.settle(wait=cluster is None), _CLOSE_TIMEOUT)
             bridge.run_blocking(_close_all(client, cluster), _CLOSE_TIMEOUT)
         except Exception as exc:  # never fails a run: it has finished
             logging.getLogger("orchestr").warning(
@@ -246,10 +310,10 @@ class DaskTaskRunner(TaskRunner):
         bridge, client = self._bridge, self._client
         if bridge is None or client is None:
             raise UsageError("DaskTaskRunner.run() was called before start()")
-        payload = dump_call(call, "a Dask worker")
+        payload = dump_call(call, "a Dask worker", SEND_ADVICE)
         level = logging.getLogger("orchestr").getEffectiveLevel()
         try:
-            body, records = await bridge.run(_on_dask(client, call, payload, level))
+            body, records = await bridge.run(_on_dask(client, call, payload, level, self._session))
         except BaseException:
             call.abandoned = True  # if it was running, nothing can stop it there
             raise
@@ -285,7 +349,7 @@ class DaskTaskRunner(TaskRunner):
 
 
 async def _on_dask(
-    client: distributed.Client, call: Call, payload: bytes, level: int
+    client: distributed.Client, call: Call, payload: bytes, level: int, session: str
 ) -> tuple[bytes | Outcome, list[dict[str, Any]]]:
     """On the client's loop: one Dask task for ``call``, awaited; cancelled with it."""
     import asyncio
@@ -297,6 +361,8 @@ async def _on_dask(
         payload,
         call.key,
         level,
+        os.getpid(),
+        session,
         key=call.key,
         pure=False,
         resources=dict(call.resources) if call.resources else None,
@@ -332,15 +398,33 @@ async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
             await _close(cluster)
 
 
+async def _close_quietly(client: distributed.Client) -> None:
+    try:
+        await client.close()
+    except Exception:
+        pass  # a client that never connected: what made it fail is reported instead
+
+
 async def _close(cluster: Any) -> None:
     closing = cluster.close()
     if inspect.isawaitable(closing):
         await closing
 
 
-def _local_cluster() -> Any:
-    import distributed
+async def _close_half_started(cluster: Any) -> None:
+    import asyncio
 
+    try:
+        await asyncio.wait_for(_close(cluster), _CLOSE_TIMEOUT)
+    except Exception as exc:  # the start's own failure is what gets reported
+        logging.getLogger("orchestr").warning(
+            "closing the Dask cluster that failed to start failed: %s: %s",
+            type(exc).__name__,
+            exc,
+        )
+
+
+def _local_cluster() -> Any:
     return distributed.LocalCluster
 
 
@@ -348,13 +432,82 @@ def _is_local_cluster(factory: Any) -> bool:
     return isinstance(factory, type) and issubclass(factory, _local_cluster())
 
 
+# Keyword arguments orchestr sets itself, and what to do instead.
+_RESERVED = {
+    "cluster_kwargs": {
+        "asynchronous": "orchestr starts the cluster asynchronously, on a loop of its own",
+    },
+    "client_kwargs": {
+        "address": "give the scheduler as address= of DaskTaskRunner",
+        "asynchronous": "orchestr's client is asynchronous, on a loop of its own",
+        "timeout": "use connect_timeout= of DaskTaskRunner",
+    },
+}
+_ADDRESS_EXAMPLE = "'tcp://127.0.0.1:8786'"
+
+
+def _keywords(what: str, value: Any) -> dict[str, Any] | None:
+    """``value`` (a ``*_kwargs`` option) as a dict of keyword arguments, checked."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping):
+        raise UsageError(
+            f"{what} of DaskTaskRunner must be a dict of keyword arguments, got "
+            f"{type(value).__name__}"
+        )
+    for key in value:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise UsageError(
+                f"{what} of DaskTaskRunner must map keyword names to values, got the key {key!r}"
+            )
+        instead = _RESERVED.get(what, {}).get(key)
+        if instead is not None:
+            raise UsageError(f"{what} of DaskTaskRunner cannot set {key!r}: {instead}")
+    return dict(value)
+
+
+def _check_adapt(adapt_kwargs: Mapping[str, Any]) -> None:
+    low: Any = adapt_kwargs.get("minimum")
+    high: Any = adapt_kwargs.get("maximum")
+    if is_number(low) and is_number(high) and low > high:
+        raise UsageError(
+            f"adapt_kwargs of DaskTaskRunner ask for at least {low!r} workers (minimum) and "
+            f"at most {high!r} (maximum): the minimum must not exceed the maximum"
+        )
+
+
+def _check_address(address: Any) -> None:
+    """A clear error now for what Dask would refuse only when the flow runs."""
+    if not isinstance(address, str) or not address.strip():
+        raise UsageError(
+            f"address of DaskTaskRunner must be a scheduler address such as "
+            f"{_ADDRESS_EXAMPLE}, got {address!r}"
+        )
+    try:
+        scheme, _ = parse_address(address, strict=False)
+        get_backend(scheme)
+        if scheme in ("tcp", "tls", "ws", "wss"):  # host:port addresses
+            get_address_host_port(address)
+    except ValueError as exc:
+        raise UsageError(
+            f"address {address!r} of DaskTaskRunner is not a Dask scheduler address ({exc}); "
+            f"write it as {_ADDRESS_EXAMPLE}"
+        ) from None
+
+
 def _cluster_factory(cluster_class: str | Callable[..., Any] | None) -> Callable[..., Any]:
     """What makes the temporary cluster; a clear error for what cannot."""
     if cluster_class is None:
         return _local_cluster()  # type: ignore[no-any-return]
     if isinstance(cluster_class, str):
+        if "://" in cluster_class:
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner looks like a scheduler "
+                f"address: to use an existing scheduler, pass it as address={cluster_class!r} "
+                "(cluster_class is the first positional argument)"
+            )
         module_name, _, name = cluster_class.rpartition(".")
-        if not module_name:
+        if not module_name or not name:
             raise UsageError(
                 f"cluster_class {cluster_class!r} of DaskTaskRunner is not an import path; "
                 "write it as 'package.module.ClassName' (e.g. 'distributed.LocalCluster')"
@@ -366,6 +519,11 @@ def _cluster_factory(cluster_class: str | Callable[..., Any] | None) -> Callable
                 f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
                 f"module {module_name!r} is not importable ({exc}); is it installed?"
             ) from None
+        except Exception as exc:  # the module itself failed (or the path is malformed)
+            raise UsageError(
+                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
+                f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
+            ) from exc
         try:
             found = getattr(module, name)
         except AttributeError:
@@ -373,18 +531,41 @@ def _cluster_factory(cluster_class: str | Callable[..., Any] | None) -> Callable
                 f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
                 f"module {module_name!r} has no {name!r}"
             ) from None
-        if not callable(found):
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner is a "
-                f"{type(found).__name__}, not a cluster class or factory"
-            )
-        return found  # type: ignore[no-any-return]
-    if not callable(cluster_class):
+        return _checked_factory(found, f"cluster_class {cluster_class!r}")
+    return _checked_factory(cluster_class, "cluster_class")
+
+
+def _checked_factory(found: Any, what: str) -> Callable[..., Any]:
+    if isinstance(found, type) and not hasattr(found, "scheduler_address"):
         raise UsageError(
-            "cluster_class of DaskTaskRunner must be a cluster class, its import path, or a "
-            f"callable that makes a cluster, got {type(cluster_class).__name__}"
+            f"{what} of DaskTaskRunner is the class {found.__module__}.{found.__qualname__}, "
+            "which is not a Dask cluster class (it has no scheduler_address); give one such "
+            "as distributed.LocalCluster, its import path, or a function that makes a cluster"
         )
-    return cluster_class
+    if not callable(found):
+        instead = (
+            "; to use an existing cluster object, pass it as cluster="
+            if hasattr(found, "scheduler_address")
+            else ""
+        )
+        raise UsageError(
+            f"{what} of DaskTaskRunner must be a cluster class, its import path, or a "
+            f"function that makes a cluster, got a {type(found).__name__}{instead}"
+        )
+    return found  # type: ignore[no-any-return]
+
+
+def _causes(exc: BaseException) -> str:
+    """``exc`` and what caused it, innermost last: Dask wraps the real reason (a worker
+    refusing an unknown keyword) in "Nanny failed to start"."""
+    shown = [f"{type(exc).__name__}: {exc}"]
+    seen = {id(exc)}
+    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
+    while cause is not None and id(cause) not in seen and len(shown) < 4:
+        seen.add(id(cause))
+        shown.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
+    return ", caused by ".join(shown)
 
 
 def _describe(cluster_class: Any) -> str:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, ClassVar, Self
 
 if TYPE_CHECKING:
     from .._limits._backends import LimitBackend
+    from ..resources._worker_cleanup import WorkerReport
     from ._call import Call, Outcome
 
 __all__ = ["TaskRunner"]
@@ -68,6 +69,17 @@ class TaskRunner(abc.ABC):
         other processes may return a cluster-wide backend here (e.g. on
         ``distributed.Semaphore``), so that the same limit names hold everywhere."""
         return None
+
+    async def close_worker_resources(self) -> list[WorkerReport]:
+        """Clean up the per-worker resources (``@per_worker_resource``) that this
+        runner's calls set up in processes of its own, and report what happened in each
+        (their setup and cleanup events). Called once, after the flow run's last task run
+        and before :meth:`shutdown`. The default has none to clean up: its calls ran in
+        the flow's process, whose instances the engine cleans up itself. A runner whose
+        calls run in other processes either implements this (and gives its calls a
+        session there, as the Dask runner does) or leaves per-worker resources refused
+        there (task code asking for one gets a clear error)."""
+        return []
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, no-op by default
         """Release everything; called once every task run of the flow run finished."""

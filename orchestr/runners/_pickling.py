@@ -68,16 +68,17 @@ def _task_function(module: str, qualname: str) -> Any:
     return holder.fn
 
 
-def dump_call(call: Call, where: str) -> bytes:
+def dump_call(call: Call, where: str, advice: str = "create the object inside the task") -> bytes:
     """``call`` pickled for ``where`` ("a worker process"); SerializationError naming
-    the function or argument that does not pickle."""
+    the function or argument that does not pickle, ending with ``advice`` (the runner
+    knows what else works there)."""
     try:
         return dumps(call)
     except Exception as exc:
-        raise _unpicklable_part(call, where, exc) from None  # the message says it all
+        raise _unpicklable_part(call, where, exc, advice) from None  # the message says it all
 
 
-def _unpicklable_part(call: Call, where: str, exc: Exception) -> SerializationError:
+def _unpicklable_part(call: Call, where: str, exc: Exception, advice: str) -> SerializationError:
     name = call.identity.task_run_name
     parts: list[tuple[str, Any]] = [("the task function", call.fn)]
     parts += [(f"argument #{i}", value) for i, value in enumerate(call.args)]
@@ -89,15 +90,15 @@ def _unpicklable_part(call: Call, where: str, exc: Exception) -> SerializationEr
             return SerializationError(
                 f"task run {name!r} cannot be sent to {where}: {what} "
                 f"({type(value).__name__}) does not pickle ({type(error).__name__}: {error}); "
-                "pass picklable values (module-level functions and classes, plain data), or "
-                "create the object inside the task"
+                f"pass picklable values (module-level functions and classes, plain data), or "
+                f"{advice}"
             )
     return SerializationError(f"task run {name!r} cannot be sent to {where}: {exc}")
 
 
-def far_side(payload: bytes, key: str) -> bytes:
+def far_side(payload: bytes, key: str, advice: str = "return plain data") -> bytes:
     """Rebuild the call ``payload``, run it, and return its pickled outcome; never
-    raises."""
+    raises. A result that does not pickle becomes an error ending with ``advice``."""
     try:
         call = loads(payload)
     except BaseException as exc:
@@ -117,7 +118,7 @@ def far_side(payload: bytes, key: str) -> bytes:
         shown = outcome.value if outcome.error is None else outcome.error
         bad = SerializationError(
             f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
-            f"does not pickle ({type(exc).__name__}: {exc}); return plain data"
+            f"does not pickle ({type(exc).__name__}: {exc}); {advice}"
         )
         return dumps(Outcome(error=bad, started=outcome.started, ended=outcome.ended))
 

@@ -1,0 +1,267 @@
+"""The run history's recorder: a state observer that queues every change, and the one
+writer thread per process that empties the queue into SQLite.
+
+A flow run is recorded when the ``history`` setting is on as it starts
+(:func:`record_flow_run`, called by the engine before its first state change); its task
+runs and subflow runs go with it, into the history of the ``home`` it started with. The
+observer runs in the changing thread under the state writer's lock (see
+:mod:`orchestr._engine._transitions`), so it only appends a tuple to a deque; the one
+exception is a flow run's first change, where it takes the snapshot of the run's
+parameters (the engine lets go of them when the run ends). A task run's first Running
+is not queued at all: its time is the record's ``started``, written with the run's
+next change (so a task run reaches the history when it ends or retries, in one row,
+which halves the work of the usual task run).
+
+The writer thread is started by the first change queued (never at import), wakes every
+:data:`POLL_SECONDS` (or at once on :func:`flush`; not when a run ends: a burst of small
+flow runs is written in a few batches, not one transaction each), writes what is queued
+in batches (see :mod:`._writer`, which it imports: ``sqlite3`` and ``json`` never load
+in a flow's thread), and ends after :data:`IDLE_SECONDS` with nothing to do, to be
+started again by the next change: a process that stops running flows keeps no thread.
+At exit, what is still queued is written before the interpreter goes (``atexit``); a
+forked child starts with an empty queue and no thread.
+
+Nothing here raises into a run: a database that cannot be written is reported once
+(:mod:`._writer`) and the runs go on.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import threading
+import time
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from .._engine._transitions import observe
+from ..records import FlowRunRecord, TaskRunRecord
+from ..states import StateType
+from ._values import parameters_snapshot
+
+if TYPE_CHECKING:
+    from ..settings import Settings
+    from ..states import State
+
+__all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "record_flow_run"]
+
+POLL_SECONDS = 0.25  # how often the writer looks at the queue
+IDLE_SECONDS = 0.5  # how long it waits with nothing to write before it ends
+BATCH_ITEMS = 20_000  # changes written per transaction, at most
+EXIT_SECONDS = 60.0  # bound on writing what is left at interpreter exit
+THREAD_NAME = "orchestr history writer"
+
+
+class Recorded:
+    """A flow run being recorded: where its history goes (its settings, whose ``home``
+    the writer resolves), whether its parameters were taken, and what the writer has
+    written of it so far (kept here, not in the writer: a writer thread that ended
+    when idle hands over to the next one mid-run)."""
+
+    __slots__ = ("events_written", "id", "path", "record", "settings", "snapshot_taken")
+
+    def __init__(self, record: FlowRunRecord, settings: Settings) -> None:
+        self.record = record
+        self.settings = settings
+        self.snapshot_taken = False
+        # Set by the writer thread only:
+        self.path: str | None = None
+        self.id: str | None = None
+        self.events_written = 0
+
+
+# Queued items, in the order the changes were made:
+#   task run: (record, state name, at, attempt, Recorded)
+#   flow run: (record, state name, at, attempt, Recorded, parameters or None)
+#   flush():  a threading.Event, set once everything before it is written
+_queue: deque[Any] = deque()
+# Flow runs being recorded, until their final state.
+_recorded: dict[FlowRunRecord, Recorded] = {}
+_lock = threading.Lock()  # starting and ending the writer thread
+_wake = threading.Event()
+_running = False
+_exiting = False
+_installed = False
+_thread: threading.Thread | None = None
+_now = time.time
+_RUNNING = StateType.RUNNING
+
+
+def record_flow_run(record: FlowRunRecord, settings: Settings) -> None:
+    """Record ``record`` (a flow run about to make its first state change), its task
+    runs and its changes in the history under ``settings.home``."""
+    if not _installed:
+        _install()
+    # Its id is made here, in the run's thread (ids are made on first use): the writer
+    # thread making it could race the run's own first use and record another.
+    record.id  # noqa: B018
+    if record.parent is not None:
+        record.parent.id  # noqa: B018
+    _recorded[record] = Recorded(record, settings)
+
+
+def _observe(record: Any, state: State[Any]) -> None:
+    # Called for every change of every run: the task run path is the hot one.
+    if type(record) is TaskRunRecord:
+        if state.type is _RUNNING and record.attempts <= 1:
+            return  # the first Running: its time is the record's start, written with it
+        recorded = _recorded.get(record.flow_run)  # type: ignore[arg-type]
+        if recorded is None:
+            return
+        _queue.append((record, state.name, _now(), record.attempts, recorded))
+        if not _running:
+            _start()
+        return
+    recorded = _recorded.get(record)
+    if recorded is None:
+        return
+    snapshot = None
+    if not recorded.snapshot_taken:
+        recorded.snapshot_taken = True
+        snapshot = _parameters_of(record)
+    _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot))
+    if record.state_type.is_final:
+        del _recorded[record]
+    if not _running:
+        _start()
+
+
+def _parameters_of(record: FlowRunRecord) -> dict[str, Any]:
+    found = record._arguments
+    if found is None:
+        return {}
+    by_name, args, kwargs = found
+    try:
+        parameters = by_name(args, kwargs)
+    except Exception:  # they did not fit the signature (the run fails for it): as given
+        parameters = {f"#{i}": value for i, value in enumerate(args)} | kwargs
+    return parameters_snapshot(parameters)
+
+
+def _install() -> None:
+    global _installed
+    with _lock:
+        if _installed:
+            return
+        observe(_observe)
+        atexit.register(_at_exit)
+        os.register_at_fork(after_in_child=_forget)
+        _installed = True
+
+
+def _start() -> None:
+    global _running, _thread
+    with _lock:
+        if _running or _exiting:
+            return
+        thread = threading.Thread(target=_write_until_idle, name=THREAD_NAME, daemon=True)
+        _running = True
+        try:
+            thread.start()
+        except RuntimeError:  # the interpreter is shutting down: _at_exit writes instead
+            _running = False
+            return
+        _thread = thread
+
+
+def _write_until_idle() -> None:
+    global _running
+    # Deferred to this thread: sqlite3 and json cost milliseconds to import.
+    from ._writer import Writer
+
+    writer = Writer()
+    idle_since = time.monotonic()
+    ended = False
+    try:
+        while True:
+            _wake.wait(POLL_SECONDS)
+            _wake.clear()
+            if _queue:
+                _drain(writer)
+                idle_since = time.monotonic()
+                continue
+            if _exiting or time.monotonic() - idle_since >= IDLE_SECONDS:
+                with _lock:
+                    # Cleared before the queue is looked at: an observer that appended
+                    # after this look sees _running False and starts a new writer.
+                    _running = False
+                    if not _queue:
+                        ended = True
+                        return
+                    _running = True
+    finally:
+        writer.close()
+        if not ended:  # a bug in the writer: the next change starts another one
+            with _lock:
+                _running = False
+
+
+def _drain(writer: Any) -> None:
+    """Write everything queued now, in batches; set flush markers as they are reached."""
+    batch: list[Any] = []
+    while True:
+        try:
+            item = _queue.popleft()
+        except IndexError:
+            break
+        if type(item) is threading.Event:
+            if batch:
+                writer.write(batch)
+                batch = []
+            item.set()
+            continue
+        batch.append(item)
+        if len(batch) >= BATCH_ITEMS:
+            writer.write(batch)
+            batch = []
+    if batch:
+        writer.write(batch)
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Block until every change recorded in this process so far is written to the
+    history (or dropped, after the one warning, because it could not be). True when
+    done; False if ``timeout`` (seconds) ran out first. Runs are written without it
+    (within a fraction of a second, and at exit); call it before reading the history
+    of runs that just ended in this process."""
+    if not _running and not _queue:
+        return True
+    marker = threading.Event()
+    _queue.append(marker)
+    _start()
+    _wake.set()
+    if not _running and _exiting:  # no thread at exit: _at_exit writes the queue
+        return marker.is_set()
+    return marker.wait(timeout)
+
+
+def _at_exit() -> None:
+    """Write what is still queued before the interpreter goes."""
+    global _exiting
+    _exiting = True
+    thread = _thread
+    if thread is not None and thread.is_alive():
+        _wake.set()
+        thread.join(EXIT_SECONDS)
+        if thread.is_alive():
+            return  # stuck (a database locked for a minute): the process exits anyway
+    if _queue:
+        from ._writer import Writer
+
+        writer = Writer()
+        try:
+            _drain(writer)
+        finally:
+            writer.close()
+
+
+def _forget() -> None:
+    """In a forked child: nothing queued, no writer (the parent's thread did not come
+    along, and its connections are the parent's)."""
+    global _queue, _recorded, _lock, _wake, _running, _thread
+    _queue = deque()
+    _recorded = {}
+    _lock = threading.Lock()
+    _wake = threading.Event()
+    _running = False
+    _thread = None

@@ -1,0 +1,246 @@
+"""What the run history keeps of values and errors.
+
+A flow run's parameters become a JSON-safe snapshot, taken as the run starts: numbers,
+strings, lists and dicts as they are (bounded: long strings and collections are cut,
+nesting stops at a depth), other objects as their ``repr``. Secrets are masked, never
+stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
+parameter's, a dict key's, a field's) looks like a secret (``password``, ``api_key``,
+``token``, ``secret``, ``credentials``, ...), and the password of a URL
+(``postgres://user:**********@host``).
+
+An error becomes one line, ``ExcType: message``, and the place in the user's code that
+raised it, ``path/to/file.py:LINE in function``: the last frame of its traceback that is
+neither orchestr's, nor the standard library's, nor an installed package's (else the
+last frame that is not orchestr's).
+
+Nothing here imports ``json`` or ``pydantic``: it runs in the flow's own thread, where
+the state observer takes the snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import enum
+import itertools
+import math
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from .._tracebacks import is_internal_file
+
+__all__ = [
+    "MASK",
+    "error_origin",
+    "error_text",
+    "is_secret_name",
+    "json_safe",
+    "mask_url",
+    "parameters_snapshot",
+]
+
+MASK = "**********"
+_MAX_STRING = 1_000
+_MAX_ITEMS = 100
+_MAX_DEPTH = 6
+_MAX_ERROR = 4_000
+
+# Words of a name (snake, kebab, dotted or camel case) that make it a secret's name.
+_SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "pwd",
+        "passphrase",
+        "secret",
+        "secrets",
+        "token",
+        "apikey",
+        "credential",
+        "credentials",
+        "auth",
+        "authorization",
+        "cookie",
+        "privatekey",
+        "accesskey",
+        "secretkey",
+        "sessionkey",
+        "signature",
+    }
+)
+_SECRET_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("private", "key"),
+        ("access", "key"),
+        ("secret", "key"),
+        ("session", "key"),
+        ("client", "secret"),
+    }
+)
+_WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
+_URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
+_SECRET_TYPES = frozenset({"SecretStr", "SecretBytes", "Secret"})
+
+
+def is_secret_name(name: str) -> bool:
+    """Whether a value called ``name`` should be masked (``db_password``, ``apiKey``,
+    ``GITHUB_TOKEN``; not ``max_tokens`` or ``author``)."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    if any(w in _SECRET_WORDS for w in words):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
+def mask_url(text: str) -> str:
+    """``text`` with the password of every ``scheme://user:password@host`` masked."""
+    if "://" not in text:
+        return text
+    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+
+
+def json_safe(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe, bounded, secrets-masked copy of ``value`` (never raises: a part
+    that cannot be shown, say a failing ``repr``, is shown as such)."""
+    try:
+        return _safe(value, depth)
+    except Exception:  # a repr or a model_dump that failed: the value is not worth a run
+        return f"<{type(value).__name__}: not shown>"
+
+
+def _safe(value: Any, depth: int) -> Any:
+    kind = type(value)
+    if value is None or kind is bool or kind is int:
+        return value
+    if kind is str:
+        return _short(mask_url(value))
+    if kind is float:
+        return value if math.isfinite(value) else repr(value)
+    if kind.__name__ in _SECRET_TYPES and kind.__module__.startswith("pydantic"):
+        return MASK
+    if isinstance(value, enum.Enum):
+        return _safe(value.value, depth)
+    for base in (int, float, str):  # their subclasses, as the base's value
+        if isinstance(value, base):
+            return _safe(base(value), depth)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return f"<{len(value)} bytes>"
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)  # type: ignore[arg-type]
+    if depth >= _MAX_DEPTH:
+        return _short(mask_url(repr(value)))
+    if isinstance(value, Mapping):
+        return _mapping(value.items(), len(value), depth)
+    if isinstance(value, list | tuple | set | frozenset):
+        items = value if not isinstance(value, set | frozenset) else sorted(value, key=repr)
+        shown = [
+            json_safe(item, depth + 1) for item, _ in zip(items, range(_MAX_ITEMS), strict=False)
+        ]
+        if len(value) > _MAX_ITEMS:
+            shown.append(f"... ({len(value) - _MAX_ITEMS} more)")
+        return shown
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        fields = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
+        return _mapping(fields, len(fields), depth)
+    dump = getattr(value, "model_dump", None)  # a pydantic model: its fields, by name
+    if callable(dump) and not isinstance(value, type):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return _mapping(dumped.items(), len(dumped), depth)
+    return _short(mask_url(repr(value)))
+
+
+def _mapping(items: Any, size: int, depth: int) -> dict[str, Any]:
+    shown: dict[str, Any] = {}
+    for key, item in items:
+        if len(shown) == _MAX_ITEMS:
+            shown["..."] = f"({size - _MAX_ITEMS} more)"
+            break
+        name = key if isinstance(key, str) else _key_name(key)
+        shown[name] = MASK if is_secret_name(name) else json_safe(item, depth + 1)
+    return shown
+
+
+def _key_name(key: Any) -> str:
+    try:
+        return _short(repr(key))
+    except Exception:
+        return f"<{type(key).__name__}>"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= _MAX_STRING else text[: _MAX_STRING - 3] + "..."
+
+
+def parameters_snapshot(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """The history's copy of a flow run's parameters (see :func:`json_safe`)."""
+    return {
+        name: MASK if is_secret_name(name) else json_safe(value, 1)
+        for name, value in parameters.items()
+    }
+
+
+# -- errors ------------------------------------------------------------------------------
+def error_text(error: BaseException | None) -> str | None:
+    """``ExcType: message`` (masked URLs, bounded), or None."""
+    if error is None:
+        return None
+    try:
+        message = str(error)
+    except Exception:
+        message = "(its message could not be read)"
+    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    text = mask_url(text)
+    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+
+
+_STDLIB_DIR = os.path.join(os.path.dirname(os.__file__), "")
+
+
+def _is_library(filename: str) -> bool:
+    return (
+        filename.startswith(_STDLIB_DIR)
+        or "site-packages" in filename
+        or "dist-packages" in filename
+        or filename.startswith("<")
+    )
+
+
+def error_origin(error: BaseException | None) -> str | None:
+    """``path/to/file.py:LINE in function``: the line of the user's code that raised
+    ``error`` (or the exception it was raised from), if its traceback shows one."""
+    seen: set[int] = set()
+    todo = [] if error is None else [error]
+    while todo:
+        exc = todo.pop(0)
+        if id(exc) in seen:
+            continue
+        seen.add(id(exc))
+        found = _last_user_frame(exc)
+        if found is not None:
+            return found
+        todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+    return None
+
+
+def _last_user_frame(exc: BaseException) -> str | None:
+    tb = exc.__traceback__
+    user = outside = None
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if not is_internal_file(code.co_filename):
+            outside = tb
+            if not _is_library(code.co_filename):
+                user = tb
+        tb = tb.tb_next
+    chosen = user or outside
+    if chosen is None:
+        return None
+    code = chosen.tb_frame.f_code
+    return f"{code.co_filename}:{chosen.tb_lineno} in {code.co_name}"

@@ -1,0 +1,275 @@
+"""The history's one writer per process: the recorder's queued changes become rows, each
+batch written in one transaction.
+
+A batch holds each run's changes in order. Every run changed in the batch is written
+once: an upsert of its record as it is now (at least as new as its last change in the
+batch), its changes appended to its ``changes`` column (see :mod:`._schema`); a flow
+run's resource events are written as they appear on its record. Rows are built before
+the transaction, which is retried while another process holds the database
+(``SQLITE_BUSY``, past the busy timeout) for up to :data:`RETRY_SECONDS`.
+
+A database that cannot be opened (a home that is not writable, a file that is not a
+database, a newer schema) or written (a full disk, an I/O error) is reported once per
+path, as a WARNING on the ``orchestr.history`` logger; what could not be written is
+dropped and the runs go on. A path that could not be opened is not tried again in this
+process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from typing import Any
+
+from . import _schema
+from ._recorder import Recorded
+from ._values import error_origin, error_text
+
+__all__ = ["RETRY_SECONDS", "Writer", "history_file"]
+
+RETRY_SECONDS = 120.0
+_log = logging.getLogger("orchestr.history")
+_warned: set[str] = set()  # paths reported, once each, process-wide
+_broken: set[str] = set()  # paths that could not be opened
+
+_FLOW_UPSERT = """
+INSERT INTO flow_runs (id, name, flow_name, parent_id, state, started, ended, attempts,
+                       parameters, error, error_origin, pid, changes)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, COALESCE(?9, '{}'), ?10, ?11, ?12, ?13)
+ON CONFLICT (id) DO UPDATE SET
+    name = ?2, state = ?5, started = ?6, ended = ?7, attempts = ?8,
+    parameters = COALESCE(?9, parameters), error = ?10, error_origin = ?11,
+    changes = changes || ?13
+"""
+
+# ?11: the task run's changes in this batch, as lines, or NULL when they are just its
+# final state (see _implied). A new row's changes start with the first Running (never
+# queued: its time is the run's start); a row written before gets the lines appended
+# (the final state's line made here from the row when ?11 is NULL).
+_TASK_UPSERT = """
+INSERT INTO task_runs (flow_run_id, key, name, task_name, state, attempts, started, ended,
+                       error, error_origin, changes)
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10,
+        CASE WHEN ?11 IS NULL THEN NULL
+             WHEN ?7 IS NULL THEN ?11
+             ELSE printf('Running' || char(9) || '%.6f' || char(9) || '1' || char(10), ?7) || ?11
+        END)
+ON CONFLICT (flow_run_id, key) DO UPDATE SET
+    name = ?3, state = ?5, attempts = ?6, started = ?7, ended = ?8, error = ?9,
+    error_origin = ?10,
+    changes = COALESCE(changes, '') || COALESCE(?11, printf(
+        '%s' || char(9) || '%.6f' || char(9) || '%d' || char(10),
+        replace(replace(?5, char(9), ' '), char(10), ' '), ?8, ?6))
+"""
+_EVENT_INSERT = "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)"
+_SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+def history_file(home: Any) -> str:
+    """The history database under ``home`` (``~`` expanded, made absolute)."""
+    return os.path.join(os.path.abspath(os.path.expanduser(os.fspath(home))), "history.db")
+
+
+def warn_once(path: str, error: BaseException) -> None:
+    """Report that the history at ``path`` cannot be written, the first time only."""
+    if path in _warned:
+        return
+    _warned.add(path)
+    _log.warning(
+        "The run history at %s cannot be written (%s: %s); runs go on without it",
+        path,
+        type(error).__name__,
+        error,
+    )
+
+
+class Writer:
+    """Writes batches of queued changes; one connection per history path, opened on
+    first use and closed with :meth:`close` (when the writer thread ends)."""
+
+    def __init__(self) -> None:
+        self._databases: dict[str, sqlite3.Connection] = {}
+        self._pid = os.getpid()
+
+    def write(self, items: list[Any]) -> None:
+        """Write ``items`` (the recorder's tuples), each into its flow run's history."""
+        groups: dict[str, list[Any]] = {}
+        last: Recorded | None = None
+        part: list[Any] = []
+        for item in items:
+            recorded = item[4]
+            if recorded is not last:
+                last = recorded
+                part = groups.setdefault(recorded.path or self._resolve(recorded), [])
+            part.append(item)
+        for path, part in groups.items():
+            if path in _broken:
+                continue
+            try:
+                self._write(path, part)
+            except Exception as exc:  # never into the runs: reported once, dropped
+                warn_once(path, exc)
+                conn = self._databases.pop(path, None)
+                if conn is not None:
+                    _close(conn)
+
+    def close(self) -> None:
+        for conn in self._databases.values():
+            _close(conn)
+        self._databases.clear()
+
+    def _resolve(self, recorded: Recorded) -> str:
+        try:
+            path = history_file(recorded.settings.home)
+        except Exception as exc:  # e.g. no home directory to default to
+            path = "<no home>"
+            _broken.add(path)
+            warn_once(path, exc)
+        recorded.path = path
+        return path
+
+    def _write(self, path: str, items: list[Any]) -> None:
+        conn = self._databases.get(path)
+        if conn is None:
+            try:
+                conn = _schema.connect(path, write=True)
+            except Exception:
+                _broken.add(path)
+                raise
+            self._databases[path] = conn
+        _commit(conn, self._rows(items))
+
+    def _rows(self, items: list[Any]) -> tuple[list[Any], ...]:
+        # The hot loop of the writer: a task run's items in the batch (usually one, its
+        # final state) fold into one row; a flow run's, into one row and its events.
+        flows: dict[Recorded, list[Any]] = {}  # -> [parameters JSON or None, change lines]
+        tasks: dict[Any, list[Any]] = {}  # task run record -> [its Recorded, its items]
+        for item in items:
+            if len(item) == 5:
+                found = tasks.get(item[0])
+                if found is None:
+                    tasks[item[0]] = [item[4], item]
+                else:
+                    found.append(item)
+            else:
+                lines = flows.get(item[4])
+                if lines is None:
+                    lines = flows[item[4]] = [None]
+                if item[5] is not None:
+                    lines[0] = json.dumps(item[5])
+                lines.append(_line(item))
+        flow_rows = [self._flow_row(recorded, lines) for recorded, lines in flows.items()]
+        task_rows = [_task_row(record, lines) for record, lines in tasks.items()]
+        event_rows: list[tuple[Any, ...]] = []
+        for recorded in flows:
+            events = recorded.record.events
+            for event in events[recorded.events_written :]:
+                error = error_text(event.error)
+                event_rows.append(
+                    (recorded.id, event.kind, event.subject, event.at, event.duration, error)
+                )
+            recorded.events_written = len(events)
+        return flow_rows, task_rows, event_rows
+
+    def _flow_row(self, recorded: Recorded, lines: list[Any]) -> tuple[Any, ...]:
+        record = recorded.record
+        parent = record.parent
+        error = record.error
+        return (
+            recorded.id or _flow_id(recorded),
+            record.name,
+            record.flow_name,
+            None if parent is None else str(parent.id),
+            record.state_name,
+            record.started or time.time(),
+            record.ended,
+            record.attempts,
+            lines[0],
+            error_text(error),
+            error_origin(error),
+            self._pid,
+            "".join(lines[1:]),
+        )
+
+
+def _flow_id(recorded: Recorded) -> str:
+    recorded.id = found = str(recorded.record.id)
+    return found
+
+
+def _task_row(record: Any, found: list[Any]) -> tuple[Any, ...]:
+    recorded: Recorded = found[0]
+    key = f"{record.task_name}-{record.index}"
+    error = record.error
+    return (
+        recorded.id or _flow_id(recorded),
+        key,
+        record._given_name,  # None: the key is its name
+        record.task_name,
+        record.state_name,
+        record.attempts,
+        record.started,
+        record.ended,
+        None if error is None else error_text(error),
+        None if error is None else error_origin(error),
+        None if _implied(record, found) else "".join(_line(item) for item in found[1:]),
+    )
+
+
+def _implied(record: Any, found: list[Any]) -> bool:
+    """Whether the task run's only change in this batch is its final state (the usual
+    task run: its first Running is never queued), stored as NULL (see :mod:`._schema`):
+    the row's state, end and attempts say it all."""
+    if len(found) != 2:
+        return False
+    final = found[1]
+    return (
+        record.ended is not None and final[1] == record.state_name and final[3] == record.attempts
+    )
+
+
+def _line(item: tuple[Any, ...]) -> str:
+    """One line of ``changes``."""
+    name = " ".join(item[1].split()) or "?"
+    return f"{name}\t{item[2]:.6f}\t{item[3]}\n"
+
+
+def _commit(conn: sqlite3.Connection, rows: tuple[list[Any], ...]) -> None:
+    flow_rows, task_rows, event_rows = rows
+    deadline = time.monotonic() + RETRY_SECONDS
+    delay = 0.05
+    while True:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                if flow_rows:
+                    conn.executemany(_FLOW_UPSERT, flow_rows)
+                if task_rows:
+                    conn.executemany(_TASK_UPSERT, task_rows)
+                if event_rows:
+                    conn.executemany(_EVENT_INSERT, event_rows)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            return
+        except sqlite3.OperationalError as exc:
+            # Past the busy timeout, another process still holds the database: wait
+            # and try again, for a while.
+            if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
+                raise
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
+def _close(conn: sqlite3.Connection) -> None:
+    try:
+        conn.close()
+    except Exception:
+        pass

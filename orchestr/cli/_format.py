@@ -1,0 +1,125 @@
+"""Small text forms shared by the run summary and the history views: the console,
+durations, times, state colours, and counts of runs by state."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from collections.abc import Iterable, Mapping
+
+from rich.console import Console, Group
+from rich.padding import Padding
+from rich.table import Table
+from rich.text import Text
+
+__all__ = [
+    "ORDER",
+    "console",
+    "counts_text",
+    "duration_text",
+    "elapsed_text",
+    "error_list",
+    "state_style",
+    "time_text",
+]
+
+# States in the order people read them: success first, then what went wrong.
+ORDER = (
+    "Pending",
+    "Running",
+    "Retrying",
+    "Completed",
+    "Failed",
+    "TimedOut",
+    "Crashed",
+    "Cancelled",
+    "NotRun",
+)
+_STYLES = {
+    "Completed": "green",
+    "Failed": "red",
+    "TimedOut": "red",
+    "Crashed": "bold red",
+    "Cancelled": "yellow",
+    "NotRun": "dim",
+    "Running": "cyan",
+    "Retrying": "cyan",
+    "Pending": "dim",
+}
+
+
+_PIPE_WIDTH = 120
+
+
+def console() -> Console:
+    """A console on stdout. Not on a terminal, and with no ``COLUMNS`` set, it is
+    120 columns wide rather than Rich's 80: tables stay one line per row in CI logs and
+    pipes."""
+    found = Console(highlight=False)
+    if not found.is_terminal and "COLUMNS" not in os.environ:
+        found = Console(highlight=False, width=_PIPE_WIDTH)
+    return found
+
+
+def state_style(state_name: str) -> str:
+    """The Rich style a state is shown in."""
+    return _STYLES.get(state_name, "")
+
+
+def duration_text(seconds: float | None) -> str:
+    """``52 µs``, ``12.0 ms``, ``1.23 s``, ``2m 03s``, ``1h 02m``; ``-`` when unknown."""
+    if seconds is None:
+        return "-"
+    if seconds < 0.001:
+        return f"{seconds * 1_000_000:.0f} µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.1f} ms"
+    if seconds < 60:
+        return f"{seconds:.2f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h {minutes:02d}m"
+
+
+def elapsed_text(seconds: float) -> str:
+    """A clock: ``0:00:12``."""
+    return str(dt.timedelta(seconds=int(seconds)))
+
+
+def time_text(timestamp: float | None) -> str:
+    """A local date and time to the second; ``-`` when unknown."""
+    if timestamp is None:
+        return "-"
+    return dt.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def counts_text(counts: Mapping[str, int] | Iterable[str]) -> str:
+    """``3 Completed, 1 Failed`` from counts by state name (or a list of state names)."""
+    if not isinstance(counts, Mapping):
+        found: dict[str, int] = {}
+        for name in counts:
+            found[name] = found.get(name, 0) + 1
+        counts = found
+    names = sorted(
+        (n for n, k in counts.items() if k),
+        key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n),
+    )
+    return ", ".join(f"{counts[name]} {name}" for name in names)
+
+
+def error_list(title: str, items: list[tuple[Text, list[Text]]], more: int = 0) -> Table:
+    """A titled list of errors: a ``✗``, then each item's headline with its detail lines
+    indented under it (long lines wrap inside that column)."""
+    table = Table.grid(padding=(0, 1))
+    table.title = Text(title, style="bold")
+    table.title_justify = "left"
+    table.add_column(style="red", no_wrap=True)
+    table.add_column()
+    for headline, details in items:
+        body = Group(headline, *(Padding(d, (0, 0, 0, 2)) for d in details))
+        table.add_row(" ✗", body)
+    if more > 0:
+        table.add_row("", Text(f"… and {more} more", style="dim"))
+    return table

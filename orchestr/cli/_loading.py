@@ -1,0 +1,199 @@
+"""Finding the flow a command line names.
+
+``path/to/file.py:flow_name`` imports the file as Python would run it (its directory
+first on ``sys.path``, so its sibling modules import); ``package.module:flow_name``
+imports the module with the current directory on ``sys.path``, as ``python -m`` does.
+The ``:flow_name`` may be left out when the module defines exactly one flow. Each
+mistake (no such file or module, no such flow, not a flow, a module that fails to
+import) is a :class:`BadInput` naming it.
+
+Shell completion of a target reads the file's source (``ast``) for its flows: completing
+never runs the user's code.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import os
+import sys
+import traceback
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import click
+from click.shell_completion import CompletionItem
+
+from ..flows import Flow
+from ..tasks import Task
+from ._errors import BadInput
+
+__all__ = ["complete_target", "load_flow"]
+
+_CLI_DIR = os.path.join(os.path.dirname(__file__), "")
+
+
+def load_flow(target: str) -> tuple[Flow[Any, Any], str]:
+    """The flow ``target`` names, and where it was found (for messages)."""
+    where, name = _split(target)
+    module = _import_file(where) if _is_file(where) else _import_module(where)
+    return _find_flow(module, where, name), where
+
+
+def _split(target: str) -> tuple[str, str | None]:
+    """``(module or file, flow name or None)``."""
+    where, sep, name = target.rpartition(":")
+    if not sep:
+        return target, None
+    if where and name.isidentifier():
+        return where, name
+    if "/" in name or "\\" in name or name.endswith(".py"):
+        return target, None  # a colon in the path (C:/flows/etl.py), no flow named
+    raise BadInput(
+        f"{target!r} is not a flow target: give path/to/file.py:flow_name or "
+        "package.module:flow_name"
+    )
+
+
+def _is_file(where: str) -> bool:
+    return where.endswith(".py") or "/" in where or os.sep in where or Path(where).is_file()
+
+
+def _import_file(where: str) -> ModuleType:
+    path = Path(where)
+    if not path.is_file():
+        raise BadInput(f"no such file: {where}")
+    path = path.resolve()
+    directory = str(path.parent)
+    if directory not in sys.path:
+        sys.path.insert(0, directory)
+    name = path.stem if path.stem.isidentifier() else "__orchestr_target__"
+    if name in sys.modules:
+        found = getattr(sys.modules[name], "__file__", None)
+        if found is not None and Path(found).resolve() == path:
+            return sys.modules[name]
+        name = "__orchestr_target__"
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        raise BadInput(f"{where} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    # Registered before it runs, as an import does: pickling its functions by reference
+    # and dataclasses defined in it need the module in sys.modules.
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        sys.modules.pop(name, None)
+        if not isinstance(exc, Exception):
+            raise
+        raise BadInput(_import_failure(where, exc)) from None
+    return module
+
+
+def _import_module(where: str) -> ModuleType:
+    if not all(part.isidentifier() for part in where.split(".")):
+        raise BadInput(
+            f"{where!r} is neither a .py file nor a module name: give path/to/file.py:flow_name "
+            "or package.module:flow_name"
+        )
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        return importlib.import_module(where)
+    except ModuleNotFoundError as exc:
+        if exc.name is not None and (where == exc.name or where.startswith(exc.name + ".")):
+            raise BadInput(
+                f"no module named {where!r} (searched the current directory too)"
+            ) from None
+        raise BadInput(_import_failure(where, exc)) from None
+    except Exception as exc:
+        raise BadInput(_import_failure(where, exc)) from None
+
+
+def _import_failure(where: str, exc: BaseException) -> str:
+    """The error with the traceback of the user's frames (not importlib's or ours)."""
+    summary = traceback.TracebackException.from_exception(exc, compact=True)
+    summary.stack = traceback.StackSummary.from_list(
+        [frame for frame in summary.stack if not _machinery(frame.filename)]
+    )
+    shown = "".join(summary.format()).rstrip()
+    return f"{where} failed to import:\n{shown}"
+
+
+def _machinery(filename: str) -> bool:
+    return filename.startswith(_CLI_DIR) or filename.startswith("<frozen importlib")
+
+
+def _find_flow(module: ModuleType, where: str, name: str | None) -> Flow[Any, Any]:
+    flows = _flows_in(module)
+    if name is None:
+        if len(flows) == 1:
+            return next(iter(flows.values()))
+        if not flows:
+            raise BadInput(f"{where} defines no flow (decorate a function with @flow)")
+        raise BadInput(
+            f"{where} defines several flows; name one as {where}:NAME (its flows: "
+            f"{', '.join(flows)})"
+        )
+    found = getattr(module, name, None)
+    if found is None:
+        listed = f"its flows: {', '.join(flows)}" if flows else "it defines no flow"
+        raise BadInput(f"{where} has no flow named {name!r} ({listed})")
+    if not isinstance(found, Flow):
+        kind = "task" if isinstance(found, Task) else type(found).__name__
+        raise BadInput(f"{name!r} in {where} is a {kind}, not a flow: only an @flow can be run")
+    return found
+
+
+def _flows_in(module: ModuleType) -> dict[str, Flow[Any, Any]]:
+    """The module's flows by name: those defined in it, else those it imported."""
+    every = {key: value for key, value in vars(module).items() if isinstance(value, Flow)}
+    own = {
+        key: value
+        for key, value in every.items()
+        if getattr(value.fn, "__module__", None) == module.__name__
+    }
+    return own or every
+
+
+# -- shell completion ---------------------------------------------------------------------
+def complete_target(
+    ctx: click.Context, param: click.Parameter, incomplete: str
+) -> list[CompletionItem]:
+    """``file.py:`` completes to the file's flows (read from its source, not run); other
+    words complete as paths."""
+    where, sep, partial = incomplete.rpartition(":")
+    if sep and where.endswith(".py") and Path(where).is_file():
+        return [
+            CompletionItem(f"{where}:{name}")
+            for name in flow_names_in_source(Path(where))
+            if name.startswith(partial)
+        ]
+    return [CompletionItem(incomplete, type="file")]
+
+
+def flow_names_in_source(path: Path) -> list[str]:
+    """Names of the functions in ``path`` decorated with ``@flow`` / ``@flow(...)``
+    (also ``@orchestr.flow``), found without running the file."""
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    except (OSError, SyntaxError, ValueError):
+        return []
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and any(
+            _is_flow_decorator(d) for d in node.decorator_list
+        ):
+            names.append(node.name)
+    return names
+
+
+def _is_flow_decorator(node: ast.expr) -> bool:
+    if isinstance(node, ast.Call):
+        node = node.func
+    if isinstance(node, ast.Name):
+        return node.id == "flow"
+    return isinstance(node, ast.Attribute) and node.attr == "flow"

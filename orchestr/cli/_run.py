@@ -1,0 +1,146 @@
+"""``orchestr run``'s work once the flow and its arguments are known: watch the run (a
+live display on a terminal, plain progress lines elsewhere), run the flow as a user's
+program would (its signal handling included: the first SIGINT or SIGTERM cancels the
+run and its resources clean up, a second one escalates), then print the summary and
+give the exit code of its final state.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
+
+from rich.console import Console
+from rich.text import Text
+
+from .._engine._transitions import observe
+from .._logging import _FORMAT, ConsoleFormatter
+from .._tracebacks import trim_summary
+from ..exceptions import Terminated
+from ..flows import Flow
+from ..records import FlowRunRecord
+from ..settings import get_settings, override_settings
+from ._codes import ExitCode, exit_code_for
+from ._live import live_display, plain_progress
+from ._progress import Progress
+from ._summary import summary
+
+__all__ = ["execute"]
+
+_HISTORY_FLUSH_SECONDS = 10.0
+
+
+def execute(
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    *,
+    console: Console,
+    live: bool,
+    backend: str | None,
+    progress_every: float,
+) -> ExitCode:
+    """Run ``flow(*args, **kwargs)`` to its end, showing it on ``console``; print the
+    summary; return the exit code."""
+    progress = Progress()
+    stop_observing = observe(progress)
+    interrupted: str | None = None
+    state = None
+    display: AbstractContextManager[None] = (
+        live_display(progress, console)
+        if live
+        else plain_progress(progress, progress_every, _write_stderr)
+    )
+    try:
+        with _logging_to(console if live else None), display:
+            try:
+                with override_settings(backend=backend) if backend else nullcontext():
+                    state = flow(*args, **kwargs, return_state=True)
+            except KeyboardInterrupt:
+                interrupted = "SIGINT"
+            except Terminated:
+                interrupted = "SIGTERM"
+            except Exception as exc:  # the call itself failed, outside any run's state
+                _report_call_error(console, flow, exc)
+    finally:
+        stop_observing()
+    record = state.record if state is not None else progress.top
+    flow_run = record if isinstance(record, FlowRunRecord) else progress.top
+    recorded = _flush_history()
+    console.print(summary(flow_run, interrupted=interrupted, run_id_hint=recorded))
+    if interrupted is not None:
+        return ExitCode.SIGINT if interrupted == "SIGINT" else ExitCode.SIGTERM
+    if state is None:
+        return ExitCode.CRASHED
+    return exit_code_for(state.name)
+
+
+def _write_stderr(line: str) -> None:
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
+def _report_call_error(console: Console, flow: Flow[Any, Any], exc: Exception) -> None:
+    shown = "".join(trim_summary(traceback.TracebackException.from_exception(exc)).format())
+    console.print(Text(f"calling flow {flow.name!r} failed:\n{shown.rstrip()}", style="red"))
+
+
+def _flush_history() -> bool:
+    """Wait (bounded) until the run history has written this run; whether it did (False
+    when history is off)."""
+    if not getattr(get_settings(), "history", False):
+        return False
+    try:
+        from .. import history  # sqlite3: only now, once the run is over
+    except ImportError:  # no run history in this installation
+        return False
+    try:
+        return bool(history.flush(timeout=_HISTORY_FLUSH_SECONDS))
+    except Exception:  # history never fails a run; it warns on its own
+        logging.getLogger("orchestr.cli").debug("history flush failed", exc_info=True)
+        return False
+
+
+class _RichHandler(logging.Handler):
+    """orchestr's log lines, printed through the console the live display is drawn on
+    (so they appear above it)."""
+
+    def __init__(self, console: Console) -> None:
+        super().__init__()
+        self.console = console
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.console.print(Text(self.format(record)), highlight=False)
+        except Exception:
+            self.handleError(record)
+
+
+@contextmanager
+def _logging_to(console: Console | None) -> Iterator[None]:
+    """orchestr's console logging for the run, as a run outside the CLI would get it
+    (not when the program configured logging, or ``setup_logging`` is off): through the
+    live display's console, or plainly on stderr."""
+    settings = get_settings()
+    package = logging.getLogger("orchestr")
+    if not settings.setup_logging or logging.getLogger().handlers or package.handlers:
+        yield
+        return
+    handler: logging.Handler = (
+        logging.StreamHandler(sys.stderr) if console is None else _RichHandler(console)
+    )
+    handler.setFormatter(
+        ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
+    )
+    level = package.level
+    package.addHandler(handler)
+    package.setLevel(settings.logging_level.upper())
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(level)

@@ -1,0 +1,131 @@
+"""The end of a flow run's per-worker resources, and what it does to the run.
+
+When the flow run that started a task runner ends (after its last task run, before the
+runner shuts down), :func:`end_worker_resources` closes its session everywhere: the
+runner's workers first (``TaskRunner.close_worker_resources``: each reports a
+:class:`WorkerReport`), then the flow's own process. Their events become the run's and
+are logged; a failed or timed-out cleanup becomes a
+:class:`~orchestr.exceptions.ResourceCleanupError` naming the resource and where it ran,
+and :func:`with_cleanup_errors` makes the run's final state say so (rule 10: no cleanup
+error is lost).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from .._logging import flow_run_logger
+from ..exceptions import CleanupTimeoutError, ResourceCleanupError, ResourceErrorGroup
+from ..records import FlowRunRecord, RunEvent
+from ..settings import get_settings
+from ..states import State, StateType, _describe
+from ._worker_sessions import log_event, take_local_session
+
+if TYPE_CHECKING:
+    from .._engine._flowrun import FlowRun
+
+__all__ = ["WorkerReport", "cleanup_errors", "end_worker_resources", "with_cleanup_errors"]
+
+
+class WorkerReport:
+    """What closing one process's session came to: its events (setups and cleanups not
+    recorded on the flow run yet), or ``problem``: why that process could not answer.
+    ``where`` names the process in messages ("Dask worker tcp://…"; empty for the flow's
+    own process)."""
+
+    __slots__ = ("events", "problem", "where")
+
+    def __init__(self, where: str, events: list[RunEvent], problem: str | None = None) -> None:
+        self.where = where
+        self.events = events
+        self.problem = problem
+
+    def __repr__(self) -> str:
+        return f"WorkerReport({self.where!r}, {len(self.events)} events, problem={self.problem!r})"
+
+
+async def end_worker_resources(run: FlowRun) -> list[ResourceCleanupError]:
+    """Close the per-worker resources of ``run``'s session (``run`` started its runner):
+    on the runner's workers, then in this process. Records what happened on the run,
+    logs it, and returns the cleanup errors (each naming its resource and where it
+    ran). Never raises."""
+    try:
+        reports = await run.runner.close_worker_resources()
+    except Exception as exc:  # a runner's own trouble: the run has finished its work
+        reports = [WorkerReport(repr(run.runner), [], _describe(exc))]
+    errors = _take_reports(run.record, reports) if reports else []
+    session = take_local_session(run)
+    if session is not None:
+        default_timeout = get_settings().cleanup_timeout_seconds
+        events = await anyio.to_thread.run_sync(session.close, default_timeout, True)
+        errors.extend(cleanup_errors(events, ""))
+    return errors
+
+
+def _take_reports(record: FlowRunRecord, reports: list[WorkerReport]) -> list[ResourceCleanupError]:
+    """Record and log what the runner's workers reported; their cleanup errors."""
+    logger = flow_run_logger(record)
+    errors: list[ResourceCleanupError] = []
+    for report in reports:
+        if report.problem is not None:
+            logger.warning(
+                "the per-worker resources on %s could not be cleaned up: %s (instances "
+                "there, if any, are lost with it)",
+                report.where,
+                report.problem,
+            )
+        record.events.extend(report.events)
+        for event in report.events:
+            if event.kind.startswith("resource.cleanup."):
+                log_event(logger, event, report.where)
+        errors.extend(cleanup_errors(report.events, report.where))
+    return errors
+
+
+def cleanup_errors(events: list[RunEvent], where: str) -> list[ResourceCleanupError]:
+    """The errors of the failed and timed-out cleanups among ``events``."""
+    errors: list[ResourceCleanupError] = []
+    place = f" on {where}" if where else ""
+    for event in events:
+        if event.kind == "resource.cleanup.failed":
+            error = ResourceCleanupError(
+                f"cleanup of per-worker resource {event.subject!r}{place} failed: "
+                f"{_describe(event.error)}",
+                event.subject,
+            )
+            error.__cause__ = event.error
+            errors.append(error)
+        elif event.kind == "resource.cleanup.timed_out":
+            timed_out = CleanupTimeoutError(f"{event.error}{place}", event.subject)
+            errors.append(timed_out)
+    return errors
+
+
+def with_cleanup_errors(state: State[Any], errors: list[ResourceCleanupError]) -> State[Any]:
+    """The final state of a run whose per-worker resource cleanups failed with
+    ``errors``: a completed run fails with them; a run that failed by its own error fails
+    with that error and them together (as a resource block does). Other states (timed
+    out, cancelled, crashed) stay as they are: the errors are in the events and the log."""
+    if not errors:
+        return state
+    count = f"{len(errors)} per-worker resource cleanup(s) failed"
+    if state.type is StateType.COMPLETED:
+        return State(
+            StateType.FAILED,
+            message=count,
+            error=ResourceErrorGroup(count, errors),
+            record=state.record,
+        )
+    error = state.exception
+    if state.type is StateType.FAILED and state.name == "Failed" and isinstance(error, Exception):
+        members: list[Exception] = [error, *errors]
+        message = f"{count} after the flow run failed"
+        return State(
+            StateType.FAILED,
+            message=f"{state.message}; {count}" if state.message else message,
+            error=ResourceErrorGroup(message, members),
+            record=state.record,
+        )
+    return state

@@ -1,0 +1,163 @@
+"""Flows that tests/test_cli.py runs with the ``orchestr`` command, in subprocesses.
+
+Flows that must be seen from outside write files: the directory comes from the
+``CLI_TEST_DIR`` environment variable (the test's temporary directory).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+from pathlib import Path
+
+import anyio
+from pydantic import BaseModel
+
+from orchestr import flow, resource, task
+
+
+def _marker(name: str) -> Path:
+    return Path(os.environ["CLI_TEST_DIR"]) / name
+
+
+class Window(BaseModel):
+    start: dt.date
+    days: int = 1
+
+
+@flow
+def echo(
+    n: int,
+    ratio: float = 0.5,
+    tags: list[str] | None = None,
+    when: dt.date | None = None,
+    flag: bool = False,
+    label: str = "x",
+    window: Window | None = None,
+    raw=None,  # no hint: the text as given
+) -> None:
+    """Print the parameters it got, with their types, as JSON."""
+    got = {"n": n, "ratio": ratio, "tags": tags, "when": when, "flag": flag, "label": label}
+    got["window"] = None if window is None else window.model_dump()
+    got["raw"] = raw
+    print("PARAMS " + json.dumps(got, default=str))
+    print("TYPES " + json.dumps({k: type(v).__name__ for k, v in got.items()}))
+
+
+@task
+async def square(x: int) -> int:
+    await anyio.sleep(0.001 * x)
+    return x * x
+
+
+@task
+def double(x: int) -> int:
+    return 2 * x
+
+
+@flow
+async def fan_out(n: int = 5) -> int:
+    """Square 0..n-1 on the event loop, double them in threads, add them up."""
+    squares = square.map(range(n))
+    doubled = double.map(squares)
+    total = sum([await f for f in doubled])
+    print(f"TOTAL {total}")
+    return total
+
+
+@task
+def explode(x: int) -> int:
+    if x == 2:
+        raise ValueError(f"bad item {x}")  # RAISE-SITE
+    return x
+
+
+@flow
+def fails(n: int = 4) -> None:
+    """One of its task runs fails; nobody looks at it, so the flow fails."""
+    explode.map(range(n))
+
+
+@resource
+async def journal():
+    _marker("resource-open").write_text("open")
+    try:
+        yield "journal"
+    finally:
+        _marker("cleanup-ran").write_text("cleaned")
+
+
+@task
+async def wait_forever() -> None:
+    _marker("task-started").write_text("started")
+    await anyio.sleep(60)
+
+
+@flow
+async def hangs() -> None:
+    """Holds a resource while a task waits: for signal tests."""
+    async with journal():
+        await wait_forever()
+
+
+@task
+def tick(i: int) -> int:
+    time.sleep(0.05)
+    return i
+
+
+@resource
+def scratch():
+    yield "scratch"
+
+
+@flow
+def ticking(n: int = 12, gate: str = "") -> int:
+    """Short sync task runs (for the live display) inside a resource block; with
+    ``gate``, waits in the block for that file to exist (so a test can watch it run)."""
+    with scratch():
+        futures = tick.map(range(n))
+        if gate:
+            deadline = time.monotonic() + 30
+            while not _marker(gate).exists() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        return sum(f.result() for f in futures)
+
+
+@flow
+def body_fails(table: str = "users") -> None:
+    """Fails in its own body, with no task run involved."""
+    raise LookupError(f"no such table: {table}")  # BODY-RAISE
+
+
+_attempts: dict[int, int] = {}
+
+
+@task(retries=1, retry_delay_seconds=0.2)
+def flaky(i: int) -> int:
+    _attempts[i] = _attempts.get(i, 0) + 1
+    if i == 0 and _attempts[i] == 1:
+        raise RuntimeError("first attempt fails")
+    time.sleep(0.05 * (i + 1))
+    return i
+
+
+@flow
+def child(k: int) -> int:
+    return sum(f.result() for f in flaky.map(range(k)))
+
+
+@flow
+def parent(k: int = 3, password: str = "hunter2") -> int:
+    """Retries, a resource, a subflow: what `orchestr runs show` draws."""
+    with scratch():
+        first = flaky.map(range(k))
+        total = sum(f.result() for f in first)
+    return total + child(k)
+
+
+def helper(x: int) -> int:
+    """Not a flow."""
+    return x

@@ -1,0 +1,884 @@
+"""The ``orchestr`` command, run as a user runs it: the console script in subprocesses,
+real flow files (tests/cli_flows.py), pipes for the plain mode, a pseudo-terminal for
+the live display, real signals, and a real SQLite run history in a temporary home."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import queue
+import re
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+import orchestr
+from orchestr import flow, resource, task
+from orchestr._engine._transitions import observe
+from orchestr.cli import ExitCode
+from orchestr.cli._codes import exit_code_for
+from orchestr.cli._progress import COLUMNS, Progress
+
+TESTS = Path(__file__).parent
+FLOWS = TESTS / "cli_flows.py"
+_SCRIPT = Path(sys.executable).parent / "orchestr"
+COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestr.cli"]
+# Variables that would make Rich or Click write colours into a pipe.
+_COLOUR_VARIABLES = (
+    "FORCE_COLOR",
+    "TTY_COMPATIBLE",
+    "TTY_INTERACTIVE",
+    "CLICOLOR_FORCE",
+    "PY_COLORS",
+)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in _COLOUR_VARIABLES}
+    env.update(ORCHESTR_HOME=str(home), CLI_TEST_DIR=str(home), COLUMNS="120")
+    env.pop("ORCHESTR_HISTORY", None)
+    env.update(extra)
+    return env
+
+
+def orchestr_cli(
+    *args: str, home: Path, cwd: Path = TESTS, timeout: float = 60, **env: str
+) -> subprocess.CompletedProcess[str]:
+    """Run ``orchestr *args`` to its end, output through pipes."""
+    return subprocess.run(
+        [*COMMAND, *args],
+        cwd=cwd,
+        env=_env(home, **env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _raise_site_line(marker: str = "# RAISE-SITE") -> int:
+    lines = FLOWS.read_text().splitlines()
+    return next(i for i, line in enumerate(lines, 1) if marker in line)
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    return tmp_path
+
+
+# -- the command and its help ------------------------------------------------------------
+def test_version_prints_the_package_version(home: Path) -> None:
+    """`orchestr --version` prints orchestr's version and exits 0."""
+    done = orchestr_cli("--version", home=home)
+    assert done.returncode == 0
+    assert done.stdout.strip() == f"orchestr, version {orchestr.__version__}"
+
+
+def test_run_help_lists_the_flows_parameters_and_the_exit_codes(home: Path) -> None:
+    """`orchestr run FILE:FLOW --help` shows the flow's docstring and each parameter with
+    its type and default (or required), and documents every exit code."""
+    done = orchestr_cli("run", "cli_flows.py:echo", "--help", home=home)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "Print the parameters it got" in out
+    assert re.search(r"--param n=…\s+int; required", out)
+    assert re.search(r"--param ratio=…\s+float; default: 0\.5", out)
+    assert re.search(r"--param tags=…\s+list\[str\] \| None; default: None", out)
+    assert re.search(r"--param raw=…\s+text \(no type hint\)", out)
+    for code in ExitCode:
+        assert re.search(rf"^\s+{code.value}\s+\S", out, re.MULTILINE), code
+    # Without a target, the command's own help.
+    plain = orchestr_cli("run", "--help", home=home)
+    assert plain.returncode == 0
+    assert "Exit status:" in plain.stdout
+
+
+def test_exit_codes_are_distinct_and_follow_the_final_state() -> None:
+    """Each way a run ends has its own exit code; the signal codes are the shell's."""
+    assert len({int(code) for code in ExitCode}) == len(ExitCode)
+    assert exit_code_for("Completed") is ExitCode.COMPLETED
+    assert exit_code_for("Failed") is exit_code_for("TimedOut") is ExitCode.FAILED
+    assert exit_code_for("Crashed") is ExitCode.CRASHED
+    assert exit_code_for("Cancelled") is ExitCode.CANCELLED
+    assert (ExitCode.SIGINT, ExitCode.SIGTERM) == (128 + signal.SIGINT, 128 + signal.SIGTERM)
+
+
+def test_shell_completion_offers_the_files_flows(home: Path) -> None:
+    """Click's bash completion completes `file.py:` to the flows in the file (read from
+    its source, not run), and the completion script is printed on request."""
+    done = subprocess.run(
+        COMMAND,
+        cwd=TESTS,
+        env=_env(
+            home,
+            _ORCHESTR_COMPLETE="bash_complete",
+            COMP_WORDS="orchestr run cli_flows.py:f",
+            COMP_CWORD="2",
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    offered = {line.split(",", 1)[1] for line in done.stdout.splitlines()}
+    assert offered == {"cli_flows.py:fan_out", "cli_flows.py:fails"}
+    script = subprocess.run(
+        COMMAND,
+        env=_env(home, _ORCHESTR_COMPLETE="bash_source"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert script.returncode == 0
+    assert "_ORCHESTR_COMPLETE=bash_complete" in script.stdout
+
+
+def test_importing_orchestr_does_not_load_the_cli_libraries() -> None:
+    """Click and Rich load with the command line only, never at `import orchestr`."""
+    probe = "import sys, orchestr; print(sorted(m for m in ('click', 'rich') if m in sys.modules))"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
+
+
+# -- what the live display counts ----------------------------------------------------------
+def test_progress_counts_task_runs_by_task_and_state_as_they_change(
+    run: Callable[..., Any],
+) -> None:
+    """The display's state observer counts each task's runs by state as they change
+    (pending ones from the run's records), the open resources, and the final counts:
+    a retried run counts once, a failure and its downstream NotRun in their columns."""
+    progress = Progress()
+    seen: dict[str, Any] = {}
+    attempts: list[int] = []
+
+    @resource
+    async def pool():
+        yield "pool"
+
+    @task
+    async def hold(release: anyio.Event) -> int:
+        await release.wait()
+        return 1
+
+    @task(retries=1)
+    async def shaky() -> None:
+        attempts.append(1)
+        raise RuntimeError("always")
+
+    @task
+    async def after(x: Any) -> None:
+        return None
+
+    @flow
+    async def watched() -> None:
+        release = anyio.Event()
+        async with pool():
+            held = hold.map([release] * 3)
+            later = hold.submit(release, wait_for=[held[0]])
+            with anyio.fail_after(30):
+                while not all(f.state.is_running() for f in held):
+                    await anyio.sleep(0.005)
+            seen["during"] = progress.snapshot()
+            release.set()
+            await later
+        after.submit(shaky.submit())
+
+    stop = observe(progress)
+    try:
+        state = run(lambda: watched(return_state=True))
+    finally:
+        stop()
+    assert state.name == "Failed"
+    during = {t.task_name: dict(zip(COLUMNS, t.counts, strict=True)) for t in seen["during"].tasks}
+    assert during["hold"] == dict.fromkeys(COLUMNS, 0) | {"pending": 1, "running": 3}
+    assert seen["during"].open_resources == {"pool": 1}
+    final = progress.snapshot()
+    counts = {t.task_name: dict(zip(COLUMNS, t.counts, strict=True)) for t in final.tasks}
+    assert counts["hold"] == dict.fromkeys(COLUMNS, 0) | {"completed": 4}
+    assert counts["shaky"] == dict.fromkeys(COLUMNS, 0) | {"failed": 1}
+    assert counts["after"] == dict.fromkeys(COLUMNS, 0) | {"not run": 1}
+    assert len(attempts) == 2
+    assert final.open_resources == {}
+    assert final.flow_run is state.record
+
+
+# -- parameters --------------------------------------------------------------------------
+def _echoed(stdout: str) -> tuple[dict[str, Any], dict[str, str]]:
+    params = types = None
+    for line in stdout.splitlines():
+        if line.startswith("PARAMS "):
+            params = json.loads(line.removeprefix("PARAMS "))
+        elif line.startswith("TYPES "):
+            types = json.loads(line.removeprefix("TYPES "))
+    assert params is not None, stdout
+    assert types is not None, stdout
+    return params, types
+
+
+def test_param_values_are_coerced_by_the_flows_type_hints(home: Path) -> None:
+    """`--param` text becomes the hinted type (int, bool, date, list from JSON); a str
+    hint keeps digits as text; a parameter without a hint gets the text."""
+    done = orchestr_cli(
+        "run",
+        "cli_flows.py:echo",
+        "-p",
+        "n=3",
+        "--param",
+        'tags=["a", "b"]',
+        "-p",
+        "when=2024-05-01",
+        "-p",
+        "flag=true",
+        "-p",
+        "label=123",
+        "-p",
+        "raw=007",
+        "-p",
+        "ratio=2",
+        home=home,
+    )
+    assert done.returncode == ExitCode.COMPLETED, done.stderr
+    params, types = _echoed(done.stdout)
+    assert params == {
+        "n": 3,
+        "ratio": 2.0,
+        "tags": ["a", "b"],
+        "when": "2024-05-01",
+        "flag": True,
+        "label": "123",
+        "window": None,
+        "raw": "007",
+    }
+    assert types["when"] == "date"
+    assert types["ratio"] == "float"
+    assert types["label"] == "str"
+
+
+def test_params_file_values_are_validated_and_param_wins(home: Path) -> None:
+    """A JSON params file fills parameters (a nested model too); `--param` overrides it."""
+    params_file = home / "params.json"
+    params_file.write_text(
+        json.dumps({"n": 1, "label": "from-file", "window": {"start": "2024-02-03", "days": 2}})
+    )
+    done = orchestr_cli(
+        "run", "cli_flows.py:echo", "--params-file", str(params_file), "-p", "n=5", home=home
+    )
+    assert done.returncode == ExitCode.COMPLETED, done.stderr
+    params, types = _echoed(done.stdout)
+    assert params["n"] == 5
+    assert params["label"] == "from-file"
+    assert params["window"] == {"start": "2024-02-03", "days": 2}
+    assert types["window"] == "dict"  # model_dump of a validated Window
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
+    ("no such file", lambda h: ["missing_flows.py:main"], ["no such file: missing_flows.py"]),
+    ("no such module", lambda h: ["no_such_module:main"], ["no module named 'no_such_module'"]),
+    (
+        "no such flow",
+        lambda h: ["cli_flows.py:nope"],
+        ["has no flow named 'nope'", "echo", "fan_out"],
+    ),
+    ("not a flow", lambda h: ["cli_flows.py:helper"], ["'helper'", "function, not a flow"]),
+    ("a task", lambda h: ["cli_flows.py:double"], ["'double'", "is a task, not a flow"]),
+    ("flow not named", lambda h: ["cli_flows.py"], ["defines several flows", "cli_flows.py:NAME"]),
+    (
+        "bad target",
+        lambda h: ["cli_flows.py:no-such"],
+        ["'cli_flows.py:no-such'", "not a flow target"],
+    ),
+    (
+        "unknown parameter",
+        lambda h: ["cli_flows.py:echo", "-p", "n=1", "-p", "bogus=2"],
+        ["flow 'echo' has no parameter 'bogus'", "its parameters: n, ratio"],
+    ),
+    (
+        "invalid value",
+        lambda h: ["cli_flows.py:echo", "-p", "n=abc"],
+        ["--param n='abc' is not a valid int", "valid integer"],
+    ),
+    (
+        "invalid list item",
+        lambda h: ["cli_flows.py:fan_out", "-p", "n=[1, 2]"],
+        ["--param n='[1, 2]' is not a valid int"],
+    ),
+    (
+        "missing parameter",
+        lambda h: ["cli_flows.py:echo"],
+        ["needs parameter(s) 'n'", "--param n=VALUE"],
+    ),
+    ("not key=value", lambda h: ["cli_flows.py:echo", "-p", "n"], ["--param 'n' is not KEY=VALUE"]),
+    (
+        "bad json",
+        lambda h: ["cli_flows.py:echo", "--params-file", str(_write(h / "p.json", "{nope"))],
+        ["p.json is not valid JSON"],
+    ),
+    (
+        "json not an object",
+        lambda h: ["cli_flows.py:echo", "--params-file", str(_write(h / "p.json", "[1, 2]"))],
+        ["must hold a JSON object", "not a list"],
+    ),
+    (
+        "unknown parameter in file",
+        lambda h: ["cli_flows.py:echo", "--params-file", str(_write(h / "p.json", '{"zz": 1}'))],
+        ["no parameter 'zz'", "p.json"],
+    ),
+    (
+        "params file missing",
+        lambda h: ["cli_flows.py:echo", "--params-file", str(h / "absent.json")],
+        ["absent.json", "does not exist"],
+    ),
+    ("no target", lambda h: [], ["Missing argument 'TARGET'"]),
+]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [pytest.param(args, expected, id=name) for name, args, expected in BAD_INPUTS],
+)
+def test_bad_input_is_named_with_exit_code_2_and_no_traceback(
+    home: Path, args: Callable[[Path], list[str]], expected: list[str]
+) -> None:
+    """Each mistake on the command line is reported on stderr with what was wrong, exit
+    code 2, no traceback, and no run started."""
+    done = orchestr_cli("run", *args(home), home=home)
+    assert done.returncode == ExitCode.USAGE, (done.stdout, done.stderr)
+    for text in expected:
+        assert text in done.stderr, (text, done.stderr)
+    assert "Traceback" not in done.stderr
+    assert "Traceback" not in done.stdout
+    assert "Beginning" not in done.stderr  # no flow run began
+
+
+def test_a_module_that_fails_to_import_shows_the_users_frames_only(home: Path) -> None:
+    """A flow file that raises while importing: exit code 2, the error and the user's
+    line, none of orchestr's or importlib's frames."""
+    broken = _write(
+        home / "broken_flows.py",
+        "from orchestr import flow\n\nCONFIG = {}\nTIMEOUT = CONFIG['timeout']\n",
+    )
+    done = orchestr_cli("run", f"{broken}:main", home=home)
+    assert done.returncode == ExitCode.USAGE
+    assert "failed to import" in done.stderr
+    assert "KeyError: 'timeout'" in done.stderr
+    assert f'File "{broken}", line 4' in done.stderr
+    assert "importlib" not in done.stderr
+    assert "orchestr/cli" not in done.stderr
+
+
+# -- running: sync and async flows, exit codes, the summary -------------------------------
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_async_flow_by_module_name_completes_on_either_backend(home: Path, backend: str) -> None:
+    """`orchestr run package.module:flow` runs an async flow (tasks on its loop and in
+    threads) on the chosen backend; exit 0 and a summary of its task runs."""
+    done = orchestr_cli("run", "cli_flows:fan_out", "-p", "n=4", "--backend", backend, home=home)
+    assert done.returncode == ExitCode.COMPLETED, done.stderr
+    assert "TOTAL 28" in done.stdout  # 2 * (0 + 1 + 4 + 9)
+    assert re.search(r"flow run 'fan_out-\w+' of flow 'fan_out': Completed in", done.stdout)
+    assert "task runs: 8 Completed" in done.stdout
+    assert re.search(r"^square\s+4\s+4\s", done.stdout, re.MULTILINE)
+    assert re.search(r"^double\s+4\s+4\s", done.stdout, re.MULTILINE)
+
+
+def test_failed_run_exits_1_and_the_summary_shows_the_error_and_its_line(home: Path) -> None:
+    """A failed task run fails the run: exit 1; the summary counts the runs by state and
+    names the failure with its error and the line of user code that raised it."""
+    done = orchestr_cli("run", str(FLOWS) + ":fails", home=home)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    out = done.stdout
+    assert re.search(r"flow run 'fails-\w+' of flow 'fails': Failed in", out)
+    assert "task runs: 3 Completed, 1 Failed" in out
+    assert "✗ task run 'explode-2' Failed: ValueError: bad item 2" in out
+    assert f"at {os.path.relpath(FLOWS, TESTS)}:{_raise_site_line()} in explode" in out
+    assert 'raise ValueError(f"bad item {x}")' in out
+    assert "\x1b[" not in out + done.stderr  # not a terminal: plain text only
+
+
+def test_a_flow_failing_in_its_body_is_reported_at_its_line(home: Path) -> None:
+    """An error raised by the flow's own body (no task run) is the failure shown, with
+    the body's line; exit code 1."""
+    done = orchestr_cli("run", "cli_flows.py:body_fails", "-p", "table=orders", home=home)
+    assert done.returncode == ExitCode.FAILED, done.stderr
+    assert re.search(
+        r"✗ flow run 'body_fails-\w+' Failed: LookupError: no such table: orders", done.stdout
+    )
+    line = _raise_site_line("# BODY-RAISE")
+    assert f"at cli_flows.py:{line} in body_fails" in done.stdout
+
+
+def _lines_of(stream: Any) -> queue.Queue[str | None]:
+    """The stream's lines, read by a thread (None at its end), so waits can be bounded."""
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def _wait_for_line(
+    lines: queue.Queue[str | None],
+    found: Callable[[str], bool],
+    seen: list[str],
+    *,
+    to_end: bool = False,
+) -> str:
+    """Collect lines into ``seen`` until one is ``found`` (or, ``to_end``, until the
+    output ends); bounded."""
+    deadline = time.monotonic() + 30
+    while True:
+        line = lines.get(timeout=max(0.0, deadline - time.monotonic()))
+        if line is None:
+            if to_end:
+                return ""
+            raise AssertionError("output ended before the line came: " + "".join(seen))
+        seen.append(line)
+        if found(line):
+            return line
+
+
+def test_plain_mode_through_pipes_writes_progress_lines_without_control_codes(
+    home: Path,
+) -> None:
+    """Not on a terminal: log lines and periodic progress lines, never a control code,
+    then the summary."""
+    seen: list[str] = []
+    with subprocess.Popen(
+        [*COMMAND, "run", "cli_flows.py:ticking", "-p", "gate=gate", "--progress-every", "0.05"],
+        cwd=TESTS,
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            lines = _lines_of(proc.stderr)
+            progress = _wait_for_line(lines, lambda line: "/12 finished" in line, seen)
+            assert re.match(r"\[0:00:\d\d\] task runs: \d+/12 finished", progress)
+            (home / "gate").write_text("go")
+            assert proc.stdout is not None
+            stdout = proc.stdout.read()
+            _wait_for_line(lines, lambda line: False, seen, to_end=True)
+            assert proc.wait(timeout=60) == ExitCode.COMPLETED
+        finally:
+            proc.kill()
+    assert "\x1b[" not in "".join(seen) + stdout
+    assert "Beginning with parameters" in "".join(seen)
+    assert re.search(r"flow run 'ticking-\w+' of flow 'ticking': Completed", stdout)
+    assert re.search(r"^tick\s+12\s+12\s", stdout, re.MULTILINE)
+
+
+# -- the live display on a pseudo-terminal --------------------------------------------------
+_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def _take_terminal() -> None:
+    # In the child, a session leader (start_new_session): its stdin, the pseudo-terminal,
+    # becomes its controlling terminal, so Ctrl-C typed there is a SIGINT to it.
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+
+
+class Terminal:
+    """A process whose stdin, stdout and stderr are a pseudo-terminal (its controlling
+    terminal); its output is read from the master side as a person's terminal would
+    receive it, and keys are typed there."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        master, slave = pty.openpty()
+        os.set_blocking(master, False)
+        self.master = master
+        self.output = b""
+        self.proc = subprocess.Popen(
+            args,
+            cwd=TESTS,
+            env=env,
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            close_fds=True,
+            start_new_session=True,
+            preexec_fn=_take_terminal,  # only an ioctl, in the fresh child
+        )
+        os.close(slave)
+
+    def type(self, keys: bytes) -> None:
+        os.write(self.master, keys)
+
+    def read_until(self, found: Callable[[str], bool], timeout: float = 30) -> str:
+        """Read until ``found(self.plain)``; returns the raw text so far."""
+        deadline = time.monotonic() + timeout
+        while not found(self.plain):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"not seen on the terminal in {timeout} s: {self.text!r}")
+            ready, _, _ = select.select([self.master], [], [], left)
+            if ready and not self._read():
+                raise AssertionError(f"terminal closed first: {self.text!r}")
+        return self.text
+
+    def read_to_end(self, timeout: float = 60) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([self.master], [], [], 0.5)
+            if ready and not self._read():
+                break
+            if not ready and self.proc.poll() is not None:
+                self._read()
+                break
+        return self.proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+
+    def _read(self) -> bool:
+        try:
+            chunk = os.read(self.master, 65536)
+        except BlockingIOError:
+            return True
+        except OSError:  # EIO: every slave side closed
+            return False
+        self.output += chunk
+        return bool(chunk)
+
+    @property
+    def text(self) -> str:
+        return self.output.decode("utf-8", "replace")
+
+    @property
+    def plain(self) -> str:
+        """What was written, without its control sequences (colours, cursor moves)."""
+        return _ANSI.sub("", self.text)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self.master)
+
+
+@pytest.fixture
+def terminal(home: Path) -> Iterator[Callable[..., Terminal]]:
+    opened: list[Terminal] = []
+
+    def open_terminal(*args: str) -> Terminal:
+        env = _env(home, TERM="xterm-256color", COLUMNS="110", LINES="40")
+        opened.append(Terminal([*COMMAND, *args], env))
+        return opened[-1]
+
+    yield open_terminal
+    for term in opened:
+        term.close()
+
+
+def test_live_display_on_a_terminal_renders_and_ends_cleanly(
+    home: Path, terminal: Callable[..., Terminal]
+) -> None:
+    """On a terminal the run is drawn live (the task's row with its counts and mapped
+    progress, the open resource), then erased: the cursor is shown again and the summary
+    follows it."""
+    term = terminal("run", "cli_flows.py:ticking", "-p", "gate=gate")
+    text = term.read_until(lambda plain: "open resources: scratch" in plain and "/12" in plain)
+    assert "\x1b[?25l" in text  # the live display hides the cursor while it draws
+    frame = term.plain
+    assert re.search(r"task\s+pending\s+running\s+completed\s+failed\s+cancelled\s+not run", frame)
+    assert re.search(r"^tick(\s+\d+){6}\s+\S+ \d+/\d+", frame, re.MULTILINE)
+    assert re.search(r"flow run 'ticking-\w+' · Running · 0:00:\d\d", frame)
+    (home / "gate").write_text("go")
+    assert term.read_to_end() == ExitCode.COMPLETED
+    text = term.text
+    shown_again = text.rfind("\x1b[?25h")
+    assert shown_again > text.rfind("\x1b[?25l")
+    after = text[shown_again:]
+    # Erased: the lines of the last frame are cleared, then the summary is printed.
+    assert re.search(r"flow run .{0,20}'ticking-\w+'.{0,20} of flow 'ticking': ", after)
+    summary_at = after.index("of flow 'ticking': ")
+    # The display is gone for good: nothing moves the cursor back over the summary.
+    assert "\x1b[1A" not in after[summary_at:]
+    assert "\x1b[2K" not in after[summary_at:]
+    plain_after = _ANSI.sub("", after)
+    assert re.search(r"^tick\s+12\s+12\s", plain_after, re.MULTILINE)
+    assert "resources: scratch (set up 1, cleaned up 1)" in plain_after
+    assert re.search(r"^tick(\s+\d+){6}\s+\S+ 12/12", _ANSI.sub("", text[:shown_again]), re.M)
+
+
+def test_ctrl_c_on_the_live_display_cancels_the_run_and_restores_the_terminal(
+    home: Path, terminal: Callable[..., Terminal]
+) -> None:
+    """Ctrl-C typed on the terminal while the live display runs: the run is cancelled,
+    its resource cleaned up, the display erased and the cursor shown again, the summary
+    says why, and the exit code is SIGINT's."""
+    term = terminal("run", "cli_flows.py:hangs")
+    term.read_until(lambda plain: "wait_forever" in plain and "open resources: journal" in plain)
+    assert (home / "task-started").exists()
+    term.type(b"\x03")
+    assert term.read_to_end() == ExitCode.SIGINT
+    assert (home / "cleanup-ran").read_text() == "cleaned"
+    text = term.text
+    shown_again = text.rfind("\x1b[?25h")
+    assert shown_again > text.rfind("\x1b[?25l")
+    after = _ANSI.sub("", text[shown_again:])
+    assert re.search(r"of flow 'hangs': Crashed in .*interrupted by SIGINT", after)
+    assert "resources: journal (set up 1, cleaned up 1)" in after
+    assert "Traceback" not in term.plain
+
+
+# -- signals -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGTERM, ExitCode.SIGTERM), (signal.SIGINT, ExitCode.SIGINT)]
+)
+def test_a_signal_cancels_the_run_and_its_resource_is_cleaned_up(
+    home: Path, signum: int, code: ExitCode
+) -> None:
+    """SIGTERM (or SIGINT) while a task runs: the run is cancelled, the resource's
+    cleanup runs, the summary says so, and the exit code names the signal."""
+    with subprocess.Popen(
+        [*COMMAND, "run", "cli_flows.py:hangs"],
+        cwd=TESTS,
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not (home / "task-started").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the task never started"
+                time.sleep(0.01)
+            assert not (home / "cleanup-ran").exists()
+            proc.send_signal(signum)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    name = signal.Signals(signum).name
+    assert proc.returncode == code, (stdout, stderr)
+    assert (home / "cleanup-ran").read_text() == "cleaned"
+    assert f"orchestr: {name}: cancelling flow run 'hangs-" in stderr
+    assert re.search(rf"of flow 'hangs': Crashed in .*interrupted by {name}", stdout), stdout
+    assert "task runs: 1 Cancelled" in stdout
+    assert "Traceback" not in stdout + stderr
+    if signum == signal.SIGTERM:
+        _history_shows_an_interrupted_run(home)
+
+
+def _history_shows_an_interrupted_run(home: Path) -> None:
+    pytest.importorskip("orchestr.history")
+    listed = orchestr_cli("runs", "list", "--json", home=home)
+    assert listed.returncode == 0, listed.stderr
+    (run,) = json.loads(listed.stdout)
+    assert run["flow_name"] == "hangs"
+    assert run["state"] in ("Crashed", "Cancelled")
+    shown = orchestr_cli("runs", "show", run["id"][:8], home=home)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"of flow 'hangs': (Crashed|Cancelled)", shown.stdout)
+    assert re.search(r"^wait_forever-\d+\s+Cancelled", shown.stdout, re.MULTILINE)
+    assert "setup.finished" in shown.stdout
+    assert "cleanup.finished" in shown.stdout
+
+
+# -- the run history: `orchestr runs list|show|prune` --------------------------------------
+class Recorded:
+    """A temporary orchestr home whose history holds real runs of tests/cli_flows.py."""
+
+    def __init__(self, home: Path) -> None:
+        self.home = home
+        self.ids: dict[str, str] = {}
+
+    def run(self, target: str, code: ExitCode, *args: str) -> str:
+        done = orchestr_cli("run", target, *args, home=self.home)
+        assert done.returncode == code, done.stderr
+        found = re.search(r"^run id: ([0-9a-f-]{36})$", done.stdout, re.MULTILINE)
+        assert found is not None, done.stdout
+        assert re.search(rf"^look back: orchestr runs show {found[1][:8]}$", done.stdout, re.M)
+        return found[1]
+
+
+@pytest.fixture(scope="module")
+def recorded(tmp_path_factory: pytest.TempPathFactory) -> Recorded:
+    pytest.importorskip("orchestr.history")
+    history = Recorded(tmp_path_factory.mktemp("history"))
+    history.ids["parent"] = history.run("cli_flows.py:parent", ExitCode.COMPLETED)
+    history.ids["fails"] = history.run("cli_flows.py:fails", ExitCode.FAILED)
+    return history
+
+
+def test_runs_list_shows_recent_runs_newest_first(recorded: Recorded) -> None:
+    """`orchestr runs list`: one row per flow run (subflows marked), newest first, with
+    flow, state, start, duration and task runs by state."""
+    done = orchestr_cli("runs", "list", home=recorded.home)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    rows = [line.rstrip() for line in lines if re.match(r"^[0-9a-f]{8}\s", line)]
+    assert [row.split()[1] for row in rows] == ["fails", "child", "parent"]
+    assert rows[0].startswith(recorded.ids["fails"][:8])
+    assert re.search(
+        r"Failed\s+\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+.+\s+3 Completed, 1 Failed", rows[0]
+    )
+    assert "(subflow)" in rows[1]
+    assert re.search(r"Completed\s.*3 Completed$", rows[2])
+
+
+def test_runs_list_json_and_its_filters(recorded: Recorded) -> None:
+    """`--json` gives the rows for scripts (parameters with secrets masked); `--flow`,
+    `--state` (any case), `--since` (an age or a date) and `--limit` filter them."""
+
+    def listed(*args: str) -> list[dict[str, Any]]:
+        done = orchestr_cli("runs", "list", "--json", *args, home=recorded.home)
+        assert done.returncode == 0, done.stderr
+        assert "hunter2" not in done.stdout
+        rows: list[dict[str, Any]] = json.loads(done.stdout)
+        return rows
+
+    queries = {
+        "all": (),
+        "flow": ("--flow", "parent"),
+        "state": ("--state", "FAILED"),
+        "age": ("--since", "1h"),
+        "date": ("--since", "2999-01-01"),
+        "limit": ("--limit", "1"),
+    }
+    with ThreadPoolExecutor(max_workers=3) as pool:  # independent reads: overlap them
+        answers = pool.map(lambda args: listed(*args), queries.values())
+        found = dict(zip(queries, answers, strict=True))
+    rows = found["all"]
+    assert [r["flow_name"] for r in rows] == ["fails", "child", "parent"]
+    parent = rows[2]
+    assert parent["id"] == recorded.ids["parent"]
+    assert parent["state"] == "Completed"
+    assert parent["parameters"] == {"k": 3, "password": "**********"}
+    assert parent["task_counts"] == {"Completed": 3}
+    assert parent["started_at"].startswith(time.strftime("%Y-"))
+    assert rows[1]["parent_id"] == parent["id"]
+    assert rows[0]["task_counts"] == {"Completed": 3, "Failed": 1}
+    assert [r["flow_name"] for r in found["flow"]] == ["parent"]
+    assert [r["flow_name"] for r in found["state"]] == ["fails"]
+    assert len(found["age"]) == 3
+    assert found["date"] == []
+    assert [r["flow_name"] for r in found["limit"]] == ["fails"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--state", "sideways"], "--state 'sideways' is not a state"),
+        (["--since", "yesterday"], "--since 'yesterday' is neither an age"),
+    ],
+)
+def test_runs_list_refuses_bad_filters(recorded: Recorded, args: list[str], expected: str) -> None:
+    """A filter that cannot be understood is named, with exit code 2."""
+    done = orchestr_cli("runs", "list", *args, home=recorded.home)
+    assert done.returncode == ExitCode.USAGE
+    assert expected in done.stderr
+
+
+def _bar_cells(line: str) -> tuple[int, int]:
+    """The first and last column of a timeline bar in a row of `runs show`."""
+    cells = [i for i, char in enumerate(line) if char in "█░"]
+    assert cells, line
+    return cells[0], cells[-1]
+
+
+def test_runs_show_draws_task_runs_on_a_shared_timeline(recorded: Recorded) -> None:
+    """`orchestr runs show PREFIX`: the run's facts (secrets masked), its task runs with
+    state, attempts and duration, one bar each on a shared time axis (runs that started
+    together start in one column; a retry's wait is drawn; the straggler ends last; the
+    subflow run that followed starts after them), its resource events and its subflow
+    runs."""
+    done = orchestr_cli("runs", "show", recorded.ids["parent"][:8], home=recorded.home)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"flow run 'parent-\w+' of flow 'parent': Completed", out)
+    assert recorded.ids["parent"] in out
+    assert 'password="**********"' in out
+    assert "hunter2" not in out
+    rows = {
+        m[1]: m[0] for m in re.finditer(r"^(flaky-\d+)\s+Completed\s+(\d)\s.*$", out, re.MULTILINE)
+    }
+    assert len(rows) == 3, out
+    first, second, third = sorted(rows, key=lambda name: int(name.split("-")[1]))
+    assert re.match(rf"{first}\s+Completed\s+2\s", rows[first])  # it was retried
+    assert "░" in rows[first]
+    assert "░" not in rows[second] + rows[third]
+    first_start, first_end = _bar_cells(rows[first])
+    for other in (second, third):  # submitted together: they overlap the straggler
+        start, end = _bar_cells(rows[other])
+        assert start < first_end
+        assert first_start < end
+        assert end < first_end
+    # The subflow ran after them (the parent waited for its block's task runs).
+    subflow = re.search(r"^child-\w+ subflow\s+Completed\s.*$", out, re.MULTILINE)
+    assert subflow is not None, out
+    assert _bar_cells(subflow[0])[0] >= first_end
+    assert re.search(r"setup\.finished\s+scratch", out)
+    assert re.search(r"cleanup\.finished\s+scratch", out)
+    assert re.search(r"^[0-9a-f]{8}\s+child\s+child-\w+\s+Completed", out, re.MULTILINE)
+
+
+def test_runs_show_gives_each_failure_with_the_line_that_raised_it(recorded: Recorded) -> None:
+    """A failed run's task run is shown Failed, with its error and the user's line."""
+    done = orchestr_cli("runs", "show", recorded.ids["fails"], home=recorded.home)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"of flow 'fails': Failed", out)
+    assert re.search(r"^explode-\d+\s+Failed\s+1\s", out, re.MULTILINE)
+    assert re.search(r"✗ explode-\d+ Failed: ValueError: bad item 2", out)
+    assert f"cli_flows.py:{_raise_site_line()} in explode" in out
+
+
+def test_runs_show_names_an_unknown_run(recorded: Recorded) -> None:
+    """An id that matches no run: exit code 2 and the id named, no traceback."""
+    done = orchestr_cli("runs", "show", "fffffffff", home=recorded.home)
+    assert done.returncode == ExitCode.USAGE
+    assert "fffffffff" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_runs_prune_deletes_runs_older_than_the_age(home: Path) -> None:
+    """`orchestr runs prune --older-than AGE` deletes the runs that started longer ago
+    (with their task runs) and keeps the others; a bad age is named."""
+    pytest.importorskip("orchestr.history")
+    history = Recorded(home)
+    history.run("cli_flows.py:echo", ExitCode.COMPLETED, "-p", "n=1")
+    kept = orchestr_cli("runs", "prune", "--older-than", "30d", home=home)
+    assert kept.returncode == 0, kept.stderr
+    assert "Deleted 0 flow run(s) older than 30d" in kept.stdout
+    (row,) = json.loads(orchestr_cli("runs", "list", "--json", home=home).stdout)
+    while time.time() < row["started"] + 1.0:  # a clock condition, bounded: one second
+        time.sleep(0.05)
+    pruned = orchestr_cli("runs", "prune", "--older-than", "1s", home=home)
+    assert "Deleted 1 flow run(s) older than 1s" in pruned.stdout
+    assert json.loads(orchestr_cli("runs", "list", "--json", home=home).stdout) == []
+    bad = orchestr_cli("runs", "prune", "--older-than", "30", home=home)
+    assert bad.returncode == ExitCode.USAGE
+    assert "--older-than '30' is not an age" in bad.stderr
+
+
+def test_runs_list_on_an_empty_history(home: Path) -> None:
+    """No runs recorded yet: a sentence (or `[]`), exit code 0."""
+    pytest.importorskip("orchestr.history")
+    done = orchestr_cli("runs", "list", home=home)
+    assert done.returncode == 0, done.stderr
+    assert "No flow runs recorded" in done.stdout
+    assert json.loads(orchestr_cli("runs", "list", "--json", home=home).stdout) == []
