@@ -57,6 +57,7 @@ import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -605,7 +606,14 @@ def bench_first_call(reps: int) -> list[Result]:
 N_HISTORY_LONG = 50_000
 
 
-def timed_history(fn: Callable[[int], Awaitable[None]], n: int, on: bool, flushed: bool) -> float:
+# CPU seconds of the whole process (every thread: the history writer's too) per sample,
+# by label: less disturbed than wall time on a loaded machine.
+_CPU: dict[str, list[float]] = {}
+
+
+def timed_history(
+    label: str, fn: Callable[[int], Awaitable[None]], n: int, on: bool, flushed: bool
+) -> float:
     """``timed_async(fn, n)`` with the history on or off; with ``flushed``, the clock
     stops once every row is written. The rows are written before this returns either
     way (not on the next measurement's clock)."""
@@ -613,9 +621,11 @@ def timed_history(fn: Callable[[int], Awaitable[None]], n: int, on: bool, flushe
     async def measure() -> float:
         gc.collect()
         start = time.perf_counter()
+        cpu = time.process_time()
         await fn(n)
         if flushed:
             history.flush()
+        _CPU.setdefault(label, []).append(time.process_time() - cpu)
         return time.perf_counter() - start
 
     with override_settings(history=on):
@@ -624,18 +634,32 @@ def timed_history(fn: Callable[[int], Awaitable[None]], n: int, on: bool, flushe
     return seconds
 
 
+def cpu_note(on: str, off: str) -> str:
+    ours, theirs = _CPU[on][-len(_CPU[off]) :], _CPU[off]
+    ratios = [a / b for a, b in zip(ours, theirs, strict=True)]
+    return (
+        f"process CPU time (all threads): on {statistics.median(ours) * 1e3:.1f} ms, off "
+        f"{statistics.median(theirs) * 1e3:.1f} ms, ratio {statistics.median(ratios):.2f}x "
+        f"(min {min(ratios):.2f}x)"
+    )
+
+
 def bench_history(rounds: int, warmup: int) -> list[Result]:
+    _CPU.clear()
+    measures: dict[str, tuple[Callable[[int], Awaitable[None]], int, bool, bool]] = {
+        "on": (async_fanout, N_TASKS, True, False),
+        "off": (async_fanout, N_TASKS, False, False),
+        "on, flushed": (async_fanout, N_TASKS, True, True),
+        "empty on": (empty_flow_calls, N_EMPTY_CALLS, True, False),
+        "empty off": (empty_flow_calls, N_EMPTY_CALLS, False, False),
+    }
     samples = alternate(
-        {
-            "on": lambda: timed_history(async_fanout, N_TASKS, True, False),
-            "off": lambda: timed_history(async_fanout, N_TASKS, False, False),
-            "on, flushed": lambda: timed_history(async_fanout, N_TASKS, True, True),
-            "empty on": lambda: timed_history(empty_flow_calls, N_EMPTY_CALLS, True, False),
-            "empty off": lambda: timed_history(empty_flow_calls, N_EMPTY_CALLS, False, False),
-        },
+        {label: partial(timed_history, label, *args) for label, args in measures.items()},
         rounds,
         warmup,
     )
+    for label in measures:  # the warm-up rounds' CPU samples go
+        _CPU[label] = _CPU[label][warmup:]
     main = compare(
         "7",
         f"{N_TASKS:,} async no-op tasks (target [1]) with the run history on vs off",
@@ -650,7 +674,9 @@ def bench_history(rounds: int, warmup: int) -> list[Result]:
         samples["off"],
         1.10,
     )
+    main.notes.append(cpu_note("on", "off"))
     flushed.informational = True
+    flushed.notes.append(cpu_note("on, flushed", "off"))
     empty_calls = compare(
         "7e",
         f"empty async flow calls (target [3], x{N_EMPTY_CALLS:,}) with the history on vs off "
@@ -660,11 +686,12 @@ def bench_history(rounds: int, warmup: int) -> list[Result]:
         1.10,
     )
     empty_calls.informational = True
+    empty_calls.notes.append(cpu_note("empty on", "empty off"))
     long_rounds = max(2, rounds // 3)
     long = alternate(
         {
-            "on": lambda: timed_history(async_fanout, N_HISTORY_LONG, True, False),
-            "off": lambda: timed_history(async_fanout, N_HISTORY_LONG, False, False),
+            "on": partial(timed_history, "long on", async_fanout, N_HISTORY_LONG, True, False),
+            "off": partial(timed_history, "long off", async_fanout, N_HISTORY_LONG, False, False),
         },
         long_rounds,
         0,
@@ -678,7 +705,7 @@ def bench_history(rounds: int, warmup: int) -> list[Result]:
         1.10,
     )
     long_result.informational = True
-    long_result.notes.append(f"{long_rounds} rounds")
+    long_result.notes.append(f"{long_rounds} rounds; " + cpu_note("long on", "long off"))
     return [main, flushed, empty_calls, long_result]
 
 

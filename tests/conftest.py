@@ -60,14 +60,21 @@ def dask_address() -> Any:
     with ``allowed_failures=0`` as orchestr makes its temporary ones. Closed at the end
     of the session."""
     distributed = pytest.importorskip("distributed")
-    cluster = distributed.LocalCluster(
-        n_workers=2,
-        threads_per_worker=2,
-        processes=True,
-        dashboard_address=":0",  # None still serves HTTP on 8787: a clash when shared
-        scheduler_kwargs={"allowed_failures": 0},
-    )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    import dask
+
+    # Tests kill workers on purpose and their nannies start new ones; but a worker name
+    # still missing 15 s (lost-worker-timeout) after an earlier loss of that name (killed
+    # again, restarting) gets its nanny closed for good by the cluster, leaving it short
+    # of workers for the rest of the session. Read when a worker is lost: set throughout.
+    with dask.config.set({"distributed.deploy.lost-worker-timeout": "1 day"}):
+        cluster = distributed.LocalCluster(
+            n_workers=2,
+            threads_per_worker=2,
+            processes=True,
+            dashboard_address=":0",  # None still serves HTTP on 8787: a clash when shared
+            scheduler_kwargs={"allowed_failures": 0},
+        )
+        try:
+            yield cluster.scheduler_address
+        finally:
+            cluster.close()

@@ -331,12 +331,19 @@ def stuck_first_attempt(started: str, release: str) -> str:
 
 
 class OddError(Exception):
-    """An exception that pickles but cannot be rebuilt (its __init__ wants two
-    arguments, its args hold one)."""
+    """An exception that pickles but cannot be rebuilt: it pickles as ``OddError(code)``
+    and its __init__ wants two arguments.
+
+    Its own __reduce__ says so: with the default one, ``import distributed`` (which runs
+    ``tblib.pickling_support.install()``, a reducer for every exception class defined by
+    then) makes it rebuildable in any process that imported this module first."""
 
     def __init__(self, code: int, detail: str) -> None:
         super().__init__(f"odd error {code}: {detail}")
         self.code = code
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.code,)
 
 
 @task

@@ -930,21 +930,24 @@ def test_task_hooks_run_in_the_flows_process_wherever_the_attempts_ran(
     (the journal shows it before the attempt's own line), on_completion / on_failure
     with the final state, before `await fut` or `fut.wait()` returns."""
     journal = tmp_path / "journal"
-    calls: list[tuple[str, bool, int, StateType, int]] = []
+    calls: list[tuple[str, str, int, StateType, int]] = []
+
+    def whose(owner: Any) -> str:
+        return next((name for name, t in tasks.items() if owner is t), repr(owner))
 
     def hook(name: str) -> Callable[..., None]:
         def sync_hook(owner: Any, record: Any, state: State[Any]) -> None:
             if name == "running":
                 with open(journal, "a") as f:
                     f.write(f"running {record.attempts}\n")
-            calls.append((name, owner in tasks, record.attempts, state.type, os.getpid()))
+            calls.append((name, whose(owner), record.attempts, state.type, os.getpid()))
 
         return sync_hook
 
     def async_hook(name: str) -> Callable[..., Any]:
         async def hook_async(owner: Any, record: Any, state: State[Any]) -> None:
             await anyio.lowlevel.checkpoint()
-            calls.append((name, owner in tasks, record.attempts, state.type, os.getpid()))
+            calls.append((name, whose(owner), record.attempts, state.type, os.getpid()))
 
         return hook_async
 
@@ -958,7 +961,7 @@ def test_task_hooks_run_in_the_flows_process_wherever_the_attempts_ran(
         on_completion=[hook("completion")],
         on_failure=[hook("failure"), async_hook("async failure")],
     )
-    tasks = (flaky, failing)
+    tasks = {"flaky": flaky, "failing": failing}
 
     @flow(task_runner=runner)
     async def main() -> tuple[int, int, StateType]:
@@ -973,12 +976,12 @@ def test_task_hooks_run_in_the_flows_process_wherever_the_attempts_ran(
     assert (value, failed) == (2, StateType.FAILED)
     here = os.getpid()
     assert calls == [
-        ("running", True, 1, StateType.RUNNING, here),
-        ("running", True, 2, StateType.RUNNING, here),
-        ("completion", True, 2, StateType.COMPLETED, here),
-        ("async completion", True, 2, StateType.COMPLETED, here),
-        ("failure", True, 1, StateType.FAILED, here),
-        ("async failure", True, 1, StateType.FAILED, here),
+        ("running", "flaky", 1, StateType.RUNNING, here),
+        ("running", "flaky", 2, StateType.RUNNING, here),
+        ("completion", "flaky", 2, StateType.COMPLETED, here),
+        ("async completion", "flaky", 2, StateType.COMPLETED, here),
+        ("failure", "failing", 1, StateType.FAILED, here),
+        ("async failure", "failing", 1, StateType.FAILED, here),
     ]
     assert seen == 4
     lines = journal.read_text().split("\n")
@@ -1231,7 +1234,12 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
 @pytest.mark.parametrize("task_kind", ["sync", "async"])
 @pytest.mark.parametrize("kind", ["processes", "dask"])
 def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
-    run: Any, kind: str, make_runner: Callable[..., TaskRunner], tmp_path: Path, task_kind: str
+    run: Any,
+    kind: str,
+    runner: TaskRunner,
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    task_kind: str,
 ) -> None:
     """A worker process ending abruptly (os._exit) under a call makes the task run
     Crashed with a WorkerLostError; with retries=1 the next attempt runs in another
@@ -1252,7 +1260,7 @@ def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
     def on_failure(owner: Any, record: Any, state: State[Any]) -> None:
         hooked.append(state.type)
 
-    @flow(task_runner=make_runner())
+    @flow(task_runner=runner)
     async def main() -> tuple[int, int, str, set[int]]:
         with anyio.fail_after(WAIT):
             bystander = rt.sync_add.submit(1)
@@ -1277,7 +1285,7 @@ def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
             attempts, bystander, told, workers = flow_state(run, main).result()
     finally:
         if kind == "dask":  # the nannies restart the killed workers: wait for them
-            dask_workers(make_runner().address, count=2)  # type: ignore[attr-defined]
+            dask_workers(request.getfixturevalue("dask_address"), count=2)
     crashed, retried, skipped = states
     died = "died under it" if kind == "dask" else "exited with code 3"
     assert crashed.type is StateType.CRASHED

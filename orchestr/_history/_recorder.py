@@ -12,12 +12,14 @@ is not queued at all: its time is the record's ``started``, written with the run
 next change (so a task run reaches the history when it ends or retries, in one row,
 which halves the work of the usual task run).
 
-The writer thread is started by the first change queued (never at import), wakes every
-:data:`POLL_SECONDS` (or at once on :func:`flush`; not when a run ends: a burst of small
-flow runs is written in a few batches, not one transaction each), writes what is queued
-in batches (see :mod:`._writer`, which it imports: ``sqlite3`` and ``json`` never load
-in a flow's thread), and ends after :data:`IDLE_SECONDS` with nothing to do, to be
-started again by the next change: a process that stops running flows keeps no thread.
+The writer thread is started by the first change queued (never at import) and looks at
+the queue every :data:`POLL_SECONDS` (at once on :func:`flush`). While changes keep
+coming (a burst of task runs), it lets them wait, up to :data:`DEFER_SECONDS` or
+:data:`DEFER_ITEMS`, so as not to take the interpreter from the runs that make them;
+then it writes what is queued in batches (see :mod:`._writer`, which it imports:
+``sqlite3`` and ``json`` never load in a flow's thread). It ends after
+:data:`IDLE_SECONDS` with nothing to do, to be started again by the next change: a
+process that stops running flows keeps no thread.
 At exit, what is still queued is written before the interpreter goes (``atexit``); a
 forked child starts with an empty queue and no thread.
 
@@ -47,6 +49,8 @@ __all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "record_flow_run
 
 POLL_SECONDS = 0.25  # how often the writer looks at the queue
 IDLE_SECONDS = 0.5  # how long it waits with nothing to write before it ends
+DEFER_SECONDS = 2.0  # how long it lets changes wait while more keep coming, at most
+DEFER_ITEMS = 200_000  # how many, at most
 BATCH_ITEMS = 20_000  # changes written per transaction, at most
 EXIT_SECONDS = 60.0  # bound on writing what is left at interpreter exit
 THREAD_NAME = "orchestr history writer"
@@ -81,6 +85,7 @@ _lock = threading.Lock()  # starting and ending the writer thread
 _wake = threading.Event()
 _running = False
 _exiting = False
+_urgent = False  # a flush() is waiting: write now
 _installed = False
 _thread: threading.Thread | None = None
 _now = time.time
@@ -165,22 +170,42 @@ def _start() -> None:
 
 
 def _write_until_idle() -> None:
-    global _running
+    global _running, _urgent
     # Deferred to this thread: sqlite3 and json cost milliseconds to import.
     from ._writer import Writer
 
     writer = Writer()
     idle_since = time.monotonic()
+    pending_since: float | None = None
+    seen = 0  # the queue's length at the last look
     ended = False
     try:
         while True:
             _wake.wait(POLL_SECONDS)
             _wake.clear()
-            if _queue:
+            now = time.monotonic()
+            length = len(_queue)
+            if length:
+                if pending_since is None:
+                    pending_since = now
+                # Changes still coming in (a burst of task runs): writing now would take
+                # the interpreter from the runs making them; wait for a quiet look,
+                # within bounds.
+                if (
+                    length > seen
+                    and not (_urgent or _exiting)
+                    and now - pending_since < DEFER_SECONDS
+                    and length < DEFER_ITEMS
+                ):
+                    seen = length
+                    continue
+                _urgent = False
                 _drain(writer)
                 idle_since = time.monotonic()
+                pending_since = None
+                seen = 0
                 continue
-            if _exiting or time.monotonic() - idle_since >= IDLE_SECONDS:
+            if _exiting or now - idle_since >= IDLE_SECONDS:
                 with _lock:
                     # Cleared before the queue is looked at: an observer that appended
                     # after this look sees _running False and starts a new writer.
@@ -224,10 +249,12 @@ def flush(timeout: float | None = None) -> bool:
     done; False if ``timeout`` (seconds) ran out first. Runs are written without it
     (within a fraction of a second, and at exit); call it before reading the history
     of runs that just ended in this process."""
+    global _urgent
     if not _running and not _queue:
         return True
     marker = threading.Event()
     _queue.append(marker)
+    _urgent = True
     _start()
     _wake.set()
     if not _running and _exiting:  # no thread at exit: _at_exit writes the queue
