@@ -153,3 +153,24 @@ def hold_cancel(started: str, go: str) -> None:
     """Say it started, then stay until ``go`` exists."""
     Path(started).touch()
     wait_for_file(go)
+
+
+@task
+def limit_in_a_thread(name: str) -> str:
+    """``concurrency(name)`` in a thread this task starts (outside the call's context):
+    what it said."""
+    import threading
+
+    told: list[str] = []
+
+    def body() -> None:
+        try:
+            with concurrency(name):
+                told.append("entered")
+        except Exception as exc:
+            told.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join(BOUND)
+    return told[0]

@@ -80,7 +80,7 @@ def one_thread_runner() -> DaskTaskRunner:
             "n_workers": 1,
             "threads_per_worker": 1,
             "processes": False,
-            "dashboard_address": None,
+            "dashboard_address": "127.0.0.1:0",
         }
     )
 
@@ -425,7 +425,9 @@ def test_bad_arguments_are_clear_errors(arguments: dict[str, Any], expected: str
 def test_a_scheduler_gone_is_a_cluster_error_naming_it() -> None:
     """In a flow whose scheduler has stopped, each block fails within its timeout with a
     ClusterError naming the address."""
-    cluster = distributed.LocalCluster(n_workers=0, processes=False, dashboard_address=None)
+    cluster = distributed.LocalCluster(
+        n_workers=0, processes=False, dashboard_address="127.0.0.1:0"
+    )
     address = cluster.scheduler_address
     errors: list[ClusterError] = []
 

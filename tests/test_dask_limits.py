@@ -460,3 +460,21 @@ def test_the_backend_outside_a_worker_and_before_start(run: Any, dask_address: s
     _, far = run(main)
     with pytest.raises(UsageError, match="outside a Dask task"):
         far.acquire_blocking(ConcurrencyLimit("dl-far", 1))
+
+
+def test_a_limit_taken_in_a_thread_a_worker_task_started_is_refused(
+    run: Any, dask_address: str
+) -> None:
+    """A thread the task started on a worker has no call context, so no limits travelled
+    there: it says so (as in a process-pool worker) instead of running unlimited."""
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def main() -> str:
+        with anyio.fail_after(WAIT):
+            return await t.limit_in_a_thread.submit("dask-thread-db")
+
+    with limits(concurrency={"dask-thread-db": 1}):
+        told = run(main)
+    assert told.startswith("UsageError: "), told
+    assert "outside a task run's call" in told
+    assert "tags=['dask-thread-db']" in told

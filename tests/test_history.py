@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import gc
 import inspect
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import subprocess
@@ -21,6 +23,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -264,6 +267,32 @@ def test_parameters_that_fail_validation_are_recorded_as_given(run: Any, home: P
     assert row.error is not None
     assert row.error.startswith("ParameterValidationError")
     assert history.get_run(row.id).changes[-1].state == "Failed"
+
+
+class Big:
+    """A parameter whose lifetime a test follows."""
+
+
+def test_a_flow_run_lets_go_of_its_parameters_when_it_ends(run: Any, home: Path) -> None:
+    """The history keeps a snapshot of the parameters, not the objects: once the run
+    ended, nothing of orchestr's holds them (records keep no arguments)."""
+    box = [Big()]
+    alive = weakref.ref(box[0])
+
+    @flow
+    async def takes(thing: Any) -> int:
+        return 1
+
+    async def main() -> Any:
+        return await takes(box.pop(), return_state=True)
+
+    state = run(main)
+    gc.collect()
+    assert alive() is None
+    flushed()
+    (row,) = history.list_runs()
+    assert row.parameters["thing"].startswith(f"<{__name__}.Big object at 0x")
+    assert pickle.loads(pickle.dumps(state.record)).name == state.record.name
 
 
 def test_sync_flows_and_sync_tasks_in_threads_are_recorded(backend: str, home: Path) -> None:

@@ -102,6 +102,17 @@ def runner(make_runner: Callable[..., TaskRunner]) -> TaskRunner:
     return make_runner()
 
 
+@pytest.fixture
+def slots(kind: str, request: pytest.FixtureRequest) -> int:
+    """How many calls the test's runner runs at once: two workers, or on Dask the shared
+    cluster's two worker processes of two threads each (waited for: an earlier test may
+    have killed one, which its nanny restarts)."""
+    if kind == "dask":
+        dask_workers(request.getfixturevalue("dask_address"), count=2)
+        return 4
+    return 2
+
+
 def runner_class(kind: str) -> type[TaskRunner]:
     if kind == "dask":
         from orchestr.dask import DaskTaskRunner  # imports distributed: only when asked
@@ -120,12 +131,6 @@ def stops_calls(kind: str) -> bool:
     ended). Dask cannot stop a call running in a worker thread: like a thread here, it
     is abandoned and finishes on its own."""
     return kind == "processes"
-
-
-def slots(kind: str) -> int:
-    """How many calls the test's runner runs at once: two workers, or on Dask the shared
-    cluster's two worker processes of two threads each."""
-    return 4 if kind == "dask" else 2
 
 
 def remote(kind: str) -> bool:
@@ -550,13 +555,13 @@ def test_cancelling_a_running_call_stops_it_where_the_runner_can(
 
 
 def test_cancelling_a_run_that_has_not_started_never_starts_it(
-    run: Any, kind: str, runner: TaskRunner, tmp_path: Path
+    run: Any, kind: str, runner: TaskRunner, slots: int, tmp_path: Path
 ) -> None:
     """With every worker busy (every worker thread of the cluster on Dask), a run waiting
     for one is cancelled: it ends Cancelled and never starts, the busy runs finish
     normally (on a process pool their worker is not ended), and allow_failure passes the
     cancellation on to a downstream."""
-    started = [tmp_path / f"started{i}" for i in range(slots(kind))]
+    started = [tmp_path / f"started{i}" for i in range(slots)]
     release = tmp_path / "release"
     go = tmp_path / "go"
     go.touch()
@@ -590,13 +595,13 @@ def test_cancelling_a_run_that_has_not_started_never_starts_it(
 
     cancelled, state_type, busy, told = run(main)
     assert (cancelled, state_type) == (True, StateType.CANCELLED)
-    assert busy == ["finished"] * slots(kind)
+    assert busy == ["finished"] * slots
     assert told.startswith("TaskRunCancelledError: ")
     assert not queued_out.exists()  # the runner has shut down: it never ran
 
 
 def test_a_waiting_run_starts_as_soon_as_any_worker_is_free(
-    run: Any, kind: str, runner: TaskRunner, tmp_path: Path
+    run: Any, kind: str, runner: TaskRunner, slots: int, tmp_path: Path
 ) -> None:
     """With every worker busy, one more run waits; when one of the busy runs finishes it
     starts on the free worker, whichever runs the others are still busy with.
@@ -604,7 +609,7 @@ def test_a_waiting_run_starts_as_soon_as_any_worker_is_free(
     Dask gives the waiting call to a worker as soon as it is submitted: here a thread of
     the other worker frees up, and takes the call over by Dask's work stealing, within
     about a second rather than at once (so a longer bound)."""
-    count = slots(kind)
+    count = slots
     started = [tmp_path / f"started{i}" for i in range(count)]
     releases = [tmp_path / f"release{i}" for i in range(count)]
 

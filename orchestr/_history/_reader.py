@@ -237,8 +237,8 @@ def get_run(run_id: str, *, path: Path | str | None = None) -> RunDetail:
         ).fetchall()
         task_runs: list[TaskRunRow] = []
         changes = _changes(run, "flow", own_changes, flow_run)
-        for run_id, key, name, *fields, task_changes in tasks:
-            row = TaskRunRow(f"{run_id}/{key}", run_id, name or key, *fields)
+        for flow_id, key, name, *fields, task_changes in tasks:
+            row = TaskRunRow(f"{flow_id}/{key}", flow_id, name or key, *fields)
             task_runs.append(row)
             changes.extend(_changes(row.id, "task", task_changes, row))
         changes.sort(key=lambda change: change.at)  # stable: a run's own order is kept

@@ -14,12 +14,12 @@ which halves the work of the usual task run).
 
 The writer thread is started by the first change queued (never at import) and looks at
 the queue every :data:`POLL_SECONDS` (at once on :func:`flush`). While changes keep
-coming (a burst of task runs), it lets them wait, up to :data:`DEFER_SECONDS` or
-:data:`DEFER_ITEMS`, so as not to take the interpreter from the runs that make them;
-then it writes what is queued in batches (see :mod:`._writer`, which it imports:
-``sqlite3`` and ``json`` never load in a flow's thread). It ends after
-:data:`IDLE_SECONDS` with nothing to do, to be started again by the next change: a
-process that stops running flows keeps no thread.
+pouring in (a burst: :data:`BURST_ITEMS` or more since the last look), it lets them
+wait, up to :data:`DEFER_SECONDS` or :data:`DEFER_ITEMS`, so as not to take the
+interpreter from the runs that make them; then it writes what is queued in batches
+(see :mod:`._writer`, which it imports: ``sqlite3`` and ``json`` never load in a flow's
+thread). It ends after :data:`IDLE_SECONDS` with nothing to do, to be started again by
+the next change: a process that stops running flows keeps no thread.
 At exit, what is still queued is written before the interpreter goes (``atexit``); a
 forked child starts with an empty queue and no thread.
 
@@ -49,7 +49,8 @@ __all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "record_flow_run
 
 POLL_SECONDS = 0.25  # how often the writer looks at the queue
 IDLE_SECONDS = 0.5  # how long it waits with nothing to write before it ends
-DEFER_SECONDS = 2.0  # how long it lets changes wait while more keep coming, at most
+BURST_ITEMS = 1_000  # changes queued between two looks that make a burst
+DEFER_SECONDS = 2.0  # how long it lets changes wait while a burst goes on, at most
 DEFER_ITEMS = 200_000  # how many, at most
 BATCH_ITEMS = 20_000  # changes written per transaction, at most
 EXIT_SECONDS = 60.0  # bound on writing what is left at interpreter exit
@@ -192,7 +193,7 @@ def _write_until_idle() -> None:
                 # the interpreter from the runs making them; wait for a quiet look,
                 # within bounds.
                 if (
-                    length > seen
+                    length - seen >= BURST_ITEMS
                     and not (_urgent or _exiting)
                     and now - pending_since < DEFER_SECONDS
                     and length < DEFER_ITEMS

@@ -20,7 +20,6 @@ the state observer takes the snapshot.
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import enum
 import itertools
 import math
@@ -127,8 +126,8 @@ def _safe(value: Any, depth: int) -> Any:
             return _safe(base(value), depth)
     if isinstance(value, bytes | bytearray | memoryview):
         return f"<{len(value)} bytes>"
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
+    if kind.__module__ == "datetime" and hasattr(value, "isoformat"):  # not imported here
+        return value.isoformat()  # dates, times, datetimes
     if isinstance(value, os.PathLike):
         return os.fspath(value)  # type: ignore[arg-type]
     if depth >= _MAX_DEPTH:

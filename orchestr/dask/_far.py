@@ -20,6 +20,7 @@ import threading
 from contextvars import ContextVar
 from typing import Any
 
+from .._limits._taking import mark_worker_process
 from .._logging import shippable_record
 from ..resources._worker_sessions import session_var
 from ..runners._pickling import far_side
@@ -88,6 +89,9 @@ def _run_here(
 ) -> tuple[bytes, list[dict[str, Any]]]:
     if os.getpid() == home:
         return far_side(payload, key, _RETURN_ADVICE), []
+    # concurrency() in a thread the task started (no call context there) must be refused,
+    # as in a process-pool worker, not run unlimited.
+    mark_worker_process()
     _install()
     # The flow's process decides which run-logger records exist, as it would at home.
     logger = logging.getLogger("orchestr")
