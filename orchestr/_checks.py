@@ -12,11 +12,12 @@ good as for ever for a run).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from .exceptions import UsageError
 
-__all__ = ["MAX_SECONDS", "as_float", "is_number", "seconds", "whole"]
+__all__ = ["MAX_SECONDS", "amounts", "as_float", "is_number", "seconds", "whole"]
 
 MAX_SECONDS = 1e9  # ~31.7 years: the longest timeout or delay orchestr waits for
 
@@ -73,3 +74,18 @@ def whole(value: Any, what: str, *, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise UsageError(f"{what} must be a whole number >= {low}, got {value!r}")
     return value
+
+
+def amounts(value: Any, what: str) -> dict[str, float] | None:
+    """Executor resources (``{"GPU": 1}``), checked: resource names to positive numbers;
+    None for None or an empty mapping."""
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not all(
+        isinstance(k, str) and is_number(v) and v > 0 for k, v in value.items()
+    ):
+        raise UsageError(
+            f"{what} must be a dict of resource names to positive amounts, such as "
+            f"{{'GPU': 1}}, got {value!r}"
+        )
+    return {k: float(v) for k, v in value.items()} or None

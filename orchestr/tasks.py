@@ -7,10 +7,10 @@ submits one run per element. The engine does the work; this module is the defini
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from ._checks import is_number
+from ._checks import amounts
 from ._definitions import Definition, RunName
 from ._engine import _interrupts
 from ._engine._loop import in_async_code
@@ -56,7 +56,9 @@ class Task(Definition[P, R]):
                     f"tags of task {self.name!r} must be a string or strings, got {tag!r}"
                 )
         self.tags: frozenset[str] = frozenset(tags)
-        self.worker_resources = _worker_resources(self.name, options.get("worker_resources"))
+        self.worker_resources = amounts(
+            options.get("worker_resources"), f"worker_resources of task {self.name!r}"
+        )
 
     def with_options(self, **changes: Unpack[TaskOptions]) -> Task[P, R]:
         """A copy with some options changed, e.g. ``fetch.with_options(retries=5)``."""
@@ -236,17 +238,3 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)
-
-
-def _worker_resources(name: str, value: Any) -> dict[str, float] | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and is_number(v) and not isinstance(v, bool) and v > 0
-        for k, v in value.items()
-    ):
-        raise UsageError(
-            f"worker_resources of task {name!r} must be a dict of resource names to "
-            f"positive amounts, such as {{'GPU': 1}}, got {value!r}"
-        )
-    return {k: float(v) for k, v in value.items()} or None

@@ -210,3 +210,21 @@ class SlowStart:
             while not self.proceed.is_set():
                 await anyio.sleep(POLL)
         return cluster
+
+
+class NeverStarts:
+    """A cluster factory that never returns a cluster (a batch system that never grants
+    the job): it says it was called, then waits until cancelled (bounded)."""
+
+    def __init__(self) -> None:
+        self.called = threading.Event()
+        self.cancelled = threading.Event()
+
+    async def __call__(self, **kwargs: Any) -> Any:
+        self.called.set()
+        try:
+            await anyio.sleep(BOUND)
+        except BaseException:
+            self.cancelled.set()
+            raise
+        raise AssertionError("NeverStarts was not cancelled within its bound")

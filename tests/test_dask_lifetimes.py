@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -42,6 +43,7 @@ from orchestr.exceptions import (
     CrashedError,
     RunTimedOut,
     SerializationError,
+    UsageError,
     WorkerLostError,
 )
 from orchestr.testing import fast_retries
@@ -462,6 +464,60 @@ def test_an_annotation_holds_for_every_attempt_and_for_runs_that_start_later(
     assert (retried["worker"], late["worker"]) == (gpu, gpu)
 
 
+def test_an_annotation_may_be_a_callable_of_the_key(run: Any, gpu_cluster: tuple[str, str]) -> None:
+    """dask.annotate(resources=fn) (Dask allows callables of the key): fn gets the
+    call's key and what it returns is the run's resources."""
+    address, gpu = gpu_cluster
+    keys: list[str] = []
+
+    def gpu_for(key: str) -> dict[str, int]:
+        keys.append(key)
+        return {"GPU": 1}
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    async def main() -> dict[str, Any]:
+        with dask.annotate(resources=gpu_for):
+            fut = lt.whoami.submit()
+        with anyio.fail_after(WAIT):
+            return await fut
+
+    assert run(main)["worker"] == gpu
+    (key,) = keys
+    assert re.fullmatch(r"whoami-\d+-[0-9a-f]{8}-a1", key), key
+
+
+@pytest.mark.parametrize(
+    ("resources", "told"),
+    [
+        ({"GPU": "one"}, r"must be a dict of resource names to positive amounts.*'one'"),
+        ({"GPU": 0}, r"must be a dict of resource names to positive amounts"),
+        ({1: 1}, r"must be a dict of resource names to positive amounts"),
+        (lambda key: 1 / 0, r"raised ZeroDivisionError"),
+    ],
+)
+def test_bad_annotated_resources_fail_the_run_naming_the_task_without_retries(
+    run: Any, dask_address: str, resources: Any, told: str
+) -> None:
+    """Bad resources in dask.annotate(...) fail the run at once with a UsageError naming
+    the task and the annotation (not a pending run on the scheduler, not an internal
+    TypeError), and are not retried: every attempt would fail the same way."""
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def main() -> tuple[StateType, BaseException | None, int]:
+        with dask.annotate(resources=resources):
+            fut = lt.whoami.with_options(retries=3).submit()
+        with anyio.fail_after(WAIT):
+            state = await fut.wait()
+        return state.type, state.exception, fut.record.attempts  # observed: no failure
+
+    kind, error, attempts = run(main)
+    assert kind is StateType.FAILED
+    assert isinstance(error, UsageError)
+    assert "dask.annotate(resources=...) around whoami.submit()" in str(error)
+    assert re.search(told, str(error)), error
+    assert attempts == 1
+
+
 def test_a_run_needing_a_resource_no_worker_has_times_out(
     run: Any, gpu_cluster: tuple[str, str]
 ) -> None:
@@ -697,6 +753,36 @@ def test_a_flow_cancelled_while_its_cluster_starts_closes_it(run: Any) -> None:
     (cluster,) = factory.made
     assert cluster.status.name == "closed"
     assert_closed(cluster.scheduler_address, workers, before, ports)
+
+
+def test_a_flow_cancelled_while_its_cluster_never_starts_ends_within_a_bound(run: Any) -> None:
+    """A start that does not finish within the grace after its flow run was cancelled is
+    cancelled itself: the caller gets its cancellation back within that bound (not when,
+    or if, the cluster comes up), and the runner's client thread is gone."""
+    from orchestr.dask._runner import _START_GRACE
+
+    factory = lt.NeverStarts()
+    body_ran = []
+
+    @flow(task_runner=DaskTaskRunner(factory))
+    async def main() -> None:
+        body_ran.append(True)
+
+    took: list[float] = []
+
+    async def caller() -> None:
+        async with anyio.create_task_group() as group:
+            group.start_soon(main)
+            assert await anyio.to_thread.run_sync(factory.called.wait, WAIT)
+            started = time.monotonic()
+            group.cancel_scope.cancel()
+        took.append(time.monotonic() - started)
+
+    run(caller)
+    assert body_ran == []
+    assert factory.cancelled.is_set()
+    assert _START_GRACE <= took[0] < _START_GRACE + 10, took
+    wait_until(lambda: not client_threads(), "the runner's client thread ended")
 
 
 # == workers killed mid-task =======================================================================

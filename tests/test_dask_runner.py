@@ -53,7 +53,7 @@ from distributed.core import Status
 from distributed.security import Security
 
 from orchestr import flow, override_settings, runtime, unmapped
-from orchestr.dask import DaskTaskRunner
+from orchestr.dask import DaskTaskRunner, get_dask_client
 from orchestr.exceptions import ClusterError, OrchestrError, UsageError
 from orchestr.states import StateType
 
@@ -566,13 +566,17 @@ def test_a_temporary_tls_cluster(run: Callable[..., Any], security: Security) ->
     )
 
     @flow(task_runner=runner)
-    async def main() -> list[dict[str, Any]]:
-        return [await where.submit(1), await where_async.submit(2)]
+    async def main() -> list[Any]:
+        # The body's own client reaches the cluster with the cluster's security too.
+        with get_dask_client() as client:
+            power = client.submit(pow, 2, 5).result()
+        return [await where.submit(1), await where_async.submit(2), power]
 
     async def go() -> None:
         with anyio.fail_after(BOUND):
-            seen = await main()
+            *seen, power = await main()
         assert {r["scheduler"].split("://")[0] for r in seen} == {"tls"}
+        assert power == 32
 
     run(go)
 

@@ -29,7 +29,7 @@ from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, retry_delay_override_var, task_run_var
-from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed
+from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
 from ._outcomes import cancelled_state, crashed_state
@@ -161,6 +161,8 @@ async def _attempts(
             # A call (or its outcome) that cannot travel fails the same way every time:
             # never retried.
             return State(StateType.FAILED, error=exc, record=record)
+        except CallRefused as refused:  # as would every retry
+            return State(StateType.FAILED, error=refused.error, record=record)
         except Exception as exc:
             failed = State(StateType.FAILED, error=exc, record=record)
         except BaseException as exc:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
+from .._checks import amounts
 from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from .._logging import log_prints_var
-from ..exceptions import RunCancelled
+from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import awaited, run_new_loop
@@ -39,6 +40,7 @@ __all__ = [
     "AttemptTimedOut",
     "BlockingDriver",
     "CallCrashed",
+    "CallRefused",
     "drive",
     "task_call",
 ]
@@ -54,6 +56,15 @@ class AttemptTimedOut(Exception):
         super().__init__(seconds)
         self.seconds = seconds
         self.abandoned = abandoned
+
+
+class CallRefused(Exception):
+    """Raised when a call cannot be made as asked (bad executor resources): the attempt
+    fails with ``error``, which would fail every retry the same way (internal)."""
+
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(error)
+        self.error = error
 
 
 class CallCrashed(Exception):
@@ -103,10 +114,23 @@ def task_call(
     annotations = sys.modules.get("dask.base")
     if annotations is not None:  # dask.annotate(resources=...) around the .submit()
         annotated = annotations.get_annotations().get("resources")
-        if annotated:
-            resources = {**(resources or {}), **annotated}
+        if annotated is not None:
+            resources = {**(resources or {}), **_annotated(annotated, task, key)}
     # An async call runs far away on the same kind of event loop as its flow's.
     return Call(task.fn, tuple(args), dict(kwargs), identity, key, run.loop.backend, resources)
+
+
+def _annotated(resources: Any, task: Task[Any, Any], key: str) -> dict[str, float]:
+    """The resources of ``dask.annotate(resources=...)``, checked (a callable, as Dask
+    allows, is given the call's key); a CallRefused naming the task if they are bad."""
+    what = f"dask.annotate(resources=...) around {task.name}.submit()"
+    try:
+        if callable(resources):
+            resources = resources(key)
+        return amounts(resources, what) or {}
+    except Exception as exc:
+        refused = exc if isinstance(exc, UsageError) else UsageError(f"{what} raised {exc!r}")
+        raise CallRefused(refused) from None
 
 
 class AsyncDriver:

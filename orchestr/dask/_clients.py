@@ -174,6 +174,9 @@ class _Target:
                     "(not started yet, or shut down): use it in the flow's body or tasks"
                 )
             inherited = {k: v for k, v in runner.client_kwargs.items() if k not in _RESERVED}
+            # A temporary TLS cluster's security is in its cluster_kwargs: the runner's
+            # client has it.
+            inherited.setdefault("security", runner.security)
             return cls(address, inherited, where, None)
         try:
             worker = distributed.get_worker()
@@ -192,7 +195,7 @@ class _Target:
         """A sync client, connected; a ClusterError naming the address if it cannot be."""
         try:
             return distributed.Client(self.address, **kwargs)  # type: ignore[no-untyped-call]
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # OSError, TimeoutError, TLS and address errors alike
             raise self._unreachable(exc) from exc
 
     async def connect_async(self, kwargs: dict[str, Any]) -> distributed.Client:
@@ -200,7 +203,7 @@ class _Target:
         client = distributed.Client(self.address, asynchronous=True, **kwargs)  # type: ignore[no-untyped-call]
         try:
             return await client  # type: ignore[no-any-return]
-        except (OSError, TimeoutError) as exc:
+        except Exception as exc:  # as in connect()
             raise self._unreachable(exc) from exc
 
     def _unreachable(self, exc: BaseException) -> ClusterError:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import uuid
 from contextvars import ContextVar
 from typing import Any
 
@@ -25,7 +26,7 @@ from .._logging import shippable_record
 from ..resources._worker_sessions import session_var
 from ..runners._pickling import far_side
 
-__all__ = ["SEND_ADVICE", "run_on_worker"]
+__all__ = ["SEND_ADVICE", "process_token", "run_on_worker"]
 
 # What a SerializationError suggests on Dask: what does not pickle (a connection, a
 # client) is usually meant to be shared by the tasks on a worker.
@@ -69,13 +70,23 @@ def _install() -> None:
             _installed.append(handler)
 
 
+_BOOT = uuid.uuid4().hex  # kept by a forked child, whose pid differs
+
+
+def process_token() -> str:
+    """Names this process among all machines (a process id alone does not: two
+    containers' entry points are both pid 1)."""
+    return f"{os.getpid()}-{_BOOT}"
+
+
 def run_on_worker(
-    payload: bytes, key: str, orchestr_level: int, home: int, session: str | None = None
+    payload: bytes, key: str, orchestr_level: int, home: str, session: str | None = None
 ) -> tuple[bytes, list[dict[str, Any]]]:
     """Run the call ``payload`` here; its pickled outcome and the log records it made.
-    Never raises (the outcome carries what happened). ``home`` is the process id of the
-    flow's process: a worker in that process (``LocalCluster(processes=False)``) lets its
-    records be handled where they are made, as they would be twice otherwise.
+    Never raises (the outcome carries what happened). ``home`` is the
+    :func:`process_token` of the flow's process: a worker in that process
+    (``LocalCluster(processes=False)``) lets its records be handled where they are made,
+    as they would be twice otherwise.
     ``session``: the runner's, for the per-worker resources the call asks for."""
     token = session_var.set(session)
     try:
@@ -85,9 +96,9 @@ def run_on_worker(
 
 
 def _run_here(
-    payload: bytes, key: str, orchestr_level: int, home: int
+    payload: bytes, key: str, orchestr_level: int, home: str
 ) -> tuple[bytes, list[dict[str, Any]]]:
-    if os.getpid() == home:
+    if process_token() == home:
         return far_side(payload, key, _RETURN_ADVICE), []
     # concurrency() in a thread the task started (no call context there) must be refused,
     # as in a process-pool worker, not run unlimited.

@@ -38,13 +38,15 @@ The client and a temporary cluster live on an asyncio loop of their own
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import importlib
 import inspect
 import logging
-import os
+import threading
 import uuid
 from collections.abc import Callable, Mapping
+from concurrent.futures import Future
 from typing import Any, ClassVar, Self
 
 import anyio
@@ -69,12 +71,13 @@ from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
 from ..settings import get_settings
 from ._bridge import ClientLoop
-from ._far import SEND_ADVICE, run_on_worker
+from ._far import SEND_ADVICE, process_token, run_on_worker
 from ._limits import ClusterLimits
 from ._worker_resources import close_on_cluster
 
 __all__ = ["DaskTaskRunner"]
 
+_START_GRACE = 5.0  # a cancelled start may finish within this; then it is cancelled
 _CLOSE_TIMEOUT = 30.0  # a client and cluster that do not close within this are left
 _cancelling: set[Any] = set()  # cancellations of Dask futures on their way
 
@@ -162,26 +165,40 @@ class DaskTaskRunner(TaskRunner):
         # In a context of its own: a temporary cluster's in-process workers (processes=
         # False) run calls in copies of it, and the flow's (its run, the event loop
         # library that sniffio names) would make anyio.run() there refuse async tasks.
-        started = contextvars.Context().run(bridge.submit, self._connect())
+        connected = threading.Event()
+        started = contextvars.Context().run(bridge.submit, self._connect(connected))
         try:
-            # Not cancelled half-way (a cluster half started leaks its processes): a
-            # cancelled start waits for it, then closes what it made.
+            # Not cancelled at once (a cluster half started leaks its processes): a
+            # cancelled start is given a while to finish, then cancelled, and what it
+            # made is closed.
             await bridge.wait(started, cancel=False)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._abort_start, started)
+                await anyio.to_thread.run_sync(self._abort_start, started, connected)
             raise
 
-    def _abort_start(self, started: Any) -> None:
-        try:
-            started.result()
-        except BaseException:
-            pass  # reported by start()
+    def _abort_start(self, started: Future[None], connected: threading.Event) -> None:
+        if not connected.wait(_START_GRACE):
+            started.cancel()  # _start_cluster closes what the factory made so far
+            if not connected.wait(_CLOSE_TIMEOUT):
+                logging.getLogger("orchestr").warning(
+                    "the Dask cluster %s of %r did not stop starting within %g s of its "
+                    "flow run's cancellation; left to end with this process",
+                    _describe(self.cluster_class),
+                    self,
+                    _START_GRACE + _CLOSE_TIMEOUT,
+                )
         self._close_blocking()
 
-    async def _connect(self) -> None:
+    async def _connect(self, connected: threading.Event) -> None:
         """On the client's loop: start the temporary cluster if there is one, and the
-        client."""
+        client; ``connected`` is set when that is over, whatever happened."""
+        try:
+            await self._connect_now()
+        finally:
+            connected.set()
+
+    async def _connect_now(self) -> None:
         kwargs = {"set_as_default": False, **self.client_kwargs}
         if self.address is not None:
             target: Any = self.address
@@ -224,7 +241,7 @@ class DaskTaskRunner(TaskRunner):
     async def _start_cluster(self) -> Any:
         what = _describe(self.cluster_class)
         kwargs = dict(self.cluster_kwargs)
-        if self._factory is _local_cluster() or _is_local_cluster(self._factory):
+        if _is_local_cluster(self._factory):
             # orchestr, not Dask, decides what happens after a worker dies (Crashed, then
             # the task's retries): the scheduler must not run the call again first.
             scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
@@ -235,11 +252,13 @@ class DaskTaskRunner(TaskRunner):
             made = cluster = self._factory(asynchronous=True, **kwargs)
             if inspect.isawaitable(cluster):
                 cluster = await cluster
-        except Exception as exc:
+        except BaseException as exc:  # failed, or cancelled (see _abort_start)
             if made is not None and not inspect.iscoroutine(made):
                 # Started half-way: a LocalCluster whose workers fail to start has its
                 # scheduler listening already, and Dask leaves it so.
                 await _close_half_started(made)
+            if not isinstance(exc, Exception):
+                raise
             given = f" with cluster_kwargs {self.cluster_kwargs!r}" if self.cluster_kwargs else ""
             raise ClusterError(
                 f"the Dask cluster {what} could not be started{given} "
@@ -331,6 +350,13 @@ class DaskTaskRunner(TaskRunner):
         return None if client is None else client.scheduler.address
 
     @property
+    def security(self) -> Any:
+        """The ``distributed.security.Security`` the started runner's client uses (a
+        temporary TLS cluster's own), for other clients of the same cluster."""
+        client = self._client
+        return None if client is None else client.security
+
+    @property
     def dashboard_link(self) -> str | None:
         client = self._client
         return None if client is None else client.dashboard_link
@@ -352,16 +378,12 @@ async def _on_dask(
     client: distributed.Client, call: Call, payload: bytes, level: int, session: str
 ) -> tuple[bytes | Outcome, list[dict[str, Any]]]:
     """On the client's loop: one Dask task for ``call``, awaited; cancelled with it."""
-    import asyncio
-
-    import distributed
-
     future = client.submit(
         run_on_worker,
         payload,
         call.key,
         level,
-        os.getpid(),
+        process_token(),
         session,
         key=call.key,
         pure=False,
@@ -412,8 +434,6 @@ async def _close(cluster: Any) -> None:
 
 
 async def _close_half_started(cluster: Any) -> None:
-    import asyncio
-
     try:
         await asyncio.wait_for(_close(cluster), _CLOSE_TIMEOUT)
     except Exception as exc:  # the start's own failure is what gets reported

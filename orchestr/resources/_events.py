@@ -15,7 +15,7 @@ from .._engine._context import flow_run_var, task_run_var
 from .._logging import flow_run_logger, task_run_logger
 from ..records import FlowRunRecord, RunEvent
 
-__all__ = ["ResourceEvents"]
+__all__ = ["ResourceEvents", "event_level", "log_event"]
 
 _ERRORS = ("setup.failed", "cleanup.failed", "cleanup.timed_out")
 _log = logging.getLogger("orchestr.resources")
@@ -46,18 +46,14 @@ class ResourceEvents:
         event = RunEvent(f"resource.{kind}", self.name, duration=duration, error=error)
         if self._record is not None:
             self._record.events.append(event)
-        # Setup and cleanup are routine (DEBUG; the run record keeps every event); a
-        # failure is a WARNING line, its error reaching the run (logged with it).
-        level = logging.WARNING if kind in _ERRORS else logging.DEBUG
+        level = event_level(kind)
         if self._task_record is not None:
             target = _TASK_LOG
         else:
             target = _FLOW_LOG if self._record is not None else _log
         if not target.isEnabledFor(level):
             return
-        took = "" if duration is None else f" in {duration * 1000:.1f} ms"
-        failure = "" if error is None else f": {type(error).__name__}: {error}"
-        self._run_logger().log(level, "Resource %r: %s%s%s", self.name, kind, took, failure)
+        log_event(self._run_logger(), "Resource", event)
 
     def _run_logger(self) -> Any:
         if self._logger is None:
@@ -68,3 +64,24 @@ class ResourceEvents:
             else:
                 self._logger = _log
         return self._logger
+
+
+def event_level(kind: str) -> int:
+    """The level an event of ``kind`` (``"setup.failed"``, without ``resource.``) is
+    logged at. Setup and cleanup are routine (DEBUG; the run record keeps every event);
+    a failure is a WARNING line, its error reaching the run (logged with it)."""
+    return logging.WARNING if kind in _ERRORS else logging.DEBUG
+
+
+def log_event(logger: Any, what: str, event: RunEvent, where: str = "", level: int = 0) -> None:
+    """Log ``event`` to ``logger`` as one line: ``{what} 'db' on {where}: kind in 1.0 ms:
+    Error: message``, at ``level`` (by default, the event kind's)."""
+    kind = event.kind.removeprefix("resource.")
+    level = level or event_level(kind)
+    if not logger.isEnabledFor(level):
+        return
+    took = "" if event.duration is None else f" in {event.duration * 1000:.1f} ms"
+    error = event.error
+    failure = "" if error is None else f": {type(error).__name__}: {error}"
+    place = f" on {where}" if where else ""
+    logger.log(level, "%s %r%s: %s%s%s", what, event.subject, place, kind, took, failure)
