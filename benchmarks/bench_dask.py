@@ -1,6 +1,6 @@
 """Dask benchmark: DaskTaskRunner against plain ``distributed`` on the same cluster.
 
-1. 500 tiny sync tasks (``x + 1``) submitted and awaited in an async flow on
+1. 1,000 tiny sync tasks (``x + 1``) submitted and awaited in an async flow on
    ``DaskTaskRunner(address=...)`` of a running 2-worker ``LocalCluster`` (worker
    processes, one thread each), against ``client.submit(..., pure=False)`` for each and
    ``client.gather`` with a plain ``distributed.Client`` (limit: 1.5x, ours: the issue sets
@@ -36,7 +36,7 @@ from bench_core import Result, check, compare, environment, format_result
 from orchestr import flow, task
 from orchestr.dask import DaskTaskRunner
 
-N_TINY = 500
+N_TINY = 1_000
 WORKERS = 2
 CLUSTER: dict[str, Any] = {
     "n_workers": WORKERS,

@@ -27,6 +27,7 @@ from orchestr.states import (
 PUBLIC_MODULES = [
     "orchestr",
     "orchestr.annotations",
+    "orchestr.cli",
     "orchestr.dask",
     "orchestr.exceptions",
     "orchestr.flows",

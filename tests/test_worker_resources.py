@@ -11,8 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import logging
 import os
+import subprocess
+import sys
+import threading
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -756,3 +761,259 @@ def test_the_flow_process_cleanup_timeout_setting_bounds_cleanups_everywhere(
     assert isinstance(error, CleanupTimeoutError)
     assert "'slow_cleanup'" in str(error)
     assert "0.5 s" in str(error)
+
+
+# -- after the run: what is closed stays closed ---------------------------------------------------
+def test_a_call_abandoned_on_a_dask_worker_is_refused_after_its_run_ended(
+    run: Any, dask_address: str, tmp_path: Path
+) -> None:
+    """A flow run that times out while a sync task runs on a worker (it cannot be stopped
+    there: abandoned). When that task asks for a per-worker resource after the run has
+    ended (its instances closed everywhere), it gets ResourceClosedError: nothing is set
+    up that nobody would clean up."""
+    from orchestr.dask import DaskTaskRunner
+
+    release = tmp_path / "release"
+    directory = tmp_path / "files"
+    directory.mkdir()
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address), timeout_seconds=3)
+    async def main() -> None:
+        await wt.wait_then_use.submit(directory, release)
+
+    try:
+        state = run(lambda: main(return_state=True))
+        assert state.name == "TimedOut"
+        assert (directory / "started").exists()  # it was running when the run ended
+    finally:
+        release.touch()
+    deadline = time.monotonic() + BOUND
+    while not (list(directory.glob("refused-*")) or list(directory.glob("use-*"))):
+        assert time.monotonic() < deadline, "the abandoned task never asked"
+        time.sleep(0.01)
+    assert not seen(directory).setups, "set up after its run ended: never cleaned up"
+    (refused,) = directory.glob("refused-*")
+    assert int(refused.name.split("-")[1]) != os.getpid()
+
+
+def test_a_closed_session_refuses_every_later_ask(tmp_path: Path) -> None:
+    """Far from its flow run (a worker), a session once closed refuses later asks: through
+    get() (a new session is not made for its key), and through the session object a
+    call found before the close (its instance is not handed out after its cleanup)."""
+    from orchestr.resources._worker_sessions import close_session, remote_session, session_var
+
+    key = uuid.uuid4().hex
+    context = contextvars.copy_context()
+    context.run(session_var.set, (key, "worker one"))
+    context.run(wt._directory.set, tmp_path)
+    handle = context.run(wt.counted.get)
+    assert context.run(wt.counted.get) is handle
+    session = remote_session(key, "worker one")
+    events = close_session(key, 5.0)
+    assert [e.kind.removeprefix("resource.") for e in events] == [
+        "setup.started",
+        "setup.finished",
+        "cleanup.started",
+        "cleanup.finished",
+    ]
+    assert handle.closed
+    with pytest.raises(ResourceClosedError, match="'counted' was asked for after the flow run"):
+        context.run(wt.counted.get)
+    with pytest.raises(ResourceClosedError):
+        session.get(wt.counted)
+    assert session.ready(wt.counted) == (False, None)
+    assert len(seen(tmp_path).setups) == 1
+    assert close_session(key, 5.0) == []  # closed once; a second close finds nothing
+
+
+def test_a_setup_finishing_after_its_session_was_sent_home_is_logged_and_bounded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Far from its flow run, a setup still running when its session is closed and its
+    events sent home: once it finishes it is cleaned up at once, bounded by the cleanup
+    timeout the flow's closing gave (0.3 s here, not this process's setting of 30 s);
+    the task that asked is refused; what happened, which the run can no longer see, is
+    logged as WARNINGs naming the resource and the worker."""
+    from orchestr.resources._worker_sessions import close_session, remote_session, session_var
+
+    key = uuid.uuid4().hex
+    context = contextvars.copy_context()
+    context.run(session_var.set, (key, "worker one"))
+    context.run(wt._directory.set, tmp_path)
+    failure: list[BaseException] = []
+
+    def ask() -> None:
+        try:
+            wt.gated_slow_cleanup.get()
+        except BaseException as exc:
+            failure.append(exc)
+
+    asking = threading.Thread(target=context.run, args=(ask,))
+    asking.start()
+    session = remote_session(key, "worker one")
+    deadline = time.monotonic() + BOUND
+    while not any(e.kind == "resource.setup.started" for e in session.events):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with override_settings(cleanup_timeout_seconds=30):
+        sent = close_session(key, 0.3)
+        assert [e.kind for e in sent] == ["resource.setup.started"]
+        start = time.monotonic()
+        (tmp_path / "open-gate").touch()
+        asking.join(BOUND)
+    assert time.monotonic() - start < 2.5  # not the 3 s its cleanup would take
+    (error,) = failure
+    assert isinstance(error, ResourceClosedError)
+    found = seen(tmp_path)
+    assert len(found.setups) == 1
+    assert found.cleanups == found.setups
+    late = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "orchestr.resources" and r.levelno == logging.WARNING
+    ]
+    assert len(late) == 3, late
+    for message in late:
+        assert "'gated_slow_cleanup' on worker one after its flow run ended" in message
+    assert ": setup.finished in " in late[0]
+    assert "cleanup.timed_out" in late[2]
+    assert "cleanup timeout of 0.3 s" in late[2]
+    assert sent == session.events  # nothing was added to what went home
+
+
+def test_a_worker_logs_a_warning_outside_calls_where_python_would(dask_address: str) -> None:
+    """orchestr's handler that collects the records of calls on a worker does not swallow
+    the others: a WARNING logged outside any call (a late per-worker resource event)
+    reaches Python's last resort (stderr) when no other handler takes it, as it would
+    without orchestr; an INFO record does not."""
+    import distributed
+
+    with distributed.Client(dask_address, set_as_default=False, timeout=BOUND) as client:
+        answers = client.run(wt.warning_outside_calls)
+    assert len(answers) == 2
+    for alone, got in answers.values():
+        assert alone, "a worker has logging handlers of its own: nothing to check there"
+        assert len(got) == 1
+        assert got[0].startswith("late news from ")
+
+
+# -- the cleanup broadcast: only where something may be kept ------------------------------------
+def _closings(client: Any) -> int:
+    """How many times the workers were asked to close a session (their own log says)."""
+    logs = client.get_worker_logs()
+    return sum(
+        "Run out-of-band function 'close_on_worker'" in message
+        for records in logs.values()
+        for _, message in records
+    )
+
+
+def test_a_flow_that_uses_no_per_worker_resource_asks_no_worker_to_close(
+    run: Any, dask_address: str, tmp_path: Path
+) -> None:
+    """On Dask the workers are asked to close a run's session only if one of its calls
+    kept one there: a run whose tasks ask for none (sync and async tasks, a subflow)
+    sends no request to the workers; a run whose task asks does, once per worker."""
+    import distributed
+
+    from orchestr.dask import DaskTaskRunner
+
+    @flow
+    async def child() -> int:
+        return await wt.no_resource.submit(10)
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def without() -> list[int]:
+        return [await f for f in wt.no_resource.map(range(4))] + [await child()]
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def using(directory: Path) -> str:
+        return await wt.use_counted.submit(directory, 0)
+
+    with distributed.Client(dask_address, set_as_default=False, timeout=BOUND) as client:
+        before = _closings(client)
+        assert run(without) == [0, 2, 4, 6, 20]
+        assert _closings(client) == before
+        state = run(lambda: using(tmp_path, return_state=True))
+        assert state.type is StateType.COMPLETED
+        assert _closings(client) == before + 2
+    assert_resources_cleaned_up(state)
+
+
+# -- the runner seam -------------------------------------------------------------------------------
+def test_run_on_workers_runs_a_function_once_in_each_worker_process(
+    run: Any, dask_address: str
+) -> None:
+    """TaskRunner.run_on_workers: on Dask, once in each worker process (named as a Dask
+    worker with its address), with what it returned or raised there; a TimeoutError
+    past its timeout. A runner without worker processes of its own has none to run it
+    in, and gives its calls no worker scope."""
+    from orchestr.dask import DaskTaskRunner
+
+    async def scenario() -> None:
+        runner = DaskTaskRunner(address=dask_address)
+        await runner.start()
+        try:
+            pids = await runner.run_on_workers(wt.process_id, timeout=BOUND)
+            errors = await runner.run_on_workers(wt.raise_here, "no luck", timeout=BOUND)
+            with anyio.fail_after(BOUND):
+                with pytest.raises(TimeoutError):
+                    await runner.run_on_workers(wt.sleep_there, 2.0, timeout=0.2)
+        finally:
+            await runner.shutdown()
+        assert len(pids) == 2
+        assert all(where.startswith("Dask worker tcp://") for where, _ in pids)
+        assert len({pid for _, pid in pids}) == 2
+        assert os.getpid() not in {pid for _, pid in pids}
+        assert [where for where, _ in errors] == [where for where, _ in pids]
+        for _, error in errors:
+            assert isinstance(error, LookupError)
+            assert "no luck in " in str(error)
+        threads = ThreadPoolTaskRunner()
+        assert threads.worker_scope is None
+        assert await threads.run_on_workers(wt.process_id, timeout=BOUND) == []
+
+    run(scenario)
+
+
+# -- declared through a helper ---------------------------------------------------------------------
+def test_a_resource_declared_through_a_helper_of_another_module_travels_by_name(
+    run: Any, dask_address: str, tmp_path: Path
+) -> None:
+    """A per-worker resource made by a helper function of another module (decorating a
+    function, or wrapping a context manager class under another name, even one of a
+    third module) pickles by where it is kept, and reaches Dask tasks as the worker's own
+    declaration."""
+    import pickle
+
+    from orchestr.dask import DaskTaskRunner
+
+    for resource in (wt.via_helper, wt.managed_via_helper, wt.null_via_helper):
+        assert pickle.loads(pickle.dumps(resource)) is resource
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def main(directory: Path) -> list[str]:
+        futures = [
+            *wt.use_given.map(wt.via_helper, directory, range(3)),
+            *wt.use_given.map(wt.managed_via_helper, directory, range(3, 6)),
+        ]
+        return [await f for f in futures]
+
+    state = run(lambda: main(tmp_path, return_state=True))
+    assert state.type is StateType.COMPLETED
+    found = seen(tmp_path)
+    assert len(found.uses) == 6
+    assert found.cleanups == found.setups
+    counts = assert_resources_cleaned_up(state)
+    assert set(counts) == {"via_helper", "managed_via_helper"}
+    assert sum(counts.values()) == len(found.setups)
+
+
+def test_import_orchestr_does_not_import_pickle() -> None:
+    """Per-worker resources pickle only when they travel: `import orchestr` leaves the
+    pickle module alone."""
+    probe = "import sys, orchestr; print('pickle' in sys.modules)"
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "False"

@@ -16,6 +16,7 @@ the setup saw.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -26,8 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import worker_resource_helpers as helpers
 
 from orchestr import per_worker_resource, task
+from orchestr.exceptions import ResourceClosedError
 
 BOUND = 20.0  # seconds: every wait here that should end soon ends by then
 
@@ -125,6 +128,20 @@ def gated() -> Iterator[Handle]:
 
 
 @per_worker_resource
+def gated_slow_cleanup() -> Iterator[Handle]:
+    """As ``gated``, with a cleanup of 3 s and no cleanup timeout of its own."""
+    directory = _where()
+    deadline = time.monotonic() + BOUND
+    while not (directory / "open-gate").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    token = uuid.uuid4().hex[:12]
+    (directory / f"setup-{os.getpid()}-{token}").touch()
+    yield Handle(directory, token)
+    (directory / f"cleanup-{os.getpid()}-{token}").touch()
+    time.sleep(3)
+
+
+@per_worker_resource
 def recursive() -> Iterator[int]:
     yield recursive.get() + 1
 
@@ -165,6 +182,21 @@ class _AsyncOnly:
 
 
 async_only = per_worker_resource(_AsyncOnly, name="async_only")
+
+
+# Declared through a function of another module (as a project's own helper would).
+@helpers.declare
+def via_helper() -> Iterator[Handle]:
+    directory = _where()
+    token = uuid.uuid4().hex[:12]
+    (directory / f"setup-{os.getpid()}-{token}").touch()
+    yield Handle(directory, token)
+    (directory / f"cleanup-{os.getpid()}-{token}").touch()
+
+
+managed_via_helper = helpers.declare(_Closing, name="managed_via_helper")
+# A factory of another module still: found where the helper was called from.
+null_via_helper = helpers.declare(contextlib.nullcontext, name="null_via_helper")
 
 
 # -- tasks ------------------------------------------------------------------------------------
@@ -326,3 +358,64 @@ def use_in_threads(directory: Path, n: int, threads: int) -> list[str]:
     if errors:
         raise errors[0]
     return tokens
+
+
+@task
+def wait_then_use(directory: Path, release: Path) -> str:
+    """Says it started (``started``), waits for ``release`` (bounded), then asks for
+    ``counted``: a call still running on its worker after its flow run ended. Writes
+    ``refused-<pid>`` if it is refused (ResourceClosedError)."""
+    (directory / "started").touch()
+    deadline = time.monotonic() + BOUND
+    while not release.exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    try:
+        return _use(counted, directory, 0)
+    except ResourceClosedError:
+        (directory / f"refused-{os.getpid()}").touch()
+        raise
+
+
+# -- functions run once in each worker (TaskRunner.run_on_workers, Client.run) ----------------
+def process_id() -> int:
+    return os.getpid()
+
+
+def raise_here(message: str) -> None:
+    raise LookupError(f"{message} in {os.getpid()}")
+
+
+async def sleep_there(seconds: float) -> None:
+    await anyio.sleep(seconds)
+
+
+def warning_outside_calls() -> tuple[bool, list[str]]:
+    """On a Dask worker: log a WARNING and an INFO record outside any orchestr call, with
+    Python's last resort replaced by a handler that keeps what it gets. Returns whether
+    orchestr's collecting handler is the only handler on the way (what the last resort
+    stands in for), and the messages the last resort got."""
+    import logging
+
+    from orchestr.dask._far import _install
+
+    _install()
+    got: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            got.append(record.getMessage())
+
+    logger = logging.getLogger("orchestr.resources")
+    chain: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        chain.extend(current.handlers)
+        current = current.parent
+    saved = logging.lastResort
+    logging.lastResort = Keep(logging.WARNING)
+    try:
+        logger.warning("late news from %s", os.getpid())
+        logger.info("routine news")
+    finally:
+        logging.lastResort = saved
+    return len(chain) == 1, got

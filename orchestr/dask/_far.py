@@ -21,9 +21,11 @@ import uuid
 from contextvars import ContextVar
 from typing import Any
 
+import distributed
+
 from .._limits._taking import mark_worker_process
 from .._logging import shippable_record
-from ..resources._worker_sessions import session_var
+from ..resources._worker_sessions import holds_session, session_var
 from ..runners._pickling import far_side
 
 __all__ = ["SEND_ADVICE", "process_token", "run_on_worker"]
@@ -53,11 +55,27 @@ class _Collect(logging.Handler):
     def emit(self, record: logging.LogRecord) -> None:
         sink = _collected.get()
         if sink is None:
+            _last_resort(record, self)
             return
         try:
             sink.append(shippable_record(record))
         except Exception:
             self.handleError(record)
+
+
+def _last_resort(record: logging.LogRecord, collect: logging.Handler) -> None:
+    """What Python does with a record that no handler takes (a WARNING or worse goes to
+    stderr), for one that only ``collect`` saw: a record logged outside the calls (such
+    as a late per-worker resource event) would otherwise vanish because it is there."""
+    last = logging.lastResort
+    if last is None or record.levelno < last.level:
+        return
+    logger: logging.Logger | None = logging.getLogger(record.name)
+    while logger is not None:
+        if any(handler is not collect for handler in logger.handlers):
+            return
+        logger = logger.parent
+    last.handle(record)
 
 
 def _install() -> None:
@@ -81,18 +99,30 @@ def process_token() -> str:
 
 def run_on_worker(
     payload: bytes, key: str, orchestr_level: int, home: str, session: str | None = None
-) -> tuple[bytes, list[dict[str, Any]]]:
-    """Run the call ``payload`` here; its pickled outcome and the log records it made.
-    Never raises (the outcome carries what happened). ``home`` is the
+) -> tuple[bytes, list[dict[str, Any]], bool]:
+    """Run the call ``payload`` here; its pickled outcome, the log records it made, and
+    whether this process now keeps per-worker resources of ``session`` (the key of the
+    runner's worker scope, for those the call asks for): they must be closed here when
+    the flow run ends. Never raises (the outcome carries what happened). ``home`` is the
     :func:`process_token` of the flow's process: a worker in that process
     (``LocalCluster(processes=False)``) lets its records be handled where they are made,
-    as they would be twice otherwise.
-    ``session``: the runner's, for the per-worker resources the call asks for."""
-    token = session_var.set(session)
+    as they would be twice otherwise."""
+    if session is None:
+        return (*_run_here(payload, key, orchestr_level, home), False)
+    token = session_var.set((session, _worker_name()))
     try:
-        return _run_here(payload, key, orchestr_level, home)
+        body, records = _run_here(payload, key, orchestr_level, home)
     finally:
         session_var.reset(token)
+    return body, records, holds_session(session)
+
+
+def _worker_name() -> str:
+    """This worker, for messages."""
+    try:
+        return f"Dask worker {distributed.get_worker().address}"
+    except ValueError:  # not in a worker's task: no address to give
+        return f"process {os.getpid()}"
 
 
 def _run_here(

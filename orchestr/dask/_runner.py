@@ -64,16 +64,12 @@ except ImportError as exc:  # here, not when a flow first runs
 from .._checks import is_number, seconds
 from .._logging import handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
-from ..resources._per_worker import remote_cleanup_bound
-from ..resources._worker_cleanup import WorkerReport
-from ..runners._base import TaskRunner
+from ..runners._base import TaskRunner, WorkerScope
 from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
-from ..settings import get_settings
 from ._bridge import ClientLoop
 from ._far import SEND_ADVICE, process_token, run_on_worker
 from ._limits import ClusterLimits
-from ._worker_resources import close_on_cluster
 
 __all__ = ["DaskTaskRunner"]
 
@@ -143,8 +139,8 @@ class DaskTaskRunner(TaskRunner):
         self._client: distributed.Client | None = None
         self._cluster: Any = None  # the temporary one, closed at shutdown
         self._limits: ClusterLimits | None = None
-        # What its calls share on each worker: their per-worker resources.
-        self._session = uuid.uuid4().hex
+        # What its calls share on each worker (their per-worker resources, for one).
+        self._scope = WorkerScope(uuid.uuid4().hex)
 
     # -- lifetime ---------------------------------------------------------------------------
     def duplicate(self) -> Self:
@@ -290,15 +286,22 @@ class DaskTaskRunner(TaskRunner):
         (:mod:`orchestr.dask._limits`); None until the runner has started."""
         return self._limits
 
-    async def close_worker_resources(self) -> list[WorkerReport]:
-        """Clean up the per-worker resources of this runner's calls on every worker
-        (:mod:`orchestr.dask._worker_resources`); what each worker reported."""
+    @property
+    def worker_scope(self) -> WorkerScope:
+        """Each call carries its key to its worker, which says (with the outcome) whether
+        it keeps state under it."""
+        return self._scope
+
+    async def run_on_workers(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float
+    ) -> list[tuple[str, Any]]:
+        """``fn(*args)`` in every worker of the cluster (``Client.run``, outside the task
+        graph), named ``Dask worker <address>``."""
         bridge, client = self._bridge, self._client
         if bridge is None or client is None:
             return []
-        timeout = get_settings().cleanup_timeout_seconds
-        closing = close_on_cluster(client, self._session, timeout, remote_cleanup_bound())
-        return await bridge.run(closing)
+        answers = await bridge.run(_run_on_each(client, fn, args, timeout))
+        return [(f"Dask worker {address}", answer) for address, answer in sorted(answers.items())]
 
     async def shutdown(self) -> None:
         await anyio.to_thread.run_sync(self._close_blocking)
@@ -331,11 +334,18 @@ class DaskTaskRunner(TaskRunner):
             raise UsageError("DaskTaskRunner.run() was called before start()")
         payload = dump_call(call, "a Dask worker", SEND_ADVICE)
         level = logging.getLogger("orchestr").getEffectiveLevel()
+        scope = self._scope
         try:
-            body, records = await bridge.run(_on_dask(client, call, payload, level, self._session))
+            on_dask = _on_dask(client, call, payload, level, scope.key)
+            body, records, kept = await bridge.run(on_dask)
         except BaseException:
             call.abandoned = True  # if it was running, nothing can stop it there
+            scope.unknown = True  # and it may keep state on its worker yet
             raise
+        if kept is None:
+            scope.unknown = True
+        elif kept:
+            scope.kept = True
         if isinstance(body, Outcome):  # what Dask itself reported
             return body
         for fields in records:
@@ -375,16 +385,18 @@ class DaskTaskRunner(TaskRunner):
 
 
 async def _on_dask(
-    client: distributed.Client, call: Call, payload: bytes, level: int, session: str
-) -> tuple[bytes | Outcome, list[dict[str, Any]]]:
-    """On the client's loop: one Dask task for ``call``, awaited; cancelled with it."""
+    client: distributed.Client, call: Call, payload: bytes, level: int, scope: str
+) -> tuple[bytes | Outcome, list[dict[str, Any]], bool | None]:
+    """On the client's loop: one Dask task for ``call``, awaited; cancelled with it.
+    What ``run_on_worker`` returned, or the outcome Dask's own trouble gave the call (and
+    whether its worker keeps state under ``scope``: no for a dead one, None when unknown)."""
     future = client.submit(
         run_on_worker,
         payload,
         call.key,
         level,
         process_token(),
-        session,
+        scope,
         key=call.key,
         pure=False,
         resources=dict(call.resources) if call.resources else None,
@@ -400,15 +412,24 @@ async def _on_dask(
         raise
     except distributed.KilledWorker as exc:
         lost = WorkerLostError(f"the Dask worker running call {call.key!r} died under it ({exc})")
-        return Outcome(error=lost, crashed=True), []
+        return Outcome(error=lost, crashed=True), [], False
     except Exception as exc:  # run_on_worker never raises: this is Dask's own trouble
         error = WorkerLostError(
             f"Dask could not run call {call.key!r}: {type(exc).__name__}: {exc}"
         )
         error.__cause__ = exc
-        return Outcome(error=error, crashed=True), []
+        return Outcome(error=error, crashed=True), [], None
     finally:
         future.release()
+
+
+async def _run_on_each(
+    client: distributed.Client, fn: Callable[..., Any], args: tuple[Any, ...], timeout: float
+) -> dict[str, Any]:
+    """On the client's loop: ``fn(*args)`` on every worker, by address; a worker's error
+    as its answer. TimeoutError after ``timeout`` seconds."""
+    async with asyncio.timeout(timeout):
+        return await client.run(fn, *args, on_error="return")  # type: ignore[no-any-return]
 
 
 async def _close_all(client: distributed.Client | None, cluster: Any) -> None:

@@ -7,7 +7,7 @@ declare it once, at module level, and ask for it inside tasks::
 
     @per_worker_resource
     def db():
-        conn = sqlite3.connect("cache.db", check_same_thread=False)
+        conn = sqlite3.connect("cache.db", check_same_thread=False, isolation_level=None)
         yield conn
         conn.close()
 
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import pickle
 import sys
 import weakref
 from collections.abc import Callable, Iterator
+from types import FrameType
 from typing import Any, Generic, TypeVar, overload
 
 import anyio.to_thread
@@ -43,13 +43,13 @@ from ._block import checked_cleanup_timeout, checked_name
 from ._lifecycles import ContextManagerLifecycle, GeneratorLifecycle, Lifecycle
 from ._worker_sessions import Session, local_session, remote_session, session_var
 
-__all__ = ["PerWorkerResource", "per_worker_resource", "remote_cleanup_bound"]
+__all__ = ["PerWorkerResource", "cleanup_bound", "declared_any", "per_worker_resource"]
 
 T = TypeVar("T")
 
-# Every declaration in this process: what bounds the wait for a cluster's cleanups.
+_CALLERS_SEEN = 4  # frames up from a declaration whose modules may keep it
+# Every declaration in this process: what bounds the wait for the workers' cleanups.
 _declared: weakref.WeakSet[PerWorkerResource[Any]] = weakref.WeakSet()
-_REMOTE_SLACK = 30.0  # seconds for the round trip to the workers, on top of the cleanups
 
 
 class PerWorkerResource(Generic[T]):
@@ -57,7 +57,7 @@ class PerWorkerResource(Generic[T]):
     :func:`per_worker_resource`. ``get()`` in sync code, ``await aget()`` in async code,
     inside a flow run (its tasks, wherever they run, or its body)."""
 
-    __slots__ = ("__weakref__", "_factory", "_is_generator", "_module", "cleanup_timeout", "name")
+    __slots__ = ("__weakref__", "_factory", "_is_generator", "_modules", "cleanup_timeout", "name")
 
     def __init__(
         self,
@@ -65,13 +65,15 @@ class PerWorkerResource(Generic[T]):
         *,
         name: str,
         cleanup_timeout: float | None,
-        module: str,
+        modules: tuple[str, ...],
     ) -> None:
         self.name = name
         self.cleanup_timeout = cleanup_timeout
         self._is_generator = inspect.isgeneratorfunction(factory)
         self._factory = factory
-        self._module = module  # where it is declared: how it pickles (by name)
+        # Where it was declared (and from where that was called): it pickles by its
+        # name in one of them.
+        self._modules = modules
         _declared.add(self)
 
     def __repr__(self) -> str:
@@ -97,17 +99,17 @@ class PerWorkerResource(Generic[T]):
         )
 
     def _session(self) -> Session:
-        key = session_var.get()
-        if key is not None:
-            return remote_session(key)
+        remote = session_var.get()
+        if remote is not None:
+            return remote_session(*remote)
         run = flow_run_var.get()
         if run is not None:
             return local_session(run)
-        remote = remote_call_var.get()
-        if remote is not None:
+        call = remote_call_var.get()
+        if call is not None:
             raise UsageError(
                 f"per-worker resource {self.name!r} was asked for by task run "
-                f"{remote.task_run_name!r}, which runs on a task runner that does not keep "
+                f"{call.task_run_name!r}, which runs on a task runner that does not keep "
                 "per-worker resources (ProcessPoolTaskRunner, PicklingTaskRunner); they work "
                 "on ThreadPoolTaskRunner (one instance per flow run) and DaskTaskRunner (one "
                 "per worker process and flow run)"
@@ -129,20 +131,45 @@ class PerWorkerResource(Generic[T]):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # By reference, as functions pickle: the far side finds its own declaration.
-        module = sys.modules.get(self._module)
-        for attribute, value in (vars(module) if module is not None else {}).items():
-            if value is self:
-                return _declared_in, (self._module, attribute)
+        # Where it was declared or, declared through a helper function of another
+        # module, where that was called from, or where its function is (by the
+        # function's qualified name first).
+        places = list(self._modules)
+        home = getattr(self._factory, "__module__", None)
+        if isinstance(home, str) and home not in places:
+            places.append(home)
+        qualname = getattr(self._factory, "__qualname__", None)
+        for module_name in places:
+            module = sys.modules.get(module_name)
+            if module is None:
+                continue
+            if isinstance(qualname, str) and _attribute(module, qualname) is self:
+                return _declared_in, (module_name, qualname)
+            for attribute, value in list(vars(module).items()):
+                if value is self:
+                    return _declared_in, (module_name, attribute)
+        import pickle  # deferred: no part of `import orchestr`
+
         raise pickle.PicklingError(
-            f"per-worker resource {self.name!r} pickles by its name in module "
-            f"{self._module!r}, where it is not found; declare it at module level"
+            f"per-worker resource {self.name!r} pickles by its name, and was not found at "
+            f"module level in {' or '.join(map(repr, places))}; declare it at module level"
         )
 
 
-def _declared_in(module: str, attribute: str) -> PerWorkerResource[Any]:
-    """The per-worker resource declared as ``module.attribute``, here."""
-    found = getattr(importlib.import_module(module), attribute)
-    assert isinstance(found, PerWorkerResource)
+def _attribute(module: Any, path: str) -> Any:
+    """``module.a.b`` for ``path`` ``"a.b"``; None if there is no such thing."""
+    found: Any = module
+    for part in path.split("."):
+        found = getattr(found, part, None)
+        if found is None:
+            return None
+    return found
+
+
+def _declared_in(module: str, path: str) -> PerWorkerResource[Any]:
+    """The per-worker resource declared as ``module.path``, here."""
+    found = _attribute(importlib.import_module(module), path)
+    assert isinstance(found, PerWorkerResource), f"{module}.{path} is no per-worker resource"
     return found
 
 
@@ -218,9 +245,9 @@ def per_worker_resource(
 
     The value is shared by the tasks of the run on that worker, in several threads at
     once when the worker has several: it must be thread-safe (``sqlite3.connect(...,
-    check_same_thread=False)``; ``httpx.Client`` is).
+    check_same_thread=False, isolation_level=None)``; ``httpx.Client`` is).
     """
-    module = sys._getframe(1).f_globals.get("__name__", "__main__")
+    modules = _callers(sys._getframe(1))
 
     def wrap(fn: Any) -> PerWorkerResource[Any]:
         what = getattr(fn, "__name__", None)
@@ -251,9 +278,23 @@ def per_worker_resource(
         resource_name = checked_name(resource_name)
         _check_no_arguments(fn, resource_name)
         timeout = checked_cleanup_timeout(resource_name, cleanup_timeout)
-        return PerWorkerResource(fn, name=resource_name, cleanup_timeout=timeout, module=module)
+        return PerWorkerResource(fn, name=resource_name, cleanup_timeout=timeout, modules=modules)
 
     return wrap(fn) if fn is not None else wrap
+
+
+def _callers(frame: FrameType | None) -> tuple[str, ...]:
+    """The modules of ``frame`` and of the few frames that called it: where a
+    declaration made there (or by a helper function they called) may be kept."""
+    modules: list[str] = []
+    for _ in range(_CALLERS_SEEN):
+        if frame is None:
+            break
+        module = frame.f_globals.get("__name__", "__main__")
+        if module not in modules:
+            modules.append(module)
+        frame = frame.f_back
+    return tuple(modules)
 
 
 def _check_no_arguments(fn: Callable[..., Any], name: str) -> None:
@@ -273,7 +314,12 @@ def _check_no_arguments(fn: Callable[..., Any], name: str) -> None:
         ) from None
 
 
-def remote_cleanup_bound() -> float:
-    """How long a cluster may take to clean up a session: every declared per-worker
-    resource's cleanup timeout in turn, and a round trip."""
-    return sum(r._effective_timeout() for r in list(_declared)) + _REMOTE_SLACK
+def declared_any() -> bool:
+    """Whether some per-worker resource is declared in this process."""
+    return len(_declared) > 0
+
+
+def cleanup_bound() -> float:
+    """How long one process may take to close a session: every declared per-worker
+    resource's cleanup timeout in turn."""
+    return sum(r._effective_timeout() for r in list(_declared))

@@ -1,10 +1,16 @@
 """The end of a flow run's per-worker resources, and what it does to the run.
 
 When the flow run that started a task runner ends (after its last task run, before the
-runner shuts down), :func:`end_worker_resources` closes its session everywhere: the
-runner's workers first (``TaskRunner.close_worker_resources``: each reports a
-:class:`WorkerReport`), then the flow's own process. Their events become the run's and
-are logged; a failed or timed-out cleanup becomes a
+runner shuts down), :func:`end_worker_resources` closes its session everywhere. First in
+the runner's worker processes, if its calls carry a session there
+(:attr:`TaskRunner.worker_scope <orchestr.runners.TaskRunner.worker_scope>`, whose key is
+the session's) and some of them may have set something up: one reported keeping a
+session, or some call's report never came (it was abandoned while it ran, and may still
+ask) while a per-worker resource is declared here. :func:`close_on_worker` then runs in
+each worker process (``TaskRunner.run_on_workers``), bounded by :func:`remote_cleanup_bound`,
+and each answer becomes a :class:`WorkerReport`. Then the flow's own process.
+
+Their events become the run's and are logged; a failed or timed-out cleanup becomes a
 :class:`~orchestr.exceptions.ResourceCleanupError` naming the resource and where it ran,
 and :func:`with_cleanup_errors` makes the run's final state say so (rule 10: no cleanup
 error is lost).
@@ -21,12 +27,24 @@ from ..exceptions import CleanupTimeoutError, ResourceCleanupError, ResourceErro
 from ..records import FlowRunRecord, RunEvent
 from ..settings import get_settings
 from ..states import State, StateType, _describe
-from ._worker_sessions import log_event, take_local_session
+from ._events import log_event
+from ._per_worker import cleanup_bound, declared_any
+from ._worker_sessions import close_session, dump_events, load_events, take_local_session
 
 if TYPE_CHECKING:
     from .._engine._flowrun import FlowRun
+    from ..runners._base import TaskRunner
 
-__all__ = ["WorkerReport", "cleanup_errors", "end_worker_resources", "with_cleanup_errors"]
+__all__ = [
+    "WorkerReport",
+    "cleanup_errors",
+    "close_on_worker",
+    "end_worker_resources",
+    "remote_cleanup_bound",
+    "with_cleanup_errors",
+]
+
+_REMOTE_SLACK = 30.0  # seconds for the round trip to the workers, on top of the cleanups
 
 
 class WorkerReport:
@@ -48,20 +66,59 @@ class WorkerReport:
 
 async def end_worker_resources(run: FlowRun) -> list[ResourceCleanupError]:
     """Close the per-worker resources of ``run``'s session (``run`` started its runner):
-    on the runner's workers, then in this process. Records what happened on the run,
-    logs it, and returns the cleanup errors (each naming its resource and where it
-    ran). Never raises."""
-    try:
-        reports = await run.runner.close_worker_resources()
-    except Exception as exc:  # a runner's own trouble: the run has finished its work
-        reports = [WorkerReport(repr(run.runner), [], _describe(exc))]
-    errors = _take_reports(run.record, reports) if reports else []
+    in the runner's worker processes if they may have some, then in this process.
+    Records what happened on the run, logs it, and returns the cleanup errors (each
+    naming its resource and where it ran). Never raises."""
+    errors: list[ResourceCleanupError] = []
+    scope = run.runner.worker_scope
+    if scope is not None and (scope.kept or (scope.unknown and declared_any())):
+        reports = await _close_on_workers(run.runner, scope.key)
+        errors = _take_reports(run.record, reports)
     session = take_local_session(run)
     if session is not None:
         default_timeout = get_settings().cleanup_timeout_seconds
         events = await anyio.to_thread.run_sync(session.close, default_timeout, True)
         errors.extend(cleanup_errors(events, ""))
     return errors
+
+
+def remote_cleanup_bound() -> float:
+    """How long a runner's workers may take to close a session: every declared
+    per-worker resource's cleanup timeout in turn, and a round trip."""
+    return cleanup_bound() + _REMOTE_SLACK
+
+
+async def close_on_worker(key: str, default_timeout: float) -> bytes:
+    """In a worker process (``TaskRunner.run_on_workers``): close session ``key`` here;
+    its events, pickled. The cleanups run in a thread, so the worker's event loop goes on
+    meanwhile."""
+    events = await anyio.to_thread.run_sync(close_session, key, default_timeout)
+    return dump_events(events)
+
+
+async def _close_on_workers(runner: TaskRunner, key: str) -> list[WorkerReport]:
+    """Close session ``key`` in every worker process of ``runner``; what each reported."""
+    bound = remote_cleanup_bound()
+    default_timeout = get_settings().cleanup_timeout_seconds  # the flow's, everywhere
+    try:
+        answers = await runner.run_on_workers(close_on_worker, key, default_timeout, timeout=bound)
+    except TimeoutError:
+        problem = f"they did not answer within {bound:g} s"
+        return [WorkerReport(f"the workers of {runner!r}", [], problem)]
+    except Exception as exc:  # the runner's own trouble: the run has finished its work
+        return [WorkerReport(f"the workers of {runner!r}", [], _describe(exc))]
+    reports: list[WorkerReport] = []
+    for where, answer in answers:
+        if isinstance(answer, BaseException):
+            reports.append(WorkerReport(where, [], _describe(answer)))
+            continue
+        try:
+            events = load_events(answer)
+        except Exception as exc:  # a class that cannot be rebuilt here
+            reports.append(WorkerReport(where, [], f"its report cannot be read: {_describe(exc)}"))
+        else:
+            reports.append(WorkerReport(where, events))
+    return reports
 
 
 def _take_reports(record: FlowRunRecord, reports: list[WorkerReport]) -> list[ResourceCleanupError]:
@@ -79,7 +136,7 @@ def _take_reports(record: FlowRunRecord, reports: list[WorkerReport]) -> list[Re
         record.events.extend(report.events)
         for event in report.events:
             if event.kind.startswith("resource.cleanup."):
-                log_event(logger, event, report.where)
+                log_event(logger, "Per-worker resource", event, report.where)
         errors.extend(cleanup_errors(report.events, report.where))
     return errors
 

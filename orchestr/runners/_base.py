@@ -10,20 +10,46 @@ so every runner gets all of them.
 A flow run starts its runner (a ``duplicate()`` of the one configured on the flow) before
 its body and shuts it down after every task run has finished, whatever happened; its
 retries and its subflows without a runner of their own use the same started runner.
+
+A runner whose calls run in worker processes of its own may also give them a
+:class:`WorkerScope` (a key unique to the started runner, which code on the far side keeps
+its per-runner state under) and run a function once in each of those processes
+(:meth:`TaskRunner.run_on_workers`): what others need to clean up such state at the end
+of the run. Per-worker resources use both; the runner knows nothing of them.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import TYPE_CHECKING, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 if TYPE_CHECKING:
     from .._limits._backends import LimitBackend
-    from ..resources._worker_cleanup import WorkerReport
     from ._call import Call, Outcome
 
-__all__ = ["TaskRunner"]
+__all__ = ["TaskRunner", "WorkerScope"]
+
+
+class WorkerScope:
+    """What the calls of one started runner share in the worker processes they run in.
+
+    ``key`` is unique to the runner, and each call carries it there: code on the far side
+    keeps state per runner under it. The runner notes whether some call reported keeping
+    such state in its process (``kept``), and whether some call's report never came
+    (``unknown``: the call was abandoned while it ran, and may still keep some, or the
+    runner lost it), so that whoever keeps the state knows whether it has any to clean
+    up with :meth:`TaskRunner.run_on_workers`."""
+
+    __slots__ = ("kept", "key", "unknown")
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.kept = False
+        self.unknown = False
+
+    def __repr__(self) -> str:
+        return f"WorkerScope({self.key!r}, kept={self.kept}, unknown={self.unknown})"
 
 
 class TaskRunner(abc.ABC):
@@ -70,15 +96,25 @@ class TaskRunner(abc.ABC):
         ``distributed.Semaphore``), so that the same limit names hold everywhere."""
         return None
 
-    async def close_worker_resources(self) -> list[WorkerReport]:
-        """Clean up the per-worker resources (``@per_worker_resource``) that this
-        runner's calls set up in processes of its own, and report what happened in each
-        (their setup and cleanup events). Called once, after the flow run's last task run
-        and before :meth:`shutdown`. The default has none to clean up: its calls ran in
-        the flow's process, whose instances the engine cleans up itself. A runner whose
-        calls run in other processes either implements this (and gives its calls a
-        session there, as the Dask runner does) or leaves per-worker resources refused
-        there (task code asking for one gets a clear error)."""
+    @property
+    def worker_scope(self) -> WorkerScope | None:
+        """The scope this started runner's calls carry to the worker processes they run
+        in, or None (the default): its calls run in the flow's process, or carry none
+        (then code there that needs one, such as a per-worker resource, refuses with a
+        clear error)."""
+        return None
+
+    async def run_on_workers(
+        self, fn: Callable[..., Any], /, *args: Any, timeout: float
+    ) -> list[tuple[str, Any]]:
+        """Run ``fn(*args)`` once in each worker process of this started runner (not in
+        the flow's process, outside any call), and return each worker's name for
+        messages ("Dask worker tcp://…") with what ``fn`` returned there, or the exception
+        it raised (or that kept the worker from answering). ``fn`` travels by reference;
+        a coroutine function is awaited there, on the worker's event loop, so anything
+        slow it does goes to a thread. Raises ``TimeoutError`` when the workers have not
+        all answered within ``timeout`` seconds. The default has no worker processes to
+        reach: ``[]``."""
         return []
 
     async def shutdown(self) -> None:  # noqa: B027 - optional hook, no-op by default
