@@ -21,10 +21,11 @@ from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
 from ._engine._context import flow_run_var, remote_call_var, task_run_var
+from ._history._values import masked_repr
 from ._tracebacks import chain_of, claim, origin_of, trim_summary
 from .exceptions import ParameterValidationError
 from .records import FlowRunRecord, RunRecord, TaskRunRecord
-from .states import State, StateType, _describe, _short_repr
+from .states import State, StateType, _describe
 
 if TYPE_CHECKING:
     from .runners._call import RunIdentity
@@ -185,7 +186,8 @@ def log_flow_begin(
     record: FlowRunRecord, flow: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> None:
     """``Beginning with parameters x=1, items=[1, 2, 3, ...]`` (INFO): the call's
-    arguments by name, defaults included, before validation; shortened."""
+    arguments by name, defaults included, before validation; shortened, with secrets
+    masked as the run history masks them (``api_key=**********``)."""
     if not _FLOW_LOGGER.isEnabledFor(logging.INFO):
         return
     parent = record.parent
@@ -328,7 +330,7 @@ def _parameters(
             # An empty *args or **kwargs says nothing (a tuple or a dict: len() is safe).
             if kinds[name].kind not in (_VAR_POSITIONAL, _VAR_KEYWORD) or len(value)
         ]
-    text = ", ".join(f"{name}={_short_repr(value)}" for name, value in named)
+    text = ", ".join(f"{name}={masked_repr(value, name)}" for name, value in named)
     return text if len(text) <= 300 else text[:297] + "..."
 
 

@@ -126,13 +126,22 @@ class Settings:
     home: Path = setting(
         None,
         "orchestr's per-user data directory; the run history is history.db in it "
-        "(default: $XDG_DATA_HOME/orchestr, else ~/.local/share/orchestr).",
+        "(default, also when set empty: $XDG_DATA_HOME/orchestr, else "
+        "~/.local/share/orchestr).",
         factory=_default_home,
     )
     history: bool = setting(
         True,
         "Record every flow run, task run, state change, resource event, parameter set and "
         "error in the run history (history.db under home); false records nothing.",
+    )
+    history_exit_timeout_seconds: float = setting(
+        2.0,
+        "At exit, how long a process waits, at most, for a run history that another "
+        "process holds locked; the state changes not written by then are dropped, with a "
+        "warning.",
+        seconds=True,
+        ge=0,
     )
 
     def __init__(self, **values: Any) -> None:
@@ -266,6 +275,15 @@ def _build_model() -> Any:
             return Annotated[hint, BeforeValidator(refuse_bool), PydanticField(**options)]
         return hint
 
+    def empty_is_unset(field: Field) -> Any:
+        # ORCHESTR_HOME="" (or home="") means "not set", not the current directory.
+        def default_if_empty(value: Any) -> Any:
+            if isinstance(value, str) and not value.strip():
+                return field.factory()  # type: ignore[misc]
+            return value
+
+        return BeforeValidator(default_if_empty)
+
     # This module's names (Settings shows orchestr.settings as its module), and Path,
     # imported only for type checking here.
     from pathlib import Path
@@ -273,7 +291,9 @@ def _build_model() -> Any:
     hints = typing.get_type_hints(Settings, globalns={**globals(), "Path": Path})
     fields = {
         name: (
-            constrained(hints[name], field.constraints),
+            constrained(hints[name], field.constraints)
+            if field.factory is None
+            else Annotated[hints[name], empty_is_unset(field)],
             PydanticField(field.default, description=field.description)
             if field.factory is None
             else PydanticField(default_factory=field.factory, description=field.description),

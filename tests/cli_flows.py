@@ -7,13 +7,16 @@ Flows that must be seen from outside write files: the directory comes from the
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import json
 import os
+import sys
 import time
 from pathlib import Path
+from typing import Annotated
 
 import anyio
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from orchestr import flow, resource, task
 
@@ -161,3 +164,47 @@ def parent(k: int = 3, password: str = "hunter2") -> int:
 def helper(x: int) -> int:
     """Not a flow."""
     return x
+
+
+@task
+def step(i: int) -> int:
+    time.sleep(0.5 if i == 6 else 0.01)
+    if i == 5:
+        raise ValueError(f"step {i} failed")
+    return i
+
+
+@task
+def wrap_up() -> None:
+    time.sleep(0.01)
+
+
+@flow
+def stragglers(n: int = 8) -> None:
+    """Quick task runs, one slow (6) and one failing (5), then one more after them all:
+    what `orchestr runs show --max-rows` must keep."""
+    for future in step.map(range(n)):
+        future.wait()
+    wrap_up()
+
+
+class Colour(enum.Enum):
+    red = "red"
+    blue = "blue"
+
+
+@flow
+def spread(
+    n: Annotated[int, Field(gt=0)] = 1,
+    colour: Colour = Colour.red,
+    *values: int,
+    **options: str,
+) -> None:
+    """A constrained int, an enum, *args and **kwargs: for `--help` and refusals."""
+    print(f"SPREAD {n} {colour.value} {values} {options}")
+
+
+@flow
+def quits(code: int = 0) -> None:
+    """Calls sys.exit() in its body."""
+    sys.exit(code)

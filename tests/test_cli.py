@@ -11,7 +11,9 @@ import pty
 import queue
 import re
 import select
+import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import termios
@@ -106,6 +108,26 @@ def test_run_help_lists_the_flows_parameters_and_the_exit_codes(home: Path) -> N
     assert "Exit status:" in plain.stdout
 
 
+def test_run_help_shows_types_as_they_are_typed_and_says_what_cannot_be_set(
+    home: Path,
+) -> None:
+    """A constrained hint reads `int (> 0)`, an enum names its values and its default is
+    the value to type; *args is listed as not settable, **kwargs as taking any name."""
+    done = orchestr_cli("run", "cli_flows.py:spread", "--help", home=home)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"--param n=…\s+int \(> 0\); default: 1$", out, re.MULTILINE)
+    assert re.search(
+        r"--param colour=…\s+cli_flows\.Colour \(one of: red, blue\); default: red$",
+        out,
+        re.MULTILINE,
+    )
+    assert re.search(r"^\s+\*values\s+not settable from the command line$", out, re.MULTILINE)
+    assert re.search(r"--param NAME=VALUE\s+str; any other name", out)
+    assert "FieldInfo" not in out
+    assert "<Colour" not in out
+
+
 def test_exit_codes_are_distinct_and_follow_the_final_state() -> None:
     """Each way a run ends has its own exit code; the signal codes are the shell's."""
     assert len({int(code) for code in ExitCode}) == len(ExitCode)
@@ -144,6 +166,85 @@ def test_shell_completion_offers_the_files_flows(home: Path) -> None:
     )
     assert script.returncode == 0
     assert "_ORCHESTR_COMPLETE=bash_complete" in script.stdout
+
+
+@pytest.mark.parametrize(
+    ("words", "cword", "expected"),
+    [
+        # `cli_flows.py:f`, split by bash at the colon: the part after it is replaced.
+        (["cli_flows.py", ":", "f"], 4, {"fan_out", "fails"}),
+        # `cli_flows.py:` (the colon is the current word): every flow, by name.
+        (["cli_flows.py", ":"], 3, {"echo", "fan_out", "stragglers", "spread"}),
+        # A path with a colon in it too: `{home}/odd:dir/cli_flows.py:st`.
+        (["{home}/odd", ":", "dir/cli_flows.py", ":", "st"], 6, {"stragglers"}),
+    ],
+)
+def test_completion_of_words_bash_split_at_colons(
+    home: Path, words: list[str], cword: int, expected: set[str]
+) -> None:
+    """With bash's default COMP_WORDBREAKS, `file.py:fl` reaches the command as three
+    words; the flows are still offered, as the text that replaces the part after the
+    last colon (what bash swaps in)."""
+    (home / "odd:dir").mkdir()
+    (home / "odd:dir" / "cli_flows.py").write_text(FLOWS.read_text())  # read, not run
+    done = subprocess.run(
+        COMMAND,
+        cwd=TESTS,
+        env=_env(
+            home,
+            _ORCHESTR_COMPLETE="bash_complete",
+            # Click's script joins COMP_WORDS with newlines (its IFS).
+            COMP_WORDS="\n".join(["orchestr", "run", *(w.format(home=home) for w in words)]),
+            COMP_CWORD=str(cword),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    offered = {line.split(",", 1)[1] for line in done.stdout.splitlines()}
+    assert expected <= offered
+    assert all(":" not in name for name in offered), offered
+
+
+def test_bash_completes_a_flow_after_the_colon(home: Path, tmp_path: Path) -> None:
+    """In a real interactive bash (on a pseudo-terminal) with its default
+    COMP_WORDBREAKS and Click's completion script, TAB completes `cli_flows.py:ech` to
+    `cli_flows.py:echo`."""
+    if not _SCRIPT.exists():
+        pytest.skip("needs the orchestr console script on PATH")
+    bash = shutil.which("bash")
+    if bash is None:
+        pytest.skip("no bash")
+    env = _env(home, PATH=f"{_SCRIPT.parent}{os.pathsep}{os.environ.get('PATH', '')}")
+    source = subprocess.run(
+        ["orchestr"],
+        env=env | {"_ORCHESTR_COMPLETE": "bash_source"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    rcfile = tmp_path / "bashrc"
+    rcfile.write_text(
+        "PS1='$ '\n" + source + '\n[[ $COMP_WORDBREAKS == *:* ]] && echo "COLON-BREAKS"\n'
+    )
+    env |= {"TERM": "dumb", "INPUTRC": "/dev/null", "HISTFILE": "/dev/null"}
+    term = Terminal([bash, "--noprofile", "--rcfile", str(rcfile), "-i"], env)
+    try:
+        term.read_until(lambda plain: "COLON-BREAKS" in plain and plain.rstrip().endswith("$"))
+        # TAB completes; then Ctrl-A and `echo LINE=` print the completed line.
+        term.type(b"orchestr run cli_flows.py:ech\t")
+        term.read_until(lambda plain: "cli_flows.py:echo " in plain)
+        term.type(b"\x01echo LINE=\r")
+        term.read_until(lambda plain: re.search(r"^LINE=.*$", plain, re.MULTILINE) is not None)
+        line = re.search(r"^LINE=(.*?)\s*$", term.plain, re.MULTILINE)
+        assert line is not None
+        assert line[1] == "orchestr run cli_flows.py:echo"
+        term.type(b"exit\r")
+        term.read_to_end()
+    finally:
+        term.close()
 
 
 def test_importing_orchestr_does_not_load_the_cli_libraries() -> None:
@@ -349,7 +450,51 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
         ["absent.json", "does not exist"],
     ),
     ("no target", lambda h: [], ["Missing argument 'TARGET'"]),
+    (
+        "params file not UTF-8",
+        lambda h: ["cli_flows.py:echo", "--params-file", str(_write_bytes(h / "p.json"))],
+        ["--params-file", "p.json is not UTF-8 text"],
+    ),
+    (
+        "return_state",
+        lambda h: ["cli_flows.py:spread", "-p", "return_state=1"],
+        ["'return_state' (given with --param) is a keyword of the flow call itself"],
+    ),
+    (
+        "wait_for",
+        lambda h: ["cli_flows.py:spread", "-p", "wait_for=1"],
+        ["'wait_for' (given with --param) is a keyword of the flow call itself"],
+    ),
+    (
+        "wait_for in file",
+        lambda h: [
+            "cli_flows.py:spread",
+            "--params-file",
+            str(_write(h / "p.json", '{"wait_for": []}')),
+        ],
+        ["'wait_for' (in ", "p.json) is a keyword of the flow call itself"],
+    ),
+    (
+        "*args by name",
+        lambda h: ["cli_flows.py:spread", "-p", "values=[1, 2]"],
+        ["'values' (given with --param) is the *values of flow 'spread'", "positional"],
+    ),
+    (
+        "**kwargs by name",
+        lambda h: ["cli_flows.py:spread", "-p", "options={}"],
+        ["'options' (given with --param) is the **options of flow 'spread'"],
+    ),
+    (
+        "constrained value",
+        lambda h: ["cli_flows.py:spread", "-p", "n=0"],
+        ["--param n='0' is not a valid int (> 0)", "greater than 0"],
+    ),
 ]
+
+
+def _write_bytes(path: Path) -> Path:
+    path.write_bytes(b'{"n": "\xff\xfe"}')  # Latin-1, say: not UTF-8
+    return path
 
 
 @pytest.mark.parametrize(
@@ -368,6 +513,80 @@ def test_bad_input_is_named_with_exit_code_2_and_no_traceback(
     assert "Traceback" not in done.stderr
     assert "Traceback" not in done.stdout
     assert "Beginning" not in done.stderr  # no flow run began
+
+
+@pytest.mark.parametrize(
+    ("command", "variable", "value", "expected"),
+    [
+        (
+            ["run", "cli_flows.py:echo", "-p", "n=1"],
+            "ORCHESTR_HISTORY",
+            "maybe",
+            "ORCHESTR_HISTORY='maybe' is not valid: Input should be a valid boolean",
+        ),
+        (
+            ["run", "cli_flows.py:echo", "-p", "n=1"],
+            "ORCHESTR_LOGGING_LEVEL",
+            "LOUD",
+            "ORCHESTR_LOGGING_LEVEL='LOUD' is not a logging level",
+        ),
+        (
+            ["runs", "list"],
+            "ORCHESTR_HISTORY",
+            "maybe",
+            "ORCHESTR_HISTORY='maybe' is not valid: Input should be a valid boolean",
+        ),
+    ],
+)
+def test_a_bad_orchestr_variable_is_bad_input_naming_it(
+    home: Path, command: list[str], variable: str, value: str, expected: str
+) -> None:
+    """A setting's environment variable that does not validate: one `Error:` line naming
+    the variable and its value, exit code 2, and no run started."""
+    done = orchestr_cli(*command, home=home, **{variable: value})
+    assert done.returncode == ExitCode.USAGE, (done.stdout, done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    assert expected in line
+    assert "PARAMS" not in done.stdout  # the flow never ran
+
+
+def test_ctrl_c_while_the_flow_file_imports_exits_130(home: Path) -> None:
+    """SIGINT before the run starts (the flow file is slow to import): exit code 130, as
+    for an interrupted run, a line saying so, and no traceback."""
+    slow = _write(
+        home / "slow_flows.py",
+        "import os, pathlib, time\n"
+        "from orchestr import flow\n"
+        "pathlib.Path(os.environ['CLI_TEST_DIR'], 'importing').write_text('now')\n"
+        "time.sleep(60)\n"
+        "@flow\n"
+        "def main() -> None:\n"
+        "    pass\n",
+    )
+    with subprocess.Popen(
+        [*COMMAND, "run", f"{slow}:main"],
+        cwd=TESTS,
+        env=_env(home),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            deadline = time.monotonic() + 30
+            while not (home / "importing").exists():
+                assert proc.poll() is None, proc.communicate()
+                assert time.monotonic() < deadline, "the import never began"
+                time.sleep(0.01)
+            proc.send_signal(signal.SIGINT)
+            stdout, stderr = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == ExitCode.SIGINT, (stdout, stderr)
+    assert "interrupted by SIGINT" in stderr
+    assert "Aborted!" not in stderr
+    assert "Traceback" not in stdout + stderr
 
 
 def test_a_module_that_fails_to_import_shows_the_users_frames_only(home: Path) -> None:
@@ -424,6 +643,15 @@ def test_a_flow_failing_in_its_body_is_reported_at_its_line(home: Path) -> None:
     )
     line = _raise_site_line("# BODY-RAISE")
     assert f"at cli_flows.py:{line} in body_fails" in done.stdout
+
+
+def test_sys_exit_in_the_flow_body_is_a_crash_with_its_summary(home: Path) -> None:
+    """`sys.exit(0)` in the flow's body crashes the run: the summary says so and the
+    exit code is the crashed one, not the body's 0."""
+    done = orchestr_cli("run", "cli_flows.py:quits", "-p", "code=0", home=home)
+    assert done.returncode == ExitCode.CRASHED, (done.stdout, done.stderr)
+    assert re.search(r"of flow 'quits': Crashed in .*SystemExit: 0", done.stdout), done.stdout
+    assert re.search(r"^run id: [0-9a-f-]{36}$", done.stdout, re.MULTILINE)
 
 
 def _lines_of(stream: Any) -> queue.Queue[str | None]:
@@ -490,6 +718,83 @@ def test_plain_mode_through_pipes_writes_progress_lines_without_control_codes(
     assert "Beginning with parameters" in "".join(seen)
     assert re.search(r"flow run 'ticking-\w+' of flow 'ticking': Completed", stdout)
     assert re.search(r"^tick\s+12\s+12\s", stdout, re.MULTILINE)
+
+
+def test_forced_colours_through_a_pipe_draw_no_live_display(home: Path) -> None:
+    """FORCE_COLOR and TTY_COMPATIBLE (set by many CI systems) make Rich call a pipe a
+    terminal: the output may be coloured, but there is no live display (no cursor moves,
+    no redraws): progress lines on stderr and the summary on stdout, as in any pipe."""
+    seen: list[str] = []
+    forced = {"FORCE_COLOR": "1", "TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1"}
+    with subprocess.Popen(
+        [*COMMAND, "run", "cli_flows.py:ticking", "-p", "gate=gate", "--progress-every", "0.05"],
+        cwd=TESTS,
+        env=_env(home, **forced),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            lines = _lines_of(proc.stderr)
+            _wait_for_line(lines, lambda line: "/12 finished" in line, seen)
+            (home / "gate").write_text("go")
+            assert proc.stdout is not None
+            stdout = proc.stdout.read()
+            _wait_for_line(lines, lambda line: False, seen, to_end=True)
+            assert proc.wait(timeout=60) == ExitCode.COMPLETED
+        finally:
+            proc.kill()
+    codes = set(_ANSI.findall("".join(seen) + stdout))
+    assert codes, "FORCE_COLOR: the summary is coloured"
+    assert all(code.endswith("m") for code in codes), codes  # colours only
+    plain = _ANSI.sub("", stdout)
+    assert re.search(r"flow run 'ticking-\w+' of flow 'ticking': Completed", plain)
+    assert re.search(r"^tick\s+12\s+12\s", plain, re.MULTILINE)
+
+
+def test_the_summary_does_not_wait_for_a_locked_history(home: Path) -> None:
+    """Another process holds the run history locked: the summary is printed as soon as
+    the run ends (the history gets a short wait after it), and it does not point to
+    `orchestr runs show`, since the run could not be written."""
+    held = sqlite3.connect(home / "history.db", isolation_level=None)
+    held.execute("BEGIN EXCLUSIVE")
+    arrived: dict[str, float] = {}
+    try:
+        with subprocess.Popen(
+            [*COMMAND, "run", "cli_flows.py:echo", "-p", "n=1"],
+            cwd=TESTS,
+            env=_env(home),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                assert proc.stderr is not None
+                errors = _lines_of(proc.stderr)
+                outputs = _lines_of(proc.stdout)
+                seen: list[str] = []
+                _wait_for_line(errors, lambda line: "Finished in state Completed" in line, seen)
+                arrived["ended"] = time.monotonic()
+                out: list[str] = []
+                _wait_for_line(outputs, lambda line: "of flow 'echo': Completed" in line, out)
+                arrived["summary"] = time.monotonic()
+                _wait_for_line(outputs, lambda line: False, out, to_end=True)
+                _wait_for_line(errors, lambda line: False, seen, to_end=True)
+                code = proc.wait(timeout=120)
+            finally:
+                proc.kill()
+    finally:
+        held.rollback()
+        held.close()
+    assert code == ExitCode.COMPLETED, seen
+    # The history's wait (seconds, for a locked file) comes after the summary.
+    assert arrived["summary"] - arrived["ended"] < 5.0
+    stdout = "".join(out)
+    assert re.search(r"^run id: [0-9a-f-]{36}$", stdout, re.MULTILINE)
+    assert "look back:" not in stdout
 
 
 # -- the live display on a pseudo-terminal --------------------------------------------------
@@ -873,6 +1178,63 @@ def test_runs_prune_deletes_runs_older_than_the_age(home: Path) -> None:
     bad = orchestr_cli("runs", "prune", "--older-than", "30", home=home)
     assert bad.returncode == ExitCode.USAGE
     assert "--older-than '30' is not an age" in bad.stderr
+
+
+def test_runs_show_keeps_the_failed_the_slowest_and_the_last_when_cutting(home: Path) -> None:
+    """More task runs than `--max-rows`: the timeline keeps the failed run, the slowest
+    and the one that ended last (not the first to start), in start order, and says how
+    many it left out; `--max-rows 0` draws them all."""
+    pytest.importorskip("orchestr.history")
+    run_id = Recorded(home).run("cli_flows.py:stragglers", ExitCode.COMPLETED)
+    done = orchestr_cli("runs", "show", run_id[:8], "--max-rows", "3", home=home)
+    assert done.returncode == 0, done.stderr
+    rows = re.findall(r"^(\w+-\d+)\s+(Completed|Failed)\s", done.stdout, re.MULTILINE)
+    assert rows == [("step-5", "Failed"), ("step-6", "Completed"), ("wrap_up-0", "Completed")]
+    assert "… 6 more runs left out (6 Completed)" in done.stdout
+    assert "the failed, the slowest and the last to end" in done.stdout
+    every = orchestr_cli("runs", "show", run_id[:8], "--max-rows", "0", home=home)
+    rows = re.findall(r"^(\w+-\d+)\s+(?:Completed|Failed)\s", every.stdout, re.MULTILINE)
+    assert sorted(rows) == sorted([*(f"step-{i}" for i in range(8)), "wrap_up-0"])
+    assert "left out" not in every.stdout
+
+
+def _not_a_database(home: Path) -> None:
+    (home / "history.db").write_text("notes, not a database\n" * 100)
+
+
+@pytest.mark.parametrize(
+    ("args", "prepare", "expected"),
+    [
+        (["list"], _not_a_database, "cannot be read: file is not a database"),
+        (
+            ["prune", "--older-than", "1d"],
+            _not_a_database,
+            "cannot be read: file is not a database",
+        ),
+        (["show", "abc"], _not_a_database, "cannot be read: file is not a database"),
+        (["show", ""], None, "RUN_ID is empty"),
+        (["list", "--since", "99999999999d"], None, "--since '99999999999d' is out of range"),
+        (["list", "--since", "0001-01-01"], None, "--since '0001-01-01' is out of range"),
+        (
+            ["prune", "--older-than", "99999999999w"],
+            None,
+            "--older-than '99999999999w' is out of range",
+        ),
+    ],
+)
+def test_runs_commands_report_what_they_cannot_use_in_one_line(
+    home: Path, args: list[str], prepare: Callable[[Path], None] | None, expected: str
+) -> None:
+    """A history file that is not a database, an empty run id, an age or a date out of
+    range: one `Error:` line naming it, exit code 2, no traceback."""
+    pytest.importorskip("orchestr.history")
+    if prepare is not None:
+        prepare(home)
+    done = orchestr_cli("runs", *args, home=home)
+    assert done.returncode == ExitCode.USAGE, (done.stdout, done.stderr)
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("Error: ")
+    assert expected in line
 
 
 def test_runs_list_on_an_empty_history(home: Path) -> None:

@@ -14,6 +14,7 @@ import datetime
 import gc
 import inspect
 import json
+import logging
 import os
 import pickle
 import signal
@@ -42,10 +43,12 @@ from orchestr import (
     scope,
     task,
 )
-from orchestr._history import _recorder, _schema
+from orchestr._history import _recorder, _schema, _writer
 from orchestr._history._values import MASK, error_origin, is_secret_name, json_safe
+from orchestr._settings_model import _default_home
 from orchestr.exceptions import HistoryError, OrchestrError, UsageError
 from orchestr.history import FlowRunRow, TaskRunRow
+from orchestr.states import Failed
 from orchestr.testing import no_leaks
 
 FLUSH_BOUND = 60.0  # seconds: a loaded machine, many writers
@@ -269,6 +272,47 @@ def test_parameters_that_fail_validation_are_recorded_as_given(run: Any, home: P
     assert history.get_run(row.id).changes[-1].state == "Failed"
 
 
+def test_secrets_stay_out_of_the_error_column_and_the_log_line(
+    run: Any, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A secret that fails validation is not quoted in the stored error (pydantic's
+    input_value is left out; the parameters, masked, are beside it), and the engine's
+    "Beginning with parameters" line masks what the history masks."""
+
+    @flow
+    async def login(api_key: int, url: str, options: dict[str, Any], config: Config) -> int:
+        return api_key
+
+    long_url = "https://robot:" + "s3cr3t" * 12 + "@example.com/path"
+    options = {"db_password": "hunter2", "limit": 3, "dsn": long_url}
+    config = Config("c", "abc-key", [1])
+    caplog.set_level(logging.INFO, logger="orchestr")
+    run(
+        lambda: login(
+            "sk-live-123456", "postgres://ann:pw123@db/prod", options, config, return_state=True
+        )
+    )
+    flushed()
+    (row,) = history.list_runs()
+    assert row.state == "Failed"
+    assert row.error is not None
+    assert row.error.startswith("ParameterValidationError: parameters of flow 'login'")
+    assert "api_key\n  Input should be a valid integer" in row.error
+    assert "[type=int_parsing]" in row.error
+    assert row.parameters["api_key"] == MASK
+    stored = json.dumps(query(home / "history.db", "SELECT * FROM flow_runs"))
+    (begin,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Beginning")]
+    for secret in ("sk-live-123456", "pw123", "hunter2", "s3cr3t", "abc-key"):
+        assert secret not in stored
+        assert secret not in begin
+    assert begin == (
+        f"Beginning with parameters api_key={MASK}, url='postgres://ann:{MASK}@db/prod', "
+        f"options={{'db_password': {MASK}, 'limit': 3, "
+        f"'dsn': 'https://robot:{MASK}@example.com/path'}}, "
+        f"config=Config(name='c', secret_key={MASK}, sizes=[1])"
+    )
+
+
 class Big:
     """A parameter whose lifetime a test follows."""
 
@@ -441,6 +485,34 @@ def test_bad_arguments_are_refused_naming_them(home: Path) -> None:
     for bad in (-1, "30d", float("nan"), True, datetime.timedelta(days=-1)):
         with pytest.raises(UsageError, match="older_than"):
             history.prune(bad)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"state of list_runs\(\).*Completed, Failed"):
+        history.list_runs(state="bogus")
+    with pytest.raises(UsageError, match="state"):
+        history.list_runs(state=1)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"path of list_runs\(\)"):
+        history.list_runs(path=3)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"path of get_run\(\)"):
+        history.get_run("abc", path=3.5)  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match=r"path of prune\(\)"):
+        history.prune(1, path=b"history.db")  # type: ignore[arg-type]
+    for bad in ("1", -1, True, float("nan")):
+        with pytest.raises(UsageError, match=r"timeout of flush\(\)"):
+            history.flush(bad)  # type: ignore[arg-type]
+
+
+def test_a_custom_state_name_is_a_state_to_filter_by(run: Any, home: Path) -> None:
+    """A state name orchestr does not know is refused, unless some run ended in a
+    state of that (custom) name."""
+
+    @flow
+    async def rejects() -> Any:
+        return Failed(name="Rejected")
+
+    with pytest.raises(UsageError, match="'rejected'"):
+        history.list_runs(state="rejected")
+    state = run(lambda: rejects(return_state=True))
+    flushed()
+    assert [r.id for r in history.list_runs(state="rejected")] == [str(state.record.id)]
 
 
 def test_prune_deletes_old_runs_with_everything_of_theirs(run: Any, home: Path) -> None:
@@ -482,6 +554,79 @@ def test_prune_deletes_old_runs_with_everything_of_theirs(run: Any, home: Path) 
     assert history.get_run(new).task_runs
     assert history.prune(30 * 86400) == 0
     assert history.prune(0) == 2
+
+
+@task
+def one() -> int:
+    return 1
+
+
+@flow
+def held(gate: threading.Event) -> int:
+    done = one.submit().result()
+    assert gate.wait(120), "never let go"
+    return done
+
+
+@flow
+def brief() -> int:
+    return 1
+
+
+def test_prune_never_deletes_a_run_whose_process_is_alive(home: Path) -> None:
+    """A run that never ended is pruned by its start only once its process is gone:
+    one still going in this process, and one whose process is alive, stay (the first
+    ends and is recorded whole); one whose process exited goes. A run that ended is
+    judged by its end."""
+    gate = threading.Event()
+    going = threading.Thread(target=held, args=(gate,), name="held flow")
+    going.start()
+    try:
+        deadline = time.monotonic() + FLUSH_BOUND
+        while not [r for r in history.list_runs() if r.task_counts == {"Completed": 1}]:
+            assert time.monotonic() < deadline, "the held run was never written"
+            time.sleep(0.02)
+        (running,) = history.list_runs()
+        assert (running.state, running.ended) == ("Running", None)
+        gone = str(brief(return_state=True).record.id)
+        alive = str(brief(return_state=True).record.id)
+        flushed()
+        exited = subprocess.Popen([sys.executable, "-c", "pass"])
+        exited.wait(timeout=60)
+        sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+        try:
+            back = 40 * 86400
+            conn = sqlite3.connect(home / "history.db")
+            with conn:
+                conn.execute(
+                    "UPDATE flow_runs SET started = started - ? WHERE id = ?", (back, running.id)
+                )
+                for run_id, pid in ((gone, exited.pid), (alive, sleeper.pid)):
+                    conn.execute(
+                        "UPDATE flow_runs SET started = started - ?, ended = NULL, "
+                        "state = 'Running', pid = ? WHERE id = ?",
+                        (back, pid, run_id),
+                    )
+            conn.close()
+            assert history.prune(datetime.timedelta(days=30)) == 1
+            assert {r.id for r in history.list_runs()} == {running.id, alive}
+        finally:
+            sleeper.kill()
+            sleeper.wait(timeout=60)
+        assert history.prune(datetime.timedelta(days=30)) == 1  # its process is gone now
+    finally:
+        gate.set()
+        going.join(60)
+    assert not going.is_alive()
+    flushed()
+    detail = history.get_run(running.id)
+    assert detail.flow_run.state == "Completed"
+    assert detail.flow_run.parameters["gate"].startswith("<threading.Event")
+    assert [c.state for c in detail.changes if c.kind == "flow"] == ["Running", "Completed"]
+    assert [t.state for t in detail.task_runs] == ["Completed"]
+    # It ended just now: it is not old, however long ago it started.
+    assert history.prune(datetime.timedelta(days=30)) == 0
+    assert [r.id for r in history.list_runs()] == [running.id]
 
 
 # == bursts ====================================================================================
@@ -719,7 +864,9 @@ def test_runs_go_on_when_the_history_cannot_be_written(
     with override_settings(home=home):
         for _ in range(3):
             assert run(main) == ["0", "1", "2"]
-        flushed()
+        # Written: no; flush() says so, once (nothing was dropped since).
+        assert history.flush(FLUSH_BOUND) is False
+        assert history.flush(FLUSH_BOUND) is True
     warnings = _history_warnings(caplog)
     assert len(warnings) == 1, warnings
     assert str(db) in warnings[0]
@@ -760,6 +907,118 @@ def test_a_disk_error_while_writing_warns_once_and_runs_go_on(tmp_path: Path) ->
     assert str(home / "history.db") in warned[0]
 
 
+# == a history another process holds locked =====================================================
+def _made(home: Path) -> Path:
+    """An empty history database, as orchestr makes it (WAL mode, current schema)."""
+    db = home / "history.db"
+    _schema.connect(str(db), write=True).close()
+    return db
+
+
+def _locked(db: Path) -> sqlite3.Connection:
+    """A connection holding ``db`` locked (BEGIN EXCLUSIVE): no other connection, in
+    this process or another, can write it until the lock goes."""
+    conn = sqlite3.connect(db, isolation_level=None, timeout=30)
+    conn.execute("BEGIN EXCLUSIVE")
+    return conn
+
+
+def _unlocked(conn: sqlite3.Connection) -> None:
+    conn.execute("ROLLBACK")
+    conn.close()
+
+
+def test_a_locked_history_holds_up_a_script_exit_two_seconds_at_most(tmp_path: Path) -> None:
+    """Another process holds the database locked: a short script still exits at once
+    (within the 2 s it waits for the lock, not a minute), with status 0, and one warning
+    says how many state changes were not written, and where."""
+    home = tmp_path / "home"
+    db = _made(home)
+    lock = _locked(db)
+    try:
+        done = program(
+            """
+            import time
+            import anyio
+            from orchestr import flow, task
+
+            @task
+            async def step(i: int) -> int:
+                return i
+
+            @flow
+            async def short() -> int:
+                return sum(await step.map(range(10)))
+
+            print("result", anyio.run(short))
+            print("ended", time.time(), flush=True)
+            """,
+            home,
+            ORCHESTR_LOGGING_LEVEL="WARNING",
+        )
+        exited = time.time()
+    finally:
+        _unlocked(lock)
+    assert done.returncode == 0, done.stderr
+    assert "result 45" in done.stdout
+    ended = float(done.stdout.split()[-1])
+    assert exited - ended < 5.0, f"the exit took {exited - ended:.1f} s"
+    warned = [line for line in done.stderr.splitlines() if "not written" in line]
+    assert len(warned) == 1, done.stderr
+    # The flow run's Running and Completed, and each task run's final state.
+    assert f"12 state changes not written to {db}: database busy/locked" in warned[0]
+    assert query(db, "SELECT COUNT(*) FROM flow_runs") == [(0,)]
+
+
+def test_runs_wait_for_a_locked_history_with_one_warning_and_are_written_after(
+    run: Any, home: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """While the database is locked the runs go on; their changes wait, flush() says
+    they are not written, and one warning (after a few seconds; half a second here)
+    says the history is busy; once the lock goes, they are written."""
+    monkeypatch.setattr(_writer, "BUSY_WARN_SECONDS", 0.5)
+    db = _made(home)
+    lock = _locked(db)
+    try:
+        assert run(lambda: quick("waits")) == "waits"
+        assert history.flush(0.5) is False
+        deadline = time.monotonic() + FLUSH_BOUND
+        while not _history_warnings(caplog):
+            assert time.monotonic() < deadline, "no warning that the history is busy"
+            time.sleep(0.02)
+        assert history.flush(0.5) is False  # still waiting
+    finally:
+        _unlocked(lock)
+    flushed()
+    (row,) = history.list_runs()
+    assert (row.state, row.parameters) == ("Completed", {"tag": "waits"})
+    (warning,) = _history_warnings(caplog)
+    assert f"The run history at {db} has been busy (locked by another process)" in warning
+
+
+def test_changes_kept_waiting_too_long_are_dropped_and_flush_says_so(
+    run: Any, home: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Changes that waited the longest a batch may wait for a locked database (120 s;
+    half a second here) are dropped: a warning counts them, flush() returns False (once:
+    nothing was dropped after), and the next run is written."""
+    monkeypatch.setattr(_writer, "RETRY_SECONDS", 0.5)
+    db = _made(home)
+    lock = _locked(db)
+    try:
+        assert run(lambda: quick("dropped")) == "dropped"
+        assert history.flush(FLUSH_BOUND) is False
+    finally:
+        _unlocked(lock)
+    assert history.flush(FLUSH_BOUND) is True
+    (dropped,) = [w for w in _history_warnings(caplog) if "not written" in w]
+    assert dropped.startswith(f"2 state changes not written to {db}: database busy/locked for")
+    assert history.list_runs() == []
+    assert run(lambda: quick("after")) == "after"
+    flushed()
+    assert [r.parameters for r in history.list_runs()] == [{"tag": "after"}]
+
+
 # == the off switch and the settings ============================================================
 def test_history_off_records_nothing_and_makes_no_file(run: Any, tmp_path: Path) -> None:
     """history=False: the runs go on, no home directory or database is made."""
@@ -771,8 +1030,9 @@ def test_history_off_records_nothing_and_makes_no_file(run: Any, tmp_path: Path)
 
 
 def test_the_settings_come_from_the_environment(tmp_path: Path) -> None:
-    """ORCHESTR_HOME sets the home; without it, $XDG_DATA_HOME/orchestr;
-    ORCHESTR_HISTORY=false turns recording off; history_path() follows the home."""
+    """ORCHESTR_HOME sets the home; without it (or set empty), $XDG_DATA_HOME/orchestr,
+    never the current directory; ORCHESTR_HISTORY=false turns recording off;
+    history_path() follows the home."""
     code = """
         import anyio, json, os
         from orchestr import flow, history
@@ -787,15 +1047,20 @@ def test_the_settings_come_from_the_environment(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
     xdg = tmp_path / "xdg"
     base = {**env, "XDG_DATA_HOME": str(xdg), "ORCHESTR_LOGGING_LEVEL": "WARNING"}
+    here = tmp_path / "cwd"
+    here.mkdir()
     runs = [
         ({**base, "ORCHESTR_HOME": str(tmp_path / "explicit")}, tmp_path / "explicit"),
         (base, xdg / "orchestr"),
+        ({**base, "ORCHESTR_HOME": ""}, xdg / "orchestr"),
         ({**base, "ORCHESTR_HOME": str(tmp_path / "off"), "ORCHESTR_HISTORY": "false"}, None),
     ]
     for environment, where in runs:
+        (xdg / "orchestr" / "history.db").unlink(missing_ok=True)
         done = subprocess.run(
             [sys.executable, "-c", textwrap.dedent(code)],
             env=environment,
+            cwd=here,
             capture_output=True,
             text=True,
             timeout=120,
@@ -809,6 +1074,9 @@ def test_the_settings_come_from_the_environment(tmp_path: Path) -> None:
         else:
             assert shown == where / "history.db"
             assert query(shown, "SELECT flow_name FROM flow_runs") == [("tiny",)]
+        assert list(here.iterdir()) == []
+    with override_settings(home=""):  # the same in this process (no run: the real home)
+        assert history.history_path() == _default_home() / "history.db"
 
 
 def test_importing_orchestr_loads_no_sqlite_and_the_history_module_does() -> None:
@@ -972,6 +1240,31 @@ def test_parameter_values_become_json_safe_and_masked() -> None:
     assert safe["odd"] == "<Unprintable: not shown>"
     assert safe["('tuple', 'key')"] == {"set": [1, 2, 3]}
     assert safe["nested"] == {"Authorization": MASK, "clientSecret": MASK, "author": "me"}
+
+
+class Counted:
+    """A set member that counts the calls of its repr."""
+
+    calls = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __repr__(self) -> str:
+        Counted.calls += 1
+        return f"Counted({self.n})"
+
+
+def test_a_big_set_is_cut_before_it_is_sorted() -> None:
+    """A set parameter shows 100 of its members, sorted: the others are not even
+    looked at (the snapshot is taken under the state writer's lock)."""
+    big = {Counted(i) for i in range(10_000)}
+    Counted.calls = 0
+    shown = json_safe(big)
+    assert len(shown) == 101
+    assert shown[-1] == "... (9900 more)"
+    assert shown[:-1] == sorted(shown[:-1])
+    assert Counted.calls <= 300  # sorting and showing the 100, not the 10,000
 
 
 @pytest.mark.parametrize(

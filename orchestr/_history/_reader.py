@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import math
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from . import _schema
 from ._writer import history_file
 
 __all__ = [
+    "STATES",
     "FlowRunRow",
     "ResourceEventRow",
     "RunDetail",
@@ -129,6 +131,21 @@ class RunDetail:
     subflow_runs: list[FlowRunRow]
 
 
+# The names of the states a run is recorded in (a custom state's name is kept too).
+STATES = (
+    "Pending",
+    "Running",
+    "Retrying",
+    "Completed",
+    "Failed",
+    "TimedOut",
+    "Crashed",
+    "Cancelled",
+    "NotRun",
+)
+_STATE_NAMES = frozenset(name.lower() for name in STATES)
+
+
 def history_path() -> Path:
     """Where this process records its runs: ``history.db`` in the ``home`` setting
     (``ORCHESTR_HOME``)."""
@@ -154,24 +171,40 @@ def list_runs(
     path: Path | str | None = None,
 ) -> list[FlowRunRow]:
     """Recent flow runs, newest first (top-level runs and subflow runs): those of flow
-    ``flow_name``, in state ``state`` (a state name, any case), started at or after
-    ``since`` (seconds since the epoch, a datetime, or a timedelta before now); at most
-    ``limit`` (None: all). ``path`` defaults to :func:`history_path`."""
+    ``flow_name``, in state ``state`` (a state name, any case: ``"Completed"``,
+    ``"Failed"``, ``"Crashed"``, ``"Cancelled"``, ``"TimedOut"``, ``"Running"``, ...,
+    or a custom name some run ended in), started at or after ``since`` (seconds since
+    the epoch, a datetime, or a timedelta before now); at most ``limit`` (None: all).
+    ``path`` defaults to :func:`history_path`."""
     clauses: list[str] = []
     values: list[Any] = []
     if flow_name is not None:
         clauses.append("flow_name = ?")
-        values.append(_text(flow_name, "flow_name"))
+        values.append(_text(flow_name, "flow_name of list_runs()"))
     if state is not None:
         clauses.append("state = ? COLLATE NOCASE")
-        values.append(_text(state, "state"))
+        values.append(_text(state, "state of list_runs()"))
     if since is not None:
         clauses.append("started >= ?")
         values.append(_epoch(since))
     if limit is not None:
         whole(limit, "limit of list_runs()")
     where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-    with _reading(path) as conn:
+    with _reading(path, "list_runs()") as conn:
+        if state is not None and state.lower() not in _STATE_NAMES:
+            # Not a state orchestr names: a state some run ended in (a custom name), or
+            # a mistake.
+            custom = (
+                conn is not None
+                and conn.execute(
+                    "SELECT 1 FROM flow_runs WHERE state = ? COLLATE NOCASE LIMIT 1", (state,)
+                ).fetchone()
+            )
+            if not custom:
+                raise UsageError(
+                    f"state of list_runs() must be a state name ({', '.join(STATES)}; any "
+                    f"case) or the name of a custom state a run ended in, got {state!r}"
+                )
         if conn is None:
             return []
         found = conn.execute(
@@ -190,7 +223,7 @@ def get_run(run_id: str, *, path: Path | str | None = None) -> RunDetail:
     wanted = _dashed(_text(run_id, "run_id").strip().lower())
     if not wanted:
         raise UsageError("run_id of get_run() must not be empty")
-    with _reading(path) as conn:
+    with _reading(path, "get_run()") as conn:
         where = _shown(path)
         if conn is None:
             raise HistoryError(f"no flow run {run_id!r}: there is no run history at {where}")
@@ -252,10 +285,12 @@ def get_run(run_id: str, *, path: Path | str | None = None) -> RunDetail:
 
 
 def prune(older_than: float | datetime.timedelta, *, path: Path | str | None = None) -> int:
-    """Delete the flow runs that ended (or, never having ended, started) more than
-    ``older_than`` ago (seconds, or a timedelta), with their subflow runs, task runs,
-    state changes and events; returns how many flow runs went. A run is judged by its
-    top-level run: a subflow run goes with its parent."""
+    """Delete the flow runs that ended more than ``older_than`` ago (seconds, or a
+    timedelta), with their subflow runs, task runs, state changes and events; returns
+    how many flow runs went. A run is judged by its top-level run: a subflow run goes
+    with its parent. A run that never ended is judged by its start, and only once the
+    process that recorded it is gone: a run whose process is still alive on this
+    machine is still going (or will be recorded as it ends), and is never deleted."""
     if isinstance(older_than, datetime.timedelta):
         age = older_than.total_seconds()
         if age < 0:
@@ -263,20 +298,31 @@ def prune(older_than: float | datetime.timedelta, *, path: Path | str | None = N
     else:
         age = seconds(older_than, "older_than of prune()", zero=True, infinite=False, none=False)  # type: ignore[assignment]
     cutoff = time.time() - age
-    with _reading(path) as conn:
+    with _reading(path, "prune()") as conn:
         if conn is None:
             return 0
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 conn.execute("DROP TABLE IF EXISTS temp.doomed")
+                conn.execute("DROP TABLE IF EXISTS temp.going")
+                conn.execute("CREATE TEMP TABLE going (pid INTEGER PRIMARY KEY)")
+                pids = conn.execute(
+                    "SELECT DISTINCT pid FROM flow_runs WHERE ended IS NULL AND pid IS NOT NULL"
+                ).fetchall()
+                conn.executemany(
+                    "INSERT INTO temp.going VALUES (?)",
+                    [(pid,) for (pid,) in pids if _alive(pid)],
+                )
                 conn.execute(
                     """CREATE TEMP TABLE doomed AS
                     WITH RECURSIVE tree(id) AS (
                         SELECT id FROM flow_runs
                         WHERE (parent_id IS NULL
                                OR parent_id NOT IN (SELECT id FROM flow_runs))
-                          AND COALESCE(ended, started) < ?
+                          AND (ended < ?1
+                               OR (ended IS NULL AND started < ?1
+                                   AND (pid IS NULL OR pid NOT IN temp.going)))
                         UNION
                         SELECT flow_runs.id FROM flow_runs JOIN tree
                         ON flow_runs.parent_id = tree.id
@@ -291,6 +337,7 @@ def prune(older_than: float | datetime.timedelta, *, path: Path | str | None = N
                 (count,) = conn.execute("SELECT COUNT(*) FROM temp.doomed").fetchone()
                 conn.execute("DELETE FROM flow_runs WHERE id IN (SELECT id FROM temp.doomed)")
                 conn.execute("DROP TABLE temp.doomed")
+                conn.execute("DROP TABLE temp.going")
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -304,9 +351,30 @@ def prune(older_than: float | datetime.timedelta, *, path: Path | str | None = N
 
 
 # -- helpers -----------------------------------------------------------------------------
+def _alive(pid: Any) -> bool:
+    """Whether process ``pid`` exists on this machine (one of another user's too; a pid
+    reused since keeps a dead run's history a while longer, never the reverse)."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    return True
+
+
 @contextlib.contextmanager
-def _reading(path: Path | str | None) -> Iterator[sqlite3.Connection | None]:
-    """A connection to the history (migrated forward), or None if there is none yet."""
+def _reading(path: Path | str | None, caller: str) -> Iterator[sqlite3.Connection | None]:
+    """A connection to the history (migrated forward), or None if there is none yet;
+    ``path`` is checked, naming ``caller``."""
+    if path is not None and not isinstance(path, str | os.PathLike):
+        raise UsageError(f"path of {caller} must be a path (a str or an os.PathLike), got {path!r}")
     where = Path(path) if path is not None else history_path()
     if not where.exists():
         yield None

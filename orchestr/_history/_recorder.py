@@ -20,22 +20,28 @@ interpreter from the runs that make them; then it writes what is queued in batch
 (see :mod:`._writer`, which it imports: ``sqlite3`` and ``json`` never load in a flow's
 thread). It ends after :data:`IDLE_SECONDS` with nothing to do, to be started again by
 the next change: a process that stops running flows keeps no thread.
-At exit, what is still queued is written before the interpreter goes (``atexit``); a
-forked child starts with an empty queue and no thread.
+At exit, what is still queued is written before the interpreter goes (``atexit``), but
+a database another process holds locked is waited for only as long as the
+``history_exit_timeout_seconds`` setting says (2 s by default): what could not be
+written by then is dropped, and one warning per path says how many state changes went.
+A forked child starts with an empty queue and no thread.
 
 Nothing here raises into a run: a database that cannot be written is reported once
-(:mod:`._writer`) and the runs go on.
+(:mod:`._writer`) and the runs go on. Every change dropped is counted, so that
+:func:`flush` returns False when the history it waited for is not complete.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from .._checks import seconds
 from .._engine._transitions import observe
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import StateType
@@ -45,7 +51,7 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..states import State
 
-__all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "record_flow_run"]
+__all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "note_dropped", "record_flow_run"]
 
 POLL_SECONDS = 0.25  # how often the writer looks at the queue
 IDLE_SECONDS = 0.5  # how long it waits with nothing to write before it ends
@@ -53,7 +59,9 @@ BURST_ITEMS = 1_000  # changes queued between two looks that make a burst
 DEFER_SECONDS = 2.0  # how long it lets changes wait while a burst goes on, at most
 DEFER_ITEMS = 200_000  # how many, at most
 BATCH_ITEMS = 20_000  # changes written per transaction, at most
-EXIT_SECONDS = 60.0  # bound on writing what is left at interpreter exit
+# At exit, a writer that makes no progress at all for this long (a hung file system;
+# a busy database is given up by the exit deadline, long before) is left behind.
+STUCK_SECONDS = 60.0
 THREAD_NAME = "orchestr history writer"
 
 
@@ -91,6 +99,15 @@ _installed = False
 _thread: threading.Thread | None = None
 _now = time.time
 _RUNNING = StateType.RUNNING
+_log = logging.getLogger("orchestr.history")
+
+# What could not be written (set by the writer, under its thread or at exit):
+dropped = 0  # changes dropped in this process
+_dropped_seen = 0  # ... as of the last flush()
+exit_deadline: float | None = None  # at exit: when waiting for a busy database ends
+exit_dropped: dict[str, int] = {}  # at exit: changes dropped for a busy database, by path
+in_flight: tuple[str, int] | None = None  # the batch being written: its path and size
+progress = 0  # batches written or dropped
 
 
 def record_flow_run(record: FlowRunRecord, settings: Settings) -> None:
@@ -244,36 +261,64 @@ def _drain(writer: Any) -> None:
         writer.write(batch)
 
 
+def note_dropped(path: str, count: int, *, busy: bool) -> None:
+    """``count`` changes for the history at ``path`` could not be written (``busy``: it
+    stayed locked by another process) and were dropped (called by the writer)."""
+    global dropped
+    dropped += count
+    if busy and exit_deadline is not None:
+        exit_dropped[path] = exit_dropped.get(path, 0) + count
+
+
 def flush(timeout: float | None = None) -> bool:
     """Block until every change recorded in this process so far is written to the
-    history (or dropped, after the one warning, because it could not be). True when
-    done; False if ``timeout`` (seconds) ran out first. Runs are written without it
-    (within a fraction of a second, and at exit); call it before reading the history
-    of runs that just ended in this process."""
-    global _urgent
-    if not _running and not _queue:
-        return True
-    marker = threading.Event()
-    _queue.append(marker)
-    _urgent = True
-    _start()
-    _wake.set()
-    if not _running and _exiting:  # no thread at exit: _at_exit writes the queue
-        return marker.is_set()
-    return marker.wait(timeout)
+    history, or ``timeout`` (seconds; None: no bound) runs out. True when everything
+    recorded since the last ``flush()`` (or since the process began) is written; False
+    if the timeout ran out first, or if changes were dropped because the history could
+    not be written (a database locked by another process for too long, one that cannot
+    be opened or written: see the warnings on the ``orchestr.history`` logger). Runs
+    are written without it (within a fraction of a second, and at exit); call it before
+    reading the history of runs that just ended in this process."""
+    global _urgent, _dropped_seen
+    bound = seconds(timeout, "timeout of flush()", zero=True, infinite=True)
+    done = True
+    if _running or _queue:
+        marker = threading.Event()
+        _queue.append(marker)
+        _urgent = True
+        _start()
+        _wake.set()
+        # No thread at exit: _at_exit writes the queue.
+        done = marker.is_set() if not _running and _exiting else marker.wait(bound)
+    found = dropped
+    complete = done and found == _dropped_seen
+    _dropped_seen = found
+    return complete
 
 
 def _at_exit() -> None:
-    """Write what is still queued before the interpreter goes."""
-    global _exiting
+    """Write what is still queued before the interpreter goes: waiting for a database
+    another process holds locked at most ``history_exit_timeout_seconds``; then report
+    what could not be written."""
+    global _exiting, exit_deadline
     _exiting = True
     thread = _thread
+    if thread is None and not _queue:
+        return  # nothing was recorded in this process
+    exit_deadline = time.monotonic() + _exit_timeout()
     if thread is not None and thread.is_alive():
         _wake.set()
-        thread.join(EXIT_SECONDS)
-        if thread.is_alive():
-            return  # stuck (a database locked for a minute): the process exits anyway
-    if _queue:
+        # Bounded by progress, not by time: a long backlog being written is waited for;
+        # a busy database is given up by the writer at the deadline.
+        last, since = progress, time.monotonic()
+        while thread.is_alive():
+            thread.join(0.1)
+            if progress != last:
+                last, since = progress, time.monotonic()
+            elif time.monotonic() - since >= STUCK_SECONDS:
+                break
+    stuck = thread is not None and thread.is_alive()
+    if _queue and not stuck:
         from ._writer import Writer
 
         writer = Writer()
@@ -281,13 +326,55 @@ def _at_exit() -> None:
             _drain(writer)
         finally:
             writer.close()
+    _report_exit_drops(stuck)
+
+
+def _exit_timeout() -> float:
+    from ..settings import get_settings
+
+    try:
+        return float(get_settings().history_exit_timeout_seconds)
+    except Exception:  # settings that cannot be read now: the default
+        return 2.0
+
+
+def _report_exit_drops(stuck: bool) -> None:
+    """One warning per path for the changes dropped at exit (a busy database; or left
+    queued behind a writer that is stuck)."""
+    reasons = {path: "database busy/locked" for path in exit_dropped}
+    counts = dict(exit_dropped)
+    if stuck:
+        left: list[tuple[str, int]] = [] if in_flight is None else [in_flight]
+        for item in list(_queue):
+            if type(item) is not threading.Event:
+                left.append((_path_of(item[4]), 1))
+        for path, count in left:
+            counts[path] = counts.get(path, 0) + count
+            reasons.setdefault(path, f"the writer made no progress for {STUCK_SECONDS:.0f} s")
+    for path, count in counts.items():
+        _log.warning("%d state changes not written to %s: %s", count, path, reasons[path])
+
+
+def _path_of(recorded: Recorded) -> str:
+    if recorded.path is not None:
+        return recorded.path
+    try:
+        from ._writer import history_file
+
+        return history_file(recorded.settings.home)
+    except Exception:
+        return "the run history"
 
 
 def _forget() -> None:
     """In a forked child: nothing queued, no writer (the parent's thread did not come
     along, and its connections are the parent's)."""
     global _queue, _recorded, _lock, _wake, _running, _thread
+    global dropped, _dropped_seen, exit_deadline, in_flight
     _queue = deque()
+    dropped = _dropped_seen = 0
+    exit_deadline = in_flight = None
+    exit_dropped.clear()
     _recorded = {}
     _lock = threading.Lock()
     _wake = threading.Event()

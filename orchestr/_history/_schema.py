@@ -40,7 +40,7 @@ __all__ = [
     "version_of",
 ]
 
-BUSY_SECONDS = 30.0  # how long a connection waits for another process's write
+BUSY_SECONDS = 30.0  # how long a reader's connection waits for another process's write
 
 MIGRATIONS: dict[int, tuple[str, ...]] = {
     1: (
@@ -98,20 +98,21 @@ class NewerSchemaError(Exception):
     """The database was made by a newer orchestr (its schema version is higher)."""
 
 
-def connect(path: str, *, write: bool) -> sqlite3.Connection:
+def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
     """A connection to the history at ``path``, migrated to :data:`VERSION` (created,
-    with its directory, if ``write``). Raises ``sqlite3.Error`` / ``OSError`` when the
-    file cannot be opened or is not a database, :class:`NewerSchemaError` when ``write``
+    with its directory, if ``write``), that waits ``busy_seconds`` for a database another
+    connection is writing. Raises ``sqlite3.Error`` / ``OSError`` when the file cannot be
+    opened or is not a database (or stays busy), :class:`NewerSchemaError` when ``write``
     and the database is newer than this orchestr."""
     if write:
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Autocommit (isolation_level=None): transactions are begun explicitly, IMMEDIATE,
     # so that a writer takes the write lock up front (no deadlocked lock upgrades).
     conn = sqlite3.connect(
-        path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        path, timeout=busy_seconds, isolation_level=None, check_same_thread=False
     )
     try:
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
         found = version_of(conn)  # the first read: fails if the file is not a database
         if found > VERSION and write:  # before anything changes the file
             raise NewerSchemaError(

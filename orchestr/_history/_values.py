@@ -8,10 +8,14 @@ parameter's, a dict key's, a field's) looks like a secret (``password``, ``api_k
 ``token``, ``secret``, ``credentials``, ...), and the password of a URL
 (``postgres://user:**********@host``).
 
-An error becomes one line, ``ExcType: message``, and the place in the user's code that
-raised it, ``path/to/file.py:LINE in function``: the last frame of its traceback that is
-neither orchestr's, nor the standard library's, nor an installed package's (else the
-last frame that is not orchestr's).
+An error becomes ``ExcType: message`` (URL passwords masked, and the values pydantic's
+validation errors quote, ``input_value=...``, left out: the parameters are stored, masked,
+beside it), and the place in the user's code that raised it, ``path/to/file.py:LINE in
+function``: the last frame of its traceback that is neither orchestr's, nor the standard
+library's, nor an installed package's (else the last frame that is not orchestr's).
+
+The same masking serves the engine's ``Beginning with parameters ...`` log line
+(:func:`masked_repr`).
 
 Nothing here imports ``json`` or ``pydantic``: it runs in the flow's own thread, where
 the state observer takes the snapshot.
@@ -37,6 +41,7 @@ __all__ = [
     "is_secret_name",
     "json_safe",
     "mask_url",
+    "masked_repr",
     "parameters_snapshot",
 ]
 
@@ -135,7 +140,9 @@ def _safe(value: Any, depth: int) -> Any:
     if isinstance(value, Mapping):
         return _mapping(value.items(), len(value), depth)
     if isinstance(value, list | tuple | set | frozenset):
-        items = value if not isinstance(value, set | frozenset) else sorted(value, key=repr)
+        items: Any = value
+        if isinstance(value, set | frozenset):  # in a stable order: the ones shown only
+            items = sorted(itertools.islice(value, _MAX_ITEMS), key=repr)
         shown = [
             json_safe(item, depth + 1) for item, _ in zip(items, range(_MAX_ITEMS), strict=False)
         ]
@@ -175,6 +182,82 @@ def _short(text: str) -> str:
     return text if len(text) <= _MAX_STRING else text[: _MAX_STRING - 3] + "..."
 
 
+# -- the log line's reprs -----------------------------------------------------------------
+_reprs: Any = None
+_SHORT_REPR = 100
+
+
+def masked_repr(value: Any, name: str = "") -> str:
+    """``repr(value)`` shortened like ``reprlib`` does (as the engine's log lines show
+    values), with the secrets :func:`json_safe` masks masked: a value named like a
+    secret, dict items and fields so named, ``SecretStr`` (its own repr), URL passwords
+    (masked in the whole text before it is cut)."""
+    if name and is_secret_name(name):
+        return MASK
+    global _reprs
+    if _reprs is None:
+        _reprs = _masking_repr()
+    text = str(_reprs.repr(value))
+    return text if len(text) <= _SHORT_REPR else text[: _SHORT_REPR - 3] + "..."
+
+
+def _masking_repr() -> Any:
+    import reprlib  # deferred: only a flow run's first log line needs it
+
+    class MaskingRepr(reprlib.Repr):
+        def repr_str(self, x: Any, level: int) -> str:
+            return str(super().repr_str(mask_url(x), level))
+
+        def repr_dict(self, x: Any, level: int) -> str:
+            if not x:
+                return "{}"
+            if level <= 0:
+                return "{" + self.fillvalue + "}"
+            pieces = []
+            for key in itertools.islice(x, self.maxdict):
+                secret = isinstance(key, str) and is_secret_name(key)
+                shown = MASK if secret else self.repr1(x[key], level - 1)
+                pieces.append(f"{self.repr1(key, level - 1)}: {shown}")
+            if len(x) > self.maxdict:
+                pieces.append(self.fillvalue)
+            return "{" + ", ".join(pieces) + "}"
+
+        def repr_instance(self, x: Any, level: int) -> str:
+            fields = _field_names(x)
+            if any(is_secret_name(field) for field in fields):
+                shown = ", ".join(f"{field}={self._field(x, field, level - 1)}" for field in fields)
+                return f"{type(x).__name__}({shown})"
+            try:
+                text = mask_url(repr(x))
+            except Exception:
+                return f"<{type(x).__name__} instance at {id(x):#x}>"
+            if len(text) > self.maxother:
+                i = max(0, (self.maxother - 3) // 2)
+                j = max(0, self.maxother - 3 - i)
+                text = text[:i] + self.fillvalue + text[len(text) - j :]
+            return text
+
+        def _field(self, x: Any, field: str, level: int) -> str:
+            return MASK if is_secret_name(field) else self.repr1(getattr(x, field, None), level)
+
+    found = MaskingRepr()
+    found.maxlevel = 3
+    found.maxstring = 60
+    found.maxother = 60
+    found.maxlong = 40
+    return found
+
+
+def _field_names(value: Any) -> list[str]:
+    """The fields of a dataclass instance or a pydantic model, else none."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return [f.name for f in dataclasses.fields(value)]
+    fields = getattr(type(value), "model_fields", None)
+    if isinstance(fields, Mapping) and callable(getattr(value, "model_dump", None)):
+        return [name for name in fields if isinstance(name, str)]
+    return []
+
+
 def parameters_snapshot(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The history's copy of a flow run's parameters (see :func:`json_safe`)."""
     return {
@@ -193,9 +276,13 @@ def error_text(error: BaseException | None) -> str | None:
     except Exception:
         message = "(its message could not be read)"
     text = f"{type(error).__name__}: {message}" if message else type(error).__name__
-    text = mask_url(text)
+    text = _PYDANTIC_INPUT.sub(r"\g<1>]", mask_url(text))
     return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
 
+
+# pydantic's ValidationError lines quote the value: "[type=int_parsing,
+# input_value='sk-live-1234', input_type=str]" (greedy: to the line's last input_type).
+_PYDANTIC_INPUT = re.compile(r"(\[type=[^,\]\s]+), input_value=.*, input_type=[^\]\s]+\]$", re.M)
 
 _STDLIB_DIR = os.path.join(os.path.dirname(os.__file__), "")
 

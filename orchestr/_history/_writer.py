@@ -5,14 +5,23 @@ A batch holds each run's changes in order. Every run changed in the batch is wri
 once: an upsert of its record as it is now (at least as new as its last change in the
 batch), its changes appended to its ``changes`` column (see :mod:`._schema`); a flow
 run's resource events are written as they appear on its record. Rows are built before
-the transaction, which is retried while another process holds the database
-(``SQLITE_BUSY``, past the busy timeout) for up to :data:`RETRY_SECONDS`.
+the transaction.
+
+While another process holds the database (``SQLITE_BUSY``), the transaction is tried
+again, in waits of :data:`BUSY_SLICE_SECONDS` (SQLite's busy timeout; short, so that
+the writer can look up from it), for up to :data:`RETRY_SECONDS`; a batch kept waiting
+:data:`BUSY_WARN_SECONDS` is reported once per path (WARNING on ``orchestr.history``),
+and one that waited :data:`RETRY_SECONDS` is dropped, with a warning saying how many
+state changes went. At interpreter exit the wait is bounded by the recorder's exit
+deadline (the ``history_exit_timeout_seconds`` setting): past it, what is left for that
+path is dropped and counted, and the recorder reports it once.
 
 A database that cannot be opened (a home that is not writable, a file that is not a
 database, a newer schema) or written (a full disk, an I/O error) is reported once per
 path, as a WARNING on the ``orchestr.history`` logger; what could not be written is
 dropped and the runs go on. A path that could not be opened is not tried again in this
-process.
+process. Every change dropped is counted (:func:`._recorder.note_dropped`), so that
+``flush()`` can say the history is not complete.
 """
 
 from __future__ import annotations
@@ -24,16 +33,27 @@ import sqlite3
 import time
 from typing import Any
 
-from . import _schema
+from . import _recorder, _schema
 from ._recorder import Recorded
 from ._values import error_origin, error_text
 
-__all__ = ["RETRY_SECONDS", "Writer", "history_file"]
+__all__ = [
+    "BUSY_SLICE_SECONDS",
+    "BUSY_WARN_SECONDS",
+    "RETRY_SECONDS",
+    "DatabaseBusy",
+    "Writer",
+    "history_file",
+]
 
-RETRY_SECONDS = 120.0
+RETRY_SECONDS = 120.0  # how long a batch waits for a busy database before it is dropped
+BUSY_WARN_SECONDS = 5.0  # a batch kept waiting this long is reported (once per path)
+BUSY_SLICE_SECONDS = 0.5  # SQLite's busy timeout for the writer: one wait, between looks
 _log = logging.getLogger("orchestr.history")
 _warned: set[str] = set()  # paths reported, once each, process-wide
+_busy_warned: set[str] = set()  # paths reported busy, once each
 _broken: set[str] = set()  # paths that could not be opened
+_abandoned: set[str] = set()  # paths given up at exit: busy past the exit deadline
 
 _FLOW_UPSERT = """
 INSERT INTO flow_runs (id, name, flow_name, parent_id, state, started, ended, attempts,
@@ -66,6 +86,14 @@ ON CONFLICT (flow_run_id, key) DO UPDATE SET
 """
 _EVENT_INSERT = "INSERT INTO run_events VALUES (?, ?, ?, ?, ?, ?)"
 _SQLITE_BUSY_CODES = (5, 6)  # SQLITE_BUSY, SQLITE_LOCKED
+
+
+class DatabaseBusy(Exception):
+    """Another process held the database for longer than a batch may wait."""
+
+    def __init__(self, waited: float) -> None:
+        super().__init__(f"busy for {waited:.1f} s")
+        self.waited = waited
 
 
 def history_file(home: Any) -> str:
@@ -106,15 +134,31 @@ class Writer:
                 part = groups.setdefault(recorded.path or self._resolve(recorded), [])
             part.append(item)
         for path, part in groups.items():
-            if path in _broken:
+            if path in _broken or path in _abandoned:  # reported already
+                _recorder.note_dropped(path, len(part), busy=path in _abandoned)
                 continue
+            _recorder.in_flight = (path, len(part))
             try:
                 self._write(path, part)
+            except DatabaseBusy as exc:
+                self._forget(path)
+                if _recorder.exit_deadline is not None:
+                    _abandoned.add(path)  # the process is going: no more waits for it
+                else:  # (at exit, the recorder reports all it dropped, once)
+                    _log.warning(
+                        "%d state changes not written to %s: database busy/locked for %.0f s",
+                        len(part),
+                        path,
+                        exc.waited,
+                    )
+                _recorder.note_dropped(path, len(part), busy=True)
             except Exception as exc:  # never into the runs: reported once, dropped
                 warn_once(path, exc)
-                conn = self._databases.pop(path, None)
-                if conn is not None:
-                    _close(conn)
+                self._forget(path)
+                _recorder.note_dropped(path, len(part), busy=False)
+            finally:
+                _recorder.in_flight = None
+                _recorder.progress += 1
 
     def close(self) -> None:
         for conn in self._databases.values():
@@ -131,16 +175,52 @@ class Writer:
         recorded.path = path
         return path
 
+    def _forget(self, path: str) -> None:
+        conn = self._databases.pop(path, None)
+        if conn is not None:
+            _close(conn)
+
     def _write(self, path: str, items: list[Any]) -> None:
+        rows = self._rows(items)
+        started = time.monotonic()
+        while True:
+            try:
+                _commit(self._connection(path), rows)
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):
+                    raise
+            # Another process holds the database: wait on (SQLite did, for a slice),
+            # within bounds.
+            now = time.monotonic()
+            waited = now - started
+            if waited >= BUSY_WARN_SECONDS and path not in _busy_warned:
+                _busy_warned.add(path)
+                _log.warning(
+                    "The run history at %s has been busy (locked by another process) for "
+                    "%.0f s; runs go on, their state changes wait to be written",
+                    path,
+                    waited,
+                )
+            deadline = _recorder.exit_deadline
+            if waited >= RETRY_SECONDS or (deadline is not None and now >= deadline):
+                raise DatabaseBusy(waited)
+            time.sleep(0.01)  # SQLite may answer busy without waiting: never spin
+
+    def _connection(self, path: str) -> sqlite3.Connection:
         conn = self._databases.get(path)
         if conn is None:
             try:
-                conn = _schema.connect(path, write=True)
+                conn = _schema.connect(path, write=True, busy_seconds=BUSY_SLICE_SECONDS)
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc):  # busy (say, migrating): tried again; else broken
+                    _broken.add(path)
+                raise
             except Exception:
                 _broken.add(path)
                 raise
             self._databases[path] = conn
-        _commit(conn, self._rows(items))
+        return conn
 
     def _rows(self, items: list[Any]) -> tuple[list[Any], ...]:
         # The hot loop of the writer: a task run's items in the batch (usually one, its
@@ -239,33 +319,23 @@ def _line(item: tuple[Any, ...]) -> str:
 
 def _commit(conn: sqlite3.Connection, rows: tuple[list[Any], ...]) -> None:
     flow_rows, task_rows, event_rows = rows
-    deadline = time.monotonic() + RETRY_SECONDS
-    delay = 0.05
-    while True:
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                if flow_rows:
-                    conn.executemany(_FLOW_UPSERT, flow_rows)
-                if task_rows:
-                    conn.executemany(_TASK_UPSERT, task_rows)
-                if event_rows:
-                    conn.executemany(_EVENT_INSERT, event_rows)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            return
-        except sqlite3.OperationalError as exc:
-            # Past the busy timeout, another process still holds the database: wait
-            # and try again, for a while.
-            if getattr(exc, "sqlite_errorcode", None) not in _SQLITE_BUSY_CODES:
-                raise
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(delay)
-            delay = min(delay * 2, 1.0)
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        if flow_rows:
+            conn.executemany(_FLOW_UPSERT, flow_rows)
+        if task_rows:
+            conn.executemany(_TASK_UPSERT, task_rows)
+        if event_rows:
+            conn.executemany(_EVENT_INSERT, event_rows)
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    return getattr(exc, "sqlite_errorcode", None) in _SQLITE_BUSY_CODES
 
 
 def _close(conn: sqlite3.Connection) -> None:

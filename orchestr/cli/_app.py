@@ -5,6 +5,10 @@ Click parses; the commands' work lives beside this module (``_loading``, ``_para
 ``_run`` for ``run``; ``_runs`` for the history). The history modules are imported by the
 ``runs`` commands only, so ``orchestr run`` does not load SQLite unless the run history
 is on.
+
+Two failures are handled here for every command: Ctrl-C before a run starts (during a
+slow import, say) exits 130 like an interrupted run, not Click's 1; and the history's
+own errors (a file that is not a database, an empty id) are bad input, exit 2.
 """
 
 from __future__ import annotations
@@ -15,16 +19,25 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.shell_completion import add_completion_class
 
 from .. import __version__
+from ..exceptions import HistoryError, UsageError
 from ..flows import Flow
-from ._codes import exit_codes_help
+from ._codes import ExitCode, exit_codes_help
+from ._completion import ColonBashComplete
+from ._errors import BadInput
 from ._format import console as make_console
+from ._format import on_terminal
 from ._loading import complete_target, load_flow
 from ._params import flow_arguments, parameters_of
 from ._run import execute
+from ._settings import checked_settings
 
 __all__ = ["cli", "main"]
+
+# Click's bash completion, but `file.py:` completes with bash's default COMP_WORDBREAKS.
+add_completion_class(ColonBashComplete)
 
 _COMPLETION = """\b
 Shell completion (bash; zsh_source and fish_source for zsh and fish):
@@ -50,7 +63,33 @@ Exit status:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]}, epilog=_COMPLETION)
+class _Orchestr(click.Group):
+    """The top-level group: Ctrl-C outside a run (which handles its own) exits 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            click.echo("\nAborted: interrupted by SIGINT (Ctrl-C).", err=True)
+            raise click.exceptions.Exit(int(ExitCode.SIGINT)) from None
+
+
+class _HistoryCommands(click.Group):
+    """The ``runs`` group: what the history refuses (a file that is not a database, an
+    empty id, a bad filter) is one ``Error:`` line and exit code 2 for all its commands."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (HistoryError, UsageError) as exc:
+            raise BadInput(str(exc)) from None
+
+
+@click.group(
+    cls=_Orchestr,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_COMPLETION,
+)
 @click.version_option(__version__, "--version", "-V", prog_name="orchestr")
 def cli() -> None:
     """orchestr: run flows and look back at their runs, without a server."""
@@ -110,6 +149,7 @@ def run_command(
             click.echo(ctx.get_help())
             ctx.exit(0)
         raise click.UsageError("Missing argument 'TARGET' (path/to/file.py:flow_name).", ctx)
+    checked_settings(for_run=True)
     flow, where = load_flow(target)
     if show_help:
         click.echo(ctx.get_help())
@@ -118,7 +158,7 @@ def run_command(
         ctx.exit(0)
     args, kwargs = flow_arguments(flow, pairs, params_file)
     console = make_console()
-    live = console.is_terminal and not console.is_dumb_terminal and not plain
+    live = on_terminal(console) and not console.is_dumb_terminal and not plain
     code = execute(
         flow,
         args,
@@ -142,11 +182,12 @@ def _flow_help(flow: Flow[Any, Any], where: str) -> str:
         rows = []
         for parameter in parameters_of(flow):
             if parameter.kind is inspect.Parameter.VAR_POSITIONAL:
-                continue  # cannot be given by name
+                rows.append((f"*{parameter.name}", "not settable from the command line"))
+                continue
             if parameter.kind is inspect.Parameter.VAR_KEYWORD:
                 rows.append(("--param NAME=VALUE", f"{parameter.type_text}; any other name"))
                 continue
-            default = "required" if parameter.required else f"default: {parameter.default!r}"
+            default = "required" if parameter.required else f"default: {parameter.default_text}"
             rows.append((f"--param {parameter.name}=…", f"{parameter.type_text}; {default}"))
         if rows:
             formatter.write_dl(rows)
@@ -155,10 +196,11 @@ def _flow_help(flow: Flow[Any, Any], where: str) -> str:
     return formatter.getvalue().rstrip()
 
 
-@cli.group("runs")
+@cli.group("runs", cls=_HistoryCommands)
 def runs_group() -> None:
     """Look back at recorded runs: the run history in the orchestr home directory
     (ORCHESTR_HOME; on by default, ORCHESTR_HISTORY=false turns it off)."""
+    checked_settings(for_run=False)
 
 
 @runs_group.command("list")

@@ -27,7 +27,7 @@ class ExitCode(enum.IntEnum):
 _MEANINGS = {
     ExitCode.COMPLETED: "the flow run completed",
     ExitCode.FAILED: "the flow run failed (Failed, TimedOut)",
-    ExitCode.USAGE: "bad usage, flow or parameters: the run did not start",
+    ExitCode.USAGE: "bad usage, flow, parameters or settings: the run did not start",
     ExitCode.CRASHED: "the flow run crashed (Crashed) or ended in another state",
     ExitCode.CANCELLED: "the flow run was cancelled",
     ExitCode.SIGINT: "interrupted by SIGINT (Ctrl-C): cancelled, resources cleaned up",

@@ -19,6 +19,7 @@ __all__ = [
     "duration_text",
     "elapsed_text",
     "error_list",
+    "on_terminal",
     "state_style",
     "time_text",
 ]
@@ -56,9 +57,21 @@ def console() -> Console:
     120 columns wide rather than Rich's 80: tables stay one line per row in CI logs and
     pipes."""
     found = Console(highlight=False)
-    if not found.is_terminal and "COLUMNS" not in os.environ:
+    if not on_terminal(found) and "COLUMNS" not in os.environ:
         found = Console(highlight=False, width=_PIPE_WIDTH)
     return found
+
+
+def on_terminal(console: Console) -> bool:
+    """Whether ``console`` writes to a terminal (``isatty()``). Rich's ``is_terminal``
+    also says yes when ``FORCE_COLOR`` or ``TTY_COMPATIBLE`` is set, which CI often does
+    for colours: that may colour text in a pipe, but must not draw a live display
+    (cursor moves, redraws) into it."""
+    isatty = getattr(console.file, "isatty", None)
+    try:
+        return bool(isatty is not None and isatty())
+    except ValueError:  # a closed file
+        return False
 
 
 def state_style(state_name: str) -> str:

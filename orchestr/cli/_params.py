@@ -9,7 +9,9 @@ one JSON object, whose values are validated the same way; ``--param`` wins over 
 
 Every mistake is checked before the run starts, so it is reported as bad input (exit
 code 2) naming the parameter, never as a failed run: an unknown name, a missing required
-parameter, a value that does not validate, a file that is not a JSON object.
+parameter, a value that does not validate, a file that is not a JSON object. The names
+of the flow call's own keywords (``return_state``, ``wait_for``) and of the flow's
+``*args`` and ``**kwargs`` are refused too: none of them can be given as ``KEY=VALUE``.
 """
 
 from __future__ import annotations
@@ -23,11 +25,14 @@ from typing import Any
 from .._engine._params import _type_hints
 from ..flows import Flow
 from ._errors import BadInput
+from ._hints import default_text, type_text
 
 __all__ = ["FlowParameter", "flow_arguments", "parameters_of"]
 
 _EMPTY = inspect.Parameter.empty
 _VAR = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+# Keywords of the flow call itself (Flow.__call__ takes them), never the flow's.
+_CALL_KEYWORDS = ("return_state", "wait_for")
 
 
 @dataclass(frozen=True)
@@ -47,7 +52,11 @@ class FlowParameter:
     def type_text(self) -> str:
         if self.hint is _EMPTY:
             return "text (no type hint)"
-        return inspect.formatannotation(self.hint)
+        return type_text(self.hint)
+
+    @property
+    def default_text(self) -> str:
+        return "required" if self.default is _EMPTY else default_text(self.default)
 
 
 def parameters_of(flow: Flow[Any, Any]) -> list[FlowParameter]:
@@ -98,6 +107,11 @@ def _read_file(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise BadInput(f"cannot read --params-file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise BadInput(
+            f"--params-file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); "
+            "JSON files are UTF-8"
+        ) from None
     try:
         found = json.loads(text)
     except ValueError as exc:
@@ -117,8 +131,23 @@ def _parameter(
     name: str,
     how: str,
 ) -> FlowParameter:
+    if name in _CALL_KEYWORDS:
+        raise BadInput(
+            f"{name!r} ({how}) is a keyword of the flow call itself, not a parameter of "
+            f"flow {flow.name!r}: the command line cannot set it"
+        )
     found = parameters.get(name)
-    if found is not None and found.kind not in _VAR:
+    if found is not None and found.kind is inspect.Parameter.VAR_POSITIONAL:
+        raise BadInput(
+            f"{name!r} ({how}) is the *{name} of flow {flow.name!r}: positional arguments "
+            "cannot be given from the command line, only named parameters"
+        )
+    if found is not None and found.kind is inspect.Parameter.VAR_KEYWORD:
+        raise BadInput(
+            f"{name!r} ({how}) is the **{name} of flow {flow.name!r}: give its entries one "
+            "by one, as --param KEY=VALUE"
+        )
+    if found is not None:
         return found
     if extra is not None:  # **kwargs takes any other name, with its value hint
         return FlowParameter(name, inspect.Parameter.KEYWORD_ONLY, extra.hint, _EMPTY)

@@ -3,6 +3,10 @@ live display on a terminal, plain progress lines elsewhere), run the flow as a u
 program would (its signal handling included: the first SIGINT or SIGTERM cancels the
 run and its resources clean up, a second one escalates), then print the summary and
 give the exit code of its final state.
+
+The summary comes first; only then does it wait, briefly, for the run history to write
+the run (a database locked by another process must not hold the summary back), and it
+says how to look the run up only if the history did write it.
 """
 
 from __future__ import annotations
@@ -27,11 +31,12 @@ from ..settings import get_settings, override_settings
 from ._codes import ExitCode, exit_code_for
 from ._live import live_display, plain_progress
 from ._progress import Progress
-from ._summary import summary
+from ._summary import look_back, summary
 
 __all__ = ["execute"]
 
-_HISTORY_FLUSH_SECONDS = 10.0
+# Only for the "look back" hint: what is still queued is written at exit regardless.
+_HISTORY_FLUSH_SECONDS = 2.0
 
 
 def execute(
@@ -64,14 +69,20 @@ def execute(
                 interrupted = "SIGINT"
             except Terminated:
                 interrupted = "SIGTERM"
+            except SystemExit:
+                # sys.exit() in the flow's body: the run crashed (the engine re-raises it
+                # after recording that); its code is not the command's: the summary
+                # and exit code 3 follow, as for any crash.
+                pass
             except Exception as exc:  # the call itself failed, outside any run's state
                 _report_call_error(console, flow, exc)
     finally:
         stop_observing()
     record = state.record if state is not None else progress.top
     flow_run = record if isinstance(record, FlowRunRecord) else progress.top
-    recorded = _flush_history()
-    console.print(summary(flow_run, interrupted=interrupted, run_id_hint=recorded))
+    console.print(summary(flow_run, interrupted=interrupted))
+    if flow_run is not None and _flush_history():
+        console.print(look_back(flow_run))
     if interrupted is not None:
         return ExitCode.SIGINT if interrupted == "SIGINT" else ExitCode.SIGTERM
     if state is None:
@@ -90,8 +101,8 @@ def _report_call_error(console: Console, flow: Flow[Any, Any], exc: Exception) -
 
 
 def _flush_history() -> bool:
-    """Wait (bounded) until the run history has written this run; whether it did (False
-    when history is off)."""
+    """Wait (briefly) until the run history has written this run; whether it did (False
+    when history is off, when it could not write, or when it is still writing)."""
     if not getattr(get_settings(), "history", False):
         return False
     try:

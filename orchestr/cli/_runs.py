@@ -1,5 +1,6 @@
 """``orchestr runs list|show|prune``: the run history (``orchestr.history``) drawn in the
-terminal with Rich, or as JSON for scripts."""
+terminal with Rich, or as JSON for scripts. What the history refuses (``HistoryError``,
+``UsageError``) is turned into bad input in one place, the ``runs`` group in ``_app``."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from rich.text import Text
 from .. import history
 from ._errors import BadInput
 from ._format import ORDER, console, counts_text, duration_text, error_list, state_style, time_text
-from ._timeline import bars_of, timeline
+from ._timeline import bars_of, cut, timeline
 
 __all__ = ["list_command", "parse_age", "parse_since", "prune_command", "show_command"]
 
@@ -34,7 +35,12 @@ def parse_age(text: str, option: str) -> dt.timedelta:
         raise BadInput(
             f"{option} {text!r} is not an age: give a number and a unit, e.g. 30m, 12h, 30d, 2w"
         )
-    return dt.timedelta(seconds=float(found[1]) * _UNITS[found[2].lower()])
+    try:
+        return dt.timedelta(seconds=float(found[1]) * _UNITS[found[2].lower()])
+    except OverflowError:
+        raise BadInput(
+            f"{option} {text!r} is out of range: at most {dt.timedelta.max.days} days"
+        ) from None
 
 
 def parse_since(text: str) -> dt.timedelta | dt.datetime:
@@ -43,12 +49,17 @@ def parse_since(text: str) -> dt.timedelta | dt.datetime:
     if _AGE.match(text):
         return parse_age(text, "--since")
     try:
-        return dt.datetime.fromisoformat(text.strip())
+        when = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         raise BadInput(
             f"--since {text!r} is neither an age (30m, 2h, 7d) nor an ISO date or time "
             "(2024-05-01, 2024-05-01T12:00)"
         ) from None
+    try:
+        when.timestamp()  # what the history compares with
+    except (OverflowError, ValueError, OSError):
+        raise BadInput(f"--since {text!r} is out of range: give a later date") from None
+    return when
 
 
 def _state(text: str) -> str:
@@ -113,10 +124,9 @@ def _as_json(row: Any) -> dict[str, Any]:
 
 
 def show_command(run_id: str, *, max_rows: int) -> None:
-    try:
-        detail = history.get_run(run_id)
-    except history.HistoryError as exc:
-        raise BadInput(str(exc)) from None
+    if not run_id.strip():
+        raise BadInput("RUN_ID is empty: give a run id or a unique prefix of one")
+    detail = history.get_run(run_id)  # no such run: a HistoryError, bad input (_app)
     out = console()
     out.print(_header(detail.flow_run))
     out.print()
@@ -125,15 +135,21 @@ def show_command(run_id: str, *, max_rows: int) -> None:
     if task_runs:
         out.print(Text.assemble(("task runs: ", "bold"), counts_text(r.state for r in task_runs)))
     if bars:
-        shown = bars if max_rows == 0 else bars[:max_rows]
+        shown, left_out = cut(bars, max_rows)
         name_width = min(30, max(len(b.label.plain) for b in shown))
         width = max(20, out.width - name_width - 36)
         out.print(
             timeline(shown, start=detail.flow_run.started, end=detail.flow_run.ended, width=width)
         )
-        if len(shown) < len(bars):
+        if left_out:
             out.print(
-                Text(f"… {len(bars) - len(shown)} more (--max-rows 0 shows all)", style="dim")
+                Text(
+                    f"… {len(left_out)} more runs left out "
+                    f"({counts_text(b.state for b in left_out)}):"
+                    " shown are the failed, the slowest and the last to end"
+                    " (--max-rows 0 shows all)",
+                    style="dim",
+                )
             )
     else:
         out.print(Text("no task runs", style="dim"))

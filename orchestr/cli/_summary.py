@@ -21,7 +21,7 @@ from .._tracebacks import is_internal_file, origin_of
 from ..records import FlowRunRecord, RunRecord, TaskRunRecord
 from ._format import ORDER, counts_text, duration_text, error_list, state_style
 
-__all__ = ["Failure", "failures_of", "raise_site", "summary"]
+__all__ = ["Failure", "failures_of", "look_back", "raise_site", "summary"]
 
 _SLOWEST = 5
 _MOST_FAILURES = 10
@@ -36,13 +36,13 @@ _LIBRARIES = tuple(
 )
 
 
-def summary(
-    record: FlowRunRecord | None, *, interrupted: str | None, run_id_hint: bool
-) -> RenderableType:
-    """The end-of-run summary of ``record`` (None: the run never started)."""
+def summary(record: FlowRunRecord | None, *, interrupted: str | None) -> RenderableType:
+    """The end-of-run summary of ``record`` (None: the run never started), ending with
+    its run id."""
     if record is None:
-        why = f"interrupted by {interrupted} " if interrupted else ""
-        return Text(f"The flow run was {why}before it started.", style="bold red")
+        if interrupted is None:
+            return Text("The flow run did not start.", style="bold red")
+        return Text(f"Interrupted by {interrupted} before the flow run started.", style="bold red")
     task_runs = list(_task_runs(record))
     parts: list[RenderableType] = [Text(), _headline(record)]
     if task_runs:
@@ -62,19 +62,19 @@ def summary(
     failures = failures_of(record)
     if failures:
         parts += [Text(), _failures(failures)]
+    parts.append(Text())
     resources = _resources(record)
-    if resources is not None or run_id_hint:
-        parts.append(Text())
     if resources is not None:
         parts.append(resources)
-    if run_id_hint:
-        parts.append(Text.assemble(("run id: ", "dim"), str(record.id)))
-        parts.append(
-            Text.assemble(
-                ("look back: ", "dim"), (f"orchestr runs show {record.id.hex[:8]}", "bold")
-            )
-        )
+    parts.append(Text.assemble(("run id: ", "dim"), str(record.id)))
     return Group(*parts)
+
+
+def look_back(record: FlowRunRecord) -> Text:
+    """How to find the run in the history: printed once the history has written it."""
+    return Text.assemble(
+        ("look back: ", "dim"), (f"orchestr runs show {record.id.hex[:8]}", "bold")
+    )
 
 
 def _headline(record: FlowRunRecord) -> Text:

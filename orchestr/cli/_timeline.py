@@ -6,6 +6,10 @@ attempts) show at a glance.
 A bar covers a run's attempts (``█``, coloured by the run's final state); the waits
 between attempts, while it was Retrying, are ``░``. Time before a run started (pending:
 waiting for upstreams, a worker or a limit) is left blank.
+
+When there are more runs than rows to draw, :func:`cut` keeps what a timeline is read
+for rather than the first runs to start: the failed runs, the last to end (the
+straggler) and the slowest.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ from rich.text import Text
 
 from ._format import duration_text, state_style
 
-__all__ = ["Bar", "axis", "bar", "bars_of", "timeline"]
+__all__ = ["Bar", "axis", "bar", "bars_of", "cut", "timeline"]
 
 _RUN = "█"
 _WAIT = "░"
+_FAILED = ("Failed", "TimedOut", "Crashed")
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,33 @@ def bars_of(
     ]
     bars.sort(key=lambda b: (b.started is None, b.started or 0.0, b.label.plain))
     return bars
+
+
+def cut(bars: Sequence[Bar], max_rows: int) -> tuple[list[Bar], list[Bar]]:
+    """At most ``max_rows`` of ``bars`` (all of them if 0), in their order, and those
+    left out. Kept first: the run that ended last (one still going counts as ending
+    last), the failed runs (up to two thirds of the rows, so some room stays for the
+    rest), then the slowest."""
+    if max_rows <= 0 or len(bars) <= max_rows:
+        return list(bars), []
+    chosen: dict[int, None] = {}  # indexes into bars, in order of choosing
+
+    def ends(i: int) -> float:
+        row = bars[i]
+        if row.started is None:
+            return -math.inf
+        return math.inf if row.ended is None else row.ended
+
+    chosen[max(range(len(bars)), key=ends)] = None
+    failed = [i for i, row in enumerate(bars) if row.state in _FAILED]
+    for i in failed[: max(1, 2 * max_rows // 3)]:
+        chosen[i] = None
+    by_duration = sorted(range(len(bars)), key=lambda i: -(bars[i].duration or 0.0))
+    for i in by_duration:  # sorted() is stable: equal durations by start
+        chosen[i] = None
+    kept = sorted(list(chosen)[:max_rows])
+    left_out = sorted(set(range(len(bars))) - set(kept))
+    return [bars[i] for i in kept], [bars[i] for i in left_out]
 
 
 def timeline(bars: Sequence[Bar], *, start: float | None, end: float | None, width: int) -> Table:

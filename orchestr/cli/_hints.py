@@ -1,0 +1,92 @@
+"""How ``orchestr run FILE:FLOW --help`` (and a message about a bad value) shows a
+parameter's type hint and default: as a person types them on the command line, not as
+Python's ``repr`` gives them.
+
+``Annotated[int, Field(gt=0)]`` is ``int (> 0)``, an enum is its name with the values it
+takes (``Color (one of: red, blue)``) and an enum default is its value (``red``); other
+hints read as they are written (``list[str] | None``).
+"""
+
+from __future__ import annotations
+
+import enum
+import inspect
+import types
+import typing
+from collections.abc import Iterable
+from typing import Any
+
+__all__ = ["default_text", "type_text"]
+
+_MOST_VALUES = 8
+# What a constraint object (annotated-types' Gt, Interval, MinLen...; pydantic's own
+# metadata) holds, by attribute, and how it reads.
+_LIMITS = (
+    ("gt", "> {}"),
+    ("ge", ">= {}"),
+    ("lt", "< {}"),
+    ("le", "<= {}"),
+    ("multiple_of", "a multiple of {}"),
+    ("min_length", "length >= {}"),
+    ("max_length", "length <= {}"),
+    ("pattern", "matching {!r}"),
+)
+
+
+def type_text(hint: Any) -> str:
+    """``hint`` as a person reads it: ``int (> 0)``, ``list[str] | None``."""
+    if hint is None or hint is type(None):
+        return "None"
+    if hint is Ellipsis:
+        return "..."
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Annotated:
+        base = type_text(args[0])
+        limits = list(_limits(args[1:]))
+        return f"{base} ({', '.join(limits)})" if limits else base
+    if origin in (typing.Union, types.UnionType):
+        return " | ".join(type_text(arg) for arg in args)
+    if origin is typing.Literal:
+        return f"Literal[{', '.join(map(repr, args))}]"
+    if origin is not None:
+        if not args:
+            return _name(origin)
+        inner = ", ".join(
+            f"[{', '.join(map(type_text, arg))}]" if isinstance(arg, list) else type_text(arg)
+            for arg in args
+        )
+        return f"{_name(origin)}[{inner}]"
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        values = [str(member.value) for member in hint]
+        if len(values) > _MOST_VALUES:
+            values = [*values[:_MOST_VALUES], "…"]
+        return f"{_name(hint)} (one of: {', '.join(values)})"
+    return _name(hint)
+
+
+def default_text(value: Any) -> str:
+    """A default as it would be given: an enum member as its value, others as ``repr``."""
+    if isinstance(value, enum.Enum):
+        return str(value.value)
+    return repr(value)
+
+
+def _name(hint: Any) -> str:
+    text = inspect.formatannotation(hint)
+    for prefix in ("collections.abc.", "typing."):
+        text = text.removeprefix(prefix)
+    return text
+
+
+def _limits(metadata: Iterable[Any]) -> Iterable[str]:
+    for item in metadata:
+        # pydantic's Field(...) holds its constraints in .metadata.
+        found = getattr(item, "metadata", None)
+        if isinstance(found, list) and not isinstance(item, type):
+            yield from _limits(found)
+            continue
+        for attribute, form in _LIMITS:
+            value = getattr(item, attribute, None)
+            if value is not None and not callable(value):
+                yield form.format(value)
