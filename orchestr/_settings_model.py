@@ -99,7 +99,11 @@ class Settings:
         "Whether the outermost flow run in the main thread turns SIGINT / SIGTERM into "
         "cancellation with cleanup.",
     )
-    logging_level: str = setting("INFO", "Level of orchestr's console logs.")
+    logging_level: str = setting(
+        "INFO",
+        "Level of orchestr's console logs.",
+        pattern=r"(?i)^(DEBUG|INFO|WARNING|WARN|ERROR|CRITICAL|FATAL|NOTSET)$",
+    )
     setup_logging: bool = setting(
         True, "Add a console handler when the application configured no logging."
     )
@@ -273,6 +277,8 @@ def _build_model() -> Any:
             if hint is float:
                 options["allow_inf_nan"] = False
             return Annotated[hint, BeforeValidator(refuse_bool), PydanticField(**options)]
+        if hint is str and constraints:
+            return Annotated[str, PydanticField(**constraints)]
         return hint
 
     def empty_is_unset(field: Field) -> Any:

@@ -638,13 +638,14 @@ def test_fuzz_set_limit_functions(name: Any, limit: Any, per_seconds: Any) -> No
         )
 
 
+LOGGING_LEVELS = {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET"}
 SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     "backend": lambda v: v in ("asyncio", "trio"),
     "thread_pool_max_workers": lambda v: v is None or (type(v) is int and v >= 1),
     "cleanup_timeout_seconds": lambda v: type(v) is float and 0 < v <= MAX_SECONDS,
     "cancel_grace_seconds": lambda v: type(v) is float and 0 <= v <= MAX_SECONDS,
     "handle_signals": lambda v: type(v) is bool,
-    "logging_level": lambda v: type(v) is str,
+    "logging_level": lambda v: type(v) is str and v.upper() in LOGGING_LEVELS,
     "setup_logging": lambda v: type(v) is bool,
     "task_default_retries": lambda v: type(v) is int and v >= 0,
     "flow_default_retries": lambda v: type(v) is int and v >= 0,
@@ -658,6 +659,7 @@ SETTING_CHECKS: dict[str, Callable[[Any], bool]] = {
     ),
     "home": lambda v: isinstance(v, PurePath),
     "history": lambda v: type(v) is bool,
+    "history_exit_timeout_seconds": lambda v: type(v) is float and 0 <= v <= MAX_SECONDS,
 }
 
 

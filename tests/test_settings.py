@@ -223,3 +223,22 @@ def test_default_retry_delay_setting_is_used_between_attempts(
         assert main() == 3
     retries = [r.getMessage() for r in caplog.records if "retry" in r.getMessage()]
     assert [m.split(" in ")[-1] for m in retries] == ["0.01 s", "0.02 s"]
+
+
+@pytest.mark.parametrize("level", ["LOUD", "", "info!"])
+def test_a_logging_level_that_logging_does_not_know_is_refused_naming_the_setting(
+    level: str,
+) -> None:
+    """Refused when set, naming the setting, instead of a ValueError from logging when
+    the first flow run configures it."""
+    with (
+        pytest.raises(pydantic.ValidationError, match="logging_level"),
+        override_settings(logging_level=level),
+    ):
+        pass
+
+
+@pytest.mark.parametrize("level", ["debug", "INFO", "Warning", "ERROR"])
+def test_logging_level_names_are_taken_in_any_case(level: str) -> None:
+    with override_settings(logging_level=level):
+        assert get_settings().logging_level == level
