@@ -528,7 +528,7 @@ def test_bad_input_is_named_with_exit_code_2_and_no_traceback(
             ["run", "cli_flows.py:echo", "-p", "n=1"],
             "ORCHESTR_LOGGING_LEVEL",
             "LOUD",
-            "ORCHESTR_LOGGING_LEVEL='LOUD' is not a logging level",
+            "ORCHESTR_LOGGING_LEVEL='LOUD' is not valid",
         ),
         (
             ["runs", "list"],

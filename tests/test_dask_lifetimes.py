@@ -75,6 +75,15 @@ def process_gone(pid: int) -> bool:
         return True
 
 
+@pytest.fixture
+def backend() -> str:
+    """asyncio only in this module, to keep the suite within its time: the flow's event
+    loop does not reach Dask (the runner's client lives on an asyncio loop of its own),
+    and Dask on trio flows is covered by tests/test_runner_rules.py (every rule, both
+    backends) and tests/test_dask_runner.py."""
+    return "asyncio"
+
+
 def descendants(pid: int | None = None) -> set[int]:
     """Every live process below ``pid`` (default: this one), through /proc."""
     found: set[int] = set()

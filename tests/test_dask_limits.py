@@ -36,6 +36,15 @@ from orchestr.states import StateType
 WAIT = 30  # seconds: the bound on waits that should end quickly (a loaded 2-core machine)
 
 
+@pytest.fixture
+def backend() -> str:
+    """asyncio only in this module, to keep the suite within its time: the flow's event
+    loop does not reach Dask (the runner's client lives on an asyncio loop of its own),
+    and Dask on trio flows is covered by tests/test_runner_rules.py (every rule, both
+    backends) and tests/test_dask_runner.py."""
+    return "asyncio"
+
+
 def overlaps(intervals: list[tuple[float, float]]) -> list[tuple[Any, Any]]:
     """The pairs of intervals that overlap in time."""
     ordered = sorted(intervals)
