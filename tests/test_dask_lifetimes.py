@@ -34,6 +34,7 @@ import dask_lifetime_tasks as lt
 import distributed
 import pytest
 from dask.utils import key_split
+from processes import descendants, process_gone
 
 from orchestr import StateType, allow_failure, flow, override_settings
 from orchestr._engine._context import flow_run_var
@@ -62,49 +63,6 @@ TWO_WORKERS = {**ONE_WORKER, "n_workers": 2}
 
 
 # -- processes, threads, waits ---------------------------------------------------------------------
-def process_gone(pid: int) -> bool:
-    """Whether process ``pid`` has ended (exited, or a zombie not yet reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
-    except OSError:
-        return True
-
-
-@pytest.fixture
-def backend() -> str:
-    """asyncio only in this module, to keep the suite within its time: the flow's event
-    loop does not reach Dask (the runner's client lives on an asyncio loop of its own),
-    and Dask on trio flows is covered by tests/test_runner_rules.py (every rule, both
-    backends) and tests/test_dask_runner.py."""
-    return "asyncio"
-
-
-def descendants(pid: int | None = None) -> set[int]:
-    """Every live process below ``pid`` (default: this one), through /proc."""
-    found: set[int] = set()
-    todo = [os.getpid() if pid is None else pid]
-    while todo:
-        parent = todo.pop()
-        try:
-            threads = os.listdir(f"/proc/{parent}/task")
-        except OSError:
-            continue
-        for tid in threads:
-            try:
-                with open(f"/proc/{parent}/task/{tid}/children") as f:
-                    children = {int(p) for p in f.read().split()}
-            except OSError:
-                continue
-            for child in children - found:
-                if not process_gone(child):
-                    found.add(child)
-                    todo.append(child)
-    return found
 
 
 def wait_until(predicate: Callable[[], bool], what: str, bound: float = WAIT) -> None:

@@ -12,6 +12,8 @@ from rich.padding import Padding
 from rich.table import Table
 from rich.text import Text
 
+from .._history._reader import STATES
+
 __all__ = [
     "ORDER",
     "console",
@@ -24,18 +26,9 @@ __all__ = [
     "time_text",
 ]
 
-# States in the order people read them: success first, then what went wrong.
-ORDER = (
-    "Pending",
-    "Running",
-    "Retrying",
-    "Completed",
-    "Failed",
-    "TimedOut",
-    "Crashed",
-    "Cancelled",
-    "NotRun",
-)
+# States in the order people read them: success first, then what went wrong (the
+# history's own list of them).
+ORDER = STATES
 _STYLES = {
     "Completed": "green",
     "Failed": "red",
