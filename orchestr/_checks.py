@@ -77,15 +77,17 @@ def whole(value: Any, what: str, *, low: int = 0) -> int:
 
 
 def amounts(value: Any, what: str) -> dict[str, float] | None:
-    """Executor resources (``{"GPU": 1}``), checked: resource names to positive numbers;
+    """Executor resources (``{"GPU": 1}``), checked: non-empty resource names to finite
+    positive numbers (no worker has an infinite amount: such a run would wait for ever);
     None for None or an empty mapping."""
     if value is None:
         return None
     if not isinstance(value, Mapping) or not all(
-        isinstance(k, str) and is_number(v) and v > 0 for k, v in value.items()
+        isinstance(k, str) and k and is_number(v) and 0 < as_float(v) < math.inf
+        for k, v in value.items()
     ):
         raise UsageError(
-            f"{what} must be a dict of resource names to positive amounts, such as "
+            f"{what} must be a dict of resource names to finite positive amounts, such as "
             f"{{'GPU': 1}}, got {value!r}"
         )
-    return {k: float(v) for k, v in value.items()} or None
+    return {k: as_float(v) for k, v in value.items()} or None

@@ -406,7 +406,7 @@ def _run_name(defn: Definition[Any, Any], value: Any) -> RunName | None:
     import string  # deferred: only templates need it
 
     try:
-        fields = [field for _, field, _, _ in string.Formatter().parse(value) if field is not None]
+        fields = _template_fields(string.Formatter(), value, nested=True)
     except ValueError as exc:
         raise UsageError(
             f"{option} of {_where(defn)} is not a valid template {value!r}: {exc}"
@@ -426,6 +426,24 @@ def _run_name(defn: Definition[Any, Any], value: Any) -> RunName | None:
                 f"{defn.name}{inspect.signature(defn.fn)} has no parameter {root!r}"
             )
     return value
+
+
+def _template_fields(formatter: Any, template: str, *, nested: bool) -> list[str]:
+    """The fields of a run name template, those in format specs (``{x:{width}}``) too;
+    ValueError for what ``str.format`` would refuse whatever the values (an unknown
+    conversion, fields nested deeper than ``format`` allows)."""
+    fields = []
+    for _, field, spec, conversion in formatter.parse(template):
+        if field is None:
+            continue
+        if conversion is not None and conversion not in "rsa":
+            raise ValueError(f"unknown conversion !{conversion} (use !r, !s or !a)")
+        fields.append(field)
+        if spec and "{" in spec:
+            if not nested:
+                raise ValueError("fields are nested too deeply in a format spec")
+            fields += _template_fields(formatter, spec, nested=False)
+    return fields
 
 
 def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:

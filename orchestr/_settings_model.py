@@ -207,7 +207,17 @@ def environment_sets_any() -> bool:
 
 def from_environment() -> Settings:
     """Settings read from the environment and validated (imports pydantic)."""
-    return _plain(pydantic_model()().model_dump())
+    try:
+        read = pydantic_model()()
+    except RecursionError:  # JSON nested too deeply, in a list setting's variable
+        from .exceptions import UsageError
+
+        named = sorted(key for key in os.environ if key[:9].upper() == ENV_PREFIX)
+        raise UsageError(
+            f"an {ENV_PREFIX}* environment variable ({', '.join(named)}) holds JSON nested "
+            "too deeply to read"
+        ) from None
+    return _plain(read.model_dump())
 
 
 def validated(current: Settings, changes: Mapping[str, Any]) -> Settings:

@@ -7,6 +7,7 @@ runs as its subflow. The engine does the work; this module is the definition.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, Unpack, overload
 
@@ -108,6 +109,17 @@ def _runner(flow_name: str, runner: Any) -> TaskRunner:
     if runner is None:
         return ThreadPoolTaskRunner()
     if isinstance(runner, type) and issubclass(runner, TaskRunner):
+        try:
+            # Abstract, or a constructor that needs arguments: told here. A TypeError
+            # from inside a constructor that accepts none is its own: left as it is.
+            inspect.signature(runner).bind()
+            if inspect.isabstract(runner):
+                raise TypeError(f"{runner.__qualname__} is abstract")
+        except (TypeError, ValueError) as exc:
+            raise UsageError(
+                f"task_runner of flow {flow_name!r} is the class {runner.__qualname__}, "
+                f"which cannot be made without arguments ({exc}); pass an instance"
+            ) from exc
         return runner()
     if isinstance(runner, TaskRunner):
         return runner

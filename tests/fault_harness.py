@@ -9,17 +9,30 @@ happened. Every piece of user code writes what it does to a journal (an append-o
 of ``(time, what, who, extra)``; list appends are atomic, so the list order is the order
 things happened in).
 
+The task calls run on one of three runners (``RUNNERS``): "threads", the default
+ThreadPoolTaskRunner (tasks are closures journaling to the list); "processes", a
+ProcessPoolTaskRunner; "dask", a DaskTaskRunner on the session's shared cluster. On the
+last two every call runs in another process: the tasks are module-level ones
+(``fault_tasks``) that journal to a file per example, merged into the list by time once
+the flow call has returned (``time.perf_counter()`` is CLOCK_MONOTONIC on Linux, one clock
+for every process). Resource code always runs in the flow's process and journals to the
+list. Where the runners legitimately differ (a stopped call: abandoned in a thread,
+killed with its worker process; see :meth:`Checker._abandonable`, :meth:`Checker._stopping`
+and ``may_start_late``), the checker says so per runner; no invariant is weaker for all.
+
 Invariants (each failure names its number):
 
 1. a resource's cleanup ran exactly once, to its end, iff its setup succeeded; setup and
    cleanup code is never interrupted (DESIGN "Shape"), except a cleanup by its own
    cleanup timeout.
 2. a resource's cleanup starts only after every task run submitted inside its block has
-   ended (abandoned sync runs excepted: see :meth:`Checker._abandonable`).
+   ended (abandoned calls, and on a process pool calls being stopped, excepted).
 3. nested resources clean up last-in, first-out.
-4. no user code runs after the flow call returned (abandoned sync runs and abandoned
-   cleanups excepted).
-5. every submitted future is final when the flow call returns.
+4. no user code runs after the flow call returned (abandoned calls and abandoned cleanups
+   excepted; a process pool abandons nothing).
+5. every submitted future is final when the flow call returns, and one that Completed ran
+   its code to its end (for calls in other processes, this also proves that their journal
+   file reached the journal).
 6. the flow's final state follows rule 7.
 7. every injected error that fired is visible: the flow's state, a task run's record, the
    run's events, code that observed it (or, for a retried attempt, the retry's log line).
@@ -33,27 +46,34 @@ Every example also runs under a watchdog: past HANG_SECONDS it fails as a hang.
 
 from __future__ import annotations
 
+import atexit
 import contextvars
 import faulthandler
 import gc
 import itertools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from fault_tasks import InjectedError, Work, async_work, read_journal, sync_work
 
 from orchestr import (
     FutureList,
     Pool,
+    ProcessPoolTaskRunner,
     StateType,
     TaskFuture,
+    TaskRunner,
     allow_failure,
     flow,
     override_settings,
@@ -68,12 +88,15 @@ from orchestr.testing import assert_resources_cleaned_up
 
 # -- tuning ----------------------------------------------------------------------------------
 HANG_SECONDS = 5.0  # an example taking longer than this is a hang
+FAR_HANG_SECONDS = 10.0  # the same with calls in other processes (they start slower)
+FAR_WORKERS = 2  # worker processes of a flow run's ProcessPoolTaskRunner
 HANG_HARD_LIMIT = 20.0  # still stuck this long after: end the process
 CANCEL_GRACE_SECONDS = 0.2  # sync runs still executing this long after a cancel are abandoned
 DEFAULT_CLEANUP_TIMEOUT_SECONDS = 5.0  # only the plan's own (small) cleanup timeouts fire
 QUIET_SECONDS = 0.05  # how long the journal must stay quiet after the flow call returned
 THREADS_GRACE_SECONDS = 2.0  # bound on the wait for orchestr threads to end
 
+RUNNERS = ("threads", "processes", "dask")
 RESOURCE_KINDS = ("gen", "agen", "mgr", "amgr", "scope", "ascope", "pool")
 _KIND_WORDS = {
     "gen": "@resource sync generator",
@@ -254,10 +277,6 @@ def _describe_steps(steps: tuple[Step, ...], depth: int, lines: list[str]) -> No
 
 
 # -- the journal and the run's user code -----------------------------------------------------
-class InjectedError(Exception):
-    """An error the plan injected (each instance is unique)."""
-
-
 current_task: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "fault_current_task", default=None
 )
@@ -280,28 +299,35 @@ def _spin(seconds: float) -> None:
 
 @dataclass
 class Fired:
-    error: InjectedError
+    error: InjectedError | None  # None: raised in another process (known by its message)
     kind: str  # "task" | "setup" | "cleanup" | "body"
     who: str
     attempt: int = 0
+    message: str = ""
 
 
 class Runtime:
     """Everything one example's user code shares: the journal, futures, pools."""
 
-    def __init__(self, plan: Plan) -> None:
+    def __init__(self, plan: Plan, runner: str = "threads", journal_file: str = "") -> None:
         self.plan = plan
+        self.runner = runner
+        # Where task code in other processes journals (see fault_tasks); merged into
+        # ``journal`` by merge_journal_file() once the flow call has returned.
+        self.journal_file = journal_file
         self.journal: list[tuple[float, str, str, Any]] = []
         self.fired: list[Fired] = []
         self.caught: list[BaseException] = []  # errors the body caught while observing
         self.observed_runs: set[str] = set()  # runs whose final state the body saw
         self.futures: dict[int, TaskFuture[Any] | FutureList[Any]] = {}
         self.pools: dict[int, Pool[Any]] = {}
-        self.tasks = {tid: _make_task(self, s) for tid, s in plan.tasks().items()}
+        make = _make_task if runner == "threads" else _far_task
+        self.tasks = {tid: make(self, s) for tid, s in plan.tasks().items()}
         self._attempts: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
         self.body_error: BaseException | None = None
         self.body_value: Any = None
+        self.task_runner: TaskRunner | None = None  # None: the default (threads)
 
     def add(self, what: str, who: str, extra: Any = None) -> None:
         self.journal.append((time.perf_counter(), what, who, extra))
@@ -361,6 +387,9 @@ class Runtime:
         args += [allow_failure(present[a]) for a in step.allow if a in present]
         waits = [present[w] for w in step.wait_for if w in present] or None
         t = self.tasks[step.tid]
+        if self.runner != "threads":  # far away: what to do travels as an argument
+            work = Work(self.journal_file, step.tid, bool(step.map_n), step.work_ms, step.fail)
+            args.insert(0, work)
         if step.map_n:
             fut: Any = t.map(range(step.map_n), *[unmapped(a) for a in args], wait_for=waits)
         else:
@@ -399,6 +428,23 @@ class Runtime:
 
     def make_resource(self, b: Block) -> Any:
         return _make_resource(self, b)
+
+    def merge_journal_file(self, returned_at: float | None) -> int | None:
+        """Merge the far tasks' journal file into the journal, in time order; the new
+        index of the first entry after ``returned_at`` (the flow call's return)."""
+        far = read_journal(self.journal_file)
+        for _, what, who, extra in far:
+            if what == "task.end" and extra[1] == "raises":
+                attempt, _, message = extra
+                self.fired.append(Fired(None, "task", who, attempt, message))
+        # Stable: entries of this process keep their order among equal times.
+        self.journal = sorted([*self.journal, *far], key=lambda entry: entry[0])
+        if returned_at is None:
+            return None
+        return next(
+            (i for i, entry in enumerate(self.journal) if entry[0] > returned_at),
+            len(self.journal),
+        )
 
 
 def _make_task(rt: Runtime, s: Submit) -> Any:
@@ -456,6 +502,15 @@ def _make_task(rt: Runtime, s: Submit) -> Any:
 
         fn = sync_fn
     return task(fn, name=f"t{s.tid}", retries=s.retries, timeout_seconds=timeout)
+
+
+def _far_task(rt: Runtime, s: Submit) -> Any:
+    """A task whose calls run in other processes: a module-level one (fault_tasks)."""
+    if s.pool is not None:
+        raise AssertionError(f"t{s.tid}: a pool object cannot be used in another process")
+    base = async_work if s.is_async else sync_work
+    timeout = None if s.timeout_ms is None else s.timeout_ms / 1000
+    return base.with_options(name=f"t{s.tid}", retries=s.retries, timeout_seconds=timeout)
 
 
 def _make_resource(rt: Runtime, b: Block) -> Any:
@@ -663,6 +718,7 @@ class Outcome:
     cancelled_from_outside: bool = False  # the call raised the caller's cancellation
     elapsed: float = 0.0
     at_return: int = 0  # journal length when the call returned
+    returned_at: float | None = None  # perf_counter() then
     unfinished_at_return: list[str] = field(default_factory=list)
     late_exception: BaseException | None = None
     unraisable: list[str] = field(default_factory=list)
@@ -685,6 +741,8 @@ def _make_flow(rt: Runtime, outcome: Outcome) -> Any:
         "on_cancellation": hook,
         "on_crashed": hook,
     }
+    if rt.task_runner is not None:
+        options["task_runner"] = rt.task_runner
     if plan.is_async:
 
         async def async_body() -> Any:
@@ -729,16 +787,16 @@ class _HangGuard:
 
     def __init__(self, seconds: float) -> None:
         self.fired = False
-        self._seconds = seconds
+        self.seconds = seconds
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="fault-hang-guard", daemon=True)
         self._previous: Any = None
 
     def _raise_hang(self, signum: int, frame: Any) -> None:
-        raise HangError(f"hang: the example did not finish within {self._seconds} s")
+        raise HangError(f"hang: the example did not finish within {self.seconds} s")
 
     def _watch(self) -> None:
-        if self._done.wait(self._seconds):
+        if self._done.wait(self.seconds):
             return
         self.fired = True
         faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
@@ -831,6 +889,7 @@ def _call_sync(rt: Runtime, outcome: Outcome) -> None:
     except BaseException as exc:
         outcome.call_error = exc
     outcome.at_return = len(rt.journal)
+    outcome.returned_at = time.perf_counter()
     outcome.elapsed = time.perf_counter() - started
     outcome.unfinished_at_return = _unfinished(rt, outcome)
 
@@ -838,7 +897,7 @@ def _call_sync(rt: Runtime, outcome: Outcome) -> None:
 async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
     flw = _make_flow(rt, outcome)
     cancelled = anyio.get_cancelled_exc_class()
-    with anyio.move_on_after(HANG_SECONDS - 1) as hang:
+    with anyio.move_on_after(guard.seconds - 1) as hang:
         started = time.perf_counter()
         try:
             if rt.plan.outside_cancel_ms is None:
@@ -850,6 +909,7 @@ async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
                     except cancelled:
                         outcome.cancelled_from_outside = True
                         outcome.at_return = len(rt.journal)
+                        outcome.returned_at = time.perf_counter()
                         raise
         except cancelled:
             if not outcome.cancelled_from_outside:
@@ -858,6 +918,7 @@ async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
             outcome.call_error = exc
         if not outcome.cancelled_from_outside:
             outcome.at_return = len(rt.journal)
+            outcome.returned_at = time.perf_counter()
         outcome.elapsed = time.perf_counter() - started
         outcome.unfinished_at_return = _unfinished(rt, outcome)
     if hang.cancelled_caught:
@@ -867,9 +928,54 @@ async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
     await anyio.sleep(QUIET_SECONDS)
 
 
-def run_plan(plan: Plan, backend: str) -> None:
-    """Run one plan on ``backend`` and check every invariant; raise on a violation."""
-    rt = Runtime(plan)
+_JOURNALS: str | None = None
+
+
+def _journal_dir() -> str:
+    """A directory for the far tasks' journal files, made once, removed at exit."""
+    global _JOURNALS
+    if _JOURNALS is None:
+        _JOURNALS = tempfile.mkdtemp(prefix="orchestr-fault-journals-")
+        atexit.register(shutil.rmtree, _JOURNALS, True)
+    return _JOURNALS
+
+
+def make_runner(runner: str, dask_address: str | None = None) -> TaskRunner | None:
+    """The flow's task runner (a template each flow run duplicates); None: the default."""
+    if runner == "threads":
+        return None
+    if runner == "processes":
+        return ProcessPoolTaskRunner(FAR_WORKERS)
+    if runner == "dask":
+        from orchestr.dask import DaskTaskRunner  # imports distributed: only when asked
+
+        assert dask_address is not None, "the dask runner needs the session's dask_address"
+        return DaskTaskRunner(address=dask_address)
+    raise ValueError(f"unknown runner {runner!r}, not one of {RUNNERS}")
+
+
+def run_plan(
+    plan: Plan, backend: str, runner: str = "threads", dask_address: str | None = None
+) -> None:
+    """Run one plan on ``backend`` with task calls on ``runner`` (one of RUNNERS; "dask"
+    takes the session cluster's ``dask_address``), and check every invariant; raise on a
+    violation."""
+    journal_file = ""
+    if runner != "threads":
+        fd, journal_file = tempfile.mkstemp(prefix="journal-", dir=_journal_dir())
+        os.close(fd)
+    try:
+        _run_plan(plan, backend, runner, make_runner(runner, dask_address), journal_file)
+    finally:
+        if journal_file:
+            os.unlink(journal_file)
+
+
+def _run_plan(
+    plan: Plan, backend: str, runner: str, task_runner: TaskRunner | None, journal_file: str
+) -> None:
+    rt = Runtime(plan, runner, journal_file)
+    rt.task_runner = task_runner
     outcome = Outcome()
     threads_before = _orchestr_threads()
     signals_before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
@@ -878,7 +984,7 @@ def run_plan(plan: Plan, backend: str) -> None:
     logger.addHandler(handler)
     # Records go to the checker only: hundreds of examples' logs would bury a failure.
     propagate, logger.propagate = logger.propagate, False
-    guard = _HangGuard(HANG_SECONDS)
+    guard = _HangGuard(HANG_SECONDS if runner == "threads" else FAR_HANG_SECONDS)
     stuck: BaseException | None = None
     hook_before = sys.unraisablehook
 
@@ -927,9 +1033,15 @@ def run_plan(plan: Plan, backend: str) -> None:
         logger.removeHandler(handler)
         logger.propagate = propagate
         sys.unraisablehook = hook_before
+    if journal_file:
+        # What ran in other processes joins the journal, in time order: from here on,
+        # journal indices (at_return too) are those of the merged journal.
+        at_return = rt.merge_journal_file(outcome.returned_at)
+        if at_return is not None:
+            outcome.at_return = at_return
     if guard.fired:
         raise HangError(
-            f"hang: the example did not finish within {HANG_SECONDS} s (stacks of every "
+            f"hang: the example did not finish within {guard.seconds} s (stacks of every "
             f"thread were dumped to stderr)\n{plan!r}\njournal:\n{_format_journal(rt)}"
         ) from stuck
     outcome.new_threads = sorted(t.name for t in _orchestr_threads() - threads_before)
@@ -962,7 +1074,7 @@ _NAMES = {
     2: "cleanup only after the block's task runs ended",
     3: "nested resources clean up LIFO",
     4: "no user code runs after the flow call returned",
-    5: "every future is final when the flow call returns",
+    5: "every future is final when the flow call returns; a Completed one ran",
     6: "the flow's final state follows rule 7",
     7: "no injected error is lost",
     8: "resource events are consistent",
@@ -999,6 +1111,11 @@ def _format_journal(rt: Runtime, limit: int = 80) -> str:
     return "\n".join(lines)
 
 
+# What the checked examples did, by runner (how often each exception an invariant keeps
+# for some runner was needed, too): printed by a campaign (see test_fault_injection).
+STATS: Counter[str] = Counter()
+
+
 class Checker:
     def __init__(self, rt: Runtime, outcome: Outcome, logs: list[logging.LogRecord]) -> None:
         self.rt = rt
@@ -1011,6 +1128,9 @@ class Checker:
 
     def fail(self, number: int, message: str) -> None:
         self.violations.append((number, message))
+
+    def note(self, what: str, count: int = 1) -> None:
+        STATS[f"{self.rt.runner}: {what}"] += count
 
     # -- journal queries ---------------------------------------------------------------------
     def entries(self, what: str | None = None, who: str | None = None) -> list[int]:
@@ -1040,9 +1160,30 @@ class Checker:
         self.runs = rt.runs()
         self.run_states = {key: fut._state for key, fut in self.runs.items()}
         self.abandonable = self._abandonable()
+        self.stopping = self._stopping()
+        # Runs whose call may start after the run ended (so after a cleanup that waited
+        # for it): on Dask a call stopped (timed out, cancelled) before it started, whose
+        # worker hears of it a moment later and may start it first, outcome dropped (see
+        # test_runner_rules.py); on a process pool one that its worker took up as the
+        # stop came (then ended at once). Threads: never.
+        self.may_start_late = self.stopping | (
+            self.abandonable if self.rt.runner == "dask" else set()
+        )
         self.cleanup_timed_out = {
             e.subject for e in self.events if e.kind == "resource.cleanup.timed_out"
         }
+        self.note("examples")
+        if self.state is not None:
+            self.note(f"flow {self.state.name}")
+        for state in self.run_states.values():
+            self.note(f"run {'unfinished' if state is None else state.name}")
+        for key in self.run_states:
+            starts, ends = len(self.entries("task.start", key)), len(self.entries("task.end", key))
+            self.note("calls started", starts)
+            self.note("calls that never ended (stopped, or still going)", starts - ends)
+        self.note(
+            "journal entries of task code", sum(w.startswith("task.") for _, w, _, _ in rt.journal)
+        )
         self.check_resources()
         self.check_block_waits()
         self.check_lifo()
@@ -1066,21 +1207,57 @@ class Checker:
 
     # -- which runs may legitimately go on after their end (documented abandonment) ----------
     def _abandonable(self) -> set[str]:
-        """Sync runs whose thread orchestr may abandon: a timed-out attempt (every sync
-        task with a timeout here times out), or a run marked Cancelled while it was
-        executing in a thread (fut.cancel(), the cancel grace running out)."""
+        """Runs whose call orchestr may abandon: it goes on (and journals) after its run
+        ended, even after the flow call returned, and its outcome is dropped. Which ones
+        depends on the runner, which either stops a call or cannot (rule 8, the runner
+        protocol):
+
+        - threads: sync runs, whose thread cannot be stopped: a timed-out attempt (every
+          sync task with a timeout here times out), or a run marked Cancelled while it
+          was executing (fut.cancel(), the cancel grace running out). Async runs on the
+          flow's loop are cancelled, never abandoned.
+        - processes: none. A stopped call ends its worker process (see :meth:`_stopping`),
+          so nothing outlives the flow run.
+        - dask: a call runs in a Dask worker's thread, which cannot be stopped: every run,
+          sync or async, that had a timeout (it may have fired) or ended Cancelled,
+          started or not (see ``may_start_late``).
+        """
         tasks = self.plan.tasks()
+        runner = self.rt.runner
+        if runner == "processes":
+            return set()
         started = {self.rt.journal[i][2] for i in self.entries("task.start")}
         out = set()
         for key, state in self.run_states.items():
             step = tasks[int(key[1:].split("[")[0])]
+            cancelled = state is not None and state.type is StateType.CANCELLED
+            if runner == "dask":
+                if step.timeout_ms is not None or cancelled:
+                    out.add(key)
+                continue
             if step.is_async:
                 continue
-            if step.timeout_ms is not None or (
-                state is not None and state.type is StateType.CANCELLED and key in started
-            ):
+            if step.timeout_ms is not None or (cancelled and key in started):
                 out.add(key)
         return out
+
+    def _stopping(self) -> set[str]:
+        """Process pool only: runs whose call may have been stopped (a timeout, which may
+        have fired, or the run ended Cancelled). Stopping a call that runs ends its
+        worker, but not at the instant its run ends: the worker's receiver thread gets
+        the stop and kills its process group. Until then the call goes on, so it may
+        journal after its run ended (after a cleanup that waited for the run), and an
+        outcome it produced meanwhile is dropped; it never outlives the flow call, which
+        returns only after the pool shut down (invariant 4 keeps no exception for it)."""
+        if self.rt.runner != "processes":
+            return set()
+        tasks = self.plan.tasks()
+        return {
+            key
+            for key, state in self.run_states.items()
+            if tasks[int(key[1:].split("[")[0])].timeout_ms is not None
+            or (state is not None and state.type is StateType.CANCELLED)
+        }
 
     # -- invariant 1 -------------------------------------------------------------------------
     def check_resources(self) -> None:
@@ -1176,11 +1353,18 @@ class Checker:
                 if whom not in keys or i < cleanup_at:
                     continue
                 if what == "task.start":
-                    self.fail(2, f"{whom} started (attempt {extra}) after {who}'s cleanup started")
-                elif what == "task.end" and whom not in self.abandonable:
-                    self.fail(
-                        2, f"{whom} was still running when {who}'s cleanup started (ended at {i})"
-                    )
+                    if whom not in self.may_start_late:
+                        self.fail(
+                            2, f"{whom} started (attempt {extra}) after {who}'s cleanup started"
+                        )
+                    self.note("a run ended started after a cleanup that waited for it")
+                elif what == "task.end":
+                    if whom not in self.abandonable | self.stopping:
+                        self.fail(
+                            2,
+                            f"{whom} was still running when {who}'s cleanup started (ended at {i})",
+                        )
+                    self.note("a run ended went on past a cleanup that waited for it")
             for key in keys:
                 state = self.run_states.get(key)
                 if state is None and key in self.runs:
@@ -1232,6 +1416,13 @@ class Checker:
         for i in range(self.out.at_return, len(journal)):
             _, what, who, extra = journal[i]
             if what == "task.end" and who in self.abandonable:
+                self.note("an abandoned run ended after the flow call returned")
+                continue
+            # A Dask call stopped before it started may still start (see may_start_late).
+            if what == "task.start" and who in self.abandonable and self.rt.runner == "dask":
+                late = (journal[i][0] - (self.out.returned_at or 0.0)) * 1000
+                bucket = "< 10 ms" if late < 10 else "< 100 ms" if late < 100 else ">= 100 ms"
+                self.note(f"a stopped Dask call started after the flow call returned ({bucket})")
                 continue
             if what.startswith("cleanup.") and (who, extra) in late:
                 continue
@@ -1247,6 +1438,14 @@ class Checker:
     def check_futures_final(self) -> None:
         if self.out.unfinished_at_return:
             self.fail(5, f"not final when the flow call returned: {self.out.unfinished_at_return}")
+        ran = {
+            who
+            for _, what, who, extra in self.rt.journal
+            if what == "task.end" and extra[1] == "ok"
+        }
+        for key, state in self.run_states.items():
+            if state is not None and state.type is StateType.COMPLETED and key not in ran:
+                self.fail(5, f"{key} is Completed but its code never ran to its end")
 
     # -- invariant 6 -------------------------------------------------------------------------
     def check_final_state(self) -> None:
@@ -1381,22 +1580,53 @@ class Checker:
             sources += [tr.error for tr in self.record.task_runs]
         sources += [e.error for e in self.events]
         sources += self.rt.caught
+        # An error raised in another process comes back as a copy: known by its text.
+        visible_text: set[str] = set()
         for source in sources:
-            visible |= {id(e) for e in _chain(source)}
+            for e in _chain(source):
+                visible.add(id(e))
+                if isinstance(e, InjectedError):
+                    visible_text.add(str(e))
         retry_lines = "\n".join(
             m for m in (r.getMessage() for r in self.logs) if m.startswith("Attempt ")
         )
         for fired in self.rt.fired:
-            if id(fired.error) in visible:
-                continue
+            if fired.error is not None:
+                text = str(fired.error)
+                if id(fired.error) in visible:
+                    continue
+            else:
+                text = fired.message
+                if text in visible_text:
+                    continue
             if fired.kind == "task":
-                if fired.who in self.abandonable:
-                    continue  # an abandoned thread's outcome is discarded (documented)
-                if f"InjectedError: {fired.error}" in retry_lines:
+                if f"InjectedError: {text}" in retry_lines:
                     continue  # a retried attempt: reported in the retry's log line
+                if self._stopped_attempt(fired.who, fired.attempt):
+                    if fired.who in self.abandonable:
+                        self.note("an abandoned call's injected error was dropped")
+                        continue  # an abandoned call's outcome is discarded (documented)
+                    if fired.who in self.stopping:
+                        self.note("a stopped call's injected error was dropped")
+                        continue  # raised as its worker was being stopped: dropped with it
             if fired.kind == "cleanup" and fired.who in self.cleanup_timed_out:
                 continue  # an abandoned cleanup's outcome is discarded (documented)
-            self.fail(7, f"{fired.error!r} ({fired.kind} of {fired.who}) is visible nowhere")
+            self.fail(
+                7, f"InjectedError({text!r}) ({fired.kind} of {fired.who}) is visible nowhere"
+            )
+
+    def _stopped_attempt(self, key: str, attempt: int) -> bool:
+        """Whether attempt ``attempt`` of run ``key`` was stopped (timed out, cancelled)
+        rather than let to end: the run's last attempt, if the run ended Cancelled or
+        TimedOut; an earlier one if it failed without its error in a retry's log line
+        (checked first): then it timed out, as retries never retry cancellation."""
+        fut = self.runs.get(key)
+        state = self.run_states.get(key)
+        if fut is None or state is None:
+            return False
+        if attempt < fut.record.attempts:
+            return True
+        return state.type is StateType.CANCELLED or state.name == "TimedOut"
 
     # -- invariant 8 -------------------------------------------------------------------------
     def check_events(self) -> None:

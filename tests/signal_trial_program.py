@@ -1,7 +1,7 @@
 """A flow program that tests/test_signal_trials.py runs in a fresh subprocess and
 interrupts with SIGTERM or SIGINT at a random moment of its life.
 
-Usage: python signal_trial_program.py <scenario> <seed> <journal> <token>
+Usage: python signal_trial_program.py <scenario> <seed> <journal> <token> [<runner>]
 
 The seed decides everything random (:func:`make_plan`), so a failing trial runs the same
 flows again. Scenarios: ``sync`` (one sync flow), ``sync-pair`` (two sync flows one after
@@ -19,6 +19,12 @@ Setups and cleanups take 50-300 ms (sleeps, busy Python loops, or both), so sign
 inside them. Sync task runs (``time.sleep`` or busy loops) and async task runs
 (``anyio.sleep``) are submitted at every level; some fail their first attempts and retry
 after a delay. Some flows fail their first attempt on purpose and retry after a delay.
+
+The flows' task runner (``runner``): ``threads`` (the default, ThreadPoolTaskRunner),
+``processes`` (ProcessPoolTaskRunner of two workers) or ``dask`` (a DaskTaskRunner whose
+temporary LocalCluster of one or two worker processes each flow run starts and closes).
+On the last two the tasks are those of ``runner_fault_tasks`` (worker processes import
+them by name) and write the journal themselves.
 
 Everything that happens is appended to the journal, one line per event, written with a
 single ``os.write`` (so lines from threads and processes never mix):
@@ -52,6 +58,10 @@ SCENARIOS = (
     "async-pair-trio",
 )
 RESOURCE_KINDS = ("process", "agen", "amanager")
+RUNNERS = ("threads", "processes", "dask")
+# Children a pool leaves running until this process ends (they end with it): the fork
+# server that starts pool workers, and multiprocessing's resource tracker.
+LASTING_CHILDREN = (b"multiprocessing.forkserver", b"multiprocessing.resource_tracker")
 
 # The helper child process: writes its pid to the journal, then sleeps. argv: journal,
 # token (only there to be found in /proc/<pid>/cmdline), resource id.
@@ -198,7 +208,8 @@ def describe(exc: BaseException) -> str:
 
 
 def living_children() -> list[str]:
-    """This process's child processes (pid:state), from /proc."""
+    """This process's child processes (pid:state), from /proc, but those that
+    multiprocessing keeps until this process ends (the test checks those end too)."""
     me = os.getpid()
     found = []
     for entry in os.listdir("/proc"):
@@ -207,10 +218,12 @@ def living_children() -> list[str]:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 stat = f.read()
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                cmdline = f.read()
         except OSError:
             continue
         state, ppid = stat[stat.rindex(")") + 2 :].split()[:2]
-        if int(ppid) == me:
+        if int(ppid) == me and not any(m in cmdline for m in LASTING_CHILDREN):
             found.append(f"{entry}:{state}")
     return found
 
@@ -247,6 +260,9 @@ class Counter:
 # -- the program --------------------------------------------------------------------------------
 def main(argv: list[str]) -> None:
     scenario, seed, journal_path, token = argv[1], int(argv[2]), argv[3], argv[4]
+    runner = argv[5] if len(argv) > 5 else "threads"
+    if runner not in RUNNERS:
+        raise SystemExit(f"unknown runner {runner!r}; one of {RUNNERS}")
     journal = Journal(journal_path)
     note = journal.note
     note("proc start", scenario, seed)
@@ -256,6 +272,31 @@ def main(argv: list[str]) -> None:
     import anyio.lowlevel
 
     from orchestr import flow, resource, resource_manager, task
+
+    far_tasks: Any = None
+    make_runner: Any = None
+    if runner != "threads":
+        import runner_fault_tasks as far_tasks
+    if runner == "processes":
+        from orchestr import ProcessPoolTaskRunner
+
+        def make_runner() -> Any:
+            return ProcessPoolTaskRunner(2)
+
+    elif runner == "dask":
+        from orchestr.dask import DaskTaskRunner
+
+        cluster: dict[str, Any] = {"n_workers": 1 + seed % 2, "processes": True}
+        cluster["threads_per_worker"] = 2
+        # Not Dask's default HTTP port: trials at once (and other tests) would share it.
+        # No dashboard: two schedulers starting at once in one process (the pair
+        # scenarios) both import its modules lazily, and that import races in Dask
+        # ("module 'distributed.dashboard' has no attribute 'scheduler'").
+        cluster["dashboard_address"] = "127.0.0.1:0"
+        cluster["scheduler_kwargs"] = {"dashboard": False}
+
+        def make_runner() -> Any:
+            return DaskTaskRunner(cluster_kwargs=cluster)
 
     if plan.backend == "trio":
         import trio  # noqa: F401  (now, not inside anyio.run: imports are all "startup")
@@ -398,9 +439,17 @@ def main(argv: list[str]) -> None:
         outcome(spec, attempt)
 
     def submit(spec: TaskSpec) -> Any:
-        fn: Any = async_work if spec.is_async else sync_work
-        options = {"retries": spec.retries, "retry_delay_seconds": spec.retry_delay}
-        future = fn.with_options(name=spec.name, **options).submit(spec)
+        options = {"name": spec.name, "retries": spec.retries}
+        options["retry_delay_seconds"] = spec.retry_delay
+        if far_tasks is None:
+            fn: Any = async_work if spec.is_async else sync_work
+            future = fn.with_options(**options).submit(spec)
+        elif spec.is_async:
+            fn = far_tasks.trial_async_work.with_options(**options)
+            future = fn.submit(journal_path, spec.name, spec.seconds, spec.fails)
+        else:
+            fn = far_tasks.trial_sync_work.with_options(**options)
+            future = fn.submit(journal_path, spec.name, spec.seconds, spec.busy, spec.fails)
         note("task submitted", spec.name)
         return future
 
@@ -456,6 +505,8 @@ def main(argv: list[str]) -> None:
     def make_flow(spec: FlowSpec) -> Any:
         options = {"name": spec.name, "retries": spec.retries, **hooks}
         options["retry_delay_seconds"] = spec.retry_delay
+        if make_runner is not None:
+            options["task_runner"] = make_runner()
         if plan.is_async:
 
             async def async_body() -> None:

@@ -34,6 +34,7 @@ import dask_lifetime_tasks as lt
 import distributed
 import pytest
 from dask.utils import key_split
+from dask_processes import cli_cluster
 from processes import descendants, process_gone
 
 from orchestr import StateType, allow_failure, flow, override_settings
@@ -322,29 +323,16 @@ def test_cancelling_or_timing_out_a_run_cancels_its_dask_future_at_once(
 
 # == worker resources ==============================================================================
 @pytest.fixture(scope="module")
-def gpu_cluster() -> Iterator[tuple[str, str]]:
-    """A cluster of two in-process workers, only one of which has a GPU: the scheduler
-    address and that worker's address."""
-    # Loopback only; HTTP servers on free ports (8787 may be taken: a warning, an error
-    # under pytest).
-    here = {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0", "dashboard": False}
-    cluster = distributed.SpecCluster(
-        scheduler={"cls": distributed.Scheduler, "options": here},
-        workers={
-            "plain": {"cls": distributed.Worker, "options": {**here, "nthreads": 2}},
-            "gpu": {
-                "cls": distributed.Worker,
-                "options": {**here, "nthreads": 2, "resources": {"GPU": 1}},
-            },
-        },
-    )
-    try:
-        with distributed.Client(cluster, set_as_default=False) as client:
-            workers = client.scheduler_info()["workers"]
-            gpu = next(a for a, w in workers.items() if w.get("resources") == {"GPU": 1})
-        yield cluster.scheduler_address, gpu
-    finally:
-        cluster.close()
+def gpu_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """A cluster of two workers (processes of their own, as the scheduler), only one of
+    which has a GPU: the scheduler address and that worker's address."""
+    folder = tmp_path_factory.mktemp("gpu-cluster")
+    workers = [["--name", "plain"], ["--name", "gpu", "--resources", "GPU=1"]]
+    with cli_cluster(folder, worker_args=workers) as cluster:
+        with distributed.Client(cluster.address, set_as_default=False) as client:
+            workers_info = client.scheduler_info()["workers"]
+            gpu = next(a for a, w in workers_info.items() if w.get("resources") == {"GPU": 1})
+        yield cluster.address, gpu
 
 
 def restrictions(client: Any) -> dict[str, dict[str, float] | None]:
@@ -456,9 +444,9 @@ def test_an_annotation_may_be_a_callable_of_the_key(run: Any, gpu_cluster: tuple
 @pytest.mark.parametrize(
     ("resources", "told"),
     [
-        ({"GPU": "one"}, r"must be a dict of resource names to positive amounts.*'one'"),
-        ({"GPU": 0}, r"must be a dict of resource names to positive amounts"),
-        ({1: 1}, r"must be a dict of resource names to positive amounts"),
+        ({"GPU": "one"}, r"must be a dict of resource names to finite positive amounts.*'one'"),
+        ({"GPU": 0}, r"must be a dict of resource names to finite positive amounts"),
+        ({1: 1}, r"must be a dict of resource names to finite positive amounts"),
         (lambda key: 1 / 0, r"raised ZeroDivisionError"),
     ],
 )
@@ -645,10 +633,15 @@ def test_a_sync_flow_closes_its_temporary_cluster_after_a_failure(
             lambda: DaskTaskRunner(lt.broken_factory),
             r"dask_lifetime_tasks\.broken_factory could not be started .*no cluster today",
         ),
-        (  # LocalCluster hands unknown keywords to its workers, which refuse them
+        pytest.param(  # LocalCluster hands unknown keywords to its workers, which refuse them
             lambda: DaskTaskRunner(cluster_kwargs={**ONE_WORKER, "n_wrokers": 2}),
             r"distributed\.LocalCluster could not be started with cluster_kwargs "
             r"\{.*'n_wrokers': 2\}.*unexpected keyword argument 'n_wrokers'",
+            marks=pytest.mark.known_leak(
+                reason="distributed leaves a pipe of the worker process that refused to start "
+                "open (its nanny's, unreachable from orchestr); no process or thread is left",
+                pipes=True,
+            ),
         ),
         (
             lambda: DaskTaskRunner(cluster_kwargs={**ONE_WORKER, "memory_limit": "lots"}),

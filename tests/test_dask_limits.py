@@ -18,6 +18,7 @@ import dask
 import dask_limit_tasks as t
 import distributed
 import pytest
+from dask_processes import cli_cluster
 
 from orchestr import flow, override_settings
 from orchestr.dask import DaskTaskRunner
@@ -326,21 +327,19 @@ SHORT_LEASES = {
 
 
 @pytest.fixture(scope="module")
-def short_leases() -> Iterator[str]:
+def short_leases(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A cluster of 2 single-thread worker processes whose scheduler checks leases
-    every 0.25 s, and whose processes let a lease go stale after 3 s unrefreshed."""
-    with dask.config.set(SHORT_LEASES):
-        cluster = distributed.LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address="127.0.0.1:0",
-            scheduler_kwargs={"allowed_failures": 0},
-        )
-    try:
-        yield cluster.scheduler_address
-    finally:
-        cluster.close()
+    every 0.25 s, and whose processes let a lease go stale after 3 s unrefreshed (its
+    scheduler and workers are processes of their own)."""
+    env = {
+        "DASK_" + key.upper().replace(".", "__").replace("-", "_"): value
+        for key, value in SHORT_LEASES.items()
+    }
+    env["DASK_DISTRIBUTED__SCHEDULER__ALLOWED_FAILURES"] = "0"
+    folder = tmp_path_factory.mktemp("short-leases")
+    one_thread = ["--nworkers", "1", "--nthreads", "1"]
+    with cli_cluster(folder, env=env, worker_args=[one_thread, one_thread]) as cluster:
+        yield cluster.address
 
 
 def test_a_lease_held_by_a_killed_worker_is_freed_within_the_lease_timeout(

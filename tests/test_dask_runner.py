@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -34,6 +35,11 @@ import anyio.to_thread
 import distributed
 import psutil
 import pytest
+from dask_processes import (
+    BOUND,
+    LOOPBACK_ANY_PORT,
+    cli_cluster,
+)
 from dask_runner_tasks import (
     AsyncAdaptCluster,
     CountingFactory,
@@ -57,17 +63,7 @@ from orchestr.dask import DaskTaskRunner, get_dask_client
 from orchestr.exceptions import ClusterError, OrchestrError, UsageError
 from orchestr.states import StateType
 
-TESTS = Path(__file__).parent
-# Even without a dashboard a scheduler serves HTTP, on port 8787 unless told otherwise, and
-# Dask warns (an error in these tests) when another cluster on this machine has that port.
-LOOPBACK_ANY_PORT = "127.0.0.1:0"
-DASK = str(Path(sys.executable).parent / "dask")
-SCHEDULER = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
-SCHEDULER += ["--dashboard-address", LOOPBACK_ANY_PORT]
-WORKER = [DASK, "worker", "--host", "127.0.0.1", "--nthreads", "2", "--no-dashboard"]
-# A small in-process cluster: configuration tests need no worker processes.
 IN_PROCESS = {"n_workers": 1, "processes": False, "dashboard_address": LOOPBACK_ANY_PORT}
-BOUND = 30.0  # seconds: what should end at once ends within this, even on a busy machine
 
 
 def _client_threads() -> list[str]:
@@ -391,69 +387,8 @@ def test_an_existing_cluster_object_is_used_and_left_running(run: Callable[..., 
 def dask_cli(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
     """A `dask scheduler` and a `dask worker` (with its nanny) on 127.0.0.1, started
     as processes for this module; stopped after it, leaving no process behind."""
-    folder = tmp_path_factory.mktemp("dask-cli")
-    scheduler_file = folder / "scheduler.json"
-    # Both import the tasks' module (the scheduler for run_on_scheduler's function).
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), str(TESTS.parent)])}
-    started: list[subprocess.Popen[bytes]] = []
-    try:
-        with (folder / "scheduler.log").open("wb") as log:
-            started.append(
-                subprocess.Popen(
-                    [*SCHEDULER, "--scheduler-file", str(scheduler_file)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            )
-        address = _wait_for_address(scheduler_file, started[0])
-        with (folder / "worker.log").open("wb") as log:
-            started.append(
-                subprocess.Popen(
-                    [*WORKER, "--scheduler-file", str(scheduler_file)],
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    env=env,
-                )
-            )
-        with distributed.Client(address, timeout=BOUND, set_as_default=False) as client:
-            client.wait_for_workers(1, timeout=60)
-        scheduler, worker = started
-        yield SimpleNamespace(address=address, scheduler=scheduler, worker=worker)
-    finally:
-        _stop(started)
-
-
-def _wait_for_address(scheduler_file: Path, scheduler: subprocess.Popen[bytes]) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert scheduler.poll() is None, "dask scheduler exited"
-        try:
-            return str(json.loads(scheduler_file.read_text())["address"])
-        except (FileNotFoundError, ValueError, KeyError):
-            time.sleep(0.05)  # written by the scheduler when it listens
-    raise AssertionError(f"dask scheduler wrote no {scheduler_file} within 60 s")
-
-
-def _stop(started: list[subprocess.Popen[bytes]]) -> None:
-    """Terminate the worker, then the scheduler; wait for them and their children."""
-    family: list[psutil.Process] = []
-    for proc in started:
-        try:
-            family.extend(psutil.Process(proc.pid).children(recursive=True))
-        except psutil.NoSuchProcess:
-            pass
-    for proc in reversed(started):
-        proc.terminate()
-        try:
-            proc.wait(BOUND)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(BOUND)
-    _, alive = psutil.wait_procs(family, timeout=BOUND)
-    for proc in alive:
-        proc.kill()
-    assert alive == [], f"processes left behind by dask scheduler/worker: {alive}"
+    with cli_cluster(tmp_path_factory.mktemp("dask-cli")) as cluster:
+        yield cluster
 
 
 def _worker_pids(worker: subprocess.Popen[bytes]) -> set[int]:
@@ -728,7 +663,10 @@ FAKE_CLUSTER = SimpleNamespace(scheduler_address="tcp://127.0.0.1:8786")
         ({"connect_timeout": float("nan")}, r"connect_timeout of DaskTaskRunner must be.*nan"),
         ({"connect_timeout": True}, r"connect_timeout of DaskTaskRunner must be.*True"),
     ],
-    ids=lambda value: repr(value)[:60] if isinstance(value, dict) else "",
+    # No addresses in ids: pytest-xdist needs the same ids in every worker process.
+    ids=lambda value: (
+        re.sub(" at 0x[0-9a-f]+", "", repr(value))[:60] if isinstance(value, dict) else ""
+    ),
 )
 def test_bad_constructor_input_is_a_usage_error_naming_it(
     kwargs: dict[str, Any], message: str

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,8 @@ NOT_RUN = "<!-- not-run -->"
 OPENING = re.compile(r"^(?P<indent>[ \t]*)```(?:python3?|py)(?:\s.*)?$")
 SNIPPET = re.compile(r'^--8<--\s+"(?P<path>[^"]+)"\s*$')
 BLOCK_TIMEOUT = 60
+# One pytest-xdist worker runs every block (they start together, from one fixture).
+pytestmark = pytest.mark.xdist_group("docs")
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,9 @@ def _clean_environment() -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"}
 
 
-@pytest.fixture(scope="module")
+# Session-wide: under pytest-xdist the blocks' tests may come in between other modules'
+# tests, and a module fixture would then run every block again.
+@pytest.fixture(scope="session")
 def block_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[object]]]:
     """Start every selected block at once (a few processes at a time); tests collect."""
     selected = {
@@ -108,7 +112,11 @@ def block_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[obje
     }
     workers = max(2, min(8, 2 * (os.cpu_count() or 1)))
     with ThreadPoolExecutor(workers) as pool:
-        yield {b.where: pool.submit(_run_block, b) for b in BLOCKS if b.where in selected}
+        runs = {b.where: pool.submit(_run_block, b) for b in BLOCKS if b.where in selected}
+        # All ended before the first test: the suite's leak check must not take the
+        # blocks' processes for children that a test left behind.
+        wait(runs.values())
+        yield runs
 
 
 def test_site_builds_strictly(tmp_path: Path) -> None:

@@ -4,18 +4,27 @@ other, observations, cancellations, and injected faults: failing tasks, setups a
 cleanups, slow cleanups, task timeouts, small flow timeouts, cancellation from outside.
 Every example is checked against the invariants listed in ``fault_harness``.
 
-Seeded (``derandomize``) and bounded: 200 examples in all by default (about 20 s). Set
-``ORCHESTR_FAULT_EXAMPLES=2000`` (say) for a longer campaign.
+The same flows run with their task calls in other processes too: on a
+ProcessPoolTaskRunner (a stopped call ends its worker) and on the shared Dask cluster
+(a stopped call in a worker's thread is abandoned), without pool objects in tasks (they
+live in the flow's process).
+
+Seeded (``derandomize``) and bounded: by default 200 examples on threads (about 20 s) and
+140 far away (about 30 s). Set ``ORCHESTR_FAULT_EXAMPLES=2000`` (say) for a longer
+campaign (it scales both), and ``ORCHESTR_FAULT_STATS=1`` (with ``-s``) to see what the
+examples did.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from fault_harness import (
     RESOURCE_KINDS,
+    STATS,
     Block,
     Cancel,
     Observe,
@@ -46,18 +55,41 @@ FAULT_SETTINGS = settings(
 )
 # A failing run shrinks its example, a few hundred runs of the flow: allow for that.
 TEST_TIMEOUT = max(600, PER_TEST * 3)
+# With task calls in other processes an example costs more: each flow run starts worker
+# processes (about 0.35 s an example) or connects a Dask client (about 0.15 s). Four
+# tests per runner (sync and async flows, on asyncio and trio): by default 60 examples
+# on worker processes and 80 on Dask, about 30 s.
+PROCESS_PER_TEST = max(1, EXAMPLES * 3 // 40)
+DASK_PER_TEST = max(1, EXAMPLES // 10)
+FAR_TEST_TIMEOUT = max(900, DASK_PER_TEST * 10)
 
 MAX_TASKS = 8
 MAX_BLOCKS = 4
 MAX_DEPTH = 2
 
 
+# A call far away starts later than a thread here: on a process pool a fresh worker
+# process starts first (each flow run starts its own pool: 150-300 ms on this machine),
+# a Dask call travels to the scheduler and a worker first (10-30 ms). Cancellations and
+# timeouts drawn only from the first few milliseconds would nearly always hit calls that
+# have not started: far plans also draw them from a window when calls start and run.
+LATE_WINDOWS_MS = {"processes": (150, 400), "dask": (10, 80)}
+
+
+def _moment(low: int, high: int, late: tuple[int, int] | None) -> st.SearchStrategy[int]:
+    """Milliseconds in [low, high], or for a far plan also in its late window."""
+    early = st.integers(low, high)
+    return early if late is None else st.one_of(early, st.integers(*late))
+
+
 class _Builder:
     """Draws the steps of a plan, keeping ids and references consistent."""
 
-    def __init__(self, draw: Any, is_async: bool) -> None:
+    def __init__(self, draw: Any, is_async: bool, runner: str) -> None:
         self.draw = draw
         self.is_async = is_async
+        self.far = runner != "threads"  # calls in other processes: no pool objects there
+        self.late = LATE_WINDOWS_MS.get(runner)
         self.tids: list[int] = []
         self.mapped: set[int] = set()
         self.n_blocks = 0
@@ -75,7 +107,8 @@ class _Builder:
                 how = draw(st.sampled_from(("result", "wait", "state")))
                 out.append(Observe(draw(st.sampled_from(self.tids)), how))
             elif kind == "cancel" and self.tids:
-                out.append(Cancel(draw(st.sampled_from(self.tids)), draw(st.integers(0, 15))))
+                after_ms = draw(_moment(0, 15, self.late))
+                out.append(Cancel(draw(st.sampled_from(self.tids)), after_ms))
             elif kind == "sleep":
                 out.append(Sleep(draw(st.integers(1, 20))))
             elif len(self.tids) < MAX_TASKS:
@@ -120,11 +153,11 @@ class _Builder:
         fail = draw(st.sampled_from(("never", "never", "always", "first")))
         if is_async:
             work_ms = draw(st.integers(0, 30))
-            timeout_ms = draw(st.one_of(st.none(), st.integers(2, 40)))
+            timeout_ms = draw(st.one_of(st.none(), _moment(2, 40, self.late)))
         else:
             # A sync task's timeout always fires here (by a wide margin): its thread is
             # then abandoned, which the invariants allow for.
-            timeout_ms = draw(st.one_of(st.none(), st.integers(3, 10)))
+            timeout_ms = draw(st.one_of(st.none(), _moment(3, 10, self.late)))
             if timeout_ms is None:
                 work_ms = draw(st.integers(0, 30))
             else:
@@ -139,7 +172,9 @@ class _Builder:
             allow = tuple(draw(st.lists(st.sampled_from(singles), max_size=1)))
             wait_for = tuple(draw(st.lists(st.sampled_from(singles), max_size=1)))
         map_n = draw(st.sampled_from((0, 0, 0, 2, 3)))
-        pool = draw(st.one_of(st.none(), st.sampled_from(pools))) if pools else None
+        pool = (
+            draw(st.one_of(st.none(), st.sampled_from(pools))) if pools and not self.far else None
+        )
         self.tids.append(tid)
         if map_n:
             self.mapped.add(tid)
@@ -158,6 +193,17 @@ class _Builder:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def _stats() -> Iterator[None]:
+    """With ORCHESTR_FAULT_STATS=1 (and ``-s``), print what the examples did at the end
+    of a campaign: flow and run states, and how often each runner-specific exception of
+    an invariant was needed."""
+    yield
+    if os.environ.get("ORCHESTR_FAULT_STATS"):
+        for what, count in sorted(STATS.items()):
+            print(f"{count:7d}  {what}")
+
+
+@pytest.fixture(scope="module", autouse=True)
 def _warm_up() -> None:
     """Pay one-off costs (imports, first threads and loops) before the first example, so
     that its timing is like the others'."""
@@ -168,11 +214,12 @@ def _warm_up() -> None:
 
 
 @st.composite
-def plans(draw: Any, is_async: bool) -> Plan:
-    builder = _Builder(draw, is_async)
+def plans(draw: Any, is_async: bool, runner: str = "threads") -> Plan:
+    builder = _Builder(draw, is_async, runner)
+    late = LATE_WINDOWS_MS.get(runner)
     body = builder.steps(0, ())
-    flow_timeout_ms = draw(st.one_of(st.none(), st.integers(1, 50)))
-    outside_cancel_ms = draw(st.one_of(st.none(), st.integers(1, 50))) if is_async else None
+    flow_timeout_ms = draw(st.one_of(st.none(), _moment(1, 50, late)))
+    outside_cancel_ms = draw(st.one_of(st.none(), _moment(1, 50, late))) if is_async else None
     returns: tuple[int, ...] = ()
     return_single = False
     if builder.tids and draw(st.integers(0, 3)) == 0:
@@ -203,3 +250,78 @@ def test_sync_flows_keep_their_guarantees_under_faults(backend: str, plan: Plan)
 def test_async_flows_keep_their_guarantees_under_faults(backend: str, plan: Plan) -> None:
     """Random async flows under injected faults and outside cancellation keep invariants 1-9."""
     run_plan(plan, backend)
+
+
+# == the same on the runners whose calls run in other processes =============================
+PROCESS_SETTINGS = settings(FAULT_SETTINGS, max_examples=PROCESS_PER_TEST)
+DASK_SETTINGS = settings(FAULT_SETTINGS, max_examples=DASK_PER_TEST)
+
+
+def _warm_up_far(runner: str, dask_address: str | None = None) -> None:
+    """As ``_warm_up``, for a runner far away: the fork server and first workers (which
+    import ``fault_tasks``) of a process pool, the Dask workers' first import of it."""
+    body = (Block(0, "amgr", body=(Submit(0, True), Submit(1, False, map_n=2))),)
+    for is_async in (False, True):
+        run_plan(Plan(is_async, body), "asyncio", runner, dask_address)
+
+
+@pytest.fixture(scope="module")
+def processes_ready() -> None:
+    """The fork server started (it lives as long as this process) and warmed up."""
+    _warm_up_far("processes")
+
+
+@pytest.fixture(scope="module")
+def dask_ready(dask_address: str) -> str:
+    """The shared cluster, with both its workers up (an earlier test may have killed
+    one, which its nanny restarts) and warmed up."""
+    import distributed
+
+    with distributed.Client(dask_address, set_as_default=False) as client:
+        client.wait_for_workers(2, timeout=60)
+    _warm_up_far("dask", dask_address)
+    return dask_address
+
+
+@pytest.mark.timeout(FAR_TEST_TIMEOUT)
+@PROCESS_SETTINGS
+@given(plan=plans(is_async=False, runner="processes"))
+def test_sync_flows_on_worker_processes_keep_their_guarantees_under_faults(
+    processes_ready: None, backend: str, plan: Plan
+) -> None:
+    """Random sync flows with every task call in a ProcessPoolTaskRunner's workers keep
+    invariants 1-9 (a stopped call ends its worker: nothing outlives the flow call)."""
+    run_plan(plan, backend, "processes")
+
+
+@pytest.mark.timeout(FAR_TEST_TIMEOUT)
+@PROCESS_SETTINGS
+@given(plan=plans(is_async=True, runner="processes"))
+def test_async_flows_on_worker_processes_keep_their_guarantees_under_faults(
+    processes_ready: None, backend: str, plan: Plan
+) -> None:
+    """Random async flows (cancelled from outside too) with every task call in a
+    ProcessPoolTaskRunner's workers keep invariants 1-9."""
+    run_plan(plan, backend, "processes")
+
+
+@pytest.mark.timeout(FAR_TEST_TIMEOUT)
+@DASK_SETTINGS
+@given(plan=plans(is_async=False, runner="dask"))
+def test_sync_flows_on_dask_keep_their_guarantees_under_faults(
+    dask_ready: str, backend: str, plan: Plan
+) -> None:
+    """Random sync flows with every task call on the shared Dask cluster keep invariants
+    1-9 (a stopped call in a Dask worker's thread is abandoned, as a thread here)."""
+    run_plan(plan, backend, "dask", dask_ready)
+
+
+@pytest.mark.timeout(FAR_TEST_TIMEOUT)
+@DASK_SETTINGS
+@given(plan=plans(is_async=True, runner="dask"))
+def test_async_flows_on_dask_keep_their_guarantees_under_faults(
+    dask_ready: str, backend: str, plan: Plan
+) -> None:
+    """Random async flows (cancelled from outside too) with every task call on the shared
+    Dask cluster keep invariants 1-9."""
+    run_plan(plan, backend, "dask", dask_ready)

@@ -543,7 +543,12 @@ def test_second_signal_stops_waiting_for_task_runs(start: Any, signum: int, kind
     task_run = program.wait_for("TASK RUN ", timeout=15).split()[-1]
     program.wait_for("READY", timeout=5)
     program.send(signum)
-    time.sleep(0.5)  # the first signal is being handled: the run waits for the task run
+    # The first signal is being handled (the run waits for the task run) once the
+    # program says so on stderr.
+    deadline = time.monotonic() + 15
+    while "send " not in program.err:
+        assert time.monotonic() < deadline, f"no notice of the first signal: {program.describe()}"
+        time.sleep(0.01)
     second = program.send(signum)
     exited = program.finish(timeout=4)
     took = program.ended_at - second

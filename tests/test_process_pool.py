@@ -10,6 +10,7 @@ workers import this module to find them.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -104,7 +105,8 @@ def test_a_stopped_call_is_stopped_for_real(run: Any, tmp_path: Path, stop: str)
     """Unlike a thread, a timed-out or cancelled call does not go on: its worker is ended
     (the call never gets to write its marker) and another takes its place."""
     marker = str(tmp_path / "late")
-    timeout = 0.3 if stop == "timeout" else None
+    # Long enough that the call has started (its worker up) even on a busy machine.
+    timeout = 1.5 if stop == "timeout" else None
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
     async def main() -> tuple[str, int, int]:
@@ -416,7 +418,7 @@ def blocks_until(path: str) -> int:
     return os.getpid()
 
 
-@task(timeout_seconds=0.3)
+@task(timeout_seconds=1.5)  # long enough to start, even on a busy machine
 def overstays(started: str) -> None:
     Path(started).write_text("")
     time.sleep(20)
@@ -568,3 +570,49 @@ def test_calls_queued_on_a_worker_that_dies_run_elsewhere(run: Any) -> None:
             return (await dying.wait()).name, [(await q.wait()).name for q in queued]
 
     assert run(main) == ("Crashed", ["Completed"] * 3)
+
+
+def test_a_stopped_workers_pipes_are_closed_without_the_garbage_collector(
+    run: Any, tmp_path: Path
+) -> None:
+    """The pipes that tie a worker to this process are closed once the worker is gone,
+    not when the garbage collector next runs: the cancellation that stopped its call (a
+    flow timeout, on asyncio) keeps the pool's record of it in a reference cycle, through
+    its traceback."""
+
+    def pipes() -> set[str]:
+        found = set()
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                what = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:  # closed meanwhile (this very listing's, say)
+                continue
+            if what.startswith(("pipe:", "socket:")):
+                found.add(f"{fd} {what}")
+        return found
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def warm_up() -> None:
+        await pid.submit()  # the fork server's own pipes stay for the process's lifetime
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1), timeout_seconds=0.5)
+    async def main() -> None:
+        sleep_then_mark.submit(3, str(tmp_path / "late"))
+        await anyio.sleep(10)
+
+    async def timed_out() -> str:
+        return (await main(return_state=True)).name
+
+    run(warm_up)
+    gc.collect()
+    gc.disable()
+    try:
+        before = pipes()
+        assert run(timed_out) == "TimedOut"
+        # Longer than the pool's own references to a stopped worker last (_STOP_GRACE).
+        deadline = time.monotonic() + 4
+        while (left := pipes() - before) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        gc.enable()
+    assert not left

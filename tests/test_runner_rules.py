@@ -61,12 +61,16 @@ from orchestr.exceptions import (
 from orchestr.runners import RemoteError
 from orchestr.testing import PicklingTaskRunner, assert_resources_cleaned_up, fast_retries, no_leaks
 
-pytestmark = pytest.mark.timeout(60)
+# The shared Dask cluster is asked for while tests run (the dask kind): named here, it is
+# set up before the suite's leak check starts watching a test.
+pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("dask_address")]
 
 WAIT = 10  # seconds: the bound on every wait that should end at once
 POLL = 0.005
-TIMEOUT = 0.3  # a task's timeout_seconds in the timeout scenarios
-FLOW_TIMEOUT = 0.5  # a flow's: its task runs (in new worker processes) start well within
+# Timeouts long enough that the calls they stop have started even on a busy machine (a
+# process-pool call may have to wait for its worker process to start and import).
+TIMEOUT = 1.0  # a task's timeout_seconds in the timeout scenarios
+FLOW_TIMEOUT = 1.5  # a flow's: its task runs (in new worker processes) start well within
 QUEUED_BOUND = 2.0  # how long a trivial call on a free worker may take to be done
 
 RUNNERS: dict[str, type[TaskRunner]] = {

@@ -3,6 +3,7 @@ finished, whatever happened; the engine drives any runner through the protocol."
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -260,6 +261,12 @@ def test_async_only_flows_start_no_worker_threads(run: Any) -> None:
     assert not [n for n in names if n.startswith("orchestr-worker")]
 
 
+@pytest.mark.known_leak(
+    reason="on asyncio, a SystemExit escaping the loop leaves the flow's task pending; "
+    "asyncio's runner restores SIGINT first, then cancels it, and the flow puts back the "
+    "handler it found (the runner's own, now stale). RELIABILITY.md lists it.",
+    signals=(signal.SIGINT,),
+)
 def test_an_interrupt_from_a_task_hook_still_finishes_runs_and_shuts_the_runner_down(
     run: Any,
 ) -> None:

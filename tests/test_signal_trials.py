@@ -8,10 +8,20 @@ Each seed is one test (``signal_trial_program.py`` holds the flows; the seed dec
 scenario, the flows, the signal and its timing). The trials run in a pool of
 subprocesses, PARALLEL at a time, started when the first trial test starts.
 
-Profiles: ``ORCHESTR_SIGNAL_TRIALS=300`` runs 300 seeds instead of the default;
-``ORCHESTR_SIGNAL_TRIAL_SEEDS=3,17`` runs only those seeds (to reproduce a failure);
+The flows run on each runner: the thread pool (``seed``), the process pool
+(``processes:seed``) and Dask (``dask:seed``: each flow run starts and closes a
+temporary LocalCluster of worker processes, as a real program would). What a trial
+started must be gone after it, wherever it ended up in the process tree: every process
+with the trial's token in its environment (which all of them inherit: pool workers, the
+fork server, Dask's workers, the helpers) is counted.
+
+Profiles: ``ORCHESTR_SIGNAL_TRIALS=300`` runs 300 seeds on the thread pool instead of the
+default, ``ORCHESTR_SIGNAL_TRIALS_PROCESSES`` and ``ORCHESTR_SIGNAL_TRIALS_DASK`` as many
+on those runners (their defaults are small: a Dask trial costs several seconds);
+``ORCHESTR_SIGNAL_TRIAL_SEEDS=3,17,dask:5`` runs only those (to reproduce a failure);
 ``ORCHESTR_SIGNAL_TRIALS_LOG=<file>`` appends one JSON line per trial (for campaigns).
-One trial also runs without pytest: ``python tests/test_signal_trials.py <seed>``.
+One trial also runs without pytest: ``python tests/test_signal_trials.py <seed>`` (or
+``dask:<seed>``).
 
 Where a signal landed is read from the journal: the program appends timestamped events
 (``CLOCK_MONOTONIC``, the clock ``time.monotonic()`` reads here too), and the phase is
@@ -31,16 +41,21 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from signal_trial_program import SCENARIOS, make_plan
+from signal_trial_program import RUNNERS, SCENARIOS, make_plan
 
 PROGRAM = Path(__file__).with_name("signal_trial_program.py")
 
-DEFAULT_TRIALS = 40
+DEFAULT_TRIALS = {"threads": 40, "processes": 8, "dask": 3}
+ENV_COUNTS = {
+    "threads": "ORCHESTR_SIGNAL_TRIALS",
+    "processes": "ORCHESTR_SIGNAL_TRIALS_PROCESSES",
+    "dask": "ORCHESTR_SIGNAL_TRIALS_DASK",
+}
 PARALLEL = 4
 CANCEL_GRACE = 1.0  # ORCHESTR_CANCEL_GRACE_SECONDS for the trials; cleanup timeouts default
 # How long a process may take to end after the (last) signal. The engine may wait out the
@@ -49,9 +64,17 @@ CANCEL_GRACE = 1.0  # ORCHESTR_CANCEL_GRACE_SECONDS for the trials; cleanup time
 # the helper); Python's own exit is quick. The rest is room for four trials sharing two
 # cores. Cleanup timeouts (30 s) never come into it: no cleanup here takes 0.3 s.
 END_BOUND = 10.0
-# After the process ended, how long a helper that was already told to stop may take to go.
-ORPHAN_WAIT = 2.0
+# Per runner, what it adds to that bound: worker processes to stop (the pool's; Dask's
+# cluster, whose start a signal may also interrupt: it is given 5 s to finish, then the
+# cluster is closed).
+END_EXTRA = {"threads": 0.0, "processes": 3.0, "dask": 15.0}
+# After the process ended, how long a helper that was already told to stop may take to go
+# (pool workers see their parent gone within 0.5 s; Dask's worker processes, their nanny's).
+ORPHAN_WAIT = {"threads": 2.0, "processes": 3.0, "dask": 5.0}
 STARTUP = 0.5  # roughly: interpreter start and imports, before the first flow call
+# Per runner, roughly: more imports (Dask's) and, for each flow run, starting workers.
+RUNNER_STARTUP = {"threads": 0.0, "processes": 0.2, "dask": 1.5}
+RUNNER_PER_FLOW = {"threads": 0.0, "processes": 0.5, "dask": 4.0}
 
 
 # -- trials -----------------------------------------------------------------------------------
@@ -62,45 +85,87 @@ class Trial:
     signum: int
     delay: float  # seconds after the process started
     gap: float | None  # a second signal this long after the first (double signal)
+    runner: str = "threads"
 
     @property
     def signal_name(self) -> str:
         return signal.Signals(self.signum).name
 
     @property
+    def key(self) -> str:
+        """The seed as ``ORCHESTR_SIGNAL_TRIAL_SEEDS`` names it."""
+        return str(self.seed) if self.runner == "threads" else f"{self.runner}:{self.seed}"
+
+    @property
     def id(self) -> str:
         double = f"-double{self.gap:.2f}" if self.gap is not None else ""
-        return f"seed{self.seed}-{self.scenario}-{self.signal_name}-{self.delay:.2f}s{double}"
+        on = {"threads": "", "processes": "processes-", "dask": "Dask-"}[self.runner]
+        return f"{on}seed{self.seed}-{self.scenario}-{self.signal_name}-{self.delay:.2f}s{double}"
+
+    @property
+    def end_bound(self) -> float:
+        return END_BOUND + END_EXTRA[self.runner]
 
     def describe(self) -> str:
         second = f", again {self.gap:.2f} s later" if self.gap is not None else ""
         return (
-            f"{self.scenario} (seed {self.seed}): {self.signal_name} {self.delay:.2f} s "
-            f"after start{second}.\n  reproduce: ORCHESTR_SIGNAL_TRIAL_SEEDS={self.seed} "
-            f"pytest tests/test_signal_trials.py  (or: python tests/test_signal_trials.py "
-            f"{self.seed})\n  program: python tests/signal_trial_program.py "
-            f"{self.scenario} {self.seed} <journal> <token>"
+            f"{self.scenario} on {self.runner} (seed {self.seed}): {self.signal_name} "
+            f"{self.delay:.2f} s after start{second}.\n  reproduce: "
+            f"ORCHESTR_SIGNAL_TRIAL_SEEDS={self.key} pytest tests/test_signal_trials.py  "
+            f"(or: python tests/test_signal_trials.py {self.key})\n  program: python "
+            f"tests/signal_trial_program.py {self.scenario} {self.seed} <journal> <token> "
+            f"{self.runner}"
         )
 
 
-def make_trial(seed: int) -> Trial:
-    rng = random.Random(f"trial/{seed}")
+def make_trial(seed: int, runner: str = "threads") -> Trial:
+    # The thread pool's trials keep the seeds they always had.
+    rng = random.Random(f"trial/{seed}" if runner == "threads" else f"trial/{runner}/{seed}")
     scenario = SCENARIOS[seed % len(SCENARIOS)]  # every scenario equally often
     plan = make_plan(scenario, seed)
     signum = rng.choice((signal.SIGTERM, signal.SIGINT))
-    delay = rng.uniform(0.0, STARTUP + 1.1 * plan.estimated_seconds())
+    flows = 1 if plan.concurrent else len(plan.flows)  # cluster starts one after the other
+    overhead = RUNNER_STARTUP[runner] + flows * RUNNER_PER_FLOW[runner]
+    delay = rng.uniform(0.0, STARTUP + overhead + 1.1 * plan.estimated_seconds())
     gap = rng.uniform(0.05, 1.0) if rng.random() < 0.3 else None
-    return Trial(seed, scenario, int(signum), round(delay, 3), gap and round(gap, 3))
+    return Trial(seed, scenario, int(signum), round(delay, 3), gap and round(gap, 3), runner)
 
 
-def selected_seeds() -> list[int]:
+def parse_key(key: str) -> tuple[str, int]:
+    runner, _, seed = key.rpartition(":")
+    runner = runner or "threads"
+    if runner not in RUNNERS:
+        raise ValueError(f"unknown runner in trial {key!r}; one of {RUNNERS}")
+    return runner, int(seed)
+
+
+def selected_trials() -> list[Trial]:
     chosen = os.environ.get("ORCHESTR_SIGNAL_TRIAL_SEEDS")
     if chosen:
-        return [int(s) for s in chosen.replace(",", " ").split()]
-    return list(range(int(os.environ.get("ORCHESTR_SIGNAL_TRIALS", DEFAULT_TRIALS))))
+        keys = [parse_key(k) for k in chosen.replace(",", " ").split()]
+        return [make_trial(seed, runner) for runner, seed in keys]
+    # The slow ones first: the pool then fills the time they take with the quick ones.
+    return [
+        make_trial(seed, runner)
+        for runner in ("dask", "processes", "threads")
+        for seed in range(int(os.environ.get(ENV_COUNTS[runner], DEFAULT_TRIALS[runner])))
+    ]
 
 
-TRIALS = [make_trial(seed) for seed in selected_seeds()]
+TRIALS = selected_trials()
+
+
+def worst_seconds(trial: Trial) -> float:
+    """The longest a trial may take: its signals, its bound, the SIGABRT wait, orphans."""
+    return trial.delay + (trial.gap or 0.0) + trial.end_bound + 5.0 + ORPHAN_WAIT[trial.runner]
+
+
+# The first trial test waits for every trial (see trial_outcomes): its timeout covers them.
+# One pytest-xdist worker runs every trial (they start together, from one fixture).
+pytestmark = [
+    pytest.mark.timeout(60 + sum(map(worst_seconds, TRIALS)) / PARALLEL),
+    pytest.mark.xdist_group("signal-trials"),
+]
 
 
 # -- running one trial ------------------------------------------------------------------------
@@ -121,7 +186,7 @@ class Outcome:
     took: float = 0.0  # from the last signal sent to the process's end
     events: list[Event] = field(default_factory=list)
     stderr: str = ""
-    survivors: list[str] = field(default_factory=list)  # helper processes left behind
+    survivors: list[str] = field(default_factory=list)  # processes left behind
 
 
 def read_journal(path: Path) -> list[Event]:
@@ -136,7 +201,10 @@ def read_journal(path: Path) -> list[Event]:
 
 
 def token_processes(token: str) -> dict[int, str]:
-    """Living (non-zombie) processes whose command line holds ``token``."""
+    """Living (non-zombie) processes whose command line or environment holds ``token``:
+    a trial's program gets it in its environment, which every process it starts (pool
+    workers, the fork server, Dask's nannies and workers, helpers) inherits, wherever
+    in the process tree it ends up."""
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -144,9 +212,10 @@ def token_processes(token: str) -> dict[int, str]:
         try:
             cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
             stat = Path(f"/proc/{entry}/stat").read_text()
+            environ = Path(f"/proc/{entry}/environ").read_bytes()
         except OSError:
             continue  # gone meanwhile
-        if token.encode() not in cmdline:
+        if token.encode() not in cmdline and token.encode() not in environ:
             continue
         state = stat[stat.rindex(")") + 2 :].split()[0]
         if state != "Z":
@@ -160,13 +229,16 @@ def run_trial(trial: Trial, directory: Path) -> Outcome:
     token = f"orchestr-signal-trial-{uuid.uuid4().hex}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
     # PYTHONFAULTHANDLER: a hung process dumps its threads' stacks on SIGABRT (the helpers
-    # run with -I, which ignores it).
+    # run with -I, which ignores it). SIGNAL_TRIAL_TOKEN marks every process the trial
+    # starts, through the environment they inherit.
     env |= {
         "ORCHESTR_CANCEL_GRACE_SECONDS": str(CANCEL_GRACE),
         "PYTHONUNBUFFERED": "1",
         "PYTHONFAULTHANDLER": "1",
+        "SIGNAL_TRIAL_TOKEN": token,
     }
     command = [sys.executable, str(PROGRAM), trial.scenario, str(trial.seed), str(journal), token]
+    command.append(trial.runner)
     outcome = Outcome()
     stderr_path = directory / "stderr"
     with (directory / "stdout").open("wb") as out, stderr_path.open("wb") as err:
@@ -183,7 +255,7 @@ def run_trial(trial: Trial, directory: Path) -> Outcome:
                 if alive:
                     process.send_signal(trial.signum)
             try:
-                process.wait(timeout=END_BOUND)
+                process.wait(timeout=trial.end_bound)
             except subprocess.TimeoutExpired:
                 outcome.hung = True
                 process.send_signal(signal.SIGABRT)  # stacks of every thread to stderr
@@ -199,7 +271,7 @@ def run_trial(trial: Trial, directory: Path) -> Outcome:
                 process.kill()
                 process.wait()
     # Helpers told to stop just before the process ended get a moment to go.
-    deadline = time.monotonic() + ORPHAN_WAIT
+    deadline = time.monotonic() + ORPHAN_WAIT[trial.runner]
     while (left := token_processes(token)) and time.monotonic() < deadline:
         time.sleep(0.05)
     outcome.survivors = [f"{pid}: {cmd}" for pid, cmd in left.items()]
@@ -324,9 +396,10 @@ def check(trial: Trial, outcome: Outcome) -> list[str]:
     problems = []
     if outcome.hung:
         problems.append(
-            f"still running {END_BOUND} s after the last signal: killed (SIGABRT, stacks in stderr)"
+            f"still running {trial.end_bound} s after the last signal: killed (SIGABRT, "
+            "stacks in stderr)"
         )
-    elif outcome.took > END_BOUND:
+    elif outcome.took > trial.end_bound:
         problems.append(f"took {outcome.took:.1f} s after the last signal to end")
     # Every setup that finished was cleaned up exactly once; no cleanup without one.
     kinds = ("setup end", "cleanup begin", "cleanup end", "cleanup interrupted")
@@ -342,7 +415,7 @@ def check(trial: Trial, outcome: Outcome) -> list[str]:
         if n["cleanup begin"] > n["setup end"]:
             problems.append(f"{rid}: cleanup started without a finished setup (or twice)")
     if outcome.survivors:
-        problems.append(f"helper processes left behind: {outcome.survivors}")
+        problems.append(f"processes left behind: {outcome.survivors}")
     for e in outcome.events:
         if e.kind == "children left" and e.detail:
             problems.append(f"child processes left when the flows ended: {e.detail}")
@@ -430,6 +503,7 @@ def log_trial(trial: Trial, outcome: Outcome, problems: list[str]) -> None:
         return
     entry = {
         "seed": trial.seed,
+        "runner": trial.runner,
         "id": trial.id,
         "scenario": trial.scenario,
         "signal": trial.signal_name,
@@ -451,28 +525,34 @@ _log_lock = threading.Lock()
 
 
 # -- the tests --------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
+# Session-wide: under pytest-xdist the trials' tests may come in between other modules'
+# tests, and a module fixture would then run every trial again.
+@pytest.fixture(scope="session")
 def trial_outcomes(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[dict[int, Future[Outcome]]]:
-    """Runs the selected trials in a pool, PARALLEL at a time, in test order."""
+) -> Iterator[dict[str, Future[Outcome]]]:
+    """Runs the selected trials in a pool, PARALLEL at a time, in test order, and waits
+    for them all: done before the first trial test starts, the processes and files they
+    use are not taken for that test's leaks."""
     chosen = [
         item.callspec.params["trial"]
         for item in request.session.items
-        if item.module is request.module and hasattr(item, "callspec")
+        if getattr(item, "originalname", None) == "test_signal_trial"
     ]
     base = tmp_path_factory.mktemp("signal-trials")
     pool = ThreadPoolExecutor(PARALLEL, thread_name_prefix="signal-trial")
     try:
-        yield {t.seed: pool.submit(run_trial, t, base / f"seed{t.seed}") for t in chosen}
+        outcomes = {t.key: pool.submit(run_trial, t, base / t.id) for t in chosen}
+        wait(outcomes.values())
+        yield outcomes
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
 @pytest.mark.parametrize("trial", TRIALS, ids=[t.id for t in TRIALS])
-def test_signal_trial(trial: Trial, trial_outcomes: dict[int, Future[Outcome]]) -> None:
+def test_signal_trial(trial: Trial, trial_outcomes: dict[str, Future[Outcome]]) -> None:
     """A signal at any moment: a bounded end, setups cleaned up once, no orphans, its exit code."""
-    outcome = trial_outcomes[trial.seed].result()
+    outcome = trial_outcomes[trial.key].result()
     problems = check(trial, outcome)
     log_trial(trial, outcome, problems)
     if problems:
@@ -480,8 +560,8 @@ def test_signal_trial(trial: Trial, trial_outcomes: dict[int, Future[Outcome]]) 
 
 
 if __name__ == "__main__":
-    for seed in [int(s) for s in sys.argv[1:]]:
-        one = make_trial(seed)
+    for runner, seed in [parse_key(k) for k in sys.argv[1:]]:
+        one = make_trial(seed, runner)
         with tempfile.TemporaryDirectory() as tmp:
             result = run_trial(one, Path(tmp))
         found = check(one, result)

@@ -48,6 +48,10 @@ from orchestr.runners import ProcessPoolTaskRunner, TaskRunner
 from orchestr.states import StateType
 from orchestr.testing import PicklingTaskRunner, ResourceLeakError, assert_resources_cleaned_up
 
+# The shared Dask cluster is asked for while tests run: named here, it is set up before
+# the suite's leak check starts watching a test.
+pytestmark = pytest.mark.usefixtures("dask_address")
+
 BOUND = 30.0  # seconds: waits that should end at once end by then
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from .._checks import is_number, seconds, whole
+from .._checks import as_float, is_number, seconds, whole
 from ..exceptions import HistoryError, UsageError
 from ..settings import get_settings
 from . import _schema
@@ -210,7 +210,8 @@ def list_runs(
         found = conn.execute(
             f"SELECT {_FLOW_COLUMNS} FROM flow_runs {where} "
             "ORDER BY started DESC, rowid DESC LIMIT ?",
-            (*values, -1 if limit is None else limit),
+            # Beyond SQLite's integers (which no history reaches): all of them.
+            (*values, -1 if limit is None or limit >= 2**63 else limit),
         ).fetchall()
         return _flow_rows(conn, found)
 
@@ -376,7 +377,11 @@ def _reading(path: Path | str | None, caller: str) -> Iterator[sqlite3.Connectio
     if path is not None and not isinstance(path, str | os.PathLike):
         raise UsageError(f"path of {caller} must be a path (a str or an os.PathLike), got {path!r}")
     where = Path(path) if path is not None else history_path()
-    if not where.exists():
+    try:
+        exists = where.exists()  # OSError for a name too long, say
+    except OSError as exc:
+        raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
+    if not exists:
         yield None
         return
     try:
@@ -463,6 +468,10 @@ def _parameters(text: str | None) -> dict[str, Any]:
 def _text(value: Any, what: str) -> str:
     if not isinstance(value, str):
         raise UsageError(f"{what} must be a string, got {value!r}")
+    try:
+        value.encode()  # SQLite takes UTF-8, which a lone surrogate (from argv) is not
+    except UnicodeEncodeError:
+        raise UsageError(f"{what} must be text, got {value!r} (not valid Unicode)") from None
     return value
 
 
@@ -482,11 +491,14 @@ def _epoch(since: Any) -> float:
     """``since`` as seconds since the epoch: a number as it is, a datetime (naive: local
     time) as its timestamp, a timedelta as that long before now."""
     if isinstance(since, datetime.datetime):
-        return since.timestamp()
+        try:
+            return since.timestamp()
+        except (OverflowError, ValueError, OSError) as exc:  # datetime.min in local time
+            raise UsageError(f"since of list_runs() is out of range: {since!r} ({exc})") from None
     if isinstance(since, datetime.timedelta):
         return time.time() - since.total_seconds()
-    if is_number(since) and not math.isnan(float(since)):
-        return float(since)
+    if is_number(since) and not math.isnan(as_float(since)):
+        return as_float(since)  # a huge int: +-inf, before or after every run
     raise UsageError(
         "since of list_runs() must be seconds since the epoch, a datetime or a timedelta, "
         f"got {since!r}"

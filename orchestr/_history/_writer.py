@@ -226,12 +226,18 @@ class Writer:
         # The hot loop of the writer: a task run's items in the batch (usually one, its
         # final state) fold into one row; a flow run's, into one row and its events.
         flows: dict[Recorded, list[Any]] = {}  # -> [parameters JSON or None, change lines]
-        tasks: dict[Any, list[Any]] = {}  # task run record -> [its Recorded, its items]
+        # Task run record -> its one item, or a list of its items when there are more: no
+        # list for the usual task run (a batch of 20,000 made as many lists that lived
+        # long enough to be promoted to the collector's old generation, and so made it
+        # walk that generation whole more often: benchmarks/bench_load.py).
+        tasks: dict[Any, Any] = {}
         for item in items:
             if len(item) == 5:
                 found = tasks.get(item[0])
                 if found is None:
-                    tasks[item[0]] = [item[4], item]
+                    tasks[item[0]] = item
+                elif type(found) is tuple:
+                    tasks[item[0]] = [found, item]
                 else:
                     found.append(item)
             else:
@@ -280,8 +286,9 @@ def _flow_id(recorded: Recorded) -> str:
     return found
 
 
-def _task_row(record: Any, found: list[Any]) -> tuple[Any, ...]:
-    recorded: Recorded = found[0]
+def _task_row(record: Any, found: tuple[Any, ...] | list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    items = [found] if type(found) is tuple else found
+    recorded: Recorded = items[0][4]
     key = f"{record.task_name}-{record.index}"
     error = record.error
     return (
@@ -295,17 +302,17 @@ def _task_row(record: Any, found: list[Any]) -> tuple[Any, ...]:
         record.ended,
         None if error is None else error_text(error),
         None if error is None else error_origin(error),
-        None if _implied(record, found) else "".join(_line(item) for item in found[1:]),
+        None if _implied(record, items) else "".join(_line(item) for item in items),
     )
 
 
-def _implied(record: Any, found: list[Any]) -> bool:
+def _implied(record: Any, items: list[tuple[Any, ...]]) -> bool:
     """Whether the task run's only change in this batch is its final state (the usual
     task run: its first Running is never queued), stored as NULL (see :mod:`._schema`):
     the row's state, end and attempts say it all."""
-    if len(found) != 2:
+    if len(items) != 1:
         return False
-    final = found[1]
+    final = items[0]
     return (
         record.ended is not None and final[1] == record.state_name and final[3] == record.attempts
     )

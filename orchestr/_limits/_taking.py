@@ -146,21 +146,23 @@ def concurrency(name: str, occupy: int = 1) -> ConcurrencyBlock:
 async def rate_limit(name: str, occupy: int = 1) -> None:
     """Wait until the rate limit ``name`` lets ``occupy`` more calls start (async code).
     Without a rate limit of that name it does not wait."""
-    limit, backend = _user_limit(f"rate_limit({name!r})", checked_name(name), rate=True)
+    checked_count("occupy", checked_name(name), occupy)  # also when no limit has the name
+    limit, backend = _user_limit(f"rate_limit({name!r})", name, rate=True)
     if limit is None:
         await anyio.lowlevel.checkpoint()
         return
-    await backend.acquire(limit, checked_count("occupy", name, occupy))
+    await backend.acquire(limit, occupy)
 
 
 def rate_limit_blocking(name: str, occupy: int = 1) -> None:
     """Block this thread until the rate limit ``name`` lets ``occupy`` more calls start
     (sync code; on an event loop use ``await rate_limit(name)``)."""
     refuse_loop_thread(f"rate_limit_blocking({name!r})", f"await rate_limit({name!r})")
-    limit, backend = _user_limit(f"rate_limit_blocking({name!r})", checked_name(name), rate=True)
+    checked_count("occupy", checked_name(name), occupy)  # also when no limit has the name
+    limit, backend = _user_limit(f"rate_limit_blocking({name!r})", name, rate=True)
     if limit is None:
         return
-    backend.acquire_blocking(limit, checked_count("occupy", name, occupy))
+    backend.acquire_blocking(limit, occupy)
 
 
 # Set in a process pool's worker processes: limits there come with a call, or not at all.

@@ -14,6 +14,8 @@ own errors (a file that is not a database, an empty id) are bad input, exit 2.
 from __future__ import annotations
 
 import inspect
+import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,7 @@ import click
 from click.shell_completion import add_completion_class
 
 from .. import __version__
+from .._checks import MAX_SECONDS
 from ..exceptions import HistoryError, UsageError
 from ..flows import Flow
 from ._codes import ExitCode, exit_codes_help
@@ -67,6 +70,12 @@ class _Orchestr(click.Group):
     """The top-level group: Ctrl-C outside a run (which handles its own) exits 130."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        # What the command prints may hold text that is not valid Unicode (a path with
+        # an undecodable byte, from ORCHESTR_HOME say): shown escaped, as Python's own
+        # stderr does, instead of a UnicodeEncodeError on a strict UTF-8 stdout.
+        for stream in (sys.stdout, sys.stderr):
+            if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+                stream.reconfigure(errors="backslashreplace")
         try:
             return super().invoke(ctx)
         except KeyboardInterrupt:
@@ -114,6 +123,7 @@ def cli() -> None:
 @click.option(
     "--progress-every",
     type=click.FloatRange(min=0),
+    callback=lambda ctx, param, value: _seconds(value, param),
     default=10.0,
     show_default=True,
     metavar="SECONDS",
@@ -169,6 +179,15 @@ def run_command(
         progress_every=progress_every,
     )
     ctx.exit(int(code))
+
+
+def _seconds(value: float, param: click.Parameter) -> float:
+    """A number of seconds that a wait can take: NaN (FloatRange lets it through) would
+    make the progress thread spin; huge values (inf too) would overflow the wait, and
+    are as good as never."""
+    if math.isnan(value):
+        raise click.BadParameter("nan is not a number of seconds", param=param)
+    return min(value, MAX_SECONDS)
 
 
 def _flow_help(flow: Flow[Any, Any], where: str) -> str:

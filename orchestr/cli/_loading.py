@@ -58,12 +58,19 @@ def _split(target: str) -> tuple[str, str | None]:
 
 
 def _is_file(where: str) -> bool:
-    return where.endswith(".py") or "/" in where or os.sep in where or Path(where).is_file()
+    return where.endswith(".py") or "/" in where or os.sep in where or _is_a_file(Path(where))
+
+
+def _is_a_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the file system, say: no such file either
+        return False
 
 
 def _import_file(where: str) -> ModuleType:
     path = Path(where)
-    if not path.is_file():
+    if not _is_a_file(path):
         raise BadInput(f"no such file: {where}")
     path = path.resolve()
     directory = str(path.parent)
@@ -166,7 +173,7 @@ def complete_target(
     """``file.py:`` completes to the file's flows (read from its source, not run); other
     words complete as paths."""
     where, sep, partial = incomplete.rpartition(":")
-    if sep and where.endswith(".py") and Path(where).is_file():
+    if sep and where.endswith(".py") and _is_a_file(Path(where)):
         return [
             CompletionItem(f"{where}:{name}")
             for name in flow_names_in_source(Path(where))

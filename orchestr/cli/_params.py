@@ -114,7 +114,7 @@ def _read_file(path: Path) -> dict[str, Any]:
         ) from None
     try:
         found = json.loads(text)
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise BadInput(f"--params-file {path} is not valid JSON: {exc}") from None
     if not isinstance(found, dict):
         raise BadInput(
@@ -170,7 +170,7 @@ def _validated(parameter: FlowParameter, value: Any, shown: str, *, text: bool) 
     if text:
         try:
             decoded = json.loads(value)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             pass
         else:
             try:

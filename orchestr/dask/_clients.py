@@ -32,6 +32,7 @@ blocking only its caller.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from datetime import timedelta
@@ -193,10 +194,20 @@ class _Target:
 
     def connect(self, kwargs: dict[str, Any]) -> distributed.Client:
         """A sync client, connected; a ClusterError naming the address if it cannot be."""
+        # Made in two steps so that a client that cannot connect can still be stopped:
+        # distributed starts its loop thread ("IO loop") first and leaves it running
+        # when the connection then fails.
+        client = distributed.Client.__new__(distributed.Client)
         try:
-            return distributed.Client(self.address, **kwargs)  # type: ignore[no-untyped-call]
+            client.__init__(self.address, **kwargs)  # type: ignore[misc]
         except Exception as exc:  # OSError, TimeoutError, TLS and address errors alike
+            with contextlib.suppress(Exception):
+                client.close(timeout=1)  # also marks it closed: nothing left for __del__
+            runner = getattr(client, "_loop_runner", None)
+            if runner is not None:
+                runner.stop()
             raise self._unreachable(exc) from exc
+        return client
 
     async def connect_async(self, kwargs: dict[str, Any]) -> distributed.Client:
         """An async client on the running loop, connected; as :meth:`connect`."""

@@ -390,17 +390,25 @@ async def _on_dask(
     """On the client's loop: one Dask task for ``call``, awaited; cancelled with it.
     What ``run_on_worker`` returned, or the outcome Dask's own trouble gave the call (and
     whether its worker keeps state under ``scope``: no for a dead one, None when unknown)."""
-    future = client.submit(
-        run_on_worker,
-        payload,
-        call.key,
-        level,
-        process_token(),
-        scope,
-        key=call.key,
-        pure=False,
-        resources=dict(call.resources) if call.resources else None,
-    )
+    try:
+        future = client.submit(
+            run_on_worker,
+            payload,
+            call.key,
+            level,
+            process_token(),
+            scope,
+            key=call.key,
+            pure=False,
+            resources=dict(call.resources) if call.resources else None,
+        )
+    except distributed.client.ClosedClientError as exc:  # infrastructure, not the task
+        lost = WorkerLostError(
+            f"Dask could not run call {call.key!r}: the client lost its scheduler and did "
+            f"not reconnect within connect_timeout ({exc})"
+        )
+        lost.__cause__ = exc
+        return Outcome(error=lost, crashed=True), [], False
     try:
         return await future  # type: ignore[no-any-return]
     except asyncio.CancelledError:

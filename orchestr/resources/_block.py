@@ -44,9 +44,19 @@ from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
 if TYPE_CHECKING:
     from .._engine._flowrun import FlowRun
 
-__all__ = ["Resource", "checked_cleanup_timeout", "checked_name"]
+__all__ = ["Resource", "checked_cleanup_timeout", "checked_name", "open_blocks"]
 
 T = TypeVar("T")
+
+# Every block set up and not yet cleaned up, process-wide (id -> name), whether in a flow
+# run or not: what ``orchestr.testing.no_leaks`` reports as left open. Plain dict
+# operations, atomic under the GIL; blocks open and close in any thread.
+_open_blocks: dict[int, str] = {}
+
+
+def open_blocks() -> list[str]:
+    """The names of the resource blocks of this process set up and not cleaned up yet."""
+    return list(_open_blocks.values())
 
 
 def checked_name(name: Any) -> str:
@@ -395,6 +405,7 @@ class Resource(Generic[T]):
         self._scope = FutureScope(self.name)
         self._token = scope_var.set(self._scope)
         self._state = _Phase.OPEN
+        _open_blocks[id(self)] = self.name
         run = self._run = flow_run_var.get()
         if run is not None:
             run.open_resources[id(self)] = self.name
@@ -435,6 +446,7 @@ class Resource(Generic[T]):
     ) -> ResourceCleanupError | None:
         """Record the cleanup's end; ``how`` says what happened to one that timed out."""
         self._state = _Phase.CLOSED
+        _open_blocks.pop(id(self), None)
         if self._run is not None:
             self._run.open_resources.pop(id(self), None)
         self._register_closed_value()

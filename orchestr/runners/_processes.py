@@ -160,7 +160,7 @@ class _Waiter:
 class _Worker:
     """One worker process and what it has in flight."""
 
-    __slots__ = ("conn", "dead", "inflight", "pid", "process", "send_lock", "started")
+    __slots__ = ("conn", "dead", "heard", "inflight", "pid", "process", "send_lock", "started")
 
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process = process
@@ -170,6 +170,9 @@ class _Worker:
         self.inflight: dict[str, _Waiter] = {}
         self.started: set[str] = set()
         self.dead = False
+        # Whether it ever sent a message: one that exits first failed to start (and so
+        # would the next), so its calls crash instead of moving to a new worker for ever.
+        self.heard = False
 
     def send(self, message: tuple[str, str, bytes | None] | None) -> None:
         data = pickle.dumps(message, protocol=_PROTOCOL)
@@ -300,6 +303,7 @@ class _Pool:
                 kind, key, body = pickle.loads(conn.recv_bytes())
             except (EOFError, OSError):
                 break
+            worker.heard = True
             if kind == "log":
                 handle_shipped_record(body)
                 continue
@@ -370,8 +374,14 @@ class _Pool:
 
     def _gone(self, worker: _Worker) -> None:
         """The worker's pipe closed: it exited, was killed, or was stopped."""
-        worker.process.join(_STOP_TIMEOUT)
-        code = worker.process.exitcode
+        try:
+            worker.process.join(_STOP_TIMEOUT)
+            code = worker.process.exitcode
+        except ValueError:  # released by a closing pool that stopped waiting for this reader
+            code = None
+        # Exited by itself before its first message: it failed to start, and so would the
+        # next one (one killed by a signal while starting is only unlucky).
+        failed_start = not worker.heard and code is not None and code >= 0
         with self._lock:
             worker.dead = True
             if worker in self._workers:
@@ -383,12 +393,15 @@ class _Pool:
             # Its place is free: a call queued behind a busy worker can start in it.
             steal = None if closed else self._queued_elsewhere(worker)
         worker.conn.close()
+        if not closed:  # a closing pool releases its workers once it has joined them
+            _release(worker.process)
         _kill_group(worker.pid)  # what the call started, if it left any
         for waiter in waiters:
-            if waiter.cancelled or waiter.key in started or closed:
+            if waiter.cancelled or waiter.key in started or closed or failed_start:
                 self._slots.release()
                 if not waiter.cancelled:
-                    waiter.deliver(Outcome(error=_lost(worker, code, waiter.key), crashed=True))
+                    error = _lost(worker, code, waiter.key, failed_start)
+                    waiter.deliver(Outcome(error=error, crashed=True))
             else:  # never started there: run it elsewhere
                 self._redispatch(waiter)
         if steal is not None:
@@ -422,6 +435,8 @@ class _Pool:
                 self._kill(worker)
         for reader in self._readers:
             reader.join(_STOP_TIMEOUT)
+        for worker in workers:
+            _release(worker.process)
 
 
 def _preload_orchestr(context: Any) -> None:
@@ -436,6 +451,16 @@ def _preload_orchestr(context: Any) -> None:
         context.set_forkserver_preload([*current, __name__])
 
 
+def _release(process: Any) -> None:
+    """Close what the Process object of a reaped worker holds (its pipes to the fork
+    server) now, not when the garbage collector gets to it: a cancellation's traceback
+    often keeps the pool's record of the worker in a reference cycle."""
+    try:
+        process.close()
+    except ValueError:  # not reaped (its join timed out): left to the garbage collector
+        pass
+
+
 def _kill_group(pgid: int) -> None:
     try:
         os.killpg(pgid, signal.SIGKILL)
@@ -443,13 +468,21 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _lost(worker: _Worker, code: int | None, key: str) -> WorkerLostError:
+def _lost(
+    worker: _Worker, code: int | None, key: str, failed_start: bool = False
+) -> WorkerLostError:
     if code is not None and code < 0:
         how = f"was killed by {signal.Signals(-code).name}"
     elif code is not None:
         how = f"exited with code {code}"
     else:
         how = "stopped answering"
+    if failed_start:
+        return WorkerLostError(
+            f"worker process {worker.pid} {how} before it could run call {key!r}: it failed "
+            "to start (its stderr says why; often the main module fails when a new process "
+            'imports it, or starts flow runs outside `if __name__ == "__main__":`)'
+        )
     return WorkerLostError(f"worker process {worker.pid} {how} while running call {key!r}")
 
 

@@ -4,8 +4,9 @@
   retrying tasks do not sleep.
 - :func:`assert_resources_cleaned_up`: every resource set up in a run (and its
   subflows) was cleaned up exactly once, and no cleanup failed or timed out.
-- :func:`no_leaks` / :func:`assert_no_leaks`: a block left no threads or child processes
-  behind.
+- :func:`no_leaks` / :func:`assert_no_leaks`: a block left nothing behind: no threads,
+  child processes, open file descriptors, changed signal handlers or resource blocks
+  not cleaned up.
 - :class:`PicklingTaskRunner`: a task runner that sends every call and its outcome
   through ``pickle`` in this process, proving quickly that a flow could run on
   ``ProcessPoolTaskRunner`` or a Dask cluster.
@@ -13,7 +14,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+import signal
 import threading
 import time
 from collections import Counter
@@ -99,35 +102,134 @@ def _threads() -> set[threading.Thread]:
 
 
 def _children() -> set[int]:
-    """Live child processes of this process (Linux: /proc; elsewhere: none known)."""
+    """Live child processes of this process (Linux: /proc; elsewhere: none known), and
+    those of multiprocessing's fork server, which forks process-pool workers for it."""
+    pids = _children_of(os.getpid())
+    from multiprocessing import forkserver
+
+    server = getattr(getattr(forkserver, "_forkserver", None), "_forkserver_pid", None)
+    if server in pids:
+        pids |= _children_of(server)
+    return pids
+
+
+def _children_of(pid: int) -> set[int]:
     pids: set[int] = set()
     try:
-        tasks = os.listdir(f"/proc/{os.getpid()}/task")
+        tasks = os.listdir(f"/proc/{pid}/task")
     except OSError:
         return pids
     for tid in tasks:
         try:
-            with open(f"/proc/{os.getpid()}/task/{tid}/children") as f:
-                pids.update(int(pid) for pid in f.read().split())
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                pids.update(int(child) for child in f.read().split())
         except OSError:
             continue
     return pids
 
 
+def _fds() -> dict[int, str]:
+    """This process's open file descriptors and what each is (Linux: /proc; elsewhere:
+    none known). The fd that lists them is closed again before this returns."""
+    found: dict[int, str] = {}
+    try:
+        names = os.listdir("/proc/self/fd")
+    except OSError:
+        return found
+    for name in names:
+        try:
+            found[int(name)] = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue  # the listing's own fd, closed by now
+    return found
+
+
+def _handlers() -> dict[signal.Signals, Any]:
+    """The Python-level handler of every signal that can have one."""
+    handlers: dict[signal.Signals, Any] = {}
+    for signum in signal.valid_signals():
+        try:
+            handlers[signal.Signals(signum)] = signal.getsignal(signum)
+        except (ValueError, OSError):
+            continue  # real-time signals without a name, or not settable here
+    return handlers
+
+
+def _services() -> tuple[str, ...]:
+    """Threads of orchestr that serve the whole process and end by themselves when idle
+    (the run history's writer): not leaks."""
+    from .._history._recorder import THREAD_NAME
+
+    return (THREAD_NAME,)
+
+
 @contextmanager
-def no_leaks(grace: float = 2.0, ignore_threads: tuple[str, ...] = ()) -> Iterator[None]:
-    """Fail (with :class:`LeakError`) if threads or child processes started inside the
-    block are still alive ``grace`` seconds after it ends. Threads whose names start
-    with one of ``ignore_threads`` are not counted."""
+def no_leaks(
+    grace: float = 2.0,
+    ignore_threads: tuple[str, ...] = (),
+    *,
+    ignore_files: tuple[str, ...] = (),
+    ignore_signals: tuple[int, ...] = (),
+) -> Iterator[None]:
+    """Fail (with :class:`LeakError`) if the block left something behind, still there
+    ``grace`` seconds after it ends:
+
+    - threads it started (except orchestr's run-history writer, a process-wide service
+      that ends by itself when idle, and threads whose names start with one of
+      ``ignore_threads``);
+    - child processes it started (process-pool workers too, which multiprocessing's fork
+      server starts);
+    - file descriptors it opened (sockets, pipes, files; except files whose paths start
+      with one of ``ignore_files``, and the run history's database): more open than
+      before the block;
+    - signal handlers it changed and did not put back (except those of
+      ``ignore_signals``);
+    - resource blocks set up inside it and not cleaned up.
+    """
+    from .._history._reader import history_path
+    from ..resources._block import open_blocks
+
+    ignored_threads = (*ignore_threads, *_services())
+    ignored_files = (*ignore_files, str(history_path()))
     threads_before = _threads()
     children_before = _children()
+    fds_before = {fd: what for fd, what in _fds().items() if not what.startswith(ignored_files)}
+    handlers_before = _handlers()
+    blocks_before = open_blocks()
     yield
     deadline = time.monotonic() + grace
+    collected = False
     while True:
-        threads = [t for t in _threads() - threads_before if not t.name.startswith(ignore_threads)]
+        threads = [t for t in _threads() - threads_before if not t.name.startswith(ignored_threads)]
         children = _children() - children_before
-        if not threads and not children:
+        here = (*ignored_files, str(history_path()))  # the home may have changed
+        fds_now = {fd: what for fd, what in _fds().items() if not what.startswith(here)}
+        # More descriptors open than before: the new ones are the suspects. The same count
+        # is no leak even if some changed (a pooled connection replaced by another).
+        fds = (
+            {fd: what for fd, what in fds_now.items() if fds_before.get(fd) != what}
+            if len(fds_now) > len(fds_before)
+            else {}
+        )
+        handlers = {
+            signum: handler
+            for signum, handler in _handlers().items()
+            if signum not in ignore_signals
+            and handlers_before.get(signum) is not handler
+            and handlers_before.get(signum) != handler
+        }
+        blocks = open_blocks()
+        for name in blocks_before:
+            if name in blocks:
+                blocks.remove(name)
+        if not (threads or children or fds or handlers or blocks):
             return
+        if not collected:
+            # What only a reference cycle still holds (a file, a process handle) goes
+            # with the next collection: the garbage collector's to free, not a leak.
+            gc.collect()
+            collected = True
+            continue
         if time.monotonic() >= deadline:
             break
         time.sleep(0.01)
@@ -136,6 +238,15 @@ def no_leaks(grace: float = 2.0, ignore_threads: tuple[str, ...] = ()) -> Iterat
         parts.append("threads " + ", ".join(sorted(t.name for t in threads)))
     if children:
         parts.append("child processes " + ", ".join(str(p) for p in sorted(children)))
+    if fds:
+        parts.append("file descriptors " + ", ".join(f"{fd} ({fds[fd]})" for fd in sorted(fds)))
+    if handlers:
+        parts.append(
+            "signal handlers "
+            + ", ".join(f"{signum.name} ({handler!r})" for signum, handler in handlers.items())
+        )
+    if blocks:
+        parts.append("resource blocks not cleaned up " + ", ".join(repr(n) for n in blocks))
     raise LeakError(f"left behind after {grace} s: " + "; ".join(parts))
 
 
