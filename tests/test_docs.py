@@ -30,8 +30,6 @@ NOT_RUN = "<!-- not-run -->"
 OPENING = re.compile(r"^(?P<indent>[ \t]*)```(?:python3?|py)(?:\s.*)?$")
 SNIPPET = re.compile(r'^--8<--\s+"(?P<path>[^"]+)"\s*$')
 BLOCK_TIMEOUT = 60
-# One pytest-xdist worker runs every block (they start together, from one fixture).
-pytestmark = pytest.mark.xdist_group("docs")
 
 
 @dataclass(frozen=True)
@@ -100,8 +98,9 @@ def _clean_environment() -> dict[str, str]:
     return env | {"PYTHONUNBUFFERED": "1"}
 
 
-# Session-wide: under pytest-xdist the blocks' tests may come in between other modules'
-# tests, and a module fixture would then run every block again.
+# Session-wide: should another module's tests come in between (pytest-xdist), a module
+# fixture would run every block again. (The suite runs with --dist loadfile: one worker
+# runs this whole file.)
 @pytest.fixture(scope="session")
 def block_runs(request: pytest.FixtureRequest) -> Iterator[dict[str, Future[object]]]:
     """Start every selected block at once (a few processes at a time); tests collect."""

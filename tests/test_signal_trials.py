@@ -161,11 +161,7 @@ def worst_seconds(trial: Trial) -> float:
 
 
 # The first trial test waits for every trial (see trial_outcomes): its timeout covers them.
-# One pytest-xdist worker runs every trial (they start together, from one fixture).
-pytestmark = [
-    pytest.mark.timeout(60 + sum(map(worst_seconds, TRIALS)) / PARALLEL),
-    pytest.mark.xdist_group("signal-trials"),
-]
+pytestmark = pytest.mark.timeout(60 + sum(map(worst_seconds, TRIALS)) / PARALLEL)
 
 
 # -- running one trial ------------------------------------------------------------------------
@@ -525,8 +521,9 @@ _log_lock = threading.Lock()
 
 
 # -- the tests --------------------------------------------------------------------------------
-# Session-wide: under pytest-xdist the trials' tests may come in between other modules'
-# tests, and a module fixture would then run every trial again.
+# Session-wide: should another module's tests come in between (pytest-xdist), a module
+# fixture would run every trial again. (The suite runs with --dist loadfile: one worker
+# runs this whole file.)
 @pytest.fixture(scope="session")
 def trial_outcomes(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -36,7 +36,7 @@ WARM_UP = 0.25  # the share of the runs before the first measurement
 # part (caches that fill up once: interned names, weak references awaiting removal) and
 # a part per measured run well below what one leaked record per run would add (a task
 # run's record, state and future are tens of objects).
-OBJECTS_SLACK = 400
+OBJECTS_SLACK = {"threads": 400, "processes": 400, "dask": 1_200}  # distributed caches more
 OBJECTS_PER_RUN = 3
 RSS_SLACK_BYTES = 24 * 2**20
 SHAPES = ("completed", "failed", "cancelled", "timed out")
@@ -214,7 +214,7 @@ def test_sequential_runs_of_every_shape_leave_memory_flat(
         measured = _soak(runs, runner, caplog)
     finally:
         logger.propagate = True
-    allowed = OBJECTS_SLACK + OBJECTS_PER_RUN * measured["measured_runs"]
+    allowed = OBJECTS_SLACK[kind] + OBJECTS_PER_RUN * measured["measured_runs"]
     assert measured["objects_growth"] <= allowed, measured
     assert measured["rss_growth"] <= RSS_SLACK_BYTES, measured
     new = [run for run in list_runs(limit=100_000) if run.id not in before]
