@@ -174,11 +174,12 @@ def test_a_third_signal_interrupts_a_setup_that_hangs(tmp_path: Path, kind: str)
 
             @resource
             def db():
+                # Three signals while the setup runs (timed from its start, not the
+                # program's: imports take long on a busy machine).
+                for at in (0.2, 0.5, 0.8):
+                    threading.Timer(at, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
                 time.sleep(10)  # a connect() that hangs
                 yield "conn"
-
-            for at in (0.3, 0.6, 0.9):
-                threading.Timer(at, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
             """
         )
         + flow_code
