@@ -20,6 +20,13 @@ atexit.register(shutil.rmtree, _SESSION_DATA, True)
 os.environ["XDG_DATA_HOME"] = _SESSION_DATA
 os.environ["ORCHESTR_HOME"] = os.path.join(_SESSION_DATA, "orchestr")
 
+# A suite started in the background by a non-interactive shell inherits SIGINT ignored, and
+# so would every program its tests start and interrupt: handled here as Python handles it
+# by default, the programs it starts get it back (an ignored signal stays ignored across
+# exec, a handled one does not).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
 import anyio  # noqa: E402
 import pytest  # noqa: E402
 
