@@ -213,11 +213,24 @@ def from_environment() -> Settings:
         from .exceptions import UsageError
 
         named = sorted(key for key in os.environ if key[:9].upper() == ENV_PREFIX)
+        guilty = [key for key in named if _too_deep(os.environ[key])] or named
         raise UsageError(
-            f"an {ENV_PREFIX}* environment variable ({', '.join(named)}) holds JSON nested "
-            "too deeply to read"
+            f"{', '.join(guilty)}: JSON nested too deeply to read; give a flat value "
+            "(a number, or a list of numbers)"
         ) from None
     return _plain(read.model_dump())
+
+
+def _too_deep(text: str) -> bool:
+    import json
+
+    try:
+        json.loads(text)
+    except RecursionError:
+        return True
+    except ValueError:
+        return False
+    return False
 
 
 def validated(current: Settings, changes: Mapping[str, Any]) -> Settings:

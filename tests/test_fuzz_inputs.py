@@ -1039,9 +1039,11 @@ def test_found_deep_json_in_a_variable_is_an_error_naming_it(
     """JSON nested too deeply in a list setting's variable used to escape as a
     RecursionError from pydantic-settings' JSON decoding."""
     monkeypatch.setenv("ORCHESTR_TASK_DEFAULT_RETRY_DELAY_SECONDS", "[" * 5000)
+    monkeypatch.setenv("ORCHESTR_LOGGING_LEVEL", "INFO")  # fine: not named
     monkeypatch.setattr(orchestr.settings, "_settings", None)
-    with pytest.raises(UsageError, match="ORCHESTR_TASK_DEFAULT_RETRY_DELAY_SECONDS"):
+    with pytest.raises(UsageError, match="ORCHESTR_TASK_DEFAULT_RETRY_DELAY_SECONDS") as told:
         orchestr.get_settings()
+    assert "ORCHESTR_LOGGING_LEVEL" not in str(told.value)
 
 
 # -- the command line ------------------------------------------------------------------------
