@@ -24,6 +24,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from processes import process_gone
 
 from orchestr import ProcessPoolTaskRunner, flow, get_run_logger, task
 from orchestr._engine._context import flow_run_var
@@ -31,26 +32,13 @@ from orchestr.exceptions import UsageError
 from orchestr.runners import RemoteError
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # A zombie (Z) or a dead one being reaped (X) still answers kill(0): read its state.
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(") ", 1)[1][0] not in "ZX"
-    except OSError:
-        return False
-
-
 def _gone_within(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
-        if not any(_alive(pid) for pid in pids):
+        if all(process_gone(pid) for pid in pids):
             return True
         time.sleep(0.02)
-    return not any(_alive(pid) for pid in pids)
+    return all(process_gone(pid) for pid in pids)
 
 
 @task

@@ -15,6 +15,7 @@ import anyio.to_thread
 import pytest
 
 from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, runtime, task
+from orchestr.exceptions import UsageError
 from orchestr.runners import Call, Outcome, run_call
 from orchestr.states import StateType
 
@@ -520,3 +521,25 @@ def test_a_runner_that_cannot_start_crashes_the_run_which_returns_its_state(
         assert raised.__cause__ is error
     else:
         assert raised is error
+
+
+def test_a_runner_class_whose_constructor_fails_keeps_its_own_error() -> None:
+    """A runner class that takes no arguments but fails inside its constructor: its own
+    error comes through, not a UsageError saying it needs arguments (which one that
+    does need them gets)."""
+
+    class Broken(ThreadPoolTaskRunner):
+        def __init__(self) -> None:
+            raise TypeError("broken inside")
+
+    class Needy(ThreadPoolTaskRunner):
+        def __init__(self, size: int) -> None:
+            super().__init__(size)
+
+    def body() -> None:
+        pass
+
+    with pytest.raises(TypeError, match="broken inside"):
+        flow(task_runner=Broken)(body)
+    with pytest.raises(UsageError, match="cannot be made without arguments"):
+        flow(task_runner=Needy)(body)
