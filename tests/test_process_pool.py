@@ -98,6 +98,7 @@ def test_a_stopped_call_is_stopped_for_real(run: Any, tmp_path: Path, stop: str)
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
     async def main() -> tuple[str, int, int]:
+        await pid.submit()  # its worker is up: the call starts at once, well within its timeout
         future = sleep_then_mark.with_options(timeout_seconds=timeout).submit(3, marker)
         if stop == "fut.cancel()":
             with anyio.fail_after(10):
