@@ -57,7 +57,7 @@ class _LoopWaiter(_Waiter):
     def __init__(self, amount: int) -> None:
         super().__init__(amount)
         self.event = anyio.Event()
-        self.loop = LoopHandle()
+        self.loop = LoopHandle.current()
 
     def wake(self) -> None:
         self.loop.call(self.event.set)

@@ -258,7 +258,7 @@ class TaskFuture(Generic[R]):
             return
         event = anyio.Event()
         loop = self._run.loop
-        call = loop.call if loop.on_loop_thread() else LoopHandle().call
+        call = loop.call if loop.on_loop_thread() else LoopHandle.current().call
 
         def wake(_: TaskFuture[R]) -> None:
             call(event.set)
@@ -536,7 +536,7 @@ class AsCompleted(Generic[R]):
         pending = self._pending
         finished: deque[TaskFuture[R]] = deque()
         wakeup = [anyio.Event()]
-        loop = LoopHandle()
+        loop = LoopHandle.current()
 
         def on_done(future: TaskFuture[R]) -> None:
             finished.append(future)

@@ -506,14 +506,14 @@ def test_a_refused_ask_back_is_made_again_for_the_worker_still_free() -> None:
     for Q, queued behind A's running call; A had started Q by then (its "start" is the
     refusal). B, still free, asks next for R, queued behind C's running call."""
     import threading
+    from collections import deque
     from types import SimpleNamespace
 
-    from orchestr._semaphore import Semaphore
     from orchestr.runners._processes import _Pool, _Waiter, _Worker
 
     pool = _Pool.__new__(_Pool)
     pool._lock = threading.Lock()
-    pool._slots = Semaphore(6)
+    pool._free, pool._pending = 0, deque()
     pool._closed = False
     pool._max = 3
     a, b, c = (_Worker(SimpleNamespace(pid=n), None) for n in (1, 2, 3))  # type: ignore[arg-type]
@@ -605,3 +605,155 @@ def test_a_stopped_workers_pipes_are_closed_without_the_garbage_collector(
     finally:
         gc.enable()
     assert not left
+
+
+@task
+def append(path: str, item: int) -> int:
+    with open(path, "a") as out:
+        out.write(f"{item}\n")
+    return item
+
+
+@task
+def wait_for_file(path: str) -> int:
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return os.getpid()
+
+
+def _pool_of(runner: Any) -> Any:
+    return runner._pool  # type: ignore[union-attr]
+
+
+def _call(fn: Any, *args: Any) -> Any:
+    """A call for the runner used directly, as the engine would make it."""
+    import uuid
+
+    from orchestr.runners._call import Call, RunIdentity
+
+    key = f"{fn.__name__}-{uuid.uuid4().hex[:8]}"
+    identity = RunIdentity(uuid.uuid4(), "f-run", "f", 1, uuid.uuid4(), key, fn.__name__, 1)
+    return Call(fn, args, {}, identity, key)
+
+
+def test_calls_beyond_what_the_workers_hold_wait_in_order(run: Any, tmp_path: Path) -> None:
+    """One worker holds two calls (one blocked on a file); the 30 calls made after them
+    wait in the pool and are sent in the order they were made (by the reader thread
+    that hears each call end), and every slot is given back."""
+    gate, log = str(tmp_path / "gate"), str(tmp_path / "order")
+
+    async def main() -> tuple[list[Any], int]:
+        runner = ProcessPoolTaskRunner(max_workers=1)
+        await runner.start()
+        results: list[Any] = [None] * 32
+
+        async def one(i: int, made: Any) -> None:
+            results[i] = (await runner.run(made)).result()
+
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(one, 0, _call(wait_for_file.fn, gate))
+                pool = _pool_of(runner)
+                for i in range(1, 32):
+                    group.start_soon(one, i, _call(append.fn, log, i))
+                    with anyio.fail_after(10):  # made one after another, for sure
+                        while (
+                            sum(map(len, (w.inflight for w in pool._workers))) + len(pool._pending)
+                            < i + 1
+                        ):
+                            await anyio.lowlevel.checkpoint()
+                assert len(pool._pending) == 30
+                Path(gate).write_text("go")
+            return results, pool._free
+        finally:
+            with anyio.fail_after(30):
+                await runner.shutdown()
+
+    results, free = run(main)
+    assert results[1:] == list(range(1, 32))
+    assert Path(log).read_text().split() == [str(i) for i in range(1, 32)]
+    assert free == 2
+
+
+def test_a_call_cancelled_while_waiting_in_the_pool_never_runs_nor_holds_a_slot(
+    run: Any, tmp_path: Path
+) -> None:
+    """With the worker full (a call blocked on a file, one queued behind it), a call
+    still waiting in the pool is cancelled: it never runs, the calls behind it run in
+    order, and no slot is lost."""
+    gate, log = str(tmp_path / "gate"), str(tmp_path / "order")
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[list[str], list[str], int, int]:
+        pool = _pool_of(flow_run_var.get().runner)  # type: ignore[union-attr]
+
+        async def submitted(fn: Any, *args: Any) -> Any:  # one after another, for sure
+            held = len(pool._pending) + sum(len(w.inflight) for w in pool._workers)
+            future = fn.submit(*args)
+            with anyio.fail_after(10):
+                while len(pool._pending) + sum(len(w.inflight) for w in pool._workers) == held:
+                    await anyio.lowlevel.checkpoint()
+            return future
+
+        blocked = await submitted(wait_for_file, gate)
+        behind = await submitted(append, log, 1)
+        waiting = await submitted(append, log, 2)
+        after = [await submitted(append, log, i) for i in (3, 4)]
+        assert [w.key.split("-")[0] for w in pool._pending] == ["append"] * 3
+        waiting.cancel()
+        Path(gate).write_text("go")
+        with anyio.fail_after(30):
+            states = [(await f.wait()).name for f in (blocked, behind, waiting, *after)]
+            again = await append.submit(log, 5)
+        return states, Path(log).read_text().split(), again, pool._free
+
+    states, order, again, free = run(main)
+    assert states == ["Completed", "Completed", "Cancelled", "Completed", "Completed"]
+    assert order == ["1", "3", "4", "5"]
+    assert (again, free) == (5, 2)
+
+
+def test_calls_still_waiting_in_the_pool_when_it_shuts_down_are_refused(
+    run: Any, tmp_path: Path
+) -> None:
+    """The runner used directly: shutdown() lets the running call finish, and each call
+    that has not started (queued on the worker, or waiting in the pool) raises that the
+    runner was shut down (it never runs; it did not crash), instead of waiting for
+    ever."""
+    gate, log = str(tmp_path / "gate"), str(tmp_path / "order")
+
+    async def main() -> list[Any]:
+        runner = ProcessPoolTaskRunner(max_workers=1)
+        await runner.start()
+        results: list[Any] = [None] * 4
+
+        async def one(i: int, made: Any) -> None:
+            try:
+                results[i] = (await runner.run(made)).result()
+            except UsageError as exc:
+                results[i] = str(exc)
+
+        async with anyio.create_task_group() as group:
+            pool = _pool_of(runner)
+            for i, made in enumerate(
+                [_call(wait_for_file.fn, gate)] + [_call(append.fn, log, i) for i in (1, 2, 3)]
+            ):
+                group.start_soon(one, i, made)
+                with anyio.fail_after(10):  # made one after another, for sure
+                    while len(pool._pending) + sum(len(w.inflight) for w in pool._workers) <= i:
+                        await anyio.lowlevel.checkpoint()
+            with anyio.fail_after(10):  # the worker has started the first call
+                while not any(w.started for w in pool._workers):
+                    await anyio.sleep(0.005)
+            group.start_soon(runner.shutdown)
+            with anyio.fail_after(10):  # the worker is told to stop while its call runs
+                while not pool._closed:
+                    await anyio.sleep(0.005)
+            Path(gate).write_text("go")
+        return results
+
+    results = run(main)
+    assert isinstance(results[0], int)
+    assert results[1:] == ["the ProcessPoolTaskRunner was shut down"] * 3
+    assert not Path(log).exists()

@@ -54,7 +54,7 @@ class CallerThread:
         until it has actually returned.
         """
         done = anyio.Event()
-        loop = LoopHandle()
+        loop = LoopHandle.current()
         outcome: list[tuple[bool, Any]] = []
         with self._lock:
             self.cancelled = False  # a new attempt's body

@@ -44,6 +44,7 @@ __all__ = ["ENDED_FIRST", "Dispatcher", "Job", "JobExecutor"]
 # ~6,000 runs: garbage collection quadratic in the flow's size (30% of a 100,000-task
 # run). 32 runs' worth mostly dies young (benchmarks/bench_load.py).
 _BATCH = 32
+_TASK_NAME = "orchestr task run"  # given: anyio would work one out per run
 # Why a run that never started was cancelled.
 ENDED_FIRST = "its flow run ended first"
 _log = logging.getLogger("orchestr.flow_runs")
@@ -129,7 +130,7 @@ class Dispatcher:
                 return
             while pending:
                 for _ in range(min(len(pending), _BATCH)):
-                    task_group.start_soon(execute, run, pending.popleft())
+                    task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
                 await anyio.lowlevel.checkpoint()
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):

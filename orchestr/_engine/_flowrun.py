@@ -152,7 +152,7 @@ class FlowRun:
 
     def bind_loop(self) -> None:
         """Attach the run to the event loop of the calling thread."""
-        self.loop = LoopHandle()
+        self.loop = LoopHandle.current()
 
     # -- task run records -------------------------------------------------------------------
     def new_task_record(self, task_name: str) -> TaskRunRecord:

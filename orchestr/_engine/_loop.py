@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from contextvars import Context, copy_context
 from threading import get_ident
@@ -50,16 +51,27 @@ T = TypeVar("T")
 class LoopHandle:
     """A way back into the event loop running in the thread that created it."""
 
-    __slots__ = ("_schedule", "thread_id", "token")
+    __slots__ = ("__weakref__", "_native", "_schedule", "thread_id", "token")
 
     def __init__(self) -> None:
         # Also kept for blocking calls into the loop: anyio.from_thread.run(token=...).
         self.token = anyio.lowlevel.current_token()
-        native = self.token.native_token
+        native = self._native = self.token.native_token  # asyncio's loop, or a TrioToken
         self._schedule: Callable[[Callable[[], object]], object] = (
             getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
         )
         self.thread_id = get_ident()
+
+    @classmethod
+    def current(cls) -> LoopHandle:
+        """The handle of the loop running in this thread, made once per loop: per-call
+        waiters (pools, limits, futures) share it instead of paying anyio's backend
+        lookup each time. Held weakly: a loop's handle lives as long as its users."""
+        handle = _current_handle.ref()
+        if handle is None or _running_native() is not handle._native:
+            handle = cls()
+            _current_handle.ref = weakref.ref(handle)
+        return handle
 
     def on_loop_thread(self) -> bool:
         return get_ident() == self.thread_id
@@ -102,6 +114,26 @@ class LoopHandle:
             self._schedule(callback)
         except RuntimeError:  # loop closed (asyncio) / RunFinishedError (trio)
             pass
+
+
+class _CurrentHandle(threading.local):
+    def __init__(self) -> None:
+        self.ref: Callable[[], LoopHandle | None] = lambda: None
+
+
+_current_handle = _CurrentHandle()
+
+
+def _running_native() -> object:
+    """The running asyncio loop or TrioToken of this thread (None if neither)."""
+    asyncio = sys.modules.get("asyncio")
+    loop = asyncio._get_running_loop() if asyncio is not None else None
+    if loop is not None:
+        return loop
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return trio.lowlevel.current_trio_token()
+    return None
 
 
 def run_on_loop(loop: LoopHandle, fn: Callable[..., Awaitable[T]], *args: Any) -> T:

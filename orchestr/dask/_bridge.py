@@ -61,7 +61,7 @@ class ClientLoop:
         the wait is cancelled and ``cancel``."""
         if not future.done():
             done = anyio.Event()
-            here = LoopHandle()
+            here = LoopHandle.current()
             future.add_done_callback(lambda _: here.call_soon(done.set))
             try:
                 await done.wait()

@@ -34,7 +34,7 @@ class ThreadCall:
     def __init__(self) -> None:
         self.outcome: tuple[bool, Any] | None = None
         self._event = anyio.Event()
-        self._loop = LoopHandle()
+        self._loop = LoopHandle.current()
 
     def _finish(self, ok: bool, value: Any) -> None:
         self.outcome = (ok, value)

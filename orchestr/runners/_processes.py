@@ -9,6 +9,10 @@ worker never waits for the round trip between calls).
 - **No call waits behind a busy worker while another is free**: a worker that runs out
   of calls takes back a call queued on a busy one (the busy worker's receiver thread
   gives it up at once if it has not started it).
+- **Calls beyond what the workers hold wait here, in order**, and the reader thread that
+  hears a call end sends the next one at once: a worker's next call does not wait for
+  the event loop to come round (the loop, which every call's engine work also needs, is
+  what limits a pool of fast calls).
 - **Stopping a call** that has started ends its worker and the processes it started
   (the worker's process group, SIGKILL) and a new worker takes its place when needed; a
   call still queued on a worker is skipped there instead. The worker decides which (its
@@ -40,13 +44,13 @@ import pickle
 import signal
 import threading
 import time
+from collections import deque
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
 from .._engine._loop import LoopHandle
 from .._logging import handle_shipped_record
-from .._semaphore import Semaphore
 from ..exceptions import UsageError, WorkerLostError
 from ._base import TaskRunner
 from ._call import Call, Outcome
@@ -145,8 +149,8 @@ class _Waiter:
         self.key = key
         self.payload = payload
         self.event = anyio.Event()
-        self.loop = LoopHandle()
-        self.outcome: Outcome | None = None
+        self.loop = LoopHandle.current()
+        self.outcome: Outcome | None = None  # None when woken: the pool was shut down
         self.worker: _Worker | None = None
         self.cancelled = False
         self.moving = False  # asked back from a busy worker, for an idle one
@@ -189,7 +193,10 @@ class _Pool:
             _preload_orchestr(self._context)
         self._max = max_workers
         self._lock = threading.Lock()
-        self._slots = Semaphore(max_workers * _DEPTH)
+        # Calls in flight at most (_DEPTH per worker); the others wait in _pending, in
+        # order. A cancelled one is left there, marked, and skipped (no O(n) removal).
+        self._free = max_workers * _DEPTH
+        self._pending: deque[_Waiter] = deque()
         self._workers: list[_Worker] = []
         self._readers: list[threading.Thread] = []
         self._closed = False
@@ -201,45 +208,71 @@ class _Pool:
     # -- running a call ---------------------------------------------------------------------
     async def run(self, call: Call) -> Outcome:
         waiter = _Waiter(call.key, dump_call(call, "a worker process"))
-        await self._slots.acquire_async()
-        try:
-            self._dispatch(waiter)
-        except BaseException:
-            self._slots.release()
-            raise
+        with self._lock:
+            if self._closed:
+                raise _shut_down()
+            if self._pending or not self._free:
+                self._pending.append(waiter)
+                worker = None
+            else:
+                self._free -= 1
+                worker = self._place(waiter)
+        if worker is not None:
+            _send_call(worker, waiter)
         try:
             await waiter.event.wait()
         except BaseException:  # cancelled: a timeout, fut.cancel(), the run cancelled
             self._cancel(waiter)
             raise
-        assert waiter.outcome is not None
+        if waiter.outcome is None:  # still waiting here when the pool was shut down
+            raise _shut_down()
         return waiter.outcome
 
+    def _place(self, waiter: _Waiter) -> _Worker:
+        """Put a call that holds a slot on the least busy live worker (starting one if
+        there is room); with the lock held. The caller sends it, outside the lock."""
+        live = [w for w in self._workers if not w.dead]
+        worker = min(live, key=lambda w: len(w.inflight), default=None)
+        if worker is None or (len(worker.inflight) and len(live) < self._max):
+            worker = self._start_worker()
+        waiter.worker = worker
+        waiter.moving = False
+        worker.inflight[waiter.key] = waiter
+        return worker
+
     def _dispatch(self, waiter: _Waiter) -> None:
-        """Send a call to the least busy live worker (starting one if there is room)."""
+        """Send a call that holds a slot to a worker (UsageError if the pool is shut
+        down; the slot is the caller's then)."""
         with self._lock:
             if self._closed:
-                raise UsageError("the ProcessPoolTaskRunner was shut down")
-            if waiter.cancelled:  # cancelled while it moved between workers: never sent
-                self._slots.release()
+                raise _shut_down()
+            cancelled = waiter.cancelled  # while it moved between workers: never sent
+            worker = None if cancelled else self._place(waiter)
+        if worker is None:
+            self._slot_freed()
+        else:
+            _send_call(worker, waiter)
+
+    def _slot_freed(self) -> None:
+        """A call gave up its slot (it ended, or was given up before it ran): the first
+        call waiting here takes it and is sent now, from this thread (a reader thread,
+        usually), without waiting for its event loop."""
+        with self._lock:
+            while self._pending and not self._closed:
+                waiter = self._pending.popleft()
+                if not waiter.cancelled:
+                    worker = self._place(waiter)
+                    break
+            else:
+                self._free += 1
                 return
-            live = [w for w in self._workers if not w.dead]
-            worker = min(live, key=lambda w: len(w.inflight), default=None)
-            if worker is None or (len(worker.inflight) and len(live) < self._max):
-                worker = self._start_worker()
-            waiter.worker = worker
-            waiter.moving = False
-            worker.inflight[waiter.key] = waiter
-        try:
-            worker.send(("call", waiter.key, waiter.payload))
-        except OSError:  # the worker died just now: its reader sends the call elsewhere
-            pass
+        _send_call(worker, waiter)
 
     def _cancel(self, waiter: _Waiter) -> None:
         with self._lock:
             if waiter.outcome is not None:
                 return
-            waiter.cancelled = True
+            waiter.cancelled = True  # still in _pending: skipped there
             worker = waiter.worker
             if worker is None or worker.dead:
                 return
@@ -335,7 +368,7 @@ class _Pool:
             assert waiter is not None
             self._redispatch(waiter)
         elif kind in ("done", "skipped"):
-            self._slots.release()
+            self._slot_freed()
             if kind == "done" and waiter is not None and not waiter.cancelled:
                 waiter.deliver(load_outcome(body, waiter.key))
 
@@ -397,8 +430,11 @@ class _Pool:
             _release(worker.process)
         _kill_group(worker.pid)  # what the call started, if it left any
         for waiter in waiters:
-            if waiter.cancelled or waiter.key in started or closed or failed_start:
-                self._slots.release()
+            if closed and not waiter.cancelled and waiter.key not in started:
+                self._slot_freed()  # it never ran: its run() raises that the pool shut down
+                waiter.loop.call_soon(waiter.event.set)
+            elif waiter.cancelled or waiter.key in started or closed or failed_start:
+                self._slot_freed()
                 if not waiter.cancelled:
                     error = _lost(worker, code, waiter.key, failed_start)
                     waiter.deliver(Outcome(error=error, crashed=True))
@@ -414,15 +450,20 @@ class _Pool:
         try:
             self._dispatch(waiter)
         except BaseException as exc:
-            self._slots.release()
+            self._slot_freed()
             waiter.deliver(Outcome(error=exc, crashed=True))
 
     def close(self) -> None:
-        """Stop every worker (after its calls), kill those that do not stop; wait for
-        the readers. Blocking: run it in a thread."""
+        """Stop every worker (after the call it runs; the calls queued on it and those
+        waiting here are refused), kill those that do not stop; wait for the readers.
+        Blocking: run it in a thread."""
         with self._lock:
             self._closed = True
             workers = list(self._workers)
+            waiting = list(self._pending)
+            self._pending.clear()
+        for waiter in waiting:  # never sent: their run() raises that the pool shut down
+            waiter.loop.call_soon(waiter.event.set)
         for worker in workers:
             try:
                 worker.send(None)
@@ -437,6 +478,17 @@ class _Pool:
             reader.join(_STOP_TIMEOUT)
         for worker in workers:
             _release(worker.process)
+
+
+def _send_call(worker: _Worker, waiter: _Waiter) -> None:
+    try:
+        worker.send(("call", waiter.key, waiter.payload))
+    except OSError:  # the worker died just now: its reader sends the call elsewhere
+        pass
+
+
+def _shut_down() -> UsageError:
+    return UsageError("the ProcessPoolTaskRunner was shut down")
 
 
 def _preload_orchestr(context: Any) -> None:

@@ -71,7 +71,7 @@ class ThreadPoolTaskRunner(TaskRunner):
                 return Outcome(error=exc)
         outcome: list[Outcome] = []
         finished = anyio.Event()
-        loop = LoopHandle()
+        loop = LoopHandle.current()
         context = copy_context()
         lock = self._lock
         turn = [_QUEUED]
