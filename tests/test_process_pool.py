@@ -626,6 +626,22 @@ def _pool_of(runner: Any) -> Any:
     return runner._pool  # type: ignore[union-attr]
 
 
+def _held(pool: Any) -> int:
+    return len(pool._pending) + sum(len(w.inflight) for w in pool._workers)
+
+
+async def _submitted(pool: Any, task_: Any, *args: Any) -> Any:
+    """``task_.submit(*args)``, returned once its call has reached the pool: runs
+    submitted this way reach it in this order (trio starts a batch of tasks in any
+    order)."""
+    held = _held(pool)
+    future = task_.submit(*args)
+    with anyio.fail_after(10):
+        while _held(pool) == held:
+            await anyio.lowlevel.checkpoint()
+    return future
+
+
 def _call(fn: Any, *args: Any) -> Any:
     """A call for the runner used directly, as the engine would make it."""
     import uuid
@@ -688,18 +704,10 @@ def test_a_call_cancelled_while_waiting_in_the_pool_never_runs_nor_holds_a_slot(
     async def main() -> tuple[list[str], list[str], int, int]:
         pool = _pool_of(flow_run_var.get().runner)  # type: ignore[union-attr]
 
-        async def submitted(fn: Any, *args: Any) -> Any:  # one after another, for sure
-            held = len(pool._pending) + sum(len(w.inflight) for w in pool._workers)
-            future = fn.submit(*args)
-            with anyio.fail_after(10):
-                while len(pool._pending) + sum(len(w.inflight) for w in pool._workers) == held:
-                    await anyio.lowlevel.checkpoint()
-            return future
-
-        blocked = await submitted(wait_for_file, gate)
-        behind = await submitted(append, log, 1)
-        waiting = await submitted(append, log, 2)
-        after = [await submitted(append, log, i) for i in (3, 4)]
+        blocked = await _submitted(pool, wait_for_file, gate)
+        behind = await _submitted(pool, append, log, 1)
+        waiting = await _submitted(pool, append, log, 2)
+        after = [await _submitted(pool, append, log, i) for i in (3, 4)]
         assert [w.key.split("-")[0] for w in pool._pending] == ["append"] * 3
         waiting.cancel()
         Path(gate).write_text("go")
@@ -757,3 +765,44 @@ def test_calls_still_waiting_in_the_pool_when_it_shuts_down_are_refused(
     assert isinstance(results[0], int)
     assert results[1:] == ["the ProcessPoolTaskRunner was shut down"] * 3
     assert not Path(log).exists()
+
+
+def test_calls_whose_worker_cannot_be_started_crash_with_the_reason_and_nothing_hangs(
+    run: Any, tmp_path: Path
+) -> None:
+    """The worker dies while calls are queued on it and waiting in the pool, and no new
+    worker can be started (``Process.start()`` fails, as when the system is out of
+    processes): the running call crashes as lost, every other call crashes with the
+    reason, none hangs; once workers can start again the pool serves calls with all
+    its slots."""
+    gate, log = str(tmp_path / "gate"), str(tmp_path / "order")
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[list[str], list[str], int, int]:
+        pool = _pool_of(flow_run_var.get().runner)  # type: ignore[union-attr]
+        blocked = await _submitted(pool, wait_for_file, gate)
+        queued = [await _submitted(pool, append, log, i) for i in range(1, 5)]
+        with anyio.fail_after(10):  # the worker runs the first call; the others wait
+            while not any(w.started for w in pool._workers):
+                await anyio.sleep(0.005)
+        start_worker = pool._start_worker
+
+        def cannot_start() -> Any:
+            raise OSError("Resource temporarily unavailable (no processes left)")
+
+        pool._start_worker = cannot_start
+        os.kill(pool._workers[0].pid, signal.SIGKILL)
+        with anyio.fail_after(20):
+            states = [await f.wait() for f in (blocked, *queued)]
+        pool._start_worker = start_worker
+        with anyio.fail_after(20):
+            again = await append.submit(log, 5)
+        errors = [str(s.exception) for s in states]  # type: ignore[attr-defined]
+        return [s.name for s in states], errors, again, pool._free
+
+    names, errors, again, free = run(main)
+    assert names == ["Crashed"] * 5
+    assert "was killed by SIGKILL" in errors[0]
+    assert all("no processes left" in error for error in errors[1:])
+    assert Path(log).read_text().split() == ["5"]  # none of the crashed calls ran
+    assert (again, free) == (5, 2)

@@ -476,6 +476,68 @@ def test_context_is_captured_at_submit_time(run: Any) -> None:
     assert run(main) == ["first", "first", "second", "second"]
 
 
+@pytest.mark.parametrize("flow_kind", ["async", "sync"])
+def test_runs_submitted_in_one_context_each_run_in_a_context_of_their_own(
+    run: Any, backend: str, flow_kind: str
+) -> None:
+    """Runs submitted back to back start from one snapshot of the submitter's context;
+    each still runs in a context of its own. Held back until all are submitted, they
+    run at the same time (sync ones in four threads, async ones on the loop), each sets
+    the variable and reads it back once all have set it: none sees another's value,
+    none fails to enter its context, and the submitter's value is untouched."""
+    in_threads = threading.Barrier(4, timeout=WAIT)
+    on_loop: list[int] = []
+    opened = threading.Event()
+
+    @task
+    def gate() -> None:  # holds every run back until all are submitted
+        opened.wait(WAIT)
+
+    @task
+    def sync_sets(i: int) -> str:
+        request_id.set(f"sync-{i}")
+        in_threads.wait()  # all four are inside their contexts at once
+        return request_id.get()
+
+    @task
+    async def async_sets(i: int) -> str:
+        request_id.set(f"async-{i}")
+        on_loop.append(i)
+        with anyio.fail_after(WAIT):
+            while len(on_loop) < 4:
+                await anyio.sleep(0.001)
+        return request_id.get()
+
+    def submit_all() -> list[Any]:
+        request_id.set("submitter")
+        after = [gate.submit()]
+        futures = [sync_sets.submit(i, wait_for=after) for i in range(4)]
+        futures += [async_sets.submit(i, wait_for=after) for i in range(4)]
+        opened.set()
+        return futures
+
+    expected = [f"sync-{i}" for i in range(4)] + [f"async-{i}" for i in range(4)]
+    if flow_kind == "async":
+
+        @flow(task_runner=ThreadPoolTaskRunner(4))
+        async def main() -> tuple[list[str], str]:
+            futures = submit_all()
+            with anyio.fail_after(WAIT):
+                return [await f for f in futures], request_id.get()
+
+        assert run(main) == (expected, "submitter")
+    else:
+
+        @flow(task_runner=ThreadPoolTaskRunner(4))
+        def sync_main() -> tuple[list[str], str]:
+            futures = submit_all()
+            return [f.result(timeout=WAIT) for f in futures], request_id.get()
+
+        with override_settings(backend=backend):
+            assert sync_main() == (expected, "submitter")
+    assert request_id.get() == "unset"
+
+
 def test_context_changes_inside_a_task_reach_its_nested_runs_not_the_flow(run: Any) -> None:
     """A variable set in a task is seen by runs it submits; the flow's value is untouched."""
 

@@ -35,6 +35,8 @@ from ._outcomes import cancelled_state
 from ._transitions import set_state
 
 if TYPE_CHECKING:
+    from contextvars import Context
+
     from ..flows import Flow
     from ..resources._worker_sessions import Session
     from ..runners import TaskRunner
@@ -70,6 +72,7 @@ class FlowRun:
         "execute_job",
         "flow",
         "inherited_deadline_at",
+        "last_context",
         "lock",
         "loop",
         "open_resources",
@@ -115,6 +118,9 @@ class FlowRun:
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
         self.scope: anyio.CancelScope | None = None
         self.active: set[TaskFuture[Any]] = set()  # submitted and not final yet
+        # The context snapshot of the latest submission, shared by the next ones while
+        # it has not changed (see _taskcalls.submission_context).
+        self.last_context: Context | None = None
         self.closed = False
         self.cancel_requested = False
         self.signal: int | None = None  # the signal that interrupted the run, if any

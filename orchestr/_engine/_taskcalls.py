@@ -13,9 +13,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Iterable
-from contextvars import copy_context
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Coroutine, Iterable
+from contextvars import Context, copy_context
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
 
@@ -64,6 +64,8 @@ __all__ = [
     "map_task",
     "submit_task",
 ]
+
+T = TypeVar("T")
 
 
 def checked_return_state(owner: Definition[Any, Any], value: object) -> bool:
@@ -281,7 +283,7 @@ def _dispatch(
     kwargs: dict[str, Any],
     upstreams: Dependencies,
 ) -> None:
-    context = copy_context()
+    context = submission_context(run)
     runner = run.runner
     if _whole_run_in_thread(task, runner) and (
         not upstreams or all(f._state is not None for f, _ in upstreams)
@@ -296,9 +298,31 @@ def _dispatch(
             if failed is not None:
                 run.finish(future, failed)
                 return
-        runner.run_soon(context.run, run_in_thread, run, task, future, args, kwargs)
+        runner.run_soon(run_in_copy, context, run_in_thread, run, task, future, args, kwargs)
     else:
         run.dispatcher.enqueue(Job(task, future, args, kwargs, upstreams, context))
+
+
+def submission_context(run: FlowRun) -> Context:
+    """A snapshot of this thread's context for a run being submitted (the run sees the
+    submitter's context variables), shared with the run submitted before while the
+    context has not changed: a snapshot per waiting run would be one more object per
+    run for the garbage collector to walk (100,000 submitted runs, 100,000 contexts;
+    comparing an unchanged context with the last snapshot is one pointer check). A
+    shared snapshot is only read, or copied by :func:`run_in_copy`: never entered."""
+    context = copy_context()
+    last = run.last_context
+    if last is not None and context == last:
+        return last
+    run.last_context = context
+    return context
+
+
+def run_in_copy(context: Context, fn: Callable[..., T], /, *args: Any) -> T:
+    """``fn(*args)`` in a copy of ``context``: a thread enters a context of its own (one
+    context entered by two threads at once is an error, and a run must not see another
+    run's context variables change)."""
+    return context.copy().run(fn, *args)
 
 
 def map_task(
@@ -496,7 +520,7 @@ async def _start(run: FlowRun, job: Job) -> None:
         if future._cancel_reason is not None:  # a cancel whose canceller has not run yet
             run.finish(future, cancelled_state(record, future._cancel_reason))
             return
-        runner.run_soon(job.context.run, run_in_thread, run, task, future, args, kwargs)
+        runner.run_soon(run_in_copy, job.context, run_in_thread, run, task, future, args, kwargs)
         return
     await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))
 

@@ -216,7 +216,11 @@ class _Pool:
                 worker = None
             else:
                 self._free -= 1
-                worker = self._place(waiter)
+                try:
+                    worker = self._place(waiter)
+                except BaseException:  # no worker could be started: the slot stays free
+                    self._free += 1
+                    raise
         if worker is not None:
             _send_call(worker, waiter)
         try:
@@ -257,16 +261,23 @@ class _Pool:
         """A call gave up its slot (it ended, or was given up before it ran): the first
         call waiting here takes it and is sent now, from this thread (a reader thread,
         usually), without waiting for its event loop."""
+        sent: tuple[_Worker, _Waiter] | None = None
+        failed: list[tuple[_Waiter, Exception]] = []
         with self._lock:
-            while self._pending and not self._closed:
+            while sent is None and self._pending and not self._closed:
                 waiter = self._pending.popleft()
-                if not waiter.cancelled:
-                    worker = self._place(waiter)
-                    break
-            else:
+                if waiter.cancelled:
+                    continue
+                try:
+                    sent = self._place(waiter), waiter
+                except Exception as exc:  # no worker could be started: its call crashes
+                    failed.append((waiter, exc))
+            if sent is None:
                 self._free += 1
-                return
-        _send_call(worker, waiter)
+        for waiter, exc in failed:
+            waiter.deliver(Outcome(error=exc, crashed=True))
+        if sent is not None:
+            _send_call(*sent)
 
     def _cancel(self, waiter: _Waiter) -> None:
         with self._lock:
