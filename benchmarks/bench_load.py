@@ -268,12 +268,23 @@ async def raw_chain(n: int) -> None:
         x = await _noop(x) + 1
 
 
+async def raw_subflows(n: int) -> None:
+    async def level(depth: int) -> None:
+        async with anyio.create_task_group() as tg:  # a flow run's own task group
+            tg.start_soon(_noop, depth)
+        if depth:
+            await level(depth - 1)
+
+    await level(n - 1)
+
+
 BASELINES: dict[str, tuple[Callable[[int], Any], str]] = {
     "async": (raw_async, "anyio task group of n coroutines"),
     "sync": (raw_sync, "ThreadPoolExecutor: submit n, .result() each"),
     "map": (raw_async, "anyio task group of n coroutines"),
     "flows": (raw_flows, f"n task groups of {TASKS_PER_FLOW} coroutines in one"),
     "chain": (raw_chain, "n awaited coroutines one after another"),
+    "subflows": (raw_subflows, "a coroutine awaiting itself n deep, a task group per level"),
 }
 
 
@@ -536,9 +547,13 @@ def series(
             if limit is None
             else (" PASS" if ratio <= limit else " FAIL") + f" (<= {limit:.2f}x)"
         )
+        raw = ""
+        if "raw_wall" in first and "raw_wall" in last:  # the primitive's own slope
+            slope = (last["raw_wall"] / last["n"]) / (first["raw_wall"] / first["n"])
+            raw = f"; raw baseline {slope:.2f}x wall"
         print(
             f"    time per unit at n={last['n']:,} / at n={first['n']:,}: {ratio:.2f}x cpu"
-            f"{verdict}, {per[1] / per[0]:.2f}x wall",
+            f"{verdict}, {per[1] / per[0]:.2f}x wall{raw}",
             flush=True,
         )
     return results, ok

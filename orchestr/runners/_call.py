@@ -9,14 +9,18 @@ call can run in another process or on another machine; nothing in it points back
 flow run.
 
 Plain classes with ``__slots__``, not dataclasses: one is built per call, and dataclass
-generation costs milliseconds of ``import orchestr``.
+generation costs milliseconds of ``import orchestr``. Each pickles as its fields (a
+:class:`RunIdentity` with its ids as ints); ``orchestr.runners._pickling`` sends calls
+and outcomes as flat tuples of the same fields.
 """
 
 from __future__ import annotations
 
 import inspect
+import sys
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
     import uuid
@@ -32,16 +36,25 @@ class _Value:
 
     __slots__ = ()
 
+    #: The slots' values as a tuple (operator.attrgetter: one C call, as they are read
+    #: for every call pickled or compared). A class attribute, called as
+    #: ``self._getter(self)``: an attrgetter does not bind.
+    _getter: ClassVar[Callable[[Any], tuple[Any, ...]]]
+
+    def __init_subclass__(cls) -> None:
+        super().__init_subclass__()
+        cls._getter = attrgetter(*cls.__slots__)
+
     def _names(self) -> tuple[str, ...]:
         return type(self).__slots__  # type: ignore[return-value]
 
     def _fields(self) -> tuple[Any, ...]:
-        return tuple(getattr(self, name) for name in self._names())
+        return self._getter(self)
 
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._fields() == other._fields()  # type: ignore[attr-defined]
+        return self._getter(self) == other._getter(other)  # type: ignore[attr-defined]
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -50,7 +63,7 @@ class _Value:
         return f"{type(self).__name__}({shown})"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return type(self), self._fields()
+        return type(self), self._getter(self)
 
 
 class RunIdentity(_Value):
@@ -99,6 +112,91 @@ class RunIdentity(_Value):
         #: The flow's limit definitions and where they are enforced, for concurrency()
         #: and rate_limit() in its code; None when no limits are defined.
         self.limits = limits
+
+    def _packed(self) -> tuple[Any, ...]:
+        """The fields, the ids as ints: plain data that pickles fast (a UUID pickles as
+        its class and a state dict, several times slower); :func:`_identity` rebuilds it."""
+        return (
+            _packed_id(self.flow_run_id),
+            self.flow_run_name,
+            self.flow_name,
+            self.flow_attempt,
+            _packed_id(self.task_run_id),
+            self.task_run_name,
+            self.task_name,
+            self.attempt,
+            self.tags,
+            self.log_prints,
+            self.limits,
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _identity, self._packed()
+
+
+#: uuid.UUID and uuid.SafeUUID.unknown, once a run id was packed or unpacked here: looked
+#: up once (an enum member takes 0.4 us to look up; uuid itself, ~2 ms of `import
+#: orchestr`, is imported only when a UUID is about, see orchestr.records).
+_uuid_parts: tuple[Any, Any] | None = None
+
+
+def _uuid_kind() -> tuple[Any, Any]:
+    global _uuid_parts
+    import uuid
+
+    _uuid_parts = uuid.UUID, uuid.SafeUUID.unknown
+    return _uuid_parts
+
+
+def _packed_id(value: Any) -> Any:
+    """A run id as an int; anything else (not a UUID, or one that knows whether it is
+    multiprocess-safe, which its int forgets) in a 1-tuple, so that it comes back as
+    it was, an int too."""
+    parts = _uuid_parts
+    if parts is None:
+        if "uuid" not in sys.modules:
+            return (value,)  # no uuid module, no UUID
+        parts = _uuid_kind()
+    if type(value) is parts[0] and value.is_safe is parts[1]:
+        return value.int
+    return (value,)
+
+
+def _unpacked_id(value: Any) -> Any:
+    if type(value) is tuple:
+        return value[0]
+    uuid_type, unknown = _uuid_parts or _uuid_kind()
+    run_id = object.__new__(uuid_type)
+    # What UUID.__setstate__ does: UUID(int=...) checks and converts, twice as slow.
+    object.__setattr__(run_id, "int", value)
+    object.__setattr__(run_id, "is_safe", unknown)
+    return run_id
+
+
+#: The flow run id last unpacked, and its UUID: every call of a flow run carries it.
+_last_flow_id: tuple[Any, Any] = (None, None)
+
+
+def _identity(
+    flow_run_id: Any,
+    flow_run_name: str,
+    flow_name: str,
+    flow_attempt: int,
+    task_run_id: Any,
+    *rest: Any,
+) -> RunIdentity:
+    """The RunIdentity of :meth:`RunIdentity._packed` fields."""
+    global _last_flow_id
+    last = _last_flow_id
+    if type(flow_run_id) is int and flow_run_id == last[0]:
+        flow_id = last[1]
+    else:
+        flow_id = _unpacked_id(flow_run_id)
+        if type(flow_run_id) is int:
+            _last_flow_id = flow_run_id, flow_id
+    return RunIdentity(
+        flow_id, flow_run_name, flow_name, flow_attempt, _unpacked_id(task_run_id), *rest
+    )
 
 
 class Call(_Value):

@@ -9,6 +9,14 @@ holding it (module and qualified name); the far side imports the module and take
 task's function. Everything else pickles as usual. What does not pickle gets an error
 that names it: an argument (the call is refused before it leaves), a result or an
 exception (the outcome becomes that error), a call the far side cannot rebuild.
+
+The flow's event loop pickles every call and unpickles every outcome, so both are
+cheap: a call travels as a flat tuple of its fields (:func:`_call_fields`), its function
+as the (module, qualname) of its task, found once per function, its run ids as ints;
+an outcome as the tuple of its fields. Such plain data pickles with the C pickler alone
+(a ``reducer_override`` is a Python call per object pickled); only what it refuses
+(an argument that is itself a task's function, or something that does not pickle) is
+pickled again by :class:`_Pickler`, which finds task functions anywhere.
 """
 
 from __future__ import annotations
@@ -21,10 +29,10 @@ import types
 from typing import Any
 
 from ..exceptions import SerializationError
-from ._call import Call, Outcome
+from ._call import Call, Outcome, _identity
 from ._remote import run_call
 
-__all__ = ["PROTOCOL", "dump_call", "dumps", "far_side", "load_outcome", "loads"]
+__all__ = ["PROTOCOL", "dump_call", "dumps", "far_side", "load_call", "load_outcome", "loads"]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 loads = pickle.loads
@@ -40,6 +48,11 @@ class _Pickler(pickle.Pickler):
 
 
 def dumps(obj: Any) -> bytes:
+    """``obj`` pickled, task functions in it by their task's name."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:  # a task's function (plain pickle cannot find it by name), or
+        pass  # something that does not pickle at all: _Pickler says which
     buffer = io.BytesIO()
     _Pickler(buffer, protocol=PROTOCOL).dump(obj)
     return buffer.getvalue()
@@ -60,12 +73,68 @@ def _task_holding(fn: types.FunctionType) -> tuple[str, str] | None:
     return fn.__module__, fn.__qualname__
 
 
+#: Task functions found by _task_holding at module level: fn -> (where, task). Bounded
+#: (emptied when full), as it keeps them alive; checked on each use (the name must
+#: still hold that task), so a module that rebinds it is seen at once.
+_found: dict[types.FunctionType, tuple[tuple[str, str], Any]] = {}
+_FOUND_MAX = 512
+
+
+def _function_slot(fn: Any) -> Any:
+    """What travels for a call's function: where its task is, or the function itself
+    (which pickles as usual, or not)."""
+    if type(fn) is not types.FunctionType:
+        return fn
+    found = _found.get(fn)
+    if found is not None:
+        where, holder = found
+        if getattr(sys.modules.get(where[0]), where[1], None) is holder and holder.fn is fn:
+            return where
+        _found.pop(fn, None)  # (not del: flows in other threads use it too)
+    where = _task_holding(fn)
+    if where is None:
+        return fn
+    if "." not in where[1]:  # the check above reads one name: a task in a class is
+        # found the long way each time (rare)
+        if len(_found) >= _FOUND_MAX:
+            _found.clear()
+        _found[fn] = where, getattr(sys.modules[where[0]], where[1])
+    return where
+
+
 def _task_function(module: str, qualname: str) -> Any:
     """The function of the task ``module.qualname``, here."""
-    holder: Any = importlib.import_module(module)
+    holder: Any = sys.modules.get(module)
+    # What import_module does first: a module imported and not being imported is used
+    # as it is (import_module itself is a few Python calls).
+    if holder is None or getattr(getattr(holder, "__spec__", None), "_initializing", False):
+        holder = importlib.import_module(module)
     for part in qualname.split("."):
         holder = getattr(holder, part)
     return holder.fn
+
+
+def _call_fields(call: Call) -> tuple[Any, ...]:
+    """``call`` as plain data, for :func:`load_call`."""
+    return (
+        _function_slot(call.fn),
+        call.args,
+        call.kwargs,
+        call.identity._packed(),
+        call.key,
+        call.backend,
+        call.resources,
+        call.abandoned,
+    )
+
+
+def load_call(payload: bytes) -> Call:
+    """The call :func:`dump_call` pickled; raises what unpickling or finding its task
+    function raised."""
+    fn, args, kwargs, identity, key, backend, resources, abandoned = loads(payload)
+    if type(fn) is tuple:  # where its task is
+        fn = _task_function(*fn)
+    return Call(fn, args, kwargs, _identity(*identity), key, backend, resources, abandoned)
 
 
 def dump_call(call: Call, where: str, advice: str = "create the object inside the task") -> bytes:
@@ -73,7 +142,7 @@ def dump_call(call: Call, where: str, advice: str = "create the object inside th
     the function or argument that does not pickle, ending with ``advice`` (the runner
     knows what else works there)."""
     try:
-        return dumps(call)
+        return dumps(_call_fields(call))
     except Exception as exc:
         raise _unpicklable_part(call, where, exc, advice) from None  # the message says it all
 
@@ -100,7 +169,7 @@ def far_side(payload: bytes, key: str, advice: str = "return plain data") -> byt
     """Rebuild the call ``payload``, run it, and return its pickled outcome; never
     raises. A result that does not pickle becomes an error ending with ``advice``."""
     try:
-        call = loads(payload)
+        call = load_call(payload)
     except BaseException as exc:
         outcome = Outcome(
             error=SerializationError(
@@ -112,7 +181,7 @@ def far_side(payload: bytes, key: str, advice: str = "return plain data") -> byt
     else:
         outcome = run_call(call)
     try:
-        return dumps(outcome)
+        return dumps(outcome._getter(outcome))
     except Exception as exc:
         what = "result" if outcome.error is None else "exception"
         shown = outcome.value if outcome.error is None else outcome.error
@@ -120,14 +189,16 @@ def far_side(payload: bytes, key: str, advice: str = "return plain data") -> byt
             f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
             f"does not pickle ({type(exc).__name__}: {exc}); {advice}"
         )
-        return dumps(Outcome(error=bad, started=outcome.started, ended=outcome.ended))
+        return dumps((None, bad, False, outcome.started, outcome.ended, []))
 
 
 def load_outcome(body: bytes, key: str) -> Outcome:
     """The outcome sent back for ``key`` (one that cannot be rebuilt here still reaches
     its caller, as an error)."""
     try:
-        outcome = loads(body)
+        fields = loads(body)
+        # The fields far_side sends, or an Outcome pickled whole.
+        outcome = Outcome(*fields) if type(fields) is tuple else fields
     except Exception as exc:
         return Outcome(
             error=SerializationError(
