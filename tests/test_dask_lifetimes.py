@@ -128,9 +128,12 @@ def _resource_tracker() -> None:
 
 
 # -- the shared cluster, seen from another client --------------------------------------------------
-@pytest.fixture(scope="module")
+@pytest.fixture
 def observer(dask_address: str) -> Iterator[Any]:
-    """A sync client of the shared cluster, to look at its scheduler and workers."""
+    """A sync client of the shared cluster, to look at its scheduler and workers. One
+    per test, closed before the leak check: a client kept for the module may open
+    another connection to the scheduler during a test (two calls at once), which that
+    test would be blamed for."""
     with distributed.Client(dask_address, set_as_default=False) as client:
         yield client
 

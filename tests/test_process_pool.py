@@ -154,7 +154,7 @@ def test_no_worker_outlives_its_flow_run(run: Any, tmp_path: Path) -> None:
     async def main() -> list[str]:
         pids.extend([await f for f in pid.map(range(4))])
         crashed = await kill_myself.submit("exit").wait()
-        timed_out = await sleep_then_mark.with_options(timeout_seconds=0.2).submit(5, marker).wait()
+        timed_out = await sleep_then_mark.with_options(timeout_seconds=1.5).submit(5, marker).wait()
         pids.append(await pid.submit())
         pids.append(int(Path(marker + ".started").read_text()))
         return [crashed.name, timed_out.name]
@@ -377,7 +377,7 @@ def test_a_stop_for_a_call_that_has_finished_spares_its_worker(run: Any, tmp_pat
     assert ran_second_in == ran_first_in
 
 
-@task(timeout_seconds=0.5)
+@task(timeout_seconds=1.5)  # long enough to start its program, even on a busy machine
 def starts_a_child(pid_file: str) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     Path(pid_file).write_text(str(child.pid))
@@ -391,6 +391,7 @@ def test_a_stopped_call_takes_the_processes_it_started_with_it(run: Any, tmp_pat
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
     async def main() -> str:
+        await pid.submit()  # its worker is up: the call starts at once, well within its timeout
         return (await starts_a_child.submit(str(pid_file)).wait()).name
 
     assert run(main) == "TimedOut"
