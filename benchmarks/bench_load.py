@@ -20,9 +20,12 @@ recorded, on the default runners and on ``ProcessPoolTaskRunner`` and a 2-worker
   shapes), with the wall-time ratio beside it.
 
 Every (shape, size) runs in a fresh child process: a warm-up run at a small size, then
-``--repeat`` measured runs (``gc.collect()`` before each; collections during a run are
-its cost; the clock stops once the history has written every row), of which the one
-with the least CPU time is reported (the machine is shared: the least disturbed run).
+one measured run (``gc.collect()`` before it; collections during the run are its cost;
+the clock stops once the history has written every row). ``--repeat`` rounds run every
+size of a shape once each, interleaved (small, large, small, large...), and the run with
+the least CPU time per size is reported: on a shared VM the machine's speed drifts by
+tens of percent over minutes, and interleaving lets that drift weigh on every size alike
+(all rounds of one size before the next measured the drift, not the size).
 It is a report, not a test: the exit code is 0 whatever the ratios (1 if a run failed or
 was not recorded in full).
 
@@ -454,15 +457,21 @@ def child(args: argparse.Namespace) -> None:
 
 # -- the parent: children, and the report -------------------------------------------------------
 def measure(
-    shape: str, n: int, runner: str, opts: argparse.Namespace, address: str | None = None
+    shape: str,
+    n: int,
+    runner: str,
+    opts: argparse.Namespace,
+    address: str | None = None,
+    traced: bool = False,
 ) -> dict[str, Any] | None:
+    """One measured run of ``shape`` at size ``n``, in a fresh child process."""
     home = tempfile.mkdtemp(prefix="home-", dir=os.environ["ORCHESTR_HOME"])
     env = dict(os.environ, ORCHESTR_HOME=home, BENCH_LOAD_CHILD="1")
     command = [sys.executable, str(HERE), "--child", shape, str(n), "--runner", runner]
-    command += ["--repeat", str(opts.repeat), "--warmup", str(opts.warmup)]
+    command += ["--repeat", "1", "--warmup", str(opts.warmup)]
     if address:
         command += ["--address", address]
-    if opts.tracemalloc and runner == "local":
+    if traced and runner == "local":
         command.append("--traced")
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=1800)
     shutil.rmtree(home, ignore_errors=True)
@@ -525,15 +534,28 @@ def series(
         flush=True,
     )
     ok = True
+    runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    for round_ in range(opts.repeat):  # sizes interleaved: see the module docstring
+        for n in sizes:
+            result = measure(shape, n, runner, opts, address, opts.tracemalloc and round_ == 0)
+            if result is None:
+                ok = False
+            else:
+                runs[n].append(result)
     results: list[dict[str, Any]] = []
-    for n in sizes:
-        result = measure(shape, n, runner, opts, address)
-        if result is None:
-            ok = False
+    for n, measured in runs.items():
+        if not measured:
             continue
-        result["n"] = n
+        result = dict(min(measured, key=lambda r: r["cpu"]), n=n)  # the least disturbed
+        raw_walls = [r["raw_wall"] for r in measured if "raw_wall" in r]
+        if raw_walls:
+            result["raw_wall"] = min(raw_walls)
+        traced = [r["traced_peak"] for r in measured if "traced_peak" in r]
+        if traced:
+            result["traced_peak"] = traced[0]
         results.append(result)
-        text, full = line(shape, n, result)
+    for result in results:
+        text, full = line(shape, result["n"], result)
         ok = ok and full
         print(text, flush=True)
     if len(results) >= 2:
@@ -571,7 +593,9 @@ def start_cluster() -> tuple[Any, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller sizes, 1 repeat")
-    parser.add_argument("--repeat", type=int, help="measured runs per size (best kept)")
+    parser.add_argument(
+        "--repeat", type=int, help="rounds: measured runs per size, interleaved (best kept)"
+    )
     parser.add_argument("--only", default="curve,shapes,process,dask")
     parser.add_argument("--sizes", help="the task curve's sizes, e.g. 6250,100000")
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false")
@@ -596,7 +620,8 @@ def main() -> int:
         f"bench_load: orchestr from {Path(__import__('orchestr').__file__).parent}, "
         f"Python {platform.python_version()}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.2f}; "
-        f"best of {opts.repeat} run(s) per size, each size in a fresh process; "
+        f"best of {opts.repeat} round(s), every size in a fresh process per round, sizes "
+        "interleaved; "
         f"gc thresholds {gc.get_threshold()}",
         flush=True,
     )

@@ -55,3 +55,27 @@ def test_a_loop_in_another_thread_has_its_own_handle(backend: str) -> None:
 def test_outside_a_loop_there_is_no_handle() -> None:
     with pytest.raises(RuntimeError):  # anyio's NoEventLoopError is one
         LoopHandle.current()
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_now_reads_the_loop_clock_in_a_plain_callback_sent_from_a_thread(backend: str) -> None:
+    """A callback that another thread schedules on the loop runs outside any task, where
+    anyio.current_time() cannot tell which library runs it; the handle's clock can."""
+
+    async def main() -> tuple[float, float, float]:
+        handle = LoopHandle.current()
+        before = anyio.current_time()
+        read: list[float] = []
+        done = anyio.Event()
+
+        def callback() -> None:
+            read.append(handle.now())
+            done.set()
+
+        threading.Thread(target=handle.call_soon, args=(callback,)).start()
+        with anyio.fail_after(WAIT):
+            await done.wait()
+        return before, read[0], anyio.current_time()
+
+    before, read, after = anyio.run(main, backend=backend)
+    assert before <= read <= after

@@ -1091,6 +1091,47 @@ def test_a_subflow_without_a_runner_uses_its_parents(
 
 # == timeouts (rule 8) ===========================================================================
 @pytest.mark.parametrize("task_kind", ["sync", "async"])
+def test_a_timeout_counts_from_when_the_call_starts_not_while_it_waits_for_a_worker(
+    run: Any, kind: str, runner: TaskRunner, slots: int, tmp_path: Path, task_kind: str
+) -> None:
+    """Every worker is busy, and a call with a timeout waits behind them for longer than
+    its timeout; once a worker is free it starts, ends at once, and Completes: waiting
+    for a worker is not running. (On the thread pool an async task runs on the flow's
+    loop and does not wait. Dask cannot say when a call starts: there the timeout
+    counts from the submission, and the call times out waiting.)"""
+    quick = (rt.sync_add if task_kind == "sync" else rt.async_add).with_options(
+        timeout_seconds=TIMEOUT
+    )
+    release = tmp_path / "release"
+    started = [tmp_path / f"started-{i}" for i in range(slots)]
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[str, Any]:
+        with anyio.fail_after(WAIT):
+            await rt.sync_add.submit(0)  # the workers are up
+        for i, marker in enumerate(started):
+            rt.sync_stuck.submit(str(marker), str(release), str(tmp_path / f"out-{i}"))
+        with anyio.fail_after(WAIT):  # every worker runs a stuck call
+            while not all(marker.exists() for marker in started):
+                await anyio.sleep(POLL)
+        waiting = quick.submit(1)
+        await anyio.sleep(TIMEOUT * 1.5)  # it waits for a worker past its timeout
+        release.touch()
+        with anyio.fail_after(WAIT):
+            state = await waiting.wait()
+        return state.name, state.result(raise_on_failure=False)
+
+    try:
+        name, value = run(main)
+    finally:
+        release.touch()
+    if kind == "dask":
+        assert name == "TimedOut"
+    else:
+        assert (name, value) == ("Completed", 11)
+
+
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
 def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
     run: Any, kind: str, runner: TaskRunner, tmp_path: Path, task_kind: str
 ) -> None:

@@ -25,9 +25,9 @@ from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from .._logging import log_prints_var
 from ..exceptions import RunCancelled, UsageError
-from ..runners._call import Call, RunIdentity
+from ..runners._call import Call, RunIdentity, expect_start, forget_start
 from ._interrupts import CleanupInterrupted, call_user, wait_event
-from ._loop import awaited, run_new_loop
+from ._loop import LoopHandle, awaited, run_new_loop
 
 if TYPE_CHECKING:
     from ..futures import TaskFuture
@@ -166,9 +166,20 @@ class AsyncDriver:
         assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
         call = task_call(run, task, record, args, kwargs)
-        deadline = anyio.current_time() + (timeout if timeout is not None else float("inf"))
-        with anyio.CancelScope(deadline=deadline):
-            outcome = await runner.run(call)
+        with anyio.CancelScope() as scope:
+            if timeout is None:
+                outcome = await runner.run(call)
+            elif not runner.reports_start:  # timed from now: waiting for a worker too
+                scope.deadline = anyio.current_time() + timeout
+                outcome = await runner.run(call)
+            else:  # timed from when the call starts: waiting for a worker is not running
+                clock = _StartClock(run.loop, scope, timeout)
+                expect_start(call.key, clock.started)
+                try:
+                    outcome = await runner.run(call)
+                finally:
+                    forget_start(call.key)
+                    clock.stopped = True
             if outcome.crashed:
                 raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
             return outcome.result()
@@ -191,6 +202,26 @@ class AsyncDriver:
         if inspect.isawaitable(outcome):
             outcome = await outcome
         return outcome
+
+
+class _StartClock:
+    """Sets an attempt's deadline when its call starts on the runner (told from any
+    thread), on the loop, unless the attempt is over by then."""
+
+    __slots__ = ("loop", "scope", "stopped", "timeout")
+
+    def __init__(self, loop: LoopHandle, scope: anyio.CancelScope, timeout: float) -> None:
+        self.loop = loop
+        self.scope = scope
+        self.timeout = timeout
+        self.stopped = False
+
+    def started(self) -> None:
+        self.loop.call(self._arm)
+
+    def _arm(self) -> None:  # a plain callback on the loop
+        if not self.stopped:
+            self.scope.deadline = self.loop.now() + self.timeout
 
 
 class BlockingDriver:

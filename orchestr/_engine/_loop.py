@@ -76,6 +76,16 @@ class LoopHandle:
     def on_loop_thread(self) -> bool:
         return get_ident() == self.thread_id
 
+    def now(self) -> float:
+        """The loop's clock (what ``anyio.current_time()`` reads), on the loop thread;
+        in a plain callback too, where anyio cannot tell which library runs it."""
+        clock = getattr(self._native, "time", None)  # asyncio's loop.time
+        if clock is not None:
+            return clock()  # type: ignore[no-any-return]
+        import trio  # the loop runs trio: loaded
+
+        return trio.current_time()
+
     @property
     def backend(self) -> str:
         """``"asyncio"`` or ``"trio"``: the kind of loop this is."""

@@ -9,6 +9,7 @@ from ._base import TaskRunner as TaskRunner
 from ._call import Call as Call
 from ._call import Outcome as Outcome
 from ._call import RunIdentity as RunIdentity
+from ._call import call_started as call_started
 from ._threads import ThreadPoolTaskRunner as ThreadPoolTaskRunner
 
 if TYPE_CHECKING:
@@ -32,6 +33,7 @@ __all__ = [
     "RunIdentity",
     "TaskRunner",
     "ThreadPoolTaskRunner",
+    "call_started",
     "run_call",
 ]
 

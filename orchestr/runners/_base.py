@@ -62,6 +62,11 @@ class TaskRunner(abc.ABC):
     #: async tasks then run on the flow's event loop. A runner that is not local gets
     #: every submitted call, sync and async, through :meth:`run`.
     local: ClassVar[bool] = False
+    #: :meth:`run` calls :func:`~orchestr.runners._call.call_started` with the call's key
+    #: when the call starts executing, so that a task's timeout counts from then, not
+    #: from while the call waited for a free worker. A runner that does not report starts
+    #: has its calls timed from the moment :meth:`run` was called.
+    reports_start: ClassVar[bool] = False
 
     @property
     def name(self) -> str:

@@ -27,7 +27,29 @@ if TYPE_CHECKING:
 
     from .._limits._backends import PortableLimits
 
-__all__ = ["Call", "Outcome", "RunIdentity"]
+__all__ = ["Call", "Outcome", "RunIdentity", "call_started", "expect_start", "forget_start"]
+
+# Calls whose start the engine waits to hear of (by key): see call_started().
+_starting: dict[str, Callable[[], object]] = {}
+
+
+def expect_start(key: str, started: Callable[[], object]) -> None:
+    """Have :func:`call_started` for the call ``key`` call ``started()`` (the engine,
+    before it hands the call to a runner that reports starts)."""
+    _starting[key] = started
+
+
+def forget_start(key: str) -> None:
+    _starting.pop(key, None)
+
+
+def call_started(key: str) -> None:
+    """What a runner that reports starts (``TaskRunner.reports_start``) calls, from any
+    thread, when the call ``key`` starts executing (a worker took it): the engine starts
+    the attempt's timeout then, not while the call waited for a free worker."""
+    started = _starting.pop(key, None)
+    if started is not None:
+        started()
 
 
 class _Value:

@@ -53,7 +53,7 @@ from .._engine._loop import LoopHandle
 from .._logging import handle_shipped_record
 from ..exceptions import UsageError, WorkerLostError
 from ._base import TaskRunner
-from ._call import Call, Outcome
+from ._call import Call, Outcome, call_started
 from ._pickling import PROTOCOL as _PROTOCOL
 from ._pickling import dump_call, load_outcome
 from ._worker import worker_main
@@ -74,6 +74,7 @@ class ProcessPoolTaskRunner(TaskRunner):
     or ``"spawn"``. See the module docstring for what happens on timeouts and crashes."""
 
     local: ClassVar[bool] = False
+    reports_start: ClassVar[bool] = True
 
     def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
         if max_workers is not None and (
@@ -373,6 +374,8 @@ class _Pool:
                 move = kind == "skipped" and waiter is not None and not waiter.cancelled
                 if not worker.inflight and not worker.dead and not self._closed:
                     steal = self._queued_elsewhere(worker)
+        if kind == "start":
+            call_started(key)  # type: ignore[arg-type]
         if steal is not None:
             self._ask_back(*steal)
         if move:

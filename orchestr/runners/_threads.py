@@ -20,7 +20,7 @@ from .._engine._loop import LoopHandle
 from ..exceptions import UsageError
 from ..settings import get_settings
 from ._base import TaskRunner
-from ._call import Call, Outcome
+from ._call import Call, Outcome, call_started
 from ._pool import WorkerPool
 
 __all__ = ["ThreadPoolTaskRunner"]
@@ -40,6 +40,7 @@ class ThreadPoolTaskRunner(TaskRunner):
     """
 
     local: ClassVar[bool] = True
+    reports_start: ClassVar[bool] = True
 
     def __init__(self, max_workers: int | None = None) -> None:
         if max_workers is not None and (
@@ -81,6 +82,7 @@ class ThreadPoolTaskRunner(TaskRunner):
                 if turn[0] is _SKIPPED:
                     return
                 turn[0] = _STARTED
+            call_started(call.key)
             try:
                 outcome.append(Outcome(value=context.run(call.fn, *call.args, **call.kwargs)))
             except BaseException as exc:  # carried back to the awaiting attempt

@@ -21,7 +21,7 @@ import anyio.to_thread
 from .._semaphore import Semaphore
 from ..exceptions import UsageError
 from ..runners._base import TaskRunner
-from ..runners._call import Call, Outcome
+from ..runners._call import Call, Outcome, call_started
 from ..runners._pickling import dump_call, far_side, load_outcome
 
 __all__ = ["PicklingTaskRunner"]
@@ -32,6 +32,7 @@ class PicklingTaskRunner(TaskRunner):
     4), in threads; see the module docstring."""
 
     local: ClassVar[bool] = False
+    reports_start: ClassVar[bool] = True
 
     def __init__(self, max_workers: int = 4) -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
@@ -68,6 +69,7 @@ class PicklingTaskRunner(TaskRunner):
                 if claimed:
                     return None  # given up before it started
                 claimed.append("thread")
+            call_started(call.key)
             try:
                 # An empty context: nothing of the run's travels but what the call carries.
                 return contextvars.Context().run(far_side, payload, call.key)
