@@ -538,6 +538,41 @@ def test_runs_submitted_in_one_context_each_run_in_a_context_of_their_own(
     assert request_id.get() == "unset"
 
 
+class _NoEquality:
+    """A value that refuses comparison (as a numpy array's truth value does)."""
+
+    def __eq__(self, other: object) -> bool:
+        raise ValueError("the truth value of this object is ambiguous")
+
+    __hash__ = object.__hash__
+
+
+def test_each_run_sees_the_very_object_its_submitter_set(run: Any) -> None:
+    """Consecutive submissions share a context snapshot only while every variable holds
+    the same object: a value equal to the last one (1, True, 1.0) is still a change, and
+    a value that cannot be compared does not break .submit()."""
+    strange = _NoEquality()
+
+    @task
+    async def read() -> Any:
+        return request_id.get()
+
+    @flow
+    async def main() -> list[Any]:
+        futures = []
+        for value in (1, True, 1.0, strange, _NoEquality()):
+            request_id.set(value)  # type: ignore[arg-type]
+            futures.append(read.submit())
+        with anyio.fail_after(WAIT):
+            return [await f for f in futures]
+
+    seen = run(main)
+    assert [type(v) for v in seen[:3]] == [int, bool, float]
+    assert seen[3] is strange
+    assert seen[4] is not strange
+    assert isinstance(seen[4], _NoEquality)
+
+
 def test_context_changes_inside_a_task_reach_its_nested_runs_not_the_flow(run: Any) -> None:
     """A variable set in a task is seen by runs it submits; the flow's value is untouched."""
 

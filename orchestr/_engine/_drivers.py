@@ -14,6 +14,7 @@ from __future__ import annotations
 import inspect
 import sys
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -217,11 +218,12 @@ class _StartClock:
         self.stopped = False
 
     def started(self) -> None:
-        self.loop.call(self._arm)
+        at = time.monotonic()  # the loop may take a while to hear of it: counted
+        self.loop.call(lambda: self._arm(at))
 
-    def _arm(self) -> None:  # a plain callback on the loop
+    def _arm(self, at: float) -> None:  # a plain callback on the loop
         if not self.stopped:
-            self.scope.deadline = self.loop.now() + self.timeout
+            self.scope.deadline = self.loop.now() - (time.monotonic() - at) + self.timeout
 
 
 class BlockingDriver:

@@ -308,11 +308,21 @@ def submission_context(run: FlowRun) -> Context:
     submitter's context variables), shared with the run submitted before while the
     context has not changed: a snapshot per waiting run would be one more object per
     run for the garbage collector to walk (100,000 submitted runs, 100,000 contexts;
-    comparing an unchanged context with the last snapshot is one pointer check). A
+    comparing an unchanged context with the last snapshot is a walk over its few variables). A
     shared snapshot is only read, or copied by :func:`run_in_copy`: never entered."""
     context = copy_context()
     last = run.last_context
-    if last is not None and context == last:
+    # The same variables holding the same objects (not equal ones: 1 is not True, and
+    # comparing values could be slow or raise); an unchanged context lists them in the
+    # same order.
+    if (
+        last is not None
+        and len(last) == len(context)
+        and all(
+            var is seen and value is kept
+            for (var, value), (seen, kept) in zip(context.items(), last.items(), strict=True)
+        )
+    ):
         return last
     run.last_context = context
     return context

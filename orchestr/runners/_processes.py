@@ -143,6 +143,7 @@ class _Waiter:
         "moving",
         "outcome",
         "payload",
+        "sent",
         "worker",
     )
 
@@ -153,6 +154,7 @@ class _Waiter:
         self.loop = LoopHandle.current()
         self.outcome: Outcome | None = None  # None when woken: the pool was shut down
         self.worker: _Worker | None = None
+        self.sent = False  # to self.worker (a cancellation sends it a stop then)
         self.cancelled = False
         self.moving = False  # asked back from a busy worker, for an idle one
         self.asker: _Worker | None = None  # that idle one (None: the place of a dead one)
@@ -223,7 +225,7 @@ class _Pool:
                     self._free += 1
                     raise
         if worker is not None:
-            _send_call(worker, waiter)
+            self._send(worker, waiter)
         try:
             await waiter.event.wait()
         except BaseException:  # cancelled: a timeout, fut.cancel(), the run cancelled
@@ -232,6 +234,21 @@ class _Pool:
         if waiter.outcome is None:  # still waiting here when the pool was shut down
             raise _shut_down()
         return waiter.outcome
+
+    def _send(self, worker: _Worker, waiter: _Waiter) -> None:
+        """Send a placed call to its worker (outside the lock); stop it there if it was
+        cancelled meanwhile (see _cancel)."""
+        try:
+            worker.send(("call", waiter.key, waiter.payload))
+        except OSError:  # the worker died just now: its reader sends the call elsewhere
+            return
+        with self._lock:
+            if waiter.worker is not worker:  # it moved on meanwhile: not this send's
+                return
+            waiter.sent = True
+            stop = waiter.cancelled and waiter.outcome is None
+        if stop:
+            self._stop(worker, waiter)
 
     def _place(self, waiter: _Waiter) -> _Worker:
         """Put a call that holds a slot on the least busy live worker (starting one if
@@ -242,6 +259,7 @@ class _Pool:
             worker = self._start_worker()
         waiter.worker = worker
         waiter.moving = False
+        waiter.sent = False
         worker.inflight[waiter.key] = waiter
         return worker
 
@@ -256,7 +274,7 @@ class _Pool:
         if worker is None:
             self._slot_freed()
         else:
-            _send_call(worker, waiter)
+            self._send(worker, waiter)
 
     def _slot_freed(self) -> None:
         """A call gave up its slot (it ended, or was given up before it ran): the first
@@ -278,7 +296,7 @@ class _Pool:
         for waiter, exc in failed:
             waiter.deliver(Outcome(error=exc, crashed=True))
         if sent is not None:
-            _send_call(*sent)
+            self._send(*sent)
 
     def _cancel(self, waiter: _Waiter) -> None:
         with self._lock:
@@ -286,11 +304,17 @@ class _Pool:
                 return
             waiter.cancelled = True  # still in _pending: skipped there
             worker = waiter.worker
-            if worker is None or worker.dead:
+            # Not sent yet (placed by another thread, which sends it now): the sender
+            # sees it cancelled once it has sent it, and stops it then.
+            if worker is None or worker.dead or not waiter.sent:
                 return
-        # The worker skips the call if it is still queued there, or ends itself if it
-        # runs it; if it has finished it, nothing happens. Killing it from here could
-        # hit the next call, when the outcome of this one is on its way.
+        self._stop(worker, waiter)
+
+    def _stop(self, worker: _Worker, waiter: _Waiter) -> None:
+        """Tell ``worker`` to stop the cancelled call ``waiter``. The worker skips the
+        call if it is still queued there, or ends itself if it runs it; if it has
+        finished it, nothing happens. Killing it from here could hit the next call, when
+        the outcome of this one is on its way."""
         try:
             worker.send(("stop", waiter.key, None))
         except OSError:  # it died: nothing runs there any more
@@ -382,9 +406,9 @@ class _Pool:
             assert waiter is not None
             self._redispatch(waiter)
         elif kind in ("done", "skipped"):
-            self._slot_freed()
             if kind == "done" and waiter is not None and not waiter.cancelled:
                 waiter.deliver(load_outcome(body, waiter.key))
+            self._slot_freed()
 
     def _queued_elsewhere(self, idle: _Worker | None) -> tuple[_Worker, _Waiter] | None:
         """A call waiting on another worker behind the one it runs, marked as asked back
@@ -492,13 +516,6 @@ class _Pool:
             reader.join(_STOP_TIMEOUT)
         for worker in workers:
             _release(worker.process)
-
-
-def _send_call(worker: _Worker, waiter: _Waiter) -> None:
-    try:
-        worker.send(("call", waiter.key, waiter.payload))
-    except OSError:  # the worker died just now: its reader sends the call elsewhere
-        pass
 
 
 def _shut_down() -> UsageError:

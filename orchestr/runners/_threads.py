@@ -66,6 +66,7 @@ class ThreadPoolTaskRunner(TaskRunner):
         run's). Cancelled before a thread took it, it never starts; cancelled while it
         runs, it is abandoned (a thread cannot be interrupted) and finishes on its own."""
         if call.is_async:
+            call_started(call.key)
             try:
                 return Outcome(value=await call.fn(*call.args, **call.kwargs))
             except Exception as exc:
@@ -78,11 +79,11 @@ class ThreadPoolTaskRunner(TaskRunner):
         turn = [_QUEUED]
 
         def work() -> None:
+            call_started(call.key)  # before the claim: nothing between it and the call
             with lock:
                 if turn[0] is _SKIPPED:
                     return
                 turn[0] = _STARTED
-            call_started(call.key)
             try:
                 outcome.append(Outcome(value=context.run(call.fn, *call.args, **call.kwargs)))
             except BaseException as exc:  # carried back to the awaiting attempt

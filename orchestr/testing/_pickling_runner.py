@@ -65,11 +65,11 @@ class PicklingTaskRunner(TaskRunner):
         claimed: list[str] = []
 
         def away() -> bytes | None:
+            call_started(call.key)  # before the claim: nothing between it and the call
             with lock:
                 if claimed:
                     return None  # given up before it started
                 claimed.append("thread")
-            call_started(call.key)
             try:
                 # An empty context: nothing of the run's travels but what the call carries.
                 return contextvars.Context().run(far_side, payload, call.key)
