@@ -105,8 +105,11 @@ def test_a_call_cancelled_while_a_reader_thread_sends_it_never_runs(
         pool = flow_run_var.get().runner._pool  # type: ignore[union-attr]
         send = pool._send
 
+        held: list[Any] = []
+
         def held_send(worker: Any, waiter: Any) -> None:
             if waiter.key.startswith("mark-"):
+                held.append(waiter)
                 placed.set()
                 cancelled.wait(WAIT)
             send(worker, waiter)
@@ -126,6 +129,9 @@ def test_a_call_cancelled_while_a_reader_thread_sends_it_never_runs(
             while not placed.is_set():
                 await anyio.sleep(0.005)
         late.cancel()
+        with anyio.fail_after(WAIT):  # the pool has heard of it (on the loop, a moment later)
+            while not held[0].cancelled:
+                await anyio.sleep(0.005)
         cancelled.set()
         with anyio.fail_after(WAIT):
             name = (await late.wait()).name

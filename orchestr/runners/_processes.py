@@ -236,8 +236,16 @@ class _Pool:
         return waiter.outcome
 
     def _send(self, worker: _Worker, waiter: _Waiter) -> None:
-        """Send a placed call to its worker (outside the lock); stop it there if it was
-        cancelled meanwhile (see _cancel)."""
+        """Send a placed call to its worker (outside the lock): not at all if it was
+        cancelled since it was placed (its slot goes on), and followed by a stop if it is
+        cancelled while being sent (see _cancel)."""
+        with self._lock:
+            withdrawn = waiter.worker is worker and waiter.cancelled
+            if withdrawn:
+                del worker.inflight[waiter.key]
+        if withdrawn:
+            self._slot_freed()
+            return
         try:
             worker.send(("call", waiter.key, waiter.payload))
         except OSError:  # the worker died just now: its reader sends the call elsewhere
