@@ -240,9 +240,12 @@ class _Pool:
         cancelled since it was placed (its slot goes on), and followed by a stop if it is
         cancelled while being sent (see _cancel)."""
         with self._lock:
-            withdrawn = waiter.worker is worker and waiter.cancelled
-            if withdrawn:
-                del worker.inflight[waiter.key]
+            # (Not if its worker died meanwhile: that worker's reader gave the slot on.)
+            withdrawn = (
+                waiter.worker is worker
+                and waiter.cancelled
+                and worker.inflight.pop(waiter.key, None) is not None
+            )
         if withdrawn:
             self._slot_freed()
             return
