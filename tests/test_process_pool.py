@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -816,3 +817,59 @@ def test_calls_whose_worker_cannot_be_started_crash_with_the_reason_and_nothing_
     assert all("no processes left" in error for error in errors[1:])
     assert Path(log).read_text().split() == ["5"]  # none of the crashed calls ran
     assert (again, free) == (5, 2)
+
+
+def test_a_call_cancelled_while_a_reader_thread_sends_it_never_runs(
+    run: Any, tmp_path: Path
+) -> None:
+    """One worker, full; a call waits in the pool. When the first call ends, the reader
+    thread places the waiting call on the worker and sends it; the call is cancelled
+    between the two (the send is held until then). The worker must be told to skip it:
+    it never runs, and the worker is spared."""
+    gate, marker = str(tmp_path / "gate"), str(tmp_path / "marker")
+    placed, cancelled = threading.Event(), threading.Event()
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, int, int]:
+        pool = flow_run_var.get().runner._pool  # type: ignore[union-attr]
+        send = pool._send
+
+        held: list[Any] = []
+
+        def held_send(worker: Any, waiter: Any) -> None:
+            if waiter.key.startswith("mark-"):
+                held.append(waiter)
+                placed.set()
+                cancelled.wait(10)
+            send(worker, waiter)
+
+        pool._send = held_send
+        first = wait_for_file.submit(gate)
+        second = wait_for_file.submit(gate)  # queued on the worker behind the first
+        with anyio.fail_after(10):
+            while sum(len(w.inflight) for w in pool._workers) < 2:
+                await anyio.sleep(0.005)
+        late = mark.submit(marker)
+        with anyio.fail_after(10):
+            while not pool._pending:
+                await anyio.sleep(0.005)
+        Path(gate).write_text("go")  # the first call ends: its reader sends `late`
+        with anyio.fail_after(10):
+            while not placed.is_set():
+                await anyio.sleep(0.005)
+        late.cancel()
+        with anyio.fail_after(10):  # the pool has heard of it (on the loop, a moment later)
+            while not held[0].cancelled:
+                await anyio.sleep(0.005)
+        cancelled.set()
+        with anyio.fail_after(10):
+            name = (await late.wait()).name
+            pids = await first, await second
+            again = await wait_for_file.submit(gate)
+        assert pids[0] == pids[1]
+        return name, pids[0], again
+
+    name, worker, again = run(main)
+    assert name == "Cancelled"
+    assert not Path(marker).exists()
+    assert again == worker  # told to skip the call, not killed

@@ -187,11 +187,7 @@ def run_new_loop(fn: Callable[..., Any], *args: Any, backend: str = "asyncio") -
 def loop_running() -> bool:
     """Whether this thread is running an asyncio or trio event loop right now (cheaper
     than asking anyio: the running-loop lookups of the two libraries, when loaded)."""
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and asyncio._get_running_loop() is not None:
-        return True
-    trio = sys.modules.get("trio")
-    return trio is not None and bool(trio.lowlevel.in_trio_run())
+    return _running_native() is not None
 
 
 def in_async_code() -> bool:
