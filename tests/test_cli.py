@@ -318,6 +318,45 @@ def test_progress_counts_task_runs_by_task_and_state_as_they_change(
     assert final.flow_run is state.record
 
 
+def test_progress_counts_changes_told_from_many_threads_at_once() -> None:
+    """Worker threads tell the display's observer their changes at once, with no lock
+    held around it: it queues them, counts them when the display draws or when enough
+    have piled up (so that a run nobody draws does not keep them all), and loses
+    none."""
+    from orchestr.cli._progress import _BACKLOG
+    from orchestr.records import FlowRunRecord, TaskRunRecord
+    from orchestr.states import State, StateType
+
+    progress = Progress()
+    top = FlowRunRecord("many")
+    threads, each = 8, 2_000
+    records = [TaskRunRecord(f"t{i % 2}", i, top) for i in range(threads * each)]
+    top.task_runs.extend(records)
+    progress(top, State(StateType.RUNNING))
+    start = threading.Barrier(threads)
+
+    def tell(mine: list[TaskRunRecord]) -> None:
+        start.wait()
+        for record in mine:
+            progress(record, State(StateType.RUNNING))
+            progress(record, State(StateType.COMPLETED))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # threads switch inside the observer
+    try:
+        with ThreadPoolExecutor(threads) as pool:
+            list(pool.map(tell, [records[k::threads] for k in range(threads)]))
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(progress._changes) < _BACKLOG + threads  # counted along the way
+    counts = {
+        t.task_name: dict(zip(COLUMNS, t.counts, strict=True)) for t in progress.snapshot().tasks
+    }
+    half = dict.fromkeys(COLUMNS, 0) | {"completed": threads * each // 2}
+    assert counts == {"t0": half, "t1": half}
+    assert progress.top is top
+
+
 # -- parameters --------------------------------------------------------------------------
 def _echoed(stdout: str) -> tuple[dict[str, Any], dict[str, str]]:
     params = types = None

@@ -3,6 +3,7 @@ callbacks, the wait()/as_completed() helpers and FutureList."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -1043,3 +1044,84 @@ def test_state_read_while_the_run_finishes_is_consistent_and_observes(backend: s
         sys.setswitchinterval(interval)
     assert state.is_completed(), state
     assert state.result() == []
+
+
+def test_a_future_raced_by_its_worker_cancellers_and_waiters_ends_once(backend: str) -> None:
+    """Threads racing on the same futures: the workers finishing them, two threads
+    cancelling every other one, two adding callbacks, the flow's thread waiting. Each
+    future ends once: every callback is called once, each cancelled run was cancelled
+    by exactly one cancel() that returned True, and its record and the state observers
+    say what the future says. (Futures share a set of locks, not one per run: the
+    sharing must not let two threads finish one future, nor lose a callback.)"""
+    from orchestr._engine._transitions import observe
+    from orchestr.records import TaskRunRecord
+
+    count = 160
+    go = threading.Event()
+    finals: list[tuple[str, str]] = []  # (run name, state name), from the observer
+    called: list[int] = []  # future index per callback call
+    cancels: list[tuple[int, bool]] = []
+
+    def observer(record: Any, state: State[Any]) -> None:
+        if type(record) is TaskRunRecord and state.is_final():
+            finals.append((record.name, state.name))
+
+    @task
+    def held(i: int) -> int:
+        go.wait(10)
+        return i
+
+    states: list[State[Any]] = []  # not returned: a flow returning states ends as they do
+
+    @flow(task_runner=ThreadPoolTaskRunner(4))
+    def raced() -> None:
+        futures = [held.submit(i) for i in range(count)]
+        start = threading.Barrier(5)
+
+        def cancel(order: list[int]) -> None:
+            start.wait()
+            for i in order:
+                cancels.append((i, futures[i].cancel()))
+
+        def add_callbacks() -> None:
+            start.wait()
+            for i, future in enumerate(futures):
+                future.add_done_callback(lambda _, i=i: called.append(i))
+
+        evens = list(range(0, count, 2))
+        threads = [
+            threading.Thread(target=cancel, args=(evens,)),
+            threading.Thread(target=cancel, args=(evens[::-1],)),
+            threading.Thread(target=add_callbacks),
+            threading.Thread(target=add_callbacks),
+        ]
+        for thread in threads:
+            thread.start()
+        start.wait()
+        go.set()  # the workers finish runs while the others cancel and add callbacks
+        states.extend(future.wait_blocking(10) for future in futures)
+        for thread in threads:
+            thread.join(10)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)  # more thread switches inside the racing sections
+    stop = observe(observer)
+    try:
+        with override_settings(backend=backend):
+            raced()
+    finally:
+        stop()
+        sys.setswitchinterval(interval)
+    assert len(states) == count
+    assert all(state.is_final() for state in states)
+    for i, state in enumerate(states):
+        assert state.name in (("Completed", "Cancelled") if i % 2 == 0 else ("Completed",))
+        if state.is_completed():
+            assert state.result() == i
+        assert state.record.state_name == state.name  # the record says what the future says
+    cancelled = {i for i, state in enumerate(states) if state.name == "Cancelled"}
+    assert sorted(i for i, won in cancels if won) == sorted(cancelled)  # one winner each
+    assert sorted(called) == sorted(list(range(count)) * 2)  # each callback once
+    told = [name for name, _ in finals]
+    assert sorted(told) == sorted(state.record.name for state in states)  # one final each
+    assert dict(finals) == {state.record.name: state.name for state in states}

@@ -1260,7 +1260,7 @@ class Counted:
 
 def test_a_big_set_is_cut_before_it_is_sorted() -> None:
     """A set parameter shows 100 of its members, sorted: the others are not even
-    looked at (the snapshot is taken under the state writer's lock)."""
+    looked at (the snapshot is taken in the thread that changes the run's state)."""
     big = {Counted(i) for i in range(10_000)}
     Counted.calls = 0
     shown = json_safe(big)

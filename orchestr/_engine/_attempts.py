@@ -244,7 +244,7 @@ def _follow(future: TaskFuture[Any], record: TaskRunRecord) -> None:
     """The record of a run finished from outside says what its future says."""
     final = future._state
     if final is not None and record.state_type is not final.type:
-        with future._run.lock:
+        with future._lock:
             set_state(record, final)
 
 

@@ -92,8 +92,8 @@ class FlowRun:
     ) -> None:
         self.flow = flow
         self.parent = parent
-        # Guards completion of this run's futures against concurrent waiters/cancellers,
-        # and its set of subflow runs.
+        # Guards the run's sets of subflow runs and of blocked threads (each future's
+        # completion has a lock of its own: see orchestr.futures).
         self.lock = threading.Lock()
         self.record: FlowRunRecord = FlowRunRecord(
             flow.name, None if parent is None else parent.record
@@ -197,7 +197,7 @@ class FlowRun:
     # -- finishing --------------------------------------------------------------------------
     def finish(self, future: TaskFuture[Any], state: State[Any]) -> bool:
         """Give a future its final state (first caller wins) and run its callbacks."""
-        with self.lock:
+        with future._lock:
             if future._state is not None:
                 return False
             set_state(future._record, state)

@@ -10,9 +10,13 @@ the changes made here, in the order they were made.
 
 Changes are made in the thread that makes them (the flow's event-loop thread, or the
 worker thread of a sync task run, whose fast path has no loop hop to spare) and
-observers are told there, one change at a time, in order, with a process-wide lock
-held: an observer must be quick (queue the change and return), must not wait for a
-run, and its failure is logged and ignored: it never breaks a run.
+observers are told there, right after the change. A run's changes are told in the order
+they were made, but changes of different runs are told from several threads at once:
+an observer must be thread-safe and quick (queue the change and return; a lock every
+change takes is a lock every worker thread queues behind), must not wait for a run, and
+its failure is logged and ignored: it never breaks a run. (A process-wide lock around
+the observers once made the worker threads of a 100,000-task sync flow wait for each
+other, which doubled the CPU each task run cost.)
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ Observer = Callable[[RunRecord, State[Any]], object]
 
 # Copied on change, so the hot path reads it without a lock (empty: one truth test).
 _observers: tuple[Observer, ...] = ()
-_telling = threading.RLock()
+_observing = threading.Lock()  # adding and removing observers
 _NAMES = {StateType.RUNNING: "Running", StateType.RETRYING: "Retrying"}
 _ENDED_WITHOUT_RUNNING = (StateType.CANCELLED, StateType.NOT_RUN)
 _log = logging.getLogger("orchestr.task_runs")
@@ -88,26 +92,27 @@ def _write_final(record: RunRecord, state: State[Any]) -> None:
 def _tell(record: RunRecord, state: State[Any] | StateType) -> None:
     # Observers get a State: the final one as given, a step as the record now reads.
     shown = state if isinstance(state, State) else record.state
-    with _telling:
-        for observer in _observers:
-            try:
-                observer(record, shown)
-            except Exception:
-                logging.getLogger("orchestr").exception(
-                    "state observer %r failed on %r (ignored)", observer, record
-                )
+    for observer in _observers:
+        try:
+            observer(record, shown)
+        except Exception:
+            logging.getLogger("orchestr").exception(
+                "state observer %r failed on %r (ignored)", observer, record
+            )
 
 
 def observe(observer: Observer) -> Callable[[], None]:
     """Call ``observer(record, state)`` on every state change of every run in this
-    process from now on; returns the function that stops it."""
+    process from now on, in the thread that made the change (see the module's doc);
+    returns the function that stops it (a change being told in another thread as it
+    returns may still reach the observer)."""
     global _observers
-    with _telling:
+    with _observing:
         _observers = (*_observers, observer)
 
     def stop() -> None:
         global _observers
-        with _telling:
+        with _observing:
             _observers = tuple(o for o in _observers if o is not observer)
 
     return stop

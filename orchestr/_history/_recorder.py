@@ -4,7 +4,7 @@ writer thread per process that empties the queue into SQLite.
 A flow run is recorded when the ``history`` setting is on as it starts
 (:func:`record_flow_run`, called by the engine before its first state change); its task
 runs and subflow runs go with it, into the history of the ``home`` it started with. The
-observer runs in the changing thread under the state writer's lock (see
+observer runs in the changing thread, concurrently with other threads' changes (see
 :mod:`orchestr._engine._transitions`), so it only appends a tuple to a deque; the one
 exception is a flow run's first change, where it takes the snapshot of the run's
 parameters (the engine lets go of them when the run ends). A task run's first Running
