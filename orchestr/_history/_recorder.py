@@ -71,12 +71,21 @@ class Recorded:
     written of it so far (kept here, not in the writer: a writer thread that ended
     when idle hands over to the next one mid-run)."""
 
-    __slots__ = ("events_written", "id", "path", "record", "settings", "snapshot_taken")
+    __slots__ = (
+        "events_written",
+        "final_queued",
+        "id",
+        "path",
+        "record",
+        "settings",
+        "snapshot_taken",
+    )
 
     def __init__(self, record: FlowRunRecord, settings: Settings) -> None:
         self.record = record
         self.settings = settings
         self.snapshot_taken = False
+        self.final_queued = False  # later changes are not queued
         # Set by the writer thread only:
         self.path: str | None = None
         self.id: str | None = None
@@ -84,11 +93,18 @@ class Recorded:
 
 
 # Queued items, in the order the changes were made:
-#   task run: (record, state name, at, attempt, Recorded)
-#   flow run: (record, state name, at, attempt, Recorded, parameters or None)
+#   task run, its final state: the record itself (a final state is written once: the
+#     record's state, end and attempts are the change's)
+#   task run, another change: (record, state name, at, attempt)
+#   flow run: (record, state name, at, attempt, Recorded, parameters or None, final)
 #   flush():  a threading.Event, set once everything before it is written
+# A task run's final state is the usual change queued, and a change waits in the queue
+# while a burst goes on: an item that is the record costs no object, where a tuple was
+# one more object per waiting task run for the garbage collector to walk (a quarter of
+# those of a 100,000-task sync flow).
 _queue: deque[Any] = deque()
-# Flow runs being recorded, until their final state.
+# Flow runs being recorded, until the writer has taken their final state (their task
+# runs' items find them here).
 _recorded: dict[FlowRunRecord, Recorded] = {}
 _lock = threading.Lock()  # starting and ending the writer thread
 _wake = threading.Event()
@@ -129,24 +145,37 @@ def _observe(record: Any, state: State[Any]) -> None:
         if state.type is _RUNNING and record.attempts <= 1:
             return  # the first Running: its time is the record's start, written with it
         recorded = _recorded.get(record.flow_run)  # type: ignore[arg-type]
-        if recorded is None:
+        if recorded is None or recorded.final_queued:
             return
-        _queue.append((record, state.name, _now(), record.attempts, recorded))
+        if state.type.is_final:
+            _queue.append(record)
+        else:
+            _queue.append((record, state.name, _now(), record.attempts))
         if not _running:
             _start()
         return
     recorded = _recorded.get(record)
-    if recorded is None:
+    if recorded is None or recorded.final_queued:
         return
     snapshot = None
     if not recorded.snapshot_taken:
         recorded.snapshot_taken = True
         snapshot = _parameters_of(record)
-    _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot))
-    if record.state_type.is_final:
-        del _recorded[record]
+    final = record.state_type.is_final
+    recorded.final_queued = final
+    _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot, final))
     if not _running:
         _start()
+
+
+def recorded_of(item: Any) -> Recorded | None:
+    """The flow run being recorded that a queued change belongs to (None: its flow
+    run's final state was written already, and this late change is not)."""
+    if type(item) is TaskRunRecord:
+        return _recorded.get(item.flow_run)  # type: ignore[arg-type]
+    if len(item) == 4:
+        return _recorded.get(item[0].flow_run)
+    return item[4]  # type: ignore[no-any-return]
 
 
 def _parameters_of(record: FlowRunRecord) -> dict[str, Any]:
@@ -346,8 +375,9 @@ def _report_exit_drops(stuck: bool) -> None:
     if stuck:
         left: list[tuple[str, int]] = [] if in_flight is None else [in_flight]
         for item in list(_queue):
-            if type(item) is not threading.Event:
-                left.append((_path_of(item[4]), 1))
+            recorded = None if type(item) is threading.Event else recorded_of(item)
+            if recorded is not None:
+                left.append((_path_of(recorded), 1))
         for path, count in left:
             counts[path] = counts.get(path, 0) + count
             reasons.setdefault(path, f"the writer made no progress for {STUCK_SECONDS:.0f} s")

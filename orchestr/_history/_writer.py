@@ -33,8 +33,9 @@ import sqlite3
 import time
 from typing import Any
 
+from ..records import FlowRunRecord, TaskRunRecord
 from . import _recorder, _schema
-from ._recorder import Recorded
+from ._recorder import Recorded, recorded_of
 from ._values import error_origin, error_text
 
 __all__ = [
@@ -123,16 +124,30 @@ class Writer:
         self._pid = os.getpid()
 
     def write(self, items: list[Any]) -> None:
-        """Write ``items`` (the recorder's tuples), each into its flow run's history."""
+        """Write ``items`` (the recorder's queued changes), each into its flow run's
+        history."""
         groups: dict[str, list[Any]] = {}
         last: Recorded | None = None
         part: list[Any] = []
+        ended: list[FlowRunRecord] = []
         for item in items:
-            recorded = item[4]
+            recorded = recorded_of(item)
+            if recorded is None:
+                continue  # a change after its flow run's end was written: not recorded
             if recorded is not last:
                 last = recorded
                 part = groups.setdefault(recorded.path or self._resolve(recorded), [])
             part.append(item)
+            if type(item) is tuple and len(item) == 7 and item[6]:
+                ended.append(item[0])
+        try:
+            self._write_groups(groups)
+        finally:
+            # After the batch: its task runs' items found their flow runs here.
+            for record in ended:
+                _recorder._recorded.pop(record, None)
+
+    def _write_groups(self, groups: dict[str, list[Any]]) -> None:
         for path, part in groups.items():
             if path in _broken or path in _abandoned:  # reported already
                 _recorder.note_dropped(path, len(part), busy=path in _abandoned)
@@ -232,14 +247,15 @@ class Writer:
         # walk that generation whole more often: benchmarks/bench_load.py).
         tasks: dict[Any, Any] = {}
         for item in items:
-            if len(item) == 5:
-                found = tasks.get(item[0])
+            record = item if type(item) is TaskRunRecord else item[0]
+            if record is item or len(item) == 4:
+                found = tasks.get(record)
                 if found is None:
-                    tasks[item[0]] = item
-                elif type(found) is tuple:
-                    tasks[item[0]] = [found, item]
-                else:
+                    tasks[record] = item
+                elif type(found) is list:
                     found.append(item)
+                else:
+                    tasks[record] = [found, item]
             else:
                 lines = flows.get(item[4])
                 if lines is None:
@@ -286,9 +302,10 @@ def _flow_id(recorded: Recorded) -> str:
     return found
 
 
-def _task_row(record: Any, found: tuple[Any, ...] | list[tuple[Any, ...]]) -> tuple[Any, ...]:
-    items = [found] if type(found) is tuple else found
-    recorded: Recorded = items[0][4]
+def _task_row(record: Any, found: Any) -> tuple[Any, ...]:
+    items = found if type(found) is list else [found]
+    recorded = recorded_of(record)
+    assert recorded is not None  # (write() kept only the items whose flow run it found)
     key = f"{record.task_name}-{record.index}"
     error = record.error
     return (
@@ -313,13 +330,17 @@ def _implied(record: Any, items: list[tuple[Any, ...]]) -> bool:
     if len(items) != 1:
         return False
     final = items[0]
+    if final is record:  # its final state, queued as the record itself
+        return True
     return (
         record.ended is not None and final[1] == record.state_name and final[3] == record.attempts
     )
 
 
-def _line(item: tuple[Any, ...]) -> str:
+def _line(item: Any) -> str:
     """One line of ``changes``."""
+    if type(item) is TaskRunRecord:  # a final state, queued as the record itself
+        item = (item, item.state_name, item.ended, item.attempts)
     name = " ".join(item[1].split()) or "?"
     return f"{name}\t{item[2]:.6f}\t{item[3]}\n"
 

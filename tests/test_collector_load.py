@@ -1,0 +1,158 @@
+"""What a task run waiting to be looked at costs CPython's garbage collector.
+
+A flow that submits 100,000 runs before it awaits them keeps them all alive, and the
+collector's full collections walk every tracked object alive: an object more per waiting
+run is a quarter more work for it at three (and full collections come more often as
+the objects pile up). A finished run that nobody has looked at yet keeps three: its
+future, its record and its final state (which holds the result). These tests count the
+tracked objects each shape of fan-out adds per run, with the run history on (its queue
+holds the runs' final states while a burst goes on), so that a tuple, a closure, a
+context or a list kept per run shows here rather than as a bend in
+``benchmarks/bench_load.py``'s curve.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import anyio
+import pytest
+
+from orchestr import flow, history, override_settings, task
+from orchestr._history import _recorder
+from orchestr.runners import ThreadPoolTaskRunner
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(autouse=True)
+def _quiet(caplog: pytest.LogCaptureFixture) -> None:
+    # The suite captures orchestr's DEBUG lines, and pytest keeps every record it
+    # captured: two objects per run that are the test's, not orchestr's.
+    caplog.set_level(logging.WARNING, logger="orchestr")
+
+
+@pytest.fixture(autouse=True)
+def _history_writer_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The history's writer waits while a test counts: the runs' changes stay queued,
+    as they do while a burst goes on (and the rows of a batch being written, which live
+    in its thread only while it writes, are not counted as the runs')."""
+    released = threading.Event()
+    drain = _recorder._drain
+
+    def held(writer: Any) -> None:
+        released.wait(60)
+        drain(writer)
+
+    monkeypatch.setattr(_recorder, "_drain", held)
+    try:
+        yield
+    finally:
+        released.set()
+        monkeypatch.undo()
+        assert history.flush(30)  # every change queued while held is written
+
+
+RUNS = 2_000
+PER_RUN = 3  # the future, the record, the final state
+# Per run: caches filled once, and on asyncio the last few runs' engine tasks, still
+# finishing as the count is taken (0.13 per run at 2,000). One object kept per run
+# would add 1.
+SLACK = 0.2
+
+
+@task
+async def anoop(i: int) -> int:
+    return i
+
+
+@task
+def snoop(i: int) -> int:
+    return i
+
+
+def _tracked() -> int:
+    gc.collect()
+    return len(gc.get_objects())
+
+
+def _async_submitted(backend: str) -> float:
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = [anoop.submit(i) for i in range(RUNS)]
+        for future in futures:
+            await future.wait()
+        return (_tracked() - before) / RUNS
+
+    return anyio.run(fan_out, backend=backend)
+
+
+def _mapped(backend: str) -> float:
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = anoop.map(range(RUNS))
+        for future in futures:
+            await future.wait()
+        return (_tracked() - before) / RUNS
+
+    return anyio.run(fan_out, backend=backend)
+
+
+def _sync_submitted(backend: str) -> float:
+    @flow(task_runner=ThreadPoolTaskRunner(4))
+    def fan_out() -> float:
+        before = _tracked()
+        futures = [snoop.submit(i) for i in range(RUNS)]
+        for future in futures:
+            future.wait_blocking()
+        return (_tracked() - before) / RUNS
+
+    with override_settings(backend=backend):
+        return fan_out()
+
+
+SHAPES: dict[str, Callable[[str], float]] = {
+    "async submit": _async_submitted,
+    "map": _mapped,
+    "sync submit (threads)": _sync_submitted,
+}
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_finished_run_not_yet_looked_at_keeps_three_tracked_objects(
+    shape: str, backend: str
+) -> None:
+    measure = SHAPES[shape]
+    measure(backend)  # warm-up: first-use caches
+    per_run = measure(backend)
+    assert per_run <= PER_RUN + SLACK, f"{shape}: {per_run:.3f} tracked objects per run"
+
+
+def test_the_count_sees_an_object_kept_per_run(backend: str) -> None:
+    """The measure itself: a tuple kept per waiting run shows as one more per run."""
+    kept: list[Any] = []
+
+    @task
+    async def keeps(i: int) -> int:
+        kept.append((i, kept))  # a tracked tuple per run, as a leak would be
+        return i
+
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = [keeps.submit(i) for i in range(RUNS)]
+        for future in futures:
+            await future.wait()
+        return (_tracked() - before) / RUNS
+
+    fan_out_runs = anyio.run(fan_out, backend=backend)  # warm-up
+    kept.clear()
+    per_run = anyio.run(fan_out, backend=backend)
+    assert fan_out_runs >= PER_RUN + 1
+    assert per_run >= PER_RUN + 1
