@@ -26,6 +26,9 @@ size of a shape once each, interleaved (small, large, small, large...), and the 
 the least CPU time per size is reported: on a shared VM the machine's speed drifts by
 tens of percent over minutes, and interleaving lets that drift weigh on every size alike
 (all rounds of one size before the next measured the drift, not the size).
+``--equal-work`` measures each size of the task curve over as many task runs as the
+largest (flows of that size back to back in one child), and ``--gc-threshold A,B,C``
+runs the children with ``gc.set_threshold(A, B, C)``: see ``benchmarks/README.md``.
 It is a report, not a test: the exit code is 0 whatever the ratios (1 if a run failed or
 was not recorded in full).
 
@@ -235,6 +238,7 @@ SHAPES: dict[str, tuple[Callable[[Any], Any], str]] = {
     "subflows": (shape_subflows, "a flow calling itself n deep, one task per level"),
 }
 SYNC_SHAPES = {"sync"}
+TASK_SHAPES = {"async", "sync", "map"}  # the task curve's
 
 
 # -- raw baselines ------------------------------------------------------------------------------
@@ -392,13 +396,23 @@ def child(args: argparse.Namespace) -> None:
         clock.reset()
         cpu, wall = time.process_time(), time.perf_counter()
         states = _call(shape, main, n)
+        flows = tasks = 0
+        checking = 0.0  # the checks of the back-to-back runs are not theirs to pay
+        for _ in range(args.times - 1):  # --equal-work: more runs of this size
+            started = time.process_time()
+            more = checked(states)
+            flows, tasks = flows + more[0], tasks + more[1]
+            del states
+            checking += time.process_time() - started
+            states = _call(shape, main, n)
         ran = time.perf_counter() - wall
         # The history's writer defers its work while a burst goes on: a short run leaves
         # it all for after its end, a long one pays for some of it while it goes. The
         # clock therefore stops once every row is written (the run alone: "ran").
         history.flush(300)
-        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-        flows, tasks = checked(states)
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu - checking
+        more = checked(states)
+        flows, tasks = flows + more[0], tasks + more[1]
         del states
         sample = {
             "wall": wall,
@@ -469,6 +483,10 @@ def measure(
     env = dict(os.environ, ORCHESTR_HOME=home, BENCH_LOAD_CHILD="1")
     command = [sys.executable, str(HERE), "--child", shape, str(n), "--runner", runner]
     command += ["--repeat", "1", "--warmup", str(opts.warmup)]
+    if opts.equal_work and runner == "local" and shape in TASK_SHAPES:
+        command += ["--times", str(max(1, round(opts.largest / n)))]
+    if opts.gc_threshold:
+        command += ["--gc-threshold", opts.gc_threshold]
     if address:
         command += ["--address", address]
     if traced and runner == "local":
@@ -503,7 +521,8 @@ def line(shape: str, n: int, result: dict[str, Any]) -> tuple[str, bool]:
     )
     if "raw_wall" in result:
         raw = result["raw_wall"]
-        text += f"; raw {raw / n * 1e6:6.1f} us/unit (run alone {result['ran'] / raw:.1f}x)"
+        ratio = (result["ran"] / u) / (raw / n)  # per unit: --equal-work runs n u/n times
+        text += f"; raw {raw / n * 1e6:6.1f} us/unit (run alone {ratio:.1f}x)"
     text += (
         f"\n{'':15}gc {in_gc:5.2f} s cpu ({in_gc / result['cpu']:4.0%}; gen2 "
         f"{g['seconds'][2]:.2f} s), collections {'/'.join(map(str, g['collections']))}, "
@@ -600,12 +619,26 @@ def main() -> int:
     parser.add_argument("--sizes", help="the task curve's sizes, e.g. 6250,100000")
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false")
     parser.add_argument("--json", help="also write every result to this file")
+    parser.add_argument(
+        "--equal-work",
+        action="store_true",
+        help="measure each size of the task curve over as many task runs as the largest "
+        "(16 runs of 6,250 back to back in one process against one run of 100,000)",
+    )
+    parser.add_argument("--times", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--gc-threshold",
+        help="run the children with gc.set_threshold(A, B, C), e.g. 700,10,100: the "
+        "remedy for the collector's full collections that RELIABILITY.md gives",
+    )
     parser.add_argument("--child", nargs=2, metavar=("SHAPE", "N"), help=argparse.SUPPRESS)
     parser.add_argument("--runner", default="local", help=argparse.SUPPRESS)
     parser.add_argument("--address", help=argparse.SUPPRESS)
     parser.add_argument("--warmup", type=int, default=200, help=argparse.SUPPRESS)
     parser.add_argument("--traced", action="store_true", help=argparse.SUPPRESS)
     opts = parser.parse_args()
+    if opts.gc_threshold:
+        gc.set_threshold(*(int(part) for part in opts.gc_threshold.split(",")))
     if opts.child:
         opts.shape, opts.n = opts.child[0], int(opts.child[1])
         opts.repeat = opts.repeat or 1
@@ -629,10 +662,19 @@ def main() -> int:
     everything: dict[str, Any] = {}
     started = time.perf_counter()
     if "curve" in only:
-        print("Task curve (history on): time per task should not grow with the flow", flush=True)
+        print(
+            "Task curve (history on): time per task should not grow with the flow"
+            + (
+                "; --equal-work: each size measured over as many task runs as the largest"
+                if opts.equal_work
+                else ""
+            ),
+            flush=True,
+        )
         sizes = QUICK_CURVE if q else CURVE
         if opts.sizes:
             sizes = [int(size) for size in opts.sizes.split(",")]
+        opts.largest = max(sizes)
         for shape in ("async", "sync", "map"):
             everything[f"curve/{shape}"], good = series(
                 shape, shape, sizes, "local", opts, LINEAR_LIMIT

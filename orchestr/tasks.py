@@ -51,9 +51,10 @@ class Task(Definition[P, R]):
             tags = (tags,)
         tags = tuple(tags) if isinstance(tags, Iterable) else (tags,)
         for tag in tags:
-            if not isinstance(tag, str):
+            if not isinstance(tag, str) or not tag:
                 raise UsageError(
-                    f"tags of task {self.name!r} must be a string or strings, got {tag!r}"
+                    f"tags of task {self.name!r} must be a non-empty string or non-empty "
+                    f"strings (tags name the limits a run takes), got {tag!r}"
                 )
         self.tags: frozenset[str] = frozenset(tags)
         self.worker_resources = amounts(

@@ -162,9 +162,10 @@ def test_bad_task_runner_raises_naming_the_option(value: Any) -> None:
         flow(task_runner=value)(plain)
 
 
-@pytest.mark.parametrize("value", [5, [1], ["ok", None]])
+@pytest.mark.parametrize("value", [5, [1], ["ok", None], "", ["ok", ""]])
 def test_bad_tags_raise_naming_the_option(value: Any) -> None:
-    """tags must be a string or strings."""
+    """tags must be a non-empty string or non-empty strings (a tag names a limit, and a
+    limit's name cannot be empty)."""
     with pytest.raises(UsageError, match="tags"):
         task(tags=value)(plain)
 

@@ -647,6 +647,12 @@ FAKE_CLUSTER = SimpleNamespace(scheduler_address="tcp://127.0.0.1:8786")
             {"adapt_kwargs": {"minimum": 3, "maximum": 1}},
             r"adapt_kwargs .* at least 3 workers \(minimum\) and at most 1 \(maximum\)",
         ),
+        ({"adapt_kwargs": {"minimum": -1}}, r"adapt_kwargs\['minimum'\] .* >= 0 .*-1"),
+        ({"adapt_kwargs": {"minimum": "2"}}, r"adapt_kwargs\['minimum'\] .*got '2'"),
+        ({"adapt_kwargs": {"minimum": float("inf")}}, r"adapt_kwargs\['minimum'\] .*finite"),
+        ({"adapt_kwargs": {"maximum": -2}}, r"adapt_kwargs\['maximum'\] .* >= 0.*-2"),
+        ({"adapt_kwargs": {"maximum": float("nan")}}, r"adapt_kwargs\['maximum'\] .*nan"),
+        ({"adapt_kwargs": {"maximum": True}}, r"adapt_kwargs\['maximum'\] .*True"),
         (
             {"address": "tcp://127.0.0.1:8786", "cluster_kwargs": {"n_workers": 2}},
             r"cluster_kwargs and adapt_kwargs .* cannot go with address or cluster",
@@ -687,3 +693,9 @@ def test_a_runner_repr_names_its_mode() -> None:
         "DaskTaskRunner(cluster_class=distributed.LocalCluster, cluster_kwargs={'n_workers': 2}, "
         "adapt_kwargs={'maximum': 4})"
     )
+
+
+def test_adapt_kwargs_may_leave_the_maximum_unbounded() -> None:
+    """maximum=inf is Dask's "no upper bound": accepted, and kept as given."""
+    runner = DaskTaskRunner(adapt_kwargs={"minimum": 0, "maximum": float("inf")})
+    assert runner.adapt_kwargs == {"minimum": 0, "maximum": float("inf")}

@@ -312,12 +312,12 @@ def _hooks(value: Any) -> bool | None:
 
 def _tags(value: Any) -> bool | None:
     if isinstance(value, str):
-        return True
+        return value != ""  # a tag names a limit: never empty
     if isinstance(value, RaisesIter | RaisesLen | Iterator) or _hostile(value):
         return None
     if not isinstance(value, Iterable):
         return False
-    return all(isinstance(tag, str) for tag in value)
+    return all(isinstance(tag, str) and tag != "" for tag in value)
 
 
 def _resources(value: Any) -> bool | None:

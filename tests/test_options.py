@@ -439,10 +439,10 @@ def _hooks_ok(value: Any) -> bool:
 
 def _tags_ok(value: Any) -> bool:
     if isinstance(value, str):
-        return True
+        return value != ""
     if not isinstance(value, list | tuple | frozenset | dict | bytes):
         return False
-    return all(isinstance(item, str) for item in value)
+    return all(isinstance(item, str) and item != "" for item in value)
 
 
 def _name_ok(value: Any) -> bool:

@@ -518,6 +518,17 @@ def _keywords(what: str, value: Any) -> dict[str, Any] | None:
 def _check_adapt(adapt_kwargs: Mapping[str, Any]) -> None:
     low: Any = adapt_kwargs.get("minimum")
     high: Any = adapt_kwargs.get("maximum")
+    # Counts of workers: Dask takes a negative or a non-number here and fails later, in
+    # its adaptive loop, where nobody sees it (the cluster just never scales).
+    for key, value in (("minimum", low), ("maximum", high)):
+        if value is None:
+            continue
+        finite = key == "minimum"  # (maximum may be inf: no upper bound)
+        if not is_number(value) or not value >= 0 or (finite and value == float("inf")):
+            raise UsageError(
+                f"adapt_kwargs[{key!r}] of DaskTaskRunner must be a number of workers "
+                f">= 0{' (finite)' if finite else ''}, got {value!r}"
+            )
     if is_number(low) and is_number(high) and low > high:
         raise UsageError(
             f"adapt_kwargs of DaskTaskRunner ask for at least {low!r} workers (minimum) and "
