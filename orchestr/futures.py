@@ -3,7 +3,7 @@ from sync code, plus the ``wait()`` and ``as_completed()`` helpers.
 
 A future is a read-only view of a run; only the engine completes it. Completion may
 happen on the event loop thread (async tasks) or in a worker thread (sync tasks), so
-waiting is built on done-callbacks guarded by the flow run's lock: a waiter on a loop
+waiting is built on done-callbacks guarded by the future's lock: a waiter on a loop
 sets an ``anyio.Event`` (through a thread-safe call when needed), a blocking waiter a
 ``threading.Event``.
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import os
 import threading
 import time
 from collections import deque
@@ -92,6 +93,17 @@ _FUTURE_LOCKS = tuple(threading.Lock() for _ in range(64))
 _next_future_lock = itertools.cycle(_FUTURE_LOCKS).__next__
 
 
+def _fresh_future_locks() -> None:
+    # In a forked child: a lock another thread held at the fork would stay held there
+    # for every future that drew it (the runs of the parent stay with the parent).
+    global _FUTURE_LOCKS, _next_future_lock
+    _FUTURE_LOCKS = tuple(threading.Lock() for _ in range(64))
+    _next_future_lock = itertools.cycle(_FUTURE_LOCKS).__next__
+
+
+os.register_at_fork(after_in_child=_fresh_future_locks)
+
+
 def _checked_timeout(call: str, timeout: object) -> float | None:
     """A wait's ``timeout`` as seconds, or None for no limit (None, inf, or too large to
     wait for); anything but a non-negative number is refused, naming ``call``."""
@@ -129,6 +141,7 @@ class TaskFuture(Generic[R]):
         "_record",
         "_run",
         "_lock",
+        "_finishing",
         "_state",
         "_callbacks",
         "_canceller",
@@ -139,6 +152,10 @@ class TaskFuture(Generic[R]):
         self._record = record
         self._run = run
         self._lock = _next_future_lock()
+        # The final state, set (under the lock) by the one caller that finishes the run,
+        # which tells the observers before it sets _state: reading the state meanwhile
+        # gives it.
+        self._finishing: State[R] | None = None
         # The final state (with the result), once there is one. Only the engine sets it.
         self._state: State[R] | None = None
         self._callbacks: list[Callable[[TaskFuture[R]], object]] | None = None
@@ -169,6 +186,8 @@ class TaskFuture(Generic[R]):
         lock: never a record that the finishing thread has written only half of."""
         with self._lock:
             state = self._state
+            if state is None:
+                state = self._finishing
             if state is None:
                 early = self._record.state
                 early._future = self

@@ -3,8 +3,11 @@ callbacks, the wait()/as_completed() helpers and FutureList."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -1125,3 +1128,55 @@ def test_a_future_raced_by_its_worker_cancellers_and_waiters_ends_once(backend: 
     told = [name for name, _ in finals]
     assert sorted(told) == sorted(state.record.name for state in states)  # one final each
     assert dict(finals) == {state.record.name: state.name for state in states}
+
+
+def test_a_child_forked_while_future_locks_are_held_runs_its_own_flows() -> None:
+    """A fork while another thread holds futures' locks (as a worker finishing a run
+    does) and the observers' lock: the child's runs take locks of their own, and its
+    flows run (with the parent's held locks, one future in 64 would wait for ever)."""
+    from orchestr import futures as futures_module
+    from orchestr._engine import _transitions
+
+    held = [*futures_module._FUTURE_LOCKS, _transitions._observing]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in held:
+            lock.acquire()
+        holding.set()
+        release.wait(30)
+        for lock in held:
+            lock.release()
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    @flow
+    def in_child() -> int:
+        return sum(future.result() for future in [double.submit(i) for i in range(100)])
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert holding.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: never back into pytest
+            code = 3
+            try:
+                signal.alarm(20)  # a hang ends the child (and fails the test)
+                _transitions.observe(lambda record, state: None)()
+                code = 0 if in_child() == 9900 else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            pytest.fail("the forked child hung running a flow")
+        assert os.waitstatus_to_exitcode(done[1]) == 0
+    finally:
+        release.set()
+        holder.join(10)

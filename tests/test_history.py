@@ -25,6 +25,7 @@ import textwrap
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -653,6 +654,51 @@ def test_every_task_run_of_a_burst_is_recorded(home: Path) -> None:
     keys = {row[0] for row in query(db, "SELECT key FROM task_runs WHERE flow_run_id = ?", run_id)}
     assert keys == {f"{tr.task_name}-{tr.index}" for tr in state.record.task_runs}
     assert history.list_runs()[0].task_counts == {"Completed": n}
+
+
+def test_a_task_change_told_as_its_flow_run_ends_is_still_written(
+    home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task run's change whose observer found its flow run still recorded, then was
+    paused (by the GIL) before its append while the flow run's final state was queued
+    and written, is appended after it: it is still written (the writer keeps ended flow
+    runs a while), and flush() says all is written. (Its append is held up here.)"""
+    from orchestr._engine._transitions import set_state
+    from orchestr._history import _recorder
+    from orchestr.records import FlowRunRecord, TaskRunRecord
+    from orchestr.settings import get_settings
+    from orchestr.states import State, StateType
+
+    @flow
+    def warm() -> int:
+        return 1
+
+    warm()  # the recorder installed, the database made
+    flushed()
+    top = FlowRunRecord("ending")
+    _recorder.record_flow_run(top, get_settings())
+    set_state(top, StateType.RUNNING)
+    flushed()  # (the queue is empty when the test's own queue replaces it)
+    late = TaskRunRecord("late", 0, top)
+    top.task_runs.append(late)
+    pause = {"armed": True}
+
+    class Paused(deque):  # the observer's append, with the flow run ending just before
+        def append(self, item: Any) -> None:
+            if pause["armed"] and item is late:
+                pause["armed"] = False
+                set_state(top, State(StateType.COMPLETED))
+                flushed()  # its final state written: the writer let go of it
+            super().append(item)
+
+    assert not _recorder._queue
+    monkeypatch.setattr(_recorder, "_queue", Paused())
+    set_state(late, State(StateType.CANCELLED, message="as its flow run ended"))
+    assert not pause["armed"]
+    flushed()  # nothing dropped
+    db = home / "history.db"
+    rows = query(db, "SELECT key, state FROM task_runs WHERE flow_run_id = ?", str(top.id))
+    assert rows == [(f"late-{late.index}", "Cancelled")]
 
 
 def test_fifty_flow_runs_at_once_are_all_recorded(run: Any, home: Path) -> None:

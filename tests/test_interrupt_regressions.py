@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import pytest
+from interrupt_programs import prompt_seconds
 
 from orchestr import Pool, flow, resource_manager
 
@@ -473,8 +474,8 @@ def test_concurrent_flows_put_the_original_signal_handlers_back(start: Any) -> N
 def test_sigterm_while_a_sync_flow_run_starts_ends_it_promptly(start: Any) -> None:
     """SIGTERM arriving while a sync flow run starts (before its body starts, or as it
     starts; a cold first call, then warm calls whose parameter check takes 30 ms) is
-    never lost: each call raises Terminated within 2 s, its body's sleep unfinished, and
-    the process exits 143. Both backends."""
+    never lost: each call raises Terminated within 2 s (the cold first call within 5 s),
+    its body's sleep unfinished, and the process exits 143. Both backends."""
     rounds = 40 * ROUNDS
     programs = {
         backend: start("signal-at-start", str(rounds), ORCHESTR_BACKEND=backend)
@@ -486,7 +487,11 @@ def test_sigterm_while_a_sync_flow_run_starts_ends_it_promptly(start: Any) -> No
             problems.append(f"{backend}: still running: {program.describe()}")
             continue
         calls = program.results()
-        lost = [c for c in calls if c["outcome"] != "Terminated" or c["took"] > 2]
+        lost = [
+            c
+            for c in calls
+            if c["outcome"] != "Terminated" or c["took"] > prompt_seconds(c["call"])
+        ]
         slept = [line for line in program.journal() if line.endswith(" slept")]
         if lost or slept:
             problems.append(

@@ -261,6 +261,45 @@ def test_observers_are_told_from_several_threads_at_once() -> None:
     assert waited == [True]
 
 
+def test_an_observer_may_read_the_future_whose_final_state_it_is_told() -> None:
+    """Observers are told with no orchestr lock held: one that reads a future (here the
+    very future whose final state it hears of) does not wait for itself."""
+    go = threading.Event()
+    futures_of: dict[RunRecord, Any] = {}
+    read: list[str] = []
+
+    def observer(record: RunRecord, state: State[Any]) -> None:
+        future = futures_of.get(record)
+        if future is not None and state.is_final():
+            read.append(future.state.name)
+
+    @task
+    def waits(i: int) -> int:
+        assert go.wait(10)
+        return i
+
+    @flow(task_runner=orchestr.ThreadPoolTaskRunner(4))
+    def main() -> int:
+        futures = [waits.submit(i) for i in range(8)]
+        futures_of.update((future.record, future) for future in futures)
+        go.set()
+        return sum(future.result() for future in futures)
+
+    outcome: list[int] = []
+    stop = observe(observer)
+    try:
+        # In a thread, so that an observer waiting for itself fails the test in bounded
+        # time rather than hanging the suite.
+        runner = threading.Thread(target=lambda: outcome.append(main()), daemon=True)
+        runner.start()
+        runner.join(30)
+        assert not runner.is_alive(), "an observer reading a future waited for itself"
+    finally:
+        stop()
+    assert outcome == [28]
+    assert read == ["Completed"] * 8
+
+
 def test_no_other_code_writes_a_records_state() -> None:
     """Only records.py (defaults, pickling) and _transitions.py assign the state fields
     of a record: the one-writer rule, checked on the source."""

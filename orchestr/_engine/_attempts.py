@@ -33,7 +33,7 @@ from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed,
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
 from ._outcomes import cancelled_state, crashed_state
-from ._transitions import set_state
+from ._transitions import announce_final, set_state, write_final
 
 if TYPE_CHECKING:
     from .._definitions import Definition
@@ -228,7 +228,7 @@ class _EndedElsewhere(Exception):
 
 def _start_attempt(record: TaskRunRecord) -> None:
     """Running, unless the run was finished meanwhile (``fut.cancel()``). Without the
-    run's lock (every thread-run attempt would contend for it): if a cancel lands
+    future's lock (a lock per step would be one more lock per run): if a cancel lands
     between set_state's check and its write, the record follows its future again, here
     or where the run ends (``_follow``)."""
     if not set_state(record, StateType.RUNNING):
@@ -245,7 +245,8 @@ def _follow(future: TaskFuture[Any], record: TaskRunRecord) -> None:
     final = future._state
     if final is not None and record.state_type is not final.type:
         with future._lock:
-            set_state(record, final)
+            write_final(record, final)
+        announce_final(record, final)
 
 
 async def _call_limited(

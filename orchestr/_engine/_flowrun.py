@@ -32,7 +32,7 @@ from ._drivers import BlockingDriver
 from ._interrupts import cancelled_error, wait_event
 from ._loop import LoopHandle
 from ._outcomes import cancelled_state
-from ._transitions import set_state
+from ._transitions import announce_final, write_final
 
 if TYPE_CHECKING:
     from contextvars import Context
@@ -197,12 +197,21 @@ class FlowRun:
     # -- finishing --------------------------------------------------------------------------
     def finish(self, future: TaskFuture[Any], state: State[Any]) -> bool:
         """Give a future its final state (first caller wins) and run its callbacks."""
+        record = future._record
         with future._lock:
-            if future._state is not None:
+            if future._state is not None or future._finishing is not None:
                 return False
-            set_state(future._record, state)
-            future._state = state
-            callbacks, future._callbacks = future._callbacks, None
+            future._finishing = state  # this caller won (fut.state reads it meanwhile)
+            write_final(record, state)
+        try:
+            # Told with the lock let go (an observer or log handler may read futures,
+            # this one too), and before the future is final for anyone: whoever sees it
+            # final (a flow run's end, flush() after it) sees it after the observers.
+            announce_final(record, state)
+        finally:
+            with future._lock:
+                future._state = state
+                callbacks, future._callbacks = future._callbacks, None
             self.active.discard(future)
         if callbacks:
             for callback in callbacks:

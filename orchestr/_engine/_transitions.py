@@ -3,15 +3,18 @@
 
 A record's state fields (type, name, message, error, end; the start of a task run) are
 written here and nowhere else (a flow run's start is stamped as it begins, before its
-parameters are checked). Futures hold the final state they were finished with (``FlowRun.finish``
-writes it here under the run's lock, then wakes their waiters and callbacks); records,
-the run's logs and, through :func:`observe`, a run history or progress display follow
-the changes made here, in the order they were made.
+parameters are checked). Futures hold the final state they were finished with
+(``FlowRun.finish`` writes it here under the future's lock, announces it with the
+lock let go, then gives the future its state and wakes its waiters and callbacks);
+records, the run's logs and, through :func:`observe`, a run history or progress display
+follow the changes made here.
 
 Changes are made in the thread that makes them (the flow's event-loop thread, or the
 worker thread of a sync task run, whose fast path has no loop hop to spare) and
-observers are told there, right after the change. A run's changes are told in the order
-they were made, but changes of different runs are told from several threads at once:
+observers are told there, right after the change, with no orchestr lock held. A run's
+changes are told in the order they were made (but for one race: a cancel that lands as
+the run's thread marks it Running is told, then Running, then the Cancelled state put
+back), and changes of different runs are told from several threads at once:
 an observer must be thread-safe and quick (queue the change and return; a lock every
 change takes is a lock every worker thread queues behind), must not wait for a run, and
 its failure is logged and ignored: it never breaks a run. (A process-wide lock around
@@ -22,6 +25,7 @@ other, which doubled the CPU each task run cost.)
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +36,7 @@ from .._tracebacks import claim
 from ..records import RunRecord, TaskRunRecord
 from ..states import _NOT_FINAL, State, StateType
 
-__all__ = ["Observer", "observe", "set_state"]
+__all__ = ["Observer", "announce_final", "observe", "set_state", "write_final"]
 
 Observer = Callable[[RunRecord, State[Any]], object]
 
@@ -56,14 +60,20 @@ def set_state(record: RunRecord, state: State[Any] | StateType) -> bool:
             record.started = time.time()
         record.state_type = state
         record.state_name = _NAMES[state]
-    else:
-        _write_final(record, state)  # type: ignore[arg-type]
-    if _observers:
-        _tell(record, state)
+        if _observers:
+            _tell(record, state)
+        return True
+    write_final(record, state)  # type: ignore[arg-type]
+    announce_final(record, state)  # type: ignore[arg-type]
     return True
 
 
-def _write_final(record: RunRecord, state: State[Any]) -> None:
+def write_final(record: RunRecord, state: State[Any]) -> None:
+    """The write half of :func:`set_state` for a final state: for a writer that holds a
+    lock (``FlowRun.finish`` holds the future's), which then lets go of it and calls
+    :func:`announce_final`. Observers and log handlers are never called with a future's
+    lock held: one that reads a future (this one, or one sharing its lock) would wait
+    for itself."""
     record.state_type = state.type
     record.state_name = state.name
     record.message = state.message
@@ -78,6 +88,11 @@ def _write_final(record: RunRecord, state: State[Any]) -> None:
         # for the bare errors orchestr makes for cancelled runs: nothing to trim, and
         # their messages name their runs.)
         claim(error, run_label(record))
+
+
+def announce_final(record: RunRecord, state: State[Any]) -> None:
+    """The rest of :func:`set_state` for a final state, once written: the log line of a
+    run that ended without running, and the observers."""
     # Runs that ended without a failure of their own are logged here, where every one
     # of them ends (many never reach the attempt loop, which logs the others).
     if (
@@ -87,6 +102,8 @@ def _write_final(record: RunRecord, state: State[Any]) -> None:
     ):
         why = f": {state.message}" if state.message else ""
         task_run_logger(record).info("Finished in state %s%s", state.name, why)
+    if _observers:
+        _tell(record, state)
 
 
 def _tell(record: RunRecord, state: State[Any] | StateType) -> None:
@@ -116,3 +133,12 @@ def observe(observer: Observer) -> Callable[[], None]:
             _observers = tuple(o for o in _observers if o is not observer)
 
     return stop
+
+
+def _after_fork() -> None:
+    # A fork while another thread held the lock would leave it held in the child.
+    global _observing
+    _observing = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork)

@@ -5,7 +5,8 @@ A flow run is recorded when the ``history`` setting is on as it starts
 (:func:`record_flow_run`, called by the engine before its first state change); its task
 runs and subflow runs go with it, into the history of the ``home`` it started with. The
 observer runs in the changing thread, concurrently with other threads' changes (see
-:mod:`orchestr._engine._transitions`), so it only appends a tuple to a deque; the one
+:mod:`orchestr._engine._transitions`), so it only appends to a deque (a task run's
+final state as its record, other changes as tuples); the one
 exception is a flow run's first change, where it takes the snapshot of the run's
 parameters (the engine lets go of them when the run ends). A task run's first Running
 is not queued at all: its time is the record's ``started``, written with the run's
@@ -106,6 +107,13 @@ _queue: deque[Any] = deque()
 # Flow runs being recorded, until the writer has taken their final state (their task
 # runs' items find them here).
 _recorded: dict[FlowRunRecord, Recorded] = {}
+# Flow runs whose final state the writer took, by id, kept a little longer (the latest
+# ENDED_KEPT, until the writer next goes idle) for a task run's change queued just after
+# its flow run's end: one whose observer found the flow run still recorded, then was
+# paused by the GIL while the flow's final state was queued and written. Without their
+# records: a flow run's records are not kept alive by the history.
+_ended: dict[str, Recorded] = {}
+ENDED_KEPT = 16
 _lock = threading.Lock()  # starting and ending the writer thread
 _wake = threading.Event()
 _running = False
@@ -169,13 +177,34 @@ def _observe(record: Any, state: State[Any]) -> None:
 
 
 def recorded_of(item: Any) -> Recorded | None:
-    """The flow run being recorded that a queued change belongs to (None: its flow
-    run's final state was written already, and this late change is not)."""
-    if type(item) is TaskRunRecord:
-        return _recorded.get(item.flow_run)  # type: ignore[arg-type]
-    if len(item) == 4:
-        return _recorded.get(item[0].flow_run)
-    return item[4]  # type: ignore[no-any-return]
+    """The flow run being recorded that a queued change belongs to (None: its flow run
+    ended long before, and this change is not recorded)."""
+    if type(item) is not TaskRunRecord:
+        if len(item) != 4:
+            return item[4]  # type: ignore[no-any-return]
+        item = item[0]
+    flow_run = item.flow_run
+    found = _recorded.get(flow_run)
+    if found is None and _ended:
+        found = _ended.get(str(flow_run.id))
+    return found
+
+
+def flow_written(record: FlowRunRecord) -> None:
+    """The writer has written the batch with this flow run's final state (writer
+    thread): its later changes are no longer queued, and its task runs' late ones find
+    it among the ended flow runs for a while."""
+    recorded = _recorded.pop(record, None)
+    if recorded is not None and recorded.id is not None:
+        # A copy without the record (its path and id are all a task run's row needs):
+        # the history does not keep an ended flow run's records alive.
+        kept = Recorded.__new__(Recorded)
+        for slot in Recorded.__slots__:
+            setattr(kept, slot, getattr(recorded, slot))
+        kept.record = None  # type: ignore[assignment]
+        _ended[recorded.id] = kept
+        if len(_ended) > ENDED_KEPT:
+            del _ended[next(iter(_ended))]
 
 
 def _parameters_of(record: FlowRunRecord) -> dict[str, Any]:
@@ -258,6 +287,7 @@ def _write_until_idle() -> None:
                     # after this look sees _running False and starts a new writer.
                     _running = False
                     if not _queue:
+                        _ended.clear()  # idle: no late change is on its way
                         ended = True
                         return
                     _running = True
@@ -406,6 +436,7 @@ def _forget() -> None:
     exit_deadline = in_flight = None
     exit_dropped.clear()
     _recorded = {}
+    _ended.clear()
     _lock = threading.Lock()
     _wake = threading.Event()
     _running = False

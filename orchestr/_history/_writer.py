@@ -133,7 +133,7 @@ class Writer:
         for item in items:
             recorded = recorded_of(item)
             if recorded is None:
-                continue  # a change after its flow run's end was written: not recorded
+                continue  # a change long after its flow run ended: not recorded
             if recorded is not last:
                 last = recorded
                 part = groups.setdefault(recorded.path or self._resolve(recorded), [])
@@ -143,9 +143,9 @@ class Writer:
         try:
             self._write_groups(groups)
         finally:
-            # After the batch: its task runs' items found their flow runs here.
+            # After the batch: its task runs' items found their flow runs recorded.
             for record in ended:
-                _recorder._recorded.pop(record, None)
+                _recorder.flow_written(record)
 
     def _write_groups(self, groups: dict[str, list[Any]]) -> None:
         for path, part in groups.items():
@@ -323,7 +323,7 @@ def _task_row(record: Any, found: Any) -> tuple[Any, ...]:
     )
 
 
-def _implied(record: Any, items: list[tuple[Any, ...]]) -> bool:
+def _implied(record: Any, items: list[Any]) -> bool:
     """Whether the task run's only change in this batch is its final state (the usual
     task run: its first Running is never queued), stored as NULL (see :mod:`._schema`):
     the row's state, end and attempts say it all."""
@@ -331,7 +331,9 @@ def _implied(record: Any, items: list[tuple[Any, ...]]) -> bool:
         return False
     final = items[0]
     if final is record:  # its final state, queued as the record itself
-        return True
+        # (Unless a cancel's race has the record read Running for a moment: the state
+        # put back comes next, as another change.)
+        return record.state_type.is_final  # type: ignore[no-any-return]
     return (
         record.ended is not None and final[1] == record.state_name and final[3] == record.attempts
     )
