@@ -515,3 +515,34 @@ def test_a_timeout_interrupts_a_sync_body_once(backend: str) -> None:
                 assert seen == ["interrupted", "handler finished"]
     finally:
         sys.setswitchinterval(interval)
+
+
+def test_a_flow_timeout_stays_a_timeout_when_its_thread_pauses_while_setting_it(
+    backend: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A flow run's deadline is set on the loop's clock from the monotonic one. A thread
+    paused between the two reads (the GIL, a loaded machine) must make the loop's
+    deadline late, never early: early, the timeout fired before the run's own deadline
+    and was taken for a cancellation (a flow ended Cancelled, "its flow run timed out",
+    on a loaded CI machine). Here every monotonic read of the engine's pauses first."""
+    import types
+
+    from orchestr._engine import _flowengine
+
+    real = time.monotonic
+
+    def paused() -> float:
+        time.sleep(0.05)
+        return real()
+
+    monkeypatch.setattr(
+        _flowengine, "time", types.SimpleNamespace(monotonic=paused, time=time.time)
+    )
+
+    @flow(timeout_seconds=0.2)
+    def main() -> None:
+        time.sleep(30)
+
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert state.name == "TimedOut", state

@@ -223,7 +223,10 @@ class _StartClock:
 
     def _arm(self, at: float) -> None:  # a plain callback on the loop
         if not self.stopped:
-            self.scope.deadline = self.loop.now() - (time.monotonic() - at) + self.timeout
+            # The monotonic clock first: a pause between the reads makes the deadline
+            # late by it, never early (see _flowengine's deadline).
+            waited = time.monotonic() - at
+            self.scope.deadline = self.loop.now() - waited + self.timeout
 
 
 class BlockingDriver:

@@ -466,7 +466,12 @@ async def _attempt(
     # loop's: its own timeout's, or the parent's it honours if that comes first.
     own_at = math.inf if timeout is None else time.monotonic() + timeout
     deadline_at = run.deadline_at = min(own_at, run.inherited_deadline_at)
-    deadline = anyio.current_time() + (deadline_at - time.monotonic())
+    # The monotonic clock read first: a thread paused between the two reads then puts
+    # the loop's deadline late by the pause, never early (early, the scope fired before
+    # deadline_at, and the timeout was taken for a cancellation: a flow ended Cancelled,
+    # "its flow run timed out", on a loaded CI machine).
+    remaining = deadline_at - time.monotonic()
+    deadline = anyio.current_time() + remaining
     if run.inherited_deadline_at < own_at and run.cancel_reason is None:
         run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"  # type: ignore[union-attr]
     run.body_ended = run.body_outcome = None
