@@ -21,6 +21,7 @@ from typing import Any
 
 import anyio
 import pytest
+from shared_tasks import async_value, sync_value
 
 from orchestr import flow, history, override_settings, task
 from orchestr._history import _recorder
@@ -65,26 +66,16 @@ PER_RUN = 3  # the future, the record, the final state
 SLACK = 0.2
 
 
-@task
-async def anoop(i: int) -> int:
-    return i
-
-
-@task
-def snoop(i: int) -> int:
-    return i
-
-
 def _tracked() -> int:
     gc.collect()
     return len(gc.get_objects())
 
 
-def _async_submitted(backend: str) -> float:
+def _async_submitted(backend: str, submitted: Any = async_value) -> float:
     @flow
     async def fan_out() -> float:
         before = _tracked()
-        futures = [anoop.submit(i) for i in range(RUNS)]
+        futures = [submitted.submit(i) for i in range(RUNS)]
         for future in futures:
             await future.wait()
         return (_tracked() - before) / RUNS
@@ -96,7 +87,7 @@ def _mapped(backend: str) -> float:
     @flow
     async def fan_out() -> float:
         before = _tracked()
-        futures = anoop.map(range(RUNS))
+        futures = async_value.map(range(RUNS))
         for future in futures:
             await future.wait()
         return (_tracked() - before) / RUNS
@@ -108,7 +99,7 @@ def _sync_submitted(backend: str) -> float:
     @flow(task_runner=ThreadPoolTaskRunner(4))
     def fan_out() -> float:
         before = _tracked()
-        futures = [snoop.submit(i) for i in range(RUNS)]
+        futures = [sync_value.submit(i) for i in range(RUNS)]
         for future in futures:
             future.wait_blocking()
         return (_tracked() - before) / RUNS
@@ -143,16 +134,8 @@ def test_the_count_sees_an_object_kept_per_run(backend: str) -> None:
         kept.append((i, kept))  # a tracked tuple per run, as a leak would be
         return i
 
-    @flow
-    async def fan_out() -> float:
-        before = _tracked()
-        futures = [keeps.submit(i) for i in range(RUNS)]
-        for future in futures:
-            await future.wait()
-        return (_tracked() - before) / RUNS
-
-    fan_out_runs = anyio.run(fan_out, backend=backend)  # warm-up
+    fan_out_runs = _async_submitted(backend, keeps)  # warm-up
     kept.clear()
-    per_run = anyio.run(fan_out, backend=backend)
+    per_run = _async_submitted(backend, keeps)
     assert fan_out_runs >= PER_RUN + 1
     assert per_run >= PER_RUN + 1
