@@ -298,8 +298,11 @@ def main(argv: list[str]) -> None:
         def make_runner() -> Any:
             return DaskTaskRunner(cluster_kwargs=cluster)
 
-    if plan.backend == "trio":
-        import trio  # noqa: F401  (now, not inside anyio.run: imports are all "startup")
+    # anyio imports its backend's modules on its first run: run once now, so that imports
+    # are all "startup". (A SIGINT landing in a class body there is not even a
+    # KeyboardInterrupt on Python 3.11: type creation wraps what __set_name__ raises in
+    # a RuntimeError, and the process exits 1. Seen in CI, in seed 32.)
+    anyio.run(anyio.sleep, 0, backend=plan.backend)
 
     note("imports done")
     attempts = Counter()

@@ -390,17 +390,22 @@ def test_a_release_from_a_thread_wakes_an_async_waiter(run: Any) -> None:
 def test_scope_end_closes_objects_still_checked_out_when_the_run_failed(run: Any) -> None:
     """Objects still checked out by a timed-out task when the flow fails are closed once."""
     made = Made()
+    holding = threading.Event()
     gate = threading.Event()
     released = threading.Event()
 
     @task(timeout_seconds=0.1)
     def stuck(pool: Pool[Conn]) -> None:
         with pool.acquire():
+            holding.set()
             gate.wait(WAIT)
         released.set()
 
     @task
     async def fine(pool: Pool[Conn]) -> None:
+        # Acquire only once the stuck task holds its object: a late worker thread would
+        # otherwise take the object this task already gave back, and one object is made.
+        assert await anyio.to_thread.run_sync(holding.wait, WAIT)
         async with pool.acquire():
             pass
 
