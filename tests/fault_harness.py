@@ -11,7 +11,10 @@ things happened in).
 
 The task calls run on one of three runners (``RUNNERS``): "threads", the default
 ThreadPoolTaskRunner (tasks are closures journaling to the list); "processes", a
-ProcessPoolTaskRunner; "dask", a DaskTaskRunner on the session's shared cluster. On the
+ProcessPoolTaskRunner whose flow runs start at most ``FAR_IN_FLIGHT`` runs on it at once
+(one more than its workers take: one waits in the pool, the rest are held by the
+engine's dispatcher, so faults land on held runs too); "dask", a DaskTaskRunner on the
+session's shared cluster. On the
 last two every call runs in another process: the tasks are module-level ones
 (``fault_tasks``) that journal to a file per example, merged into the list by time once
 the flow call has returned (``time.perf_counter()`` is CLOCK_MONOTONIC on Linux, one clock
@@ -90,6 +93,7 @@ from orchestr.testing import assert_resources_cleaned_up
 HANG_SECONDS = 5.0  # an example taking longer than this is a hang
 FAR_HANG_SECONDS = 10.0  # the same with calls in other processes (they start slower)
 FAR_WORKERS = 2  # worker processes of a flow run's ProcessPoolTaskRunner
+FAR_IN_FLIGHT = 2 * FAR_WORKERS + 1  # its bound: a worker takes a running call and a queued one
 HANG_HARD_LIMIT = 20.0  # still stuck this long after: end the process
 CANCEL_GRACE_SECONDS = 0.2  # sync runs still executing this long after a cancel are abandoned
 DEFAULT_CLEANUP_TIMEOUT_SECONDS = 5.0  # only the plan's own (small) cleanup timeouts fire
@@ -940,12 +944,18 @@ def _journal_dir() -> str:
     return _JOURNALS
 
 
+class _HeldProcessPool(ProcessPoolTaskRunner):
+    @property
+    def max_calls_in_flight(self) -> int:
+        return FAR_IN_FLIGHT
+
+
 def make_runner(runner: str, dask_address: str | None = None) -> TaskRunner | None:
     """The flow's task runner (a template each flow run duplicates); None: the default."""
     if runner == "threads":
         return None
     if runner == "processes":
-        return ProcessPoolTaskRunner(FAR_WORKERS)
+        return _HeldProcessPool(FAR_WORKERS)
     if runner == "dask":
         from orchestr.dask import DaskTaskRunner  # imports distributed: only when asked
 

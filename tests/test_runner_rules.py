@@ -7,6 +7,9 @@ resources, logging) on every kind of task runner, each on asyncio and trio.
   worker process started by the fork server; stopping a call ends its worker);
 - ``pickling``: orchestr.testing.PicklingTaskRunner (every call and outcome through
   pickle, in a thread with an empty context);
+- ``held``: the pickling runner with the engine's bound on started runs at its two
+  workers (``max_calls_in_flight``; by default 1,024, which these tests never reach), so
+  every run beyond two waits in the dispatcher: the rules hold for held runs too;
 - ``dask``: DaskTaskRunner on the shared session cluster (``dask_address``: two worker
   processes of two threads each), so a flow run only connects a client. A call runs in a
   worker's thread: stopping it (a timeout, a cancel) abandons it as on the pickling
@@ -73,10 +76,21 @@ TIMEOUT = 1.0  # a task's timeout_seconds in the timeout scenarios
 FLOW_TIMEOUT = 1.5  # a flow's: its task runs (in new worker processes) start well within
 QUEUED_BOUND = 2.0  # how long a trivial call on a free worker may take to be done
 
+
+class HeldPicklingTaskRunner(PicklingTaskRunner):
+    """The pickling runner whose flow runs start no more runs on it than its workers can
+    take: the tightest bound that keeps them busy."""
+
+    @property
+    def max_calls_in_flight(self) -> int:
+        return self.max_workers
+
+
 RUNNERS: dict[str, type[TaskRunner]] = {
     "threads": ThreadPoolTaskRunner,
     "processes": ProcessPoolTaskRunner,
     "pickling": PicklingTaskRunner,
+    "held": HeldPicklingTaskRunner,
 }
 KINDS = [*RUNNERS, "dask"]
 
@@ -1143,7 +1157,7 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
         timeout_seconds=TIMEOUT
     )
     started, release, out = tmp_path / "started", tmp_path / "release", tmp_path / "out"
-    abandoned = kind in ("pickling", "dask") or (kind == "threads" and task_kind == "sync")
+    abandoned = kind in ("pickling", "held", "dask") or (kind == "threads" and task_kind == "sync")
 
     states: list[State[Any]] = []
 
@@ -1240,7 +1254,7 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
     if stops_calls(kind):
         assert not any(out.exists() for out in outs.values())
     else:  # a thread cannot be stopped: let the abandoned ones end
-        far = kind in ("pickling", "dask")  # the async call is in a thread there too
+        far = kind in ("pickling", "held", "dask")  # the async call is in a thread there too
         abandoned = [outs["sync"]] + ([outs["async"]] if far else [])
         wait_until(lambda: all(out.exists() for out in abandoned), "abandoned calls ended")
 

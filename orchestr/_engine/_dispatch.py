@@ -11,6 +11,16 @@ started in it, stopped after the exit barrier, closed once the task group has ex
 new attempt gets a new one, so nothing carries over between attempts. Whatever is still
 queued when it closes, or reaches it afterwards (from a thread the attempt abandoned),
 ends Cancelled: never lost.
+
+On a runner that is not local, a started run waits in this process until a worker takes
+it (about 8 KiB each: its coroutines, cancel scope, waiter), so 100,000 started at once
+would hold most of a gigabyte. The runner says how many of one attempt's runs it wants
+started at once (:attr:`~orchestr.runners.TaskRunner.max_calls_in_flight`); the
+dispatcher holds the rest, in order, until runs end. Only runs that go straight to the
+runner count and are held: a run waiting for upstream runs or for a limit's slot starts
+at once, as before, so it can neither be kept waiting behind runs that may wait for it
+nor keep them out (runs in another process cannot wait for runs of this one: a nested
+``.submit()`` there raises, so nothing held can be what a counted run waits for).
 """
 
 from __future__ import annotations
@@ -24,11 +34,14 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import anyio.lowlevel
 
+from .._limits._registry import has_limits
 from .._logging import task_run_logger
+from ..exceptions import UsageError
 from ._outcomes import cancelled_state
 
 if TYPE_CHECKING:
     from ..futures import TaskFuture
+    from ..runners import TaskRunner
     from ..tasks import Task
     from ._deps import Dependencies
     from ._flowrun import FlowRun
@@ -79,7 +92,18 @@ JobExecutor = Callable[["FlowRun", Job], Coroutine[Any, Any, None]]
 class Dispatcher:
     """The queue of one attempt's submitted runs, and the task that starts them."""
 
-    __slots__ = ("_doorbell", "_rung", "_stopping", "closed", "pending", "run")
+    __slots__ = (
+        "_doorbell",
+        "_held",
+        "_in_flight",
+        "_room",
+        "_rung",
+        "_stopping",
+        "_why",
+        "closed",
+        "pending",
+        "run",
+    )
 
     def __init__(self, run: FlowRun) -> None:
         self.run = run
@@ -87,7 +111,13 @@ class Dispatcher:
         self._doorbell: anyio.Event | None = None  # made by start(), on the loop
         self._rung = False  # a ring is on its way: later submissions need not ring
         self._stopping = False
+        self._why: str | None = None  # why the attempt was cancelled, if it was
         self.closed = False
+        # How many counted runs may be started at once (None: no bound), how many are,
+        # and the counted runs waiting for room, in submission order (loop thread only).
+        self._room = _room_on(run.runner) if run.runner is not None else None
+        self._in_flight = 0
+        self._held: deque[Job] = deque()
 
     def enqueue(self, job: Job) -> None:
         """Queue a submitted run; callable from any thread, never blocks."""
@@ -117,6 +147,15 @@ class Dispatcher:
         task_group.start_soon(self._dispatch, task_group)
 
     async def _dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            await self._dispatch_until_stopped(task_group)
+        except anyio.get_cancelled_exc_class():
+            # The attempt was cancelled or timed out: say so in the states of the runs
+            # it never started (after its scope is gone, the run cannot tell which).
+            self._why = self.run.why_cancelled()
+            raise
+
+    async def _dispatch_until_stopped(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start queued runs in batches until :meth:`stop`."""
         pending = self.pending
         run = self.run
@@ -126,17 +165,53 @@ class Dispatcher:
             await self._doorbell.wait()
             self._doorbell = anyio.Event()
             self._rung = False
-            if self._stopping and not pending:
+            if self._stopping and not pending and not self._held:
                 return
-            while pending:
-                for _ in range(min(len(pending), _BATCH)):
-                    task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
-                await anyio.lowlevel.checkpoint()
+            if self._room is None:
+                while pending:
+                    for _ in range(min(len(pending), _BATCH)):
+                        task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
+                    await anyio.lowlevel.checkpoint()
+            else:
+                await self._dispatch_bounded(task_group, self._room)
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):
             # the stop must not be missed, or the task group never exits.
-            if self._stopping and not pending:
+            if self._stopping and not pending and not self._held:
                 return
+
+    async def _dispatch_bounded(self, task_group: anyio.abc.TaskGroup, room: int) -> None:
+        """Start queued runs, at most ``room`` counted ones at a time: held ones first
+        (in order), then the queue's, holding its counted ones while there is no room."""
+        pending, held = self.pending, self._held
+        run = self.run
+        execute = run.execute_job
+        while pending or (held and self._in_flight < room):
+            for _ in range(_BATCH):
+                if held and self._in_flight < room:
+                    self._in_flight += 1
+                    task_group.start_soon(self._execute_counted, held.popleft(), name=_TASK_NAME)
+                elif pending:
+                    job = pending.popleft()
+                    if not _counted(job):
+                        task_group.start_soon(execute, run, job, name=_TASK_NAME)
+                    elif held or self._in_flight >= room:
+                        held.append(job)
+                    else:
+                        self._in_flight += 1
+                        task_group.start_soon(self._execute_counted, job, name=_TASK_NAME)
+                else:
+                    break
+            await anyio.lowlevel.checkpoint()
+
+    async def _execute_counted(self, job: Job) -> None:
+        try:
+            await self.run.execute_job(self.run, job)
+        finally:
+            self._in_flight -= 1
+            # Room for a held run: wake the dispatcher (this is a task on the loop).
+            if self._held and self._doorbell is not None:
+                self._doorbell.set()
 
     def stop(self) -> None:
         """Let the dispatcher task end once the queue is empty (after the barrier)."""
@@ -152,14 +227,36 @@ class Dispatcher:
 
     def cancel_queued(self) -> None:
         """Finish every queued run Cancelled (from any thread)."""
-        pending = self.pending
         run = self.run
-        while pending:
-            try:
-                job = pending.popleft()
-            except IndexError:  # another thread took the last one
-                return
-            why = (
-                f"{run.why_cancelled()} before it started" if run.cancel_requested else ENDED_FIRST
-            )
-            run.finish(job.future, cancelled_state(job.future._record, why))
+        for queue in (self._held, self.pending):
+            while queue:
+                try:
+                    job = queue.popleft()
+                except IndexError:  # another thread took the last one
+                    break
+                if self._why is not None:
+                    why = f"{self._why} before it started"
+                elif run.cancel_requested:
+                    why = f"{run.why_cancelled()} before it started"
+                else:
+                    why = ENDED_FIRST
+                run.finish(job.future, cancelled_state(job.future._record, why))
+
+
+def _room_on(runner: TaskRunner) -> int | None:
+    room = runner.max_calls_in_flight
+    if room is not None and (type(room) is not int or room < 1):
+        raise UsageError(
+            f"{runner.name}.max_calls_in_flight is {room!r}; it must be a whole number "
+            "of at least 1, or None for no bound"
+        )
+    return room
+
+
+def _counted(job: Job) -> bool:
+    """Whether the run goes straight to the runner: no upstream still running, no
+    limit to wait for. Only those are held for room."""
+    tags = job.task.tags
+    if tags and has_limits(tags):
+        return False
+    return not job.upstreams or all(upstream.done() for upstream, _ in job.upstreams)

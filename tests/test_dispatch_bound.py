@@ -1,0 +1,335 @@
+"""The engine's bound on task runs started at once on a runner that is not local
+(``TaskRunner.max_calls_in_flight``), on asyncio and trio.
+
+The runner here is ``PicklingTaskRunner`` (every call through pickle, in a thread of this
+process, so tasks can meet the test through module-level events) with eight threads, so
+that the bound, not the runner, is what limits how many calls reach it; it counts the
+calls inside its ``run()`` at once and the order they came in. What must hold: never more
+counted runs at the runner than the bound, and exactly that many when there is the work;
+held runs start in submission order; runs waiting for an upstream or a limit are never
+held (a held run could be what they wait for); a held run can be cancelled, fails,
+times out and is cut short by its flow run like any other; any dependency graph ends.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import anyio
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from shared_tasks import async_value, sync_fails, sync_value
+
+from orchestr import (
+    ProcessPoolTaskRunner,
+    ThreadPoolTaskRunner,
+    allow_failure,
+    flow,
+    override_settings,
+    task,
+)
+from orchestr.exceptions import UsageError
+from orchestr.limits import limits
+from orchestr.states import StateType
+from orchestr.testing import PicklingTaskRunner
+
+pytestmark = pytest.mark.timeout(60)
+
+WAIT = 10  # seconds: the bound on every wait that should end at once
+TAG = "dispatch-bound-test"  # a limit name of this module's own
+
+
+class Tracker:
+    """What the runner saw, shared by a runner and its duplicates."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.entered: list[Any] = []  # each call's first argument, in order of arrival
+        self.full: anyio.Event | None = None
+
+
+class HeldRunner(PicklingTaskRunner):
+    """A pickling runner with eight threads whose bound is ``room``. With ``gather``, it
+    holds the first ``room`` calls until that many are inside ``run()`` at once, so a
+    test sees the bound reached, not only respected."""
+
+    def __init__(self, room: Any, tracker: Tracker | None = None, *, gather: bool = True) -> None:
+        super().__init__(8)
+        self.room = room
+        self.tracker = tracker or Tracker()
+        self.gather = gather
+
+    def duplicate(self) -> HeldRunner:
+        return type(self)(self.room, self.tracker, gather=self.gather)
+
+    @property
+    def max_calls_in_flight(self) -> Any:
+        return self.room
+
+    async def start(self) -> None:
+        await super().start()
+        self.tracker.full = anyio.Event()
+
+    async def run(self, call: Any) -> Any:
+        seen = self.tracker
+        assert seen.full is not None
+        seen.active += 1
+        seen.peak = max(seen.peak, seen.active)
+        seen.entered.append(call.args[0] if call.args else None)
+        try:
+            if self.room is not None and seen.active >= self.room:
+                seen.full.set()
+            if self.gather and self.room is not None and len(seen.entered) <= self.room:
+                with anyio.fail_after(WAIT):
+                    await seen.full.wait()
+            return await super().run(call)
+        finally:
+            seen.active -= 1
+
+
+# Module level: the pickling runner sends tasks by reference. One test at a time uses
+# these events (each test resets them).
+started = threading.Event()
+release = threading.Event()
+
+
+@task
+def blocker(label: str) -> bool:
+    """Occupies the room until ``release`` is set; True if it was."""
+    started.set()
+    return release.wait(WAIT)
+
+
+@task
+def releaser(label: str) -> str:
+    release.set()
+    return label
+
+
+@task
+def add_one(label: str, *inputs: int) -> int:
+    return 1 + sum(inputs)
+
+
+@pytest.fixture(autouse=True)
+def _reset_events() -> Any:
+    started.clear()
+    release.clear()
+    yield
+    release.set()  # never leave a blocker waiting
+
+
+# -- the bound --------------------------------------------------------------------------------
+@pytest.mark.parametrize("room", [1, 3])
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
+def test_counted_runs_reach_the_bound_never_exceed_it_and_start_in_order(
+    run: Any, room: int, task_kind: str
+) -> None:
+    """40 runs submitted at once: exactly ``room`` at the runner at a time, in order."""
+    value = sync_value if task_kind == "sync" else async_value
+    runner = HeldRunner(room)
+
+    @flow(task_runner=runner)
+    async def main() -> list[int]:
+        futures = [value.submit(i) for i in range(40)]
+        return [await future for future in futures]
+
+    assert run(main) == list(range(40))
+    assert runner.tracker.peak == room
+    assert_in_order(runner.tracker.entered, room, 40)
+
+
+def test_the_bound_holds_for_map_in_a_sync_flow(backend: str) -> None:
+    """A sync flow's ``.map()`` goes through the same dispatcher, and the same bound."""
+    runner = HeldRunner(2)
+
+    @flow(task_runner=runner)
+    def main(n: int) -> list[int]:
+        return [future.result() for future in sync_value.map(range(n))]
+
+    with override_settings(backend=backend):
+        assert main(30) == list(range(30))
+    assert runner.tracker.peak == 2
+    assert_in_order(runner.tracker.entered, 2, 30)
+
+
+def assert_in_order(entered: list[Any], room: int, n: int) -> None:
+    """Runs reached the runner in submission order, give or take the ``room`` started
+    together (trio runs tasks started together in any order): none overtook one held
+    before it."""
+    assert sorted(entered) == list(range(n))
+    assert all(value < index + room for index, value in enumerate(entered)), entered
+
+
+def test_no_bound_starts_every_run_at_once(run: Any) -> None:
+    """``None`` (what local runners say): nothing is held, all 12 reach the runner."""
+    runner = HeldRunner(None)
+
+    @flow(task_runner=runner)
+    async def main() -> list[bool]:
+        futures = [blocker.submit(str(i)) for i in range(12)]
+        with anyio.fail_after(WAIT):
+            while runner.tracker.active < 12:  # every call inside run() at once
+                await anyio.sleep(0.001)
+        release.set()
+        return [await future for future in futures]
+
+    assert run(main) == [True] * 12
+    assert runner.tracker.peak == 12
+
+
+def test_default_bounds() -> None:
+    """Runners that are not local are bounded at 1,024 by default; local ones are not."""
+    assert ThreadPoolTaskRunner(2).max_calls_in_flight is None
+    assert PicklingTaskRunner(2).max_calls_in_flight == 1024
+    assert ProcessPoolTaskRunner(2).max_calls_in_flight == 1024
+
+
+# -- what is never held ---------------------------------------------------------------------
+def test_a_run_waiting_for_a_limit_starts_while_the_room_is_full(run: Any) -> None:
+    """With the one place taken by a run that waits for it, a run with a limit tag still
+    starts: held, it would never come (the blocker would time out, False)."""
+    runner = HeldRunner(1)
+    tagged = releaser.with_options(tags={TAG})
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[bool, str]:
+        first = blocker.submit("blocker")
+        second = tagged.submit("tagged")
+        return await first, await second
+
+    with limits(concurrency={TAG: 2}):
+        assert run(main) == (True, "tagged")
+    assert runner.tracker.entered == ["blocker", "tagged"]
+
+
+def test_a_run_with_an_upstream_still_going_starts_while_the_room_is_full(run: Any) -> None:
+    """A run whose upstream was not done when it was dispatched is not counted either: it
+    waits for the upstream on the loop, then goes to the runner past the full room."""
+    runner = HeldRunner(1)
+    tagged = add_one.with_options(tags={TAG})
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[bool, int, str]:
+        first = blocker.submit("blocker")
+        upstream = tagged.submit("upstream")  # not counted (its limit), not done yet
+        after = releaser.submit("after", wait_for=[upstream])
+        return await first, await upstream, await after
+
+    with limits(concurrency={TAG: 2}):
+        assert run(main) == (True, 1, "after")
+
+
+# -- held runs end like any other -----------------------------------------------------------
+def test_a_held_run_cancelled_never_reaches_the_runner(run: Any) -> None:
+    runner = HeldRunner(1)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[Any, Any, int]:
+        first = blocker.submit("blocker")
+        held = sync_value.submit(7)
+        later = sync_value.submit(8)
+        assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        held.cancel()
+        release.set()
+        return await first, held.state.type, await later
+
+    first, held_state, later = run(main)
+    assert first is True
+    assert held_state is StateType.CANCELLED
+    assert later == 8
+    assert runner.tracker.entered == ["blocker", 8]
+
+
+def test_failed_runs_give_their_place_back(run: Any) -> None:
+    """Failures free the place as results do: all 12 end, in order, one at a time."""
+    runner = HeldRunner(1)
+
+    @flow(task_runner=runner)
+    async def main() -> list[StateType]:
+        futures = [
+            (sync_fails.submit(str(i)) if i % 2 else sync_value.submit(str(i))) for i in range(12)
+        ]
+        done = sync_value.submit("done", wait_for=[allow_failure(f) for f in futures])
+        await done
+        return [future.state.type for future in futures]
+
+    kinds = run(main)
+    assert kinds == [StateType.FAILED if i % 2 else StateType.COMPLETED for i in range(12)]
+    assert runner.tracker.entered == [*map(str, range(12)), "done"]
+    assert runner.tracker.peak == 1
+
+
+def test_a_flow_timeout_cancels_held_runs_before_they_start(run: Any) -> None:
+    """The flow run times out while one run holds the place and five wait: the five end
+    Cancelled, never started; the flow run ends TimedOut; nothing is left queued."""
+    runner = HeldRunner(1)
+    futures: list[Any] = []
+
+    @flow(task_runner=runner, timeout_seconds=0.5)
+    async def main() -> None:
+        futures.append(blocker.submit("blocker"))
+        futures.extend(sync_value.submit(i) for i in range(5))
+        await anyio.sleep(WAIT)
+
+    state = run(lambda: main(return_state=True))
+    assert (state.type, state.name) == (StateType.FAILED, "TimedOut")
+    held = [future.state for future in futures[1:]]
+    assert [s.type for s in held] == [StateType.CANCELLED] * 5
+    assert all("before it started" in (s.message or "") for s in held), held
+    assert futures[0].state.is_final()
+    assert runner.tracker.entered == ["blocker"]
+
+
+# -- any dependency graph ends --------------------------------------------------------------
+@st.composite
+def graphs(draw: st.DrawFn) -> list[tuple[list[int], bool]]:
+    """Up to 10 runs; each depends on some earlier ones and may carry the limit tag."""
+    size = draw(st.integers(1, 10))
+    nodes = []
+    for i in range(size):
+        inputs = draw(st.lists(st.integers(0, i - 1), max_size=3, unique=True)) if i else []
+        nodes.append((inputs, draw(st.booleans())))
+    return nodes
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(nodes=graphs(), room=st.integers(1, 3), backend=st.sampled_from(["asyncio", "trio"]))
+def test_any_graph_ends_with_every_value(
+    nodes: list[tuple[list[int], bool]], room: int, backend: str
+) -> None:
+    """Runs given upstream futures as arguments (counted once their upstreams are done,
+    or not), some with a limit of one: every graph ends, every value right."""
+    tagged = add_one.with_options(tags={TAG})
+
+    @flow(task_runner=HeldRunner(room, gather=False))
+    async def main() -> list[int]:
+        futures: list[Any] = []
+        for i, (inputs, limited) in enumerate(nodes):
+            fn = tagged if limited else add_one
+            futures.append(fn.submit(str(i), *(futures[j] for j in inputs)))
+        with anyio.fail_after(WAIT):  # a graph that never ends fails here
+            return [await future for future in futures]
+
+    expected: list[int] = []
+    for inputs, _ in nodes:
+        expected.append(1 + sum(expected[j] for j in inputs))
+    with limits(concurrency={TAG: 1}), override_settings(backend=backend):
+        assert anyio.run(main, backend=backend) == expected
+
+
+# -- bad input --------------------------------------------------------------------------------
+@pytest.mark.parametrize("room", [0, -1, 1.5, True, "8"])
+def test_a_bad_bound_is_refused_naming_the_runner(run: Any, room: Any) -> None:
+    runner = HeldRunner(room)
+
+    @flow(task_runner=runner)
+    async def main() -> int:
+        return await sync_value.submit(1)
+
+    with pytest.raises(UsageError, match=r"HeldRunner\.max_calls_in_flight is .*at least 1"):
+        run(main)
+    assert runner.tracker.entered == []
