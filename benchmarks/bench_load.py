@@ -709,7 +709,10 @@ def main() -> int:
         small = {shape: [max(1, s // 2) for s in sizes] for shape, sizes in small.items()}
     if "process" in only:
         print(f"ProcessPoolTaskRunner({WORKERS}), sync tasks, smaller sizes", flush=True)
-        for shape, sizes in small.items():
+        # The fan-outs larger: memory per task must not grow with the flow, though a
+        # worker takes two calls at a time and the rest wait (max_calls_in_flight).
+        fan_out = [1_000, 10_000] if q else [2_000, 20_000]
+        for shape, sizes in {**small, "async": fan_out, "map": fan_out}.items():
             everything[f"process/{shape}"], good = series(
                 shape, shape, sizes, "process", opts, None
             )

@@ -247,3 +247,53 @@ def test_sync_flow_quote_and_opaque(backend: str) -> None:
 
     with override_settings(backend=backend):
         assert main() == (True, "v")
+
+
+# -- wrappers in wrappers ---------------------------------------------------------------------
+DEEP = 5_000  # far past Python's recursion limit (1,000)
+
+
+def _wrapped(value: Any, kinds: list[Any]) -> Any:
+    for i in range(DEEP):
+        value = kinds[i % len(kinds)](value)
+    return value
+
+
+@pytest.mark.parametrize("kinds", [[allow_failure], [allow_failure, unmapped]])
+def test_wrappers_nested_thousands_deep_are_peeled_not_recursed(run: Any, kinds: Any) -> None:
+    """allow_failure(allow_failure(...(f))) as deep as one likes: the same as one
+    allow_failure around the failed future (no RecursionError at the submit)."""
+
+    @flow
+    async def main() -> Any:
+        failed = async_fails.submit("boom")
+        args, _ = await echo.submit(_wrapped(failed, kinds))
+        with pytest.raises(ValueError, match="boom"):
+            await failed
+        return args[0]
+
+    error = run(main)
+    assert isinstance(error, ValueError)  # what a failed upstream passes on
+    assert str(error) == "boom"
+
+
+def test_unmapped_nested_thousands_deep_in_map(run: Any) -> None:
+    @flow
+    async def main() -> list[Any]:
+        value = async_value.submit("same")
+        futures = echo.map([1, 2], _wrapped(value, [unmapped]))
+        return [(await future)[0] for future in futures]
+
+    assert run(main) == [(1, "same"), (2, "same")]
+
+
+def test_wait_for_takes_allow_failure_nested_thousands_deep(run: Any) -> None:
+    @flow
+    async def main() -> Any:
+        failed = async_fails.submit("boom")
+        after = async_value.submit("after", wait_for=[_wrapped(failed, [allow_failure])])
+        with pytest.raises(ValueError, match="boom"):
+            await failed
+        return await after
+
+    assert run(main) == "after"

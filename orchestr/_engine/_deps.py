@@ -185,7 +185,7 @@ def scan_wait_for(wait_for: Any) -> Dependencies:
         )
     found: dict[Any, bool] = {}
     for item in items:
-        inner = item.value if type(item) is allow_failure else item
+        inner = _peeled(item, False)[0] if type(item) is allow_failure else item
         if type(inner) is TaskFuture:
             _scan(item, found, False, 0)
             continue
@@ -311,13 +311,12 @@ def _scan(
                     _scan(value, found, allowed, depth, seen)
     elif category == _STATE:
         _scan_state(obj, found, allowed)
-    elif category == _ALLOW:
+    elif category in (_ALLOW, _UNMAPPED):
         found[_ANNOTATED] = True
-        _scan(obj.value, found, True, depth + 1, seen)
-    elif category == _UNMAPPED:
-        found[_ANNOTATED] = True
-        # _resolve unwraps it, so what it holds must be waited for like the rest.
-        _scan(obj.value, found, allowed, depth + 1, seen)
+        # _resolve unwraps an unmapped(...) too, so what it holds must be waited for
+        # like the rest.
+        inner, allowed = _peeled(obj, allowed)
+        _scan(inner, found, allowed, depth + 1, seen)
     elif category == _QUOTE:
         found[_ANNOTATED] = True  # to unwrap it; nothing inside is looked at
     else:  # opaque
@@ -327,6 +326,24 @@ def _scan(
             found[inner] = found.get(inner, True) and allowed
         elif type(inner) is State:
             _scan_state(inner, found, allowed)
+
+
+def _peeled(obj: Any, allowed: bool) -> tuple[Any, bool]:
+    """What ``allow_failure(...)`` and ``unmapped(...)`` wrappers hold, however deeply
+    they wrap each other (in a loop: thousands deep, recursion would exhaust the stack),
+    and whether an ``allow_failure`` was among them."""
+    while True:
+        kind = type(obj)
+        if kind in _ATOMIC:
+            return obj, allowed
+        category = _categories.get(kind)
+        if category is None:
+            category = _classify(kind)
+        if category == _ALLOW:
+            allowed = True
+        elif category != _UNMAPPED:
+            return obj, allowed
+        obj = obj.value
 
 
 def _scan_state(state: State[Any], found: dict[Any, bool], allowed: bool) -> None:
@@ -481,7 +498,7 @@ def _resolve(obj: Any, depth: int, returned: bool, done: dict[int, Any]) -> Any:
     if category == _STATE:
         return _state_value(obj)
     if category in (_ALLOW, _UNMAPPED):
-        return _resolve(obj.value, depth + 1, returned, done)
+        return _resolve(_peeled(obj, False)[0], depth + 1, returned, done)
     if category == _QUOTE:
         return obj if returned else obj.value
     inner = obj.value  # opaque
