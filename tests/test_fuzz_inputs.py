@@ -562,6 +562,13 @@ def test_map_arguments_of_every_kind() -> None:
         main()
 
 
+def _wrapped_in_allow_failure(drawn: tuple[Any, int]) -> Any:
+    value, times = drawn
+    for _ in range(times):
+        value = allow_failure(value)
+    return value
+
+
 def _wait_for_verdict(items: Any) -> bool | None:
     """Futures, allow_failure(future) and lists of futures: good. A plain value or a
     State among the items: bad. Anything else: either (a hostile object's repr, say,
@@ -572,7 +579,9 @@ def _wait_for_verdict(items: Any) -> bool | None:
         return None
     verdicts = []
     for item in items:
-        inner = item.value if type(item) is allow_failure else item
+        inner = item
+        while type(inner) is allow_failure:  # allow_failure(allow_failure(f)) is fine too
+            inner = inner.value
         if type(inner) is TaskFuture or (
             isinstance(inner, list) and inner and all(type(f) is TaskFuture for f in inner)
         ):
@@ -604,6 +613,7 @@ def test_wait_for_contents_and_call_arguments() -> None:
         item = st.one_of(
             futures,
             futures.map(allow_failure),
+            st.tuples(futures, st.integers(2, 3)).map(_wrapped_in_allow_failure),
             st.lists(futures, min_size=1, max_size=2),
             st.lists(futures, max_size=2).map(allow_failure),
             st.dictionaries(st.text(max_size=2), futures, max_size=2),
