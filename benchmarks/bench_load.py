@@ -619,6 +619,9 @@ def main() -> int:
     )
     parser.add_argument("--only", default="curve,shapes,process,dask")
     parser.add_argument("--sizes", help="the task curve's sizes, e.g. 6250,100000")
+    parser.add_argument(
+        "--process-sizes", help="the process pool's fan-out sizes, e.g. 2000,100000"
+    )
     parser.add_argument("--no-tracemalloc", dest="tracemalloc", action="store_false")
     parser.add_argument("--json", help="also write every result to this file")
     parser.add_argument(
@@ -712,6 +715,8 @@ def main() -> int:
         # The fan-outs larger: memory per task must not grow with the flow, though a
         # worker takes two calls at a time and the rest wait (max_calls_in_flight).
         fan_out = [1_000, 10_000] if q else [2_000, 20_000]
+        if opts.process_sizes:
+            fan_out = [int(size) for size in opts.process_sizes.split(",")]
         for shape, sizes in {**small, "async": fan_out, "map": fan_out}.items():
             everything[f"process/{shape}"], good = series(
                 shape, shape, sizes, "process", opts, None
