@@ -699,3 +699,23 @@ def test_adapt_kwargs_may_leave_the_maximum_unbounded() -> None:
     """maximum=inf is Dask's "no upper bound": accepted, and kept as given."""
     runner = DaskTaskRunner(adapt_kwargs={"minimum": 0, "maximum": float("inf")})
     assert runner.adapt_kwargs == {"minimum": 0, "maximum": float("inf")}
+
+
+def test_the_bound_on_started_runs_grows_with_the_cluster(run: Callable[..., Any]) -> None:
+    """max_calls_in_flight: 1,024 until the client knows the cluster, then four per
+    worker thread once that is more (an in-process worker of 300 threads: 1,200), so a
+    large cluster is never starved by the engine's bound."""
+    runner = DaskTaskRunner(
+        cluster_kwargs={**IN_PROCESS, "n_workers": 1, "threads_per_worker": 300}
+    )
+    assert runner.max_calls_in_flight == 1024
+
+    async def go() -> int:
+        with anyio.fail_after(BOUND):
+            await runner.start()
+            try:
+                return runner.max_calls_in_flight
+            finally:
+                await runner.shutdown()
+
+    assert run(go) == 1200

@@ -6,9 +6,12 @@ process, so tasks can meet the test through module-level events) with eight thre
 that the bound, not the runner, is what limits how many calls reach it; it counts the
 calls inside its ``run()`` at once and the order they came in. What must hold: never more
 counted runs at the runner than the bound, and exactly that many when there is the work;
-held runs start in submission order; runs waiting for an upstream or a limit are never
-held (a held run could be what they wait for); a held run can be cancelled, fails,
-times out and is cut short by its flow run like any other; any dependency graph ends.
+held runs start in submission order; runs waiting for an upstream or a limit, runs with
+an on_running hook and runs a hook submits are never held (a held run could be what
+they wait for), and a run whose call came back holds no place (its hooks, its retry
+delay); the bound is asked for again as places free; a held run can be cancelled,
+fails, times out and is cut short by its flow run like any other; any dependency graph
+ends; a bad bound, or any bound on a local runner, is refused before the runner starts.
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Tracker:
         self.peak = 0
         self.entered: list[Any] = []  # each call's first argument, in order of arrival
         self.full: anyio.Event | None = None
+        self.grown_to: int | None = None  # the bound, once a test grew it
 
 
 class HeldRunner(PicklingTaskRunner):
@@ -67,7 +71,7 @@ class HeldRunner(PicklingTaskRunner):
 
     @property
     def max_calls_in_flight(self) -> Any:
-        return self.room
+        return self.tracker.grown_to or self.room
 
     async def start(self) -> None:
         await super().start()
@@ -181,6 +185,27 @@ def test_no_bound_starts_every_run_at_once(run: Any) -> None:
     assert runner.tracker.peak == 12
 
 
+def test_a_bound_that_grows_is_taken_at_the_next_ring(run: Any) -> None:
+    """The dispatcher asks the runner again whenever it is woken (as a cluster that
+    scales up says more): held runs start at once, while the first still holds."""
+    runner = HeldRunner(1)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[list[int], bool]:
+        first = blocker.submit("blocker")
+        held = [sync_value.submit(i) for i in range(3)]
+        assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        runner.tracker.grown_to = 4
+        held.append(sync_value.submit(3))  # a submission rings
+        with anyio.fail_after(WAIT / 2):  # well before the blocker gives up
+            values = [await future for future in held]
+        release.set()
+        return values, await first
+
+    assert run(main) == ([0, 1, 2, 3], True)
+    assert runner.tracker.peak == 4
+
+
 def test_default_bounds() -> None:
     """Runners that are not local are bounded at 1,024 by default; local ones are not."""
     assert ThreadPoolTaskRunner(2).max_calls_in_flight is None
@@ -221,6 +246,71 @@ def test_a_run_with_an_upstream_still_going_starts_while_the_room_is_full(run: A
 
     with limits(concurrency={TAG: 2}):
         assert run(main) == (True, 1, "after")
+
+
+@pytest.mark.parametrize("when", ["on_running", "on_completion"])
+def test_a_hook_may_submit_a_run_and_wait_for_it(run: Any, when: str) -> None:
+    """A task's hook runs in the flow's process; the runs it submits are never held
+    (nor is a run with an on_running hook), and a run whose call came back from the
+    runner holds no place: 12 hooked runs on a room of 1 all end."""
+    seen: list[int] = []
+
+    async def hook(task: Any, record: Any, state: Any) -> None:
+        seen.append(await sync_value.submit(99))
+
+    hooked = sync_value.with_options(**{when: [hook]})
+    runner = HeldRunner(1, gather=False)
+
+    @flow(task_runner=runner)
+    async def main() -> list[int]:
+        futures = [hooked.submit(i) for i in range(12)]
+        with anyio.fail_after(WAIT):
+            return [await future for future in futures]
+
+    assert run(main) == list(range(12))
+    assert seen == [99] * 12
+
+
+def test_a_run_waiting_out_its_retry_delay_holds_no_place(run: Any) -> None:
+    """Its call came back (failed): the place is free for the next run while it waits."""
+    runner = HeldRunner(1)
+    retried = sync_fails.with_options(retries=1, retry_delay_seconds=60)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[int, StateType]:
+        first = retried.submit("first")
+        second = sync_value.submit(2)
+        with anyio.fail_after(WAIT):
+            value = await second
+        first.cancel()  # in its retry delay: ends it now
+        state = await first.wait(timeout=WAIT)
+        return value, state.type
+
+    assert run(main) == (2, StateType.CANCELLED)
+    assert runner.tracker.entered == ["first", 2]
+
+
+def test_a_bound_on_a_local_runner_is_refused_before_it_starts(run: Any) -> None:
+    """A local runner's async runs execute on the loop and may wait for runs a bound
+    would hold: a UsageError naming the runner, and no worker started."""
+    started_runners: list[Any] = []
+
+    class BoundThreads(ThreadPoolTaskRunner):
+        @property
+        def max_calls_in_flight(self) -> int:
+            return 4
+
+        async def start(self) -> None:
+            started_runners.append(self)
+            await super().start()
+
+    @flow(task_runner=BoundThreads(2))
+    async def main() -> int:
+        return await sync_value.submit(1)
+
+    with pytest.raises(UsageError, match=r"BoundThreads\.max_calls_in_flight is 4.*local"):
+        run(main)
+    assert started_runners == []
 
 
 # -- held runs end like any other -----------------------------------------------------------

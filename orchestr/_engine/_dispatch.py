@@ -16,16 +16,21 @@ On a runner that is not local, a started run waits in this process until a worke
 it (about 8 KiB each: its coroutines, cancel scope, waiter), so 100,000 started at once
 would hold most of a gigabyte. The runner says how many of one attempt's runs it wants
 started at once (:attr:`~orchestr.runners.TaskRunner.max_calls_in_flight`); the
-dispatcher holds the rest, in order, until runs end. Only runs that go straight to the
-runner count and are held: a run waiting for upstream runs or for a limit's slot starts
-at once, as before, so it can neither be kept waiting behind runs that may wait for it
-nor keep them out (runs in another process cannot wait for runs of this one: a nested
-``.submit()`` there raises, so nothing held can be what a counted run waits for).
+dispatcher holds the rest, in order, until a counted run's call comes back from the
+runner (asking the runner again each time, so a cluster that grows can take more).
+Only runs that go straight to the runner count and are held: none of their upstreams
+still running, no limit, no ``on_running`` hook, not submitted by a task run's own code
+(its hooks). The others start at once, as before. That keeps the bound free of
+deadlock: from its start to its call's return a counted run executes only the engine
+and the runner's ``run()``, whose calls cannot wait for runs of this flow (a nested
+``.submit()`` in another process raises; local runners take no bound), so it always
+gives its place back; what it does afterwards (hooks, retry delays) holds no place.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextvars import Context
@@ -37,6 +42,7 @@ import anyio.lowlevel
 from .._limits._registry import has_limits
 from .._logging import task_run_logger
 from ..exceptions import UsageError
+from ._context import task_run_var
 from ._outcomes import cancelled_state
 
 if TYPE_CHECKING:
@@ -46,7 +52,7 @@ if TYPE_CHECKING:
     from ._deps import Dependencies
     from ._flowrun import FlowRun
 
-__all__ = ["ENDED_FIRST", "Dispatcher", "Job", "JobExecutor"]
+__all__ = ["ENDED_FIRST", "Dispatcher", "Job", "JobExecutor", "room_on"]
 
 # Spawned-but-unstarted tasks cost ~3 KiB each on asyncio; the dispatcher yields to the
 # loop after this many, so they start (and usually finish) before more are spawned.
@@ -66,7 +72,7 @@ _log = logging.getLogger("orchestr.flow_runs")
 class Job:
     """A submitted task run waiting to be started on the loop."""
 
-    __slots__ = ("args", "context", "future", "kwargs", "task", "upstreams")
+    __slots__ = ("args", "context", "future", "kwargs", "placed_in", "task", "upstreams")
 
     def __init__(
         self,
@@ -84,6 +90,16 @@ class Job:
         self.upstreams = upstreams
         # The submitter's context, so the run sees the submitter's context variables.
         self.context = context
+        # The dispatcher whose count of started runs this one is in, until its call
+        # has come back from the runner (or it ended without one).
+        self.placed_in: Dispatcher | None = None
+
+    def give_back(self) -> None:
+        """Leave the count of runs started on the runner (once; on the loop)."""
+        dispatcher = self.placed_in
+        if dispatcher is not None:
+            self.placed_in = None
+            dispatcher.place_freed()
 
 
 JobExecutor = Callable[["FlowRun", Job], Coroutine[Any, Any, None]]
@@ -115,7 +131,7 @@ class Dispatcher:
         self.closed = False
         # How many counted runs may be started at once (None: no bound), how many are,
         # and the counted runs waiting for room, in submission order (loop thread only).
-        self._room = _room_on(run.runner) if run.runner is not None else None
+        self._room = room_on(run.runner) if run.runner is not None else None
         self._in_flight = 0
         self._held: deque[Job] = deque()
 
@@ -173,14 +189,16 @@ class Dispatcher:
                         task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
                     await anyio.lowlevel.checkpoint()
             else:
-                await self._dispatch_bounded(task_group, self._room)
+                # Asked again at every ring: a cluster that scales up may take more.
+                room = room_on(run.runner)
+                await self._dispatch_bounded(task_group, math.inf if room is None else room)
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):
             # the stop must not be missed, or the task group never exits.
             if self._stopping and not pending and not self._held:
                 return
 
-    async def _dispatch_bounded(self, task_group: anyio.abc.TaskGroup, room: int) -> None:
+    async def _dispatch_bounded(self, task_group: anyio.abc.TaskGroup, room: float) -> None:
         """Start queued runs, at most ``room`` counted ones at a time: held ones first
         (in order), then the queue's, holding its counted ones while there is no room."""
         pending, held = self.pending, self._held
@@ -189,8 +207,7 @@ class Dispatcher:
         while pending or (held and self._in_flight < room):
             for _ in range(_BATCH):
                 if held and self._in_flight < room:
-                    self._in_flight += 1
-                    task_group.start_soon(self._execute_counted, held.popleft(), name=_TASK_NAME)
+                    self._place(task_group, held.popleft())
                 elif pending:
                     job = pending.popleft()
                     if not _counted(job):
@@ -198,20 +215,29 @@ class Dispatcher:
                     elif held or self._in_flight >= room:
                         held.append(job)
                     else:
-                        self._in_flight += 1
-                        task_group.start_soon(self._execute_counted, job, name=_TASK_NAME)
+                        self._place(task_group, job)
                 else:
                     break
             await anyio.lowlevel.checkpoint()
+
+    def _place(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
+        self._in_flight += 1
+        job.placed_in = self
+        task_group.start_soon(self._execute_counted, job, name=_TASK_NAME)
 
     async def _execute_counted(self, job: Job) -> None:
         try:
             await self.run.execute_job(self.run, job)
         finally:
-            self._in_flight -= 1
-            # Room for a held run: wake the dispatcher (this is a task on the loop).
-            if self._held and self._doorbell is not None:
-                self._doorbell.set()
+            job.give_back()  # if its call never came back from the runner (or never went)
+
+    def place_freed(self) -> None:
+        """A counted run's call came back from the runner: room for a held run (wake the
+        dispatcher; on the loop). What the run does next (hooks, a retry's delay, its
+        retries' calls) is not counted: it may wait for runs held here."""
+        self._in_flight -= 1
+        if self._held and self._doorbell is not None:
+            self._doorbell.set()
 
     def stop(self) -> None:
         """Let the dispatcher task end once the queue is empty (after the barrier)."""
@@ -243,20 +269,33 @@ class Dispatcher:
                 run.finish(job.future, cancelled_state(job.future._record, why))
 
 
-def _room_on(runner: TaskRunner) -> int | None:
+def room_on(runner: TaskRunner) -> int | None:
+    """The runner's ``max_calls_in_flight``, checked: a UsageError naming the runner if
+    it is not a whole number of at least 1 or None, or not None on a local runner."""
     room = runner.max_calls_in_flight
     if room is not None and (type(room) is not int or room < 1):
         raise UsageError(
             f"{runner.name}.max_calls_in_flight is {room!r}; it must be a whole number "
             "of at least 1, or None for no bound"
         )
+    if room is not None and runner.local:
+        raise UsageError(
+            f"{runner.name}.max_calls_in_flight is {room!r}, but {runner.name} is a local "
+            "runner: its async task runs execute on the flow's loop and may wait for "
+            "runs that a bound would hold back; make it None"
+        )
     return room
 
 
 def _counted(job: Job) -> bool:
     """Whether the run goes straight to the runner: no upstream still running, no
-    limit to wait for. Only those are held for room."""
-    tags = job.task.tags
-    if tags and has_limits(tags):
+    limit to wait for, no ``on_running`` hook (code on the loop, which may wait for
+    anything), and not submitted by a task run's code (a hook, which may wait for what
+    it submitted). Only those are held for room."""
+    task = job.task
+    tags = task.tags
+    if (tags and has_limits(tags)) or task.on_running_hooks:
+        return False
+    if job.context.get(task_run_var) is not None:
         return False
     return not job.upstreams or all(upstream.done() for upstream, _ in job.upstreams)

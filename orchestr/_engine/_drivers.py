@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ..futures import TaskFuture
     from ..records import TaskRunRecord
     from ..tasks import Task
+    from ._dispatch import Job
     from ._flowrun import FlowRun
 
 __all__ = [
@@ -143,11 +144,14 @@ class AsyncDriver:
     caller, as they would from a plain function.
     """
 
-    __slots__ = ("inline", "propagate", "run")
+    __slots__ = ("inline", "job", "propagate", "run")
 
-    def __init__(self, run: FlowRun | None, inline: bool) -> None:
+    def __init__(self, run: FlowRun | None, inline: bool, job: Job | None = None) -> None:
         self.run = run
         self.inline = inline
+        # A submitted run counted by its dispatcher: it gives its place back when its
+        # first call comes back from the runner.
+        self.job = job
         cancelled = anyio.get_cancelled_exc_class()
         self.propagate: tuple[type[BaseException], ...] = (
             (cancelled, KeyboardInterrupt, SystemExit) if inline else (cancelled,)
@@ -166,25 +170,31 @@ class AsyncDriver:
             raise AttemptTimedOut(timeout, abandoned=False)
         assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
-        call = task_call(run, task, record, args, kwargs)
-        with anyio.CancelScope() as scope:
-            if timeout is None:
-                outcome = await runner.run(call)
-            elif not runner.reports_start:  # timed from now: waiting for a worker too
-                scope.deadline = anyio.current_time() + timeout
-                outcome = await runner.run(call)
-            else:  # timed from when the call starts: waiting for a worker is not running
-                clock = _StartClock(run.loop, scope, timeout)
-                expect_start(call.key, clock.started)
-                try:
+        try:
+            call = task_call(run, task, record, args, kwargs)
+            with anyio.CancelScope() as scope:
+                if timeout is None:
                     outcome = await runner.run(call)
-                finally:
-                    forget_start(call.key)
-                    clock.stopped = True
-            if outcome.crashed:
-                raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
-            return outcome.result()
-        raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
+                elif not runner.reports_start:  # timed from now: waiting for a worker too
+                    scope.deadline = anyio.current_time() + timeout
+                    outcome = await runner.run(call)
+                else:  # timed from when the call starts: waiting for a worker is not running
+                    clock = _StartClock(run.loop, scope, timeout)
+                    expect_start(call.key, clock.started)
+                    try:
+                        outcome = await runner.run(call)
+                    finally:
+                        forget_start(call.key)
+                        clock.stopped = True
+                if outcome.crashed:
+                    raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
+                return outcome.result()
+            raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
+        finally:
+            job = self.job
+            if job is not None:
+                self.job = None
+                job.give_back()
 
     async def wait(self, future: TaskFuture[Any]) -> None:
         """Wait on the loop for an upstream run to end."""

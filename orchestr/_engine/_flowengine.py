@@ -51,7 +51,7 @@ from . import _interrupts
 from ._attempts import log_retry, next_retry_delay, run_hook, run_running_hooks, should_retry
 from ._caller import CallerThread
 from ._context import flow_run_var
-from ._dispatch import Dispatcher
+from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
@@ -383,6 +383,7 @@ async def _attempts(
         return await _each_attempt(run, args, kwargs, body)
     runner = run.runner = run.flow.task_runner.duplicate()
     try:
+        room_on(runner)  # a bad bound: refused before anything is started
         await runner.start()
     except Exception as exc:  # it cleaned up after itself: the run crashed, not raised
         return _runner_failed(run, runner, exc)

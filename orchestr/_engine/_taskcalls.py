@@ -532,7 +532,8 @@ async def _start(run: FlowRun, job: Job) -> None:
             return
         runner.run_soon(run_in_copy, job.context, run_in_thread, run, task, future, args, kwargs)
         return
-    await run_attempts(run, task, record, future, args, kwargs, AsyncDriver(run, False))
+    driver = AsyncDriver(run, False, job if job.placed_in is not None else None)
+    await run_attempts(run, task, record, future, args, kwargs, driver)
 
 
 def _whole_run_in_thread(task: Task[Any, Any], runner: TaskRunner) -> bool:

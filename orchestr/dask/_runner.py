@@ -352,6 +352,23 @@ class DaskTaskRunner(TaskRunner):
             handle_shipped_record(fields)
         return load_outcome(body, call.key)
 
+    @property
+    def max_calls_in_flight(self) -> int:
+        """At least 1,024, and four calls per worker thread of the cluster as the client
+        last heard (Dask refreshes its count every few seconds): a cluster of thousands
+        of threads gets them all busy, and one that adapts gets more as it grows."""
+        threads = 0
+        # The client's cached copy of the scheduler's totals, which its loop refreshes
+        # (scheduler-info-interval). Not client.scheduler_info(): off the client's loop
+        # it asks the scheduler and blocks this thread (the flow's loop) for the answer.
+        identity = getattr(self._client, "_scheduler_identity", None)
+        if isinstance(identity, Mapping):
+            try:
+                threads = int(identity.get("total_threads", 0))
+            except (TypeError, ValueError):  # a distributed that keeps it otherwise
+                threads = 0
+        return max(1024, 4 * threads)
+
     # -- for users and tests ----------------------------------------------------------------
     @property
     def scheduler_address(self) -> str | None:

@@ -75,12 +75,14 @@ class TaskRunner(abc.ABC):
     @property
     def max_calls_in_flight(self) -> int | None:
         """How many task runs of one flow run attempt the engine keeps started on this
-        runner at once, counting only runs that go straight to it (no upstream run still
-        going, no limit to wait for); the others wait, in order, in the flow's process,
-        as a few hundred bytes each instead of a started call's ~8 KiB. ``None``: no
-        bound. The default bounds runners that are not local at 1,024, so a 100,000-run
-        fan-out does not hold a gigabyte: enough to keep any worker busy; local runners
-        start every run at once (async runs all run concurrently on the loop)."""
+        runner at once; the others wait, in order, in the flow's process, as a few
+        hundred bytes each instead of a started call's ~8 KiB, and start as calls come
+        back. Only runs that go straight to the runner count (no upstream run still
+        going, no limit, no ``on_running`` hook, not submitted by a hook). Read again
+        whenever a place frees, so it may change. ``None``: no bound. The default bounds
+        runners that are not local at 1,024, so a 100,000-run fan-out does not hold a
+        gigabyte; a local runner must say ``None`` (its async runs execute on the flow's
+        loop, all at once, and may wait for each other)."""
         return None if self.local else 1024
 
     @abc.abstractmethod
