@@ -202,7 +202,7 @@ class _Target:
             client.__init__(self.address, **kwargs)  # type: ignore[misc]
         except Exception as exc:  # OSError, TimeoutError, TLS and address errors alike
             with contextlib.suppress(Exception):
-                client.close(timeout=1)  # also marks it closed: nothing left for __del__
+                client.close(timeout=1)  # type: ignore[no-untyped-call]  # also marks it closed
             runner = getattr(client, "_loop_runner", None)
             if runner is not None:
                 runner.stop()

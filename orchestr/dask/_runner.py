@@ -205,7 +205,7 @@ class DaskTaskRunner(TaskRunner):
             target = self._cluster
         client = None
         try:
-            client = distributed.Client(
+            client = distributed.Client(  # type: ignore[no-untyped-call]
                 target, asynchronous=True, timeout=self.connect_timeout, **kwargs
             )
             self._client = await client
@@ -374,7 +374,7 @@ class DaskTaskRunner(TaskRunner):
     def scheduler_address(self) -> str | None:
         """The address of the scheduler the started runner talks to."""
         client = self._client
-        return None if client is None else client.scheduler.address
+        return None if client is None or client.scheduler is None else client.scheduler.address
 
     @property
     def security(self) -> Any:
@@ -429,7 +429,7 @@ async def _on_dask(
     try:
         return await future  # type: ignore[no-any-return]
     except asyncio.CancelledError:
-        cancelling = client.cancel([future])
+        cancelling = client.cancel([future])  # type: ignore[no-untyped-call]
         if inspect.isawaitable(cancelling):  # done after this task ends: kept till then
             task = asyncio.ensure_future(cancelling)
             _cancelling.add(task)
@@ -445,7 +445,7 @@ async def _on_dask(
         error.__cause__ = exc
         return Outcome(error=error, crashed=True), [], None
     finally:
-        future.release()
+        future.release()  # type: ignore[no-untyped-call]
 
 
 async def _run_on_each(
@@ -460,7 +460,7 @@ async def _run_on_each(
 async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
     try:
         if client is not None:
-            await client.close()
+            await client.close()  # type: ignore[no-untyped-call]
     finally:
         if cluster is not None:
             await _close(cluster)
@@ -468,7 +468,7 @@ async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
 
 async def _close_quietly(client: distributed.Client) -> None:
     try:
-        await client.close()
+        await client.close()  # type: ignore[no-untyped-call]
     except Exception:
         pass  # a client that never connected: what made it fail is reported instead
 

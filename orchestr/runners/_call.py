@@ -61,11 +61,11 @@ class _Value:
     #: The slots' values as a tuple (operator.attrgetter: one C call, as they are read
     #: for every call pickled or compared). A class attribute, called as
     #: ``self._getter(self)``: an attrgetter does not bind.
-    _getter: ClassVar[Callable[[Any], tuple[Any, ...]]]
+    _getter: ClassVar[attrgetter[tuple[Any, ...]]]
 
     def __init_subclass__(cls) -> None:
         super().__init_subclass__()
-        cls._getter = attrgetter(*cls.__slots__)
+        cls._getter = attrgetter(*cls.__slots__)  # type: ignore[call-overload]
 
     def _names(self) -> tuple[str, ...]:
         return type(self).__slots__  # type: ignore[return-value]
@@ -76,7 +76,7 @@ class _Value:
     def __eq__(self, other: object) -> bool:
         if type(other) is not type(self):
             return NotImplemented
-        return self._getter(self) == other._getter(other)  # type: ignore[attr-defined]
+        return bool(self._getter(self) == other._getter(other))  # type: ignore[attr-defined]
 
     __hash__ = None  # type: ignore[assignment]
 

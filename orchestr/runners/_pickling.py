@@ -87,9 +87,9 @@ def _function_slot(fn: Any) -> Any:
         return fn
     found = _found.get(fn)
     if found is not None:
-        where, holder = found
-        if getattr(sys.modules.get(where[0]), where[1], None) is holder and holder.fn is fn:
-            return where
+        known, holder = found
+        if holder.fn is fn and getattr(sys.modules.get(known[0]), known[1], None) is holder:
+            return known
         _found.pop(fn, None)  # (not del: flows in other threads use it too)
     where = _task_holding(fn)
     if where is None:

@@ -304,8 +304,8 @@ class _Pool:
                     failed.append((waiter, exc))
             if sent is None:
                 self._free += 1
-        for waiter, exc in failed:
-            waiter.deliver(Outcome(error=exc, crashed=True))
+        for waiter, error in failed:
+            waiter.deliver(Outcome(error=error, crashed=True))
         if sent is not None:
             self._send(*sent)
 
