@@ -749,6 +749,16 @@ def test_a_flow_cancelled_while_its_cluster_never_starts_ends_within_a_bound(run
 
 
 # == workers killed mid-task =======================================================================
+def tasks_held(address: str) -> int:
+    """How many tasks the scheduler at ``address`` holds now."""
+    with distributed.Client(address, set_as_default=False) as client:
+        return int(client.run_on_scheduler(_count_tasks))
+
+
+def _count_tasks(dask_scheduler: Any) -> int:
+    return len(dask_scheduler.tasks)
+
+
 def workers_of(address: str) -> set[str]:
     """The addresses of the workers the scheduler at ``address`` knows now."""
     with distributed.Client(address, set_as_default=False) as client:
@@ -830,6 +840,12 @@ def test_completed_work_is_not_recomputed_when_its_worker_dies_later(
             ran = await done
         address = current_runner().scheduler_address
         assert address is not None
+        with anyio.fail_after(WAIT):
+            # "Later": once the scheduler has let the run's Dask task go (its release is
+            # sent as the outcome comes home; a kill landing before the scheduler read it
+            # made the scheduler compute the task again for a client that still wanted it).
+            while await anyio.to_thread.run_sync(tasks_held, address):
+                await anyio.sleep(POLL)
         os.kill(ran["pid"], signal.SIGKILL)
         with anyio.fail_after(WAIT):
             while ran["worker"] in await anyio.to_thread.run_sync(workers_of, address):

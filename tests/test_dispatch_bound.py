@@ -271,6 +271,78 @@ def test_a_hook_may_submit_a_run_and_wait_for_it(run: Any, when: str) -> None:
     assert seen == [99] * 12
 
 
+def test_a_run_that_fails_before_its_call_gives_its_place_back_before_its_hooks(
+    run: Any,
+) -> None:
+    """A run name that cannot be made fails the run before any call: its on_failure hook
+    may wait for the run held behind it."""
+    box: list[Any] = []
+
+    def bad_name() -> str:
+        raise RuntimeError("no name today")
+
+    async def hook(task: Any, record: Any, state: Any) -> None:
+        box.append(await box[0])
+
+    named = sync_value.with_options(task_run_name=bad_name, on_failure=[hook])
+    runner = HeldRunner(1, gather=False)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[StateType, list[Any]]:
+        failed = named.submit(1)
+        box.append(sync_value.submit(2))  # held behind the first
+        state = await failed.wait(timeout=WAIT)
+        return state.type, box[1:]
+
+    assert run(main) == (StateType.FAILED, [2])
+
+
+def test_a_subflow_called_by_a_hook_is_bounded(run: Any) -> None:
+    """Runs a hook submits are not counted, but those of a subflow the hook calls are:
+    they belong to the subflow, not to the hook's task run."""
+    runner = HeldRunner(1)
+
+    @flow(task_runner=runner)  # its own (a duplicate: the same tracker)
+    async def sub() -> list[int]:
+        return [await future for future in sync_value.map(range(20))]
+
+    async def hook(task: Any, record: Any, state: Any) -> None:
+        assert await sub() == list(range(20))
+
+    hooked = add_one.with_options(on_completion=[hook])
+
+    @flow(task_runner=runner)
+    async def main() -> int:
+        return await hooked.submit("parent")
+
+    assert run(main) == 1
+    assert runner.tracker.peak == 1  # the parent's place was given back before the hook
+    assert sorted(runner.tracker.entered, key=str) == sorted(["parent", *range(20)], key=str)
+
+
+def test_a_bound_that_goes_bad_mid_run_keeps_the_last_good_one(
+    run: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    runner = HeldRunner(1)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[bool, list[int]]:
+        first = blocker.submit("blocker")
+        held = [sync_value.submit(i) for i in range(3)]
+        assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        runner.tracker.grown_to = -1
+        held.append(sync_value.submit(3))  # a submission rings: the bound is asked again
+        held.append(sync_value.submit(4))
+        release.set()
+        return await first, [await future for future in held]
+
+    assert run(main) == (True, [0, 1, 2, 3, 4])
+    assert runner.tracker.peak == 1
+    warnings = [r for r in caplog.records if "max_calls_in_flight is -1" in r.getMessage()]
+    assert len(warnings) == 1, warnings
+    assert "keeping the bound of 1" in warnings[0].getMessage()
+
+
 def test_a_run_waiting_out_its_retry_delay_holds_no_place(run: Any) -> None:
     """Its call came back (failed): the place is free for the next run while it waits."""
     runner = HeldRunner(1)

@@ -15,6 +15,8 @@ from orchestr import FlowRunRecord, State, TaskRunRecord, flow, override_setting
 from orchestr.exceptions import CrashedError
 from orchestr.states import StateType
 
+WAIT_HOOKS = 10  # seconds: the bound on a flow whose hooks call tasks and subflows
+
 
 class Fatal(BaseException):
     """A crash: a BaseException that is not cancellation."""
@@ -635,3 +637,106 @@ def test_hook_decorators_refuse_non_callables(decorator: Any) -> None:
         work.on_running(42)
     with pytest.raises(UsageError, match="on_completion"):
         work.on_completion("not a hook")
+
+
+# -- what hook code may call: in the hook's own convention ------------------------------------
+# An async hook is async code, whatever its run (it awaits the task and flow calls it
+# makes); a sync hook is sync code (its calls return values), on the flow's loop thread
+# or in a worker thread alike. Each call below comes back with its value.
+@task
+def _sync_value(x: Any) -> Any:
+    return x
+
+
+@task
+async def _async_value(x: Any) -> Any:
+    return x
+
+
+@flow
+async def _async_subflow(x: Any) -> Any:
+    return await _async_value(x)
+
+
+@flow
+def _sync_subflow(x: Any) -> Any:
+    return _sync_value(x)
+
+
+def _calling_hooks(seen: list[Any]) -> tuple[Any, Any]:
+    def sync_hook(owner: Any, record: Any, state: Any) -> None:
+        seen.append(("sync", _sync_value(1), _sync_subflow(2)))
+
+    async def async_hook(owner: Any, record: Any, state: Any) -> None:
+        seen.append(("async", await _async_value(1), await _async_subflow(2)))
+
+    return sync_hook, async_hook
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
+@pytest.mark.parametrize("how", ["submit", "inline"])
+@pytest.mark.parametrize("flow_kind", ["async", "sync"])
+def test_a_task_hook_calls_tasks_and_subflows_in_its_own_convention(
+    backend: str, hook_kind: str, task_kind: str, how: str, flow_kind: str
+) -> None:
+    """Every hook kind on every task kind, submitted or called inline, in async and sync
+    flows: an async hook of a sync task awaited an int (TypeError), and one of a sync
+    task called inline from async code deadlocked its flow's loop."""
+    seen: list[Any] = []
+    sync_hook, async_hook = _calling_hooks(seen)
+    hook = sync_hook if hook_kind == "sync" else async_hook
+    hooked = (_sync_value if task_kind == "sync" else _async_value).with_options(
+        on_completion=[hook]
+    )
+
+    if flow_kind == "async":
+
+        @flow
+        async def main() -> Any:
+            with anyio.fail_after(WAIT_HOOKS):
+                if how == "submit":
+                    return await hooked.submit(5)
+                return await hooked(5) if task_kind == "async" else hooked(5)
+
+        result = anyio.run(main, backend=backend)
+    else:
+
+        @flow
+        def sync_main() -> Any:
+            return hooked.submit(5).result(timeout=WAIT_HOOKS) if how == "submit" else hooked(5)
+
+        with override_settings(backend=backend):
+            result = sync_main()
+    assert result == 5
+    assert seen == [(hook_kind, 1, 2)]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("hook_kind", ["sync", "async"])
+@pytest.mark.parametrize("flow_kind", ["async", "sync"])
+def test_a_flow_hook_calls_tasks_and_subflows_in_its_own_convention(
+    backend: str, hook_kind: str, flow_kind: str
+) -> None:
+    seen: list[Any] = []
+    sync_hook, async_hook = _calling_hooks(seen)
+    hook = sync_hook if hook_kind == "sync" else async_hook
+
+    if flow_kind == "async":
+
+        @flow(on_completion=[hook])
+        async def main() -> int:
+            return 5
+
+        result = anyio.run(main, backend=backend)
+    else:
+
+        @flow(on_completion=[hook])
+        def sync_main() -> int:
+            return 5
+
+        with override_settings(backend=backend):
+            result = sync_main()
+    assert result == 5
+    assert seen == [(hook_kind, 1, 2)]

@@ -340,7 +340,9 @@ def test_timed_out_sync_flow_is_retried(backend: str) -> None:
     def step() -> int:
         return 10
 
-    @flow(timeout_seconds=0.2, retries=1)
+    # Long enough for the retried attempt (a task run in a worker thread) on a loaded
+    # machine: at 0.2 s it timed out too, once, under the whole suite's load.
+    @flow(timeout_seconds=1.0, retries=1)
     def main() -> int:
         bodies.append(1)
         if len(bodies) == 1:

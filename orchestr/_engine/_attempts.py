@@ -86,6 +86,9 @@ async def run_attempts(
     try:
         try:
             state = await _attempts(task, record, args, kwargs, driver)
+            # Before the hooks, which may wait for runs the run's place holds back
+            # (it has one if its attempts ended with no call coming back: a bad run name).
+            driver.give_back()
         except BaseException as exc:
             # Cancellation, or an interrupt that keeps propagating to the caller.
             _finish(run, record, future, _interrupted_state(record, exc, driver, future))

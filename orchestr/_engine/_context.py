@@ -21,6 +21,7 @@ __all__ = [
     "SubmissionScope",
     "TaskRunContext",
     "flow_run_var",
+    "hook_var",
     "retry_delay_override_var",
     "scope_var",
     "task_run_var",
@@ -50,6 +51,12 @@ class TaskRunContext:
 flow_run_var: ContextVar[FlowRun | None] = ContextVar("orchestr.flow_run", default=None)
 task_run_var: ContextVar[TaskRunContext | None] = ContextVar("orchestr.task_run", default=None)
 scope_var: ContextVar[SubmissionScope | None] = ContextVar("orchestr.scope", default=None)
+# Set while a hook or retry condition runs: the task run and flow run it was called for,
+# and whether its code is async. Its code follows its own convention, not its run's (an
+# async hook of a sync task awaits what it calls), while no run nested in it started.
+hook_var: ContextVar[tuple[TaskRunContext | None, FlowRun | None, bool] | None] = ContextVar(
+    "orchestr.hook", default=None
+)
 # Set by orchestr.testing.fast_retries(): replaces every retry delay.
 retry_delay_override_var: ContextVar[float | None] = ContextVar(
     "orchestr.retry_delay_override", default=None

@@ -17,7 +17,8 @@ it (about 8 KiB each: its coroutines, cancel scope, waiter), so 100,000 started 
 would hold most of a gigabyte. The runner says how many of one attempt's runs it wants
 started at once (:attr:`~orchestr.runners.TaskRunner.max_calls_in_flight`); the
 dispatcher holds the rest, in order, until a counted run's call comes back from the
-runner (asking the runner again each time, so a cluster that grows can take more).
+runner (a runner bounded as the attempt starts is asked again each time, so a cluster
+that grows can take more).
 Only runs that go straight to the runner count and are held: none of their upstreams
 still running, no limit, no ``on_running`` hook, not submitted by a task run's own code
 (its hooks). The others start at once, as before. That keeps the bound free of
@@ -115,6 +116,7 @@ class Dispatcher:
         "_room",
         "_rung",
         "_stopping",
+        "_warned",
         "_why",
         "closed",
         "pending",
@@ -128,6 +130,7 @@ class Dispatcher:
         self._rung = False  # a ring is on its way: later submissions need not ring
         self._stopping = False
         self._why: str | None = None  # why the attempt was cancelled, if it was
+        self._warned = False  # that the runner's bound went bad mid-attempt
         self.closed = False
         # How many counted runs may be started at once (None: no bound), how many are,
         # and the counted runs waiting for room, in submission order (loop thread only).
@@ -189,14 +192,30 @@ class Dispatcher:
                         task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
                     await anyio.lowlevel.checkpoint()
             else:
-                # Asked again at every ring: a cluster that scales up may take more.
-                room = room_on(run.runner)
-                await self._dispatch_bounded(task_group, math.inf if room is None else room)
+                await self._dispatch_bounded(task_group, self._current_room())
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):
             # the stop must not be missed, or the task group never exits.
             if self._stopping and not pending and not self._held:
                 return
+
+    def _current_room(self) -> float:
+        """The runner's bound, asked again at every ring (a cluster that scales up may
+        take more); the last good one if it now fails its checks (said once)."""
+        try:
+            room = room_on(self.run.runner)
+        except Exception as exc:
+            if not self._warned:
+                self._warned = True
+                _log.warning(
+                    "%s; keeping the bound of %s started runs for this flow run attempt",
+                    exc,
+                    self._room,
+                )
+            return self._room  # type: ignore[return-value]  # bounded: not None here
+        if room is not None:
+            self._room = room
+        return math.inf if room is None else room
 
     async def _dispatch_bounded(self, task_group: anyio.abc.TaskGroup, room: float) -> None:
         """Start queued runs, at most ``room`` counted ones at a time: held ones first
@@ -296,6 +315,7 @@ def _counted(job: Job) -> bool:
     tags = task.tags
     if (tags and has_limits(tags)) or task.on_running_hooks:
         return False
-    if job.context.get(task_run_var) is not None:
-        return False
+    submitter = job.context.get(task_run_var)
+    if submitter is not None and submitter.record.flow_run is job.future._record.flow_run:
+        return False  # a hook of one of this flow run's task runs
     return not job.upstreams or all(upstream.done() for upstream, _ in job.upstreams)

@@ -27,6 +27,7 @@ from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_threa
 from .._logging import log_prints_var
 from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity, expect_start, forget_start
+from ._context import flow_run_var, hook_var, task_run_var
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import LoopHandle, awaited, run_new_loop
 
@@ -191,10 +192,15 @@ class AsyncDriver:
                 return outcome.result()
             raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
         finally:
-            job = self.job
-            if job is not None:
-                self.job = None
-                job.give_back()
+            self.give_back()
+
+    def give_back(self) -> None:
+        """The run's place among those started on the runner, if it holds one: back to
+        its dispatcher (its call came back, or its attempts are over without one)."""
+        job = self.job
+        if job is not None:
+            self.job = None
+            job.give_back()
 
     async def wait(self, future: TaskFuture[Any]) -> None:
         """Wait on the loop for an upstream run to end."""
@@ -209,10 +215,16 @@ class AsyncDriver:
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""
-        outcome = hook(*args)
-        if inspect.isawaitable(outcome):
-            outcome = await outcome
-        return outcome
+        owner = (task_run_var.get(), flow_run_var.get())
+        token = hook_var.set((*owner, False))
+        try:
+            outcome = hook(*args)
+            if inspect.isawaitable(outcome):
+                hook_var.set((*owner, True))
+                outcome = await outcome
+            return outcome
+        finally:
+            hook_var.reset(token)
 
 
 class _StartClock:
@@ -288,14 +300,23 @@ class BlockingDriver:
         else:
             self.run.block(wakeup, seconds)
 
+    def give_back(self) -> None:
+        """Nothing to give back: a run on this driver holds no dispatcher's place."""
+
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""
-        outcome = call_user(hook, *args)
-        if inspect.isawaitable(outcome):
-            # An async hook on a sync run: give it a loop of its own, in a fresh thread
-            # (this thread may already be running one).
-            outcome = _in_new_thread(lambda: run_new_loop(awaited, outcome))
-        return outcome
+        owner = (task_run_var.get(), flow_run_var.get())
+        token = hook_var.set((*owner, False))
+        try:
+            outcome = call_user(hook, *args)
+            if inspect.isawaitable(outcome):
+                # An async hook on a sync run: give it a loop of its own, in a fresh
+                # thread (this thread may already be running one), where it is async code.
+                hook_var.set((*owner, True))
+                outcome = _in_new_thread(lambda: run_new_loop(awaited, outcome))
+            return outcome
+        finally:
+            hook_var.reset(token)
 
 
 def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str | None = None) -> T:

@@ -28,7 +28,7 @@ import anyio
 import anyio.lowlevel
 
 from ..exceptions import RunCancelled
-from ._context import flow_run_var, task_run_var
+from ._context import flow_run_var, hook_var, task_run_var
 from ._interrupts import cancelled_error, wait_event
 
 if TYPE_CHECKING:
@@ -201,6 +201,11 @@ def in_async_code() -> bool:
     """
     task_run = task_run_var.get()
     run = flow_run_var.get()
+    hook = hook_var.get()
+    if hook is not None and hook[0] is task_run and hook[1] is run:
+        # A hook's own code (no run started inside it since): async if the hook is,
+        # where it runs a loop (not in a worker thread it handed sync code to).
+        return hook[2] and loop_running()
     if (
         task_run is not None
         and not task_run.task.is_async
