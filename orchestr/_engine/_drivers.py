@@ -15,7 +15,8 @@ import inspect
 import sys
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import contextmanager
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -215,16 +216,12 @@ class AsyncDriver:
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""
-        owner = (task_run_var.get(), flow_run_var.get())
-        token = hook_var.set((*owner, False))
-        try:
+        with _hook_code() as turned_async:
             outcome = hook(*args)
             if inspect.isawaitable(outcome):
-                hook_var.set((*owner, True))
+                turned_async()
                 outcome = await outcome
             return outcome
-        finally:
-            hook_var.reset(token)
 
 
 class _StartClock:
@@ -305,18 +302,26 @@ class BlockingDriver:
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned."""
-        owner = (task_run_var.get(), flow_run_var.get())
-        token = hook_var.set((*owner, False))
-        try:
+        with _hook_code() as turned_async:
             outcome = call_user(hook, *args)
             if inspect.isawaitable(outcome):
                 # An async hook on a sync run: give it a loop of its own, in a fresh
                 # thread (this thread may already be running one), where it is async code.
-                hook_var.set((*owner, True))
+                turned_async()
                 outcome = _in_new_thread(lambda: run_new_loop(awaited, outcome))
             return outcome
-        finally:
-            hook_var.reset(token)
+
+
+@contextmanager
+def _hook_code() -> Iterator[Callable[[], object]]:
+    """While a hook or retry condition runs (``hook_var``): its code is sync code, until
+    it turns out to be async (it returned an awaitable: call what this gives)."""
+    owner = (task_run_var.get(), flow_run_var.get())
+    token = hook_var.set((*owner, False))
+    try:
+        yield lambda: hook_var.set((*owner, True))
+    finally:
+        hook_var.reset(token)
 
 
 def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str | None = None) -> T:
