@@ -6,8 +6,9 @@ process, so tasks can meet the test through module-level events) with eight thre
 that the bound, not the runner, is what limits how many calls reach it; it counts the
 calls inside its ``run()`` at once and the order they came in. What must hold: never more
 counted runs at the runner than the bound, and exactly that many when there is the work;
-held runs start in submission order; runs waiting for an upstream or a limit, runs with
-an on_running hook and runs a hook submits are never held (a held run could be what
+held runs start in submission order; runs waiting for an upstream are parked (not
+started) until it ends; runs waiting for a limit, runs with an on_running hook and runs
+a hook submits are never held (a held run could be what
 they wait for), and a run whose call came back holds no place (its hooks, its retry
 delay); the bound is asked for again as places free; a held run can be cancelled,
 fails, times out and is cut short by its flow run like any other; any dependency graph
@@ -32,6 +33,7 @@ from orchestr import (
     flow,
     override_settings,
     task,
+    unmapped,
 )
 from orchestr.exceptions import UsageError
 from orchestr.limits import limits
@@ -231,23 +233,6 @@ def test_a_run_waiting_for_a_limit_starts_while_the_room_is_full(run: Any) -> No
     assert runner.tracker.entered == ["blocker", "tagged"]
 
 
-def test_a_run_with_an_upstream_still_going_starts_while_the_room_is_full(run: Any) -> None:
-    """A run whose upstream was not done when it was dispatched is not counted either: it
-    waits for the upstream on the loop, then goes to the runner past the full room."""
-    runner = HeldRunner(1)
-    tagged = add_one.with_options(tags={TAG})
-
-    @flow(task_runner=runner)
-    async def main() -> tuple[bool, int, str]:
-        first = blocker.submit("blocker")
-        upstream = tagged.submit("upstream")  # not counted (its limit), not done yet
-        after = releaser.submit("after", wait_for=[upstream])
-        return await first, await upstream, await after
-
-    with limits(concurrency={TAG: 2}):
-        assert run(main) == (True, 1, "after")
-
-
 @pytest.mark.parametrize("when", ["on_running", "on_completion"])
 def test_a_hook_may_submit_a_run_and_wait_for_it(run: Any, when: str) -> None:
     """A task's hook runs in the flow's process; the runs it submits are never held
@@ -383,6 +368,51 @@ def test_a_bound_on_a_local_runner_is_refused_before_it_starts(run: Any) -> None
     with pytest.raises(UsageError, match=r"BoundThreads\.max_calls_in_flight is 4.*local"):
         run(main)
     assert started_runners == []
+
+
+def _started_runs() -> int:
+    """Task runs started on the loop now (anyio's public view of the loop's tasks)."""
+    return sum(1 for info in anyio.get_running_tasks() if info.name == "orchestr task run")
+
+
+@pytest.mark.parametrize("end", ["released", "cancelled", "timed out"])
+def test_runs_waiting_for_an_upstream_are_parked_not_started(run: Any, end: str) -> None:
+    """A map over a blocked run's future: its 20 runs wait parked (none started, each a
+    few hundred bytes), then run once it ends; or, cancelled or timed out while parked,
+    end Cancelled without reaching the runner."""
+    runner = HeldRunner(1)
+    later: list[Any] = []
+
+    @flow(task_runner=runner, timeout_seconds=0.5 if end == "timed out" else None)
+    async def main() -> Any:
+        first = blocker.submit("blocker")
+        later.extend(add_one.map([str(i) for i in range(20)], unmapped(first)))
+        assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        with anyio.fail_after(WAIT):
+            while _started_runs() != 1:  # the blocker's: the dispatcher took the map in
+                await anyio.sleep(0.001)
+        for _ in range(5):  # and it stays so
+            await anyio.lowlevel.checkpoint()
+            assert _started_runs() == 1
+        if end == "timed out":
+            await anyio.sleep(WAIT)
+        if end == "cancelled":
+            for future in later:
+                future.cancel()
+        release.set()
+        return [await future for future in later] if end == "released" else await first
+
+    if end == "released":
+        assert run(main) == [2] * 20  # 1 + True
+        assert sorted(runner.tracker.entered[1:]) == sorted(str(i) for i in range(20))
+        return
+    state = run(lambda: main(return_state=True))
+    kinds = [future.state.type for future in later]
+    assert kinds == [StateType.CANCELLED] * 20
+    assert runner.tracker.entered == ["blocker"]
+    if end == "timed out":
+        assert (state.type, state.name) == (StateType.FAILED, "TimedOut")
+        assert all("before it started" in (f.state.message or "") for f in later)
 
 
 # -- held runs end like any other -----------------------------------------------------------

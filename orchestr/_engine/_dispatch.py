@@ -19,10 +19,12 @@ started at once (:attr:`~orchestr.runners.TaskRunner.max_calls_in_flight`); the
 dispatcher holds the rest, in order, until a counted run's call comes back from the
 runner (a runner bounded as the attempt starts is asked again each time, so a cluster
 that grows can take more).
-Only runs that go straight to the runner count and are held: none of their upstreams
-still running, no limit, no ``on_running`` hook, not submitted by a task run's own code
-(its hooks). The others start at once, as before. That keeps the bound free of
-deadlock: from its start to its call's return a counted run executes only the engine
+Only runs that go straight to the runner count and are held: no limit, no
+``on_running`` hook, not submitted by a task run's own code (its hooks). The others
+start at once, as before. A counted run with an upstream still going is parked (a
+callback on that upstream queues it again), not started to wait: a ``.map()`` over a
+``.map()``'s futures would otherwise start every run of the second. That keeps the
+bound free of deadlock: from its start to its call's return a counted run executes only the engine
 and the runner's ``run()``, whose calls cannot wait for runs of this flow (a nested
 ``.submit()`` in another process raises; local runners take no bound), so it always
 gives its place back; what it does afterwards (hooks, retry delays) holds no place.
@@ -113,6 +115,7 @@ class Dispatcher:
         "_doorbell",
         "_held",
         "_in_flight",
+        "_parked",
         "_room",
         "_rung",
         "_stopping",
@@ -137,6 +140,8 @@ class Dispatcher:
         self._room = room_on(run.runner) if run.runner is not None else None
         self._in_flight = 0
         self._held: deque[Job] = deque()
+        # Counted runs waiting for an upstream, by id (taken by whoever pops them first).
+        self._parked: dict[int, Job] = {}
 
     def enqueue(self, job: Job) -> None:
         """Queue a submitted run; callable from any thread, never blocks."""
@@ -229,8 +234,11 @@ class Dispatcher:
                     self._place(task_group, held.popleft())
                 elif pending:
                     job = pending.popleft()
-                    if not _counted(job):
+                    counted, upstream = _counted(job)
+                    if not counted:
                         task_group.start_soon(execute, run, job, name=_TASK_NAME)
+                    elif upstream is not None:
+                        self._park(job, upstream)
                     elif held or self._in_flight >= room:
                         held.append(job)
                     else:
@@ -238,6 +246,21 @@ class Dispatcher:
                 else:
                     break
             await anyio.lowlevel.checkpoint()
+
+    def _park(self, job: Job, upstream: TaskFuture[Any]) -> None:
+        """Keep a run aside until ``upstream`` (one of its upstreams, still going) is
+        final, then queue it again: a few hundred bytes, instead of a started run
+        waiting for it (a map over a map's futures would start all of them)."""
+        key = id(job)
+        self._parked[key] = job
+        upstream.add_done_callback(lambda _: self._unpark(key))
+
+    def _unpark(self, key: int) -> None:
+        # From the thread that finished the upstream. Whoever pops the job (this, or
+        # cancel_queued() at the end) owns it.
+        job = self._parked.pop(key, None)
+        if job is not None:
+            self.enqueue(job)
 
     def _place(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
         self._in_flight += 1
@@ -273,6 +296,13 @@ class Dispatcher:
     def cancel_queued(self) -> None:
         """Finish every queued run Cancelled (from any thread)."""
         run = self.run
+        parked = self._parked
+        while parked:
+            try:
+                _, job = parked.popitem()
+            except KeyError:  # an upstream's end took the last one
+                break
+            self.pending.append(job)
         for queue in (self._held, self.pending):
             while queue:
                 try:
@@ -306,16 +336,20 @@ def room_on(runner: TaskRunner) -> int | None:
     return room
 
 
-def _counted(job: Job) -> bool:
-    """Whether the run goes straight to the runner: no upstream still running, no
-    limit to wait for, no ``on_running`` hook (code on the loop, which may wait for
-    anything), and not submitted by a task run's code (a hook, which may wait for what
-    it submitted). Only those are held for room."""
+def _counted(job: Job) -> tuple[bool, TaskFuture[Any] | None]:
+    """Whether the run goes straight to the runner once its upstreams are done (no limit
+    to wait for, no ``on_running`` hook: code on the loop, which may wait for anything;
+    not submitted by a task run's code: a hook, which may wait for what it submitted),
+    and if so, an upstream still going, if any. Only those are held for room, or parked
+    until that upstream ends."""
     task = job.task
     tags = task.tags
     if (tags and has_limits(tags)) or task.on_running_hooks:
-        return False
+        return False, None
     submitter = job.context.get(task_run_var)
     if submitter is not None and submitter.record.flow_run is job.future._record.flow_run:
-        return False  # a hook of one of this flow run's task runs
-    return not job.upstreams or all(upstream.done() for upstream, _ in job.upstreams)
+        return False, None  # a hook of one of this flow run's task runs
+    for upstream, _ in job.upstreams:
+        if not upstream.done():
+            return True, upstream
+    return True, None

@@ -77,8 +77,9 @@ class TaskRunner(abc.ABC):
         """How many task runs of one flow run attempt the engine keeps started on this
         runner at once; the others wait, in order, in the flow's process, as a few
         hundred bytes each instead of a started call's ~8 KiB, and start as calls come
-        back. Only runs that go straight to the runner count (no upstream run still
-        going, no limit, no ``on_running`` hook, not submitted by a hook). Read again
+        back. Only runs that go straight to the runner count (no limit, no
+        ``on_running`` hook, not submitted by a hook; one whose upstream is still going
+        waits, not started, until it ends). Read again
         whenever a place frees, so it may change. ``None``: no bound. The default bounds
         runners that are not local at 1,024, so a 100,000-run fan-out does not hold a
         gigabyte; a local runner must say ``None`` (its async runs execute on the flow's
