@@ -415,6 +415,26 @@ def test_runs_waiting_for_an_upstream_are_parked_not_started(run: Any, end: str)
         assert all("before it started" in (f.state.message or "") for f in later)
 
 
+def test_a_run_waiting_for_many_upstreams_is_started_to_wait(run: Any) -> None:
+    """One run over 40 unfinished futures (a barrier) is not parked (it would be
+    checked again as each ends) but started to wait, and gets every value."""
+    runner = HeldRunner(2, gather=False)
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[int, int]:
+        first = blocker.submit("blocker")
+        inputs = [add_one.submit(str(i), first) for i in range(40)]  # parked: 1 upstream
+        total = add_one.submit("total", *inputs)
+        assert await anyio.to_thread.run_sync(started.wait, WAIT)
+        with anyio.fail_after(WAIT):
+            while _started_runs() != 2:  # the blocker's and the barrier's
+                await anyio.sleep(0.001)
+        release.set()
+        return await total, len(runner.tracker.entered)
+
+    assert run(main) == (1 + 40 * 2, 42)
+
+
 # -- held runs end like any other -----------------------------------------------------------
 def test_a_held_run_cancelled_never_reaches_the_runner(run: Any) -> None:
     runner = HeldRunner(1)

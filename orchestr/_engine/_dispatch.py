@@ -67,6 +67,9 @@ __all__ = ["ENDED_FIRST", "Dispatcher", "Job", "JobExecutor", "room_on"]
 # run). 32 runs' worth mostly dies young (benchmarks/bench_load.py).
 _BATCH = 32
 _TASK_NAME = "orchestr task run"  # given: anyio would work one out per run
+# A counted run with at most this many upstreams waits for them parked; one with more
+# is started to wait (see _counted).
+_PARK_MOST = 8
 # Why a run that never started was cancelled.
 ENDED_FIRST = "its flow run ended first"
 _log = logging.getLogger("orchestr.flow_runs")
@@ -259,7 +262,11 @@ class Dispatcher:
         # From the thread that finished the upstream. Whoever pops the job (this, or
         # cancel_queued() at the end) owns it.
         job = self._parked.pop(key, None)
-        if job is not None:
+        if job is None:
+            return
+        if self.closed:  # the attempt ended while it waited: not a late submission
+            self._cancel_unstarted(job)
+        else:
             self.enqueue(job)
 
     def _place(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
@@ -295,7 +302,6 @@ class Dispatcher:
 
     def cancel_queued(self) -> None:
         """Finish every queued run Cancelled (from any thread)."""
-        run = self.run
         parked = self._parked
         while parked:
             try:
@@ -309,13 +315,17 @@ class Dispatcher:
                     job = queue.popleft()
                 except IndexError:  # another thread took the last one
                     break
-                if self._why is not None:
-                    why = f"{self._why} before it started"
-                elif run.cancel_requested:
-                    why = f"{run.why_cancelled()} before it started"
-                else:
-                    why = ENDED_FIRST
-                run.finish(job.future, cancelled_state(job.future._record, why))
+                self._cancel_unstarted(job)
+
+    def _cancel_unstarted(self, job: Job) -> None:
+        run = self.run
+        if self._why is not None:
+            why = f"{self._why} before it started"
+        elif run.cancel_requested:
+            why = f"{run.why_cancelled()} before it started"
+        else:
+            why = ENDED_FIRST
+        run.finish(job.future, cancelled_state(job.future._record, why))
 
 
 def room_on(runner: TaskRunner) -> int | None:
@@ -349,7 +359,12 @@ def _counted(job: Job) -> tuple[bool, TaskFuture[Any] | None]:
     submitter = job.context.get(task_run_var)
     if submitter is not None and submitter.record.flow_run is job.future._record.flow_run:
         return False, None  # a hook of one of this flow run's task runs
-    for upstream, _ in job.upstreams:
+    upstreams = job.upstreams
+    for upstream, _ in upstreams:
         if not upstream.done():
+            if len(upstreams) > _PARK_MOST:
+                # One run waiting for many (a barrier): started, it costs one run's
+                # coroutines; parked, it would be checked again as each of them ends.
+                return False, None
             return True, upstream
     return True, None
