@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+from shared_tasks import async_value, sync_value
 
 from orchestr import FlowRunRecord, State, TaskRunRecord, flow, override_settings, task
 from orchestr.exceptions import CrashedError
@@ -643,32 +644,22 @@ def test_hook_decorators_refuse_non_callables(decorator: Any) -> None:
 # An async hook is async code, whatever its run (it awaits the task and flow calls it
 # makes); a sync hook is sync code (its calls return values), on the flow's loop thread
 # or in a worker thread alike. Each call below comes back with its value.
-@task
-def _sync_value(x: Any) -> Any:
-    return x
-
-
-@task
-async def _async_value(x: Any) -> Any:
-    return x
-
-
 @flow
 async def _async_subflow(x: Any) -> Any:
-    return await _async_value(x)
+    return await async_value(x)
 
 
 @flow
 def _sync_subflow(x: Any) -> Any:
-    return _sync_value(x)
+    return sync_value(x)
 
 
 def _calling_hooks(seen: list[Any]) -> tuple[Any, Any]:
     def sync_hook(owner: Any, record: Any, state: Any) -> None:
-        seen.append(("sync", _sync_value(1), _sync_subflow(2)))
+        seen.append(("sync", sync_value(1), _sync_subflow(2)))
 
     async def async_hook(owner: Any, record: Any, state: Any) -> None:
-        seen.append(("async", await _async_value(1), await _async_subflow(2)))
+        seen.append(("async", await async_value(1), await _async_subflow(2)))
 
     return sync_hook, async_hook
 
@@ -687,9 +678,7 @@ def test_a_task_hook_calls_tasks_and_subflows_in_its_own_convention(
     seen: list[Any] = []
     sync_hook, async_hook = _calling_hooks(seen)
     hook = sync_hook if hook_kind == "sync" else async_hook
-    hooked = (_sync_value if task_kind == "sync" else _async_value).with_options(
-        on_completion=[hook]
-    )
+    hooked = (sync_value if task_kind == "sync" else async_value).with_options(on_completion=[hook])
 
     if flow_kind == "async":
 
