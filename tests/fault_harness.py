@@ -944,18 +944,12 @@ def _journal_dir() -> str:
     return _JOURNALS
 
 
-class _HeldProcessPool(ProcessPoolTaskRunner):
-    @property
-    def max_calls_in_flight(self) -> int:
-        return FAR_IN_FLIGHT
-
-
 def make_runner(runner: str, dask_address: str | None = None) -> TaskRunner | None:
     """The flow's task runner (a template each flow run duplicates); None: the default."""
     if runner == "threads":
         return None
     if runner == "processes":
-        return _HeldProcessPool(FAR_WORKERS)
+        return ProcessPoolTaskRunner(FAR_WORKERS, max_calls_in_flight=FAR_IN_FLIGHT)
     if runner == "dask":
         from orchestr.dask import DaskTaskRunner  # imports distributed: only when asked
 

@@ -280,15 +280,10 @@ def main(argv: list[str]) -> None:
     if runner == "processes":
         from orchestr import ProcessPoolTaskRunner
 
-        class HeldProcessPool(ProcessPoolTaskRunner):
+        def make_runner() -> Any:
             # Bounded at its workers, below the 2-4 task runs a trial flow submits:
             # signals also land while the engine holds runs back.
-            @property
-            def max_calls_in_flight(self) -> int:
-                return 2
-
-        def make_runner() -> Any:
-            return HeldProcessPool(2)
+            return ProcessPoolTaskRunner(2, max_calls_in_flight=2)
 
     elif runner == "dask":
         from orchestr.dask import DaskTaskRunner

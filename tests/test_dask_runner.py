@@ -35,6 +35,7 @@ import anyio.to_thread
 import distributed
 import psutil
 import pytest
+import shared_tasks
 from dask_processes import (
     BOUND,
     LOOPBACK_ANY_PORT,
@@ -719,3 +720,33 @@ def test_the_bound_on_started_runs_grows_with_the_cluster(run: Callable[..., Any
                 await runner.shutdown()
 
     assert run(go) == 1200
+
+
+def test_a_bound_given_is_kept_whatever_the_cluster(run: Callable[..., Any]) -> None:
+    """max_calls_in_flight=2 on a cluster of one in-process worker of 8 threads: the
+    bound stays 2 once the client knows the cluster, duplicates keep it, and 12 runs that
+    each need another in its body at once (a barrier of two) all end with never more
+    than two on the cluster."""
+    shared_tasks.pairs = shared_tasks.Pairs()
+    runner = DaskTaskRunner(
+        cluster_kwargs={**IN_PROCESS, "threads_per_worker": 8}, max_calls_in_flight=2
+    )
+    assert runner.duplicate().max_calls_in_flight == 2
+
+    @flow(task_runner=runner)
+    async def main() -> list[int]:
+        with anyio.fail_after(BOUND):
+            return [await future for future in shared_tasks.in_pairs.map(range(12))]
+
+    assert run(main) == list(range(12))
+    assert shared_tasks.pairs.peak == 2
+
+    async def started_bound() -> int | None:
+        with anyio.fail_after(BOUND):
+            await runner.start()
+            try:
+                return runner.max_calls_in_flight
+            finally:
+                await runner.shutdown()
+
+    assert run(started_bound) == 2

@@ -17,14 +17,16 @@ ends; a bad bound, or any bound on a local runner, is refused before the runner 
 
 from __future__ import annotations
 
+import itertools
 import threading
 from typing import Any
 
 import anyio
 import pytest
+import shared_tasks
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from shared_tasks import async_value, sync_fails, sync_value
+from shared_tasks import async_value, in_pairs, sync_fails, sync_value, timed_nap
 
 from orchestr import (
     ProcessPoolTaskRunner,
@@ -213,6 +215,64 @@ def test_default_bounds() -> None:
     assert ThreadPoolTaskRunner(2).max_calls_in_flight is None
     assert PicklingTaskRunner(2).max_calls_in_flight == 1024
     assert ProcessPoolTaskRunner(2).max_calls_in_flight == 1024
+
+
+# -- the bound as a constructor option ------------------------------------------------------
+def test_the_option_bounds_a_runner_given_it(run: Any) -> None:
+    """``max_calls_in_flight=2`` on a pickling runner of eight threads: 20 runs that each
+    need another in its body at once (a barrier of two) all end, and never more than two
+    were at the runner (without the option, eight would be)."""
+    shared_tasks.pairs = shared_tasks.Pairs()
+    runner = PicklingTaskRunner(8, max_calls_in_flight=2)
+
+    @flow(task_runner=runner)
+    async def main() -> list[int]:
+        return [await future for future in in_pairs.map(range(20))]
+
+    assert run(main) == list(range(20))
+    assert shared_tasks.pairs.peak == 2
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda bound: ProcessPoolTaskRunner(2, max_calls_in_flight=bound),
+        lambda bound: PicklingTaskRunner(2, max_calls_in_flight=bound),
+    ],
+    ids=["processes", "pickling"],
+)
+def test_the_option_is_kept_by_duplicates(make: Any) -> None:
+    """A flow run works on a duplicate of the runner: the bound goes with it; "auto" is
+    the default's 1,024, None is no bound."""
+    for option, bound in ((3, 3), (None, None), ("auto", 1024)):
+        runner = make(option)
+        assert runner.max_calls_in_flight == bound
+        assert runner.duplicate().max_calls_in_flight == bound
+
+
+def test_the_option_bounds_a_process_pool() -> None:
+    """On real worker processes, with ``max_calls_in_flight=1`` the runs of a fan-out do
+    not overlap in time though two workers are free (each reports when its body ran, on
+    the system's monotonic clock)."""
+    runner = ProcessPoolTaskRunner(2, max_calls_in_flight=1)
+
+    @flow(task_runner=runner)
+    def main() -> list[tuple[float, float]]:
+        return [future.result() for future in timed_nap.map([0.02] * 6)]
+
+    spans = sorted(main())
+    assert len(spans) == 6
+    assert all(earlier[1] <= later[0] for earlier, later in itertools.pairwise(spans))
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "8", "AUTO", [2]])
+@pytest.mark.parametrize("runner_class", [ProcessPoolTaskRunner, PicklingTaskRunner])
+def test_a_bad_option_is_refused_at_construction(runner_class: Any, bad: Any) -> None:
+    """A bad bound is a UsageError naming the option and the runner where the runner is
+    made, not when a flow first runs on it."""
+    message = rf"max_calls_in_flight of {runner_class.__name__} must be a whole number >= 1"
+    with pytest.raises(UsageError, match=message):
+        runner_class(2, max_calls_in_flight=bad)
 
 
 # -- what is never held ---------------------------------------------------------------------

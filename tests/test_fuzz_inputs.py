@@ -71,6 +71,7 @@ from orchestr.limits import (
 )
 from orchestr.resources import Pool, resource, resource_manager, scope
 from orchestr.runners import TaskRunner
+from orchestr.testing import PicklingTaskRunner
 
 _ENV_EXAMPLES = int(os.environ.get("ORCHESTR_FUZZ_EXAMPLES", "0"))
 WAIT = 10  # seconds: the bound on every wait for something that should end at once
@@ -772,6 +773,21 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], list[str], Callable[[Any], b
         lambda v: ProcessPoolTaskRunner(start_method=v),
         ["start_method"],
         lambda v: v is None or v in ("spawn", "forkserver") if isinstance(v, str) else v is None,
+    ),
+    "ProcessPoolTaskRunner.max_calls_in_flight": (
+        lambda v: ProcessPoolTaskRunner(max_calls_in_flight=v),
+        ["max_calls_in_flight", "ProcessPoolTaskRunner"],
+        lambda v: v is None or v == "auto" or _count(v),
+    ),
+    "DaskTaskRunner.max_calls_in_flight": (
+        lambda v: DaskTaskRunner(max_calls_in_flight=v),
+        ["max_calls_in_flight", "DaskTaskRunner"],
+        lambda v: v is None or v == "auto" or _count(v),
+    ),
+    "PicklingTaskRunner.max_calls_in_flight": (
+        lambda v: PicklingTaskRunner(max_calls_in_flight=v),
+        ["max_calls_in_flight", "PicklingTaskRunner"],
+        lambda v: v is None or v == "auto" or _count(v),
     ),
     "DaskTaskRunner.connect_timeout": (
         lambda v: DaskTaskRunner(connect_timeout=v),

@@ -77,20 +77,14 @@ FLOW_TIMEOUT = 1.5  # a flow's: its task runs (in new worker processes) start we
 QUEUED_BOUND = 2.0  # how long a trivial call on a free worker may take to be done
 
 
-class HeldPicklingTaskRunner(PicklingTaskRunner):
-    """The pickling runner whose flow runs start no more runs on it than its workers can
-    take: the tightest bound that keeps them busy."""
-
-    @property
-    def max_calls_in_flight(self) -> int:
-        return self.max_workers
-
-
 RUNNERS: dict[str, type[TaskRunner]] = {
     "threads": ThreadPoolTaskRunner,
     "processes": ProcessPoolTaskRunner,
     "pickling": PicklingTaskRunner,
-    "held": HeldPicklingTaskRunner,
+    # The pickling runner whose flow runs start no more runs on it than its workers can
+    # take (max_calls_in_flight, given to it by runner_options): the tightest bound that
+    # keeps them busy.
+    "held": PicklingTaskRunner,
 }
 KINDS = [*RUNNERS, "dask"]
 
@@ -110,7 +104,7 @@ def make_runner(kind: str, request: pytest.FixtureRequest) -> Callable[..., Task
         if kind == "dask":
             # The shared session cluster: each flow run only connects a client.
             return cls(address=request.getfixturevalue("dask_address"))  # type: ignore[no-any-return]
-        return cls(2)  # type: ignore[no-any-return]
+        return cls(2, **runner_options(kind, 2))  # type: ignore[no-any-return]
 
     return make
 
@@ -130,6 +124,11 @@ def slots(kind: str, request: pytest.FixtureRequest) -> int:
         dask_workers(request.getfixturevalue("dask_address"), count=2)
         return 4
     return 2
+
+
+def runner_options(kind: str, workers: int) -> dict[str, Any]:
+    """The keywords that make a runner of ``kind`` with ``workers`` workers."""
+    return {"max_calls_in_flight": workers} if kind == "held" else {}
 
 
 def runner_class(kind: str) -> type[TaskRunner]:
@@ -1769,7 +1768,7 @@ def test_a_sync_subflow_runs_its_calls_on_the_parents_runner_of_one_worker(
     On Dask the slots are the shared cluster's worker threads, held by no loop of this
     process: what this proves there is that the sync subflow's loop reaches the parent's
     client (which lives on a loop of its own)."""
-    runner = make_runner() if kind == "dask" else RUNNERS[kind](1)  # type: ignore[call-arg]
+    runner = make_runner() if kind == "dask" else RUNNERS[kind](1, **runner_options(kind, 1))  # type: ignore[call-arg]
 
     @flow
     def child(x: int) -> int:

@@ -64,7 +64,7 @@ except ImportError as exc:  # here, not when a flow first runs
 from .._checks import is_number, seconds
 from .._logging import handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
-from ..runners._base import TaskRunner, WorkerScope
+from ..runners._base import CallBound, TaskRunner, WorkerScope, checked_bound
 from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
 from ._bridge import ClientLoop
@@ -80,7 +80,10 @@ _cancelling: set[Any] = set()  # cancellations of Dask futures on their way
 
 class DaskTaskRunner(TaskRunner):
     """Runs task calls (sync and async) on a Dask cluster: a temporary one by default
-    (see the module docstring for the modes and what happens on failures)."""
+    (see the module docstring for the modes and what happens on failures).
+    ``max_calls_in_flight``: how many task runs of a flow run attempt are started on the
+    cluster at once, the rest waiting in order in the flow's process (``"auto"``: four
+    per worker thread of the cluster, at least 1,024; ``None``: no bound)."""
 
     local: ClassVar[bool] = False
 
@@ -94,6 +97,7 @@ class DaskTaskRunner(TaskRunner):
         *,
         cluster: Any = None,
         connect_timeout: float = 10.0,
+        max_calls_in_flight: CallBound = "auto",
     ) -> None:
         given = [n for n, v in (("address", address), ("cluster", cluster)) if v is not None]
         if cluster_class is not None:
@@ -121,6 +125,7 @@ class DaskTaskRunner(TaskRunner):
                 "cluster_kwargs and adapt_kwargs of DaskTaskRunner configure a temporary "
                 "cluster: they cannot go with address or cluster (which are left as they are)"
             )
+        self._bound = checked_bound(max_calls_in_flight, "DaskTaskRunner")
         self.cluster_class = cluster_class
         self._factory = _cluster_factory(cluster_class)
         self.cluster_kwargs = dict(cluster_kwargs or {})
@@ -152,6 +157,7 @@ class DaskTaskRunner(TaskRunner):
             self.address,
             cluster=self.existing_cluster,
             connect_timeout=self.connect_timeout,
+            max_calls_in_flight=self._bound,
         )
 
     async def start(self) -> None:
@@ -353,10 +359,13 @@ class DaskTaskRunner(TaskRunner):
         return load_outcome(body, call.key)
 
     @property
-    def max_calls_in_flight(self) -> int:
-        """At least 1,024, and four calls per worker thread of the cluster as the client
-        last heard (Dask refreshes its count every few seconds): a cluster of thousands
-        of threads gets them all busy, and one that adapts gets more as it grows."""
+    def max_calls_in_flight(self) -> int | None:
+        """The bound given, or by default at least 1,024, and four calls per worker
+        thread of the cluster as the client last heard (Dask refreshes its count every
+        few seconds): a cluster of thousands of threads gets them all busy, and one that
+        adapts gets more as it grows."""
+        if self._bound != "auto":
+            return self._bound
         threads = 0
         # The client's cached copy of the scheduler's totals, which its loop refreshes
         # (scheduler-info-interval). Not client.scheduler_info(): off the client's loop

@@ -22,13 +22,32 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+
+from ..exceptions import UsageError
 
 if TYPE_CHECKING:
     from .._limits._backends import LimitBackend
     from ._call import Call, Outcome
 
 __all__ = ["TaskRunner", "WorkerScope"]
+
+#: The ``max_calls_in_flight=`` a runner's constructor takes: a whole number of at least
+#: 1, ``None`` for no bound, or ``"auto"`` for the runner's own default.
+CallBound = int | Literal["auto"] | None
+
+
+def checked_bound(value: object, runner: str) -> CallBound:
+    """``value`` as a ``max_calls_in_flight=`` option of ``runner``'s constructor, or a
+    UsageError naming both (a bad bound would otherwise surface only when a flow ran)."""
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value  # type: ignore[return-value]
+    if type(value) is not int or value < 1:
+        raise UsageError(
+            f"max_calls_in_flight of {runner} must be a whole number >= 1, None (no bound) "
+            f'or "auto" (the default), got {value!r}'
+        )
+    return value
 
 
 class WorkerScope:

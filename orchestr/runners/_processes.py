@@ -52,7 +52,7 @@ import anyio
 from .._engine._loop import LoopHandle
 from .._logging import handle_shipped_record
 from ..exceptions import UsageError, WorkerLostError
-from ._base import TaskRunner
+from ._base import CallBound, TaskRunner, checked_bound
 from ._call import Call, Outcome, call_started
 from ._pickling import PROTOCOL as _PROTOCOL
 from ._pickling import dump_call, load_outcome
@@ -71,12 +71,21 @@ _STOP_GRACE = 2.0  # a call told to stop that still runs after this: its worker 
 class ProcessPoolTaskRunner(TaskRunner):
     """Runs task calls (sync and async) in at most ``max_workers`` worker processes
     (default: the CPU count). ``start_method``: ``"forkserver"`` (default where available)
-    or ``"spawn"``. See the module docstring for what happens on timeouts and crashes."""
+    or ``"spawn"``. ``max_calls_in_flight``: how many task runs of a flow run attempt are
+    started on the pool at once, the rest waiting in order in the flow's process
+    (``"auto"``: 1,024; ``None``: no bound). See the module docstring for what happens on
+    timeouts and crashes."""
 
     local: ClassVar[bool] = False
     reports_start: ClassVar[bool] = True
 
-    def __init__(self, max_workers: int | None = None, *, start_method: str | None = None) -> None:
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        *,
+        start_method: str | None = None,
+        max_calls_in_flight: CallBound = "auto",
+    ) -> None:
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
@@ -96,12 +105,19 @@ class ProcessPoolTaskRunner(TaskRunner):
                 f"start_method of ProcessPoolTaskRunner must be one of {usable} "
                 f"(fork is unsafe in a process with threads), got {start_method!r}"
             )
+        self._bound = checked_bound(max_calls_in_flight, "ProcessPoolTaskRunner")
         self.max_workers = max_workers or os.cpu_count() or 1
         self.start_method = start_method
         self._pool: _Pool | None = None
 
     def duplicate(self) -> Self:
-        return type(self)(self.max_workers, start_method=self.start_method)
+        return type(self)(
+            self.max_workers, start_method=self.start_method, max_calls_in_flight=self._bound
+        )
+
+    @property
+    def max_calls_in_flight(self) -> int | None:
+        return 1024 if self._bound == "auto" else self._bound
 
     async def start(self) -> None:
         self._pool = _Pool(self.max_workers, self.start_method)
@@ -127,7 +143,9 @@ class ProcessPoolTaskRunner(TaskRunner):
     def __repr__(self) -> str:
         return (
             f"ProcessPoolTaskRunner(max_workers={self.max_workers}, "
-            f"start_method={self.start_method!r})"
+            f"start_method={self.start_method!r}"
+            + ("" if self._bound == "auto" else f", max_calls_in_flight={self._bound!r}")
+            + ")"
         )
 
 

@@ -20,7 +20,7 @@ import anyio.to_thread
 
 from .._semaphore import Semaphore
 from ..exceptions import UsageError
-from ..runners._base import TaskRunner
+from ..runners._base import CallBound, TaskRunner, checked_bound
 from ..runners._call import Call, Outcome, call_started
 from ..runners._pickling import dump_call, far_side, load_outcome
 
@@ -34,12 +34,13 @@ class PicklingTaskRunner(TaskRunner):
     local: ClassVar[bool] = False
     reports_start: ClassVar[bool] = True
 
-    def __init__(self, max_workers: int = 4) -> None:
+    def __init__(self, max_workers: int = 4, *, max_calls_in_flight: CallBound = "auto") -> None:
         if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
             raise UsageError(
                 "max_workers of PicklingTaskRunner must be a whole number >= 1, "
                 f"got {max_workers!r}"
             )
+        self._bound = checked_bound(max_calls_in_flight, "PicklingTaskRunner")
         self.max_workers = max_workers
         # Not an anyio limiter: a started runner serves the loops of sync subflows too.
         self._slots: Semaphore | None = None
@@ -47,7 +48,11 @@ class PicklingTaskRunner(TaskRunner):
         self.keys: list[str] = []
 
     def duplicate(self) -> Self:
-        return type(self)(self.max_workers)
+        return type(self)(self.max_workers, max_calls_in_flight=self._bound)
+
+    @property
+    def max_calls_in_flight(self) -> int | None:
+        return 1024 if self._bound == "auto" else self._bound
 
     async def start(self) -> None:
         self._slots = Semaphore(self.max_workers)
