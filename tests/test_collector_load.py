@@ -3,8 +3,10 @@
 A flow that submits 100,000 runs before it awaits them keeps them all alive, and the
 collector's full collections walk every tracked object alive: an object more per waiting
 run is a quarter more work for it at three (and full collections come more often as
-the objects pile up). A finished run that nobody has looked at yet keeps three: its
-future, its record and its final state (which holds the result). These tests count the
+the objects pile up). A finished run whose result was taken (``await fut``,
+``fut.result()``) keeps two: its future (which holds the result) and its record; its
+final state is made only when asked for (``fut.state``, ``fut.wait()``), and then kept:
+three. These tests count the
 tracked objects each shape of fan-out adds per run, with the run history on (its queue
 holds the runs' final states while a burst goes on), so that a tuple, a closure, a
 context or a list kept per run shows here rather than as a bend in
@@ -59,7 +61,7 @@ def _history_writer_held(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 RUNS = 2_000
-PER_RUN = 3  # the future, the record, the final state
+PER_RUN = 2  # the future (with the result), the record
 # Per run: caches filled once, and on asyncio the last few runs' engine tasks, still
 # finishing as the count is taken (0.13 per run at 2,000). One object kept per run
 # would add 1.
@@ -77,7 +79,7 @@ def _async_submitted(backend: str, submitted: Any = async_value) -> float:
         before = _tracked()
         futures = [submitted.submit(i) for i in range(RUNS)]
         for future in futures:
-            await future.wait()
+            await future
         return (_tracked() - before) / RUNS
 
     return anyio.run(fan_out, backend=backend)
@@ -89,7 +91,7 @@ def _mapped(backend: str) -> float:
         before = _tracked()
         futures = async_value.map(range(RUNS))
         for future in futures:
-            await future.wait()
+            await future
         return (_tracked() - before) / RUNS
 
     return anyio.run(fan_out, backend=backend)
@@ -101,11 +103,25 @@ def _sync_submitted(backend: str) -> float:
         before = _tracked()
         futures = [sync_value.submit(i) for i in range(RUNS)]
         for future in futures:
-            future.wait_blocking()
+            future.result()
         return (_tracked() - before) / RUNS
 
     with override_settings(backend=backend):
         return fan_out()
+
+
+def _states_read(backend: str) -> float:
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = [async_value.submit(i) for i in range(RUNS)]
+        states = [await future.wait() for future in futures]
+        assert [state.result() for state in states] == list(range(RUNS))
+        assert all(future.state is state for future, state in zip(futures, states, strict=True))
+        del states
+        return (_tracked() - before) / RUNS
+
+    return anyio.run(fan_out, backend=backend)
 
 
 SHAPES: dict[str, Callable[[str], float]] = {
@@ -116,13 +132,21 @@ SHAPES: dict[str, Callable[[str], float]] = {
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
-def test_a_finished_run_not_yet_looked_at_keeps_three_tracked_objects(
+def test_a_finished_run_whose_result_was_taken_keeps_two_tracked_objects(
     shape: str, backend: str
 ) -> None:
     measure = SHAPES[shape]
     measure(backend)  # warm-up: first-use caches
     per_run = measure(backend)
     assert per_run <= PER_RUN + SLACK, f"{shape}: {per_run:.3f} tracked objects per run"
+
+
+def test_a_final_state_read_is_made_once_and_kept(backend: str) -> None:
+    """``fut.wait()`` makes the final state (the same one on every read): one more
+    tracked object per run, and no more."""
+    _states_read(backend)  # warm-up
+    per_run = _states_read(backend)
+    assert PER_RUN + 1 - SLACK <= per_run <= PER_RUN + 1 + SLACK, per_run
 
 
 def test_the_count_sees_an_object_kept_per_run(backend: str) -> None:

@@ -1182,3 +1182,94 @@ def test_a_child_forked_while_future_locks_are_held_runs_its_own_flows() -> None
     finally:
         release.set()
         holder.join(10)
+
+
+# -- a completed run's state, kept as its result and record -----------------------------------
+class _Payload:
+    """A result compared by identity."""
+
+
+@task
+def _returns(value: Any, message: str | None) -> Any:
+    return value if message is None else orchestr.states.Completed(value, message=message)
+
+
+@task
+async def _returns_async(value: Any, message: str | None) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return value if message is None else orchestr.states.Completed(value, message=message)
+
+
+@pytest.mark.parametrize("message", [None, "made by the task"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize("first", ["result", "state"])
+def test_a_completed_state_read_after_the_result_is_the_state_the_run_ended_in(
+    run: Any, kind: str, message: str | None, first: str
+) -> None:
+    """A future keeps a Completed run's result and record, not its state, and makes the
+    state when it is read: the same fields as the state its hook was given, the very
+    result object, and the same state on every read (before or after the result)."""
+    given: list[State[Any]] = []
+    body = _returns if kind == "sync" else _returns_async
+    hooked = body.with_options(on_completion=[lambda task, record, state: given.append(state)])
+    payload = _Payload()
+
+    seen: list[Any] = []  # not returned: a flow returns its futures' and states' results
+
+    @flow
+    async def main() -> None:
+        future = hooked.submit(payload, message)
+        if first == "result":
+            result = await future
+            state = future.state
+        else:
+            state = await future.wait()
+            result = await future
+        assert future.state is state
+        assert (await future.wait()) is state
+        assert future.done()
+        seen.extend((result, state, future.record))
+
+    run(main)
+    result, state, record = seen
+    assert result is payload
+    assert state.result() is payload
+    (hook_state,) = given
+    for field in ("type", "name", "message", "timestamp", "record"):
+        assert getattr(state, field) == getattr(hook_state, field), field
+    assert state.message == message
+    assert state.record is record
+    assert state.timestamp == record.ended
+    assert repr(state) == repr(hook_state)
+    assert state.is_completed()
+
+
+def test_a_completed_state_read_from_many_threads_at_once_is_one_state() -> None:
+    """Threads reading a finished future's state together each get a state equal to the
+    run's (one of them is kept)."""
+    payload = _Payload()
+
+    futures: list[TaskFuture[Any]] = []
+
+    @flow
+    def main() -> None:
+        futures.append(_returns.submit(payload, None))
+        assert futures[0].result() is payload
+
+    main()
+    (future,) = futures
+    barrier = threading.Barrier(8)
+    states: list[State[Any]] = []
+
+    def read() -> None:
+        barrier.wait(10)
+        states.append(future.state)
+
+    threads = [threading.Thread(target=read) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert len(states) == 8
+    assert all(s.result() is payload and s.timestamp == future.record.ended for s in states)
+    assert future.state is future.state

@@ -93,7 +93,7 @@ async def run_attempts(
             # Cancellation, or an interrupt that keeps propagating to the caller.
             _finish(run, record, future, _interrupted_state(record, exc, driver, future))
             raise
-        if future is not None and future._state is not None:
+        if future is not None and future._final is not None:
             # Finished from outside while it ran (fut.cancel() on a sync run in a
             # thread): what it did afterwards is discarded: no hooks, no log.
             _follow(future, record)
@@ -196,7 +196,7 @@ async def _settled(
     """A state the task returned, after waiting for the future it was read from if it was
     read early (``return fut.state``): it stands for that future's final state."""
     future = _future_of(state)
-    if future is None or future._state is not None:
+    if future is None or future._final is not None:
         return state
     if future._record is record:
         error = UsageError(
@@ -238,7 +238,7 @@ def _start_attempt(record: TaskRunRecord) -> None:
         raise _EndedElsewhere
     context = task_run_var.get()
     future = None if context is None else context.future
-    if future is not None and future._state is not None:
+    if future is not None and future._final is not None:
         _follow(future, record)
         raise _EndedElsewhere
 

@@ -541,7 +541,7 @@ def _future_value(future: TaskFuture[Any]) -> Any:
 
 def _state_value(state: State[Any]) -> Any:
     future = _future_of(state)
-    if future is not None and future._state is not None:  # read early: the future's
+    if future is not None and future._final is not None:  # read early: the future's
         return _future_value(future)
     # As for futures: a State that did not complete gets here only through allow_failure.
     return state._data if state.type is StateType.COMPLETED else state.exception
@@ -614,7 +614,7 @@ def flow_after_upstreams(
             "or make the flow async"
         )
     for future, _ in upstreams:
-        if future._state is None:
+        if future._final is None:
             _refuse_self_wait(future)
             future._wait_blocking(None)
     blocked = _flow_blocked(upstreams)
@@ -627,7 +627,7 @@ async def _flow_after_upstreams_async(
     flow: Flow[Any, Any], upstreams: Dependencies, return_state: bool, call: Callable[[], Any]
 ) -> Any:
     for future, _ in upstreams:
-        if future._state is None:
+        if future._final is None:
             _refuse_self_wait(future)
             await future._wait_async()
     blocked = _flow_blocked(upstreams)
@@ -663,7 +663,7 @@ def _not_run_flow(flow: Flow[Any, Any], future: TaskFuture[Any], return_state: b
         None,
         upstream,
     )
-    error.__cause__ = future._state.exception if future._state is not None else None
+    error.__cause__ = future._state.exception if future._final is not None else None
     state: State[Any] = State(StateType.NOT_RUN, message=str(error), error=error, record=record)
     set_state(record, state)
     if _flow_log.isEnabledFor(logging.INFO):

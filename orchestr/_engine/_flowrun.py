@@ -24,7 +24,7 @@ import anyio
 
 from .._logging import task_run_logger
 from ..exceptions import ResourceClosedError
-from ..futures import TaskFuture, _run_done_callback
+from ..futures import COMPACT, TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord, _task_run_counters
 from ..settings import get_settings
 from ..states import State, StateType
@@ -199,7 +199,7 @@ class FlowRun:
         """Give a future its final state (first caller wins) and run its callbacks."""
         record = future._record
         with future._lock:
-            if future._state is not None or future._finishing is not None:
+            if future._final is not None or future._finishing is not None:
                 return False
             future._finishing = state  # this caller won (fut.state reads it meanwhile)
             write_final(record, state)
@@ -210,7 +210,19 @@ class FlowRun:
             announce_final(record, state)
         finally:
             with future._lock:
-                future._state = state
+                if (
+                    state.type is StateType.COMPLETED
+                    and type(state) is State
+                    and state.record is record
+                    and state._error is None
+                ):
+                    # All but the result is in the record now (write_final): the future
+                    # keeps that and the record, and makes the State again if asked.
+                    future._data = state._data
+                    future._final = COMPACT
+                else:
+                    future._final = state
+                future._finishing = None
                 callbacks, future._callbacks = future._callbacks, None
             self.active.discard(future)
         if callbacks:
@@ -352,7 +364,7 @@ class FlowRun:
         running = sorted(
             f.name
             for f in list(self.active)
-            if f._state is None
+            if f._final is None
             and f._canceller is None
             and f._record.state_type is not StateType.PENDING
         )

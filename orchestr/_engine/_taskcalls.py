@@ -133,7 +133,7 @@ async def _call_inline(
     else:
         driver = AsyncDriver(run, inline=True)
     for future, _ in upstreams:
-        if future._state is None:
+        if future._final is None:
             _refuse_self_wait(future)
             await driver.wait(future)
     # Recorded once its upstreams are final: a call refused (or cancelled) while
@@ -286,7 +286,7 @@ def _dispatch(
     context = submission_context(run)
     runner = run.runner
     if _whole_run_in_thread(task, runner) and (
-        not upstreams or all(f._state is not None for f, _ in upstreams)
+        not upstreams or all(f._final is not None for f, _ in upstreams)
     ):
         if upstreams.needs_resolving:
             record = future._record
@@ -406,7 +406,7 @@ def _top_level_value(task: Task[Any, Any], key: int | str, value: Any) -> Any:
                 f"for it: await it first ({task.name}.map(await fut)), or wrap it in "
                 "unmapped(fut) to pass it whole to every run"
             )
-        if future._state is None:
+        if future._final is None:
             _refuse_self_wait(future)
             future._wait_blocking(None)
         _observe(future._record)
@@ -489,7 +489,7 @@ def _refuse_cycle(task: Task[Any, Any], upstreams: list[Upstream]) -> None:
 async def execute_job(run: FlowRun, job: Job) -> None:
     """Start one submitted run on the loop (spawned by the flow run's dispatcher)."""
     future = job.future
-    if future._state is not None:  # cancelled before it started
+    if future._final is not None:  # cancelled before it started
         return
     for var, value in job.context.items():
         var.set(value)
@@ -556,7 +556,7 @@ def run_in_thread(
     kwargs: dict[str, Any],
 ) -> None:
     """A sync task run, whole, in a worker thread: the fast path."""
-    if future._state is not None:  # cancelled while queued
+    if future._final is not None:  # cancelled while queued
         return
     record = future._record
     if run.cancel_requested:

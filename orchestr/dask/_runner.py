@@ -208,7 +208,10 @@ class DaskTaskRunner(TaskRunner):
             target = self.existing_cluster.scheduler_address
         else:
             self._cluster = await self._start_cluster()
-            target = self._cluster
+            # A synchronous cluster runs on a loop of its own: the client, on this one,
+            # reaches it by its address.
+            synchronous = _synchronous(self._cluster)
+            target = self._cluster.scheduler_address if synchronous else self._cluster
         client = None
         try:
             client = distributed.Client(  # type: ignore[no-untyped-call]
@@ -242,8 +245,9 @@ class DaskTaskRunner(TaskRunner):
 
     async def _start_cluster(self) -> Any:
         what = _describe(self.cluster_class)
+        factory = self._factory
         kwargs = dict(self.cluster_kwargs)
-        if _is_local_cluster(self._factory):
+        if _is_local_cluster(factory) and _takes(factory, "scheduler_kwargs"):
             # orchestr, not Dask, decides what happens after a worker dies (Crashed, then
             # the task's retries): the scheduler must not run the call again first.
             scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
@@ -251,9 +255,16 @@ class DaskTaskRunner(TaskRunner):
             kwargs["scheduler_kwargs"] = scheduler_kwargs
         made: Any = None
         try:
-            made = cluster = self._factory(asynchronous=True, **kwargs)
-            if inspect.isawaitable(cluster):
-                cluster = await cluster
+            if _takes(factory, "asynchronous"):
+                made = cluster = factory(asynchronous=True, **kwargs)
+                # (A factory may take the keyword and still make a synchronous cluster,
+                # which is awaitable too but not on this loop.)
+                if inspect.isawaitable(cluster) and not _synchronous(cluster):
+                    cluster = await cluster
+            else:
+                # A factory that makes a synchronous cluster (as prefect-dask calls it:
+                # factory(**cluster_kwargs)) blocks while it starts: in a thread.
+                cluster = await _made_in_a_thread(factory, kwargs)
         except BaseException as exc:  # failed, or cancelled (see _abort_start)
             if made is not None and not inspect.iscoroutine(made):
                 # Started half-way: a LocalCluster whose workers fail to start has its
@@ -274,9 +285,13 @@ class DaskTaskRunner(TaskRunner):
             )
         try:
             if self.adapt_kwargs is not None:
-                adapting = cluster.adapt(**self.adapt_kwargs)
-                if inspect.isawaitable(adapting):
-                    await adapting
+                adapt_kwargs = self.adapt_kwargs
+                if _synchronous(cluster):
+                    await asyncio.to_thread(lambda: cluster.adapt(**adapt_kwargs))
+                else:
+                    adapting = cluster.adapt(**adapt_kwargs)
+                    if inspect.isawaitable(adapting):
+                        await adapting
         except BaseException as exc:
             await _close(cluster)
             if not isinstance(exc, Exception):
@@ -483,9 +498,53 @@ async def _close_quietly(client: distributed.Client) -> None:
 
 
 async def _close(cluster: Any) -> None:
+    if _synchronous(cluster):
+        await asyncio.to_thread(cluster.close)  # blocks while its own loop closes it
+        return
     closing = cluster.close()
     if inspect.isawaitable(closing):
         await closing
+
+
+async def _made_in_a_thread(factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """``factory(**kwargs)`` in a thread. Cancelled, it still waits (a while) for the
+    cluster being made, to close it: a thread cannot be stopped half-way, and what it
+    makes would be left running."""
+    making = asyncio.ensure_future(asyncio.to_thread(lambda: factory(**kwargs)))
+    try:
+        return await asyncio.shield(making)
+    except asyncio.CancelledError:
+        try:
+            made = await asyncio.wait_for(asyncio.shield(making), _CLOSE_TIMEOUT)
+        except BaseException:  # failed, or took too long: nothing more to do here
+            pass
+        else:
+            await _close_half_started(made)
+        raise
+
+
+def _synchronous(cluster: Any) -> bool:
+    """Whether ``cluster`` was made synchronous (its methods block, on a loop of its own)
+    rather than asynchronous on this loop; a cluster that does not say is taken as
+    asynchronous, its methods' awaitables awaited."""
+    try:
+        return cluster.asynchronous is False  # type: ignore[no-any-return]
+    except Exception:
+        return False
+
+
+def _takes(factory: Callable[..., Any], keyword: str) -> bool:
+    """Whether ``factory`` may be called with ``keyword`` (it names it or takes
+    ``**kwargs``); True when its signature cannot be read."""
+    try:
+        parameters = inspect.signature(factory).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind is p.VAR_KEYWORD
+        or (p.name == keyword and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
+        for p in parameters
+    )
 
 
 async def _close_half_started(cluster: Any) -> None:
