@@ -375,7 +375,8 @@ def _print(
     if logger is None or (file is not None and file is not sys.stdout):
         _original_print(*values, sep=sep, end=end, file=file, flush=flush)
         return
-    logger.info((" " if sep is None else sep).join(str(v) for v in values))
+    # stacklevel: the record names the print() call in user code, not this function.
+    logger.info((" " if sep is None else sep).join(str(v) for v in values), stacklevel=2)
 
 
 def shippable_record(record: logging.LogRecord) -> dict[str, Any]:

@@ -26,7 +26,15 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+)
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
@@ -45,7 +53,7 @@ from .exceptions import (
 )
 from .records import TaskRunRecord
 from .runners._pool import lending_worker
-from .states import State, StateType
+from .states import State, StateType, _short_repr
 
 if TYPE_CHECKING:
     from ._engine._flowrun import FlowRun
@@ -344,7 +352,9 @@ class TaskFuture(Generic[R]):
                 self._discard_done_callback(wake)
 
     def _refuse_loop_thread(self, call: str) -> None:
-        if self._run.loop.on_loop_thread():
+        # Only while the loop runs: once it has ended (anyio.run() returned), its thread
+        # is plain sync code, and a future kept from the run is final.
+        if self._run.loop.running_here():
             raise BlockingCallError(
                 f"{call} was called on the event loop thread that runs task run "
                 f"{self.name!r}; it would block that loop (and the run, if unfinished). "
@@ -438,6 +448,7 @@ class FutureList(list[TaskFuture[R]]):
     states (awaited in async code); ``futures.result()`` blocks (sync code only)."""
 
     def __await__(self) -> Generator[Any, None, list[R]]:
+        _check_future_list(self, "`await futures` (a FutureList)")
         return self._results().__await__()
 
     async def _results(self) -> list[R]:
@@ -448,6 +459,7 @@ class FutureList(list[TaskFuture[R]]):
         states in order, final or (if time ran out) current; never raises for the runs'
         failures. Async code awaits it; sync code gets the list."""
         timeout = _checked_timeout("FutureList.wait()", timeout)
+        _check_future_list(self, "FutureList.wait()")
         if in_async_code():
             return self._wait_states(timeout)  # type: ignore[return-value]
         return self._wait_blocking_states("FutureList.wait()", timeout)  # type: ignore[return-value]
@@ -475,6 +487,7 @@ class FutureList(list[TaskFuture[R]]):
         :class:`FailedRunsGroup`), or with ``raise_on_failure=False`` gives its exception
         in its place. :class:`FutureTimeoutError` if ``timeout`` seconds pass first."""
         timeout = _checked_timeout("FutureList.result()", timeout)
+        _check_future_list(self, "FutureList.result()")
         states = self._wait_blocking_states("FutureList.result()", timeout)
         for future, state in zip(self, states, strict=True):
             if not state.is_final():
@@ -485,6 +498,46 @@ class FutureList(list[TaskFuture[R]]):
         if raise_on_failure:
             return _results_or_raise(states)
         return [state.result(raise_on_failure=False) for state in states]
+
+
+def _check_future_list(futures: FutureList[Any], call: str) -> None:
+    """Refuse, naming ``call``, a FutureList holding something other than futures (a
+    value appended to the futures of a ``.map()``), before anything waits."""
+    for position, item in enumerate(futures):
+        if not isinstance(item, TaskFuture):
+            raise UsageError(
+                f"{call}: item #{position} of the FutureList is {_described(item)}, not a "
+                "TaskFuture; a FutureList holds only futures (of .submit() or .map()): "
+                "keep other values in a list of their own"
+            )
+
+
+def _futures_given(call: str, futures: object) -> list[TaskFuture[Any]]:
+    """The futures given to ``wait()`` / ``as_completed()`` as a list, read once; a
+    single future, a non-iterable, or an item that is not a future is refused naming
+    ``call`` (and the item's position and type) and what to pass instead."""
+    expected = f"{call} takes an iterable of TaskFutures (a list, a FutureList, a set...)"
+    if isinstance(futures, TaskFuture):
+        raise UsageError(
+            f"{expected}, got a single TaskFuture {futures.name!r}: for one future pass "
+            "[fut] (or use `fut.wait()`)"
+        )
+    if isinstance(futures, str | bytes) or not isinstance(futures, Iterable):
+        raise UsageError(f"{expected}, got {_described(futures)}")
+    given: list[TaskFuture[Any]] = []
+    for position, item in enumerate(futures):  # item by item: an endless one stops too
+        if not isinstance(item, TaskFuture):
+            hint = " (of a dict, pass its .values())" if isinstance(futures, Mapping) else ""
+            raise UsageError(
+                f"{expected}; item #{position} is {_described(item)}, not a TaskFuture{hint}"
+            )
+        given.append(item)
+    return given
+
+
+def _described(value: object) -> str:
+    """``int 3``: a value's type and its (shortened) repr, for an error message."""
+    return f"{type(value).__name__} {_short_repr(value)}"
 
 
 def _state_seen(future: TaskFuture[R]) -> State[R]:
@@ -537,8 +590,9 @@ def _results_or_raise(states: list[State[R]]) -> list[R]:
 def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> _DoneOrAwaitable:
     """Wait until all ``futures`` are final, or ``timeout`` seconds passed; return which
     finished and which did not. Async code awaits it; sync code gets the result. It does
-    not count as observing the runs' outcomes."""
-    futures = list(futures)
+    not count as observing the runs' outcomes. ``futures`` is an iterable of futures
+    (for one future, ``[fut]``); anything else is a :class:`UsageError`."""
+    futures = _futures_given("orchestr.wait()", futures)
     timeout = _checked_timeout("orchestr.wait()", timeout)
     for future in futures:
         if future._final is None:
@@ -569,7 +623,8 @@ def _done_and_not_done(futures: list[TaskFuture[Any]]) -> DoneAndNotDone:
 def as_completed(futures: Iterable[TaskFuture[R]], timeout: float | None = None) -> AsCompleted[R]:
     """Yield ``futures`` as they finish (each once, finished ones first): ``async for``
     in async code, ``for`` in sync code. Raises :class:`FutureTimeoutError` if they have
-    not all finished within ``timeout`` seconds."""
+    not all finished within ``timeout`` seconds. ``futures`` is an iterable of futures
+    (for one future, ``[fut]``); anything else is a :class:`UsageError`, at the call."""
     return AsCompleted(futures, _checked_timeout("as_completed()", timeout))
 
 
@@ -580,7 +635,7 @@ class AsCompleted(Generic[R]):
     __slots__ = ("_pending", "_timeout")
 
     def __init__(self, futures: Iterable[TaskFuture[R]], timeout: float | None) -> None:
-        self._pending = list(dict.fromkeys(futures))
+        self._pending = list(dict.fromkeys(_futures_given("as_completed()", futures)))
         self._timeout = timeout
         for future in self._pending:
             if future._final is None:

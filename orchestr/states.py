@@ -76,7 +76,11 @@ class State(Generic[R]):
     """The state of a run: its type and name, and for final states its result or error.
 
     ``result()`` returns the result of a ``Completed`` state and raises the error of
-    any other final state.
+    any other final state; ``await state.aresult()`` is the same, for async code.
+
+    As in Prefect, the ``data`` of a state that is not ``Completed`` may be its error
+    (``Failed(data=ValueError("x"))`` is ``Failed(ValueError("x"))``); other data is kept
+    (shown in the repr) and does not change the error.
     """
 
     # _future: set (by TaskFuture.state) only on a non-final state read from a future, so
@@ -99,6 +103,8 @@ class State(Generic[R]):
         self.name = name or _DEFAULT_NAMES[type]
         self.message = message
         self.timestamp = time.time() if timestamp is None else timestamp
+        if type is not StateType.COMPLETED and isinstance(data, BaseException):
+            error, data = _error_from_data(error, data), None
         self._data = data
         self._error = error
         self.record = record
@@ -172,6 +178,12 @@ class State(Generic[R]):
             raise hide_frames(error)
         return error  # type: ignore[return-value]
 
+    async def aresult(self, raise_on_failure: bool = True) -> R:
+        """``result()``, awaitable: for async code written for Prefect, where ``await
+        state.result()`` (Prefect 3) or ``await state.aresult()`` reads a state's result.
+        The state is already here, so this never waits; ``state.result()`` is the same."""
+        return self.result(raise_on_failure)
+
     def _default_error(self) -> BaseException:
         what = f"run {self.run_name!r}" if self.record is not None else "run"
         reason = f": {self.message}" if self.message else ""
@@ -208,6 +220,8 @@ class State(Generic[R]):
             parts.append(f"message={_short_text(self.message)!r}")
         elif error is not None:
             parts.insert(0, _short_error(error))
+        if self._data is not None and kind is not StateType.COMPLETED and kind.is_final:
+            parts.append(f"data={_short_repr(self._data)}")  # Failed(data=...), as Prefect
         if self.record is not None:
             parts.append(f"run={self.record.name!r}")
         return f"{head}({', '.join(parts)})"
@@ -255,6 +269,18 @@ def _short_error(error: BaseException) -> str:
     )
 
 
+def _error_from_data(error: BaseException | None, data: BaseException) -> BaseException:
+    """The error of a state given an exception as its data (Prefect's ``Failed(data=exc)``):
+    that exception, which ``error=``, if given too, must be."""
+    if error is not None and error is not data:
+        raise UsageError(
+            f"a state has one error, but this one was given error={_short_error(error)} "
+            f"and data={_short_error(data)}; pass the exception once, as error= (or, as in "
+            "Prefect, as data=)"
+        )
+    return data
+
+
 def _describe(error: BaseException | None) -> str:
     """``Type: message`` (or just ``Type``), for state reprs and engine messages."""
     if error is None:
@@ -280,23 +306,38 @@ def Completed(data: R | None = None, message: str | None = None) -> State[R]:
     return State(StateType.COMPLETED, data=data, message=message)
 
 
+# Final states that are not Completed: ``error`` is what ``result()`` raises (without one,
+# an error made from the message). ``data=`` is Prefect's spelling: an exception given as
+# data is the error (``Failed(data=ValueError("x"))``); other data is kept, not raised.
 def Failed(
-    error: BaseException | None = None, message: str | None = None, name: str = "Failed"
+    error: BaseException | None = None,
+    message: str | None = None,
+    name: str = "Failed",
+    *,
+    data: Any = None,
 ) -> State[Any]:
-    return State(StateType.FAILED, name=name, error=error, message=message)
+    return State(StateType.FAILED, name=name, error=error, message=message, data=data)
 
 
-def TimedOut(error: BaseException | None = None, message: str | None = None) -> State[Any]:
-    return State(StateType.FAILED, name="TimedOut", error=error, message=message)
+def TimedOut(
+    error: BaseException | None = None, message: str | None = None, *, data: Any = None
+) -> State[Any]:
+    return State(StateType.FAILED, name="TimedOut", error=error, message=message, data=data)
 
 
-def Crashed(error: BaseException | None = None, message: str | None = None) -> State[Any]:
-    return State(StateType.CRASHED, error=error, message=message)
+def Crashed(
+    error: BaseException | None = None, message: str | None = None, *, data: Any = None
+) -> State[Any]:
+    return State(StateType.CRASHED, error=error, message=message, data=data)
 
 
-def Cancelled(error: BaseException | None = None, message: str | None = None) -> State[Any]:
-    return State(StateType.CANCELLED, error=error, message=message)
+def Cancelled(
+    error: BaseException | None = None, message: str | None = None, *, data: Any = None
+) -> State[Any]:
+    return State(StateType.CANCELLED, error=error, message=message, data=data)
 
 
-def NotRun(error: BaseException | None = None, message: str | None = None) -> State[Any]:
-    return State(StateType.NOT_RUN, error=error, message=message)
+def NotRun(
+    error: BaseException | None = None, message: str | None = None, *, data: Any = None
+) -> State[Any]:
+    return State(StateType.NOT_RUN, error=error, message=message, data=data)

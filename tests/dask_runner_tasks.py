@@ -133,3 +133,64 @@ class FailingAdaptCluster(distributed.LocalCluster):
 def scheduler_client_ids(dask_scheduler: distributed.Scheduler) -> list[str]:
     """For ``Client.run_on_scheduler``: the ids of the clients connected to it."""
     return sorted(dask_scheduler.clients)
+
+
+# -- factories as prefect-dask users write them: synchronous clusters -------------------------
+_SMALL = {
+    "n_workers": 1,
+    "threads_per_worker": 2,
+    "processes": False,
+    "dashboard_address": "127.0.0.1:0",
+}
+
+
+class PrefectDaskFactories:
+    """``cluster_class`` factories written for prefect-dask, which calls a factory as
+    ``factory(**cluster_kwargs)`` and gets a synchronous cluster. Each call is recorded
+    with its keyword arguments and the thread it ran in; ``adapted`` records adapt()."""
+
+    def __init__(self) -> None:
+        self.made: list[distributed.LocalCluster] = []
+        self.calls: list[tuple[str, dict[str, Any], str]] = []
+        self.adapted: list[dict[str, Any]] = []
+        factories = self
+
+        class Narrow(distributed.LocalCluster):  # type: ignore[misc]
+            """A LocalCluster subclass taking only ``asynchronous`` (no **kwargs)."""
+
+            def __init__(self, asynchronous: bool = False) -> None:
+                factories._called("narrow", {"asynchronous": asynchronous})
+                super().__init__(asynchronous=asynchronous, **_SMALL)
+                factories.made.append(self)
+
+            def adapt(self, *args: Any, **kwargs: Any) -> Any:
+                factories.adapted.append(kwargs)
+                return super().adapt(*args, **kwargs)
+
+        self.narrow = Narrow
+
+    def _called(self, kind: str, kwargs: dict[str, Any]) -> None:
+        self.calls.append((kind, kwargs, threading.current_thread().name))
+
+    def _made(self) -> distributed.LocalCluster:
+        factories = self
+
+        class Recorded(distributed.LocalCluster):  # type: ignore[misc]
+            def adapt(self, *args: Any, **kwargs: Any) -> Any:
+                factories.adapted.append(kwargs)
+                return super().adapt(*args, **kwargs)
+
+        cluster = Recorded(**_SMALL)
+        self.made.append(cluster)
+        return cluster
+
+    def no_arguments(self) -> distributed.LocalCluster:
+        """The factory prefect-dask documents: no arguments, a synchronous cluster."""
+        self._called("no arguments", {})
+        return self._made()
+
+    def ignores_asynchronous(self, **kwargs: Any) -> distributed.LocalCluster:
+        """Takes any keyword (asynchronous=True among them) and makes a synchronous
+        cluster all the same."""
+        self._called("ignores asynchronous", kwargs)
+        return self._made()

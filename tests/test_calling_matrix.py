@@ -31,6 +31,7 @@ futures to wait for (refused every time, not by timing).
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import threading
 from collections.abc import Callable
@@ -43,6 +44,7 @@ import pytest
 
 from orchestr import FlowRunRecord, State, flow, override_settings, task, unmapped
 from orchestr.exceptions import BlockingCallError
+from orchestr.settings import get_settings
 
 Args = tuple[Any, ...]
 Kwargs = dict[str, Any]
@@ -338,6 +340,11 @@ def _start(entry: Entry, definition: Any, args: Args, kwargs: Kwargs) -> Any:
 def _call_in_sync_code(entry: Entry, definition: Any, args: Args, kwargs: Kwargs) -> Any:
     try:
         started = _start(entry, definition, args, kwargs)
+        if inspect.iscoroutine(started):
+            # An async definition called from sync code outside any run gives its
+            # coroutine, as an `async def` does: run as `asyncio.run(f(...))` would.
+            coroutine = started
+            started = anyio.run(lambda: coroutine, backend=get_settings().backend)
     except Exception as exc:
         return _raised("call", exc)
     if entry.how == "call" or kwargs.get("return_state"):

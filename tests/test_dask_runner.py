@@ -45,6 +45,7 @@ from dask_runner_tasks import (
     AsyncAdaptCluster,
     CountingFactory,
     FailingAdaptCluster,
+    PrefectDaskFactories,
     SyncAdaptCluster,
     add,
     add_async,
@@ -750,3 +751,84 @@ def test_a_bound_given_is_kept_whatever_the_cluster(run: Callable[..., Any]) -> 
                 await runner.shutdown()
 
     assert run(started_bound) == 2
+
+
+# -- cluster factories written for prefect-dask ---------------------------------------------
+@pytest.mark.parametrize("kind", ["no arguments", "ignores asynchronous", "narrow"])
+@pytest.mark.parametrize("adapt", [False, True])
+def test_a_prefect_dask_cluster_factory_works(
+    run: Callable[..., Any], kind: str, adapt: bool
+) -> None:
+    """prefect-dask calls a cluster factory as ``factory(**cluster_kwargs)`` and gets a
+    synchronous cluster: a factory of no arguments, one that takes ``**kwargs`` but makes
+    a synchronous cluster anyway, and a LocalCluster subclass whose ``__init__`` takes
+    only ``asynchronous`` all run tasks; the first is made off the runner's loop; adapt
+    reaches the cluster; each cluster is closed after the run."""
+    factories = PrefectDaskFactories()
+    factory = {
+        "no arguments": factories.no_arguments,
+        "ignores asynchronous": factories.ignores_asynchronous,
+        "narrow": factories.narrow,
+    }[kind]
+    adapt_kwargs = {"minimum": 1, "maximum": 2} if adapt else None
+
+    @flow(task_runner=DaskTaskRunner(cluster_class=factory, adapt_kwargs=adapt_kwargs))
+    async def main() -> tuple[list[dict[str, Any]], int]:
+        with anyio.fail_after(BOUND):
+            return [await where.submit(1), await where_async.submit(2)], await add_async(3)
+
+    reports, inline = run(main)
+    (cluster,) = factories.made
+    assert [report["x"] for report in reports] == [1, 2]
+    assert inline == 13
+    assert {report["scheduler"] for report in reports} == {cluster.scheduler_address}
+    assert cluster.status is Status.closed
+    ((called, kwargs, thread),) = factories.calls
+    assert called == kind
+    if kind == "no arguments":
+        assert kwargs == {}
+        assert not thread.startswith("orchestr-dask-client"), thread
+    else:
+        assert kwargs == {"asynchronous": True}  # narrow: no scheduler_kwargs given
+    assert factories.adapted == ([adapt_kwargs] if adapt else [])
+
+
+def test_a_prefect_dask_cluster_factory_in_a_sync_flow() -> None:
+    factories = PrefectDaskFactories()
+
+    @flow(task_runner=DaskTaskRunner(cluster_class=factories.no_arguments))
+    def main() -> list[int]:
+        return [future.result() for future in add.map(range(4))]
+
+    assert main() == [10, 11, 12, 13]
+    (cluster,) = factories.made
+    assert cluster.status is Status.closed
+
+
+def test_runners_with_the_same_configuration_are_equal() -> None:
+    """As in prefect-dask: a duplicate equals its template; runners made with the same
+    options are equal and hash alike; any option that differs makes them unequal."""
+    options: dict[str, Any] = {
+        "cluster_kwargs": {"n_workers": 2},
+        "adapt_kwargs": {"minimum": 1, "maximum": 3},
+        "client_kwargs": {"name": "x"},
+    }
+    runner = DaskTaskRunner(**options)
+    assert runner == runner.duplicate() == DaskTaskRunner(**options)
+    assert hash(runner) == hash(DaskTaskRunner(**options))
+    assert len({runner, runner.duplicate(), DaskTaskRunner(**options)}) == 1
+    assert DaskTaskRunner(address="tcp://127.0.0.1:8786") == DaskTaskRunner(
+        address="tcp://127.0.0.1:8786"
+    )
+    different = [
+        DaskTaskRunner(**{**options, "cluster_kwargs": {"n_workers": 3}}),
+        DaskTaskRunner(**{**options, "adapt_kwargs": None}),
+        DaskTaskRunner(**{**options, "client_kwargs": {}}),
+        DaskTaskRunner(**options, connect_timeout=5),
+        DaskTaskRunner(**options, max_calls_in_flight=8),
+        DaskTaskRunner(cluster_class="distributed.LocalCluster", **options),
+        DaskTaskRunner(address="tcp://127.0.0.1:8787"),
+    ]
+    assert all(other != runner for other in different)
+    assert runner != object()
+    assert runner != "DaskTaskRunner()"

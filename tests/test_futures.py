@@ -1273,3 +1273,29 @@ def test_a_completed_state_read_from_many_threads_at_once_is_one_state() -> None
     assert len(states) == 8
     assert all(s.result() is payload and s.timestamp == future.record.ended for s in states)
     assert future.state is future.state
+
+
+# -- a future kept after its run's loop has ended ---------------------------------------------
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_future_kept_after_its_async_flow_returned_reads_from_plain_sync_code(
+    backend: str, kind: str
+) -> None:
+    """Once ``anyio.run()`` of an async flow has returned, its thread is plain sync code:
+    a future kept from the run gives its result and state there (it used to be refused
+    as a blocking call on the loop thread, though the loop was gone)."""
+    kept: list[TaskFuture[Any]] = []
+    value = sync_value if kind == "sync" else async_value
+
+    @flow
+    async def main() -> None:
+        kept.append(value.submit(7))
+        await kept[0]
+
+    anyio.run(main, backend=backend)
+    (future,) = kept
+    assert future.result() == 7
+    assert future.result(timeout=1) == 7
+    assert future.wait().result() == 7
+    assert future.wait_blocking().result() == 7
+    assert orchestr.wait([future]).done == {future}
+    assert [f.result() for f in orchestr.as_completed([future])] == [7]

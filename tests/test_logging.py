@@ -762,3 +762,65 @@ def test_abandoning_a_thread_warns_as_that_task_run(
         "task_name": "stuck",
     }
     assert warnings[0].flow_run_name == state.record.name  # type: ignore[attr-defined]
+
+
+# -- where a printed line says it came from ----------------------------------------------------
+def _line_below() -> int:
+    """The number of the line after the caller's."""
+    caller = sys._getframe(1)
+    return caller.f_lineno + 1
+
+
+@task
+def prints_sync() -> int:
+    line = _line_below()
+    print("printed by prints_sync")
+    return line
+
+
+@task
+async def prints_async() -> int:
+    line = _line_below()
+    print("printed by prints_async")
+    return line
+
+
+@pytest.mark.parametrize("runner", ["threads", "processes"])
+def test_a_printed_line_names_the_print_call(
+    run: Any, caplog: pytest.LogCaptureFixture, runner: str
+) -> None:
+    """A log_prints record names the file, line and function of the print() call (in a
+    flow body, in sync and async tasks called inline or submitted, in worker processes
+    too), not orchestr's print replacement."""
+    from orchestr import ProcessPoolTaskRunner
+
+    caplog.set_level(logging.INFO, logger="orchestr")
+    options = {"task_runner": ProcessPoolTaskRunner(1)} if runner == "processes" else {}
+
+    @flow(log_prints=True, **options)
+    async def main() -> dict[str, int]:
+        line = _line_below()
+        print("printed by main")
+        return {
+            "main": line,
+            "inline sync": prints_sync(),
+            "inline async": await prints_async(),
+            "submitted sync": await prints_sync.submit(),
+            "submitted async": await prints_async.submit(),
+        }
+
+    lines = run(main)
+    places = {
+        (r.getMessage(), r.filename, r.funcName, r.lineno)
+        for r in caplog.records
+        if r.getMessage().startswith("printed by")
+    }
+    here = os.path.basename(__file__)
+    assert places == {
+        ("printed by main", here, "main", lines["main"]),
+        ("printed by prints_sync", here, "prints_sync", lines["inline sync"]),
+        ("printed by prints_async", here, "prints_async", lines["inline async"]),
+    }
+    assert lines["submitted sync"] == lines["inline sync"]
+    assert lines["submitted async"] == lines["inline async"]
+    assert len([r for r in caplog.records if r.getMessage().startswith("printed by")]) == 5

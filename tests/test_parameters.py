@@ -208,6 +208,58 @@ def test_defaults_are_not_validated(run: Any) -> None:
     assert run(go) == ((None, 1), (None, 2), (3, 1))
 
 
+def test_a_default_that_validates_is_coerced(run: Any) -> None:
+    """A default that fits its hint is coerced like a passed value (a dict default of a
+    model-typed parameter gives the model, as in Prefect), for keyword-only,
+    positional-only and ordinary parameters, with later ones passed or not; a mutable
+    default reaches each call as a fresh copy."""
+
+    @flow
+    async def main(
+        first: Point = {"x": 1, "y": 2},  # type: ignore[assignment]  # noqa: B006
+        /,
+        second: float = 1,
+        third: list[int] = [],  # noqa: B006
+        *,
+        fourth: Point = {"x": 5, "y": 6},  # type: ignore[assignment]  # noqa: B006
+    ) -> Any:
+        third.append(len(third))
+        return first, second, third, fourth
+
+    async def go() -> Any:
+        return await main(), await main(third=["7"]), await main(Point(x=0, y=0), 2)
+
+    everything, one_passed, two_passed = run(go)
+    assert everything == (Point(x=1, y=2), 1.0, [0], Point(x=5, y=6))
+    assert isinstance(everything[1], float)
+    assert one_passed == (Point(x=1, y=2), 1.0, [7, 1], Point(x=5, y=6))
+    assert two_passed == (Point(x=0, y=0), 2.0, [0], Point(x=5, y=6))
+
+
+def test_a_default_is_coerced_in_sync_flows_and_subflows(backend: str) -> None:
+    @flow
+    def child(point: Point = {"x": 3, "y": 4}) -> str:  # type: ignore[assignment]  # noqa: B006
+        return type(point).__name__
+
+    @flow
+    def parent(point: Point = {"x": 1, "y": 2}) -> tuple[int, str]:  # type: ignore[assignment]  # noqa: B006
+        return point.x, child()
+
+    with override_settings(backend=backend):
+        assert parent() == (1, "Point")
+
+
+def test_a_default_is_left_alone_without_validation(run: Any) -> None:
+    """validate_parameters=False: the default reaches the body as it is (same object)."""
+    default = {"x": 1, "y": 2}
+
+    @flow(validate_parameters=False)
+    async def main(point: Point = default) -> Any:  # type: ignore[assignment]
+        return point
+
+    assert run(main) is default
+
+
 def test_validate_parameters_false_passes_values_untouched(run: Any) -> None:
     """With validate_parameters=False values reach the body unchanged (same objects)."""
     values = ["1", "2"]

@@ -6,6 +6,7 @@ timeouts (defect 9)."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import math
 import threading
@@ -328,15 +329,16 @@ def test_async_task_called_inline_in_a_sync_task_worker_thread(run: Any) -> None
     assert run(main) == (10, True)
 
 
-def test_async_task_called_from_plain_sync_code_runs_on_a_loop_of_its_own(
-    backend: str,
-) -> None:
-    """Outside any flow run, sync code calling an async task gets its result; it runs on
-    a new loop of the `backend` setting."""
-    value = sync_flow(backend, double, 21)
-    _, library = sync_flow(backend, where_am_i)
-    assert value == 42
+def test_async_task_called_from_plain_sync_code_gives_its_coroutine(backend: str) -> None:
+    """Outside any flow run, sync code calling an async task gets a coroutine, as an
+    ``async def`` call does (nothing runs yet): ``asyncio.run(t(x))``, or any loop
+    running it, gives the result."""
+    started = double(21)
+    assert inspect.iscoroutine(started)
+    assert anyio.run(lambda: started, backend=backend) == 42
+    _, library = anyio.run(lambda: where_am_i(), backend=backend)
     assert library == backend
+    assert asyncio.run(double(2)) == 4
 
 
 def test_async_flow_called_from_a_sync_flow_is_its_subflow(backend: str) -> None:
@@ -372,18 +374,27 @@ def test_async_flow_called_from_a_sync_task_is_a_subflow(run: Any) -> None:
     assert [c.flow_name for c in state.record.subflow_runs] == ["async_child"]
 
 
-def test_async_flow_called_from_plain_sync_code_runs_on_the_backend_setting(
-    backend: str,
-) -> None:
-    """Outside any run, sync code calling an async flow gets its result, run on a new loop
-    of the `backend` setting."""
+def test_async_flow_called_from_plain_sync_code_gives_its_coroutine(backend: str) -> None:
+    """Outside any run, sync code calling an async flow gets a coroutine (Prefect's
+    ``asyncio.run(my_flow(x))``); nothing runs until a loop runs it, and one never run
+    is named in Python's warning, which says what to do."""
+    ran: list[int] = []
 
     @flow
-    async def library() -> str:
+    async def library(x: int) -> str:
+        ran.append(x)
         return sniffio.current_async_library()
 
-    assert sync_flow(backend, async_child, 1) == 3
-    assert sync_flow(backend, library) == backend
+    started = library(1)
+    assert inspect.iscoroutine(started)
+    assert ran == []
+    assert anyio.run(lambda: started, backend=backend) == backend
+    assert asyncio.run(async_child(1)) == 3
+    state = asyncio.run(async_child(2, return_state=True))
+    assert state.result() == 5
+    with pytest.warns(RuntimeWarning, match=r"flow 'library'.*asyncio\.run"):
+        library(2)  # never run: dropped at once
+    assert ran == [1]
 
 
 def test_sync_subflow_of_an_async_flow_can_wait_and_call_async_code(run: Any) -> None:
@@ -645,3 +656,60 @@ def test_submit_return_state_from_sync_code_on_the_loop_submits_nothing(run: Any
     message = run(main)
     assert "charge.submit(return_state=True)" in message
     assert effects == []
+
+
+# -- a sync flow's loop on one library, called from code running on another ------------------
+@task
+def sync_calls_async_inline(x: int) -> int:
+    return double(x)
+
+
+@task
+def sync_calls_async_flow(x: int) -> int:
+    return async_child(x)
+
+
+SYNC_BODIES: dict[str, Any] = {
+    "async task inline": lambda x: double(x),
+    "submit + result": lambda x: double.submit(x).result(),
+    "map + result": lambda x: sum(double.map([x, x]).result()) // 2,
+    "sync task calling an async task": lambda x: sync_calls_async_inline(x),
+    "submitted sync task calling an async task": lambda x: (
+        sync_calls_async_inline.submit(x).result()
+    ),
+    "sync task calling an async flow": lambda x: sync_calls_async_flow.submit(x).result() - 1,
+    "async subflow": lambda x: async_child(x) - 1,
+    "wait": lambda x: orchestr.wait([double.submit(x)]).done.pop().result(),
+}
+
+
+@pytest.mark.parametrize("body", list(SYNC_BODIES))
+@pytest.mark.parametrize("loop_backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("how", ["subflow", "plain sync code on the loop"])
+def test_a_sync_flow_called_on_a_loop_of_either_library_runs_async_work(
+    backend: str, loop_backend: str, how: str, body: str
+) -> None:
+    """A sync flow called on an event loop's thread (a sync subflow of an async flow, or
+    plain sync code a coroutine calls) runs its own loop on the ``backend`` setting's
+    library, which may differ from the caller's: async work in its body (inline, submit,
+    map, through sync tasks, async subflows) runs there, never as the caller's library
+    (anyio once made trio cancel scopes on the flow's asyncio loop)."""
+    work = SYNC_BODIES[body]
+
+    @flow
+    def sync_child(x: int) -> int:
+        return work(x)
+
+    if how == "subflow":
+
+        @flow
+        async def caller(x: int) -> int:
+            return sync_child(x)
+
+    else:
+
+        async def caller(x: int) -> int:
+            return sync_child(x)
+
+    with override_settings(backend=loop_backend):
+        assert anyio.run(caller, 5, backend=backend) == 10

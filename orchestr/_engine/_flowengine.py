@@ -55,7 +55,7 @@ from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
-from ._loop import call_in_run, run_fresh_loop, run_new_loop
+from ._loop import call_in_run, run_fresh_loop, run_new_loop, unawaited
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -124,12 +124,15 @@ async def run_flow_async(
 def run_async_flow_from_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
-    """An async flow called by sync code: run it to its end and return its result (or
-    state). In a flow run (its sync body, a sync task in a worker thread) it is a subflow
-    on the run's loop, which this thread waits for (cancelled with the run); outside any
-    run, a flow run on a loop of its own (the ``backend`` setting)."""
+    """An async flow called by sync code. In a flow run (its sync body, a sync task in a
+    worker thread) it is a subflow on the run's loop, run to its end (this thread waits
+    for it, cancelled with the run): its result (or state). Outside any run, the
+    coroutine of the flow run, as an ``async def`` call gives, for ``asyncio.run()``
+    (Prefect's idiom) or an ``await``; nothing runs until then."""
     parent = flow_run_var.get()
-    if parent is None or parent.closed or parent.loop is None:
+    if parent is None:
+        return unawaited(run_flow_async(flow, args, kwargs, return_state), f"flow {flow.name!r}")
+    if parent.closed or parent.loop is None:
         return run_fresh_loop(
             run_flow_async, flow, args, kwargs, return_state, backend=get_settings().backend
         )

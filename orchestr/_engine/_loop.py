@@ -16,10 +16,11 @@ portal), cancelled with the run; :func:`run_fresh_loop` runs one on a loop of it
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextvars import Context, copy_context
 from threading import get_ident
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -41,6 +42,7 @@ __all__ = [
     "in_async_code",
     "loop_running",
     "run_fresh_loop",
+    "unawaited",
     "run_new_loop",
     "run_on_loop",
 ]
@@ -75,6 +77,11 @@ class LoopHandle:
 
     def on_loop_thread(self) -> bool:
         return get_ident() == self.thread_id
+
+    def running_here(self) -> bool:
+        """Whether this loop is running in the calling thread now (its thread may run
+        plain sync code again once the loop has ended)."""
+        return get_ident() == self.thread_id and _running_native() is self._native
 
     def now(self) -> float:
         """The loop's clock (what ``anyio.current_time()`` reads), on the loop thread;
@@ -261,6 +268,16 @@ def call_in_run(run: FlowRun, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def unawaited(coroutine: Coroutine[Any, Any, T], what: str) -> Coroutine[Any, Any, T]:
+    """``coroutine``, named so that Python's warning about one never awaited says what
+    to do with it."""
+    with contextlib.suppress(AttributeError):  # (an awaitable that is not a coroutine)
+        coroutine.__qualname__ = (  # type: ignore[misc]
+            f"{what}, called from sync code (run it with asyncio.run(...) or await it)"
+        )
+    return coroutine
 
 
 def run_fresh_loop(fn: Callable[..., Awaitable[T]], *args: Any, backend: str) -> T:

@@ -2,7 +2,9 @@
 coerce the explicitly passed arguments against the type hints with pydantic, before the
 body or any resource runs.
 
-Defaults are not validated (``x: int = None`` stays legal). Parameters without hints are
+A default that validates is coerced like a passed argument (``model: Model = {"x": 1}``
+gives a ``Model``, as in Prefect); one that does not is passed as it is (``x: int = None``
+stays legal). Parameters without hints are
 passed through. A flow method's bound ``self`` / ``cls`` is not a parameter. The pydantic
 adapter is built on the first call, not at decoration, so ``import orchestr`` and
 ``@flow`` never import pydantic.
@@ -25,7 +27,15 @@ __all__ = ["ParameterValidator"]
 class ParameterValidator:
     """Validates the parameters of calls to one flow function."""
 
-    __slots__ = ("_annotated", "_flow_name", "_fn", "_signature", "_validate", "enabled")
+    __slots__ = (
+        "_annotated",
+        "_defaults",
+        "_flow_name",
+        "_fn",
+        "_signature",
+        "_validate",
+        "enabled",
+    )
 
     def __init__(
         self, fn: Callable[..., Any], flow_name: str, enabled: bool, skip_first: bool = False
@@ -41,6 +51,13 @@ class ParameterValidator:
         self._annotated = any(
             p.annotation is not inspect.Parameter.empty for p in self._signature.parameters.values()
         )
+        # Hinted parameters with a default: coerced too when not passed.
+        self._defaults = {
+            name: p.default
+            for name, p in self._signature.parameters.items()
+            if p.default is not inspect.Parameter.empty
+            and p.annotation is not inspect.Parameter.empty
+        }
         self._validate: Callable[[Any], dict[str, Any]] | None = None
         self.enabled = enabled
 
@@ -54,7 +71,7 @@ class ParameterValidator:
                 f"flow {self._flow_name!r} was called with arguments that do not fit "
                 f"its signature {self._flow_name}{self._signature}: {exc}"
             ) from exc
-        if not (self.enabled and self._annotated and bound.arguments):
+        if not (self.enabled and self._annotated and (bound.arguments or self._defaults)):
             return args, kwargs
         validate = self._validate or self._build()
         try:
@@ -64,8 +81,30 @@ class ParameterValidator:
                 f"parameters of flow {self._flow_name!r} are not valid "
                 f"(pass validate_parameters=False to skip validation):\n{exc}"
             ) from exc
+        coerced = self._coerced_defaults(validate, bound.arguments)
+        if coerced:
+            bound.apply_defaults()  # (a later positional one must not become a keyword)
+            validated.update(coerced)
         bound.arguments.update(validated)
         return bound.args, bound.kwargs
+
+    def _coerced_defaults(
+        self, validate: Callable[[Any], dict[str, Any]], passed: Any
+    ) -> dict[str, Any]:
+        """The defaults of parameters not passed that validate as something else (a
+        dict that is a model's fields, say); a default that does not validate is left
+        to the function, as it is."""
+        coerced = {}
+        for name, default in self._defaults.items():
+            if name in passed:
+                continue
+            try:
+                value = validate({name: default})[name]
+            except ValueError:
+                continue
+            if value is not default:
+                coerced[name] = value
+        return coerced
 
     def arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """The (validated) call's arguments by parameter name, defaults included."""

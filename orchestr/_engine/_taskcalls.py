@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Coroutine, Iterable
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -46,7 +47,7 @@ from ._deps import (
 from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
-from ._loop import run_fresh_loop
+from ._loop import run_fresh_loop, unawaited
 from ._outcomes import cancelled_state, crashed_state, not_run_state
 from ._transitions import set_state
 
@@ -154,12 +155,17 @@ def call_async_task_from_sync(
     return_state: bool,
     wait_for: Any,
 ) -> Any:
-    """An async task called inline by sync code: run it to its end, return its result
-    (or state). In a flow run (its sync body, a sync task in a worker thread) it runs on
-    the run's loop like a submitted run, which this thread waits for (cancelled with the
-    run); outside any run, on a loop of its own."""
+    """An async task called inline by sync code. In a flow run (its sync body, a sync
+    task in a worker thread) it runs on the run's loop like a submitted run, which this
+    thread waits for (cancelled with the run): its result (or state). Outside any run,
+    the coroutine of the task run, as an ``async def`` call gives (for ``asyncio.run()``
+    or an ``await``)."""
     run = flow_run_var.get()
-    if run is None or run.closed:
+    if run is None:
+        return unawaited(
+            call_task_async(task, args, kwargs, return_state, wait_for), f"task {task.name!r}"
+        )
+    if run.closed:
         from ..settings import get_settings
 
         return run_fresh_loop(
@@ -491,8 +497,15 @@ async def execute_job(run: FlowRun, job: Job) -> None:
     future = job.future
     if future._final is not None:  # cancelled before it started
         return
+    # The submitter's context variables, but not the name of the async library that
+    # sniffio keeps in one: a sync subflow's body submits from its caller's thread,
+    # whose context may say trio while this loop runs asyncio (anyio would then make
+    # trio's cancel scopes here).
+    sniffio = sys.modules.get("sniffio")
+    library = None if sniffio is None else sniffio.current_async_library_cvar
     for var, value in job.context.items():
-        var.set(value)
+        if var is not library:
+            var.set(value)
     cancelled = anyio.get_cancelled_exc_class()
     try:
         with anyio.CancelScope() as scope:

@@ -21,6 +21,7 @@ from typing import Any
 from rich.console import Console
 from rich.text import Text
 
+from .._engine._loop import run_fresh_loop
 from .._engine._transitions import observe
 from .._logging import _FORMAT, ConsoleFormatter
 from .._tracebacks import trim_summary
@@ -64,7 +65,12 @@ def execute(
         with _logging_to(console if live else None), display:
             try:
                 with override_settings(backend=backend) if backend else nullcontext():
-                    state = flow(*args, **kwargs, return_state=True)
+                    if flow.is_async:  # on a loop of its own
+                        state = run_fresh_loop(
+                            _awaited, flow, args, kwargs, backend=get_settings().backend
+                        )
+                    else:
+                        state = flow(*args, **kwargs, return_state=True)
             except KeyboardInterrupt:
                 interrupted = "SIGINT"
             except Terminated:
@@ -155,3 +161,7 @@ def _logging_to(console: Console | None) -> Iterator[None]:
     finally:
         package.removeHandler(handler)
         package.setLevel(level)
+
+
+async def _awaited(flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    return await flow(*args, **kwargs, return_state=True)  # type: ignore[misc]

@@ -412,6 +412,29 @@ class DaskTaskRunner(TaskRunner):
         client = self._client
         return None if client is None else client.dashboard_link
 
+    def _configuration(self) -> tuple[Any, ...]:
+        return (
+            type(self),
+            self.cluster_class,
+            self.cluster_kwargs,
+            self.adapt_kwargs,
+            self.client_kwargs,
+            self.address,
+            id(self.existing_cluster),  # the same cluster object, not an equal one
+            self.connect_timeout,
+            self._bound,
+        )
+
+    def __eq__(self, other: object) -> bool:
+        """Runners with the same configuration are equal (as in prefect-dask): a
+        duplicate equals its template, started or not."""
+        if not isinstance(other, DaskTaskRunner):
+            return NotImplemented
+        return self._configuration() == other._configuration()
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.address, _describe(self.cluster_class)))
+
     def __repr__(self) -> str:
         if self.address is not None:
             return f"DaskTaskRunner(address={self.address!r})"
