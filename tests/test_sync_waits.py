@@ -674,9 +674,9 @@ SYNC_BODIES: dict[str, Any] = {
     "submit + result": lambda x: double.submit(x).result(),
     "map + result": lambda x: sum(double.map([x, x]).result()) // 2,
     "sync task calling an async task": lambda x: sync_calls_async_inline(x),
-    "submitted sync task calling an async task": lambda x: (
-        sync_calls_async_inline.submit(x).result()
-    ),
+    "submitted sync task calling an async task": lambda x: sync_calls_async_inline.submit(
+        x
+    ).result(),
     "sync task calling an async flow": lambda x: sync_calls_async_flow.submit(x).result() - 1,
     "async subflow": lambda x: async_child(x) - 1,
     "wait": lambda x: orchestr.wait([double.submit(x)]).done.pop().result(),
