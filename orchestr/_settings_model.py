@@ -276,7 +276,7 @@ def pydantic_model() -> Any:
 
 def _build_model() -> Any:
     # Deferred: pydantic costs a tenth of a second to import.
-    from pydantic import BeforeValidator, create_model
+    from pydantic import BeforeValidator, Discriminator, Tag, create_model
     from pydantic import Field as PydanticField
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -291,8 +291,21 @@ def _build_model() -> Any:
     def constrained(hint: Any, constraints: dict[str, Any]) -> Any:
         origin = typing.get_origin(hint)
         if origin in (typing.Union, types.UnionType):
-            members = tuple(constrained(arg, constraints) for arg in typing.get_args(hint))
-            return typing.Union[members]  # noqa: UP007  # a tuple of members
+            # Tagged, and the member picked by the value's shape: an error then names
+            # "list" and the item (task_default_retry_delay_seconds.list.1), not every
+            # member's validators as pydantic spells them.
+            members = typing.get_args(hint)
+            tags = ["list" if typing.get_origin(m) is list else "number" for m in members]
+            tagged = tuple(
+                Annotated[constrained(m, constraints), Tag(t)]
+                for m, t in zip(members, tags, strict=True)
+            )
+
+            def shape(value: Any) -> str:
+                listed = isinstance(value, (list, tuple))
+                return "list" if listed and "list" in tags else tags[0]
+
+            return Annotated[typing.Union[tagged], Discriminator(shape)]  # noqa: UP007
         if origin is list:
             return list[constrained(typing.get_args(hint)[0], constraints)]  # type: ignore[misc]
         if hint in (int, float):

@@ -575,6 +575,20 @@ def test_bad_input_is_named_with_exit_code_2_and_no_traceback(
             "maybe",
             "ORCHESTR_HISTORY='maybe' is not valid: Input should be a valid boolean",
         ),
+        (
+            ["runs", "list"],
+            "ORCHESTR_TASK_DEFAULT_RETRY_DELAY_SECONDS",
+            "[1, -1]",
+            "item #1 (-1) of ORCHESTR_TASK_DEFAULT_RETRY_DELAY_SECONDS is not valid: "
+            "Input should be greater than or equal to 0",
+        ),
+        (
+            ["runs", "list"],
+            "ORCHESTR_FLOW_DEFAULT_RETRY_DELAY_SECONDS",
+            "-2",
+            "ORCHESTR_FLOW_DEFAULT_RETRY_DELAY_SECONDS=-2 is not valid: "
+            "Input should be greater than or equal to 0",
+        ),
     ],
 )
 def test_a_bad_orchestr_variable_is_bad_input_naming_it(

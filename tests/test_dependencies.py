@@ -1421,3 +1421,28 @@ def test_a_final_state_passed_to_an_inline_sync_task_in_async_code_needs_no_wait
         return plus_one(Completed(4))
 
     assert run(main) == 5
+
+
+def test_an_inline_sync_task_in_async_code_is_refused_a_finished_future_saying_why(
+    run: Any,
+) -> None:
+    """A finished future is refused too (the same code must not work or fail by timing),
+    and the error says so and shows the fix: pass the result."""
+
+    @task
+    def times_ten(x: int) -> int:
+        return x * 10
+
+    @flow
+    async def main() -> str:
+        future = async_value.submit(1)
+        assert await future == 1
+        try:
+            times_ten(future)
+        except BlockingCallError as exc:
+            return str(exc)
+        return "not refused"
+
+    message = run(main)
+    assert "even when they have finished" in message
+    assert "times_ten(await fut)" in message

@@ -242,3 +242,26 @@ def test_a_logging_level_that_logging_does_not_know_is_refused_naming_the_settin
 def test_logging_level_names_are_taken_in_any_case(level: str) -> None:
     with override_settings(logging_level=level):
         assert get_settings().logging_level == level
+
+
+@pytest.mark.parametrize(
+    ("value", "where"),
+    [
+        ([1, -1], "task_default_retry_delay_seconds.list.1"),
+        (-1, "task_default_retry_delay_seconds.number"),
+    ],
+)
+def test_a_bad_delay_names_the_item_not_pydantic_internals(value: Any, where: str) -> None:
+    """A setting that is a number or a list of them: the error names the item that is
+    wrong, not each union member's validators as pydantic spells them."""
+    with (
+        pytest.raises(pydantic.ValidationError) as raised,
+        override_settings(task_default_retry_delay_seconds=value),
+    ):
+        pass
+    message = str(raised.value)
+    assert where in message
+    assert "greater than or equal to 0" in message
+    assert "function-after" not in message
+    assert "valid number" not in message  # the list is not also tried as a number
+    assert raised.value.error_count() == 1

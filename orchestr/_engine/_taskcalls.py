@@ -13,8 +13,9 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sized
 from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -126,8 +127,10 @@ async def _call_inline(
             assert run is not None
             raise BlockingCallError(
                 f"sync task {task.name!r} was called inline on the event loop thread of "
-                f"flow run {run.record.name!r} with futures to wait for (in its arguments "
-                "or wait_for); waiting there would block the loop: submit it instead "
+                f"flow run {run.record.name!r} with futures in its arguments or wait_for; "
+                "waiting for one there would block the loop, so such a call is refused "
+                "even when they have finished (the same code must not work or fail by "
+                f"timing): pass their results (`{task.name}(await fut)`), submit it "
                 f"(`await {task.name}.submit(...)`), or make it async"
             )
         driver = BlockingDriver(run, inline=True)
@@ -344,10 +347,18 @@ def run_in_copy(context: Context, fn: Callable[..., T], /, *args: Any) -> T:
 def map_task(
     task: Task[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: Any
 ) -> FutureList[Any]:
+    """One run per element of the mapped (iterable) arguments, which must have equal
+    lengths. Sized iterables (lists, tuples, ranges, dicts, sets...) are read first;
+    the others (generators, iterators) then in order, each at most one item past the
+    longest length known so far, so an endless iterator beside a finite one is a
+    MappingError, not a read that never ends. Only when no mapped argument has a
+    known length is the first one read to its end as ``list()`` would (and, endless,
+    never ends either)."""
     run = _current_run(task, "map")
     # Every run gets the same wait_for: read it (a generator too) and scan it once.
     waits = scan_wait_for(wait_for)
     mapped: dict[int | str, list[Any]] = {}
+    unsized: dict[int | str, Iterable[Any]] = {}
     static: dict[int | str, Any] = {}
     # allow_failure / quote / opaque around a mapped iterable: each element gets it.
     rewrap: dict[int | str, type[Any]] = {}
@@ -359,7 +370,11 @@ def map_task(
         if isinstance(inner, unmapped):
             static[key] = inner.value if wrapper is None else wrapper(inner.value)
         elif _mappable(inner):
-            mapped[key] = list(inner)
+            if isinstance(inner, Sized):
+                mapped[key] = list(inner)
+            else:
+                unsized[key] = inner
+                mapped[key] = []  # read below, once the known lengths bound it
             if wrapper is not None:
                 rewrap[key] = wrapper
         else:
@@ -372,9 +387,15 @@ def map_task(
             + "; pass a list or other iterable of values (strings, bytes and "
             "unmapped(...) values are passed whole), or use .submit() for a single run"
         )
+    cut = _read_unsized(mapped, unsized)
     lengths = {key: len(values) for key, values in mapped.items()}
-    if len(set(lengths.values())) > 1:
-        described = ", ".join(f"{_arg_name(k)} has {n}" for k, n in lengths.items())
+    if cut or len(set(lengths.values())) > 1:
+        described = ", ".join(
+            f"{_arg_name(k)} has more than {n - 1} (not read further)"
+            if k in cut
+            else f"{_arg_name(k)} has {n}"
+            for k, n in lengths.items()
+        )
         raise MappingError(
             f"{task.name}.map() got iterables of different lengths ({described}); "
             "map needs equal lengths (wrap a value in unmapped(...) to pass it whole "
@@ -392,6 +413,27 @@ def map_task(
             run.refuse_closed_resources(task.name, call_args, call_kwargs)
         futures.append(_submit(run, task, call_args, call_kwargs, waits))
     return futures
+
+
+def _read_unsized(
+    mapped: dict[int | str, list[Any]], unsized: dict[int | str, Iterable[Any]]
+) -> set[int | str]:
+    """Read the mapped iterables of unknown length into ``mapped``, in order, each at
+    most one item past the longest length known (of the sized ones, and of those read
+    to their end); returns those cut off there (longer than that: maybe endless)."""
+    known = [len(mapped[key]) for key in mapped if key not in unsized]
+    cut: set[int | str] = set()
+    for key, iterable in unsized.items():
+        if not known:  # nothing bounds it: read to its end, as list() does
+            mapped[key] = list(iterable)
+        else:
+            longest = max(known)
+            mapped[key] = list(itertools.islice(iterable, longest + 1))
+            if len(mapped[key]) > longest:
+                cut.add(key)
+                continue
+        known.append(len(mapped[key]))
+    return cut
 
 
 # Wrappers that a mapped iterable may come in; every element is mapped over in one.

@@ -42,6 +42,9 @@ def _described(exc: Exception) -> str:
     for error in errors(include_url=False):
         where = error.get("loc") or ()
         shown = f"{_variable(str(where[0]))}={error.get('input')!r}" if where else "settings"
+        items = [part for part in where[1:] if isinstance(part, int)]
+        if items:  # an item of a list (loc: name, "list", index): say which
+            shown = f"item #{items[0]} ({error.get('input')!r}) of {_variable(str(where[0]))}"
         problems.setdefault(shown, []).append(error["msg"])
     return "; ".join(f"{shown} is not valid: {' / '.join(m)}" for shown, m in problems.items())
 
