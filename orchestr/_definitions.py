@@ -97,6 +97,8 @@ class Definition(Generic[P, R]):
         self.on_failure_hooks = _hooks(self, "on_failure", get("on_failure"))
         self.on_running_hooks = _hooks(self, "on_running", get("on_running"))
         self.run_name = _run_name(self, get(f"{self.kind}_run_name"))
+        # How a run name callable gets the run's parameters (see _name_parameters).
+        self._run_name_passing = _name_parameters(self, self.run_name)
         self._calls = _CallShapes()
         self._bound_calls: _CallShapes | None = None  # shared by the bound copies
         if inspect.isfunction(fn) or inspect.ismethod(fn):
@@ -296,11 +298,10 @@ def _check_function(fn: Any, kind: str) -> None:
                 f"@{kind} needs a function (def or async def), a method or a callable "
                 f"object, but got {type(fn).__name__} {fn!r}"
             )
-    if inspect.isasyncgenfunction(inner) or (call is not None and inspect.isasyncgenfunction(call)):
-        raise NotAFunctionError(
-            f"@{kind} cannot wrap the async generator function {_function_name(fn)}; to "
-            "set up and clean up a resource, decorate it with @resource instead"
-        )
+    if call is None:
+        _refuse_generator(inner, _function_name(fn), kind)
+    else:
+        _refuse_generator(call, f"{_function_name(fn)}.__call__", kind)
     for parameter in inspect.signature(fn).parameters:
         if parameter in RESERVED_PARAMETERS:
             raise ReservedParameterError(
@@ -308,6 +309,25 @@ def _check_function(fn: Any, kind: str) -> None:
                 f"{parameter!r}, which orchestr reserves for its own use in calls "
                 f"({', '.join(RESERVED_PARAMETERS)}); rename the parameter"
             )
+
+
+def _refuse_generator(code: Any, name: str, kind: str) -> None:
+    """Refuse a generator function, sync or async (``code``: the function, or a callable
+    object's ``__call__``): a run would only create the generator, and its body would
+    run later in the caller, outside the run (no retries, no timeout, no failure
+    recorded)."""
+    if inspect.isasyncgenfunction(code):
+        what = "async generator function"
+    elif inspect.isgeneratorfunction(code):
+        what = "generator function"
+    else:
+        return
+    raise NotAFunctionError(
+        f"@{kind} cannot wrap the {what} {name}: a run would only create "
+        "the generator, and its body would run later, outside the run; return the "
+        "values instead (a list), or to set up and clean up a resource, decorate it "
+        "with @resource"
+    )
 
 
 # -- options -----------------------------------------------------------------------------------
@@ -401,7 +421,8 @@ def _run_name(defn: Definition[Any, Any], value: Any) -> RunName | None:
     if not isinstance(value, str) or not value:
         raise UsageError(
             f"{option} of {_where(defn)} must be a non-empty string template (such as "
-            f"'fetch-{{city}}') or a callable of no arguments returning one; got {value!r}"
+            f"'fetch-{{city}}') or a callable returning one (of no arguments, or of "
+            f"`parameters`); got {value!r}"
         )
     import string  # deferred: only templates need it
 
@@ -428,6 +449,39 @@ def _run_name(defn: Definition[Any, Any], value: Any) -> RunName | None:
     return value
 
 
+# Parameter kinds that need an argument when they have no default.
+_REQUIRABLE = (
+    inspect.Parameter.POSITIONAL_ONLY,
+    inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    inspect.Parameter.KEYWORD_ONLY,
+)
+
+
+def _name_parameters(defn: Definition[Any, Any], value: Any) -> inspect._ParameterKind | None:
+    """How a run name callable is given the run's parameters: the kind of its
+    ``parameters`` parameter (a positional-only one is passed by position, others by
+    keyword), or None to call it with no arguments. A callable that requires any other
+    argument is refused here, rather than failing every run."""
+    if value is None or isinstance(value, str):
+        return None
+    try:
+        signature = inspect.signature(value)
+    except (TypeError, ValueError):
+        return None  # a builtin without a signature: called with no arguments, as before
+    passing = None
+    for name, parameter in signature.parameters.items():
+        if name == "parameters" and parameter.kind is not parameter.VAR_POSITIONAL:
+            passing = parameter.kind
+        elif parameter.default is parameter.empty and parameter.kind in _REQUIRABLE:
+            option = f"{defn.kind}_run_name"
+            raise UsageError(
+                f"{option} of {_where(defn)} is {_function_name(value)}{signature}, which "
+                f"requires the argument {name!r}; a run name callable takes no arguments, "
+                "or one named `parameters` (the run's parameters by name)"
+            )
+    return passing
+
+
 def _template_fields(formatter: Any, template: str, *, nested: bool) -> list[str]:
     """The fields of a run name template, those in format specs (``{x:{width}}``) too;
     ValueError for what ``str.format`` would refuse whatever the values (an unknown
@@ -449,8 +503,8 @@ def _template_fields(formatter: Any, template: str, *, nested: bool) -> list[str
 def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> str:
     """The name a run gets from its definition's ``task_run_name`` / ``flow_run_name``:
     the template formatted with the call's parameters by name (defaults included), or
-    what the callable returned. Raises UsageError naming the definition when that
-    fails."""
+    what the callable returned (given the parameters as a dict, if it takes
+    ``parameters``). Raises UsageError naming the definition when that fails."""
     template = defn.run_name
     option = f"{defn.kind}_run_name"
     try:
@@ -458,7 +512,15 @@ def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict
             name = template.format(**_parameters(defn, args, kwargs))
         else:
             assert template is not None
-            name = template()
+            # Any callable shape: RunName names only the zero-argument one.
+            namer: Callable[..., Any] = template
+            passing = defn._run_name_passing
+            if passing is None:
+                name = namer()
+            elif passing is inspect.Parameter.POSITIONAL_ONLY:
+                name = namer(_bound_parameters(defn, args, kwargs))
+            else:
+                name = namer(parameters=_bound_parameters(defn, args, kwargs))
     except Exception as exc:
         raise UsageError(
             f"{option} of {_where(defn)} could not make a run name: {type(exc).__name__}: {exc}"
@@ -466,6 +528,17 @@ def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict
     if not isinstance(name, str) or not name:
         raise UsageError(f"{option} of {_where(defn)} must give a non-empty string, got {name!r}")
     return name
+
+
+def _bound_parameters(
+    defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> dict[str, Any]:
+    """The call's arguments by parameter name, defaults applied, as bound (``**kwargs``
+    under its own name): what a run name callable taking ``parameters`` gets, the same
+    as ``runtime.flow_run.parameters`` and Prefect's ``parameters``."""
+    bound = bind(signature_of(defn), args, kwargs)
+    bound.apply_defaults()
+    return dict(bound.arguments)
 
 
 def _parameters(

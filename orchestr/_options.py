@@ -31,7 +31,7 @@ __all__ = [
 RetryDelay = float | Sequence[float] | Callable[[int], float]
 RetryCondition = Callable[[Any, Any, Any], Any]
 Hook = Callable[[Any, Any, Any], Any]
-RunName = str | Callable[[], str]
+RunName = str | Callable[[], str] | Callable[[dict[str, Any]], str]
 
 
 class _CommonOptions(TypedDict, total=False):

@@ -32,7 +32,7 @@ from .futures import (
     _StatesOrAwaitable,
 )
 
-__all__ = ["Task", "task"]
+__all__ = ["Task", "exponential_backoff", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -226,16 +226,37 @@ def task(__fn: Any = None, /, **options: Any) -> Any:
     on callable objects.
 
     Options: ``name``; ``retries``, ``retry_delay_seconds`` (a number, a list, or a
-    callable of the attempt; both default to the ``task_default_*`` settings),
+    callable of the attempt, or as in Prefect one of the number of retries that returns
+    the list, such as :func:`exponential_backoff`'s; both default to the
+    ``task_default_*`` settings),
     ``retry_jitter_factor``, ``retry_condition_fn(task, run, state)``;
     ``timeout_seconds`` (``inf`` or None: none); ``tags``; ``log_prints``;
     ``worker_resources`` (what each run asks of the worker that runs it on a Dask
     cluster, e.g. ``{"GPU": 1}``: Dask's worker resources);
     ``task_run_name`` (a template over the parameters, ``"fetch-{city}"``, or a callable
-    of no arguments); hooks ``on_completion``, ``on_failure`` and ``on_running`` (each
-    attempt), each called as ``hook(task, run_record, state)``.
+    of no arguments or of ``parameters``, a dict of the run's); hooks ``on_completion``,
+    ``on_failure`` and ``on_running`` (each attempt), each called as
+    ``hook(task, run_record, state)``.
     """
     check_option_names("task", options)
     if __fn is not None:
         return Task(__fn, **options)
     return lambda fn: Task(fn, **options)
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """Retry delays that double, as Prefect's ``exponential_backoff``: for
+    ``retry_delay_seconds=exponential_backoff(10)`` with ``retries=3``, 10, 20 and 40
+    seconds. What it returns is called with the number of retries and gives the list of
+    delays (at most 50, the last one repeating), as Prefect calls it."""
+    factor = float(backoff_factor)
+    if not factor >= 0 or factor == float("inf") or isinstance(backoff_factor, bool):
+        raise UsageError(
+            f"backoff_factor of exponential_backoff must be a finite number >= 0, got "
+            f"{backoff_factor!r}"
+        )
+
+    def delays(retries: int) -> list[float]:
+        return [factor * 2**r for r in range(min(retries, 50))]
+
+    return delays

@@ -1,6 +1,7 @@
 """Bad input over the public surface, drawn by hypothesis (issue 11, rule 12): decorator
 options of ``@task`` / ``@flow`` (and ``with_options``), call, ``.submit()`` and
-``.map()`` arguments, ``wait_for`` contents, future timeouts, typed flow parameters,
+``.map()`` arguments, ``wait_for`` contents, future timeouts, the futures given to
+``wait()`` / ``as_completed()`` / a ``FutureList``, typed flow parameters,
 task runner constructors, resources and pools, limits, the run history's queries,
 settings (``override_settings`` and ``ORCHESTR_*`` variables) and the ``orchestr``
 command line (in-process, through Click's ``CliRunner``).
@@ -41,6 +42,7 @@ from pydantic import ValidationError
 import orchestr
 import orchestr.settings
 from orchestr import (
+    FutureList,
     ProcessPoolTaskRunner,
     State,
     TaskFuture,
@@ -598,13 +600,27 @@ def _wait_for_verdict(items: Any) -> bool | None:
     return True if all(verdicts) else None
 
 
+def _futures_verdict(value: Any) -> bool | None:
+    """An iterable of futures only (not one future, nor text): good; anything else is
+    bad; a hostile iterable, either."""
+    if isinstance(value, RaisesIter | RaisesLen):
+        return None
+    if isinstance(value, TaskFuture | str | bytes) or not isinstance(value, Iterable):
+        return False
+    if isinstance(value, Iterator):
+        return None  # reading it here would leave nothing for the call
+    return all(type(item) is TaskFuture for item in value)
+
+
 @pytest.mark.timeout(TIMEOUT)
 def test_wait_for_contents_and_call_arguments() -> None:
     """wait_for with futures (bare, in allow_failure, in lists, nested) is accepted and
     the run waits; values, States and hostile objects in it are a UsageError naming
     wait_for at the call; calls whose arguments do not fit the signature are a
     ParameterBindError naming the task, for calls, .submit() and .map() alike; timeouts
-    of result()/wait() (futures and FutureLists) and return_state are checked."""
+    of result()/wait() (futures and FutureLists) and return_state are checked; wait(),
+    as_completed() and FutureList's waits take iterables of futures only, anything else
+    (one future, a value among them) is a UsageError naming the call."""
 
     @flow
     def main() -> None:
@@ -687,9 +703,39 @@ def test_wait_for_contents_and_call_arguments() -> None:
                 verdict = _duration(value, zero=True)
             assert (error is None) is verdict, (how, value, error)
 
+        collection = st.one_of(
+            futures,
+            st.lists(st.one_of(futures, st.sampled_from(states), SCALARS), max_size=3),
+            st.lists(futures, max_size=3).map(lambda items: iter(items)),
+            st.lists(futures, max_size=3).map(tuple),
+            st.lists(futures, max_size=3).map(FutureList),
+            st.dictionaries(st.text(max_size=2), futures, max_size=2),
+            WEIRD,
+        )
+        collections = {
+            "orchestr.wait()": lambda v: orchestr.wait(v, timeout=WAIT),
+            "as_completed()": lambda v: list(orchestr.as_completed(v, timeout=WAIT)),
+            "FutureList.wait()": lambda v: FutureList(v).wait(timeout=WAIT),
+            "FutureList.result()": lambda v: FutureList(v).result(timeout=WAIT),
+        }
+
+        @given(collection, st.sampled_from(sorted(collections)))
+        @examples(120)
+        def check_collections(value: Any, how: str) -> None:
+            verdict = _futures_verdict(value)
+            if how.startswith("FutureList") and not isinstance(value, list):
+                value = [*done[:1], value]  # a FutureList with the value put in it
+                verdict = type(value[1]) is TaskFuture
+            error = outcome(lambda: collections[how](value), [how])
+            if verdict is True:
+                assert error is None, (value, error)
+            elif verdict is False:
+                assert isinstance(error, UsageError), (value, error)
+
         check_wait_for()
         check_arguments()
         check_timeouts()
+        check_collections()
 
     with override_settings(history=False):
         main()

@@ -172,6 +172,63 @@ def test_callable_delay_gets_attempt_numbers(run: Any, caplog: pytest.LogCapture
     assert _delays_logged(caplog)[-3:] == [0.001, 0.002, 0.003]
 
 
+@pytest.mark.parametrize("kind", ["task", "flow"])
+def test_a_prefect_style_delay_callable_gives_the_list_of_delays(
+    run: Any, caplog: pytest.LogCaptureFixture, kind: str
+) -> None:
+    """Prefect's callable form (``exponential_backoff``): called with the number of
+    retries, it returns the list of delays; each retry waits its entry, the last one
+    repeating past the list's end."""
+    asked: list[int] = []
+
+    def delays(retries: int) -> list[float]:
+        asked.append(retries)
+        return [0.001 * 2**r for r in range(min(retries, 2))]
+
+    if kind == "task":
+
+        @task(retries=3, retry_delay_seconds=delays)
+        def always() -> None:
+            raise RuntimeError("again")
+
+        @flow
+        async def main() -> None:
+            await always.submit().wait()
+
+        run(main)
+    else:
+
+        @flow(retries=3, retry_delay_seconds=delays)
+        async def failing() -> None:
+            raise RuntimeError("again")
+
+        async def main_flow() -> None:
+            await failing(return_state=True)
+
+        run(main_flow)
+    assert _delays_logged(caplog)[-3:] == [0.001, 0.002, 0.002]
+    assert set(asked) == {1, 2, 3}  # retry n asks with n, gets a list, asks with 3
+
+
+def test_exponential_backoff_is_prefects(run: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """``orchestr.tasks.exponential_backoff(f)``: delays f, 2f, 4f, ... as in Prefect."""
+    from orchestr.tasks import exponential_backoff
+
+    assert exponential_backoff(10)(4) == [10, 20, 40, 80]
+    assert len(exponential_backoff(1)(80)) == 50  # Prefect caps the list at 50
+
+    @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=0.001))
+    async def always() -> None:
+        raise RuntimeError("again")
+
+    @flow
+    async def main() -> None:
+        await always.submit().wait()
+
+    run(main)
+    assert _delays_logged(caplog)[-3:] == [0.001, 0.002, 0.004]
+
+
 def test_jitter_end_to_end(caplog: pytest.LogCaptureFixture) -> None:
     """A task with jitter sleeps a delay within the jitter bounds on every retry."""
 

@@ -62,6 +62,9 @@ class RetryOptions(Protocol):
     name: str
 
     @property
+    def retries(self) -> int: ...
+
+    @property
     def retry_delay_seconds(self) -> float | Sequence[float] | Callable[[int], float]: ...
 
     @property
@@ -334,13 +337,13 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
     if callable(spec):
         # Checked here, not at decoration: what it returns is known only now. A bad
         # value (or an error) is a UsageError naming the task or flow.
-        try:
-            value = spec(attempt)
-        except Exception as exc:
-            raise UsageError(
-                f"retry_delay_seconds of {options.kind} {options.name!r} raised "
-                f"{type(exc).__name__}: {exc} for attempt {attempt}"
-            ) from exc
+        value = _called(options, spec, attempt, attempt)
+        if isinstance(value, (list, tuple)):
+            # Prefect's form (prefect.tasks.exponential_backoff): a callable of the number
+            # of retries that returns the list of delays; entry attempt - 1 of it.
+            listed = _called(options, spec, options.retries, attempt)
+            if isinstance(listed, (list, tuple)) and listed:
+                value = listed[min(attempt, len(listed)) - 1]
         delay = check_retry_delay(options, value, attempt)
     elif isinstance(spec, (list, tuple)):
         delay = float(spec[min(attempt, len(spec)) - 1]) if spec else 0.0
@@ -352,6 +355,16 @@ def retry_delay(options: RetryOptions, attempt: int) -> float:
 
         delay *= 1 + random.uniform(-jitter, jitter)
     return min(max(0.0, delay), MAX_SECONDS)
+
+
+def _called(options: RetryOptions, spec: Callable[[int], Any], argument: int, attempt: int) -> Any:
+    try:
+        return spec(argument)
+    except Exception as exc:
+        raise UsageError(
+            f"retry_delay_seconds of {options.kind} {options.name!r} raised "
+            f"{type(exc).__name__}: {exc} for attempt {attempt}"
+        ) from exc
 
 
 def next_retry_delay(

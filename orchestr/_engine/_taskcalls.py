@@ -370,10 +370,11 @@ def map_task(
         if isinstance(inner, unmapped):
             static[key] = inner.value if wrapper is None else wrapper(inner.value)
         elif _mappable(inner):
-            if isinstance(inner, Sized):
-                mapped[key] = list(inner)
+            iterable: Iterable[Any] = inner
+            if isinstance(iterable, Sized):
+                mapped[key] = list(iterable)
             else:
-                unsized[key] = inner
+                unsized[key] = iterable
                 mapped[key] = []  # read below, once the known lengths bound it
             if wrapper is not None:
                 rewrap[key] = wrapper
