@@ -107,6 +107,14 @@ class Definition(Generic[P, R]):
             # A callable object or a partial: its instance attributes must not land
             # on the definition (an attribute `name` would replace the run name).
             functools.update_wrapper(self, fn, updated=())  # type: ignore[arg-type]
+        # Metadata, as in Prefect: what the CLI's help shows, and a version for the
+        # user's own bookkeeping; neither changes how a run goes.
+        for option in ("description", "version"):
+            value = get(option)
+            if value is not None and not isinstance(value, str):
+                raise UsageError(f"{option} of {where} must be a string or None, got {value!r}")
+        self.description: str | None = get("description") or inspect.getdoc(fn)
+        self.version: str | None = get("version")
 
     # -- options --------------------------------------------------------------------------
     @property

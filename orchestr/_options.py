@@ -36,6 +36,8 @@ RunName = str | Callable[[], str] | Callable[[dict[str, Any]], str]
 
 class _CommonOptions(TypedDict, total=False):
     name: str | None
+    description: str | None
+    version: str | None
     retries: int | None
     retry_delay_seconds: RetryDelay | None
     retry_jitter_factor: float | None

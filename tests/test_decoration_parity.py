@@ -295,3 +295,27 @@ def test_run_name_callables_needing_other_arguments_are_refused(
         assert namer.__name__ in message
         assert repr(argument) in message
         assert "parameters" in message
+
+
+# -- description and version: Prefect's metadata options --------------------------------------
+@pytest.mark.parametrize("decorator", [task, flow])
+def test_description_and_version_are_kept_as_metadata(decorator: Any) -> None:
+    """``description=`` and ``version=`` (Prefect's metadata) are accepted and kept, also
+    by ``with_options()``; the description defaults to the docstring; neither changes a
+    run; anything but a string is refused naming the option."""
+
+    def documented() -> int:
+        """What it does."""
+        return 1
+
+    plain = decorator(documented)
+    assert (plain.description, plain.version) == ("What it does.", None)
+    given = decorator(description="Nightly load", version="2.1")(documented)
+    assert (given.description, given.version) == ("Nightly load", "2.1")
+    copy = given.with_options(retries=1)
+    assert (copy.description, copy.version) == ("Nightly load", "2.1")
+    if decorator is flow:
+        assert given() == 1
+    for option in ("description", "version"):
+        with pytest.raises(UsageError, match=rf"{option} of .*documented.* must be a string"):
+            decorator(**{option: 3})(documented)

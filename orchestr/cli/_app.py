@@ -194,7 +194,7 @@ def _flow_help(flow: Flow[Any, Any], where: str) -> str:
     formatter = click.HelpFormatter()
     kind = "async flow" if flow.is_async else "flow"
     with formatter.section(f"The {kind} {flow.name!r} ({where})"):
-        doc = inspect.getdoc(flow.fn)
+        doc = flow.description
         if doc:
             formatter.write_text(doc)
             formatter.write_paragraph()
