@@ -238,11 +238,11 @@ def test_a_bad_delay_callable_fails_its_flow_run_cleanly(backend: str, kind: str
     (Failed, with a UsageError naming the flow and noting the attempt's error), never
     a crash or a raw ExceptionGroup."""
 
-    @flow(retries=1, retry_delay_seconds=lambda attempt: [attempt])
+    @flow(retries=1, retry_delay_seconds=lambda attempt: f"{attempt}s")
     async def amain() -> None:
         raise ValueError("body failed")
 
-    @flow(retries=1, retry_delay_seconds=lambda attempt: [attempt])
+    @flow(retries=1, retry_delay_seconds=lambda attempt: f"{attempt}s")
     def smain() -> None:
         raise ValueError("body failed")
 
@@ -254,7 +254,7 @@ def test_a_bad_delay_callable_fails_its_flow_run_cleanly(backend: str, kind: str
     assert state.type is StateType.FAILED
     error = state.exception
     assert type(error) is UsageError
-    assert f"retry_delay_seconds of flow '{kind[0]}main' returned [1]" in str(error)
+    assert f"retry_delay_seconds of flow '{kind[0]}main' returned '1s'" in str(error)
     assert "ValueError: body failed" in "".join(getattr(error, "__notes__", []))
 
 
@@ -453,6 +453,8 @@ def _name_ok(value: Any) -> bool:
 # no internal error escapes).
 OPTION_ORACLES: dict[str, Callable[[Any], bool | None]] = {
     "name": _name_ok,
+    "description": lambda v: v is None or isinstance(v, str),
+    "version": lambda v: v is None or isinstance(v, str),
     "retries": lambda v: v is None or (type(v) is int and v >= 0),
     "retry_delay_seconds": lambda v: (
         v is None
@@ -706,6 +708,8 @@ def _every_option(kind: str) -> dict[str, Any]:
     hook = lambda *a: None  # noqa: E731
     values: dict[str, Any] = {
         "name": "renamed",
+        "description": "what it does",
+        "version": "3.1",
         "retries": 2,
         "retry_delay_seconds": [0.5, 1.0],
         "retry_jitter_factor": 0.25,
@@ -732,6 +736,8 @@ def _every_option(kind: str) -> dict[str, Any]:
 def _settings(defn: Any) -> dict[str, Any]:
     return {
         "name": defn.name,
+        "description": defn.description,
+        "version": defn.version,
         "retries": defn.retries,
         "retry_delay_seconds": defn.retry_delay_seconds,
         "jitter": defn.retry_jitter_factor,
