@@ -100,7 +100,7 @@ async def run_attempts(
             # Finished from outside while it ran (fut.cancel() on a sync run in a
             # thread): what it did afterwards is discarded: no hooks, no log.
             _follow(future, record)
-            return future._state
+            return future._state  # type: ignore[return-value]  # final: checked above
         try:
             for hook in _hooks_for(task, state):
                 await run_hook(hook, task, record, state, driver)

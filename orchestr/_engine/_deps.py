@@ -663,7 +663,8 @@ def _not_run_flow(flow: Flow[Any, Any], future: TaskFuture[Any], return_state: b
         None,
         upstream,
     )
-    error.__cause__ = future._state.exception if future._final is not None else None
+    final = future._state
+    error.__cause__ = final.exception if final is not None else None
     state: State[Any] = State(StateType.NOT_RUN, message=str(error), error=error, record=record)
     set_state(record, state)
     if _flow_log.isEnabledFor(logging.INFO):

@@ -274,7 +274,7 @@ def unawaited(coroutine: Coroutine[Any, Any, T], what: str) -> Coroutine[Any, An
     """``coroutine``, named so that Python's warning about one never awaited says what
     to do with it."""
     with contextlib.suppress(AttributeError):  # (an awaitable that is not a coroutine)
-        coroutine.__qualname__ = (  # type: ignore[misc]
+        coroutine.__qualname__ = (  # type: ignore[attr-defined]
             f"{what}, called from sync code (run it with asyncio.run(...) or await it)"
         )
     return coroutine

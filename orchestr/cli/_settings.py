@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any
 
 from ..settings import Settings, get_settings
 from ._errors import BadInput
@@ -40,7 +41,7 @@ def _described(exc: Exception) -> str:
     # One entry per variable: a union setting (a number or a list) fails once per member.
     problems: dict[str, list[str]] = {}
     for error in errors(include_url=False):
-        where = error.get("loc") or ()
+        where: tuple[Any, ...] = tuple(error.get("loc") or ())
         shown = f"{_variable(str(where[0]))}={error.get('input')!r}" if where else "settings"
         items = [part for part in where[1:] if isinstance(part, int)]
         if items:  # an item of a list (loc: name, "list", index): say which
