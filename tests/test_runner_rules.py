@@ -1540,7 +1540,7 @@ def test_a_nested_submit_in_far_away_task_code_says_where_it_runs(
 ) -> None:
     """A task's code submitting another run works on the thread pool (the flow run is
     right here); where the call runs far away, it fails the run with a
-    NotInFlowRunError that says the task run executes in another process."""
+    NotInFlowRunError that says the task run executes apart from its flow run."""
     nested = rt.sync_nested_submit if task_kind == "sync" else rt.async_nested_submit
 
     states: list[State[Any]] = []
@@ -1562,7 +1562,7 @@ def test_a_nested_submit_in_far_away_task_code_says_where_it_runs(
     assert "sync_add.submit() was called in task run" in message
     assert state.run_name is not None
     assert repr(state.run_name) in message
-    assert "executes in another process" in message
+    assert "executes apart from its flow run" in message
 
 
 def test_an_argument_that_does_not_pickle_fails_the_run_naming_it(
@@ -1735,7 +1735,7 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
     if remote(kind) and kind != "dask":
         for told in (held, rated):
             assert told.startswith("UsageError: "), told
-            assert "executes in another process" in told
+            assert "executes apart from its flow run" in told
             assert "tags=[" in told
     else:
         assert (held, rated) == ("held", "taken")

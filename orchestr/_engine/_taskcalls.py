@@ -504,7 +504,8 @@ def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
         if remote is not None:
             raise NotInFlowRunError(
                 f"{task.name}.{verb}() was called in task run {remote.task_run_name!r} of "
-                f"flow run {remote.flow_run_name!r}, which executes in another process; "
+                f"flow run {remote.flow_run_name!r}, which executes apart from its flow "
+                "run (in a worker, as a call the runner sent; maybe another process); "
                 "task runs are submitted by their flow run, in its process: return what "
                 f"the new runs need and {verb} them in the flow, or call {task.name}(...) "
                 "to run the task inline here"
