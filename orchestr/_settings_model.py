@@ -302,7 +302,7 @@ def _build_model() -> Any:
             )
 
             def shape(value: Any) -> str:
-                listed = isinstance(value, (list, tuple))
+                listed = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
                 return "list" if listed and "list" in tags else tags[0]
 
             return Annotated[typing.Union[tagged], Discriminator(shape)]  # noqa: UP007

@@ -188,8 +188,18 @@ class TaskFuture(Generic[R]):
         """The final state, or None before there is one (see ``_final``)."""
         final = self._final
         if final is COMPACT:
+            with self._lock:
+                return self._made_state()
+        return final  # type: ignore[return-value]
+
+    def _made_state(self) -> State[R] | None:
+        """``_state`` with the future's lock held: a compact Completed state is made
+        once, and kept, so that every later read gives that one object. It equals the
+        state the run's hooks and observers were given (``State.__eq__``)."""
+        final = self._final
+        if final is COMPACT:
             record = self._record
-            final = State(
+            final = self._final = State(
                 StateType.COMPLETED,
                 name=record.state_name,
                 message=record.message,
@@ -197,8 +207,6 @@ class TaskFuture(Generic[R]):
                 timestamp=record.ended,
                 record=record,
             )
-            # Two threads reading at once may each make one: equal, and either is kept.
-            self._final = final
         return final  # type: ignore[return-value]
 
     def _result(self, raise_on_failure: bool = True) -> R:
@@ -226,7 +234,7 @@ class TaskFuture(Generic[R]):
         """The final state (observed), else the current one, read under the future's
         lock: never a record that the finishing thread has written only half of."""
         with self._lock:
-            state = self._state
+            state = self._made_state()
             if state is None:
                 state = self._finishing
             if state is None:

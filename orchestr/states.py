@@ -116,6 +116,26 @@ class State(Generic[R]):
         fields = {slot: getattr(self, slot) for slot in self.__slots__ if slot != "_future"}
         return None, fields
 
+    # -- equality -----------------------------------------------------------------------
+    # One state may be held as two objects (a finished future keeps a Completed state as
+    # its result and record, and makes the object again when read): equal when they say
+    # the same of the same run, with the very same result and error.
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, State):
+            return NotImplemented
+        return (
+            self.type is other.type
+            and self.record is other.record
+            and self.timestamp == other.timestamp
+            and self.name == other.name
+            and self.message == other.message
+            and self._data is other._data
+            and self._error is other._error
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.type, self.timestamp, id(self.record)))
+
     # -- predicates ---------------------------------------------------------------------
     def is_final(self) -> bool:
         return self.type not in _NOT_FINAL

@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from orchestr import get_run_logger, runtime, task
+from orchestr import flow, get_run_logger, runtime, task
 
 BOUND = 10.0  # seconds: the bound on every wait in a task that should end at once
 POLL = 0.005
@@ -413,3 +413,15 @@ def dask_task_on_scheduler(marker: str, dask_scheduler: Any) -> tuple[str, int |
 def dask_worker_holds(marker: str, dask_worker: Any) -> bool:
     """On a worker: whether it holds a task whose key holds ``marker``."""
     return any(marker in str(key) for key in dask_worker.state.tasks)
+
+
+@flow
+async def async_add_flow(a: int, b: int = 100) -> int:
+    return a + b
+
+
+@task
+def sync_calls_async(x: int) -> list[int]:
+    """Sync code of a task run calling an async task and an async flow inline: wherever
+    it runs (a thread, a worker process, a Dask worker), they run to their ends."""
+    return [async_add(x, 1), async_add_flow(x)]

@@ -1241,12 +1241,13 @@ def test_a_completed_state_read_after_the_result_is_the_state_the_run_ended_in(
     assert state.record is record
     assert state.timestamp == record.ended
     assert repr(state) == repr(hook_state)
+    assert state == hook_state
+    assert hook_state in {state}
     assert state.is_completed()
 
 
 def test_a_completed_state_read_from_many_threads_at_once_is_one_state() -> None:
-    """Threads reading a finished future's state together each get a state equal to the
-    run's (one of them is kept)."""
+    """Threads reading a finished future's state together all get the same object."""
     payload = _Payload()
 
     futures: list[TaskFuture[Any]] = []
@@ -1271,8 +1272,10 @@ def test_a_completed_state_read_from_many_threads_at_once_is_one_state() -> None
     for thread in threads:
         thread.join(10)
     assert len(states) == 8
-    assert all(s.result() is payload and s.timestamp == future.record.ended for s in states)
-    assert future.state is future.state
+    assert all(s is states[0] for s in states)  # made once, under the future's lock
+    assert states[0].result() is payload
+    assert states[0].timestamp == future.record.ended
+    assert future.state is states[0]
 
 
 # -- a future kept after its run's loop has ended ---------------------------------------------

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import datetime
 import sqlite3
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, BeforeValidator
 
 from orchestr import OrchestrError, flow, override_settings
 from orchestr.exceptions import ParameterValidationError
@@ -17,6 +17,10 @@ from orchestr.states import StateType
 if TYPE_CHECKING:
     # Only known to type checkers: at run time this hint cannot be resolved.
     from decimal import Decimal as OnlyForTypeCheckers
+
+
+# A hint whose own validator fails on None with an AttributeError, not a validation error.
+Stripped = Annotated[str, BeforeValidator(lambda v: v.strip())]
 
 
 class Point(BaseModel):
@@ -354,3 +358,17 @@ def test_flow_without_parameters(run: Any) -> None:
     assert run(go) == "ok"
     with pytest.raises(ParameterValidationError):
         run(go_bad)
+
+
+def test_a_default_whose_validator_raises_is_left_as_it_is(run: Any) -> None:
+    """A hint's own validator that raises something other than a validation error on
+    the default (``None.strip()``) leaves the default to the function, as before."""
+
+    @flow
+    async def greet(name: Stripped = None) -> str:  # type: ignore[assignment]
+        return f"hello {name or 'world'}!"
+
+    async def go() -> tuple[str, str]:
+        return await greet(), await greet("  bob ")
+
+    assert run(go) == ("hello world!", "hello bob!")

@@ -1791,3 +1791,27 @@ def test_a_sync_subflow_runs_its_calls_on_the_parents_runner_of_one_worker(
         assert run(parent_async) == (2 + 3) + 1 + 1
     else:
         assert parent_sync() == (2 + 3) + 1 + 1
+
+
+# == async code called from a task's sync code, wherever it runs ===============================
+def test_a_sync_task_calling_async_code_gets_results_on_every_runner(
+    kind: str, runner: TaskRunner, backend: str
+) -> None:
+    """A sync task submitted to any runner (or called inline in a sync flow) that calls
+    an async task and an async flow inline gets their results: its code belongs to a run
+    even where no flow run is (a worker process, a Dask worker), so it is not handed
+    coroutines as plain sync code outside any run is. Outside flows too."""
+
+    @flow(task_runner=runner)
+    async def in_async_flow() -> list[int]:
+        with anyio.fail_after(WAIT):
+            return await rt.sync_calls_async.submit(1)
+
+    @flow(task_runner=runner)
+    def in_sync_flow() -> list[list[int]]:
+        return [rt.sync_calls_async.submit(2).result(WAIT), rt.sync_calls_async(3)]
+
+    assert anyio.run(in_async_flow, backend=backend) == [2, 101]
+    with override_settings(backend=backend):
+        assert in_sync_flow() == [[3, 102], [4, 103]]
+    assert rt.sync_calls_async(4) == [5, 104]

@@ -265,3 +265,9 @@ def test_a_bad_delay_names_the_item_not_pydantic_internals(value: Any, where: st
     assert "function-after" not in message
     assert "valid number" not in message  # the list is not also tried as a number
     assert raised.value.error_count() == 1
+
+
+@pytest.mark.parametrize("value", [[1, 2], (1, 2), range(1, 3), {1: 0, 2: 0}.keys()], ids=repr)
+def test_a_delay_setting_takes_any_iterable_of_numbers(value: Any) -> None:
+    with override_settings(task_default_retry_delay_seconds=value):
+        assert get_settings().task_default_retry_delay_seconds == [1.0, 2.0]

@@ -588,3 +588,28 @@ def test_repr_of_a_real_run_names_the_run(run: Any) -> None:
     assert repr(ok) == f"Completed(10, run={ok.run_name!r})"
     assert repr(bad) == f"Failed(ValueError('boom'), run={bad.run_name!r})"
     assert repr(ok.record.state) == f"Completed(run={ok.run_name!r})"  # records keep no result
+
+
+def test_states_are_equal_when_they_say_the_same_of_the_same_run() -> None:
+    """Equal: same type, run, time, name, message, and the very same result and error
+    objects (a finished future's state made again equals the one its hooks got); any
+    difference makes them unequal; equal states hash alike."""
+    from orchestr.states import Completed, Failed
+
+    data = object()
+    first = State(StateType.COMPLETED, data=data, timestamp=5.0)
+    same = State(StateType.COMPLETED, data=data, timestamp=5.0)
+    assert first == same
+    assert hash(first) == hash(same)
+    assert len({first, same}) == 1
+    others = [
+        State(StateType.COMPLETED, data=object(), timestamp=5.0),  # an equal-looking result
+        State(StateType.COMPLETED, data=data, timestamp=6.0),
+        State(StateType.COMPLETED, data=data, timestamp=5.0, message="m"),
+        State(StateType.COMPLETED, data=data, timestamp=5.0, name="Cached"),
+        State(StateType.FAILED, timestamp=5.0),
+    ]
+    assert all(first != other for other in others)
+    error = ValueError("x")
+    assert Failed(error) != Failed(ValueError("x"))
+    assert Completed(1) != "Completed(1)"

@@ -22,7 +22,13 @@ from shared_tasks import async_fails, async_value, sync_fails, sync_value
 
 import orchestr
 from orchestr import FutureList, State, as_completed, flow, override_settings, task
-from orchestr.exceptions import BlockingCallError, FailedRunsGroup, FutureTimeoutError, UsageError
+from orchestr.exceptions import (
+    BlockingCallError,
+    FailedRunsGroup,
+    FutureTimeoutError,
+    UpstreamNotCompletedError,
+    UsageError,
+)
 
 WAIT = 5  # seconds: the bound on every wait that should succeed at once
 
@@ -713,3 +719,37 @@ def test_a_sync_flow_called_on_a_loop_of_either_library_runs_async_work(
 
     with override_settings(backend=loop_backend):
         assert anyio.run(caller, 5, backend=backend) == 10
+
+
+def test_an_async_flow_with_wait_for_outside_any_run_gives_its_coroutine(backend: str) -> None:
+    """With ``wait_for=`` too, an async flow called from sync code outside any run gives
+    a coroutine (nothing waits or runs before a loop runs it), whatever its upstreams
+    ended in: the flow's result, or its NotRun state / UpstreamNotCompletedError."""
+    kept: list[Any] = []
+
+    @task
+    def fails() -> None:
+        raise ValueError("upstream failed")
+
+    @flow
+    def producer() -> None:
+        kept.extend([double.submit(1), fails.submit()])
+        kept[1].wait()  # observed: the producer completes
+
+    @flow
+    async def consumer() -> str:
+        return "ran"
+
+    with override_settings(backend=backend):
+        producer()
+    good, bad = kept
+    started = consumer(wait_for=[good])
+    assert inspect.iscoroutine(started)
+    assert anyio.run(lambda: started, backend=backend) == "ran"
+    blocked = consumer(wait_for=[bad], return_state=True)
+    assert inspect.iscoroutine(blocked)
+    assert anyio.run(lambda: blocked, backend=backend).is_not_run()
+    raising = consumer(wait_for=[bad])
+    assert inspect.iscoroutine(raising)
+    with pytest.raises(UpstreamNotCompletedError):
+        anyio.run(lambda: raising, backend=backend)

@@ -28,6 +28,7 @@ from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
 from ._context import flow_run_var
+from ._loop import outside_any_run, unawaited
 from ._transitions import set_state
 
 if TYPE_CHECKING:
@@ -606,6 +607,9 @@ def flow_after_upstreams(
     upstreams = scan_wait_for(wait_for)
     if flow.is_async and on_event_loop():
         return _flow_after_upstreams_async(flow, upstreams, return_state, call)
+    if flow.is_async and outside_any_run():  # as the flow itself: for asyncio.run()
+        coroutine = _flow_after_upstreams_async(flow, upstreams, return_state, call)
+        return unawaited(coroutine, f"flow {flow.name!r}")
     if upstreams and on_event_loop():
         raise BlockingCallError(
             f"sync flow {flow.name!r} was called with wait_for on an event loop thread, "

@@ -55,7 +55,7 @@ from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
-from ._loop import call_in_run, run_fresh_loop, run_new_loop, unawaited
+from ._loop import call_in_run, outside_any_run, run_fresh_loop, run_new_loop, unawaited
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -128,11 +128,15 @@ def run_async_flow_from_sync(
     worker thread) it is a subflow on the run's loop, run to its end (this thread waits
     for it, cancelled with the run): its result (or state). Outside any run, the
     coroutine of the flow run, as an ``async def`` call gives, for ``asyncio.run()``
-    (Prefect's idiom) or an ``await``; nothing runs until then."""
+    (Prefect's idiom) or an ``await``; nothing runs until then. In a task run with no
+    flow run here (a sync task outside flows, a call on a worker), on a loop of its own,
+    to its end."""
     parent = flow_run_var.get()
-    if parent is None:
+    if parent is None and outside_any_run():
         return unawaited(run_flow_async(flow, args, kwargs, return_state), f"flow {flow.name!r}")
-    if parent.closed or parent.loop is None:
+    if parent is None or parent.closed or parent.loop is None:
+        # Sync code of a run with no flow run here to join (a sync task called outside
+        # flows, a call on a worker): a loop of its own, to the end.
         return run_fresh_loop(
             run_flow_async, flow, args, kwargs, return_state, backend=get_settings().backend
         )

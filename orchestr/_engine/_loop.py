@@ -29,7 +29,7 @@ import anyio
 import anyio.lowlevel
 
 from ..exceptions import RunCancelled
-from ._context import flow_run_var, hook_var, task_run_var
+from ._context import flow_run_var, hook_var, remote_call_var, task_run_var
 from ._interrupts import cancelled_error, wait_event
 
 if TYPE_CHECKING:
@@ -41,6 +41,7 @@ __all__ = [
     "call_in_run",
     "in_async_code",
     "loop_running",
+    "outside_any_run",
     "run_fresh_loop",
     "unawaited",
     "run_new_loop",
@@ -268,6 +269,16 @@ def call_in_run(run: FlowRun, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def outside_any_run() -> bool:
+    """Whether the calling code belongs to no run at all: not a flow run's, not a task
+    run's (one called outside flows, or a call a runner sent to a worker)."""
+    return (
+        flow_run_var.get() is None
+        and task_run_var.get() is None
+        and (remote_call_var.get() is None)
+    )
 
 
 def unawaited(coroutine: Coroutine[Any, Any, T], what: str) -> Coroutine[Any, Any, T]:

@@ -100,7 +100,7 @@ class ParameterValidator:
                 continue
             try:
                 value = validate({name: default})[name]
-            except ValueError:
+            except Exception:  # a validator's own error too: the default is left as it is
                 continue
             if value is not default:
                 coerced[name] = value

@@ -48,7 +48,7 @@ from ._deps import (
 from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
-from ._loop import run_fresh_loop, unawaited
+from ._loop import outside_any_run, run_fresh_loop, unawaited
 from ._outcomes import cancelled_state, crashed_state, not_run_state
 from ._transitions import set_state
 
@@ -162,13 +162,14 @@ def call_async_task_from_sync(
     task in a worker thread) it runs on the run's loop like a submitted run, which this
     thread waits for (cancelled with the run): its result (or state). Outside any run,
     the coroutine of the task run, as an ``async def`` call gives (for ``asyncio.run()``
-    or an ``await``)."""
+    or an ``await``); in a task run with no flow run here (a sync task outside flows, a
+    call on a worker), on a loop of its own."""
     run = flow_run_var.get()
-    if run is None:
+    if run is None and outside_any_run():
         return unawaited(
             call_task_async(task, args, kwargs, return_state, wait_for), f"task {task.name!r}"
         )
-    if run.closed:
+    if run is None or run.closed:  # a task run's code with no flow run here: its own loop
         from ..settings import get_settings
 
         return run_fresh_loop(
