@@ -33,7 +33,7 @@ class Flow(Definition[P, R]):
 
     kind = "flow"
 
-    def __init__(self, fn: Callable[P, R], /, **options: Unpack[FlowOptions]) -> None:
+    def __init__(self, fn: Callable[P, R], **options: Unpack[FlowOptions]) -> None:
         super().__init__(fn, options)
         self.on_cancellation_hooks = _hooks(self, "on_cancellation", options.get("on_cancellation"))
         self.on_crashed_hooks = _hooks(self, "on_crashed", options.get("on_crashed"))

@@ -44,7 +44,7 @@ class Task(Definition[P, R]):
 
     kind = "task"
 
-    def __init__(self, fn: Callable[P, R], /, **options: Unpack[TaskOptions]) -> None:
+    def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
         super().__init__(fn, options)
         tags: Any = options.get("tags", ())
         if isinstance(tags, str):

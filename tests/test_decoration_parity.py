@@ -319,3 +319,23 @@ def test_description_and_version_are_kept_as_metadata(decorator: Any) -> None:
     for option in ("description", "version"):
         with pytest.raises(UsageError, match=rf"{option} of .*documented.* must be a string"):
             decorator(**{option: 3})(documented)
+
+
+def test_flows_and_tasks_are_made_with_fn_as_a_keyword(run: Any) -> None:
+    """As in Prefect 3, ``Flow(fn=...)`` and ``Task(fn=...)`` (options beside it) make
+    the same flow or task as the positional form and the decorators."""
+    from orchestr import Flow, Task
+
+    class Hello:
+        def __call__(self) -> str:
+            return "hello"
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    hello = Task(fn=Hello(), name="hello-task", retries=1)
+    assert (hello.name, hello.retries, hello()) == ("hello-task", 1, "hello")
+    doubled = Flow(fn=double, name="doubler")
+    assert doubled.name == "doubler"
+    assert run(doubled, 4) == 8
+    assert Flow(fn=lambda: 42, name="answer")() == 42

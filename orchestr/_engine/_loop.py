@@ -43,9 +43,9 @@ __all__ = [
     "loop_running",
     "outside_any_run",
     "run_fresh_loop",
-    "unawaited",
     "run_new_loop",
     "run_on_loop",
+    "unawaited",
 ]
 
 T = TypeVar("T")
