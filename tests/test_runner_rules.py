@@ -1735,7 +1735,7 @@ def test_limits_taken_in_far_away_task_code_are_refused_or_held(
     if remote(kind) and kind != "dask":
         for told in (held, rated):
             assert told.startswith("UsageError: "), told
-            assert "executes apart from its flow run" in told
+            assert "executes in another process" in told
             assert "tags=[" in told
     else:
         assert (held, rated) == ("held", "taken")
