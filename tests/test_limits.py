@@ -304,7 +304,10 @@ def test_rate_limit_holds_for_actual_starts_when_the_loop_is_late(run: Any) -> N
     starts.sort()
     assert len(starts) == 7
     spans = [later - earlier for earlier, later in zip(starts, starts[3:], strict=False)]
-    assert min(spans) >= 0.2 - 0.005, spans
+    # The limiter records a start just before the body's first line; the process may be
+    # paused in between (a busy CI machine once took 18 ms there). Starts planned ahead,
+    # the bug this catches, crowd by the hog's 150 ms.
+    assert min(spans) >= 0.2 - 0.04, spans
 
 
 def test_rate_limit_applies_to_sync_tasks(run: Any) -> None:
