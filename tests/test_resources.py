@@ -1249,3 +1249,44 @@ def test_a_task_called_inline_in_a_cleanup_does_not_hide_its_timeout(backend: st
     interrupted = [r for r in state.record.task_runs if r.state_type is not StateType.COMPLETED]
     assert [r.state_name for r in interrupted] == ["Cancelled"]
     assert "cleanup timeout" in str(interrupted[0].message)
+
+
+# -- an interrupt during an async block's cleanup ---------------------------------------------
+@pytest.mark.parametrize("kind", ["generator", "manager"])
+def test_a_timeout_during_an_async_cleanup_ends_the_body_at_the_block(
+    run: Any, kind: str
+) -> None:
+    """The flow's deadline passes while the block's (shielded) async cleanup runs: the
+    cleanup finishes, and the body stops at the block's end, as in a sync flow, instead
+    of running on until its next await."""
+    journal: list[str] = []
+
+    @resource
+    async def slow_generator() -> AsyncIterator[int]:
+        try:
+            yield 1
+        finally:
+            await anyio.sleep(0.4)
+            journal.append("cleaned")
+
+    @resource_manager
+    class SlowManager:
+        async def setup(self) -> int:
+            return 1
+
+        async def cleanup(self, value: int) -> None:
+            await anyio.sleep(0.4)
+            journal.append("cleaned")
+
+    block = slow_generator if kind == "generator" else SlowManager
+
+    @flow(timeout_seconds=0.2)
+    async def main() -> None:
+        async with block():
+            pass
+        journal.append("after the block")  # past the deadline: must not run
+        await anyio.sleep(0)
+
+    state = run(lambda: main(return_state=True))
+    assert state.name == "TimedOut"
+    assert journal == ["cleaned"]

@@ -21,6 +21,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import anyio
+import anyio.lowlevel
 
 from .._checks import MAX_SECONDS, seconds
 from .._engine import _interrupts
@@ -162,6 +163,11 @@ class Resource(Generic[T]):
         outcome = self._conclude(exc, suppress, error)
         if arrived is not None:
             raise arrived
+        if exc is None or outcome:
+            # An interrupt that came during the shielded cleanup is delivered here, at the
+            # block's end, as a sync block does: not at the body's next await, after
+            # more of its code has run past a deadline.
+            await anyio.lowlevel.checkpoint_if_cancelled()
         return outcome
 
     async def _setup_in_async_block(self, start: float) -> Any:
