@@ -579,3 +579,59 @@ def test_a_run_waiting_for_a_slot_is_pending_and_its_duration_starts_when_it_run
     assert waiting is StateType.PENDING
     assert running is StateType.RUNNING
     assert second_start >= released_at
+
+
+# -- a cancelled sync task's abandoned thread does not keep a limit ---------------------------
+@pytest.mark.parametrize("how", ["concurrency", "rate_limit_blocking"])
+def test_a_cancelled_sync_task_does_not_take_the_limit_it_waited_for(run: Any, how: str) -> None:
+    """``fut.cancel()`` on a sync task waiting in ``with concurrency(...)`` (or
+    ``rate_limit_blocking``): the run ends Cancelled at once and its thread, which cannot
+    be stopped, goes on; when the limit comes free it is refused (RunCancelled) instead
+    of running the guarded code, and a concurrency slot goes straight back."""
+    entering, left = threading.Event(), threading.Event()
+    ran: list[str] = []
+    errors: list[BaseException] = []
+
+    @task
+    def waiter() -> None:
+        entering.set()
+        try:
+            if how == "concurrency":
+                with concurrency("only-one"):
+                    ran.append("guarded code")
+            else:
+                rate_limit_blocking("one-per-window")
+                ran.append("guarded code")
+        except BaseException as exc:
+            errors.append(exc)
+            raise
+        finally:
+            left.set()
+
+    @flow
+    async def main() -> tuple[str, float]:
+        if how == "concurrency":
+            async with concurrency("only-one"):  # held until the waiter is cancelled
+                future = waiter.submit()
+                assert await anyio.to_thread.run_sync(entering.wait, 10)
+                future.cancel()
+        else:
+            await rate_limit("one-per-window")  # the window's one start: the waiter waits
+            future = waiter.submit()
+            assert await anyio.to_thread.run_sync(entering.wait, 10)
+            future.cancel()
+        assert await anyio.to_thread.run_sync(left.wait, 10)  # the thread gave up
+        start = time.monotonic()
+        if how == "concurrency":
+            with anyio.fail_after(5):
+                async with concurrency("only-one"):  # free: the waiter gave its slot back
+                    pass
+        return future.state.name, time.monotonic() - start
+
+    with limits(concurrency={"only-one": 1}, rate={"one-per-window": (1, 0.3)}):
+        name, waited = run(main)
+    assert name == "Cancelled"
+    assert ran == []
+    assert len(errors) == 1
+    assert type(errors[0]).__name__ == "RunCancelled"
+    assert waited < 1.0

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 from orchestr import (
@@ -1253,9 +1254,7 @@ def test_a_task_called_inline_in_a_cleanup_does_not_hide_its_timeout(backend: st
 
 # -- an interrupt during an async block's cleanup ---------------------------------------------
 @pytest.mark.parametrize("kind", ["generator", "manager"])
-def test_a_timeout_during_an_async_cleanup_ends_the_body_at_the_block(
-    run: Any, kind: str
-) -> None:
+def test_a_timeout_during_an_async_cleanup_ends_the_body_at_the_block(run: Any, kind: str) -> None:
     """The flow's deadline passes while the block's (shielded) async cleanup runs: the
     cleanup finishes, and the body stops at the block's end, as in a sync flow, instead
     of running on until its next await."""
@@ -1285,7 +1284,7 @@ def test_a_timeout_during_an_async_cleanup_ends_the_body_at_the_block(
         async with block():
             pass
         journal.append("after the block")  # past the deadline: must not run
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     state = run(lambda: main(return_state=True))
     assert state.name == "TimedOut"

@@ -17,9 +17,9 @@ from types import TracebackType
 import anyio
 import anyio.lowlevel
 
-from .._engine._context import flow_run_var, remote_call_var
+from .._engine._context import flow_run_var, remote_call_var, task_run_var
 from .._semaphore import on_event_loop
-from ..exceptions import UsageError
+from ..exceptions import RunCancelled, UsageError
 from ._backends import LimitBackend, Release, backend_for, noop_release
 from ._registry import (
     ConcurrencyLimit,
@@ -123,7 +123,9 @@ class ConcurrencyBlock:
         if limit is None:
             self._release = noop_release
             return
-        self._release = backend.acquire_blocking(limit, self._occupy)
+        release = backend.acquire_blocking(limit, self._occupy)
+        _refuse_if_abandoned(release, f"concurrency({self._name!r})")
+        self._release = release
 
     def __exit__(
         self,
@@ -134,6 +136,21 @@ class ConcurrencyBlock:
         release, self._release = self._release, None
         if release is not None:
             release()
+
+
+def _refuse_if_abandoned(release: Release, what: str) -> None:
+    """A sync task run cancelled while its thread waited (``fut.cancel()``: the run ends
+    Cancelled at once, its thread cannot be stopped and goes on, abandoned) does not
+    keep what it got: released at once, and RunCancelled raised, so that the limit is
+    not held by code whose run has ended."""
+    current = task_run_var.get()
+    future = None if current is None else current.future
+    if future is not None and future._final is not None:
+        release()
+        raise RunCancelled(
+            f"task run {future.name!r} was cancelled while it waited in {what}; its "
+            "thread goes on, abandoned, without the limit"
+        )
 
 
 def concurrency(name: str, occupy: int = 1) -> ConcurrencyBlock:
@@ -163,6 +180,8 @@ def rate_limit_blocking(name: str, occupy: int = 1) -> None:
     if limit is None:
         return
     backend.acquire_blocking(limit, occupy)
+    # (A start, once recorded, is not given back: the abandoned code just does not go on.)
+    _refuse_if_abandoned(noop_release, f"rate_limit_blocking({name!r})")
 
 
 # Set in a process pool's worker processes: limits there come with a call, or not at all.
