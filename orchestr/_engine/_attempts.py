@@ -292,7 +292,13 @@ def _finish(
 # -- states the attempt loop ends in ----------------------------------------------------------
 def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State[Any]:
     message = f"task run {record.name!r} exceeded its timeout of {timed_out.seconds} s"
-    if timed_out.abandoned:
+    if timed_out.abandoned and timed_out.maybe_unstarted:
+        message += (
+            "; its call was abandoned: it may still be running where the runner sent it, "
+            "or may never have started there (this runner does not say when calls start)"
+        )
+        task_run_logger(record).warning("%s", message)
+    elif timed_out.abandoned:
         message += "; its thread cannot be interrupted and was abandoned (still running)"
         task_run_logger(record).warning("%s", message)
     return State(StateType.FAILED, name="TimedOut", error=RunTimedOut(message), record=record)

@@ -56,10 +56,12 @@ class AttemptTimedOut(Exception):
     """Raised when an attempt ran past its task's ``timeout_seconds`` (internal: the
     attempt loop turns it into a ``TimedOut`` state)."""
 
-    def __init__(self, seconds: float, abandoned: bool) -> None:
+    def __init__(self, seconds: float, abandoned: bool, maybe_unstarted: bool = False) -> None:
         super().__init__(seconds)
         self.seconds = seconds
         self.abandoned = abandoned
+        # The runner does not say when a call starts (Dask): it may never have.
+        self.maybe_unstarted = maybe_unstarted
 
 
 class CallRefused(Exception):
@@ -191,7 +193,11 @@ class AsyncDriver:
                 if outcome.crashed:
                     raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
                 return outcome.result()
-            raise AttemptTimedOut(timeout, abandoned=call.abandoned)  # type: ignore[arg-type]
+            raise AttemptTimedOut(
+                timeout,  # type: ignore[arg-type]
+                abandoned=call.abandoned,
+                maybe_unstarted=not runner.reports_start,
+            )
         finally:
             self.give_back()
 
