@@ -1297,3 +1297,32 @@ def test_runs_list_on_an_empty_history(home: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "No flow runs recorded" in done.stdout
     assert json.loads(orchestr_cli("runs", "list", "--json", home=home).stdout) == []
+
+
+def test_run_help_shows_defaults_as_they_are_typed() -> None:
+    """Defaults in `run --help` read as what `--param NAME=VALUE` takes: JSON for lists
+    and dicts (enum members as their values), pydantic's JSON form for paths, durations,
+    dates and decimals, a string as it is; an object with no JSON form as its repr."""
+    import datetime
+    import decimal
+    import enum
+
+    from orchestr.cli._hints import default_text
+
+    class Colour(enum.Enum):
+        red = "red"
+
+    class Opaque:
+        def __repr__(self) -> str:
+            return "<Opaque>"
+
+    assert default_text([Colour.red]) == '["red"]'
+    assert default_text(Colour.red) == "red"
+    assert default_text(Path("/tmp")) == "/tmp"
+    assert default_text(datetime.timedelta(seconds=5)) == "PT5S"
+    assert default_text(datetime.date(2024, 5, 1)) == "2024-05-01"
+    assert default_text(decimal.Decimal("1.5")) == "1.5"
+    assert default_text({"a": [1, 2]}) == '{"a": [1, 2]}'
+    assert default_text("users") == "users"
+    assert (default_text(None), default_text(True), default_text(0.5)) == ("None", "True", "0.5")
+    assert default_text(Opaque()) == "<Opaque>"

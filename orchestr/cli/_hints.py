@@ -66,10 +66,22 @@ def type_text(hint: Any) -> str:
 
 
 def default_text(value: Any) -> str:
-    """A default as it would be given: an enum member as its value, others as ``repr``."""
+    """A default as it would be given on the command line: an enum member as its value,
+    a path, a date, a duration or a decimal as pydantic writes it in JSON (``/tmp``,
+    ``PT5S``), a list or dict as JSON (``["red"]``); what has no JSON form as ``repr``."""
     if isinstance(value, enum.Enum):
         return str(value.value)
-    return repr(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return repr(value)
+    import json
+
+    from pydantic_core import to_jsonable_python  # deferred: only for --help
+
+    try:
+        plain = to_jsonable_python(value)
+    except Exception:  # no JSON form (an arbitrary object): what Python shows
+        return repr(value)
+    return plain if isinstance(plain, str) else json.dumps(plain)
 
 
 def _name(hint: Any) -> str:
