@@ -208,3 +208,14 @@ def spread(
 def quits(code: int = 0) -> None:
     """Calls sys.exit() in its body."""
     sys.exit(code)
+
+
+@flow
+async def cancels_itself() -> None:
+    """Its body cancels its own asyncio task, as a library's cancel can."""
+    import asyncio
+
+    task = asyncio.current_task()
+    assert task is not None
+    task.cancel()
+    await asyncio.sleep(1)

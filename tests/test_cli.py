@@ -1326,3 +1326,12 @@ def test_run_help_shows_defaults_as_they_are_typed() -> None:
     assert default_text("users") == "users"
     assert (default_text(None), default_text(True), default_text(0.5)) == ("None", "True", "0.5")
     assert default_text(Opaque()) == "<Opaque>"
+
+
+def test_a_flow_whose_own_task_is_cancelled_exits_4_with_its_summary(home: Path) -> None:
+    """An async flow body that cancels its own asyncio task: the run is recorded
+    Cancelled, and the command says so (exit 4, the summary), with no traceback."""
+    done = orchestr_cli("run", "cli_flows.py:cancels_itself", "--plain", home=home)
+    assert done.returncode == ExitCode.CANCELLED, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "Cancelled" in done.stdout

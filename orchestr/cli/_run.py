@@ -82,6 +82,12 @@ def execute(
                 pass
             except Exception as exc:  # the call itself failed, outside any run's state
                 _report_call_error(console, flow, exc)
+            except BaseException as exc:
+                # The flow's own task cancelled from inside it (asyncio's CancelledError
+                # out of the loop): the run is recorded Cancelled, and that is the outcome.
+                asyncio = sys.modules.get("asyncio")
+                if asyncio is None or not isinstance(exc, asyncio.CancelledError):
+                    raise
     finally:
         stop_observing()
     record = state.record if state is not None else progress.top
@@ -92,7 +98,7 @@ def execute(
     if interrupted is not None:
         return ExitCode.SIGINT if interrupted == "SIGINT" else ExitCode.SIGTERM
     if state is None:
-        return ExitCode.CRASHED
+        return ExitCode.CRASHED if flow_run is None else exit_code_for(flow_run.state_name)
     return exit_code_for(state.name)
 
 
