@@ -1289,3 +1289,29 @@ def test_a_timeout_during_an_async_cleanup_ends_the_body_at_the_block(run: Any, 
     state = run(lambda: main(return_state=True))
     assert state.name == "TimedOut"
     assert journal == ["cleaned"]
+
+
+def test_runs_cancelled_by_a_timeout_in_a_block_say_so_on_both_backends(run: Any) -> None:
+    """A task run inside a resource block, cancelled by its flow's timeout: its state
+    says the flow run timed out, on asyncio as on trio (asyncio's cancellation reached
+    the block before the run marked itself cancelled, and the message named the block)."""
+    futures: list[Any] = []
+
+    @resource
+    async def held() -> AsyncIterator[int]:
+        yield 1
+
+    @task
+    async def slow() -> None:
+        await anyio.sleep(10)
+
+    @flow(timeout_seconds=0.2)
+    async def main() -> None:
+        async with held():
+            futures.append(slow.submit())
+            await anyio.sleep(10)
+
+    assert run(lambda: main(return_state=True)).name == "TimedOut"
+    (future,) = futures
+    assert future.state.is_cancelled()
+    assert future.state.message == "its flow run timed out after 0.2 s"

@@ -316,20 +316,25 @@ class FlowRun:
             with parent.lock:
                 parent.children.discard(self)
 
+    def deadline_passed(self) -> bool:
+        """Whether the run's timeout has come (read on its loop's thread; elsewhere,
+        False)."""
+        scope = self.scope
+        return (
+            scope is not None
+            and scope.deadline != math.inf
+            and self.loop is not None
+            and self.loop.on_loop_thread()
+            and anyio.current_time() >= scope.deadline
+        )
+
     def why_cancelled(self) -> str:
         """Why the run's task runs are being cancelled, for their states' messages."""
         if self.signal is not None:
             return f"its flow run received {signal.Signals(self.signal).name}"
         if self.cancel_reason is not None:
             return self.cancel_reason
-        scope = self.scope
-        if (
-            scope is not None
-            and scope.deadline != math.inf
-            and self.loop is not None
-            and self.loop.on_loop_thread()
-            and anyio.current_time() >= scope.deadline
-        ):
+        if self.deadline_passed():
             return f"its flow run timed out after {self.flow.timeout_seconds} s"
         if self.parent is not None and self.parent.cancel_requested:
             return f"its parent flow run {self.parent.record.name!r} was cancelled"

@@ -427,7 +427,9 @@ class Resource(Generic[T]):
     def _why_left(self, interrupt: BaseException) -> str:
         """Why the task runs of a block left by ``interrupt`` are cancelled."""
         run = flow_run_var.get()
-        if run is not None and run.cancel_requested:
+        # (On asyncio a timeout's cancellation can reach the block before the run has
+        # marked itself cancelled: its deadline says why all the same.)
+        if run is not None and (run.cancel_requested or run.deadline_passed()):
             return run.why_cancelled()
         return f"the block of resource {self.name!r} was left by {type(interrupt).__name__}"
 
