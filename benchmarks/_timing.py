@@ -1,10 +1,27 @@
-"""Timing helpers shared by the benchmark scripts."""
+"""Timing and memory helpers shared by the benchmark scripts."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-__all__ = ["alternate"]
+__all__ = ["alternate", "peak_rss_kib"]
+
+
+def peak_rss_kib() -> int:
+    """This process's peak resident memory so far, in KiB. Linux's ``VmHWM`` belongs to
+    the program now running, whereas ``ru_maxrss`` keeps the peak of the process from
+    before it ``exec``ed, that is the parent's size when it forked: a child started by a
+    big benchmark process then shows no growth at all. Elsewhere, ``ru_maxrss``."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def alternate(

@@ -47,7 +47,6 @@ import gc
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -76,7 +75,7 @@ os.environ["XDG_DATA_HOME"] = os.environ["BENCH_CORE_HOME"]
 os.environ["ORCHESTR_HOME"] = os.path.join(os.environ["BENCH_CORE_HOME"], "orchestr")
 
 import anyio
-from _timing import alternate
+from _timing import alternate, peak_rss_kib
 
 import orchestr
 from orchestr import StateType, ThreadPoolTaskRunner, flow, history, override_settings, task
@@ -333,11 +332,11 @@ def child_memory(kind: str, n: int) -> None:
         # logging, code objects) without raising the peak much above the start.
         await workload(100)
         gc.collect()
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        before = peak_rss_kib()
         start = time.perf_counter()
         await workload(n)
         seconds = time.perf_counter() - start
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after = peak_rss_kib()
         return {"before_kib": before, "after_kib": after, "seconds": seconds}
 
     print(json.dumps(anyio.run(main)))

@@ -44,7 +44,6 @@ import gc
 import json
 import os
 import platform
-import resource as rusage
 import shutil
 import sqlite3
 import subprocess
@@ -64,6 +63,7 @@ if "ORCHESTR_HOME" not in os.environ or "BENCH_LOAD_CHILD" not in os.environ:
     os.environ["ORCHESTR_HOME"] = tempfile.mkdtemp(prefix="orchestr-bench-load-")
 
 import anyio
+from _timing import peak_rss_kib
 
 from orchestr import StateType, flow, history, resource, task, wait
 
@@ -389,7 +389,7 @@ def child(args: argparse.Namespace) -> None:
 
     checked(_call(shape, main, min(n, args.warmup)))
     best: dict[str, Any] | None = None
-    rss_before = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss
+    rss_before = peak_rss_kib()
     rss_growth = 0
     for i in range(args.repeat):
         gc.collect()
@@ -425,7 +425,7 @@ def child(args: argparse.Namespace) -> None:
             "tasks": tasks,
         }
         if i == 0:
-            rss_growth = rusage.getrusage(rusage.RUSAGE_SELF).ru_maxrss - rss_before
+            rss_growth = peak_rss_kib() - rss_before
         # The least disturbed run: least CPU (the verdict's measure); its own wall time
         # is shown with it.
         if best is None or cpu < best["cpu"]:
