@@ -555,15 +555,14 @@ def _parameters(
     """The call's arguments by parameter name, defaults applied, ``**kwargs`` spread
     out, and the bound instance (or class) of a method under its own name."""
     fn = defn.fn
-    bound = bind(signature_of(defn), args, kwargs)
-    bound.apply_defaults()
     values: dict[str, Any] = {}
     if isinstance(fn, types.MethodType):
         first = next(iter(inspect.signature(fn.__func__).parameters), None)
         if first is not None:
             values[first] = fn.__self__
-    for name, value in bound.arguments.items():
-        if bound.signature.parameters[name].kind is inspect.Parameter.VAR_KEYWORD:
+    kinds = signature_of(defn).parameters
+    for name, value in _bound_parameters(defn, args, kwargs).items():
+        if kinds[name].kind is inspect.Parameter.VAR_KEYWORD:
             values.update(value)
         else:
             values[name] = value

@@ -53,7 +53,7 @@ from .exceptions import (
 )
 from .records import TaskRunRecord
 from .runners._pool import lending_worker
-from .states import State, StateType, _short_repr
+from .states import State, _short_repr
 
 if TYPE_CHECKING:
     from ._engine._flowrun import FlowRun
@@ -198,15 +198,9 @@ class TaskFuture(Generic[R]):
         state the run's hooks and observers were given (``State.__eq__``)."""
         final = self._final
         if final is COMPACT:
-            record = self._record
-            final = self._final = State(
-                StateType.COMPLETED,
-                name=record.state_name,
-                message=record.message,
-                data=self._data,
-                timestamp=record.ended,
-                record=record,
-            )
+            final = self._record.state  # the record's final state, without the result
+            final._data = self._data
+            self._final = final
         return final  # type: ignore[return-value]
 
     def _result(self, raise_on_failure: bool = True) -> R:

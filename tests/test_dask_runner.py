@@ -711,16 +711,18 @@ def test_the_bound_on_started_runs_grows_with_the_cluster(run: Callable[..., Any
         cluster_kwargs={**IN_PROCESS, "n_workers": 1, "threads_per_worker": 300}
     )
     assert runner.max_calls_in_flight == 1024
+    assert run(bound_once_started, runner) == 1200
 
-    async def go() -> int:
-        with anyio.fail_after(BOUND):
-            await runner.start()
-            try:
-                return runner.max_calls_in_flight
-            finally:
-                await runner.shutdown()
 
-    assert run(go) == 1200
+async def bound_once_started(runner: DaskTaskRunner) -> int | None:
+    """The runner's max_calls_in_flight once it is started (its client knows the
+    cluster); shut down again after."""
+    with anyio.fail_after(BOUND):
+        await runner.start()
+        try:
+            return runner.max_calls_in_flight
+        finally:
+            await runner.shutdown()
 
 
 def test_a_bound_given_is_kept_whatever_the_cluster(run: Callable[..., Any]) -> None:
@@ -741,16 +743,7 @@ def test_a_bound_given_is_kept_whatever_the_cluster(run: Callable[..., Any]) -> 
 
     assert run(main) == list(range(12))
     assert shared_tasks.pairs.peak == 2
-
-    async def started_bound() -> int | None:
-        with anyio.fail_after(BOUND):
-            await runner.start()
-            try:
-                return runner.max_calls_in_flight
-            finally:
-                await runner.shutdown()
-
-    assert run(started_bound) == 2
+    assert run(bound_once_started, runner) == 2
 
 
 # -- cluster factories written for prefect-dask ---------------------------------------------

@@ -820,21 +820,14 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], list[str], Callable[[Any], b
         ["start_method"],
         lambda v: v is None or v in ("spawn", "forkserver") if isinstance(v, str) else v is None,
     ),
-    "ProcessPoolTaskRunner.max_calls_in_flight": (
-        lambda v: ProcessPoolTaskRunner(max_calls_in_flight=v),
-        ["max_calls_in_flight", "ProcessPoolTaskRunner"],
-        lambda v: v is None or v == "auto" or _count(v),
-    ),
-    "DaskTaskRunner.max_calls_in_flight": (
-        lambda v: DaskTaskRunner(max_calls_in_flight=v),
-        ["max_calls_in_flight", "DaskTaskRunner"],
-        lambda v: v is None or v == "auto" or _count(v),
-    ),
-    "PicklingTaskRunner.max_calls_in_flight": (
-        lambda v: PicklingTaskRunner(max_calls_in_flight=v),
-        ["max_calls_in_flight", "PicklingTaskRunner"],
-        lambda v: v is None or v == "auto" or _count(v),
-    ),
+    **{
+        f"{runner.__name__}.max_calls_in_flight": (
+            lambda v, runner=runner: runner(max_calls_in_flight=v),
+            ["max_calls_in_flight", runner.__name__],
+            lambda v: v is None or v == "auto" or _count(v),
+        )
+        for runner in (ProcessPoolTaskRunner, DaskTaskRunner, PicklingTaskRunner)
+    },
     "DaskTaskRunner.connect_timeout": (
         lambda v: DaskTaskRunner(connect_timeout=v),
         ["connect_timeout"],

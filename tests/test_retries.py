@@ -159,7 +159,15 @@ def test_callable_delay_gets_attempt_numbers(run: Any, caplog: pytest.LogCapture
         asked.append(attempt)
         return attempt / 1000
 
-    @task(retries=3, retry_delay_seconds=delay)
+    assert _task_retry_delays(run, caplog, delay) == [0.001, 0.002, 0.003]
+    assert asked[-3:] == [1, 2, 3]
+
+
+def _task_retry_delays(run: Any, caplog: pytest.LogCaptureFixture, spec: Any) -> list[float]:
+    """The delays logged for a submitted sync task that fails all 4 attempts, with
+    ``retry_delay_seconds=spec``."""
+
+    @task(retries=3, retry_delay_seconds=spec)
     def always() -> None:
         raise RuntimeError("again")
 
@@ -168,8 +176,7 @@ def test_callable_delay_gets_attempt_numbers(run: Any, caplog: pytest.LogCapture
         await always.submit().wait()
 
     run(main)
-    assert asked[-3:] == [1, 2, 3]
-    assert _delays_logged(caplog)[-3:] == [0.001, 0.002, 0.003]
+    return _delays_logged(caplog)[-3:]
 
 
 @pytest.mark.parametrize("kind", ["task", "flow"])
@@ -186,16 +193,7 @@ def test_a_prefect_style_delay_callable_gives_the_list_of_delays(
         return [0.001 * 2**r for r in range(min(retries, 2))]
 
     if kind == "task":
-
-        @task(retries=3, retry_delay_seconds=delays)
-        def always() -> None:
-            raise RuntimeError("again")
-
-        @flow
-        async def main() -> None:
-            await always.submit().wait()
-
-        run(main)
+        _task_retry_delays(run, caplog, delays)
     else:
 
         @flow(retries=3, retry_delay_seconds=delays)
@@ -217,16 +215,8 @@ def test_exponential_backoff_is_prefects(run: Any, caplog: pytest.LogCaptureFixt
     assert exponential_backoff(10)(4) == [10, 20, 40, 80]
     assert len(exponential_backoff(1)(80)) == 50  # Prefect caps the list at 50
 
-    @task(retries=3, retry_delay_seconds=exponential_backoff(backoff_factor=0.001))
-    async def always() -> None:
-        raise RuntimeError("again")
-
-    @flow
-    async def main() -> None:
-        await always.submit().wait()
-
-    run(main)
-    assert _delays_logged(caplog)[-3:] == [0.001, 0.002, 0.004]
+    backoff = exponential_backoff(backoff_factor=0.001)
+    assert _task_retry_delays(run, caplog, backoff) == [0.001, 0.002, 0.004]
 
 
 def test_jitter_end_to_end(caplog: pytest.LogCaptureFixture) -> None:
