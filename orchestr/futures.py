@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from ._engine._context import flow_run_var, task_run_var
+from ._engine._context import flow_run_var, in_cleanup, task_run_var
 from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
@@ -376,7 +376,7 @@ class TaskFuture(Generic[R]):
             else:
                 wait_event(event, timeout)
         if self._final is None:
-            if cancellable and run.cancel_requested:
+            if cancellable and run.cancel_requested and not in_cleanup():
                 # The interrupt meant for this thread (a signal's), else RunCancelled.
                 raise cancelled_error(run.record.name)
             return False

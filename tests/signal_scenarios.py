@@ -111,7 +111,59 @@ def main() -> None:
             note(directory, "async task ended")  # the attempt's work is done
             raise RuntimeError("first attempt fails")
 
-    if scenario == "sync-leaving-block":
+    # A cleanup that submits a task run and waits for it (rule 10: its runs are part of
+    # it). The first signal lands while the body waits; the run must still complete.
+    @task
+    def drop(name: str) -> str:
+        note(directory, f"drop {name} ended")
+        return name
+
+    @task
+    async def adrop(name: str) -> str:
+        await anyio.sleep(0.05)  # an await: a cancelled run would stop here
+        note(directory, f"adrop {name} ended")
+        return name
+
+    @resource
+    async def submitting_res() -> AsyncIterator[str]:
+        note(directory, "setup")
+        try:
+            yield "handle"
+        finally:
+            got = [await adrop.submit("a"), await drop.submit("s")]
+            note(directory, f"cleaned with {got}")
+            note(directory, "cleaned")
+
+    @resource_manager
+    class SubmittingSyncRes:
+        def setup(self) -> str:
+            note(directory, "setup")
+            return "handle"
+
+        def cleanup(self, handle: str) -> None:
+            got = [adrop.submit("a").result(), drop.submit("s").result()]
+            note(directory, f"cleaned with {got}")
+            note(directory, "cleaned")
+
+    @flow
+    async def async_cleanup_submits() -> None:
+        async with submitting_res():
+            ready()
+            await anyio.sleep(60)
+
+    @flow
+    def sync_cleanup_submits() -> None:
+        with SubmittingSyncRes():
+            ready()
+            time.sleep(60)
+
+    if scenario == "cleanup-submits-asyncio":
+        anyio.run(async_cleanup_submits)
+    elif scenario == "cleanup-submits-trio":
+        anyio.run(async_cleanup_submits, backend="trio")
+    elif scenario == "cleanup-submits-sync":
+        sync_cleanup_submits()
+    elif scenario == "sync-leaving-block":
         sync_flow_leaving_block()
     elif scenario == "retry-delay":
         anyio.run(retrying_flow)

@@ -70,6 +70,29 @@ def test_signal_cleans_up_and_exits_non_zero_promptly(
     assert journal.index(ended[-1]) < journal.index("cleaned")
 
 
+@pytest.mark.parametrize(
+    "scenario", ["cleanup-submits-asyncio", "cleanup-submits-trio", "cleanup-submits-sync"]
+)
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_task_runs_a_cleanup_submits_after_a_signal_run_to_their_end(
+    scenario: str, signum: int, tmp_path: Path
+) -> None:
+    """Rule 10: a cleanup runs after a signal, shielded, and the task runs it submits
+    are part of it: they complete, and it gets their results (before, they were
+    cancelled at once, and the cleanup failed or hung until its timeout)."""
+    code, took, journal = run_and_interrupt(scenario, signum, tmp_path)
+    assert journal == [
+        "setup",
+        "adrop a ended",
+        "drop s ended",
+        "cleaned with ['a', 's']",
+        "cleaned",
+    ]
+    expected = (143,) if signum == signal.SIGTERM else (130, -signal.SIGINT)
+    assert code in expected, code
+    assert took < 5, f"took {took:.1f} s to exit"
+
+
 def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(tmp_path: Path) -> None:
     """SIGTERM while a flow waits out its retry delay ends the run now, not after it."""
     code, took, journal = run_and_interrupt("retry-delay", signal.SIGTERM, tmp_path)

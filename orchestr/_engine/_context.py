@@ -10,13 +10,19 @@ from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    import anyio
+
     from ..futures import TaskFuture
     from ..records import TaskRunRecord
     from ..runners._call import RunIdentity
     from ..tasks import Task
     from ._flowrun import FlowRun
+    from ._loop import LoopHandle
 
 __all__ = [
+    "CleanupScope",
+    "cleanup_var",
+    "in_cleanup",
     "remote_call_var",
     "SubmissionScope",
     "TaskRunContext",
@@ -57,6 +63,55 @@ scope_var: ContextVar[SubmissionScope | None] = ContextVar("orchestr.scope", def
 hook_var: ContextVar[tuple[TaskRunContext | None, FlowRun | None, bool] | None] = ContextVar(
     "orchestr.hook", default=None
 )
+
+
+class CleanupScope:
+    """A resource's cleanup under way. Task runs its code submits are part of it (their
+    contexts are copied from it): while it runs, the flow run's cancellation or timeout
+    does not stop them, and a blocking wait in them is not woken by it (DESIGN rule 10: a
+    cleanup stops early only at its own timeout; a third signal stops everything). Once
+    it has ended, however it ended, what is left of them is cancelled with the run like
+    any other run: its timeout bounds them too."""
+
+    __slots__ = ("_scopes", "ended", "name")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.ended = False
+        self._scopes: set[anyio.CancelScope] = set()  # its runs' shields (loop thread)
+
+    def shield(self, scope: anyio.CancelScope) -> None:
+        """Keep ``scope`` (shielded; one of its runs) shielded until the end (loop)."""
+        if self.ended:
+            scope.shield = False
+        else:
+            self._scopes.add(scope)
+
+    def unshield(self, scope: anyio.CancelScope) -> None:
+        """``scope`` is done with (loop)."""
+        self._scopes.discard(scope)
+
+    def end(self, loop: LoopHandle | None) -> None:
+        """The cleanup has ended (any thread; ``loop``: its flow run's, if any)."""
+        self.ended = True
+        if loop is not None and self._scopes:
+            loop.call(self._lift)
+
+    def _lift(self) -> None:
+        for scope in list(self._scopes):
+            scope.shield = False
+
+
+cleanup_var: ContextVar[CleanupScope | None] = ContextVar("orchestr.cleanup", default=None)
+
+
+def in_cleanup() -> bool:
+    """Whether the calling code is a resource's cleanup under way, or a run it
+    submitted (not woken by its flow run's cancellation)."""
+    cleanup = cleanup_var.get()
+    return cleanup is not None and not cleanup.ended
+
+
 # Set by orchestr.testing.fast_retries(): replaces every retry delay.
 retry_delay_override_var: ContextVar[float | None] = ContextVar(
     "orchestr.retry_delay_override", default=None

@@ -28,12 +28,20 @@ bound free of deadlock: from its start to its call's return a counted run execut
 and the runner's ``run()``, whose calls cannot wait for runs of this flow (a nested
 ``.submit()`` in another process raises; local runners take no bound), so it always
 gives its place back; what it does afterwards (hooks, retry delays) holds no place.
+
+A run submitted by a resource's cleanup is part of that cleanup (DESIGN rule 10: a
+cleanup stops early only at its own timeout). It starts at once, shielded: the attempt's
+timeout or cancellation does not stop it, a third signal does. A cancelled attempt's
+dispatcher goes on starting such runs (and cancels the others as they arrive) until the
+attempt's body has ended and no cleanup that could submit one is under way
+(:meth:`Dispatcher.keep`).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextvars import Context
@@ -45,7 +53,7 @@ import anyio.lowlevel
 from .._limits._registry import has_limits
 from .._logging import task_run_logger
 from ..exceptions import UsageError
-from ._context import task_run_var
+from ._context import cleanup_var, task_run_var
 from ._outcomes import cancelled_state
 
 if TYPE_CHECKING:
@@ -118,6 +126,8 @@ class Dispatcher:
         "_doorbell",
         "_held",
         "_in_flight",
+        "_kept",
+        "_kept_lock",
         "_parked",
         "_room",
         "_rung",
@@ -145,6 +155,9 @@ class Dispatcher:
         self._held: deque[Job] = deque()
         # Counted runs waiting for an upstream, by id (taken by whoever pops them first).
         self._parked: dict[int, Job] = {}
+        # Cleanups under way, and runs they submitted, not final yet (see keep()).
+        self._kept = 0
+        self._kept_lock = threading.Lock()
 
     def enqueue(self, job: Job) -> None:
         """Queue a submitted run; callable from any thread, never blocks."""
@@ -180,31 +193,97 @@ class Dispatcher:
             # The attempt was cancelled or timed out: say so in the states of the runs
             # it never started (after its scope is gone, the run cannot tell which).
             self._why = self.run.why_cancelled()
+            with self.run.forcible():
+                await self._serve_cleanups(task_group)
             raise
+
+    async def _serve_cleanups(self, task_group: anyio.abc.TaskGroup) -> None:
+        """After the attempt was cancelled, until :meth:`stop` and nothing is kept:
+        start what cleanups submit, cancel everything else queued or held."""
+        pending, held = self.pending, self._held
+        while held:
+            self._cancel_unstarted(held.popleft())
+        while True:
+            while pending:
+                self._start_or_cancel(task_group, pending.popleft())
+            if self._stopping and not self._kept:
+                return
+            assert self._doorbell is not None
+            await self._doorbell.wait()
+            self._doorbell = anyio.Event()
+            self._rung = False
+
+    # (Jobs are passed straight from the queue to these: a local variable of the
+    # dispatcher's loops would keep the last one, and its result, alive.)
+    def _start(self, task_group: anyio.abc.TaskGroup, execute: JobExecutor, job: Job) -> None:
+        if _for_cleanup(job):
+            self._start_for_cleanup(task_group, job)
+        else:
+            task_group.start_soon(execute, self.run, job, name=_TASK_NAME)
+
+    def _start_or_cancel(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
+        if _for_cleanup(job):
+            self._start_for_cleanup(task_group, job)
+        else:
+            self._cancel_unstarted(job)
+
+    def _start_for_cleanup(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
+        self.keep()
+        task_group.start_soon(self._execute_for_cleanup, job, name=_TASK_NAME)
+
+    async def _execute_for_cleanup(self, job: Job) -> None:
+        run = self.run
+        cleanup = job.context.get(cleanup_var)
+        assert cleanup is not None
+        try:
+            with run.forcible() as scope:
+                cleanup.shield(scope)
+                try:
+                    await run.execute_job(run, job)
+                    await job.future._wait_async()  # a sync run goes on in a worker thread
+                finally:
+                    cleanup.unshield(scope)
+        finally:
+            self.let_go()
+
+    def keep(self) -> None:
+        """Something that may submit runs for a cleanup is under way (an async block, from
+        setup to cleanup; a sync block's cleanup; a run a cleanup submitted): this
+        dispatcher ends only after :meth:`let_go`, even if the attempt is cancelled.
+        From any thread."""
+        with self._kept_lock:
+            self._kept += 1
+
+    def let_go(self) -> None:
+        """What :meth:`keep` said has ended (from any thread)."""
+        with self._kept_lock:
+            self._kept -= 1
+            last = not self._kept
+        if last and self._stopping:
+            self.run.loop.call(self._ring)
 
     async def _dispatch_until_stopped(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start queued runs in batches until :meth:`stop`."""
         pending = self.pending
-        run = self.run
-        execute = run.execute_job
+        execute = self.run.execute_job
         while True:
             assert self._doorbell is not None
             await self._doorbell.wait()
             self._doorbell = anyio.Event()
             self._rung = False
-            if self._stopping and not pending and not self._held:
+            if self._stopping and not pending and not self._held and not self._kept:
                 return
             if self._room is None:
                 while pending:
                     for _ in range(min(len(pending), _BATCH)):
-                        task_group.start_soon(execute, run, pending.popleft(), name=_TASK_NAME)
+                        self._start(task_group, execute, pending.popleft())
                     await anyio.lowlevel.checkpoint()
             else:
                 await self._dispatch_bounded(task_group, self._current_room())
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):
             # the stop must not be missed, or the task group never exits.
-            if self._stopping and not pending and not self._held:
+            if self._stopping and not pending and not self._held and not self._kept:
                 return
 
     def _current_room(self) -> float:
@@ -237,6 +316,9 @@ class Dispatcher:
                     self._place(task_group, held.popleft())
                 elif pending:
                     job = pending.popleft()
+                    if _for_cleanup(job):
+                        self._start_for_cleanup(task_group, job)
+                        continue
                     counted, upstream = _counted(job)
                     if not counted:
                         task_group.start_soon(execute, run, job, name=_TASK_NAME)
@@ -289,7 +371,8 @@ class Dispatcher:
             self._doorbell.set()
 
     def stop(self) -> None:
-        """Let the dispatcher task end once the queue is empty (after the barrier)."""
+        """Let the dispatcher task end once the queue is empty and nothing is kept (after
+        the barrier; in a cancelled attempt, once the body has ended)."""
         self._stopping = True
         if self._doorbell is not None:
             self._doorbell.set()
@@ -344,6 +427,12 @@ def room_on(runner: TaskRunner) -> int | None:
             "runs that a bound would hold back; make it None"
         )
     return room
+
+
+def _for_cleanup(job: Job) -> bool:
+    """Whether the run was submitted by a resource's cleanup still under way."""
+    cleanup = job.context.get(cleanup_var)
+    return cleanup is not None and not cleanup.ended
 
 
 def _counted(job: Job) -> tuple[bool, TaskFuture[Any] | None]:

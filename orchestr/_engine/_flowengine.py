@@ -495,19 +495,22 @@ async def _attempt(
             async with anyio.create_task_group() as task_group:
                 dispatcher.start(task_group)
                 try:
-                    value = await body(args, kwargs)
-                    ended_at = run.body_ended or time.monotonic()
-                except cancelled as exc:
-                    if run.body_outcome is None:
-                        run.body_outcome = exc  # (what it stopped may be its __context__)
-                    raise
-                except BaseException as exc:
-                    body_error = exc
-                    ended_at = run.body_ended or time.monotonic()
-                    if not isinstance(exc, Exception):
-                        scope.cancel()  # an interrupt: stop everything, wait for nothing
-                await run.barrier()
-                dispatcher.stop()
+                    try:
+                        value = await body(args, kwargs)
+                        ended_at = run.body_ended or time.monotonic()
+                    except cancelled as exc:
+                        if run.body_outcome is None:
+                            run.body_outcome = exc  # (what it stopped may be its __context__)
+                        raise
+                    except BaseException as exc:
+                        body_error = exc
+                        ended_at = run.body_ended or time.monotonic()
+                        if not isinstance(exc, Exception):
+                            scope.cancel()  # an interrupt: stop everything, wait for nothing
+                    await run.barrier()
+                finally:
+                    # Cancelled, it still starts what cleanups under way submit, then ends.
+                    dispatcher.stop()
     except BaseException:
         # Cancelled from outside the run, or an interrupt escaping its task group (a
         # task's hook called sys.exit()): finish every task run and shut the runner

@@ -28,6 +28,7 @@ from ..futures import COMPACT, TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord, _task_run_counters
 from ..settings import get_settings
 from ..states import State, StateType
+from ._context import in_cleanup
 from ._drivers import BlockingDriver
 from ._interrupts import cancelled_error, wait_event
 from ._loop import LoopHandle
@@ -255,6 +256,11 @@ class FlowRun:
     def thread_waiter(self, event: threading.Event, escalation: bool = False) -> Iterator[None]:
         """Wake ``event`` (a thread blocked in orchestr) if the run gets cancelled, or
         with ``escalation``, only if a second signal says to stop waiting."""
+        if not escalation and in_cleanup():
+            # A cleanup's wait ends when what it waits for does (its own runs are not
+            # cancelled with the run), or at its timeout.
+            yield
+            return
         waiters = self._escalation_waiters if escalation else self._thread_waiters
         with self.lock:
             waiters.add(event)
@@ -272,7 +278,7 @@ class FlowRun:
         pending interrupt, else RunCancelled)."""
         with self.thread_waiter(event):
             wait_event(event, timeout)
-        if self.cancel_requested:
+        if self.cancel_requested and not in_cleanup():
             raise cancelled_error(self.record.name)
 
     def _wake(self, waiters: set[threading.Event]) -> None:

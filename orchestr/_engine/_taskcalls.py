@@ -36,7 +36,7 @@ from ..futures import FutureList, TaskFuture, _observe, _refuse_self_wait
 from ..records import TaskRunRecord, _next_task_run_index
 from ..states import State, StateType
 from ._attempts import run_attempts
-from ._context import flow_run_var, remote_call_var, scope_var, task_run_var
+from ._context import flow_run_var, in_cleanup, remote_call_var, scope_var, task_run_var
 from ._deps import (
     Dependencies,
     Upstream,
@@ -617,7 +617,7 @@ def run_in_thread(
     if future._final is not None:  # cancelled while queued
         return
     record = future._record
-    if run.cancel_requested:
+    if run.cancel_requested and not in_cleanup():
         run.finish(future, cancelled_state(record, run.why_cancelled()))
         return
     try:

@@ -25,7 +25,13 @@ import anyio.lowlevel
 
 from .._checks import MAX_SECONDS, seconds
 from .._engine import _interrupts
-from .._engine._context import SubmissionScope, flow_run_var, scope_var
+from .._engine._context import (
+    CleanupScope,
+    SubmissionScope,
+    cleanup_var,
+    flow_run_var,
+    scope_var,
+)
 from .._engine._loop import run_on_loop
 from ..exceptions import (
     CleanupTimeoutError,
@@ -43,6 +49,7 @@ from ._scope import FutureScope
 from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
 
 if TYPE_CHECKING:
+    from .._engine._dispatch import Dispatcher
     from .._engine._flowrun import FlowRun
 
 __all__ = ["Resource", "checked_cleanup_timeout", "checked_name", "open_blocks"]
@@ -95,6 +102,7 @@ class Resource(Generic[T]):
 
     __slots__ = (
         "_events",
+        "_kept",
         "_lifecycle",
         "_run",
         "_scope",
@@ -119,6 +127,8 @@ class Resource(Generic[T]):
         self._value: Any = None
         self._thread: ResourceThread | None = None
         self._run: FlowRun | None = None  # the flow run it was entered in, if any
+        # The dispatcher kept going for this block's cleanup (see _keep_dispatcher).
+        self._kept: Dispatcher | None = None
 
     def __repr__(self) -> str:
         return f"<Resource {self.name!r} {self._state.name.lower().replace('_', ' ')}>"
@@ -126,6 +136,8 @@ class Resource(Generic[T]):
     # -- async blocks ----------------------------------------------------------------------
     async def __aenter__(self) -> T:
         self._claim(in_async_block=True)
+        # From setup on: a cancelled task run's block reaches its cleanup only later.
+        self._keep_dispatcher()
         start = time.perf_counter()
         try:
             value = await self._setup_in_async_block(start)
@@ -137,6 +149,17 @@ class Resource(Generic[T]):
         return self._open(value, start)
 
     async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        try:
+            return await self._exit_async(exc_type, exc, tb)
+        finally:
+            self._let_dispatcher_go()
+
+    async def _exit_async(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -223,6 +246,8 @@ class Resource(Generic[T]):
         suppress = False
         error: BaseException | None = None
         timed_out = False
+        cleanup = CleanupScope(self.name)
+        token = cleanup_var.set(cleanup)  # what its code submits is part of it
         try:
             if lifecycle.cleanup_is_async:
                 with anyio.move_on_after(timeout) as deadline:
@@ -232,6 +257,8 @@ class Resource(Generic[T]):
                 if self._thread is None:
                     self._thread = ResourceThread(self.name)
                 call = self._thread.start(lifecycle.cleanup, self._value, exc_type, exc, tb)
+                cleanup_var.reset(token)
+                token = None
                 with anyio.move_on_after(timeout) as deadline:
                     await call.wait()
                 timed_out = deadline.cancelled_caught
@@ -240,6 +267,9 @@ class Resource(Generic[T]):
         except Exception as cleanup_exc:
             error = cleanup_exc
         finally:
+            if token is not None:
+                cleanup_var.reset(token)
+            cleanup.end(None if self._run is None else self._run.loop)
             if self._thread is not None:
                 self._thread.close()
         how = "it was cancelled" if lifecycle.cleanup_is_async else "its thread was abandoned"
@@ -267,7 +297,11 @@ class Resource(Generic[T]):
         if interrupt is not None:
             # It came during setup: the block would stop at its first line, before
             # submitting anything. Clean up now and raise it from here.
-            self._exit_sync(type(interrupt), interrupt, interrupt.__traceback__)
+            self._keep_dispatcher()
+            try:
+                self._exit_sync(type(interrupt), interrupt, interrupt.__traceback__)
+            finally:
+                self._let_dispatcher_go()
             raise interrupt
         return value
 
@@ -277,7 +311,11 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        outcome = self._exit_sync(exc_type, exc, tb)
+        self._keep_dispatcher()
+        try:
+            outcome = self._exit_sync(exc_type, exc, tb)
+        finally:
+            self._let_dispatcher_go()
         interrupt = _interrupts.take_interrupt()  # one that came during the cleanup
         if interrupt is not None:
             raise interrupt
@@ -324,6 +362,8 @@ class Resource(Generic[T]):
         timed_out = False
         # The one interrupt allowed inside a cleanup: its own timeout's, in this frame.
         watchdog = Watchdog(timeout, sys._getframe())
+        cleanup = CleanupScope(self.name)
+        token = cleanup_var.set(cleanup)  # what its code submits is part of it
         try:
             with _interrupts.wakeups(), watchdog:
                 suppress = bool(self._lifecycle.cleanup(self._value, exc_type, exc, tb))
@@ -333,6 +373,9 @@ class Resource(Generic[T]):
             timed_out = True
         except Exception as cleanup_exc:
             error = cleanup_exc
+        finally:
+            cleanup_var.reset(token)
+            cleanup.end(None if self._run is None else self._run.loop)
         how = "it was interrupted" if timed_out else "it went on until it ended"
         timed_out = timed_out or watchdog.fired
         return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
@@ -381,12 +424,26 @@ class Resource(Generic[T]):
     def _run_of_block(self) -> FlowRun | None:
         return flow_run_var.get()
 
+    def _keep_dispatcher(self) -> None:
+        """Keep the current attempt's dispatcher going until this block's cleanup has
+        ended: task runs the cleanup submits start even in a cancelled attempt."""
+        run = flow_run_var.get()
+        if run is not None and run.dispatcher is not None and self._kept is None:
+            self._kept = run.dispatcher
+            self._kept.keep()
+
+    def _let_dispatcher_go(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            kept.let_go()
+
     def _setup_ended(self) -> None:
         run = self._run_of_block()
         if run is not None:
             run.setting_up.pop(id(self), None)
 
     def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
+        self._let_dispatcher_go()  # no cleanup to come
         self._setup_ended()
         if self._state in (_Phase.CLOSED, _Phase.FAILED):
             # Interrupted, and the setup's own ending is recorded already (it was set up

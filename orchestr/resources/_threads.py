@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable
+from contextvars import Context, copy_context
 from queue import SimpleQueue
 from threading import get_ident
 from types import FrameType
@@ -59,7 +60,9 @@ class ResourceThread:
     """A daemon thread that runs one resource's sync calls, one at a time."""
 
     def __init__(self, name: str) -> None:
-        self._jobs: SimpleQueue[tuple[ThreadCall, Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs: SimpleQueue[
+            tuple[ThreadCall, Context, Callable[..., Any], tuple[Any, ...]] | None
+        ]
         self._jobs = SimpleQueue()
         self._thread = threading.Thread(
             target=self._serve, name=f"orchestr-resource-{name}", daemon=True
@@ -67,8 +70,10 @@ class ResourceThread:
         self._thread.start()
 
     def start(self, fn: Callable[..., Any], *args: Any) -> ThreadCall:
+        """Call ``fn(*args)`` in the thread, in a copy of the caller's context: the code
+        sees the block's flow run, task run and context variables, as in a sync block."""
         call = ThreadCall()
-        self._jobs.put((call, fn, args))
+        self._jobs.put((call, copy_context(), fn, args))
         return call
 
     def _serve(self) -> None:
@@ -76,14 +81,14 @@ class ResourceThread:
             job = self._jobs.get()
             if job is None:
                 return
-            call, fn, args = job
+            call, context, fn, args = job
             try:
-                value = fn(*args)
+                value = context.run(fn, *args)
             except BaseException as exc:  # handed to the awaiting block
                 call._finish(False, exc)
             else:
                 call._finish(True, value)
-            del job, call, fn, args
+            del job, call, context, fn, args
 
     def close(self) -> None:
         """Let the thread end after its current call (an abandoned one may never end:
