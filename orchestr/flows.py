@@ -8,8 +8,8 @@ runs as its subflow. The engine does the work; this module is the definition.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
-from typing import Any, ParamSpec, TypeVar, Unpack, overload
+from collections.abc import Callable, Coroutine, Iterable
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from ._definitions import Definition, H, RunName, _hooks
 from ._engine._deps import flow_after_upstreams
@@ -24,8 +24,12 @@ from .runners import TaskRunner, ThreadPoolTaskRunner
 
 __all__ = ["Flow", "flow"]
 
+if TYPE_CHECKING:
+    from .states import State
+
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 class Flow(Definition[P, R]):
@@ -83,7 +87,36 @@ class Flow(Definition[P, R]):
         (``@my_flow.on_crashed``). Returns the function."""
         return self._add_hook("on_crashed", fn)
 
-    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    # Typed as submit() is: PEP 612 forbids a keyword between P.args and P.kwargs, so a
+    # call with return_state=True or wait_for= is typed by its result only (an async
+    # flow's State awaited, a sync one's given); other calls by the signature.
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Flow[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Flow[..., T],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> State[T]: ...
+
+    @overload
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, /, *args: Any, wait_for: Iterable[Any], **kwargs: Any) -> R: ...
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         """Run the flow (``await`` it if it is async; sync code calling an async flow gets
         its result: it runs as a subflow on the calling run's loop, or outside any run on
         a loop of its own). ``return_state=True`` returns the final State instead of the

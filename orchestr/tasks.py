@@ -31,6 +31,7 @@ from .futures import (
     _StateOrAwaitable,
     _StatesOrAwaitable,
 )
+from .states import State
 
 __all__ = ["Task", "exponential_backoff", "task"]
 
@@ -70,7 +71,36 @@ class Task(Definition[P, R]):
         """The ``task_run_name`` option: a template or a callable naming each run."""
         return self.run_name
 
-    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    # Typed as submit() is: PEP 612 forbids a keyword between P.args and P.kwargs, so a
+    # call with return_state=True or wait_for= is typed by its result only (an async
+    # task's State awaited, a sync one's given); other calls by the signature.
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Task[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Task[..., T],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> State[T]: ...
+
+    @overload
+    def __call__(self, /, *args: P.args, **kwargs: P.kwargs) -> R: ...
+
+    @overload
+    def __call__(self, /, *args: Any, wait_for: Iterable[Any], **kwargs: Any) -> R: ...
+
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         """Run the task inline: ``await`` it if it is async (sync code calling an async
         task gets its result: it runs on the flow run's loop, or outside any run on a
         loop of its own). Accepts ``return_state=True`` (get the final State instead of

@@ -13,7 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio
 from pydantic import BaseModel, Field
@@ -219,3 +219,30 @@ async def cancels_itself() -> None:
     assert task is not None
     task.cancel()
     await asyncio.sleep(1)
+
+
+class BadRepr:
+    """A default whose repr raises, as a buggy user __repr__ does."""
+
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+class BadMeta:
+    """Annotated metadata that raises when a constraint is looked for on it."""
+
+    def __getattr__(self, name: str) -> Any:
+        if name in ("gt", "ge", "lt", "le", "metadata"):
+            raise RuntimeError(f"no {name}")
+        raise AttributeError(name)
+
+
+@flow
+def hostile(
+    huge: int = 10**5000,
+    opaque: object = BadRepr(),
+    odd: Annotated[int, BadMeta()] = 1,
+    text: str = "ok",
+) -> None:
+    """Defaults and hints that cannot be shown as they are: --help must still list them."""
+    print(f"HOSTILE {text}")

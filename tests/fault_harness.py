@@ -68,7 +68,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
-from fault_tasks import InjectedError, Work, async_work, read_journal, sync_work
+from fault_tasks import (
+    InjectedError,
+    Work,
+    async_cleanup_helper,
+    async_work,
+    cleanup_helper,
+    read_journal,
+    sync_work,
+)
 
 from orchestr import (
     FutureList,
@@ -163,6 +171,9 @@ class Block:
     cleanup_busy: bool = False  # a busy Python loop instead of a sleep
     cleanup_fails: bool = False
     cleanup_timeout_ms: int | None = None
+    # The cleanup submits a task run and waits for its result, after its sleep: the
+    # run is part of the cleanup (rule 10), so it completes whatever ended the block.
+    cleanup_submits: bool = False
     pool_size: int = 1
     create_ms: int = 0
     body: tuple[Step, ...] = ()
@@ -178,6 +189,8 @@ class Block:
             f"{what} {self.cleanup_ms} ms {'busy' if self.cleanup_busy else 'sleep'}"
             + (" then raises" if self.cleanup_fails else "")
         )
+        if self.cleanup_submits:
+            opts.append("cleanup submits a task run and waits for it")
         if self.cleanup_timeout_ms is not None:
             opts.append(f"cleanup_timeout {self.cleanup_timeout_ms} ms")
         return f"with {_KIND_WORDS[self.kind]} r{self.rid} ({', '.join(opts)}):"
@@ -327,6 +340,10 @@ class Runtime:
         self.pools: dict[int, Pool[Any]] = {}
         make = _make_task if runner == "threads" else _far_task
         self.tasks = {tid: make(self, s) for tid, s in plan.tasks().items()}
+        # Blocks whose cleanup submits a task run (see Block.cleanup_submits).
+        self.submitting_cleanups = {
+            f"r{rid}" for rid, b in plan.blocks().items() if b.cleanup_submits
+        }
         self._attempts: dict[str, itertools.count[int]] = {}
         self._lock = threading.Lock()
         self.body_error: BaseException | None = None
@@ -358,6 +375,8 @@ class Runtime:
                 _spin(ms / 1000)
             elif ms:
                 time.sleep(ms / 1000)
+            if phase == "cleanup" and who in self.submitting_cleanups:
+                self.add("cleanup.task", who, cleanup_helper.submit(who).result())
         except BaseException as exc:
             self.add(f"{phase}.interrupted", who, type(exc).__name__)
             raise
@@ -375,6 +394,8 @@ class Runtime:
                 await anyio.lowlevel.checkpoint()
             else:
                 await anyio.sleep(ms / 1000)
+            if phase == "cleanup" and who in self.submitting_cleanups:
+                self.add("cleanup.task", who, await async_cleanup_helper.submit(who))
         except BaseException as exc:
             self.add(f"{phase}.interrupted", who, type(exc).__name__)
             raise

@@ -106,3 +106,15 @@ async def async_work(i: int, work: Work, *deps: Any) -> str:
         journal(work.journal, "task.end", who, [attempt, type(exc).__name__])
         raise
     return _outcome(work, who, attempt)
+
+
+@task
+def cleanup_helper(who: str) -> str:
+    """What a resource's cleanup submits and waits for (its result names the block)."""
+    return f"{who} cleaned"
+
+
+@task
+async def async_cleanup_helper(who: str) -> str:
+    await anyio.sleep(0.001)  # an await: a cancelled run would stop here
+    return f"{who} cleaned"

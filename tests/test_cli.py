@@ -26,6 +26,8 @@ from typing import Any
 
 import anyio
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import orchestr
 from orchestr import flow, resource, task
@@ -82,6 +84,60 @@ def home(tmp_path: Path) -> Path:
 
 
 # -- the command and its help ------------------------------------------------------------
+def test_run_help_lists_parameters_whose_defaults_or_hints_cannot_be_shown(home: Path) -> None:
+    """A default whose repr raises or that is too long for str() (an int of 5,000
+    digits), a hint whose metadata raises: `--help` lists them all and exits 0 (it
+    crashed with orchestr's traceback); the flow itself runs."""
+    done = orchestr_cli("run", "cli_flows.py:hostile", "--help", home=home)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert re.search(r"--param huge=…\s+int; default: <int: not shown>$", out, re.MULTILINE)
+    assert re.search(
+        r"--param opaque=…\s+object; default: <BadRepr: not shown>$", out, re.MULTILINE
+    )
+    assert re.search(r"--param odd=…\s+\S.*; default: 1$", out, re.MULTILINE)
+    assert re.search(r"--param text=…\s+str; default: ok$", out, re.MULTILINE)
+    assert "Traceback" not in done.stderr
+    ran = orchestr_cli("run", "cli_flows.py:hostile", "--param", "text=fine", home=home)
+    assert ran.returncode == 0, ran.stderr
+    assert "HOSTILE fine" in ran.stdout
+
+
+class BadReprValue:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+    def __str__(self) -> str:
+        raise RuntimeError("no str")
+
+
+_HOSTILE = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers(4301, 5000).map(lambda digits: 10**digits)  # past what str() takes
+    | st.floats()
+    | st.text()
+    | st.binary()
+    | st.builds(BadReprValue)
+    | st.sampled_from([int, list[int], dict[str, BadReprValue], Path]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(value=_HOSTILE)
+def test_defaults_and_hints_always_have_a_text(value: Any) -> None:
+    """Whatever a default or a hint is, `--help` has a line for it: never an error."""
+    from orchestr.cli._hints import default_text, type_text
+
+    assert isinstance(default_text(value), str)
+    assert isinstance(type_text(value), str)
+
+
 def test_version_prints_the_package_version(home: Path) -> None:
     """`orchestr --version` prints orchestr's version and exits 0."""
     done = orchestr_cli("--version", home=home)
@@ -1214,7 +1270,7 @@ def test_runs_show_names_an_unknown_run(recorded: Recorded) -> None:
 
 
 def test_runs_prune_deletes_runs_older_than_the_age(home: Path) -> None:
-    """`orchestr runs prune --older-than AGE` deletes the runs that started longer ago
+    """`orchestr runs prune --older-than AGE` deletes the runs that ended longer ago
     (with their task runs) and keeps the others; a bad age is named."""
     pytest.importorskip("orchestr.history")
     history = Recorded(home)

@@ -73,7 +73,7 @@ from orchestr.limits import (
 )
 from orchestr.resources import Pool, resource, resource_manager, scope
 from orchestr.runners import TaskRunner
-from orchestr.testing import PicklingTaskRunner
+from orchestr.testing import PicklingTaskRunner, fast_retries
 
 _ENV_EXAMPLES = int(os.environ.get("ORCHESTR_FUZZ_EXAMPLES", "0"))
 WAIT = 10  # seconds: the bound on every wait for something that should end at once
@@ -951,6 +951,11 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], list[str], Callable[[Any], b
         lambda v: isinstance(v, str) and v != "",
     ),
     "limits.rate": (lambda v: _within(limits(rate={"fuzz": v})), ["rate limit"], lambda v: None),
+    "testing.fast_retries": (
+        lambda v: _within(fast_retries(v)),
+        ["fast_retries"],
+        lambda v: _is_real(v) and _float(v) >= 0 and not (isinstance(v, float) and v == math.inf),
+    ),
     "limits": (lambda v: _within(limits(concurrency=v)), ["concurrency", "limit"], lambda v: None),
 }
 

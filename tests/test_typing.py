@@ -33,3 +33,31 @@ def test_mypy_sees_the_wrapped_signatures() -> None:
         if "# E:" in line
     }
     assert reported == expected, done.stdout
+
+
+@pytest.mark.timeout(180)
+def test_an_installed_orchestr_gives_its_types_to_user_code(tmp_path: Path) -> None:
+    """Outside the repository, mypy reads orchestr as an installed package: without a
+    py.typed marker it would skip it, and every decorated function would be Any."""
+    user = tmp_path / "user_flows.py"
+    user.write_text(
+        "from orchestr import task\n"
+        "\n"
+        "@task\n"
+        "def add(a: int, b: int) -> int:\n"
+        "    return a + b\n"
+        "\n"
+        "reveal_type(add.submit(1, 2))\n"
+        "add.submit(1, 'two')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mypy", "--strict", "--no-incremental", user.name],
+        capture_output=True,
+        text=True,
+        timeout=170,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert 'Revealed type is "orchestr.futures.TaskFuture[int]"' in done.stdout, done.stdout
+    assert "user_flows.py:8: error" in done.stdout, done.stdout
+    assert "py.typed" not in done.stdout, done.stdout

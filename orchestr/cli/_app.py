@@ -271,7 +271,10 @@ def runs_show(run_id: str, max_rows: int) -> None:
     "older_than",
     required=True,
     metavar="AGE",
-    help="Delete runs that started longer ago than this (30d, 12h, 2w).",
+    help=(
+        "Delete runs that ended longer ago than this (30d, 12h, 2w); one that never "
+        "ended, by its start, once its process is gone."
+    ),
 )
 def runs_prune(older_than: str) -> None:
     """Delete old flow runs from the history, with their task runs and events."""

@@ -34,7 +34,15 @@ _LIMITS = (
 
 
 def type_text(hint: Any) -> str:
-    """``hint`` as a person reads it: ``int (> 0)``, ``list[str] | None``."""
+    """``hint`` as a person reads it: ``int (> 0)``, ``list[str] | None``. Never raises:
+    a part that cannot be shown (a ``repr`` that raises) reads as its type's name."""
+    try:
+        return _type_text(hint)
+    except Exception:  # user objects in the hint: --help must still list the parameter
+        return _unshown(hint)
+
+
+def _type_text(hint: Any) -> str:
     if hint is None or hint is type(None):
         return "None"
     if hint is Ellipsis:
@@ -68,7 +76,20 @@ def type_text(hint: Any) -> str:
 def default_text(value: Any) -> str:
     """A default as it would be given on the command line: an enum member as its value,
     a path, a date, a duration or a decimal as pydantic writes it in JSON (``/tmp``,
-    ``PT5S``), a list or dict as JSON (``["red"]``); what has no JSON form as ``repr``."""
+    ``PT5S``), a list or dict as JSON (``["red"]``); what has no JSON form as ``repr``.
+    Never raises: a default that cannot be shown (its ``repr`` raises; an int too long
+    for ``str()``) reads as ``<int: not shown>``."""
+    try:
+        return _default_text(value)
+    except Exception:  # a user object: --help must still list the parameter
+        return _unshown(value)
+
+
+def _unshown(value: Any) -> str:
+    return f"<{type(value).__name__}: not shown>"
+
+
+def _default_text(value: Any) -> str:
     if isinstance(value, enum.Enum):
         return str(value.value)
     if value is None or isinstance(value, (bool, int, float)):

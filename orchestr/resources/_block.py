@@ -247,7 +247,9 @@ class Resource(Generic[T]):
         error: BaseException | None = None
         timed_out = False
         cleanup = CleanupScope(self.name)
-        token = cleanup_var.set(cleanup)  # what its code submits is part of it
+        # What its code submits is part of it (a sync cleanup's thread copies it).
+        token = cleanup_var.set(cleanup)
+        reset = False
         try:
             if lifecycle.cleanup_is_async:
                 with anyio.move_on_after(timeout) as deadline:
@@ -258,7 +260,7 @@ class Resource(Generic[T]):
                     self._thread = ResourceThread(self.name)
                 call = self._thread.start(lifecycle.cleanup, self._value, exc_type, exc, tb)
                 cleanup_var.reset(token)
-                token = None
+                reset = True
                 with anyio.move_on_after(timeout) as deadline:
                     await call.wait()
                 timed_out = deadline.cancelled_caught
@@ -267,7 +269,7 @@ class Resource(Generic[T]):
         except Exception as cleanup_exc:
             error = cleanup_exc
         finally:
-            if token is not None:
+            if not reset:
                 cleanup_var.reset(token)
             cleanup.end(None if self._run is None else self._run.loop)
             if self._thread is not None:

@@ -24,6 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from .._checks import seconds
 from .._engine._context import retry_delay_override_var
 from .._public import show_public_module as _show_public_module
 from ..exceptions import LeakError as LeakError
@@ -48,9 +49,11 @@ def fast_retries(delay: float = 0.0) -> Iterator[None]:
     """Replace every retry delay (tasks and flows) by ``delay`` seconds inside the block.
 
     It is a context variable, so it reaches task runs started inside the block, in any
-    thread, and nothing outside it.
+    thread, and nothing outside it. ``delay`` is a finite number of seconds >= 0,
+    checked here (a UsageError naming it), not when a retry comes.
     """
-    token = retry_delay_override_var.set(delay)
+    checked = seconds(delay, "fast_retries(delay)", zero=True, infinite=False, none=False)
+    token = retry_delay_override_var.set(checked)
     try:
         yield
     finally:

@@ -71,3 +71,19 @@ also_kept: str = nightly("x")
 add.with_options(retrys=3)  # E: an option name that does not exist
 add.with_options(retries="3")  # E: an option of the wrong type
 sync_pipeline.with_options(tags=["x"])  # E: a task option on a flow
+
+# return_state=True and wait_for= on inline task calls and flow calls (documented), typed
+# by their result: an async one's State awaited, a sync one's given.
+
+
+@flow
+async def states_of_calls(first: TaskFuture[int]) -> int:
+    inline_state: State[int] = add(1, 2, return_state=True)
+    awaited_state: State[bytes] = await fetch("x", return_state=True)
+    after: int = add(1, 2, wait_for=[first])
+    flow_state: State[int] = await pipeline(1, return_state=True)
+    sync_state: State[str] = sync_pipeline("x", return_state=True)
+    waited: str = sync_pipeline("x", wait_for=[first])
+    wrong_state: State[str] = add(1, 2, return_state=True)  # E: the State's type is kept
+    states = (inline_state, awaited_state, flow_state, sync_state, wrong_state)
+    return after + len(waited) + len(states)
