@@ -330,8 +330,17 @@ def _parameters(
             # An empty *args or **kwargs says nothing (a tuple or a dict: len() is safe).
             if kinds[name].kind not in (_VAR_POSITIONAL, _VAR_KEYWORD) or len(value)
         ]
-    text = ", ".join(f"{name}={masked_repr(value, name)}" for name, value in named)
+    text = ", ".join(f"{name}={_shown(value, name)}" for name, value in named)
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+def _shown(value: Any, name: str) -> str:
+    """One argument for the log line: one whose repr fails (raises; an int too long for
+    ``str()``) does not hide the others."""
+    try:
+        return masked_repr(value, name)
+    except Exception:
+        return f"<{type(value).__name__}: not shown>"
 
 
 # -- log_prints ----------------------------------------------------------------------------

@@ -650,17 +650,19 @@ def test_the_begin_line_survives_arguments_that_misbehave(
             raise RuntimeError("no repr")
 
     @flow
-    def main(a: Any, b: Any, *rest: Any, **named: Any) -> int:
+    def main(a: Any, b: Any, c: Any, *rest: Any, **named: Any) -> int:
         return 1
 
+    huge = 10**5000  # too long for str(): repr raises ValueError
     with override_settings(backend=backend):
-        state = main(Ambiguous(), Unprintable(), z=Ambiguous(), return_state=True)
+        state = main(Ambiguous(), Unprintable(), huge, z=Ambiguous(), return_state=True)
     assert state.result() == 1
     line = _one_matching(
         caplog, "orchestr.flow_runs", f"Flow run {state.record.name!r}", start="Beginning"
     )
     message = line.getMessage()
     assert message.startswith("Beginning with parameters a=Ambiguous(), b=<Unprintable")
+    assert re.search(r", c=<int[^>]*>, ", message), message  # the others still shown
     assert message.endswith(", named={'z': Ambiguous()}")  # the empty *rest is left out
 
 
