@@ -825,6 +825,57 @@ def test_a_short_script_has_all_its_runs_written_when_it_exits(tmp_path: Path) -
     assert query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'") == [(1000,)]
 
 
+def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path) -> None:
+    """A task on ProcessPoolTaskRunner that calls a flow: the worker (which ends by
+    os._exit, skipping the history's exit flush) writes that flow run before the task's
+    outcome comes back, so it is in the history when the outer flow returns."""
+    home = tmp_path / "home"
+    script = tmp_path / "in_worker.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            from orchestr import ProcessPoolTaskRunner, flow, history, task
+
+            @flow
+            def inner(x: int) -> int:
+                return x + 1
+
+            @task
+            def calls_flow(x: int) -> int:
+                return inner(x)
+
+            @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+            def outer() -> list[int]:
+                return [calls_flow.submit(i).result() for i in range(3)]
+
+            if __name__ == "__main__":
+                print("results", outer())
+                # Read before this process flushes or exits: the worker wrote its runs.
+                runs = history.list_runs(flow_name="inner")
+                print("inner", sorted(run.parameters["x"] for run in runs))
+                print("states", sorted({run.state for run in runs}))
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        env={**os.environ, "ORCHESTR_HOME": str(home), "ORCHESTR_LOGGING_LEVEL": "WARNING"},
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "results [1, 2, 3]" in done.stdout, done.stdout
+    assert "inner [0, 1, 2]" in done.stdout, done.stdout
+    assert "states ['Completed']" in done.stdout, done.stdout
+    # After the script's exit: the outer flow too, and nothing twice.
+    assert query(home / "history.db", "SELECT flow_name, COUNT(*) FROM flow_runs GROUP BY 1") == [
+        ("inner", 3),
+        ("outer", 1),
+    ]
+
+
 def test_a_run_ended_by_sigterm_is_recorded_as_crashed(tmp_path: Path) -> None:
     """SIGTERM to a process in a flow run: the run is cancelled (its task run
     Cancelled), the process exits 143, and the history has both final states."""

@@ -25,7 +25,9 @@ At exit, what is still queued is written before the interpreter goes (``atexit``
 a database another process holds locked is waited for only as long as the
 ``history_exit_timeout_seconds`` setting says (2 s by default): what could not be
 written by then is dropped, and one warning per path says how many state changes went.
-A forked child starts with an empty queue and no thread.
+A forked child starts with an empty queue and no thread. A process that may end without
+running ``atexit`` (a process pool's worker ends by ``os._exit``) writes what it recorded
+before it could (:func:`write_recorded`, after each call that started flow runs).
 
 Nothing here raises into a run: a database that cannot be written is reported once
 (:mod:`._writer`) and the runs go on. Every change dropped is counted, so that
@@ -52,7 +54,15 @@ if TYPE_CHECKING:
     from ..settings import Settings
     from ..states import State
 
-__all__ = ["IDLE_SECONDS", "POLL_SECONDS", "Recorded", "flush", "note_dropped", "record_flow_run"]
+__all__ = [
+    "IDLE_SECONDS",
+    "POLL_SECONDS",
+    "Recorded",
+    "flush",
+    "note_dropped",
+    "record_flow_run",
+    "write_recorded",
+]
 
 POLL_SECONDS = 0.25  # how often the writer looks at the queue
 IDLE_SECONDS = 0.5  # how long it waits with nothing to write before it ends
@@ -132,13 +142,18 @@ exit_deadline: float | None = None  # at exit: when waiting for a busy database 
 exit_dropped: dict[str, int] = {}  # at exit: changes dropped for a busy database, by path
 in_flight: tuple[str, int] | None = None  # the batch being written: its path and size
 progress = 0  # batches written or dropped
+# Flow runs recorded in this process so far (not exact under threads: only ever compared
+# with an earlier reading, to see whether a call started any).
+flow_runs_recorded = 0
 
 
 def record_flow_run(record: FlowRunRecord, settings: Settings) -> None:
     """Record ``record`` (a flow run about to make its first state change), its task
     runs and its changes in the history under ``settings.home``."""
+    global flow_runs_recorded
     if not _installed:
         _install()
+    flow_runs_recorded += 1
     # Its id is made here, in the run's thread (ids are made on first use): the writer
     # thread making it could race the run's own first use and record another.
     record.id  # noqa: B018
@@ -338,21 +353,35 @@ def flush(timeout: float | None = None) -> bool:
     be opened or written: see the warnings on the ``orchestr.history`` logger). Runs
     are written without it (within a fraction of a second, and at exit); call it before
     reading the history of runs that just ended in this process."""
-    global _urgent, _dropped_seen
+    global _dropped_seen
     bound = seconds(timeout, "timeout of flush()", zero=True, infinite=True)
-    done = True
-    if _running or _queue:
-        marker = threading.Event()
-        _queue.append(marker)
-        _urgent = True
-        _start()
-        _wake.set()
-        # No thread at exit: _at_exit writes the queue.
-        done = marker.is_set() if not _running and _exiting else marker.wait(bound)
+    done = _written(bound)
     found = dropped
     complete = done and found == _dropped_seen
     _dropped_seen = found
     return complete
+
+
+def write_recorded() -> None:
+    """Write what is queued now, waiting for a busy database as long as at exit (the
+    ``history_exit_timeout_seconds`` setting); for a process that may end without
+    ``atexit`` (a process pool's worker), after a call that started flow runs. Unlike
+    :func:`flush`, it leaves the count of dropped changes to the user's next flush()."""
+    _written(_exit_timeout())
+
+
+def _written(bound: float | None) -> bool:
+    """Whether everything queued before the call was written within ``bound``."""
+    global _urgent
+    if not (_running or _queue):
+        return True
+    marker = threading.Event()
+    _queue.append(marker)
+    _urgent = True
+    _start()
+    _wake.set()
+    # No thread at exit: _at_exit writes the queue.
+    return marker.is_set() if not _running and _exiting else marker.wait(bound)
 
 
 def _at_exit() -> None:

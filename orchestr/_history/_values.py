@@ -2,7 +2,8 @@
 
 A flow run's parameters become a JSON-safe snapshot, taken as the run starts: numbers,
 strings, lists and dicts as they are (bounded: long strings and collections are cut,
-nesting stops at a depth), other objects as their ``repr``. Secrets are masked, never
+nesting stops at a depth; an int too long to show, one of more than 640 digits, as its
+size), other objects as their ``repr``. Secrets are masked, never
 stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
 parameter's, a dict key's, a field's) looks like a secret (``password``, ``api_key``,
 ``token``, ``secret``, ``credentials``, ...), and the password of a URL
@@ -17,6 +18,12 @@ library's, nor an installed package's (else the last frame that is not orchestr'
 The same masking serves the engine's ``Beginning with parameters ...`` log line
 (:func:`masked_repr`).
 
+Every text made here can be stored (:func:`storable`): SQLite takes UTF-8, which a lone
+surrogate is not (``os.fsdecode`` makes them of a file name that is not UTF-8, and such
+names end up in messages, paths and run names); it is kept as its escape, ``\\udcff``.
+One value the history could not store would cost the run its record (and, before the
+writer tried again run by run, its whole batch: see :mod:`._writer`).
+
 Nothing here imports ``json`` or ``pydantic``: it runs in the flow's own thread, where
 the state observer takes the snapshot.
 """
@@ -29,6 +36,7 @@ import itertools
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +51,7 @@ __all__ = [
     "mask_url",
     "masked_repr",
     "parameters_snapshot",
+    "storable",
 ]
 
 MASK = "**********"
@@ -50,6 +59,11 @@ _MAX_STRING = 1_000
 _MAX_ITEMS = 100
 _MAX_DEPTH = 6
 _MAX_ERROR = 4_000
+# Ints this big or bigger are shown as their size: Python may refuse to turn one of more
+# digits into text (sys.set_int_max_str_digits() allows no lower limit), and json.dumps
+# with it, or json.loads reading it back.
+_BIG_INT = 10**sys.int_info.str_digits_check_threshold
+_EXACT_DIGITS = 100_000  # ints of more digits than this are sized roughly (a cheap log)
 
 # Words of a name (snake, kebab, dotted or camel case) that make it a secret's name.
 _SECRET_WORDS = frozenset(
@@ -105,21 +119,41 @@ def mask_url(text: str) -> str:
     return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
 
 
+def storable(text: str) -> str:
+    """``text`` as SQLite can store it: valid UTF-8, a lone surrogate kept as its escape
+    (``'\\udcff'``); the text itself when it is (the usual case, at the cost of a
+    look)."""
+    if text.isascii():
+        return text
+    try:
+        text.encode()
+    except UnicodeEncodeError:  # lone surrogates, the only code points UTF-8 refuses
+        return text.encode("utf-8", "backslashreplace").decode()
+    return text
+
+
 def json_safe(value: Any, depth: int = 0) -> Any:
-    """A JSON-safe, bounded, secrets-masked copy of ``value`` (never raises: a part
-    that cannot be shown, say a failing ``repr``, is shown as such)."""
+    """A JSON-safe, bounded, storable, secrets-masked copy of ``value`` (never raises: a
+    part that cannot be shown, say a failing ``repr``, is shown as such)."""
     try:
         return _safe(value, depth)
     except Exception:  # a repr or a model_dump that failed: the value is not worth a run
-        return f"<{type(value).__name__}: not shown>"
+        return f"<{_type_name(value)}: not shown>"
+
+
+def _type_name(value: Any) -> str:
+    name = type(value).__name__
+    return storable(name) if type(name) is str else "object"  # a metaclass's odd __name__
 
 
 def _safe(value: Any, depth: int) -> Any:
     kind = type(value)
-    if value is None or kind is bool or kind is int:
+    if value is None or kind is bool:
         return value
+    if kind is int:
+        return value if -_BIG_INT < value < _BIG_INT else _int_size(value)
     if kind is str:
-        return _short(mask_url(value))
+        return _text(value)
     if kind is float:
         return value if math.isfinite(value) else repr(value)
     if kind.__name__ in _SECRET_TYPES and kind.__module__.startswith("pydantic"):
@@ -134,9 +168,10 @@ def _safe(value: Any, depth: int) -> Any:
     if kind.__module__ == "datetime" and hasattr(value, "isoformat"):  # not imported here
         return value.isoformat()  # dates, times, datetimes
     if isinstance(value, os.PathLike):
-        return os.fspath(value)  # type: ignore[arg-type]
+        path = os.fspath(value)
+        return _text(path) if isinstance(path, str) else _safe(path, depth)
     if depth >= _MAX_DEPTH:
-        return _short(mask_url(repr(value)))
+        return _text(repr(value))
     if isinstance(value, Mapping):
         return _mapping(value.items(), len(value), depth)
     if isinstance(value, list | tuple | set | frozenset):
@@ -157,7 +192,24 @@ def _safe(value: Any, depth: int) -> Any:
         dumped = dump()
         if isinstance(dumped, Mapping):
             return _mapping(dumped.items(), len(dumped), depth)
-    return _short(mask_url(repr(value)))
+    return _text(repr(value))
+
+
+def _text(text: str) -> str:
+    """A text as the snapshot keeps it: URL passwords masked, cut, storable."""
+    return storable(_short(mask_url(str(text))))
+
+
+def _int_size(value: int) -> str:
+    """``<int of N digits>``, found without turning the int into text (which Python
+    refuses past ``sys.get_int_max_str_digits()``)."""
+    size = abs(value)
+    digits = int(math.log10(size)) + 1  # a float: one too many just below a power of ten
+    if digits > _EXACT_DIGITS:
+        return f"<int of about {digits} digits>"
+    if 10 ** (digits - 1) > size:
+        digits -= 1
+    return f"<int of {digits} digits>"
 
 
 def _mapping(items: Any, size: int, depth: int) -> dict[str, Any]:
@@ -166,16 +218,16 @@ def _mapping(items: Any, size: int, depth: int) -> dict[str, Any]:
         if len(shown) == _MAX_ITEMS:
             shown["..."] = f"({size - _MAX_ITEMS} more)"
             break
-        name = key if isinstance(key, str) else _key_name(key)
+        name = storable(_short(str(key))) if isinstance(key, str) else _key_name(key)
         shown[name] = MASK if is_secret_name(name) else json_safe(item, depth + 1)
     return shown
 
 
 def _key_name(key: Any) -> str:
     try:
-        return _short(repr(key))
+        return storable(_short(str(repr(key))))
     except Exception:
-        return f"<{type(key).__name__}>"
+        return f"<{_type_name(key)}>"
 
 
 def _short(text: str) -> str:
@@ -197,7 +249,10 @@ def masked_repr(value: Any, name: str = "") -> str:
     global _reprs
     if _reprs is None:
         _reprs = _masking_repr()
-    text = str(_reprs.repr(value))
+    try:
+        text = str(_reprs.repr(value))
+    except Exception:  # a repr that failed deep inside a container: its type, at least
+        text = f"<{_type_name(value)}: not shown>"
     return text if len(text) <= _SHORT_REPR else text[: _SHORT_REPR - 3] + "..."
 
 
@@ -207,6 +262,11 @@ def _masking_repr() -> Any:
     class MaskingRepr(reprlib.Repr):
         def repr_str(self, x: Any, level: int) -> str:
             return str(super().repr_str(mask_url(x), level))
+
+        def repr_int(self, x: Any, level: int) -> str:
+            if -_BIG_INT < x < _BIG_INT:
+                return str(super().repr_int(x, level))
+            return _int_size(x)  # its repr may raise (too many digits), and is too long
 
         def repr_dict(self, x: Any, level: int) -> str:
             if not x:
@@ -275,9 +335,10 @@ def error_text(error: BaseException | None) -> str | None:
         message = str(error)
     except Exception:
         message = "(its message could not be read)"
-    text = f"{type(error).__name__}: {message}" if message else type(error).__name__
+    name = _type_name(error)
+    text = f"{name}: {message}" if message else name
     text = _PYDANTIC_INPUT.sub(r"\g<1>]", mask_url(text))
-    return text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "..."
+    return storable(text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "...")
 
 
 # pydantic's ValidationError lines quote the value: "[type=int_parsing,
@@ -329,4 +390,5 @@ def _last_user_frame(exc: BaseException) -> str | None:
     if chosen is None:
         return None
     code = chosen.tb_frame.f_code
-    return f"{code.co_filename}:{chosen.tb_lineno} in {code.co_name}"
+    # (A file name is storable only if the file system's encoding let it be.)
+    return storable(f"{code.co_filename}:{chosen.tb_lineno} in {code.co_name}")

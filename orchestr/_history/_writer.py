@@ -22,6 +22,12 @@ path, as a WARNING on the ``orchestr.history`` logger; what could not be written
 dropped and the runs go on. A path that could not be opened is not tried again in this
 process. Every change dropped is counted (:func:`._recorder.note_dropped`), so that
 ``flush()`` can say the history is not complete.
+
+A batch that fails for what it holds, not for the database (a value SQLite or JSON
+cannot take, which :mod:`._values` should have made storable already), is written again
+one flow run at a time (a flow run with its task runs and events, each in its own
+transaction): the run that cannot be written is dropped, reported by name and id (a
+WARNING each), and the runs beside it are written.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ import logging
 import os
 import sqlite3
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..records import FlowRunRecord, TaskRunRecord
 from . import _recorder, _schema
 from ._recorder import Recorded, recorded_of
-from ._values import error_origin, error_text
+from ._values import error_origin, error_text, storable
 
 __all__ = [
     "BUSY_SLICE_SECONDS",
@@ -156,24 +163,65 @@ class Writer:
             try:
                 self._write(path, part)
             except DatabaseBusy as exc:
-                self._forget(path)
-                if _recorder.exit_deadline is not None:
-                    _abandoned.add(path)  # the process is going: no more waits for it
-                else:  # (at exit, the recorder reports all it dropped, once)
-                    _log.warning(
-                        "%d state changes not written to %s: database busy/locked for %.0f s",
-                        len(part),
-                        path,
-                        exc.waited,
-                    )
-                _recorder.note_dropped(path, len(part), busy=True)
-            except Exception as exc:  # never into the runs: reported once, dropped
-                warn_once(path, exc)
-                self._forget(path)
-                _recorder.note_dropped(path, len(part), busy=False)
+                self._busy(path, len(part), exc)
+            except Exception as exc:  # never into the runs
+                if path in _broken or _about_the_database(exc):
+                    self._failed(path, len(part), exc)
+                else:  # a value of one of its runs, most likely: each run on its own
+                    self._write_each_run(path, part)
             finally:
                 _recorder.in_flight = None
                 _recorder.progress += 1
+
+    def _write_each_run(self, path: str, items: list[Any]) -> None:
+        """Write ``items`` (a batch that failed) one flow run at a time, so that a run
+        the history cannot store loses only itself; that run is reported."""
+        runs: dict[Recorded | None, list[Any]] = {}
+        for item in items:
+            runs.setdefault(recorded_of(item), []).append(item)
+        left = len(items)
+        for recorded, its in runs.items():
+            try:
+                self._write(path, its)
+            except DatabaseBusy as exc:
+                self._busy(path, left, exc)
+                return
+            except Exception as exc:
+                if _about_the_database(exc):
+                    self._failed(path, left, exc)
+                    return
+                _log.warning(
+                    "Flow run %s could not be written to the run history at %s (%s: %s); "
+                    "%d of its state changes are not recorded, the other runs are",
+                    _run_shown(recorded),
+                    path,
+                    type(exc).__name__,
+                    exc,
+                    len(its),
+                )
+                _recorder.note_dropped(path, len(its), busy=False)
+            left -= len(its)
+
+    def _busy(self, path: str, count: int, exc: DatabaseBusy) -> None:
+        """``count`` changes for ``path`` waited too long for a busy database: dropped."""
+        self._forget(path)
+        if _recorder.exit_deadline is not None:
+            _abandoned.add(path)  # the process is going: no more waits for it
+        else:  # (at exit, the recorder reports all it dropped, once)
+            _log.warning(
+                "%d state changes not written to %s: database busy/locked for %.0f s",
+                count,
+                path,
+                exc.waited,
+            )
+        _recorder.note_dropped(path, count, busy=True)
+
+    def _failed(self, path: str, count: int, exc: Exception) -> None:
+        """``count`` changes for ``path`` met a database that cannot be opened or
+        written: reported once, dropped."""
+        warn_once(path, exc)
+        self._forget(path)
+        _recorder.note_dropped(path, count, busy=False)
 
     def close(self) -> None:
         for conn in self._databases.values():
@@ -196,11 +244,14 @@ class Writer:
             _close(conn)
 
     def _write(self, path: str, items: list[Any]) -> None:
-        rows = self._rows(items)
+        *rows, events = self._rows(items)
         started = time.monotonic()
         while True:
             try:
                 _commit(self._connection(path), rows)
+                # Only now: a batch that failed is written again (run by run) with them.
+                for recorded, written in events:
+                    recorded.events_written = written
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
@@ -238,6 +289,8 @@ class Writer:
         return conn
 
     def _rows(self, items: list[Any]) -> tuple[list[Any], ...]:
+        """The batch's flow rows, task rows and event rows, and how many events of each
+        flow run they take it to."""
         # The hot loop of the writer: a task run's items in the batch (usually one, its
         # final state) fold into one row; a flow run's, into one row and its events.
         flows: dict[Recorded, list[Any]] = {}  # -> [parameters JSON or None, change lines]
@@ -261,20 +314,20 @@ class Writer:
                 if lines is None:
                     lines = flows[item[4]] = [None]
                 if item[5] is not None:
-                    lines[0] = json.dumps(item[5])
+                    lines[0] = _parameters_json(item[5])
                 lines.append(_line(item))
         flow_rows = [self._flow_row(recorded, lines) for recorded, lines in flows.items()]
         task_rows = [_task_row(record, lines) for record, lines in tasks.items()]
         event_rows: list[tuple[Any, ...]] = []
+        written: list[tuple[Recorded, int]] = []
         for recorded in flows:
             events = recorded.record.events
             for event in events[recorded.events_written :]:
                 error = error_text(event.error)
-                event_rows.append(
-                    (recorded.id, event.kind, event.subject, event.at, event.duration, error)
-                )
-            recorded.events_written = len(events)
-        return flow_rows, task_rows, event_rows
+                kind, subject = storable(event.kind), storable(event.subject)
+                event_rows.append((recorded.id, kind, subject, event.at, event.duration, error))
+            written.append((recorded, len(events)))
+        return flow_rows, task_rows, event_rows, written
 
     def _flow_row(self, recorded: Recorded, lines: list[Any]) -> tuple[Any, ...]:
         record = recorded.record
@@ -282,10 +335,10 @@ class Writer:
         error = record.error
         return (
             recorded.id or _flow_id(recorded),
-            record.name,
-            record.flow_name,
+            storable(record.name),  # a flow_run_name made of a file name, say
+            storable(record.flow_name),
             None if parent is None else str(parent.id),
-            record.state_name,
+            storable(record.state_name),
             record.started or time.time(),
             record.ended,
             record.attempts,
@@ -293,8 +346,36 @@ class Writer:
             error_text(error),
             error_origin(error),
             self._pid,
-            "".join(lines[1:]),
+            storable("".join(lines[1:])),
         )
+
+
+def _parameters_json(snapshot: Any) -> str:
+    """The parameters column: the snapshot (JSON-safe, see :mod:`._values`) as JSON; one
+    that is not after all is a note, not a lost run."""
+    try:
+        return json.dumps(snapshot)
+    except (ValueError, TypeError, RecursionError) as exc:
+        return json.dumps({"...": f"(the parameters could not be stored: {type(exc).__name__})"})
+
+
+def _about_the_database(exc: Exception) -> bool:
+    """Whether a failed write says the database cannot be opened or written (a full
+    disk, an I/O error, a file that is not a database), rather than that a value in the
+    batch cannot be stored (a ``ValueError``, ``sqlite3.InterfaceError``, ...)."""
+    return isinstance(exc, sqlite3.OperationalError | OSError | _schema.NewerSchemaError) or (
+        type(exc) is sqlite3.DatabaseError
+    )
+
+
+def _run_shown(recorded: Recorded | None) -> str:
+    """A flow run being recorded, for a warning: its name and id."""
+    if recorded is None:
+        return "(unknown)"
+    record = recorded.record
+    name = None if record is None else record.name  # (None: ended, its record let go)
+    run_id = recorded.id or (None if record is None else str(record.id))
+    return f"{name!r} (id {run_id})" if name is not None else f"id {run_id}"
 
 
 def _flow_id(recorded: Recorded) -> str:
@@ -306,20 +387,21 @@ def _task_row(record: Any, found: Any) -> tuple[Any, ...]:
     items = found if type(found) is list else [found]
     recorded = recorded_of(record)
     assert recorded is not None  # (write() kept only the items whose flow run it found)
-    key = f"{record.task_name}-{record.index}"
+    task_name = storable(record.task_name)
+    given = record._given_name  # None: the key is its name
     error = record.error
     return (
         recorded.id or _flow_id(recorded),
-        key,
-        record._given_name,  # None: the key is its name
-        record.task_name,
-        record.state_name,
+        f"{task_name}-{record.index}",
+        None if given is None else storable(given),
+        task_name,
+        storable(record.state_name),
         record.attempts,
         record.started,
         record.ended,
         None if error is None else error_text(error),
         None if error is None else error_origin(error),
-        None if _implied(record, items) else "".join(_line(item) for item in items),
+        None if _implied(record, items) else storable("".join(_line(item) for item in items)),
     )
 
 
@@ -347,7 +429,7 @@ def _line(item: Any) -> str:
     return f"{name}\t{item[2]:.6f}\t{item[3]}\n"
 
 
-def _commit(conn: sqlite3.Connection, rows: tuple[list[Any], ...]) -> None:
+def _commit(conn: sqlite3.Connection, rows: Sequence[list[Any]]) -> None:
     flow_rows, task_rows, event_rows = rows
     conn.execute("BEGIN IMMEDIATE")
     try:

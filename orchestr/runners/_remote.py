@@ -8,6 +8,9 @@ Task code there still finds its run: ``remote_call_var`` holds the call's
 shipped back read the same), and ``print`` is routed to it when the run has
 ``log_prints``. Whatever the call returns or raises must travel back: a value or an
 exception that does not pickle becomes an error naming the task run and the value's type.
+
+A flow run the call started is written to the run history before the outcome goes back:
+a process pool's worker ends by ``os._exit``, which skips the history's exit flush.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from contextvars import copy_context
 from typing import Any
 
 from .._engine._context import remote_call_var
+from .._history import _recorder
 from .._logging import identity_logger, log_prints_var, route_prints
 from ._call import Call, Outcome, RunIdentity
 
@@ -32,7 +36,14 @@ class RemoteError(Exception):
 
 def run_call(call: Call) -> Outcome:
     """Run ``call`` here, in a fresh context; never raises (the outcome carries it)."""
-    return copy_context().run(_run_in_context, call)
+    started_flows = _recorder.flow_runs_recorded
+    outcome = copy_context().run(_run_in_context, call)
+    if _recorder.flow_runs_recorded != started_flows:  # the task called a flow
+        try:
+            _recorder.write_recorded()
+        except Exception:  # the history never fails a run (it warns on its own)
+            pass
+    return outcome
 
 
 def _run_in_context(call: Call) -> Outcome:
