@@ -366,3 +366,76 @@ def test_sync_resource_code_in_an_async_block_sees_its_run_and_context(
     ]
     names = sorted(r.task_name for r in _all_task_runs(state.record))
     assert names == sorted(["drop", "drop", "drop"] + (["holder"] if where == "async task" else []))
+
+
+# -- what must not hold a flow run up (found by a review of the change) ---------------------
+@pytest.mark.parametrize("ending", ["normal", "timeout"])
+def test_an_async_block_left_open_by_the_body_does_not_hold_the_run(run: Any, ending: str) -> None:
+    """A block whose async generator the body advanced once and kept (a cache) is still
+    open when the body ends: the run ends all the same, at once."""
+
+    @resource
+    async def table() -> AsyncIterator[str]:
+        yield "t"
+
+    async def rows() -> AsyncIterator[int]:
+        async with table():
+            yield 1
+            yield 2
+
+    kept: list[Any] = []
+
+    @flow(timeout_seconds=FLOW_TIMEOUT if ending == "timeout" else None)
+    async def main() -> str:
+        generator = rows()
+        kept.append(generator)
+        await generator.__anext__()
+        if ending == "timeout":
+            await anyio.sleep(BODY_WAIT)
+        return "done"
+
+    async def call() -> State[Any]:
+        with anyio.fail_after(10):
+            state = await main(return_state=True)
+        with anyio.CancelScope(shield=True):
+            await kept[0].aclose()  # the test's own tidying: the block ends here
+        return state  # type: ignore[no-any-return]
+
+    started = time.monotonic()
+    state = run(call)
+    assert time.monotonic() - started < 3
+    assert state.name == ("Completed" if ending == "normal" else "TimedOut")
+
+
+def test_a_sync_cleanup_stuck_past_its_timeout_does_not_hold_the_run(run: Any) -> None:
+    """A sync cleanup blocked in a call no watchdog can interrupt (a C-level wait) is
+    abandoned at its cleanup timeout, as before: the timed-out run ends then, not when
+    the call returns."""
+    release = threading.Event()
+
+    @resource(cleanup_timeout=0.3)
+    def table() -> Iterator[str]:
+        try:
+            yield "t"
+        finally:
+            release.wait(20)
+
+    @flow(timeout_seconds=FLOW_TIMEOUT)
+    async def main() -> None:
+        async with table():
+            await anyio.sleep(BODY_WAIT)
+
+    async def call() -> State[Any]:
+        with anyio.fail_after(15):
+            return await main(return_state=True)  # type: ignore[no-any-return]
+
+    started = time.monotonic()
+    try:
+        state = run(call)
+        took = time.monotonic() - started
+    finally:
+        release.set()
+    assert state.name == "TimedOut"
+    assert took < 5, f"the run waited {took:.1f} s for an abandoned cleanup"
+    kinds = [e.kind for e in state.record.events if e.kind.startswith("resource.cleanup")]
+    assert kinds == ["resource.cleanup.started", "resource.cleanup.timed_out"]

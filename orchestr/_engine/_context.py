@@ -6,7 +6,9 @@ the loop, and (copied at submit time) into worker threads.
 
 from __future__ import annotations
 
+import threading
 from contextvars import ContextVar
+from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
@@ -73,32 +75,44 @@ class CleanupScope:
     it has ended, however it ended, what is left of them is cancelled with the run like
     any other run: its timeout bounds them too."""
 
-    __slots__ = ("_scopes", "ended", "name")
+    __slots__ = ("_lock", "_scopes", "ended", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.ended = False
-        self._scopes: set[anyio.CancelScope] = set()  # its runs' shields (loop thread)
+        # Its runs' shields, each with the loop of the run it belongs to (a subflow's
+        # may be another loop's); the lock makes "not ended yet, so registered" one step
+        # against end() in a sync cleanup's thread.
+        self._scopes: dict[anyio.CancelScope, LoopHandle] = {}
+        self._lock = threading.Lock()
 
-    def shield(self, scope: anyio.CancelScope) -> None:
-        """Keep ``scope`` (shielded; one of its runs) shielded until the end (loop)."""
-        if self.ended:
-            scope.shield = False
-        else:
-            self._scopes.add(scope)
+    def shield(self, scope: anyio.CancelScope, loop: LoopHandle) -> None:
+        """Keep ``scope`` (shielded; one of its runs, on ``loop``: this thread) shielded
+        while the cleanup runs."""
+        with self._lock:
+            if not self.ended:
+                self._scopes[scope] = loop
+                return
+        scope.shield = False
 
     def unshield(self, scope: anyio.CancelScope) -> None:
-        """``scope`` is done with (loop)."""
-        self._scopes.discard(scope)
+        """``scope`` is done with (on its loop)."""
+        with self._lock:
+            self._scopes.pop(scope, None)
 
-    def end(self, loop: LoopHandle | None) -> None:
-        """The cleanup has ended (any thread; ``loop``: its flow run's, if any)."""
-        self.ended = True
-        if loop is not None and self._scopes:
-            loop.call(self._lift)
+    def end(self) -> None:
+        """The cleanup has ended (any thread): its runs' shields are lifted, each on its
+        own loop."""
+        with self._lock:
+            self.ended = True
+            shields = list(self._scopes.items())
+        for scope, loop in shields:
+            loop.call(partial(self._lift, scope))
 
-    def _lift(self) -> None:
-        for scope in list(self._scopes):
+    def _lift(self, scope: anyio.CancelScope) -> None:
+        with self._lock:
+            still = self._scopes.pop(scope, None) is not None
+        if still:  # its run has not left it meanwhile
             scope.shield = False
 
 

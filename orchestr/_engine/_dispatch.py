@@ -30,18 +30,20 @@ and the runner's ``run()``, whose calls cannot wait for runs of this flow (a nes
 gives its place back; what it does afterwards (hooks, retry delays) holds no place.
 
 A run submitted by a resource's cleanup is part of that cleanup (DESIGN rule 10: a
-cleanup stops early only at its own timeout). It starts at once, shielded: the attempt's
-timeout or cancellation does not stop it, a third signal does. A cancelled attempt's
-dispatcher goes on starting such runs (and cancels the others as they arrive) until the
-attempt's body has ended and no cleanup that could submit one is under way
-(:meth:`Dispatcher.keep`).
+cleanup stops early only at its own timeout). It starts at once, shielded while the
+cleanup runs: the attempt's timeout or cancellation does not stop it, a third signal
+does. A cancelled attempt's dispatcher goes on starting such runs (and cancels the others
+as they arrive) until the attempt's body has ended, no such run is going (one may submit
+more) and no cleanup run from the loop is under way (:meth:`Dispatcher.hold`; a block in a
+task run being cancelled reaches its cleanup later: that cleanup starts the dispatcher
+again if it has ended, while the attempt's task group is open). A run submitted on the
+loop once the dispatcher has ended starts at once, in that task group.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import threading
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextvars import Context
@@ -124,10 +126,12 @@ class Dispatcher:
 
     __slots__ = (
         "_doorbell",
+        "_for_cleanups",
         "_held",
+        "_holds",
         "_in_flight",
-        "_kept",
-        "_kept_lock",
+        "_served_out",
+        "_task_group",
         "_parked",
         "_room",
         "_rung",
@@ -155,12 +159,27 @@ class Dispatcher:
         self._held: deque[Job] = deque()
         # Counted runs waiting for an upstream, by id (taken by whoever pops them first).
         self._parked: dict[int, Job] = {}
-        # Cleanups under way, and runs they submitted, not final yet (see keep()).
-        self._kept = 0
-        self._kept_lock = threading.Lock()
+        # Runs started for cleanups, not final yet, and cleanups under way that hold the
+        # dispatcher (loop thread only).
+        self._for_cleanups = 0
+        self._holds = 0
+        # The attempt's task group, and whether the dispatcher task has ended.
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._served_out = False
 
     def enqueue(self, job: Job) -> None:
         """Queue a submitted run; callable from any thread, never blocks."""
+        if (
+            self._served_out
+            and not self.closed
+            and self.run.loop.on_loop_thread()
+            and _for_cleanup(job)
+        ):
+            # (Both flags change on the loop only: this thread.) The dispatcher has ended,
+            # the task group is still open: a cleanup's run starts here, in it.
+            assert self._task_group is not None
+            self._start_for_cleanup(self._task_group, job)
+            return
         self.pending.append(job)
         if self.closed:
             # After close() drained the queue: nobody else will (appended first, checked
@@ -182,6 +201,7 @@ class Dispatcher:
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start the dispatcher task in the attempt's task group (from a task)."""
         self._doorbell = anyio.Event()
+        self._task_group = task_group
         if self.pending:
             self._doorbell.set()
         task_group.start_soon(self._dispatch, task_group)
@@ -196,17 +216,44 @@ class Dispatcher:
             with self.run.forcible():
                 await self._serve_cleanups(task_group)
             raise
+        finally:
+            self._served_out = True  # in the step that decided to end: nothing queued
+
+    def hold(self) -> None:
+        """A cleanup is under way (in a task on the loop): until :meth:`release`, a
+        cancelled attempt's dispatcher starts what it submits, from any thread; one that
+        has ended starts again while the attempt's task group is open."""
+        self._holds += 1
+        if self._served_out and not self.closed and self._task_group is not None:
+            self._served_out = False
+            self._task_group.start_soon(self._serve_again, self._task_group, name=_TASK_NAME)
+
+    def release(self) -> None:
+        """The cleanup :meth:`hold` was for has ended (on the loop)."""
+        self._holds -= 1
+        if not self._holds and self._stopping and self._doorbell is not None:
+            self._doorbell.set()
+
+    async def _serve_again(self, task_group: anyio.abc.TaskGroup) -> None:
+        try:
+            with self.run.forcible():
+                await self._serve_cleanups(task_group)
+        finally:
+            self._served_out = True
 
     async def _serve_cleanups(self, task_group: anyio.abc.TaskGroup) -> None:
-        """After the attempt was cancelled, until :meth:`stop` and nothing is kept:
-        start what cleanups submit, cancel everything else queued or held."""
+        """After the attempt was cancelled, until :meth:`stop` and no run started for a
+        cleanup is going: start what cleanups submit, cancel everything else queued or
+        held."""
         pending, held = self.pending, self._held
         while held:
             self._cancel_unstarted(held.popleft())
         while True:
             while pending:
-                self._start_or_cancel(task_group, pending.popleft())
-            if self._stopping and not self._kept:
+                for _ in range(min(len(pending), _BATCH)):
+                    self._start_or_cancel(task_group, pending.popleft())
+                await anyio.lowlevel.checkpoint()
+            if self._stopping and not self._for_cleanups and not self._holds:
                 return
             assert self._doorbell is not None
             await self._doorbell.wait()
@@ -228,7 +275,9 @@ class Dispatcher:
             self._cancel_unstarted(job)
 
     def _start_for_cleanup(self, task_group: anyio.abc.TaskGroup, job: Job) -> None:
-        self.keep()
+        # Counted from now (loop thread): a cancelled attempt's dispatcher outlives the
+        # run, which may submit more for the cleanup (from a worker thread too).
+        self._for_cleanups += 1
         task_group.start_soon(self._execute_for_cleanup, job, name=_TASK_NAME)
 
     async def _execute_for_cleanup(self, job: Job) -> None:
@@ -237,30 +286,16 @@ class Dispatcher:
         assert cleanup is not None
         try:
             with run.forcible() as scope:
-                cleanup.shield(scope)
+                cleanup.shield(scope, run.loop)
                 try:
                     await run.execute_job(run, job)
                     await job.future._wait_async()  # a sync run goes on in a worker thread
                 finally:
                     cleanup.unshield(scope)
         finally:
-            self.let_go()
-
-    def keep(self) -> None:
-        """Something that may submit runs for a cleanup is under way (an async block, from
-        setup to cleanup; a sync block's cleanup; a run a cleanup submitted): this
-        dispatcher ends only after :meth:`let_go`, even if the attempt is cancelled.
-        From any thread."""
-        with self._kept_lock:
-            self._kept += 1
-
-    def let_go(self) -> None:
-        """What :meth:`keep` said has ended (from any thread)."""
-        with self._kept_lock:
-            self._kept -= 1
-            last = not self._kept
-        if last and self._stopping:
-            self.run.loop.call(self._ring)
+            self._for_cleanups -= 1
+            if not self._for_cleanups and self._stopping and self._doorbell is not None:
+                self._doorbell.set()
 
     async def _dispatch_until_stopped(self, task_group: anyio.abc.TaskGroup) -> None:
         """Start queued runs in batches until :meth:`stop`."""
@@ -271,7 +306,7 @@ class Dispatcher:
             await self._doorbell.wait()
             self._doorbell = anyio.Event()
             self._rung = False
-            if self._stopping and not pending and not self._held and not self._kept:
+            if self._stopping and not pending and not self._held:
                 return
             if self._room is None:
                 while pending:
@@ -283,7 +318,7 @@ class Dispatcher:
             # One ring can carry both a submission and the stop (a run cancelled before
             # it started leaves its job queued, and the barrier does not wait for it):
             # the stop must not be missed, or the task group never exits.
-            if self._stopping and not pending and not self._held and not self._kept:
+            if self._stopping and not pending and not self._held:
                 return
 
     def _current_room(self) -> float:

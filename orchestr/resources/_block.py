@@ -49,7 +49,6 @@ from ._scope import FutureScope
 from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
 
 if TYPE_CHECKING:
-    from .._engine._dispatch import Dispatcher
     from .._engine._flowrun import FlowRun
 
 __all__ = ["Resource", "checked_cleanup_timeout", "checked_name", "open_blocks"]
@@ -102,7 +101,6 @@ class Resource(Generic[T]):
 
     __slots__ = (
         "_events",
-        "_kept",
         "_lifecycle",
         "_run",
         "_scope",
@@ -127,8 +125,6 @@ class Resource(Generic[T]):
         self._value: Any = None
         self._thread: ResourceThread | None = None
         self._run: FlowRun | None = None  # the flow run it was entered in, if any
-        # The dispatcher kept going for this block's cleanup (see _keep_dispatcher).
-        self._kept: Dispatcher | None = None
 
     def __repr__(self) -> str:
         return f"<Resource {self.name!r} {self._state.name.lower().replace('_', ' ')}>"
@@ -136,8 +132,6 @@ class Resource(Generic[T]):
     # -- async blocks ----------------------------------------------------------------------
     async def __aenter__(self) -> T:
         self._claim(in_async_block=True)
-        # From setup on: a cancelled task run's block reaches its cleanup only later.
-        self._keep_dispatcher()
         start = time.perf_counter()
         try:
             value = await self._setup_in_async_block(start)
@@ -149,17 +143,6 @@ class Resource(Generic[T]):
         return self._open(value, start)
 
     async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> bool:
-        try:
-            return await self._exit_async(exc_type, exc, tb)
-        finally:
-            self._let_dispatcher_go()
-
-    async def _exit_async(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
@@ -247,9 +230,15 @@ class Resource(Generic[T]):
         error: BaseException | None = None
         timed_out = False
         cleanup = CleanupScope(self.name)
-        # What its code submits is part of it (a sync cleanup's thread copies it).
+        # What its code submits is part of it (a sync cleanup's thread copies it), and
+        # is started even in a cancelled attempt, until the cleanup ends (or times out).
         token = cleanup_var.set(cleanup)
         reset = False
+        dispatcher = None if self._run is None else self._run.dispatcher
+        if dispatcher is not None and self._run.loop.on_loop_thread():  # type: ignore[union-attr]
+            dispatcher.hold()
+        else:
+            dispatcher = None
         try:
             if lifecycle.cleanup_is_async:
                 with anyio.move_on_after(timeout) as deadline:
@@ -271,7 +260,9 @@ class Resource(Generic[T]):
         finally:
             if not reset:
                 cleanup_var.reset(token)
-            cleanup.end(None if self._run is None else self._run.loop)
+            cleanup.end()
+            if dispatcher is not None:
+                dispatcher.release()
             if self._thread is not None:
                 self._thread.close()
         how = "it was cancelled" if lifecycle.cleanup_is_async else "its thread was abandoned"
@@ -299,11 +290,7 @@ class Resource(Generic[T]):
         if interrupt is not None:
             # It came during setup: the block would stop at its first line, before
             # submitting anything. Clean up now and raise it from here.
-            self._keep_dispatcher()
-            try:
-                self._exit_sync(type(interrupt), interrupt, interrupt.__traceback__)
-            finally:
-                self._let_dispatcher_go()
+            self._exit_sync(type(interrupt), interrupt, interrupt.__traceback__)
             raise interrupt
         return value
 
@@ -313,11 +300,7 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        self._keep_dispatcher()
-        try:
-            outcome = self._exit_sync(exc_type, exc, tb)
-        finally:
-            self._let_dispatcher_go()
+        outcome = self._exit_sync(exc_type, exc, tb)
         interrupt = _interrupts.take_interrupt()  # one that came during the cleanup
         if interrupt is not None:
             raise interrupt
@@ -377,7 +360,7 @@ class Resource(Generic[T]):
             error = cleanup_exc
         finally:
             cleanup_var.reset(token)
-            cleanup.end(None if self._run is None else self._run.loop)
+            cleanup.end()
         how = "it was interrupted" if timed_out else "it went on until it ended"
         timed_out = timed_out or watchdog.fired
         return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
@@ -426,26 +409,12 @@ class Resource(Generic[T]):
     def _run_of_block(self) -> FlowRun | None:
         return flow_run_var.get()
 
-    def _keep_dispatcher(self) -> None:
-        """Keep the current attempt's dispatcher going until this block's cleanup has
-        ended: task runs the cleanup submits start even in a cancelled attempt."""
-        run = flow_run_var.get()
-        if run is not None and run.dispatcher is not None and self._kept is None:
-            self._kept = run.dispatcher
-            self._kept.keep()
-
-    def _let_dispatcher_go(self) -> None:
-        kept, self._kept = self._kept, None
-        if kept is not None:
-            kept.let_go()
-
     def _setup_ended(self) -> None:
         run = self._run_of_block()
         if run is not None:
             run.setting_up.pop(id(self), None)
 
     def _setup_failed(self, exc: BaseException, start: float) -> BaseException:
-        self._let_dispatcher_go()  # no cleanup to come
         self._setup_ended()
         if self._state in (_Phase.CLOSED, _Phase.FAILED):
             # Interrupted, and the setup's own ending is recorded already (it was set up
