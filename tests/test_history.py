@@ -1403,3 +1403,44 @@ def test_error_origin_skips_orchestr_and_library_frames() -> None:
     here = "test_error_origin_skips_orchestr_and_library_frames"
     assert error_origin(error) == f"{__file__}:{line} in {here}"
     assert error_origin(ValueError("never raised")) is None
+
+
+def test_a_history_on_a_read_only_file_system_is_read(home: Path) -> None:
+    """An archived history, or one on a read-only mount, is read without being written
+    (it could not even be opened: the reader opened it as a writer would); the CLI lists
+    it too. Needs a read-only bind mount (root)."""
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
+    env["ORCHESTR_HOME"] = str(home)
+    # Recorded by a process that has ended: its last connection closed, SQLite removed
+    # the WAL files, and a reader must make them again (which it cannot here).
+    program = "from orchestr import flow\n@flow\ndef archived() -> int:\n    return 1\narchived()\n"
+    made = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert made.returncode == 0, made.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["history.db"]
+    mounted = subprocess.run(
+        ["mount", "-o", "bind,ro", str(home), str(home)], capture_output=True, check=False
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot make a read-only bind mount here: {mounted.stderr!r}")
+    try:
+        with pytest.raises(OSError):
+            (home / "probe").write_text("x")  # read-only indeed
+        rows = history.list_runs(path=home / "history.db")
+        assert [row.flow_name for row in rows] == ["archived"]
+        assert history.get_run(rows[0].id).flow_run.state == "Completed"
+        done = subprocess.run(
+            [sys.executable, "-m", "orchestr.cli", "runs", "list"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "archived" in done.stdout
+    finally:
+        # Lazily: should a reader still hold the file open.
+        subprocess.run(["umount", "-l", str(home)], capture_output=True, check=False)

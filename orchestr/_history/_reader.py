@@ -386,6 +386,12 @@ def _reading(path: Path | str | None, caller: str) -> Iterator[sqlite3.Connectio
         return
     try:
         conn = _schema.connect(str(where), write=False)
+    except sqlite3.OperationalError as exc:
+        # A history this process cannot write (a read-only file system): read as it is.
+        try:
+            conn = _schema.connect_read_only(str(where))
+        except sqlite3.Error:
+            raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
     except (sqlite3.Error, OSError) as exc:
         raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
     try:

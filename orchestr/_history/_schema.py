@@ -21,7 +21,9 @@ flow run; its ``name`` is NULL unless the task gave its runs names of their own.
 
 Every connection is in WAL mode (readers never block the writer, nor it them), waits for
 a busy database (``busy_timeout``), and syncs at checkpoints only (``synchronous =
-NORMAL``: a power cut may lose the last runs, never corrupt the file).
+NORMAL``: a power cut may lose the last runs, never corrupt the file). A history this
+process cannot write (a read-only file system or directory: an archived copy, a mount)
+is read through :func:`connect_read_only`, which never writes.
 """
 
 from __future__ import annotations
@@ -29,12 +31,14 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
+import urllib.parse
 
 __all__ = [
     "BUSY_SECONDS",
     "VERSION",
     "NewerSchemaError",
     "connect",
+    "connect_read_only",
     "migrate",
     "parse_changes",
     "version_of",
@@ -127,6 +131,43 @@ def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sq
         conn.close()
         raise
     return conn
+
+
+def connect_read_only(path: str, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
+    """A connection to the history at ``path`` that never writes: read-only, or where
+    SQLite cannot keep a WAL database's shared memory beside it either, immutable (read
+    as the file is, without locks). Raises ``sqlite3.Error`` if neither opens, or if the
+    database is older than :data:`VERSION` (it would need migrating to be read)."""
+    where = "file:" + urllib.parse.quote(os.path.abspath(path))
+    error: sqlite3.Error | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            conn = sqlite3.connect(
+                f"{where}?{mode}",
+                uri=True,
+                timeout=busy_seconds,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            error = exc
+            continue
+        try:
+            found = version_of(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            error = exc
+            continue
+        if found < VERSION:
+            conn.close()
+            raise sqlite3.OperationalError(
+                f"it was made by an older orchestr (schema version {found}) and cannot be "
+                "written, so it cannot be brought forward to be read; copy it somewhere "
+                "writable"
+            )
+        return conn
+    assert error is not None
+    raise error
 
 
 def version_of(conn: sqlite3.Connection) -> int:
