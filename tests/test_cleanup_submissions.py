@@ -439,3 +439,67 @@ def test_a_sync_cleanup_stuck_past_its_timeout_does_not_hold_the_run(run: Any) -
     assert took < 5, f"the run waited {took:.1f} s for an abandoned cleanup"
     kinds = [e.kind for e in state.record.events if e.kind.startswith("resource.cleanup")]
     assert kinds == ["resource.cleanup.started", "resource.cleanup.timed_out"]
+
+
+@pytest.mark.parametrize("how", HOWS)
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_sync_tasks_block_cleaned_up_in_the_grace_period_gets_its_runs(
+    backend: str, kind: str, how: str
+) -> None:
+    """A sync task's thread cannot be interrupted: when its flow run times out while the
+    task is busy inside a block, the block is cleaned up when the busy call returns,
+    in the grace period the run gives such threads, after the run's task group has
+    ended. What that cleanup submits still runs (in the grace period's own group)."""
+    got: list[list[str]] = []
+    table = _resource(kind, how, got)
+
+    @task
+    def holder() -> None:
+        with table():
+            time.sleep(FLOW_TIMEOUT + 0.4)  # busy past the flow's timeout
+
+    @flow(timeout_seconds=FLOW_TIMEOUT)
+    def main() -> None:
+        holder.submit().wait()
+
+    started = time.monotonic()
+    with override_settings(backend=backend, cancel_grace_seconds=10):
+        state = main(return_state=True)
+    assert time.monotonic() - started < CLEANUP_TIMEOUT / 2
+    assert state.name == "TimedOut"
+    assert got == [_expected(how, kind == "async")]
+    cleanup_runs = [r for r in _all_task_runs(state.record) if r.task_name != "holder"]
+    assert cleanup_runs
+    assert all(r.state_type is StateType.COMPLETED for r in cleanup_runs), [
+        (r.name, r.state) for r in cleanup_runs
+    ]
+
+
+@pytest.mark.parametrize("how", HOWS)
+def test_async_resource_code_in_a_sync_tasks_block_is_async_code(backend: str, how: str) -> None:
+    """Async setup and cleanup code of a resource a sync task enters with `with` runs on
+    the run's loop as the async code it is: it awaits task runs, inline ones too (they
+    were refused as blocking calls on the loop, by the sync task's convention)."""
+    got: list[list[str]] = []
+
+    @resource
+    async def atable() -> AsyncIterator[str]:
+        got.append(await _async_work(how))
+        try:
+            yield "t"
+        finally:
+            got.append(await _async_work(how))
+
+    @task
+    def holder() -> str:
+        with atable() as value:
+            return value
+
+    @flow
+    def main() -> str:
+        return holder.submit().result()
+
+    with override_settings(backend=backend):
+        state = main(return_state=True)
+    assert state.type is StateType.COMPLETED, state
+    assert got == [_expected(how, True)] * 2

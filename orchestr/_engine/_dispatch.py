@@ -127,6 +127,7 @@ class Dispatcher:
     __slots__ = (
         "_doorbell",
         "_for_cleanups",
+        "_grace",
         "_held",
         "_holds",
         "_in_flight",
@@ -163,6 +164,7 @@ class Dispatcher:
         # dispatcher (loop thread only).
         self._for_cleanups = 0
         self._holds = 0
+        self._grace = False  # serving cleanups in the grace period (serve_cleanups_in)
         # The attempt's task group, and whether the dispatcher task has ended.
         self._task_group: anyio.abc.TaskGroup | None = None
         self._served_out = False
@@ -227,6 +229,18 @@ class Dispatcher:
         if self._served_out and not self.closed and self._task_group is not None:
             self._served_out = False
             self._task_group.start_soon(self._serve_again, self._task_group, name=_TASK_NAME)
+
+    def serve_cleanups_in(self, task_group: anyio.abc.TaskGroup) -> None:
+        """After the attempt's task group exited, cancelled, while its sync runs get their
+        grace period (until :meth:`close`): start what cleanups in their threads submit,
+        in ``task_group``, cancel the rest."""
+        self._stopping = True
+        self._task_group = task_group
+        self._served_out = False
+        self._grace = True
+        self._holds += 1  # until close()
+        self._doorbell = anyio.Event()
+        task_group.start_soon(self._serve_again, task_group, name=_TASK_NAME)
 
     def release(self) -> None:
         """The cleanup :meth:`hold` was for has ended (on the loop)."""
@@ -413,9 +427,12 @@ class Dispatcher:
             self._doorbell.set()
 
     def close(self) -> None:
-        """After the attempt's task group exited: finish what is still queued, and from
-        now on every job that arrives, Cancelled."""
+        """After the attempt's task group exited (and its grace period, if cancelled):
+        finish what is still queued, and from now on every job that arrives, Cancelled."""
         self.closed = True
+        if self._grace:
+            self._grace = False
+            self.release()
         self.cancel_queued()
 
     def cancel_queued(self) -> None:

@@ -559,10 +559,21 @@ def _stopped_by(
 
 async def _wind_down(run: FlowRun, cancel: bool) -> None:
     """After an attempt's task group exited: nothing more starts in it; finish what is
-    left (if cancelled)."""
-    run.dispatcher.close()
-    if cancel:
-        await run.cancel_outstanding(get_settings().cancel_grace_seconds)
+    left (if cancelled). While sync runs get their grace period, a resource cleanup in
+    one of their threads may still start runs (its own): in a task group of their own."""
+    dispatcher = run.dispatcher
+    if not cancel:
+        dispatcher.close()
+        return
+    async with anyio.create_task_group() as task_group:
+        dispatcher.serve_cleanups_in(task_group)
+        try:
+            await run.cancel_outstanding(get_settings().cancel_grace_seconds)
+        finally:
+            dispatcher.close()
+            # The grace period is over: a run still going for a cleanup (its cleanup
+            # never ended: an abandoned thread) is stopped, as a third signal would.
+            run.stop_forcible()
 
 
 async def _end(run: FlowRun, state: State[Any]) -> None:

@@ -418,9 +418,14 @@ class FlowRun:
     def force(self) -> None:
         """A third signal: stop waiting for resource setups still running in threads."""
         self.escalate()
+        self.stop_forcible()
+        self._to_children(FlowRun.force)
+
+    def stop_forcible(self) -> None:
+        """End the shielded waits still going (on the loop): what a third signal would
+        stop, once nothing may wait any longer."""
         for scope in list(self._force_scopes):
             scope.cancel()
-        self._to_children(FlowRun.force)
 
     @contextmanager
     def forcible(self) -> Iterator[anyio.CancelScope]:

@@ -30,7 +30,9 @@ from .._engine._context import (
     SubmissionScope,
     cleanup_var,
     flow_run_var,
+    hook_var,
     scope_var,
+    task_run_var,
 )
 from .._engine._loop import run_on_loop
 from ..exceptions import (
@@ -380,7 +382,7 @@ class Resource(Generic[T]):
                 "`async with` (a sync `with` can run it only inside a flow run, from a sync "
                 "flow body or a sync task)"
             )
-        return run_on_loop(run.loop, fn, *args)
+        return run_on_loop(run.loop, _as_async_code, fn, *args)
 
     # -- shared steps ----------------------------------------------------------------------
     def _claim(self, in_async_block: bool) -> None:
@@ -530,3 +532,13 @@ class Resource(Generic[T]):
         if len(members) > cleanups:
             message += " after their block failed"
         raise ResourceErrorGroup(message, members)
+
+
+async def _as_async_code(fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """Await ``fn(*args)``, async resource code of a sync block, as the async code it is:
+    in a sync task's block, the task's convention (sync: calls block) would otherwise
+    apply to it, and an async task it awaits would be refused as a blocking call on the
+    loop. Marked as a hook's code is (its own convention, until a run starts in it); on
+    the loop, in the copy of the context this call runs in."""
+    hook_var.set((task_run_var.get(), flow_run_var.get(), True))
+    return await fn(*args)
