@@ -13,6 +13,7 @@ block could not submit at all (NotInFlowRunError).
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import threading
 import time
@@ -22,7 +23,15 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestr import flow, get_run_logger, override_settings, resource, task
+from orchestr import (
+    flow,
+    get_run_logger,
+    override_settings,
+    resource,
+    resource_manager,
+    scope,
+    task,
+)
 from orchestr.states import State, StateType
 
 # How each kind of block ends. "timeout": the flow run's timeout fires while the body
@@ -503,3 +512,94 @@ def test_async_resource_code_in_a_sync_tasks_block_is_async_code(backend: str, h
         state = main(return_state=True)
     assert state.type is StateType.COMPLETED, state
     assert got == [_expected(how, True)] * 2
+
+
+# -- an async setup is protected as a sync one is (a new user's round) ------------------------
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+@pytest.mark.parametrize("kind", ["agen", "amgr", "ascope"])
+def test_an_async_setup_is_not_cut_short_and_what_it_made_is_cleaned_up(
+    run: Any, kind: str, ending: str
+) -> None:
+    """A flow timeout or the caller's cancellation that comes during an async setup
+    does not stop it halfway (it made something, then awaited): it ends, the resource
+    is cleaned up once, the body never runs; before, the setup was cancelled at its
+    await and what it had made was left with no cleanup."""
+    journal: list[str] = []
+    reached = threading.Event()
+
+    async def setup() -> str:
+        journal.append("made")
+        reached.set()
+        await anyio.sleep(0.5)  # the interrupt comes here
+        journal.append("set up")
+        return "t"
+
+    async def cleanup() -> None:
+        journal.append("cleaned")
+
+    if kind == "agen":
+
+        @resource
+        async def made() -> AsyncIterator[str]:
+            value = await setup()
+            try:
+                yield value
+            finally:
+                await cleanup()
+
+        table: Any = made
+    elif kind == "amgr":
+
+        @resource_manager
+        class Made:
+            async def setup(self) -> str:
+                return await setup()
+
+            async def cleanup(self, value: str) -> None:
+                await cleanup()
+
+        table = Made
+    else:
+
+        @contextlib.asynccontextmanager
+        async def cm() -> AsyncIterator[str]:
+            value = await setup()
+            try:
+                yield value
+            finally:
+                await cleanup()
+
+        def table() -> Any:
+            return scope(cm(), name="made")
+
+    @flow(timeout_seconds=FLOW_TIMEOUT if ending == "timeout" else None)
+    async def main() -> None:
+        async with table():
+            journal.append("body")
+            await anyio.sleep(BODY_WAIT)
+
+    async def call() -> State[Any] | None:
+        with anyio.fail_after(10):
+            if ending == "timeout":
+                return await main(return_state=True)  # type: ignore[no-any-return]
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_once_reached() -> None:
+                    await anyio.to_thread.run_sync(reached.wait, 10.0)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_once_reached)
+                await main(return_state=True)
+            return None
+
+    state = run(call)
+    assert journal == ["made", "set up", "cleaned"]
+    if state is not None:
+        assert state.name == "TimedOut"
+        kinds = [e.kind for e in state.record.events]
+        assert kinds == [
+            "resource.setup.started",
+            "resource.setup.finished",
+            "resource.cleanup.started",
+            "resource.cleanup.finished",
+        ]

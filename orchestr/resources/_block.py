@@ -181,7 +181,7 @@ class Resource(Generic[T]):
     async def _setup_in_async_block(self, start: float) -> Any:
         lifecycle = self._lifecycle
         if lifecycle.setup_is_async:
-            return await lifecycle.setup()
+            return await self._protected_async_setup(start)
         # Sync setup: in the resource's own thread, where its cleanup will run too.
         self._thread = ResourceThread(self.name)
         call = self._thread.start(lifecycle.setup)
@@ -192,6 +192,36 @@ class Resource(Generic[T]):
                 await self._finish_interrupted_setup(call, start)
             raise
         return call.result()
+
+    async def _protected_async_setup(self, start: float) -> Any:
+        """An async setup in a flow run, protected as a sync one is (DESIGN: interrupts
+        reach user code only): a timeout, a cancellation or a first or second signal that
+        comes meanwhile does not stop it halfway (leaving what it had made); once it is
+        set up, the resource is cleaned up and the interrupt goes on from here, before
+        the block's body. A third signal cancels it. Outside flow runs it is any async
+        context manager's."""
+        run = self._run_of_block()
+        if run is None:
+            return await self._lifecycle.setup()
+        value: Any = None
+        done = False
+        with run.forcible():
+            value = await self._lifecycle.setup()
+            done = True
+        if not done:  # a third signal cancelled it: the run's cancellation goes on
+            await anyio.lowlevel.checkpoint()
+            raise ResourceSetupError(  # (not reached: the run is cancelled by then)
+                f"setup of resource {self.name!r} was interrupted by a third signal", self.name
+            )
+        try:
+            await anyio.lowlevel.checkpoint_if_cancelled()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                self._open(value, start)
+                self._leave_scope().closed = True
+                await self._cleanup_async(None, None, None)
+            raise
+        return value
 
     async def _finish_interrupted_setup(self, call: ThreadCall, start: float) -> None:
         """The block was cancelled while a sync setup ran in its thread. Setup is
