@@ -21,7 +21,7 @@ from typing import Any
 
 import anyio
 
-from orchestr import flow, get_run_logger, runtime, task
+from orchestr import Pool, flow, get_run_logger, resource, runtime, task
 
 BOUND = 10.0  # seconds: the bound on every wait in a task that should end at once
 POLL = 0.005
@@ -425,3 +425,26 @@ def sync_calls_async(x: int) -> list[int]:
     """Sync code of a task run calling an async task and an async flow inline: wherever
     it runs (a thread, a worker process, a Dask worker), they run to their ends."""
     return [async_add(x, 1), async_add_flow(x)]
+
+
+@resource
+async def async_coded() -> Any:
+    yield "async-coded"
+
+
+async def _make_async() -> str:
+    return "pooled"
+
+
+@task
+def sync_enters_async_resource() -> str:
+    """A sync task entering a resource with async code by a sync `with`: on the flow
+    run's loop in its own process; refused, saying why, in another."""
+    with async_coded() as value:
+        return str(value)
+
+
+@task
+def sync_uses_async_pool() -> str:
+    with Pool(_make_async, max_size=1) as pool, pool.acquire() as obj:
+        return str(obj)

@@ -1817,3 +1817,30 @@ def test_a_sync_task_calling_async_code_gets_results_on_every_runner(
     with override_settings(backend=backend):
         assert in_sync_flow() == [[3, 102], [4, 103]]
     assert rt.sync_calls_async(4) == [5, 104]
+
+
+@pytest.mark.parametrize("which", ["resource", "pool"])
+def test_a_sync_with_of_async_resource_code_works_in_the_flows_process_and_says_why_not_elsewhere(
+    runner: TaskRunner, kind: str, which: str
+) -> None:
+    """A sync task's `with` runs a resource's or a pool's async code on its flow run's
+    loop: on threads, that works; in another process (there is no such loop there) it
+    is refused with a UsageError that says so (it said "outside a flow run")."""
+    from runner_rule_tasks import sync_enters_async_resource, sync_uses_async_pool
+
+    job = sync_enters_async_resource if which == "resource" else sync_uses_async_pool
+
+    @flow(task_runner=runner)
+    def main() -> tuple[str, str, str]:
+        state = job.submit().wait()
+        if state.type is StateType.COMPLETED:
+            return "Completed", state.result(), ""
+        return state.type.name, str(state.exception), type(state.exception).__name__
+
+    outcome, message, error = main()
+    if kind == "threads":
+        assert (outcome, message) in (("Completed", "async-coded"), ("Completed", "pooled"))
+        return
+    assert (outcome, error) == ("FAILED", "UsageError"), (outcome, error, message)
+    assert "running in another process" in message, message
+    assert "outside a flow run" not in message, message

@@ -48,7 +48,7 @@ from ..settings import get_settings
 from ._events import ResourceEvents
 from ._lifecycles import Lifecycle
 from ._scope import FutureScope
-from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog
+from ._threads import CleanupInterrupted, ResourceThread, ThreadCall, Watchdog, where_no_loop
 
 if TYPE_CHECKING:
     from .._engine._flowrun import FlowRun
@@ -408,9 +408,10 @@ class Resource(Generic[T]):
         run = flow_run_var.get()
         if run is None or run.loop is None or run.loop.on_loop_thread():
             raise UsageError(
-                f"resource {self.name!r} has async setup or cleanup code; enter it with "
-                "`async with` (a sync `with` can run it only inside a flow run, from a sync "
-                "flow body or a sync task)"
+                f"resource {self.name!r} has async setup or cleanup code and was entered "
+                f"with a sync `with` {where_no_loop()}; enter it with `async with` (in an "
+                "async task), or give it sync code (a sync `with` runs async code only in "
+                "a flow run's own process: a sync flow's body, a sync task on its threads)"
             )
         return run_on_loop(run.loop, _as_async_code, fn, *args)
 

@@ -48,6 +48,7 @@ from .._semaphore import Semaphore, on_event_loop
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
 from ._block import Resource
 from ._lifecycles import Lifecycle
+from ._threads import where_no_loop
 
 __all__ = ["Pool", "PoolCheckout", "PoolStatistics"]
 
@@ -309,8 +310,8 @@ class Pool(Resource["Pool[T]"], Generic[T]):
                 awaitable.close()  # never awaited: no "never awaited" warning
             raise UsageError(
                 f"pool {self.name!r} has async code (create, validate or close) and was "
-                "used from sync code outside a flow run, where there is no event loop to "
-                "run it on; use the pool from async code, or give it sync callables"
+                f"used {where_no_loop()}; use the pool from async code (an async task), or "
+                "give it sync callables"
             )
         return run_on_loop(run.loop, awaited, awaitable)
 

@@ -21,10 +21,11 @@ from typing import Any
 import anyio
 
 from .._engine import _interrupts
+from .._engine._context import remote_call_var
 from .._engine._interrupts import CleanupInterrupted
-from .._engine._loop import LoopHandle
+from .._engine._loop import LoopHandle, loop_running
 
-__all__ = ["CleanupInterrupted", "ResourceThread", "ThreadCall", "Watchdog"]
+__all__ = ["CleanupInterrupted", "ResourceThread", "ThreadCall", "Watchdog", "where_no_loop"]
 
 
 class ThreadCall:
@@ -175,3 +176,16 @@ class Watchdog:
             # It may not have landed yet: withdraw it (it can no longer be re-sent).
             _interrupts.clear_thread_interrupt(self._thread_id)
         _interrupts.withdraw(self._request)
+
+
+def where_no_loop() -> str:
+    """Where sync code that needs its flow run's event loop (to run async resource or
+    pool code) is, when it has none to use: for the error that refuses it."""
+    if remote_call_var.get() is not None:
+        return (
+            "from a sync task running in another process (ProcessPoolTaskRunner, Dask), "
+            "where its flow run's event loop is not"
+        )
+    if loop_running():
+        return "from sync code on the event loop thread, which waiting would block"
+    return "from sync code outside a flow run, where there is no event loop to run it on"
