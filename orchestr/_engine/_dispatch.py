@@ -131,12 +131,12 @@ class Dispatcher:
         "_held",
         "_holds",
         "_in_flight",
-        "_served_out",
-        "_task_group",
         "_parked",
         "_room",
         "_rung",
+        "_served_out",
         "_stopping",
+        "_task_group",
         "_warned",
         "_why",
         "closed",
@@ -256,9 +256,9 @@ class Dispatcher:
             self._served_out = True
 
     async def _serve_cleanups(self, task_group: anyio.abc.TaskGroup) -> None:
-        """After the attempt was cancelled, until :meth:`stop` and no run started for a
-        cleanup is going: start what cleanups submit, cancel everything else queued or
-        held."""
+        """After the attempt was cancelled, until :meth:`stop`, no run started for a
+        cleanup is going and no cleanup holds it: start what cleanups submit, cancel
+        everything else queued or held."""
         pending, held = self.pending, self._held
         while held:
             self._cancel_unstarted(held.popleft())
@@ -420,8 +420,9 @@ class Dispatcher:
             self._doorbell.set()
 
     def stop(self) -> None:
-        """Let the dispatcher task end once the queue is empty and nothing is kept (after
-        the barrier; in a cancelled attempt, once the body has ended)."""
+        """Let the dispatcher task end once the queue is empty (after the barrier; in a
+        cancelled attempt, once the body has ended: it still starts what cleanups under
+        way submit, then ends)."""
         self._stopping = True
         if self._doorbell is not None:
             self._doorbell.set()
