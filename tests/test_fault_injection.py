@@ -284,6 +284,20 @@ def test_cleanups_that_submit_keep_their_guarantees_however_their_block_ends(
     run_plan(Plan(is_async, body, **CLEANUP_ENDINGS[ending]), backend)  # type: ignore[arg-type]
 
 
+@pytest.mark.timeout(TEST_TIMEOUT)
+@pytest.mark.parametrize("kind", RESOURCE_KINDS)
+@pytest.mark.parametrize("cancel_ms", [1, 2])
+def test_a_body_error_that_meets_the_callers_cancellation_is_kept(
+    backend: str, kind: str, cancel_ms: int
+) -> None:
+    """Found by the long campaign: the caller's cancellation came while the body raised
+    in a block that waited for its runs; the run ended Cancelled and the body's error
+    was visible nowhere (now: the Cancelled state's error's __context__ chain)."""
+    inner: tuple[Step, ...] = (Submit(0, False), Submit(1, False), Submit(2, False), Raise())
+    body = (Block(0, kind, cleanup_fails=True, body=inner), Raise())
+    run_plan(Plan(True, body, outside_cancel_ms=cancel_ms), backend)
+
+
 # == the same on the runners whose calls run in other processes =============================
 PROCESS_SETTINGS = settings(FAULT_SETTINGS, max_examples=PROCESS_PER_TEST)
 DASK_SETTINGS = settings(FAULT_SETTINGS, max_examples=DASK_PER_TEST)

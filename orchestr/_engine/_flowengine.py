@@ -362,6 +362,9 @@ async def _run(
             error: BaseException = TaskRunCancelledError(
                 f"flow run {record.name!r} was cancelled by its caller"
             )
+            # What the cancellation stopped, and what the body raised as it came (its
+            # __context__): kept, not lost (rule 7).
+            error.__context__ = run.body_outcome if run.body_outcome is not None else exc
             ended = State(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
