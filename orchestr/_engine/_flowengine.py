@@ -311,6 +311,18 @@ async def _in_fresh_task(fn: Callable[..., Awaitable[Any]], *args: Any) -> Any:
     raise value
 
 
+def _raised_meanwhile(cancellation: BaseException) -> Exception | None:
+    """The first error (not an interrupt) in ``cancellation``'s ``__context__`` chain."""
+    seen: set[int] = set()
+    link = cancellation.__context__
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Exception):
+            return link
+        seen.add(id(link))
+        link = link.__context__
+    return None
+
+
 def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
     if run.signal is not None:
         interrupt = _interrupts.interrupt_for(run.signal)
@@ -362,9 +374,9 @@ async def _run(
             error: BaseException = TaskRunCancelledError(
                 f"flow run {record.name!r} was cancelled by its caller"
             )
-            # What the cancellation stopped, and what the body raised as it came (its
-            # __context__): kept, not lost (rule 7).
-            error.__context__ = run.body_outcome if run.body_outcome is not None else exc
+            # An error the body raised as the cancellation came (in the cancellation's
+            # __context__ chain): kept, not lost (rule 7).
+            error.__context__ = _raised_meanwhile(run.body_outcome or exc)
             ended = State(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
