@@ -321,6 +321,31 @@ def test_an_async_call_runs_on_its_flows_kind_of_loop(run: Any, backend: str) ->
     assert run(main) == backend
 
 
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
+def test_a_timeout_does_not_count_a_new_workers_imports(
+    run: Any, backend: str, task_kind: str
+) -> None:
+    """A task's timeout counts from when its function starts in the worker: a first
+    call in a new worker, whose module takes longer to import than the timeout (as a
+    heavy library would), completes (async: on the flow's kind of loop, which the worker
+    must also start)."""
+    import slow_import_tasks as slow
+
+    quick = slow.quick if task_kind == "sync" else slow.async_quick
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> tuple[str, Any]:
+        with anyio.fail_after(30):
+            state = await quick.submit(1).wait()
+        return state.name, state.result(raise_on_failure=False)
+
+    name, value = run(main)
+    assert name == "Completed", value
+    total, import_took = value
+    assert total == 2
+    assert import_took >= slow.SLOW_IMPORT > slow.TIMEOUT  # the slow import did happen
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [

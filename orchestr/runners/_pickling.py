@@ -26,6 +26,7 @@ import io
 import pickle
 import sys
 import types
+from collections.abc import Callable
 from typing import Any
 
 from ..exceptions import SerializationError
@@ -165,9 +166,15 @@ def _unpicklable_part(call: Call, where: str, exc: Exception, advice: str) -> Se
     return SerializationError(f"task run {name!r} cannot be sent to {where}: {exc}")
 
 
-def far_side(payload: bytes, key: str, advice: str = "return plain data") -> bytes:
+def far_side(
+    payload: bytes,
+    key: str,
+    advice: str = "return plain data",
+    on_running: Callable[[], object] | None = None,
+) -> bytes:
     """Rebuild the call ``payload``, run it, and return its pickled outcome; never
-    raises. A result that does not pickle becomes an error ending with ``advice``."""
+    raises. A result that does not pickle becomes an error ending with ``advice``.
+    ``on_running`` is called as the task's function starts (see ``run_call``)."""
     try:
         call = load_call(payload)
     except BaseException as exc:
@@ -179,7 +186,7 @@ def far_side(payload: bytes, key: str, advice: str = "return plain data") -> byt
             )
         )
     else:
-        outcome = run_call(call)
+        outcome = run_call(call, on_running)
     try:
         return dumps(outcome._getter(outcome))
     except Exception as exc:

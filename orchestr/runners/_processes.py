@@ -405,6 +405,9 @@ class _Pool:
             if kind == "log":
                 handle_shipped_record(body)
                 continue
+            if kind == "running":  # its function starts: its timeout counts from now
+                call_started(key)
+                continue
             self._note(worker, kind, key, body)
         self._gone(worker)
 
@@ -427,8 +430,6 @@ class _Pool:
                 move = kind == "skipped" and waiter is not None and not waiter.cancelled
                 if not worker.inflight and not worker.dead and not self._closed:
                     steal = self._queued_elsewhere(worker)
-        if kind == "start":
-            call_started(key)  # type: ignore[arg-type]
         if steal is not None:
             self._ask_back(*steal)
         if move:

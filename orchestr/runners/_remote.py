@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import time
 import traceback
+from collections.abc import Callable
 from contextvars import copy_context
 from typing import Any
 
@@ -34,10 +35,14 @@ class RemoteError(Exception):
     (it does not pickle); its message and the remote traceback are kept."""
 
 
-def run_call(call: Call) -> Outcome:
-    """Run ``call`` here, in a fresh context; never raises (the outcome carries it)."""
+def run_call(call: Call, on_running: Callable[[], object] | None = None) -> Outcome:
+    """Run ``call`` here, in a fresh context; never raises (the outcome carries it).
+
+    ``on_running()`` is called just before the task's function is: after the call was
+    rebuilt (its module imported) and, for an async task, its event loop started. A
+    task's timeout counts from then: a cold worker's imports are not the task running."""
     started_flows = _recorder.flow_runs_recorded
-    outcome = copy_context().run(_run_in_context, call)
+    outcome = copy_context().run(_run_in_context, call, on_running)
     if _recorder.flow_runs_recorded != started_flows:  # the task called a flow
         try:
             _recorder.write_recorded()
@@ -46,7 +51,7 @@ def run_call(call: Call) -> Outcome:
     return outcome
 
 
-def _run_in_context(call: Call) -> Outcome:
+def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outcome:
     identity = call.identity
     remote_call_var.set(identity)
     if identity.log_prints:
@@ -59,15 +64,19 @@ def _run_in_context(call: Call) -> Outcome:
             # Deferred: anyio.run is all a worker needs of anyio, only for async calls.
             import anyio
 
-            value = anyio.run(_awaited, call, backend=call.backend)
+            value = anyio.run(_awaited, call, on_running, backend=call.backend)
         else:
+            if on_running is not None:
+                on_running()
             value = call.fn(*call.args, **call.kwargs)
     except BaseException as exc:  # the outcome carries it home
         return Outcome(error=transportable(exc, identity), started=started, ended=time.time())
     return Outcome(value=value, started=started, ended=time.time())
 
 
-async def _awaited(call: Call) -> Any:
+async def _awaited(call: Call, on_running: Callable[[], object] | None) -> Any:
+    if on_running is not None:
+        on_running()
     return await call.fn(*call.args, **call.kwargs)
 
 

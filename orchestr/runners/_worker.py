@@ -1,11 +1,13 @@
 """The worker side of ProcessPoolTaskRunner: what runs in each worker process.
 
 A worker reads calls from its pipe, runs them one at a time (``far_side``: rebuild,
-run, pickle the outcome) and sends back "start", "done" and, for calls given up while
-queued, "skipped"; it ships its log records home as they happen. Its receiver thread
-reads the pipe while a call runs, so a call asked back or stopped is handled at once
-(see :class:`_Inbox`). It leads a process group of its own and ends soon after the
-process that made the pool, however that one ends.
+run, pickle the outcome) and sends back "start" (taken: from now on only ending the
+worker stops it), "running" (its function starts: its timeout counts from here, not
+from a cold worker's imports), "done" and, for calls given up while queued, "skipped".
+It ships its log records home as they happen. Its receiver thread reads the pipe while
+a call runs, so a call asked back or stopped is handled at once (see :class:`_Inbox`).
+It leads a process group of its own and ends soon after the process that made the
+pool, however that one ends.
 """
 
 from __future__ import annotations
@@ -69,7 +71,9 @@ def worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
     threading.Thread(target=inbox.receive, args=(conn,), name="orchestr-inbox", daemon=True).start()
     while (taken := inbox.take()) is not None:
         key, payload = taken
-        body = far_side(payload, key)
+        body = far_side(
+            payload, key, on_running=lambda key=key: _tell(send, ("running", key, None))
+        )
         inbox.finished()  # before "done": a stop that comes later finds nothing to end
         send(("done", key, body))
 
@@ -131,6 +135,15 @@ class _Inbox:
             self._running = key
         self._send(("start", key, None))
         return key, payload
+
+
+def _tell(send: Any, message: Any) -> None:
+    """Send ``message`` if the pipe still takes it (a closed one ends this worker soon:
+    see ``_Inbox.receive``); the call's own code must not fail for it."""
+    try:
+        send(message)
+    except (OSError, ValueError):
+        pass
 
 
 def _in_worker_process() -> None:
