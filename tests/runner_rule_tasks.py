@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from typing import Any
 
 import anyio
@@ -190,6 +191,19 @@ async def async_flaky(journal: str, failures: int) -> int:
     if attempt <= failures:
         raise ConnectionError(f"attempt {attempt} failed")
     return attempt
+
+
+@task
+async def meet(directory: str, count: int) -> int:
+    """Say (a file in ``directory``) that a worker took this call, then wait until
+    ``count`` calls have: ``count`` of them submitted at once each hold a worker of
+    their own, which is then up, with this module and the async backend imported (a
+    test timing a call from its submission needs its worker warm). Returns the pid."""
+    _write(os.path.join(directory, uuid.uuid4().hex), str(os.getpid()))
+    with anyio.fail_after(BOUND):
+        while len([name for name in os.listdir(directory) if not name.endswith(".part")]) < count:
+            await anyio.sleep(POLL)
+    return os.getpid()
 
 
 @task

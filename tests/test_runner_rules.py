@@ -70,11 +70,14 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("dask_address")]
 
 WAIT = 10  # seconds: the bound on every wait that should end at once
 POLL = 0.005
-# Timeouts long enough that the calls they stop have started even on a busy machine (a
-# process-pool call may have to wait for its worker process to start and import).
+# A task's timeout counts from when its function starts; a flow's counts from its start,
+# so the timed flow runs after its workers are warm (see warm_up).
 TIMEOUT = 1.0  # a task's timeout_seconds in the timeout scenarios
-FLOW_TIMEOUT = 1.5  # a flow's: its task runs (in new worker processes) start well within
+FLOW_TIMEOUT = 1.5  # a flow's: its task runs start well within, on warm workers
 QUEUED_BOUND = 2.0  # how long a trivial call on a free worker may take to be done
+# How long a Dask worker's death may take to be seen and a retry to run elsewhere (its
+# nanny starts a new worker process, which imports distributed, on a loaded machine).
+DEATH_WAIT = 40
 
 
 RUNNERS: dict[str, type[TaskRunner]] = {
@@ -154,6 +157,17 @@ def stops_calls(kind: str) -> bool:
 def remote(kind: str) -> bool:
     """Whether task code runs far away from its flow run (no shared context)."""
     return kind != "threads"
+
+
+async def warm_up(tmp_path: Path, workers: int = 2) -> None:
+    """In a flow run: have ``workers`` calls of an async task meet, each in a worker of
+    its own, so the runner's workers are up and warm (their task module and the async
+    backend imported) before a test times a call from its submission."""
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    with anyio.fail_after(WAIT):
+        for fut in [rt.meet.submit(str(meeting), workers) for _ in range(workers)]:
+            await fut
 
 
 def current_runner() -> TaskRunner:
@@ -1233,16 +1247,24 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
     release = tmp_path / "release"
     futures: list[Any] = []
 
-    @flow(task_runner=runner, timeout_seconds=FLOW_TIMEOUT)
-    async def main() -> None:
+    @flow(timeout_seconds=FLOW_TIMEOUT)  # on its parent's runner, whose workers are up
+    async def timed() -> None:
         futures.append(rt.sync_stuck.submit(str(started["sync"]), str(release), str(outs["sync"])))
         futures.append(
             rt.async_stuck.submit(str(started["async"]), str(release), str(outs["async"]))
         )
         await anyio.sleep(WAIT)
 
+    timed_states: list[State[None]] = []
+
+    @flow(task_runner=runner)
+    async def main() -> None:
+        await warm_up(tmp_path)
+        timed_states.append(await timed(return_state=True))
+
     try:
-        state = flow_state(run, main)
+        assert flow_state(run, main).type is StateType.COMPLETED
+        [state] = timed_states
         assert all(path.exists() for path in started.values())  # both had started
         pids = [int(path.read_text()) for path in started.values()]
         if stops_calls(kind):
@@ -1292,7 +1314,7 @@ def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
 
     @flow(task_runner=runner)
     async def main() -> tuple[int, int, str, set[int]]:
-        with anyio.fail_after(WAIT):
+        with anyio.fail_after(DEATH_WAIT):
             bystander = rt.sync_add.submit(1)
             if one_at_a_time:
                 await bystander
