@@ -3,7 +3,8 @@ example in ``docs/`` runs as written.
 
 A ```` ```python ```` block is executed in a fresh interpreter, unless the line right
 before its fence is ``<!-- not-run -->``. A block that only includes files with
-pymdownx.snippets (``--8<-- "examples/quickstart.py"``) runs those files. The blocks run
+pymdownx.snippets (``--8<-- "examples/quickstart.py"``) runs those files, unless they
+are all the repository's examples, which test_examples.py runs. The blocks run
 concurrently (a few at a time) as soon as the first of them is asked for, so the whole
 module takes seconds.
 """
@@ -62,7 +63,20 @@ def _blocks_of(path: Path) -> Iterator[Block]:
         index += 1
         if start > 0 and lines[start - 1].strip() == NOT_RUN:
             continue
+        if _only_examples(body):  # test_examples.py runs them
+            continue
         yield Block(f"{relative}:{start + 1}", _expand_snippets(body))
+
+
+def _only_examples(body: list[str]) -> bool:
+    """Whether a block only includes files of ``examples/`` (each must exist)."""
+    included = [SNIPPET.match(line.strip()) for line in body if line.strip()]
+    if not included or not all(included):
+        return False
+    paths = [match["path"] for match in included if match]
+    for path in paths:
+        assert (ROOT / path).is_file(), f"a docs block includes {path}, which does not exist"
+    return all(path.startswith("examples/") and path.endswith(".py") for path in paths)
 
 
 def _expand_snippets(body: list[str]) -> str:

@@ -8,7 +8,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -437,6 +437,50 @@ def test_scope_with_a_sync_context_manager_in_a_sync_flow() -> None:
 
     assert main() == "value"
     assert journal.entries == ["enter", "task", "exit"]
+
+
+def test_scope_names_a_block_after_what_made_its_context_manager(run: Any) -> None:
+    """A scope()'s events and messages name a @contextmanager / @asynccontextmanager
+    block after its generator function (not contextlib's class), any other after its
+    class, and name= wins over both."""
+
+    @contextmanager
+    def plain_source() -> Iterator[int]:
+        yield 1
+
+    @asynccontextmanager
+    async def async_source() -> AsyncIterator[int]:
+        yield 2
+
+    class Handle:
+        def __enter__(self) -> int:
+            return 3
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    @flow
+    async def main() -> int:
+        total = 0
+        async with scope(async_source()) as value:
+            total += value
+        async with scope(plain_source()) as value:
+            total += value
+        async with scope(Handle()) as value:
+            total += value
+        async with scope(plain_source(), name="named") as value:
+            total += value
+        return total
+
+    state = run(lambda: main(return_state=True))
+    assert state.result() == 7
+    subjects = {event.subject for event in state.record.events}
+    assert subjects == {
+        "test_scope_names_a_block_after_what_made_its_context_manager.<locals>.async_source",
+        "test_scope_names_a_block_after_what_made_its_context_manager.<locals>.plain_source",
+        "Handle",
+        "named",
+    }
 
 
 # -- story 3: cleanup barrier -----------------------------------------------------------------

@@ -139,12 +139,23 @@ def resource_manager(
     return wrap(cls) if cls is not None else wrap
 
 
+def _name_of(cm: Any) -> str:
+    """A context manager's name in messages and events: ``contextlib``'s own classes
+    (``_GeneratorContextManager``) name the function that made them instead."""
+    func = getattr(cm, "func", None)
+    if type(cm).__module__ == "contextlib" and callable(func):
+        return str(getattr(func, "__qualname__", type(cm).__name__))
+    return type(cm).__name__
+
+
 def scope(
     cm: Any, *, name: str | None = None, cleanup_timeout: float | None = None
 ) -> Resource[Any]:
     """Make any context manager scope-aware: ``async with scope(httpx.AsyncClient()) as
-    client:`` waits for the tasks submitted inside the block before the client closes."""
-    resource_name = type(cm).__name__ if name is None else name
+    client:`` waits for the tasks submitted inside the block before the client closes.
+    Its name: ``name``, else the generator function's of a ``@contextmanager`` one, else
+    the context manager's class name."""
+    resource_name = _name_of(cm) if name is None else name
     return Resource(
         ContextManagerLifecycle(resource_name, cm),
         name=resource_name,
