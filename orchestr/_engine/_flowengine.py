@@ -328,10 +328,9 @@ def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
         interrupt = _interrupts.interrupt_for(run.signal)
         interrupt.__context__ = state.exception  # the crash, and what the body raised
         raise interrupt
-    if state.type is StateType.CRASHED and isinstance(state.exception, CrashedError):
-        cause = state.exception.__cause__
-        if isinstance(cause, (KeyboardInterrupt, SystemExit)):
-            raise cause  # an interrupt raised by the body keeps propagating
+    interrupt = run.interrupt
+    if interrupt is not None and state.type is StateType.CRASHED:
+        raise interrupt  # one the body raised keeps propagating
     return state if return_state else state.result()
 
 
@@ -497,7 +496,7 @@ async def _attempt(
     deadline = anyio.current_time() + remaining
     if run.inherited_deadline_at < own_at and run.cancel_reason is None:
         run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"  # type: ignore[union-attr]
-    run.body_ended = run.body_outcome = None
+    run.body_ended = run.body_outcome = run.interrupt = None
     value: Any = None
     body_error: BaseException | None = None
     ended_at = math.inf  # when the body returned or raised (time.monotonic())
@@ -521,6 +520,7 @@ async def _attempt(
                         body_error = exc
                         ended_at = run.body_ended or time.monotonic()
                         if not isinstance(exc, Exception):
+                            run.interrupt = exc
                             scope.cancel()  # an interrupt: stop everything, wait for nothing
                     await run.barrier()
                 finally:

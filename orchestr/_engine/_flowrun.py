@@ -70,6 +70,7 @@ class FlowRun:
         "deadline_at",
         "dispatcher",
         "escalated",
+        "interrupt",
         "execute_job",
         "flow",
         "inherited_deadline_at",
@@ -143,6 +144,9 @@ class FlowRun:
         # attempt was cancelled or timed out meanwhile: nothing it raised is lost.
         self.body_ended: float | None = None
         self.body_outcome: BaseException | None = None
+        # A KeyboardInterrupt or SystemExit the body itself raised: the run's caller gets
+        # it again (a task run's, which the body only returned, crashes that run alone).
+        self.interrupt: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
         self._thread_waiters: set[threading.Event] = set()
