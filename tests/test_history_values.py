@@ -216,6 +216,7 @@ def test_a_run_the_history_cannot_store_loses_only_itself(
     surrogate = os.fsdecode(b"report-\xff.csv")
     assert _recorder.flush(FLUSH_BOUND)
     # A writer that looks at the queue rarely: the three runs make one batch.
+    pace = _recorder.POLL_SECONDS
     monkeypatch.setattr(_recorder, "POLL_SECONDS", 5.0)
     with override_settings(home=tmp_path / "home"), caplog.at_level(logging.WARNING):
         first = good(1, return_state=True).run_id
@@ -223,6 +224,10 @@ def test_a_run_the_history_cannot_store_loses_only_itself(
         last = good(2, return_state=True).run_id
         assert history.flush(FLUSH_BOUND) is False  # the bad run's changes were dropped
         recorded = {run.id for run in history.list_runs()}
+    # The writer back to its pace, and woken: idle, it ends and closes this history (the
+    # leak check would find its files still open otherwise).
+    monkeypatch.setattr(_recorder, "POLL_SECONDS", pace)
+    _recorder._wake.set()
     assert recorded == {str(first), str(last)}
     warned = [r.getMessage() for r in caplog.records if r.name == "orchestr.history"]
     assert len(warned) == 1, warned
