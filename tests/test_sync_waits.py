@@ -21,7 +21,7 @@ from run_names import relative
 from shared_tasks import async_fails, async_value, sync_fails, sync_value
 
 import orchestr
-from orchestr import FutureList, State, as_completed, flow, override_settings, task
+from orchestr import FutureList, Pool, State, as_completed, flow, override_settings, task
 from orchestr.exceptions import (
     BlockingCallError,
     FailedRunsGroup,
@@ -29,6 +29,7 @@ from orchestr.exceptions import (
     UpstreamNotCompletedError,
     UsageError,
 )
+from orchestr.limits import concurrency, limits, rate_limit_blocking
 
 WAIT = 5  # seconds: the bound on every wait that should succeed at once
 
@@ -675,6 +676,30 @@ def sync_calls_async_flow(x: int) -> int:
     return async_child(x)
 
 
+@task
+def pair(x: int) -> list[int]:
+    return [x, x]
+
+
+@flow
+def sync_doubler(x: int) -> int:
+    return double(x)
+
+
+def _in_pool(x: int) -> int:
+    with Pool(lambda: x, max_size=1, name="values") as pool, pool.acquire() as value:
+        return double(value)
+
+
+def _under_limits(x: int) -> int:
+    with (
+        limits(concurrency={"sync-waits": 1}, rate={"sync-waits-rate": (5, 1.0)}),
+        concurrency("sync-waits"),
+    ):
+        rate_limit_blocking("sync-waits-rate")
+        return double(x)
+
+
 SYNC_BODIES: dict[str, Any] = {
     "async task inline": lambda x: double(x),
     "submit + result": lambda x: double.submit(x).result(),
@@ -686,7 +711,19 @@ SYNC_BODIES: dict[str, Any] = {
     "sync task calling an async flow": lambda x: sync_calls_async_flow.submit(x).result() - 1,
     "async subflow": lambda x: async_child(x) - 1,
     "wait": lambda x: orchestr.wait([double.submit(x)]).done.pop().result(),
+    # Sync code waits, on whichever thread it runs (a loop's it blocks included): the
+    # caller's loop, outside orchestr, is not one its runs need (these were refused).
+    "map over a future": lambda x: sum(double.map(pair.submit(x)).result()) // 2,
+    "sync subflow with wait_for": lambda x: sync_doubler(x, wait_for=[pair.submit(x)]),
+    "async subflow with wait_for": lambda x: async_child(x, wait_for=[pair.submit(x)]) - 1,
+    "pool": _in_pool,
+    "concurrency and rate limits": _under_limits,
 }
+
+
+# Waits for a slot anyone may hold: refused on the loop thread of a run (a sync subflow
+# of an async flow blocks its parent's loop), allowed on a loop outside orchestr.
+WAITS_FOR_ANYONE = {"pool", "concurrency and rate limits"}
 
 
 @pytest.mark.parametrize("body", list(SYNC_BODIES))
@@ -718,7 +755,12 @@ def test_a_sync_flow_called_on_a_loop_of_either_library_runs_async_work(
             return sync_child(x)
 
     with override_settings(backend=loop_backend):
-        assert anyio.run(caller, 5, backend=backend) == 10
+        if how == "subflow" and body in WAITS_FOR_ANYONE:
+            # The parent's loop runs here: what holds the slot may be waiting for it.
+            with pytest.raises(UsageError, match="called on an event loop thread"):
+                anyio.run(caller, 5, backend=backend)
+        else:
+            assert anyio.run(caller, 5, backend=backend) == 10
 
 
 def test_an_async_flow_with_wait_for_outside_any_run_gives_its_coroutine(backend: str) -> None:

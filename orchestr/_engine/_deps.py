@@ -21,14 +21,13 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._logging import flow_run_logger
-from .._semaphore import on_event_loop
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import BlockingCallError, UpstreamNotCompletedError, UsageError
 from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self_wait
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType
 from ._context import flow_run_var
-from ._loop import outside_any_run, unawaited
+from ._loop import in_async_code, outside_any_run, unawaited
 from ._transitions import set_state
 
 if TYPE_CHECKING:
@@ -600,17 +599,18 @@ def flow_after_upstreams(
     ``allow_failure``), the flow does not run: its run is recorded as NotRun, and that
     State is returned (``return_state=True``) or its UpstreamNotCompletedError raised.
 
-    An async flow called on an event loop thread gets a coroutine that waits without
-    blocking; everything else waits by blocking the calling thread, which must not be
-    an event loop thread (it would block the runs it waits for).
+    An async flow called from async code gets a coroutine that waits without blocking;
+    sync code waits by blocking its thread (a future whose run needs this thread's loop
+    refuses). A sync flow with upstreams called from async code is refused: it would
+    block the loop.
     """
     upstreams = scan_wait_for(wait_for)
-    if flow.is_async and on_event_loop():
+    if flow.is_async and in_async_code():
         return _flow_after_upstreams_async(flow, upstreams, return_state, call)
     if flow.is_async and outside_any_run():  # as the flow itself: for asyncio.run()
         coroutine = _flow_after_upstreams_async(flow, upstreams, return_state, call)
         return unawaited(coroutine, f"flow {flow.name!r}")
-    if upstreams and on_event_loop():
+    if upstreams and in_async_code():
         raise BlockingCallError(
             f"sync flow {flow.name!r} was called with wait_for on an event loop thread, "
             "where waiting for those task runs would block the loop that runs them; "

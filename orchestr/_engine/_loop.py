@@ -38,6 +38,7 @@ if TYPE_CHECKING:
 __all__ = [
     "LoopHandle",
     "awaited",
+    "blocking_stalls_a_loop",
     "call_in_run",
     "in_async_code",
     "loop_running",
@@ -269,6 +270,25 @@ def call_in_run(run: FlowRun, fn: Callable[..., Awaitable[T]], *args: Any) -> T:
     if ok:
         return value  # type: ignore[no-any-return]
     raise value
+
+
+def blocking_stalls_a_loop() -> bool:
+    """Whether a blocking wait in the calling thread would stall an event loop that
+    someone may need: this thread runs a loop, and it is the loop of the calling code's
+    flow run or of a run it is nested in, or the code belongs to no flow run (the loop
+    is its caller's). A sync flow's body called from async code outside orchestr (an
+    async test, a notebook cell) runs on its caller's loop thread, which that call
+    blocks anyway: it is sync code, and may wait like any."""
+    if not loop_running():
+        return False
+    run = flow_run_var.get()
+    if run is None:
+        return True
+    while run is not None:
+        if run.loop is not None and run.loop.running_here():
+            return True
+        run = run.parent
+    return False
 
 
 def outside_any_run() -> bool:

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._limits._registry import has_limits
-from .._semaphore import on_event_loop
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
     BlockingCallError,
@@ -48,7 +47,7 @@ from ._deps import (
 from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
-from ._loop import outside_any_run, run_fresh_loop, unawaited
+from ._loop import in_async_code, outside_any_run, run_fresh_loop, unawaited
 from ._outcomes import cancelled_state, crashed_state, not_run_state
 from ._transitions import set_state
 
@@ -444,12 +443,13 @@ _REWRAPPED = (allow_failure, quote, opaque)
 
 def _top_level_value(task: Task[Any, Any], key: int | str, value: Any) -> Any:
     """A future or State given directly as a map argument stands for its result (as in
-    Prefect): map needs the values to count the runs. Sync code waits for the future;
-    on an event loop thread that would block the loop, so the call is refused with the
-    fix. A future or State that did not complete has no values to map over."""
+    Prefect): map needs the values to count the runs. Sync code waits for the future
+    (refused where that would block the loop its run needs); async code cannot, so the
+    call is refused with the fix. A future or State that did not complete has no values
+    to map over."""
     if type(value) is TaskFuture:
         future: TaskFuture[Any] = value
-        if on_event_loop():  # even when it has finished: such code must fail every time
+        if in_async_code():  # even when it has finished: such code must fail every time
             raise MappingError(
                 f"{task.name}.map() argument {_arg_name(key)} is a future, and map "
                 "needs its result to count the runs; on an event loop it cannot wait "

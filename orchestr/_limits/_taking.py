@@ -18,7 +18,7 @@ import anyio
 import anyio.lowlevel
 
 from .._engine._context import flow_run_var, remote_call_var, task_run_var
-from .._semaphore import on_event_loop
+from .._engine._loop import blocking_stalls_a_loop
 from ..exceptions import RunCancelled, UsageError
 from ._backends import LimitBackend, Release, backend_for, noop_release
 from ._registry import (
@@ -231,8 +231,9 @@ def _user_limit(what: str, name: str, *, rate: bool) -> tuple[Limit | None, Limi
 
 
 def refuse_loop_thread(what: str, instead: str) -> None:
-    """Raise a clear error if a blocking wait is about to happen on an event loop."""
-    if on_event_loop():
+    """Raise a clear error if a blocking wait is about to happen on an event loop that
+    runs may need."""
+    if blocking_stalls_a_loop():
         raise UsageError(
             f"{what} was called on an event loop thread, where waiting would block the "
             "loop (and every task on it, maybe the ones it waits for); in async code use "

@@ -43,8 +43,8 @@ from .._checks import seconds
 from .._engine._context import flow_run_var
 from .._engine._drivers import drive
 from .._engine._interrupts import shielded
-from .._engine._loop import awaited, run_on_loop
-from .._semaphore import Semaphore, on_event_loop
+from .._engine._loop import awaited, blocking_stalls_a_loop, run_on_loop
+from .._semaphore import Semaphore
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
 from ._block import Resource
 from ._lifecycles import Lifecycle
@@ -170,7 +170,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
     async def _checkout(self, timeout: float | None, blocking: bool) -> T:
         self._check_open()
         if blocking:
-            if on_event_loop():
+            if blocking_stalls_a_loop():
                 raise UsageError(
                     f"`with pool.acquire()` on pool {self.name!r} was called on an event "
                     "loop thread, where waiting for a free object would block the loop; in "
