@@ -12,7 +12,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from ._definitions import Definition, H, RunName, _hooks
-from ._engine._deps import flow_after_upstreams
+from ._engine._deps import NO_DEPENDENCIES, find_upstreams, flow_after_upstreams, scan_wait_for
 from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_flow_sync
 from ._engine._loop import in_async_code
 from ._engine._params import ParameterValidator
@@ -120,22 +120,29 @@ class Flow(Definition[P, R]):
         """Run the flow (``await`` it if it is async; sync code calling an async flow gets
         its result: it runs as a subflow on the calling run's loop, or outside any run on
         a loop of its own). ``return_state=True`` returns the final State instead of the
-        result (or the error); ``wait_for=[...]`` waits for those futures first (the flow
-        is NotRun if one did not complete)."""
+        result (or the error). Futures and States in the arguments stand for their
+        results, as for a task: the call waits for them, and for those in
+        ``wait_for=[...]``; the flow is NotRun if one did not complete (unless wrapped in
+        ``allow_failure``)."""
         wait_for = kwargs.pop("wait_for", None)
-        if wait_for is not None:
-            return_state = checked_return_state(self, kwargs.get("return_state", False))
-            call = lambda: self(*args, **kwargs)  # noqa: E731 - called once it may run
-            return flow_after_upstreams(self, wait_for, return_state, call)  # type: ignore[no-any-return]
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
+        if args or kwargs or wait_for is not None:
+            waits = NO_DEPENDENCIES if wait_for is None else scan_wait_for(wait_for)
+            upstreams = find_upstreams(args, kwargs, waits)
+            if upstreams.needs_resolving or wait_for is not None:
+                return flow_after_upstreams(self, upstreams, args, kwargs, return_state, self._call)  # type: ignore[no-any-return]
+        return self._call(args, kwargs, return_state)
+
+    def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool) -> Any:
+        """The call, its arguments free of futures, States and annotations."""
         if not self.is_async:
             try:
-                return run_flow_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+                return run_flow_sync(self, args, kwargs, return_state)
             except BaseException as exc:
                 raise hide_frames(exc)  # noqa: B904 - the same error: the caller sees its frames, not ours
         if in_async_code():
-            return run_flow_async(self, args, kwargs, return_state)  # type: ignore[return-value]
-        return run_async_flow_from_sync(self, args, kwargs, return_state)  # type: ignore[no-any-return]
+            return run_flow_async(self, args, kwargs, return_state)
+        return run_async_flow_from_sync(self, args, kwargs, return_state)
 
 
 def _runner(flow_name: str, runner: Any) -> TaskRunner:

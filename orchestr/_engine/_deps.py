@@ -591,44 +591,56 @@ def _refilled_fields(
 _flow_log = logging.getLogger("orchestr.flow_runs")
 
 
+FlowCall = Callable[[tuple[Any, ...], dict[str, Any], bool], Any]
+
+
 def flow_after_upstreams(
-    flow: Flow[Any, Any], wait_for: Any, return_state: bool, call: Callable[[], Any]
+    flow: Flow[Any, Any],
+    upstreams: Dependencies,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    call: FlowCall,
 ) -> Any:
-    """``flow(..., wait_for=[...])``: wait for those futures, then ``call()`` (the flow
-    call without ``wait_for``). If one did not complete (and is not in
-    ``allow_failure``), the flow does not run: its run is recorded as NotRun, and that
-    State is returned (``return_state=True``) or its UpstreamNotCompletedError raised.
+    """A flow called with futures or States in its arguments or ``wait_for``: wait for
+    those futures, then ``call(args, kwargs, return_state)`` with each future and State
+    replaced by its result and annotations unwrapped (rule 4, as for a task). If one did
+    not complete (and is not in ``allow_failure``), the flow does not run: its run is
+    recorded as NotRun, and that State is returned (``return_state=True``) or its
+    UpstreamNotCompletedError raised.
 
     An async flow called from async code gets a coroutine that waits without blocking;
     sync code waits by blocking its thread (a future whose run needs this thread's loop
-    refuses). A sync flow with upstreams called from async code is refused: it would
-    block the loop.
+    refuses). A sync flow with futures to wait for, called from async code, is refused:
+    it would block the loop (even when they have finished: such code must fail every
+    time).
     """
-    upstreams = scan_wait_for(wait_for)
     if flow.is_async and in_async_code():
-        return _flow_after_upstreams_async(flow, upstreams, return_state, call)
+        return _flow_after_upstreams_async(flow, upstreams, args, kwargs, return_state, call)
     if flow.is_async and outside_any_run():  # as the flow itself: for asyncio.run()
-        coroutine = _flow_after_upstreams_async(flow, upstreams, return_state, call)
+        coroutine = _flow_after_upstreams_async(flow, upstreams, args, kwargs, return_state, call)
         return unawaited(coroutine, f"flow {flow.name!r}")
     if upstreams and in_async_code():
         raise BlockingCallError(
-            f"sync flow {flow.name!r} was called with wait_for on an event loop thread, "
-            "where waiting for those task runs would block the loop that runs them; "
-            "`await orchestr.wait(futures)` first and call the flow without wait_for, "
-            "or make the flow async"
+            f"sync flow {flow.name!r} was called with futures to wait for (in its arguments "
+            "or wait_for) on an event loop thread, where waiting for those task runs would "
+            "block the loop that runs them; `await orchestr.wait(futures)` first and pass "
+            "their results, or make the flow async"
         )
     for future, _ in upstreams:
         if future._final is None:
             _refuse_self_wait(future)
             future._wait_blocking(None)
-    blocked = _flow_blocked(upstreams)
-    if blocked is not None:
-        return _not_run_flow(flow, blocked, return_state)
-    return call()
+    return _run_unless_blocked(flow, upstreams, args, kwargs, return_state, call)
 
 
 async def _flow_after_upstreams_async(
-    flow: Flow[Any, Any], upstreams: Dependencies, return_state: bool, call: Callable[[], Any]
+    flow: Flow[Any, Any],
+    upstreams: Dependencies,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    call: FlowCall,
 ) -> Any:
     for future, _ in upstreams:
         if future._final is None:
@@ -637,42 +649,65 @@ async def _flow_after_upstreams_async(
     blocked = _flow_blocked(upstreams)
     if blocked is not None:
         return _not_run_flow(flow, blocked, return_state)
-    return await call()
+    args, kwargs = resolve_arguments(args, kwargs, upstreams)
+    return await call(args, kwargs, return_state)
 
 
-def _flow_blocked(upstreams: Dependencies) -> TaskFuture[Any] | None:
-    """The first required upstream that did not complete, or ``None`` if the flow may
-    run (its allow_failure upstreams then count as observed, as for a task)."""
+def _run_unless_blocked(
+    flow: Flow[Any, Any],
+    upstreams: Dependencies,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+    call: FlowCall,
+) -> Any:
+    blocked = _flow_blocked(upstreams)
+    if blocked is not None:
+        return _not_run_flow(flow, blocked, return_state)
+    args, kwargs = resolve_arguments(args, kwargs, upstreams)
+    return call(args, kwargs, return_state)
+
+
+def _flow_blocked(upstreams: Dependencies) -> TaskFuture[Any] | State[Any] | None:
+    """The first required upstream (future, then State) that did not complete, or
+    ``None`` if the flow may run."""
     for future, allowed in upstreams:
         state = future._state
         assert state is not None, "upstreams are final before the flow starts"
         if not allowed and state.type is not StateType.COMPLETED:
             return future
-    for future, allowed in upstreams:
-        if allowed:
-            _observe(future._record)
+    for given, allowed in upstreams.states:
+        if not allowed and given.type is not StateType.COMPLETED:
+            return given
     return None
 
 
-def _not_run_flow(flow: Flow[Any, Any], future: TaskFuture[Any], return_state: bool) -> Any:
+def _not_run_flow(
+    flow: Flow[Any, Any], blocked: TaskFuture[Any] | State[Any], return_state: bool
+) -> Any:
     """Record the flow's run as NotRun (under its parent run, if any) and deliver it."""
     parent = flow_run_var.get()
     record = FlowRunRecord(flow.name, None if parent is None else parent.record)
     if parent is not None:
         parent.record.subflow_runs.append(record)
-    upstream = future._record
-    error = UpstreamNotCompletedError(
-        f"flow run {record.name!r} did not run: its upstream {upstream.name!r} ended "
-        f"{upstream.state_name}",
-        None,
-        upstream,
-    )
-    final = future._state
-    error.__cause__ = final.exception if final is not None else None
+    what = f"flow run {record.name!r} did not run"
+    if isinstance(blocked, State):
+        error = _state_not_completed(what, None, blocked)
+        upstream = blocked.record
+    else:
+        upstream = blocked._record
+        error = UpstreamNotCompletedError(
+            f"{what}: its upstream {upstream.name!r} ended {upstream.state_name}",
+            None,
+            upstream,
+        )
+        final = blocked._state
+        error.__cause__ = final.exception if final is not None else None
     state: State[Any] = State(StateType.NOT_RUN, message=str(error), error=error, record=record)
     set_state(record, state)
     if _flow_log.isEnabledFor(logging.INFO):
         flow_run_logger(record).info("Finished in state %r", state)
     # The caller gets the state or the error: it has seen the upstream's failure.
-    _observe(upstream)
+    if isinstance(upstream, TaskRunRecord):
+        _observe(upstream)
     return state if return_state else state.result()

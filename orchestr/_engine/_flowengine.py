@@ -519,8 +519,9 @@ async def _attempt(
                     except BaseException as exc:
                         body_error = exc
                         ended_at = run.body_ended or time.monotonic()
-                        if not isinstance(exc, Exception):
+                        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                             run.interrupt = exc
+                        if not isinstance(exc, Exception):
                             scope.cancel()  # an interrupt: stop everything, wait for nothing
                     await run.barrier()
                 finally:
