@@ -462,3 +462,23 @@ def sync_enters_async_resource() -> str:
 def sync_uses_async_pool() -> str:
     with Pool(_make_async, max_size=1) as pool, pool.acquire() as obj:
         return str(obj)
+
+
+@resource
+def scratch(name: str, fail_cleanup: bool) -> Any:
+    """A block a task enters wherever it runs; its cleanup fails when asked to."""
+    yield name
+    if fail_cleanup:
+        raise OSError(f"could not remove {name}")
+
+
+@task
+def sync_in_block(name: str, fail_cleanup: bool) -> str:
+    with scratch(name, fail_cleanup) as value:
+        return str(value)
+
+
+@task
+async def async_in_block(name: str, fail_cleanup: bool) -> str:
+    async with scratch(name, fail_cleanup) as value:
+        return str(value)

@@ -1841,6 +1841,43 @@ def test_a_sync_task_calling_async_code_gets_results_on_every_runner(
     assert rt.sync_calls_async(4) == [5, 104]
 
 
+@pytest.mark.parametrize("task_kind", ["sync", "async"])
+@pytest.mark.parametrize("cleanup", ["succeeds", "fails"])
+def test_a_block_a_task_enters_records_its_events_in_the_flow_run_wherever_it_runs(
+    run: Any, kind: str, runner: TaskRunner, task_kind: str, cleanup: str
+) -> None:
+    """A resource block inside a task run records its setup and cleanup events in the
+    flow run's record wherever the task runs (they travel home with the call's outcome);
+    a failing cleanup fails the task run and its event carries the error."""
+    fails = cleanup == "fails"
+    in_block = rt.sync_in_block if task_kind == "sync" else rt.async_in_block
+
+    @flow(task_runner=runner)
+    async def main() -> tuple[str, Any]:
+        with anyio.fail_after(WAIT):
+            state = await in_block.submit(f"scratch-{kind}", fails).wait()
+        return state.name, state.result(raise_on_failure=False)
+
+    outer = flow_state(run, main)
+    name, value = outer.result()
+    events = [(e.kind, e.subject) for e in outer.record.events]
+    subject = "scratch"  # the resource's name
+    ended = "resource.cleanup.failed" if fails else "resource.cleanup.finished"
+    assert events == [
+        ("resource.setup.started", subject),
+        ("resource.setup.finished", subject),
+        ("resource.cleanup.started", subject),
+        (ended, subject),
+    ]
+    if fails:
+        assert name == "Failed"
+        [failed] = [e for e in outer.record.events if e.kind == ended]
+        assert "could not remove scratch-" in str(failed.error)
+        assert failed.duration is not None
+    else:
+        assert (name, value) == ("Completed", f"scratch-{kind}")
+
+
 @pytest.mark.parametrize("which", ["resource", "pool"])
 def test_a_sync_with_of_async_resource_code_works_in_the_flows_process_and_says_why_not_elsewhere(
     runner: TaskRunner, kind: str, which: str

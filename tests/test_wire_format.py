@@ -281,7 +281,7 @@ def test_calls_of_one_flow_run_each_get_their_own_identity() -> None:
 def test_values_pickle_with_plain_pickle() -> None:
     call = _call(plain_double, 1)
     assert pickle.loads(pickle.dumps(call)) == call
-    outcome = Outcome(value=[1], started=1.0, ended=2.0, notes=["a note"])
+    outcome = Outcome(value=[1], started=1.0, ended=2.0, events=[])
     assert pickle.loads(pickle.dumps(outcome)) == outcome
     assert call != _call(plain_double, 2)
     assert outcome != Outcome(value=[1])
@@ -292,14 +292,14 @@ def test_values_pickle_with_plain_pickle() -> None:
 
 def test_an_outcome_comes_back_whole() -> None:
     outcome = load_outcome(far_side(dump_call(_call(inc.fn, 1), "x"), "k"), "k")
-    assert (outcome.value, outcome.error, outcome.crashed, outcome.notes) == (2, None, False, [])
+    assert (outcome.value, outcome.error, outcome.crashed, outcome.events) == (2, None, False, [])
     assert outcome.started is not None
     assert outcome.ended is not None
     assert outcome.started <= outcome.ended
-    kept = Outcome(error=ValueError("no"), crashed=True, started=1.0, ended=2.0, notes=["n"])
+    kept = Outcome(error=ValueError("no"), crashed=True, started=1.0, ended=2.0, events=[])
     back = load_outcome(dumps(kept), "k")  # an Outcome pickled whole is read too
     assert (type(back.error), str(back.error)) == (ValueError, "no")
-    assert (back.crashed, back.started, back.ended, back.notes) == (True, 1.0, 2.0, ["n"])
+    assert (back.crashed, back.started, back.ended, back.events) == (True, 1.0, 2.0, [])
 
 
 def test_a_task_function_returned_comes_back_as_itself() -> None:

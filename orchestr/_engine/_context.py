@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import anyio
 
     from ..futures import TaskFuture
-    from ..records import TaskRunRecord
+    from ..records import RunEvent, TaskRunRecord
     from ..runners._call import RunIdentity
     from ..tasks import Task
     from ._flowrun import FlowRun
@@ -26,6 +26,7 @@ __all__ = [
     "cleanup_var",
     "in_cleanup",
     "remote_call_var",
+    "remote_events_var",
     "SubmissionScope",
     "TaskRunContext",
     "flow_run_var",
@@ -134,3 +135,8 @@ retry_delay_override_var: ContextVar[float | None] = ContextVar(
 # Set where a call runs away from its flow run (a worker process; a Dask worker): the
 # run it belongs to, so that its code finds its logger and orchestr.runtime there.
 remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_call", default=None)
+# There too: the run events of resource blocks the call entered, which its outcome
+# carries home to the flow run's record.
+remote_events_var: ContextVar[list[RunEvent] | None] = ContextVar(
+    "orchestr.remote_events", default=None
+)

@@ -190,6 +190,8 @@ class AsyncDriver:
                     finally:
                         forget_start(call.key)
                         clock.stopped = True
+                if outcome.events:  # of resource blocks the call entered far away
+                    run.record.events.extend(outcome.events)
                 if outcome.crashed:
                     raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
                 return outcome.result()

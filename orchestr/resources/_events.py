@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from .._engine._context import flow_run_var, task_run_var
+from .._engine._context import flow_run_var, remote_events_var, task_run_var
 from .._logging import flow_run_logger, task_run_logger
 from ..records import FlowRunRecord, RunEvent
 
@@ -26,7 +26,7 @@ _FLOW_LOG = logging.getLogger("orchestr.flow_runs")
 class ResourceEvents:
     """The events of one resource block, bound to the run it was entered in."""
 
-    __slots__ = ("_logger", "_record", "_task_record", "name")
+    __slots__ = ("_far", "_logger", "_record", "_task_record", "name")
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -34,6 +34,9 @@ class ResourceEvents:
         task_ctx = task_run_var.get()
         self._record: FlowRunRecord | None = None if run is None else run.record
         self._task_record = None if task_ctx is None else task_ctx.record
+        # In a call run far from its flow run (a worker process): the events its
+        # outcome carries home.
+        self._far = remote_events_var.get() if run is None else None
         self._logger: Any = None
 
     def emit(
@@ -46,6 +49,8 @@ class ResourceEvents:
         event = RunEvent(f"resource.{kind}", self.name, duration=duration, error=error)
         if self._record is not None:
             self._record.events.append(event)
+        elif self._far is not None:
+            self._far.append(event)
         level = event_level(kind)
         if self._task_record is not None:
             target = _TASK_LOG

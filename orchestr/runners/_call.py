@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import uuid
 
     from .._limits._backends import PortableLimits
+    from ..records import RunEvent
 
 __all__ = ["Call", "Outcome", "RunIdentity", "call_started", "expect_start", "forget_start"]
 
@@ -259,9 +260,10 @@ class Call(_Value):
 class Outcome(_Value):
     """What happened to a call: ``value`` or ``error``; ``crashed`` when the executor
     failed under it (a worker died) rather than the call raising; when it ran
-    (``time.time()``), and what the executor has to say (``notes``)."""
+    (``time.time()``); and the run events of the resource blocks it entered far away
+    (``events``), which its flow run records as its own."""
 
-    __slots__ = ("value", "error", "crashed", "started", "ended", "notes")
+    __slots__ = ("value", "error", "crashed", "started", "ended", "events")
 
     def __init__(
         self,
@@ -270,14 +272,14 @@ class Outcome(_Value):
         crashed: bool = False,
         started: float | None = None,
         ended: float | None = None,
-        notes: list[str] | None = None,
+        events: list[RunEvent] | None = None,
     ) -> None:
         self.value = value
         self.error = error
         self.crashed = crashed
         self.started = started
         self.ended = ended
-        self.notes = [] if notes is None else notes
+        self.events = [] if events is None else events
 
     def result(self) -> Any:
         """The value, or raise the error."""

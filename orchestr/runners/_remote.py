@@ -22,9 +22,10 @@ from collections.abc import Callable
 from contextvars import copy_context
 from typing import Any
 
-from .._engine._context import remote_call_var
+from .._engine._context import remote_call_var, remote_events_var
 from .._history import _recorder
 from .._logging import identity_logger, log_prints_var, route_prints
+from ..records import RunEvent
 from ._call import Call, Outcome, RunIdentity
 
 __all__ = ["RemoteError", "run_call", "transportable"]
@@ -54,6 +55,8 @@ def run_call(call: Call, on_running: Callable[[], object] | None = None) -> Outc
 def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outcome:
     identity = call.identity
     remote_call_var.set(identity)
+    events: list[RunEvent] = []
+    remote_events_var.set(events)
     if identity.log_prints:
         route_prints(True, lambda: identity_logger(identity))
     else:
@@ -70,8 +73,21 @@ def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outc
                 on_running()
             value = call.fn(*call.args, **call.kwargs)
     except BaseException as exc:  # the outcome carries it home
-        return Outcome(error=transportable(exc, identity), started=started, ended=time.time())
-    return Outcome(value=value, started=started, ended=time.time())
+        error = transportable(exc, identity)
+        return Outcome(
+            error=error, started=started, ended=time.time(), events=_sendable(events, identity)
+        )
+    return Outcome(
+        value=value, started=started, ended=time.time(), events=_sendable(events, identity)
+    )
+
+
+def _sendable(events: list[RunEvent], identity: RunIdentity) -> list[RunEvent]:
+    """The events, each error made to survive the trip (as the call's own)."""
+    for event in events:
+        if event.error is not None:
+            event.error = transportable(event.error, identity)
+    return events
 
 
 async def _awaited(call: Call, on_running: Callable[[], object] | None) -> Any:
