@@ -124,22 +124,27 @@ class Flow(Definition[P, R]):
         results, as for a task: the call waits for them, and for those in
         ``wait_for=[...]``; the flow is NotRun if one did not complete (unless wrapped in
         ``allow_failure``)."""
+        if not self.is_async:
+            try:
+                return self._dispatch(args, kwargs)
+            except BaseException as exc:
+                raise hide_frames(exc)  # noqa: B904 - the same error: the caller sees its frames, not ours
+        return self._dispatch(args, kwargs)
+
+    def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         wait_for = kwargs.pop("wait_for", None)
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
         if args or kwargs or wait_for is not None:
             waits = NO_DEPENDENCIES if wait_for is None else scan_wait_for(wait_for)
             upstreams = find_upstreams(args, kwargs, waits)
             if upstreams.needs_resolving or wait_for is not None:
-                return flow_after_upstreams(self, upstreams, args, kwargs, return_state, self._call)  # type: ignore[no-any-return]
+                return flow_after_upstreams(self, upstreams, args, kwargs, return_state, self._call)
         return self._call(args, kwargs, return_state)
 
     def _call(self, args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool) -> Any:
         """The call, its arguments free of futures, States and annotations."""
         if not self.is_async:
-            try:
-                return run_flow_sync(self, args, kwargs, return_state)
-            except BaseException as exc:
-                raise hide_frames(exc)  # noqa: B904 - the same error: the caller sees its frames, not ours
+            return run_flow_sync(self, args, kwargs, return_state)
         if in_async_code():
             return run_flow_async(self, args, kwargs, return_state)
         return run_async_flow_from_sync(self, args, kwargs, return_state)
