@@ -90,12 +90,32 @@ RUNNERS: dict[str, type[TaskRunner]] = {
     "held": PicklingTaskRunner,
 }
 KINDS = [*RUNNERS, "dask"]
+# Each runner on each backend, except that the far runners whose calls run in a thread
+# (the pickling ones, Dask) run on asyncio only: their far side is the process pool's
+# (on both), their flow side the thread pool's (on both); a suite within its time.
+PAIRS = [
+    (kind, backend)
+    for backend in ("asyncio", "trio")
+    for kind in KINDS
+    if backend == "asyncio" or kind in ("threads", "processes")
+]
 
 
-@pytest.fixture(params=KINDS)
-def kind(request: pytest.FixtureRequest) -> str:
+@pytest.fixture(params=PAIRS, ids=[f"{backend}-{kind}" for kind, backend in PAIRS])
+def kind_and_backend(request: pytest.FixtureRequest) -> tuple[str, str]:
+    return request.param  # type: ignore[no-any-return]
+
+
+@pytest.fixture
+def kind(kind_and_backend: tuple[str, str]) -> str:
     """Which runner a test runs on."""
-    return str(request.param)
+    return kind_and_backend[0]
+
+
+@pytest.fixture
+def backend(kind_and_backend: tuple[str, str]) -> str:
+    """The event loop backend a test runs on (overrides the suite's: see PAIRS)."""
+    return kind_and_backend[1]
 
 
 @pytest.fixture
@@ -1284,7 +1304,12 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
 
 # == worker processes that die (processes and Dask) ===============================================
 @pytest.mark.parametrize("task_kind", ["sync", "async"])
-@pytest.mark.parametrize("kind", ["processes", "dask"])
+@pytest.mark.parametrize(
+    "kind_and_backend",
+    [("processes", "asyncio"), ("processes", "trio"), ("dask", "asyncio")],
+    ids=["asyncio-processes", "trio-processes", "asyncio-dask"],
+    indirect=True,
+)
 def test_a_worker_that_dies_crashes_its_run_and_a_retry_runs_elsewhere(
     run: Any,
     kind: str,
