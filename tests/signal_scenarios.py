@@ -145,6 +145,47 @@ def main() -> None:
             note(directory, f"cleaned with {got}")
             note(directory, "cleaned")
 
+    # A cleanup whose run never ends on its own (its cleanup timeout is long): only a
+    # third signal stops it, and the run with it.
+    @task
+    async def hang() -> None:
+        note(directory, "hang started")
+        try:
+            await anyio.sleep(60)
+        finally:
+            note(directory, "hang stopped")
+
+    @resource(cleanup_timeout=60)
+    async def hanging_res() -> AsyncIterator[str]:
+        note(directory, "setup")
+        try:
+            yield "handle"
+        finally:
+            await hang.submit()
+            note(directory, "cleaned")
+
+    @resource_manager(cleanup_timeout=60)
+    class HangingSyncRes:
+        def setup(self) -> str:
+            note(directory, "setup")
+            return "handle"
+
+        def cleanup(self, handle: str) -> None:
+            hang.submit().result()
+            note(directory, "cleaned")
+
+    @flow
+    async def async_cleanup_hangs() -> None:
+        async with hanging_res():
+            ready()
+            await anyio.sleep(60)
+
+    @flow
+    def sync_cleanup_hangs() -> None:
+        with HangingSyncRes():
+            ready()
+            time.sleep(60)
+
     @flow
     async def async_cleanup_submits() -> None:
         async with submitting_res():
@@ -157,7 +198,13 @@ def main() -> None:
             ready()
             time.sleep(60)
 
-    if scenario == "cleanup-submits-asyncio":
+    if scenario == "cleanup-hangs-asyncio":
+        anyio.run(async_cleanup_hangs)
+    elif scenario == "cleanup-hangs-trio":
+        anyio.run(async_cleanup_hangs, backend="trio")
+    elif scenario == "cleanup-hangs-sync":
+        sync_cleanup_hangs()
+    elif scenario == "cleanup-submits-asyncio":
         anyio.run(async_cleanup_submits)
     elif scenario == "cleanup-submits-trio":
         anyio.run(async_cleanup_submits, backend="trio")

@@ -93,6 +93,59 @@ def test_task_runs_a_cleanup_submits_after_a_signal_run_to_their_end(
     assert took < 5, f"took {took:.1f} s to exit"
 
 
+@pytest.mark.parametrize(
+    "scenario", ["cleanup-hangs-asyncio", "cleanup-hangs-trio", "cleanup-hangs-sync"]
+)
+def test_a_third_signal_stops_a_cleanup_and_the_runs_it_submitted(
+    scenario: str, tmp_path: Path
+) -> None:
+    """A cleanup waiting for a task run it submitted, which never ends, under a long
+    cleanup timeout: two signals leave it running (it is shielded, and so is its run);
+    the third stops both, and the process exits 143 at once."""
+    journal = tmp_path / "journal"
+
+    def lines() -> list[str]:
+        return journal.read_text().splitlines() if journal.exists() else []
+
+    def until(what: str) -> None:
+        deadline = time.monotonic() + 10
+        while what not in lines():
+            assert time.monotonic() < deadline, f"no {what!r} in {lines()}"
+            time.sleep(0.02)
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with subprocess.Popen(
+        [sys.executable, str(SCENARIOS), scenario, str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    ) as process:
+        try:
+            assert process.stdout is not None
+            assert process.stdout.readline().strip() == "READY"
+            process.send_signal(signal.SIGTERM)
+            until("hang started")  # the cleanup runs, and waits for its run
+            process.send_signal(signal.SIGTERM)
+            time.sleep(0.3)  # a second signal changes nothing here: still running
+            assert process.poll() is None
+            assert "hang stopped" not in lines()
+            sent = time.monotonic()
+            process.send_signal(signal.SIGTERM)
+            _, stderr = process.communicate(timeout=15)
+            took = time.monotonic() - sent
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.communicate()
+    assert process.returncode == 143, stderr
+    assert took < 5, f"took {took:.1f} s to exit after the third signal"
+    seen = lines()
+    assert "hang stopped" in seen  # the run was stopped (cancelled), not left behind
+    assert "cleaned" not in seen  # the cleanup was interrupted
+    assert "flow returned" not in seen
+
+
 def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(tmp_path: Path) -> None:
     """SIGTERM while a flow waits out its retry delay ends the run now, not after it."""
     code, took, journal = run_and_interrupt("retry-delay", signal.SIGTERM, tmp_path)
