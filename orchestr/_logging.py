@@ -69,20 +69,23 @@ class RunLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
-def get_run_logger() -> logging.LoggerAdapter[Any]:
+def get_run_logger(**extra: Any) -> logging.LoggerAdapter[Any]:
     """The logger of the current task run or flow run, also in a task run executing in
     another process. Outside any run, the plain ``orchestr`` logger (so task functions
-    can still be called in tests)."""
+    can still be called in tests). Keyword arguments are extra fields on every record it
+    logs (as in Prefect), over the run's own."""
     task_ctx = task_run_var.get()
     if task_ctx is not None:
-        return task_run_logger(task_ctx.record)
-    flow_run = flow_run_var.get()
-    if flow_run is not None:
-        return flow_run_logger(flow_run.record)
-    remote = remote_call_var.get()
-    if remote is not None:
-        return identity_logger(remote)
-    return RunLogger(logging.getLogger("orchestr"), {"run_label": "orchestr"})
+        logger = task_run_logger(task_ctx.record)
+    elif (flow_run := flow_run_var.get()) is not None:
+        logger = flow_run_logger(flow_run.record)
+    elif (remote := remote_call_var.get()) is not None:
+        logger = identity_logger(remote)
+    else:
+        logger = RunLogger(logging.getLogger("orchestr"), {"run_label": "orchestr"})
+    if extra:
+        logger.extra = {**logger.extra, **extra}  # type: ignore[dict-item]
+    return logger
 
 
 def task_run_logger(record: TaskRunRecord) -> RunLogger:

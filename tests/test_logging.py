@@ -826,3 +826,79 @@ def test_a_printed_line_names_the_print_call(
     assert lines["submitted sync"] == lines["inline sync"]
     assert lines["submitted async"] == lines["inline async"]
     assert len([r for r in caplog.records if r.getMessage().startswith("printed by")]) == 5
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize(
+    "name", ["fixed-name", "run-for-{day}", lambda: "called-name"], ids=["str", "template", "fn"]
+)
+def test_every_line_of_a_named_flow_run_carries_its_name(
+    backend: str, caplog: pytest.LogCaptureFixture, kind: str, name: Any
+) -> None:
+    """With flow_run_name= (a string, a template of the parameters, a callable), the
+    begin line carries that name too, like every later one (it carried the default)."""
+
+    @flow(flow_run_name=name)
+    def sync_main(day: str) -> str:
+        get_run_logger().info("working")
+        return day
+
+    @flow(flow_run_name=name)
+    async def async_main(day: str) -> str:
+        get_run_logger().info("working")
+        return day
+
+    caplog.set_level(logging.INFO, logger="orchestr")
+    with override_settings(backend=backend):
+        if kind == "sync":
+            state = sync_main("mon", return_state=True)
+        else:
+            state = anyio.run(lambda: async_main("mon", return_state=True), backend=backend)
+    expected = {"fixed-name": "fixed-name", "run-for-{day}": "run-for-mon"}.get(
+        name if isinstance(name, str) else "", "called-name"
+    )
+    assert state.record.name == expected
+    lines = [r for r in caplog.records if getattr(r, "flow_run_id", None) == str(state.record.id)]
+    assert [r.getMessage().split(" ", 1)[0] for r in lines] == ["Beginning", "working", "Finished"]
+    assert {r.flow_run_name for r in lines} == {expected}  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("where", ["flow", "sync task", "async task", "outside"])
+def test_get_run_logger_takes_extra_fields(
+    run: Any, caplog: pytest.LogCaptureFixture, where: str
+) -> None:
+    """get_run_logger(**fields) adds them to every record (over the run's own, as in
+    Prefect); the run's other fields stay."""
+
+    def log() -> None:
+        get_run_logger(component="loader", flow_name="overridden").info("hello")
+
+    @task
+    def sync_logs() -> None:
+        log()
+
+    @task
+    async def async_logs() -> None:
+        log()
+
+    @flow
+    async def main() -> None:
+        if where == "flow":
+            log()
+        elif where == "sync task":
+            await sync_logs.submit()
+        else:
+            await async_logs()
+
+    caplog.set_level(logging.INFO, logger="orchestr")
+    if where == "outside":
+        log()
+    else:
+        run(main)
+    [record] = [r for r in caplog.records if r.getMessage() == "hello"]
+    assert record.component == "loader"  # type: ignore[attr-defined]
+    assert record.flow_name == "overridden"  # type: ignore[attr-defined]
+    if where != "outside":
+        assert record.flow_run_id  # type: ignore[attr-defined]
+    if where.endswith("task"):
+        assert record.task_run_name.startswith(where.split()[0] + "_logs")  # type: ignore[attr-defined]

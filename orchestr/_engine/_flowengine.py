@@ -344,7 +344,6 @@ async def _run(
     record.started = time.time()
     if settings.history:
         record_flow_run(record, settings)
-    log_flow_begin(record, run.flow, args, kwargs)
     cancelled = anyio.get_cancelled_exc_class()
     by_name = run.flow.parameters.arguments
     try:
@@ -356,8 +355,11 @@ async def _run(
             if run.flow.run_name is not None:
                 record._given_name = run_name_for(run.flow, args, kwargs)
         except (ParameterValidationError, UsageError) as exc:
+            log_flow_begin(record, run.flow, args, kwargs)
             state: State[Any] = State(StateType.FAILED, error=exc, record=record)
         else:
+            # Once named: the begin line carries the name every later line does.
+            log_flow_begin(record, run.flow, args, kwargs)
             state = await _attempts(run, args, kwargs, body)
     except BaseException as exc:
         # The run does not return a state: record one (and run its hooks) first.
