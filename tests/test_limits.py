@@ -635,3 +635,45 @@ def test_a_cancelled_sync_task_does_not_take_the_limit_it_waited_for(run: Any, h
     assert len(errors) == 1
     assert type(errors[0]).__name__ == "RunCancelled"
     assert waited < 1.0
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+@pytest.mark.parametrize(
+    ("slots", "occupy", "waits_for_itself"),
+    [(1, 1, True), (2, 1, False), (2, 2, True), (3, 2, False)],
+)
+def test_a_tagged_task_asking_its_own_limit_for_what_only_it_holds_is_refused(
+    run: Any, kind: str, slots: int, occupy: int, waits_for_itself: bool
+) -> None:
+    """A task tagged ``db`` holds a slot of limit ``db`` while it runs: entering
+    ``concurrency("db", occupy)`` when the other slots cannot cover it would wait for
+    itself for ever; refused at once, naming the run, the tag and the fix. Otherwise it
+    takes the slots."""
+
+    @task(tags=["db"])
+    def sync_query() -> str:
+        with concurrency("db", occupy=occupy):
+            return "queried"
+
+    @task(tags=["db"])
+    async def async_query() -> str:
+        async with concurrency("db", occupy=occupy):
+            return "queried"
+
+    query = sync_query if kind == "sync" else async_query
+
+    @flow
+    async def main() -> tuple[StateType, Any]:
+        with anyio.fail_after(5):
+            state = await query.submit().wait()
+        return state.type, state.result(raise_on_failure=False)
+
+    with limits(concurrency={"db": slots}):
+        state_type, outcome = run(main)
+    if waits_for_itself:
+        assert state_type is StateType.FAILED
+        assert isinstance(outcome, UsageError)
+        assert "through its tag 'db'" in str(outcome)
+        assert "drop the tag or the block, or raise the limit" in str(outcome)
+    else:
+        assert (state_type, outcome) == (StateType.COMPLETED, "queried")

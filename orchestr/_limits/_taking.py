@@ -97,7 +97,31 @@ class ConcurrencyBlock:
     def _limit(self) -> tuple[ConcurrencyLimit | None, LimitBackend]:
         if self._release is not None:
             raise UsageError(f"concurrency({self._name!r}) is already held; enter it once")
-        return _user_limit(f"concurrency({self._name!r})", self._name, rate=False)  # type: ignore[return-value]
+        found = _user_limit(f"concurrency({self._name!r})", self._name, rate=False)
+        limit: ConcurrencyLimit | None = found[0]  # type: ignore[assignment]
+        if limit is not None:
+            self._refuse_self_wait(limit)
+        return limit, found[1]
+
+    def _refuse_self_wait(self, limit: ConcurrencyLimit) -> None:
+        """A task run tagged with the limit's name holds one of its slots while its code
+        runs: asking for more than the others could ever give back would wait for
+        itself, for ever (or until its timeout)."""
+        task_ctx = task_run_var.get()
+        remote = remote_call_var.get()
+        if task_ctx is not None:
+            tags, run_name = task_ctx.task.tags, task_ctx.record.name
+        elif remote is not None:
+            tags, run_name = remote.tags, remote.task_run_name
+        else:
+            return
+        if self._name in tags and limit.limit - 1 < self._occupy:
+            raise UsageError(
+                f"concurrency({self._name!r}) was entered in task run {run_name!r}, which "
+                f"holds a slot of that limit through its tag {self._name!r}; the limit has "
+                f"{limit.limit} slot(s), so it would wait for itself for ever. Tags are "
+                "the limits' names: drop the tag or the block, or raise the limit"
+            )
 
     async def __aenter__(self) -> None:
         limit, backend = self._limit()
