@@ -7,7 +7,14 @@ The cluster is one of (checked when the runner is made, so a typo fails at once)
   string such as ``"dask_jobqueue.SLURMCluster"``, or a factory callable), called with
   ``cluster_kwargs`` and ``asynchronous=True``; ``adapt_kwargs`` make it adaptive;
 - an existing scheduler, ``address="tcp://host:8786"``, left running after the flow;
-- an existing cluster object, ``cluster=...``, also left running.
+- an existing cluster object, ``cluster=...``, also left running;
+- with none of ``address``, ``cluster``, ``cluster_class``, ``cluster_kwargs`` and
+  ``adapt_kwargs``, and a current Dask client when the flow run starts (the worker's, in a
+  Dask task; one the user made, in a notebook), that client's scheduler, left running
+  (:mod:`~orchestr.dask._current`): a cluster given explicitly always wins.
+
+Which one the run uses is logged (INFO, on the flow run's logger) when it starts, with
+the cluster's dashboard if it has one.
 
 Every submitted attempt (sync and async tasks) becomes one Dask task whose key is the
 attempt's own (``fetch-3-1f2e3d4c-a1``: the dashboard groups it under the task's name;
@@ -62,12 +69,14 @@ except ImportError as exc:  # here, not when a flow first runs
     ) from exc
 
 from .._checks import is_number, seconds
-from .._logging import handle_shipped_record
+from .._engine._context import flow_run_var
+from .._logging import flow_run_logger, handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
 from ..runners._base import CallBound, TaskRunner, WorkerScope, checked_bound
 from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
 from ._bridge import ClientLoop
+from ._current import Reused, current_scheduler, daemonic_advice
 from ._far import SEND_ADVICE, process_token, run_on_worker
 from ._limits import ClusterLimits
 
@@ -143,6 +152,8 @@ class DaskTaskRunner(TaskRunner):
         self._bridge: ClientLoop | None = None
         self._client: distributed.Client | None = None
         self._cluster: Any = None  # the temporary one, closed at shutdown
+        self._reused: Reused | None = None  # the current client's scheduler, if used
+        self._start_advice = ""  # what to do when a temporary cluster cannot start here
         self._limits: ClusterLimits | None = None
         # What its calls share on each worker (their per-worker resources, for one).
         self._scope = WorkerScope(uuid.uuid4().hex)
@@ -163,6 +174,11 @@ class DaskTaskRunner(TaskRunner):
     async def start(self) -> None:
         if self._bridge is not None:
             raise UsageError("this DaskTaskRunner was started already (duplicate() it)")
+        # Looked for here, in the flow run's context (not the client loop's).
+        self._reused = current_scheduler() if self._reuses_current() else None
+        self._start_advice = daemonic_advice()
+        log = _start_logger()
+        self._log_connecting(log)
         bridge = self._bridge = ClientLoop("orchestr-dask-client")
         # In a context of its own: a temporary cluster's in-process workers (processes=
         # False) run calls in copies of it, and the flow's (its run, the event loop
@@ -178,6 +194,43 @@ class DaskTaskRunner(TaskRunner):
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._abort_start, started, connected)
             raise
+        link = self.dashboard_link
+        if link:
+            log.info("The Dask dashboard is at %s", link)
+
+    def _reuses_current(self) -> bool:
+        """Whether no option says which cluster: a current client's is then used."""
+        return (
+            self.address is None
+            and self.existing_cluster is None
+            and self.cluster_class is None
+            and not self.cluster_kwargs
+            and self.adapt_kwargs is None
+        )
+
+    def _log_connecting(self, log: logging.LoggerAdapter[Any] | logging.Logger) -> None:
+        if self._reused is not None:
+            log.info(
+                "Using the Dask cluster of %s, at %s (left running when the run ends)",
+                self._reused.source,
+                self._reused.address,
+            )
+        elif self.address is not None:
+            log.info(
+                "Using the existing Dask scheduler at %s (left running when the run ends)",
+                self.address,
+            )
+        elif self.existing_cluster is not None:
+            log.info(
+                "Using the existing Dask cluster (a %s) at %s (left running when the run ends)",
+                type(self.existing_cluster).__name__,
+                _address_of(self.existing_cluster),
+            )
+        else:
+            log.info(
+                "Starting a temporary Dask cluster, %s (closed when the run ends)",
+                _describe(self.cluster_class),
+            )
 
     def _abort_start(self, started: Future[None], connected: threading.Event) -> None:
         if not connected.wait(_START_GRACE):
@@ -202,8 +255,12 @@ class DaskTaskRunner(TaskRunner):
 
     async def _connect_now(self) -> None:
         kwargs = {"set_as_default": False, **self.client_kwargs}
-        if self.address is not None:
-            target: Any = self.address
+        reused = self._reused
+        if reused is not None:
+            target: Any = reused.address
+            kwargs.setdefault("security", reused.security)  # a TLS cluster's
+        elif self.address is not None:
+            target = self.address
         elif self.existing_cluster is not None:
             target = self.existing_cluster.scheduler_address
         else:
@@ -226,20 +283,21 @@ class DaskTaskRunner(TaskRunner):
         self._limits = ClusterLimits.of_client(self._client)
 
     def _connect_failure(self, where: str, exc: Exception) -> str:
+        whose = "" if self._reused is None else f" of {self._reused.source}"
         if isinstance(exc, (OSError, TimeoutError)):
             return (
-                f"could not connect to the Dask scheduler at {where!r} within "
+                f"could not connect to the Dask scheduler{whose} at {where!r} within "
                 f"{self.connect_timeout:g} s ({type(exc).__name__}: {exc}); is it running "
                 "and reachable from here? (connect_timeout= sets the wait)"
             )
         hint = ""
-        if where.startswith("tls://") and "security" not in self.client_kwargs:
+        if where.startswith("tls://") and "security" not in self.client_kwargs and not whose:
             hint = (
                 "; a tls:// scheduler needs client_kwargs={'security': "
                 "distributed.security.Security(...)} (or TLS settings in Dask's config)"
             )
         return (
-            f"could not connect to the Dask scheduler at {where!r} "
+            f"could not connect to the Dask scheduler{whose} at {where!r} "
             f"({type(exc).__name__}: {exc}){hint}"
         )
 
@@ -273,9 +331,9 @@ class DaskTaskRunner(TaskRunner):
             if not isinstance(exc, Exception):
                 raise
             given = f" with cluster_kwargs {self.cluster_kwargs!r}" if self.cluster_kwargs else ""
+            advice = self._start_advice or "; check the cluster's arguments"
             raise ClusterError(
-                f"the Dask cluster {what} could not be started{given} "
-                f"({_causes(exc)}); check the cluster's arguments"
+                f"the Dask cluster {what} could not be started{given} ({_causes(exc)}){advice}"
             ) from exc
         if not hasattr(cluster, "scheduler_address"):
             raise ClusterError(
@@ -409,8 +467,13 @@ class DaskTaskRunner(TaskRunner):
 
     @property
     def dashboard_link(self) -> str | None:
+        """The link to the dashboard of the started runner's cluster; None without one."""
         client = self._client
-        return None if client is None else client.dashboard_link
+        try:
+            # (Dask raises KeyError for a scheduler that serves no dashboard.)
+            return (client.dashboard_link or None) if client is not None else None
+        except Exception:
+            return None
 
     def _configuration(self) -> tuple[Any, ...]:
         return (
@@ -502,6 +565,12 @@ async def _run_on_each(
     as its answer. TimeoutError after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         return await client.run(fn, *args, on_error="return")  # type: ignore[no-any-return]
+
+
+def _start_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
+    """The logger of the flow run starting the runner (its lines carry the run)."""
+    run = flow_run_var.get()
+    return logging.getLogger("orchestr.dask") if run is None else flow_run_logger(run.record)
 
 
 async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
