@@ -12,6 +12,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from ._definitions import Definition, H, RunName, _hooks
+from ._engine._context import flow_run_var
 from ._engine._deps import NO_DEPENDENCIES, find_upstreams, flow_after_upstreams, scan_wait_for
 from ._engine._flowengine import run_async_flow_from_sync, run_flow_async, run_flow_sync
 from ._engine._loop import in_async_code
@@ -134,7 +135,9 @@ class Flow(Definition[P, R]):
     def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         wait_for = kwargs.pop("wait_for", None)
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
-        if args or kwargs or wait_for is not None:
+        # Only a subflow's arguments are resolved (a top-level call may be given the
+        # State of an earlier run to report on, as before); wait_for always is.
+        if wait_for is not None or ((args or kwargs) and flow_run_var.get() is not None):
             waits = NO_DEPENDENCIES if wait_for is None else scan_wait_for(wait_for)
             upstreams = find_upstreams(args, kwargs, waits)
             if upstreams.needs_resolving or wait_for is not None:

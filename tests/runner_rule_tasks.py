@@ -482,3 +482,10 @@ def sync_in_block(name: str, fail_cleanup: bool) -> str:
 async def async_in_block(name: str, fail_cleanup: bool) -> str:
     async with scratch(name, fail_cleanup) as value:
         return str(value)
+
+
+@task
+def in_block_returns_a_lock(name: str) -> Any:
+    """Enters a block, then returns what cannot travel home."""
+    with scratch(name, False):
+        return threading.Lock()

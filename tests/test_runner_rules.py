@@ -1903,6 +1903,28 @@ def test_a_block_a_task_enters_records_its_events_in_the_flow_run_wherever_it_ru
         assert (name, value) == ("Completed", f"scratch-{kind}")
 
 
+def test_a_blocks_events_come_home_even_when_its_tasks_result_cannot(
+    run: Any, kind: str, runner: TaskRunner
+) -> None:
+    """A task whose result cannot travel home (a lock) fails with a SerializationError
+    far away; the events of the block it entered still reach the flow run's record."""
+
+    @flow(task_runner=runner)
+    async def main() -> str:
+        with anyio.fail_after(WAIT):
+            state = await rt.in_block_returns_a_lock.submit("scratch-lock").wait()
+        return state.name
+
+    outer = flow_state(run, main)
+    assert outer.result() == ("Failed" if remote(kind) else "Completed")
+    assert [e.kind for e in outer.record.events] == [
+        "resource.setup.started",
+        "resource.setup.finished",
+        "resource.cleanup.started",
+        "resource.cleanup.finished",
+    ]
+
+
 @pytest.mark.parametrize("which", ["resource", "pool"])
 def test_a_sync_with_of_async_resource_code_works_in_the_flows_process_and_says_why_not_elsewhere(
     runner: TaskRunner, kind: str, which: str

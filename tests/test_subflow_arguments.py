@@ -7,6 +7,7 @@ async subflows from sync and async parents, on asyncio and trio."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -197,3 +198,82 @@ def test_a_sync_subflow_given_futures_in_async_code_is_refused(backend: str) -> 
         return "refused"
 
     assert anyio.run(parent, backend=backend) == "refused"
+
+
+@pytest.mark.parametrize("child", ["sync", "async"])
+def test_a_subflow_given_a_state_in_async_code_gets_its_result(backend: str, child: str) -> None:
+    """States need no wait: even a sync subflow on its async parent's loop takes them
+    (only futures, which it would wait for, are refused there)."""
+    flow_ = sync_child if child == "sync" else async_child
+
+    @flow
+    async def parent() -> Any:
+        state = await three.submit().wait()
+        outcome = flow_(state)
+        return await outcome if child == "async" else outcome
+
+    assert anyio.run(parent, backend=backend) == (3, [], {})
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_top_level_flow_call_gets_a_state_as_it_is(backend: str, kind: str) -> None:
+    """Outside any run the arguments are not resolved: a flow given the State of an
+    earlier run (to report on it, say) receives that State, failed or not."""
+
+    @flow
+    def failing() -> None:
+        raise RuntimeError("source down")
+
+    @flow
+    def sync_notify(state: Any) -> str:
+        return f"{type(state).__name__} {state.name}"
+
+    @flow
+    async def async_notify(state: Any) -> str:
+        return f"{type(state).__name__} {state.name}"
+
+    with override_settings(backend=backend):
+        earlier = failing(return_state=True)
+        if kind == "sync":
+            told = sync_notify(earlier)
+        else:
+            told = anyio.run(async_notify, earlier, backend=backend)
+    assert told == "State Failed"
+
+
+@dataclasses.dataclass
+class Customer:
+    """A dataclass with a declared field that raises when read (as a detached ORM
+    object's lazy relationship does)."""
+
+    id: int
+    orders: list[int] | None = None
+
+    def __getattribute__(self, name: str) -> Any:
+        if name == "orders":
+            raise RuntimeError("DetachedInstanceError: not bound to a session")
+        return super().__getattribute__(name)
+
+
+@pytest.mark.parametrize("callee", ["subflow", "task"])
+def test_an_object_whose_field_raises_when_read_is_passed_as_it_is(
+    backend: str, callee: str
+) -> None:
+    """Finding futures reads the declared fields of dataclasses and models; one that
+    raises when read makes the object a leaf: passed on untouched, the call not failed."""
+
+    @task
+    def task_takes(customer: Customer) -> int:
+        return customer.id
+
+    @flow
+    def flow_takes(customer: Customer) -> int:
+        return customer.id
+
+    @flow
+    def parent() -> int:
+        given = Customer(7)
+        return flow_takes(given) if callee == "subflow" else task_takes(given)
+
+    with override_settings(backend=backend):
+        assert parent() == 7

@@ -306,7 +306,7 @@ def _scan(
                     _scan(value, found, allowed, depth, seen)
         else:  # dataclass or pydantic model: its declared fields
             for name in _field_names(kind):
-                value = getattr(obj, name, None)
+                value = _field(obj, name, None)
                 if type(value) not in _ATOMIC:
                     _scan(value, found, allowed, depth, seen)
     elif category == _STATE:
@@ -344,6 +344,16 @@ def _peeled(obj: Any, allowed: bool) -> tuple[Any, bool]:
         elif category != _UNMAPPED:
             return obj, allowed
         obj = obj.value
+
+
+def _field(obj: Any, name: str, missing: Any) -> Any:
+    """A declared field's value, or ``missing`` if reading it fails: one that is not
+    set, or one that raises when read (a lazy ORM relationship of a detached object)
+    is passed on as it is, never looked into; the call is not the place to fail."""
+    try:
+        return getattr(obj, name, missing)
+    except Exception:
+        return missing
 
 
 def _scan_state(state: State[Any], found: dict[Any, bool], allowed: bool) -> None:
@@ -571,7 +581,7 @@ def _refilled_fields(
     with ``model_copy(update=...)`` (no validation, as for the other fields)."""
     changed: dict[str, Any] = {}
     for name in _field_names(kind):
-        value = getattr(obj, name, _MISSING)
+        value = _field(obj, name, _MISSING)
         if value is _MISSING:  # declared but never set (init=False, no default)
             continue
         new = _resolve(value, depth, returned, done)
@@ -620,7 +630,8 @@ def flow_after_upstreams(
     if flow.is_async and outside_any_run():  # as the flow itself: for asyncio.run()
         coroutine = _flow_after_upstreams_async(flow, upstreams, args, kwargs, return_state, call)
         return unawaited(coroutine, f"flow {flow.name!r}")
-    if upstreams and in_async_code():
+    if list.__len__(upstreams) and in_async_code() and flow_run_var.get() is not None:
+        # (States need no wait; outside any run no loop here runs the futures' runs.)
         raise BlockingCallError(
             f"sync flow {flow.name!r} was called with futures to wait for (in its arguments "
             "or wait_for) on an event loop thread, where waiting for those task runs would "

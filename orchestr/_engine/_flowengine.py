@@ -328,9 +328,9 @@ def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
         interrupt = _interrupts.interrupt_for(run.signal)
         interrupt.__context__ = state.exception  # the crash, and what the body raised
         raise interrupt
-    interrupt = run.interrupt
-    if interrupt is not None and state.type is StateType.CRASHED:
-        raise interrupt  # one the body raised keeps propagating
+    raised = run.interrupt
+    if raised is not None and state.type is StateType.CRASHED:
+        raise raised  # one the body raised keeps propagating
     return state if return_state else state.result()
 
 

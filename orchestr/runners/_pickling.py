@@ -196,7 +196,10 @@ def far_side(
             f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
             f"does not pickle ({type(exc).__name__}: {exc}); {advice}"
         )
-        return dumps((None, bad, False, outcome.started, outcome.ended, []))
+        try:  # the block events of the call still come home
+            return dumps((None, bad, False, outcome.started, outcome.ended, outcome.events))
+        except Exception:
+            return dumps((None, bad, False, outcome.started, outcome.ended, []))
 
 
 def load_outcome(body: bytes, key: str) -> Outcome:

@@ -18,6 +18,7 @@ import pickle
 import signal
 import threading
 import time
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from .._logging import shippable_record
@@ -71,9 +72,7 @@ def worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
     threading.Thread(target=inbox.receive, args=(conn,), name="orchestr-inbox", daemon=True).start()
     while (taken := inbox.take()) is not None:
         key, payload = taken
-        body = far_side(
-            payload, key, on_running=lambda key=key: _tell(send, ("running", key, None))
-        )
+        body = far_side(payload, key, on_running=partial(_tell, send, ("running", key, None)))
         inbox.finished()  # before "done": a stop that comes later finds nothing to end
         send(("done", key, body))
 
