@@ -135,10 +135,15 @@ class Flow(Definition[P, R]):
     def _dispatch(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         wait_for = kwargs.pop("wait_for", None)
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
-        # Only a subflow's arguments are resolved (a top-level call may be given the
-        # State of an earlier run to report on, as before); wait_for always is.
-        if wait_for is not None or ((args or kwargs) and flow_run_var.get() is not None):
-            waits = NO_DEPENDENCIES if wait_for is None else scan_wait_for(wait_for)
+        waits = NO_DEPENDENCIES if wait_for is None else scan_wait_for(wait_for)
+        if flow_run_var.get() is None:
+            # A top-level call's arguments are passed as they are (it may be given the
+            # State of an earlier run to report on); only its wait_for is waited for.
+            if wait_for is None:
+                return self._call(args, kwargs, return_state)
+            given = lambda _a, _k, state: self._call(args, kwargs, state)  # noqa: E731
+            return flow_after_upstreams(self, waits, (), {}, return_state, given)
+        if args or kwargs or wait_for is not None:
             upstreams = find_upstreams(args, kwargs, waits)
             if upstreams.needs_resolving or wait_for is not None:
                 return flow_after_upstreams(self, upstreams, args, kwargs, return_state, self._call)

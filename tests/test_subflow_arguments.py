@@ -215,8 +215,9 @@ def test_a_subflow_given_a_state_in_async_code_gets_its_result(backend: str, chi
     assert anyio.run(parent, backend=backend) == (3, [], {})
 
 
+@pytest.mark.parametrize("waits", [False, True], ids=["plain", "with wait_for"])
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_top_level_flow_call_gets_a_state_as_it_is(backend: str, kind: str) -> None:
+def test_a_top_level_flow_call_gets_a_state_as_it_is(backend: str, kind: str, waits: bool) -> None:
     """Outside any run the arguments are not resolved: a flow given the State of an
     earlier run (to report on it, say) receives that State, failed or not."""
 
@@ -234,10 +235,11 @@ def test_a_top_level_flow_call_gets_a_state_as_it_is(backend: str, kind: str) ->
 
     with override_settings(backend=backend):
         earlier = failing(return_state=True)
+        options: dict[str, Any] = {"wait_for": []} if waits else {}
         if kind == "sync":
-            told = sync_notify(earlier)
+            told = sync_notify(earlier, **options)
         else:
-            told = anyio.run(async_notify, earlier, backend=backend)
+            told = anyio.run(lambda: async_notify(earlier, **options), backend=backend)
     assert told == "State Failed"
 
 
