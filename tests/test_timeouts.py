@@ -488,10 +488,12 @@ def test_a_timeout_interrupts_a_sync_body_once(backend: str) -> None:
 
     @task
     def slow() -> int:
-        time.sleep(0.5)
+        time.sleep(1.0)
         return 1
 
-    @flow(timeout_seconds=0.05)
+    # Long enough for the body to reach fut.result() first on a loaded machine (at 0.05 s
+    # the timeout once came before it did), well short of the task's end.
+    @flow(timeout_seconds=0.3)
     def main() -> None:
         future = slow.submit()
         try:
@@ -510,7 +512,7 @@ def test_a_timeout_interrupts_a_sync_body_once(backend: str) -> None:
     sys.setswitchinterval(1e-6)
     try:
         with override_settings(backend=backend, cancel_grace_seconds=1):
-            for _ in range(5):
+            for _ in range(3):
                 seen.clear()
                 state = main(return_state=True)
                 assert state.name == "TimedOut"
