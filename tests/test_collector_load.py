@@ -163,3 +163,77 @@ def test_the_count_sees_an_object_kept_per_run(backend: str) -> None:
     per_run = _async_submitted(backend, keeps)
     assert fan_out_runs >= PER_RUN + 1
     assert per_run >= PER_RUN + 1
+
+
+WAITING_PER_RUN = 3  # the future, the record, and what it waits in: a job or a queue entry
+
+
+def _async_waiting(backend: str) -> float:
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = [async_value.submit(i) for i in range(RUNS)]  # none started: no await yet
+        per_run = (_tracked() - before) / RUNS
+        assert [await future for future in futures] == list(range(RUNS))
+        return per_run
+
+    return anyio.run(fan_out, backend=backend)
+
+
+def _mapped_waiting(backend: str) -> float:
+    @flow
+    async def fan_out() -> float:
+        before = _tracked()
+        futures = async_value.map(range(RUNS))
+        per_run = (_tracked() - before) / RUNS
+        assert [await future for future in futures] == list(range(RUNS))
+        return per_run
+
+    return anyio.run(fan_out, backend=backend)
+
+
+def _sync_waiting(backend: str) -> float:
+    """Every worker thread held by a gate: the runs submitted meanwhile wait in the
+    pool's queue."""
+    gate = threading.Event()
+    holding = threading.Barrier(3)
+
+    @task
+    def hold() -> None:
+        holding.wait(30)
+        gate.wait(30)
+
+    @flow(task_runner=ThreadPoolTaskRunner(2))
+    def fan_out() -> float:
+        held = [hold.submit() for _ in range(2)]
+        holding.wait(30)  # both workers are in hold()
+        before = _tracked()
+        futures = [sync_value.submit(i) for i in range(RUNS)]
+        per_run = (_tracked() - before) / RUNS
+        assert not any(future.done() for future in futures)
+        gate.set()
+        assert [future.result() for future in futures] == list(range(RUNS))
+        for future in held:
+            future.result()
+        return per_run
+
+    with override_settings(backend=backend):
+        return fan_out()
+
+
+WAITING: dict[str, Callable[[str], float]] = {
+    "async submit": _async_waiting,
+    "map": _mapped_waiting,
+    "sync submit (threads)": _sync_waiting,
+}
+
+
+@pytest.mark.parametrize("shape", list(WAITING))
+def test_a_run_waiting_to_start_keeps_three_tracked_objects(shape: str, backend: str) -> None:
+    """A fan-out submits its runs faster than they run, so at a full collection most of
+    them are waiting: each object one keeps is walked by every full collection while it
+    waits."""
+    measure = WAITING[shape]
+    measure(backend)  # warm-up
+    per_run = measure(backend)
+    assert per_run <= WAITING_PER_RUN + SLACK, f"{shape}: {per_run:.3f} tracked objects per run"

@@ -33,7 +33,10 @@ class WorkerPool:
     def __init__(self, max_workers: int, name: str) -> None:
         self.max_workers = max_workers
         self._name = name
-        self._queue: SimpleQueue[tuple[Callable[..., Any], tuple[Any, ...]] | None] = SimpleQueue()
+        # A call waits in the queue as one tuple, ``(fn, *args)``: a 100,000-run fan-out
+        # keeps every waiting call alive, and a tuple in a tuple would be one more object
+        # per call for the collector's full collections to walk.
+        self._queue: SimpleQueue[tuple[Any, ...] | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
         # Workers that finished a call and were not yet claimed by a new one; a caller
@@ -45,7 +48,7 @@ class WorkerPool:
         self._started = 0  # threads ever started (their names)
 
     def put(self, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
-        self._queue.put((fn, args))
+        self._queue.put((fn, *args))
         # The lock is held as briefly as can be: every submit and every finished call
         # takes it, and under the GIL a longer hold makes a convoy of waiting threads.
         with self._lock:
@@ -76,12 +79,11 @@ class WorkerPool:
                 return
             with lock:
                 self._busy += 1
-            fn, args = item
             try:
-                fn(*args)
+                item[0](*item[1:])
             except BaseException:  # the caller's function reports its own outcome
                 pass
-            del item, fn, args
+            del item
             with lock:
                 self._busy -= 1
                 if self._retiring:  # one too many since a lender stopped waiting
