@@ -9,6 +9,8 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -16,7 +18,10 @@ import pytest
 SCENARIOS = Path(__file__).with_name("signal_scenarios.py")
 
 
-def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, float, list[str]]:
+@contextmanager
+def started_scenario(scenario: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+    """``signal_scenarios.py scenario`` in a subprocess, once it has printed READY; killed
+    on the way out if it is still running."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with subprocess.Popen(
         [sys.executable, str(SCENARIOS), scenario, str(tmp_path)],
@@ -32,14 +37,19 @@ def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, 
                 process.kill()
                 _, stderr = process.communicate()
                 pytest.fail(f"scenario did not get ready: {line!r}\n{stderr}")
-            sent = time.monotonic()
-            process.send_signal(signum)
-            _, stderr = process.communicate(timeout=15)
-            took = time.monotonic() - sent
+            yield process
         finally:
             if process.poll() is None:
                 process.kill()
                 process.communicate()
+
+
+def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, float, list[str]]:
+    with started_scenario(scenario, tmp_path) as process:
+        sent = time.monotonic()
+        process.send_signal(signum)
+        process.communicate(timeout=15)
+        took = time.monotonic() - sent
     journal = (tmp_path / "journal").read_text().splitlines()
     return process.returncode, took, journal
 
@@ -113,31 +123,17 @@ def test_a_third_signal_stops_a_cleanup_and_the_runs_it_submitted(
             assert time.monotonic() < deadline, f"no {what!r} in {lines()}"
             time.sleep(0.02)
 
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with subprocess.Popen(
-        [sys.executable, str(SCENARIOS), scenario, str(tmp_path)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=env,
-        text=True,
-    ) as process:
-        try:
-            assert process.stdout is not None
-            assert process.stdout.readline().strip() == "READY"
-            process.send_signal(signal.SIGTERM)
-            until("hang started")  # the cleanup runs, and waits for its run
-            process.send_signal(signal.SIGTERM)
-            time.sleep(0.3)  # a second signal changes nothing here: still running
-            assert process.poll() is None
-            assert "hang stopped" not in lines()
-            sent = time.monotonic()
-            process.send_signal(signal.SIGTERM)
-            _, stderr = process.communicate(timeout=15)
-            took = time.monotonic() - sent
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.communicate()
+    with started_scenario(scenario, tmp_path) as process:
+        process.send_signal(signal.SIGTERM)
+        until("hang started")  # the cleanup runs, and waits for its run
+        process.send_signal(signal.SIGTERM)
+        time.sleep(0.3)  # a second signal changes nothing here: still running
+        assert process.poll() is None
+        assert "hang stopped" not in lines()
+        sent = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=15)
+        took = time.monotonic() - sent
     assert process.returncode == 143, stderr
     assert took < 5, f"took {took:.1f} s to exit after the third signal"
     seen = lines()
