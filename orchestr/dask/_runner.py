@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib
 import inspect
 import logging
 import threading
@@ -61,14 +60,12 @@ import anyio.to_thread
 
 try:
     import distributed
-    from distributed.comm.addressing import get_address_host_port, parse_address
-    from distributed.comm.registry import get_backend
 except ImportError as exc:  # here, not when a flow first runs
     raise ImportError(
         f"orchestr.dask needs Dask's distributed ({exc}): pip install 'orchestr[dask]'"
     ) from exc
 
-from .._checks import is_number, seconds
+from .._checks import seconds
 from .._engine._context import flow_run_var
 from .._logging import flow_run_logger, handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
@@ -76,6 +73,19 @@ from ..runners._base import CallBound, TaskRunner, WorkerScope, checked_bound
 from ..runners._call import Call, Outcome
 from ..runners._pickling import dump_call, load_outcome
 from ._bridge import ClientLoop
+from ._clusters import (
+    CLOSE_TIMEOUT,
+    address_of,
+    check_adapt,
+    check_address,
+    close_all,
+    close_quietly,
+    cluster_factory,
+    describe,
+    keywords,
+    start_cluster,
+    synchronous,
+)
 from ._current import Reused, current_scheduler, daemonic_advice
 from ._far import SEND_ADVICE, process_token, run_on_worker
 from ._limits import ClusterLimits
@@ -83,7 +93,6 @@ from ._limits import ClusterLimits
 __all__ = ["DaskTaskRunner"]
 
 _START_GRACE = 5.0  # a cancelled start may finish within this; then it is cancelled
-_CLOSE_TIMEOUT = 30.0  # a client and cluster that do not close within this are left
 _cancelling: set[Any] = set()  # cancellations of Dask futures on their way
 
 
@@ -118,17 +127,17 @@ class DaskTaskRunner(TaskRunner):
                 "temporary cluster)"
             )
         if address is not None:
-            _check_address(address)
+            check_address(address)
         if cluster is not None and not hasattr(cluster, "scheduler_address"):
             raise UsageError(
                 f"cluster of DaskTaskRunner must be a Dask cluster object (with a "
                 f"scheduler_address), got {type(cluster).__name__}"
             )
-        cluster_kwargs = _keywords("cluster_kwargs", cluster_kwargs)
-        adapt_kwargs = _keywords("adapt_kwargs", adapt_kwargs)
-        client_kwargs = _keywords("client_kwargs", client_kwargs)
+        cluster_kwargs = keywords("cluster_kwargs", cluster_kwargs)
+        adapt_kwargs = keywords("adapt_kwargs", adapt_kwargs)
+        client_kwargs = keywords("client_kwargs", client_kwargs)
         if adapt_kwargs is not None:
-            _check_adapt(adapt_kwargs)
+            check_adapt(adapt_kwargs)
         if (address is not None or cluster is not None) and (cluster_kwargs or adapt_kwargs):
             raise UsageError(
                 "cluster_kwargs and adapt_kwargs of DaskTaskRunner configure a temporary "
@@ -136,7 +145,7 @@ class DaskTaskRunner(TaskRunner):
             )
         self._bound = checked_bound(max_calls_in_flight, "DaskTaskRunner")
         self.cluster_class = cluster_class
-        self._factory = _cluster_factory(cluster_class)
+        self._factory = cluster_factory(cluster_class)
         self.cluster_kwargs = dict(cluster_kwargs or {})
         self.adapt_kwargs = dict(adapt_kwargs) if adapt_kwargs is not None else None
         self.client_kwargs = dict(client_kwargs or {})
@@ -224,24 +233,24 @@ class DaskTaskRunner(TaskRunner):
             log.info(
                 "Using the existing Dask cluster (a %s) at %s (left running when the run ends)",
                 type(self.existing_cluster).__name__,
-                _address_of(self.existing_cluster),
+                address_of(self.existing_cluster),
             )
         else:
             log.info(
                 "Starting a temporary Dask cluster, %s (closed when the run ends)",
-                _describe(self.cluster_class),
+                describe(self.cluster_class),
             )
 
     def _abort_start(self, started: Future[None], connected: threading.Event) -> None:
         if not connected.wait(_START_GRACE):
             started.cancel()  # _start_cluster closes what the factory made so far
-            if not connected.wait(_CLOSE_TIMEOUT):
+            if not connected.wait(CLOSE_TIMEOUT):
                 logging.getLogger("orchestr").warning(
                     "the Dask cluster %s of %r did not stop starting within %g s of its "
                     "flow run's cancellation; left to end with this process",
-                    _describe(self.cluster_class),
+                    describe(self.cluster_class),
                     self,
-                    _START_GRACE + _CLOSE_TIMEOUT,
+                    _START_GRACE + CLOSE_TIMEOUT,
                 )
         self._close_blocking()
 
@@ -264,11 +273,18 @@ class DaskTaskRunner(TaskRunner):
         elif self.existing_cluster is not None:
             target = self.existing_cluster.scheduler_address
         else:
-            self._cluster = await self._start_cluster()
+            self._cluster = await start_cluster(
+                self._factory,
+                self.cluster_class,
+                self.cluster_kwargs,
+                self.adapt_kwargs,
+                self._start_advice,
+            )
             # A synchronous cluster runs on a loop of its own: the client, on this one,
             # reaches it by its address.
-            synchronous = _synchronous(self._cluster)
-            target = self._cluster.scheduler_address if synchronous else self._cluster
+            target = (
+                self._cluster.scheduler_address if synchronous(self._cluster) else self._cluster
+            )
         client = None
         try:
             client = distributed.Client(  # type: ignore[no-untyped-call]
@@ -277,8 +293,8 @@ class DaskTaskRunner(TaskRunner):
             self._client = await client
         except Exception as exc:
             if client is not None:  # not left to its __del__, which needs this loop
-                await _close_quietly(client)
-            where = target if isinstance(target, str) else _address_of(target)
+                await close_quietly(client)
+            where = target if isinstance(target, str) else address_of(target)
             raise ClusterError(self._connect_failure(where, exc)) from exc
         self._limits = ClusterLimits.of_client(self._client)
 
@@ -300,65 +316,6 @@ class DaskTaskRunner(TaskRunner):
             f"could not connect to the Dask scheduler{whose} at {where!r} "
             f"({type(exc).__name__}: {exc}){hint}"
         )
-
-    async def _start_cluster(self) -> Any:
-        what = _describe(self.cluster_class)
-        factory = self._factory
-        kwargs = dict(self.cluster_kwargs)
-        if _is_local_cluster(factory) and _takes(factory, "scheduler_kwargs"):
-            # orchestr, not Dask, decides what happens after a worker dies (Crashed, then
-            # the task's retries): the scheduler must not run the call again first.
-            scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
-            scheduler_kwargs.setdefault("allowed_failures", 0)
-            kwargs["scheduler_kwargs"] = scheduler_kwargs
-        made: Any = None
-        try:
-            if _takes(factory, "asynchronous"):
-                made = cluster = factory(asynchronous=True, **kwargs)
-                # (A factory may take the keyword and still make a synchronous cluster,
-                # which is awaitable too but not on this loop.)
-                if inspect.isawaitable(cluster) and not _synchronous(cluster):
-                    cluster = await cluster
-            else:
-                # A factory that makes a synchronous cluster (as prefect-dask calls it:
-                # factory(**cluster_kwargs)) blocks while it starts: in a thread.
-                cluster = await _made_in_a_thread(factory, kwargs)
-        except BaseException as exc:  # failed, or cancelled (see _abort_start)
-            if made is not None and not inspect.iscoroutine(made):
-                # Started half-way: a LocalCluster whose workers fail to start has its
-                # scheduler listening already, and Dask leaves it so.
-                await _close_half_started(made)
-            if not isinstance(exc, Exception):
-                raise
-            given = f" with cluster_kwargs {self.cluster_kwargs!r}" if self.cluster_kwargs else ""
-            advice = self._start_advice or "; check the cluster's arguments"
-            raise ClusterError(
-                f"the Dask cluster {what} could not be started{given} ({_causes(exc)}){advice}"
-            ) from exc
-        if not hasattr(cluster, "scheduler_address"):
-            raise ClusterError(
-                f"cluster_class {what} of DaskTaskRunner made a {type(cluster).__name__}, "
-                "not a Dask cluster (it has no scheduler_address): it must return a cluster "
-                "such as distributed.LocalCluster(**kwargs)"
-            )
-        try:
-            if self.adapt_kwargs is not None:
-                adapt_kwargs = self.adapt_kwargs
-                if _synchronous(cluster):
-                    await asyncio.to_thread(lambda: cluster.adapt(**adapt_kwargs))
-                else:
-                    adapting = cluster.adapt(**adapt_kwargs)
-                    if inspect.isawaitable(adapting):
-                        await adapting
-        except BaseException as exc:
-            await _close(cluster)
-            if not isinstance(exc, Exception):
-                raise
-            raise ClusterError(
-                f"the Dask cluster {what} could not be made adaptive with adapt_kwargs "
-                f"{self.adapt_kwargs!r} ({type(exc).__name__}: {exc})"
-            ) from exc
-        return cluster
 
     def limit_backend(self) -> ClusterLimits | None:
         """Tag limits, ``concurrency()`` and ``rate_limit()`` hold across the cluster
@@ -394,8 +351,8 @@ class DaskTaskRunner(TaskRunner):
         limits, self._limits = self._limits, None
         try:
             if limits is not None:  # the last requests of waits given up, if they matter
-                bridge.run_blocking(limits.settle(wait=cluster is None), _CLOSE_TIMEOUT)
-            bridge.run_blocking(_close_all(client, cluster), _CLOSE_TIMEOUT)
+                bridge.run_blocking(limits.settle(wait=cluster is None), CLOSE_TIMEOUT)
+            bridge.run_blocking(close_all(client, cluster), CLOSE_TIMEOUT)
         except Exception as exc:  # never fails a run: it has finished
             logging.getLogger("orchestr").warning(
                 "closing the Dask client or cluster of %r failed: %s: %s",
@@ -496,14 +453,14 @@ class DaskTaskRunner(TaskRunner):
         return self._configuration() == other._configuration()
 
     def __hash__(self) -> int:
-        return hash((type(self), self.address, _describe(self.cluster_class)))
+        return hash((type(self), self.address, describe(self.cluster_class)))
 
     def __repr__(self) -> str:
         if self.address is not None:
             return f"DaskTaskRunner(address={self.address!r})"
         if self.existing_cluster is not None:
             return f"DaskTaskRunner(cluster={self.existing_cluster!r})"
-        shown = [f"cluster_class={_describe(self.cluster_class)}"]
+        shown = [f"cluster_class={describe(self.cluster_class)}"]
         if self.cluster_kwargs:
             shown.append(f"cluster_kwargs={self.cluster_kwargs!r}")
         if self.adapt_kwargs is not None:
@@ -571,248 +528,3 @@ def _start_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
     """The logger of the flow run starting the runner (its lines carry the run)."""
     run = flow_run_var.get()
     return logging.getLogger("orchestr.dask") if run is None else flow_run_logger(run.record)
-
-
-async def _close_all(client: distributed.Client | None, cluster: Any) -> None:
-    try:
-        if client is not None:
-            await client.close()  # type: ignore[no-untyped-call]
-    finally:
-        if cluster is not None:
-            await _close(cluster)
-
-
-async def _close_quietly(client: distributed.Client) -> None:
-    try:
-        await client.close()  # type: ignore[no-untyped-call]
-    except Exception:
-        pass  # a client that never connected: what made it fail is reported instead
-
-
-async def _close(cluster: Any) -> None:
-    if _synchronous(cluster):
-        await asyncio.to_thread(cluster.close)  # blocks while its own loop closes it
-        return
-    closing = cluster.close()
-    if inspect.isawaitable(closing):
-        await closing
-
-
-async def _made_in_a_thread(factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
-    """``factory(**kwargs)`` in a thread. Cancelled, it still waits (a while) for the
-    cluster being made, to close it: a thread cannot be stopped half-way, and what it
-    makes would be left running."""
-    making = asyncio.ensure_future(asyncio.to_thread(lambda: factory(**kwargs)))
-    try:
-        return await asyncio.shield(making)
-    except asyncio.CancelledError:
-        try:
-            made = await asyncio.wait_for(asyncio.shield(making), _CLOSE_TIMEOUT)
-        except BaseException:  # failed, or took too long: nothing more to do here
-            pass
-        else:
-            await _close_half_started(made)
-        raise
-
-
-def _synchronous(cluster: Any) -> bool:
-    """Whether ``cluster`` was made synchronous (its methods block, on a loop of its own)
-    rather than asynchronous on this loop; a cluster that does not say is taken as
-    asynchronous, its methods' awaitables awaited."""
-    try:
-        return cluster.asynchronous is False  # type: ignore[no-any-return]
-    except Exception:
-        return False
-
-
-def _takes(factory: Callable[..., Any], keyword: str) -> bool:
-    """Whether ``factory`` may be called with ``keyword`` (it names it or takes
-    ``**kwargs``); True when its signature cannot be read."""
-    try:
-        parameters = inspect.signature(factory).parameters.values()
-    except (TypeError, ValueError):
-        return True
-    return any(
-        p.kind is p.VAR_KEYWORD
-        or (p.name == keyword and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
-        for p in parameters
-    )
-
-
-async def _close_half_started(cluster: Any) -> None:
-    try:
-        await asyncio.wait_for(_close(cluster), _CLOSE_TIMEOUT)
-    except Exception as exc:  # the start's own failure is what gets reported
-        logging.getLogger("orchestr").warning(
-            "closing the Dask cluster that failed to start failed: %s: %s",
-            type(exc).__name__,
-            exc,
-        )
-
-
-def _local_cluster() -> Any:
-    return distributed.LocalCluster
-
-
-def _is_local_cluster(factory: Any) -> bool:
-    return isinstance(factory, type) and issubclass(factory, _local_cluster())
-
-
-# Keyword arguments orchestr sets itself, and what to do instead.
-_RESERVED = {
-    "cluster_kwargs": {
-        "asynchronous": "orchestr starts the cluster asynchronously, on a loop of its own",
-    },
-    "client_kwargs": {
-        "address": "give the scheduler as address= of DaskTaskRunner",
-        "asynchronous": "orchestr's client is asynchronous, on a loop of its own",
-        "timeout": "use connect_timeout= of DaskTaskRunner",
-    },
-}
-_ADDRESS_EXAMPLE = "'tcp://127.0.0.1:8786'"
-
-
-def _keywords(what: str, value: Any) -> dict[str, Any] | None:
-    """``value`` (a ``*_kwargs`` option) as a dict of keyword arguments, checked."""
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise UsageError(
-            f"{what} of DaskTaskRunner must be a dict of keyword arguments, got "
-            f"{type(value).__name__}"
-        )
-    for key in value:
-        if not isinstance(key, str) or not key.isidentifier():
-            raise UsageError(
-                f"{what} of DaskTaskRunner must map keyword names to values, got the key {key!r}"
-            )
-        instead = _RESERVED.get(what, {}).get(key)
-        if instead is not None:
-            raise UsageError(f"{what} of DaskTaskRunner cannot set {key!r}: {instead}")
-    return dict(value)
-
-
-def _check_adapt(adapt_kwargs: Mapping[str, Any]) -> None:
-    low: Any = adapt_kwargs.get("minimum")
-    high: Any = adapt_kwargs.get("maximum")
-    # Counts of workers: Dask takes a negative or a non-number here and fails later, in
-    # its adaptive loop, where nobody sees it (the cluster just never scales).
-    for key, value in (("minimum", low), ("maximum", high)):
-        if value is None:
-            continue
-        finite = key == "minimum"  # (maximum may be inf: no upper bound)
-        if not is_number(value) or not value >= 0 or (finite and value == float("inf")):
-            raise UsageError(
-                f"adapt_kwargs[{key!r}] of DaskTaskRunner must be a number of workers "
-                f">= 0{' (finite)' if finite else ''}, got {value!r}"
-            )
-    if is_number(low) and is_number(high) and low > high:
-        raise UsageError(
-            f"adapt_kwargs of DaskTaskRunner ask for at least {low!r} workers (minimum) and "
-            f"at most {high!r} (maximum): the minimum must not exceed the maximum"
-        )
-
-
-def _check_address(address: Any) -> None:
-    """A clear error now for what Dask would refuse only when the flow runs."""
-    if not isinstance(address, str) or not address.strip():
-        raise UsageError(
-            f"address of DaskTaskRunner must be a scheduler address such as "
-            f"{_ADDRESS_EXAMPLE}, got {address!r}"
-        )
-    try:
-        scheme, _ = parse_address(address, strict=False)
-        get_backend(scheme)
-        if scheme in ("tcp", "tls", "ws", "wss"):  # host:port addresses
-            get_address_host_port(address)
-    except ValueError as exc:
-        raise UsageError(
-            f"address {address!r} of DaskTaskRunner is not a Dask scheduler address ({exc}); "
-            f"write it as {_ADDRESS_EXAMPLE}"
-        ) from None
-
-
-def _cluster_factory(cluster_class: str | Callable[..., Any] | None) -> Callable[..., Any]:
-    """What makes the temporary cluster; a clear error for what cannot."""
-    if cluster_class is None:
-        return _local_cluster()  # type: ignore[no-any-return]
-    if isinstance(cluster_class, str):
-        if "://" in cluster_class:
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner looks like a scheduler "
-                f"address: to use an existing scheduler, pass it as address={cluster_class!r} "
-                "(cluster_class is the first positional argument)"
-            )
-        module_name, _, name = cluster_class.rpartition(".")
-        if not module_name or not name:
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner is not an import path; "
-                "write it as 'package.module.ClassName' (e.g. 'distributed.LocalCluster')"
-            )
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as exc:
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
-                f"module {module_name!r} is not importable ({exc}); is it installed?"
-            ) from None
-        except Exception as exc:  # the module itself failed (or the path is malformed)
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
-                f"importing module {module_name!r} raised {type(exc).__name__}: {exc}"
-            ) from exc
-        try:
-            found = getattr(module, name)
-        except AttributeError:
-            raise UsageError(
-                f"cluster_class {cluster_class!r} of DaskTaskRunner cannot be imported: "
-                f"module {module_name!r} has no {name!r}"
-            ) from None
-        return _checked_factory(found, f"cluster_class {cluster_class!r}")
-    return _checked_factory(cluster_class, "cluster_class")
-
-
-def _checked_factory(found: Any, what: str) -> Callable[..., Any]:
-    if isinstance(found, type) and not hasattr(found, "scheduler_address"):
-        raise UsageError(
-            f"{what} of DaskTaskRunner is the class {found.__module__}.{found.__qualname__}, "
-            "which is not a Dask cluster class (it has no scheduler_address); give one such "
-            "as distributed.LocalCluster, its import path, or a function that makes a cluster"
-        )
-    if not callable(found):
-        instead = (
-            "; to use an existing cluster object, pass it as cluster="
-            if hasattr(found, "scheduler_address")
-            else ""
-        )
-        raise UsageError(
-            f"{what} of DaskTaskRunner must be a cluster class, its import path, or a "
-            f"function that makes a cluster, got a {type(found).__name__}{instead}"
-        )
-    return found  # type: ignore[no-any-return]
-
-
-def _causes(exc: BaseException) -> str:
-    """``exc`` and what caused it, innermost last: Dask wraps the real reason (a worker
-    refusing an unknown keyword) in "Nanny failed to start"."""
-    shown = [f"{type(exc).__name__}: {exc}"]
-    seen = {id(exc)}
-    cause = exc.__cause__ or (None if exc.__suppress_context__ else exc.__context__)
-    while cause is not None and id(cause) not in seen and len(shown) < 4:
-        seen.add(id(cause))
-        shown.append(f"{type(cause).__name__}: {cause}")
-        cause = cause.__cause__ or (None if cause.__suppress_context__ else cause.__context__)
-    return ", caused by ".join(shown)
-
-
-def _describe(cluster_class: Any) -> str:
-    if cluster_class is None:
-        return "distributed.LocalCluster"
-    if isinstance(cluster_class, str):
-        return cluster_class
-    module = getattr(cluster_class, "__module__", "?")
-    return f"{module}.{getattr(cluster_class, '__qualname__', cluster_class)}"
-
-
-def _address_of(cluster: Any) -> str:
-    return str(getattr(cluster, "scheduler_address", cluster))
