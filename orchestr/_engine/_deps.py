@@ -17,7 +17,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._logging import flow_run_logger
@@ -625,11 +625,11 @@ def flow_after_upstreams(
     it would block the loop (even when they have finished: such code must fail every
     time).
     """
+    waiting = _FlowAfterUpstreams(flow, upstreams, args, kwargs, return_state, call)
     if flow.is_async and in_async_code():
-        return _flow_after_upstreams_async(flow, upstreams, args, kwargs, return_state, call)
+        return waiting.run_async()
     if flow.is_async and outside_any_run():  # as the flow itself: for asyncio.run()
-        coroutine = _flow_after_upstreams_async(flow, upstreams, args, kwargs, return_state, call)
-        return unawaited(coroutine, f"flow {flow.name!r}")
+        return unawaited(waiting.run_async(), f"flow {flow.name!r}")
     if list.__len__(upstreams) and in_async_code() and flow_run_var.get() is not None:
         # (States need no wait; outside any run no loop here runs the futures' runs.)
         raise BlockingCallError(
@@ -642,41 +642,48 @@ def flow_after_upstreams(
         if future._final is None:
             _refuse_self_wait(future)
             future._wait_blocking(None)
-    return _run_unless_blocked(flow, upstreams, args, kwargs, return_state, call)
+    return waiting.run_or_not()
 
 
-async def _flow_after_upstreams_async(
-    flow: Flow[Any, Any],
-    upstreams: Dependencies,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    return_state: bool,
-    call: FlowCall,
-) -> Any:
-    for future, _ in upstreams:
-        if future._final is None:
-            _refuse_self_wait(future)
-            await future._wait_async()
-    blocked = _flow_blocked(upstreams)
-    if blocked is not None:
-        return _not_run_flow(flow, blocked, return_state)
-    args, kwargs = resolve_arguments(args, kwargs, upstreams)
-    return await call(args, kwargs, return_state)
+class _FlowAfterUpstreams:
+    """A flow call held until its upstreams are final: what it was called with, kept
+    once for both the blocking and the awaiting path."""
 
+    __slots__ = ("args", "call", "flow", "kwargs", "return_state", "upstreams")
 
-def _run_unless_blocked(
-    flow: Flow[Any, Any],
-    upstreams: Dependencies,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    return_state: bool,
-    call: FlowCall,
-) -> Any:
-    blocked = _flow_blocked(upstreams)
-    if blocked is not None:
-        return _not_run_flow(flow, blocked, return_state)
-    args, kwargs = resolve_arguments(args, kwargs, upstreams)
-    return call(args, kwargs, return_state)
+    def __init__(
+        self,
+        flow: Flow[Any, Any],
+        upstreams: Dependencies,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        return_state: bool,
+        call: FlowCall,
+    ) -> None:
+        self.flow = flow
+        self.upstreams = upstreams
+        self.args = args
+        self.kwargs = kwargs
+        self.return_state = return_state
+        self.call = call
+
+    def run_or_not(self) -> Any:
+        """With every upstream final: the flow's call (a coroutine, for an async flow)
+        with its arguments resolved, or its NotRun outcome."""
+        blocked = _flow_blocked(self.upstreams)
+        if blocked is not None:
+            return _not_run_flow(self.flow, blocked, self.return_state)
+        args, kwargs = resolve_arguments(self.args, self.kwargs, self.upstreams)
+        return self.call(args, kwargs, self.return_state)
+
+    async def run_async(self) -> Any:
+        for future, _ in self.upstreams:
+            if future._final is None:
+                _refuse_self_wait(future)
+                await future._wait_async()
+        outcome = self.run_or_not()
+        # The async flow's call is a coroutine; a NotRun State is not (and is returned).
+        return await outcome if isinstance(outcome, Coroutine) else outcome
 
 
 def _flow_blocked(upstreams: Dependencies) -> TaskFuture[Any] | State[Any] | None:
