@@ -110,3 +110,54 @@ def test_an_interrupt_the_body_raises_reaches_the_caller(
 
     with pytest.raises(INTERRUPTS[raised]):
         call(backend, flow_kind, main, return_state=True)
+
+
+INLINE_CALLS = [
+    ("sync", "sync"),  # task(x) in a sync flow's body
+    ("sync", "async"),  # a sync task called inline on the loop (no futures: allowed)
+    ("async", "async"),  # await task(x)
+    ("async", "sync"),  # an async task called inline by sync code: on the run's loop
+]
+
+
+@pytest.mark.parametrize(("task_kind", "flow_kind"), INLINE_CALLS)
+@pytest.mark.parametrize("raised", list(INTERRUPTS))
+def test_a_body_that_catches_an_inline_tasks_interrupt_has_seen_it(
+    backend: str, task_kind: str, flow_kind: str, raised: str
+) -> None:
+    """An inline call runs in the body's own thread: its interrupt reaches the body as
+    itself. A body that catches it has seen the run's end (as it would a failure's), so
+    the flow completes with what the body returns; the run stays Crashed in the record."""
+    crashing = sync_raises if task_kind == "sync" else async_raises
+    if flow_kind == "sync":
+
+        @flow
+        def main() -> str:
+            try:
+                crashing(raised)
+            except BaseException as exc:
+                return f"caught {type(exc).__name__}"
+            return "not raised"
+
+    else:
+
+        @flow  # type: ignore[no-redef]
+        async def main() -> str:
+            try:
+                if task_kind == "async":
+                    await crashing(raised)
+                else:
+                    crashing(raised)
+            except BaseException as exc:
+                return f"caught {type(exc).__name__}"
+            return "not raised"
+
+    state: State[Any] = call(backend, flow_kind, main, return_state=True)
+    assert state.type is StateType.COMPLETED, state
+    # An async task that sync code calls runs on a loop of its own thread, not the
+    # body's: its interrupt comes back as a crash, as a submitted run's does.
+    seen = "CrashedError" if (task_kind, flow_kind) == ("async", "sync") else raised
+    assert state.result() == f"caught {seen}"
+    (run,) = state.record.task_runs
+    assert run.state_type is StateType.CRASHED
+    assert run.observed

@@ -146,7 +146,14 @@ async def _call_inline(
     if state is None and upstreams.needs_resolving:
         args, kwargs, state = _resolved(record, args, kwargs, upstreams)
     if state is None:
-        state = await run_attempts(run, task, record, None, args, kwargs, driver)
+        try:
+            state = await run_attempts(run, task, record, None, args, kwargs, driver)
+        except BaseException:
+            # The run's own KeyboardInterrupt or SystemExit reaches the caller as itself
+            # (an inline run is the caller's code): its Crashed end has been seen.
+            if record.state_type.is_final:
+                _observe(record)
+            raise
     return _deliver(record, state, return_state)
 
 
