@@ -174,6 +174,7 @@ class AsyncDriver:
             raise AttemptTimedOut(timeout, abandoned=False)
         assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
+        call = None
         try:
             call = task_call(run, task, record, args, kwargs)
             with anyio.CancelScope() as scope:
@@ -201,6 +202,8 @@ class AsyncDriver:
                 maybe_unstarted=not runner.reports_start,
             )
         finally:
+            if call is not None and call.stopped_events:  # its cleanups, far away
+                run.record.events.extend(call.stopped_events)
             self.give_back()
 
     def give_back(self) -> None:

@@ -225,7 +225,17 @@ def _identity(
 class Call(_Value):
     """One attempt of a task run, for an executor: ``fn(*args, **kwargs)``."""
 
-    __slots__ = ("fn", "args", "kwargs", "identity", "key", "backend", "resources", "abandoned")
+    __slots__ = (
+        "fn",
+        "args",
+        "kwargs",
+        "identity",
+        "key",
+        "backend",
+        "resources",
+        "abandoned",
+        "stopped_events",
+    )
 
     def __init__(
         self,
@@ -237,6 +247,7 @@ class Call(_Value):
         backend: str = "asyncio",
         resources: Mapping[str, float] | None = None,
         abandoned: bool = False,
+        stopped_events: list[RunEvent] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -251,6 +262,10 @@ class Call(_Value):
         #: Set by a runner whose run() was cancelled while the call ran and could not be
         #: stopped (a thread): it goes on, abandoned, and its outcome is dropped.
         self.abandoned = abandoned
+        #: Set by a runner whose run() was cancelled while the call ran and that stopped
+        #: it there softly (a worker process interrupts it): the run events of the
+        #: resource blocks it cleaned up as it stopped, which its flow run records.
+        self.stopped_events = stopped_events
 
     @property
     def is_async(self) -> bool:

@@ -171,10 +171,13 @@ def far_side(
     key: str,
     advice: str = "return plain data",
     on_running: Callable[[], object] | None = None,
+    prepare: Callable[[Call], object] | None = None,
 ) -> bytes:
     """Rebuild the call ``payload``, run it, and return its pickled outcome; never
     raises. A result that does not pickle becomes an error ending with ``advice``.
-    ``on_running`` is called as the task's function starts (see ``run_call``)."""
+    ``on_running`` is called as the task's function starts (see ``run_call``);
+    ``prepare`` is given the rebuilt call first, to change how it runs (a process
+    pool's worker wraps its function so that a stop can interrupt it)."""
     try:
         call = load_call(payload)
     except BaseException as exc:
@@ -186,6 +189,8 @@ def far_side(
             )
         )
     else:
+        if prepare is not None:
+            prepare(call)
         outcome = run_call(call, on_running)
     try:
         return dumps(outcome._getter(outcome))

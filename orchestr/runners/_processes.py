@@ -13,11 +13,20 @@ worker never waits for the round trip between calls).
   hears a call end sends the next one at once: a worker's next call does not wait for
   the event loop to come round (the loop, which every call's engine work also needs, is
   what limits a pool of fast calls).
-- **Stopping a call** that has started ends its worker and the processes it started
-  (the worker's process group, SIGKILL) and a new worker takes its place when needed; a
-  call still queued on a worker is skipped there instead. The worker decides which (its
-  receiver thread knows what runs), so a stop never hits the call after the one meant;
-  a worker that cannot act on it within ``_STOP_GRACE`` is killed from here.
+- **Stopping a call** (its timeout, ``fut.cancel()``, its flow run cancelled) that has
+  started is soft first: the worker interrupts the call inside its own code, so that its
+  resource blocks clean up, sends its outcome (with their events) and then ends with the
+  processes it started (its process group, SIGKILL); a new worker takes its place when
+  needed. The stopped ``run()`` waits for that, shielded (a second signal to the flow
+  run ends the wait and kills the worker), hands the events to the engine
+  (``Call.stopped_events``) and raises its cancellation as before: the task run ends
+  ``TimedOut`` or ``Cancelled``, after its cleanups. A call still queued on a worker is
+  skipped there instead. The worker decides which (its receiver thread knows what runs),
+  so a stop never hits the call after the one meant. A worker that does not answer a
+  stop within ``_STOP_GRACE`` (a C call holding the GIL) is killed from here, and one
+  that answered is killed if its call has not ended within the grace the stop names:
+  the cleanup timeout setting plus ``_STOP_GRACE`` (the worker ends itself then; this is
+  the backstop).
 - **A worker that dies** (``os._exit``, a signal, out of memory) crashes the call it was
   running (``Outcome.crashed``); calls queued behind it go to another worker.
 - **Loop-agnostic**: completions reach the awaiting call through its loop's
@@ -32,8 +41,9 @@ threads), else ``spawn``: code that creates a flow run with this runner must sit
 Each worker leads a process group of its own, so a Ctrl-C at the terminal does not reach
 it (the flow run decides what a Ctrl-C stops); workers end soon after this process does,
 however it ends. What runs in a worker is in ``_worker.py``; the messages: to a worker
-"call", "skip" (asked back), "stop" (cancelled) and None (end); from it "start", "done",
-"skipped" and "log".
+"call", "skip" (asked back), "stop" (cancelled, with its grace in seconds) and None
+(end); from it "start", "running", "stopping" (a stop of the running call has begun: the
+worker ends after it), "done", "skipped" and "log".
 """
 
 from __future__ import annotations
@@ -49,9 +59,11 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
+from .._engine._context import flow_run_var
 from .._engine._loop import LoopHandle
 from .._logging import handle_shipped_record
 from ..exceptions import UsageError, WorkerLostError
+from ..settings import get_settings
 from ._base import CallBound, TaskRunner, checked_bound
 from ._call import Call, Outcome, call_started
 from ._pickling import PROTOCOL as _PROTOCOL
@@ -65,7 +77,13 @@ __all__ = ["ProcessPoolTaskRunner"]
 
 _DEPTH = 2  # calls in flight per worker
 _STOP_TIMEOUT = 5.0  # a worker asked to stop that has not within this is killed
-_STOP_GRACE = 2.0  # a call told to stop that still runs after this: its worker is killed
+# A worker that has not answered a stop within this is killed; one that answered has the
+# cleanup timeout plus this (for the interrupt to land and the call to unwind) to end it.
+_STOP_GRACE = 2.0
+# How long a stopped run() waits for the worker's answer before it raises at once (and
+# the worker is killed in the background, after _STOP_GRACE): a worker that cannot answer
+# (its call holds the GIL) must not delay the run's TimedOut or Cancelled by much.
+_STOP_ANSWER = 0.5
 
 
 class ProcessPoolTaskRunner(TaskRunner):
@@ -153,9 +171,12 @@ class _Waiter:
     """A call sent to a worker, and the caller waiting for its outcome."""
 
     __slots__ = (
+        "acked",
+        "answered",
         "asker",
         "cancelled",
         "event",
+        "grace",
         "key",
         "loop",
         "moving",
@@ -176,16 +197,50 @@ class _Waiter:
         self.cancelled = False
         self.moving = False  # asked back from a busy worker, for an idle one
         self.asker: _Worker | None = None  # that idle one (None: the place of a dead one)
+        # Once cancelled (set by run(), on the loop, before the stop can be sent): how
+        # long its worker may take to stop it, whether the worker said it is stopping it,
+        # and the event that says so (or that the call settled).
+        self.grace = _STOP_GRACE
+        self.acked = False
+        self.answered: anyio.Event | None = None
 
     def deliver(self, outcome: Outcome) -> None:
         self.outcome = outcome
-        self.loop.call_soon(self.event.set)
+        self.loop.call_soon(self._woken)
+
+    def wake(self) -> None:
+        """The call is settled without an outcome (skipped, withdrawn, its worker gone):
+        a stopped run() waiting for it stops waiting."""
+        self.loop.call_soon(self._woken)
+
+    def _woken(self) -> None:
+        self.event.set()
+        if self.answered is not None:
+            self.answered.set()
+
+    def heard_stopping(self) -> None:
+        self.acked = True
+        answered = self.answered
+        if answered is not None:
+            self.loop.call_soon(answered.set)
 
 
 class _Worker:
     """One worker process and what it has in flight."""
 
-    __slots__ = ("conn", "dead", "heard", "inflight", "pid", "process", "send_lock", "started")
+    __slots__ = (
+        "conn",
+        "dead",
+        "ending",
+        "heard",
+        "inflight",
+        "pid",
+        "process",
+        "send_lock",
+        "started",
+        "stopping",
+        "timers",
+    )
 
     def __init__(self, process: Any, conn: Connection) -> None:
         self.process = process
@@ -198,8 +253,15 @@ class _Worker:
         # Whether it ever sent a message: one that exits first failed to start (and so
         # would the next), so its calls crash instead of moving to a new worker for ever.
         self.heard = False
+        # It is stopping a call (the keys it said so for), and ends after it: nothing
+        # more is placed on it.
+        self.stopping: set[str] = set()
+        self.ending = False
+        # The backstops of the stops it answered (as long as their grace): cancelled
+        # when it is gone, which is soon, as it ends after such a stop.
+        self.timers: list[threading.Timer] = []
 
-    def send(self, message: tuple[str, str, bytes | None] | None) -> None:
+    def send(self, message: tuple[str, str, bytes | float | None] | None) -> None:
         data = pickle.dumps(message, protocol=_PROTOCOL)
         with self.send_lock:
             self.conn.send_bytes(data)
@@ -247,7 +309,13 @@ class _Pool:
         try:
             await waiter.event.wait()
         except BaseException:  # cancelled: a timeout, fut.cancel(), the run cancelled
-            self._cancel(waiter)
+            # (Both before the stop can be sent: the sender reads them.)
+            waiter.grace = get_settings().cleanup_timeout_seconds + _STOP_GRACE
+            waiter.answered = anyio.Event()
+            if self._cancel(waiter):
+                stopped = await self._settle(waiter)
+                if stopped is not None and stopped.events:
+                    call.stopped_events = stopped.events  # the engine records them
             raise
         if waiter.outcome is None:  # still waiting here when the pool was shut down
             raise _shut_down()
@@ -266,6 +334,7 @@ class _Pool:
             )
         if withdrawn:
             self._slot_freed()
+            waiter.wake()
             return
         try:
             worker.send(("call", waiter.key, waiter.payload))
@@ -282,7 +351,7 @@ class _Pool:
     def _place(self, waiter: _Waiter) -> _Worker:
         """Put a call that holds a slot on the least busy live worker (starting one if
         there is room); with the lock held. The caller sends it, outside the lock."""
-        live = [w for w in self._workers if not w.dead]
+        live = [w for w in self._workers if not w.dead and not w.ending]
         worker = min(live, key=lambda w: len(w.inflight), default=None)
         if worker is None or (len(worker.inflight) and len(live) < self._max):
             worker = self._start_worker()
@@ -302,6 +371,7 @@ class _Pool:
             worker = None if cancelled else self._place(waiter)
         if worker is None:
             self._slot_freed()
+            waiter.wake()
         else:
             self._send(worker, waiter)
 
@@ -327,36 +397,68 @@ class _Pool:
         if sent is not None:
             self._send(*sent)
 
-    def _cancel(self, waiter: _Waiter) -> None:
+    def _cancel(self, waiter: _Waiter) -> bool:
+        """Whether the cancelled call may be running on a worker: its run() then waits
+        for it to settle (see _settle)."""
         with self._lock:
             if waiter.outcome is not None:
-                return
+                return False
             waiter.cancelled = True  # still in _pending: skipped there
             worker = waiter.worker
+            if worker is None or worker.dead:
+                return False
             # Not sent yet (placed by another thread, which sends it now): the sender
-            # sees it cancelled once it has sent it, and stops it then.
-            if worker is None or worker.dead or not waiter.sent:
-                return
+            # sees it cancelled once it has sent it, and stops it then (or withdraws it).
+            if not waiter.sent:
+                return True
         self._stop(worker, waiter)
+        return True
+
+    async def _settle(self, waiter: _Waiter) -> Outcome | None:
+        """A cancelled call that may be running: wait, shielded, until it is settled
+        (skipped, withdrawn, its outcome back, or its worker gone), so that the task
+        run ends after the call's cleanups; its outcome, if it sent one (with the events
+        of its blocks).
+        Waits ``_STOP_ANSWER`` for the worker to say it is stopping the call, then the
+        stop's grace (or until a second signal escalates the flow run's cancellation:
+        the worker is killed then)."""
+        assert waiter.answered is not None
+        run = flow_run_var.get()
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(_STOP_ANSWER):
+                await waiter.answered.wait()
+            if waiter.acked and not waiter.event.is_set():
+                bound = waiter.grace + _STOP_GRACE + _STOP_TIMEOUT  # the backstop's, and more
+                with run.grace_period(bound) if run is not None else anyio.move_on_after(bound):
+                    await waiter.event.wait()
+        worker = waiter.worker
+        if waiter.acked and not waiter.event.is_set() and worker is not None:
+            self._stop_overdue(worker, waiter.key, answered=True)
+        return waiter.outcome
 
     def _stop(self, worker: _Worker, waiter: _Waiter) -> None:
         """Tell ``worker`` to stop the cancelled call ``waiter``. The worker skips the
-        call if it is still queued there, or ends itself if it runs it; if it has
-        finished it, nothing happens. Killing it from here could hit the next call, when
-        the outcome of this one is on its way."""
+        call if it is still queued there, or stops it if it runs it (answering
+        "stopping"); if it has finished it, nothing happens. Killing it from here could
+        hit the next call, when the outcome of this one is on its way: only a worker
+        that does not answer is killed from here (see _stop_overdue)."""
         try:
-            worker.send(("stop", waiter.key, None))
+            worker.send(("stop", waiter.key, waiter.grace))
         except OSError:  # it died: nothing runs there any more
             return
-        timer = threading.Timer(_STOP_GRACE, self._stop_overdue, (worker, waiter.key))
-        timer.daemon = True
-        timer.start()
+        _timer(_STOP_GRACE, self._stop_overdue, worker, waiter.key)  # (short: not kept)
 
-    def _stop_overdue(self, worker: _Worker, key: str) -> None:
-        """A worker told to stop a call still runs it (it holds the GIL in native code,
-        say): kill it from here."""
+    def _stop_overdue(self, worker: _Worker, key: str, answered: bool = False) -> None:
+        """A worker told to stop a call still runs it: kill it from here if it never
+        said it was stopping it (it holds the GIL in native code, say), or, ``answered``,
+        even if it did (the call outlived the stop's grace, and the worker, which should
+        have ended itself then, did not)."""
         with self._lock:
-            overdue = not worker.dead and key in worker.started
+            overdue = (
+                not worker.dead
+                and key in worker.started
+                and (answered or key not in worker.stopping)
+            )
         if overdue:
             self._kill(worker)
 
@@ -408,8 +510,22 @@ class _Pool:
             if kind == "running":  # its function starts: its timeout counts from now
                 call_started(key)
                 continue
+            if kind == "stopping":
+                self._stopping(worker, key)
+                continue
             self._note(worker, kind, key, body)
         self._gone(worker)
+
+    def _stopping(self, worker: _Worker, key: str) -> None:
+        """The worker is stopping the call ``key`` and ends after it."""
+        with self._lock:
+            worker.ending = True
+            worker.stopping.add(key)
+            waiter = worker.inflight.get(key)
+        if waiter is not None:
+            waiter.heard_stopping()
+            late = _timer(waiter.grace + _STOP_GRACE, self._stop_overdue, worker, key, True)
+            worker.timers.append(late)
 
     def _note(self, worker: _Worker, kind: str, key: str | None, body: Any) -> None:
         move = False
@@ -428,7 +544,7 @@ class _Pool:
                 worker.inflight.pop(key, None)  # type: ignore[arg-type]
                 worker.started.discard(key)  # type: ignore[arg-type]
                 move = kind == "skipped" and waiter is not None and not waiter.cancelled
-                if not worker.inflight and not worker.dead and not self._closed:
+                if not (worker.inflight or worker.dead or worker.ending or self._closed):
                     steal = self._queued_elsewhere(worker)
         if steal is not None:
             self._ask_back(*steal)
@@ -436,8 +552,12 @@ class _Pool:
             assert waiter is not None
             self._redispatch(waiter)
         elif kind in ("done", "skipped"):
-            if kind == "done" and waiter is not None and not waiter.cancelled:
-                waiter.deliver(load_outcome(body, waiter.key))
+            if waiter is not None:
+                # A cancelled one too: its run() may wait for it (see _settle).
+                if kind == "done":
+                    waiter.deliver(load_outcome(body, waiter.key))
+                elif waiter.cancelled:
+                    waiter.wake()
             self._slot_freed()
 
     def _queued_elsewhere(self, idle: _Worker | None) -> tuple[_Worker, _Waiter] | None:
@@ -459,9 +579,9 @@ class _Pool:
         if self._closed:
             return None
         if asker is None:
-            live = sum(not w.dead for w in self._workers)
+            live = sum(not (w.dead or w.ending) for w in self._workers)
             return None if live >= self._max else self._queued_elsewhere(None)
-        if asker.dead or asker.inflight:
+        if asker.dead or asker.ending or asker.inflight:
             return None
         return self._queued_elsewhere(asker)
 
@@ -493,6 +613,8 @@ class _Pool:
             closed = self._closed
             # Its place is free: a call queued behind a busy worker can start in it.
             steal = None if closed else self._queued_elsewhere(worker)
+        for timer in worker.timers:
+            timer.cancel()
         worker.conn.close()
         if not closed:  # a closing pool releases its workers once it has joined them
             _release(worker.process)
@@ -503,7 +625,9 @@ class _Pool:
                 waiter.loop.call_soon(waiter.event.set)
             elif waiter.cancelled or waiter.key in started or closed or failed_start:
                 self._slot_freed()
-                if not waiter.cancelled:
+                if waiter.cancelled:
+                    waiter.wake()  # its run() may wait for it (see _settle)
+                else:
                     error = _lost(worker, code, waiter.key, failed_start)
                     waiter.deliver(Outcome(error=error, crashed=True))
             else:  # never started there: run it elsewhere
@@ -572,6 +696,13 @@ def _release(process: Any) -> None:
         process.close()
     except ValueError:  # not reaped (its join timed out): left to the garbage collector
         pass
+
+
+def _timer(seconds: float, fn: Any, *args: Any) -> threading.Timer:
+    timer = threading.Timer(seconds, fn, args)
+    timer.daemon = True
+    timer.start()
+    return timer
 
 
 def _kill_group(pgid: int) -> None:
