@@ -8,6 +8,7 @@ The public API is re-exported here; everything else is private (modules starting
 from typing import TYPE_CHECKING, Any
 
 from . import runtime as runtime
+from ._limits._tags import tags as tags
 from ._public import show_public_module as _show_public_module
 from .annotations import allow_failure as allow_failure
 from .annotations import opaque as opaque
@@ -75,6 +76,7 @@ __all__ = [
     "resource_manager",
     "runtime",
     "scope",
+    "tags",
     "task",
     "unmapped",
     "wait",

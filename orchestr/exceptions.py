@@ -11,6 +11,9 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     │   │                                  arguments that do not fit its signature
     │   ├── UnknownSettingError (AttributeError)
     │   │                                  override_settings() with a name that is no setting
+    │   ├── UnknownLimitError (LookupError)
+    │   │                                  concurrency() / rate_limit() with strict=True
+    │   │                                  naming a limit that is not defined
     │   ├── BlockingCallError              fut.result() on the event loop thread
     │   ├── MappingError (ValueError)      .map() over non-iterables / unequal lengths
     │   └── CyclicDependencyError          a task run that waits for itself
@@ -28,6 +31,8 @@ Catch :class:`OrchestrError` to catch them all. The tree::
     │                                      ambiguous id prefix, an unreadable database
     ├── RunTimedOut (TimeoutError)         a task or flow run exceeded timeout_seconds
     ├── FutureTimeoutError (TimeoutError)  fut.result(timeout=...) ran out of time
+    ├── LimitTimeoutError (TimeoutError)   concurrency() / rate_limit() waited longer than
+    │                                      its timeout_seconds for its limits
     ├── FailedRunsGroup (ExceptionGroup)   several failures reported together
     │   └── ResourceErrorGroup             a block's error plus its resources' cleanup
     │                                      errors, each naming its resource
@@ -72,6 +77,7 @@ __all__ = [
     "FutureTimeoutError",
     "HistoryError",
     "LeakError",
+    "LimitTimeoutError",
     "MappingError",
     "NotAFunctionError",
     "NotInFlowRunError",
@@ -94,6 +100,7 @@ __all__ = [
     "TaskRunCancelledError",
     "TaskRunError",
     "Terminated",
+    "UnknownLimitError",
     "UnknownSettingError",
     "UpstreamNotCompletedError",
     "UsageError",
@@ -129,6 +136,16 @@ class ParameterBindError(UsageError, TypeError):
 
 class UnknownSettingError(UsageError, AttributeError):
     """Raised when ``override_settings()`` is given a name that is not a setting."""
+
+
+class UnknownLimitError(UsageError, LookupError):
+    """Raised when ``concurrency(..., strict=True)``, ``rate_limit(..., strict=True)`` or
+    ``rate_limit_blocking(..., strict=True)`` names a limit that is not defined; nothing
+    was taken. ``names`` are the names without a limit of that kind."""
+
+    def __init__(self, message: str, names: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.names = names
 
 
 class BlockingCallError(UsageError):
@@ -196,6 +213,19 @@ class RunTimedOut(OrchestrError, TimeoutError):
 
 class FutureTimeoutError(OrchestrError, TimeoutError):
     """Raised when ``fut.result(timeout=...)`` ran out of time; the run goes on."""
+
+
+class LimitTimeoutError(OrchestrError, TimeoutError):
+    """Raised when ``concurrency()``, ``rate_limit()`` or ``rate_limit_blocking()`` did
+    not get its limits within its ``timeout_seconds``; nothing is held (what it had taken
+    was given back). ``names`` are the limits asked for, ``timeout`` the seconds."""
+
+    def __init__(
+        self, message: str, names: tuple[str, ...] = (), timeout: float | None = None
+    ) -> None:
+        super().__init__(message)
+        self.names = names
+        self.timeout = timeout
 
 
 class FailedRunsGroup(ExceptionGroup, OrchestrError):  # type: ignore[misc]

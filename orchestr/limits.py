@@ -12,9 +12,18 @@ A task's tags are the names of the limits on its runs::
 
 Before each attempt of a run, the engine takes a slot of each concurrency limit its tags
 name (held for the attempt, released however it ends) and then a token of each rate
-limit; over a limit, the run waits. Code can take them directly too:
-``async with concurrency("db"):`` / ``with concurrency("db"):``, and
-``await rate_limit("api")`` / ``rate_limit_blocking("api")``. ``limits(...)`` defines
+limit; over a limit, the run waits. ``with orchestr.tags("db"):`` adds tags to the runs
+created in the block, so its limits apply to them too.
+
+Code can take limits directly, with Prefect's arguments ``(names, occupy=1,
+timeout_seconds=None, *, strict=False)``: ``async with concurrency("db"):`` /
+``with concurrency(["db", "api"], occupy=2):``, and ``await rate_limit("api")`` /
+``rate_limit_blocking("api")``. Several names are taken together, in name order (so
+blocks naming the same limits in different orders cannot deadlock), each once, and
+given back together; ``timeout_seconds`` raises
+:class:`~orchestr.exceptions.LimitTimeoutError` (a ``TimeoutError``) when the wait is
+longer, holding nothing; a name with no limit does not wait, unless ``strict=True``,
+which raises :class:`~orchestr.exceptions.UnknownLimitError`. ``limits(...)`` defines
 limits for a block and then restores the previous ones (handy in tests).
 
 Limits are process-wide, shared by every flow run, event loop and thread, and enforced

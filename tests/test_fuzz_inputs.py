@@ -50,6 +50,7 @@ from orchestr import (
     allow_failure,
     flow,
     override_settings,
+    tags,
     task,
     unmapped,
 )
@@ -257,6 +258,16 @@ def outcome(call: Callable[[], Any], names: Iterable[str]) -> BaseException | No
     elif not (isinstance(error, CrashedError) and isinstance(error.__cause__, Boom)):
         assert any(name in str(error) for name in names), (names, str(error))
     return error
+
+
+def _limit_names(value: Any) -> bool:
+    """What the limit functions take as names: a non-empty string, or a list, tuple or
+    set of them (empty: nothing to take, as in Prefect)."""
+    if isinstance(value, str):
+        return value != ""
+    if isinstance(value, list | tuple | set | frozenset):
+        return all(isinstance(name, str) and name != "" for name in value)
+    return False
 
 
 def _is_real(value: Any) -> bool:
@@ -913,11 +924,7 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], list[str], Callable[[Any], b
         ["acquire()"],
         lambda v: _duration(v, zero=True),
     ),
-    "concurrency.name": (
-        lambda v: concurrency(v),
-        ["name"],
-        lambda v: isinstance(v, str) and v != "",
-    ),
+    "concurrency.name": (lambda v: concurrency(v), ["name"], _limit_names),
     "concurrency.occupy": (lambda v: concurrency("fuzz", v), ["occupy"], _count),
     "rate_limit.occupy": (
         lambda v: anyio.run(rate_limit, "fuzz-undefined", v),
@@ -929,11 +936,24 @@ CONSTRUCTORS: dict[str, tuple[Callable[[Any], Any], list[str], Callable[[Any], b
         ["occupy"],
         _count,
     ),
-    "rate_limit_blocking.name": (
-        lambda v: rate_limit_blocking(v),
-        ["name"],
-        lambda v: isinstance(v, str) and v != "",
+    "rate_limit_blocking.name": (lambda v: rate_limit_blocking(v), ["name"], _limit_names),
+    "concurrency.timeout_seconds": (
+        lambda v: _within(concurrency("fuzz-undefined", 1, v)),
+        ["timeout_seconds"],
+        lambda v: _duration(v, zero=True),
     ),
+    "rate_limit_blocking.timeout_seconds": (
+        lambda v: rate_limit_blocking("fuzz-undefined", 1, v),
+        ["timeout_seconds"],
+        lambda v: _duration(v, zero=True),
+    ),
+    "concurrency.strict": (
+        lambda v: _within(concurrency("fuzz-undefined", strict=v)),
+        ["strict"],
+        # strict=True names a limit not defined: refused too, but for that reason
+        lambda v: v is False,
+    ),
+    "tags.names": (lambda v: _within(tags(v)), ["tag"], lambda v: isinstance(v, str) and v != ""),
     "set_concurrency_limit.limit": (
         lambda v: _within(limits(concurrency={"fuzz": v})),
         ["limit"],

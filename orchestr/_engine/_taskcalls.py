@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._limits._registry import has_limits
+from .._limits._tags import tagged
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
     BlockingCallError,
@@ -88,7 +89,7 @@ def call_task_async(
     wait_for: Any,
 ) -> Coroutine[Any, Any, Any]:
     """``await task(x)``: the inline call, run on the caller's loop."""
-    return _call_inline(task, args, kwargs, return_state, wait_for, blocking=False)
+    return _call_inline(tagged(task), args, kwargs, return_state, wait_for, blocking=False)
 
 
 def call_task_blocking(
@@ -99,7 +100,7 @@ def call_task_blocking(
     wait_for: Any,
 ) -> Any:
     """``task(x)`` of a sync task: the same inline call, run in the calling thread."""
-    return drive(_call_inline(task, args, kwargs, return_state, wait_for, blocking=True))
+    return drive(_call_inline(tagged(task), args, kwargs, return_state, wait_for, blocking=True))
 
 
 async def _call_inline(
@@ -256,7 +257,7 @@ def submit_task(
     run = _current_run(task, "submit")
     if run.closed_resources:
         run.refuse_closed_resources(task.name, args, kwargs)
-    return _submit(run, task, args, kwargs, scan_wait_for(wait_for))
+    return _submit(run, tagged(task), args, kwargs, scan_wait_for(wait_for))
 
 
 def _submit(
@@ -362,6 +363,7 @@ def map_task(
     known length is the first one read to its end as ``list()`` would (and, endless,
     never ends either)."""
     run = _current_run(task, "map")
+    task = tagged(task)  # once for every run of the map
     # Every run gets the same wait_for: read it (a generator too) and scan it once.
     waits = scan_wait_for(wait_for)
     mapped: dict[int | str, list[Any]] = {}

@@ -7,6 +7,13 @@ backend needs to provide: ``distributed.Semaphore`` (acquire / release by name, 
 async) fits it directly, which is how a Dask runner can back the same limit names with a
 cluster-wide primitive by returning its backend from ``TaskRunner.limit_backend()``.
 
+Bounded waits (``timeout_seconds=`` of ``concurrency()`` and ``rate_limit()``) go through
+two more methods, ``acquire_within`` and ``acquire_blocking_within``, which give None when
+the time ran out. They are not abstract: their defaults bound the two methods above (a
+cancel scope on the loop; a helper thread for the blocking form), so a backend written
+before they existed keeps working, timeouts included. A backend whose primitive has a
+timeout of its own overrides them (the in-process and the Dask backends do).
+
 A release may be a coroutine function when the backend's primitive releases
 asynchronously (a ``distributed.Semaphore`` on an asynchronous client): the engine and
 ``async with concurrency(...)`` await what it returns. Releases given by
@@ -24,6 +31,8 @@ import threading
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from contextvars import copy_context
 from typing import TYPE_CHECKING, NamedTuple
 
 import anyio
@@ -67,6 +76,69 @@ class LimitBackend(abc.ABC):
     def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
         """Block this thread until ``amount`` of ``limit`` is granted."""
 
+    async def acquire_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        """As :meth:`acquire`, waiting at most ``timeout`` seconds (``>= 0``): the release,
+        or None if not granted in time, and then nothing is held.
+
+        The default cancels :meth:`acquire` at the deadline (so a timeout of 0 may time
+        out even when the limit is free, if ``acquire`` checkpoints first); override it
+        when the backend's primitive has a timeout of its own."""
+        with anyio.move_on_after(timeout):
+            return await self.acquire(limit, amount)
+        return None
+
+    def acquire_blocking_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        """As :meth:`acquire_blocking`, waiting at most ``timeout`` seconds (``>= 0``):
+        the release, or None if not granted in time, and then nothing is held.
+
+        A blocking wait cannot be cut short from outside, so the default waits for
+        :meth:`acquire_blocking` in a helper thread (in a copy of this thread's context)
+        and this thread waits for that one, at most ``timeout`` seconds; what the helper
+        is granted after this thread gave up (timed out or interrupted) is given back at
+        once. Override it when the backend's primitive has a timeout of its own."""
+        granted: Future[Release] = Future()
+        done = threading.Event()
+        granted.add_done_callback(lambda _: done.set())
+
+        def wait() -> None:
+            try:
+                release = self.acquire_blocking(limit, amount)
+            except BaseException as exc:
+                if granted.set_running_or_notify_cancel():
+                    granted.set_exception(exc)
+                return
+            if granted.set_running_or_notify_cancel():
+                granted.set_result(release)
+            else:  # the caller gave up meanwhile: nobody will use it
+                release()
+
+        context = copy_context()
+        helper = threading.Thread(
+            target=context.run, args=(wait,), name="orchestr-limit-wait", daemon=True
+        )
+        helper.start()
+        try:
+            wait_event(done, timeout)
+        except BaseException:  # interrupted (a cancelled run, KeyboardInterrupt)
+            _give_back_when_granted(granted)
+            raise
+        if granted.cancel():  # still waiting: it gives back what it gets later
+            return None
+        return granted.result()  # granted (or failed) just now
+
+
+def _give_back_when_granted(granted: Future[Release]) -> None:
+    """The caller of a bounded blocking wait is gone: a grant still to come (or just
+    made) is given back at once."""
+    if granted.cancel():
+        return
+
+    def give_back(finished: Future[Release]) -> None:
+        if finished.exception() is None:
+            finished.result()()
+
+    granted.add_done_callback(give_back)
+
 
 class _Window:
     """A sliding-window rate limit: at most ``limit`` starts in any ``per_seconds``.
@@ -101,22 +173,43 @@ class _Window:
             starts.extend([now] * amount)
             return 0.0
 
-    async def acquire(self, amount: int) -> None:
-        await self._turn.acquire_async()
+    async def acquire(self, amount: int, timeout: float | None = None) -> bool:
+        """Record ``amount`` starts when the window allows; False (nothing recorded) if
+        that is more than ``timeout`` seconds away."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not await self._turn.acquire_async(1, timeout):
+            return False
         try:
-            while (wait := self._try_start(amount)) > 0:  # noqa: ASYNC110 - waits for time
+            while (wait := self._try_start(amount)) > 0:
+                if _past(deadline, wait):
+                    return False
                 await anyio.sleep(wait)
         finally:
             self._turn.release()
+        return True
 
-    def acquire_blocking(self, amount: int) -> None:
-        self._turn.acquire_blocking()
+    def acquire_blocking(self, amount: int, timeout: float | None = None) -> bool:
+        """The same, blocking this thread."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._turn.acquire_blocking(1, timeout):
+            return False
         try:
             wakeup = threading.Event()  # never set: a sleep where interrupts may land
             while (wait := self._try_start(amount)) > 0:
+                if _past(deadline, wait):
+                    return False
                 wait_event(wakeup, wait)
         finally:
             self._turn.release()
+        return True
+
+
+def _past(deadline: float | None, wait: float) -> bool:
+    """Whether a start ``wait`` seconds from now would be past ``deadline``. The window
+    is certain (while a caller has its turn nobody else records a start), so such a
+    caller gives up at once rather than sleep to the deadline and keep the others
+    behind it waiting for their turn meanwhile."""
+    return deadline is not None and time.monotonic() + wait > deadline
 
 
 class InProcessLimits(LimitBackend):
@@ -167,6 +260,22 @@ class InProcessLimits(LimitBackend):
             return _releaser(state, amount)
         state.acquire_blocking(amount)
         return noop_release
+
+    async def acquire_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        state = self._state(limit, amount)
+        if isinstance(state, Semaphore):
+            if not await state.acquire_async(amount, timeout):
+                return None
+            return _releaser(state, amount)
+        return noop_release if await state.acquire(amount, timeout) else None
+
+    def acquire_blocking_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        state = self._state(limit, amount)
+        if isinstance(state, Semaphore):
+            if not state.acquire_blocking(amount, timeout):
+                return None
+            return _releaser(state, amount)
+        return noop_release if state.acquire_blocking(amount, timeout) else None
 
 
 def _releaser(semaphore: Semaphore, amount: int) -> Release:

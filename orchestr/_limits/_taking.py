@@ -4,6 +4,11 @@
 Blocking forms refuse to run on an event loop thread: waiting there for a slot could
 wait for ever, when the holders are tasks on that same loop.
 
+User code may name several limits at once (checked and ordered in ``_asks.py``): they
+are taken one after another in name order, within one deadline when ``timeout_seconds``
+is given (through the backend's ``acquire_within``), and everything taken is given back
+if a later one fails, times out or is cancelled.
+
 In task code running in another process (a worker of ``ProcessPoolTaskRunner``, a Dask
 worker) the limits are the flow's, taken along with the call: enforced there through the
 runner's cluster-wide backend, or refused with an error when it has none. Never ignored.
@@ -12,6 +17,7 @@ runner's cluster-wide backend, or refused with an error when it has none. Never 
 from __future__ import annotations
 
 import inspect
+import time
 from types import TracebackType
 
 import anyio
@@ -20,12 +26,10 @@ import anyio.lowlevel
 from .._engine._context import flow_run_var, remote_call_var, task_run_var
 from .._engine._loop import blocking_stalls_a_loop
 from ..exceptions import RunCancelled, UsageError
-from ._backends import LimitBackend, Release, backend_for, noop_release
+from ._asks import Ask, Names, checked_ask
+from ._backends import LimitBackend, Release, backend_for
 from ._registry import (
-    ConcurrencyLimit,
     Limit,
-    checked_count,
-    checked_name,
     concurrency_limit,
     limits_of,
     rate_limit_of,
@@ -85,25 +89,33 @@ async def acquire_task_limits(
 
 
 class ConcurrencyBlock:
-    """A block holding slots of a concurrency limit; made by :func:`concurrency`."""
+    """A block holding slots of one or more concurrency limits; made by
+    :func:`concurrency`."""
 
-    __slots__ = ("_name", "_occupy", "_release")
+    __slots__ = ("_ask", "_releases")
 
-    def __init__(self, name: str, occupy: int) -> None:
-        self._name = checked_name(name)
-        self._occupy = checked_count("occupy", name, occupy)
-        self._release: Release | None = None
+    def __init__(
+        self,
+        names: Names,
+        occupy: int = 1,
+        timeout_seconds: float | None = None,
+        *,
+        strict: bool = False,
+    ) -> None:
+        # Checked here, where the call was written (not at the `with`).
+        self._ask: Ask = checked_ask("concurrency", names, occupy, timeout_seconds, strict)
+        self._releases: list[Release] | None = None
 
-    def _limit(self) -> tuple[ConcurrencyLimit | None, LimitBackend]:
-        if self._release is not None:
-            raise UsageError(f"concurrency({self._name!r}) is already held; enter it once")
-        found = _user_limit(f"concurrency({self._name!r})", self._name, rate=False)
-        limit: ConcurrencyLimit | None = found[0]  # type: ignore[assignment]
-        if limit is not None:
+    def _limits(self) -> tuple[list[Limit], LimitBackend]:
+        ask = self._ask
+        if self._releases is not None:
+            raise UsageError(f"{ask.what} is already held; enter it once")
+        found, backend = _user_limits(ask, rate=False)
+        for limit in found:
             self._refuse_self_wait(limit)
-        return limit, found[1]
+        return found, backend
 
-    def _refuse_self_wait(self, limit: ConcurrencyLimit) -> None:
+    def _refuse_self_wait(self, limit: Limit) -> None:
         """A task run tagged with the limit's name holds one of its slots while its code
         runs: asking for more than the others could ever give back would wait for
         itself, for ever (or until its timeout)."""
@@ -115,21 +127,22 @@ class ConcurrencyBlock:
             tags, run_name = remote.tags, remote.task_run_name
         else:
             return
-        if self._name in tags and limit.limit - 1 < self._occupy:
+        name, occupy = limit.name, self._ask.occupy
+        if name in tags and limit.limit - 1 < occupy:
             raise UsageError(
-                f"concurrency({self._name!r}) was entered in task run {run_name!r}, which "
-                f"holds a slot of that limit through its tag {self._name!r}; the limit has "
+                f"{self._ask.what} was entered in task run {run_name!r}, which holds a "
+                f"slot of limit {name!r} through its tag {name!r}; the limit has "
                 f"{limit.limit} slot(s), so it would wait for itself for ever. Tags are "
                 "the limits' names: drop the tag or the block, or raise the limit"
             )
 
     async def __aenter__(self) -> None:
-        limit, backend = self._limit()
-        if limit is None:
+        found, backend = self._limits()
+        if not found:
             await anyio.lowlevel.checkpoint()
-            self._release = noop_release
+            self._releases = []
             return
-        self._release = await backend.acquire(limit, self._occupy)
+        self._releases = await _take_all(self._ask, found, backend)
 
     async def __aexit__(
         self,
@@ -137,19 +150,20 @@ class ConcurrencyBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        release, self._release = self._release, None
-        if release is not None:
+        releases, self._releases = self._releases, None
+        for release in reversed(releases or ()):
             await _released(release)
 
     def __enter__(self) -> None:
-        refuse_loop_thread(f"`with concurrency({self._name!r})`", "async with")
-        limit, backend = self._limit()
-        if limit is None:
-            self._release = noop_release
+        ask = self._ask
+        refuse_loop_thread(f"`with {ask.what}`", "async with")
+        found, backend = self._limits()
+        if not found:
+            self._releases = []
             return
-        release = backend.acquire_blocking(limit, self._occupy)
-        _refuse_if_abandoned(release, f"concurrency({self._name!r})")
-        self._release = release
+        releases = _take_all_blocking(ask, found, backend)
+        _refuse_if_abandoned(releases, ask.what)
+        self._releases = releases
 
     def __exit__(
         self,
@@ -157,12 +171,12 @@ class ConcurrencyBlock:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        release, self._release = self._release, None
-        if release is not None:
+        releases, self._releases = self._releases, None
+        for release in reversed(releases or ()):
             release()
 
 
-def _refuse_if_abandoned(release: Release, what: str) -> None:
+def _refuse_if_abandoned(releases: list[Release], what: str) -> None:
     """A sync task run cancelled while its thread waited (``fut.cancel()``: the run ends
     Cancelled at once, its thread cannot be stopped and goes on, abandoned) does not
     keep what it got: released at once, and RunCancelled raised, so that the limit is
@@ -170,42 +184,116 @@ def _refuse_if_abandoned(release: Release, what: str) -> None:
     current = task_run_var.get()
     future = None if current is None else current.future
     if future is not None and future._final is not None:
-        release()
+        for release in reversed(releases):
+            release()
         raise RunCancelled(
             f"task run {future.name!r} was cancelled while it waited in {what}; its "
             "thread goes on, abandoned, without the limit"
         )
 
 
-def concurrency(name: str, occupy: int = 1) -> ConcurrencyBlock:
-    """Hold ``occupy`` slots of the concurrency limit ``name`` for a block:
-    ``async with concurrency("db"):`` in async code, ``with concurrency("db"):`` in sync
-    code (threads). Without a concurrency limit of that name it does not wait."""
-    return ConcurrencyBlock(name, occupy)
+def concurrency(
+    names: Names,
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    *,
+    strict: bool = False,
+) -> ConcurrencyBlock:
+    """Hold ``occupy`` slots of the concurrency limit ``names`` (or of each of several
+    names) for a block: ``async with concurrency("db"):`` in async code,
+    ``with concurrency(["db", "api"]):`` in sync code (threads).
+
+    Several limits are taken all together, in name order (so two blocks naming the same
+    limits in different orders cannot deadlock), each name once; if one cannot be taken,
+    those taken are given back. With ``timeout_seconds`` a wait longer than that raises
+    :class:`~orchestr.exceptions.LimitTimeoutError` (a ``TimeoutError``). A name with no
+    concurrency limit does not wait, unless ``strict=True``: then it raises
+    :class:`~orchestr.exceptions.UnknownLimitError`. No names at all: nothing to hold."""
+    return ConcurrencyBlock(names, occupy, timeout_seconds, strict=strict)
 
 
-async def rate_limit(name: str, occupy: int = 1) -> None:
-    """Wait until the rate limit ``name`` lets ``occupy`` more calls start (async code).
-    Without a rate limit of that name it does not wait."""
-    checked_count("occupy", checked_name(name), occupy)  # also when no limit has the name
-    limit, backend = _user_limit(f"rate_limit({name!r})", name, rate=True)
-    if limit is None:
+async def rate_limit(
+    names: Names,
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    *,
+    strict: bool = False,
+) -> None:
+    """Wait until the rate limit ``names`` (or each of several names) lets ``occupy``
+    more calls start (async code). Several, each once, in name order, ``timeout_seconds``
+    and ``strict``: as for :func:`concurrency`. A name with no rate limit does not wait
+    (unless ``strict=True``)."""
+    ask = checked_ask("rate_limit", names, occupy, timeout_seconds, strict)
+    found, backend = _user_limits(ask, rate=True)
+    if not found:
         await anyio.lowlevel.checkpoint()
         return
-    await backend.acquire(limit, occupy)
+    # (A start, once recorded, is not given back: the releases are no-ops.)
+    await _take_all(ask, found, backend)
 
 
-def rate_limit_blocking(name: str, occupy: int = 1) -> None:
-    """Block this thread until the rate limit ``name`` lets ``occupy`` more calls start
-    (sync code; on an event loop use ``await rate_limit(name)``)."""
-    refuse_loop_thread(f"rate_limit_blocking({name!r})", f"await rate_limit({name!r})")
-    checked_count("occupy", checked_name(name), occupy)  # also when no limit has the name
-    limit, backend = _user_limit(f"rate_limit_blocking({name!r})", name, rate=True)
-    if limit is None:
+def rate_limit_blocking(
+    names: Names,
+    occupy: int = 1,
+    timeout_seconds: float | None = None,
+    *,
+    strict: bool = False,
+) -> None:
+    """Block this thread until the rate limit ``names`` (or each of several names) lets
+    ``occupy`` more calls start (sync code; on an event loop use ``await
+    rate_limit(...)``). The arguments: as for :func:`rate_limit`."""
+    ask = checked_ask("rate_limit_blocking", names, occupy, timeout_seconds, strict)
+    refuse_loop_thread(ask.what, f"await rate_limit({ask.given!r})")
+    found, backend = _user_limits(ask, rate=True)
+    if not found:
         return
-    backend.acquire_blocking(limit, occupy)
-    # (A start, once recorded, is not given back: the abandoned code just does not go on.)
-    _refuse_if_abandoned(noop_release, f"rate_limit_blocking({name!r})")
+    _take_all_blocking(ask, found, backend)
+    _refuse_if_abandoned([], ask.what)
+
+
+async def _take_all(ask: Ask, found: list[Limit], backend: LimitBackend) -> list[Release]:
+    """Take ``found`` in order (on the loop), within the ask's timeout if it has one;
+    what was taken is given back if one fails, times out or is cancelled."""
+    releases: list[Release] = []
+    deadline = ask.deadline()
+    try:
+        for limit in found:
+            if deadline is None:
+                releases.append(await backend.acquire(limit, ask.occupy))
+                continue
+            release = await backend.acquire_within(limit, ask.occupy, _left(deadline))
+            if release is None:
+                raise ask.timed_out(limit)
+            releases.append(release)
+    except BaseException:
+        for release in reversed(releases):
+            await _released(release)
+        raise
+    return releases
+
+
+def _take_all_blocking(ask: Ask, found: list[Limit], backend: LimitBackend) -> list[Release]:
+    """:func:`_take_all`, blocking this thread."""
+    releases: list[Release] = []
+    deadline = ask.deadline()
+    try:
+        for limit in found:
+            if deadline is None:
+                releases.append(backend.acquire_blocking(limit, ask.occupy))
+                continue
+            release = backend.acquire_blocking_within(limit, ask.occupy, _left(deadline))
+            if release is None:
+                raise ask.timed_out(limit)
+            releases.append(release)
+    except BaseException:
+        for release in reversed(releases):
+            release()
+        raise
+    return releases
+
+
+def _left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
 
 
 # Set in a process pool's worker processes: limits there come with a call, or not at all.
@@ -215,6 +303,31 @@ _worker_process = False
 def mark_worker_process() -> None:
     global _worker_process
     _worker_process = True
+
+
+def _user_limits(ask: Ask, *, rate: bool) -> tuple[list[Limit], LimitBackend]:
+    """The limits of that kind the ask names, in its (name) order, and where they are
+    enforced; with ``strict`` every name must have one."""
+    found: list[Limit] = []
+    backend = backend_for(None)
+    missing: list[str] = []
+    for name in ask.names:
+        limit, backend_here = _user_limit(ask.what, name, rate=rate)
+        if limit is None:
+            missing.append(name)
+        else:
+            found.append(limit)
+            backend = backend_here
+    if ask.strict and missing:
+        raise ask.unknown(missing, rate=rate, remote=remote_call_var.get() is not None)
+    for limit in found:
+        if ask.occupy > limit.limit:  # refused before any is taken
+            what = "starts of rate" if rate else "slots of concurrency"
+            raise UsageError(
+                f"{ask.what} cannot occupy {ask.occupy} {what} limit {limit.name!r}, "
+                f"which allows {limit.limit}: it would wait for ever"
+            )
+    return found, backend
 
 
 def _user_limit(what: str, name: str, *, rate: bool) -> tuple[Limit | None, LimitBackend]:

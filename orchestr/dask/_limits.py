@@ -35,9 +35,12 @@ Decisions a user can see:
 - The scheduler cannot withdraw a request it is waiting on. So a request waits there
   :data:`_WAIT_SLICE` at most and is then made again; a caller that gives up (cancelled,
   interrupted) is asked for no more, and what its last request is granted is given back
-  at once. A runner on an existing scheduler waits at shutdown for those last requests
-  (a slice at most) and for rate leases due within :data:`_SETTLE_SLACK`, so that the
-  next flow run there is not held up; later rate leases are left to the scheduler.
+  at once. A bounded wait (``timeout_seconds=`` of ``concurrency()`` and
+  ``rate_limit()``) cuts its last slice at its deadline and ends with nothing held (the
+  leases of several slots taken so far are given back). A runner on an existing
+  scheduler waits at shutdown for those last requests (a slice at most) and for rate
+  leases due within :data:`_SETTLE_SLACK`, so that the next flow run there is not held
+  up; later rate leases are left to the scheduler.
 """
 
 from __future__ import annotations
@@ -118,13 +121,19 @@ class _Abandoned(Exception):
     """The caller of a take stopped waiting: no more requests for it."""
 
 
+class _TimedOut(Exception):
+    """A bounded take reached its deadline: nothing more is asked for."""
+
+
 class _Taking:
-    """One take under way: its plan, and whether its caller still waits for it."""
+    """One take under way: its plan, its deadline (``time.monotonic()``; None: none)
+    and whether its caller still waits for it."""
 
-    __slots__ = ("abandoned", "plan")
+    __slots__ = ("abandoned", "deadline", "plan")
 
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, plan: _Plan, deadline: float | None = None) -> None:
         self.plan = plan
+        self.deadline = deadline
         self.abandoned = False  # set from the caller's thread; read on the home loop
 
 
@@ -146,20 +155,22 @@ class _Home:
         self._timers: dict[asyncio.Task[Any], float] = {}  # rate leases, by when due
 
     # -- from the callers' loops and threads --------------------------------------------------
-    async def take(self, plan: _Plan) -> None:
-        """Wait on the current event loop (asyncio or trio) until ``plan`` is granted."""
-        taking = _Taking(plan)
+    async def take(self, plan: _Plan, deadline: float | None = None) -> bool:
+        """Wait on the current event loop (asyncio or trio) until ``plan`` is granted:
+        True; False if ``deadline`` came first (then nothing is held)."""
+        taking = _Taking(plan, deadline)
         future = self._submit(self._take(taking))
         try:
-            await ClientLoop.wait(future, cancel=False)
+            return await ClientLoop.wait(future, cancel=False)
         except BaseException:
             self._abandon(taking, future)
             raise
 
-    def take_blocking(self, plan: _Plan) -> None:
-        """Block this thread until ``plan`` is granted; interrupts may land meanwhile."""
+    def take_blocking(self, plan: _Plan, deadline: float | None = None) -> bool:
+        """Block this thread until ``plan`` is granted (True) or ``deadline`` came
+        (False); interrupts may land meanwhile."""
         self._refuse_own_thread()
-        taking = _Taking(plan)
+        taking = _Taking(plan, deadline)
         future = self._submit(self._take(taking))
         granted = threading.Event()
         future.add_done_callback(lambda _: granted.set())
@@ -168,7 +179,7 @@ class _Home:
         except BaseException:
             self._abandon(taking, future)
             raise
-        future.result()
+        return future.result()
 
     async def give_back(self, plan: _Plan) -> None:
         await ClientLoop.wait(self._submit(self._give_back(plan)), cancel=False)
@@ -223,14 +234,14 @@ class _Home:
             )
         await semaphore  # (with the configured lease timeout, if it is new there)
 
-    async def _take(self, taking: _Taking) -> None:
+    async def _take(self, taking: _Taking) -> bool:
         plan = taking.plan
         self._takings[taking] = asyncio.current_task()  # type: ignore[assignment]
         try:
             semaphore = await self._semaphore(plan, plan.name, plan.leases)
             if plan.amount == 1:
                 await self._one(semaphore, taking)
-                return
+                return True
             # One taker of several leases at a time: two could otherwise each hold part.
             turn = await self._semaphore(plan, f"{plan.name}:turn", 1)
             await self._one(turn, taking)
@@ -245,6 +256,9 @@ class _Home:
                 raise
             finally:
                 await turn.release()
+            return True
+        except _TimedOut:
+            return False
         except (asyncio.CancelledError, _Abandoned):
             raise
         except Exception as exc:
@@ -258,10 +272,18 @@ class _Home:
     @staticmethod
     async def _one(semaphore: Any, taking: _Taking) -> None:
         """One lease of ``semaphore``, asked for one slice at a time while the caller
-        waits."""
-        while not await semaphore.acquire(timeout=_WAIT_SLICE):
+        waits, the last slice cut at the caller's deadline."""
+        deadline = taking.deadline
+        slice_ = _WAIT_SLICE
+        while True:
+            if deadline is not None:
+                slice_ = min(_WAIT_SLICE, max(0.0, deadline - time.monotonic()))
+            if await semaphore.acquire(timeout=slice_):
+                return
             if taking.abandoned:
                 raise _Abandoned
+            if deadline is not None and time.monotonic() >= deadline:
+                raise _TimedOut
 
     async def _give_back(self, plan: _Plan) -> None:
         semaphore, _ = self._semaphores[plan.name]
@@ -310,7 +332,7 @@ class _Home:
         except RuntimeError:  # the loop is closed: its client, and so the lease, ended
             _log.debug("a Dask semaphore lease was not given back: its loop has closed")
 
-    def _abandon(self, taking: _Taking, future: Future[None]) -> None:
+    def _abandon(self, taking: _Taking, future: Future[bool]) -> None:
         """The caller stopped waiting: no more requests, and what the last one is
         granted is given back."""
         taking.abandoned = True
@@ -320,8 +342,9 @@ class _Home:
             self._returns.add(task)
             task.add_done_callback(self._returns.discard)
 
-        def done(finished: Future[None]) -> None:
-            if not finished.cancelled() and finished.exception() is None:
+        def done(finished: Future[bool]) -> None:
+            # (False: its deadline came first, and nothing was granted.)
+            if not finished.cancelled() and finished.exception() is None and finished.result():
                 self._threadsafe(spawn)
 
         future.add_done_callback(done)
@@ -363,6 +386,31 @@ class ClusterLimits(LimitBackend):
         plan = _plan(limit, amount)
         home = self._where()
         await home.take(plan)
+        return self._granted(home, plan)
+
+    def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
+        plan = _plan(limit, amount)
+        home = self._where()
+        home.take_blocking(plan)
+        return self._granted_blocking(home, plan)
+
+    async def acquire_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        plan = _plan(limit, amount)
+        home = self._where()
+        if not await home.take(plan, time.monotonic() + timeout):
+            return None
+        return self._granted(home, plan)
+
+    def acquire_blocking_within(self, limit: Limit, amount: int, timeout: float) -> Release | None:
+        plan = _plan(limit, amount)
+        home = self._where()
+        if not home.take_blocking(plan, time.monotonic() + timeout):
+            return None
+        return self._granted_blocking(home, plan)
+
+    @staticmethod
+    def _granted(home: _Home, plan: _Plan) -> Release:
+        """The release of what ``plan`` was granted (a rate lease gives itself back)."""
         if plan.per_seconds is not None:
             home.give_back_after(plan, plan.per_seconds + _MARGIN)
             return noop_release
@@ -372,10 +420,8 @@ class ClusterLimits(LimitBackend):
 
         return release
 
-    def acquire_blocking(self, limit: Limit, amount: int = 1) -> Release:
-        plan = _plan(limit, amount)
-        home = self._where()
-        home.take_blocking(plan)
+    @staticmethod
+    def _granted_blocking(home: _Home, plan: _Plan) -> Release:
         if plan.per_seconds is not None:
             home.give_back_after(plan, plan.per_seconds + _MARGIN)
             return noop_release
