@@ -11,6 +11,7 @@ import anyio
 import pytest
 
 from orchestr import flow, resource, task
+from orchestr.exceptions import UsageError
 from orchestr.testing import (
     LeakError,
     ResourceLeakError,
@@ -142,3 +143,40 @@ def test_fast_retries_removes_the_delays(run: Any) -> None:
             return await main()
 
     assert run(go) == 3
+
+
+@flow
+async def async_job(x: int, *, plus: int = 0) -> int:
+    return await async_work(x) + plus
+
+
+async def plain_async(x: int) -> int:
+    return x
+
+
+@pytest.mark.parametrize(
+    ("fn", "name"),
+    [(async_job, "async_job"), (plain_async, "plain_async")],
+    ids=["flow", "function"],
+)
+def test_assert_no_leaks_refuses_an_async_callable_that_would_run_nothing(
+    fn: Any, name: str
+) -> None:
+    """Called synchronously, an async flow or function only makes a coroutine: the check
+    would pass having run nothing. It is refused, naming it and saying what to write,
+    and the coroutine is closed (no "never awaited" warning later)."""
+    import gc
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UsageError, match=rf"{name}.*assert_no_leaks\(anyio.run, {name}\)"):
+            assert_no_leaks(fn, 1)
+        gc.collect()
+    assert not [w for w in caught if "never awaited" in str(w.message)], caught
+
+
+def test_assert_no_leaks_runs_an_async_flow_given_with_its_runner(backend: str) -> None:
+    """What the refusal advises works, arguments and keywords passed through."""
+    assert assert_no_leaks(anyio.run, async_job, 2, backend=backend) == 3
+    assert assert_no_leaks(anyio.run, plain_async, 5, backend=backend) == 5

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import gc
+import inspect
 import os
 import signal
 import threading
@@ -29,6 +30,7 @@ from .._engine._context import retry_delay_override_var
 from .._public import show_public_module as _show_public_module
 from ..exceptions import LeakError as LeakError
 from ..exceptions import ResourceLeakError as ResourceLeakError
+from ..exceptions import UsageError
 from ..records import FlowRunRecord
 from ..states import State
 from ._pickling_runner import PicklingTaskRunner as PicklingTaskRunner
@@ -254,9 +256,25 @@ def no_leaks(
 
 
 def assert_no_leaks(fn: Any, *args: Any, grace: float = 2.0, **kwargs: Any) -> Any:
-    """Call ``fn(*args, **kwargs)`` inside :func:`no_leaks` and return its result."""
+    """Call ``fn(*args, **kwargs)`` inside :func:`no_leaks` and return its result.
+
+    ``fn`` runs synchronously: an async flow or function, which would only make a
+    coroutine here (nothing would run, and nothing could leak), is refused with a
+    :class:`~orchestr.exceptions.UsageError` saying what to write instead.
+    """
     with no_leaks(grace):
-        return fn(*args, **kwargs)
+        result = fn(*args, **kwargs)
+        if inspect.isawaitable(result):
+            if inspect.iscoroutine(result):
+                result.close()  # never awaited: no warning about it later
+            name = getattr(fn, "name", None) or getattr(fn, "__name__", repr(fn))
+            raise UsageError(
+                f"assert_no_leaks() called {name}, which returned an awaitable: it is "
+                f"async, and nothing ran. Run it to the end inside the check: "
+                f"assert_no_leaks(anyio.run, {name}) (its arguments after it), or in "
+                f"async code `with no_leaks(): await {name}(...)`"
+            )
+        return result
 
 
 _show_public_module(globals())
