@@ -262,7 +262,9 @@ def outcome(call: Callable[[], Any], names: Iterable[str]) -> BaseException | No
 
 def _limit_names(value: Any) -> bool:
     """What the limit functions take as names: a non-empty string, or a list, tuple or
-    set of them (empty: nothing to take, as in Prefect)."""
+    set of them (empty, or None: nothing to take, as in Prefect)."""
+    if value is None:
+        return True
     if isinstance(value, str):
         return value != ""
     if isinstance(value, list | tuple | set | frozenset):

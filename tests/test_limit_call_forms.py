@@ -122,12 +122,16 @@ def test_names_given_twice_count_once(run: Any) -> None:
 
 
 def test_no_names_asks_for_nothing(run: Any) -> None:
-    """An empty list does not wait and holds nothing, as in Prefect (a computed list of
-    names may come out empty), in every form, strict or not."""
+    """An empty list (or None, which Prefect takes too) does not wait and holds
+    nothing, as in Prefect (a computed list of names may come out empty), in every form,
+    strict or not."""
 
     async def main() -> None:
         async with concurrency([]):
             pass
+        async with concurrency(None, strict=True):
+            pass
+        await rate_limit(names=None, occupy=2)
         async with concurrency((), occupy=3, timeout_seconds=0, strict=True):
             pass
         await rate_limit([], strict=True)
@@ -136,6 +140,9 @@ def test_no_names_asks_for_nothing(run: Any) -> None:
             with concurrency([], strict=True):
                 pass
             rate_limit_blocking([], 2, 0, strict=True)
+            rate_limit_blocking(None)
+            with concurrency(names=None):
+                pass
 
         await anyio.to_thread.run_sync(blocking)
 
@@ -499,7 +506,6 @@ async def _enter_async(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         (("lcf-bad",), {"strict": "yes"}, "strict"),
         ((5,), {}, "limit name"),
         ((b"lcf-bad",), {}, "limit name"),
-        ((None,), {}, "limit name"),
         (({"lcf-bad": 1},), {}, "limit name"),
         (("",), {}, "limit name"),
         ((["lcf-bad", 3],), {}, "limit name"),

@@ -14,8 +14,9 @@ Decisions:
   named twice is still one limit: ``occupy`` says how many slots), and they are taken in
   sorted order, the one global order that keeps two blocks naming the same limits from
   each holding one and waiting for the other.
-- No names (``[]``) asks for nothing: it does not wait, as in Prefect, so a computed
-  list of names may come out empty. ``strict=True`` then has nothing to check.
+- No names (``[]``, or ``None`` as Prefect also takes) asks for nothing: it does not
+  wait, as in Prefect, so a computed list of names may come out empty. ``strict=True``
+  then has nothing to check.
 - ``timeout_seconds`` bounds the whole wait, every name together; ``0`` takes only what
   is free now; ``None`` or ``inf`` waits for ever.
 """
@@ -108,6 +109,8 @@ def checked_ask(
 
 def _checked_names(verb: str, names: object) -> tuple[str | list[str], tuple[str, ...]]:
     """The names as given (for messages), and sorted, each once."""
+    if names is None:  # Prefect's "no names": a computed setting left empty
+        return [], ()
     if isinstance(names, str):
         if not names:
             raise UsageError(
