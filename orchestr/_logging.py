@@ -4,9 +4,9 @@ Every record logged through a run logger carries the run's names and ids as ``ex
 fields (``flow_run_name``, ``flow_run_id``, ``flow_name``, and for task runs
 ``task_run_name``, ``task_run_id``, ``task_name``), so handlers can route or index them.
 
-orchestr adds a console handler to its ``orchestr`` logger on the first run only if the
-application configured no logging at all (the root logger has no handlers); otherwise
-records propagate to the application's handlers untouched.
+orchestr adds a console handler to its ``orchestr`` logger only while the application
+configured no logging at all (the root logger has no handlers), looked at at each flow
+run's start; otherwise records propagate to the application's handlers untouched.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import builtins
 import inspect
 import logging
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
@@ -151,25 +152,71 @@ def run_logger(record: RunRecord) -> RunLogger:
     return flow_run_logger(record)
 
 
-_configured = False
+# orchestr's console handler while it is on its logger; the level it gave that logger
+# then, and the level the logger had before.
+_console: logging.Handler | None = None
+_level_given: int | None = None
+_level_before = logging.NOTSET
+_console_lock = threading.Lock()
+_PACKAGE_LOGGER = logging.getLogger("orchestr")
+_ROOT_LOGGER = logging.getLogger()
 
 
 def configure_logging(level: str, enabled: bool) -> None:
-    """Add orchestr's console handler once, unless the application set up logging."""
-    global _configured
-    if _configured:
+    """Called at each flow run's start (never per task run), with the settings then in
+    effect: orchestr's console handler on the ``orchestr`` logger, at ``level``, if
+    ``enabled`` and the application configured no logging (the root logger has no
+    handlers, and the ``orchestr`` logger none but orchestr's); otherwise none.
+
+    Looked at again at every flow run, so that a level changed by ``override_settings``
+    applies to the runs started while it holds (and the restored one to those after),
+    and an application that configures logging after a first run (``basicConfig``, a
+    notebook's cell) is not printed to twice: orchestr's handler is taken off again, and
+    the logger's level given back. A check of two lists and a number when nothing
+    changed."""
+    ours = _console
+    package = _PACKAGE_LOGGER
+    configured = bool(_ROOT_LOGGER.handlers) or any(h is not ours for h in package.handlers)
+    if enabled and not configured:
+        number = _level_number(level)
+        if ours is None or package.level != number or ours not in package.handlers:
+            with _console_lock:
+                _add_console(number)
+    elif ours is not None:
+        with _console_lock:
+            _remove_console()
+
+
+def _level_number(level: str) -> int:
+    # The setting's pattern allows only names logging knows (WARN, FATAL too).
+    return logging.getLevelNamesMapping()[level.upper()]
+
+
+def _add_console(level: int) -> None:
+    global _console, _level_given, _level_before
+    package = _PACKAGE_LOGGER
+    if _console is None:
+        handler = logging.StreamHandler()
+        handler.setFormatter(
+            ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
+        )
+        _level_before = package.level
+        _console = handler
+    package.addHandler(_console)  # once: logging adds a handler it has only once
+    if package.level != level:
+        package.setLevel(level)
+    _level_given = level
+
+
+def _remove_console() -> None:
+    global _console, _level_given
+    if _console is None:
         return
-    _configured = True
-    root = logging.getLogger()
-    package = logging.getLogger("orchestr")
-    if not enabled or root.handlers or package.handlers:
-        return
-    handler = logging.StreamHandler()
-    handler.setFormatter(
-        ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
-    )
-    package.addHandler(handler)
-    package.setLevel(level.upper())
+    _PACKAGE_LOGGER.removeHandler(_console)
+    if _level_given is not None and _PACKAGE_LOGGER.level == _level_given:
+        _PACKAGE_LOGGER.setLevel(_level_before)  # unless someone set another since
+    _console = None
+    _level_given = None
 
 
 class ConsoleFormatter(logging.Formatter):

@@ -12,6 +12,8 @@ environment and validates, exactly as before.
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import types
 import typing
@@ -207,8 +209,11 @@ def environment_sets_any() -> bool:
 
 def from_environment() -> Settings:
     """Settings read from the environment and validated (imports pydantic)."""
+    model = pydantic_model()
     try:
-        read = pydantic_model()()
+        read = model()
+    except ValueError as exc:  # pydantic's ValidationError
+        raise _readable(exc) from None
     except RecursionError:  # JSON nested too deeply, in a list setting's variable
         from .exceptions import UsageError
 
@@ -222,8 +227,6 @@ def from_environment() -> Settings:
 
 
 def _too_deep(text: str) -> bool:
-    import json
-
     try:
         json.loads(text)
     except RecursionError:
@@ -245,7 +248,12 @@ def validated(current: Settings, changes: Mapping[str, Any]) -> Settings:
                 f"orchestr has no setting named {name!r}; settings are {sorted(FIELDS)}"
             )
     values = {**current.model_dump(), **changes}
-    return _plain(pydantic_model().model_validate(values).model_dump())
+    model = pydantic_model()
+    try:
+        checked = model.model_validate(values)
+    except ValueError as exc:  # pydantic's ValidationError
+        raise _readable(exc) from None
+    return _plain(checked.model_dump())
 
 
 def _plain(values: dict[str, Any]) -> Settings:
@@ -265,6 +273,71 @@ def _clamped(value: Any) -> Any:
 
 _model: Any = None
 
+# What each setting of several kinds (a number or a list of them; a number or None)
+# takes, in words: said after each of its errors.
+_takes: dict[str, str] = {}
+_BOUNDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+_KINDS = {int: "a whole number", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _readable(error: ValueError) -> ValueError:
+    """``error`` (pydantic's ValidationError) as the user should read it: a setting of
+    several kinds names neither pydantic's tag of the kind it was checked as
+    (``.list``, ``.value``) nor every kind's complaint, but the bad item (its index, as
+    ``loc``, and value), what is wrong with it, and what the setting takes."""
+    from pydantic_core import PydanticCustomError, ValidationError
+
+    if not isinstance(error, ValidationError):
+        return error
+    found = error.errors(include_url=False)
+    if not any(item["loc"] and item["loc"][0] in _takes for item in found):
+        return error
+    lines: list[Any] = []
+    for item in found:
+        loc = tuple(item["loc"])
+        message = item["msg"]
+        name = loc[0] if loc else None
+        if isinstance(name, str) and name in _takes:
+            loc = (name, *(part for part in loc[1:] if part not in ("list", "value")))
+            message = f"{message} ({name} takes {_takes[name]})"
+        kind = PydanticCustomError(item["type"], "{message}", {"message": message})
+        lines.append({"type": kind, "loc": loc, "input": item["input"]})
+    return ValidationError.from_exception_data(error.title, lines)
+
+
+def _described(hint: Any, constraints: Mapping[str, Any]) -> str:
+    """``a number >= 0, or a list of them``: what a setting typed ``hint`` takes."""
+    bound = " and ".join(f"{op} {constraints[key]}" for key, op in _BOUNDS if key in constraints)
+    words = []
+    for member in typing.get_args(hint):
+        if member is type(None):
+            words.append("None")
+        elif typing.get_origin(member) is list:
+            words.append("a list of them")
+        else:
+            words.append(" ".join(filter(None, (_KINDS.get(member, str(member)), bound))))
+    return ", or ".join(words)
+
+
+def _blank_is_none(value: Any) -> Any:
+    # ORCHESTR_THREAD_POOL_MAX_WORKERS="" means "not set" (None, the default).
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def _list_from_text(value: Any) -> Any:
+    """Text that is a list (``"[1, 10]"``, from the environment, where pydantic-settings
+    gives up on JSON it cannot read, such as ``[1,nan]``) as a list of its items, so
+    that an error names the bad item rather than saying the text is not a number."""
+    if not isinstance(value, str) or not value.strip().startswith("["):
+        return value
+    text = value.strip()
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    inner = text[1:-1] if text.endswith("]") else text[1:]
+    return [item.strip() for item in inner.split(",")] if inner.strip() else []
+
 
 def pydantic_model() -> Any:
     """The pydantic-settings model of :class:`Settings` (built on first use)."""
@@ -278,6 +351,7 @@ def _build_model() -> Any:
     # Deferred: pydantic costs a tenth of a second to import.
     from pydantic import BeforeValidator, Discriminator, Tag, create_model
     from pydantic import Field as PydanticField
+    from pydantic_core import PydanticCustomError
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
     class Base(BaseSettings):
@@ -288,34 +362,65 @@ def _build_model() -> Any:
             raise ValueError("a bool is not a number")
         return value
 
+    def refuse_not_finite(value: Any) -> Any:
+        # Before the bounds: NaN is not "less than 0", it is not a number of seconds.
+        try:
+            number = float(value) if isinstance(value, (str, float)) else 0.0
+        except ValueError:
+            return value  # pydantic says it is not a number
+        if not math.isfinite(number):
+            raise PydanticCustomError("finite_number", "Input should be a finite number")
+        return value
+
     def constrained(hint: Any, constraints: dict[str, Any]) -> Any:
         origin = typing.get_origin(hint)
         if origin in (typing.Union, types.UnionType):
-            # Tagged, and the member picked by the value's shape: an error then names
-            # "list" and the item (task_default_retry_delay_seconds.list.1), not every
-            # member's validators as pydantic spells them.
-            members = typing.get_args(hint)
-            tags = ["list" if typing.get_origin(m) is list else "number" for m in members]
-            tagged = tuple(
-                Annotated[constrained(m, constraints), Tag(t)]
-                for m, t in zip(members, tags, strict=True)
+            given = typing.get_args(hint)
+            members = [member for member in given if member is not type(None)]
+            made = (
+                either(members, constraints)
+                if len(members) > 1
+                else constrained(members[0], constraints)
             )
-
-            def shape(value: Any) -> str:
-                listed = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
-                return "list" if listed and "list" in tags else tags[0]
-
-            return Annotated[typing.Union[tagged], Discriminator(shape)]  # noqa: UP007
+            if len(members) == len(given):
+                return made
+            # ``X | None``: pydantic's nullable schema, whose errors are X's alone (as a
+            # union, None's "Input should be None" came too, or instead).
+            return Annotated[typing.Optional[made], BeforeValidator(_blank_is_none)]  # noqa: UP045
         if origin is list:
             return list[constrained(typing.get_args(hint)[0], constraints)]  # type: ignore[misc]
         if hint in (int, float):
             options: dict[str, Any] = dict(constraints)
+            checks = [BeforeValidator(refuse_bool)]
             if hint is float:
-                options["allow_inf_nan"] = False
-            return Annotated[hint, BeforeValidator(refuse_bool), PydanticField(**options)]
+                options["allow_inf_nan"] = False  # Decimal("nan") and the like
+                checks.append(BeforeValidator(refuse_not_finite))
+            return Annotated[hint, *checks, PydanticField(**options)]
         if hint is str and constraints:
             return Annotated[str, PydanticField(**constraints)]
         return hint
+
+    def either(members: list[Any], constraints: dict[str, Any]) -> Any:
+        # A value or a list of them, the member picked by the value's shape: an error is
+        # that member's (an item's: its index), not every member's as pydantic spells
+        # them. The tags are pydantic's business: _readable() takes them out of errors.
+        tags = ["list" if typing.get_origin(m) is list else "value" for m in members]
+        if sorted(tags) != ["list", "value"]:
+            raise TypeError(f"a setting's union must be one value and a list, not {members}")
+        tagged = tuple(
+            Annotated[constrained(m, constraints), Tag(t)]
+            for m, t in zip(members, tags, strict=True)
+        )
+
+        def shape(value: Any) -> str:
+            listed = hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+            return "list" if listed else "value"
+
+        return Annotated[
+            typing.Union[tagged],  # noqa: UP007
+            Discriminator(shape),
+            BeforeValidator(_list_from_text),  # listed last: runs first, before the choice
+        ]
 
     def empty_is_unset(field: Field) -> Any:
         # ORCHESTR_HOME="" (or home="") means "not set", not the current directory.
@@ -331,6 +436,9 @@ def _build_model() -> Any:
     from pathlib import Path
 
     hints = typing.get_type_hints(Settings, globalns={**globals(), "Path": Path})
+    for name, field in FIELDS.items():
+        if typing.get_origin(hints[name]) in (typing.Union, types.UnionType):
+            _takes[name] = _described(hints[name], field.constraints)
     fields = {
         name: (
             constrained(hints[name], field.constraints)

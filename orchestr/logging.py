@@ -5,9 +5,9 @@ fields (``flow_run_name``, ``flow_run_id``, ``flow_name``, and for task runs
 ``task_run_name``, ``task_run_id``, ``task_name``). ``log_prints=True`` on a flow or task
 routes its ``print()`` calls to its run logger.
 
-orchestr adds a console handler to its ``orchestr`` logger on the first run only if the
-application configured no logging at all; otherwise records go to the application's
-handlers untouched.
+orchestr adds a console handler to its ``orchestr`` logger only while the application
+configured no logging at all (looked at at each flow run's start); otherwise records go
+to the application's handlers untouched.
 """
 
 from ._logging import RunLogger as RunLogger

@@ -25,6 +25,7 @@ import datetime
 import inspect
 import math
 import os
+import re
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from decimal import Decimal
@@ -1080,11 +1081,85 @@ def test_override_settings_validates_or_names_the_setting(name: str, value: Any)
         with override_settings(**{name: value}) as changed:
             made.append(changed)
 
-    outcome(enter, [name])
+    error = outcome(enter, [name])
     assert orchestr.get_settings() is before
     for changed in made:
         for field in ("cleanup_timeout_seconds", "cancel_grace_seconds"):
             assert 0 <= getattr(changed, field) <= 1e9
+    # Refusing is not enough: a value the setting takes must be taken (the oracle above
+    # let an error naming the setting pass for every value, so a setting that refused
+    # them all, thread_pool_max_workers, went unnoticed).
+    taken = _setting_takes(name, value)
+    if taken is not None:
+        assert (error is None) == taken, (name, value, error)
+    if error is not None:
+        _assert_user_words(error)
+
+
+# What each setting takes, as docs/guide/settings.md says (written from the table, not
+# from the model): True or False where it is plain, None where this oracle does not say.
+_LEVELS = {"DEBUG", "INFO", "WARNING", "WARN", "ERROR", "CRITICAL", "FATAL", "NOTSET"}
+_BOOLS = ("handle_signals", "setup_logging", "history")
+_COUNTS = {"task_default_retries": 0, "flow_default_retries": 0, "thread_pool_max_workers": 1}
+_DURATIONS = {  # setting: (least, whether the least itself is allowed)
+    "cleanup_timeout_seconds": (0, False),
+    "cancel_grace_seconds": (0, True),
+    "history_exit_timeout_seconds": (0, True),
+    "task_default_retry_delay_seconds": (0, True),
+    "flow_default_retry_delay_seconds": (0, True),
+}
+_LISTED = ("task_default_retry_delay_seconds", "flow_default_retry_delay_seconds")
+
+
+def _duration_takes(name: str, value: Any) -> bool | None:
+    if type(value) not in (int, float) or abs(value) > 1e300:
+        return None  # bools are refused; Fractions, Decimals, huge ints: not said
+    least, least_ok = _DURATIONS[name]
+    return math.isfinite(value) and (value > least or (least_ok and value == least))
+
+
+def _setting_takes(name: str, value: Any) -> bool | None:
+    """Whether ``override_settings(name=value)`` must take ``value`` (None: not said)."""
+    if name == "backend":
+        return value in ("asyncio", "trio") if isinstance(value, str) else None
+    if name in _BOOLS:
+        return True if type(value) is bool else None
+    if name == "logging_level":
+        return value.upper() in _LEVELS if isinstance(value, str) and value.isascii() else None
+    if name in _COUNTS:
+        if value is None:
+            return name == "thread_pool_max_workers" or None
+        return value >= _COUNTS[name] if type(value) is int else None
+    if name in _DURATIONS:
+        if name in _LISTED and type(value) is list:
+            each = [_duration_takes(name, item) for item in value]
+            return False if False in each else (None if None in each else True)
+        return _duration_takes(name, value)
+    return None
+
+
+def _variable_takes(name: str, text: str) -> bool | None:
+    """Whether ``ORCHESTR_<NAME>=text`` must be taken (None: not said)."""
+    plain = re.fullmatch(r"-?[0-9]+", text)
+    if name in _COUNTS and plain:
+        return int(text) >= _COUNTS[name]
+    if name in _DURATIONS and (plain or re.fullmatch(r"-?[0-9]+\.[0-9]+|nan|inf", text)):
+        return _duration_takes(name, float(text)) if abs(float(text)) <= 1e300 else None
+    if name in _LISTED and text in ("[]", "[nan]", "[1e400]"):
+        return text == "[]"
+    if name == "backend":
+        return text in ("asyncio", "trio")
+    if name == "logging_level" and text.isascii():
+        return text.upper() in _LEVELS
+    return None
+
+
+def _assert_user_words(error: BaseException) -> None:
+    """A refusal in the user's words: no tag pydantic gave a kind of a union setting."""
+    if isinstance(error, ValidationError):
+        for found in error.errors(include_url=False):
+            assert all(isinstance(part, int) for part in found["loc"][1:]), found
+            assert found["type"] != "none_required", found
 
 
 ENV_TEXT = st.one_of(
@@ -1120,9 +1195,14 @@ def test_orchestr_variables_are_validated_naming_the_variable(name: str, text: s
     assert not isinstance(result.exception, Exception) or isinstance(
         result.exception, SystemExit
     ), result.exception
+    taken = _variable_takes(name, text)
+    if taken is not None:  # a text the setting takes must be taken (not only named)
+        assert (error is None) == taken, (variable, text, error)
     if error is not None:
+        _assert_user_words(error)
         assert result.exit_code == 2, result.output
         assert variable in result.output or "ORCHESTR_" in result.output
+        assert "Input should be None" not in result.output
 
 
 def test_found_deep_json_in_a_variable_is_an_error_naming_it(

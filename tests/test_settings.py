@@ -247,13 +247,14 @@ def test_logging_level_names_are_taken_in_any_case(level: str) -> None:
 @pytest.mark.parametrize(
     ("value", "where"),
     [
-        ([1, -1], "task_default_retry_delay_seconds.list.1"),
-        (-1, "task_default_retry_delay_seconds.number"),
+        ([1, -1], "task_default_retry_delay_seconds.1\n"),
+        (-1, "task_default_retry_delay_seconds\n"),
     ],
 )
 def test_a_bad_delay_names_the_item_not_pydantic_internals(value: Any, where: str) -> None:
     """A setting that is a number or a list of them: the error names the item that is
-    wrong, not each union member's validators as pydantic spells them."""
+    wrong (its index), not each union member's validators nor their tags as pydantic
+    spells them, and says what the setting takes."""
     with (
         pytest.raises(pydantic.ValidationError) as raised,
         override_settings(task_default_retry_delay_seconds=value),
@@ -261,6 +262,9 @@ def test_a_bad_delay_names_the_item_not_pydantic_internals(value: Any, where: st
         pass
     message = str(raised.value)
     assert where in message
+    assert ".list" not in message
+    assert ".number" not in message
+    assert "takes a number >= 0, or a list of them" in message
     assert "greater than or equal to 0" in message
     assert "function-after" not in message
     assert "valid number" not in message  # the list is not also tried as a number
