@@ -272,6 +272,47 @@ def test_a_cleanup_that_outlives_the_grace_gets_its_worker_killed(run: Any, tmp_
     assert gone_within(worker)
 
 
+@task
+async def blocks_its_loop(journal: str) -> None:
+    note(journal, "blocking")
+    time.sleep(60)  # blocking code in an async task: its loop never runs the stop
+
+
+@task
+def blocks_in_c(journal: str) -> None:
+    import signal
+
+    # As C code that lets no signal through: the stop's wakeup never reaches Python.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGURG})
+    note(journal, "blocking")
+    time.sleep(60)
+
+
+@pytest.mark.parametrize("holder", [blocks_its_loop, blocks_in_c], ids=["async", "sync"])
+def test_a_call_the_stop_cannot_reach_ends_at_once_not_after_the_cleanup_grace(
+    run: Any, tmp_path: Path, holder: Any
+) -> None:
+    """A stopped call whose interrupt cannot land (its loop blocked, C code) has nothing
+    that could clean up: its worker ends within about a second of the stop, not after the
+    cleanup timeout setting (here 30 s) plus the grace."""
+    journal = tmp_path / "journal"
+    begun: list[float] = []
+
+    @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
+    async def main() -> str:
+        await pid.submit()
+        begun.append(time.monotonic())
+        state = await holder.with_options(timeout_seconds=TASK_TIMEOUT).submit(str(journal)).wait()
+        begun.append(time.monotonic())
+        return state.name
+
+    with override_settings(cleanup_timeout_seconds=30):
+        assert run(main) == "TimedOut"
+    took = begun[1] - begun[0]
+    assert [step for _, step in steps(journal)] == ["blocking"]
+    assert took < TASK_TIMEOUT + 8, took  # about TASK_TIMEOUT + 1 s; the grace is 32 s
+
+
 def test_a_stopped_call_cleans_up_and_takes_the_processes_it_started_with_it(
     run: Any, tmp_path: Path
 ) -> None:

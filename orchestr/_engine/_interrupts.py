@@ -302,7 +302,15 @@ def kick() -> None:
         signal.pthread_kill(_main_ident, _WAKEUP)  # type: ignore[arg-type]
 
 
+#: How many wakeups the main thread has handled with requests waiting: one more shows
+#: that it runs Python code (a request it defers waits for a protected section to end,
+#: which it will), not C code that lets no signal through.
+handled = [0]
+
+
 def _on_wakeup(signum: int, frame: FrameType | None) -> None:
+    if _requests:
+        handled[0] += 1
     if not _requests:
         previous = _wakeup_previous[0]
         if callable(previous):

@@ -2,8 +2,9 @@
 
 Every call opens the database, answers, and closes it: readers never hold the file
 between calls, and WAL mode lets them read while runs are being written. A database
-made by an older orchestr is migrated forward on first read; a missing one is an empty
-history (nothing is created by reading).
+made by an older orchestr is migrated forward on first read; a missing one, or an empty
+one, is an empty history (nothing is created by reading); one that is not orchestr's
+(another application's tables) is refused, untouched.
 """
 
 from __future__ import annotations
@@ -382,24 +383,44 @@ def _reading(path: Path | str | None, caller: str) -> Iterator[sqlite3.Connectio
     except OSError as exc:
         raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
     if not exists:
+        blocked = _schema.not_a_directory(str(where))
+        if blocked is not None:  # not "no runs": none could ever be recorded there
+            raise HistoryError(blocked)
         yield None
         return
     try:
-        conn = _schema.connect(str(where), write=False)
-    except sqlite3.OperationalError as exc:
-        # A history this process cannot write (a read-only file system): read as it is.
-        try:
-            conn = _schema.connect_read_only(str(where))
-        except sqlite3.Error:
-            raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
-    except (sqlite3.Error, OSError) as exc:
-        raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
+        conn = _open(where)
+    except _schema.EmptyHistory:  # (a new file: read, never given tables by a reader)
+        yield None
+        return
     try:
         yield conn
     except sqlite3.Error as exc:
         raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
     finally:
         conn.close()
+
+
+def _open(where: Path) -> sqlite3.Connection:
+    """A connection to the history at ``where``, brought forward if it is older;
+    EmptyHistory if it has no tables yet; HistoryError saying why it cannot be read."""
+    try:
+        return _schema.connect(str(where), write=False)
+    except _schema.NotAHistoryError as exc:
+        raise HistoryError(str(exc)) from None
+    except sqlite3.OperationalError as exc:
+        error: BaseException = exc
+    except (sqlite3.Error, OSError) as exc:
+        raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
+    # A history this process cannot write (a read-only file system): read as it is.
+    try:
+        return _schema.connect_read_only(str(where))
+    except _schema.NotAHistoryError as exc:
+        raise HistoryError(str(exc)) from None
+    except _schema.OlderSchemaError as exc:  # what to do, rather than why writing failed
+        raise HistoryError(f"the run history at {where} cannot be read: {exc}") from exc
+    except sqlite3.Error:
+        raise HistoryError(f"the run history at {where} cannot be read: {error}") from error
 
 
 def _shown(path: Path | str | None) -> str:

@@ -48,7 +48,7 @@ from .._checks import seconds
 from .._engine._transitions import observe
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import StateType
-from ._values import parameters_snapshot
+from ._values import note_origin, parameters_snapshot
 
 if TYPE_CHECKING:
     from ..settings import Settings
@@ -186,6 +186,8 @@ def _observe(record: Any, state: State[Any]) -> None:
         snapshot = _parameters_of(record)
     final = record.state_type.is_final
     recorded.final_queued = final
+    if final:
+        note_origin(record.error)  # now, before the error's traceback grows
     _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot, final))
     if not _running:
         _start()

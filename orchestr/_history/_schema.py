@@ -24,6 +24,12 @@ a busy database (``busy_timeout``), and syncs at checkpoints only (``synchronous
 NORMAL``: a power cut may lose the last runs, never corrupt the file). A history this
 process cannot write (a read-only file system or directory: an archived copy, a mount)
 is read through :func:`connect_read_only`, which never writes.
+
+Only a database that is orchestr's is ever changed: one with its ``schema_version``
+and ``flow_runs`` tables, or an empty one (no tables: a writer creates
+them, a reader finds no runs in it and leaves it as it is). A database with other tables
+(another application's, at the path the ``home`` setting gives) is refused, by readers
+and the writer alike (:class:`NotAHistoryError`), before anything is written to it.
 """
 
 from __future__ import annotations
@@ -36,10 +42,14 @@ import urllib.parse
 __all__ = [
     "BUSY_SECONDS",
     "VERSION",
+    "EmptyHistory",
     "NewerSchemaError",
+    "NotAHistoryError",
+    "OlderSchemaError",
     "connect",
     "connect_read_only",
     "migrate",
+    "not_a_directory",
     "parse_changes",
     "version_of",
 ]
@@ -99,7 +109,50 @@ VERSION = max(MIGRATIONS)
 
 
 class NewerSchemaError(Exception):
-    """The database was made by a newer orchestr (its schema version is higher)."""
+    """Raised when the database was made by a newer orchestr (its schema version is
+    higher) and would be written."""
+
+
+class OlderSchemaError(Exception):
+    """Raised when the database was made by an older orchestr and cannot be written to
+    bring it forward."""
+
+
+class NotAHistoryError(Exception):
+    """Raised when the database is not an orchestr run history (another application's:
+    it has tables, not orchestr's)."""
+
+
+class EmptyHistory(Exception):
+    """Raised when a reader opens a database with no tables yet: no runs, and nothing to
+    migrate (a reader creates none)."""
+
+
+# Tables every orchestr history has (version 1 on): the mark
+# of a database that is orchestr's.
+_OWN_TABLES = frozenset({"schema_version", "flow_runs"})
+
+
+def not_a_directory(path: str) -> str | None:
+    """If a file (not a directory) stands where a directory above ``path`` should be,
+    why the history cannot be there, naming it and saying what to do; else None."""
+    directory = os.path.dirname(os.path.abspath(path))
+    while True:
+        try:
+            if os.path.exists(directory):
+                if os.path.isdir(directory):
+                    return None
+                return (
+                    f"{directory} is a file, not a directory, so the run history "
+                    f"{os.path.basename(path)} cannot be in it: point the orchestr home "
+                    "(ORCHESTR_HOME, the home setting) at a directory, or move the file"
+                )
+        except OSError:
+            return None
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
 
 
 def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
@@ -107,8 +160,13 @@ def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sq
     with its directory, if ``write``), that waits ``busy_seconds`` for a database another
     connection is writing. Raises ``sqlite3.Error`` / ``OSError`` when the file cannot be
     opened or is not a database (or stays busy), :class:`NewerSchemaError` when ``write``
-    and the database is newer than this orchestr."""
+    and the database is newer than this orchestr, :class:`NotAHistoryError` when it is
+    not orchestr's, :class:`EmptyHistory` when not ``write`` and it has no tables yet;
+    nothing is written to the file in these cases."""
     if write:
+        blocked = not_a_directory(path)
+        if blocked is not None:
+            raise NotADirectoryError(blocked)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     # Autocommit (isolation_level=None): transactions are begun explicitly, IMMEDIATE,
     # so that a writer takes the write lock up front (no deadlocked lock upgrades).
@@ -117,7 +175,9 @@ def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sq
     )
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_seconds * 1000)}")
-        found = version_of(conn)  # the first read: fails if the file is not a database
+        found = version_of(conn, path)  # the first read: fails if the file is not a database
+        if found == 0 and not write:
+            raise EmptyHistory(path)
         if found > VERSION and write:  # before anything changes the file
             raise NewerSchemaError(
                 f"the run history at {path} has schema version {found}, newer than this "
@@ -136,8 +196,10 @@ def connect(path: str, *, write: bool, busy_seconds: float = BUSY_SECONDS) -> sq
 def connect_read_only(path: str, busy_seconds: float = BUSY_SECONDS) -> sqlite3.Connection:
     """A connection to the history at ``path`` that never writes: read-only, or where
     SQLite cannot keep a WAL database's shared memory beside it either, immutable (read
-    as the file is, without locks). Raises ``sqlite3.Error`` if neither opens, or if the
-    database is older than :data:`VERSION` (it would need migrating to be read)."""
+    as the file is, without locks). Raises ``sqlite3.Error`` if neither opens,
+    :class:`OlderSchemaError` if the database is older than :data:`VERSION` (it would
+    need migrating to be read), :class:`NotAHistoryError` or :class:`EmptyHistory` as
+    :func:`connect` does."""
     where = "file:" + urllib.parse.quote(os.path.abspath(path))
     error: sqlite3.Error | None = None
     for mode in ("mode=ro", "immutable=1"):
@@ -153,29 +215,56 @@ def connect_read_only(path: str, busy_seconds: float = BUSY_SECONDS) -> sqlite3.
             error = exc
             continue
         try:
-            found = version_of(conn)
+            found = version_of(conn, path)
         except sqlite3.Error as exc:
             conn.close()
             error = exc
             continue
+        except NotAHistoryError:
+            conn.close()
+            raise
+        if found == 0:
+            conn.close()
+            raise EmptyHistory(path)
         if found < VERSION:
             conn.close()
-            raise sqlite3.OperationalError(
-                f"it was made by an older orchestr (schema version {found}) and cannot be "
-                "written, so it cannot be brought forward to be read; copy it somewhere "
-                "writable"
+            raise OlderSchemaError(
+                f"it was made by an older orchestr (schema version {found}) and this user "
+                "cannot write it, so it cannot be brought forward to be read; copy it "
+                "somewhere writable and read the copy (ORCHESTR_HOME=that directory, or "
+                "path= in Python)"
             )
         return conn
     assert error is not None
     raise error
 
 
-def version_of(conn: sqlite3.Connection) -> int:
-    """The schema version of the database (0: empty)."""
-    has_table = conn.execute(
+def version_of(conn: sqlite3.Connection, path: str = "the database") -> int:
+    """The schema version of the database (0: empty, no tables at all);
+    :class:`NotAHistoryError` (naming ``path``) if it has tables and is not orchestr's."""
+    tables = {
+        name
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite!_%' "
+            "ESCAPE '!'"
+        )
+    }
+    if not tables:
+        return 0
+    if not tables >= _OWN_TABLES:
+        shown = ", ".join(sorted(tables)[:5]) + (", ..." if len(tables) > 5 else "")
+        raise NotAHistoryError(
+            f"{path} is not an orchestr run history: it is an SQLite database with other "
+            f"tables ({shown}), which orchestr leaves alone. Point the orchestr home "
+            "(ORCHESTR_HOME, the home setting) at another directory"
+        )
+    return _version(conn)
+
+
+def _version(conn: sqlite3.Connection) -> int:
+    if not conn.execute(
         "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if has_table is None:
+    ).fetchone():
         return 0
     (found,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
     return int(found)
@@ -190,7 +279,8 @@ def migrate(conn: sqlite3.Connection) -> None:
             "CREATE TABLE IF NOT EXISTS schema_version "
             "(version INTEGER PRIMARY KEY, applied REAL NOT NULL)"
         )
-        for number in range(version_of(conn) + 1, VERSION + 1):
+        # (Read again in the transaction: another process may have migrated it since.)
+        for number in range(_version(conn) + 1, VERSION + 1):
             for statement in MIGRATIONS[number]:
                 conn.execute(statement)
             conn.execute("INSERT INTO schema_version VALUES (?, ?)", (number, time.time()))

@@ -357,9 +357,33 @@ def _is_library(filename: str) -> bool:
     )
 
 
+# Where an error's origin is kept once found (see note_origin).
+_ORIGIN_FOUND = "_orchestr_history_origin"
+
+
+def note_origin(error: BaseException | None) -> None:
+    """Find ``error``'s origin now, as the run it ends ends, and keep it with the error
+    for :func:`error_origin`: later, the traceback also holds the frames the error went
+    through on its way out (the caller of a flow run that failed with a group of task
+    failures, which has no line of the user's code of its own), and the history's writer
+    reads it later."""
+    if error is None or isinstance(getattr(error, _ORIGIN_FOUND, None), str):
+        return
+    found = error_origin(error)
+    if found is not None:
+        try:
+            setattr(error, _ORIGIN_FOUND, found)
+        except Exception:  # an exception type that refuses attributes: found later
+            pass
+
+
 def error_origin(error: BaseException | None) -> str | None:
     """``path/to/file.py:LINE in function``: the line of the user's code that raised
-    ``error`` (or the exception it was raised from), if its traceback shows one."""
+    ``error`` (or the exception it was raised from, or, for a group, the first one in it
+    that shows one), if its traceback shows one; the one :func:`note_origin` kept."""
+    found = getattr(error, _ORIGIN_FOUND, None)
+    if isinstance(found, str):
+        return found
     seen: set[int] = set()
     todo = [] if error is None else [error]
     while todo:

@@ -363,9 +363,10 @@ def _about_the_database(exc: Exception) -> bool:
     """Whether a failed write says the database cannot be opened or written (a full
     disk, an I/O error, a file that is not a database), rather than that a value in the
     batch cannot be stored (a ``ValueError``, ``sqlite3.InterfaceError``, ...)."""
-    return isinstance(exc, sqlite3.OperationalError | OSError | _schema.NewerSchemaError) or (
-        type(exc) is sqlite3.DatabaseError
-    )
+    return isinstance(
+        exc,
+        sqlite3.OperationalError | OSError | _schema.NewerSchemaError | _schema.NotAHistoryError,
+    ) or (type(exc) is sqlite3.DatabaseError)
 
 
 def _run_shown(recorded: Recorded | None) -> str:

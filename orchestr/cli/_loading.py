@@ -1,8 +1,10 @@
 """Finding the flow a command line names.
 
-``path/to/file.py:flow_name`` imports the file as Python would run it (its directory
-first on ``sys.path``, so its sibling modules import); ``package.module:flow_name``
-imports the module with the current directory on ``sys.path``, as ``python -m`` does.
+``path/to/file.py:flow_name`` imports the file as Python would run it (its directory on
+``sys.path`` ahead of all but the standard library, so its sibling modules import), under
+a name a worker process can import it by too (see :func:`_module_name`);
+``package.module:flow_name`` imports the module with the current directory on
+``sys.path``, as ``python -m`` does.
 The ``:flow_name`` may be left out when the module defines exactly one flow. Each
 mistake (no such file or module, no such flow, not a flow, a module that fails to
 import) is a :class:`BadInput` naming it.
@@ -15,8 +17,10 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.machinery
 import importlib.util
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -27,6 +31,7 @@ import click
 from click.shell_completion import CompletionItem
 
 from ..flows import Flow
+from ..runners._worker import FILE_MODULE_PREFIX
 from ..tasks import Task
 from ._errors import BadInput
 
@@ -75,13 +80,10 @@ def _import_file(where: str) -> ModuleType:
     path = path.resolve()
     directory = str(path.parent)
     if directory not in sys.path:
-        sys.path.insert(0, directory)
-    name = path.stem if path.stem.isidentifier() else "__orchestr_target__"
-    if name in sys.modules:
-        found = getattr(sys.modules[name], "__file__", None)
-        if found is not None and Path(found).resolve() == path:
-            return sys.modules[name]
-        name = "__orchestr_target__"
+        sys.path.insert(_after_the_standard_library(), directory)
+    name = _module_name(path)
+    if _is_module_of(sys.modules.get(name), path):
+        return sys.modules[name]
     spec = importlib.util.spec_from_file_location(name, path)
     if spec is None or spec.loader is None:
         raise BadInput(f"{where} cannot be imported as a Python module")
@@ -97,6 +99,58 @@ def _import_file(where: str) -> ModuleType:
             raise
         raise BadInput(_import_failure(where, exc)) from None
     return module
+
+
+def _after_the_standard_library() -> int:
+    """Where a flow file's directory goes on ``sys.path``: ahead of everything but the
+    standard library, so that its sibling modules import, and a ``json.py`` or
+    ``random.py`` next to it does not shadow the standard library's module (in this
+    process, and in the worker processes that start with this ``sys.path``: that is what
+    breaks ``python json.py``)."""
+    stdlib = os.path.dirname(os.path.realpath(os.__file__))
+    last = -1
+    for index, entry in enumerate(sys.path):
+        real = os.path.realpath(entry or ".")
+        if real == stdlib or real.startswith(stdlib + os.sep):
+            last = index
+        elif real.endswith(".zip") and os.path.dirname(real) == os.path.dirname(stdlib):
+            last = index  # python311.zip
+    return last + 1
+
+
+def _module_name(path: Path) -> str:
+    """The name to load the file ``path`` under: its stem (``etl``, ``my-etl``: any name
+    an import looks up as a file) when importing that name finds this very file, in this
+    process and in a worker process; else a name of its own, which the process pool's
+    workers are told about (a ``json.py`` is not ``json``)."""
+    stem = path.stem
+    if "." not in stem and stem not in sys.stdlib_module_names:
+        loaded = sys.modules.get(stem)
+        if loaded is not None:
+            if _is_module_of(loaded, path):
+                return stem
+        else:
+            spec = importlib.machinery.PathFinder.find_spec(stem)
+            if spec is not None and spec.origin and _same_file(spec.origin, path):
+                return stem
+    base = FILE_MODULE_PREFIX + re.sub(r"\W", "_", stem)
+    name, n = f"{base}__", 1
+    while name in sys.modules and not _is_module_of(sys.modules[name], path):
+        n += 1
+        name = f"{base}_{n}__"
+    return name
+
+
+def _is_module_of(module: ModuleType | None, path: Path) -> bool:
+    found = getattr(module, "__file__", None)
+    return found is not None and _same_file(found, path)
+
+
+def _same_file(found: str, path: Path) -> bool:
+    try:
+        return Path(found).resolve() == path
+    except OSError:
+        return False
 
 
 def _import_module(where: str) -> ModuleType:

@@ -8,8 +8,8 @@ between attempts, while it was Retrying, are ``░``. Time before a run started 
 waiting for upstreams, a worker or a limit) is left blank.
 
 When there are more runs than rows to draw, :func:`cut` keeps what a timeline is read
-for rather than the first runs to start: the failed runs, the last to end (the
-straggler) and the slowest.
+for rather than the first runs to start: the failed runs first, then the last to end
+(the straggler), then the slowest.
 """
 
 from __future__ import annotations
@@ -79,9 +79,9 @@ def bars_of(
 
 def cut(bars: Sequence[Bar], max_rows: int) -> tuple[list[Bar], list[Bar]]:
     """At most ``max_rows`` of ``bars`` (all of them if 0), in their order, and those
-    left out. Kept first: the run that ended last (one still going counts as ending
-    last), the failed runs (up to two thirds of the rows, so some room stays for the
-    rest), then the slowest."""
+    left out. Kept first: the failed runs (as many as there is room for, in order), then
+    the run that ended last (one still going counts as ending last), then the
+    slowest."""
     if max_rows <= 0 or len(bars) <= max_rows:
         return list(bars), []
     chosen: dict[int, None] = {}  # indexes into bars, in order of choosing
@@ -92,10 +92,10 @@ def cut(bars: Sequence[Bar], max_rows: int) -> tuple[list[Bar], list[Bar]]:
             return -math.inf
         return math.inf if row.ended is None else row.ended
 
+    for i, row in enumerate(bars):
+        if row.state in _FAILED:
+            chosen[i] = None
     chosen[max(range(len(bars)), key=ends)] = None
-    failed = [i for i, row in enumerate(bars) if row.state in _FAILED]
-    for i in failed[: max(1, 2 * max_rows // 3)]:
-        chosen[i] = None
     by_duration = sorted(range(len(bars)), key=lambda i: -(bars[i].duration or 0.0))
     for i in by_duration:  # sorted() is stable: equal durations by start
         chosen[i] = None
@@ -140,11 +140,15 @@ def _extent(bars: Sequence[Bar], start: float | None, end: float | None) -> tupl
 
 
 def axis(span: float, width: int) -> Text:
-    """The time axis header: ``0s``, a few ticks, and the span at the right end."""
+    """The time axis header: ``0s``, a few ticks, and the span at the right end (with as
+    many decimals as it takes for no two ticks to read the same)."""
     cells = [" "] * width
     ticks = 4 if width >= 40 else 2
-    for i in range(ticks + 1):
-        label = _tick(span * i / ticks)
+    for decimals in range(4):
+        labels = [_tick(span * i / ticks, decimals) for i in range(ticks + 1)]
+        if len(set(labels)) == len(labels):
+            break
+    for i, label in enumerate(labels):
         at = round((width - 1) * i / ticks)
         if i == ticks:
             at = width - len(label)
@@ -156,14 +160,14 @@ def axis(span: float, width: int) -> Text:
     return Text("".join(cells), style="dim")
 
 
-def _tick(seconds: float) -> str:
+def _tick(seconds: float, decimals: int = 0) -> str:
     if seconds == 0:
         return "0s"
     if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
+        return f"{seconds * 1000:.{decimals}f}ms"
     if seconds < 60:
-        return f"{seconds:.1f}s" if seconds < 10 else f"{seconds:.0f}s"
-    return f"{seconds / 60:.1f}m"
+        return f"{seconds:.{max(decimals, 1 if seconds < 10 else 0)}f}s"
+    return f"{seconds / 60:.{decimals + 1}f}m"
 
 
 def bar(row: Bar, t0: float, t1: float, width: int) -> Text:

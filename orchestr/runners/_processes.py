@@ -68,7 +68,7 @@ from ._base import CallBound, TaskRunner, checked_bound
 from ._call import Call, Outcome, call_started
 from ._pickling import PROTOCOL as _PROTOCOL
 from ._pickling import dump_call, load_outcome
-from ._worker import worker_main
+from ._worker import file_modules, worker_main
 
 if TYPE_CHECKING:
     from multiprocessing.connection import Connection
@@ -469,7 +469,7 @@ class _Pool:
         levels = (logging.getLogger().getEffectiveLevel(), _orchestr_level())
         process = self._context.Process(  # type: ignore[attr-defined]
             target=worker_main,
-            args=(child_conn, levels, os.getpid()),
+            args=(child_conn, levels, os.getpid(), file_modules()),
             name="orchestr-worker",
             daemon=True,
         )

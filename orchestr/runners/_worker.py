@@ -26,14 +26,24 @@ which ends this worker too. A new worker costs a fork; a stop is rare.
 
 It leads a process group of its own and ends soon after the process that made the pool,
 however that one ends.
+
+**Files loaded under a name of their own.** ``orchestr run json.py`` cannot register the
+file as ``json`` (the standard library's is there already): it is loaded as
+``__orchestr_file_json__`` (see :data:`FILE_MODULE_PREFIX`). A worker cannot find such a
+module by importing it, so the pool gives each worker the paths of these modules
+(:func:`file_modules`), and the worker imports one from its file when a call names it (as
+multiprocessing re-runs ``__main__`` from its path in a child, but only when needed).
 """
 
 from __future__ import annotations
 
+import importlib.abc
+import importlib.util
 import logging
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 from functools import partial
@@ -54,12 +64,21 @@ if TYPE_CHECKING:
 
     from ._call import Call
 
-__all__ = ["worker_main"]
+__all__ = ["FILE_MODULE_PREFIX", "file_modules", "worker_main"]
+
+#: The name prefix of a module loaded from a file that cannot be imported by its own name
+#: (``__orchestr_file_json__`` for a ``json.py`` run by ``orchestr run``).
+FILE_MODULE_PREFIX = "__orchestr_file_"
 
 _PARENT_CHECK = 0.5  # how often a worker checks that the process that made it lives
 # The grace of a stop that names none (the pool always names one: its cleanup timeout and
 # a margin for the interrupt to land).
 _DEFAULT_GRACE = 32.0
+# A stop's interrupt that has not landed in the call within this (an async call whose
+# loop a blocking call holds, a sync call in C code that lets no signal through) never
+# will soon: the worker ends at once rather than after the whole grace, which is for
+# cleanups that are under way.
+_LANDING = 1.0
 
 
 class _Forward(logging.Handler):
@@ -77,7 +96,32 @@ class _Forward(logging.Handler):
             self.handleError(record)
 
 
-def worker_main(conn: Connection, levels: tuple[int, int], parent: int) -> None:
+def file_modules() -> dict[str, str]:
+    """The modules loaded from files under a name of their own: name -> file."""
+    return {
+        name: file
+        for name, module in list(sys.modules.items())
+        if name.startswith(FILE_MODULE_PREFIX)
+        and (file := getattr(module, "__file__", None)) is not None
+    }
+
+
+class _FileModules(importlib.abc.MetaPathFinder):
+    """Imports the modules :func:`file_modules` named, from their files."""
+
+    def __init__(self, files: dict[str, str]) -> None:
+        self._files = files
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        file = self._files.get(name)
+        return None if file is None else importlib.util.spec_from_file_location(name, file)
+
+
+def worker_main(
+    conn: Connection, levels: tuple[int, int], parent: int, files: dict[str, str] | None = None
+) -> None:
+    if files:
+        sys.meta_path.append(_FileModules(files))
     # A group of its own: stopping a call ends what it started too, and a Ctrl-C at the
     # terminal reaches the flow's process only (which decides what it stops). A no-op
     # handler, not SIG_IGN, which the programs a task runs would inherit.
@@ -227,6 +271,7 @@ class _Stop:
         self._loop: LoopHandle | None = None
         # Set when the call returns; made by a stop (a call not stopped pays for none).
         self._returned: threading.Event | None = None
+        self._landed = False  # the async call's scope was cancelled on its loop
 
     # -- in the main thread ------------------------------------------------------------------
     def prepare(self, call: Call) -> None:
@@ -243,6 +288,7 @@ class _Stop:
         with self._lock:
             self._scope, self._loop = scope, LoopHandle.current()
             if self._requested:
+                self._landed = True
                 scope.cancel()
 
     def finished(self) -> bool:
@@ -269,7 +315,7 @@ class _Stop:
             self._requested = True
             returned = self._returned = threading.Event()
             if self._scope is not None and self._loop is not None:
-                self._loop.call_soon(self._scope.cancel)
+                self._loop.call_soon(self._cancel_scope)
         threading.Thread(
             target=self._stopping,
             args=(returned, time.monotonic() + grace),
@@ -278,9 +324,20 @@ class _Stop:
         ).start()
         return True
 
+    def _cancel_scope(self) -> None:
+        """On the call's loop: the stop lands (a loop that a blocking call holds never
+        runs this)."""
+        with self._lock:
+            scope = self._scope
+            self._landed = True
+        if scope is not None:
+            scope.cancel()
+
     def _stopping(self, returned: threading.Event, deadline: float) -> None:
         request: _interrupts.Request | None = None
         intervals = _interrupts.kick_intervals()
+        landing = time.monotonic() + _LANDING
+        seen = _interrupts.handled[0]
         try:
             while True:
                 if self._sync and request is None:
@@ -289,7 +346,14 @@ class _Stop:
                         break
                 elif request is not None and _interrupts.is_pending(request):
                     _interrupts.kick()  # it may have been in orchestr's code: again
-                left = deadline - time.monotonic()
+                # Landed: the async call's loop cancelled its scope; the main thread
+                # handled a wakeup (it runs Python code: it raises the interrupt now, or
+                # once the block setup or cleanup it is in has ended).
+                landed = self._landed if not self._sync else _interrupts.handled[0] != seen
+                now = time.monotonic()
+                if not landed and now >= landing:
+                    break  # it cannot be interrupted: nothing will clean up, end it now
+                left = (deadline if landed else min(deadline, landing)) - now
                 if left <= 0 or returned.wait(min(next(intervals), left)):
                     break
             with self._lock:
