@@ -685,3 +685,32 @@ def test_dask_timeouts_and_several_names_hold_across_the_cluster(dask_address: s
             "entered",
             ("UnknownLimitError", True),
         ]
+
+
+def test_one_block_object_entered_by_two_tasks_at_once_loses_no_slot(run: Any) -> None:
+    """A block object is entered once at a time: a second task entering it while the
+    first waits or holds it is refused (UsageError), and every slot is free afterwards
+    (the second entry once overwrote the first's slots, which were never given back)."""
+    shared = concurrency("lcf-shared")
+    outcomes: list[str] = []
+
+    async def user(gate: anyio.Event) -> None:
+        try:
+            async with shared:
+                gate.set()
+                await anyio.sleep(0.05)
+                outcomes.append("held")
+        except UsageError as exc:
+            outcomes.append("refused" if "already held" in str(exc) else str(exc))
+
+    async def main() -> bool:
+        first, second = anyio.Event(), anyio.Event()
+        async with anyio.create_task_group() as group:
+            group.start_soon(user, first)
+            group.start_soon(user, second)
+        async with concurrency("lcf-shared", occupy=2, timeout_seconds=0):
+            return True
+
+    with limits(concurrency={"lcf-shared": 2}):
+        assert run(main) is True
+    assert sorted(outcomes) == ["held", "refused"]

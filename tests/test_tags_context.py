@@ -312,3 +312,56 @@ def test_tags_refuses_what_is_not_a_tag_name(bad: Any) -> None:
     with pytest.raises(UsageError, match=r"tags\(\)") as info, tags("fine", bad):
         pytest.fail("the block started")
     assert repr(bad) in str(info.value)
+
+
+def test_hooks_and_retry_conditions_get_the_task_itself_inside_a_tags_block(run: Any) -> None:
+    """A run made in a tags() block runs with the block's tags, but user code handed its
+    task (hooks, retry_condition_fn) gets the task itself: `task is fetch` holds."""
+    seen: list[tuple[str, bool]] = []
+
+    def on_done(tsk: Any, _run: Any, _state: Any) -> None:
+        seen.append(("completion", tsk is fetch))
+
+    def may_retry(tsk: Any, _run: Any, _state: Any) -> bool:
+        seen.append(("condition", tsk is flaky))
+        return False
+
+    @task(on_completion=[on_done])
+    async def fetch() -> set[str]:
+        from orchestr import runtime
+
+        return set(runtime.task_run.tags)
+
+    @task(retries=1, retry_condition_fn=may_retry)
+    async def flaky() -> None:
+        raise ValueError("no")
+
+    @flow
+    async def main() -> list[set[str]]:
+        with tags("tc-hooks"):
+            got = [await fetch(), await fetch.submit()]
+            await flaky.submit().wait()
+        return got
+
+    assert run(main) == [{"tc-hooks"}, {"tc-hooks"}]
+    assert seen == [("completion", True), ("completion", True), ("condition", True)]
+
+
+def test_a_sync_resource_using_tags_entered_with_async_with_cleans_up(run: Any) -> None:
+    """A sync @resource's setup and cleanup run in different worker threads (contexts):
+    leaving its tags() block there must not fail the cleanup."""
+    from collections.abc import Iterator
+
+    from orchestr import resource
+
+    @resource
+    def tagged_block() -> Iterator[str]:
+        with tags("tc-res"):
+            yield "r"
+
+    @flow
+    async def main() -> str:
+        async with tagged_block() as r:
+            return r
+
+    assert run(main) == "r"

@@ -180,3 +180,15 @@ def test_assert_no_leaks_runs_an_async_flow_given_with_its_runner(backend: str) 
     """What the refusal advises works, arguments and keywords passed through."""
     assert assert_no_leaks(anyio.run, async_job, 2, backend=backend) == 3
     assert assert_no_leaks(anyio.run, plain_async, 5, backend=backend) == 5
+
+
+def test_assert_no_leaks_returns_what_a_sync_callable_returns_even_awaitable() -> None:
+    """Only a coroutine means nothing ran: a sync function returning something awaitable
+    (a finished future, say) is a sync call like any."""
+
+    class Ready:
+        def __await__(self) -> Any:
+            return iter(())
+
+    ready = Ready()
+    assert assert_no_leaks(lambda: ready) is ready

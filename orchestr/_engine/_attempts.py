@@ -403,7 +403,7 @@ async def should_retry(
         return True
     try:
         # Through the driver: an async condition of a sync run needs a loop of its own.
-        verdict = await driver.call_hook(condition, owner, record, state)
+        verdict = await driver.call_hook(condition, user_facing(owner), record, state)
     except Exception:
         run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
@@ -441,6 +441,13 @@ async def run_running_hooks(
         await run_hook(hook, owner, record, state, driver)
 
 
+def user_facing(owner: Definition[Any, Any]) -> Definition[Any, Any]:
+    """The task or flow user code knows: a run made in a ``tags()`` block runs a copy
+    of its task (with the block's tags), but hooks and conditions get the task itself,
+    so that ``task is fetch`` holds in them."""
+    return getattr(owner, "_untagged", owner)  # type: ignore[no-any-return]
+
+
 async def run_hook(
     hook: Any,
     owner: Definition[Any, Any],
@@ -451,7 +458,7 @@ async def run_hook(
     """Call ``hook(owner, record, state)`` for a task or flow run; one that raises is
     logged and changes nothing."""
     try:
-        await driver.call_hook(hook, owner, record, state)
+        await driver.call_hook(hook, user_facing(owner), record, state)
     except Exception:
         run_logger(record).exception(
             "Hook %r raised; the run's state stays %s",

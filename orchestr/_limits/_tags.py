@@ -62,7 +62,10 @@ def tags(*names: str) -> Iterator[frozenset[str]]:
     try:
         yield merged
     finally:
-        _tags_var.reset(token)
+        try:
+            _tags_var.reset(token)
+        except ValueError:  # left in another context (a sync resource's cleanup thread)
+            _tags_var.set(outer)
 
 
 def current_tags() -> frozenset[str]:
@@ -92,5 +95,6 @@ def tagged(task: TaskT) -> TaskT:
     copied = copy.copy(task)
     copied.tags = merged
     copied._given = given | {"tags": merged}
+    copied._untagged = getattr(task, "_untagged", task)  # type: ignore[attr-defined]  # for hooks
     _copies[task] = (extra, given, copied)
     return copied

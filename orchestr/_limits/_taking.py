@@ -138,11 +138,18 @@ class ConcurrencyBlock:
 
     async def __aenter__(self) -> None:
         found, backend = self._limits()
-        if not found:
-            await anyio.lowlevel.checkpoint()
-            self._releases = []
-            return
-        self._releases = await _take_all(self._ask, found, backend)
+        # Held from now, before the wait: a second entry meanwhile (the same block
+        # object used by two tasks at once) is refused, not given slots that the first
+        # one's exit would then lose track of.
+        self._releases = []
+        try:
+            if not found:
+                await anyio.lowlevel.checkpoint()
+                return
+            self._releases = await _take_all(self._ask, found, backend)
+        except BaseException:
+            self._releases = None
+            raise
 
     async def __aexit__(
         self,
@@ -158,11 +165,15 @@ class ConcurrencyBlock:
         ask = self._ask
         refuse_loop_thread(f"`with {ask.what}`", "async with")
         found, backend = self._limits()
-        if not found:
-            self._releases = []
-            return
-        releases = _take_all_blocking(ask, found, backend)
-        _refuse_if_abandoned(releases, ask.what)
+        self._releases = []  # held from now (see __aenter__)
+        try:
+            if not found:
+                return
+            releases = _take_all_blocking(ask, found, backend)
+            _refuse_if_abandoned(releases, ask.what)
+        except BaseException:
+            self._releases = None
+            raise
         self._releases = releases
 
     def __exit__(
