@@ -9,8 +9,8 @@ ProcessPoolTaskRunner (a stopped call ends its worker) and on the shared Dask cl
 (a stopped call in a worker's thread is abandoned), without pool objects in tasks (they
 live in the flow's process).
 
-Seeded (``derandomize``) and bounded: by default 160 examples on threads (about 16 s) and
-112 far away (about 24 s). Set ``ORCHESTR_FAULT_EXAMPLES=2000`` (say) for a longer
+Seeded (``derandomize``) and bounded: by default 120 examples on threads (about 12 s) and
+84 far away (about 18 s). Set ``ORCHESTR_FAULT_EXAMPLES=2000`` (say) for a longer
 campaign (it scales both), and ``ORCHESTR_FAULT_STATS=1`` (with ``-s``) to see what the
 examples did.
 """
@@ -38,7 +38,7 @@ from fault_harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("ORCHESTR_FAULT_EXAMPLES", "160"))
+EXAMPLES = int(os.environ.get("ORCHESTR_FAULT_EXAMPLES", "120"))
 PER_TEST = max(1, EXAMPLES // 4)  # four tests: sync and async flows, on asyncio and trio
 
 FAULT_SETTINGS = settings(

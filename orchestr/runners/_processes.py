@@ -446,7 +446,8 @@ class _Pool:
             worker.send(("stop", waiter.key, waiter.grace))
         except OSError:  # it died: nothing runs there any more
             return
-        _timer(_STOP_GRACE, self._stop_overdue, worker, waiter.key)  # (short: not kept)
+        # Kept with the worker, so that its end cancels it (no thread left behind).
+        worker.timers.append(_timer(_STOP_GRACE, self._stop_overdue, worker, waiter.key))
 
     def _stop_overdue(self, worker: _Worker, key: str, answered: bool = False) -> None:
         """A worker told to stop a call still runs it: kill it from here if it never
