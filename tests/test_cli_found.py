@@ -109,8 +109,13 @@ def _ran(done: subprocess.CompletedProcess[str]) -> None:
     assert "Error" not in done.stderr, done.stderr
 
 
-@pytest.mark.parametrize("runner", ["thread pool", "process pool"])
-@pytest.mark.parametrize("name", NAMES)
+# Every name on threads; on the process pool (slow to start) one of each way a worker
+# finds the file: by its own name, by its path (a name that clashes), from elsewhere.
+PROCESS_NAMES = ["hyphenated", "a standard library module's name (imported)", "in a subdirectory"]
+CASES = [(name, "thread pool") for name in NAMES] + [(n, "process pool") for n in PROCESS_NAMES]
+
+
+@pytest.mark.parametrize(("name", "runner"), CASES)
 def test_tasks_of_any_file_orchestr_run_accepts_run_on_the_runner(
     tmp_path: Path, name: str, runner: str
 ) -> None:

@@ -9,10 +9,10 @@ ProcessPoolTaskRunner (a stopped call ends its worker) and on the shared Dask cl
 (a stopped call in a worker's thread is abandoned), without pool objects in tasks (they
 live in the flow's process).
 
-Seeded (``derandomize``) and bounded: by default 120 examples on threads (about 12 s) and
-84 far away (about 18 s). Set ``ORCHESTR_FAULT_EXAMPLES=2000`` (say) for a longer
-campaign (it scales both), and ``ORCHESTR_FAULT_STATS=1`` (with ``-s``) to see what the
-examples did.
+Seeded (``derandomize``) and bounded: by default 80 examples on threads (about 8 s) and
+56 far away (24 on worker processes, 32 on Dask). Set ``ORCHESTR_FAULT_EXAMPLES=2000``
+(say) for a longer campaign (it scales both), and ``ORCHESTR_FAULT_STATS=1`` (with
+``-s``) to see what the examples did.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from fault_harness import (
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-EXAMPLES = int(os.environ.get("ORCHESTR_FAULT_EXAMPLES", "120"))
+EXAMPLES = int(os.environ.get("ORCHESTR_FAULT_EXAMPLES", "80"))
 PER_TEST = max(1, EXAMPLES // 4)  # four tests: sync and async flows, on asyncio and trio
 
 FAULT_SETTINGS = settings(
@@ -57,8 +57,8 @@ FAULT_SETTINGS = settings(
 TEST_TIMEOUT = max(600, PER_TEST * 3)
 # With task calls in other processes an example costs more: each flow run starts worker
 # processes (about 0.35 s an example) or connects a Dask client (about 0.15 s). Four
-# tests per runner (sync and async flows, on asyncio and trio): by default 60 examples
-# on worker processes and 80 on Dask, about 30 s.
+# tests per runner (sync and async flows, on asyncio and trio): by default 24 examples
+# on worker processes and 32 on Dask, about 15 s.
 PROCESS_PER_TEST = max(1, EXAMPLES * 3 // 40)
 DASK_PER_TEST = max(1, EXAMPLES // 10)
 FAR_TEST_TIMEOUT = max(900, DASK_PER_TEST * 10)

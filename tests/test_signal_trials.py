@@ -50,7 +50,7 @@ from signal_trial_program import RUNNERS, SCENARIOS, make_plan
 
 PROGRAM = Path(__file__).with_name("signal_trial_program.py")
 
-DEFAULT_TRIALS = {"threads": 28, "processes": 8, "dask": 3}
+DEFAULT_TRIALS = {"threads": 16, "processes": 8, "dask": 3}
 ENV_COUNTS = {
     "threads": "ORCHESTR_SIGNAL_TRIALS",
     "processes": "ORCHESTR_SIGNAL_TRIALS_PROCESSES",
