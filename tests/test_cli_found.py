@@ -9,34 +9,12 @@ Real subprocesses running the console script, in temporary directories and homes
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-_SCRIPT = Path(sys.executable).parent / "orchestr"
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestr.cli"]
-
-
-def cli(
-    *args: str, home: Path, cwd: Path, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
-    env.update(ORCHESTR_HOME=str(home), COLUMNS="120")
-    return subprocess.run(
-        [*COMMAND, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
+from cli_process import cli
 
 # A flow whose task returns an instance of a class defined in the file (which the far
 # side must import the file to rebuild), and says where its tasks ran.

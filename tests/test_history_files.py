@@ -26,6 +26,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from cli_process import cli
 from rich.text import Text
 
 from orchestr import flow, history, override_settings
@@ -33,27 +34,10 @@ from orchestr.cli._timeline import Bar, axis, cut
 from orchestr.exceptions import HistoryError
 
 FLUSH_BOUND = 60.0
-_SCRIPT = Path(sys.executable).parent / "orchestr"
-COMMAND = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "orchestr.cli"]
 
 
 def flushed() -> None:
     assert history.flush(FLUSH_BOUND), "the history writer did not finish in time"
-
-
-def cli(*args: str, home: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
-    env.update(ORCHESTR_HOME=str(home), COLUMNS="120")
-    return subprocess.run(
-        [*COMMAND, *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 # == where an error was raised ===================================================================
