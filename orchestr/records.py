@@ -1,11 +1,11 @@
 """Run records: what each run did, reachable from its final state as ``state.record``.
 
-A record is compact on purpose: names, state, timestamps, attempts and error. It keeps
-no copies of arguments or results (those live in futures, and go when the futures go), so
-a flow run of 100,000 tasks keeps a few hundred bytes per task. (A flow run's record
-refers to its parameters while the run goes, for the run history's snapshot of them;
-it lets go of them as the run ends, and never pickles them.) Only the engine writes
-records; users read them.
+A record is compact on purpose: names, tags, state, timestamps, attempts and error. It
+keeps no copies of arguments or results (those live in futures, and go when the futures
+go), so a flow run of 100,000 tasks keeps a few hundred bytes per task. (A flow run's
+record refers to its parameters while the run goes, for the run history's snapshot of
+them; it lets go of them as the run ends, and never pickles them.) Only the engine
+writes records; users read them.
 
 Records pickle (to cross a process, or into a run history). A flow run record pickles
 whole: its task runs, subflow runs and events. A task run record pickled on its own (in
@@ -150,16 +150,26 @@ def _slots(cls: type) -> list[str]:
     return [s for c in reversed(cls.__mro__) for s in c.__dict__.get("__slots__", ())]
 
 
+_NO_TAGS: frozenset[str] = frozenset()
+
+
 class TaskRunRecord(RunRecord):
-    """One task run: name, id, final state, start/end, attempts and error.
+    """One task run: name, id, tags, final state, start/end, attempts and error.
 
     Its name is ``{task_name}-{index}``, the index counting the runs of tasks of that
-    name in the whole process: names are unique across concurrent flow runs.
+    name in the whole process: names are unique across concurrent flow runs. Its
+    ``tags`` are its task's plus those of the ``tags()`` blocks it was created in.
     """
 
-    __slots__ = ("flow_run", "index", "observed", "task_name")
+    __slots__ = ("flow_run", "index", "observed", "tags", "task_name")
 
-    def __init__(self, task_name: str, index: int, flow_run: FlowRunRecord | None = None) -> None:
+    def __init__(
+        self,
+        task_name: str,
+        index: int,
+        flow_run: FlowRunRecord | None = None,
+        tags: frozenset[str] = _NO_TAGS,
+    ) -> None:
         # RunRecord.__init__ spelled out: one record per task run, on the submit path.
         self.state_type = StateType.PENDING
         self.state_name = "Pending"
@@ -173,6 +183,10 @@ class TaskRunRecord(RunRecord):
         self.task_name = task_name
         self.index = index
         self.flow_run = flow_run
+        # The run's tags for good (the names of the limits it takes): its task's own
+        # plus those of the tags() blocks it was created in. Shared, never made per run:
+        # the task's own frozenset outside any block, one union per (task, block) inside.
+        self.tags = tags
         # Set when user code saw this run's final state (rule 7).
         self.observed = False
 

@@ -119,9 +119,11 @@ class TaskRunContext:
 
     @property
     def tags(self) -> frozenset[str]:
+        """The run's tags: its task's own plus those of the ``tags()`` blocks it was
+        created in."""
         current = task_run_var.get()
         if current is not None:
-            return current.task.tags
+            return current.record.tags
         remote = remote_call_var.get()
         return frozenset() if remote is None else remote.tags
 

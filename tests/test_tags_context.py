@@ -1,7 +1,9 @@
 """``with tags("a", "b"):`` adds tags to every task run created inside the block: inline
 calls, ``.submit()``, ``.map()``, the runs of subflows; sync and async, asyncio and trio,
-threads, worker processes and Dask workers. The merged tags are the run's tags for good:
-``runtime.task_run.tags`` shows them, and the limits they name hold the run.
+threads, worker processes and Dask workers. The merged tags are the run's tags for good,
+carried on the run (its record's ``tags``), never on a copy of the task:
+``runtime.task_run.tags`` shows them, the limits they name hold the run, and hooks and
+the run context get the decorated task itself, whose tags stay its own.
 
 Whether a run holds a limit is asked from outside it with ``timeout_seconds=0`` (take
 only what is free now: a held limit times out at once), never by sleeping. Task
@@ -11,6 +13,8 @@ functions for other processes live at module level: workers import this module.
 from __future__ import annotations
 
 import os
+import pickle
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,17 @@ import anyio
 import pytest
 
 import orchestr
-from orchestr import ProcessPoolTaskRunner, flow, runtime, tags, task
+from orchestr import (
+    FlowRunRecord,
+    ProcessPoolTaskRunner,
+    TaskFuture,
+    TaskRunRecord,
+    flow,
+    runtime,
+    tags,
+    task,
+)
+from orchestr._engine._context import task_run_var
 from orchestr.exceptions import LimitTimeoutError, UsageError
 from orchestr.limits import concurrency, limits
 
@@ -365,3 +379,203 @@ def test_a_sync_resource_using_tags_entered_with_async_with_cleans_up(run: Any) 
             return r
 
     assert run(main) == "r"
+
+
+# -- the run carries the tags; the task stays the user's own ------------------------------------
+def _record_of(future: TaskFuture[Any]) -> TaskRunRecord:
+    record = future.state.record
+    assert isinstance(record, TaskRunRecord)
+    return record
+
+
+def _running_task() -> Any:
+    """The Task the current run runs with, as the engine's run context holds it (the
+    object hooks and retry conditions are handed)."""
+    current = task_run_var.get()
+    assert current is not None
+    return current.task
+
+
+@task(tags=["own"])
+async def async_identity() -> tuple[bool, frozenset[str]]:
+    return _running_task() is async_identity, runtime.task_run.tags
+
+
+@task(tags=["own"])
+def sync_identity(_: int = 0) -> tuple[bool, frozenset[str]]:
+    return _running_task() is sync_identity, runtime.task_run.tags
+
+
+@task(tags=["own"])
+async def reoptioned() -> frozenset[str]:
+    return _running_task().with_options(retries=1).tags  # type: ignore[no-any-return]
+
+
+def test_a_run_in_a_block_runs_the_task_itself_with_the_blocks_tags(run: Any) -> None:
+    """Inline async and sync calls, submitted async and sync runs, mapped runs and a
+    subflow's runs made in a block all run with the decorated Task object itself (not a
+    copy of it), and runtime.task_run.tags shows the task's tags plus the block's."""
+
+    @flow
+    async def child() -> list[tuple[bool, frozenset[str]]]:
+        return [await async_identity(), await sync_identity.submit()]
+
+    @flow
+    async def main() -> list[tuple[bool, frozenset[str]]]:
+        with tags("tc-self"):
+            seen = [await async_identity(), sync_identity()]
+            seen += [await async_identity.submit(), await sync_identity.submit()]
+            seen += await sync_identity.map([1, 2])
+            seen += await child()
+        return seen
+
+    assert run(main) == [(True, frozenset({"own", "tc-self"}))] * 8
+    assert async_identity.tags == sync_identity.tags == frozenset({"own"})
+
+
+@pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
+def test_hooks_get_the_task_itself_and_the_run_with_the_blocks_tags(
+    run: Any, is_async: bool
+) -> None:
+    """on_running, on_completion, on_failure and retry_condition_fn of runs made in a
+    block (inline, submitted, mapped) get the decorated task itself, whose tags are its
+    own, and the run's record, whose tags add the block's."""
+    seen: list[tuple[str, bool, frozenset[str], frozenset[str]]] = []
+
+    def noting(kind: str) -> Any:
+        def hook(tsk: Any, task_run: Any, _state: Any) -> bool:
+            subject = bad if kind in ("condition", "failure") else ok
+            seen.append((kind, tsk is subject, tsk.tags, task_run.tags))
+            return False  # as a retry condition: no retry
+
+        return hook
+
+    async def async_body(x: int) -> int:
+        return x
+
+    async def async_failing() -> None:
+        raise ValueError("no")
+
+    def sync_body(x: int) -> int:
+        return x
+
+    def sync_failing() -> None:
+        raise ValueError("no")
+
+    body, failing = (async_body, async_failing) if is_async else (sync_body, sync_failing)
+    ok: Any = task(
+        tags=["own"], on_running=[noting("running")], on_completion=[noting("completion")]
+    )(body)
+    bad: Any = task(
+        tags=["own"],
+        retries=1,
+        retry_condition_fn=noting("condition"),
+        on_failure=[noting("failure")],
+    )(failing)
+
+    @flow
+    async def main() -> None:
+        with tags("tc-hook"):
+            if is_async:
+                await ok(1)
+            else:
+                ok(1)
+            await ok.submit(2)
+            await ok.map([3])
+            await bad.submit().wait()
+
+    run(main)
+    own, merged = frozenset({"own"}), frozenset({"own", "tc-hook"})
+    assert sorted(seen) == sorted(
+        [("running", True, own, merged)] * 3
+        + [("completion", True, own, merged)] * 3
+        + [("condition", True, own, merged), ("failure", True, own, merged)]
+    )
+
+
+@pytest.mark.parametrize("is_async", [True, False], ids=["async", "sync"])
+def test_one_task_run_in_and_out_of_a_block_at_once_gets_tags_per_run(
+    run: Any, is_async: bool
+) -> None:
+    """The same task submitted inside a block and outside it, both runs going at once
+    (they meet at a barrier): each run has its own tags (in runtime.task_run.tags and on
+    its record), and the Task's tags are unchanged after the block."""
+
+    async def async_body(barrier: threading.Barrier) -> frozenset[str]:
+        await anyio.to_thread.run_sync(barrier.wait)
+        return runtime.task_run.tags
+
+    def sync_body(barrier: threading.Barrier) -> frozenset[str]:
+        barrier.wait()
+        return runtime.task_run.tags
+
+    probe: Any = task(tags=["own"])(async_body if is_async else sync_body)
+
+    @flow
+    async def main() -> list[frozenset[str]]:
+        barrier = threading.Barrier(2, timeout=WAIT)  # broken unless both run at once
+        with tags("tc-both"):
+            inside = probe.submit(barrier)
+        outside = probe.submit(barrier)
+        seen = [await inside, await outside]
+        records = [_record_of(inside), _record_of(outside)]
+        assert records[1].tags is probe.tags  # no block: the task's own frozenset
+        return seen + [r.tags for r in records]
+
+    inside, outside = frozenset({"own", "tc-both"}), frozenset({"own"})
+    assert run(main) == [inside, outside, inside, outside]
+    assert probe.tags == outside
+
+
+def test_with_options_in_a_block_does_not_keep_the_blocks_tags(run: Any) -> None:
+    """with_options() called in a block, on the task or on the one a run of it runs
+    with, makes a task with the original's own tags: the block tags the runs made in
+    it, never a task."""
+
+    @flow
+    async def main() -> list[frozenset[str]]:
+        with tags("tc-opts"):
+            renamed = async_tags.with_options(name="renamed")
+            seen = [renamed.tags, await renamed(), await reoptioned()]
+        seen.append(await renamed())
+        return seen
+
+    assert run(main) == [
+        frozenset({"own"}),
+        frozenset({"own", "tc-opts"}),
+        frozenset({"own"}),
+        frozenset({"own"}),
+    ]
+
+
+def test_records_carry_the_runs_tags_and_runs_share_them(run: Any) -> None:
+    """A run's record holds its tags: outside any block (or in one adding nothing new)
+    the task's own frozenset itself; in a block, one frozenset shared by every run of
+    that task there (a map, a loop of submits), the block's own for a task without tags.
+    A pickled record keeps them."""
+
+    @flow
+    async def main() -> frozenset[str]:
+        await untagged()
+        await async_tags()
+        with tags("own"):
+            await async_tags()
+        with tags("tc-rec") as block:
+            await sync_tags.map(range(20))
+            for i in range(20):
+                await sync_tags.submit(i)
+            await untagged.map(range(5))
+        return block
+
+    state = run(lambda: main(return_state=True))
+    block = state.result()
+    assert isinstance(state.record, FlowRunRecord)
+    runs = state.record.task_runs
+    assert runs[0].tags is untagged.tags
+    assert runs[1].tags is async_tags.tags
+    assert runs[2].tags is async_tags.tags
+    tagged_runs, block_runs = runs[3:43], runs[43:]
+    assert len({id(r.tags) for r in tagged_runs}) == 1
+    assert tagged_runs[0].tags == frozenset({"own", "tc-rec"})
+    assert all(r.tags is block for r in block_runs)
+    assert pickle.loads(pickle.dumps(tagged_runs[0])).tags == frozenset({"own", "tc-rec"})

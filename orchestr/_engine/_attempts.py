@@ -131,6 +131,7 @@ async def _attempts(
             record._given_name = run_name_for(task, args, kwargs)
         except UsageError as exc:
             return State(StateType.FAILED, error=exc, record=record)
+    tags = record.tags  # the run's: its task's own and its tags() blocks'
     attempt = 0
     while True:
         if record.is_final():
@@ -141,7 +142,7 @@ async def _attempts(
         attempt += 1
         record.attempts = attempt
         try:
-            if task.tags and has_limits(task.tags):
+            if tags and has_limits(tags):
                 value = await _call_limited(task, record, args, kwargs, driver)
             else:
                 _start_attempt(record)
@@ -262,10 +263,10 @@ async def _call_limited(
     kwargs: Any,
     driver: AsyncDriver | BlockingDriver,
 ) -> Any:
-    """One attempt of a limited task: it holds the limits its tags name (see
+    """One attempt of a limited task run: it holds the limits its tags name (see
     ``orchestr.limits``), released however the attempt ends. While it waits for them
     the run stays Pending (or Retrying), and its duration starts when it runs."""
-    lease = await driver.acquire_limits(task)
+    lease = await driver.acquire_limits(task, record)
     try:
         _start_attempt(record)
         if task.on_running_hooks:
@@ -403,7 +404,7 @@ async def should_retry(
         return True
     try:
         # Through the driver: an async condition of a sync run needs a loop of its own.
-        verdict = await driver.call_hook(condition, user_facing(owner), record, state)
+        verdict = await driver.call_hook(condition, owner, record, state)
     except Exception:
         run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
@@ -441,13 +442,6 @@ async def run_running_hooks(
         await run_hook(hook, owner, record, state, driver)
 
 
-def user_facing(owner: Definition[Any, Any]) -> Definition[Any, Any]:
-    """The task or flow user code knows: a run made in a ``tags()`` block runs a copy
-    of its task (with the block's tags), but hooks and conditions get the task itself,
-    so that ``task is fetch`` holds in them."""
-    return getattr(owner, "_untagged", owner)  # type: ignore[no-any-return]
-
-
 async def run_hook(
     hook: Any,
     owner: Definition[Any, Any],
@@ -458,7 +452,7 @@ async def run_hook(
     """Call ``hook(owner, record, state)`` for a task or flow run; one that raises is
     logged and changes nothing."""
     try:
-        await driver.call_hook(hook, user_facing(owner), record, state)
+        await driver.call_hook(hook, owner, record, state)
     except Exception:
         run_logger(record).exception(
             "Hook %r raised; the run's state stays %s",

@@ -495,7 +495,7 @@ def _counted(job: Job) -> tuple[bool, TaskFuture[Any] | None]:
     and if so, an upstream still going, if any. Only those are held for room, or parked
     until that upstream ends."""
     task = job.task
-    tags = task.tags
+    tags = job.future._record.tags  # the run's: its task's own and its tags() blocks'
     if (tags and has_limits(tags)) or task.on_running_hooks:
         return False, None
     submitter = job.context.get(task_run_var)

@@ -106,7 +106,7 @@ def task_call(
         task_run_name=record.name,
         task_name=task.name,
         attempt=record.attempts,
-        tags=task.tags,
+        tags=record.tags,  # the run's (its tags() blocks' too), not only the task's
         log_prints=log_prints_var.get() is not None,
         limits=portable_limits(run),
     )
@@ -218,9 +218,9 @@ class AsyncDriver:
         """Wait on the loop for an upstream run to end."""
         await future._wait_async()
 
-    async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
-        """Wait on the loop for the limits the task's tags name."""
-        return await acquire_task_limits(task.tags, backend_for(self.run), blocking=False)
+    async def acquire_limits(self, task: Task[Any, Any], record: TaskRunRecord) -> LimitLease:
+        """Wait on the loop for the limits the run's tags name."""
+        return await acquire_task_limits(record.tags, backend_for(self.run), blocking=False)
 
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
@@ -293,13 +293,14 @@ class BlockingDriver:
         """Block this thread until an upstream run ends (never suspends)."""
         future._wait_blocking(None)
 
-    async def acquire_limits(self, task: Task[Any, Any]) -> LimitLease:
-        """Block this thread for the limits the task's tags name (never suspends)."""
+    async def acquire_limits(self, task: Task[Any, Any], record: TaskRunRecord) -> LimitLease:
+        """Block this thread for the limits the run's tags name (never suspends)."""
+        tags = record.tags
         refuse_loop_thread(
-            f"sync task {task.name!r} (limited by tags {sorted(task.tags)})",
+            f"sync task {task.name!r} (limited by tags {sorted(tags)})",
             f"await {task.name}.submit(...)",
         )
-        return await acquire_task_limits(task.tags, backend_for(self.run), blocking=True)
+        return await acquire_task_limits(tags, backend_for(self.run), blocking=True)
 
     async def sleep(self, seconds: float) -> None:
         wakeup = threading.Event()  # set only by the run's cancellation

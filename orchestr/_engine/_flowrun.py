@@ -166,12 +166,13 @@ class FlowRun:
         self.loop = LoopHandle.current()
 
     # -- task run records -------------------------------------------------------------------
-    def new_task_record(self, task_name: str) -> TaskRunRecord:
+    def new_task_record(self, task_name: str, tags: frozenset[str]) -> TaskRunRecord:
+        """A new task run's record, with its tags for good (see ``_limits._tags``)."""
         # Numbered per task name across the process: names are unique across flow runs.
         counter = _task_run_counters.get(task_name)  # (_next_task_run_index, inlined)
         if counter is None:
             counter = _task_run_counters.setdefault(task_name, itertools.count())
-        record = TaskRunRecord(task_name, next(counter), self.record)
+        record = TaskRunRecord(task_name, next(counter), self.record, tags)
         self.record.task_runs.append(record)
         return record
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._limits._registry import has_limits
-from .._limits._tags import tagged
+from .._limits._tags import run_tags
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
     BlockingCallError,
@@ -89,7 +89,10 @@ def call_task_async(
     wait_for: Any,
 ) -> Coroutine[Any, Any, Any]:
     """``await task(x)``: the inline call, run on the caller's loop."""
-    return _call_inline(tagged(task), args, kwargs, return_state, wait_for, blocking=False)
+    # The run's tags are the call's: read here, where the call is written, not where
+    # the coroutine is awaited.
+    tags = run_tags(task.tags)
+    return _call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=False)
 
 
 def call_task_blocking(
@@ -100,11 +103,13 @@ def call_task_blocking(
     wait_for: Any,
 ) -> Any:
     """``task(x)`` of a sync task: the same inline call, run in the calling thread."""
-    return drive(_call_inline(tagged(task), args, kwargs, return_state, wait_for, blocking=True))
+    tags = run_tags(task.tags)
+    return drive(_call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=True))
 
 
 async def _call_inline(
     task: Task[Any, Any],
+    tags: frozenset[str],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     return_state: bool,
@@ -142,7 +147,7 @@ async def _call_inline(
             await driver.wait(future)
     # Recorded once its upstreams are final: a call refused (or cancelled) while
     # waiting leaves no run that stays Pending in the flow's record.
-    record = _new_record(task, run)
+    record = _new_record(task, tags, run)
     state = _blocked_state(record, upstreams)
     if state is None and upstreams.needs_resolving:
         args, kwargs, state = _resolved(record, args, kwargs, upstreams)
@@ -213,10 +218,10 @@ def _blocking_call_message(what: str, name: str) -> str:
     )
 
 
-def _new_record(task: Task[Any, Any], run: FlowRun | None) -> TaskRunRecord:
+def _new_record(task: Task[Any, Any], tags: frozenset[str], run: FlowRun | None) -> TaskRunRecord:
     if run is not None:
-        return run.new_task_record(task.name)
-    return TaskRunRecord(task.name, _next_task_run_index(task.name))
+        return run.new_task_record(task.name, tags)
+    return TaskRunRecord(task.name, _next_task_run_index(task.name), None, tags)
 
 
 def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[Any] | None:
@@ -257,21 +262,23 @@ def submit_task(
     run = _current_run(task, "submit")
     if run.closed_resources:
         run.refuse_closed_resources(task.name, args, kwargs)
-    return _submit(run, tagged(task), args, kwargs, scan_wait_for(wait_for))
+    return _submit(run, task, run_tags(task.tags), args, kwargs, scan_wait_for(wait_for))
 
 
 def _submit(
     run: FlowRun,
     task: Task[Any, Any],
+    tags: frozenset[str],
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     waits: Dependencies,
 ) -> TaskFuture[Any]:
-    """Submit with ``wait_for`` already checked and scanned (once for a whole map)."""
+    """Submit with ``wait_for`` already checked and scanned, and the run's tags read
+    (once for a whole map)."""
     upstreams = find_upstreams(args, kwargs, waits) if args or kwargs else waits
     if upstreams:
         _refuse_cycle(task, upstreams)
-    record = run.new_task_record(task.name)
+    record = run.new_task_record(task.name, tags)
     future: TaskFuture[Any] = TaskFuture(record, run)
     try:
         run.active.add(future)
@@ -302,7 +309,7 @@ def _dispatch(
 ) -> None:
     context = submission_context(run)
     runner = run.runner
-    if _whole_run_in_thread(task, runner) and (
+    if _whole_run_in_thread(task, future._record.tags, runner) and (
         not upstreams or all(f._final is not None for f, _ in upstreams)
     ):
         if upstreams.needs_resolving:
@@ -363,7 +370,7 @@ def map_task(
     known length is the first one read to its end as ``list()`` would (and, endless,
     never ends either)."""
     run = _current_run(task, "map")
-    task = tagged(task)  # once for every run of the map
+    tags = run_tags(task.tags)  # once for every run of the map
     # Every run gets the same wait_for: read it (a generator too) and scan it once.
     waits = scan_wait_for(wait_for)
     mapped: dict[int | str, list[Any]] = {}
@@ -421,7 +428,7 @@ def map_task(
         call_kwargs = {k: call[k] for k in kwargs}  # in the order they were given
         if run.closed_resources:
             run.refuse_closed_resources(task.name, call_args, call_kwargs)
-        futures.append(_submit(run, task, call_args, call_kwargs, waits))
+        futures.append(_submit(run, task, tags, call_args, call_kwargs, waits))
     return futures
 
 
@@ -591,7 +598,7 @@ async def _start(run: FlowRun, job: Job) -> None:
             run.finish(future, failed)
             return
     runner = run.runner
-    if _whole_run_in_thread(task, runner):
+    if _whole_run_in_thread(task, record.tags, runner):
         # Nothing left to wait for on the loop: hand the whole run to a thread.
         future._canceller = None
         if future._cancel_reason is not None:  # a cancel whose canceller has not run yet
@@ -603,15 +610,16 @@ async def _start(run: FlowRun, job: Job) -> None:
     await run_attempts(run, task, record, future, args, kwargs, driver)
 
 
-def _whole_run_in_thread(task: Task[Any, Any], runner: TaskRunner) -> bool:
+def _whole_run_in_thread(task: Task[Any, Any], tags: frozenset[str], runner: TaskRunner) -> bool:
     """The fast path: a sync task on an in-process runner runs, retries included, in a
     worker thread. Not with a timeout (the loop must be able to abandon the thread) nor
-    with limits (they are waited for on the loop, not by blocking a worker)."""
+    with limits on the run's ``tags`` (they are waited for on the loop, not by blocking
+    a worker)."""
     return (
         not task.is_async
         and runner.local
         and task.timeout_seconds is None
-        and not (task.tags and has_limits(task.tags))
+        and not (tags and has_limits(tags))
     )
 
 

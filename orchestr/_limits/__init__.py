@@ -3,7 +3,8 @@
 - ``_registry.py``: the definitions (:class:`ConcurrencyLimit`, :class:`RateLimit`) in
   one process-wide registry. A task's tags are the names of the limits on its runs.
 - ``_tags.py``: ``tags()``, the block that adds tags to the runs created in it (the
-  engine merges them into each new run's tags).
+  engine reads them once as it creates a run, adds the task's own, and keeps the
+  result on the run's record: ``TaskRunRecord.tags`` are the names its limits go by).
 - ``_backends.py``: where limits are enforced. :class:`LimitBackend` is the seam for
   runners (acquire, acquire_blocking, and their bounded ``*_within`` forms; each returns
   the release); the default keeps the state in this process, and a runner whose task

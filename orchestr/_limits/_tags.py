@@ -7,40 +7,43 @@ nest (their tags add up) and leaving one restores the tags before it.
 
 The tags live in one context variable, so they follow the code as the run context does:
 into tasks spawned on the loop, into worker threads and into subflows. They are read
-once, where a run is created (the engine calls :func:`tagged`), and become the run's
-tags for good: a run's limits, ``runtime.task_run.tags`` and the tags a call carries to
-another process (a process pool, a Dask worker) are all the task's own plus these.
-Outside any block that read is the whole cost: one ``ContextVar.get()``.
+once, where a run is created: the engine asks :func:`run_tags` for the task's own tags
+plus these and keeps the answer on the run's record (``TaskRunRecord.tags``), which is
+what every later reader uses: the limits the run takes, ``runtime.task_run.tags``, the
+tags its call carries to another process (a process pool, a Dask worker). The task
+itself is never changed or copied: hooks, ``retry_condition_fn`` and ``with_options()``
+see the user's own Task, and two runs of one task, one made in a block and one
+outside it, hold different tags at once.
+
+Outside any block, reading them costs one ``ContextVar.get()`` and the record holds the
+task's own frozenset (nothing is made per run). Inside one, the union is made once per
+pair (the task's tags, the block's) and shared by every run with that pair: a
+``.map()`` of 10,000 runs in a block makes one frozenset, not 10,000.
 """
 
 from __future__ import annotations
 
-import copy
-import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..exceptions import UsageError
 
-if TYPE_CHECKING:
-    from ..tasks import Task
-
-__all__ = ["current_tags", "tagged", "tags"]
+__all__ = ["current_tags", "run_tags", "tags"]
 
 # None outside any block (the default a hot path can test with `is None`).
 _tags_var: ContextVar[frozenset[str] | None] = ContextVar("orchestr.tags", default=None)
 
-TaskT = TypeVar("TaskT", bound="Task[Any, Any]")
-
-# task -> (the block's tags, the task's options then, its tagged copy): the last copy
-# made of each task, reused while the same block submits it again (a loop of .submit()
-# in one block makes one copy, not one per run). The options dict is replaced when a
-# hook is added to the task, so a copy made before that is not reused.
-_copies: weakref.WeakKeyDictionary[Any, tuple[frozenset[str], dict[str, Any], Any]] = (
-    weakref.WeakKeyDictionary()
-)
+# (a task's own tags, a block's tags) -> the run's tags. Keyed by equality, so a block
+# entered again (a new frozenset each time) finds its union; bounded, as tag names made
+# from data (tags(f"customer-{id}")) would grow it for ever. The last pair asked for is
+# kept apart and checked by identity first: a loop of .submit() in one block finds it
+# without hashing anything. Read and written from any thread: a race computes a union
+# twice, which is harmless.
+_unions: dict[tuple[frozenset[str], frozenset[str]], frozenset[str]] = {}
+_UNIONS_MOST = 256
+_EMPTY: frozenset[str] = frozenset()
+_last: tuple[frozenset[str], frozenset[str], frozenset[str]] = (_EMPTY, _EMPTY, _EMPTY)
 
 
 @contextmanager
@@ -71,30 +74,36 @@ def tags(*names: str) -> Iterator[frozenset[str]]:
 def current_tags() -> frozenset[str]:
     """The tags the enclosing ``tags()`` blocks add (empty outside any)."""
     extra = _tags_var.get()
-    return frozenset() if extra is None else extra
+    return _EMPTY if extra is None else extra
 
 
-def tagged(task: TaskT) -> TaskT:
-    """``task`` itself outside any ``tags()`` block (or when it has every tag of the
-    blocks already), else a copy whose tags are its own plus the blocks'.
-
-    A copy rather than tags kept beside the run: the engine, the limits and the call sent
-    to another process all read ``task.tags``, so they all see the merged tags through
-    this one change. It is made the way a method's bound copy is (a shallow copy sharing
-    the function and options), with the merged tags in its options too, so that its
-    ``with_options()`` keeps them. Runs created one after another in one block share
-    one copy."""
+def run_tags(own: frozenset[str]) -> frozenset[str]:
+    """The tags of a run being created now of a task whose own tags are ``own``: ``own``
+    itself (the same object) outside any ``tags()`` block or when it has every tag of
+    the blocks already, else its union with the blocks' tags, shared by every run
+    created with that pair."""
     extra = _tags_var.get()
-    if extra is None or extra <= task.tags:
-        return task
-    given = task._given
-    last = _copies.get(task)
-    if last is not None and last[0] is extra and last[1] is given:
-        return last[2]  # type: ignore[no-any-return]
-    merged = task.tags | extra
-    copied = copy.copy(task)
-    copied.tags = merged
-    copied._given = given | {"tags": merged}
-    copied._untagged = getattr(task, "_untagged", task)  # type: ignore[attr-defined]  # for hooks
-    _copies[task] = (extra, given, copied)
-    return copied
+    if extra is None:
+        return own
+    last = _last
+    if last[0] is own and last[1] is extra:
+        return last[2]
+    return _union(own, extra)
+
+
+def _union(own: frozenset[str], extra: frozenset[str]) -> frozenset[str]:
+    global _last
+    if extra <= own:
+        merged = own
+    elif own <= extra:  # no tags of its own (most tasks): the block's are the run's
+        merged = extra
+    else:
+        key = (own, extra)
+        found = _unions.get(key)
+        if found is None:
+            if len(_unions) >= _UNIONS_MOST:
+                _unions.clear()
+            found = _unions.setdefault(key, own | extra)
+        merged = found
+    _last = (own, extra, merged)
+    return merged

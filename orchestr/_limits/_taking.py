@@ -122,7 +122,7 @@ class ConcurrencyBlock:
         task_ctx = task_run_var.get()
         remote = remote_call_var.get()
         if task_ctx is not None:
-            tags, run_name = task_ctx.task.tags, task_ctx.record.name
+            tags, run_name = task_ctx.record.tags, task_ctx.record.name
         elif remote is not None:
             tags, run_name = remote.tags, remote.task_run_name
         else:
