@@ -645,27 +645,17 @@ def flow_after_upstreams(
     return waiting.run_or_not()
 
 
+@dataclasses.dataclass(slots=True)
 class _FlowAfterUpstreams:
     """A flow call held until its upstreams are final: what it was called with, kept
     once for both the blocking and the awaiting path."""
 
-    __slots__ = ("args", "call", "flow", "kwargs", "return_state", "upstreams")
-
-    def __init__(
-        self,
-        flow: Flow[Any, Any],
-        upstreams: Dependencies,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        return_state: bool,
-        call: FlowCall,
-    ) -> None:
-        self.flow = flow
-        self.upstreams = upstreams
-        self.args = args
-        self.kwargs = kwargs
-        self.return_state = return_state
-        self.call = call
+    flow: Flow[Any, Any]
+    upstreams: Dependencies
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    return_state: bool
+    call: FlowCall
 
     def run_or_not(self) -> Any:
         """With every upstream final: the flow's call (a coroutine, for an async flow)
