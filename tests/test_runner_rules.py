@@ -28,7 +28,7 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +99,16 @@ PAIRS = [
     for kind in KINDS
     if backend == "asyncio" or kind in ("threads", "processes")
 ]
+
+
+@pytest.fixture(autouse=True)
+def _short_cancel_grace() -> Iterator[None]:
+    """Many scenarios here leave a sync call stuck in a thread on purpose, and a
+    cancelled or timed-out flow run waits ``cancel_grace_seconds`` (5 s by default) for
+    such calls before it abandons them: 0.5 s is as good a grace for what these tests
+    check (the grace itself is tested in test_signals.py and test_timeouts.py)."""
+    with override_settings(cancel_grace_seconds=0.5):
+        yield
 
 
 @pytest.fixture(params=PAIRS, ids=[f"{backend}-{kind}" for kind, backend in PAIRS])
