@@ -219,11 +219,14 @@ def test_the_origin_recorded_is_the_line_that_failed_the_run(
 def test_the_origin_recorded_under_orchestr_run_is_the_line_that_failed_the_run(
     tmp_path: Path,
 ) -> None:
-    """The same, for the flows run by ``orchestr run``."""
+    """The same, for the flows run by ``orchestr run``: an origin in the body, in a
+    task, and where a timeout interrupted the body (the other kinds find their origin as
+    the unobserved task's does, above)."""
     path = tmp_path / "origin_flows.py"
     path.write_text(ORIGIN_FLOWS)
     home = tmp_path / "home"
-    names = [f"{kind}_{colour}" for kind in KINDS for colour in ("sync", "async")]
+    kinds = ("body", "unobserved", "timeout")
+    names = [f"{kind}_{colour}" for kind in kinds for colour in ("sync", "async")]
     for name in names:
         done = cli("run", f"{path.name}:{name}", home=home, cwd=tmp_path)
         assert done.returncode == 1, (name, done.stdout, done.stderr)
