@@ -55,8 +55,11 @@ _FLOW_LOGGER = logging.getLogger("orchestr.flow_runs")
 _TASK_LOGGER = logging.getLogger("orchestr.task_runs")
 _FORMAT = "%(asctime)s.%(msecs)03d | %(levelname)-7s | %(run_label)s - %(message)s"
 
-# The logger that print() writes to inside runs with log_prints=True.
-log_prints_var: ContextVar[logging.LoggerAdapter[Any] | None] = ContextVar(
+# What makes the logger print() writes to inside runs with log_prints=True. Made at each
+# print, not when the run starts: a run's name can be given after that (a
+# flow_run_name or task_run_name template is rendered once its parameters are bound),
+# and a print's line carries the name the run has then, as get_run_logger()'s do.
+log_prints_var: ContextVar[Callable[[], logging.LoggerAdapter[Any]] | None] = ContextVar(
     "orchestr.log_prints", default=None
 )
 
@@ -410,16 +413,17 @@ def enable_print_capture() -> None:
 def route_prints(
     wanted: bool | None, make_logger: Callable[[], logging.LoggerAdapter[Any]]
 ) -> Token[Any] | None:
-    """Point print() at a run's logger (made by ``make_logger``) when log_prints is on
-    for the run: ``wanted`` is its own setting, None to inherit the enclosing run's, and
-    False opts out. Returns the token to reset, or None if nothing changed."""
+    """Point print() at a run's logger (made by ``make_logger`` at each print) when
+    log_prints is on for the run: ``wanted`` is its own setting, None to inherit the
+    enclosing run's, and False opts out. Returns the token to reset, or None if nothing
+    changed."""
     if wanted is None:
         if log_prints_var.get() is None:
             return None
-        return log_prints_var.set(make_logger())
+        return log_prints_var.set(make_logger)
     if wanted:
         enable_print_capture()
-        return log_prints_var.set(make_logger())
+        return log_prints_var.set(make_logger)
     return log_prints_var.set(None) if log_prints_var.get() is not None else None
 
 
@@ -430,12 +434,12 @@ def _print(
     file: Any = None,
     flush: bool = False,
 ) -> None:
-    logger = log_prints_var.get()
-    if logger is None or (file is not None and file is not sys.stdout):
+    make_logger = log_prints_var.get()
+    if make_logger is None or (file is not None and file is not sys.stdout):
         _original_print(*values, sep=sep, end=end, file=file, flush=flush)
         return
     # stacklevel: the record names the print() call in user code, not this function.
-    logger.info((" " if sep is None else sep).join(str(v) for v in values), stacklevel=2)
+    make_logger().info((" " if sep is None else sep).join(str(v) for v in values), stacklevel=2)
 
 
 def shippable_record(record: logging.LogRecord) -> dict[str, Any]:
