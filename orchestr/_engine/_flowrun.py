@@ -15,6 +15,7 @@ import signal
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
@@ -46,6 +47,13 @@ if TYPE_CHECKING:
 __all__ = ["FlowRun"]
 
 _log = logging.getLogger("orchestr.flow_runs")
+
+
+# Values never remembered as closed resources: plain data, never a handle.
+_ATOMS = (int, float, complex, str, bytes, bool)
+# A plain container a resource yielded is held as closed (strongly: it cannot be
+# referenced weakly) only up to this size.
+_HELD_CONTAINER_MOST = 16
 
 
 class FlowRun:
@@ -157,9 +165,11 @@ class FlowRun:
         self.setting_up: dict[int, str] = {}
         # Resources whose block is open (set up, not yet cleaned up), by id: name.
         self.open_resources: dict[int, str] = {}
-        # Values of resources whose block ended, by id (the value is kept so the id is
-        # not reused): handing one to a task is refused (rule 12).
-        self.closed_resources: dict[int, tuple[Any, str]] = {}
+        # Values of resources whose block ended, by id: (a weak reference to the value,
+        # the resource's name). Handing one to a task is refused (rule 12). Weak, so a
+        # flow that works through many blocks does not keep every value they yielded
+        # alive until it ends; an entry goes when its value does (its id may be reused).
+        self.closed_resources: dict[int, tuple[Callable[[], Any], str]] = {}
 
     def bind_loop(self) -> None:
         """Attach the run to the event loop of the calling thread."""
@@ -177,8 +187,33 @@ class FlowRun:
         return record
 
     def remember_closed_resource(self, value: Any, name: str) -> None:
-        if value is not None and type(value) not in (int, float, str, bytes, bool):
-            self.closed_resources[id(value)] = (value, name)
+        """Remember ``value`` as closed, as long as it lives and not longer: a value
+        that can be referenced weakly is; a plain list, tuple, set or dict (which
+        cannot) is held only if small (a ``(connection, cursor)`` pair, a session dict;
+        a big one is data, such as a batch of rows, that the flow must be able to let
+        go of), and its items that can be are remembered weakly either way. Any other
+        value is held (an object whose class has ``__slots__`` and no ``__weakref__``)."""
+        if value is None or type(value) in _ATOMS:
+            return
+        if type(value).__weakrefoffset__:
+            self._remember(value, name, weakly=True)
+            return
+        if not isinstance(value, (list, tuple, set, frozenset, dict)):
+            self._remember(value, name, weakly=False)
+            return
+        if len(value) <= _HELD_CONTAINER_MOST:
+            self._remember(value, name, weakly=False)
+        for item in value.values() if isinstance(value, dict) else value:
+            if type(item).__weakrefoffset__:
+                self._remember(item, name, weakly=True)
+
+    def _remember(self, value: Any, name: str, *, weakly: bool) -> None:
+        closed = self.closed_resources
+        key = id(value)
+        if weakly:
+            closed[key] = (weakref.ref(value, partial(_forget, closed, key)), name)
+        else:  # held (so its id is not reused while it is here)
+            closed[key] = (partial(_itself, value), name)
 
     def refuse_closed_resources(
         self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -191,7 +226,7 @@ class FlowRun:
             candidates = inner if isinstance(value, (list, tuple, set, frozenset, dict)) else ()
             for candidate in (value, *candidates):
                 found = closed.get(id(candidate))
-                if found is not None and found[0] is candidate:
+                if found is not None and found[0]() is candidate:
                     where = f"argument #{key}" if isinstance(key, int) else f"argument {key!r}"
                     raise ResourceClosedError(
                         f"{task_name} was given resource {found[1]!r} ({where}) after its "
@@ -500,3 +535,15 @@ def _say(note: str) -> None:
         sys.stderr.flush()
     except (OSError, ValueError):  # no usable stderr: the log still has the story
         pass
+
+
+def _forget(closed: dict[int, tuple[Callable[[], Any], str]], key: int, ref: Any) -> None:
+    """A closed resource's value is gone: its entry goes (unless its id, reused, is
+    already another value's)."""
+    entry = closed.get(key)
+    if entry is not None and entry[0] is ref:
+        closed.pop(key, None)
+
+
+def _itself(value: Any) -> Any:
+    return value

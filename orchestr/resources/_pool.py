@@ -91,6 +91,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         "_created",
         "_closed",
         "_is_closed",
+        "__weakref__",  # a closed pool is remembered weakly by its flow run
     )
 
     def __init__(
