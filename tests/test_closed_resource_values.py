@@ -14,10 +14,12 @@ or, for a list, to its items).
 from __future__ import annotations
 
 import gc
+import threading
 import weakref
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import anyio
 import pytest
 
 from orchestr import flow, resource, task
@@ -148,3 +150,57 @@ def test_a_flow_through_many_big_batches_holds_one_at_a_time(run: Any) -> None:
     most, *counted = run(nightly, 10)
     assert counted == [200] * 10
     assert most == 0  # none left after its block and the flow's own reference went
+
+
+@pytest.mark.parametrize("given_as", ["positional", "keyword"])
+@pytest.mark.parametrize("colour", ["sync", "async"])
+def test_a_value_the_resource_was_given_stays_the_callers(
+    run: Any, given_as: str, colour: str
+) -> None:
+    """A block that yields an object its caller gave it (a lock it holds, a connection
+    it borrows) does not close that object: the caller may hand it to tasks afterwards.
+    What the block made is still refused."""
+    lock = threading.Lock()
+
+    if colour == "sync":
+
+        @resource
+        def holding(held: threading.Lock) -> Iterator[threading.Lock]:
+            with held:
+                yield held
+
+    else:
+
+        @resource
+        async def holding(held: threading.Lock) -> AsyncIterator[threading.Lock]:  # type: ignore[misc]
+            with held:
+                yield held
+
+    @resource(name="made")
+    async def made() -> AsyncIterator[Conn]:
+        yield Conn()
+
+    @task
+    def critical(held: threading.Lock, n: int) -> int:
+        with held:
+            return n
+
+    @flow
+    async def main() -> tuple[int, str | None]:
+        block = holding(lock) if given_as == "positional" else holding(held=lock)
+        if colour == "sync":
+            await anyio.to_thread.run_sync(_enter_and_leave, block)
+        else:
+            async with block:
+                pass
+        async with made() as conn:
+            pass
+        return await critical.submit(lock, 7), refused_as(conn)
+
+    assert run(main) == (7, "made")
+    assert not lock.locked()
+
+
+def _enter_and_leave(block: Any) -> None:
+    with block:
+        pass

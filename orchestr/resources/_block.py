@@ -542,7 +542,7 @@ class Resource(Generic[T]):
 
     def _register_closed_value(self) -> None:
         run = flow_run_var.get()
-        if run is not None:
+        if run is not None and not self._lifecycle.was_given(self._value):
             run.remember_closed_resource(self._value, self.name)
 
     def _conclude(

@@ -38,6 +38,12 @@ class Lifecycle:
         """Called before setup with the kind of block it is entered in; only a lifecycle
         that can work both ways cares."""
 
+    def was_given(self, value: Any) -> bool:
+        """Whether ``value`` is one of the arguments the resource was made with: the
+        caller's own object (a lock a block holds, a connection it borrows), which
+        leaving the block does not close, so handing it to tasks afterwards is fine."""
+        return False
+
     @shielded
     def setup(self) -> Any:
         raise NotImplementedError
@@ -59,6 +65,9 @@ class GeneratorLifecycle(Lifecycle):
         self._args = args
         self._kwargs = kwargs
         self._gen: Generator[Any] | None = None
+
+    def was_given(self, value: Any) -> bool:
+        return any(value is given for given in (*self._args, *self._kwargs.values()))
 
     @shielded
     def setup(self) -> Any:
@@ -103,6 +112,9 @@ class AsyncGeneratorLifecycle(Lifecycle):
         self._args = args
         self._kwargs = kwargs
         self._gen: AsyncGenerator[Any] | None = None
+
+    def was_given(self, value: Any) -> bool:
+        return any(value is given for given in (*self._args, *self._kwargs.values()))
 
     @shielded
     async def setup(self) -> Any:
