@@ -47,14 +47,21 @@ class SubmissionScope(Protocol):
 class TaskRunContext:
     """What code running inside a task run can find out about it."""
 
-    __slots__ = ("future", "record", "task")
+    __slots__ = ("caller", "future", "record", "task")
 
     def __init__(
-        self, task: Task[Any, Any], record: TaskRunRecord, future: TaskFuture[Any] | None
+        self,
+        task: Task[Any, Any],
+        record: TaskRunRecord,
+        future: TaskFuture[Any] | None,
+        caller: TaskRunContext | None = None,
     ) -> None:
         self.task = task
         self.record = record
         self.future = future
+        #: The task run that called this one inline and waits for it (None for a
+        #: submitted run): what its limits must not wait for.
+        self.caller = caller
 
 
 flow_run_var: ContextVar[FlowRun | None] = ContextVar("orchestr.flow_run", default=None)

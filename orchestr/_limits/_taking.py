@@ -23,12 +23,13 @@ from types import TracebackType
 import anyio
 import anyio.lowlevel
 
-from .._engine._context import flow_run_var, remote_call_var, task_run_var
+from .._engine._context import TaskRunContext, flow_run_var, remote_call_var, task_run_var
 from .._engine._loop import blocking_stalls_a_loop
 from ..exceptions import RunCancelled, UsageError
 from ._asks import Ask, Names, checked_ask
 from ._backends import LimitBackend, Release, backend_for
 from ._registry import (
+    ConcurrencyLimit,
     Limit,
     concurrency_limit,
     limits_of,
@@ -75,9 +76,13 @@ async def acquire_task_limits(
     """Take the limits a task run's tags name: a slot of each concurrency limit, then a
     token of each rate limit. With ``blocking`` every wait blocks this thread and the
     coroutine never suspends (for the engine's blocking driver)."""
+    found = limits_of(tags)
+    current = task_run_var.get()
+    if current is not None and current.caller is not None:
+        _refuse_waiting_for_callers(current, found)
     lease = LimitLease()
     try:
-        for limit in limits_of(tags):
+        for limit in found:
             if blocking:
                 lease.releases.append(backend.acquire_blocking(limit))
             else:
@@ -117,23 +122,19 @@ class ConcurrencyBlock:
 
     def _refuse_self_wait(self, limit: Limit) -> None:
         """A task run tagged with the limit's name holds one of its slots while its code
-        runs: asking for more than the others could ever give back would wait for
-        itself, for ever (or until its timeout)."""
-        task_ctx = task_run_var.get()
-        remote = remote_call_var.get()
-        if task_ctx is not None:
-            tags, run_name = task_ctx.record.tags, task_ctx.record.name
-        elif remote is not None:
-            tags, run_name = remote.tags, remote.task_run_name
-        else:
-            return
+        runs (and so does each task run that called it inline, waiting for it): asking
+        for more than the others could ever give back would wait for itself, for ever
+        (or until its timeout)."""
         name, occupy = limit.name, self._ask.occupy
-        if name in tags and limit.limit - 1 < occupy:
+        holders = _holders(task_run_var.get(), name)
+        if holders and limit.limit - len(holders) < occupy:
             raise UsageError(
-                f"{self._ask.what} was entered in task run {run_name!r}, which holds a "
-                f"slot of limit {name!r} through its tag {name!r}; the limit has "
-                f"{limit.limit} slot(s), so it would wait for itself for ever. Tags are "
-                "the limits' names: drop the tag or the block, or raise the limit"
+                f"{self._ask.what} was entered in task run {holders[0]!r}, which holds a "
+                f"slot of limit {name!r} through its tag {name!r}"
+                + (f" (as do the runs that called it inline: {holders[1:]})" * (len(holders) > 1))
+                + f"; the limit has {limit.limit} slot(s), so it would wait for itself for "
+                "ever. Tags are the limits' names: drop the tag or the block, or raise the "
+                "limit"
             )
 
     async def __aenter__(self) -> None:
@@ -387,3 +388,36 @@ def refuse_loop_thread(what: str, instead: str) -> None:
             "loop (and every task on it, maybe the ones it waits for); in async code use "
             f"`{instead}`"
         )
+
+
+def _holders(current: TaskRunContext | None, name: str) -> list[str]:
+    """The task runs holding a slot of limit ``name`` through their tags that code
+    running in ``current`` waits on: ``current`` and the runs that called it inline (each
+    waits for the run it called), and the remote run they all run in, if any."""
+    holders = []
+    while current is not None:
+        if name in current.record.tags:
+            holders.append(current.record.name)
+        current = current.caller
+    remote = remote_call_var.get()
+    if remote is not None and name in remote.tags:
+        holders.append(remote.task_run_name)
+    return holders
+
+
+def _refuse_waiting_for_callers(current: TaskRunContext, found: list[Limit]) -> None:
+    """A task run called inline would wait for a concurrency slot that only the runs
+    waiting for it (its callers) hold: refused, rather than waiting for ever."""
+    for limit in found:
+        if not isinstance(limit, ConcurrencyLimit):
+            continue
+        holders = _holders(current.caller, limit.name)
+        if holders and len(holders) >= limit.limit:
+            raise UsageError(
+                f"task run {current.record.name!r} needs a slot of limit {limit.name!r} "
+                f"(through its tag {limit.name!r}), whose {limit.limit} slot(s) the task "
+                f"run(s) that called it inline hold while they wait for it ({holders}): "
+                "it would wait for them for ever. Tags are the limits' names: drop the "
+                "tag from one of them, raise the limit, or call the function itself "
+                f"(`{current.task.name}.fn(...)`) to run it as part of its caller"
+            )
