@@ -526,9 +526,9 @@ def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict
             if passing is None:
                 name = namer()
             elif passing is inspect.Parameter.POSITIONAL_ONLY:
-                name = namer(_bound_parameters(defn, args, kwargs))
+                name = namer(bound_parameters(defn, args, kwargs))
             else:
-                name = namer(parameters=_bound_parameters(defn, args, kwargs))
+                name = namer(parameters=bound_parameters(defn, args, kwargs))
     except Exception as exc:
         raise UsageError(
             f"{option} of {_where(defn)} could not make a run name: {type(exc).__name__}: {exc}"
@@ -538,7 +538,7 @@ def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict
     return name
 
 
-def _bound_parameters(
+def bound_parameters(
     defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
     """The call's arguments by parameter name, defaults applied, as bound (``**kwargs``
@@ -561,7 +561,7 @@ def _parameters(
         if first is not None:
             values[first] = fn.__self__
     kinds = signature_of(defn).parameters
-    for name, value in _bound_parameters(defn, args, kwargs).items():
+    for name, value in bound_parameters(defn, args, kwargs).items():
         if kinds[name].kind is inspect.Parameter.VAR_KEYWORD:
             values.update(value)
         else:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._definitions import bound_parameters
 from ._engine._context import flow_run_var, remote_call_var, task_run_var
 from ._public import show_public_module as _show_public_module
 
@@ -126,6 +127,16 @@ class TaskRunContext:
             return current.record.tags
         remote = remote_call_var.get()
         return frozenset() if remote is None else remote.tags
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The task run's parameters by name, defaults included (a new dict each time);
+        empty outside task runs, and in another process (a process pool's or a Dask
+        worker), as :attr:`FlowRunContext.parameters` is."""
+        current = task_run_var.get()
+        if current is None:
+            return {}
+        return bound_parameters(current.task, current.args, current.kwargs or {})
 
     @property
     def attempt(self) -> int | None:

@@ -4,6 +4,7 @@ flow_run_name options that name runs."""
 from __future__ import annotations
 
 import threading
+from functools import partial
 from typing import Any
 
 import anyio
@@ -394,3 +395,82 @@ def test_a_flow_run_name_that_cannot_be_made_fails_the_flow_run(backend: str) ->
     assert isinstance(state.exception, UsageError)
     assert "flow_run_name of flow 'main'" in str(state.exception)
     assert ran == []
+
+
+# -- runtime.task_run.parameters ------------------------------------------------------------
+@task
+def sync_signature(a: int, b: int = 2, *rest: int, c: int, d: int = 4, **more: int) -> Any:
+    return runtime.task_run.parameters
+
+
+@task
+async def async_signature(a: int, b: int = 2, *rest: int, c: int, d: int = 4, **more: int) -> Any:
+    return runtime.task_run.parameters
+
+
+SIGNATURE_CALLS: list[tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]] = [
+    ((1,), {"c": 3}, {"a": 1, "b": 2, "rest": (), "c": 3, "d": 4, "more": {}}),
+    (
+        (1, 5, 6, 7),
+        {"c": 3, "e": 8},
+        {"a": 1, "b": 5, "rest": (6, 7), "c": 3, "d": 4, "more": {"e": 8}},
+    ),
+    (
+        (),
+        {"a": 1, "b": 0, "c": 3, "d": 9},
+        {"a": 1, "b": 0, "rest": (), "c": 3, "d": 9, "more": {}},
+    ),
+]
+
+
+@pytest.mark.parametrize("how", ["inline", "submit"])
+@pytest.mark.parametrize("colour", ["sync", "async"])
+def test_task_run_parameters_are_the_calls_arguments_by_name(
+    run: Any, colour: str, how: str
+) -> None:
+    """Positional, keyword, keyword-only, defaults, *args and **kwargs, as Prefect's
+    runtime.task_run.parameters gives them (bound, defaults applied)."""
+    target = sync_signature if colour == "sync" else async_signature
+
+    @flow
+    async def main() -> list[Any]:
+        seen = []
+        for args, kwargs, _ in SIGNATURE_CALLS:
+            if how == "submit":
+                seen.append(await target.submit(*args, **kwargs))
+            elif colour == "sync":
+                seen.append(await anyio.to_thread.run_sync(partial(target, *args, **kwargs)))
+            else:
+                seen.append(await target(*args, **kwargs))
+        return seen
+
+    assert run(main) == [expected for _, _, expected in SIGNATURE_CALLS]
+
+
+def test_task_run_parameters_in_a_map_and_in_a_run_name_callable(run: Any) -> None:
+    """Each mapped run sees its own; a task_run_name callable reads them (Prefect's idiom)."""
+
+    def named() -> str:
+        return f"fetch-{runtime.task_run.parameters['city']}"
+
+    @task(task_run_name=named)
+    async def fetch(city: str, units: str = "metric") -> tuple[str | None, dict[str, Any]]:
+        return runtime.task_run.name, runtime.task_run.parameters
+
+    @flow
+    async def main() -> list[Any]:
+        return [await f for f in fetch.map(["oslo", "rome"])]
+
+    assert run(main) == [
+        ("fetch-oslo", {"city": "oslo", "units": "metric"}),
+        ("fetch-rome", {"city": "rome", "units": "metric"}),
+    ]
+
+
+def test_task_run_parameters_are_empty_outside_task_runs(run: Any) -> None:
+    @flow
+    async def main(x: int) -> dict[str, Any]:
+        return runtime.task_run.parameters
+
+    assert runtime.task_run.parameters == {}
+    assert run(main, 1) == {}

@@ -83,7 +83,7 @@ async def run_attempts(
     """Run a task run to its final state, record it, and complete its future."""
     # An inline run (no future) is called by the task run whose code runs here, if any.
     caller = task_run_var.get() if future is None else None
-    token = task_run_var.set(TaskRunContext(task, record, future, caller))
+    token = task_run_var.set(TaskRunContext(task, record, future, caller, args, kwargs))
     prints = None
     if task.log_prints is not None or log_prints_var.get() is not None:
         # Set on the task, or inherited from its flow.

@@ -47,7 +47,7 @@ class SubmissionScope(Protocol):
 class TaskRunContext:
     """What code running inside a task run can find out about it."""
 
-    __slots__ = ("caller", "future", "record", "task")
+    __slots__ = ("args", "caller", "future", "kwargs", "record", "task")
 
     def __init__(
         self,
@@ -55,10 +55,15 @@ class TaskRunContext:
         record: TaskRunRecord,
         future: TaskFuture[Any] | None,
         caller: TaskRunContext | None = None,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.record = record
         self.future = future
+        #: What the run was called with (``runtime.task_run.parameters``).
+        self.args = args
+        self.kwargs = kwargs
         #: The task run that called this one inline and waits for it (None for a
         #: submitted run): what its limits must not wait for.
         self.caller = caller
