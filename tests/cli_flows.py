@@ -205,6 +205,12 @@ def spread(
 
 
 @flow
+def collect(ids: list[int], limits: dict[str, int] | None = None) -> None:
+    """Collections as parameters: given on the command line as JSON."""
+    print(f"COLLECT {ids} {limits}")
+
+
+@flow
 def quits(code: int = 0) -> None:
     """Calls sys.exit() in its body."""
     sys.exit(code)

@@ -504,6 +504,21 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
         ["'cli_flows.py:no-such'", "not a flow target"],
     ),
     (
+        "the flow's name= for its function's",
+        lambda h: ["cli_flows.py:nightly-etl"],
+        ["'nightly-etl' is not a Python name", "the one after `def`, not its name="],
+    ),
+    (
+        "a list written as text",
+        lambda h: ["cli_flows.py:collect", "-p", "ids=1,2"],
+        ["--param ids='1,2' is not a valid list[int]", "write it as JSON: --param ids='[1, 2]'"],
+    ),
+    (
+        "a dict written as text",
+        lambda h: ["cli_flows.py:collect", "-p", "ids=[1]", "-p", "limits=a:1"],
+        ["--param limits='a:1' is not a valid", """--param limits='{"key": "value"}'"""],
+    ),
+    (
         "unknown parameter",
         lambda h: ["cli_flows.py:echo", "-p", "n=1", "-p", "bogus=2"],
         ["flow 'echo' has no parameter 'bogus'", "its parameters: n, ratio"],
@@ -585,6 +600,35 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
         ["--param n='0' is not a valid int (> 0)", "greater than 0"],
     ),
 ]
+
+
+def _package(home: Path) -> Path:
+    """A package whose module ``mypkg/flows/etl.py`` imports a sibling relatively."""
+    root = home / "mypkg"
+    (root / "flows").mkdir(parents=True, exist_ok=True)
+    _write(root / "__init__.py", "")
+    _write(root / "flows" / "__init__.py", "")
+    _write(root / "helpers.py", "VALUE = 1\n")
+    _write(
+        root / "flows" / "etl.py",
+        "from ..helpers import VALUE\nfrom orchestr import flow\n\n\n@flow\n"
+        "def etl() -> int:\n    return VALUE\n",
+    )
+    return root
+
+
+def test_a_package_file_that_imports_relatively_is_named_as_a_module(home: Path) -> None:
+    """Run by its path, a package's module that imports relatively cannot import: the
+    error says which package it is part of and the module target that works; that
+    target then runs it."""
+    root = _package(home)
+    done = orchestr_cli("run", f"{root}/flows/etl.py:etl", home=home)
+    assert done.returncode == ExitCode.USAGE, (done.stdout, done.stderr)
+    assert "ImportError: attempted relative import" in done.stderr
+    assert "etl.py is part of package 'mypkg' and imports relatively" in done.stderr
+    assert f"from {str(home)!r}: orchestr run mypkg.flows.etl:<flow function>" in done.stderr
+    done = orchestr_cli("run", "mypkg.flows.etl:etl", home=home, cwd=home)
+    assert done.returncode == 0, (done.stdout, done.stderr)
 
 
 def _write_bytes(path: Path) -> Path:

@@ -56,6 +56,12 @@ def _split(target: str) -> tuple[str, str | None]:
         return where, name
     if "/" in name or "\\" in name or name.endswith(".py"):
         return target, None  # a colon in the path (C:/flows/etl.py), no flow named
+    if where and name:  # a name that is not a Python name: the flow's name=, often
+        raise BadInput(
+            f"{target!r} is not a flow target: {name!r} is not a Python name; give the "
+            "name of the flow's function (the one after `def`, not its name= nor a run's "
+            "name): path/to/file.py:function_name or package.module:function_name"
+        )
     raise BadInput(
         f"{target!r} is not a flow target: give path/to/file.py:flow_name or "
         "package.module:flow_name"
@@ -97,8 +103,29 @@ def _import_file(where: str) -> ModuleType:
         sys.modules.pop(name, None)
         if not isinstance(exc, Exception):
             raise
-        raise BadInput(_import_failure(where, exc)) from None
+        raise BadInput(_import_failure(where, exc) + _as_a_module(path, exc)) from None
     return module
+
+
+def _as_a_module(path: Path, exc: BaseException) -> str:
+    """For a file of a package that imports relatively (which only works when it is
+    imported as part of its package): how to name it as a module instead."""
+    if not (isinstance(exc, ImportError) and "relative import" in str(exc)):
+        return ""
+    parts = [path.stem]
+    directory = path.parent
+    while (directory / "__init__.py").is_file():
+        parts.insert(0, directory.name)
+        directory = directory.parent
+    if len(parts) == 1:
+        return (
+            f"\n{path.name} imports relatively but its directory is not a package (no "
+            "__init__.py): import its neighbours absolutely"
+        )
+    return (
+        f"\n{path.name} is part of package {parts[0]!r} and imports relatively: run it as "
+        f"a module, from {str(directory)!r}: orchestr run {'.'.join(parts)}:<flow function>"
+    )
 
 
 def _after_the_standard_library() -> int:

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -181,7 +183,26 @@ def _validated(parameter: FlowParameter, value: Any, shown: str, *, text: bool) 
         (f"at {'.'.join(map(str, e['loc'][1:]))}: " if e["loc"][1:] else "") + e["msg"]
         for e in error.errors(include_url=False)
     )
-    raise BadInput(f"{shown} is not a valid {parameter.type_text}: {problems}") from None
+    raise BadInput(
+        f"{shown} is not a valid {parameter.type_text}: {problems}"
+        + (_json_hint(parameter) if text else "")
+    ) from None
+
+
+def _json_hint(parameter: FlowParameter) -> str:
+    """For a collection parameter (or an optional one) given as text: how to write it
+    (JSON)."""
+    hint = parameter.hint
+    union = isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union
+    for member in typing.get_args(hint) if union else (hint,):
+        origin = typing.get_origin(member) or member
+        if not isinstance(origin, type):
+            continue
+        if issubclass(origin, (list, tuple, set, frozenset)):
+            return f"; write it as JSON: --param {parameter.name}='[1, 2]'"
+        if issubclass(origin, dict):
+            return f"""; write it as JSON: --param {parameter.name}='{{"key": "value"}}'"""
+    return ""
 
 
 def _validator(hint: Any) -> Any:
