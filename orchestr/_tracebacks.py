@@ -29,7 +29,7 @@ import traceback
 from types import TracebackType
 from typing import Any
 
-from .exceptions import _ORIGIN_ATTRIBUTE, OrchestrError
+from .exceptions import _ORIGIN_ATTRIBUTE, OrchestrError, RunCancelled
 
 __all__ = ["chain_of", "claim", "hide_frames", "is_internal_file", "origin_of", "trim_summary"]
 
@@ -48,9 +48,10 @@ def _full() -> bool:
 
 
 def _keeps_raise_site(error: BaseException) -> bool:
-    # orchestr raises OrchestrErrors on purpose, with messages that say what went wrong;
-    # anything else raised in its frames needs the frames to be understood.
-    return not isinstance(error, OrchestrError)
+    # orchestr raises OrchestrErrors (and RunCancelled, its interrupt) on purpose, with
+    # messages that say what went wrong; anything else raised in its frames needs the
+    # frames to be understood.
+    return not isinstance(error, (OrchestrError, RunCancelled))
 
 
 def _trimmed(tb: TracebackType | None, keep_tail: bool) -> TracebackType | None:
@@ -167,4 +168,4 @@ def _type_of(te: traceback.TracebackException) -> Any:
 
 
 def _is_orchestr_error_type(exc_type: Any) -> bool:
-    return isinstance(exc_type, type) and issubclass(exc_type, OrchestrError)
+    return isinstance(exc_type, type) and issubclass(exc_type, (OrchestrError, RunCancelled))

@@ -9,8 +9,10 @@ all of them), and otherwise Completed with the return value. No failure is silen
 from __future__ import annotations
 
 import signal
+import sys
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._tracebacks import hide_frames
 from ..exceptions import (
     CrashedError,
     FailedRunsGroup,
@@ -69,13 +71,12 @@ def final_state(
     if stopped == "cancel":
         why = run.why_cancelled()
         cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {why}")
-        cancelled.__context__ = body_error if body_error is not None else run.body_outcome
+        _stopped_where(cancelled, body_error if body_error is not None else run.body_outcome)
         return State(StateType.CANCELLED, message=why, error=cancelled, record=record)
     if stopped == "timeout":
         message = f"flow run {record.name!r} exceeded its timeout of {run.flow.timeout_seconds} s"
         timed_out = RunTimedOut(message)
-        # What the body raised once stopped (because of the timeout) is kept, not lost.
-        timed_out.__context__ = body_error if body_error is not None else run.body_outcome
+        _stopped_where(timed_out, body_error if body_error is not None else run.body_outcome)
         return State(
             StateType.FAILED, name="TimedOut", message=message, error=timed_out, record=record
         )
@@ -174,3 +175,33 @@ def returned_error(what: str, state: State[Any]) -> BaseException:
     if state.type is StateType.CRASHED:
         return CrashedError(text)
     return OrchestrError(text)
+
+
+def _stopped_where(error: BaseException, stopped: BaseException | None) -> None:
+    """Keep what the body raised once stopped, not lose it: as ``error``'s context; or,
+    when that is the stop itself (orchestr's interrupt landing in a sync body, the event
+    loop's cancellation in an async one), its traceback as ``error``'s own (the body's
+    line where it was stopped), without a "cancelled" link in the chain. orchestr's
+    frames are hidden from all of it, as from any error a run records."""
+    if _is_the_stop(stopped):
+        assert stopped is not None
+        error.__traceback__ = stopped.__traceback__
+        error.__context__ = stopped.__context__
+        error.__suppress_context__ = stopped.__suppress_context__
+    else:
+        error.__context__ = stopped
+    hide_frames(error)
+
+
+def _is_the_stop(exc: BaseException | None) -> bool:
+    if exc is None:
+        return False
+    if isinstance(exc, RunCancelled):
+        return True
+    # The event loops' cancellations, looked up only where loaded (import orchestr
+    # loads neither asyncio nor trio).
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        return True
+    trio = sys.modules.get("trio")
+    return trio is not None and isinstance(exc, trio.Cancelled)
