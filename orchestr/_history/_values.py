@@ -5,9 +5,11 @@ strings, lists and dicts as they are (bounded: long strings and collections are 
 nesting stops at a depth; an int too long to show, one of more than 640 digits, as its
 size), other objects as their ``repr``. Secrets are masked, never
 stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
-parameter's, a dict key's, a field's) looks like a secret (``password``, ``api_key``,
-``token``, ``secret``, ``credentials``, ...), and the password of a URL
-(``postgres://user:**********@host``).
+parameter's, a dict key's, a field's) looks like a secret (``password``, ``db_pass``,
+``api_key``, ``token``, ``bearer``, ``secret``, ``credentials``, ...: whole words of the
+name, so ``passenger_count`` and ``bypass`` are shown), the password of a URL
+(``postgres://user:**********@host``), and the value of a secret's key in a connection
+or query string (``Server=db;Pwd=**********;``, ``?access_token=**********``).
 
 An error becomes ``ExcType: message`` (URL passwords masked, and the values pydantic's
 validation errors quote, ``input_value=...``, left out: the parameters are stored, masked,
@@ -71,10 +73,13 @@ _SECRET_WORDS = frozenset(
         "password",
         "passwd",
         "pwd",
+        "pass",
+        "passcode",
         "passphrase",
         "secret",
         "secrets",
         "token",
+        "bearer",
         "apikey",
         "credential",
         "credentials",
@@ -85,6 +90,8 @@ _SECRET_WORDS = frozenset(
         "accesskey",
         "secretkey",
         "sessionkey",
+        "accountkey",
+        "sharedaccesskey",
         "signature",
     }
 )
@@ -95,28 +102,54 @@ _SECRET_PAIRS = frozenset(
         ("access", "key"),
         ("secret", "key"),
         ("session", "key"),
+        ("account", "key"),
         ("client", "secret"),
     }
 )
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
+# One word ending so is a secret's name too (``adminpassword``, ``GITHUBTOKEN``): a name
+# all in one case has no word breaks to find.
+_SECRET_ENDINGS = ("password", "passwd", "passphrase", "secret", "token", "apikey")
+# A key=value pair of a connection string (ODBC, ADO.NET, Azure: ``;``-separated, a
+# value maybe in braces, ``Pwd={a;b}``), and of a URL's query (``&``-separated); the
+# value is masked when the key is a secret's name.
+_CONNECTION_PAIR = re.compile(
+    r"(?:(?<=;)|^)(\s*)([A-Za-z][\w .-]*?)(\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)"
+)
+_QUERY_PAIR = re.compile(r"(?<=[?&])()([A-Za-z][\w.-]*)(=)([^&#\s]*)")
 _SECRET_TYPES = frozenset({"SecretStr", "SecretBytes", "Secret"})
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a value called ``name`` should be masked (``db_password``, ``apiKey``,
-    ``GITHUB_TOKEN``; not ``max_tokens`` or ``author``)."""
+    """Whether a value called ``name`` should be masked (``db_password``, ``db_pass``,
+    ``apiKey``, ``GITHUB_TOKEN``, ``bearer``; not ``max_tokens``, ``author``,
+    ``passenger_count`` or ``bypass``)."""
     words = [w.lower() for w in _WORD.findall(name)]
-    if any(w in _SECRET_WORDS for w in words):
+    if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words):
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 
 
 def mask_url(text: str) -> str:
-    """``text`` with the password of every ``scheme://user:password@host`` masked."""
-    if "://" not in text:
-        return text
-    return _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    """``text`` with the password of every ``scheme://user:password@host`` masked, and
+    the value of every secret's key of a connection or query string
+    (``Server=db;Password=**********;``, ``?token=**********``)."""
+    if "://" in text:
+        text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
+    if "=" in text:  # (most texts have none: no regex runs for them)
+        if ";" in text or text.lstrip().partition("=")[0].isidentifier():
+            text = _CONNECTION_PAIR.sub(_masked_pair, text)
+        if "?" in text or "&" in text:
+            text = _QUERY_PAIR.sub(_masked_pair, text)
+    return text
+
+
+def _masked_pair(match: re.Match[str]) -> str:
+    space, key, equals, value = match.groups()
+    if not value or value == MASK or not is_secret_name(key):
+        return match.group(0)
+    return f"{space}{key}{equals}{MASK}"
 
 
 def storable(text: str) -> str:

@@ -1,0 +1,135 @@
+"""Secret shapes the run history and the "Beginning with parameters" log line mask, and
+ordinary names and values they must show: a parameter named like a secret (``db_pass``,
+``bearer``), the secret's value of a connection string (``Password=...;``) or a URL's
+query (``&access_token=...``), each checked in the stored parameters and the log line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestr import flow, history, override_settings
+from orchestr._history._values import MASK, is_secret_name, mask_url
+
+SECRET_NAMES = [
+    "db_pass",
+    "pass",
+    "dbPass",
+    "bearer",
+    "bearer_token",
+    "auth",
+    "credentials",
+    "private_key",
+    "client_secret",
+    "adminpassword",
+    "account_key",
+]
+ORDINARY_NAMES = ["passenger_count", "bypass", "compass", "passport", "max_tokens", "author"]
+
+SECRET_VALUES = {
+    "Driver={ODBC Driver 18 for SQL Server};Server=db;Uid=etl;Password=odbc-s3cret;": (
+        f"Driver={{ODBC Driver 18 for SQL Server}};Server=db;Uid=etl;Password={MASK};"
+    ),
+    "Server=db;Pwd={odbc;s3cret}};x};Uid=etl": f"Server=db;Pwd={MASK};Uid=etl",
+    "Data Source=db; User ID=etl; Password = ado-s3cret; Encrypt=true": (
+        f"Data Source=db; User ID=etl; Password = {MASK}; Encrypt=true"
+    ),
+    "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=azure-s3cret==;": (
+        f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={MASK};"
+    ),
+    "host=db;token=tok-s3cret": f"host=db;token={MASK}",
+    "https://api.example.com/v1?user=etl&access_token=q-s3cret&page=2": (
+        f"https://api.example.com/v1?user=etl&access_token={MASK}&page=2"
+    ),
+}
+ORDINARY_VALUES = [
+    "Server=db;Database=sales;Uid=etl;Trusted_Connection=yes;",
+    "https://example.com/search?q=password&passenger_count=3",
+    "a = b",
+    "bypass=yes;compass=north",
+]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    """A fresh orchestr home for this test's runs."""
+    with override_settings(home=tmp_path / "home"):
+        yield tmp_path / "home"
+
+
+def _stored_and_logged(
+    parameters: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> tuple[dict[str, Any], str]:
+    """Run a flow taking ``parameters``; its stored parameters and its log line."""
+
+    @flow
+    def takes(**kwargs: Any) -> None:
+        pass
+
+    caplog.set_level(logging.INFO, logger="orchestr")
+    takes(**parameters)
+    assert history.flush(30), "the history writer did not finish in time"
+    (row,) = history.list_runs()
+    (begin,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Beginning")]
+    return row.parameters, begin
+
+
+@pytest.mark.parametrize("name", SECRET_NAMES)
+def test_a_parameter_named_like_a_secret_is_masked(
+    name: str, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """db_pass, bearer, private_key, ...: masked where stored and where logged."""
+    stored, begin = _stored_and_logged({name: "plain-s3cret"}, caplog)
+    assert stored == {"kwargs": {name: MASK}}
+    assert "s3cret" not in begin
+    assert is_secret_name(name)
+
+
+@pytest.mark.parametrize("name", ORDINARY_NAMES)
+def test_a_name_that_only_contains_the_letters_is_shown(
+    name: str, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """passenger_count, bypass, max_tokens, ...: words of their own, shown."""
+    stored, begin = _stored_and_logged({name: "shown-value"}, caplog)
+    assert stored == {"kwargs": {name: "shown-value"}}
+    assert "shown-value" in begin
+    assert not is_secret_name(name)
+
+
+@pytest.mark.parametrize("value", list(SECRET_VALUES))
+def test_the_secret_of_a_connection_or_query_string_is_masked(
+    value: str, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Password=...; Pwd={...}; AccountKey=...; &access_token=...: the value masked,
+    the rest of the string kept."""
+    stored, begin = _stored_and_logged({"conn": value}, caplog)
+    assert stored == {"kwargs": {"conn": SECRET_VALUES[value]}}
+    assert "s3cret" not in json.dumps(stored)
+    assert "s3cret" not in begin
+    assert MASK in begin
+
+
+@pytest.mark.parametrize("value", ORDINARY_VALUES)
+def test_a_string_without_a_secret_s_key_is_kept(
+    value: str, home: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Key=value strings whose keys are not secrets' names are stored as they are."""
+    stored, _ = _stored_and_logged({"conn": value}, caplog)
+    assert stored == {"kwargs": {"conn": value}}
+    assert mask_url(value) == value
+
+
+def test_a_secret_in_a_dict_value_and_an_error_is_masked() -> None:
+    """The same value masking serves nested values and stored error texts."""
+    from orchestr._history._values import error_text, json_safe
+
+    shown = json_safe({"dsn": "Server=db;Password=nested-s3cret", "bearer": "b-s3cret"})
+    assert shown == {"dsn": f"Server=db;Password={MASK}", "bearer": MASK}
+    error = error_text(ConnectionError("login failed for Server=db;Pwd=err-s3cret;"))
+    assert error == f"ConnectionError: login failed for Server=db;Pwd={MASK};"
