@@ -165,10 +165,11 @@ class FlowRun:
         self.setting_up: dict[int, str] = {}
         # Resources whose block is open (set up, not yet cleaned up), by id: name.
         self.open_resources: dict[int, str] = {}
-        # Values of resources whose block ended, by id: (a weak reference to the value,
-        # the resource's name). Handing one to a task is refused (rule 12). Weak, so a
-        # flow that works through many blocks does not keep every value they yielded
-        # alive until it ends; an entry goes when its value does (its id may be reused).
+        # Values of resources whose block ended, by id: (what gives the value back, the
+        # resource's name). Handing one to a task is refused (rule 12). Mostly a weak
+        # reference (see remember_closed_resource), so a flow that works through many
+        # blocks does not keep every value they yielded alive until it ends; an entry
+        # goes when its value does (its id may be reused).
         self.closed_resources: dict[int, tuple[Callable[[], Any], str]] = {}
 
     def bind_loop(self) -> None:
