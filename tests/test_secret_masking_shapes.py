@@ -30,7 +30,16 @@ SECRET_NAMES = [
     "adminpassword",
     "account_key",
 ]
-ORDINARY_NAMES = ["passenger_count", "bypass", "compass", "passport", "max_tokens", "author"]
+ORDINARY_NAMES = [
+    "passenger_count",
+    "bypass",
+    "compass",
+    "passport",
+    "max_tokens",
+    "author",
+    "pass_rate",
+    "pass_through",
+]
 
 SECRET_VALUES = {
     "Driver={ODBC Driver 18 for SQL Server};Server=db;Uid=etl;Password=odbc-s3cret;": (
@@ -44,6 +53,7 @@ SECRET_VALUES = {
         f"DefaultEndpointsProtocol=https;AccountName=acct;AccountKey={MASK};"
     ),
     "host=db;token=tok-s3cret": f"host=db;token={MASK}",
+    "password = spaced-s3cret": f"password = {MASK}",
     "https://api.example.com/v1?user=etl&access_token=q-s3cret&page=2": (
         f"https://api.example.com/v1?user=etl&access_token={MASK}&page=2"
     ),
@@ -133,3 +143,22 @@ def test_a_secret_in_a_dict_value_and_an_error_is_masked() -> None:
     assert shown == {"dsn": f"Server=db;Password={MASK}", "bearer": MASK}
     error = error_text(ConnectionError("login failed for Server=db;Pwd=err-s3cret;"))
     assert error == f"ConnectionError: login failed for Server=db;Pwd={MASK};"
+
+
+def test_masking_a_long_padded_text_takes_linear_time() -> None:
+    """A text with long runs of spaces before an "=" (a padded report, say) is masked in
+    time that grows with its length, not its square: 4,000 spaces and 32,000 spaces cost
+    about the same per character (a square would cost 8 times as much per character at
+    32,000; asserted loosely, below 4)."""
+    import time
+
+    def cost(n: int) -> float:
+        text = "a" + " " * n + "b;" + "password=x;" * 3
+        start = time.perf_counter()
+        for _ in range(3):
+            masked = mask_url(text)
+        assert masked.endswith(f"password={MASK};")
+        return (time.perf_counter() - start) / n
+
+    cost(1000)  # warm up
+    assert cost(32_000) < 4 * cost(4_000)

@@ -73,7 +73,6 @@ _SECRET_WORDS = frozenset(
         "password",
         "passwd",
         "pwd",
-        "pass",
         "passcode",
         "passphrase",
         "secret",
@@ -113,9 +112,10 @@ _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
 _SECRET_ENDINGS = ("password", "passwd", "passphrase", "secret", "token", "apikey")
 # A key=value pair of a connection string (ODBC, ADO.NET, Azure: ``;``-separated, a
 # value maybe in braces, ``Pwd={a;b}``), and of a URL's query (``&``-separated); the
-# value is masked when the key is a secret's name.
+# value is masked when the key is a secret's name. (A key is at most 64 characters: an
+# unbounded lazy key before "\s*=" backtracks quadratically over a long run of spaces.)
 _CONNECTION_PAIR = re.compile(
-    r"(?:(?<=;)|^)(\s*)([A-Za-z][\w .-]*?)(\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)"
+    r"(?:(?<=;)|^)(\s*)([A-Za-z][\w .-]{0,63}?)(\s*=\s*)(\{(?:[^}]|\}\})*\}|[^;]*)"
 )
 _QUERY_PAIR = re.compile(r"(?<=[?&])()([A-Za-z][\w.-]*)(=)([^&#\s]*)")
 _SECRET_TYPES = frozenset({"SecretStr", "SecretBytes", "Secret"})
@@ -128,6 +128,10 @@ def is_secret_name(name: str) -> bool:
     words = [w.lower() for w in _WORD.findall(name)]
     if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words):
         return True
+    # "pass" names a secret as the last word only (db_pass, adminPass; not pass_rate,
+    # pass_through). (A flag named first_pass is masked too: on the safe side.)
+    if words and words[-1] == "pass":
+        return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
 
 
@@ -138,7 +142,7 @@ def mask_url(text: str) -> str:
     if "://" in text:
         text = _URL_PASSWORD.sub(rf"\g<1>{MASK}\g<3>", text)
     if "=" in text:  # (most texts have none: no regex runs for them)
-        if ";" in text or text.lstrip().partition("=")[0].isidentifier():
+        if ";" in text or text.partition("=")[0].strip().isidentifier():
             text = _CONNECTION_PAIR.sub(_masked_pair, text)
         if "?" in text or "&" in text:
             text = _QUERY_PAIR.sub(_masked_pair, text)

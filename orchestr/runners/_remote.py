@@ -148,11 +148,11 @@ def _travel_as_itself(exc: BaseException) -> str | None:
     except Exception as error:
         return f"it does not pickle ({_named(error)}); {_PICKLE_ADVICE}"
     try:
-        again = pickle.dumps(pickle.loads(sent), pickle.HIGHEST_PROTOCOL)
+        back = pickle.loads(sent)
     except Exception as error:
         failed = _named(error)
     else:
-        if again == sent:  # rebuilt as it was: pickle's own way stays
+        if _same(back, exc):  # rebuilt as it was: pickle's own way stays
             return None
         # Rebuilt without an error but not the same (an OSError subclass whose __init__
         # takes other arguments builds another message): rebuilt by its state instead.
@@ -171,6 +171,16 @@ def _travel_as_itself(exc: BaseException) -> str | None:
             pass
         return f"it pickles, but could not be rebuilt ({failed}); {_REBUILD_ADVICE}"
     return None
+
+
+def _same(back: BaseException, exc: BaseException) -> bool:
+    """Whether a rebuilt exception is the one sent: its class, args and message. (Not
+    its pickled bytes: a traceback pickled along, as tblib makes Dask's processes do,
+    comes back with other line numbers.)"""
+    try:
+        return type(back) is type(exc) and back.args == exc.args and str(back) == str(exc)
+    except Exception:  # args that refuse to be compared: take it as it came
+        return type(back) is type(exc)
 
 
 def _named(error: BaseException) -> str:
