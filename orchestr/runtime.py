@@ -134,7 +134,7 @@ class TaskRunContext:
         empty outside task runs, and in another process (a process pool's or a Dask
         worker), as :attr:`FlowRunContext.parameters` is."""
         current = task_run_var.get()
-        if current is None:
+        if current is None or current.args is None:  # (None once the run has ended)
             return {}
         return bound_parameters(current.task, current.args, current.kwargs or {})
 

@@ -3,7 +3,9 @@ flow_run_name options that name runs."""
 
 from __future__ import annotations
 
+import gc
 import threading
+import weakref
 from functools import partial
 from typing import Any
 
@@ -474,3 +476,44 @@ def test_task_run_parameters_are_empty_outside_task_runs(run: Any) -> None:
 
     assert runtime.task_run.parameters == {}
     assert run(main, 1) == {}
+
+
+class _Big:
+    """An argument whose life a test watches."""
+
+
+@task
+def _child() -> int:
+    return 1
+
+
+@task
+def _submits_a_child(data: _Big) -> int:
+    return _child.submit().result()
+
+
+@task
+async def _submits_a_child_async(data: _Big) -> int:
+    return await _child.submit()
+
+
+@task
+def _calls_inline(data: _Big) -> int:
+    return _child()
+
+
+@pytest.mark.parametrize("parent", [_submits_a_child, _submits_a_child_async, _calls_inline])
+def test_a_task_runs_arguments_are_not_kept_after_it_ended(run: Any, parent: Any) -> None:
+    """The run's context (which runtime.task_run.parameters reads) is copied by what the
+    run submits and outlives it: it must not keep the run's arguments alive."""
+
+    @flow
+    async def main() -> bool:
+        data = _Big()
+        ref = weakref.ref(data)
+        await parent.submit(data)
+        del data
+        gc.collect()
+        return ref() is None
+
+    assert run(main) is True

@@ -83,7 +83,8 @@ async def run_attempts(
     """Run a task run to its final state, record it, and complete its future."""
     # An inline run (no future) is called by the task run whose code runs here, if any.
     caller = task_run_var.get() if future is None else None
-    token = task_run_var.set(TaskRunContext(task, record, future, caller, args, kwargs))
+    context = TaskRunContext(task, record, future, caller, args, kwargs)
+    token = task_run_var.set(context)
     prints = None
     if task.log_prints is not None or log_prints_var.get() is not None:
         # Set on the task, or inherited from its flow.
@@ -116,6 +117,9 @@ async def run_attempts(
         if prints is not None:
             log_prints_var.reset(prints)
         task_run_var.reset(token)
+        # A context copied while the run ran (a submission's, a thread's) may outlive
+        # it: it must not keep the run's arguments, nor its callers, alive.
+        context.args = context.kwargs = context.caller = None
 
 
 async def _attempts(

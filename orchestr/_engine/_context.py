@@ -55,13 +55,14 @@ class TaskRunContext:
         record: TaskRunRecord,
         future: TaskFuture[Any] | None,
         caller: TaskRunContext | None = None,
-        args: tuple[Any, ...] = (),
+        args: tuple[Any, ...] | None = None,
         kwargs: dict[str, Any] | None = None,
     ) -> None:
         self.task = task
         self.record = record
         self.future = future
-        #: What the run was called with (``runtime.task_run.parameters``).
+        #: What the run was called with (``runtime.task_run.parameters``); None once
+        #: it ended (a copy of its context may outlive it).
         self.args = args
         self.kwargs = kwargs
         #: The task run that called this one inline and waits for it (None for a

@@ -188,25 +188,21 @@ class FlowRun:
         return record
 
     def remember_closed_resource(self, value: Any, name: str) -> None:
-        """Remember ``value`` as closed, as long as it lives and not longer: a value
-        that can be referenced weakly is; a plain list, tuple, set or dict (which
-        cannot) is held only if small (a ``(connection, cursor)`` pair, a session dict;
-        a big one is data, such as a batch of rows, that the flow must be able to let
-        go of), and its items that can be are remembered weakly either way. Any other
-        value is held (an object whose class has ``__slots__`` and no ``__weakref__``)."""
+        """Remember ``value`` as closed, as long as it lives and not longer: through a
+        weak reference when it can be referenced so; a plain list, tuple, set or dict
+        (which cannot) is held if small (a ``(connection, cursor)`` pair, a session
+        dict) and not remembered if bigger (it is data, such as a batch of rows, that
+        the flow must be able to let go of); any other value is held (an object whose
+        class has ``__slots__`` and no ``__weakref__``). Only the value itself: its
+        items may be anything (rows, classes, functions) that stays usable."""
         if value is None or type(value) in _ATOMS:
             return
         if type(value).__weakrefoffset__:
             self._remember(value, name, weakly=True)
-            return
-        if not isinstance(value, (list, tuple, set, frozenset, dict)):
+        elif not isinstance(value, (list, tuple, set, frozenset, dict)):
             self._remember(value, name, weakly=False)
-            return
-        if len(value) <= _HELD_CONTAINER_MOST:
+        elif len(value) <= _HELD_CONTAINER_MOST:
             self._remember(value, name, weakly=False)
-        for item in value.values() if isinstance(value, dict) else value:
-            if type(item).__weakrefoffset__:
-                self._remember(item, name, weakly=True)
 
     def _remember(self, value: Any, name: str, *, weakly: bool) -> None:
         closed = self.closed_resources
