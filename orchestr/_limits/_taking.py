@@ -78,7 +78,7 @@ async def acquire_task_limits(
     coroutine never suspends (for the engine's blocking driver)."""
     found = limits_of(tags)
     current = task_run_var.get()
-    if current is not None and current.caller is not None:
+    if current is not None and current.future is None:  # an inline run: its callers wait
         _refuse_waiting_for_callers(current, found)
     lease = LimitLease()
     try:
@@ -128,10 +128,11 @@ class ConcurrencyBlock:
         name, occupy = limit.name, self._ask.occupy
         holders = _holders(task_run_var.get(), name)
         if holders and limit.limit - len(holders) < occupy:
+            callers = f" (as do the runs that called it inline: {holders[1:]})"
             raise UsageError(
                 f"{self._ask.what} was entered in task run {holders[0]!r}, which holds a "
                 f"slot of limit {name!r} through its tag {name!r}"
-                + (f" (as do the runs that called it inline: {holders[1:]})" * (len(holders) > 1))
+                + (callers if len(holders) > 1 else "")
                 + f"; the limit has {limit.limit} slot(s), so it would wait for itself for "
                 "ever. Tags are the limits' names: drop the tag or the block, or raise the "
                 "limit"
