@@ -199,9 +199,10 @@ class FlowRun:
             return
         if type(value).__weakrefoffset__:
             self._remember(value, name, weakly=True)
-        elif not isinstance(value, (list, tuple, set, frozenset, dict)):
-            self._remember(value, name, weakly=False)
-        elif len(value) <= _HELD_CONTAINER_MOST:
+        elif (
+            not isinstance(value, (list, tuple, set, frozenset, dict))
+            or len(value) <= _HELD_CONTAINER_MOST
+        ):
             self._remember(value, name, weakly=False)
 
     def _remember(self, value: Any, name: str, *, weakly: bool) -> None:

@@ -7,6 +7,13 @@ at once rather than when a flow runs. A temporary cluster is started by
 ``asynchronous``, else (a factory as prefect-dask calls it, ``factory(**kwargs)``) in a
 thread, its synchronous cluster then reached by address and closed in a thread. Whatever
 fails half-way, what had started is closed.
+
+Closing (:func:`close_all`) is bounded by the ``cleanup_timeout_seconds`` setting. The
+in-process workers of a threads-only cluster (``processes=False``) are closed first
+without waiting for their executor threads: a call abandoned there (a timeout, a
+cancellation) cannot be stopped, and Dask's own close would wait up to 30 s for it
+(``Worker.close(executor_wait=True)`` joins its threads for ``timeout=30``). Such a
+thread runs on, in this process, until its call returns.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from distributed.comm.registry import get_backend
 
 from .._checks import is_number
 from ..exceptions import ClusterError, UsageError
+from ..settings import get_settings
 
 CLOSE_TIMEOUT = 30.0  # a client and cluster that do not close within this are left
 
@@ -95,13 +103,42 @@ async def start_cluster(
     return cluster
 
 
-async def close_all(client: distributed.Client | None, cluster: Any) -> None:
-    try:
-        if client is not None:
-            await client.close()  # type: ignore[no-untyped-call]
-    finally:
-        if cluster is not None:
-            await close_cluster(cluster)
+def close_timeout() -> float:
+    """How long closing a client and a temporary cluster may take: the
+    ``cleanup_timeout_seconds`` setting (of the process when the run ends)."""
+    return get_settings().cleanup_timeout_seconds
+
+
+async def close_all(client: distributed.Client | None, cluster: Any, timeout: float) -> None:
+    """Close ``client``, then ``cluster`` (if given), within ``timeout`` seconds in all;
+    a TimeoutError saying what did not close, and what is left, otherwise. On the loop
+    where they live; bounded here, not by the caller, so what timed out is cancelled on
+    that loop rather than left pending when it stops."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    late: list[str] = []
+    left: list[str] = []
+    if client is not None:
+        try:
+            async with asyncio.timeout_at(deadline):
+                await client.close()  # type: ignore[no-untyped-call]
+        except TimeoutError:
+            late.append("the Dask client")
+            left.append("its connection to the scheduler is dropped")
+    if cluster is not None:
+        try:
+            async with asyncio.timeout_at(max(deadline, asyncio.get_running_loop().time())):
+                await close_cluster(cluster)
+        except TimeoutError:
+            late.append(f"the temporary Dask cluster at {address_of(cluster)}")
+            left.append(
+                "what of the cluster had not closed (its scheduler, its workers and the "
+                "calls they still run) is left to end with this process"
+            )
+    if late:
+        raise TimeoutError(
+            f"{' and '.join(late)} did not close within {timeout:g} s (the "
+            f"cleanup_timeout_seconds setting): {'; '.join(left)}"
+        )
 
 
 async def close_quietly(client: distributed.Client) -> None:
@@ -113,11 +150,32 @@ async def close_quietly(client: distributed.Client) -> None:
 
 async def close_cluster(cluster: Any) -> None:
     if synchronous(cluster):
+        sync = getattr(cluster, "sync", None)
+        if callable(sync):  # its in-process workers first, on its own loop
+            await asyncio.to_thread(sync, close_in_process_workers, cluster)
         await asyncio.to_thread(cluster.close)  # blocks while its own loop closes it
         return
+    await close_in_process_workers(cluster)
     closing = cluster.close()
     if inspect.isawaitable(closing):
         await closing
+
+
+async def close_in_process_workers(cluster: Any) -> None:
+    """Close the workers of ``cluster`` that run in this process (on this loop), not
+    waiting for their executor threads: a thread still running an abandoned call cannot
+    be stopped, and Dask's close would wait up to 30 s for it. The cluster's own close
+    then finds them closed. Workers in processes of their own (Nannies) are left to it."""
+    workers = getattr(cluster, "workers", None)
+    if not isinstance(workers, Mapping):
+        return
+    closing = [
+        worker.close(executor_wait=False, reason="orchestr-run-ended")
+        for worker in list(workers.values())
+        if isinstance(worker, distributed.Worker)
+    ]
+    # (Worker.close logs its own failures; the cluster's close goes on regardless.)
+    await asyncio.gather(*closing, return_exceptions=True)
 
 
 async def made_in_a_thread(factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:

@@ -80,6 +80,7 @@ from ._clusters import (
     check_address,
     close_all,
     close_quietly,
+    close_timeout,
     cluster_factory,
     describe,
     keywords,
@@ -93,6 +94,7 @@ from ._limits import ClusterLimits
 __all__ = ["DaskTaskRunner"]
 
 _START_GRACE = 5.0  # a cancelled start may finish within this; then it is cancelled
+_CLOSE_GRACE = 5.0  # a close past its timeout, cancelled, may still end within this
 _cancelling: set[Any] = set()  # cancellations of Dask futures on their way
 
 
@@ -349,17 +351,33 @@ class DaskTaskRunner(TaskRunner):
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
         limits, self._limits = self._limits, None
+        timeout = close_timeout()
+        closing: Future[None] | None = None
         try:
             if limits is not None:  # the last requests of waits given up, if they matter
                 bridge.run_blocking(limits.settle(wait=cluster is None), CLOSE_TIMEOUT)
-            bridge.run_blocking(close_all(client, cluster), CLOSE_TIMEOUT)
-        except Exception as exc:  # never fails a run: it has finished
+            # close_all keeps to the timeout itself (and says what did not close); the
+            # grace here is for a close that does not even end when cancelled.
+            closing = bridge.submit(close_all(client, cluster, timeout))
+            closing.result(timeout + _CLOSE_GRACE)
+        except TimeoutError:
+            # (The wait's timeout and close_all's are the same class: a done close
+            # raised its own, which says what did not close.)
+            if closing is not None and closing.done():
+                _close_failed(self, closing.exception())
+                return
+            if closing is not None:
+                closing.cancel()
             logging.getLogger("orchestr").warning(
-                "closing the Dask client or cluster of %r failed: %s: %s",
+                "closing the Dask client and cluster of %r did not end within %g s (the "
+                "cleanup_timeout_seconds setting, and %g s more when cancelled); what had "
+                "not closed is left to end with this process",
                 self,
-                type(exc).__name__,
-                exc,
+                timeout,
+                _CLOSE_GRACE,
             )
+        except Exception as exc:  # never fails a run: it has finished
+            _close_failed(self, exc)
         finally:
             bridge.close()
 
@@ -522,6 +540,15 @@ async def _run_on_each(
     as its answer. TimeoutError after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         return await client.run(fn, *args, on_error="return")  # type: ignore[no-any-return]
+
+
+def _close_failed(runner: DaskTaskRunner, exc: BaseException | None) -> None:
+    logging.getLogger("orchestr").warning(
+        "closing the Dask client or cluster of %r failed: %s: %s",
+        runner,
+        type(exc).__name__,
+        exc,
+    )
 
 
 def _start_logger() -> logging.LoggerAdapter[Any] | logging.Logger:
