@@ -68,9 +68,14 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - start
 
 
-def assert_no_destroyed_tasks(capfd: pytest.CaptureFixture[str], caplog: Any) -> str:
-    """No task of the runner's loop was left pending when that loop closed (asyncio
-    says so when the task is collected); what was printed, for further checks."""
+def ended_soon_and_quietly(
+    result: str, took: float, capfd: pytest.CaptureFixture[str], caplog: Any
+) -> str:
+    """The flow saw its task run time out, its call returned within BOUND, and no task
+    of the runner's loop was left pending when that loop closed (asyncio says so when
+    the task is collected); what was printed, for further checks."""
+    assert result == "TimedOut"
+    assert took < BOUND, f"the flow call took {took:.1f} s"
     gc.collect()
     out, err = capfd.readouterr()
     printed = out + err + caplog.text
@@ -99,9 +104,7 @@ class TestAbandonedCallOnAThreadsOnlyCluster:
 
         state, took = timed(lambda: run(caller))
         assert state.type is StateType.COMPLETED
-        assert state.result() == "TimedOut"
-        assert took < BOUND, f"the flow call took {took:.1f} s"
-        printed = assert_no_destroyed_tasks(capfd, caplog)
+        printed = ended_soon_and_quietly(state.result(), took, capfd, caplog)
         assert "closing the Dask client or cluster" not in printed
 
     def test_a_sync_flow_returns_within_seconds(
@@ -117,9 +120,7 @@ class TestAbandonedCallOnAThreadsOnlyCluster:
 
         with override_settings(backend=backend):
             result, took = timed(main)
-        assert result == "TimedOut"
-        assert took < BOUND, f"the flow call took {took:.1f} s"
-        printed = assert_no_destroyed_tasks(capfd, caplog)
+        printed = ended_soon_and_quietly(result, took, capfd, caplog)
         assert "closing the Dask client or cluster" not in printed
 
     def test_a_cleanup_timeout_does_not_lengthen_it(
@@ -137,9 +138,7 @@ class TestAbandonedCallOnAThreadsOnlyCluster:
 
         with override_settings(cleanup_timeout_seconds=3):
             result, took = timed(main)
-        assert result == "TimedOut"
-        assert took < BOUND, f"the flow call took {took:.1f} s"
-        printed = assert_no_destroyed_tasks(capfd, caplog)
+        printed = ended_soon_and_quietly(result, took, capfd, caplog)
         assert "did not close" not in printed
 
 
@@ -171,9 +170,7 @@ class TestTheCleanupTimeoutBoundsTheClose:
 
         with override_settings(backend=backend, cleanup_timeout_seconds=1):
             result, took = timed(main)
-        assert result == "TimedOut"
-        assert took < BOUND, f"the flow call took {took:.1f} s"
-        printed = assert_no_destroyed_tasks(capfd, caplog)
+        printed = ended_soon_and_quietly(result, took, capfd, caplog)
         warnings = [
             r.getMessage()
             for r in caplog.records

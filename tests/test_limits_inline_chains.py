@@ -51,15 +51,9 @@ def db_limit() -> Iterator[Any]:
         yield set_to
 
 
-@pytest.mark.parametrize("colour", ["sync", "async"])
-@pytest.mark.parametrize("slots", [1, 2, 3])
-@pytest.mark.parametrize("depth", [1, 2, 3])
-def test_an_inline_chain_deeper_than_the_limit_is_refused_at_once(
-    run: Any, db_limit: Any, colour: str, slots: int, depth: int
-) -> None:
-    db_limit(slots)
-    link = sync_link if colour == "sync" else async_link
-
+def final_state(run: Any, link: Any, depth: int) -> Any:
+    """The final state of a chain of ``depth`` runs of ``link``, submitted in a flow
+    (whose timeout fails the test on a hang rather than stopping the suite)."""
     states: list[Any] = []
 
     @flow(timeout_seconds=GUARD)
@@ -68,6 +62,18 @@ def test_an_inline_chain_deeper_than_the_limit_is_refused_at_once(
 
     run(main)
     [state] = states
+    return state
+
+
+@pytest.mark.parametrize("colour", ["sync", "async"])
+@pytest.mark.parametrize("slots", [1, 2, 3])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_an_inline_chain_deeper_than_the_limit_is_refused_at_once(
+    run: Any, db_limit: Any, colour: str, slots: int, depth: int
+) -> None:
+    db_limit(slots)
+    link = sync_link if colour == "sync" else async_link
+    state = final_state(run, link, depth)
     if depth <= slots:
         assert (state.type, state.result()) == (StateType.COMPLETED, depth)
         return
@@ -89,15 +95,7 @@ def test_a_concurrency_block_at_the_end_of_an_inline_chain_counts_its_callers(
 ) -> None:
     """The innermost run's own block asks for one more slot than the chain holds."""
     db_limit(slots)
-
-    states: list[Any] = []
-
-    @flow(timeout_seconds=GUARD)
-    async def main() -> None:
-        states.append(await sync_link_with_block.submit(depth).wait())
-
-    run(main)
-    [state] = states
+    state = final_state(run, sync_link_with_block, depth)
     if depth + 1 <= slots:
         assert (state.type, state.result()) == (StateType.COMPLETED, depth)
         return
