@@ -29,7 +29,7 @@ from contextvars import ContextVar
 
 from ..exceptions import UsageError
 
-__all__ = ["current_tags", "run_tags", "tags"]
+__all__ = ["run_tags", "tags"]
 
 # None outside any block (the default a hot path can test with `is None`).
 _tags_var: ContextVar[frozenset[str] | None] = ContextVar("orchestr.tags", default=None)
@@ -69,12 +69,6 @@ def tags(*names: str) -> Iterator[frozenset[str]]:
             _tags_var.reset(token)
         except ValueError:  # left in another context (a sync resource's cleanup thread)
             _tags_var.set(outer)
-
-
-def current_tags() -> frozenset[str]:
-    """The tags the enclosing ``tags()`` blocks add (empty outside any)."""
-    extra = _tags_var.get()
-    return _EMPTY if extra is None else extra
 
 
 def run_tags(own: frozenset[str]) -> frozenset[str]:
