@@ -1003,7 +1003,11 @@ def _run_plan(
     rt.task_runner = task_runner
     outcome = Outcome()
     threads_before = _orchestr_threads()
-    signals_before = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    signals_before = (
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+        _wakeup_fd(),
+    )
     handler = _ListHandler()
     logger = logging.getLogger("orchestr")
     logger.addHandler(handler)
@@ -1070,12 +1074,31 @@ def _run_plan(
             f"thread were dumped to stderr)\n{plan!r}\njournal:\n{_format_journal(rt)}"
         ) from stuck
     outcome.new_threads = sorted(t.name for t in _orchestr_threads() - threads_before)
-    signals_after = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM))
+    signals_after = (
+        signal.getsignal(signal.SIGINT),
+        signal.getsignal(signal.SIGTERM),
+        _wakeup_fd(),
+    )
     if signals_after != signals_before:
-        outcome.signals_changed = f"{signals_before!r} -> {signals_after!r}"
+        outcome.signals_changed = (
+            f"{signals_before!r} -> {signals_after!r} (SIGINT, SIGTERM, wakeup fd)"
+        )
         signal.signal(signal.SIGINT, signals_before[0])
         signal.signal(signal.SIGTERM, signals_before[1])
+        if signals_before[2] is not None:
+            signal.set_wakeup_fd(signals_before[2])
     Checker(rt, outcome, handler.records).check()
+
+
+def _wakeup_fd() -> int | None:
+    """The signal wakeup fd (-1: none), read by setting it back; None outside the main
+    thread, where it cannot be read."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    fd = signal.set_wakeup_fd(-1)
+    if fd != -1:
+        signal.set_wakeup_fd(fd)
+    return fd
 
 
 # -- checking --------------------------------------------------------------------------------

@@ -536,6 +536,61 @@ def sync_task_in_block(kind: str) -> None:
     note("flow returned")
 
 
+# -- 11b: a signal that interrupts no system call of the main thread ----------------------
+@scenario
+def signal_elsewhere(kind: str, backend: str, wait: str) -> None:
+    """SIGTERM / SIGINT delivered while the main thread is about to block: its C handler
+    has run, no system call of the main thread was interrupted, and Python runs the
+    handler only when the main thread next runs bytecode. Made certain here by blocking
+    the signals in the main thread (and the threads it starts) while a thread started
+    before takes them. A flow (``kind`` "async" on ``backend``, or "sync") blocks in a
+    resource block (``wait``: "sleep" for 60 s, or "result" of a sync task sleeping 60 s);
+    prints READY."""
+
+    @resource_manager
+    class Res:
+        def setup(self) -> str:
+            return "handle"
+
+        def cleanup(self, handle: str) -> None:
+            note("cleaned")
+
+    @task
+    def sleeper() -> None:
+        time.sleep(60)
+
+    @flow
+    def sync_holder() -> None:
+        with Res():
+            say("READY")
+            if wait == "sleep":
+                time.sleep(60)
+            else:
+                sleeper.submit().result()
+            note("slept")
+
+    @flow
+    async def async_holder() -> None:
+        async with Res():
+            say("READY")
+            if wait == "sleep":
+                await anyio.sleep(60)
+            else:
+                await sleeper.submit()
+            note("slept")
+
+    taker = threading.Thread(target=threading.Event().wait, daemon=True)
+    taker.start()  # before the mask: it keeps the signals unblocked
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        if kind == "sync":
+            sync_holder()
+        else:
+            anyio.run(async_holder, backend=backend)
+    finally:
+        note("flow returned")
+
+
 # -- 12: done callbacks that raise ---------------------------------------------------------
 @scenario
 def raising_callbacks(backend: str, where: str) -> None:

@@ -225,6 +225,98 @@ def test_a_signal_the_application_ignores_stays_ignored(tmp_path: Path) -> None:
     assert done.stdout.split() == ["finished", "still", "ignored:", "True"]
 
 
+def test_flows_leave_the_signal_wakeup_fd_as_they_found_it(tmp_path: Path) -> None:
+    """While a top-level flow runs in the main thread, orchestr may set the signal wakeup
+    fd (so that a signal wakes the waiting run): afterwards none is set, whatever the
+    flow's kind, backend and ending, flows one after another or side by side. An
+    application's own wakeup fd is never replaced: it is still set afterwards, and the
+    signals that come during the flows (SIGTERM included) reach it."""
+    done = _run_program(
+        tmp_path,
+        """
+        import os, signal, socket, time
+        import anyio
+        from orchestr import flow, task
+
+        def wakeup_fd():
+            fd = signal.set_wakeup_fd(-1)
+            if fd != -1:
+                signal.set_wakeup_fd(fd)
+            return fd
+
+        @task
+        def double(x):
+            return 2 * x
+
+        @flow
+        async def async_flow(fail=False):
+            if fail:
+                raise ValueError("boom")
+            return await double.submit(1)
+
+        @flow
+        def sync_flow(fail=False):
+            if fail:
+                raise ValueError("boom")
+            return double.submit(2).result()
+
+        async def side_by_side():
+            async with anyio.create_task_group() as tg:
+                for _ in range(3):
+                    tg.start_soon(async_flow)
+
+        seen = []
+        for backend in ("asyncio", "trio"):
+            anyio.run(async_flow, backend=backend)
+            seen.append(wakeup_fd())
+            anyio.run(lambda: async_flow(fail=True, return_state=True), backend=backend)
+            seen.append(wakeup_fd())
+            anyio.run(side_by_side, backend=backend)
+            seen.append(wakeup_fd())
+        sync_flow()
+        seen.append(wakeup_fd())
+        sync_flow(fail=True, return_state=True)
+        seen.append(wakeup_fd())
+        print("after flows:", seen)
+
+        # The application's own: kept, and the signals reach it.
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        signal.set_wakeup_fd(writer.fileno())
+        signal.signal(signal.SIGUSR1, lambda signum, frame: None)
+
+        @flow
+        def signalled():
+            os.kill(os.getpid(), signal.SIGUSR1)
+            time.sleep(0.05)
+            return "done"
+
+        @flow
+        async def terminated():
+            os.kill(os.getpid(), signal.SIGTERM)
+            await anyio.sleep(5)
+
+        signalled()
+        try:
+            anyio.run(terminated)
+        except BaseException as exc:
+            print("terminated:", type(exc).__name__)
+        got = reader.recv(100)
+        print("kept:", wakeup_fd() == writer.fileno())
+        print("bytes:", sorted(set(got) & {int(signal.SIGUSR1), int(signal.SIGTERM)}))
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == "after flows: " + str([-1] * 8), done.stdout
+    assert lines[1:] == [
+        "terminated: Terminated",
+        "kept: True",
+        f"bytes: {sorted([int(signal.SIGUSR1), int(signal.SIGTERM)])}",
+    ], done.stdout + done.stderr
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_third_signal_interrupts_a_setup_that_hangs(tmp_path: Path, kind: str) -> None:
     """A resource setup is never interrupted by the first two signals (the second says

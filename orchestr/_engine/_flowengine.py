@@ -55,7 +55,14 @@ from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
 from ._finalstate import final_state
 from ._flowrun import FlowRun
-from ._loop import call_in_run, outside_any_run, run_fresh_loop, run_new_loop, unawaited
+from ._loop import (
+    LoopHandle,
+    call_in_run,
+    outside_any_run,
+    run_fresh_loop,
+    run_new_loop,
+    unawaited,
+)
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -99,7 +106,7 @@ async def run_flow_async(
     try:
         # Registered before the settings load (a first call imports pydantic): a signal
         # that comes meanwhile is not lost.
-        with _interrupts.signal_handling(run, run.parent is None) as handling:
+        with _interrupts.signal_handling(run, run.parent is None, loop_here=True) as handling:
             settings = get_settings()
             if not settings.handle_signals:
                 handling.release()
@@ -183,7 +190,16 @@ def run_flow_sync(
 
     async def on_loop() -> State[Any]:
         run.bind_loop()
-        return await _run(run, args, kwargs, body)
+        if not caller.is_main:
+            return await _run(run, args, kwargs, body)
+        # The body runs in the main thread: a signal that interrupted none of its system
+        # calls is relayed to it from here.
+        relay = anyio.CancelScope()
+        LoopHandle.current().spawn(partial(_interrupts.relay_signals, relay), copy_context())
+        try:
+            return await _run(run, args, kwargs, body)
+        finally:
+            relay.cancel()
 
     outcome: list[tuple[bool, Any]] = []
 

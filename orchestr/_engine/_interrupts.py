@@ -82,11 +82,13 @@ __all__ = [
     "pop_body",
     "post",
     "push_body",
+    "relay_signals",
     "shielded",
     "signal_handling",
     "take_interrupt",
     "wait_event",
     "wakeups",
+    "wakeup_calls",
     "withdraw",
 ]
 
@@ -105,6 +107,15 @@ def _after_fork() -> None:
     _runs.clear()
     _main_bodies.clear()
     _wakeup_users[0] = 0
+    if _wakeup_pair:  # the parent's sockets: its signals are not this process's
+        try:
+            _signal.set_wakeup_fd(-1)
+        except ValueError:  # (not this interpreter's main thread)
+            pass
+        for sock in _wakeup_pair:
+            sock.close()
+        _wakeup_pair.clear()
+        _wakeup_loop[0] = None
 
 
 _SIGNALS = (int(signal.SIGINT), int(signal.SIGTERM))
@@ -308,7 +319,14 @@ def kick() -> None:
 handled = [0]
 
 
+#: How many times the main thread has run the wakeup handler: one more shows that it has
+#: run every signal handler pending before the wakeup's (Python runs them in the order of
+#: their numbers, and SIGINT and SIGTERM come before SIGURG).
+wakeup_calls = [0]
+
+
 def _on_wakeup(signum: int, frame: FrameType | None) -> None:
+    wakeup_calls[0] += 1
     if _requests:
         handled[0] += 1
     if not _requests:
@@ -460,12 +478,16 @@ class _Registration:
                     if _signal.getsignal(sig) is _on_signal:  # unless the app changed it
                         _signal.signal(sig, previous)
                 _previous_handlers.clear()
+                _release_wakeup_fd()
 
 
 @contextmanager
-def signal_handling(run: FlowRun, top_level: bool) -> Iterator[_Registration]:
+def signal_handling(
+    run: FlowRun, top_level: bool, loop_here: bool = False
+) -> Iterator[_Registration]:
     """Register a top-level run for SIGINT / SIGTERM for the block (main thread only;
-    elsewhere this does nothing)."""
+    elsewhere this does nothing). ``loop_here``: the run's event loop runs in this
+    thread (an async flow's), and a signal must wake it."""
     if not top_level or threading.get_ident() != _main_ident:
         yield _Registration(None)
         return
@@ -477,6 +499,7 @@ def signal_handling(run: FlowRun, top_level: bool) -> Iterator[_Registration]:
             for sig in _SIGNALS
             if _signal.getsignal(sig) != _signal.SIG_IGN
         ]
+        _own_wakeup_fd(loop_here)
     _runs.append(run)
     registration = _Registration(run)
     try:
@@ -518,6 +541,96 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
         for body in bodies:
             body.interrupt_sent = True
         raise interrupt_for(signum)
+
+
+# -- a signal that interrupted no system call -------------------------------------------
+# A signal's C handler only flags it; Python runs the handler when the main thread next
+# runs bytecode, which is at once when the signal interrupts a blocking system call
+# there. One that comes as the main thread is about to block (the event loop entering
+# its select, a sync body entering a sleep), or that the kernel gives another thread,
+# interrupts nothing: the handler would wait until the blocking call returns, a minute
+# later or never (about one SIGTERM in 60 sent to a waiting flow). The wakeup fd
+# (signal.set_wakeup_fd) gets a byte from the C handler itself: an async flow's loop in
+# the main thread wakes on it (and runs the handler), and the loop of a sync flow whose
+# body runs in the main thread wakes that thread with SIGURG (relay_signals). Used only
+# when no wakeup fd is set: trio sets its own, which wakes its loop the same way.
+_wakeup_pair: list[Any] = []  # [reader, writer] sockets while ours is the wakeup fd
+_wakeup_loop: list[Any] = [None]  # the asyncio loop watching the reader, if any
+
+
+def _own_wakeup_fd(loop_here: bool) -> None:
+    if not _can_wake:  # (Windows: no SIGURG; asyncio's loop there cannot watch sockets)
+        return
+    trio = sys.modules.get("trio")
+    if trio is not None and trio.lowlevel.in_trio_run():
+        return  # trio's own is set (and setting it back would lose its options)
+    import socket  # deferred: loaded by the event loop already when it matters
+
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous = _signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+    if previous != -1:  # the application's or the loop's own: it wakes that loop
+        _signal.set_wakeup_fd(previous)
+        reader.close()
+        writer.close()
+        return
+    _wakeup_pair[:] = [reader, writer]
+    if loop_here:
+        asyncio = sys.modules.get("asyncio")
+        loop = asyncio._get_running_loop() if asyncio is not None else None
+        if loop is not None:
+            loop.add_reader(reader.fileno(), _drain, reader)
+            _wakeup_loop[0] = loop
+
+
+def _drain(reader: Any) -> bytes:
+    try:
+        return reader.recv(4096)  # type: ignore[no-any-return]
+    except OSError:  # nothing there (another reader took it), or closed
+        return b""
+
+
+def _release_wakeup_fd() -> None:
+    if not _wakeup_pair:
+        return
+    reader, writer = _wakeup_pair
+    _wakeup_pair.clear()
+    current = _signal.set_wakeup_fd(-1)
+    if current != writer.fileno():  # set since by the application: theirs stays
+        _signal.set_wakeup_fd(current)
+    loop, _wakeup_loop[0] = _wakeup_loop[0], None
+    if loop is not None and not loop.is_closed():
+        loop.remove_reader(reader.fileno())
+    reader.close()
+    writer.close()
+
+
+_SIGNAL_BYTES = frozenset(_SIGNALS)
+
+
+async def relay_signals(scope: anyio.CancelScope) -> None:
+    """On a sync flow's loop (its own thread) while the body runs in the main thread,
+    until ``scope`` is cancelled: after a SIGINT / SIGTERM, wake the main thread (SIGURG,
+    as :func:`kick`) until it has run the signal's handler. Never raises (it may run as
+    a trio system task)."""
+    with scope:
+        reader = _wakeup_pair[0] if _wakeup_pair else None
+        if reader is None or not _can_wake:
+            return
+        try:
+            while True:
+                await anyio.wait_readable(reader)
+                if _SIGNAL_BYTES.isdisjoint(_drain(reader)):
+                    continue  # (our own kicks write their byte too)
+                seen = wakeup_calls[0]
+                for interval in kick_intervals():
+                    if wakeup_calls[0] != seen or not _wakeup_users[0]:
+                        break
+                    signal.pthread_kill(_main_ident, _WAKEUP)  # type: ignore[arg-type]
+                    await anyio.sleep(interval)
+        except Exception:  # the socket closed under it: the run is over
+            pass
 
 
 async def others_signalled_ended() -> None:
