@@ -8,6 +8,8 @@ runs that end write ``<name> ended`` lines.
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import threading
 import time
@@ -29,8 +31,20 @@ def ready() -> None:
     print("READY", flush=True)
 
 
+def signals_elsewhere() -> None:
+    """Block SIGINT and SIGTERM in the main thread (and the threads it starts) and leave
+    them to a thread started before: the kernel gives them to that thread, their C
+    handler runs there, and no system call of the main thread is interrupted, as when a
+    signal comes just before the main thread blocks."""
+    taker = threading.Thread(target=threading.Event().wait, daemon=True)
+    taker.start()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+
+
 def main() -> None:
     scenario, directory = sys.argv[1], Path(sys.argv[2])
+    if os.environ.get("SIGNALS_ELSEWHERE"):
+        signals_elsewhere()
 
     @resource
     async def async_res() -> AsyncIterator[str]:

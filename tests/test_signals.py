@@ -19,10 +19,15 @@ SCENARIOS = Path(__file__).with_name("signal_scenarios.py")
 
 
 @contextmanager
-def started_scenario(scenario: str, tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+def started_scenario(
+    scenario: str, tmp_path: Path, delivery: str = "main thread"
+) -> Iterator[subprocess.Popen[str]]:
     """``signal_scenarios.py scenario`` in a subprocess, once it has printed READY; killed
-    on the way out if it is still running."""
+    on the way out if it is still running. ``delivery`` "elsewhere": the signals sent to
+    it reach another thread than the main one (see signal_scenarios.signals_elsewhere)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    if delivery == "elsewhere":
+        env["SIGNALS_ELSEWHERE"] = "1"
     with subprocess.Popen(
         [sys.executable, str(SCENARIOS), scenario, str(tmp_path)],
         stdout=subprocess.PIPE,
@@ -44,8 +49,16 @@ def started_scenario(scenario: str, tmp_path: Path) -> Iterator[subprocess.Popen
                 process.communicate()
 
 
-def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, float, list[str]]:
-    with started_scenario(scenario, tmp_path) as process:
+# Where a signal's C handler runs: in the main thread, interrupting its blocking system
+# call (the usual case), or in another thread, interrupting nothing (as when it comes
+# just before the main thread blocks: the wakeup fd must wake the run).
+DELIVERIES = pytest.mark.parametrize("delivery", ["main thread", "elsewhere"])
+
+
+def run_and_interrupt(
+    scenario: str, signum: int, tmp_path: Path, delivery: str = "main thread"
+) -> tuple[int, float, list[str]]:
+    with started_scenario(scenario, tmp_path, delivery) as process:
         sent = time.monotonic()
         process.send_signal(signum)
         process.communicate(timeout=15)
@@ -58,13 +71,14 @@ def run_and_interrupt(scenario: str, signum: int, tmp_path: Path) -> tuple[int, 
     "scenario", ["async-asyncio", "async-trio", "sync", "sync-waiting", "sync-leaving-block"]
 )
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@DELIVERIES
 def test_signal_cleans_up_and_exits_non_zero_promptly(
-    scenario: str, signum: int, tmp_path: Path
+    scenario: str, signum: int, delivery: str, tmp_path: Path
 ) -> None:
     """The resource is cleaned up exactly once, the flow never returns normally, the exit
     status is non-zero (143 for SIGTERM, 130 for SIGINT), within a few seconds, and the
     task runs in flight ended before the resource was cleaned up."""
-    code, took, journal = run_and_interrupt(scenario, signum, tmp_path)
+    code, took, journal = run_and_interrupt(scenario, signum, tmp_path, delivery)
     assert journal.count("setup") == 1
     assert journal.count("cleaned") == 1, journal
     assert "flow returned" not in journal
@@ -84,13 +98,14 @@ def test_signal_cleans_up_and_exits_non_zero_promptly(
     "scenario", ["cleanup-submits-asyncio", "cleanup-submits-trio", "cleanup-submits-sync"]
 )
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@DELIVERIES
 def test_task_runs_a_cleanup_submits_after_a_signal_run_to_their_end(
-    scenario: str, signum: int, tmp_path: Path
+    scenario: str, signum: int, delivery: str, tmp_path: Path
 ) -> None:
     """Rule 10: a cleanup runs after a signal, shielded, and the task runs it submits
     are part of it: they complete, and it gets their results (before, they were
     cancelled at once, and the cleanup failed or hung until its timeout)."""
-    code, took, journal = run_and_interrupt(scenario, signum, tmp_path)
+    code, took, journal = run_and_interrupt(scenario, signum, tmp_path, delivery)
     assert journal == [
         "setup",
         "adrop a ended",
@@ -106,8 +121,9 @@ def test_task_runs_a_cleanup_submits_after_a_signal_run_to_their_end(
 @pytest.mark.parametrize(
     "scenario", ["cleanup-hangs-asyncio", "cleanup-hangs-trio", "cleanup-hangs-sync"]
 )
+@DELIVERIES
 def test_a_third_signal_stops_a_cleanup_and_the_runs_it_submitted(
-    scenario: str, tmp_path: Path
+    scenario: str, delivery: str, tmp_path: Path
 ) -> None:
     """A cleanup waiting for a task run it submitted, which never ends, under a long
     cleanup timeout: two signals leave it running (it is shielded, and so is its run);
@@ -123,7 +139,7 @@ def test_a_third_signal_stops_a_cleanup_and_the_runs_it_submitted(
             assert time.monotonic() < deadline, f"no {what!r} in {lines()}"
             time.sleep(0.02)
 
-    with started_scenario(scenario, tmp_path) as process:
+    with started_scenario(scenario, tmp_path, delivery) as process:
         process.send_signal(signal.SIGTERM)
         until("hang started")  # the cleanup runs, and waits for its run
         process.send_signal(signal.SIGTERM)
@@ -142,9 +158,12 @@ def test_a_third_signal_stops_a_cleanup_and_the_runs_it_submitted(
     assert "flow returned" not in seen
 
 
-def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(tmp_path: Path) -> None:
+@DELIVERIES
+def test_signal_during_a_flow_retry_delay_ends_the_run_at_once(
+    delivery: str, tmp_path: Path
+) -> None:
     """SIGTERM while a flow waits out its retry delay ends the run now, not after it."""
-    code, took, journal = run_and_interrupt("retry-delay", signal.SIGTERM, tmp_path)
+    code, took, journal = run_and_interrupt("retry-delay", signal.SIGTERM, tmp_path, delivery)
     assert code == 143
     assert took < 5, f"took {took:.1f} s to exit"
     assert journal.count("setup") == 1  # no second attempt
