@@ -23,6 +23,11 @@ on those runners (their defaults are small: a Dask trial costs several seconds);
 One trial also runs without pytest: ``python tests/test_signal_trials.py <seed>`` (or
 ``dask:<seed>``).
 
+In about two trials in five the signals go to one of the program's threads other than
+the main one (chosen when sent): their C handler then runs there and interrupts no
+blocking call of the main thread, as for a signal that comes just before the main thread
+blocks.
+
 Where a signal landed is read from the journal: the program appends timestamped events
 (``CLOCK_MONOTONIC``, the clock ``time.monotonic()`` reads here too), and the phase is
 what the journal says was going on just before the signal was sent.
@@ -86,6 +91,10 @@ class Trial:
     delay: float  # seconds after the process started
     gap: float | None  # a second signal this long after the first (double signal)
     runner: str = "threads"
+    # The signals go to one of the program's threads other than the main one, chosen at
+    # random when sent (tgkill): their C handler runs there and interrupts no system
+    # call of the main thread (the wakeup fd must wake the run).
+    to_thread: bool = False
 
     @property
     def signal_name(self) -> str:
@@ -100,7 +109,11 @@ class Trial:
     def id(self) -> str:
         double = f"-double{self.gap:.2f}" if self.gap is not None else ""
         on = {"threads": "", "processes": "processes-", "dask": "Dask-"}[self.runner]
-        return f"{on}seed{self.seed}-{self.scenario}-{self.signal_name}-{self.delay:.2f}s{double}"
+        where = "-to-a-thread" if self.to_thread else ""
+        return (
+            f"{on}seed{self.seed}-{self.scenario}-{self.signal_name}{where}-"
+            f"{self.delay:.2f}s{double}"
+        )
 
     @property
     def end_bound(self) -> float:
@@ -108,8 +121,9 @@ class Trial:
 
     def describe(self) -> str:
         second = f", again {self.gap:.2f} s later" if self.gap is not None else ""
+        where = " to a thread other than the main one" if self.to_thread else ""
         return (
-            f"{self.scenario} on {self.runner} (seed {self.seed}): {self.signal_name} "
+            f"{self.scenario} on {self.runner} (seed {self.seed}): {self.signal_name}{where} "
             f"{self.delay:.2f} s after start{second}.\n  reproduce: "
             f"ORCHESTR_SIGNAL_TRIAL_SEEDS={self.key} pytest tests/test_signal_trials.py  "
             f"(or: python tests/test_signal_trials.py {self.key})\n  program: python "
@@ -128,7 +142,25 @@ def make_trial(seed: int, runner: str = "threads") -> Trial:
     overhead = RUNNER_STARTUP[runner] + flows * RUNNER_PER_FLOW[runner]
     delay = rng.uniform(0.0, STARTUP + overhead + 1.1 * plan.estimated_seconds())
     gap = rng.uniform(0.05, 1.0) if rng.random() < 0.3 else None
-    return Trial(seed, scenario, int(signum), round(delay, 3), gap and round(gap, 3), runner)
+    # (Drawn apart: the other draws of a seed stay what they were.)
+    to_thread = random.Random(f"trial/to-thread/{runner}/{seed}").random() < 0.4
+    return Trial(
+        seed, scenario, int(signum), round(delay, 3), gap and round(gap, 3), runner, to_thread
+    )
+
+
+def send_to_a_thread(pid: int, signum: int, rng: random.Random) -> bool:
+    """Send ``signum`` to one of process ``pid``'s threads other than its main one (Linux
+    tgkill); False if it has none (or this cannot be done here)."""
+    try:
+        threads = [int(tid) for tid in os.listdir(f"/proc/{pid}/task") if int(tid) != pid]
+        import ctypes
+
+        tgkill = ctypes.CDLL(None, use_errno=True).tgkill
+    except (OSError, AttributeError):
+        return False
+    rng.shuffle(threads)
+    return any(tgkill(pid, tid, signum) == 0 for tid in threads)  # (one may have ended)
 
 
 def parse_key(key: str) -> tuple[str, int]:
@@ -243,12 +275,15 @@ def run_trial(trial: Trial, directory: Path) -> Outcome:
         process = subprocess.Popen(command, stdout=out, stderr=err, env=env, start_new_session=True)
         try:
             times = [trial.delay] + ([trial.delay + trial.gap] if trial.gap is not None else [])
+            pick = random.Random(f"trial/thread-pick/{trial.key}")
             for at in times:
                 # The trial's schedule: signals go out at seeded moments of the run.
                 time.sleep(max(0.0, outcome.started + at - time.monotonic()))
                 alive = process.poll() is None
                 outcome.sent.append((time.monotonic(), alive))
-                if alive:
+                if alive and not (
+                    trial.to_thread and send_to_a_thread(process.pid, trial.signum, pick)
+                ):
                     process.send_signal(trial.signum)
             try:
                 process.wait(timeout=trial.end_bound)
