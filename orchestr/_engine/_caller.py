@@ -17,7 +17,9 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextvars import copy_context
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,7 +31,7 @@ from ._loop import LoopHandle
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
-__all__ = ["CallerThread"]
+__all__ = ["CallerThread", "relay_signals"]
 
 
 class CallerThread:
@@ -150,3 +152,61 @@ class CallerThread:
 
     def close(self) -> None:
         self._jobs.put(None)
+
+
+def relay_signals(loop: LoopHandle) -> Callable[[], None] | None:
+    """On a sync flow's loop, while its body runs in the main thread: after a SIGINT or
+    SIGTERM (the wakeup fd's byte), wake the main thread until it has run the signal's
+    handler (see ``_interrupts``, "a signal that interrupted no system call"). Returns
+    what stops relaying, or None if there is nothing to watch."""
+    reader = _interrupts.signal_reader()
+    if reader is None:
+        return None
+    native = loop.token.native_token
+    if hasattr(native, "add_reader"):  # asyncio: a callback, no task (a task and its
+        return _LoopRelay(native, reader).stop  # cancellation cost ~150 us a flow call)
+    scope = anyio.CancelScope()
+    loop.spawn(partial(_relay_task, reader, scope), copy_context())
+    return scope.cancel
+
+
+class _LoopRelay:
+    """The relay on an asyncio loop: a reader callback, then timed wakeups."""
+
+    def __init__(self, loop: Any, reader: Any) -> None:
+        self._loop = loop
+        self._fd = reader.fileno()
+        self._reader = reader
+        self._timer: Any = None
+        loop.add_reader(self._fd, self._readable)
+
+    def _readable(self) -> None:
+        if _interrupts.signal_came(self._reader) and self._timer is None:
+            self._wake(_interrupts.wakeup_calls[0], _interrupts.kick_intervals())
+
+    def _wake(self, seen: int, intervals: Iterator[float]) -> None:
+        self._timer = None
+        if _interrupts.wakeup_calls[0] == seen and _interrupts.wake_main():
+            self._timer = self._loop.call_later(next(intervals), self._wake, seen, intervals)
+
+    def stop(self) -> None:
+        self._loop.remove_reader(self._fd)
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+async def _relay_task(reader: Any, scope: anyio.CancelScope) -> None:
+    """The relay on other loops (trio), as a task. Never raises (a trio system task)."""
+    with scope:
+        try:
+            while True:
+                await anyio.wait_readable(reader)
+                if not _interrupts.signal_came(reader):
+                    continue
+                seen = _interrupts.wakeup_calls[0]
+                for interval in _interrupts.kick_intervals():
+                    if _interrupts.wakeup_calls[0] != seen or not _interrupts.wake_main():
+                        break
+                    await anyio.sleep(interval)
+        except Exception:  # the socket closed under it: the run is over
+            pass

@@ -49,7 +49,7 @@ from ..settings import get_settings
 from ..states import State, StateType, _describe
 from . import _interrupts
 from ._attempts import log_retry, next_retry_delay, run_hook, run_running_hooks, should_retry
-from ._caller import CallerThread
+from ._caller import CallerThread, relay_signals
 from ._context import flow_run_var
 from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
@@ -194,12 +194,12 @@ def run_flow_sync(
             return await _run(run, args, kwargs, body)
         # The body runs in the main thread: a signal that interrupted none of its system
         # calls is relayed to it from here.
-        relay = anyio.CancelScope()
-        LoopHandle.current().spawn(partial(_interrupts.relay_signals, relay), copy_context())
+        stop_relaying = relay_signals(LoopHandle.current())
         try:
             return await _run(run, args, kwargs, body)
         finally:
-            relay.cancel()
+            if stop_relaying is not None:
+                stop_relaying()
 
     outcome: list[tuple[bool, Any]] = []
 

@@ -82,7 +82,9 @@ __all__ = [
     "pop_body",
     "post",
     "push_body",
-    "relay_signals",
+    "signal_came",
+    "signal_reader",
+    "wake_main",
     "shielded",
     "signal_handling",
     "take_interrupt",
@@ -107,11 +109,12 @@ def _after_fork() -> None:
     _runs.clear()
     _main_bodies.clear()
     _wakeup_users[0] = 0
-    if _wakeup_pair:  # the parent's sockets: its signals are not this process's
+    if _wakeup_fd[0] != -1:  # the parent's: its signals are not this process's
         try:
             _signal.set_wakeup_fd(-1)
         except ValueError:  # (not this interpreter's main thread)
             pass
+        _wakeup_fd[0] = -1
         for sock in _wakeup_pair:
             sock.close()
         _wakeup_pair.clear()
@@ -552,10 +555,11 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 # later or never (about one SIGTERM in 60 sent to a waiting flow). The wakeup fd
 # (signal.set_wakeup_fd) gets a byte from the C handler itself: an async flow's loop in
 # the main thread wakes on it (and runs the handler), and the loop of a sync flow whose
-# body runs in the main thread wakes that thread with SIGURG (relay_signals). Used only
+# body runs in the main thread wakes that thread with SIGURG (_caller.relay_signals). Used only
 # when no wakeup fd is set: trio sets its own, which wakes its loop the same way.
-_wakeup_pair: list[Any] = []  # [reader, writer] sockets while ours is the wakeup fd
-_wakeup_loop: list[Any] = [None]  # the asyncio loop watching the reader, if any
+_wakeup_fd = [-1]  # the wakeup fd orchestr set (-1: none)
+_wakeup_pair: list[Any] = []  # [reader, writer]: sockets made for it, if it did
+_wakeup_loop: list[Any] = [None]  # an asyncio loop watching the reader, if any
 
 
 def _own_wakeup_fd(loop_here: bool) -> None:
@@ -564,24 +568,39 @@ def _own_wakeup_fd(loop_here: bool) -> None:
     trio = sys.modules.get("trio")
     if trio is not None and trio.lowlevel.in_trio_run():
         return  # trio's own is set (and setting it back would lose its options)
+    asyncio = sys.modules.get("asyncio")
+    loop = asyncio._get_running_loop() if loop_here and asyncio is not None else None
+    # An asyncio selector loop's self-pipe, as asyncio's own signal handling uses it: its
+    # loop wakes on the byte and ignores it (~2 us; a socket pair watched by the loop
+    # costs ~30 us a flow call).
+    self_pipe = getattr(loop, "_csock", None)
+    if self_pipe is not None:
+        _set_wakeup_fd(self_pipe.fileno())
+        return
     import socket  # deferred: loaded by the event loop already when it matters
 
     reader, writer = socket.socketpair()
     reader.setblocking(False)
     writer.setblocking(False)
-    previous = _signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
-    if previous != -1:  # the application's or the loop's own: it wakes that loop
-        _signal.set_wakeup_fd(previous)
+    if not _set_wakeup_fd(writer.fileno()):
         reader.close()
         writer.close()
         return
     _wakeup_pair[:] = [reader, writer]
-    if loop_here:
-        asyncio = sys.modules.get("asyncio")
-        loop = asyncio._get_running_loop() if asyncio is not None else None
-        if loop is not None:
-            loop.add_reader(reader.fileno(), _drain, reader)
-            _wakeup_loop[0] = loop
+    if loop is not None:  # (another asyncio loop: uvloop)
+        loop.add_reader(reader.fileno(), _drain, reader)
+        _wakeup_loop[0] = loop
+
+
+def _set_wakeup_fd(fd: int) -> bool:
+    """Make ``fd`` the wakeup fd, unless one is set (by the application, or its event
+    loop: it wakes that loop, and stays); whether it now is."""
+    previous = _signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
+    if previous != -1:
+        _signal.set_wakeup_fd(previous)
+        return False
+    _wakeup_fd[0] = fd
+    return True
 
 
 def _drain(reader: Any) -> bytes:
@@ -592,45 +611,42 @@ def _drain(reader: Any) -> bytes:
 
 
 def _release_wakeup_fd() -> None:
-    if not _wakeup_pair:
+    fd, _wakeup_fd[0] = _wakeup_fd[0], -1
+    if fd == -1:
         return
-    reader, writer = _wakeup_pair
-    _wakeup_pair.clear()
     current = _signal.set_wakeup_fd(-1)
-    if current != writer.fileno():  # set since by the application: theirs stays
+    if current != fd:  # set since by the application: theirs stays
         _signal.set_wakeup_fd(current)
     loop, _wakeup_loop[0] = _wakeup_loop[0], None
     if loop is not None and not loop.is_closed():
-        loop.remove_reader(reader.fileno())
-    reader.close()
-    writer.close()
+        loop.remove_reader(_wakeup_pair[0].fileno())
+    for sock in _wakeup_pair:
+        sock.close()
+    _wakeup_pair.clear()
 
 
 _SIGNAL_BYTES = frozenset(_SIGNALS)
 
 
-async def relay_signals(scope: anyio.CancelScope) -> None:
-    """On a sync flow's loop (its own thread) while the body runs in the main thread,
-    until ``scope`` is cancelled: after a SIGINT / SIGTERM, wake the main thread (SIGURG,
-    as :func:`kick`) until it has run the signal's handler. Never raises (it may run as
-    a trio system task)."""
-    with scope:
-        reader = _wakeup_pair[0] if _wakeup_pair else None
-        if reader is None or not _can_wake:
-            return
-        try:
-            while True:
-                await anyio.wait_readable(reader)
-                if _SIGNAL_BYTES.isdisjoint(_drain(reader)):
-                    continue  # (our own kicks write their byte too)
-                seen = wakeup_calls[0]
-                for interval in kick_intervals():
-                    if wakeup_calls[0] != seen or not _wakeup_users[0]:
-                        break
-                    signal.pthread_kill(_main_ident, _WAKEUP)  # type: ignore[arg-type]
-                    await anyio.sleep(interval)
-        except Exception:  # the socket closed under it: the run is over
-            pass
+def signal_reader() -> Any | None:
+    """The socket the wakeup fd writes to, if orchestr made it (a sync flow's loop, in
+    another thread than the main one, watches it: ``_caller.relay_signals``)."""
+    return _wakeup_pair[0] if _wakeup_pair and _can_wake else None
+
+
+def signal_came(reader: Any) -> bool:
+    """Empty ``reader``; whether a SIGINT or SIGTERM was among what it held (SIGURG's
+    bytes, a wakeup's, are there too)."""
+    return not _SIGNAL_BYTES.isdisjoint(_drain(reader))
+
+
+def wake_main() -> bool:
+    """Make the main thread run its pending signal handlers (SIGURG, as :func:`kick`
+    does); False if it cannot be woken (outside a :func:`wakeups` block)."""
+    if not _wakeup_users[0]:
+        return False
+    signal.pthread_kill(_main_ident, _WAKEUP)  # type: ignore[arg-type]
+    return True
 
 
 async def others_signalled_ended() -> None:
