@@ -18,8 +18,6 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextvars import copy_context
-from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -165,8 +163,12 @@ def relay_signals(loop: LoopHandle) -> Callable[[], None] | None:
     native = loop.token.native_token
     if hasattr(native, "add_reader"):  # asyncio: a callback, no task (a task and its
         return _LoopRelay(native, reader).stop  # cancellation cost ~150 us a flow call)
+    import trio  # the loop runs trio: loaded
+
     scope = anyio.CancelScope()
-    loop.spawn(partial(_relay_task, reader, scope), copy_context())
+    # Now, on this thread (loop.spawn would start it soon: maybe once the run has ended
+    # and trio takes no new system tasks).
+    trio.lowlevel.spawn_system_task(_relay_task, reader, scope)
     return scope.cancel
 
 
