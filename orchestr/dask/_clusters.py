@@ -19,7 +19,9 @@ thread runs on, in this process, until its call returns.
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib
+import importlib.util
 import inspect
 import logging
 from collections.abc import Callable, Mapping
@@ -34,6 +36,12 @@ from ..exceptions import ClusterError, UsageError
 from ..settings import get_settings
 
 CLOSE_TIMEOUT = 30.0  # a client and cluster that do not close within this are left
+
+
+@functools.cache
+def bokeh_missing() -> bool:
+    """Whether bokeh, which Dask's dashboard needs, cannot be imported here."""
+    return importlib.util.find_spec("bokeh") is None
 
 
 async def start_cluster(
@@ -53,6 +61,13 @@ async def start_cluster(
         # the task's retries): the scheduler must not run the call again first.
         scheduler_kwargs = dict(kwargs.get("scheduler_kwargs") or {})
         scheduler_kwargs.setdefault("allowed_failures", 0)
+        if bokeh_missing():
+            # No dashboard can be served (only a page saying to install bokeh: the
+            # runner's log line says so instead). Without this, each scheduler tries the
+            # dashboard's import again, and two clusters starting at once in one process
+            # could fail (a race in that failing import: "module 'distributed.dashboard'
+            # has no attribute 'scheduler'"). The HTTP server still starts.
+            scheduler_kwargs.setdefault("dashboard", False)
         kwargs["scheduler_kwargs"] = scheduler_kwargs
     made: Any = None
     try:

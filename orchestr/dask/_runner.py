@@ -76,6 +76,7 @@ from ._bridge import ClientLoop
 from ._clusters import (
     CLOSE_TIMEOUT,
     address_of,
+    bokeh_missing,
     check_adapt,
     check_address,
     close_all,
@@ -83,6 +84,7 @@ from ._clusters import (
     close_timeout,
     cluster_factory,
     describe,
+    is_local_cluster,
     keywords,
     start_cluster,
     synchronous,
@@ -207,7 +209,14 @@ class DaskTaskRunner(TaskRunner):
             raise
         link = self.dashboard_link
         if link:
-            log.info("The Dask dashboard is at %s", link)
+            # (A temporary LocalCluster's scheduler runs in this process.)
+            missing = self._cluster is not None and is_local_cluster(self._factory)
+            missing = missing and bokeh_missing()
+            log.info(
+                "The Dask dashboard is at %s%s",
+                link,
+                " (it needs bokeh, not installed here: pip install bokeh)" if missing else "",
+            )
 
     def _reuses_current(self) -> bool:
         """Whether no option says which cluster: a current client's is then used."""
