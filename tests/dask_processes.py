@@ -26,6 +26,8 @@ START_BOUND = 90.0  # seconds: a scheduler or its workers up, on a busy machine
 # Even without a dashboard a scheduler serves HTTP, on port 8787 unless told otherwise, and
 # Dask warns (an error in these tests) when another cluster on this machine has that port.
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
+# What the runner's dashboard line adds for a temporary LocalCluster where bokeh is missing.
+NEEDS_BOKEH = " (it needs bokeh, not installed here: pip install bokeh)"
 DASK = str(Path(sys.executable).parent / "dask")
 SCHEDULER = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
 SCHEDULER += ["--dashboard-address", LOOPBACK_ANY_PORT]

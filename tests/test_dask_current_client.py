@@ -16,6 +16,7 @@ at module level here: the shared cluster's workers import this module by name.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import multiprocessing
 import os
@@ -28,7 +29,7 @@ import anyio
 import distributed
 import pytest
 from dask_client_tasks import square
-from dask_processes import BOUND, LOOPBACK_ANY_PORT
+from dask_processes import BOUND, LOOPBACK_ANY_PORT, NEEDS_BOKEH
 from dask_runner_tasks import where, where_async
 
 from orchestr import flow, runtime
@@ -206,9 +207,13 @@ def test_the_log_says_which_cluster_a_run_uses(
         f"Using the Dask cluster of the current Dask client, at {dask_address} "
         "(left running when the run ends)"
     )
-    # Each scheduler serves a dashboard (the shared one on a port of its own): one line.
-    for lines in (temporary, existing, reused):
-        assert len(lines) == 2
-        assert re.fullmatch(r"The Dask dashboard is at http://[\w.]+:\d+/status", lines[1])
+    # Each scheduler serves a dashboard (the shared one on a port of its own): one line;
+    # the temporary cluster's (its scheduler in this process) says if bokeh is missing.
+    hint = "" if importlib.util.find_spec("bokeh") else re.escape(NEEDS_BOKEH)
+    link = r"The Dask dashboard is at http://[\w.]+:\d+/status"
+    assert [len(lines) for lines in (temporary, existing, reused)] == [2, 2, 2]
+    assert re.fullmatch(link + hint, temporary[1]), temporary[1]
+    for lines in (existing, reused):
+        assert re.fullmatch(link, lines[1]), lines[1]
     assert existing[1] == reused[1] != temporary[1]
     assert _client_threads() == []

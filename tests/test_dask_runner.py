@@ -41,6 +41,7 @@ import shared_tasks
 from dask_processes import (
     BOUND,
     LOOPBACK_ANY_PORT,
+    NEEDS_BOKEH,
     cli_cluster,
 )
 from dask_runner_tasks import (
@@ -217,7 +218,7 @@ def test_temporary_clusters_starting_at_once_all_start(
     lines = [r.getMessage() for r in caplog.records if "Dask dashboard is at" in r.getMessage()]
     assert len(lines) == 6, lines
     bokeh = importlib.util.find_spec("bokeh") is not None
-    assert all(("needs bokeh" in line) is not bokeh for line in lines), lines
+    assert all(line.endswith(NEEDS_BOKEH) is not bokeh for line in lines), lines
 
 
 @pytest.mark.parametrize(

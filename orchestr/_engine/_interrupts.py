@@ -82,15 +82,15 @@ __all__ = [
     "pop_body",
     "post",
     "push_body",
-    "signal_came",
-    "signal_reader",
-    "wake_main",
     "shielded",
+    "signal_came",
     "signal_handling",
+    "signal_reader",
     "take_interrupt",
     "wait_event",
-    "wakeups",
+    "wake_main",
     "wakeup_calls",
+    "wakeups",
     "withdraw",
 ]
 
@@ -555,8 +555,10 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
 # later or never (about one SIGTERM in 60 sent to a waiting flow). The wakeup fd
 # (signal.set_wakeup_fd) gets a byte from the C handler itself: an async flow's loop in
 # the main thread wakes on it (and runs the handler), and the loop of a sync flow whose
-# body runs in the main thread wakes that thread with SIGURG (_caller.relay_signals). Used only
-# when no wakeup fd is set: trio sets its own, which wakes its loop the same way.
+# body runs in the main thread wakes that thread with SIGURG (_caller.relay_signals).
+# Used only when no wakeup fd is set: trio sets its own, which wakes its loop the same
+# way. Not covered: a sync subflow whose body blocks an async flow's loop in the main
+# thread (the wakeup fd is that blocked loop's).
 _wakeup_fd = [-1]  # the wakeup fd orchestr set (-1: none)
 _wakeup_pair: list[Any] = []  # [reader, writer]: sockets made for it, if it did
 _wakeup_loop: list[Any] = [None]  # an asyncio loop watching the reader, if any
