@@ -249,7 +249,9 @@ def test_flows_leave_the_signal_wakeup_fd_as_they_found_it(tmp_path: Path) -> No
     fd (so that a signal wakes the waiting run): afterwards none is set, whatever the
     flow's kind, backend and ending, flows one after another or side by side. An
     application's own wakeup fd is never replaced: it is still set afterwards, and the
-    signals that come during the flows (SIGTERM included) reach it."""
+    signals that come during the flows (SIGTERM included) reach it; and asyncio's
+    ``loop.add_signal_handler()`` called inside a flow still works after it (orchestr
+    had reset the loop's wakeup fd, shared with it)."""
     done = _run_program(
         tmp_path,
         """
@@ -298,6 +300,27 @@ def test_flows_leave_the_signal_wakeup_fd_as_they_found_it(tmp_path: Path) -> No
         seen.append(wakeup_fd())
         print("after flows:", seen)
 
+        # asyncio's loop.add_signal_handler() called while a flow runs: still works after.
+        import asyncio
+
+        got = []
+
+        @flow
+        async def registers():
+            asyncio.get_running_loop().add_signal_handler(signal.SIGUSR2, got.append, "usr2")
+
+        async def app():
+            await registers()
+            os.kill(os.getpid(), signal.SIGUSR2)
+            for _ in range(100):
+                if got:
+                    break
+                await asyncio.sleep(0.01)
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGUSR2)
+
+        asyncio.run(app())
+        print("loop's handler after the flow:", got)
+
         # The application's own: kept, and the signals reach it.
         reader, writer = socket.socketpair()
         reader.setblocking(False)
@@ -329,11 +352,70 @@ def test_flows_leave_the_signal_wakeup_fd_as_they_found_it(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "after flows: " + str([-1] * 8), done.stdout
-    assert lines[1:] == [
+    assert lines[1] == "loop's handler after the flow: ['usr2']", done.stdout
+    assert lines[2:] == [
         "terminated: Terminated",
         "kept: True",
         f"bytes: {sorted([int(signal.SIGUSR1), int(signal.SIGTERM)])}",
     ], done.stdout + done.stderr
+
+
+def test_the_relay_passes_on_a_signal_that_comes_while_it_wakes_for_the_one_before(
+    tmp_path: Path,
+) -> None:
+    """The relay of a sync flow's asyncio loop (see _caller.relay_signals), with the
+    signals taken by another thread than the main one: a second SIGTERM a millisecond
+    after the first was handled, while the relay still had a wakeup pending for the
+    first, is handled at once too (it was dropped: handled only once the main thread's
+    3 s sleep ended)."""
+    done = _run_program(
+        tmp_path,
+        """
+        import asyncio, os, signal, threading, time
+        from orchestr._engine import _interrupts
+        from orchestr._engine._caller import relay_signals
+        from orchestr._engine._loop import LoopHandle
+
+        taker = threading.Thread(target=threading.Event().wait, daemon=True)
+        taker.start()
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        times = []
+
+        def on_term(signum, frame):
+            times.append(time.monotonic())
+            if len(times) == 1:
+                threading.Timer(0.001, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+        signal.signal(signal.SIGTERM, on_term)
+        with _interrupts.wakeups():
+            _interrupts._own_wakeup_fd(False)  # as for a sync flow: a socket pair
+            ready = threading.Event()
+            stopped = asyncio.Event()
+
+            async def engine():
+                stop = relay_signals(LoopHandle.current())
+                ready.set()
+                await stopped.wait()
+                stop()
+
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_until_complete, args=(engine(),))
+            thread.start()
+            ready.wait()
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+            start = time.monotonic()
+            time.sleep(3)
+            loop.call_soon_threadsafe(stopped.set)
+            thread.join()
+            loop.close()
+            _interrupts._release_wakeup_fd()
+        print([round(t - start, 2) for t in times])
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    handled = [float(x) for x in done.stdout.strip().strip("[]").split(",")]
+    assert len(handled) == 2, done.stdout
+    assert handled[1] - handled[0] < 1, f"the second SIGTERM handled at {handled}"
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])

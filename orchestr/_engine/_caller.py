@@ -183,7 +183,9 @@ class _LoopRelay:
         loop.add_reader(self._fd, self._readable)
 
     def _readable(self) -> None:
-        if _interrupts.signal_came(self._reader) and self._timer is None:
+        if _interrupts.signal_came(self._reader):
+            if self._timer is not None:  # still waking for the one before: this one too
+                self._timer.cancel()
             self._wake(_interrupts.wakeup_calls[0], _interrupts.kick_intervals())
 
     def _wake(self, seen: int, intervals: Iterator[float]) -> None:

@@ -114,10 +114,7 @@ def _after_fork() -> None:
             _signal.set_wakeup_fd(-1)
         except ValueError:  # (not this interpreter's main thread)
             pass
-        _wakeup_fd[0] = -1
-        for sock in _wakeup_pair:
-            sock.close()
-        _wakeup_pair.clear()
+        _close_wakeup_fd()
         _wakeup_loop[0] = None
 
 
@@ -565,6 +562,8 @@ _wakeup_loop: list[Any] = [None]  # an asyncio loop watching the reader, if any
 
 
 def _own_wakeup_fd(loop_here: bool) -> None:
+    """Set the wakeup fd if none is; never raises (without it, signals are still
+    handled, only later in the rare case it is for)."""
     if not _can_wake:  # (Windows: no SIGURG; asyncio's loop there cannot watch sockets)
         return
     trio = sys.modules.get("trio")
@@ -572,26 +571,34 @@ def _own_wakeup_fd(loop_here: bool) -> None:
         return  # trio's own is set (and setting it back would lose its options)
     asyncio = sys.modules.get("asyncio")
     loop = asyncio._get_running_loop() if loop_here and asyncio is not None else None
-    # An asyncio selector loop's self-pipe, as asyncio's own signal handling uses it: its
-    # loop wakes on the byte and ignores it (~2 us; a socket pair watched by the loop
-    # costs ~30 us a flow call).
-    self_pipe = getattr(loop, "_csock", None)
-    if self_pipe is not None:
-        _set_wakeup_fd(self_pipe.fileno())
-        return
-    import socket  # deferred: loaded by the event loop already when it matters
+    try:
+        # An asyncio selector loop's self-pipe, as asyncio's own signal handling uses
+        # it: the loop wakes on the byte and ignores it (~2 us; a socket pair watched by
+        # the loop costs ~30 us a flow call). Through a descriptor of orchestr's own: the
+        # loop's own number stays the application's (loop.add_signal_handler sets it:
+        # orchestr then leaves it), and a closed loop's number, reused by a file, is not
+        # written to.
+        self_pipe = getattr(loop, "_csock", None)
+        if self_pipe is not None:
+            fd = os.dup(self_pipe.fileno())
+            if not _set_wakeup_fd(fd):
+                os.close(fd)
+            return
+        import socket  # deferred: loaded by the event loop already when it matters
 
-    reader, writer = socket.socketpair()
-    reader.setblocking(False)
-    writer.setblocking(False)
-    if not _set_wakeup_fd(writer.fileno()):
-        reader.close()
-        writer.close()
-        return
-    _wakeup_pair[:] = [reader, writer]
-    if loop is not None:  # (another asyncio loop: uvloop)
-        loop.add_reader(reader.fileno(), _drain, reader)
-        _wakeup_loop[0] = loop
+        reader, writer = socket.socketpair()
+        reader.setblocking(False)
+        writer.setblocking(False)
+        if not _set_wakeup_fd(writer.fileno()):
+            reader.close()
+            writer.close()
+            return
+        _wakeup_pair[:] = [reader, writer]
+        if loop is not None:  # (another asyncio loop)
+            loop.add_reader(reader.fileno(), _drain, reader)
+            _wakeup_loop[0] = loop
+    except (OSError, ValueError, RuntimeError):  # out of descriptors, say: go without
+        _release_wakeup_fd()
 
 
 def _set_wakeup_fd(fd: int) -> bool:
@@ -599,7 +606,8 @@ def _set_wakeup_fd(fd: int) -> bool:
     loop: it wakes that loop, and stays); whether it now is."""
     previous = _signal.set_wakeup_fd(fd, warn_on_full_buffer=False)
     if previous != -1:
-        _signal.set_wakeup_fd(previous)
+        # (Its options cannot be read: the quieter one, which trio and uvloop use.)
+        _signal.set_wakeup_fd(previous, warn_on_full_buffer=False)
         return False
     _wakeup_fd[0] = fd
     return True
@@ -613,18 +621,28 @@ def _drain(reader: Any) -> bytes:
 
 
 def _release_wakeup_fd() -> None:
-    fd, _wakeup_fd[0] = _wakeup_fd[0], -1
+    fd = _wakeup_fd[0]
     if fd == -1:
         return
     current = _signal.set_wakeup_fd(-1)
     if current != fd:  # set since by the application: theirs stays
-        _signal.set_wakeup_fd(current)
+        _signal.set_wakeup_fd(current, warn_on_full_buffer=False)
     loop, _wakeup_loop[0] = _wakeup_loop[0], None
     if loop is not None and not loop.is_closed():
         loop.remove_reader(_wakeup_pair[0].fileno())
-    for sock in _wakeup_pair:
-        sock.close()
-    _wakeup_pair.clear()
+    _close_wakeup_fd()
+
+
+def _close_wakeup_fd() -> None:
+    """Close what orchestr opened for the wakeup fd: its socket pair, or its descriptor
+    of a loop's self-pipe."""
+    fd, _wakeup_fd[0] = _wakeup_fd[0], -1
+    if _wakeup_pair:
+        for sock in _wakeup_pair:
+            sock.close()
+        _wakeup_pair.clear()
+    elif fd != -1:
+        os.close(fd)
 
 
 _SIGNAL_BYTES = frozenset(_SIGNALS)
