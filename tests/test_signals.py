@@ -53,6 +53,17 @@ def started_scenario(
 # call (the usual case), or in another thread, interrupting nothing (as when it comes
 # just before the main thread blocks: the wakeup fd must wake the run).
 DELIVERIES = pytest.mark.parametrize("delivery", ["main thread", "elsewhere"])
+# Both signals the usual way; SIGTERM elsewhere too (SIGINT's C path is the same, and
+# tests/test_interrupt_regressions.py sends both elsewhere).
+SIGNALS_AND_DELIVERIES = pytest.mark.parametrize(
+    ("signum", "delivery"),
+    [
+        (signal.SIGTERM, "main thread"),
+        (signal.SIGINT, "main thread"),
+        (signal.SIGTERM, "elsewhere"),
+    ],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-elsewhere"],
+)
 
 
 def run_and_interrupt(
@@ -70,8 +81,7 @@ def run_and_interrupt(
 @pytest.mark.parametrize(
     "scenario", ["async-asyncio", "async-trio", "sync", "sync-waiting", "sync-leaving-block"]
 )
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@DELIVERIES
+@SIGNALS_AND_DELIVERIES
 def test_signal_cleans_up_and_exits_non_zero_promptly(
     scenario: str, signum: int, delivery: str, tmp_path: Path
 ) -> None:
@@ -97,8 +107,7 @@ def test_signal_cleans_up_and_exits_non_zero_promptly(
 @pytest.mark.parametrize(
     "scenario", ["cleanup-submits-asyncio", "cleanup-submits-trio", "cleanup-submits-sync"]
 )
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-@DELIVERIES
+@SIGNALS_AND_DELIVERIES
 def test_task_runs_a_cleanup_submits_after_a_signal_run_to_their_end(
     scenario: str, signum: int, delivery: str, tmp_path: Path
 ) -> None:
