@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 import anyio
 from pydantic import AfterValidator
+from signal_scenarios import signals_elsewhere
 
 from orchestr import Pool, State, TaskFuture, flow, resource, resource_manager, task
 from orchestr.exceptions import Terminated
@@ -74,6 +75,17 @@ def lone_exception(group: BaseExceptionGroup[Any]) -> BaseException:
     while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
         exc = exc.exceptions[0]
     return exc
+
+
+@resource_manager
+class Noted:
+    """A resource whose cleanup writes ``cleaned`` into the journal."""
+
+    def setup(self) -> str:
+        return "handle"
+
+    def cleanup(self, handle: str) -> None:
+        note("cleaned")
 
 
 def busy_for(seconds: float) -> None:
@@ -458,14 +470,6 @@ def async_tasks_in_block() -> None:
     block; READY when all run. The test sends a signal."""
     futures: list[TaskFuture[None]] = []
 
-    @resource_manager
-    class Res:
-        def setup(self) -> str:
-            return "handle"
-
-        def cleanup(self, handle: str) -> None:
-            note("cleaned")
-
     @task
     async def waiter(i: int) -> None:
         try:
@@ -475,7 +479,7 @@ def async_tasks_in_block() -> None:
 
     @flow
     def holds_waiters() -> None:
-        with Res():
+        with Noted():
             futures.extend(waiter.submit(i) for i in range(3))
             while not all(f.state.is_running() for f in futures):
                 time.sleep(0.005)
@@ -495,14 +499,6 @@ def sync_task_in_block(kind: str) -> None:
     """A flow (``kind`` "sync" or "async") with a sync task run sleeping 30 s in a worker
     thread inside a resource block; prints the task run's name, then READY."""
 
-    @resource_manager
-    class Res:
-        def setup(self) -> str:
-            return "handle"
-
-        def cleanup(self, handle: str) -> None:
-            note("cleaned")
-
     @task
     def sleeper() -> None:
         note("sleeper started")
@@ -511,7 +507,7 @@ def sync_task_in_block(kind: str) -> None:
 
     @flow
     def sync_holder() -> None:
-        with Res():
+        with Noted():
             future = sleeper.submit()
             while not future.state.is_running():
                 time.sleep(0.005)
@@ -521,7 +517,7 @@ def sync_task_in_block(kind: str) -> None:
 
     @flow
     async def async_holder() -> None:
-        async with Res():
+        async with Noted():
             future = sleeper.submit()
             while not future.state.is_running():
                 await anyio.sleep(0.005)
@@ -547,21 +543,13 @@ def signal_elsewhere(kind: str, backend: str, wait: str) -> None:
     resource block (``wait``: "sleep" for 60 s, or "result" of a sync task sleeping 60 s);
     prints READY."""
 
-    @resource_manager
-    class Res:
-        def setup(self) -> str:
-            return "handle"
-
-        def cleanup(self, handle: str) -> None:
-            note("cleaned")
-
     @task
     def sleeper() -> None:
         time.sleep(60)
 
     @flow
     def sync_holder() -> None:
-        with Res():
+        with Noted():
             say("READY")
             if wait == "sleep":
                 time.sleep(60)
@@ -571,7 +559,7 @@ def signal_elsewhere(kind: str, backend: str, wait: str) -> None:
 
     @flow
     async def async_holder() -> None:
-        async with Res():
+        async with Noted():
             say("READY")
             if wait == "sleep":
                 await anyio.sleep(60)
@@ -579,9 +567,7 @@ def signal_elsewhere(kind: str, backend: str, wait: str) -> None:
                 await sleeper.submit()
             note("slept")
 
-    taker = threading.Thread(target=threading.Event().wait, daemon=True)
-    taker.start()  # before the mask: it keeps the signals unblocked
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    signals_elsewhere()
     try:
         if kind == "sync":
             sync_holder()
