@@ -56,7 +56,6 @@ from concurrent.futures import Future
 from typing import Any, ClassVar, Self
 
 import anyio
-import anyio.to_thread
 
 try:
     import distributed
@@ -66,6 +65,7 @@ except ImportError as exc:  # here, not when a flow first runs
     ) from exc
 
 from .._checks import seconds
+from .._engine import _offload as offload
 from .._engine._context import flow_run_var
 from .._logging import flow_run_logger, handle_shipped_record
 from ..exceptions import ClusterError, UsageError, WorkerLostError
@@ -205,7 +205,7 @@ class DaskTaskRunner(TaskRunner):
             await bridge.wait(started, cancel=False)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self._abort_start, started, connected)
+                await offload.run_sync(self._abort_start, started, connected)
             raise
         link = self.dashboard_link
         if link:
@@ -351,7 +351,7 @@ class DaskTaskRunner(TaskRunner):
         return [(f"Dask worker {address}", answer) for address, answer in sorted(answers.items())]
 
     async def shutdown(self) -> None:
-        await anyio.to_thread.run_sync(self._close_blocking)
+        await offload.run_sync(self._close_blocking)
 
     def _close_blocking(self) -> None:
         bridge, self._bridge = self._bridge, None

@@ -33,8 +33,7 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import Any, Generic, TypeVar, overload
 
-import anyio.to_thread
-
+from .._engine import _offload as offload
 from .._engine._context import flow_run_var, remote_call_var
 from .._engine._interrupts import shielded
 from ..exceptions import ResourceDefinitionError, UsageError
@@ -94,7 +93,7 @@ class PerWorkerResource(Generic[T]):
         ready, value = session.ready(self)
         if ready:
             return value  # type: ignore[no-any-return]
-        return await anyio.to_thread.run_sync(  # type: ignore[no-any-return]
+        return await offload.run_sync(  # type: ignore[no-any-return]
             session.get, self, abandon_on_cancel=True
         )
 

@@ -37,9 +37,9 @@ from typing import Any, Generic, NamedTuple, TypeVar
 
 import anyio
 import anyio.lowlevel
-import anyio.to_thread
 
 from .._checks import seconds
+from .._engine import _offload as offload
 from .._engine._context import flow_run_var
 from .._engine._drivers import drive
 from .._engine._interrupts import shielded
@@ -301,7 +301,7 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         # waits for it (so what it made is adopted, never lost), then goes on at the next
         # checkpoint. A close may be abandoned: the pool's cleanup timeout bounds it.
         abandon = fn is self._close or fn not in (self._create, self._validate)
-        result = await anyio.to_thread.run_sync(fn, *args, abandon_on_cancel=abandon)
+        result = await offload.run_sync(fn, *args, abandon_on_cancel=abandon)
         return (await result) if inspect.isawaitable(result) else result
 
     def _await_on_run_loop(self, awaitable: Awaitable[Any]) -> Any:

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import anyio.to_thread
-
+from .._engine import _offload as offload
 from .._logging import flow_run_logger
 from ..exceptions import CleanupTimeoutError, ResourceCleanupError, ResourceErrorGroup
 from ..records import FlowRunRecord, RunEvent
@@ -77,7 +76,7 @@ async def end_worker_resources(run: FlowRun) -> list[ResourceCleanupError]:
     session = take_local_session(run)
     if session is not None:
         default_timeout = get_settings().cleanup_timeout_seconds
-        events = await anyio.to_thread.run_sync(session.close, default_timeout, True)
+        events = await offload.run_sync(session.close, default_timeout, True)
         errors.extend(cleanup_errors(events, ""))
     return errors
 
@@ -92,7 +91,7 @@ async def close_on_worker(key: str, default_timeout: float) -> bytes:
     """In a worker process (``TaskRunner.run_on_workers``): close session ``key`` here;
     its events, pickled. The cleanups run in a thread, so the worker's event loop goes on
     meanwhile."""
-    events = await anyio.to_thread.run_sync(close_session, key, default_timeout)
+    events = await offload.run_sync(close_session, key, default_timeout)
     return dump_events(events)
 
 

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import anyio
 
+from .._engine import _offload as offload
 from .._engine._context import flow_run_var
 from .._engine._loop import LoopHandle
 from .._logging import handle_shipped_record
@@ -149,9 +150,7 @@ class ProcessPoolTaskRunner(TaskRunner):
     async def shutdown(self) -> None:
         pool, self._pool = self._pool, None
         if pool is not None:
-            import anyio.to_thread
-
-            await anyio.to_thread.run_sync(pool.close)
+            await offload.run_sync(pool.close)
 
     @property
     def worker_pids(self) -> list[int]:

@@ -162,10 +162,11 @@ def _handlers() -> dict[signal.Signals, Any]:
 
 def _services() -> tuple[str, ...]:
     """Threads of orchestr that serve the whole process and end by themselves when idle
-    (the run history's writer): not leaks."""
+    (the run history's writer, the threads of orchestr's own blocking calls): not leaks."""
+    from .._engine._offload import THREAD_NAME as OFFLOAD_THREAD
     from .._history._recorder import THREAD_NAME
 
-    return (THREAD_NAME,)
+    return (THREAD_NAME, OFFLOAD_THREAD)
 
 
 @contextmanager
@@ -179,9 +180,9 @@ def no_leaks(
     """Fail (with :class:`LeakError`) if the block left something behind, still there
     ``grace`` seconds after it ends:
 
-    - threads it started (except orchestr's run-history writer, a process-wide service
-      that ends by itself when idle, and threads whose names start with one of
-      ``ignore_threads``);
+    - threads it started (except orchestr's process-wide services that end by
+      themselves when idle: the run-history writer and the threads of orchestr's own
+      blocking calls; and threads whose names start with one of ``ignore_threads``);
     - child processes it started (process-pool workers too, which multiprocessing's fork
       server starts);
     - file descriptors it opened (sockets, pipes, files; except files whose paths start

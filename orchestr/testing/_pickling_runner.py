@@ -16,8 +16,7 @@ import contextvars
 import threading
 from typing import ClassVar, Self
 
-import anyio.to_thread
-
+from .._engine import _offload as offload
 from .._semaphore import Semaphore
 from ..exceptions import UsageError
 from ..runners._base import CallBound, TaskRunner, checked_bound
@@ -82,7 +81,7 @@ class PicklingTaskRunner(TaskRunner):
                 slots.release()
 
         try:
-            body = await anyio.to_thread.run_sync(away, abandon_on_cancel=True)
+            body = await offload.run_sync(away, abandon_on_cancel=True)
         except BaseException:
             with lock:
                 started = bool(claimed)
