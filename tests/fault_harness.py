@@ -41,7 +41,8 @@ Invariants (each failure names its number):
    run's events, code that observed it (or, for a retried attempt, the retry's log line).
 8. the run's resource events are consistent, and ``assert_resources_cleaned_up`` passes
    unless a cleanup failed or timed out by injection.
-9. nothing leaks into what runs next: threads, signal handlers, armed cleanup watchdogs,
+9. nothing leaks into what runs next: threads (and none that is not a daemon while the
+   loop still runs), signal handlers, armed cleanup watchdogs,
    pending exceptions, exceptions raised where nothing could catch them.
 
 Every example also runs under a watchdog: past HANG_SECONDS it fails as a hang.
@@ -94,6 +95,7 @@ from orchestr import (
     task,
     unmapped,
 )
+from orchestr._engine._offload import THREAD_NAME as OFFLOAD_THREAD
 from orchestr.exceptions import FailedRunsGroup, ResourceLeakError, RunCancelled, RunTimedOut
 from orchestr.testing import assert_resources_cleaned_up
 
@@ -748,6 +750,7 @@ class Outcome:
     late_exception: BaseException | None = None
     unraisable: list[str] = field(default_factory=list)
     new_threads: list[str] = field(default_factory=list)
+    holding_threads: list[str] = field(default_factory=list)  # async plans, loop running
     armed_watchdogs: list[str] = field(default_factory=list)
     signals_changed: str | None = None
 
@@ -856,7 +859,20 @@ class _ListHandler(logging.Handler):
 
 
 def _orchestr_threads() -> set[threading.Thread]:
-    return {t for t in threading.enumerate() if t.name.startswith("orchestr-") and t.is_alive()}
+    """orchestr's threads but its process-wide offload threads (each ends once idle for
+    10 s; ``_holding_threads`` checks that they cannot hold the interpreter)."""
+    return {
+        t
+        for t in threading.enumerate()
+        if t.name.startswith("orchestr-") and not t.name.startswith(OFFLOAD_THREAD) and t.is_alive()
+    }
+
+
+def _holding_threads() -> set[threading.Thread]:
+    """Threads that would keep the interpreter from exiting (not daemons), but the main
+    one: one of orchestr's left after a flow call would hang the exit if what was to stop
+    it never ran (a second Ctrl-C at the loop's end)."""
+    return {t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()}
 
 
 def _armed_watchdogs() -> list[threading.Timer]:
@@ -922,6 +938,7 @@ def _call_sync(rt: Runtime, outcome: Outcome) -> None:
 async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
     flw = _make_flow(rt, outcome)
     cancelled = anyio.get_cancelled_exc_class()
+    holding_before = _holding_threads()
     with anyio.move_on_after(guard.seconds - 1) as hang:
         started = time.perf_counter()
         try:
@@ -946,6 +963,7 @@ async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
             outcome.returned_at = time.perf_counter()
         outcome.elapsed = time.perf_counter() - started
         outcome.unfinished_at_return = _unfinished(rt, outcome)
+        outcome.holding_threads = sorted(t.name for t in _holding_threads() - holding_before)
     if hang.cancelled_caught:
         guard.fired = True
         raise HangError("hang: the async flow call did not return within the watchdog")
@@ -1747,6 +1765,12 @@ class Checker:
                 9,
                 f"orchestr threads still alive {THREADS_GRACE_SECONDS} s after the call: "
                 f"{out.new_threads}",
+            )
+        if out.holding_threads:
+            self.fail(
+                9,
+                "threads that are not daemons left after the flow call, its loop still "
+                f"running (one could hold the interpreter at exit): {out.holding_threads}",
             )
         if out.signals_changed is not None:
             self.fail(9, f"signal handlers not restored: {out.signals_changed}")
