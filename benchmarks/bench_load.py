@@ -17,7 +17,10 @@ recorded, on the default runners and on ``ProcessPoolTaskRunner`` and a 2-worker
   so that a slope shared with the primitive is told apart from orchestr's own;
 - the ratio of time per unit at the largest size to that at the smallest, on CPU time
   (the linearity verdict: <= 1.10x for the task curve, informational for the other
-  shapes), with the wall-time ratio beside it.
+  shapes), with the wall-time ratio beside it; where there is a raw baseline, also the
+  ratio of orchestr's own time per unit (its run less the raw baseline's, wall time,
+  both in the same child): the primitive's own growth with the flow's size (an event
+  loop holding 100,000 coroutines) taken out.
 
 Every (shape, size) runs in a fresh child process: a warm-up run at a small size, then
 one measured run (``gc.collect()`` before it; collections during the run are its cost;
@@ -590,13 +593,22 @@ def series(
             if limit is None
             else (" PASS" if ratio <= limit else " FAIL") + f" (<= {limit:.2f}x)"
         )
-        raw = ""
+        raw = own = ""
         if "raw_wall" in first and "raw_wall" in last:  # the primitive's own slope
             slope = (last["raw_wall"] / last["n"]) / (first["raw_wall"] / first["n"])
             raw = f"; raw baseline {slope:.2f}x wall"
+            # What orchestr adds to the primitive, per unit (wall, both run alone in the
+            # same child): the part of the growth that is orchestr's own.
+            extra = [
+                r["ran"] / units(shape, r, r["n"]) - r["raw_wall"] / r["n"] for r in (first, last)
+            ]
+            own = (
+                f"\n    orchestr's own time (run alone less raw): {extra[0] * 1e6:.1f} -> "
+                f"{extra[1] * 1e6:.1f} us/unit, {extra[1] / extra[0]:.2f}x"
+            )
         print(
             f"    time per unit at n={last['n']:,} / at n={first['n']:,}: {ratio:.2f}x cpu"
-            f"{verdict}, {per[1] / per[0]:.2f}x wall{raw}",
+            f"{verdict}, {per[1] / per[0]:.2f}x wall{raw}{own}",
             flush=True,
         )
     return results, ok
