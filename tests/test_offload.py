@@ -25,6 +25,7 @@ from typing import Any
 import anyio
 import pytest
 import shared_tasks as st
+import sniffio
 
 from orchestr import Pool, flow, per_worker_resource
 from orchestr._engine import _offload
@@ -201,12 +202,20 @@ def test_a_call_returns_its_value_and_raises_its_exception_in_its_context(run: A
         assert threading.current_thread().daemon
         return where.get() + suffix
 
+    def library() -> str:
+        try:
+            return sniffio.current_async_library()
+        except sniffio.AsyncLibraryNotFoundError:
+            return "none"
+
     def fails() -> None:
         raise LookupError("from the thread")
 
     async def main() -> str:
         where.set("caller's")
         value = await _offload.run_sync(read, " context")
+        # The caller's context, but not its event loop library: the thread runs none.
+        assert await _offload.run_sync(library) == "none"
         with pytest.raises(LookupError, match="from the thread"):
             await _offload.run_sync(fails)
         return value

@@ -16,6 +16,7 @@ been idle for :data:`IDLE_SECONDS`: nothing is left running after the work is do
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable
 from contextvars import copy_context
@@ -49,6 +50,11 @@ async def run_sync(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = F
     done = anyio.Event()
     outcome: list[tuple[bool, Any]] = []
     context = copy_context()
+    sniffio = sys.modules.get("sniffio")
+    if sniffio is not None:
+        # The copy names this loop's library: code in the thread (a library asking
+        # sniffio which one it runs under) would take the thread for a trio task.
+        context.run(sniffio.current_async_library_cvar.set, None)
 
     def call() -> None:
         try:
