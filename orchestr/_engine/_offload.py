@@ -11,6 +11,9 @@ These threads are daemons: nothing they do can keep the process from exiting.
 They are shared by every loop of the process, at most :data:`LIMIT` at once (more calls
 wait their turn, as with anyio's default limiter), and each ends by itself once it has
 been idle for :data:`IDLE_SECONDS`: nothing is left running after the work is done.
+A call runs in a copy of its caller's context that names no event loop library (sniffio),
+as in anyio's threads; unlike them, these are not anyio worker threads, so code in them
+that calls back into the loop with ``anyio.from_thread`` must pass the loop's ``token``.
 """
 
 from __future__ import annotations
