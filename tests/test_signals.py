@@ -465,3 +465,56 @@ def test_a_third_signal_interrupts_a_setup_that_hangs(tmp_path: Path, kind: str)
     assert "KeyboardInterrupt" in done.stderr
     assert "send SIGINT a third time to interrupt it anyway" in done.stderr
     assert "SIGINT a third time" in done.stderr
+
+
+CLEANUPS_THAT_HANG = {
+    # The cleanup's own code waits for ever: at an await, or blocked in a thread.
+    "async cleanup": "async def db():\n    yield 'conn'\n    three()\n    await anyio.sleep(60)\n",
+    "sync cleanup": "def db():\n    yield 'conn'\n    three()\n    time.sleep(60)\n",
+}
+FLOWS_OVER_A_BLOCK = {
+    "async flow": (
+        "@flow\nasync def main():\n    async with db():\n        pass\n\nanyio.run(main)\n"
+    ),
+    "sync flow": "@flow\ndef main():\n    with db():\n        pass\n\nmain()\n",
+}
+
+
+@pytest.mark.parametrize("cleanup", CLEANUPS_THAT_HANG)
+@pytest.mark.parametrize("flow_kind", FLOWS_OVER_A_BLOCK)
+def test_a_third_signal_interrupts_a_cleanup_that_hangs(
+    tmp_path: Path, flow_kind: str, cleanup: str
+) -> None:
+    """As a setup: the first two signals leave a cleanup running (the second says so);
+    a third interrupts it (an async cleanup at its await; a sync one's thread is no
+    longer waited for, or in a sync flow's main thread, in its code), the run's record
+    says so, and the process ends at once, not when the cleanup's 60 s timeout ends."""
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            import anyio
+            from orchestr import flow, resource
+
+            def three():
+                # Three signals while the cleanup runs (timed from its start).
+                for at in (0.2, 0.5, 0.8):
+                    threading.Timer(at, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+
+            @resource(cleanup_timeout=60)
+            """
+        )
+        + CLEANUPS_THAT_HANG[cleanup]
+        + "\n"
+        + FLOWS_OVER_A_BLOCK[flow_kind]
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 10, done.stderr
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    assert "send SIGINT a third time to interrupt it anyway" in done.stderr
+    assert "SIGINT a third time: interrupting" in done.stderr
+    # The run's record (its log) says the cleanup did not end by itself.
+    said = "by a third signal" if "async" in (flow_kind + cleanup) else "by KeyboardInterrupt"
+    assert f"cleanup of resource 'db' was interrupted {said}" in done.stderr

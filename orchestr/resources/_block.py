@@ -16,6 +16,7 @@ import enum
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -266,29 +267,37 @@ class Resource(Generic[T]):
         # is started even in a cancelled attempt, until the cleanup ends (or times out).
         token = cleanup_var.set(cleanup)
         reset = False
-        dispatcher = None if self._run is None else self._run.dispatcher
-        if dispatcher is not None and self._run.loop.on_loop_thread():  # type: ignore[union-attr]
+        run = self._run
+        on_run_loop = run is not None and run.loop is not None and run.loop.on_loop_thread()
+        dispatcher = run.dispatcher if on_run_loop else None  # type: ignore[union-attr]
+        if dispatcher is not None:
             dispatcher.hold()
-        else:
-            dispatcher = None
+        # Shielded by the caller (a timeout or cancellation does not stop a cleanup), yet
+        # a third signal does: it interrupts an async cleanup at its await, and stops
+        # waiting for a sync one's thread (which goes on, abandoned).
+        forcible = run.forcible() if on_run_loop else nullcontext(None)  # type: ignore[union-attr]
+        ended = False
         try:
-            if lifecycle.cleanup_is_async:
-                with anyio.move_on_after(timeout) as deadline:
-                    suppress = bool(await lifecycle.cleanup(self._value, exc_type, exc, tb))
-                timed_out = deadline.cancelled_caught
-            else:
-                if self._thread is None:
-                    self._thread = ResourceThread(self.name)
-                call = self._thread.start(lifecycle.cleanup, self._value, exc_type, exc, tb)
-                cleanup_var.reset(token)
-                reset = True
-                with anyio.move_on_after(timeout) as deadline:
-                    await call.wait()
-                timed_out = deadline.cancelled_caught
-                if not timed_out:
-                    suppress = bool(call.result())
+            with forcible as forced:
+                if lifecycle.cleanup_is_async:
+                    with anyio.move_on_after(timeout) as deadline:
+                        suppress = bool(await lifecycle.cleanup(self._value, exc_type, exc, tb))
+                    timed_out = deadline.cancelled_caught
+                else:
+                    if self._thread is None:
+                        self._thread = ResourceThread(self.name)
+                    call = self._thread.start(lifecycle.cleanup, self._value, exc_type, exc, tb)
+                    cleanup_var.reset(token)
+                    reset = True
+                    with anyio.move_on_after(timeout) as deadline:
+                        await call.wait()
+                    timed_out = deadline.cancelled_caught
+                    if not timed_out:
+                        suppress = bool(call.result())
+                ended = True
         except Exception as cleanup_exc:
             error = cleanup_exc
+            ended = True
         finally:
             if not reset:
                 cleanup_var.reset(token)
@@ -297,6 +306,14 @@ class Resource(Generic[T]):
                 dispatcher.release()
             if self._thread is not None:
                 self._thread.close()
+        if not ended and forced is not None and forced.cancel_called:
+            stopped = ResourceCleanupError(
+                f"cleanup of resource {self.name!r} was interrupted by a third signal"
+                + ("" if lifecycle.cleanup_is_async else ", still running in its thread")
+                + "; what it holds may be left as it is",
+                self.name,
+            )
+            return False, self._cleanup_ended(start, timeout, False, None, stopped=stopped)
         how = "it was cancelled" if lifecycle.cleanup_is_async else "its thread was abandoned"
         return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
 
@@ -376,6 +393,7 @@ class Resource(Generic[T]):
         timeout = self._timeout()
         suppress = False
         error: BaseException | None = None
+        interrupted: BaseException | None = None
         timed_out = False
         # The one interrupt allowed inside a cleanup: its own timeout's, in this frame.
         watchdog = Watchdog(timeout, sys._getframe())
@@ -390,9 +408,19 @@ class Resource(Generic[T]):
             timed_out = True
         except Exception as cleanup_exc:
             error = cleanup_exc
+        except BaseException as exc:  # a third signal, raised in its code: the run ends
+            interrupted = exc
         finally:
             cleanup_var.reset(token)
             cleanup.end()
+        if interrupted is not None:
+            stopped = ResourceCleanupError(
+                f"cleanup of resource {self.name!r} was interrupted by "
+                f"{type(interrupted).__name__}; what it holds may be left as it is",
+                self.name,
+            )
+            self._cleanup_ended(start, timeout, False, None, stopped=stopped)
+            raise interrupted
         how = "it was interrupted" if timed_out else "it went on until it ended"
         timed_out = timed_out or watchdog.fired
         return suppress, self._cleanup_ended(start, timeout, timed_out, error, how)
@@ -512,8 +540,10 @@ class Resource(Generic[T]):
         timed_out: bool,
         error: BaseException | None,
         how: str = "",
+        stopped: ResourceCleanupError | None = None,
     ) -> ResourceCleanupError | None:
-        """Record the cleanup's end; ``how`` says what happened to one that timed out."""
+        """Record the cleanup's end; ``how`` says what happened to one that timed out,
+        ``stopped`` is the error of one that a third signal interrupted."""
         self._state = _Phase.CLOSED
         _open_blocks.pop(id(self), None)
         if self._run is not None:
@@ -521,6 +551,9 @@ class Resource(Generic[T]):
         self._register_closed_value()
         duration = time.perf_counter() - start
         assert self._events is not None
+        if stopped is not None:
+            self._events.emit("cleanup.failed", duration=duration, error=stopped)
+            return stopped
         if timed_out:
             timeout_error = CleanupTimeoutError(
                 f"cleanup of resource {self.name!r} did not finish within its cleanup "
