@@ -518,3 +518,45 @@ def test_a_third_signal_interrupts_a_cleanup_that_hangs(
     # The run's record (its log) says the cleanup did not end by itself.
     said = "by a third signal" if "async" in (flow_kind + cleanup) else "by KeyboardInterrupt"
     assert f"cleanup of resource 'db' was interrupted {said}" in done.stderr
+
+
+@pytest.mark.parametrize("where", ["flow body", "task"])
+def test_a_third_signal_stops_waiting_for_a_pool_create_that_hangs(
+    tmp_path: Path, where: str
+) -> None:
+    """A pool's sync create is protected like a setup (a cancellation waits for it, so
+    what it made is never lost); a third signal abandons it, and the process ends."""
+    use = {
+        "flow body": "    async with Pool(create, max_size=1) as pool:\n        await use(pool)\n",
+        "task": "    async with Pool(create, max_size=1) as pool:\n        await task(use)(pool)\n",
+    }[where]
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            import anyio
+            from orchestr import Pool, flow, task
+
+            def create():
+                # Three signals while it runs: a connect() that hangs.
+                for at in (0.2, 0.5, 0.8):
+                    threading.Timer(at, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                time.sleep(60)
+
+            async def use(pool):
+                async with pool.acquire():
+                    pass
+
+            @flow
+            async def main():
+            """
+        )
+        + use
+        + "\nanyio.run(main)\n"
+    )
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert time.monotonic() - started < 10, done.stderr
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    assert "SIGINT a third time: interrupting" in done.stderr

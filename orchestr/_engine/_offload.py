@@ -29,6 +29,8 @@ from typing import Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from ..exceptions import RunCancelled
+from ._context import flow_run_var
 from ._loop import LoopHandle
 
 __all__ = ["IDLE_SECONDS", "LIMIT", "THREAD_NAME", "run_sync"]
@@ -40,14 +42,18 @@ IDLE_SECONDS = 10.0
 THREAD_NAME = "orchestr-offload"
 
 
-async def run_sync(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False) -> T:
+async def run_sync(
+    fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False, forcible: bool = False
+) -> T:
     """``fn(*args)`` in one of orchestr's daemon threads, in a copy of this context; its
     value, or its exception raised here.
 
     Cancelled meanwhile: with ``abandon_on_cancel`` the call is left to finish unheeded
     and the cancellation goes on at once; without it, the wait goes on (shielded) and the
     value is returned, the cancellation coming at the caller's next checkpoint (what
-    ``anyio.to_thread.run_sync`` does)."""
+    ``anyio.to_thread.run_sync`` does). With ``forcible`` (user code protected like a
+    resource's setup), a third signal to the flow run of this loop ends that shielded
+    wait anyway: the call is abandoned and the run's cancellation raised here."""
     await anyio.lowlevel.checkpoint_if_cancelled()
     loop = LoopHandle.current()
     done = anyio.Event()
@@ -70,8 +76,16 @@ async def run_sync(fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = F
     if abandon_on_cancel:
         await done.wait()
     else:
-        with anyio.CancelScope(shield=True):
-            await done.wait()
+        run = flow_run_var.get() if forcible else None
+        if run is not None and run.loop is not None and run.loop.running_here():
+            with run.forcible():
+                await done.wait()
+        else:
+            with anyio.CancelScope(shield=True):
+                await done.wait()
+        if not outcome:  # a third signal: the call goes on, abandoned
+            await anyio.lowlevel.checkpoint()  # the run is cancelled: raised here
+            raise RunCancelled(f"{fn!r} was abandoned after a third signal")
     ok, value = outcome.pop()
     if ok:
         return value  # type: ignore[no-any-return]

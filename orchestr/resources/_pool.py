@@ -300,8 +300,10 @@ class Pool(Resource["Pool[T]"], Generic[T]):
         # A sync create or validate is protected like a resource's setup: a cancellation
         # waits for it (so what it made is adopted, never lost), then goes on at the next
         # checkpoint. A close may be abandoned: the pool's cleanup timeout bounds it.
+        # Only a third signal stops waiting for a create or validate that hangs (as for a
+        # resource's setup): it is abandoned then.
         abandon = fn is self._close or fn not in (self._create, self._validate)
-        result = await offload.run_sync(fn, *args, abandon_on_cancel=abandon)
+        result = await offload.run_sync(fn, *args, abandon_on_cancel=abandon, forcible=True)
         return (await result) if inspect.isawaitable(result) else result
 
     def _await_on_run_loop(self, awaitable: Awaitable[Any]) -> Any:
