@@ -210,10 +210,9 @@ class Resource(Generic[T]):
             value = await self._lifecycle.setup()
             done = True
         if not done:  # a third signal cancelled it: the run's cancellation goes on
+            interrupted = self._interrupted_setup(start)
             await anyio.lowlevel.checkpoint()
-            raise ResourceSetupError(  # (not reached: the run is cancelled by then)
-                f"setup of resource {self.name!r} was interrupted by a third signal", self.name
-            )
+            raise interrupted  # (not reached: the run is cancelled by then)
         try:
             await anyio.lowlevel.checkpoint_if_cancelled()
         except anyio.get_cancelled_exc_class():
@@ -223,6 +222,24 @@ class Resource(Generic[T]):
                 await self._cleanup_async(None, None, None)
             raise
         return value
+
+    async def _setup_on_run_loop(self, run: FlowRun, start: float) -> Any:
+        """A sync block's async setup, on its flow run's loop: its sync caller waits for
+        it whatever comes (interrupts land once it is done), but a third signal cancels
+        it, as in an async block."""
+        with run.forcible():
+            return await self._lifecycle.setup()
+        raise self._interrupted_setup(start)
+
+    def _interrupted_setup(self, start: float) -> ResourceSetupError:
+        """Record a setup that a third signal cancelled; the error that says so."""
+        error = ResourceSetupError(
+            f"setup of resource {self.name!r} was interrupted by a third signal; what it "
+            "holds may be left as it is",
+            self.name,
+        )
+        self._setup_failed(error, start)
+        return error
 
     async def _finish_interrupted_setup(self, call: ThreadCall, start: float) -> None:
         """The block was cancelled while a sync setup ran in its thread. Setup is
@@ -326,7 +343,7 @@ class Resource(Generic[T]):
         try:
             lifecycle = self._lifecycle
             if lifecycle.setup_is_async:
-                value = self._on_run_loop(lifecycle.setup)
+                value = self._on_run_loop(self._setup_on_run_loop, flow_run_var.get(), start)
             else:
                 value = lifecycle.setup()
         except BaseException as exc:
