@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from ._engine._context import flow_run_var, in_cleanup, task_run_var
+from ._engine._context import flow_run_var, hook_var, in_cleanup, task_run_var
 from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
@@ -279,6 +279,7 @@ class TaskFuture(Generic[R]):
         self._refuse_loop_thread("fut.result()")
         if timeout is not None:
             timeout = _checked_timeout("fut.result()", timeout)
+        _stop_if_caller_cancelled()
         if self._final is None:
             _refuse_self_wait(self)
             if not self._wait_blocking(timeout):
@@ -298,6 +299,7 @@ class TaskFuture(Generic[R]):
 
     def _wait_blocking_state(self, call: str, timeout: float | None) -> State[R]:
         self._refuse_loop_thread(call)
+        _stop_if_caller_cancelled()
         if self._final is None:
             _refuse_self_wait(self)
             self._wait_blocking(timeout)
@@ -601,6 +603,7 @@ def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> _D
             _refuse_self_wait(future)
     if in_async_code():
         return _wait_async(futures, timeout)  # type: ignore[return-value]
+    _stop_if_caller_cancelled()
     deadline = None if timeout is None else time.monotonic() + timeout
     for future in futures:
         left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -688,6 +691,7 @@ class AsCompleted(Generic[R]):
             yield finished.popleft()
 
     def _blocking_iter(self) -> Iterator[TaskFuture[R]]:
+        _stop_if_caller_cancelled()
         pending = self._pending
         finished: deque[TaskFuture[R]] = deque()
         wakeup = threading.Event()
@@ -711,6 +715,26 @@ class AsCompleted(Generic[R]):
                 if not finished and deadline is not None and time.monotonic() >= deadline:
                     raise self._timed_out()
             yield finished.popleft()
+
+
+def _stop_if_caller_cancelled() -> None:
+    """At a blocking wait of sync code: RunCancelled if the code's own run was cancelled
+    (its flow run cancelled or timed out; its task run cancelled or timed out while its
+    code goes on in an abandoned thread), even when the awaited run is already final.
+    Otherwise such code would get that run's outcome (a cancelled run's
+    TaskRunCancelledError, which ``except Exception`` swallows) and go on; the docs
+    promise RunCancelled at its next call into orchestr that waits. Not in a cleanup (a
+    cancelled run's cleanups go on) nor in a hook (which runs after its run ended, and
+    may look at its futures)."""
+    task = task_run_var.get()
+    run = flow_run_var.get()
+    if in_cleanup() or hook_var.get() is not None:
+        return
+    if task is not None and task.future is not None and task.future._final is not None:
+        # This code's own run is final while its code still runs: it was abandoned.
+        raise cancelled_error(task.record.name, "task run")
+    if run is not None and run.cancel_requested:
+        raise cancelled_error(run.record.name)
 
 
 def _block(event: threading.Event, timeout: float | None, run: FlowRun | None) -> None:

@@ -307,14 +307,6 @@ def test_a_sync_flow_body_in_another_thread_learns_of_its_timeout_entering_a_blo
     assert isinstance(state.exception, RunTimedOut)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "in a thread other than the main one, fut.result() after the flow's deadline "
-        "raises TaskRunCancelledError (an Exception: `except Exception` swallows it) and "
-        "fut.wait_blocking() returns the Cancelled state; neither raises RunCancelled"
-    ),
-)
 @pytest.mark.parametrize("wait", ["fut.result()", "fut.wait_blocking()"])
 def test_a_sync_flow_body_in_another_thread_learns_of_its_timeout_at_a_blocking_wait(
     backend: str, wait: str
@@ -348,14 +340,6 @@ def test_a_sync_flow_body_in_another_thread_learns_of_its_timeout_at_a_blocking_
 
 
 # == a cancelled sync task cooperating =======================================================
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "a sync task run cancelled with fut.cancel() while it runs: its fut.result() "
-        "and fut.wait_blocking() on a run it submitted wait for that run and return "
-        "normally, no RunCancelled"
-    ),
-)
 @pytest.mark.parametrize("wait", ["fut.result()", "fut.wait_blocking()"])
 def test_a_cancelled_sync_task_gets_run_cancelled_at_its_next_wait(backend: str, wait: str) -> None:
     """signals-and-cancellation.md:246-249: "Sync code can cooperate: a sync task (or sync
