@@ -235,7 +235,7 @@ def test_a_cancelled_wait_is_shielded_unless_abandoned(run: Any) -> None:
         finished.append(name)
         return name
 
-    async def main() -> tuple[list[str], bool]:
+    async def main() -> list[str]:
         got: list[str] = []
         with anyio.CancelScope() as scope:
             scope.cancel()
@@ -259,28 +259,29 @@ def test_a_cancelled_wait_is_shielded_unless_abandoned(run: Any) -> None:
                 await anyio.wait_all_tasks_blocked()  # still waiting, cancelled
                 release.set()
         release.clear()
-        with anyio.fail_after(BOUND):
+        # Abandoned: the wait ends while the call is still blocked (which it stays for
+        # up to BOUND s: a wait that did not end would fail this shorter bound).
+        with anyio.fail_after(BOUND / 3):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(waits, "abandoned", True)
                 await anyio.wait_all_tasks_blocked()
                 scopes.pop().cancel()
-        ended_while_blocked = "abandoned" not in finished
         release.set()
-        return got, ended_while_blocked
+        return got
 
-    got, ended_while_blocked = run(main)
+    got = run(main)
     assert got == ["shielded", "after"]
-    assert ended_while_blocked
     deadline = time.monotonic() + BOUND
     while "abandoned" not in finished and time.monotonic() < deadline:
         time.sleep(0.005)
     assert finished == ["shielded", "abandoned"]  # the abandoned call itself went on
 
 
-def test_threads_are_capped_shared_and_end_when_idle() -> None:
-    """At most ``limit`` threads at once (more calls wait their turn, then run), reused
-    while busy, each gone once idle for its time."""
-    pool = _offload._Threads(limit=3, idle=0.05)
+def test_threads_start_per_call_are_reused_and_end_when_idle() -> None:
+    """A call that finds no thread waiting for work gets a new one (never waits for a
+    busy one); idle threads take the next calls; each ends once idle for its time, and
+    threads start again on demand."""
+    pool = _offload._Threads(idle=0.2)
     release = threading.Event()
     started: list[threading.Thread] = []
     lock = threading.Lock()
@@ -293,26 +294,145 @@ def test_threads_are_capped_shared_and_end_when_idle() -> None:
                 all_in.set()
         release.wait(BOUND)
 
-    for _ in range(5):
+    for _ in range(3):
         pool.put(call)
-    assert all_in.wait(BOUND)
+    assert all_in.wait(BOUND)  # three blocked calls: three threads
     mine = set(started)
     assert len(mine) == 3
     assert all(t.daemon and t.name.startswith(_offload.THREAD_NAME) for t in mine)
-    assert len(started) == 3  # the other two wait for a thread
     release.set()
+    ran = [threading.Event() for _ in range(3)]
     deadline = time.monotonic() + BOUND
-    while len(started) < 5 and time.monotonic() < deadline:
-        time.sleep(0.005)
-    assert len(started) == 5
-    assert set(started) == mine  # run by the same three threads
+    while pool._waiting < 3 and time.monotonic() < deadline:
+        time.sleep(0.001)  # until all three wait for work again
+    for event in ran:
+        pool.put(lambda event=event: (started.append(threading.current_thread()), event.set()))
+    assert all(event.wait(BOUND) for event in ran)
+    assert set(started) == mine  # taken by the idle threads: none started
     for thread in mine:
         thread.join(BOUND)
-        assert not thread.is_alive()  # idle for 0.05 s: ended
-    # And started again on demand.
-    ran = threading.Event()
-    pool.put(ran.set)
-    assert ran.wait(BOUND)
+        assert not thread.is_alive()  # idle for 0.2 s: ended
+    again = threading.Event()
+    pool.put(again.set)
+    assert again.wait(BOUND)
+
+
+def test_a_loop_runs_at_most_its_thread_limiters_calls_at_once(run: Any) -> None:
+    """As with anyio: anyio's default thread limiter of the loop (40 tokens) bounds the
+    calls running at once; the others wait their turn, then run."""
+    limit = 40
+    release = threading.Event()
+    lock = threading.Lock()
+    running = 0
+    peak = 0
+
+    def call() -> None:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        assert release.wait(BOUND)
+        with lock:
+            running -= 1
+
+    async def main() -> None:
+        with anyio.fail_after(BOUND):
+            async with anyio.create_task_group() as tg:
+                for _ in range(limit + 5):
+                    tg.start_soon(_offload.run_sync, call)
+                while running < limit:
+                    await anyio.sleep(0.001)
+                await anyio.wait_all_tasks_blocked()
+                await anyio.sleep(0.05)  # (a 41st call would have started by now)
+                release.set()
+
+    run(main)
+    assert peak == limit
+
+
+def test_abandoned_calls_give_back_their_places(run: Any) -> None:
+    """Calls abandoned while they hang do not hold the loop's limit: after more of them
+    than the limit, a new call still runs at once."""
+    release = threading.Event()
+
+    async def main() -> int:
+        with anyio.fail_after(BOUND):
+            for _ in range(45):
+                with anyio.move_on_after(0.001):
+                    await _offload.run_sync(release.wait, BOUND, abandon_on_cancel=True)
+            return await _offload.run_sync(os.getpid)
+
+    try:
+        assert run(main) == os.getpid()
+    finally:
+        release.set()
+
+
+def test_offloaded_code_offloading_on_a_loop_of_its_own_does_not_deadlock(run: Any) -> None:
+    """More calls than the limit, each running a loop that offloads a call of its own:
+    the limit is each loop's, and a call never waits for a thread held by another."""
+
+    async def inner() -> int:
+        return await _offload.run_sync(lambda: 1)
+
+    def outer() -> int:
+        return int(anyio.run(inner))
+
+    async def main() -> int:
+        results: list[int] = []
+
+        async def one() -> None:
+            results.append(await _offload.run_sync(outer))
+
+        with anyio.fail_after(BOUND):
+            async with anyio.create_task_group() as tg:
+                for _ in range(45):
+                    tg.start_soon(one)
+        return sum(results)
+
+    assert run(main) == 45
+
+
+def test_a_thread_that_cannot_start_fails_its_call_and_nothing_else(
+    run: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "can't start new thread" (a pids limit, shutdown) fails the call that needed one,
+    which never runs; later calls still run."""
+    pool = _offload._Threads(idle=0.2)
+    monkeypatch.setattr(_offload, "_shared", pool)
+    original = threading.Thread.start
+    ran: list[str] = []
+
+    def refuse(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    async def main() -> int:
+        monkeypatch.setattr(threading.Thread, "start", refuse)
+        with pytest.raises(RuntimeError, match="can't start new thread"):
+            await _offload.run_sync(ran.append, "refused")
+        monkeypatch.setattr(threading.Thread, "start", original)
+        with anyio.fail_after(BOUND):
+            return await _offload.run_sync(os.getpid)
+
+    assert run(main) == os.getpid()
+    assert ran == []
+    assert pool._backlog == 0
+
+
+def test_offloaded_code_reaches_its_loop_through_anyio_from_thread(run: Any, backend: str) -> None:
+    """As in anyio's worker threads on asyncio, ``anyio.from_thread.run`` without a token
+    reaches the calling loop (a pool's sync create may do so); on trio, with one."""
+    import anyio.from_thread
+
+    async def on_loop() -> str:
+        await anyio.lowlevel.checkpoint()
+        return "from the loop"
+
+    async def main() -> str:
+        token = None if backend == "asyncio" else anyio.lowlevel.current_token()
+        return await _offload.run_sync(lambda: anyio.from_thread.run(on_loop, token=token))
+
+    assert run(main) == "from the loop"
 
 
 def test_a_forked_child_starts_threads_of_its_own(run: Any) -> None:
@@ -340,9 +460,8 @@ def test_a_forked_child_starts_threads_of_its_own(run: Any) -> None:
 
 def test_threads_ending_while_calls_come_strand_none() -> None:
     """Calls queued from many threads while the pool's threads keep ending (idle for
-    0.5 ms): every call runs, never more than ``limit`` at once, and no thread is left
-    once idle."""
-    pool = _offload._Threads(limit=3, idle=0.0005)
+    0.5 ms): every call runs, and no thread is left once idle."""
+    pool = _offload._Threads(idle=0.0005)
     lock = threading.Lock()
     running = 0
     peak = 0
@@ -373,8 +492,7 @@ def test_threads_ending_while_calls_come_strand_none() -> None:
         producer.join(BOUND)
     for _ in range(6 * 150):
         assert done.acquire(timeout=BOUND), "a call was stranded"
-    assert peak <= 3
-    assert len(threads_seen) > 3  # threads did end and start again meanwhile
+    assert len(threads_seen) > peak  # threads did end and start again meanwhile
     for thread in threads_seen:
         thread.join(BOUND)
         assert not thread.is_alive()

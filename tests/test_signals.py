@@ -468,15 +468,26 @@ def test_a_third_signal_interrupts_a_setup_that_hangs(tmp_path: Path, kind: str)
 
 
 CLEANUPS_THAT_HANG = {
-    # The cleanup's own code waits for ever: at an await, or blocked in a thread.
-    "async cleanup": "async def db():\n    yield 'conn'\n    three()\n    await anyio.sleep(60)\n",
-    "sync cleanup": "def db():\n    yield 'conn'\n    three()\n    time.sleep(60)\n",
+    # The cleanup's own code waits for ever: at an await, or blocked in a thread. The
+    # enclosing resource's cleanup, of the same kind, starts after the third signal.
+    "async cleanup": (
+        "async def db():\n    yield 'conn'\n    three()\n    await anyio.sleep(60)\n\n"
+        "@resource\nasync def outer():\n    try:\n        yield 'outer'\n    finally:\n"
+        "        await anyio.sleep(0.05)\n"
+        "        print('outer cleaned up', file=sys.stderr, flush=True)\n"
+    ),
+    "sync cleanup": (
+        "def db():\n    yield 'conn'\n    three()\n    time.sleep(60)\n\n"
+        "@resource\ndef outer():\n    try:\n        yield 'outer'\n    finally:\n"
+        "        time.sleep(0.05)\n"
+        "        print('outer cleaned up', file=sys.stderr, flush=True)\n"
+    ),
 }
 FLOWS_OVER_A_BLOCK = {
     "async flow": (
-        "@flow\nasync def main():\n    async with db():\n        pass\n\nanyio.run(main)\n"
+        "@flow\nasync def main():\n    async with outer(), db():\n        pass\n\nanyio.run(main)\n"
     ),
-    "sync flow": "@flow\ndef main():\n    with db():\n        pass\n\nmain()\n",
+    "sync flow": "@flow\ndef main():\n    with outer(), db():\n        pass\n\nmain()\n",
 }
 
 
@@ -488,12 +499,13 @@ def test_a_third_signal_interrupts_a_cleanup_that_hangs(
     """As a setup: the first two signals leave a cleanup running (the second says so);
     a third interrupts it (an async cleanup at its await; a sync one's thread is no
     longer waited for, or in a sync flow's main thread, in its code), the run's record
-    says so, and the process ends at once, not when the cleanup's 60 s timeout ends."""
+    says so, and the process ends at once, not when the cleanup's 60 s timeout ends. The
+    enclosing block's cleanup, which starts after the third signal, still runs."""
     script = tmp_path / "program.py"
     script.write_text(
         textwrap.dedent(
             """
-            import os, signal, threading, time
+            import os, signal, sys, threading, time
             import anyio
             from orchestr import flow, resource
 
@@ -518,6 +530,8 @@ def test_a_third_signal_interrupts_a_cleanup_that_hangs(
     # The run's record (its log) says the cleanup did not end by itself.
     said = "by a third signal" if "async" in (flow_kind + cleanup) else "by KeyboardInterrupt"
     assert f"cleanup of resource 'db' was interrupted {said}" in done.stderr
+    assert "outer cleaned up" in done.stderr
+    assert "cleanup of resource 'outer'" not in done.stderr  # not recorded as failed
 
 
 @pytest.mark.parametrize("where", ["flow body", "task"])

@@ -466,11 +466,14 @@ class FlowRun:
             scope.cancel()
 
     @contextmanager
-    def forcible(self) -> Iterator[anyio.CancelScope]:
+    def forcible(self, already: bool = True) -> Iterator[anyio.CancelScope]:
         """On the loop: a shielded wait (for a setup) that only a third signal ends; the
-        caller reads ``cancel_called`` on the scope it yields."""
+        caller reads ``cancel_called`` on the scope it yields. With ``already``, a third
+        signal that came before ends it at once (a setup starting then is not wanted);
+        without, only a signal that comes while it runs does (a cleanup starting after
+        the third signal still runs: that signal interrupted what ran when it came)."""
         with anyio.CancelScope(shield=True) as scope:
-            if self.signal_count >= 3:
+            if already and self.signal_count >= 3:
                 scope.cancel()
             self._force_scopes.add(scope)
             try:

@@ -8,12 +8,16 @@ raised in that callback (a second Ctrl-C during ``asyncio.run``'s teardown, afte
 flows ended) leaves it waiting for work for ever, and the interpreter hangs at exit.
 These threads are daemons: nothing they do can keep the process from exiting.
 
-They are shared by every loop of the process, at most :data:`LIMIT` at once (more calls
-wait their turn, as with anyio's default limiter), and each ends by itself once it has
-been idle for :data:`IDLE_SECONDS`: nothing is left running after the work is done.
-A call runs in a copy of its caller's context that names no event loop library (sniffio),
-as in anyio's threads; unlike them, these are not anyio worker threads, so code in them
-that calls back into the loop with ``anyio.from_thread`` must pass the loop's ``token``.
+They are shared by every loop of the process and started on demand (a call never
+waits for a busy one: offloaded code that runs a loop of its own and offloads again
+cannot deadlock); each ends by itself once idle for :data:`IDLE_SECONDS`, so nothing is
+left running after the work is done. How many calls a loop runs at once is bounded by
+anyio's default thread limiter of that loop (40 tokens, shared with the application's
+``anyio.to_thread`` calls), as with anyio: a call abandoned on cancellation gives its
+token back at once. A call runs in a copy of its caller's context that names no event
+loop library (sniffio), and, on asyncio, in a thread that anyio takes for one of its
+worker threads of the calling loop (``anyio.from_thread.run`` works without a token), as
+in anyio's. On trio, code there passes ``token=`` to ``anyio.from_thread``.
 """
 
 from __future__ import annotations
@@ -22,8 +26,9 @@ import os
 import sys
 import threading
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from contextvars import copy_context
-from queue import Empty, SimpleQueue
+from queue import Empty, Queue
 from typing import Any, TypeVar
 
 import anyio
@@ -33,11 +38,10 @@ from ..exceptions import RunCancelled
 from ._context import flow_run_var
 from ._loop import LoopHandle
 
-__all__ = ["IDLE_SECONDS", "LIMIT", "THREAD_NAME", "run_sync"]
+__all__ = ["IDLE_SECONDS", "THREAD_NAME", "run_sync"]
 
 T = TypeVar("T")
 
-LIMIT = 40
 IDLE_SECONDS = 10.0
 THREAD_NAME = "orchestr-offload"
 
@@ -64,28 +68,34 @@ async def run_sync(
         # The copy names this loop's library: code in the thread (a library asking
         # sniffio which one it runs under) would take the thread for a trio task.
         context.run(sniffio.current_async_library_cvar.set, None)
+    # anyio's marking reaches an asyncio loop; trio's from_thread asks for trio's own
+    # worker threads, whose marking is trio's (there, pass the token explicitly).
+    token = loop.token if loop.backend == "asyncio" else None
 
     def call() -> None:
         try:
-            outcome.append((True, context.run(fn, *args)))
+            with _as_worker_thread(token):
+                outcome.append((True, context.run(fn, *args)))
         except BaseException as exc:  # handed to the awaiting task
             outcome.append((False, exc))
         loop.call_soon(done.set)  # dropped if the loop has ended: nobody waits any more
 
-    _threads().put(call)
-    if abandon_on_cancel:
-        await done.wait()
-    else:
-        run = flow_run_var.get() if forcible else None
-        if run is not None and run.loop is not None and run.loop.running_here():
-            with run.forcible():
-                await done.wait()
+    async with _limiter():  # (given back when the wait ends, abandoned included)
+        _threads().put(call)
+        if abandon_on_cancel:
+            await done.wait()
         else:
-            with anyio.CancelScope(shield=True):
-                await done.wait()
-        if not outcome:  # a third signal: the call goes on, abandoned
-            await anyio.lowlevel.checkpoint()  # the run is cancelled: raised here
-            raise RunCancelled(f"{fn!r} was abandoned after a third signal")
+            run = flow_run_var.get() if forcible else None
+            if run is not None and run.loop is not None and run.loop.running_here():
+                # Only a third signal that comes while it runs ends the wait.
+                with run.forcible(already=False):
+                    await done.wait()
+            else:
+                with anyio.CancelScope(shield=True):
+                    await done.wait()
+    if not outcome:  # a third signal: the call goes on, abandoned
+        await anyio.lowlevel.checkpoint()  # the run is cancelled: raised here
+        raise RunCancelled(f"{fn!r} was abandoned after a third signal")
     ok, value = outcome.pop()
     if ok:
         return value  # type: ignore[no-any-return]
@@ -95,34 +105,63 @@ async def run_sync(
         del value  # no cycle through this frame's traceback
 
 
-class _Threads:
-    """Daemon threads started on demand up to ``limit``, each ending after ``idle``
-    seconds without work."""
+def _limiter() -> anyio.CapacityLimiter:
+    # Deferred: anyio.to_thread is not needed until a first call.
+    import anyio.to_thread
 
-    def __init__(self, limit: int, idle: float) -> None:
-        self._limit = limit
+    return anyio.to_thread.current_default_thread_limiter()
+
+
+_claim: Any
+try:  # anyio's own marking of its worker threads (private, so guarded)
+    from anyio._core._eventloop import claim_worker_thread as _claim
+except ImportError:  # pragma: no cover - an anyio without it: from_thread needs a token
+    _claim = None
+
+
+def _as_worker_thread(token: Any) -> AbstractContextManager[Any]:
+    """While a call runs: ``anyio.from_thread.run`` without a token reaches the calling
+    loop, as in anyio's worker threads (user code offloaded here may rely on it)."""
+    if _claim is None or token is None:
+        return nullcontext()
+    return _claim(token.backend_class, token.native_token)  # type: ignore[no-any-return]
+
+
+class _Threads:
+    """Daemon threads started on demand, one per call that finds none waiting for work,
+    each ending after ``idle`` seconds without work."""
+
+    def __init__(self, idle: float) -> None:
         self._idle_seconds = idle
-        self._queue: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        # Not a SimpleQueue: its get(timeout=...) was seen to hang for good (qsize 0)
+        # with hundreds of threads coming and going (CPython 3.11); Queue's does not.
+        self._queue: Queue[Callable[[], None]] = Queue()
         self._lock = threading.Lock()
-        self._count = 0  # threads alive
-        self._waiting = 0  # of which waiting for a call
-        self._backlog = 0  # calls queued and not yet taken
+        self._waiting = 0  # threads waiting for a call
+        self._backlog = 0  # calls queued (or about to be) and not yet taken
         self._started = 0  # threads ever started (their names)
 
     def put(self, call: Callable[[], None]) -> None:
-        self._queue.put(call)
+        """Queue ``call``, starting a thread for it if none is waiting for work. Raises
+        (with nothing queued) if a thread cannot be started."""
         with self._lock:
             self._backlog += 1
             # A thread waiting for each queued call: one of them takes it. (A count of
             # "idle" threads claimed by callers would drift whenever a thread takes a
             # call nobody claimed it for, and a thread ending on that count could strand
             # a call.)
-            if self._backlog <= self._waiting or self._count >= self._limit:
-                return
-            self._count += 1
-            self._started += 1
-            name = f"{THREAD_NAME}_{self._started}"
-        threading.Thread(target=self._work, name=name, daemon=True).start()
+            start = self._backlog > self._waiting
+            if start:
+                self._started += 1
+                name = f"{THREAD_NAME}_{self._started}"
+        try:
+            if start:
+                threading.Thread(target=self._work, name=name, daemon=True).start()
+            self._queue.put(call)
+        except BaseException:  # can't start new thread (limits, shutdown): not queued
+            with self._lock:
+                self._backlog -= 1
+            raise
 
     def _work(self) -> None:
         get = self._queue.get
@@ -136,7 +175,6 @@ class _Threads:
                 with lock:
                     self._waiting -= 1
                     if not self._backlog:  # decided under the lock: put() sees it
-                        self._count -= 1
                         return
                 continue  # a call came meanwhile
             with lock:
@@ -156,7 +194,7 @@ def _threads() -> _Threads:
     if threads is None:
         with _shared_lock:
             if _shared is None:
-                _shared = _Threads(LIMIT, IDLE_SECONDS)
+                _shared = _Threads(IDLE_SECONDS)
             threads = _shared
     return threads
 

@@ -290,9 +290,9 @@ class Resource(Generic[T]):
         if dispatcher is not None:
             dispatcher.hold()
         # Shielded by the caller (a timeout or cancellation does not stop a cleanup), yet
-        # a third signal does: it interrupts an async cleanup at its await, and stops
-        # waiting for a sync one's thread (which goes on, abandoned).
-        forcible = run.forcible() if on_run_loop else nullcontext(None)  # type: ignore[union-attr]
+        # a third signal that comes while it runs does: it interrupts an async cleanup at
+        # its await, and stops waiting for a sync one's thread (which goes on, abandoned).
+        forcible = run.forcible(already=False) if on_run_loop else nullcontext(None)  # type: ignore[union-attr]
         ended = False
         try:
             with forcible as forced:
@@ -425,8 +425,8 @@ class Resource(Generic[T]):
             timed_out = True
         except Exception as cleanup_exc:
             error = cleanup_exc
-        except BaseException as exc:  # a third signal, raised in its code: the run ends
-            interrupted = exc
+        except BaseException as stop:  # a third signal raised in its code (or SystemExit)
+            interrupted = stop
         finally:
             cleanup_var.reset(token)
             cleanup.end()
