@@ -36,6 +36,7 @@ from collections.abc import (
     Mapping,
 )
 from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
@@ -56,6 +57,7 @@ from .runners._pool import lending_worker
 from .states import State, _short_repr
 
 if TYPE_CHECKING:
+    from ._engine._context import TaskRunContext
     from ._engine._flowrun import FlowRun
 
 __all__ = ["AsCompleted", "DoneAndNotDone", "FutureList", "TaskFuture", "as_completed", "wait"]
@@ -418,10 +420,18 @@ def _run_done_callback(fn: Callable[[TaskFuture[Any]], object], future: TaskFutu
     is logged and ignored, as in ``concurrent.futures``: it runs inside the engine (on the
     loop or in a worker thread), which it must neither tear down nor stop from running
     the callbacks after it (waiters among them)."""
+    token = _in_done_callback.set(True)
     try:
         fn(future)
     except BaseException:
         _log.exception("done callback %r of task run %r raised; ignored", fn, future.name)
+    finally:
+        _in_done_callback.reset(token)
+
+
+# Set while a done callback runs: in the thread that finished the future (a sync task's
+# worker, still in its run's context), it is not that run's code, and may read futures.
+_in_done_callback: ContextVar[bool] = ContextVar("orchestr.done_callback", default=False)
 
 
 def _observe(record: TaskRunRecord) -> None:
@@ -728,13 +738,25 @@ def _stop_if_caller_cancelled() -> None:
     may look at its futures)."""
     task = task_run_var.get()
     run = flow_run_var.get()
-    if in_cleanup() or hook_var.get() is not None:
+    if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
     if task is not None and task.future is not None and task.future._final is not None:
         # This code's own run is final while its code still runs: it was abandoned.
         raise cancelled_error(task.record.name, "task run")
     if run is not None and run.cancel_requested:
         raise cancelled_error(run.record.name)
+
+
+def _in_hook(task: TaskRunContext | None, run: FlowRun | None) -> bool:
+    """Whether the calling code is a hook's (or retry condition's) own, or a task it
+    called inline; not a run it submitted (which copies the hook's context, but is a run
+    of its own)."""
+    hook = hook_var.get()
+    if hook is None or hook[1] is not run:
+        return False
+    while task is not None and task is not hook[0] and task.future is None:
+        task = task.caller  # an inline call: its caller's code, in the end
+    return task is hook[0]
 
 
 def _block(event: threading.Event, timeout: float | None, run: FlowRun | None) -> None:

@@ -463,3 +463,111 @@ def test_a_cancelled_block_keeps_its_cancellation_and_records_the_cleanup_error(
     assert "did not shut down cleanly" in repr(failed[0].error) + repr(
         getattr(failed[0].error, "__cause__", None)
     )
+
+
+# == code that is not the cancelled run's own keeps reading futures ==========================
+# The check behind the promise above (RunCancelled at the next wait of a cancelled run's
+# sync code) must not reach code that only runs in that run's thread or context.
+BOUND = 30.0  # seconds: waits that should end at once end by then
+def _reads(future: Any, seen: list[tuple[str, Any]]) -> None:
+    try:
+        seen.append(("ok", future.result()))
+    except BaseException as exc:
+        seen.append(("raised", type(exc).__name__))
+
+
+def test_a_done_callback_run_by_a_sync_tasks_thread_reads_its_future(backend: str) -> None:
+    """A done callback runs in the thread that finished the run (a sync task's worker,
+    still in that run's context): it is not the run's code, and reads the result."""
+    seen: list[tuple[str, Any]] = []
+    go = threading.Event()
+
+    @task
+    def slow(x: int) -> int:
+        assert go.wait(BOUND)
+        return x * 2
+
+    @flow
+    def main() -> int:
+        future = slow.submit(21)
+        future.add_done_callback(lambda f: _reads(f, seen))  # before it ends: its thread
+        go.set()
+        return future.result()
+
+    with override_settings(backend=backend):
+        assert main() == 42
+    assert seen == [("ok", 42)]
+
+
+def test_a_done_callback_of_a_run_that_ended_in_its_flows_grace_reads_it(backend: str) -> None:
+    """The flow run timed out, a sync task finished within the cancel grace: a done
+    callback run in the task's thread still reads its result."""
+    seen: list[tuple[str, Any]] = []
+    kept: list[Any] = []
+
+    @task
+    def work() -> str:
+        time.sleep(0.6)  # past the flow's 0.2 s timeout, within the 10 s grace
+        return "done"
+
+    @flow(timeout_seconds=0.2)
+    async def main() -> None:
+        kept.append(work.submit())
+        kept[0].add_done_callback(lambda f: _reads(f, seen))
+        await anyio.sleep(BOUND)
+
+    with override_settings(backend=backend, cancel_grace_seconds=10):
+        state = anyio.run(lambda: main(return_state=True), backend=backend)
+    assert state.name == "TimedOut"
+    assert kept[0].state.name == "Completed"
+    assert seen == [("ok", "done")]
+
+
+def test_a_run_submitted_from_a_hook_is_a_run_of_its_own(backend: str) -> None:
+    """Hooks are exempt from the check (they run on after their run and may read its
+    futures), but a task a hook submits is a run of its own: cancelled while its code
+    runs, its next wait raises RunCancelled, like one the flow submitted."""
+    seen: dict[str, tuple[str, Any]] = {}
+    futures: dict[str, Any] = {}
+    cancelled = threading.Event()
+    both_in = threading.Barrier(3)
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @task
+    def worker(name: str) -> None:
+        both_in.wait(BOUND)
+        assert cancelled.wait(BOUND)
+        out: list[tuple[str, Any]] = []
+        _reads(futures["quick"], out)
+        seen[name] = out[0]
+
+    def hook(task_: Any, record: Any, state: Any) -> None:
+        futures["from a hook"] = worker.submit("from a hook")
+
+    @task(on_running=[hook])
+    def starter() -> int:
+        return 0
+
+    @flow
+    def main() -> None:
+        futures["quick"] = quick.submit()
+        futures["quick"].result()
+        futures["from the flow"] = worker.submit("from the flow")
+        starter.submit().result()
+        both_in.wait(BOUND)
+        futures["from the flow"].cancel()
+        futures["from a hook"].cancel()
+        cancelled.set()
+        deadline = time.monotonic() + BOUND
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.005)
+
+    with override_settings(backend=backend, cancel_grace_seconds=0.1):
+        main()
+    assert seen == {
+        "from the flow": ("raised", "RunCancelled"),
+        "from a hook": ("raised", "RunCancelled"),
+    }

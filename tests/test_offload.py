@@ -428,9 +428,18 @@ def test_offloaded_code_reaches_its_loop_through_anyio_from_thread(run: Any, bac
         await anyio.lowlevel.checkpoint()
         return "from the loop"
 
+    def in_thread() -> str:
+        if backend == "asyncio":
+            anyio.from_thread.check_cancelled()  # never cancelled: its wait is shielded
+            return anyio.from_thread.run(on_loop)
+        return anyio.from_thread.run(on_loop, token=token)
+
+    token: Any = None
+
     async def main() -> str:
-        token = None if backend == "asyncio" else anyio.lowlevel.current_token()
-        return await _offload.run_sync(lambda: anyio.from_thread.run(on_loop, token=token))
+        nonlocal token
+        token = anyio.lowlevel.current_token()
+        return await _offload.run_sync(in_thread)
 
     assert run(main) == "from the loop"
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import copy_context
 from queue import Empty, Queue
 from typing import Any, TypeVar
@@ -113,18 +113,29 @@ def _limiter() -> anyio.CapacityLimiter:
 
 
 _claim: Any
+_anyio_locals: Any
 try:  # anyio's own marking of its worker threads (private, so guarded)
     from anyio._core._eventloop import claim_worker_thread as _claim
+    from anyio._core._eventloop import threadlocals as _anyio_locals
 except ImportError:  # pragma: no cover - an anyio without it: from_thread needs a token
-    _claim = None
+    _claim = _anyio_locals = None
 
 
-def _as_worker_thread(token: Any) -> AbstractContextManager[Any]:
+@contextmanager
+def _as_worker_thread(token: Any) -> Iterator[None]:
     """While a call runs: ``anyio.from_thread.run`` without a token reaches the calling
-    loop, as in anyio's worker threads (user code offloaded here may rely on it)."""
+    loop, and ``anyio.from_thread.check_cancelled()`` works (the call is never cancelled:
+    its wait is shielded, or abandoned), as in anyio's worker threads (user code
+    offloaded here may rely on them)."""
     if _claim is None or token is None:
-        return nullcontext()
-    return _claim(token.backend_class, token.native_token)  # type: ignore[no-any-return]
+        yield
+        return
+    with _claim(token.backend_class, token.native_token):
+        _anyio_locals.current_cancel_scope = None
+        try:
+            yield
+        finally:
+            del _anyio_locals.current_cancel_scope
 
 
 class _Threads:
