@@ -740,9 +740,12 @@ def _stop_if_caller_cancelled() -> None:
     run = flow_run_var.get()
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
-    if task is not None and task.future is not None and task.future._final is not None:
-        # This code's own run is final while its code still runs: it was abandoned.
-        raise cancelled_error(task.record.name, "task run")
+    if task is not None and task.record.is_final():
+        # This code's own run (submitted or called inline) is final while its code still
+        # runs: it was abandoned (cancelled, or timed out).
+        raise cancelled_error(
+            task.record.name, "task run", f"ended {task.record.state_name} while its code went on"
+        )
     if run is not None and run.cancel_requested:
         raise cancelled_error(run.record.name)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -469,6 +470,8 @@ def test_a_cancelled_block_keeps_its_cancellation_and_records_the_cleanup_error(
 # The check behind the promise above (RunCancelled at the next wait of a cancelled run's
 # sync code) must not reach code that only runs in that run's thread or context.
 BOUND = 30.0  # seconds: waits that should end at once end by then
+
+
 def _reads(future: Any, seen: list[tuple[str, Any]]) -> None:
     try:
         seen.append(("ok", future.result()))
@@ -571,3 +574,44 @@ def test_a_run_submitted_from_a_hook_is_a_run_of_its_own(backend: str) -> None:
         "from the flow": ("raised", "RunCancelled"),
         "from a hook": ("raised", "RunCancelled"),
     }
+
+
+@pytest.mark.parametrize("call", ["submitted", "inline"])
+def test_a_timed_out_sync_tasks_code_gets_run_cancelled_at_its_next_wait(
+    backend: str, call: str
+) -> None:
+    """signals-and-cancellation.md: a sync task "whose own run was cancelled or timed out
+    while its code goes on in its abandoned thread" gets RunCancelled at its next wait;
+    submitted or called inline (whose run has no future), and saying how it ended."""
+    seen: list[tuple[str, Any]] = []
+    futures: dict[str, Any] = {}
+    read = threading.Event()
+
+    @task
+    def quick() -> int:
+        return 1
+
+    @task(timeout_seconds=0.2)
+    def slow() -> None:
+        time.sleep(0.6)  # past its timeout: abandoned meanwhile
+        try:
+            seen.append(("ok", futures["quick"].result()))
+        except BaseException as exc:
+            seen.append(("raised", f"{type(exc).__name__}: {exc}"))
+        read.set()
+
+    @flow
+    def main() -> str:
+        futures["quick"] = quick.submit()
+        futures["quick"].result()
+        state = slow.submit().wait() if call == "submitted" else slow(return_state=True)
+        assert read.wait(BOUND)
+        return state.name
+
+    with override_settings(backend=backend):
+        assert main() == "TimedOut"
+    assert len(seen) == 1
+    assert seen[0][0] == "raised"
+    assert re.fullmatch(
+        r"RunCancelled: task run 'slow-\d+' ended TimedOut while its code went on", seen[0][1]
+    ), seen

@@ -407,7 +407,9 @@ def take_interrupt() -> BaseException | None:
     return exc
 
 
-def cancelled_error(run_name: str, what: str = "flow run") -> BaseException:
+def cancelled_error(
+    run_name: str, what: str = "flow run", how: str = "was cancelled"
+) -> BaseException:
     """What a blocking orchestr call raises in a thread whose flow run was cancelled: the
     interrupt waiting for this thread (a signal's exception, a timeout's RunCancelled),
     else RunCancelled. Either way the bodies running in this thread now count as
@@ -415,7 +417,7 @@ def cancelled_error(run_name: str, what: str = "flow run") -> BaseException:
     exc = take_interrupt()
     for body in _thread_bodies():
         body.interrupt_sent = True
-    return exc or RunCancelled(f"{what} {run_name!r} was cancelled")
+    return exc or RunCancelled(f"{what} {run_name!r} {how}")
 
 
 # -- other threads (cleanup watchdogs only) ----------------------------------------------------
