@@ -266,27 +266,25 @@ def third_signal(variant: str) -> None:
     def three() -> None:
         signals_later(signal.SIGINT, 0.2, 0.5, 0.8)
 
+    async def hangs(what: str) -> None:  # a connect or a disconnect that hangs
+        ending.journal.append(f"{what} started")
+        three()
+        try:
+            await anyio.sleep(HANG)
+        finally:
+            ending.journal.append(f"{what} stopped")
+
     @resource(name="db", cleanup_timeout=60)
     async def db() -> AsyncIterator[str]:
         if is_setup:
-            ending.journal.append("setup started")
-            three()
-            try:
-                await anyio.sleep(HANG)  # a connect that hangs
-            finally:
-                ending.journal.append("setup stopped")
+            await hangs("setup")
         try:
             yield "conn"
         finally:
-            if not is_setup:
-                ending.journal.append("cleanup started")
-                three()
-                try:
-                    await anyio.sleep(HANG)  # a disconnect that hangs
-                finally:
-                    ending.journal.append("cleanup stopped")
-            else:
+            if is_setup:
                 ending.journal.append("cleaned")
+            else:
+                await hangs("cleanup")
 
     @flow(**ending.hooks)
     async def async_main() -> None:

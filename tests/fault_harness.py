@@ -78,6 +78,7 @@ from fault_tasks import (
     read_journal,
     sync_work,
 )
+from process_state import holding_threads, wakeup_fd
 
 from orchestr import (
     FutureList,
@@ -860,19 +861,12 @@ class _ListHandler(logging.Handler):
 
 def _orchestr_threads() -> set[threading.Thread]:
     """orchestr's threads but its process-wide offload threads (each ends once idle for
-    10 s; ``_holding_threads`` checks that they cannot hold the interpreter)."""
+    10 s; ``holding_threads`` checks that they cannot hold the interpreter)."""
     return {
         t
         for t in threading.enumerate()
         if t.name.startswith("orchestr-") and not t.name.startswith(OFFLOAD_THREAD) and t.is_alive()
     }
-
-
-def _holding_threads() -> set[threading.Thread]:
-    """Threads that would keep the interpreter from exiting (not daemons), but the main
-    one: one of orchestr's left after a flow call would hang the exit if what was to stop
-    it never ran (a second Ctrl-C at the loop's end)."""
-    return {t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()}
 
 
 def _armed_watchdogs() -> list[threading.Timer]:
@@ -938,7 +932,7 @@ def _call_sync(rt: Runtime, outcome: Outcome) -> None:
 async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
     flw = _make_flow(rt, outcome)
     cancelled = anyio.get_cancelled_exc_class()
-    holding_before = _holding_threads()
+    holding_before = holding_threads()
     with anyio.move_on_after(guard.seconds - 1) as hang:
         started = time.perf_counter()
         try:
@@ -963,7 +957,7 @@ async def _call_async(rt: Runtime, outcome: Outcome, guard: _HangGuard) -> None:
             outcome.returned_at = time.perf_counter()
         outcome.elapsed = time.perf_counter() - started
         outcome.unfinished_at_return = _unfinished(rt, outcome)
-        outcome.holding_threads = sorted(t.name for t in _holding_threads() - holding_before)
+        outcome.holding_threads = sorted(t.name for t in holding_threads() - holding_before)
     if hang.cancelled_caught:
         guard.fired = True
         raise HangError("hang: the async flow call did not return within the watchdog")
@@ -1024,7 +1018,7 @@ def _run_plan(
     signals_before = (
         signal.getsignal(signal.SIGINT),
         signal.getsignal(signal.SIGTERM),
-        _wakeup_fd(),
+        wakeup_fd(),
     )
     handler = _ListHandler()
     logger = logging.getLogger("orchestr")
@@ -1095,7 +1089,7 @@ def _run_plan(
     signals_after = (
         signal.getsignal(signal.SIGINT),
         signal.getsignal(signal.SIGTERM),
-        _wakeup_fd(),
+        wakeup_fd(),
     )
     if signals_after != signals_before:
         outcome.signals_changed = (
@@ -1106,17 +1100,6 @@ def _run_plan(
         if signals_before[2] is not None:
             signal.set_wakeup_fd(signals_before[2])
     Checker(rt, outcome, handler.records).check()
-
-
-def _wakeup_fd() -> int | None:
-    """The signal wakeup fd (-1: none), read by setting it back; None outside the main
-    thread, where it cannot be read."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    fd = signal.set_wakeup_fd(-1)
-    if fd != -1:
-        signal.set_wakeup_fd(fd)
-    return fd
 
 
 # -- checking --------------------------------------------------------------------------------

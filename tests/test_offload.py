@@ -26,6 +26,7 @@ import anyio
 import pytest
 import shared_tasks as st
 import sniffio
+from process_state import holding_threads
 
 from orchestr import Pool, flow, per_worker_resource
 from orchestr._engine import _offload
@@ -33,12 +34,6 @@ from orchestr.runners import ProcessPoolTaskRunner
 from orchestr.testing import PicklingTaskRunner
 
 BOUND = 30.0  # seconds: waits that should end at once end by then
-
-
-def holding_threads() -> set[threading.Thread]:
-    """Threads that would keep the interpreter from exiting (not daemons), but the main
-    one."""
-    return {t for t in threading.enumerate() if not t.daemon and t is not threading.main_thread()}
 
 
 # -- every path where orchestr awaits a blocking call ---------------------------------------

@@ -28,6 +28,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from process_state import wakeup_fd
 
 from orchestr import flow, resource, task, unmapped
 from orchestr._engine import _interrupts
@@ -50,15 +51,7 @@ def on_uvloop() -> None:
     assert isinstance(loop, uvloop.Loop), f"running on {type(loop).__name__}"
 
 
-def wakeup_fd() -> int:
-    """The signal wakeup fd (-1: none), read by setting it back (main thread only)."""
-    fd = signal.set_wakeup_fd(-1)
-    if fd != -1:
-        signal.set_wakeup_fd(fd, warn_on_full_buffer=False)  # (as uvloop sets it)
-    return fd
-
-
-def signal_state() -> tuple[Any, Any, int]:
+def signal_state() -> tuple[Any, Any, int | None]:
     return signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM), wakeup_fd()
 
 
