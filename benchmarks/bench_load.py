@@ -15,9 +15,11 @@ recorded, on the default runners and on ``ProcessPoolTaskRunner`` and a 2-worker
 - whether the run history holds every flow run and task run, Completed (SQLite count);
 - a raw baseline where one makes sense (an anyio task group, a ``ThreadPoolExecutor``),
   so that a slope shared with the primitive is told apart from orchestr's own;
-- the ratio of time per unit at the largest size to that at the smallest, on CPU time
-  (the linearity verdict: <= 1.10x for the task curve, informational for the other
-  shapes), with the wall-time ratio beside it; where there is a raw baseline, also the
+- the ratio of time per unit at the largest size to that at the smallest, on CPU time,
+  two ways: the best run of each size, and each round's pair (largest against smallest,
+  run back to back) with the pairs' median, the linearity verdict when there are three
+  rounds or more (<= 1.10x for the task curve, informational for the other shapes);
+  the wall-time ratio beside it; where there is a raw baseline, also the
   ratio of orchestr's own time per unit (its run less the raw baseline's, wall time,
   both in the same child): the primitive's own growth with the flow's size (an event
   loop holding 100,000 coroutines) taken out.
@@ -559,13 +561,16 @@ def series(
     )
     ok = True
     runs: dict[int, list[dict[str, Any]]] = {n: [] for n in sizes}
+    rounds: list[dict[int, dict[str, Any]]] = []
     for round_ in range(opts.repeat):  # sizes interleaved: see the module docstring
+        rounds.append({})
         for n in sizes:
             result = measure(shape, n, runner, opts, address, opts.tracemalloc and round_ == 0)
             if result is None:
                 ok = False
             else:
                 runs[n].append(result)
+                rounds[-1][n] = result
     results: list[dict[str, Any]] = []
     for n, measured in runs.items():
         if not measured:
@@ -588,11 +593,6 @@ def series(
         cpu = [r["cpu"] / units(shape, r, r["n"]) for r in (first, last)]
         # On CPU time (all threads): on a shared machine, wall time measures the machine.
         ratio = cpu[1] / cpu[0]
-        verdict = (
-            ""
-            if limit is None
-            else (" PASS" if ratio <= limit else " FAIL") + f" (<= {limit:.2f}x)"
-        )
         raw = own = ""
         if "raw_wall" in first and "raw_wall" in last:  # the primitive's own slope
             slope = (last["raw_wall"] / last["n"]) / (first["raw_wall"] / first["n"])
@@ -606,9 +606,33 @@ def series(
                 f"\n    orchestr's own time (run alone less raw): {extra[0] * 1e6:.1f} -> "
                 f"{extra[1] * 1e6:.1f} us/unit, {extra[1] / extra[0]:.2f}x"
             )
+        # Paired rounds: each round's largest size against its own smallest, measured a
+        # few seconds apart, so that the machine's drift over minutes falls out of each
+        # ratio; their median is the verdict when there are three rounds or more (the
+        # best of each size alone may pair a fast minute with a slow one).
+        paired = sorted(
+            (got[last["n"]]["cpu"] / units(shape, got[last["n"]], last["n"]))
+            / (got[first["n"]]["cpu"] / units(shape, got[first["n"]], first["n"]))
+            for got in rounds
+            if first["n"] in got and last["n"] in got
+        )
+        median = paired[len(paired) // 2] if len(paired) % 2 else None
+        if median is None and paired:
+            median = (paired[len(paired) // 2 - 1] + paired[len(paired) // 2]) / 2
+        by_pairs = median is not None and len(paired) >= 3
+        judged = median if by_pairs and median is not None else ratio
+        verdict = (
+            ""
+            if limit is None
+            else (" PASS" if judged <= limit else " FAIL")
+            + f" (<= {limit:.2f}x, {'paired median' if by_pairs else 'best of each'})"
+        )
         print(
-            f"    time per unit at n={last['n']:,} / at n={first['n']:,}: {ratio:.2f}x cpu"
-            f"{verdict}, {per[1] / per[0]:.2f}x wall{raw}{own}",
+            f"    time per unit at n={last['n']:,} / at n={first['n']:,}: best of each "
+            f"{ratio:.2f}x cpu, {per[1] / per[0]:.2f}x wall; paired rounds "
+            f"{', '.join(f'{r:.2f}' for r in paired)}x cpu"
+            + (f", median {median:.2f}x" if median is not None else "")
+            + f"{verdict}{raw}{own}",
             flush=True,
         )
     return results, ok
