@@ -642,8 +642,8 @@ def test_hook_decorators_refuse_non_callables(decorator: Any) -> None:
 
 # -- what hook code may call: in the hook's own convention ------------------------------------
 # An async hook is async code, whatever its run (it awaits the task and flow calls it
-# makes); a sync hook is sync code (its calls return values), on the flow's loop thread
-# or in a worker thread alike. Each call below comes back with its value.
+# makes); a sync hook is sync code (its calls return values, async tasks and flows
+# included), whatever its run. Each call below comes back with its value.
 @flow
 async def _async_subflow(x: Any) -> Any:
     return await async_value(x)
@@ -654,14 +654,22 @@ def _sync_subflow(x: Any) -> Any:
     return sync_value(x)
 
 
-def _calling_hooks(seen: list[Any]) -> tuple[Any, Any]:
+def _calling_hooks(seen: list[Any], on_loop_thread: bool = False) -> tuple[Any, Any]:
     def sync_hook(owner: Any, record: Any, state: Any) -> None:
-        seen.append(("sync", sync_value(1), _sync_subflow(2)))
+        if on_loop_thread:  # where its sync task runs: it cannot wait for the loop
+            seen.append(("sync", sync_value(1), _sync_subflow(2), 3, 4))
+            return
+        # Async callees too: a sync hook of an async run ran on the loop thread, where
+        # calling them raised BlockingCallError.
+        seen.append(("sync", sync_value(1), _sync_subflow(2), async_value(3), _async_subflow(4)))
 
     async def async_hook(owner: Any, record: Any, state: Any) -> None:
         seen.append(("async", await async_value(1), await _async_subflow(2)))
 
     return sync_hook, async_hook
+
+
+_EXPECTED_CALLS = {"sync": ("sync", 1, 2, 3, 4), "async": ("async", 1, 2)}
 
 
 @pytest.mark.timeout(60)
@@ -676,7 +684,9 @@ def test_a_task_hook_calls_tasks_and_subflows_in_its_own_convention(
     flows: an async hook of a sync task awaited an int (TypeError), and one of a sync
     task called inline from async code deadlocked its flow's loop."""
     seen: list[Any] = []
-    sync_hook, async_hook = _calling_hooks(seen)
+    # A sync task called inline from async code runs on the loop's thread, hooks too.
+    on_loop_thread = flow_kind == "async" and how == "inline" and task_kind == "sync"
+    sync_hook, async_hook = _calling_hooks(seen, on_loop_thread)
     hook = sync_hook if hook_kind == "sync" else async_hook
     hooked = (sync_value if task_kind == "sync" else async_value).with_options(on_completion=[hook])
 
@@ -699,7 +709,7 @@ def test_a_task_hook_calls_tasks_and_subflows_in_its_own_convention(
         with override_settings(backend=backend):
             result = sync_main()
     assert result == 5
-    assert seen == [(hook_kind, 1, 2)]
+    assert seen == [_EXPECTED_CALLS[hook_kind]]
 
 
 @pytest.mark.timeout(60)
@@ -728,4 +738,53 @@ def test_a_flow_hook_calls_tasks_and_subflows_in_its_own_convention(
         with override_settings(backend=backend):
             result = sync_main()
     assert result == 5
-    assert seen == [(hook_kind, 1, 2)]
+    assert seen == [_EXPECTED_CALLS[hook_kind]]
+
+
+@pytest.mark.timeout(60)
+def test_sync_hooks_and_conditions_of_async_runs_block_without_stalling_the_loop(
+    backend: str,
+) -> None:
+    """A sync on_running / on_completion hook and retry condition of an async task, and
+    a sync hook of an async flow, wait on runs that need the flow's loop (a submitted
+    run's result, an async task called inline): they are not on that loop's thread."""
+    seen: list[Any] = []
+    loop_threads: list[int] = []
+
+    def waits(label: str) -> Any:
+        def sync_hook(owner: Any, record: Any, state: Any) -> bool:
+            submitted = async_value.submit(10) if isinstance(record, TaskRunRecord) else None
+            got = submitted.result(timeout=WAIT_HOOKS) if submitted is not None else None
+            seen.append((label, got, async_value(20), threading.get_ident() in loop_threads))
+            return True
+
+        return sync_hook
+
+    attempts: list[int] = []
+
+    @task(
+        retries=1,
+        retry_condition_fn=waits("condition"),
+        on_running=[waits("running")],
+        on_completion=[waits("completed")],
+    )
+    async def flaky() -> int:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt")
+        return 5
+
+    @flow(on_completion=[waits("flow completed")])
+    async def main() -> int:
+        loop_threads.append(threading.get_ident())
+        with anyio.fail_after(WAIT_HOOKS):
+            return await flaky.submit()
+
+    assert anyio.run(main, backend=backend) == 5
+    assert seen == [
+        ("running", 10, 20, False),
+        ("condition", 10, 20, False),
+        ("running", 10, 20, False),
+        ("completed", 10, 20, False),
+        ("flow completed", None, 20, False),
+    ]

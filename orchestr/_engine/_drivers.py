@@ -23,12 +23,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 
 from .._checks import amounts
+from .._definitions import _is_async
 from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from .._logging import log_prints_var
 from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity, expect_start, forget_start
 from ._context import flow_run_var, hook_var, task_run_var
+from . import _offload as offload
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import LoopHandle, awaited, run_new_loop
 
@@ -226,10 +228,17 @@ class AsyncDriver:
         await anyio.sleep(seconds)
 
     async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
-        """Call a hook or retry condition, sync or async; return what it returned."""
+        """Call a hook or retry condition, sync or async; return what it returned.
+
+        An async one is awaited here. A sync one is sync code, which may block (call an
+        async task, wait on a future): it runs in one of orchestr's threads, never on the
+        loop that runs what it waits for."""
         with _hook_code() as turned_async:
-            outcome = hook(*args)
-            if inspect.isawaitable(outcome):
+            if _is_async(hook):
+                turned_async()
+                return await hook(*args)
+            outcome = await offload.run_sync(hook, *args)
+            if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
                 turned_async()
                 outcome = await outcome
             return outcome
