@@ -44,7 +44,13 @@ def bind(
     renamed = signature.replace(
         parameters=[p.replace(name=hidden[p.name]) if p.name in hidden else p for p in parameters]
     )
-    bound = renamed.bind(*args, **kwargs)
     real = {new: old for old, new in hidden.items()}
+    try:
+        bound = renamed.bind(*args, **kwargs)
+    except TypeError as exc:  # it names the parameter as the user wrote it
+        text = str(exc)
+        for new, old in real.items():
+            text = text.replace(repr(new), repr(old))
+        raise TypeError(text) from None
     arguments = {real.get(name, name): value for name, value in bound.arguments.items()}
     return inspect.BoundArguments(signature, arguments)  # type: ignore[arg-type]

@@ -673,6 +673,14 @@ WRONG_CALLS: dict[str, tuple[str, Args, Kwargs, tuple[str, ...]]] = {
     "positional-only by keyword": ("positional-only", (), {"a": 1}, ("positional", "'a'")),
     "given twice": ("positional", (1,), {"a": 2}, ("multiple values for argument 'a'",)),
     "argument to no parameters": ("no-parameters", (1,), {}, ("too many positional",)),
+    # Positional-only 'a' given only by keyword, which **extra takes: 'a' is missing (the
+    # message named the stand-in that the gh-87106 work-around binds against).
+    "positional-only missing beside **kwargs": (
+        "mixed",
+        (),
+        {"a": 1, "k": 2},
+        ("missing a required", "'a'"),
+    ),
 }
 
 

@@ -352,3 +352,50 @@ def test_a_flow_returning_user_made_states_ends_in_them(run: Any) -> None:
     assert "bad input" in str(failed.exception)
     assert cancelled.is_cancelled()
     assert cancelled.record.name in str(cancelled.exception)
+
+
+@pytest.mark.parametrize("returned", [Failed, Crashed])
+@pytest.mark.parametrize("kind", ["sync", "async", "async subflow"])
+def test_a_flow_returning_failed_or_crashed_fails_like_a_raise_and_is_retried(
+    backend: str, kind: str, returned: Any
+) -> None:
+    """Failed(error) or Crashed(error) returned by a flow: Failed with that error, as if
+    it had raised it (a flow returning Crashed ended Crashed, with no retry and its
+    on_crashed hooks in place of on_failure)."""
+    attempts: list[int] = []
+    hooks: list[tuple[str, str]] = []
+    error = KeyError("k")
+    options: dict[str, Any] = {
+        "retries": 1,
+        "on_failure": [lambda f, r, s: hooks.append(("on_failure", s.name))],
+        "on_crashed": [lambda f, r, s: hooks.append(("on_crashed", s.name))],
+    }
+
+    @flow(**options)
+    def sync_main() -> State[Any]:
+        attempts.append(1)
+        return returned(error)
+
+    @flow(**options)
+    async def async_main() -> State[Any]:
+        attempts.append(1)
+        return returned(error)
+
+    seen: list[State[Any]] = []
+
+    @flow
+    async def parent() -> None:
+        seen.append(await async_main(return_state=True))  # observed: the parent completes
+
+    if kind == "sync":
+        state = sync_flow(backend, lambda: sync_main(return_state=True))
+    elif kind == "async":
+        state = anyio.run(lambda: async_main(return_state=True), backend=backend)
+    else:
+        anyio.run(parent, backend=backend)
+        [state] = seen
+    assert state.type is StateType.FAILED
+    assert state.name == "Failed"
+    assert state.exception is error
+    assert len(attempts) == 2
+    assert hooks == [("on_failure", "Failed")]
