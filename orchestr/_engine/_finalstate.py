@@ -112,7 +112,8 @@ def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
         only = states[0]
         if only.is_completed():
             return State(StateType.COMPLETED, message=only.message, data=only._data, record=record)
-        kind, name = only.type, only.name
+        kind = only.type
+        name: str | None = only.name
         if kind is StateType.CRASHED and only.record is None:
             # A Crashed state the flow made itself (not a run's): as if it had raised its
             # error, as a task's would (retries, on_failure hooks).
