@@ -12,7 +12,6 @@ keeping a sync twin of it.
 from __future__ import annotations
 
 import inspect
-import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
@@ -26,11 +25,12 @@ from .._checks import amounts
 from .._definitions import _is_async
 from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
+from .._loaded import loaded
 from .._logging import log_prints_var
 from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity, expect_start, forget_start
-from ._context import flow_run_var, hook_var, task_run_var
 from . import _offload as offload
+from ._context import flow_run_var, hook_var, task_run_var
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import LoopHandle, awaited, run_new_loop
 
@@ -119,9 +119,9 @@ def task_call(
     named = f"{record.task_name}-{record.index}" + (f"-{given}" if given else "")
     key = f"{named}-{record.id.hex[:8]}-a{record.attempts}"
     resources = task.worker_resources
-    annotations = sys.modules.get("dask.base")
-    if annotations is not None:  # dask.annotate(resources=...) around the .submit()
-        annotated = annotations.get_annotations().get("resources")
+    get_annotations = loaded("dask.base", "get_annotations")
+    if get_annotations is not None:  # dask.annotate(resources=...) around the .submit()
+        annotated = get_annotations().get("resources")
         if annotated is not None:
             resources = {**(resources or {}), **_annotated(annotated, task, key)}
     # An async call runs far away on the same kind of event loop as its flow's.

@@ -9,9 +9,9 @@ all of them), and otherwise Completed with the return value. No failure is silen
 from __future__ import annotations
 
 import signal
-import sys
 from typing import TYPE_CHECKING, Any, Literal
 
+from .._loaded import loaded
 from .._tracebacks import hide_frames
 from ..exceptions import (
     CrashedError,
@@ -206,8 +206,8 @@ def _is_the_stop(exc: BaseException | None) -> bool:
         return True
     # The event loops' cancellations, looked up only where loaded (import orchestr
     # loads neither asyncio nor trio).
-    asyncio = sys.modules.get("asyncio")
-    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+    cancelled = loaded("asyncio", "CancelledError")
+    if cancelled is not None and isinstance(exc, cancelled):
         return True
-    trio = sys.modules.get("trio")
-    return trio is not None and isinstance(exc, trio.Cancelled)
+    cancelled = loaded("trio", "Cancelled")
+    return cancelled is not None and isinstance(exc, cancelled)

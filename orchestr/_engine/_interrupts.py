@@ -55,6 +55,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import anyio
 
+from .._loaded import loaded
 from ..exceptions import RunCancelled, Terminated
 
 if TYPE_CHECKING:
@@ -568,11 +569,11 @@ def _own_wakeup_fd(loop_here: bool) -> None:
     handled, only later in the rare case it is for)."""
     if not _can_wake:  # (Windows: no SIGURG; asyncio's loop there cannot watch sockets)
         return
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
+    trio = loaded("trio", "lowlevel")
+    if trio is not None and trio.in_trio_run():
         return  # trio's own is set (and setting it back would lose its options)
-    asyncio = sys.modules.get("asyncio")
-    loop = asyncio._get_running_loop() if loop_here and asyncio is not None else None
+    running_loop = loaded("asyncio", "_get_running_loop")
+    loop = running_loop() if loop_here and running_loop is not None else None
     try:
         # An asyncio selector loop's self-pipe, as asyncio's own signal handling uses
         # it: the loop wakes on the byte and ignores it (~2 us; a socket pair watched by

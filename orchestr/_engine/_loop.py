@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import anyio
 import anyio.lowlevel
 
+from .._loaded import loaded
 from ..exceptions import RunCancelled
 from ._context import flow_run_var, hook_var, remote_call_var, task_run_var
 from ._interrupts import cancelled_error, wait_event
@@ -145,13 +146,13 @@ _current_handle = _CurrentHandle()
 
 def _running_native() -> object:
     """The running asyncio loop or TrioToken of this thread (None if neither)."""
-    asyncio = sys.modules.get("asyncio")
-    loop = asyncio._get_running_loop() if asyncio is not None else None
+    running_loop = loaded("asyncio", "_get_running_loop")
+    loop = running_loop() if running_loop is not None else None
     if loop is not None:
         return loop
-    trio = sys.modules.get("trio")
-    if trio is not None and trio.lowlevel.in_trio_run():
-        return trio.lowlevel.current_trio_token()
+    trio = loaded("trio", "lowlevel")
+    if trio is not None and trio.in_trio_run():
+        return trio.current_trio_token()
     return None
 
 

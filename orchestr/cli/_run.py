@@ -23,6 +23,7 @@ from rich.text import Text
 
 from .._engine._loop import run_fresh_loop
 from .._engine._transitions import observe
+from .._loaded import loaded
 from .._logging import _FORMAT, ConsoleFormatter
 from .._tracebacks import trim_summary
 from ..exceptions import Terminated
@@ -85,8 +86,8 @@ def execute(
             except BaseException as exc:
                 # The flow's own task cancelled from inside it (asyncio's CancelledError
                 # out of the loop): the run is recorded Cancelled, and that is the outcome.
-                asyncio = sys.modules.get("asyncio")
-                if asyncio is None or not isinstance(exc, asyncio.CancelledError):
+                cancelled = loaded("asyncio", "CancelledError")
+                if cancelled is None or not isinstance(exc, cancelled):
                     raise
     finally:
         stop_observing()
