@@ -29,6 +29,12 @@ SECRET_NAMES = [
     "client_secret",
     "adminpassword",
     "account_key",
+    # Plurals name secrets too (cookies was stored in clear).
+    "cookies",
+    "session_cookies",
+    "passwords",
+    "api_keys",
+    "apiKeys",
 ]
 ORDINARY_NAMES = [
     "passenger_count",
@@ -39,6 +45,8 @@ ORDINARY_NAMES = [
     "author",
     "pass_rate",
     "pass_through",
+    "passengers",
+    "keys",
 ]
 
 SECRET_VALUES = {

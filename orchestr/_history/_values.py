@@ -105,6 +105,8 @@ _SECRET_PAIRS = frozenset(
         ("client", "secret"),
     }
 )
+# Words whose plural (with an "s") is a secret's name too.
+_PLURALS = frozenset({w for w in _SECRET_WORDS if not w.endswith("s")} | {"key"}) - {"token"}
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
 # One word ending so is a secret's name too (``adminpassword``, ``GITHUBTOKEN``): a name
@@ -123,9 +125,9 @@ _SECRET_TYPES = frozenset({"SecretStr", "SecretBytes", "Secret"})
 
 def is_secret_name(name: str) -> bool:
     """Whether a value called ``name`` should be masked (``db_password``, ``db_pass``,
-    ``apiKey``, ``GITHUB_TOKEN``, ``bearer``; not ``max_tokens``, ``author``,
-    ``passenger_count`` or ``bypass``)."""
-    words = [w.lower() for w in _WORD.findall(name)]
+    ``apiKey``, ``GITHUB_TOKEN``, ``bearer``, ``cookies``, ``api_keys``; not
+    ``max_tokens``, ``author``, ``passenger_count`` or ``bypass``)."""
+    words = [_singular(w.lower()) for w in _WORD.findall(name)]
     if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words):
         return True
     # "pass" names a secret as the last word only (db_pass, adminPass; not pass_rate,
@@ -133,6 +135,16 @@ def is_secret_name(name: str) -> bool:
     if words and words[-1] == "pass":
         return True
     return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
+def _singular(word: str) -> str:
+    # A plural names the same secrets (cookies, passwords, api_keys), except "tokens":
+    # max_tokens is a model's limit, not a secret.
+    if word.endswith("ies") and word[:-3] + "ie" in _SECRET_WORDS:
+        return word[:-1]
+    if word.endswith("s") and word != "tokens" and word[:-1] in _PLURALS:
+        return word[:-1]
+    return word
 
 
 def mask_url(text: str) -> str:
