@@ -404,22 +404,62 @@ def test_downstream_of_a_failed_upstream_is_not_run(
     assert flow_state.is_completed(), flow_state
 
 
-def test_not_run_for_an_upstream_that_already_failed(run: Any) -> None:
-    """A downstream submitted after its upstream already failed is NotRun at once."""
-    seen: dict[str, Any] = {}
+@pytest.mark.parametrize("flow_kind", ["async", "sync"])
+def test_not_run_for_an_upstream_that_already_failed(backend: str, flow_kind: str) -> None:
+    """A downstream submitted after its upstream already failed is NotRun at once (done
+    when .submit() returns), sync or async, however it names the upstream: an argument,
+    wait_for, the upstream's State, a .map() element. (An async one was Pending until
+    the dispatcher had its turn on the loop.)"""
+    seen: list[tuple[str, bool, str, bool]] = []
 
-    @flow
-    async def main() -> None:
-        up = sync_fails.submit("early")
-        seen["up"] = up.name
-        with anyio.fail_after(WAIT):
-            await up.wait()
-            down = sync_echo.submit(up)
-            seen["state"] = await down.wait()
+    def submit_after(up: Any) -> list[Any]:
+        downs = []
+        for downstream in (sync_value, async_value):
+            for form, call in (
+                ("argument", lambda d=downstream: d.submit(up)),
+                ("wait_for", lambda d=downstream: d.submit(1, wait_for=[up])),
+                ("state", lambda d=downstream: d.submit(up.state)),
+                ("map", lambda d=downstream: d.map([up])[0]),
+            ):
+                down = call()
+                seen.append((downstream.name, down.done(), form, True))
+                downs.append(down)
+        return downs
 
-    run(main)
-    assert seen["state"].is_not_run()
-    assert repr(seen["up"]) in str(seen["state"].exception)
+    def check(up: Any, downs: list[Any]) -> None:
+        for down, row in zip(downs, seen, strict=True):
+            state = down.state
+            ok = state.is_not_run() and repr(up.name) in str(state.exception)
+            seen[seen.index(row)] = (*row[:3], ok)
+
+    if flow_kind == "async":
+
+        @flow
+        async def main() -> None:
+            up = sync_fails.submit("early")
+            with anyio.fail_after(WAIT):
+                await up.wait()
+                downs = submit_after(up)
+                await orchestr.wait(downs)
+            check(up, downs)
+
+        anyio.run(main, backend=backend)
+    else:
+
+        @flow
+        def sync_main() -> None:
+            up = sync_fails.submit("early")
+            up.wait(timeout=WAIT)
+            downs = submit_after(up)
+            orchestr.wait(downs, timeout=WAIT)
+            check(up, downs)
+
+        with override_settings(backend=backend):
+            sync_main()
+    forms = ("argument", "wait_for", "state", "map")
+    assert seen == [
+        (name, True, form, True) for name in ("sync_value", "async_value") for form in forms
+    ]
 
 
 def test_not_run_propagates_down_a_chain(run: Any) -> None:

@@ -307,17 +307,20 @@ def _dispatch(
     kwargs: dict[str, Any],
     upstreams: Dependencies,
 ) -> None:
+    settled = not upstreams or all(f._final is not None for f, _ in upstreams)
+    if settled and upstreams.needs_resolving:
+        # An upstream that already did not complete: NotRun at once, whatever the task's
+        # kind (the docs' promise; an async one waited for the dispatcher to say so).
+        record = future._record
+        blocked = not_completed_upstream(record, upstreams)
+        if blocked is not None:
+            run.finish(future, not_run_state(record, blocked))
+            return
     context = submission_context(run)
     runner = run.runner
-    if _whole_run_in_thread(task, future._record.tags, runner) and (
-        not upstreams or all(f._final is not None for f, _ in upstreams)
-    ):
+    if settled and _whole_run_in_thread(task, future._record.tags, runner):
         if upstreams.needs_resolving:
             record = future._record
-            blocked = not_completed_upstream(record, upstreams)
-            if blocked is not None:
-                run.finish(future, not_run_state(record, blocked))
-                return
             args, kwargs, failed = _resolved(record, args, kwargs, upstreams)
             if failed is not None:
                 run.finish(future, failed)
