@@ -738,16 +738,34 @@ def _stop_if_caller_cancelled() -> None:
     may look at its futures)."""
     task = task_run_var.get()
     run = flow_run_var.get()
+    # This code's own run (submitted or called inline) final while its code still runs:
+    # it was abandoned (cancelled, or timed out).
+    abandoned = task is not None and task.record.is_final()
+    if not abandoned and (run is None or not run.cancel_requested):
+        return  # (the usual case: first, and cheap)
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
-    if task is not None and task.record.is_final():
-        # This code's own run (submitted or called inline) is final while its code still
-        # runs: it was abandoned (cancelled, or timed out).
+    if task is not None and abandoned:
         raise cancelled_error(
             task.record.name, "task run", f"ended {task.record.state_name} while its code went on"
         )
-    if run is not None and run.cancel_requested:
+    if run is not None:
         raise cancelled_error(run.record.name)
+
+
+def _stop_if_sync_caller_cancelled() -> None:
+    """At a call into orchestr that starts a run (a submit, an inline task or subflow
+    call): :func:`_stop_if_caller_cancelled` for sync code off the loop (a sync flow
+    body, a sync task in a thread), which nothing else stops (the docs promise it
+    RunCancelled at its next call into orchestr). Async code, and sync code called
+    inline on the loop, are cancelled at the loop's next checkpoint instead."""
+    run = flow_run_var.get()
+    task = task_run_var.get()
+    if (run is None or not run.cancel_requested) and (task is None or not task.record.is_final()):
+        return
+    if run is not None and run.loop is not None and run.loop.on_loop_thread():
+        return
+    _stop_if_caller_cancelled()
 
 
 def _in_hook(task: TaskRunContext | None, run: FlowRun | None) -> bool:

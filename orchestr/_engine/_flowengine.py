@@ -43,6 +43,7 @@ from ..exceptions import (
     TaskRunCancelledError,
     UsageError,
 )
+from ..futures import _stop_if_sync_caller_cancelled
 from ..resources._worker_cleanup import end_worker_resources, with_cleanup_errors
 from ..runners._pool import lending_worker
 from ..settings import get_settings
@@ -141,6 +142,7 @@ def run_async_flow_from_sync(
     parent = flow_run_var.get()
     if parent is None and outside_any_run():
         return unawaited(run_flow_async(flow, args, kwargs, return_state), f"flow {flow.name!r}")
+    _stop_if_sync_caller_cancelled()
     if parent is None or parent.closed or parent.loop is None:
         # Sync code of a run with no flow run here to join (a sync task called outside
         # flows, a call on a worker): a loop of its own, to the end.
@@ -163,6 +165,7 @@ def run_async_flow_from_sync(
 def run_flow_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
+    _stop_if_sync_caller_cancelled()
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     parent = run.parent
     if parent is not None and parent.loop is not None and parent.loop.on_loop_thread():
