@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._engine._context import flow_run_var, remote_call_var, task_run_var
 from ._history._values import masked_repr
-from ._tracebacks import chain_of, claim, origin_of, trim_summary
+from ._tracebacks import chain_of, claim, far_frames, origin_of, trim_summary
 from .exceptions import ParameterValidationError
 from .records import FlowRunRecord, RunRecord, TaskRunRecord
 from .states import State, StateType, _describe
@@ -231,7 +231,7 @@ class ConsoleFormatter(logging.Formatter):
         if value is None:
             return super().formatException(ei)
         summary = traceback.TracebackException(exc_type, value, tb, compact=True)
-        return "".join(trim_summary(summary).format()).rstrip("\n")
+        return "".join(trim_summary(summary, value).format()).rstrip("\n")
 
 
 # -- the lines a flow run logs at its start and end ----------------------------------------
@@ -342,7 +342,10 @@ def _one_line(text: str, most: int = 200) -> str:
 
 
 def _has_traceback(error: BaseException) -> bool:
-    return any(exc.__traceback__ is not None for exc in chain_of(error))
+    # One raised far away has none here (orchestr's re-raise, hidden): its note shows it.
+    return any(
+        exc.__traceback__ is not None or far_frames(exc) is not None for exc in chain_of(error)
+    )
 
 
 def _news(error: BaseException, label: str) -> bool:

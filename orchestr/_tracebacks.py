@@ -11,7 +11,12 @@ errors it records and re-raises, and from the tracebacks its console handler pri
   ``__context__``, the members of an exception group), each trimmed the same way;
 * an error raised *inside* orchestr's frames that is not an :class:`OrchestrError` (a bug
   in orchestr, or a call that does not fit the function's signature) keeps the frames
-  where it was raised, after the last frame of the user's.
+  where it was raised, after the last frame of the user's;
+* an error raised far away (in a worker process) is trimmed there, before it is sent
+  (:func:`keep_far_frames`): its traceback does not travel, so it keeps the frames it
+  has there, as plain data (:func:`far_frames`). At home orchestr re-raises it on
+  purpose (a runner's ``Outcome.result()``), so none of orchestr's frames there is where
+  it was raised: all of them are hidden.
 
 ``ORCHESTR_FULL_TRACEBACKS=1`` in the environment keeps every frame (for debugging
 orchestr itself).
@@ -26,16 +31,29 @@ from __future__ import annotations
 
 import os
 import traceback
-from types import TracebackType
+from types import CodeType, TracebackType
 from typing import Any
 
 from .exceptions import _ORIGIN_ATTRIBUTE, OrchestrError, RunCancelled
 
-__all__ = ["chain_of", "claim", "hide_frames", "is_internal_file", "origin_of", "trim_summary"]
+__all__ = [
+    "chain_of",
+    "claim",
+    "far_frames",
+    "hide_frames",
+    "is_internal_file",
+    "keep_far_frames",
+    "origin_of",
+    "start_at",
+    "trim_summary",
+]
 
 # Where orchestr's modules live, spelled as their code objects spell it.
 _PACKAGE_DIR = os.path.join(os.path.dirname(__file__), "")
 _ORIGIN = _ORIGIN_ATTRIBUTE
+# Where an error raised far away keeps the frames it had there (see keep_far_frames): in
+# its __dict__, which pickles along with it.
+_FAR_FRAMES = "_orchestr_far_frames"
 
 
 def is_internal_file(filename: str) -> bool:
@@ -50,8 +68,13 @@ def _full() -> bool:
 def _keeps_raise_site(error: BaseException) -> bool:
     # orchestr raises OrchestrErrors (and RunCancelled, its interrupt) on purpose, with
     # messages that say what went wrong; anything else raised in its frames needs the
-    # frames to be understood.
-    return not isinstance(error, (OrchestrError, RunCancelled))
+    # frames to be understood. Not one raised far away, which orchestr's frames here only
+    # re-raise (its frames there were trimmed there, by this same rule).
+    return not isinstance(error, (OrchestrError, RunCancelled)) and not _raised_far(error)
+
+
+def _raised_far(error: BaseException) -> bool:
+    return getattr(error, _FAR_FRAMES, None) is not None
 
 
 def _trimmed(tb: TracebackType | None, keep_tail: bool) -> TracebackType | None:
@@ -109,6 +132,56 @@ def hide_frames(error: BaseException) -> BaseException:
     return error
 
 
+def start_at(error: BaseException, code: CodeType) -> None:
+    """Drop the frames of ``error``'s traceback before the first that runs ``code``: the
+    machinery that orchestr's code went through to call it (none when it has none)."""
+    if _full():
+        return
+    entry = error.__traceback__
+    while entry is not None:
+        if entry.tb_frame.f_code is code:
+            error.__traceback__ = entry
+            return
+        entry = entry.tb_next
+
+
+def keep_far_frames(error: BaseException) -> BaseException:
+    """Before ``error`` leaves the process it was raised in (a worker's): hide orchestr's
+    frames in it (as :func:`hide_frames`) and keep those left with it as plain data that
+    pickles along (:func:`far_frames`), which also marks it, at home, as raised far away;
+    the same for each member of a group (they travel with it). Returns ``error``."""
+    hide_frames(error)
+    todo = [error]
+    while todo:
+        exc = todo.pop()
+        frames = tuple(
+            (frame.filename, frame.lineno or 0, frame.name, frame.line or "")
+            for frame in traceback.extract_tb(exc.__traceback__)
+        )
+        try:
+            setattr(exc, _FAR_FRAMES, frames)
+        except Exception:  # an exception type that refuses attributes: trimmed as local
+            pass
+        if isinstance(exc, BaseExceptionGroup):
+            todo.extend(exc.exceptions)
+    return error
+
+
+def far_frames(error: BaseException) -> list[traceback.FrameSummary] | None:
+    """The frames ``error`` had where it was raised far away (orchestr's hidden), outermost
+    first; None for an error raised in this process."""
+    found = getattr(error, _FAR_FRAMES, None)
+    if not isinstance(found, tuple):
+        return None
+    try:
+        return [
+            traceback.FrameSummary(filename, lineno, name, lookup_line=False, line=line)
+            for filename, lineno, name, line in found
+        ]
+    except (TypeError, ValueError):  # not what keep_far_frames keeps
+        return None
+
+
 def claim(error: BaseException, origin: str) -> bool:
     """Record ``origin`` (e.g. ``"task run 'fetch-3'"``) as where ``error`` failed a run,
     unless an earlier run did; hide orchestr's frames. True if ``origin`` is the error's
@@ -131,21 +204,26 @@ def origin_of(error: BaseException) -> str | None:
 
 
 # -- display only (the console handler's formatter) ---------------------------------------
-def trim_summary(te: traceback.TracebackException) -> traceback.TracebackException:
-    """Hide orchestr's frames in a TracebackException and its chain, for display."""
+def trim_summary(
+    te: traceback.TracebackException, error: BaseException | None = None
+) -> traceback.TracebackException:
+    """Hide orchestr's frames in a TracebackException and its chain, for display;
+    ``error``, the exception it shows, tells which of the chain were raised far away."""
     if _full():
         return te
     seen: set[int] = set()
-    todo = [te]
+    todo: list[tuple[traceback.TracebackException, BaseException | None]] = [(te, error)]
     while todo:
-        current = todo.pop()
+        current, exc = todo.pop()
         if id(current) in seen:
             continue
         seen.add(id(current))
         frames = current.stack
         internal = [is_internal_file(frame.filename) for frame in frames]
         if any(internal):
-            keep_tail = not _is_orchestr_error_type(_type_of(current))
+            keep_tail = not _is_orchestr_error_type(_type_of(current)) and not (
+                exc is not None and _raised_far(exc)
+            )
             last_user = max((i for i, hidden in enumerate(internal) if not hidden), default=-1)
             current.stack = traceback.StackSummary.from_list(
                 [
@@ -154,10 +232,18 @@ def trim_summary(te: traceback.TracebackException) -> traceback.TracebackExcepti
                     if not internal[i] or (keep_tail and i > last_user)
                 ]
             )
-        for linked in (current.__cause__, current.__context__):
+        # A TracebackException's cause, context and members are built from the
+        # exception's own (those it shows), so they pair up.
+        cause = None if exc is None else exc.__cause__
+        context = None if exc is None else exc.__context__
+        for linked, raw in ((current.__cause__, cause), (current.__context__, context)):
             if linked is not None:
-                todo.append(linked)
-        todo.extend(getattr(current, "exceptions", None) or ())
+                todo.append((linked, raw))
+        members = list(getattr(current, "exceptions", None) or ())
+        raws: list[BaseException | None] = list(getattr(exc, "exceptions", None) or ())
+        if len(raws) != len(members):
+            raws = [None] * len(members)
+        todo.extend(zip(members, raws, strict=True))
     return te
 
 

@@ -440,7 +440,8 @@ def error_origin(error: BaseException | None) -> str | None:
         if id(exc) in seen:
             continue
         seen.add(id(exc))
-        found = _last_user_frame(exc)
+        kept = getattr(exc, _ORIGIN_FOUND, None)  # a member's kept one (raised in a worker)
+        found = kept if isinstance(kept, str) else _last_user_frame(exc)
         if found is not None:
             return found
         todo.extend(e for e in (exc.__cause__, exc.__context__) if e is not None)

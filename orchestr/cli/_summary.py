@@ -17,7 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._logging import run_label
-from .._tracebacks import is_internal_file, origin_of
+from .._tracebacks import far_frames, is_internal_file, origin_of
 from ..records import FlowRunRecord, RunRecord, TaskRunRecord
 from ._format import ORDER, counts_text, duration_text, error_list, state_style
 
@@ -202,8 +202,9 @@ def _leaves(error: BaseException) -> Iterator[BaseException]:
 def raise_site(error: BaseException) -> tuple[str, int, str, str] | None:
     """Where the user's code raised ``error``: (file, line, function, source line) of the
     innermost frame that is neither orchestr's nor a library's (the innermost frame if
-    all are); None without a traceback."""
-    frames = traceback.extract_tb(error.__traceback__)
+    all are), where it was raised: far away (a worker process) for one raised there;
+    None without a traceback."""
+    frames = far_frames(error) or traceback.extract_tb(error.__traceback__)
     if not frames:
         return None
     users = [

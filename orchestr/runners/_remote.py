@@ -19,6 +19,12 @@ and its ``__dict__``, rebuilt without calling its ``__init__`` again
 pickle, a ``__new__`` or ``__reduce__`` of its own that refuses) becomes a
 :class:`RemoteError` saying what failed and what to change.
 
+An exception's traceback does not travel (and its causes travel only as text): what of it
+the user needs is found here and sent with it (:func:`transportable`). Its text, orchestr's
+frames hidden, becomes a note; its frames, as plain data, make it known at home as one
+raised far away, whose every frame of orchestr's there (a re-raise) is hidden; and the line
+of the user's code that raised it is what the run history records as its origin.
+
 A flow run the call started is written to the run history before the outcome goes back:
 a process pool's worker ends by ``os._exit``, which skips the history's exit flush.
 """
@@ -35,7 +41,9 @@ from typing import Any
 
 from .._engine._context import remote_call_var, remote_events_var
 from .._history import _recorder
+from .._history._values import note_origin
 from .._logging import identity_logger, log_prints_var, route_prints
+from .._tracebacks import hide_frames, keep_far_frames, start_at
 from ..records import RunEvent
 from ._call import Call, Outcome, RunIdentity
 
@@ -85,6 +93,10 @@ def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outc
                 on_running()
             value = call.fn(*call.args, **call.kwargs)
     except BaseException as exc:  # the outcome carries it home
+        # Its traceback starts where the task's function was called: not at the event
+        # loop anyio.run started for an async one (anyio's, asyncio's or trio's frames,
+        # between two of orchestr's), which a task on the thread runner does not show.
+        start_at(exc, _awaited.__code__)
         error = transportable(exc, identity)
         return Outcome(
             error=error, started=started, ended=time.time(), events=_sendable(events, identity)
@@ -110,18 +122,27 @@ async def _awaited(call: Call, on_running: Callable[[], object] | None) -> Any:
 
 def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     """``exc`` made to survive pickling (see the module's docstring), else a
-    :class:`RemoteError` telling its story."""
+    :class:`RemoteError` telling its story. Either way it takes along what only this
+    side knows: its traceback here (orchestr's frames hidden), as a note and as frames
+    (see ``orchestr._tracebacks.keep_far_frames``), and the line of the user's code that
+    raised it, which its run's history records at home."""
+    hide_frames(exc)  # the note, and the frames it takes along, are the user's
     problem = _travel_as_itself(exc)
+    sent: BaseException
     if problem is not None:
         text = "".join(traceback.format_exception(exc))
-        return RemoteError(
+        # With the original's traceback, for its origin and frames, found below.
+        sent = RemoteError(
             f"task run {identity.task_run_name!r} raised {type(exc).__name__}: {exc} "
             f"(the exception could not be sent back as it is: {problem})\n" + text
-        )
-    # Its traceback and causes do not travel: their text does, as a note.
-    frames = "".join(traceback.format_exception(exc))
-    exc.add_note(f"Traceback where the call ran (process {os.getpid()}):\n{frames.rstrip()}")
-    return exc
+        ).with_traceback(exc.__traceback__)
+    else:
+        # Its traceback and causes do not travel: their text does, as a note.
+        frames = "".join(traceback.format_exception(exc))
+        exc.add_note(f"Traceback where the call ran (process {os.getpid()}):\n{frames.rstrip()}")
+        sent = exc
+    note_origin(sent)  # found here, where its traceback is; kept with it, it travels
+    return keep_far_frames(sent)
 
 
 _HOOK = "__reduce_ex__"
