@@ -574,3 +574,72 @@ def test_a_third_signal_stops_waiting_for_a_pool_create_that_hangs(
     assert time.monotonic() - started < 10, done.stderr
     assert done.returncode in (130, -signal.SIGINT), done.stderr
     assert "SIGINT a third time: interrupting" in done.stderr
+
+
+@pytest.mark.parametrize("kind", ["async-asyncio", "async-trio", "sync"])
+def test_a_signal_while_the_task_runner_starts_runs_none_of_the_body(
+    tmp_path: Path, kind: str
+) -> None:
+    """SIGTERM while the flow's task runner starts (a Dask cluster coming up): the start
+    is waited for, the runner shut down, and none of the body runs (an async body ran up
+    to its first await, submitting task runs; a sync one ran until the interrupt
+    landed), nor the on_running hooks."""
+    done = _run_program(
+        tmp_path,
+        f"""
+        import os, signal, time
+        import anyio
+        from orchestr import flow, task
+        from orchestr.runners import ThreadPoolTaskRunner
+
+        journal = []
+
+        class SlowStart(ThreadPoolTaskRunner):
+            def duplicate(self):
+                return type(self)(self.max_workers)
+
+            async def start(self):
+                journal.append("start")
+                os.kill(os.getpid(), signal.SIGTERM)
+                await anyio.sleep(0.3)  # the signal is handled meanwhile
+                journal.append("started")
+
+            async def shutdown(self):
+                journal.append("shutdown")
+                await super().shutdown()
+
+        @task
+        def child():
+            journal.append("task")
+
+        options = dict(
+            task_runner=SlowStart(),
+            on_running=[lambda f, r, s: journal.append("on_running")],
+            on_crashed=[lambda f, r, s: journal.append(s.message)],
+        )
+
+        @flow(**options)
+        async def async_body():
+            journal.append("body")
+            child.submit()
+            await anyio.sleep(5)
+
+        @flow(**options)
+        def sync_body():
+            journal.append("body")
+            child.submit()
+            time.sleep(5)
+
+        try:
+            if {kind!r} == "sync":
+                sync_body()
+            else:
+                anyio.run(async_body, backend={kind!r}.split("-")[1])
+        finally:
+            print(journal, flush=True)
+        """,
+    )
+    assert done.returncode == 143, done.stderr
+    assert done.stdout.strip() == ("['start', 'started', 'shutdown', 'interrupted by SIGTERM']"), (
+        done.stderr
+    )

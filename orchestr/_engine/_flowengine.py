@@ -22,6 +22,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import anyio.lowlevel
 
 from .._definitions import run_name_for
 from .._history._recorder import record_flow_run
@@ -466,6 +467,8 @@ async def _each_attempt(
     attempt = 0
     while True:
         attempt += 1
+        if run.signal is not None:  # during its task runner's start: it never runs
+            return final_state(run, None, None, None, len(record.task_runs))
         record.attempts = attempt
         set_state(record, StateType.RUNNING)
         if flow.on_running_hooks:
@@ -527,6 +530,9 @@ async def _attempt(
             run.scope = scope
             if run.cancel_requested:  # a signal arrived before the body could start
                 scope.cancel()
+                # Here, not at the body's first await: none of it runs (an async body
+                # runs up to its first await before a cancellation can reach it).
+                await anyio.lowlevel.checkpoint()
             async with anyio.create_task_group() as task_group:
                 dispatcher.start(task_group)
                 try:
