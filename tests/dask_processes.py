@@ -28,6 +28,8 @@ START_BOUND = 90.0  # seconds: a scheduler or its workers up, on a busy machine
 LOOPBACK_ANY_PORT = "127.0.0.1:0"
 # What the runner's dashboard line adds for a temporary LocalCluster where bokeh is missing.
 NEEDS_BOKEH = " (it needs bokeh, not installed here: pip install bokeh)"
+# ... and for a scheduler that runs elsewhere without bokeh (it serves no dashboard).
+NOT_SERVED = " (none is served: it needs bokeh where the scheduler runs)"
 DASK = str(Path(sys.executable).parent / "dask")
 SCHEDULER = [DASK, "scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard"]
 SCHEDULER += ["--dashboard-address", LOOPBACK_ANY_PORT]

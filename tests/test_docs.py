@@ -217,3 +217,29 @@ def test_every_import_the_migration_guide_names_works() -> None:
                     assert hasattr(imported, name), f"{module}.{name} ({row})"
                     named += 1
     assert named >= 12, named
+
+
+def test_the_errors_reference_names_every_error_and_keeps_its_promise() -> None:
+    """docs/reference/errors.md: every exception orchestr defines is in its tree and in
+    a table, and "every error orchestr detects is an OrchestrError", but for those it
+    lists as not (the RemoteError of a worker's exception was a plain Exception, and the
+    runner and history errors were missing)."""
+    import orchestr.exceptions as exceptions
+    from orchestr.runners import RemoteError
+
+    text = (DOCS / "reference" / "errors.md").read_text(encoding="utf-8")
+    tree = text.split("```text", 1)[1].split("```", 1)[0]
+    tables = "\n".join(line for line in text.splitlines() if line.startswith("| `"))
+    defined = {name: getattr(exceptions, name) for name in exceptions.__all__}
+    defined["RemoteError"] = RemoteError
+    not_orchestr = {"RunCancelled", "Terminated", "ResourceLeakError", "LeakError"}
+    testing_only = {"ResourceLeakError", "LeakError"}  # named in the text after the tables
+    assert [
+        n for n in defined if n not in testing_only and not re.search(rf"\b{n}\b", tree + tables)
+    ] == []
+    assert [
+        n for n in defined if n not in testing_only and n not in not_orchestr and n not in tree
+    ] == []
+    assert sorted(
+        n for n, cls in defined.items() if not issubclass(cls, exceptions.OrchestrError)
+    ) == sorted(not_orchestr)

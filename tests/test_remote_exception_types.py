@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from orchestr import ProcessPoolTaskRunner, flow, task
+from orchestr.exceptions import OrchestrError
 from orchestr.runners import RemoteError
 
 # The shared Dask cluster, named here, is set up before the suite's leak check starts
@@ -238,6 +239,7 @@ def test_an_exception_that_truly_cannot_travel_is_a_remote_error_saying_why(
 
     lock, strict = run(main)
     assert isinstance(lock, RemoteError)
+    assert isinstance(lock, OrchestrError)  # errors.md: catch OrchestrError for all of them
     message = str(lock)
     assert "raised HoldsALock: status 500" in message
     assert "it does not pickle (TypeError: cannot pickle '_thread.lock' object)" in message

@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import importlib.metadata
 import inspect
 import logging
 import threading
@@ -168,6 +169,8 @@ class DaskTaskRunner(TaskRunner):
         self._reused: Reused | None = None  # the current client's scheduler, if used
         self._start_advice = ""  # what to do when a temporary cluster cannot start here
         self._limits: ClusterLimits | None = None
+        # Where the scheduler runs elsewhere: whether it lacks bokeh (None: not known).
+        self._scheduler_lacks_bokeh: bool | None = None
         # What its calls share on each worker (their per-worker resources, for one).
         self._scope = WorkerScope(uuid.uuid4().hex)
 
@@ -209,14 +212,14 @@ class DaskTaskRunner(TaskRunner):
             raise
         link = self.dashboard_link
         if link:
-            # (A temporary LocalCluster's scheduler runs in this process.)
-            missing = self._cluster is not None and is_local_cluster(self._factory)
-            missing = missing and bokeh_missing()
-            log.info(
-                "The Dask dashboard is at %s%s",
-                link,
-                " (it needs bokeh, not installed here: pip install bokeh)" if missing else "",
-            )
+            note = ""
+            if self._cluster is not None and is_local_cluster(self._factory):
+                # (A temporary LocalCluster's scheduler runs in this process.)
+                if bokeh_missing():
+                    note = " (it needs bokeh, not installed here: pip install bokeh)"
+            elif self._scheduler_lacks_bokeh:
+                note = " (none is served: it needs bokeh where the scheduler runs)"
+            log.info("The Dask dashboard is at %s%s", link, note)
 
     def _reuses_current(self) -> bool:
         """Whether no option says which cluster: a current client's is then used."""
@@ -308,6 +311,17 @@ class DaskTaskRunner(TaskRunner):
             where = target if isinstance(target, str) else address_of(target)
             raise ClusterError(self._connect_failure(where, exc)) from exc
         self._limits = ClusterLimits.of_client(self._client)
+        if self._cluster is None:
+            # A scheduler of another process serves HTTP where a dashboard would be, but
+            # no dashboard without bokeh there (a page not found): asked, not assumed.
+            # (A function of the standard library's: the scheduler may not have orchestr.)
+            try:
+                await self._client.run_on_scheduler(importlib.metadata.version, "bokeh")
+                self._scheduler_lacks_bokeh = False
+            except importlib.metadata.PackageNotFoundError:
+                self._scheduler_lacks_bokeh = True
+            except Exception:  # (a scheduler that refuses pickled functions)
+                self._scheduler_lacks_bokeh = None
 
     def _connect_failure(self, where: str, exc: Exception) -> str:
         whose = "" if self._reused is None else f" of {self._reused.source}"

@@ -44,13 +44,14 @@ from .._history import _recorder
 from .._history._values import note_origin
 from .._logging import identity_logger, log_prints_var, route_prints
 from .._tracebacks import hide_frames, keep_far_frames, start_at
+from ..exceptions import OrchestrError
 from ..records import RunEvent
 from ._call import Call, Outcome, RunIdentity
 
 __all__ = ["RemoteError", "run_call", "transportable"]
 
 
-class RemoteError(Exception):
+class RemoteError(OrchestrError):
     """Raised in place of an exception raised far away that could not be sent back as it
     is (it does not pickle, or cannot be rebuilt at home); its message says why, and
     keeps the original's and the remote traceback."""
