@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
 
 import anyio
 
-from ._engine._context import flow_run_var, hook_var, in_cleanup, task_run_var
+from ._engine._context import abandoned_var, flow_run_var, hook_var, in_cleanup, task_run_var
 from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
@@ -739,16 +739,17 @@ def _stop_if_caller_cancelled() -> None:
     task = task_run_var.get()
     run = flow_run_var.get()
     # This code's own run (submitted or called inline) final while its code still runs:
-    # it was abandoned (cancelled, or timed out).
-    abandoned = task is not None and task.record.is_final()
+    # it was abandoned (cancelled, or timed out); or its attempt was, the run retried.
+    ended = abandoned_var.get()
+    abandoned = bool(ended) or (task is not None and task.record.is_final())
     if not abandoned and (run is None or not run.cancel_requested):
         return  # (the usual case: first, and cheap)
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
     if task is not None and abandoned:
-        raise cancelled_error(
-            task.record.name, "task run", f"ended {task.record.state_name} while its code went on"
-        )
+        final = task.record.is_final() or not ended
+        how = f"ended {task.record.state_name}" if final or not ended else ended[0]
+        raise cancelled_error(task.record.name, "task run", f"{how} while its code went on")
     if run is not None:
         raise cancelled_error(run.record.name)
 
@@ -761,7 +762,11 @@ def _stop_if_sync_caller_cancelled() -> None:
     inline on the loop, are cancelled at the loop's next checkpoint instead."""
     run = flow_run_var.get()
     task = task_run_var.get()
-    if (run is None or not run.cancel_requested) and (task is None or not task.record.is_final()):
+    if (
+        (run is None or not run.cancel_requested)
+        and (task is None or not task.record.is_final())
+        and not abandoned_var.get()
+    ):
         return
     if run is not None and run.loop is not None and run.loop.on_loop_thread():
         return

@@ -133,3 +133,38 @@ def test_an_abandoned_sync_task_starts_nothing(backend: str, how: str) -> None:
     with override_settings(backend=backend, cancel_grace_seconds=0.1):
         assert main() == ("Cancelled" if how == "cancelled" else "TimedOut")
     late.check()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("how", ["submitted", "inline"])
+def test_a_timed_out_attempts_code_starts_nothing_while_its_run_is_retried(
+    backend: str, how: str
+) -> None:
+    """The run is not final (its retry is decided, then runs) while the first attempt's
+    abandoned code goes on: that code's attempt is over all the same. It started runs,
+    recorded in the retried run."""
+    late = Late()
+    calls = late.calls()
+    attempts: list[int] = []
+
+    def retry_once_it_went_on(task_: Any, record: Any, state: Any) -> bool:
+        # While this waits, the run is between its attempts: not final.
+        assert late.done.wait(BOUND)
+        return True
+
+    @task(timeout_seconds=0.2, retries=1, retry_condition_fn=retry_once_it_went_on)
+    def slow() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            time.sleep(LATE)
+            late.go_on(calls)
+        return "second attempt"
+
+    @flow
+    def main() -> tuple[str, Any]:
+        state = slow(return_state=True) if how == "inline" else slow.submit(return_state=True)
+        return state.name, state.result()
+
+    with override_settings(backend=backend):
+        assert main() == ("Completed", "second attempt")
+    late.check()

@@ -788,3 +788,63 @@ def test_sync_hooks_and_conditions_of_async_runs_block_without_stalling_the_loop
         ("completed", 10, 20, False),
         ("flow completed", None, 20, False),
     ]
+
+
+@pytest.mark.timeout(60)
+def test_many_sync_hooks_waiting_on_tasks_with_sync_hooks_do_not_deadlock(backend: str) -> None:
+    """45 sync hooks at once, each calling an async task whose own sync hook runs in a
+    thread too: more than the 40 places of the loop's thread limiter, which the waiting
+    hooks held while their callees' hooks waited for one (a deadlock)."""
+    inner_hooks: list[int] = []
+
+    @task(on_completion=[lambda t, r, s: inner_hooks.append(1)])
+    async def inner(x: int) -> int:
+        return x
+
+    @task(on_completion=[lambda t, r, s: inner(1)])
+    async def outer(x: int) -> int:
+        await anyio.sleep(0.05)  # all of them are in their hooks at once
+        return x
+
+    @flow
+    async def main() -> list[int]:
+        with anyio.fail_after(WAIT_HOOKS * 3):
+            return await outer.map(range(45))
+
+    assert anyio.run(main, backend=backend) == list(range(45))
+    assert len(inner_hooks) == 45
+
+
+@pytest.mark.timeout(60)
+def test_a_sync_hook_runs_for_a_task_that_fails_while_cancelled(backend: str) -> None:
+    """A task that caught its cancellation (its flow timed out) and raised: its sync
+    on_failure hook and retry condition run, and it ends Failed with its error, as when
+    they ran on the loop (offloaded in a cancelled scope, they were skipped and the run
+    ended Cancelled, its error lost)."""
+    seen: list[str] = []
+
+    def condition(t: Any, r: Any, s: State[Any]) -> bool:
+        seen.append("condition")
+        return False
+
+    @task(retries=1, retry_condition_fn=condition, on_failure=[lambda t, r, s: seen.append("hook")])
+    async def stubborn() -> None:
+        try:
+            await anyio.sleep(30)
+        except anyio.get_cancelled_exc_class():
+            raise ValueError("failed while being cancelled") from None
+
+    futures: list[Any] = []
+
+    @flow(timeout_seconds=0.3)
+    async def main() -> None:
+        futures.append(stubborn.submit())
+        await futures[0].wait()
+
+    anyio.run(lambda: main(return_state=True), backend=backend)
+    state = futures[0].state  # final: the flow's exit barrier waited for it
+    assert (state.name, repr(state.exception)) == (
+        "Failed",
+        "ValueError('failed while being cancelled')",
+    )
+    assert seen in (["condition", "hook"], ["hook"])  # (a cancelled run is not retried)

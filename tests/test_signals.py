@@ -4,6 +4,7 @@ resources, exits non-zero, and does so promptly. Real subprocesses, real signals
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -643,3 +644,90 @@ def test_a_signal_while_the_task_runner_starts_runs_none_of_the_body(
     assert done.stdout.strip() == ("['start', 'started', 'shutdown', 'interrupted by SIGTERM']"), (
         done.stderr
     )
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_sync_hook_waits_on_a_task_ends_the_run_as_signalled(
+    tmp_path: Path, name: str
+) -> None:
+    """A sync hook of an async task (in one of orchestr's threads) calls an async task
+    and waits for it when the signal comes: the hook is stopped (RunCancelled, logged)
+    and the run ends Crashed by the signal, exit 143 / 130 (RunCancelled escaped into
+    the run's task group: Crashed with a BaseExceptionGroup, exit 1)."""
+    done = _run_program(
+        tmp_path,
+        f"""
+        import os, signal, threading
+        import anyio
+        from orchestr import flow, task
+
+        @task
+        async def inner(x):
+            await anyio.sleep(30)
+            return x
+
+        def waits(t, r, s):
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.{name})).start()
+            inner(1)
+
+        @task(on_completion=[waits])
+        async def outer(x):
+            return x
+
+        @flow
+        async def main():
+            outer.submit(1)
+
+        anyio.run(main)
+        """,
+    )
+    # (An uncaught KeyboardInterrupt ends Python by SIGINT itself: -2.)
+    assert done.returncode in ((143,) if name == "SIGTERM" else (130, -2)), done.stderr
+    assert "Finished in state Crashed in" in done.stderr
+    assert f"interrupted by {name}" in done.stderr
+    assert "BaseExceptionGroup" not in done.stderr
+    # Stopped at its wait (RunCancelled), or told that the task it waited for was
+    # cancelled (TaskRunCancelledError): logged either way, the run's state kept.
+    assert re.search(r"Hook 'waits' (was stopped|raised)", done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_while_a_sync_hook_waits_on_its_runs_cancellation_is_not_an_error(
+    tmp_path: Path, name: str
+) -> None:
+    """A sync hook waiting (fut.result()) on a run the signal cancels while the hook's
+    own flow run is cancelled: RunCancelled from its wait is the hook stopped (logged),
+    never an error escaping into the run's task group (Crashed with a
+    BaseExceptionGroup, exit 1)."""
+    done = _run_program(
+        tmp_path,
+        f"""
+        import os, signal, threading
+        import anyio
+        from orchestr import flow, task
+
+        @task
+        async def inner(x):
+            await anyio.sleep(30)
+            return x
+
+        def waits(t, r, s):
+            fut = inner.submit(1)
+            threading.Timer(0.2, os.kill, (os.getpid(), signal.{name})).start()
+            fut.result()
+
+        @task(on_completion=[waits])
+        async def outer(x):
+            return x
+
+        @flow
+        async def main():
+            outer.submit(1)
+
+        anyio.run(main)
+        """,
+    )
+    assert done.returncode in ((143,) if name == "SIGTERM" else (130, -2)), done.stderr
+    assert f"interrupted by {name}" in done.stderr
+    assert "BaseExceptionGroup" not in done.stderr
+    assert re.search(r"Hook 'waits' (was stopped|raised)", done.stderr), done.stderr

@@ -414,6 +414,9 @@ async def should_retry(
     except Exception:
         run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
+    except RunCancelled as exc:  # it waited on its cancelled flow run
+        run_logger(record).warning("retry_condition_fn was stopped (%s); not retrying", exc)
+        return False
     return bool(verdict)
 
 
@@ -463,6 +466,15 @@ async def run_hook(
         run_logger(record).exception(
             "Hook %r raised; the run's state stays %s",
             getattr(hook, "__name__", hook),
+            state.name,
+        )
+    except RunCancelled as exc:
+        # Sync hook code that waited on its cancelled flow run: stopped, as any sync
+        # code there is; not an error escaping into the run's task group.
+        run_logger(record).warning(
+            "Hook %r was stopped (%s); the run's state stays %s",
+            getattr(hook, "__name__", hook),
+            exc,
             state.name,
         )
 

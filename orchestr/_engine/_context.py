@@ -131,6 +131,10 @@ class CleanupScope:
 
 
 cleanup_var: ContextVar[CleanupScope | None] = ContextVar("orchestr.cleanup", default=None)
+# In the thread of a sync task's attempt abandoned at its timeout: how the attempt ended
+# (appended when it is abandoned). Its code goes on there while its run may go on too,
+# retried (not final): this is what tells that code its own attempt is over.
+abandoned_var: ContextVar[list[str] | None] = ContextVar("orchestr.abandoned", default=None)
 
 
 def in_cleanup() -> bool:

@@ -30,7 +30,7 @@ from .._logging import log_prints_var
 from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity, expect_start, forget_start
 from . import _offload as offload
-from ._context import flow_run_var, hook_var, task_run_var
+from ._context import abandoned_var, flow_run_var, hook_var, task_run_var
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import LoopHandle, awaited, run_new_loop
 
@@ -177,6 +177,10 @@ class AsyncDriver:
         assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
         call = None
+        # A call that outlives its timeout is abandoned in its thread (a local runner's,
+        # which copies this context): its code is told there (see abandoned_var).
+        ended: list[str] | None = None if timeout is None else []
+        told = None if ended is None else abandoned_var.set(ended)
         try:
             call = task_call(run, task, record, args, kwargs)
             with anyio.CancelScope() as scope:
@@ -198,12 +202,16 @@ class AsyncDriver:
                 if outcome.crashed:
                     raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
                 return outcome.result()
+            if call.abandoned and ended is not None:
+                ended.append(f"attempt {record.attempts} ended TimedOut")
             raise AttemptTimedOut(
                 timeout,  # type: ignore[arg-type]
                 abandoned=call.abandoned,
                 maybe_unstarted=not runner.reports_start,
             )
         finally:
+            if told is not None:
+                abandoned_var.reset(told)
             if call is not None and call.stopped_events:  # its cleanups, far away
                 run.record.events.extend(call.stopped_events)
             self.give_back()
@@ -237,7 +245,12 @@ class AsyncDriver:
             if _is_async(hook):
                 turned_async()
                 return await hook(*args)
-            outcome = await offload.run_sync(hook, *args)
+            # Shielded: it runs even in a cancelled scope, as it did on the loop (a task
+            # that caught its cancellation and raised still gets its hooks); only a third
+            # signal stops waiting for it. Unlimited: a hook waiting for a task whose
+            # own sync hook is offloaded would deadlock a full limiter.
+            with anyio.CancelScope(shield=True):
+                outcome = await offload.run_sync(hook, *args, forcible=True, limited=False)
             if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
                 turned_async()
                 outcome = await outcome
@@ -295,7 +308,10 @@ class BlockingDriver:
         # In a helper thread, so that this one can stop waiting (and abandon it) when
         # the deadline passes.
         return _in_new_thread(
-            lambda: task.fn(*args, **kwargs), timeout, name=f"orchestr-deadline-{task.name}"
+            lambda: task.fn(*args, **kwargs),
+            timeout,
+            name=f"orchestr-deadline-{task.name}",
+            abandoned=f"attempt {record.attempts} ended TimedOut",
         )
 
     async def wait(self, future: TaskFuture[Any]) -> None:
@@ -345,12 +361,20 @@ def _hook_code() -> Iterator[Callable[[], object]]:
         hook_var.reset(token)
 
 
-def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str | None = None) -> T:
+def _in_new_thread(
+    fn: Callable[[], T],
+    timeout: float | None = None,
+    name: str | None = None,
+    abandoned: str = "",
+) -> T:
     """Call ``fn()`` in a fresh daemon thread, in a copy of this context, and wait for
     its result or exception. After ``timeout`` seconds, stop waiting: AttemptTimedOut,
-    and the thread is abandoned."""
+    and the thread is abandoned (its code is told ``abandoned``: see abandoned_var)."""
     outcome: list[tuple[bool, Any]] = []
     finished = threading.Event()
+    ended: list[str] = []
+    context = copy_context()
+    context.run(abandoned_var.set, ended)
 
     def target() -> None:
         try:
@@ -360,10 +384,11 @@ def _in_new_thread(fn: Callable[[], T], timeout: float | None = None, name: str 
         finally:
             finished.set()
 
-    thread = threading.Thread(target=copy_context().run, args=(target,), name=name, daemon=True)
+    thread = threading.Thread(target=context.run, args=(target,), name=name, daemon=True)
     thread.start()
     if not wait_event(finished, timeout):
         assert timeout is not None
+        ended.append(abandoned or f"was abandoned after {timeout:g} s")
         raise AttemptTimedOut(timeout, abandoned=True)
     ok, value = outcome[0]
     if ok:

@@ -22,6 +22,7 @@ in anyio's. On trio, code there passes ``token=`` to ``anyio.from_thread``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
@@ -47,7 +48,11 @@ THREAD_NAME = "orchestr-offload"
 
 
 async def run_sync(
-    fn: Callable[..., T], *args: Any, abandon_on_cancel: bool = False, forcible: bool = False
+    fn: Callable[..., T],
+    *args: Any,
+    abandon_on_cancel: bool = False,
+    forcible: bool = False,
+    limited: bool = True,
 ) -> T:
     """``fn(*args)`` in one of orchestr's daemon threads, in a copy of this context; its
     value, or its exception raised here.
@@ -57,7 +62,12 @@ async def run_sync(
     value is returned, the cancellation coming at the caller's next checkpoint (what
     ``anyio.to_thread.run_sync`` does). With ``forcible`` (user code protected like a
     resource's setup), a third signal to the flow run of this loop ends that shielded
-    wait anyway: the call is abandoned and the run's cancellation raised here."""
+    wait anyway: the call is abandoned and the run's cancellation raised here.
+
+    Each call takes a place among the loop's thread calls (anyio's default limiter), but
+    with ``limited=False``: user code that may wait for other offloaded calls (a sync
+    hook calling a task whose own sync hook is offloaded too) would deadlock once the
+    places are all taken by such waiters."""
     await anyio.lowlevel.checkpoint_if_cancelled()
     loop = LoopHandle.current()
     done = anyio.Event()
@@ -80,7 +90,8 @@ async def run_sync(
             outcome.append((False, exc))
         loop.call_soon(done.set)  # dropped if the loop has ended: nobody waits any more
 
-    async with _limiter():  # (given back when the wait ends, abandoned included)
+    # (A place is given back when the wait ends, abandoned included.)
+    async with _limiter() if limited else contextlib.nullcontext():
         _threads().put(call)
         if abandon_on_cancel:
             await done.wait()
