@@ -35,6 +35,9 @@ SECRET_NAMES = [
     "passwords",
     "api_keys",
     "apiKeys",
+    "access_tokens",
+    "githubTokens",
+    "refresh_tokens",
 ]
 ORDINARY_NAMES = [
     "passenger_count",
@@ -47,6 +50,10 @@ ORDINARY_NAMES = [
     "pass_through",
     "passengers",
     "keys",
+    "tokens",
+    "prompt_tokens",
+    "maxTokens",
+    "completion_tokens",
 ]
 
 SECRET_VALUES = {

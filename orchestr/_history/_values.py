@@ -105,6 +105,32 @@ _SECRET_PAIRS = frozenset(
         ("client", "secret"),
     }
 )
+# Words before "tokens" that count them (a model's limits and usage), not name secrets.
+_COUNTED = frozenset(
+    {
+        "max",
+        "min",
+        "num",
+        "n",
+        "total",
+        "count",
+        "input",
+        "output",
+        "prompt",
+        "completion",
+        "context",
+        "reasoning",
+        "cached",
+        "used",
+        "remaining",
+        "new",
+        "generated",
+        "estimated",
+        "target",
+        "word",
+        "text",
+    }
+)
 # Words whose plural (with an "s") is a secret's name too.
 _PLURALS = frozenset({w for w in _SECRET_WORDS if not w.endswith("s")} | {"key"}) - {"token"}
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
@@ -129,6 +155,10 @@ def is_secret_name(name: str) -> bool:
     ``max_tokens``, ``author``, ``passenger_count`` or ``bypass``)."""
     words = [_singular(w.lower()) for w in _WORD.findall(name)]
     if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words):
+        return True
+    # Plural tokens are secrets when something names whose they are (access_tokens,
+    # github_tokens); not when they are counted (max_tokens, prompt_tokens) or alone.
+    if len(words) >= 2 and words[-1] == "tokens" and words[-2] not in _COUNTED:
         return True
     # "pass" names a secret as the last word only (db_pass, adminPass; not pass_rate,
     # pass_through). (A flag named first_pass is masked too: on the safe side.)
