@@ -168,3 +168,35 @@ def test_a_timed_out_attempts_code_starts_nothing_while_its_run_is_retried(
     with override_settings(backend=backend):
         assert main() == ("Completed", "second attempt")
     late.check()
+
+
+@pytest.mark.timeout(60)
+def test_a_run_submitted_before_its_submitter_was_abandoned_goes_on(backend: str) -> None:
+    """A run that a sync task submitted before that task's attempt was abandoned is a run
+    of its own: it waits and submits as any run does afterwards (it inherited the
+    submitter's context, and with it the mark of the abandoned attempt)."""
+    abandoned = threading.Event()
+    got: list[Any] = []
+
+    @task
+    def quick() -> int:
+        return 7
+
+    @task
+    def child() -> int:
+        assert abandoned.wait(BOUND)
+        return int(quick.submit().result(timeout=BOUND))
+
+    @task(timeout_seconds=0.2)
+    def slow() -> None:
+        got.append(child.submit())
+        time.sleep(LATE)
+
+    @flow
+    def main() -> tuple[str, Any]:
+        state = slow.submit(return_state=True)
+        abandoned.set()
+        return state.name, got[0].result(timeout=BOUND)
+
+    with override_settings(backend=backend):
+        assert main() == ("TimedOut", 7)

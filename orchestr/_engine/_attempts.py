@@ -28,7 +28,7 @@ from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageErr
 from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
-from ._context import TaskRunContext, retry_delay_override_var, task_run_var
+from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
@@ -85,6 +85,11 @@ async def run_attempts(
     caller = task_run_var.get() if future is None else None
     context = TaskRunContext(task, record, future, caller, args, kwargs)
     token = task_run_var.set(context)
+    # A run submitted by an attempt abandoned later is a run of its own, not that
+    # attempt's code: it does not inherit its being abandoned.
+    inherited = (
+        abandoned_var.set(None) if future is not None and abandoned_var.get() is not None else None
+    )
     prints = None
     if task.log_prints is not None or log_prints_var.get() is not None:
         # Set on the task, or inherited from its flow.
@@ -117,6 +122,8 @@ async def run_attempts(
         if prints is not None:
             log_prints_var.reset(prints)
         task_run_var.reset(token)
+        if inherited is not None:
+            abandoned_var.reset(inherited)
         # A context copied while the run ran (a submission's, a thread's) may outlive
         # it: it must not keep the run's arguments, nor its callers, alive.
         context.args = context.kwargs = context.caller = None
