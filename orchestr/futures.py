@@ -747,8 +747,10 @@ def _stop_if_caller_cancelled() -> None:
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
     if task is not None and abandoned:
-        final = task.record.is_final() or not ended
-        how = f"ended {task.record.state_name}" if final or not ended else ended[0]
+        # Its attempt's end, unless the run's own end says it (a run not retried).
+        how = (
+            ended[0] if ended and not task.record.is_final() else f"ended {task.record.state_name}"
+        )
         raise cancelled_error(task.record.name, "task run", f"{how} while its code went on")
     if run is not None:
         raise cancelled_error(run.record.name)
