@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import threading
+import time
 from typing import Any
 
 import anyio
@@ -848,3 +849,33 @@ def test_a_sync_hook_runs_for_a_task_that_fails_while_cancelled(backend: str) ->
         "ValueError('failed while being cancelled')",
     )
     assert seen in (["condition", "hook"], ["hook"])  # (a cancelled run is not retried)
+
+
+@pytest.mark.timeout(60)
+def test_a_burst_of_slow_sync_hooks_runs_in_a_bounded_number_of_threads(backend: str) -> None:
+    """200 async tasks end at once, each with a slow sync hook (a notification): at most
+    the loop's 40 thread places run hooks at once, not a thread each (unbounded, 200
+    hooks ran at once, in ~200 threads)."""
+    busiest: list[int] = [0]
+    running: list[int] = [0]
+    lock = threading.Lock()
+
+    def notify(t: Any, r: Any, s: State[Any]) -> None:
+        with lock:
+            running[0] += 1
+            busiest[0] = max(busiest[0], running[0])
+        time.sleep(0.02)
+        with lock:
+            running[0] -= 1
+
+    @task(on_completion=[notify])
+    async def quick(i: int) -> int:
+        return i
+
+    @flow
+    async def main() -> list[int]:
+        with anyio.fail_after(WAIT_HOOKS * 3):
+            return await quick.map(range(200))
+
+    assert anyio.run(main, backend=backend) == list(range(200))
+    assert 1 <= busiest[0] <= 40

@@ -241,16 +241,20 @@ class AsyncDriver:
         An async one is awaited here. A sync one is sync code, which may block (call an
         async task, wait on a future): it runs in one of orchestr's threads, never on the
         loop that runs what it waits for."""
+        # A hook of a run that a hook's code started (called, submitted): it takes no
+        # place among the loop's thread calls, for which the hooks waiting for its run
+        # may hold every one (a deadlock). Hooks of other runs do: a burst of slow ones
+        # (5,000 tasks, an HTTP call each) must not start a thread each.
+        nested = hook_var.get() is not None
         with _hook_code() as turned_async:
             if _is_async(hook):
                 turned_async()
                 return await hook(*args)
             # Shielded: it runs even in a cancelled scope, as it did on the loop (a task
             # that caught its cancellation and raised still gets its hooks); only a third
-            # signal stops waiting for it. Unlimited: a hook waiting for a task whose
-            # own sync hook is offloaded would deadlock a full limiter.
+            # signal stops waiting for it.
             with anyio.CancelScope(shield=True):
-                outcome = await offload.run_sync(hook, *args, forcible=True, limited=False)
+                outcome = await offload.run_sync(hook, *args, forcible=True, limited=not nested)
             if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
                 turned_async()
                 outcome = await outcome
