@@ -727,15 +727,20 @@ class AsCompleted(Generic[R]):
             yield finished.popleft()
 
 
-def _stop_if_caller_cancelled() -> None:
+def _stop_if_caller_cancelled(starting: bool = False) -> None:
     """At a blocking wait of sync code: RunCancelled if the code's own run was cancelled
     (its flow run cancelled or timed out; its task run cancelled or timed out while its
     code goes on in an abandoned thread), even when the awaited run is already final.
     Otherwise such code would get that run's outcome (a cancelled run's
     TaskRunCancelledError, which ``except Exception`` swallows) and go on; the docs
-    promise RunCancelled at its next call into orchestr that waits. Not in a cleanup (a
-    cancelled run's cleanups go on) nor in a hook (which runs after its run ended, and
-    may look at its futures)."""
+    promise RunCancelled at its next call into orchestr. Not in a cleanup (a cancelled
+    run's cleanups go on) nor in a hook (which runs after its run ended, and may look at
+    its futures).
+
+    ``starting``: at a call that would start a run (a submit, an inline task or subflow
+    call), where only sync code off the loop (a sync flow body, a sync task in a thread)
+    is stopped so: nothing else stops it. Async code, and sync code called inline on the
+    loop, are cancelled at the loop's next checkpoint instead."""
     task = task_run_var.get()
     run = flow_run_var.get()
     # This code's own run (submitted or called inline) final while its code still runs:
@@ -744,6 +749,8 @@ def _stop_if_caller_cancelled() -> None:
     abandoned = bool(ended) or (task is not None and task.record.is_final())
     if not abandoned and (run is None or not run.cancel_requested):
         return  # (the usual case: first, and cheap)
+    if starting and run is not None and run.loop is not None and run.loop.on_loop_thread():
+        return
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
     if task is not None and abandoned:
@@ -754,25 +761,6 @@ def _stop_if_caller_cancelled() -> None:
         raise cancelled_error(task.record.name, "task run", f"{how} while its code went on")
     if run is not None:
         raise cancelled_error(run.record.name)
-
-
-def _stop_if_sync_caller_cancelled() -> None:
-    """At a call into orchestr that starts a run (a submit, an inline task or subflow
-    call): :func:`_stop_if_caller_cancelled` for sync code off the loop (a sync flow
-    body, a sync task in a thread), which nothing else stops (the docs promise it
-    RunCancelled at its next call into orchestr). Async code, and sync code called
-    inline on the loop, are cancelled at the loop's next checkpoint instead."""
-    run = flow_run_var.get()
-    task = task_run_var.get()
-    if (
-        (run is None or not run.cancel_requested)
-        and (task is None or not task.record.is_final())
-        and not abandoned_var.get()
-    ):
-        return
-    if run is not None and run.loop is not None and run.loop.on_loop_thread():
-        return
-    _stop_if_caller_cancelled()
 
 
 def _in_hook(task: TaskRunContext | None, run: FlowRun | None) -> bool:

@@ -44,7 +44,7 @@ from ..exceptions import (
     TaskRunCancelledError,
     UsageError,
 )
-from ..futures import _stop_if_sync_caller_cancelled
+from ..futures import _stop_if_caller_cancelled
 from ..resources._worker_cleanup import end_worker_resources, with_cleanup_errors
 from ..runners._pool import lending_worker
 from ..settings import get_settings
@@ -143,7 +143,7 @@ def run_async_flow_from_sync(
     parent = flow_run_var.get()
     if parent is None and outside_any_run():
         return unawaited(run_flow_async(flow, args, kwargs, return_state), f"flow {flow.name!r}")
-    _stop_if_sync_caller_cancelled()
+    _stop_if_caller_cancelled(starting=True)
     if parent is None or parent.closed or parent.loop is None:
         # Sync code of a run with no flow run here to join (a sync task called outside
         # flows, a call on a worker): a loop of its own, to the end.
@@ -166,7 +166,7 @@ def run_async_flow_from_sync(
 def run_flow_sync(
     flow: Flow[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any], return_state: bool
 ) -> Any:
-    _stop_if_sync_caller_cancelled()
+    _stop_if_caller_cancelled(starting=True)
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     parent = run.parent
     if parent is not None and parent.loop is not None and parent.loop.on_loop_thread():
@@ -467,7 +467,7 @@ async def _each_attempt(
     attempt = 0
     while True:
         attempt += 1
-        if run.signal is not None:  # during its task runner's start: it never runs
+        if run.signal is not None:  # during its runner's start or a retry delay
             return final_state(run, None, None, None, len(record.task_runs))
         record.attempts = attempt
         set_state(record, StateType.RUNNING)
@@ -497,9 +497,7 @@ async def _each_attempt(
             if run.signal is not None:  # arrived before the scope existed
                 scope.cancel()
             await anyio.sleep(delay)
-        run.scope = None
-        if run.signal is not None:
-            return final_state(run, None, None, None, len(record.task_runs))
+        run.scope = None  # (a signal meanwhile ends the run at the loop's next turn)
 
 
 async def _attempt(

@@ -37,7 +37,7 @@ from ..futures import (
     TaskFuture,
     _observe,
     _refuse_self_wait,
-    _stop_if_sync_caller_cancelled,
+    _stop_if_caller_cancelled,
 )
 from ..records import TaskRunRecord, _next_task_run_index
 from ..states import State, StateType
@@ -109,7 +109,7 @@ def call_task_blocking(
     wait_for: Any,
 ) -> Any:
     """``task(x)`` of a sync task: the same inline call, run in the calling thread."""
-    _stop_if_sync_caller_cancelled()
+    _stop_if_caller_cancelled(starting=True)
     tags = run_tags(task.tags)
     return drive(_call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=True))
 
@@ -541,7 +541,7 @@ def _current_run(task: Task[Any, Any], verb: str) -> FlowRun:
             f"{task.name}.{verb}() was called outside a flow run; call it inside a "
             f"@flow function, or call {task.name}(...) to run the task inline"
         )
-    _stop_if_sync_caller_cancelled()  # before "ended": a timed-out body's own run
+    _stop_if_caller_cancelled(starting=True)  # before "ended": a timed-out body's own run
     if run.closed:
         raise NotInFlowRunError(
             f"{task.name}.{verb}() was called after flow run {run.record.name!r} ended; "

@@ -311,9 +311,10 @@ class DaskTaskRunner(TaskRunner):
             where = target if isinstance(target, str) else address_of(target)
             raise ClusterError(self._connect_failure(where, exc)) from exc
         self._limits = ClusterLimits.of_client(self._client)
-        if self._cluster is None:
+        if self._cluster is None and self.dashboard_link:
             # A scheduler of another process serves HTTP where a dashboard would be, but
-            # no dashboard without bokeh there (a page not found): asked, not assumed.
+            # no dashboard without bokeh there (a page not found): asked, not assumed
+            # (a round trip; none for a scheduler with no dashboard at all).
             # (A function of the standard library's: the scheduler may not have orchestr.)
             try:
                 await self._client.run_on_scheduler(importlib.metadata.version, "bokeh")
