@@ -825,6 +825,44 @@ def test_a_short_script_has_all_its_runs_written_when_it_exits(tmp_path: Path) -
     assert query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'") == [(1000,)]
 
 
+def test_a_writer_that_never_starts_does_not_hold_up_the_exit(tmp_path: Path) -> None:
+    """The writer thread hangs in its imports (an import lock left held by a Ctrl-C that
+    landed in Python's import machinery at startup: a signal trial found it): at exit,
+    the main thread writes the runs itself within seconds, where it waited a minute for
+    a writer that had written nothing, and then wrote nothing."""
+    home = tmp_path / "home"
+    started = time.monotonic()
+    done = program(
+        """
+        import threading
+        import anyio
+        from orchestr import flow, task
+        from orchestr._history import _recorder
+
+        _recorder._write_until_idle = threading.Event().wait  # its imports never end
+
+        @task
+        async def step(i: int) -> int:
+            return i
+
+        @flow
+        async def main() -> int:
+            return sum(await step.map(range(5)))
+
+        print(anyio.run(main))
+        """,
+        home,
+        ORCHESTR_LOGGING_LEVEL="WARNING",
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "10"
+    assert took < 20, f"the exit took {took:.1f} s"
+    db = home / "history.db"
+    assert query(db, "SELECT flow_name, state FROM flow_runs") == [("main", "Completed")]
+    assert query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'") == [(5,)]
+
+
 def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path) -> None:
     """A task on ProcessPoolTaskRunner that calls a flow: the worker (which ends by
     os._exit, skipping the history's exit flush) writes that flow run before the task's

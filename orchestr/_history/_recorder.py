@@ -73,6 +73,10 @@ BATCH_ITEMS = 20_000  # changes written per transaction, at most
 # At exit, a writer that makes no progress at all for this long (a hung file system;
 # a busy database is given up by the exit deadline, long before) is left behind.
 STUCK_SECONDS = 60.0
+# ... and one that has not even started (its imports hang: an import lock left held by a
+# KeyboardInterrupt that landed in Python's import machinery) for this long is passed by:
+# this thread writes instead.
+NOT_STARTED_SECONDS = 2.0
 THREAD_NAME = "orchestr history writer"
 
 
@@ -142,6 +146,7 @@ exit_deadline: float | None = None  # at exit: when waiting for a busy database 
 exit_dropped: dict[str, int] = {}  # at exit: changes dropped for a busy database, by path
 in_flight: tuple[str, int] | None = None  # the batch being written: its path and size
 progress = 0  # batches written or dropped
+writer_started = False  # the writer thread has made its Writer (its imports are done)
 # Flow runs recorded in this process so far (not exact under threads: only ever compared
 # with an earlier reading, to see whether a call started any).
 flow_runs_recorded = 0
@@ -263,11 +268,12 @@ def _start() -> None:
 
 
 def _write_until_idle() -> None:
-    global _running, _urgent
+    global _running, _urgent, writer_started
     # Deferred to this thread: sqlite3 and json cost milliseconds to import.
     from ._writer import Writer
 
     writer = Writer()
+    writer_started = True
     idle_since = time.monotonic()
     pending_since: float | None = None
     seen = 0  # the queue's length at the last look
@@ -407,7 +413,9 @@ def _at_exit() -> None:
                 last, since = progress, time.monotonic()
             elif time.monotonic() - since >= STUCK_SECONDS:
                 break
-    stuck = thread is not None and thread.is_alive()
+            elif not writer_started and time.monotonic() - since >= NOT_STARTED_SECONDS:
+                break  # it wrote nothing, and takes nothing from the queue: written here
+    stuck = thread is not None and thread.is_alive() and writer_started
     if _queue and not stuck:
         from ._writer import Writer
 
