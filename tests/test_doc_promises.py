@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +159,35 @@ THIRD_SIGNAL_CLEANUPS = [
 ]
 
 
+THIRD_SIGNAL_TEST = "test_a_third_signal_cancels_async_resource_code_at_its_await"
+
+
+@pytest.fixture(scope="module")
+def third_signal_programs(
+    request: pytest.FixtureRequest,
+) -> Iterator[dict[str, Future[tuple[dict[str, Any], str]]]]:
+    """The third-signal program of each variant the session runs, three at a time, all
+    done before the first of them is tested (so that the programs are not taken for
+    that test's leaks): each is a process of its own that sends its signals to itself,
+    timed from its own resource code, and mostly waits for them (0.8 s)."""
+    chosen = [
+        item.callspec.params["variant"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == THIRD_SIGNAL_TEST
+    ]
+    pool = ThreadPoolExecutor(3, thread_name_prefix="third-signal")
+    try:
+        programs = {v: pool.submit(run_program, "third-signal", v, timeout=20) for v in chosen}
+        wait(programs.values())
+        yield programs
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
 @pytest.mark.parametrize("variant", THIRD_SIGNAL_SETUPS + THIRD_SIGNAL_CLEANUPS)
-def test_a_third_signal_cancels_async_resource_code_at_its_await(variant: str) -> None:
+def test_a_third_signal_cancels_async_resource_code_at_its_await(
+    variant: str, third_signal_programs: dict[str, Future[tuple[dict[str, Any], str]]]
+) -> None:
     """signals-and-cancellation.md:47-54: "A resource's setup or cleanup is not
     interrupted by those two signals ... A third signal interrupts it anyway, in its own
     code ... An async setup or cleanup is cancelled at its `await` ... An interrupted
@@ -168,7 +196,7 @@ def test_a_third_signal_cancels_async_resource_code_at_its_await(variant: str) -
     4 s (cleanup timeout 60 s); tests/test_signals.py covers sync resource code, and
     async cleanups in async flows on asyncio only. resources.md:14: an interrupted setup
     is not cleaned up, and the body never runs."""
-    results, stderr = run_program("third-signal", variant, timeout=20)
+    results, stderr = third_signal_programs[variant].result()  # its own program's
     got = results[variant]
     # The first two signals left it running; the third stopped it at once (not when its
     # 4 s wait ended).

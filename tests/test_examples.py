@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -51,16 +52,43 @@ def test_every_example_is_covered() -> None:
     assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
 
 
-@pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_example_runs(name: str) -> None:
-    """The example exits 0 and prints what its story promises."""
-    done = subprocess.run(
+def _run_example(name: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(EXAMPLES / name)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
+
+
+# Session-wide, as test_docs.py's blocks: should another module's tests come in between
+# (pytest-xdist), a module fixture would run every example again.
+@pytest.fixture(scope="session")
+def example_runs(request: pytest.FixtureRequest) -> dict[str, Future[object]]:
+    """Start every selected example at once, each in its own process (they spend much of
+    their time waiting: the rate limit of external_service.py, process-pool workers
+    starting); the tests collect."""
+    selected = {
+        item.callspec.params["name"]
+        for item in request.session.items
+        if getattr(item, "originalname", None) == "test_example_runs"
+    }
+    with ThreadPoolExecutor(max(1, len(selected))) as pool:
+        runs = {name: pool.submit(_run_example, name) for name in sorted(selected)}
+        # All ended before the first test: the suite's leak check must not take the
+        # examples' processes for children that a test left behind.
+        wait(runs.values())
+    return runs
+
+
+# The first test waits for every example (each bounded by its 120 s).
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_runs(name: str, example_runs: dict[str, Future[object]]) -> None:
+    """The example exits 0 and prints what its story promises."""
+    done = example_runs[name].result()
+    assert isinstance(done, subprocess.CompletedProcess)
     assert done.returncode == 0, done.stdout + done.stderr
     output = done.stdout + done.stderr  # log_prints output goes to the log (stderr)
     for line in EXPECTED[name]:

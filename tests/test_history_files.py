@@ -167,6 +167,18 @@ def origin_module(tmp_path_factory: pytest.TempPathFactory) -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module")
+def origin_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The orchestr home of the origin tests' runs; each test reads the run it made. One
+    for the module: a home changed back after each test would leave the history
+    writer's connection to it open until the writer ends (idle for half a second), which
+    the suite's leak check, run after the test's fixtures are torn down, waits for as a
+    file left open."""
+    where = tmp_path_factory.mktemp("origins-home") / "home"
+    with override_settings(home=where):
+        yield where
+
+
 def expected_origin(path: Path, flow_name: str) -> tuple[str, int]:
     kind, _, _colour = flow_name.rpartition("_")
     marker = _ORIGIN_AT.get(kind, flow_name)
@@ -194,7 +206,7 @@ CALLS = {
 @pytest.mark.parametrize("how", [0, 1], ids=["direct", "from an event loop"])
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_origin_recorded_is_the_line_that_failed_the_run(
-    origin_module: ModuleType, tmp_path: Path, kind: str, colour: str, how: int
+    origin_module: ModuleType, origin_home: Path, kind: str, colour: str, how: int
 ) -> None:
     """Whichever way a flow run fails (its body raises, a task failure no code observed,
     an upstream's failure leaving a task NotRun, its timeout, a subflow failing), and
@@ -208,11 +220,12 @@ def test_the_origin_recorded_is_the_line_that_failed_the_run(
             "timeout: no traceback holds its line (the origin names asyncio's locks.py)"
         )
     caller = getattr(origin_module, CALLS[colour][how])
-    with override_settings(home=tmp_path / "home"):
-        caller(getattr(origin_module, name))
-        flushed()
-        top = [r for r in history.list_runs() if r.parent_id is None]
-    (row,) = top
+    flushed()
+    before = {r.id for r in history.list_runs(limit=None)}  # the other tests' runs
+    caller(getattr(origin_module, name))
+    flushed()
+    top = [r for r in history.list_runs(limit=None) if r.parent_id is None]
+    (row,) = [r for r in top if r.id not in before]
     assert_origin(row, Path(origin_module.__file__ or ""), name)
 
 

@@ -589,7 +589,7 @@ def test_a_signal_that_interrupts_no_system_call_is_handled_at_once(
         backend,
         wait,
         ORCHESTR_BACKEND=backend,
-        ORCHESTR_CANCEL_GRACE_SECONDS="0.5",  # for the sync task sleeping in a thread
+        ORCHESTR_CANCEL_GRACE_SECONDS="0.1",  # for the sync task sleeping in a thread
     )
     program.wait_for("READY", timeout=15)
     sent = program.send(signum)

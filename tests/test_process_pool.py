@@ -32,6 +32,11 @@ from orchestr._engine._context import flow_run_var
 from orchestr.exceptions import UsageError
 from orchestr.runners import RemoteError
 
+# The timeout of the calls these tests stop by one: it counts from when the call's function
+# starts in its worker (not from a worker's start or imports), and what each must do first
+# (write a marker, start a program) takes milliseconds, even on a busy machine.
+STOP_TIMEOUT = 0.5
+
 
 def _gone_within(pids: list[int], seconds: float) -> bool:
     deadline = time.monotonic() + seconds
@@ -94,8 +99,7 @@ def test_a_stopped_call_is_stopped_for_real(run: Any, tmp_path: Path, stop: str)
     """Unlike a thread, a timed-out or cancelled call does not go on: its worker is ended
     (the call never gets to write its marker) and another takes its place."""
     marker = str(tmp_path / "late")
-    # Long enough that the call has started (its worker up) even on a busy machine.
-    timeout = 1.5 if stop == "timeout" else None
+    timeout = STOP_TIMEOUT if stop == "timeout" else None
 
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
     async def main() -> tuple[str, int, int]:
@@ -155,7 +159,8 @@ def test_no_worker_outlives_its_flow_run(run: Any, tmp_path: Path) -> None:
     async def main() -> list[str]:
         pids.extend([await f for f in pid.map(range(4))])
         crashed = await kill_myself.submit("exit").wait()
-        timed_out = await sleep_then_mark.with_options(timeout_seconds=1.5).submit(5, marker).wait()
+        timed = sleep_then_mark.with_options(timeout_seconds=STOP_TIMEOUT)
+        timed_out = await timed.submit(5, marker).wait()
         pids.append(await pid.submit())
         pids.append(int(Path(marker + ".started").read_text()))
         return [crashed.name, timed_out.name]
@@ -403,7 +408,7 @@ def test_a_stop_for_a_call_that_has_finished_spares_its_worker(run: Any, tmp_pat
     assert ran_second_in == ran_first_in
 
 
-@task(timeout_seconds=1.5)  # long enough to start its program, even on a busy machine
+@task(timeout_seconds=STOP_TIMEOUT)  # long enough to start its program
 def starts_a_child(pid_file: str) -> None:
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     Path(pid_file).write_text(str(child.pid))
@@ -434,7 +439,7 @@ def blocks_until(path: str) -> int:
     return os.getpid()
 
 
-@task(timeout_seconds=1.5)  # long enough to start, even on a busy machine
+@task(timeout_seconds=STOP_TIMEOUT)
 def overstays(started: str) -> None:
     Path(started).write_text("")
     time.sleep(20)

@@ -29,8 +29,15 @@ from orchestr.exceptions import RunTimedOut
 from orchestr.states import State, StateType
 
 WAIT = 10.0  # seconds: the bound on every wait that should end at once
-TASK_TIMEOUT = 1.0  # long enough to enter the block, even on a busy machine
-FLOW_TIMEOUT = 1.5  # of a subflow on its parent's runner, whose worker is up
+# Long enough to enter the block, even on a busy machine: the timeout counts from the
+# call's "running" (its function starts, in a worker that is up), and the block's setup is
+# its first line, a few milliseconds later (under 0.06 s in every measured run, 0.02 s
+# timeouts included).
+TASK_TIMEOUT = 0.4
+# Of a subflow on its parent's runner, whose worker is up (and has run an async call
+# already for an async holder, so its event loop's imports are done): the subflow starts,
+# submits, and the worker enters the block within a few milliseconds (under 0.06 s measured).
+FLOW_TIMEOUT = 0.6
 LONG = 60.0  # how long a stopped body would go on: never, in a pass
 
 
@@ -108,6 +115,11 @@ def pid() -> int:
     return os.getpid()
 
 
+@task
+async def pid_async() -> int:
+    return os.getpid()
+
+
 # -- helpers ---------------------------------------------------------------------------------------
 def steps(journal: Path) -> list[tuple[int, str]]:
     if not journal.exists():
@@ -144,6 +156,8 @@ def stopped(run: Any, holder: Any, stop: str, journal: Path, *args: Any) -> Stat
     @flow(task_runner=ProcessPoolTaskRunner(max_workers=1))
     async def main() -> None:
         await pid.submit()  # the worker is up: the call starts at once
+        if holder.is_async:  # its event loop's imports done too (trio's take 0.3 s)
+            await pid_async.submit()
         if stop == "flow timeout":
             await timed(return_state=True)
             return
@@ -244,6 +258,10 @@ def test_the_cleanup_of_a_stopped_call_is_recorded_in_its_flow_run(
     ]
 
 
+CLEANUP_TIMEOUT = 0.1  # the setting, in the next test
+GRACE = CLEANUP_TIMEOUT + 2.0  # of its stop: the cleanup timeout setting plus 2 s
+
+
 def test_a_cleanup_that_outlives_the_grace_gets_its_worker_killed(run: Any, tmp_path: Path) -> None:
     """A cleanup that hangs past the stop's grace (the cleanup timeout setting plus
     2 s): its worker is killed, the run still ends on time, TimedOut, and nothing of it
@@ -260,14 +278,15 @@ def test_a_cleanup_that_outlives_the_grace_gets_its_worker_killed(run: Any, tmp_
         begun.append(time.monotonic())
         return state.name, await pid.submit()
 
-    with override_settings(cleanup_timeout_seconds=0.5):  # the grace: 2.5 s
+    with override_settings(cleanup_timeout_seconds=CLEANUP_TIMEOUT):
         name, next_worker = run(main)
     took = begun[1] - begun[0]
     record = steps(journal)
     assert [step for _, step in record] == ["setup", "cleanup began"]
     worker = record[0][0]
     assert name == "TimedOut"
-    assert 2.5 <= took < TASK_TIMEOUT + 2.5 + 2.0 + 5.0  # killed at its grace, not later
+    # Killed at its grace, not later; the grace starts once the timeout has passed.
+    assert TASK_TIMEOUT + GRACE <= took < TASK_TIMEOUT + GRACE + 2.0 + 5.0
     assert next_worker != worker
     assert gone_within(worker)
 

@@ -71,9 +71,8 @@ pytestmark = [pytest.mark.timeout(60), pytest.mark.usefixtures("dask_address")]
 WAIT = 10  # seconds: the bound on every wait that should end at once
 POLL = 0.005
 # A task's timeout counts from when its function starts; a flow's counts from its start,
-# so the timed flow runs after its workers are warm (see warm_up).
-TIMEOUT = 1.0  # a task's timeout_seconds in the timeout scenarios
-FLOW_TIMEOUT = 1.5  # a flow's: its task runs start well within, on warm workers
+# so the timed flow runs after its workers are warm (see warm_up). Their timeout_seconds
+# in the timeout scenarios: task_timeout() and flow_timeout().
 QUEUED_BOUND = 2.0  # how long a trivial call on a free worker may take to be done
 # How long a Dask worker's death may take to be seen and a retry to run elsewhere (its
 # nanny starts a new worker process, which imports distributed, on a loaded machine).
@@ -170,6 +169,21 @@ def runner_class(kind: str) -> type[TaskRunner]:
 
         return DaskTaskRunner
     return RUNNERS[kind]
+
+
+def task_timeout(kind: str) -> float:
+    """A task's timeout_seconds in the timeout scenarios. It counts from when the task's
+    function starts (its worker up, its module imported, its event loop started), and a
+    trivial call then ends in milliseconds: 0.5 s holds on a loaded machine. Dask cannot
+    say when a call starts, so there it counts from the submission, and a call that must
+    start before its timeout has to reach a worker within it too: 1 s."""
+    return 1.0 if kind == "dask" else 0.5
+
+
+def flow_timeout(kind: str) -> float:
+    """A flow's timeout_seconds: its task runs, submitted at once to warm workers, start
+    well within it (on Dask through the scheduler first: see task_timeout)."""
+    return 1.5 if kind == "dask" else 1.0
 
 
 def in_another_process(kind: str) -> bool:
@@ -1156,8 +1170,9 @@ def test_a_timeout_counts_from_when_the_call_starts_not_while_it_waits_for_a_wor
     for a worker is not running. (On the thread pool an async task runs on the flow's
     loop and does not wait. Dask cannot say when a call starts: there the timeout
     counts from the submission, and the call times out waiting.)"""
+    timeout = task_timeout(kind)
     quick = (rt.sync_add if task_kind == "sync" else rt.async_add).with_options(
-        timeout_seconds=TIMEOUT
+        timeout_seconds=timeout
     )
     release = tmp_path / "release"
     started = [tmp_path / f"started-{i}" for i in range(slots)]
@@ -1172,7 +1187,7 @@ def test_a_timeout_counts_from_when_the_call_starts_not_while_it_waits_for_a_wor
             while not all(marker.exists() for marker in started):
                 await anyio.sleep(POLL)
         waiting = quick.submit(1)
-        await anyio.sleep(TIMEOUT * 1.5)  # it waits for a worker past its timeout
+        await anyio.sleep(timeout * 1.5)  # it waits for a worker past its timeout
         release.touch()
         with anyio.fail_after(WAIT):
             state = await waiting.wait()
@@ -1196,8 +1211,9 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
     process pool its worker is ended, so the call never finishes; a thread (a sync task
     on the thread pool, any call on the pickling runner or in a Dask worker's thread) is
     abandoned, says so, and finishes on its own."""
+    timeout = task_timeout(kind)
     stuck = (rt.sync_stuck if task_kind == "sync" else rt.async_stuck).with_options(
-        timeout_seconds=TIMEOUT
+        timeout_seconds=timeout
     )
     started, release, out = tmp_path / "started", tmp_path / "release", tmp_path / "out"
     abandoned = kind in ("pickling", "held", "dask") or (kind == "threads" and task_kind == "sync")
@@ -1224,7 +1240,7 @@ def test_a_timed_out_call_is_timed_out_and_stopped_where_the_runner_can(
         release.touch()
     assert (state.type, state.name) == (StateType.FAILED, "TimedOut")
     assert isinstance(state.exception, RunTimedOut)
-    assert f"timeout of {TIMEOUT} s" in str(state.exception)
+    assert f"timeout of {timeout} s" in str(state.exception)
     assert ("abandoned" in str(state.exception)) is abandoned
     # A runner that does not report starts (Dask) cannot say the call was running.
     assert ("may never have started" in str(state.exception)) is (kind == "dask")
@@ -1241,7 +1257,7 @@ def test_a_timed_out_attempt_is_retried(
     """Retries apply to an attempt that timed out: the next attempt completes (on a
     process pool, in a worker other than the one ended under the first attempt; where
     the first is abandoned, while it is still running: it is released only after)."""
-    task = rt.stuck_first_attempt.with_options(timeout_seconds=TIMEOUT, retries=1)
+    task = rt.stuck_first_attempt.with_options(timeout_seconds=task_timeout(kind), retries=1)
     started, release = tmp_path / "started", tmp_path / "release"
 
     @flow(task_runner=runner)
@@ -1277,7 +1293,7 @@ def test_a_flow_timeout_cancels_its_runs_and_stops_their_workers(
     release = tmp_path / "release"
     futures: list[Any] = []
 
-    @flow(timeout_seconds=FLOW_TIMEOUT)  # on its parent's runner, whose workers are up
+    @flow(timeout_seconds=flow_timeout(kind))  # on its parent's runner, whose workers are up
     async def timed() -> None:
         futures.append(rt.sync_stuck.submit(str(started["sync"]), str(release), str(outs["sync"])))
         futures.append(
@@ -1419,6 +1435,14 @@ def test_allow_failure_passes_an_error_on_whatever_else_the_flow_run_holds(
     assert run(main).startswith("TaskRunCancelledError: ")
 
 
+# Its flows name their own ProcessPoolTaskRunner: of the runner kinds only the backend
+# (through ``run``) changes what it runs, so it runs on the process pool's two pairs.
+@pytest.mark.parametrize(
+    "kind_and_backend",
+    [("processes", "asyncio"), ("processes", "trio")],
+    ids=["asyncio-processes", "trio-processes"],
+    indirect=True,
+)
 def test_a_process_pool_leaves_no_process_or_thread_behind(run: Any, tmp_path: Path) -> None:
     """After a flow run on ProcessPoolTaskRunner(2) whose calls completed, timed out (a
     worker killed) and crashed (a worker died), no worker process and no reader thread
@@ -1436,7 +1460,7 @@ def test_a_process_pool_leaves_no_process_or_thread_behind(run: Any, tmp_path: P
         with anyio.fail_after(WAIT):
             return await rt.sync_add.submit(1)
 
-    stuck = rt.sync_stuck.with_options(timeout_seconds=TIMEOUT)
+    stuck = rt.sync_stuck.with_options(timeout_seconds=task_timeout("processes"))
     started = tmp_path / "started"
     seen_during: list[set[int]] = []
 

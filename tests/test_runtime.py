@@ -513,7 +513,12 @@ def test_a_task_runs_arguments_are_not_kept_after_it_ended(run: Any, parent: Any
         ref = weakref.ref(data)
         await parent.submit(data)
         del data
-        gc.collect()
+        # A sync task's worker thread lets go of the call a moment after its outcome is
+        # delivered (it failed once under load when looked at once): kept for good is
+        # the leak.
+        with anyio.move_on_after(5):
+            while gc.collect() >= 0 and ref() is not None:
+                await anyio.sleep(0.01)
         return ref() is None
 
     assert run(main) is True

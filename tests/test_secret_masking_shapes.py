@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -81,26 +82,32 @@ ORDINARY_VALUES = [
 ]
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
-    """A fresh orchestr home for this test's runs."""
-    with override_settings(home=tmp_path / "home"):
-        yield tmp_path / "home"
+@pytest.fixture(scope="module")
+def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A fresh orchestr home for this module's runs; each test reads its own run, by its
+    flow's name. One for the module: a home changed back after each test would leave
+    the history writer's connection to it open until the writer ends (idle for half a
+    second), which the suite's leak check, run after the test's fixtures are torn
+    down, waits for as a file left open."""
+    where = tmp_path_factory.mktemp("secret-shapes") / "home"
+    with override_settings(home=where):
+        yield where
 
 
 def _stored_and_logged(
     parameters: dict[str, Any], caplog: pytest.LogCaptureFixture
 ) -> tuple[dict[str, Any], str]:
     """Run a flow taking ``parameters``; its stored parameters and its log line."""
+    name = f"takes-{uuid.uuid4().hex}"  # its own flow: the home is the module's
 
-    @flow
+    @flow(name=name)
     def takes(**kwargs: Any) -> None:
         pass
 
     caplog.set_level(logging.INFO, logger="orchestr")
     takes(**parameters)
     assert history.flush(30), "the history writer did not finish in time"
-    (row,) = history.list_runs()
+    (row,) = history.list_runs(flow_name=name)
     (begin,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("Beginning")]
     return row.parameters, begin
 

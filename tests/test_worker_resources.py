@@ -130,6 +130,16 @@ def runner(kind: str, request: pytest.FixtureRequest) -> Callable[[], TaskRunner
     return lambda: DaskTaskRunner(address=address)
 
 
+@pytest.fixture
+def ends_cleanups(tmp_path: Path) -> Iterator[None]:
+    """For resources whose cleanup does not end by itself (they wait for an
+    ``end-cleanup`` file in the test's ``tmp_path``: see
+    ``worker_resource_tasks._until_ended``): once the test is over (its assertions
+    made), they are told to end, so none outlives it."""
+    yield
+    (tmp_path / "end-cleanup").touch()
+
+
 def check_where(kind: str, found: Seen) -> None:
     """On threads the flow's process is the one worker; on Dask the two workers are."""
     pids = {pid for pid, _ in found.setups}
@@ -278,7 +288,9 @@ def test_cleaned_up_once_when_the_flow_times_out(
     directory = tmp_path / "files"
     directory.mkdir()
 
-    @flow(task_runner=runner(), timeout_seconds=3 if kind == "dask" else 1)
+    # On threads the held call uses the instance within milliseconds of the start; on
+    # Dask it first travels to a worker of the shared cluster (maybe one just restarted).
+    @flow(task_runner=runner(), timeout_seconds=3 if kind == "dask" else 0.5)
     async def main() -> None:
         held = wt.ause_then_wait.submit(directory, 0, release)
         await held
@@ -414,11 +426,13 @@ def test_a_failing_cleanup_joins_the_error_of_a_failed_run(run: Any, tmp_path: P
     assert isinstance(cleanup, ResourceCleanupError)
 
 
+@pytest.mark.usefixtures("ends_cleanups")
 def test_a_cleanup_past_its_timeout_is_abandoned_and_reported(
     run: Any, kind: str, runner: Callable[[], TaskRunner], tmp_path: Path
 ) -> None:
-    """A cleanup that overruns its cleanup_timeout (0.5 s; it would take 3 s) is left in
-    its thread: the run ends soon after, failed with CleanupTimeoutError."""
+    """A cleanup that overruns its cleanup_timeout (0.5 s; it would not end until the
+    test is over) is left in its thread: the run ends soon after, failed with
+    CleanupTimeoutError."""
 
     @flow(task_runner=runner())
     async def main(directory: Path) -> None:
@@ -749,11 +763,13 @@ def test_a_resource_declared_in_a_function_does_not_travel(run: Any, tmp_path: P
     assert "declare it at module level" in str(error)
 
 
+@pytest.mark.usefixtures("ends_cleanups")
 def test_the_flow_process_cleanup_timeout_setting_bounds_cleanups_everywhere(
     run: Any, kind: str, runner: Callable[[], TaskRunner], tmp_path: Path
 ) -> None:
-    """Without a cleanup_timeout of its own, a per-worker resource's cleanup is bounded by
-    the cleanup_timeout_seconds setting of the flow's process, on Dask workers too."""
+    """Without a cleanup_timeout of its own, a per-worker resource's cleanup (which would
+    not end until the test is over) is bounded by the cleanup_timeout_seconds setting of
+    the flow's process, on Dask workers too."""
 
     @flow(task_runner=runner())
     async def main(directory: Path) -> None:
@@ -830,12 +846,14 @@ def test_a_closed_session_refuses_every_later_ask(tmp_path: Path) -> None:
     assert close_session(key, 5.0) == []  # closed once; a second close finds nothing
 
 
+@pytest.mark.usefixtures("ends_cleanups")
 def test_a_setup_finishing_after_its_session_was_sent_home_is_logged_and_bounded(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Far from its flow run, a setup still running when its session is closed and its
     events sent home: once it finishes it is cleaned up at once, bounded by the cleanup
-    timeout the flow's closing gave (0.3 s here, not this process's setting of 30 s);
+    timeout the flow's closing gave (0.3 s here, not this process's setting of 30 s; the
+    cleanup would not end until the test is over);
     the task that asked is refused; what happened, which the run can no longer see, is
     logged as WARNINGs naming the resource and the worker."""
     from orchestr.resources._worker_sessions import close_session, remote_session, session_var
@@ -865,7 +883,7 @@ def test_a_setup_finishing_after_its_session_was_sent_home_is_logged_and_bounded
         start = time.monotonic()
         (tmp_path / "open-gate").touch()
         asking.join(BOUND)
-    assert time.monotonic() - start < 2.5  # not the 3 s its cleanup would take
+    assert time.monotonic() - start < 2.5  # not when its cleanup ends (after the test)
     (error,) = failure
     assert isinstance(error, ResourceClosedError)
     found = seen(tmp_path)

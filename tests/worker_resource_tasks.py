@@ -93,6 +93,14 @@ def broken_cleanup() -> Iterator[Handle]:
     raise OSError("could not flush the cache")
 
 
+def _until_ended(directory: Path) -> None:
+    """A cleanup that does not end by itself: it waits (bounded) for an ``end-cleanup``
+    file in its directory, which its test writes once the run has ended without it."""
+    deadline = time.monotonic() + BOUND
+    while not (directory / "end-cleanup").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 @per_worker_resource(cleanup_timeout=0.5)
 def stuck_cleanup() -> Iterator[Handle]:
     directory = _where()
@@ -100,7 +108,7 @@ def stuck_cleanup() -> Iterator[Handle]:
     (directory / f"setup-{os.getpid()}-{token}").touch()
     yield Handle(directory, token)
     (directory / f"cleanup-{os.getpid()}-{token}").touch()
-    time.sleep(3)  # past its cleanup timeout: abandoned (and ends on its own)
+    _until_ended(directory)  # past its cleanup timeout: abandoned (ends when told)
 
 
 @per_worker_resource
@@ -111,7 +119,7 @@ def slow_cleanup() -> Iterator[Handle]:
     (directory / f"setup-{os.getpid()}-{token}").touch()
     yield Handle(directory, token)
     (directory / f"cleanup-{os.getpid()}-{token}").touch()
-    time.sleep(3)
+    _until_ended(directory)
 
 
 @per_worker_resource
@@ -129,7 +137,8 @@ def gated() -> Iterator[Handle]:
 
 @per_worker_resource
 def gated_slow_cleanup() -> Iterator[Handle]:
-    """As ``gated``, with a cleanup of 3 s and no cleanup timeout of its own."""
+    """As ``gated``, with a cleanup that does not end by itself (see ``_until_ended``)
+    and no cleanup timeout of its own."""
     directory = _where()
     deadline = time.monotonic() + BOUND
     while not (directory / "open-gate").exists() and time.monotonic() < deadline:
@@ -138,7 +147,7 @@ def gated_slow_cleanup() -> Iterator[Handle]:
     (directory / f"setup-{os.getpid()}-{token}").touch()
     yield Handle(directory, token)
     (directory / f"cleanup-{os.getpid()}-{token}").touch()
-    time.sleep(3)
+    _until_ended(directory)
 
 
 @per_worker_resource
