@@ -863,6 +863,37 @@ def test_a_writer_that_never_starts_does_not_hold_up_the_exit(tmp_path: Path) ->
     assert query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'") == [(5,)]
 
 
+def test_the_exit_does_not_wait_for_the_writers_next_look(tmp_path: Path) -> None:
+    """At exit the writer writes what is queued and ends: it no longer waited for its
+    next look at the queue (POLL_SECONDS) first, which every program that recorded a run
+    paid at exit (0.25 s). Here the look is a minute away: the program still exits at
+    once, with its run written."""
+    home = tmp_path / "home"
+    started = time.monotonic()
+    done = program(
+        """
+        from orchestr import flow
+        from orchestr._history import _recorder
+
+        _recorder.POLL_SECONDS = 60.0
+
+        @flow
+        def main() -> int:
+            return 1
+
+        print(main())
+        """,
+        home,
+        ORCHESTR_LOGGING_LEVEL="WARNING",
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "1"
+    assert took < 30, f"the exit took {took:.1f} s"
+    db = home / "history.db"
+    assert query(db, "SELECT flow_name, state FROM flow_runs") == [("main", "Completed")]
+
+
 def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path) -> None:
     """A task on ProcessPoolTaskRunner that calls a flow: the worker (which ends by
     os._exit, skipping the history's exit flush) writes that flow run before the task's

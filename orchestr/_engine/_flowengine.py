@@ -41,6 +41,8 @@ from ..exceptions import (
     OrchestrError,
     ParameterValidationError,
     ResourceCleanupError,
+    RunCancelled,
+    RunTimedOut,
     TaskRunCancelledError,
     UsageError,
 )
@@ -427,7 +429,9 @@ async def _attempts(
     runner = run.runner = run.flow.task_runner.duplicate()
     try:
         room_on(runner)  # a bad bound: refused before anything is started
-        await runner.start()
+        stopped = await _start(run, runner)
+        if stopped is not None:
+            return stopped
     except Exception as exc:  # it cleaned up after itself: the run crashed, not raised
         return _runner_failed(run, runner, exc)
     cleanup_errors: list[ResourceCleanupError] = []
@@ -442,6 +446,38 @@ async def _attempts(
             finally:
                 await runner.shutdown()
     return with_cleanup_errors(state, cleanup_errors)
+
+
+async def _start(run: FlowRun, runner: TaskRunner) -> State[Any] | None:
+    """Start the run's task runner: None once started, else the run's final state. A
+    start that never ends (a cluster that cannot get its machines) is stopped by a
+    second signal, by the flow's timeout (which bounds the start on its own: the body's
+    time counts from when the body starts) or by its parent's deadline; the runner then
+    closes what it had started."""
+    timeout = run.flow.timeout_seconds
+    own_at = math.inf if timeout is None else time.monotonic() + timeout
+    with run.starting_runner(min(own_at, run.inherited_deadline_at)):
+        try:
+            await runner.start()
+            return None  # (a signal meanwhile: the attempt ends the run, then shuts it down)
+        except RunCancelled:
+            # A third signal ended the runner's own wait for what it had started.
+            if run.signal is None:
+                raise
+    record = run.record
+    if run.signal is not None or run.cancel_requested:
+        stopped: Stop | None = None if run.signal is not None else "cancel"
+        return final_state(run, None, None, stopped, len(record.task_runs))
+    if own_at <= run.inherited_deadline_at:
+        message = (
+            f"flow run {record.name!r} exceeded its timeout of {timeout} s while its "
+            f"task runner {runner!r} was starting"
+        )
+        error = RunTimedOut(message)
+        return State(StateType.FAILED, name="TimedOut", message=message, error=error, record=record)
+    if run.cancel_reason is None and run.parent is not None:
+        run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"
+    return final_state(run, None, None, "cancel", len(record.task_runs))
 
 
 def _runner_failed(run: FlowRun, runner: TaskRunner, exc: Exception) -> State[Any]:

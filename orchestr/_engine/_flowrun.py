@@ -63,6 +63,7 @@ class FlowRun:
         "_escalation_waiters",
         "_force_scopes",
         "_grace_scopes",
+        "_start_scopes",
         "_thread_waiters",
         "active",
         "arguments",
@@ -160,6 +161,7 @@ class FlowRun:
         self._thread_waiters: set[threading.Event] = set()
         self._escalation_waiters: set[threading.Event] = set()
         self._grace_scopes: set[anyio.CancelScope] = set()
+        self._start_scopes: set[anyio.CancelScope] = set()  # (of _grace_scopes)
         self._force_scopes: set[anyio.CancelScope] = set()
         # Resources whose setup is running, by id: name (what a third signal interrupts).
         self.setting_up: dict[int, str] = {}
@@ -336,7 +338,21 @@ class FlowRun:
         self._wake(self._thread_waiters)
         if self.scope is not None:
             self.scope.cancel()
+        if not self._signalled():
+            # Its task runner's start too (a first signal waits for it, see
+            # starting_runner): a timeout or a cancellation of the run ends it.
+            for scope in list(self._start_scopes):
+                scope.cancel()
         self._to_children(self._child_cancel)
+
+    def _signalled(self) -> bool:
+        """Whether a signal came to this run or to one of its parents."""
+        run: FlowRun | None = self
+        while run is not None:
+            if run.signal is not None:
+                return True
+            run = run.parent
+        return False
 
     def _child_cancel(self, child: FlowRun) -> None:
         child.request_cancel(f"its parent flow run {self.record.name!r} was cancelled")
@@ -417,9 +433,15 @@ class FlowRun:
             and f._canceller is None
             and f._record.state_type is not StateType.PENDING
         )
+        starting = bool(self._start_scopes)
         if first:
             self.request_cancel()
             note = f"orchestr: {name}: cancelling flow run {self.record.name!r}"
+            if starting:
+                note += (
+                    f"; waiting for its task runner to start, to close it; send {name} "
+                    "again to stop the start"
+                )
             if running:
                 grace = get_settings().cancel_grace_seconds
                 note += (
@@ -433,6 +455,8 @@ class FlowRun:
                 f"orchestr: {name} again: flow run {self.record.name!r} no longer waits for "
                 f"its task runs ({_listed(running) or 'none running'})"
             )
+            if starting:
+                note += "; stopping its task runner's start"
             resources = list(self.open_resources.values())
             if resources:
                 note += f"; cleaning up {_listed(resources[::-1])}, each within its cleanup timeout"
@@ -480,6 +504,25 @@ class FlowRun:
                 yield scope
             finally:
                 self._force_scopes.discard(scope)
+
+    @contextmanager
+    def starting_runner(self, deadline_at: float) -> Iterator[anyio.CancelScope]:
+        """On the loop: the start of the run's task runner, which ``deadline_at``
+        (``time.monotonic()``) ends, and a cancellation of the run; but a signal only
+        the second time: the first waits for it, so that what it starts is closed (a
+        cluster half started could leak its processes). The caller reads
+        ``cancel_called`` on the scope it yields."""
+        remaining = deadline_at - time.monotonic()
+        with anyio.CancelScope(deadline=anyio.current_time() + remaining) as scope:
+            if self.escalated:
+                scope.cancel()
+            self._grace_scopes.add(scope)
+            self._start_scopes.add(scope)
+            try:
+                yield scope
+            finally:
+                self._grace_scopes.discard(scope)
+                self._start_scopes.discard(scope)
 
     @contextmanager
     def grace_period(self, seconds: float) -> Iterator[None]:

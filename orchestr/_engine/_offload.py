@@ -53,6 +53,7 @@ async def run_sync(
     abandon_on_cancel: bool = False,
     forcible: bool = False,
     limited: bool = True,
+    forced_already: bool = False,
 ) -> T:
     """``fn(*args)`` in one of orchestr's daemon threads, in a copy of this context; its
     value, or its exception raised here.
@@ -62,7 +63,9 @@ async def run_sync(
     value is returned, the cancellation coming at the caller's next checkpoint (what
     ``anyio.to_thread.run_sync`` does). With ``forcible`` (user code protected like a
     resource's setup), a third signal to the flow run of this loop ends that shielded
-    wait anyway: the call is abandoned and the run's cancellation raised here.
+    wait anyway: the call is abandoned and the run's cancellation raised here (one that
+    came before the call too, with ``forced_already``: a wait that the signals' own
+    cancellation started).
 
     Each call takes a place among the loop's thread calls (anyio's default limiter), but
     with ``limited=False``: user code that may wait for other offloaded calls (a sync
@@ -99,7 +102,7 @@ async def run_sync(
             run = flow_run_var.get() if forcible else None
             if run is not None and run.loop is not None and run.loop.running_here():
                 # Only a third signal that comes while it runs ends the wait.
-                with run.forcible(already=False):
+                with run.forcible(already=forced_already):
                     await done.wait()
             else:
                 with anyio.CancelScope(shield=True):

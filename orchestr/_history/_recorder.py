@@ -280,7 +280,8 @@ def _write_until_idle() -> None:
     ended = False
     try:
         while True:
-            _wake.wait(POLL_SECONDS)
+            if not _exiting:  # (at exit, once the queue is written the writer ends)
+                _wake.wait(POLL_SECONDS)
             _wake.clear()
             now = time.monotonic()
             length = len(_queue)

@@ -62,6 +62,9 @@ _warned: set[str] = set()  # paths reported, once each, process-wide
 _busy_warned: set[str] = set()  # paths reported busy, once each
 _broken: set[str] = set()  # paths that could not be opened
 _abandoned: set[str] = set()  # paths given up at exit: busy past the exit deadline
+# The histories a writer has open now (their files are the writer's, not a leak of the
+# code that recorded the runs: orchestr.testing.no_leaks reads it).
+open_paths: set[str] = set()
 
 _FLOW_UPSERT = """
 INSERT INTO flow_runs (id, name, flow_name, parent_id, state, started, ended, attempts,
@@ -224,8 +227,9 @@ class Writer:
         _recorder.note_dropped(path, count, busy=False)
 
     def close(self) -> None:
-        for conn in self._databases.values():
+        for path, conn in self._databases.items():
             _close(conn)
+            open_paths.discard(path)
         self._databases.clear()
 
     def _resolve(self, recorded: Recorded) -> str:
@@ -242,6 +246,7 @@ class Writer:
         conn = self._databases.pop(path, None)
         if conn is not None:
             _close(conn)
+            open_paths.discard(path)
 
     def _write(self, path: str, items: list[Any]) -> None:
         *rows, events = self._rows(items)
@@ -286,6 +291,7 @@ class Writer:
                 _broken.add(path)
                 raise
             self._databases[path] = conn
+            open_paths.add(path)
         return conn
 
     def _rows(self, items: list[Any]) -> tuple[list[Any], ...]:

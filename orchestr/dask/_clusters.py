@@ -32,6 +32,7 @@ from distributed.comm.addressing import get_address_host_port, parse_address
 from distributed.comm.registry import get_backend
 
 from .._checks import is_number
+from .._engine import _offload as offload
 from ..exceptions import ClusterError, UsageError
 from ..settings import get_settings
 
@@ -102,7 +103,7 @@ async def start_cluster(
     try:
         if adapt_kwargs is not None:
             if synchronous(cluster):
-                await asyncio.to_thread(lambda: cluster.adapt(**adapt_kwargs))
+                await in_a_thread(lambda: cluster.adapt(**adapt_kwargs))
             else:
                 adapting = cluster.adapt(**adapt_kwargs)
                 if inspect.isawaitable(adapting):
@@ -167,8 +168,8 @@ async def close_cluster(cluster: Any) -> None:
     if synchronous(cluster):
         sync = getattr(cluster, "sync", None)
         if callable(sync):  # its in-process workers first, on its own loop
-            await asyncio.to_thread(sync, close_in_process_workers, cluster)
-        await asyncio.to_thread(cluster.close)  # blocks while its own loop closes it
+            await in_a_thread(sync, close_in_process_workers, cluster)
+        await in_a_thread(cluster.close)  # blocks while its own loop closes it
         return
     await close_in_process_workers(cluster)
     closing = cluster.close()
@@ -193,11 +194,19 @@ async def close_in_process_workers(cluster: Any) -> None:
     await asyncio.gather(*closing, return_exceptions=True)
 
 
+async def in_a_thread(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in one of orchestr's daemon threads, abandoned when the caller is
+    cancelled (a cluster's blocking call cannot be stopped). Not ``asyncio.to_thread``:
+    its threads are not daemons, so a cluster whose close hangs past the
+    ``cleanup_timeout_seconds`` bound would hold up the interpreter's exit for ever."""
+    return await offload.run_sync(fn, *args, abandon_on_cancel=True)
+
+
 async def made_in_a_thread(factory: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
     """``factory(**kwargs)`` in a thread. Cancelled, it still waits (a while) for the
     cluster being made, to close it: a thread cannot be stopped half-way, and what it
     makes would be left running."""
-    making = asyncio.ensure_future(asyncio.to_thread(lambda: factory(**kwargs)))
+    making = asyncio.ensure_future(in_a_thread(lambda: factory(**kwargs)))
     try:
         return await asyncio.shield(making)
     except asyncio.CancelledError:

@@ -204,11 +204,14 @@ class DaskTaskRunner(TaskRunner):
         try:
             # Not cancelled at once (a cluster half started leaks its processes): a
             # cancelled start is given a while to finish, then cancelled, and what it
-            # made is closed.
+            # made is closed. A third signal ends that wait too (even one that came just
+            # before it began): what it made is then left.
             await bridge.wait(started, cancel=False)
         except BaseException:
             with anyio.CancelScope(shield=True):
-                await offload.run_sync(self._abort_start, started, connected)
+                await offload.run_sync(
+                    self._abort_start, started, connected, forcible=True, forced_already=True
+                )
             raise
         link = self.dashboard_link
         if link:

@@ -18,6 +18,7 @@ import gc
 import inspect
 import os
 import signal
+import sys
 import threading
 import time
 from collections import Counter
@@ -160,6 +161,13 @@ def _handlers() -> dict[signal.Signals, Any]:
     return handlers
 
 
+def _history_files() -> tuple[str, ...]:
+    """The run histories that orchestr's history writer has open (each database's
+    files start with its path): its own, like its thread, not a leak."""
+    writer = sys.modules.get("orchestr._history._writer")
+    return tuple(getattr(writer, "open_paths", ()))
+
+
 def _services() -> tuple[str, ...]:
     """Threads of orchestr that serve the whole process and end by themselves when idle
     (the run history's writer, the threads of orchestr's own blocking calls): not leaks."""
@@ -186,8 +194,8 @@ def no_leaks(
     - child processes it started (process-pool workers too, which multiprocessing's fork
       server starts);
     - file descriptors it opened (sockets, pipes, files; except files whose paths start
-      with one of ``ignore_files``, and the run history's database): more open than
-      before the block;
+      with one of ``ignore_files``, and the files of the run histories that orchestr's
+      history writer has open, in any home): more open than before the block;
     - signal handlers it changed and did not put back (except those of
       ``ignore_signals``);
     - resource blocks set up inside it and not cleaned up.
@@ -199,7 +207,8 @@ def no_leaks(
     ignored_files = (*ignore_files, str(history_path()))
     threads_before = _threads()
     children_before = _children()
-    fds_before = {fd: what for fd, what in _fds().items() if not what.startswith(ignored_files)}
+    before = (*ignored_files, *_history_files())
+    fds_before = {fd: what for fd, what in _fds().items() if not what.startswith(before)}
     handlers_before = _handlers()
     blocks_before = open_blocks()
     yield
@@ -208,7 +217,8 @@ def no_leaks(
     while True:
         threads = [t for t in _threads() - threads_before if not t.name.startswith(ignored_threads)]
         children = _children() - children_before
-        here = (*ignored_files, str(history_path()))  # the home may have changed
+        # The home may have changed; the writer may still hold an earlier home's files.
+        here = (*ignored_files, str(history_path()), *_history_files())
         fds_now = {fd: what for fd, what in _fds().items() if not what.startswith(here)}
         # More descriptors open than before: the new ones are the suspects. The same count
         # is no leak even if some changed (a pooled connection replaced by another).
