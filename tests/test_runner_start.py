@@ -91,7 +91,8 @@ def _assert_timed_out(state: Any, took: float) -> None:
     assert isinstance(state.exception, RunTimedOut)
     # None of the body ran, nor its on_running hooks; the start was cancelled and not
     # retried (its runner never started); the failure hooks ran.
-    assert journal == ["starting", "start stopped", "on_failure TimedOut"], journal
+    # Shut down all the same: what its start acquired is released (it was not).
+    assert journal == ["starting", "start stopped", "shutdown", "on_failure TimedOut"], journal
     assert took < 10, took
 
 
@@ -166,7 +167,7 @@ def test_a_parents_deadline_stops_a_subflows_start(run: Any) -> None:
             f"its parent flow run {parent!r} was cancelled",
             f"its parent flow run {parent!r} timed out",
         ), sub.message
-    assert journal == ["starting", "start stopped"] * 2, journal
+    assert journal == ["starting", "start stopped", "shutdown"] * 2, journal
 
 
 def test_the_time_a_runner_takes_to_start_is_not_the_bodys(run: Any) -> None:
@@ -206,6 +207,10 @@ class NeverStarts(ThreadPoolTaskRunner):
             # first).
             print("start stopped", "after" if marker.exists() else "before", flush=True)
             raise
+
+    async def shutdown(self):
+        print("shutdown", flush=True)
+        await super().shutdown()
 
 
 @flow(task_runner=NeverStarts())
@@ -258,7 +263,130 @@ def test_a_second_signal_stops_a_start_that_never_ends(tmp_path: Path, kind: str
             process.kill()
             process.communicate()  # (and its pipes closed)
     assert process.returncode in (130, -signal.SIGINT), err  # (Popen sees -SIGINT)
-    assert out.splitlines() == ["start stopped after"], (out, err)
+    assert out.splitlines() == ["start stopped after", "shutdown"], (out, err)
     assert "stopping its task runner's start" in err, err
     assert "Finished in state Crashed" in err, err
     assert "interrupted by SIGINT" in err, err
+
+
+EARLY = """
+import sys
+import time
+
+import anyio
+
+import orchestr._engine._flowengine as engine
+from orchestr import flow
+from orchestr._engine._flowrun import FlowRun
+from orchestr.runners import ThreadPoolTaskRunner
+
+CASE = sys.argv[1]
+signalled, bind_loop, get_settings = FlowRun.signalled, FlowRun.bind_loop, engine.get_settings
+seen = []
+
+
+def counted(self, signum):
+    signalled(self, signum)
+    seen.append(signum)
+    print("signalled", flush=True)  # (two signals sent at once would be one)
+
+
+def late_settings():
+    # In the main thread, once the run takes signals and before its loop is known: held
+    # until two signals came.
+    if CASE == "signals" and not seen:
+        print("ready", flush=True)
+        deadline = time.monotonic() + 20
+        while len(seen) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+    return get_settings()
+
+
+def late_bind_loop(self):
+    # A sync subflow's loop is known only once its parent's timeout cancelled it.
+    if CASE == "parent" and self.record.flow_name == "inner":
+        deadline = time.monotonic() + 20
+        while not self.cancel_requested and time.monotonic() < deadline:
+            time.sleep(0.01)
+    bind_loop(self)
+
+
+FlowRun.signalled, FlowRun.bind_loop, engine.get_settings = counted, late_bind_loop, late_settings
+
+
+class NeverStarts(ThreadPoolTaskRunner):
+    def duplicate(self):
+        return type(self)(self.max_workers)
+
+    async def start(self):
+        print("starting", flush=True)
+        try:
+            await anyio.sleep_forever()
+        except anyio.get_cancelled_exc_class():
+            print("start stopped", flush=True)
+            raise
+
+
+@flow(task_runner=NeverStarts())
+def main():
+    print("body", flush=True)
+
+
+@flow(task_runner=NeverStarts())
+def inner():
+    print("inner body", flush=True)
+
+
+@flow(timeout_seconds=0.3)
+def outer():
+    inner()
+
+
+if CASE == "signals":
+    main()
+else:
+    state = outer(return_state=True)
+    (sub,) = state.record.subflow_runs
+    print(state.name, sub.state_type.value, flush=True)
+"""
+
+
+def test_what_came_before_the_runs_loop_is_known_stops_the_start(tmp_path: Path) -> None:
+    """Two signals that came before the sync flow's loop could act on them (the run's
+    loop not yet known), and a parent's timeout that reached a sync subflow before its
+    loop was known: the start is stopped as it begins (it was waited for, for ever)."""
+    script = tmp_path / "early.py"
+    script.write_text(EARLY)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    signalled = subprocess.Popen(
+        [sys.executable, str(script), "signals"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert signalled.stdout is not None
+        assert signalled.stdout.readline().strip() == "ready"
+        for _ in range(2):
+            signalled.send_signal(signal.SIGINT)
+            assert signalled.stdout.readline().strip() == "signalled"
+        out, err = signalled.communicate(timeout=30)
+    finally:
+        if signalled.poll() is None:
+            signalled.kill()
+            signalled.communicate()
+    assert signalled.returncode in (130, -signal.SIGINT), err
+    assert out.splitlines() == ["starting", "start stopped"], (out, err)
+    done = subprocess.run(
+        [sys.executable, str(script), "parent"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["starting", "start stopped", "TimedOut CANCELLED"], (
+        done.stdout,
+        done.stderr,
+    )

@@ -430,10 +430,10 @@ async def _attempts(
     try:
         room_on(runner)  # a bad bound: refused before anything is started
         stopped = await _start(run, runner)
-        if stopped is not None:
-            return stopped
     except Exception as exc:  # it cleaned up after itself: the run crashed, not raised
         return _runner_failed(run, runner, exc)
+    if stopped is not None:
+        return stopped
     cleanup_errors: list[ResourceCleanupError] = []
     try:
         state = await _each_attempt(run, args, kwargs, body)
@@ -452,18 +452,26 @@ async def _start(run: FlowRun, runner: TaskRunner) -> State[Any] | None:
     """Start the run's task runner: None once started, else the run's final state. A
     start that never ends (a cluster that cannot get its machines) is stopped by a
     second signal, by the flow's timeout (which bounds the start on its own: the body's
-    time counts from when the body starts) or by its parent's deadline; the runner then
-    closes what it had started."""
+    time counts from when the body starts) or by its parent's deadline; the runner is
+    then shut down (a third signal leaves it as it is)."""
     timeout = run.flow.timeout_seconds
     own_at = math.inf if timeout is None else time.monotonic() + timeout
+    cancelled = anyio.get_cancelled_exc_class()
     with run.starting_runner(min(own_at, run.inherited_deadline_at)):
         try:
             await runner.start()
             return None  # (a signal meanwhile: the attempt ends the run, then shuts it down)
         except RunCancelled:
-            # A third signal ended the runner's own wait for what it had started.
-            if run.signal is None:
+            # A third signal ended the runner's own wait for what it had started: what
+            # it holds is left (as the signal's message says), not waited for again.
+            if not run._signalled():
                 raise
+        except cancelled:
+            # Stopped here, or by the caller: what it acquired before is released (a
+            # runner's start may leave that to its shutdown, as after a completed one).
+            with anyio.CancelScope(shield=True):
+                await _shut_down_stopped(runner)
+            raise
     record = run.record
     if run.signal is not None or run.cancel_requested:
         stopped: Stop | None = None if run.signal is not None else "cancel"
@@ -478,6 +486,15 @@ async def _start(run: FlowRun, runner: TaskRunner) -> State[Any] | None:
     if run.cancel_reason is None and run.parent is not None:
         run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"
     return final_state(run, None, None, "cancel", len(record.task_runs))
+
+
+async def _shut_down_stopped(runner: TaskRunner) -> None:
+    try:
+        await runner.shutdown()
+    except Exception as exc:
+        logging.getLogger("orchestr").warning(
+            "shutting down %r after its start was stopped failed: %s", runner, _describe(exc)
+        )
 
 
 def _runner_failed(run: FlowRun, runner: TaskRunner, exc: Exception) -> State[Any]:

@@ -79,6 +79,7 @@ class FlowRun:
         "deadline_at",
         "dispatcher",
         "escalated",
+        "forced",
         "interrupt",
         "execute_job",
         "flow",
@@ -158,6 +159,7 @@ class FlowRun:
         self.interrupt: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
+        self.forced = False  # a third signal came (see force())
         self._thread_waiters: set[threading.Event] = set()
         self._escalation_waiters: set[threading.Event] = set()
         self._grace_scopes: set[anyio.CancelScope] = set()
@@ -363,9 +365,14 @@ class FlowRun:
             children = list(self.children)
         for child in children:
             if child.loop is None:
-                # Its attempt checks before the body starts.
+                # Its attempt checks before the body starts; its runner's start, when it
+                # begins (see starting_runner).
                 child.cancelled_at = child.cancelled_at or time.monotonic()
                 child.cancel_requested = True
+                if action in (FlowRun.escalate, FlowRun.force):
+                    child.escalated = True
+                if action is FlowRun.force:
+                    child.forced = True
             else:
                 child.loop.call_soon(partial(action, child))
 
@@ -479,6 +486,7 @@ class FlowRun:
 
     def force(self) -> None:
         """A third signal: stop waiting for resource setups still running in threads."""
+        self.forced = True
         self.escalate()
         self.stop_forcible()
         self._to_children(FlowRun.force)
@@ -497,7 +505,7 @@ class FlowRun:
         without, only a signal that comes while it runs does (a cleanup starting after
         the third signal still runs: that signal interrupted what ran when it came)."""
         with anyio.CancelScope(shield=True) as scope:
-            if already and self.signal_count >= 3:
+            if already and (self.signal_count >= 3 or self.forced):
                 scope.cancel()
             self._force_scopes.add(scope)
             try:
@@ -514,7 +522,13 @@ class FlowRun:
         ``cancel_called`` on the scope it yields."""
         remaining = deadline_at - time.monotonic()
         with anyio.CancelScope(deadline=anyio.current_time() + remaining) as scope:
-            if self.escalated:
+            # What came before: a second signal (maybe before the loop could act on
+            # it), or a cancellation that is no signal's.
+            if (
+                self.escalated
+                or self.signal_count >= 2
+                or (self.cancel_requested and not self._signalled())
+            ):
                 scope.cancel()
             self._grace_scopes.add(scope)
             self._start_scopes.add(scope)

@@ -110,7 +110,9 @@ class TaskRunner(abc.ABC):
         """A new, unstarted runner with the same configuration."""
 
     async def start(self) -> None:  # noqa: B027 - optional hook, no-op by default
-        """Acquire what the runner needs; called when the flow run starts."""
+        """Acquire what the runner needs; called when the flow run starts. It may be
+        cancelled (the flow's timeout, a second signal, a parent's deadline): then
+        :meth:`shutdown` is called all the same, and must release what it acquired."""
 
     @abc.abstractmethod
     async def run(self, call: Call) -> Outcome:
