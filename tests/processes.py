@@ -1,11 +1,16 @@
 """Processes seen through /proc, for tests that check nothing is left running: whether a
-process has ended, and every live process below this one."""
+process has ended, and every live process below this one; and a program started with
+pipes, read line by line as it goes."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO, Any
 
-__all__ = ["descendants", "process_gone"]
+__all__ = ["descendants", "line_with", "process_gone", "started"]
 
 
 def process_gone(pid: int) -> bool:
@@ -42,3 +47,32 @@ def descendants(pid: int | None = None) -> set[int]:
                     found.add(child)
                     todo.append(child)
     return found
+
+
+@contextmanager
+def started(*args: str, **options: Any) -> Iterator[subprocess.Popen[str]]:
+    """``args`` started as a process with text pipes for stdout and stderr; killed at
+    the end of the block if it is still running (its pipes closed either way)."""
+    process = subprocess.Popen(
+        args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **options
+    )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+        for pipe in (process.stdout, process.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def line_with(stream: IO[str] | None, text: str) -> str:
+    """The next line of ``stream`` that contains ``text`` (an AssertionError if the
+    stream ends first)."""
+    assert stream is not None
+    while True:
+        line = stream.readline()
+        assert line, f"the program ended before it printed {text!r}"
+        if text in line:
+            return line

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import pytest
+from processes import line_with, started
 
 pytest.importorskip("distributed")
 
@@ -105,30 +106,14 @@ def test_three_signals_end_a_cluster_start_that_never_returns(tmp_path: Path) ->
     the run Crashed by the signal."""
     script = tmp_path / "hangs.py"
     script.write_text(PROGRAM)
-    process = subprocess.Popen(
-        [sys.executable, str(script), "make"],
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        assert process.stdout.readline().strip() == "make hangs"
+    with started(sys.executable, str(script), "make", cwd=tmp_path) as process:
+        assert line_with(process.stdout, "make hangs") == "make hangs\n"
         for said in ("SIGINT: cancelling", "SIGINT again", "SIGINT a third time"):
             process.send_signal(signal.SIGINT)
-            line = process.stderr.readline()
-            while said not in line:
-                assert line, f"the program ended before it said {said!r}"
-                line = process.stderr.readline()
-        started = time.monotonic()
+            line_with(process.stderr, said)
+        since = time.monotonic()
         out, err = process.communicate(timeout=30)
-        took = time.monotonic() - started
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()  # (and its pipes closed)
+        took = time.monotonic() - since
     assert process.returncode in (130, -signal.SIGINT), err  # (Popen sees -SIGINT)
     assert "Finished in state Crashed" in err, err
     assert "interrupted by SIGINT" in err, err

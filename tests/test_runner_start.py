@@ -15,13 +15,13 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
+from processes import line_with, started
 
 from orchestr import flow, task
 from orchestr.exceptions import RunTimedOut
@@ -182,86 +182,25 @@ def test_the_time_a_runner_takes_to_start_is_not_the_bodys(run: Any) -> None:
     assert run(main) == "done"
 
 
-PROGRAM = """
-import os, signal, sys
-from pathlib import Path
-
-import anyio
-
-from orchestr import flow
-from orchestr.runners import ThreadPoolTaskRunner
-
-marker = Path(sys.argv[1])
-
-
-class NeverStarts(ThreadPoolTaskRunner):
-    def duplicate(self):
-        return type(self)(self.max_workers)
-
-    async def start(self):
-        print("starting", flush=True)
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            # Stopped only once the test sent the second signal (it writes the marker
-            # first).
-            print("start stopped", "after" if marker.exists() else "before", flush=True)
-            raise
-
-    async def shutdown(self):
-        print("shutdown", flush=True)
-        await super().shutdown()
-
-
-@flow(task_runner=NeverStarts())
-def sync_flow():
-    print("body", flush=True)
-
-
-@flow(task_runner=NeverStarts())
-async def async_flow():
-    print("body", flush=True)
-
-
-if sys.argv[2] == "sync":
-    sync_flow()
-else:
-    anyio.run(async_flow, backend=sys.argv[2])
-"""
+PROGRAMS = str(Path(__file__).with_name("runner_start_programs.py"))
+ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
 @pytest.mark.parametrize("kind", ["sync", "asyncio", "trio"])
 def test_a_second_signal_stops_a_start_that_never_ends(tmp_path: Path, kind: str) -> None:
     """SIGINT once: the start is waited for (the message says so, and how to stop it);
-    SIGINT again: the start is stopped, the program exits 130 and none of the body ran."""
-    script = tmp_path / "program.py"
-    script.write_text(textwrap.dedent(PROGRAM))
+    SIGINT again: the start is stopped, the runner shut down, the program exits 130 and
+    none of the body ran."""
     marker = tmp_path / "second-signal-sent"
-    process = subprocess.Popen(
-        [sys.executable, str(script), str(marker), kind],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=dict(os.environ, PYTHONUNBUFFERED="1"),
-    )
-    try:
-        assert process.stdout is not None
-        assert process.stderr is not None
-        assert process.stdout.readline().strip() == "starting"
+    with started(sys.executable, PROGRAMS, kind, str(marker), env=ENV) as process:
+        assert line_with(process.stdout, "starting") == "starting\n"
         process.send_signal(signal.SIGINT)
-        first = process.stderr.readline()
-        while "SIGINT: cancelling" not in first:
-            assert first, "the program ended before it said what the first SIGINT did"
-            first = process.stderr.readline()
+        first = line_with(process.stderr, "SIGINT: cancelling")
         assert "waiting for its task runner to start, to close it" in first, first
         assert "send SIGINT again to stop the start" in first, first
         marker.touch()
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.communicate()  # (and its pipes closed)
     assert process.returncode in (130, -signal.SIGINT), err  # (Popen sees -SIGINT)
     assert out.splitlines() == ["start stopped after", "shutdown"], (out, err)
     assert "stopping its task runner's start" in err, err
@@ -269,124 +208,25 @@ def test_a_second_signal_stops_a_start_that_never_ends(tmp_path: Path, kind: str
     assert "interrupted by SIGINT" in err, err
 
 
-EARLY = """
-import sys
-import time
-
-import anyio
-
-import orchestr._engine._flowengine as engine
-from orchestr import flow
-from orchestr._engine._flowrun import FlowRun
-from orchestr.runners import ThreadPoolTaskRunner
-
-CASE = sys.argv[1]
-signalled, bind_loop, get_settings = FlowRun.signalled, FlowRun.bind_loop, engine.get_settings
-seen = []
-
-
-def counted(self, signum):
-    signalled(self, signum)
-    seen.append(signum)
-    print("signalled", flush=True)  # (two signals sent at once would be one)
-
-
-def late_settings():
-    # In the main thread, once the run takes signals and before its loop is known: held
-    # until two signals came.
-    if CASE == "signals" and not seen:
-        print("ready", flush=True)
-        deadline = time.monotonic() + 20
-        while len(seen) < 2 and time.monotonic() < deadline:
-            time.sleep(0.01)
-    return get_settings()
-
-
-def late_bind_loop(self):
-    # A sync subflow's loop is known only once its parent's timeout cancelled it.
-    if CASE == "parent" and self.record.flow_name == "inner":
-        deadline = time.monotonic() + 20
-        while not self.cancel_requested and time.monotonic() < deadline:
-            time.sleep(0.01)
-    bind_loop(self)
-
-
-FlowRun.signalled, FlowRun.bind_loop, engine.get_settings = counted, late_bind_loop, late_settings
-
-
-class NeverStarts(ThreadPoolTaskRunner):
-    def duplicate(self):
-        return type(self)(self.max_workers)
-
-    async def start(self):
-        print("starting", flush=True)
-        try:
-            await anyio.sleep_forever()
-        except anyio.get_cancelled_exc_class():
-            print("start stopped", flush=True)
-            raise
-
-
-@flow(task_runner=NeverStarts())
-def main():
-    print("body", flush=True)
-
-
-@flow(task_runner=NeverStarts())
-def inner():
-    print("inner body", flush=True)
-
-
-@flow(timeout_seconds=0.3)
-def outer():
-    inner()
-
-
-if CASE == "signals":
-    main()
-else:
-    state = outer(return_state=True)
-    (sub,) = state.record.subflow_runs
-    print(state.name, sub.state_type.value, flush=True)
-"""
-
-
-def test_what_came_before_the_runs_loop_is_known_stops_the_start(tmp_path: Path) -> None:
+def test_what_came_before_the_runs_loop_is_known_stops_the_start() -> None:
     """Two signals that came before the sync flow's loop could act on them (the run's
     loop not yet known), and a parent's timeout that reached a sync subflow before its
     loop was known: the start is stopped as it begins (it was waited for, for ever)."""
-    script = tmp_path / "early.py"
-    script.write_text(EARLY)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    signalled = subprocess.Popen(
-        [sys.executable, str(script), "signals"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
-    try:
-        assert signalled.stdout is not None
-        assert signalled.stdout.readline().strip() == "ready"
+    with started(sys.executable, PROGRAMS, "early-signals", env=ENV) as process:
+        assert line_with(process.stdout, "ready") == "ready\n"
         for _ in range(2):
-            signalled.send_signal(signal.SIGINT)
-            assert signalled.stdout.readline().strip() == "signalled"
-        out, err = signalled.communicate(timeout=30)
-    finally:
-        if signalled.poll() is None:
-            signalled.kill()
-            signalled.communicate()
-    assert signalled.returncode in (130, -signal.SIGINT), err
-    assert out.splitlines() == ["starting", "start stopped"], (out, err)
+            process.send_signal(signal.SIGINT)
+            assert line_with(process.stdout, "signalled") == "signalled\n"
+        out, err = process.communicate(timeout=30)
+    assert process.returncode in (130, -signal.SIGINT), err
+    assert out.splitlines() == ["starting", "start stopped", "shutdown"], (out, err)
     done = subprocess.run(
-        [sys.executable, str(script), "parent"],
+        [sys.executable, PROGRAMS, "early-parent"],
         capture_output=True,
         text=True,
-        env=env,
+        env=ENV,
         timeout=30,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines() == ["starting", "start stopped", "TimedOut CANCELLED"], (
-        done.stdout,
-        done.stderr,
-    )
+    expected = ["starting", "start stopped", "shutdown", "TimedOut CANCELLED"]
+    assert done.stdout.splitlines() == expected, (done.stdout, done.stderr)
