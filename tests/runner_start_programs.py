@@ -5,6 +5,8 @@ CASE:
 
 - ``sync``, ``asyncio``, ``trio`` (ARG: a marker file the test writes before its second
   signal): the flow called from sync code or by ``anyio.run`` on that backend;
+- ``subflow`` (ARG: as above): the sync flow called as a subflow of a sync flow whose
+  own runner has started;
 - ``early-signals``: a sync flow held, in the main thread, after it takes signals and
   before its loop is known, until two signals came;
 - ``early-parent``: a sync subflow held before its loop is known until its parent's
@@ -65,6 +67,11 @@ def outer() -> None:
     sync_flow()
 
 
+@flow
+def parent() -> None:
+    sync_flow()
+
+
 # -- holding a run before its loop is known -----------------------------------------------
 signalled, bind_loop, get_settings = FlowRun.signalled, FlowRun.bind_loop, engine.get_settings
 seen: list[int] = []
@@ -106,5 +113,7 @@ if __name__ == "__main__":
         print(state.name, sub.state_type.value, flush=True)
     elif CASE == "sync":
         sync_flow()
+    elif CASE == "subflow":
+        parent()
     else:
         anyio.run(async_flow, backend=CASE)

@@ -186,24 +186,26 @@ PROGRAMS = str(Path(__file__).with_name("runner_start_programs.py"))
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
-@pytest.mark.parametrize("kind", ["sync", "asyncio", "trio"])
+@pytest.mark.parametrize("kind", ["sync", "asyncio", "trio", "subflow"])
 def test_a_second_signal_stops_a_start_that_never_ends(tmp_path: Path, kind: str) -> None:
-    """SIGINT once: the start is waited for (the message says so, and how to stop it);
-    SIGINT again: the start is stopped, the runner shut down, the program exits 130 and
-    none of the body ran."""
+    """SIGINT once: the start is waited for (the message says so, naming the subflow
+    run whose runner it is, and how to stop it); SIGINT again: the start is stopped, the
+    runner shut down, the program exits 130 and none of the body ran."""
+    whose = "its task runner" if kind != "subflow" else "the task runner of subflow run 'sync_flow-"
     marker = tmp_path / "second-signal-sent"
     with started(sys.executable, PROGRAMS, kind, str(marker), env=ENV) as process:
         assert line_with(process.stdout, "starting") == "starting\n"
         process.send_signal(signal.SIGINT)
         first = line_with(process.stderr, "SIGINT: cancelling")
-        assert "waiting for its task runner to start, to close it" in first, first
+        assert f"waiting for {whose}" in first, first
+        assert "to start, to close it" in first, first
         assert "send SIGINT again to stop the start" in first, first
         marker.touch()
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=30)
     assert process.returncode in (130, -signal.SIGINT), err  # (Popen sees -SIGINT)
     assert out.splitlines() == ["start stopped after", "shutdown"], (out, err)
-    assert "stopping its task runner's start" in err, err
+    assert f"stopping the start of {whose}" in err, err
     assert "Finished in state Crashed" in err, err
     assert "interrupted by SIGINT" in err, err
 

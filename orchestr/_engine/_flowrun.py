@@ -440,14 +440,14 @@ class FlowRun:
             and f._canceller is None
             and f._record.state_type is not StateType.PENDING
         )
-        starting = bool(self._start_scopes)
+        starting = self._starting_runners()
         if first:
             self.request_cancel()
             note = f"orchestr: {name}: cancelling flow run {self.record.name!r}"
             if starting:
                 note += (
-                    f"; waiting for its task runner to start, to close it; send {name} "
-                    "again to stop the start"
+                    f"; waiting for {starting} to start, to close it; send {name} again "
+                    "to stop the start"
                 )
             if running:
                 grace = get_settings().cancel_grace_seconds
@@ -463,7 +463,7 @@ class FlowRun:
                 f"its task runs ({_listed(running) or 'none running'})"
             )
             if starting:
-                note += "; stopping its task runner's start"
+                note += f"; stopping the start of {starting}"
             resources = list(self.open_resources.values())
             if resources:
                 note += f"; cleaning up {_listed(resources[::-1])}, each within its cleanup timeout"
@@ -473,6 +473,23 @@ class FlowRun:
                     "time to interrupt it anyway"
                 )
         _say(note)
+
+    def _starting_runners(self) -> str:
+        """The task runners still starting in this run and its subflow runs, named for
+        a signal's message ("" if none)."""
+        if self._start_scopes:
+            return "its task runner"
+        names: list[str] = []
+        runs = [self]
+        while runs:
+            run = runs.pop()
+            with run.lock:
+                children = list(run.children)
+            names += [repr(child.record.name) for child in children if child._start_scopes]
+            runs += children
+        if len(names) < 2:
+            return f"the task runner of subflow run {names[0]}" if names else ""
+        return f"the task runners of subflow runs {_listed(names)}"
 
     def escalate(self) -> None:
         """Stop waiting for task runs still executing: cancel them now, abandon their
