@@ -254,6 +254,101 @@ def test_a_signal_the_application_ignores_stays_ignored(tmp_path: Path) -> None:
     assert done.stdout.split() == ["finished", "still", "ignored:", "True"]
 
 
+def test_the_applications_own_handler_is_told_of_a_signal_the_run_took(
+    tmp_path: Path,
+) -> None:
+    """An application's own SIGTERM / SIGINT handler, replaced by orchestr's while a flow
+    runs, is called with the signal once the run has ended (its cleanups done), once
+    however often the signal came, and is back in place; the flow call then raises the
+    signal's exception, or what the handler raised. Python's, asyncio's and trio's own
+    SIGINT handling is not called: the flow call's KeyboardInterrupt is what it does."""
+    done = _run_program(
+        tmp_path,
+        """
+        import asyncio, os, signal, sys, time
+        import anyio
+        from orchestr import flow, resource
+        from orchestr.exceptions import Terminated
+
+        events = []
+
+        def handler(signum, frame):
+            events.append(f"handler {signal.Signals(signum).name}")
+
+        def exits(signum, frame):
+            events.append("exits")
+            sys.exit(3)
+
+        @resource
+        def held():
+            try:
+                yield
+            finally:
+                events.append("cleanup")
+
+        @flow
+        def sync_flow(signum):
+            with held():
+                os.kill(os.getpid(), signum)
+                time.sleep(10)
+
+        @flow
+        async def async_flow(signum, *, times=1):
+            async with held():
+                for _ in range(times):
+                    os.kill(os.getpid(), signum)
+                await anyio.sleep(10)
+
+        def case(name, call, signum, own):
+            events.clear()
+            previous = signal.signal(signum, own)
+            try:
+                call()
+            except BaseException as exc:
+                events.append(type(exc).__name__)
+            back = signal.getsignal(signum) is own
+            signal.signal(signum, previous)
+            print(name, events, back)
+
+        case("sync", lambda: sync_flow(signal.SIGTERM), signal.SIGTERM, handler)
+        case(
+            "asyncio-twice",
+            lambda: anyio.run(lambda: async_flow(signal.SIGTERM, times=2)),
+            signal.SIGTERM,
+            handler,
+        )
+        case(
+            "trio-sigint",
+            lambda: anyio.run(async_flow, signal.SIGINT, backend="trio"),
+            signal.SIGINT,
+            handler,
+        )
+        case("raises", lambda: sync_flow(signal.SIGTERM), signal.SIGTERM, exits)
+        case(
+            "asyncio.run",
+            lambda: asyncio.run(async_flow(signal.SIGINT)),
+            signal.SIGINT,
+            signal.default_int_handler,
+        )
+        case(
+            "trio-default",
+            lambda: anyio.run(async_flow, signal.SIGINT, backend="trio"),
+            signal.SIGINT,
+            signal.default_int_handler,
+        )
+        """,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        "sync ['cleanup', 'handler SIGTERM', 'Terminated'] True",
+        "asyncio-twice ['cleanup', 'handler SIGTERM', 'Terminated'] True",
+        "trio-sigint ['cleanup', 'handler SIGINT', 'KeyboardInterrupt'] True",
+        "raises ['cleanup', 'exits', 'SystemExit'] True",
+        "asyncio.run ['cleanup', 'KeyboardInterrupt'] True",
+        "trio-default ['cleanup', 'KeyboardInterrupt'] True",
+    ], done.stderr
+
+
 def test_flows_leave_the_signal_wakeup_fd_as_they_found_it(tmp_path: Path) -> None:
     """While a top-level flow runs in the main thread, orchestr may set the signal wakeup
     fd (so that a signal wakes the waiting run): afterwards none is set, whatever the

@@ -126,6 +126,7 @@ async def run_flow_async(
     if run.signal is not None:
         with anyio.CancelScope(shield=True):
             await _interrupts.others_signalled_ended()
+    handling.pass_on()
     try:
         return _deliver(run, state, return_state)
     except BaseException as exc:
@@ -265,6 +266,7 @@ def run_flow_sync(
                     run.loop.call_soon(run.request_cancel)
     if fresh_thread:
         server.join()
+    handling.pass_on()
     if interrupt is not None and run.signal is None:
         raise interrupt
     ok, value = outcome[0]

@@ -108,6 +108,7 @@ def _after_fork() -> None:
     _main_ident = threading.main_thread().ident
     _requests.clear()
     _runs.clear()
+    _received.clear()
     _main_bodies.clear()
     _wakeup_users[0] = 0
     if _wakeup_fd[0] != -1:  # the parent's: its signals are not this process's
@@ -455,6 +456,7 @@ class Body(Protocol):
 _runs: list[FlowRun] = []
 _previous_handlers: list[tuple[int, Any]] = []
 _main_bodies: list[Body] = []
+_received: list[int] = []  # the signals the registered runs took, each once, in order
 
 
 def interrupt_for(signum: int) -> BaseException:
@@ -467,10 +469,11 @@ def interrupt_for(signum: int) -> BaseException:
 class _Registration:
     """A run's registration for SIGINT / SIGTERM; :meth:`release` ends it early."""
 
-    __slots__ = ("run",)
+    __slots__ = ("passed_on", "run")
 
     def __init__(self, run: FlowRun | None) -> None:
         self.run = run
+        self.passed_on: list[tuple[int, Callable[[int, FrameType | None], Any]]] = []
 
     def release(self) -> None:
         run, self.run = self.run, None
@@ -480,8 +483,35 @@ class _Registration:
                 for sig, previous in _previous_handlers:
                     if _signal.getsignal(sig) is _on_signal:  # unless the app changed it
                         _signal.signal(sig, previous)
+                        if sig in _received and _passes_on(sig, previous):
+                            self.passed_on.append((sig, previous))
+                self.passed_on.sort(key=lambda item: _received.index(item[0]))
                 _previous_handlers.clear()
+                _received.clear()
                 _release_wakeup_fd()
+
+    def pass_on(self) -> None:
+        """Call the application's own handlers of the signals the runs took (as the
+        signal would have, had orchestr's not been in), once each, now that the last run
+        has ended and they are back (the flow call, then, raises the signal's exception
+        as before, unless a handler raised its own)."""
+        passed_on, self.passed_on = self.passed_on, []
+        for sig, handler in passed_on:
+            handler(sig, sys._getframe(1))
+
+
+def _passes_on(signum: int, handler: Any) -> bool:
+    """Whether a handler that was there before orchestr's is the application's own, to
+    be told of a signal the runs took: a Python function, other than those that turn
+    SIGINT into ``KeyboardInterrupt`` (Python's, asyncio's and trio's), which the flow
+    call raises itself."""
+    if not callable(handler) or handler is signal.default_int_handler:
+        return False
+    if signum != signal.SIGINT:
+        return True
+    owner = getattr(handler, "__self__", None)  # (asyncio's is a Runner's method)
+    module = getattr(handler if owner is None else type(owner), "__module__", None) or ""
+    return module.partition(".")[0] not in ("asyncio", "trio")
 
 
 @contextmanager
@@ -534,6 +564,8 @@ def _on_signal(signum: int, frame: FrameType | None) -> None:
     for body in bodies:
         if body.flow_run not in runs:
             runs.append(body.flow_run)
+    if signum not in _received:
+        _received.append(signum)
     for run in runs:
         run.signalled(signum)
     forced = any(run.signal_count >= 3 for run in runs)
