@@ -32,7 +32,7 @@ from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, t
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
-from ._outcomes import cancelled_state, crashed_state
+from ._outcomes import cancelled_state, crashed_state, stray_cancellation
 from ._transitions import announce_final, set_state, write_final
 
 if TYPE_CHECKING:
@@ -102,7 +102,10 @@ async def run_attempts(
             driver.give_back()
         except BaseException as exc:
             # Cancellation, or an interrupt that keeps propagating to the caller.
-            _finish(run, record, future, _interrupted_state(record, exc, driver, future))
+            state = _interrupted_state(record, exc, driver, future)
+            _finish(run, record, future, state)
+            if future is not None and stray_cancellation(exc):
+                return state  # code's own error (a retry condition's): the run's end
             raise
         if future is not None and future._final is not None:
             # Finished from outside while it ran (fut.cancel() on a sync run in a
@@ -166,7 +169,9 @@ async def _attempts(
                 value = await _settled(record, value, driver)
         except _EndedElsewhere:
             return record.state
-        except propagate:
+        except propagate as exc:
+            if stray_cancellation(exc):
+                return crashed_state(record, exc)
             raise
         except AttemptTimedOut as timed_out:
             failed = _timed_out_state(record, timed_out)
@@ -324,6 +329,8 @@ def _interrupted_state(
     driver: AsyncDriver | BlockingDriver,
     future: TaskFuture[Any] | None,
 ) -> State[Any]:
+    if stray_cancellation(exc):
+        return crashed_state(record, exc)
     if isinstance(exc, RunCancelled) or (
         isinstance(driver, AsyncDriver) and isinstance(exc, driver.propagate[0])
     ):
@@ -470,11 +477,7 @@ async def run_hook(
     try:
         await driver.call_hook(hook, owner, record, state)
     except Exception:
-        run_logger(record).exception(
-            "Hook %r raised; the run's state stays %s",
-            getattr(hook, "__name__", hook),
-            state.name,
-        )
+        _hook_raised(hook, record, state)
     except RunCancelled as exc:
         # Sync hook code that waited on its cancelled flow run: stopped, as any sync
         # code there is; not an error escaping into the run's task group.
@@ -484,6 +487,16 @@ async def run_hook(
             exc,
             state.name,
         )
+    except BaseException as exc:
+        if not stray_cancellation(exc):
+            raise
+        _hook_raised(hook, record, state)  # its own error (see stray_cancellation)
+
+
+def _hook_raised(hook: Any, record: RunRecord, state: State[Any]) -> None:
+    run_logger(record).exception(
+        "Hook %r raised; the run's state stays %s", getattr(hook, "__name__", hook), state.name
+    )
 
 
 def _log_final(record: TaskRunRecord, state: State[Any]) -> None:

@@ -25,6 +25,7 @@ from ..exceptions import (
 from ..futures import TaskFuture, _future_of, _observe
 from ..states import State, StateType, _describe
 from ._deps import collect_returned, resolve_returned
+from ._outcomes import STRAY
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -59,9 +60,13 @@ def final_state(
             StateType.CRASHED, message=f"interrupted by {name}", error=error, record=record
         )
     if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
-        error = CrashedError(f"flow run {record.name!r} crashed: {_describe(body_error)}")
+        what = _describe(body_error)
+        cancelled = loaded("asyncio", "CancelledError")
+        if cancelled is not None and isinstance(body_error, cancelled):
+            what += f" ({STRAY})"  # (a cancellation's never gets here: see stray_cancellation)
+        error = CrashedError(f"flow run {record.name!r} crashed: {what}")
         error.__cause__ = body_error
-        return State(StateType.CRASHED, message=_describe(body_error), error=error, record=record)
+        return State(StateType.CRASHED, message=what, error=error, record=record)
     if isinstance(body_error, RunCancelled):
         # Before the timeout check: the body's RunCancelled made the run cancel its own
         # scope above (a sync subflow whose parent was cancelled or timed out), which is

@@ -67,6 +67,7 @@ from ._loop import (
     run_new_loop,
     unawaited,
 )
+from ._outcomes import stray_cancellation
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -355,7 +356,16 @@ def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
     raised = run.interrupt
     if raised is not None and state.type is StateType.CRASHED:
         raise raised  # one the body raised keeps propagating
-    return state if return_state else state.result()
+    if return_state:
+        return state
+    if state.type is StateType.CRASHED:
+        # Any other BaseException the body let escape (an application's own, pytest's
+        # skip(), a stray CancelledError) reaches the caller as itself, as from a
+        # function call; the state keeps it as its CrashedError's cause.
+        cause = state._error.__cause__ if state._error is not None else None
+        if cause is not None and not isinstance(cause, Exception):
+            raise cause
+    return state.result()
 
 
 # -- the run ---------------------------------------------------------------------------------
@@ -593,9 +603,14 @@ async def _attempt(
                         value = await body(args, kwargs)
                         ended_at = run.body_ended or time.monotonic()
                     except cancelled as exc:
-                        if run.body_outcome is None:
-                            run.body_outcome = exc  # (what it stopped may be its __context__)
-                        raise
+                        if not stray_cancellation(exc):
+                            if run.body_outcome is None:
+                                run.body_outcome = exc  # (what it stopped may be its context)
+                            raise
+                        # The body's own error (see stray_cancellation): a crash.
+                        body_error = exc
+                        ended_at = run.body_ended or time.monotonic()
+                        scope.cancel()
                     except BaseException as exc:
                         body_error = exc
                         ended_at = run.body_ended or time.monotonic()

@@ -1,8 +1,10 @@
 """How runs end: the final states the engine builds for runs that were cancelled, crashed
-or did not run (``_transitions.set_state`` writes them into records)."""
+or did not run (``_transitions.set_state`` writes them into records), and telling a
+cancellation from code that only raised the exception one raises."""
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
@@ -12,7 +14,9 @@ from ..states import State, StateType, _describe
 __all__ = [
     "cancelled_state",
     "crashed_state",
+    "STRAY",
     "not_run_state",
+    "stray_cancellation",
 ]
 
 
@@ -22,10 +26,37 @@ def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:
 
 
 def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:
-    error = CrashedError(f"task run {record.name!r} crashed: {_describe(exc)}", record)
+    what = _describe(exc)
+    if stray_cancellation(exc):
+        what += f" ({STRAY})"
+    error = CrashedError(f"task run {record.name!r} crashed: {what}", record)
     error.__cause__ = exc
-    return State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
+    return State(StateType.CRASHED, message=what, error=error, record=record)
+
+
+# What a crash by a stray CancelledError says of it.
+STRAY = "raised by the code while nothing cancelled it: a future cancelled elsewhere, awaited?"
 
 
 def not_run_state(record: TaskRunRecord, error: UpstreamNotCompletedError) -> State[Any]:
     return State(StateType.NOT_RUN, message=str(error), error=error, record=record)
+
+
+def stray_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is an asyncio ``CancelledError`` that no cancellation of the
+    running task raised: the application's code awaited a future that something else
+    cancelled (a client library's own request, say), or raised one itself. It is that
+    code's error (a crash: a ``BaseException`` escaped it), not a cancellation of the
+    run, which would stop runs that were never cancelled and end a flow with no result.
+    (trio's ``Cancelled`` comes only from its cancel scopes.) Asked only once the
+    exception has been caught: nothing on the hot path."""
+    asyncio = sys.modules.get("asyncio")
+    if asyncio is None or not isinstance(exc, asyncio.CancelledError):
+        return False
+    try:
+        task = asyncio.current_task()
+    except RuntimeError:  # no asyncio loop here (trio's code, a thread's): not its own
+        return True
+    # A cancellation (anyio's cancel scopes included) counts itself on the task until
+    # its scope has caught it.
+    return task is None or task.cancelling() == 0

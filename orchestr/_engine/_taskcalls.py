@@ -55,7 +55,7 @@ from ._dispatch import Job
 from ._drivers import AsyncDriver, BlockingDriver, drive
 from ._flowrun import FlowRun
 from ._loop import in_async_code, outside_any_run, run_fresh_loop, unawaited
-from ._outcomes import cancelled_state, crashed_state, not_run_state
+from ._outcomes import cancelled_state, crashed_state, not_run_state, stray_cancellation
 from ._transitions import set_state
 
 if TYPE_CHECKING:
@@ -259,7 +259,16 @@ def _resolved(
 def _deliver(record: TaskRunRecord, state: State[Any], return_state: bool) -> Any:
     # The caller gets the state, or the result, or the exception: it has seen it.
     _observe(record)
-    return state if return_state else state.result()
+    if return_state:
+        return state
+    if state.type is StateType.CRASHED:
+        # An inline run is the caller's own code: a BaseException that crashed it (one
+        # of the application's, pytest's skip(), a stray CancelledError) reaches the
+        # caller as itself, as from a plain function call, not as a CrashedError.
+        cause = state._error.__cause__ if state._error is not None else None
+        if cause is not None and not isinstance(cause, Exception):
+            raise cause
+    return state.result()
 
 
 # -- submitting -----------------------------------------------------------------------------
@@ -583,7 +592,12 @@ async def execute_job(run: FlowRun, job: Job) -> None:
         with anyio.CancelScope() as scope:
             future._canceller = scope.cancel
             await _start(run, job)
-    except cancelled:
+    except cancelled as exc:
+        if stray_cancellation(exc):
+            # Code's own error, not the run's cancellation: it must not reach the task
+            # group, which would take it for one and stop the flow's body.
+            run.finish(future, crashed_state(future._record, exc))
+            return
         run.finish(future, cancelled_state(future._record, run.why_cancelled()))
         raise
     finally:

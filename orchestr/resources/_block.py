@@ -315,6 +315,17 @@ class Resource(Generic[T]):
         except Exception as cleanup_exc:
             error = cleanup_exc
             ended = True
+        except BaseException as stop:
+            # Its own code's (sys.exit(), a stray CancelledError): a third signal's is
+            # caught by the forcible scope. It goes on from here, as in a sync cleanup,
+            # with the cleanup recorded as ended by it (the block is closed).
+            interrupted = ResourceCleanupError(
+                f"cleanup of resource {self.name!r} was interrupted by "
+                f"{type(stop).__name__}; what it holds may be left as it is",
+                self.name,
+            )
+            self._cleanup_ended(start, timeout, False, None, stopped=interrupted)
+            raise
         finally:
             if not reset:
                 cleanup_var.reset(token)
