@@ -280,7 +280,8 @@ def test_flow_on_cancellation_hook(run: Any) -> None:
 
 def test_flow_on_crashed_hook(run: Any) -> None:
     """A flow whose body raises a non-cancellation BaseException calls on_crashed, and
-    the call raises CrashedError caused by it."""
+    the call raises it as itself (as a function call would; the state's CrashedError
+    has it as its cause)."""
     calls = Calls()
     raised: list[BaseException] = []
 
@@ -292,10 +293,13 @@ def test_flow_on_crashed_hook(run: Any) -> None:
     async def go() -> None:
         await main()
 
-    with pytest.raises(CrashedError) as info:
+    with pytest.raises(Fatal) as info:
         run(go)
-    assert info.value.__cause__ is raised[0]
+    assert info.value is raised[0]
     assert [(c[0], c[3]) for c in calls.calls] == [("crashed", StateType.CRASHED)]
+    state = calls.calls[0][4]
+    assert isinstance(state.exception, CrashedError)
+    assert state.exception.__cause__ is raised[0]
 
 
 def test_raising_flow_hook_is_logged_and_changes_nothing(
@@ -604,7 +608,7 @@ def test_flow_hook_decorators_cover_every_hook(run: Any) -> None:
         assert await copy("ok") == "ok"
         with pytest.raises(ValueError, match="nope"):
             await main("fail")
-        with pytest.raises(CrashedError):
+        with pytest.raises(Fatal):
             await main("crash")
         async with anyio.create_task_group() as tg:
             tg.start_soon(main, "cancel")

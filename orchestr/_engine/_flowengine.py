@@ -358,13 +358,14 @@ def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
         raise raised  # one the body raised keeps propagating
     if return_state:
         return state
-    if state.type is StateType.CRASHED:
-        # Any other BaseException the body let escape (an application's own, pytest's
-        # skip(), a stray CancelledError) reaches the caller as itself, as from a
-        # function call; the state keeps it as its CrashedError's cause.
-        cause = state._error.__cause__ if state._error is not None else None
-        if cause is not None and not isinstance(cause, Exception):
-            raise cause
+    # Any other BaseException the body let escape (an application's own, pytest's skip(),
+    # a stray CancelledError) reaches the caller as itself, as from a function call; the
+    # state keeps it as its CrashedError's cause. (Not a task run's that the body
+    # returned: that one crashed its run alone.)
+    escaped = run.escaped
+    error = state._error
+    if escaped is not None and error is not None and error.__cause__ is escaped:
+        raise escaped
     return state.result()
 
 
@@ -583,7 +584,7 @@ async def _attempt(
     deadline = anyio.current_time() + remaining
     if run.inherited_deadline_at < own_at and run.cancel_reason is None:
         run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"  # type: ignore[union-attr]
-    run.body_ended = run.body_outcome = run.interrupt = None
+    run.body_ended = run.body_outcome = run.interrupt = run.escaped = None
     value: Any = None
     body_error: BaseException | None = None
     ended_at = math.inf  # when the body returned or raised (time.monotonic())
@@ -608,7 +609,7 @@ async def _attempt(
                                 run.body_outcome = exc  # (what it stopped may be its context)
                             raise
                         # The body's own error (see stray_cancellation): a crash.
-                        body_error = exc
+                        body_error = run.escaped = exc
                         ended_at = run.body_ended or time.monotonic()
                         scope.cancel()
                     except BaseException as exc:
@@ -617,6 +618,7 @@ async def _attempt(
                         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                             run.interrupt = exc
                         if not isinstance(exc, Exception):
+                            run.escaped = exc
                             scope.cancel()  # an interrupt: stop everything, wait for nothing
                     await run.barrier()
                 finally:

@@ -79,6 +79,7 @@ class FlowRun:
         "deadline_at",
         "dispatcher",
         "escalated",
+        "escaped",
         "forced",
         "interrupt",
         "execute_job",
@@ -157,6 +158,9 @@ class FlowRun:
         # A KeyboardInterrupt or SystemExit the body itself raised: the run's caller gets
         # it again (a task run's, which the body only returned, crashes that run alone).
         self.interrupt: BaseException | None = None
+        # Any BaseException not an Exception the body let escape: the caller gets it as
+        # itself, as from a function call (without return_state).
+        self.escaped: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
         self.forced = False  # a third signal came (see force())

@@ -256,6 +256,9 @@ def _resolved(
     return args, kwargs, None
 
 
+_NOT_AS_ITSELF = (Exception, KeyboardInterrupt, SystemExit)
+
+
 def _deliver(record: TaskRunRecord, state: State[Any], return_state: bool) -> Any:
     # The caller gets the state, or the result, or the exception: it has seen it.
     _observe(record)
@@ -265,8 +268,10 @@ def _deliver(record: TaskRunRecord, state: State[Any], return_state: bool) -> An
         # An inline run is the caller's own code: a BaseException that crashed it (one
         # of the application's, pytest's skip(), a stray CancelledError) reaches the
         # caller as itself, as from a plain function call, not as a CrashedError.
+        # (Interrupts keep their own rule: in the caller's thread they propagate before
+        # this; from another thread's loop they stay a crash, as a submitted run's.)
         cause = state._error.__cause__ if state._error is not None else None
-        if cause is not None and not isinstance(cause, Exception):
+        if cause is not None and not isinstance(cause, _NOT_AS_ITSELF):
             raise cause
     return state.result()
 
