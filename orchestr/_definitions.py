@@ -552,8 +552,11 @@ def bound_parameters(
 def _parameters(
     defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> dict[str, Any]:
-    """The call's arguments by parameter name, defaults applied, ``**kwargs`` spread
-    out, and the bound instance (or class) of a method under its own name."""
+    """A run name template's fields: the call's arguments by parameter name, defaults
+    applied, as bound (``*args`` as its tuple, ``**kwargs`` as its dict, as Prefect
+    formats them), the bound instance (or class) of a method under its own name, and
+    the keys of ``**kwargs`` too, each where no parameter has its name (``f(a, /, **kw)``
+    called ``f(1, a=2)``: ``{a}`` is 1, ``{kw}`` is ``{'a': 2}``)."""
     fn = defn.fn
     values: dict[str, Any] = {}
     if isinstance(fn, types.MethodType):
@@ -561,9 +564,11 @@ def _parameters(
         if first is not None:
             values[first] = fn.__self__
     kinds = signature_of(defn).parameters
+    extra: dict[str, Any] = {}
     for name, value in bound_parameters(defn, args, kwargs).items():
+        values[name] = value
         if kinds[name].kind is inspect.Parameter.VAR_KEYWORD:
-            values.update(value)
-        else:
-            values[name] = value
+            extra = value
+    for key, value in extra.items():
+        values.setdefault(key, value)
     return values

@@ -30,7 +30,9 @@ from orchestr import flow, override_settings, resource, resource_manager, task
 from orchestr.exceptions import (
     CleanupTimeoutError,
     ResourceErrorGroup,
+    ResourceSetupError,
     RunTimedOut,
+    UsageError,
 )
 
 PROGRAMS = Path(__file__).with_name("doc_promise_programs.py")
@@ -645,3 +647,138 @@ def test_a_timed_out_sync_tasks_code_gets_run_cancelled_at_its_next_wait(
     assert re.fullmatch(
         r"RunCancelled: task run 'slow-\d+' ended TimedOut while its code went on", seen[0][1]
     ), seen
+
+
+# == resources.md, "Sync and async blocks": each row of the table ==============================
+RESOURCES_MD = Path(__file__).parent.parent / "docs" / "guide" / "resources.md"
+WAIT = 10  # seconds: the bound on a wait that should succeed at once
+
+
+def _table_row(starts: str) -> str:
+    """The row of resources.md's "Sync and async blocks" table that starts so."""
+    (row,) = [line for line in RESOURCES_MD.read_text().splitlines() if line.startswith(starts)]
+    return row
+
+
+class TestSyncAndAsyncBlocksTable:
+    """Where a resource's sync and async setup and cleanup run for each kind of block, and
+    what a block that cannot run them raises, as the table says: checked on the code, and
+    the table's wording checked against what the code raises."""
+
+    @staticmethod
+    def _resources(seen: dict[str, int]) -> tuple[Any, Any]:
+        @resource
+        def sync_code() -> Iterator[str]:
+            seen["sync setup"] = threading.get_ident()
+            yield "s"
+            seen["sync cleanup"] = threading.get_ident()
+
+        @resource
+        async def async_code() -> AsyncIterator[str]:
+            seen["async setup"] = threading.get_ident()
+            yield "a"
+            seen["async cleanup"] = threading.get_ident()
+
+        return sync_code, async_code
+
+    @pytest.mark.parametrize("where", ["async flow", "async task"])
+    def test_async_with_runs_sync_code_in_a_thread_of_its_own_and_awaits_async_code(
+        self, run: Any, where: str
+    ) -> None:
+        seen: dict[str, int] = {}
+        sync_code, async_code = self._resources(seen)
+
+        async def body() -> int:
+            async with sync_code(), async_code():
+                pass
+            return threading.get_ident()
+
+        in_task = task(body)
+
+        @flow
+        async def main() -> int:
+            return await (body() if where == "async flow" else in_task())
+
+        loop = run(main)
+        assert seen["sync setup"] == seen["sync cleanup"] != loop  # the same thread
+        assert seen["async setup"] == seen["async cleanup"] == loop
+
+    @pytest.mark.parametrize("where", ["sync flow", "sync task of a sync flow", "async flow"])
+    def test_with_in_sync_code_runs_sync_code_in_place_and_async_code_on_the_flows_loop(
+        self, backend: str, where: str
+    ) -> None:
+        seen: dict[str, int] = {}
+        sync_code, async_code = self._resources(seen)
+
+        def body() -> int:
+            with sync_code(), async_code():
+                pass
+            return threading.get_ident()
+
+        in_task = task(body)
+
+        @task
+        async def loop_thread() -> int:
+            return threading.get_ident()
+
+        @flow
+        def sync_main() -> tuple[int, int]:
+            here = body() if where == "sync flow" else in_task.submit().result(timeout=WAIT)
+            return here, loop_thread.submit().result(timeout=WAIT)
+
+        @flow
+        async def async_main() -> tuple[int, int]:
+            return await in_task.submit(), threading.get_ident()
+
+        with override_settings(backend=backend):
+            here, loop = anyio.run(async_main, backend=backend) if "async" in where else sync_main()
+        assert seen["sync setup"] == seen["sync cleanup"] == here  # in place
+        assert seen["async setup"] == seen["async cleanup"] == loop != here
+
+    def test_with_in_plain_code_runs_sync_code_in_place(self) -> None:
+        seen: dict[str, int] = {}
+        sync_code, _ = self._resources(seen)
+        with sync_code() as value:
+            assert value == "s"
+        assert seen["sync setup"] == seen["sync cleanup"] == threading.get_ident()
+
+    def test_with_outside_any_flow_run_refuses_async_code_as_the_table_says(self) -> None:
+        """A UsageError (not a ResourceSetupError: nothing of the resource's ran) saying
+        to use ``async with``; the table names that error."""
+        seen: dict[str, int] = {}
+        _, async_code = self._resources(seen)
+        with pytest.raises(UsageError) as caught, async_code():
+            pytest.fail("the block ran")
+        assert not isinstance(caught.value, ResourceSetupError)
+        assert "async with" in str(caught.value)
+        assert seen == {}
+        row = _table_row("| `with` | sync code")
+        named = re.findall(r"outside any flow run: (?:refused with )?`(\w+)`", row)
+        assert named == [type(caught.value).__name__], row
+
+    @pytest.mark.parametrize("code", ["sync", "async"])
+    @pytest.mark.parametrize("where", ["async flow", "async task"])
+    def test_with_on_an_async_flows_loop_is_refused(self, run: Any, where: str, code: str) -> None:
+        seen: dict[str, int] = {}
+        sync_code, async_code = self._resources(seen)
+
+        async def body() -> None:
+            with sync_code() if code == "sync" else async_code():
+                pytest.fail("the block ran")
+
+        in_task = task(body)
+
+        @flow
+        async def main() -> Any:
+            return await (body() if where == "async flow" else in_task())
+
+        async def go() -> Any:
+            return await main(return_state=True)
+
+        error = run(go).exception
+        assert isinstance(error, UsageError), error
+        assert not isinstance(error, ResourceSetupError)
+        assert "async with" in str(error)
+        assert seen == {}
+        row = _table_row("| `with` | on the event loop thread")
+        assert row.count("`UsageError`") == len(re.findall(r"refused", row)), row

@@ -399,6 +399,153 @@ def test_a_flow_run_name_that_cannot_be_made_fails_the_flow_run(backend: str) ->
     assert ran == []
 
 
+# -- run names over every kind of parameter ---------------------------------------------------
+def _current_name() -> str | None:
+    return runtime.task_run.name or runtime.flow_run.name
+
+
+def every_kind(p: Any, /, pk: Any, d: Any = 4, *args: Any, k: Any, kd: Any = 6, **kw: Any) -> Any:
+    return _current_name()
+
+
+async def every_kind_async(
+    p: Any, /, pk: Any, d: Any = 4, *args: Any, k: Any, kd: Any = 6, **kw: Any
+) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return _current_name()
+
+
+def only_kwargs(**kw: Any) -> Any:
+    return _current_name()
+
+
+async def only_kwargs_async(**kw: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return _current_name()
+
+
+def only_args(*args: Any) -> Any:
+    return _current_name()
+
+
+async def only_args_async(*args: Any) -> Any:
+    await anyio.lowlevel.checkpoint()
+    return _current_name()
+
+
+SHAPES: dict[str, tuple[Any, Any]] = {
+    "every": (every_kind, every_kind_async),
+    "kwargs": (only_kwargs, only_kwargs_async),
+    "args": (only_args, only_args_async),
+}
+EVERY = "{p}|{pk}|{d}|{args}|{k}|{kd}|{kw}"
+
+
+def _every_by_callable(parameters: dict[str, Any]) -> str:
+    return "|".join(str(parameters[n]) for n in ("p", "pk", "d", "args", "k", "kd", "kw"))
+
+
+# (shape, namer, args, kwargs, the run's name): a template's fields are the parameters
+# by name as bound (*args its tuple, **kwargs its dict, as Prefect formats them), and
+# the keys of **kwargs where no parameter has their name.
+RUN_NAME_CASES: list[tuple[str, Any, tuple[Any, ...], dict[str, Any], str]] = [
+    ("every", EVERY, (1, 2), {"k": 5}, "1|2|4|()|5|6|{}"),
+    ("every", EVERY, (1, 2, 3, 7, 8), {"k": 5, "kd": 0, "z": 9}, "1|2|3|(7, 8)|5|0|{'z': 9}"),
+    ("every", EVERY, (1,), {"pk": 2, "k": 5}, "1|2|4|()|5|6|{}"),
+    # A positional-only name given by keyword too: the keyword is **kw's, not p's.
+    ("every", EVERY, (1, 2), {"k": 5, "p": 9}, "1|2|4|()|5|6|{'p': 9}"),
+    ("every", "t-{p}", (1, 2), {"k": 5, "p": 9}, "t-1"),
+    ("every", "t-{p}-{z}", (1, 2), {"k": 5, "p": 9, "z": 0}, "t-1-0"),
+    ("every", "t-{args[1]}-{kw[z]}", (1, 2, 3, 7, 8), {"k": 5, "z": 9}, "t-8-9"),
+    ("every", _every_by_callable, (1, 2), {"k": 5}, "1|2|4|()|5|6|{}"),
+    ("every", _every_by_callable, (1, 2), {"k": 5, "p": 9}, "1|2|4|()|5|6|{'p': 9}"),
+    ("kwargs", "t-{kw}", (), {"a": 1}, "t-{'a': 1}"),
+    ("kwargs", "t-{kw}", (), {}, "t-{}"),
+    ("kwargs", "t-{a}", (), {"a": 1}, "t-1"),
+    ("kwargs", "t-{kw}", (), {"kw": 1}, "t-{'kw': 1}"),  # the parameter, not the key
+    ("kwargs", lambda parameters: f"t-{parameters['kw']}", (), {"a": 1}, "t-{'a': 1}"),
+    ("args", "t-{args}", (1, 2), {}, "t-(1, 2)"),
+    ("args", "t-{args}", (), {}, "t-()"),
+    ("args", lambda parameters: f"t-{parameters['args']}", (1,), {}, "t-(1,)"),
+]
+RUN_NAME_IDS = [f"{shape}-{i}" for i, (shape, *_) in enumerate(RUN_NAME_CASES)]
+
+
+class TestRunNamesOverEveryParameterKind:
+    """task_run_name / flow_run_name, as a template or a callable taking `parameters`,
+    over positional-only, positional-or-keyword, keyword-only, defaulted, *args and
+    **kwargs parameters (a positional-only name also a key of **kwargs among them), for
+    tasks called inline, submitted and mapped and for sync and async flows."""
+
+    @pytest.mark.parametrize(
+        ("shape", "namer", "args", "kwargs", "expected"), RUN_NAME_CASES, ids=RUN_NAME_IDS
+    )
+    @pytest.mark.parametrize("how", ["inline", "submit", "map"])
+    def test_an_async_task_in_an_async_flow(
+        self, run: Any, how: str, shape: str, namer: Any, args: Any, kwargs: Any, expected: str
+    ) -> None:
+        if how == "map" and not args and not kwargs:
+            pytest.skip("nothing to map over")
+        named = task(task_run_name=namer)(SHAPES[shape][1])
+
+        @flow
+        async def main() -> list[Any]:
+            with anyio.fail_after(WAIT):
+                if how == "inline":
+                    return [await named(*args, **kwargs)]
+                if how == "submit":
+                    return [await named.submit(*args, **kwargs)]
+                futures = named.map(
+                    *[[a, a] for a in args], **{k: [v, v] for k, v in kwargs.items()}
+                )
+                return [await f for f in futures]
+
+        assert run(main) == [expected] * (2 if how == "map" else 1)
+
+    @pytest.mark.parametrize(
+        ("shape", "namer", "args", "kwargs", "expected"), RUN_NAME_CASES, ids=RUN_NAME_IDS
+    )
+    @pytest.mark.parametrize("how", ["inline", "submit", "map"])
+    def test_a_sync_task_in_a_sync_flow(
+        self, backend: str, how: str, shape: str, namer: Any, args: Any, kwargs: Any, expected: str
+    ) -> None:
+        if how == "map" and not args and not kwargs:
+            pytest.skip("nothing to map over")
+        named = task(task_run_name=namer)(SHAPES[shape][0])
+
+        @flow
+        def main() -> list[Any]:
+            if how == "inline":
+                return [named(*args, **kwargs)]
+            if how == "submit":
+                return [named.submit(*args, **kwargs).result(timeout=WAIT)]
+            futures = named.map(*[[a, a] for a in args], **{k: [v, v] for k, v in kwargs.items()})
+            return [f.result(timeout=WAIT) for f in futures]
+
+        with override_settings(backend=backend):
+            assert main() == [expected] * (2 if how == "map" else 1)
+
+    @pytest.mark.parametrize(
+        ("shape", "namer", "args", "kwargs", "expected"), RUN_NAME_CASES, ids=RUN_NAME_IDS
+    )
+    @pytest.mark.parametrize("colour", ["sync", "async"])
+    def test_a_flow(
+        self, run: Any, colour: str, shape: str, namer: Any, args: Any, kwargs: Any, expected: str
+    ) -> None:
+        named = flow(flow_run_name=namer)(SHAPES[shape][0 if colour == "sync" else 1])
+
+        async def go() -> State[Any]:
+            if colour == "sync":
+                return await anyio.to_thread.run_sync(
+                    partial(named, *args, **kwargs, return_state=True)
+                )
+            return await named(*args, **kwargs, return_state=True)
+
+        state = run(go)
+        assert state.record.name == expected
+        assert state.result() == expected
+
+
 # -- runtime.task_run.parameters ------------------------------------------------------------
 @task
 def sync_signature(a: int, b: int = 2, *rest: int, c: int, d: int = 4, **more: int) -> Any:

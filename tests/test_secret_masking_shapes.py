@@ -6,17 +6,26 @@ query (``&access_token=...``), each checked in the stored parameters and the log
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import keyword
 import logging
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 from orchestr import flow, history, override_settings
-from orchestr._history._values import MASK, is_secret_name, mask_url
+from orchestr._history._values import (
+    MASK,
+    is_secret_name,
+    mask_url,
+    masked_repr,
+    parameters_snapshot,
+)
 
 SECRET_NAMES = [
     "db_pass",
@@ -39,6 +48,7 @@ SECRET_NAMES = [
     "access_tokens",
     "githubTokens",
     "refresh_tokens",
+    "tokens",  # was shown: tokens alone are the secrets themselves
 ]
 ORDINARY_NAMES = [
     "passenger_count",
@@ -51,7 +61,6 @@ ORDINARY_NAMES = [
     "pass_through",
     "passengers",
     "keys",
-    "tokens",
     "prompt_tokens",
     "maxTokens",
     "completion_tokens",
@@ -190,3 +199,202 @@ def test_masking_a_long_padded_text_takes_linear_time() -> None:
         small.append(cost(4_000))
         large.append(cost(32_000))
     assert min(large) < 4 * min(small)
+
+
+# -- names x value types x places ---------------------------------------------------------
+def _grid(parts: list[str]) -> list[str]:
+    """A secret's word (its parts, ["api", "key"]) singular and plural, alone and as a
+    part of snake_case, camelCase, kebab-case, dotted and UPPER_CASE names."""
+    names = []
+    for words in (parts, [*parts[:-1], parts[-1] + "s"]):
+        camel = "".join(w.capitalize() for w in words)
+        names += [
+            "_".join(words),
+            "github_" + "_".join(words),
+            "_".join(words) + "_for_ci",
+            "github" + camel,
+            words[0] + "".join(w.capitalize() for w in words[1:]),
+            "github-" + "-".join(words),
+            "ci.github." + "_".join(words),
+            "GITHUB_" + "_".join(words).upper(),
+        ]
+    return names
+
+
+SECRET_WORDS = [
+    ["password"],
+    ["passwd"],
+    ["pwd"],
+    ["passcode"],
+    ["passphrase"],
+    ["secret"],
+    ["token"],
+    ["bearer"],
+    ["credential"],
+    ["auth"],
+    ["authorization"],
+    ["cookie"],
+    ["signature"],
+    ["apikey"],
+    ["api", "key"],
+    ["access", "key"],
+    ["private", "key"],
+    ["secret", "key"],
+    ["session", "key"],
+    ["account", "key"],
+    ["client", "secret"],
+]
+GRID_SECRET_NAMES = [
+    *sorted({name for parts in SECRET_WORDS for name in _grid(parts)}),
+    "adminpassword",
+    "adminpasswords",
+    "GITHUBTOKEN",
+    "GITHUBTOKENS",
+    "db_pass",
+    "new_password",
+    "new_passwords",  # a kind of tokens, not of passwords
+    "used_passwords",
+    "prompt_secrets",
+    "last_used_token",
+    "tokens_per_second",  # no measuring word at its end: masked, on the safe side
+    "cookie_max_age",
+]
+# Names that count or measure their secrets, and names whose letters only look alike.
+GRID_SHOWN_NAMES = [
+    "token_count",
+    "tokenCount",
+    "token-count",
+    "TOKEN_COUNT",
+    "tokens_used",
+    "tokensUsed",
+    "token_counts",
+    "total_token_count",
+    "token_limit",
+    "tokens_remaining",
+    "token_budget",
+    "token_usage",
+    "password_length",
+    "password_min_length",
+    "min_password_length",
+    "secret_size",
+    "api_key_count",
+    "cookie_total",
+    "max_tokens",
+    "maxTokens",
+    "max-tokens",
+    "MAX_TOKENS",
+    "num_tokens",
+    "n_tokens",
+    "number_of_tokens",
+    "total_tokens",
+    "max_new_tokens",
+    "num_api_keys",
+    "max_passwords",
+    "num_secrets",
+    "n_cookies",
+    "prompt_tokens",
+    "completion_tokens",
+    "input_tokens",
+    "output_tokens",
+    "cached_tokens",
+    "reasoning_tokens",
+    "new_tokens",
+    "passenger_count",
+    "bypass",
+    "compass",
+    "passport",
+    "author",
+    "authority",
+    "tokenizer",
+    "keys",
+    "passes",
+    "pass_rate",
+]
+
+
+class Inner(pydantic.BaseModel):
+    text: str
+
+
+VALUE_KINDS: dict[str, tuple[Any, Any]] = {  # a value, and how the history shows it
+    "str": ("v-s3cret", "v-s3cret"),
+    "int": (7, 7),
+    "list": (["v-s3cret", 2], ["v-s3cret", 2]),
+    "dict": ({"inner": "v-s3cret"}, {"inner": "v-s3cret"}),
+    "model": (Inner(text="v-s3cret"), {"text": "v-s3cret"}),
+}
+
+
+def _placed(name: str, value: Any) -> dict[str, Any]:
+    """``value`` named ``name`` as a parameter, a dict's key, the key of a dict in a
+    list, a pydantic model's field and a dataclass's field (the last two for names
+    Python allows)."""
+    places = {name: value, "in_dict": {name: value}, "in_list": [{name: value}]}
+    if name.isidentifier() and not keyword.iskeyword(name):
+        model = pydantic.create_model("Holder", **{name: (Any, ...)})  # type: ignore[call-overload]
+        places["in_model"] = model(**{name: value})
+        places["in_dataclass"] = dataclasses.make_dataclass("Holder", [(name, Any)])(value)
+    return places
+
+
+def _expected(name: str, shown: Any) -> dict[str, Any]:
+    places = {name: shown, "in_dict": {name: shown}, "in_list": [{name: shown}]}
+    if name.isidentifier() and not keyword.iskeyword(name):
+        places["in_model"] = {name: shown}
+        places["in_dataclass"] = {name: shown}
+    return places
+
+
+# The names the flow run tests take through a run: a few of each shape.
+RUN_SECRET_NAMES = ["tokens", "api_tokens", "githubTokens", "api-keys", "passwords", "Secret"]
+RUN_SHOWN_NAMES = ["token_count", "tokens_used", "max_tokens", "prompt_tokens", "bypass"]
+
+
+class TestMaskingByName:
+    """A value is masked by its name wherever it is (a parameter, a dict's key, the key
+    of a dict in a list, a pydantic model's or a dataclass's field), whatever it is (a
+    string, an int, a list, a dict, a pydantic model): every secret's word singular and
+    plural, alone and inside snake_case, camelCase, kebab-case, dotted and UPPER_CASE
+    names; names counting or measuring secrets (token_count, max_tokens) are shown, as
+    are names whose letters only look alike."""
+
+    @pytest.mark.parametrize("kind", list(VALUE_KINDS))
+    @pytest.mark.parametrize("name", GRID_SECRET_NAMES)
+    def test_a_secrets_name_masks_its_value_everywhere(self, name: str, kind: str) -> None:
+        value, _ = VALUE_KINDS[kind]
+        assert is_secret_name(name)
+        assert parameters_snapshot(_placed(name, value)) == _expected(name, MASK)
+        for where, placed in _placed(name, value).items():
+            logged = masked_repr(placed, where)
+            assert MASK in logged, (where, logged)
+            assert "s3cret" not in logged, (where, logged)
+
+    @pytest.mark.parametrize("kind", list(VALUE_KINDS))
+    @pytest.mark.parametrize("name", GRID_SHOWN_NAMES)
+    def test_a_count_or_an_ordinary_name_shows_its_value(self, name: str, kind: str) -> None:
+        value, shown = VALUE_KINDS[kind]
+        assert not is_secret_name(name)
+        assert parameters_snapshot(_placed(name, value)) == _expected(name, shown)
+        for where, placed in _placed(name, value).items():
+            assert MASK not in masked_repr(placed, where), where
+
+    @pytest.mark.parametrize("kind", list(VALUE_KINDS))
+    @pytest.mark.parametrize("name", RUN_SECRET_NAMES)
+    def test_a_flow_run_stores_and_logs_it_masked(
+        self, name: str, kind: str, home: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        value, _ = VALUE_KINDS[kind]
+        stored, begin = _stored_and_logged(_placed(name, value), caplog)
+        assert stored == {"kwargs": _expected(name, MASK)}
+        assert "s3cret" not in json.dumps(stored)
+        assert "s3cret" not in begin
+
+    @pytest.mark.parametrize("kind", list(VALUE_KINDS))
+    @pytest.mark.parametrize("name", RUN_SHOWN_NAMES)
+    def test_a_flow_run_stores_and_logs_it_shown(
+        self, name: str, kind: str, home: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        value, shown = VALUE_KINDS[kind]
+        stored, begin = _stored_and_logged(_placed(name, value), caplog)
+        assert stored == {"kwargs": _expected(name, shown)}
+        assert MASK not in begin

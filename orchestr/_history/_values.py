@@ -7,7 +7,8 @@ size), other objects as their ``repr``. Secrets are masked, never
 stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
 parameter's, a dict key's, a field's) looks like a secret (``password``, ``db_pass``,
 ``api_key``, ``token``, ``bearer``, ``secret``, ``credentials``, ...: whole words of the
-name, so ``passenger_count`` and ``bypass`` are shown), the password of a URL
+name, singular or plural, so ``passenger_count`` and ``bypass`` are shown, and so are
+names counting them, ``token_count`` and ``max_tokens``), the password of a URL
 (``postgres://user:**********@host``), and the value of a secret's key in a connection
 or query string (``Server=db;Pwd=**********;``, ``?access_token=**********``).
 
@@ -105,15 +106,35 @@ _SECRET_PAIRS = frozenset(
         ("client", "secret"),
     }
 )
-# Words before "tokens" that count them (a model's limits and usage), not name secrets.
-_COUNTED = frozenset(
+# A name that counts or measures its secrets is not a secret's name (see _counts): one
+# that ends in a measuring word (token_count, tokens_used, password_min_length), ...
+_MEASURES = frozenset(
     {
+        "count",
+        "counts",
+        "total",
+        "totals",
+        "num",
+        "number",
+        "limit",
+        "limits",
+        "length",
+        "len",
+        "size",
         "max",
         "min",
-        "num",
-        "n",
-        "total",
-        "count",
+        "used",
+        "remaining",
+        "budget",
+        "usage",
+    }
+)
+# ... one that ends in a secret's plural with a counting word before it (max_tokens,
+# num_api_keys, number_of_secrets), ...
+_COUNTING = frozenset({"max", "min", "num", "n", "number", "total", "count"})
+# ... and "tokens" right after a language model's kind of tokens (prompt_tokens).
+_TOKEN_KINDS = frozenset(
+    {
         "input",
         "output",
         "prompt",
@@ -131,8 +152,6 @@ _COUNTED = frozenset(
         "text",
     }
 )
-# Words whose plural (with an "s") is a secret's name too.
-_PLURALS = frozenset({w for w in _SECRET_WORDS if not w.endswith("s")} | {"key"}) - {"token"}
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|\d+")
 _URL_PASSWORD = re.compile(r"(\b[a-zA-Z][\w+.-]*://[^:/@\s]*:)([^@\s/]+)(@)")
 # One word ending so is a secret's name too (``adminpassword``, ``GITHUBTOKEN``): a name
@@ -150,30 +169,53 @@ _SECRET_TYPES = frozenset({"SecretStr", "SecretBytes", "Secret"})
 
 
 def is_secret_name(name: str) -> bool:
-    """Whether a value called ``name`` should be masked (``db_password``, ``db_pass``,
-    ``apiKey``, ``GITHUB_TOKEN``, ``bearer``, ``cookies``, ``api_keys``; not
-    ``max_tokens``, ``author``, ``passenger_count`` or ``bypass``)."""
-    words = [_singular(w.lower()) for w in _WORD.findall(name)]
-    if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in words):
-        return True
-    # Plural tokens are secrets when something names whose they are (access_tokens,
-    # github_tokens); not when they are counted (max_tokens, prompt_tokens) or alone.
-    if len(words) >= 2 and words[-1] == "tokens" and words[-2] not in _COUNTED:
+    """Whether a value called ``name`` should be masked: a word of it (``_``, ``-``,
+    ``.`` and camelCase split it; a name in one case is one word) is a secret's word or
+    ends in one, or two words are a secret's pair, singular or plural (``db_password``,
+    ``apiKey``, ``GITHUB_TOKEN``, ``tokens``, ``cookies``, ``api-keys``,
+    ``adminpasswords``), or its last word is ``pass`` (``db_pass``); unless the name
+    counts them (``token_count``, ``tokens_used``, ``max_tokens``, ``prompt_tokens``:
+    see :func:`_counts`). Not ``author``, ``passenger_count`` or ``bypass``: words of
+    their own."""
+    words = [w.lower() for w in _WORD.findall(name)]
+    return _names_a_secret(words) and not _counts(words)
+
+
+def _names_a_secret(words: list[str]) -> bool:
+    singular = [_singular(w) for w in words]
+    if any(w in _SECRET_WORDS or w.endswith(_SECRET_ENDINGS) for w in singular):
         return True
     # "pass" names a secret as the last word only (db_pass, adminPass; not pass_rate,
     # pass_through). (A flag named first_pass is masked too: on the safe side.)
     if words and words[-1] == "pass":
         return True
-    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(words))
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(singular))
+
+
+def _counts(words: list[str]) -> bool:
+    """Whether a name naming secrets counts or measures them (shown): it ends in a
+    measuring word (token_count, tokens_used, password_min_length), or in a secret's
+    plural with a counting word before it (max_tokens, num_api_keys), or in "tokens"
+    right after a language model's kind of tokens (prompt_tokens, completion_tokens)."""
+    if len(words) < 2:
+        return False  # tokens, secrets: the secrets themselves
+    last = words[-1]
+    if last in _MEASURES:
+        return True
+    if _singular(last) == last:
+        return False  # no plural at the end: a secret (access_token, new_password)
+    if any(w in _COUNTING for w in words[:-1]):
+        return True
+    return last == "tokens" and words[-2] in _TOKEN_KINDS
 
 
 def _singular(word: str) -> str:
-    # A plural names the same secrets (cookies, passwords, api_keys), except "tokens":
-    # max_tokens is a model's limit, not a secret.
-    if word.endswith("ies") and word[:-3] + "ie" in _SECRET_WORDS:
-        return word[:-1]
-    if word.endswith("s") and word != "tokens" and word[:-1] in _PLURALS:
-        return word[:-1]
+    """A secret's word in the plural as its singular (cookies, passwords, tokens,
+    githubtokens, the keys of api_keys); any other word as it is (pass, bypass)."""
+    if word.endswith("s"):
+        one = word[:-1]
+        if one in _SECRET_WORDS or one.endswith(_SECRET_ENDINGS) or one == "key":
+            return one
     return word
 
 
