@@ -1,5 +1,13 @@
 """Small text forms shared by the run summary and the history views: the console,
-durations, times, state colours, and counts of runs by state."""
+durations, times, state colours, counts of runs by state, and user data shown literally.
+
+Names, parameters, errors and paths come from users and their runs, and may hold
+anything: ``[/etc]`` (Rich markup), ``:smile:`` (an emoji code), an ANSI escape. They
+reach Rich only as :func:`literal` (or :func:`visible` text inside a ``Text``): never
+parsed as markup, their control characters shown as escapes instead of sent to the
+terminal. The console itself parses no markup and no emoji codes either, so a plain
+``str`` that slips through is still shown as it is.
+"""
 
 from __future__ import annotations
 
@@ -21,9 +29,11 @@ __all__ = [
     "duration_text",
     "elapsed_text",
     "error_list",
+    "literal",
     "on_terminal",
     "state_style",
     "time_text",
+    "visible",
 ]
 
 # States in the order people read them: success first, then what went wrong (the
@@ -44,15 +54,37 @@ _STYLES = {
 
 _PIPE_WIDTH = 120
 
+# Control characters a terminal would act on (C0 but newline and tab, DEL, C1: ESC
+# starts colours and cursor moves, CR overwrites the line, 0x9b is a one-byte CSI),
+# mapped to the escape Python's repr gives them.
+_CONTROLS = {
+    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
+}
+_CONTROLS[ord("\r")] = "\\r"
+
 
 def console() -> Console:
-    """A console on stdout. Not on a terminal, and with no ``COLUMNS`` set, it is
+    """A console on stdout that parses no markup or emoji codes in what it is given
+    (see the module's docstring). Not on a terminal, and with no ``COLUMNS`` set, it is
     120 columns wide rather than Rich's 80: tables stay one line per row in CI logs and
     pipes."""
-    found = Console(highlight=False)
+    found = Console(highlight=False, markup=False, emoji=False)
     if not on_terminal(found) and "COLUMNS" not in os.environ:
-        found = Console(highlight=False, width=_PIPE_WIDTH)
+        found = Console(highlight=False, markup=False, emoji=False, width=_PIPE_WIDTH)
     return found
+
+
+def visible(value: object) -> str:
+    """``value`` as text whose control characters are shown as ``repr`` shows them
+    (``\\x1b``, ``\\r``) rather than acted on by the terminal; newlines and tabs are
+    kept. Text already passed through ``repr`` is left as it was."""
+    return str(value).translate(_CONTROLS)
+
+
+def literal(value: object, style: str = "") -> Text:
+    """User data (a name, a parameter, an error, a path) as Rich text shown as it is:
+    brackets are not markup, control characters are :func:`visible`."""
+    return Text(visible(value), style=style)
 
 
 def on_terminal(console: Console) -> bool:

@@ -5,6 +5,9 @@ The live display redraws from Rich's refresh thread, never from the threads that
 states; ``print()`` and log lines made during the run appear above it. It is transient:
 when the run ends it is erased (and the cursor shown again), and the summary is printed
 in its place. Plain mode never writes control codes: a line every ``interval`` seconds.
+
+Task, run and resource names come from users: they are drawn with ``_format.literal``
+or ``visible`` (as they are, never as Rich markup or terminal codes), in plain lines too.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from ._format import counts_text, elapsed_text, state_style
+from ._format import counts_text, elapsed_text, literal, state_style, visible
 from ._progress import COLUMNS, Progress, Snapshot
 
 __all__ = ["live_display", "plain_line", "plain_progress", "render"]
@@ -38,7 +41,7 @@ def render(snapshot: Snapshot, spinner: Spinner | None = None) -> RenderableType
     if flow_run is None:
         head.append("starting the flow run")
     else:
-        head.append(f"flow run {flow_run.name!r}", style="bold")
+        head.append(f"flow run {visible(repr(flow_run.name))}", style="bold")
         head.append(" · ")
         head.append(flow_run.state_name, style=state_style(flow_run.state_name))
     head.append(f" · {elapsed_text(snapshot.elapsed)}")
@@ -84,7 +87,7 @@ def _task_table(snapshot: Snapshot) -> Table:
             ProgressBar(total=max(task.total, 1), completed=task.finished, width=20),
             Text(f"{task.finished}/{task.total}"),
         )
-        table.add_row(Text(task.task_name), *cells, bar)
+        table.add_row(literal(task.task_name), *cells, bar)
     hidden = len(snapshot.tasks) - len(tasks)
     if hidden:
         table.add_row(Text(f"… {hidden} more tasks", style="dim"))
@@ -92,7 +95,9 @@ def _task_table(snapshot: Snapshot) -> Table:
 
 
 def _resources_text(open_resources: dict[str, int]) -> str:
-    return ", ".join(name if n == 1 else f"{name} x{n}" for name, n in open_resources.items())
+    return visible(
+        ", ".join(name if n == 1 else f"{name} x{n}" for name, n in open_resources.items())
+    )
 
 
 def plain_line(snapshot: Snapshot) -> str:
@@ -121,7 +126,7 @@ def live_display(progress: Progress, console: Console) -> Iterator[None]:
             return render(progress.snapshot(), spinner)
         except Exception as exc:  # a display bug must not end the refresh thread
             logging.getLogger("orchestr.cli").debug("live display failed", exc_info=True)
-            return Text(f"(display failed: {type(exc).__name__}: {exc})", style="dim")
+            return literal(f"(display failed: {type(exc).__name__}: {exc})", style="dim")
 
     with Live(
         get_renderable=draw,

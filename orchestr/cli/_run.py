@@ -7,6 +7,10 @@ give the exit code of its final state.
 The summary comes first; only then does it wait, briefly, for the run history to write
 the run (a database locked by another process must not hold the summary back), and it
 says how to look the run up only if the history did write it.
+
+orchestr's log lines during the run quote users' names, parameters and errors: the
+handler installed here shows their control characters as escapes (``_format.visible``),
+on the live display's console and on stderr alike.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from ..flows import Flow
 from ..records import FlowRunRecord
 from ..settings import get_settings, override_settings
 from ._codes import ExitCode, exit_code_for
+from ._format import literal, visible
 from ._live import live_display, plain_progress
 from ._progress import Progress
 from ._summary import look_back, summary
@@ -110,7 +115,7 @@ def _write_stderr(line: str) -> None:
 
 def _report_call_error(console: Console, flow: Flow[Any, Any], exc: Exception) -> None:
     shown = "".join(trim_summary(traceback.TracebackException.from_exception(exc)).format())
-    console.print(Text(f"calling flow {flow.name!r} failed:\n{shown.rstrip()}", style="red"))
+    console.print(literal(f"calling flow {flow.name!r} failed:\n{shown.rstrip()}", style="red"))
 
 
 def _flush_history() -> bool:
@@ -129,6 +134,15 @@ def _flush_history() -> bool:
         return False
 
 
+class _VisibleFormatter(ConsoleFormatter):
+    """orchestr's console format, with the control characters of what runs put in a
+    line (an error message with colour codes, a name with a carriage return) shown as
+    escapes: the terminal shows them, it does not act on them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return visible(super().format(record))
+
+
 class _RichHandler(logging.Handler):
     """orchestr's log lines, printed through the console the live display is drawn on
     (so they appear above it)."""
@@ -139,7 +153,7 @@ class _RichHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            self.console.print(Text(self.format(record)), highlight=False)
+            self.console.print(Text(self.format(record)), highlight=False)  # no markup
         except Exception:
             self.handleError(record)
 
@@ -158,7 +172,7 @@ def _logging_to(console: Console | None) -> Iterator[None]:
         logging.StreamHandler(sys.stderr) if console is None else _RichHandler(console)
     )
     handler.setFormatter(
-        ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
+        _VisibleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
     )
     level = package.level
     package.addHandler(handler)

@@ -1,6 +1,11 @@
 """``orchestr runs list|show|prune``: the run history (``orchestr.history``) drawn in the
 terminal with Rich, or as JSON for scripts. What the history refuses (``HistoryError``,
-``UsageError``) is turned into bad input in one place, the ``runs`` group in ``_app``."""
+``UsageError``) is turned into bad input in one place, the ``runs`` group in ``_app``.
+
+Every value read from the history (names, parameters, errors, paths, even ids and
+states, which another program may have written) is drawn with ``_format.literal`` or
+``visible``: as it is, never as Rich markup or terminal codes. The JSON is the values
+themselves (``json.dumps`` escapes control characters)."""
 
 from __future__ import annotations
 
@@ -18,7 +23,17 @@ from rich.text import Text
 
 from .. import history
 from ._errors import BadInput
-from ._format import ORDER, console, counts_text, duration_text, error_list, state_style, time_text
+from ._format import (
+    ORDER,
+    console,
+    counts_text,
+    duration_text,
+    error_list,
+    literal,
+    state_style,
+    time_text,
+    visible,
+)
 from ._timeline import bars_of, cut, timeline
 
 __all__ = ["list_command", "parse_age", "parse_since", "prune_command", "show_command"]
@@ -83,7 +98,7 @@ def list_command(
         return
     out = console()
     if not rows:
-        out.print(f"No flow runs recorded that match (history: {history.history_path()}).")
+        out.print(literal(f"No flow runs recorded that match (history: {history.history_path()})."))
         return
     # Run names only when some run was given one (the default repeats flow and id).
     named = any(row.name != f"{row.flow_name}-{row.id.replace('-', '')[:8]}" for row in rows)
@@ -97,17 +112,17 @@ def list_command(
     table.add_column("duration", justify="right", no_wrap=True)
     table.add_column("task runs")
     for row in rows:
-        flow = Text(row.flow_name)
+        flow = literal(row.flow_name)
         if row.parent_id is not None:
             flow.append(" (subflow)", style="dim")
-        cells: list[Any] = [row.id[:8], flow]
+        cells: list[Any] = [literal(row.id[:8]), flow]
         if named:
-            cells.append(row.name)
+            cells.append(literal(row.name))
         cells += [
-            Text(row.state, style=state_style(row.state)),
+            literal(row.state, style=state_style(row.state)),
             time_text(row.started),
             duration_text(row.duration),
-            counts_text(row.task_counts) or Text("none", style="dim"),
+            literal(counts_text(row.task_counts)) or Text("none", style="dim"),
         ]
         table.add_row(*cells)
     out.print(table)
@@ -133,7 +148,9 @@ def show_command(run_id: str, *, max_rows: int) -> None:
     task_runs = detail.task_runs
     bars = bars_of(task_runs, detail.subflow_runs, detail.changes)
     if task_runs:
-        out.print(Text.assemble(("task runs: ", "bold"), counts_text(r.state for r in task_runs)))
+        out.print(
+            Text.assemble(("task runs: ", "bold"), visible(counts_text(r.state for r in task_runs)))
+        )
     if bars:
         shown, left_out = cut(bars, max_rows)
         name_width = min(30, max(len(b.label.plain) for b in shown))
@@ -145,7 +162,7 @@ def show_command(run_id: str, *, max_rows: int) -> None:
             out.print(
                 Text(
                     f"… {len(left_out)} more runs left out "
-                    f"({counts_text(b.state for b in left_out)}):"
+                    f"({visible(counts_text(b.state for b in left_out))}):"
                     " shown are the failed, the slowest and the last to end"
                     " (--max-rows 0 shows all)",
                     style="dim",
@@ -168,28 +185,31 @@ def show_command(run_id: str, *, max_rows: int) -> None:
 def _header(row: Any) -> RenderableType:
     title = Text.assemble(
         ("flow run ", "bold"),
-        (repr(row.name), "bold"),
-        f" of flow {row.flow_name!r}: ",
-        (row.state, f"bold {state_style(row.state)}"),
+        (visible(repr(row.name)), "bold"),
+        f" of flow {visible(repr(row.flow_name))}: ",
+        (visible(row.state), f"bold {state_style(row.state)}"),
     )
     facts = Table.grid(padding=(0, 2))
     facts.add_column(style="dim")
     facts.add_column()
-    facts.add_row("id", row.id)
+    facts.add_row("id", literal(row.id))
     if row.parent_id is not None:
-        facts.add_row("subflow of", row.parent_id)
+        facts.add_row("subflow of", literal(row.parent_id))
     facts.add_row(
         "started",
         f"{time_text(row.started)}   ended {time_text(row.ended)}   "
         f"took {duration_text(row.duration)}   attempts {row.attempts}",
     )
-    parameters = ", ".join(f"{k}={json.dumps(v)}" for k, v in row.parameters.items())
-    facts.add_row("parameters", parameters or Text("none", style="dim"))
+    # JSON as written, but non-ASCII kept (a name in Japanese, an emoji): read by people.
+    parameters = ", ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in row.parameters.items()
+    )
+    facts.add_row("parameters", literal(parameters) if parameters else Text("none", style="dim"))
     if row.error:
-        facts.add_row("error", Text(row.error, style="red"))
+        facts.add_row("error", literal(row.error, style="red"))
         origin = getattr(row, "error_origin", None)
         if origin:
-            facts.add_row("raised at", origin)
+            facts.add_row("raised at", literal(origin))
     return Group(title, facts)
 
 
@@ -199,9 +219,11 @@ def _failures(runs: list[Any]) -> RenderableType:
         [
             (
                 Text.assemble(
-                    f"{run.name} ", (run.state, state_style(run.state)), f": {run.error}"
+                    f"{visible(run.name)} ",
+                    (visible(run.state), state_style(run.state)),
+                    f": {visible(run.error)}",
                 ),
-                [Text(f"at {run.error_origin}", style="dim")] if run.error_origin else [],
+                [literal(f"at {run.error_origin}", style="dim")] if run.error_origin else [],
             )
             for run in runs
         ],
@@ -221,10 +243,10 @@ def _events(events: list[Any], start: float | None) -> Table:
         failed = event.error is not None
         table.add_row(
             f"+{event.at - origin:.3f}s",
-            Text(event.kind.removeprefix("resource."), style="red" if failed else ""),
-            event.subject,
+            literal(event.kind.removeprefix("resource."), style="red" if failed else ""),
+            literal(event.subject),
             duration_text(event.duration) if event.duration is not None else "",
-            Text(event.error or "", style="red"),
+            literal(event.error or "", style="red"),
         )
     return table
 
@@ -236,12 +258,12 @@ def _subflows(rows: list[Any]) -> Table:
         table.add_column(name)
     for row in rows:
         table.add_row(
-            row.id[:8],
-            row.flow_name,
-            row.name,
-            Text(row.state, style=state_style(row.state)),
+            literal(row.id[:8]),
+            literal(row.flow_name),
+            literal(row.name),
+            literal(row.state, style=state_style(row.state)),
             duration_text(row.duration),
-            counts_text(row.task_counts),
+            literal(counts_text(row.task_counts)),
         )
     return table
 

@@ -2,6 +2,9 @@
 its task runs by task and state, the slowest task runs, each failure with its error and
 the line of the user's code that raised it, the resources it used, and how to find the
 run again in the history.
+
+Everything from the run (names, messages, paths, source lines) is shown with
+``_format.literal``/``visible``: as it is, never as Rich markup or terminal codes.
 """
 
 from __future__ import annotations
@@ -19,7 +22,15 @@ from rich.text import Text
 from .._logging import run_label
 from .._tracebacks import far_frames, is_internal_file, origin_of
 from ..records import FlowRunRecord, RunRecord, TaskRunRecord
-from ._format import ORDER, counts_text, duration_text, error_list, state_style
+from ._format import (
+    ORDER,
+    counts_text,
+    duration_text,
+    error_list,
+    literal,
+    state_style,
+    visible,
+)
 
 __all__ = ["Failure", "failures_of", "look_back", "raise_site", "summary"]
 
@@ -80,13 +91,13 @@ def look_back(record: FlowRunRecord) -> Text:
 def _headline(record: FlowRunRecord) -> Text:
     text = Text.assemble(
         ("flow run ", "bold"),
-        (repr(record.name), "bold"),
-        f" of flow {record.flow_name!r}: ",
+        (visible(repr(record.name)), "bold"),
+        f" of flow {visible(repr(record.flow_name))}: ",
         (record.state_name, f"bold {state_style(record.state_name)}"),
         f" in {duration_text(record.duration)}",
     )
     if record.message and record.state_name != "Completed":
-        text.append(f": {record.message}")
+        text.append(f": {visible(record.message)}")
     return text
 
 
@@ -125,7 +136,7 @@ def _by_task(task_runs: list[TaskRunRecord]) -> Table:
         mean = sum(durations) / len(durations) if durations else None
         counts = [sum(1 for r in runs if r.state_name == state) for state in states]
         table.add_row(
-            name,
+            literal(name),
             str(len(runs)),
             *(str(n) if n else Text("0", style="dim") for n in counts),
             duration_text(mean),
@@ -142,7 +153,7 @@ def _slowest(runs: list[TaskRunRecord]) -> Table:
     table.add_column()
     for run in runs:
         table.add_row(
-            f"  {run.name}",
+            literal(f"  {run.name}"),
             duration_text(run.duration),
             Text(run.state_name, style=state_style(run.state_name)),
         )
@@ -230,16 +241,16 @@ def _failures(failures: list[Failure]) -> RenderableType:
         error = failure.error
         described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
         headline = Text.assemble(
-            f"{failure.label} ",
+            f"{visible(failure.label)} ",
             (failure.state_name, state_style(failure.state_name)),
-            f": {described}",
+            f": {visible(described)}",
         )
         details = []
         if failure.site is not None:
             path, line, function, source = failure.site
-            details.append(Text(f"at {path}:{line} in {function}", style="dim"))
+            details.append(literal(f"at {path}:{line} in {function}", style="dim"))
             if source:
-                details.append(Text(f"  {source}"))
+                details.append(literal(f"  {source}"))
         items.append((headline, details))
     return error_list("failures", items, more=len(failures) - _MOST_FAILURES)
 
@@ -261,7 +272,7 @@ def _resources(record: FlowRunRecord) -> Text | None:
     shown = ", ".join(
         f"{name} (set up {n}, cleaned up {cleaned.get(name, 0)})" for name, n in set_up.items()
     )
-    text = Text.assemble(("resources: ", "bold"), shown)
+    text = Text.assemble(("resources: ", "bold"), visible(shown))
     if problems:
-        text.append("; " + ", ".join(problems), style="red")
+        text.append(visible("; " + ", ".join(problems)), style="red")
     return text

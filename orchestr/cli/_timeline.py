@@ -10,6 +10,9 @@ waiting for upstreams, a worker or a limit) is left blank.
 When there are more runs than rows to draw, :func:`cut` keeps what a timeline is read
 for rather than the first runs to start: the failed runs first, then the last to end
 (the straggler), then the slowest.
+
+Run names come from users and are drawn with ``_format.literal``: as they are, never
+as Rich markup or terminal codes.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from rich import box
 from rich.table import Table
 from rich.text import Text
 
-from ._format import duration_text, state_style
+from ._format import duration_text, literal, state_style, visible
 
 __all__ = ["Bar", "axis", "bar", "bars_of", "cut", "timeline"]
 
@@ -59,12 +62,12 @@ def bars_of(
     for change in changes:
         by_run.setdefault(change.run_id, []).append(change)
     bars = [
-        Bar(Text(r.name), r.state, r.attempts, r.started, r.ended, by_run.get(r.id, []))
+        Bar(literal(r.name), r.state, r.attempts, r.started, r.ended, by_run.get(r.id, []))
         for r in task_runs
     ]
     bars += [
         Bar(
-            Text.assemble((r.name, "bold"), (" subflow", "dim")),
+            Text.assemble((visible(r.name), "bold"), (" subflow", "dim")),
             r.state,
             r.attempts,
             r.started,
@@ -117,7 +120,7 @@ def timeline(bars: Sequence[Bar], *, start: float | None, end: float | None, wid
     for row in bars:
         table.add_row(
             row.label,
-            Text(row.state, style=state_style(row.state)),
+            literal(row.state, style=state_style(row.state)),
             str(row.attempts),
             duration_text(row.duration),
             bar(row, t0, t1, width),
