@@ -16,30 +16,38 @@ as the (module, qualname) of its task, found once per function, its run ids as i
 an outcome as the tuple of its fields. Such plain data pickles with the C pickler alone
 (a ``reducer_override`` is a Python call per object pickled); only what it refuses
 (an argument that is itself a task's function, or something that does not pickle) is
-pickled again by :class:`_Pickler`, which finds task functions anywhere.
+pickled again by :class:`_Pickler`, which finds task functions anywhere. Both pickle
+exceptions, wherever they are (an upstream's, passed on by ``allow_failure``; one a call
+raised), so that they are rebuilt far away as they are (``orchestr.runners._travel``).
+
+A call that cannot be rebuilt far away comes back as an error saying why; when an
+argument is what failed, the far side loads the call again, leniently
+(:class:`_Lenient`), to name the parameter, and where in it.
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
 import pickle
 import sys
 import types
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, ClassVar
 
 from ..exceptions import SerializationError
+from . import _travel
 from ._call import Call, Outcome, _identity
 from ._remote import run_call
 
 __all__ = ["PROTOCOL", "dump_call", "dumps", "far_side", "load_call", "load_outcome", "loads"]
 
-PROTOCOL = pickle.HIGHEST_PROTOCOL
+PROTOCOL = _travel.PROTOCOL
 loads = pickle.loads
 
 
-class _Pickler(pickle.Pickler):
+class _Pickler(_travel.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if type(obj) is types.FunctionType:
             where = _task_holding(obj)
@@ -51,7 +59,7 @@ class _Pickler(pickle.Pickler):
 def dumps(obj: Any) -> bytes:
     """``obj`` pickled, task functions in it by their task's name."""
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return _travel.dumps(obj)
     except Exception:  # a task's function (plain pickle cannot find it by name), or
         pass  # something that does not pickle at all: _Pickler says which
     buffer = io.BytesIO()
@@ -181,13 +189,7 @@ def far_side(
     try:
         call = load_call(payload)
     except BaseException as exc:
-        outcome = Outcome(
-            error=SerializationError(
-                f"call {key!r} could not be rebuilt on the far side: {type(exc).__name__}: "
-                f"{exc} (is the task defined at module level, in a module that can be "
-                "imported there?)"
-            )
-        )
+        outcome = Outcome(error=_not_rebuilt(payload, key, exc))
     else:
         if prepare is not None:
             prepare(call)
@@ -223,3 +225,169 @@ def load_outcome(body: bytes, key: str) -> Outcome:
         )
     assert isinstance(outcome, Outcome)
     return outcome
+
+
+def _not_rebuilt(payload: bytes, key: str, exc: BaseException) -> SerializationError:
+    """The error of the call ``payload`` that could not be rebuilt here (``exc``): the
+    argument that failed, and where in it, when one did; else the task's function."""
+    start = f"call {key!r} could not be rebuilt on the far side"
+    try:
+        found = _failed_argument(payload)
+    except Exception:  # not even leniently: not an argument's fault
+        found = None
+    if found is None:
+        return SerializationError(
+            f"{start}: {_travel.described(exc)} (is the task defined at module level, in a "
+            "module that can be imported there?)"
+        )
+    where, unbuilt = found
+    if unbuilt.missing is not None:
+        advice = (
+            f"{unbuilt.missing} cannot be imported there: define it at module level, in a "
+            "module installed where the task runs"
+        )
+    else:
+        advice = (
+            "pass plain data, or give its class a __reduce__ that returns a callable and "
+            "the picklable arguments that rebuild it"
+        )
+    return SerializationError(
+        f"{start}: its argument {where} could not be unpickled there "
+        f"({_travel.described(unbuilt.error)}); {advice}"
+    )
+
+
+class _Unbuilt:
+    """Stands for what could not be rebuilt, in a call loaded by :class:`_Lenient`: the
+    error, and the name it failed to import, if that was it. Takes whatever is done to
+    what it stands for."""
+
+    def __init__(self, error: BaseException, missing: str | None = None) -> None:
+        self.error = error
+        self.missing = missing
+
+    def __call__(self, *args: Any, **kwargs: Any) -> _Unbuilt:
+        return self
+
+    def append(self, item: Any) -> None:
+        pass
+
+    def extend(self, items: Any) -> None:
+        pass
+
+    def add(self, item: Any) -> None:
+        pass
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+
+def _made(how: Any, args: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """``make()``, or what stands for it when it fails, or when ``how`` (what it calls)
+    or one of ``args`` is itself an :class:`_Unbuilt`."""
+    for part in (how, *args):
+        if isinstance(part, _Unbuilt):
+            return part
+    try:
+        return make()
+    except Exception as error:
+        return _Unbuilt(error)
+
+
+class _Lenient(pickle._Unpickler):
+    """The pure-Python unpickler, with an :class:`_Unbuilt` for each object that could
+    not be rebuilt (its class not found, its rebuild raised) instead of failing."""
+
+    stack: list[Any]  # (the pure-Python unpickler's, which typeshed leaves out)
+    dispatch: ClassVar[dict[int, Callable[[Any], None]]] = dict(
+        pickle._Unpickler.dispatch  # type: ignore[attr-defined]
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return super().find_class(module, name)
+        except Exception as error:
+            return _Unbuilt(error, f"{module}.{name}")
+
+    def _reduce(self) -> None:
+        stack = self.stack
+        args = stack.pop()
+        how = stack[-1]
+        stack[-1] = _made(how, args, lambda: how(*args))
+
+    def _newobj(self) -> None:
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.stack.append(_made(cls, args, lambda: cls.__new__(cls, *args)))
+
+    def _newobj_ex(self) -> None:
+        kwargs = self.stack.pop()
+        args = self.stack.pop()
+        cls = self.stack.pop()
+        self.stack.append(_made(cls, args, lambda: cls.__new__(cls, *args, **kwargs)))
+
+    def _build(self) -> None:
+        if isinstance(self.stack[-2], _Unbuilt):
+            self.stack.pop()
+            return
+        try:
+            pickle._Unpickler.load_build(self)  # type: ignore[attr-defined]
+        except Exception as error:
+            self.stack[-1] = _Unbuilt(error)
+
+    dispatch[pickle.REDUCE[0]] = _reduce
+    dispatch[pickle.NEWOBJ[0]] = _newobj
+    dispatch[pickle.NEWOBJ_EX[0]] = _newobj_ex
+    dispatch[pickle.BUILD[0]] = _build
+
+
+def _failed_argument(payload: bytes) -> tuple[str, _Unbuilt] | None:
+    """The argument of the call ``payload`` that could not be rebuilt here (its
+    parameter's name, and where in it) and what stands for it there; None when its
+    arguments are not what failed."""
+    fn, args, kwargs = _Lenient(io.BytesIO(payload)).load()[:3]
+    if isinstance(fn, _Unbuilt):
+        return None
+    if type(fn) is tuple:
+        fn = _task_function(*fn)
+    named = [
+        parameter.name
+        for parameter in inspect.signature(fn).parameters.values()
+        if parameter.kind in (parameter.POSITIONAL_ONLY, parameter.POSITIONAL_OR_KEYWORD)
+    ]
+    places = [(named[i] if i < len(named) else f"#{i}", value) for i, value in enumerate(args)]
+    for name, value in [*places, *kwargs.items()]:
+        found = _unbuilt_in(value, 8)
+        if found is not None:
+            path, unbuilt = found
+            return f"{name!r}{f' (at {name}{path})' if path else ''}", unbuilt
+    return None
+
+
+def _unbuilt_in(value: Any, depth: int) -> tuple[str, _Unbuilt] | None:
+    """Where in ``value`` an :class:`_Unbuilt` is (``[2]['key'].field``), if one is
+    (looked for ``depth`` levels down)."""
+    if isinstance(value, _Unbuilt):
+        return "", value
+    if depth == 0:
+        return None
+    parts: Iterable[tuple[str, Any]]
+    if isinstance(value, list | tuple):
+        parts = ((f"[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(value, dict):
+        parts = ((f"[{key!r}]", item) for key, item in value.items())
+    elif isinstance(value, set | frozenset):
+        parts = (("{...}", item) for item in value)
+    else:
+        state = getattr(value, "__dict__", None)
+        if not isinstance(state, dict):
+            return None
+        parts = ((f".{name}", item) for name, item in state.items())
+    for step, item in parts:
+        found = _unbuilt_in(item, depth - 1)
+        if found is not None:
+            return step + found[0], found[1]
+    return None

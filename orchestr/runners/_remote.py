@@ -10,12 +10,8 @@ shipped back read the same), and ``print`` is routed to it when the run has
 exception that does not pickle becomes an error naming the task run and the value's type.
 
 An exception travels as itself even when its ``__init__`` takes other arguments than it
-gives ``super().__init__()`` (``ApiError(status, body)`` with the message as its only
-arg): pickle rebuilds an exception as ``cls(*exc.args)``, which fails there (or, worse,
-builds a different one). Such an exception (and only such: the usual rebuild also runs
-what ``__init__`` derives and keeps outside ``__dict__``) travels as its class, its args
-and its ``__dict__``, rebuilt without calling its ``__init__`` again
-(:func:`_rebuilt_exception`). One that still cannot travel (an attribute that does not
+gives ``super().__init__()``, as one in a call's arguments does the other way
+(``orchestr.runners._travel``). One that still cannot travel (an attribute that does not
 pickle, a ``__new__`` or ``__reduce__`` of its own that refuses) becomes a
 :class:`RemoteError` saying what failed and what to change.
 
@@ -34,7 +30,6 @@ from __future__ import annotations
 import os
 import time
 import traceback
-import types
 from collections.abc import Callable
 from contextvars import copy_context
 from typing import Any
@@ -47,6 +42,7 @@ from .._tracebacks import hide_frames, keep_far_frames, start_at
 from ..exceptions import OrchestrError
 from ..records import RunEvent
 from ._call import Call, Outcome, RunIdentity
+from ._travel import NOTE_START, travel_problem
 
 __all__ = ["RemoteError", "run_call", "transportable"]
 
@@ -128,7 +124,7 @@ def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     (see ``orchestr._tracebacks.keep_far_frames``), and the line of the user's code that
     raised it, which its run's history records at home."""
     hide_frames(exc)  # the note, and the frames it takes along, are the user's
-    problem = _travel_as_itself(exc)
+    problem = travel_problem(exc)
     sent: BaseException
     if problem is not None:
         text = "".join(traceback.format_exception(exc))
@@ -140,106 +136,7 @@ def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     else:
         # Its traceback and causes do not travel: their text does, as a note.
         frames = "".join(traceback.format_exception(exc))
-        exc.add_note(f"Traceback where the call ran (process {os.getpid()}):\n{frames.rstrip()}")
+        exc.add_note(f"{NOTE_START}the call ran (process {os.getpid()}):\n{frames.rstrip()}")
         sent = exc
     note_origin(sent)  # found here, where its traceback is; kept with it, it travels
     return keep_far_frames(sent)
-
-
-_HOOK = "__reduce_ex__"
-_PICKLE_ADVICE = "keep only picklable values in its attributes, or define __reduce__"
-_REBUILD_ADVICE = (
-    "pass every argument of its __init__ on to super().__init__(), or define __reduce__ "
-    "to return a callable and the arguments that rebuild it"
-)
-
-
-def _travel_as_itself(exc: BaseException) -> str | None:
-    """None once ``exc`` (and each exception of a group) pickles and comes back as
-    itself, rebuilt by its state when pickle's way would fail; else what failed, and
-    what to do about it."""
-    import pickle  # deferred: no part of `import orchestr`
-
-    if isinstance(exc, BaseExceptionGroup):  # a group pickles its exceptions
-        for inner in exc.exceptions:  # (by their own reduce, made to travel first)
-            problem = _travel_as_itself(inner)
-            if problem is not None:
-                return f"one of its exceptions, {type(inner).__name__}: {problem}"
-    try:
-        sent = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
-    except Exception as error:
-        return f"it does not pickle ({_named(error)}); {_PICKLE_ADVICE}"
-    try:
-        back = pickle.loads(sent)
-    except Exception as error:
-        failed = _named(error)
-    else:
-        if _same(back, exc):  # rebuilt as it was: pickle's own way stays
-            return None
-        # Rebuilt without an error but not the same (an OSError subclass whose __init__
-        # takes other arguments builds another message): rebuilt by its state instead.
-        failed = "it came back different"
-    if not _reduced_by_builtin(type(exc)):  # its own __reduce__: not ours to replace
-        return f"it pickles, but could not be rebuilt by its __reduce__ ({failed})"
-    try:
-        # Pickle looks __reduce_ex__ up on the instance: this one exception pickles so,
-        # in whatever carries it (an outcome, an event), its class left as it is.
-        setattr(exc, _HOOK, types.MethodType(_reduce_by_state, exc))
-        pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
-    except Exception:
-        try:
-            delattr(exc, _HOOK)
-        except Exception:  # never set (a __setattr__ of its own refused)
-            pass
-        return f"it pickles, but could not be rebuilt ({failed}); {_REBUILD_ADVICE}"
-    return None
-
-
-def _same(back: BaseException, exc: BaseException) -> bool:
-    """Whether a rebuilt exception is the one sent: its class, args and message. (Not
-    its pickled bytes: a traceback pickled along, as tblib makes Dask's processes do,
-    comes back with other line numbers.)"""
-    try:
-        return type(back) is type(exc) and back.args == exc.args and str(back) == str(exc)
-    except Exception:  # args that refuse to be compared: take it as it came
-        return type(back) is type(exc)
-
-
-def _named(error: BaseException) -> str:
-    return f"{type(error).__name__}: {error}"
-
-
-def _reduced_by_builtin(cls: type) -> bool:
-    """Whether instances of ``cls`` pickle by a built-in exception's ``__reduce__``
-    (``(cls, args, __dict__)``), not one the class (or a base of its own) defines."""
-    for klass in cls.__mro__:
-        if "__reduce__" in vars(klass) or "__reduce_ex__" in vars(klass):
-            return klass.__module__ == "builtins"
-    return False
-
-
-def _reduce_by_state(exc: BaseException, protocol: int) -> tuple[Any, ...]:
-    """What pickles of ``exc`` instead of ``(cls, args, state)``: the same, given to
-    :func:`_rebuilt_exception`. Computed as it is pickled, so notes added later go too."""
-    # The built-in reduce, not this one: its args are what the built-in base's __init__
-    # takes (an OSError's include its filename).
-    reduced: Any = object.__reduce_ex__(exc, protocol)
-    args = reduced[1]
-    state = dict(reduced[2]) if len(reduced) > 2 and reduced[2] else {}
-    state.pop(_HOOK, None)  # the hook stays on this side
-    return _rebuilt_exception, (type(exc), args, state)
-
-
-def _rebuilt_exception(
-    cls: type[BaseException], args: tuple[Any, ...], state: dict[str, Any]
-) -> BaseException:
-    """An exception of ``cls`` with ``args`` and ``state``, its ``__init__`` not called
-    again (it may take other arguments than its args). The built-in base's ``__init__``
-    is: it sets ``args``, and what a built-in keeps outside ``__dict__`` (an OSError's
-    ``errno``, ``strerror``, ``filename``)."""
-    exc = cls.__new__(cls, *args)
-    builtin = next(klass for klass in cls.__mro__ if klass.__module__ == "builtins")
-    builtin.__init__(exc, *args)  # type: ignore[misc]
-    if state:
-        exc.__setstate__(state)
-    return exc
