@@ -3,6 +3,7 @@ finished, whatever happened; the engine drives any runner through the protocol."
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -13,8 +14,10 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+from hypothesis import Phase, given, settings
+from hypothesis import strategies as st
 
-from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, runtime, task
+from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, runtime, task, unmapped
 from orchestr.exceptions import UsageError
 from orchestr.runners import Call, Outcome, run_call
 from orchestr.states import StateType
@@ -471,6 +474,96 @@ def test_lent_places_are_given_back(run: Any) -> None:
 
     run(main)
     assert max(most) <= 2
+
+
+WAIT_FORMS = {
+    "map-result": lambda futures: futures.result(),
+    "each-result": lambda futures: [f.result() for f in futures],
+    "each-wait": lambda futures: [f.wait().result() for f in futures],
+    "list-wait": lambda futures: [s.result() for s in futures.wait()],
+    "orchestr-wait": lambda futures: [f.result() for f in _waited(futures)],
+}
+
+
+def _waited(futures: Any) -> Any:
+    from orchestr import wait
+
+    done, not_done = wait(futures)
+    assert len(done) == len(futures)
+    assert not not_done
+    return futures
+
+
+@task
+def waits_on_many(xs: list[int], form: str, depth: int) -> list[Any]:
+    """Submits a run per element and waits for them all, by ``form``; each of those does
+    the same one level down while ``depth`` lasts."""
+    if depth == 1:
+        return list(WAIT_FORMS[form](leaf.map(xs)))
+    return list(WAIT_FORMS[form](waits_on_many.map([[x] for x in xs], unmapped(form), depth - 1)))
+
+
+@task
+def tree(fanouts: list[int], form: str) -> int:
+    """Submits ``fanouts[0]`` runs of the rest of the tree and waits for them all, by
+    ``form``; the number of leaves."""
+    if not fanouts:
+        return 1
+    futures = tree.map([fanouts[1:]] * fanouts[0], unmapped(form))
+    return sum(WAIT_FORMS[form](futures))
+
+
+@pytest.mark.parametrize("form", list(WAIT_FORMS))
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_worker_waiting_for_many_runs_does_not_starve_them(
+    run: Any, form: str, workers: int
+) -> None:
+    """A sync task that waits for several runs it submitted, by every blocking wait
+    there is, two levels deep, on a pool of one or two threads, in sync and async flows:
+    no deadlock (three or more waited-for runs on one thread hung: the pool counted a
+    worker that had taken another call as idle, and started no thread for the rest)."""
+    xs = [1, 2, 3, 4]
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    async def async_main() -> list[Any]:
+        return [await waits_on_many.submit(xs, form, 1), await waits_on_many.submit(xs, form, 2)]
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    def sync_main() -> list[Any]:
+        return list(waits_on_many.map([xs, xs], unmapped(form), [1, 2]).result())
+
+    one_level = [2, 3, 4, 5]
+    two_levels = [[2], [3], [4], [5]]
+    assert ends(lambda: run(async_main)) == [one_level, two_levels]
+    assert ends(sync_main) == [one_level, two_levels]
+
+
+def ends(call: Any, within: float = 20) -> Any:
+    """``call()``'s result, called in a thread of its own: a deadlock fails the test
+    (within seconds), where waiting in this thread would hang the suite."""
+    done: list[Any] = []
+    thread = threading.Thread(target=lambda: done.append(call()), daemon=True)
+    thread.start()
+    thread.join(within)
+    assert done, f"deadlocked: {call} had not ended after {within} s"
+    return done[0]
+
+
+@given(
+    workers=st.integers(1, 3),
+    fanouts=st.lists(st.integers(0, 4), min_size=1, max_size=3),
+    form=st.sampled_from(sorted(WAIT_FORMS)),
+)
+@settings(max_examples=15, deadline=None, phases=[Phase.generate])
+def test_any_tree_of_waiting_workers_completes(workers: int, fanouts: list[int], form: str) -> None:
+    """Any tree of sync tasks waiting for the runs they submit completes on any pool
+    size, with every leaf counted."""
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=workers))
+    def main() -> int:
+        return tree.submit(fanouts, form).result()  # type: ignore[no-any-return]
+
+    assert ends(main, within=15) == math.prod(fanouts), (workers, fanouts, form)
 
 
 class _RunnerThatCannotStart(TaskRunner):

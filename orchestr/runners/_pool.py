@@ -39,9 +39,12 @@ class WorkerPool:
         self._queue: SimpleQueue[tuple[Any, ...] | None] = SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._lock = threading.Lock()
-        # Workers that finished a call and were not yet claimed by a new one; a caller
-        # that finds none starts another thread (while under the limit).
+        # Workers waiting for a call (or started for one, not yet taking it), and calls
+        # queued, not yet taken: a call that more queued calls than idle workers stand
+        # before starts another thread (while under the limit). Counted, not guessed: a
+        # worker takes whatever call is next, not the one whose put counted on it.
         self._idle = 0
+        self._pending = 0
         self._busy = 0
         self._lent = 0  # workers blocked in lending_worker()
         self._retiring = 0  # threads over the limit since lenders stopped waiting
@@ -52,8 +55,8 @@ class WorkerPool:
         # The lock is held as briefly as can be: every submit and every finished call
         # takes it, and under the GIL a longer hold makes a convoy of waiting threads.
         with self._lock:
-            if self._idle:
-                self._idle -= 1
+            self._pending += 1
+            if self._pending <= self._idle:
                 return
             if len(self._threads) >= self.max_workers + self._lent:
                 return
@@ -61,12 +64,14 @@ class WorkerPool:
         thread.start()
 
     def _new_thread(self) -> threading.Thread:
-        """With the lock held: a new worker (the caller checked the limit)."""
+        """With the lock held: a new worker (the caller checked the limit), idle until
+        it takes its first call."""
         thread = threading.Thread(
             target=self._work, name=f"{self._name}_{self._started}", daemon=True
         )
         self._started += 1
         self._threads.append(thread)
+        self._idle += 1
         return thread
 
     def _work(self) -> None:
@@ -79,6 +84,8 @@ class WorkerPool:
                 return
             with lock:
                 self._busy += 1
+                self._idle -= 1
+                self._pending -= 1
             try:
                 item[0](*item[1:])
             except BaseException:  # the caller's function reports its own outcome
@@ -97,7 +104,8 @@ class WorkerPool:
     def _lending(self) -> Iterator[None]:
         with self._lock:
             self._lent += 1
-            wanted = not self._idle and not self._queue.empty()
+            # Calls queued that no idle worker will take: one more thread, for them.
+            wanted = self._pending > self._idle
             thread = self._new_thread() if wanted else None
         if thread is not None:
             thread.start()
