@@ -372,6 +372,11 @@ def _delay(where: str, value: Any) -> RetryDelay:
     if callable(value):
         return value  # type: ignore[no-any-return]  # checked when called
     items = value if isinstance(value, (list, tuple)) else [value]
+    if not items:
+        raise UsageError(
+            f"retry_delay_seconds of {where} is an empty list, which gives no delay to "
+            "use; give 0 (or [0]) for retries without a delay"
+        )
     delays = [_delay_item(item) for item in items]
     if any(delay is None for delay in delays):
         raise UsageError(

@@ -37,7 +37,7 @@ from collections.abc import (
 )
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, SupportsIndex, TypeVar, overload
 
 import anyio
 
@@ -460,6 +460,16 @@ class FutureList(list[TaskFuture[R]]):
     """The futures of a ``.map()``. ``await futures`` gives all results (raising a
     :class:`FailedRunsGroup` if any run did not complete); ``futures.wait()`` gives all
     states (awaited in async code); ``futures.result()`` blocks (sync code only)."""
+
+    @overload
+    def __getitem__(self, index: SupportsIndex, /) -> TaskFuture[R]: ...
+    @overload
+    def __getitem__(self, index: slice, /) -> FutureList[R]: ...
+    def __getitem__(self, index: SupportsIndex | slice, /) -> TaskFuture[R] | FutureList[R]:
+        # A slice is futures still: ``await futures[:10]``, ``futures[::2].result()``.
+        if isinstance(index, slice):
+            return FutureList(super().__getitem__(index))
+        return super().__getitem__(index)
 
     def __await__(self) -> Generator[Any, None, list[R]]:
         _check_future_list(self, "`await futures` (a FutureList)")

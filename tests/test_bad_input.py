@@ -135,6 +135,8 @@ BAD_OPTIONS = [
     ("retry_delay_seconds", "x"),
     ("retry_delay_seconds", -1),
     ("retry_delay_seconds", [1, "x"]),
+    ("retry_delay_seconds", []),
+    ("retry_delay_seconds", ()),
     ("retry_jitter_factor", -1),
     ("retry_condition_fn", 42),
     ("on_failure", [42]),

@@ -192,6 +192,35 @@ def test_map_returns_a_future_list_in_submission_order(run: Any) -> None:
     assert results == [0, 1, 2]
 
 
+def test_a_slice_of_a_future_list_is_a_future_list(run: Any) -> None:
+    """``futures[:2]``, ``futures[::2]``: still futures, awaited or waited for together
+    (a plain list, it lost ``await`` and ``.result()``); an index gives one future."""
+
+    @task
+    async def double(x: int) -> int:
+        return 2 * x
+
+    @task
+    def triple(x: int) -> int:
+        return 3 * x
+
+    @flow
+    async def async_main() -> tuple[list[int], list[int], int, list[StateType]]:
+        futures = double.map(range(5))
+        head, evens = futures[:2], futures[::2]
+        assert isinstance(head, FutureList)
+        assert isinstance(futures[-1], TaskFuture)
+        return await head, await evens, await futures[-1], [s.type for s in await evens.wait()]
+
+    @flow
+    def sync_main() -> tuple[list[int], list[int]]:
+        futures = triple.map(range(4))
+        return futures[1:3].result(), [s.result() for s in futures[::-1].wait()]
+
+    assert run(async_main) == ([0, 2], [0, 4, 8], 8, [StateType.COMPLETED] * 3)
+    assert sync_main() == ([3, 6], [9, 6, 3, 0])
+
+
 def test_map_with_wait_for_waits_before_every_run(run: Any) -> None:
     """wait_for applies to every mapped run: none starts before the upstream finished."""
     order: list[str] = []
