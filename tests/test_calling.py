@@ -200,3 +200,21 @@ def test_flow_called_in_worker_thread_with_parent_context_is_a_subflow(run: Any,
     state = run(go)
     assert state.result() == 7
     assert [sub.flow_name for sub in state.record.subflow_runs] == ["child"]
+
+
+def test_a_forgotten_await_on_an_inline_async_task_call_names_the_task(run: Any) -> None:
+    """``save(1)`` without ``await`` in async code runs nothing; Python's warning about
+    the coroutine names the task and says to await it (it named orchestr's internal
+    coroutine)."""
+
+    @task
+    async def save(x: int) -> int:
+        return x
+
+    @flow
+    async def main() -> int:
+        save(1)  # type: ignore[unused-coroutine]  # the mistake: dropped at once
+        return await save(2)
+
+    with pytest.warns(RuntimeWarning, match=r"save \(an inline call of task 'save': await it\)"):
+        assert run(main) == 2

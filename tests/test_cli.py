@@ -540,6 +540,11 @@ BAD_INPUTS: list[tuple[str, Callable[[Path], list[str]], list[str]]] = [
     ),
     ("not key=value", lambda h: ["cli_flows.py:echo", "-p", "n"], ["--param 'n' is not KEY=VALUE"]),
     (
+        "a parameter twice",
+        lambda h: ["cli_flows.py:echo", "-p", "n=1", "--param", "n=2"],
+        ["--param n was given twice ('1' and '2'); give it once"],
+    ),
+    (
         "bad json",
         lambda h: ["cli_flows.py:echo", "--params-file", str(_write(h / "p.json", "{nope"))],
         ["p.json is not valid JSON"],

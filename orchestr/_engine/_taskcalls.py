@@ -98,7 +98,10 @@ def call_task_async(
     # The run's tags are the call's: read here, where the call is written, not where
     # the coroutine is awaited.
     tags = run_tags(task.tags)
-    return _call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=False)
+    call = _call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=False)
+    # Named for Python's warning about a call never awaited (a forgotten `await`).
+    call.__qualname__ = f"{task.name} (an inline call of task {task.name!r}: await it)"  # type: ignore[attr-defined]
+    return call
 
 
 def call_task_blocking(

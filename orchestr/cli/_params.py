@@ -82,11 +82,17 @@ def flow_arguments(
         for name, value in _read_file(params_file).items():
             target = _parameter(flow, parameters, extra, name, f"in {params_file}")
             values[name] = _validated(target, value, f"{name!r} in {params_file}", text=False)
+    texts: dict[str, str] = {}
     for pair in pairs:
         name, sep, text = pair.partition("=")
         name = name.strip()
         if not sep or not name:
             raise BadInput(f"--param {pair!r} is not KEY=VALUE (e.g. --param n=3)")
+        if name in texts:  # (not silently the last: which one was meant?)
+            raise BadInput(
+                f"--param {name} was given twice ({texts[name]!r} and {text!r}); give it once"
+            )
+        texts[name] = text
         target = _parameter(flow, parameters, extra, name, "given with --param")
         values[name] = _validated(target, text, f"--param {name}={text!r}", text=True)
     missing = [p.name for p in parameters.values() if p.required and p.name not in values]
