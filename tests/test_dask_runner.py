@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -33,6 +34,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 import distributed
 import psutil
@@ -652,6 +654,105 @@ def test_a_sync_flow_runs_sync_and_async_tasks_and_subflows(
 
     with override_settings(backend=backend):
         assert main() == [11, 22, [15, 16], dask_address]
+
+
+# -- an asynchronous cluster on the flow's own loop ---------------------------------------------
+# Every mode that reaches an existing cluster, with sync flows (their own loop in a thread)
+# too; then a sync flow called on the cluster's loop itself, which it blocks.
+SAME_LOOP_MODES = [f"{m}-{k}" for m in ("cluster", "address", "current") for k in ("async", "sync")]
+SAME_LOOP_BOUND = 60.0  # seconds for the whole program (its runs: 30 s each at most)
+
+
+@pytest.mark.timeout(SAME_LOOP_BOUND + 30)
+@pytest.mark.parametrize("workers", ["threads", "processes"])
+def test_an_asynchronous_cluster_on_the_flows_own_loop_serves_every_mode(workers: str) -> None:
+    """An asynchronous LocalCluster started on the loop that awaits the flow (as in a
+    notebook, or prefect-dask's tests): cluster=, address= and the current client (an
+    asynchronous one) all run the tasks. The runner used to ask the scheduler for its
+    dashboard with a blocking call on that loop, whose answer, from that loop, never
+    came: the program hung for ever (anyio.fail_after cannot fire on a blocked loop), so
+    it runs in a process of its own, killed past its bound. A sync flow called on the
+    cluster's loop blocks it itself: its run crashes within connect_timeout (and a
+    second, for the scheduler's answer), not for ever."""
+    modes = [*SAME_LOOP_MODES, "sync-on-loop"]
+    out, err = _program_within(
+        SAME_LOOP_BOUND, sys.executable, "dask_same_loop_program.py", workers, *modes
+    )
+    expected = [f"{mode}: {3 if mode.endswith('-async') else 4}" for mode in SAME_LOOP_MODES]
+    assert out.splitlines() == [*expected, "sync-on-loop: CRASHED ClusterError", "all done"], err
+    # The scheduler runs in the program's process: no round trip to ask it about bokeh
+    # (its failure there was logged with a traceback), the line says so from here.
+    assert "Run Failed" not in err, err
+    if importlib.util.find_spec("bokeh") is None:
+        assert NEEDS_BOKEH in err, err
+
+
+def _program_within(bound: float, *command: str) -> tuple[str, str]:
+    """Run ``command`` in the tests' folder; its stdout and stderr. A program still
+    running after ``bound`` seconds is killed with all its processes (its session), and
+    the test fails with what it printed (faulthandler's dump says where it hung)."""
+    process = subprocess.Popen(
+        command,
+        cwd=Path(__file__).parent,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = process.communicate(timeout=bound)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        out, err = process.communicate()
+        pytest.fail(f"the program hung (killed after {bound:g} s):\n{out}\n{err[-6000:]}")
+    assert process.returncode == 0, f"{out}\n{err}"
+    return out, err
+
+
+def test_the_runner_never_blocks_the_flows_loop_on_dask(
+    run: Callable[..., Any], dask_address: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Starting, running a call and shutting down make no blocking call into Dask on the
+    flow's loop thread (``distributed.utils.sync``, behind a sync client's methods and
+    properties such as ``client.dashboard_link``): with the scheduler elsewhere it
+    stalled the loop for a round trip; a scheduler on that loop never answers it. The
+    flow's loop keeps running other tasks meanwhile."""
+    loop_thread = threading.get_ident()  # where run() runs the flow's loop
+    blocking: list[str] = []
+    real_sync = distributed.utils.sync
+
+    def spied(loop: Any, func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if threading.get_ident() == loop_thread:
+            blocking.append(repr(func))
+        return real_sync(loop, func, *args, **kwargs)
+
+    for module in (distributed.utils, distributed.client):  # (the client imports it)
+        monkeypatch.setattr(module, "sync", spied)
+    ticks: list[float] = []
+
+    @flow(task_runner=DaskTaskRunner(address=dask_address))
+    async def main() -> tuple[int, int]:
+        return len(ticks), await add_async.submit(await add.submit(1, 2), 3)
+
+    async def tick() -> None:
+        while True:
+            ticks.append(time.monotonic())
+            await anyio.lowlevel.checkpoint()
+
+    async def go() -> None:
+        with anyio.fail_after(BOUND):
+            async with anyio.create_task_group() as group:
+                group.start_soon(tick)
+                await anyio.lowlevel.checkpoint()  # (the ticker's first tick)
+                before = len(ticks)
+                ticked, total = await main()
+                group.cancel_scope.cancel()
+        assert total == 6
+        assert ticked > before  # the loop ran the ticker while the runner started
+
+    run(go)
+    assert blocking == []
 
 
 # -- imports ---------------------------------------------------------------------------------

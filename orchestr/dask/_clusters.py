@@ -158,8 +158,11 @@ async def close_all(client: distributed.Client | None, cluster: Any, timeout: fl
 
 
 async def close_quietly(client: distributed.Client) -> None:
+    """Close a client that failed to connect, within ``CLOSE_TIMEOUT`` seconds (its
+    scheduler may never answer)."""
     try:
-        await client.close()  # type: ignore[no-untyped-call]
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await client.close()  # type: ignore[no-untyped-call]
     except Exception:
         pass  # a client that never connected: what made it fail is reported instead
 
@@ -252,6 +255,18 @@ async def close_half_started(cluster: Any) -> None:
             type(exc).__name__,
             exc,
         )
+
+
+def scheduler_in_this_process(address: str) -> bool:
+    """Whether the scheduler at ``address`` runs in this process (an existing cluster
+    made here, such as an asynchronous ``LocalCluster`` on the flow's own loop): what it
+    serves is then known here, without asking it. False when not known."""
+    try:
+        # (Private to distributed; a copy, as other loops may add schedulers meanwhile.)
+        schedulers = list(getattr(distributed.Scheduler, "_instances", ()))
+        return any(getattr(s, "address", None) == address for s in schedulers)
+    except Exception:
+        return False
 
 
 def local_cluster() -> Any:

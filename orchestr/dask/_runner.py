@@ -41,6 +41,11 @@ stay in the flow's process, as with every runner.
 
 The client and a temporary cluster live on an asyncio loop of their own
 (:mod:`~orchestr.dask._bridge`), so flows on trio, on asyncio and sync flows all use it.
+Nothing here waits for Dask on the flow's loop thread (a sync client's methods and
+properties, ``client.dashboard_link`` among them, block their caller for the scheduler's
+answer): what needs the scheduler runs on that loop and is awaited, so a scheduler on
+the flow's own loop (an asynchronous cluster given as ``cluster=``, its address, or a
+current asynchronous client's) keeps answering.
 """
 
 from __future__ import annotations
@@ -87,6 +92,7 @@ from ._clusters import (
     describe,
     is_local_cluster,
     keywords,
+    scheduler_in_this_process,
     start_cluster,
     synchronous,
 )
@@ -98,6 +104,11 @@ __all__ = ["DaskTaskRunner"]
 
 _START_GRACE = 5.0  # a cancelled start may finish within this; then it is cancelled
 _CLOSE_GRACE = 5.0  # a close past its timeout, cancelled, may still end within this
+# Dask bounds a connection's attempts by connect_timeout, but not the scheduler's answer
+# to it (its handshake): a scheduler whose loop is blocked, or which never answers, is
+# given this much more, then the connection fails. (Dask's own error, which says more,
+# comes first where Dask bounds the wait itself.)
+_ANSWER_GRACE = 1.0
 _cancelling: set[Any] = set()  # cancellations of Dask futures on their way
 
 
@@ -169,8 +180,13 @@ class DaskTaskRunner(TaskRunner):
         self._reused: Reused | None = None  # the current client's scheduler, if used
         self._start_advice = ""  # what to do when a temporary cluster cannot start here
         self._limits: ClusterLimits | None = None
+        # Read on the client's loop when it connects: Dask's client.dashboard_link, read
+        # off that loop, asks the scheduler and blocks the caller for the answer (for
+        # ever when the scheduler runs on the blocked loop: the flow's own).
+        self._dashboard: str | None = None
         # Where the scheduler runs elsewhere: whether it lacks bokeh (None: not known).
         self._scheduler_lacks_bokeh: bool | None = None
+        self._scheduler_here = False  # an existing scheduler, in this process
         # What its calls share on each worker (their per-worker resources, for one).
         self._scope = WorkerScope(uuid.uuid4().hex)
 
@@ -213,11 +229,14 @@ class DaskTaskRunner(TaskRunner):
                     self._abort_start, started, connected, forcible=True, forced_already=True
                 )
             raise
-        link = self.dashboard_link
+        link = self._dashboard  # (no request to the scheduler here, on the flow's loop)
         if link:
             note = ""
-            if self._cluster is not None and is_local_cluster(self._factory):
-                # (A temporary LocalCluster's scheduler runs in this process.)
+            if self._scheduler_here or (
+                self._cluster is not None and is_local_cluster(self._factory)
+            ):
+                # (The scheduler runs in this process: a temporary LocalCluster's, or
+                # an existing one made here, whose run_on_scheduler would log a traceback.)
                 if bokeh_missing():
                     note = " (it needs bokeh, not installed here: pip install bokeh)"
             elif self._scheduler_lacks_bokeh:
@@ -307,24 +326,34 @@ class DaskTaskRunner(TaskRunner):
             client = distributed.Client(  # type: ignore[no-untyped-call]
                 target, asynchronous=True, timeout=self.connect_timeout, **kwargs
             )
-            self._client = await client
+            try:
+                async with asyncio.timeout(self.connect_timeout + _ANSWER_GRACE):
+                    self._client = await client
+            except TimeoutError as exc:
+                raise TimeoutError("it accepted the connection but did not answer") from exc
         except Exception as exc:
             if client is not None:  # not left to its __del__, which needs this loop
                 await close_quietly(client)
             where = target if isinstance(target, str) else address_of(target)
             raise ClusterError(self._connect_failure(where, exc)) from exc
         self._limits = ClusterLimits.of_client(self._client)
-        if self._cluster is None and self.dashboard_link:
+        self._dashboard = _dashboard_of(self._client)
+        address = self.scheduler_address
+        if self._cluster is None and address is not None:
+            self._scheduler_here = scheduler_in_this_process(address)
+        if self._cluster is None and self._dashboard and not self._scheduler_here:
             # A scheduler of another process serves HTTP where a dashboard would be, but
             # no dashboard without bokeh there (a page not found): asked, not assumed
-            # (a round trip; none for a scheduler with no dashboard at all).
+            # (a round trip; none for a scheduler with no dashboard at all), within
+            # connect_timeout (the start goes on without the answer).
             # (A function of the standard library's: the scheduler may not have orchestr.)
             try:
-                await self._client.run_on_scheduler(importlib.metadata.version, "bokeh")
+                async with asyncio.timeout(self.connect_timeout):
+                    await self._client.run_on_scheduler(importlib.metadata.version, "bokeh")
                 self._scheduler_lacks_bokeh = False
             except importlib.metadata.PackageNotFoundError:
                 self._scheduler_lacks_bokeh = True
-            except Exception:  # (a scheduler that refuses pickled functions)
+            except Exception:  # (a scheduler that refuses pickled functions, or is slow)
                 self._scheduler_lacks_bokeh = None
 
     def _connect_failure(self, where: str, exc: Exception) -> str:
@@ -378,6 +407,7 @@ class DaskTaskRunner(TaskRunner):
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
         limits, self._limits = self._limits, None
+        self._dashboard = None
         timeout = close_timeout()
         closing: Future[None] | None = None
         try:
@@ -469,13 +499,10 @@ class DaskTaskRunner(TaskRunner):
 
     @property
     def dashboard_link(self) -> str | None:
-        """The link to the dashboard of the started runner's cluster; None without one."""
-        client = self._client
-        try:
-            # (Dask raises KeyError for a scheduler that serves no dashboard.)
-            return (client.dashboard_link or None) if client is not None else None
-        except Exception:
-            return None
+        """The link to the dashboard of the started runner's cluster; None without one
+        (or before the runner started). Read when the runner connected: never a request
+        to the scheduler, so it never blocks (see :func:`_dashboard_of`)."""
+        return self._dashboard
 
     def _configuration(self) -> tuple[Any, ...]:
         return (
@@ -567,6 +594,19 @@ async def _run_on_each(
     as its answer. TimeoutError after ``timeout`` seconds."""
     async with asyncio.timeout(timeout):
         return await client.run(fn, *args, on_error="return")  # type: ignore[no-any-return]
+
+
+def _dashboard_of(client: distributed.Client) -> str | None:
+    """On the client's loop: the link to its scheduler's dashboard, None without one.
+
+    Only there: Dask's ``client.dashboard_link`` is a blocking request to the scheduler
+    (``distributed.utils.sync``) in any other thread, and on its own loop a read of what
+    the client heard when it connected (or of its cluster object's copy)."""
+    try:
+        # (Dask raises KeyError for a scheduler that serves no dashboard.)
+        return client.dashboard_link or None
+    except Exception:
+        return None
 
 
 def _close_failed(runner: DaskTaskRunner, exc: BaseException | None) -> None:
