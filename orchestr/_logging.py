@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._engine._context import flow_run_var, remote_call_var, task_run_var
 from ._history._values import masked_repr
+from ._text import describe_error, safe_str
 from ._tracebacks import chain_of, claim, far_frames, origin_of, trim_summary
 from .exceptions import ParameterValidationError
 from .records import FlowRunRecord, RunRecord, TaskRunRecord
@@ -230,8 +231,16 @@ class ConsoleFormatter(logging.Formatter):
         exc_type, value, tb = ei
         if value is None:
             return super().formatException(ei)
-        summary = traceback.TracebackException(exc_type, value, tb, compact=True)
-        return "".join(trim_summary(summary, value).format()).rstrip("\n")
+        try:
+            summary = traceback.TracebackException(exc_type, value, tb, compact=True)
+            return "".join(trim_summary(summary, value).format()).rstrip("\n")
+        except Exception as exc:  # the error's own attributes raised (an odd __getattr__)
+            return _unprintable(value, exc)
+
+
+def _unprintable(error: BaseException | None, failure: Exception) -> str:
+    what = "an error" if error is None else describe_error(error)
+    return f"{what} (its traceback cannot be shown: {describe_error(failure)})"
 
 
 # -- the lines a flow run logs at its start and end ----------------------------------------
@@ -343,9 +352,33 @@ def _one_line(text: str, most: int = 200) -> str:
 
 def _has_traceback(error: BaseException) -> bool:
     # One raised far away has none here (orchestr's re-raise, hidden): its note shows it.
-    return any(
-        exc.__traceback__ is not None or far_frames(exc) is not None for exc in chain_of(error)
+    chain = chain_of(error)
+    return _printable(chain) and any(
+        exc.__traceback__ is not None or far_frames(exc) is not None for exc in chain
     )
+
+
+def log_handled_error(logger: logging.LoggerAdapter[Any], msg: str, *args: Any) -> None:
+    """``logger.exception(msg, *args)`` in an ``except`` block: the error with its
+    traceback; one whose traceback Python cannot print (see :func:`_printable`), which
+    would fail every handler, with its message only."""
+    error = sys.exc_info()[1]
+    if error is None or _printable(chain_of(error)):
+        logger.exception(msg, *args, stacklevel=2)
+    else:
+        logger.error(msg + ": %s", *args, describe_error(error), stacklevel=2)
+
+
+def _printable(chain: list[BaseException]) -> bool:
+    """Whether Python can print these errors' tracebacks: it reads each one's notes
+    through the error's own ``__getattr__``, which may raise. One it cannot print is
+    logged by its message only (any handler would fail on it)."""
+    try:
+        for exc in chain:
+            getattr(exc, "__notes__", None)
+    except Exception:
+        return False
+    return True
 
 
 def _news(error: BaseException, label: str) -> bool:
@@ -449,10 +482,16 @@ def shippable_record(record: logging.LogRecord) -> dict[str, Any]:
     """``record``'s fields, formatted for another process (its args and traceback do not
     always pickle: the message and the traceback's text travel instead)."""
     fields = dict(record.__dict__)
-    fields["msg"] = record.getMessage()
+    try:
+        fields["msg"] = record.getMessage()
+    except Exception as exc:  # an argument whose str() or repr() raised
+        fields["msg"] = f"{safe_str(record.msg)} (not formatted: {describe_error(exc)})"
     fields["args"] = None
     if record.exc_info:
-        fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+        try:
+            fields["exc_text"] = logging.Formatter().formatException(record.exc_info)
+        except Exception as exc:  # the error's own attributes raised (an odd __getattr__)
+            fields["exc_text"] = _unprintable(record.exc_info[1], exc)
     fields["exc_info"] = None
     return fields
 

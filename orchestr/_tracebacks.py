@@ -44,6 +44,7 @@ __all__ = [
     "is_internal_file",
     "keep_far_frames",
     "origin_of",
+    "own_attribute",
     "start_at",
     "trim_summary",
 ]
@@ -74,7 +75,16 @@ def _keeps_raise_site(error: BaseException) -> bool:
 
 
 def _raised_far(error: BaseException) -> bool:
-    return getattr(error, _FAR_FRAMES, None) is not None
+    return own_attribute(error, _FAR_FRAMES) is not None
+
+
+def own_attribute(error: BaseException, name: str) -> Any:
+    """The attribute ``name`` orchestr set on ``error`` (in its ``__dict__``), or None:
+    read without running the error's own ``__getattr__``, which may raise anything."""
+    try:
+        return vars(error).get(name)
+    except Exception:  # no __dict__ after all (an odd __getattribute__)
+        return None
 
 
 def _trimmed(tb: TracebackType | None, keep_tail: bool) -> TracebackType | None:
@@ -170,7 +180,7 @@ def keep_far_frames(error: BaseException) -> BaseException:
 def far_frames(error: BaseException) -> list[traceback.FrameSummary] | None:
     """The frames ``error`` had where it was raised far away (orchestr's hidden), outermost
     first; None for an error raised in this process."""
-    found = getattr(error, _FAR_FRAMES, None)
+    found = own_attribute(error, _FAR_FRAMES)
     if not isinstance(found, tuple):
         return None
     try:
@@ -187,19 +197,19 @@ def claim(error: BaseException, origin: str) -> bool:
     unless an earlier run did; hide orchestr's frames. True if ``origin`` is the error's
     origin (it is this run's own failure, not one it passed on)."""
     hide_frames(error)
-    found = getattr(error, _ORIGIN, None)
+    found = own_attribute(error, _ORIGIN)
     if found is None:
         try:
             setattr(error, _ORIGIN, origin)
         except Exception:  # an exception type that refuses attributes: no origin known
             return True
         return True
-    return bool(found == origin)
+    return isinstance(found, str) and found == origin
 
 
 def origin_of(error: BaseException) -> str | None:
     """The run that first failed with ``error`` (see :func:`claim`), if any."""
-    found = getattr(error, _ORIGIN, None)
+    found = own_attribute(error, _ORIGIN)
     return found if isinstance(found, str) else None
 
 
@@ -240,7 +250,9 @@ def trim_summary(
             if linked is not None:
                 todo.append((linked, raw))
         members = list(getattr(current, "exceptions", None) or ())
-        raws: list[BaseException | None] = list(getattr(exc, "exceptions", None) or ())
+        raws: list[BaseException | None] = (
+            list(exc.exceptions) if isinstance(exc, BaseExceptionGroup) else []
+        )
         if len(raws) != len(members):
             raws = [None] * len(members)
         todo.extend(zip(members, raws, strict=True))

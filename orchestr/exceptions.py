@@ -64,6 +64,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Self
 
+from ._text import safe_str
+
 if TYPE_CHECKING:
     from .records import RunRecord, TaskRunRecord
 
@@ -259,12 +261,18 @@ _ORIGIN_ATTRIBUTE = "_orchestr_origin"
 
 
 def _name_origin(error: BaseException) -> None:
-    origin = getattr(error, _ORIGIN_ATTRIBUTE, None)
+    try:
+        origin = getattr(error, _ORIGIN_ATTRIBUTE, None)
+        notes = getattr(error, "__notes__", None)
+    except Exception:  # a __getattr__ that raises: the note is a nicety
+        return
     if not isinstance(origin, str):
         return
     note = f"raised in {origin}"
     name = origin.partition(" run ")[2]  # "'fetch-3'"
-    if note in getattr(error, "__notes__", ()) or (name and name in str(error)):
+    # (Notes compared as text only: a note of another type may compare oddly.)
+    noted = isinstance(notes, list) and note in [n for n in notes if type(n) is str]
+    if noted or (name and name in safe_str(error)):
         return
     try:
         error.add_note(note)

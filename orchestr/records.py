@@ -235,6 +235,7 @@ class FlowRunRecord(RunRecord):
 
     __slots__ = (
         "_arguments",
+        "_parameters",
         "_summarised",
         "events",
         "flow_name",
@@ -254,6 +255,22 @@ class FlowRunRecord(RunRecord):
         # While the run goes: (arguments by name, args, kwargs) of its call, as given,
         # then as validated (the engine's; the run history snapshots them).
         self._arguments: tuple[Callable[..., dict[str, Any]], tuple[Any, ...], Any] | None = None
+        # The history's snapshot of the parameters (plain data), taken where the run ran
+        # when the run is recorded elsewhere: a subflow run of a task's code far from its
+        # flow run, whose record goes home with the call's outcome and is recorded there.
+        self._parameters: dict[str, Any] | None = None
+
+    @classmethod
+    def stand_in(cls, flow_name: str, run_id: uuid.UUID, name: str) -> FlowRunRecord:
+        """A running flow run known here only by its flow's name, its id and its name: the
+        parent of a subflow run that task code runs far from it (a worker process, a
+        Dask worker), as much of it as travels with the call."""
+        record = cls(flow_name)
+        record._id = run_id
+        record._given_name = name
+        record.state_type = StateType.RUNNING
+        record.state_name = "Running"
+        return record
 
     def _summary(self) -> FlowRunRecord:
         """This run without its task runs, subflow runs, events and error, as it is now

@@ -15,6 +15,7 @@ import enum
 import time
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
+from ._text import describe_error, safe_repr, safe_str, type_name
 from ._tracebacks import hide_frames
 from .exceptions import CrashedError, OrchestrError, TaskRunCancelledError, UsageError
 
@@ -265,7 +266,10 @@ def _short_repr(value: object) -> str:
         _reprs.maxstring = 60
         _reprs.maxother = 60
         _reprs.maxlong = 40
-    text = str(_reprs.repr(value))
+    try:
+        text = safe_str(_reprs.repr(value))
+    except Exception:  # reprlib failed around the value (a container's odd len, say)
+        text = safe_repr(value)
     return text if len(text) <= _SHORT_TEXT else text[: _SHORT_TEXT - 3] + "..."
 
 
@@ -275,18 +279,12 @@ def _short_text(text: str) -> str:
 
 def _short_error(error: BaseException) -> str:
     """``ValueError('bad value')``: the error's repr, or its type and shortened text."""
-    try:
-        text = repr(error)
-    except Exception:
-        text = ""
+    text = safe_repr(error)
     if text and len(text) <= _SHORT_TEXT and "\n" not in text:
         return text
-    message = str(error).split("\n", 1)[0]
-    return (
-        f"{type(error).__name__}({_short_text(message)!r})"
-        if message
-        else type(error).__name__ + "()"
-    )
+    message = safe_str(error).split("\n", 1)[0]
+    name = type_name(error)
+    return f"{name}({_short_text(message)!r})" if message else name + "()"
 
 
 def _error_from_data(error: BaseException | None, data: BaseException) -> BaseException:
@@ -305,8 +303,7 @@ def _describe(error: BaseException | None) -> str:
     """``Type: message`` (or just ``Type``), for state reprs and engine messages."""
     if error is None:
         return "nothing"
-    text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    return describe_error(error)
 
 
 # -- constructors, for users who build or return states themselves -----------------------

@@ -895,9 +895,10 @@ def test_the_exit_does_not_wait_for_the_writers_next_look(tmp_path: Path) -> Non
 
 
 def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path) -> None:
-    """A task on ProcessPoolTaskRunner that calls a flow: the worker (which ends by
-    os._exit, skipping the history's exit flush) writes that flow run before the task's
-    outcome comes back, so it is in the history when the outer flow returns."""
+    """A task on ProcessPoolTaskRunner that calls a flow: that flow run is a subflow run
+    of the outer one, recorded once (not by the worker, which ends by os._exit, skipping
+    the history's exit flush: its record comes back with the task's outcome, and the
+    flow's process records it, as it does a subflow run in a thread)."""
     home = tmp_path / "home"
     script = tmp_path / "in_worker.py"
     script.write_text(
@@ -919,7 +920,7 @@ def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path)
 
             if __name__ == "__main__":
                 print("results", outer())
-                # Read before this process flushes or exits: the worker wrote its runs.
+                assert history.flush(60)  # runs that just ended in this process
                 runs = history.list_runs(flow_name="inner")
                 print("inner", sorted(run.parameters["x"] for run in runs))
                 print("states", sorted({run.state for run in runs}))
@@ -943,6 +944,11 @@ def test_a_flow_called_by_a_task_in_a_worker_process_is_recorded(tmp_path: Path)
         ("inner", 3),
         ("outer", 1),
     ]
+    assert query(
+        home / "history.db",
+        "SELECT COUNT(*) FROM flow_runs AS sub JOIN flow_runs AS top ON sub.parent_id = top.id "
+        "WHERE sub.flow_name = 'inner' AND top.flow_name = 'outer'",
+    ) == [(3,)]
 
 
 def test_a_run_ended_by_sigterm_is_recorded_as_crashed(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from .._checks import MAX_SECONDS
 from .._definitions import check_retry_delay, run_name_for
 from .._limits._registry import has_limits
 from .._logging import (
+    log_handled_error,
     log_prints_var,
     log_task_failure,
     route_prints,
@@ -390,7 +391,7 @@ def _called(options: RetryOptions, spec: Callable[[int], Any], argument: int, at
     except Exception as exc:
         raise UsageError(
             f"retry_delay_seconds of {options.kind} {options.name!r} raised "
-            f"{type(exc).__name__}: {exc} for attempt {attempt}"
+            f"{_describe(exc)} for attempt {attempt}"
         ) from exc
 
 
@@ -494,8 +495,11 @@ async def run_hook(
 
 
 def _hook_raised(hook: Any, record: RunRecord, state: State[Any]) -> None:
-    run_logger(record).exception(
-        "Hook %r raised; the run's state stays %s", getattr(hook, "__name__", hook), state.name
+    log_handled_error(
+        run_logger(record),
+        "Hook %r raised; the run's state stays %s",
+        getattr(hook, "__name__", hook),
+        state.name,
     )
 
 

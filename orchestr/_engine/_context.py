@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     import anyio
 
     from ..futures import TaskFuture
-    from ..records import RunEvent, TaskRunRecord
+    from ..records import FlowRunRecord, RunEvent, TaskRunRecord
     from ..runners._call import RunIdentity
     from ..tasks import Task
     from ._flowrun import FlowRun
@@ -27,6 +27,7 @@ __all__ = [
     "in_cleanup",
     "remote_call_var",
     "remote_events_var",
+    "remote_subflows_var",
     "SubmissionScope",
     "TaskRunContext",
     "flow_run_var",
@@ -156,4 +157,9 @@ remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_ca
 # carries home to the flow run's record.
 remote_events_var: ContextVar[list[RunEvent] | None] = ContextVar(
     "orchestr.remote_events", default=None
+)
+# There too: the flow runs the call's code started, subflow runs of its task run's flow
+# run, whose finished records its outcome carries home (where they are recorded).
+remote_subflows_var: ContextVar[list[FlowRunRecord] | None] = ContextVar(
+    "orchestr.remote_subflows", default=None
 )

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._logging import flow_run_logger
+from .._text import safe_repr
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import BlockingCallError, UpstreamNotCompletedError, UsageError
 from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self_wait
@@ -181,7 +182,7 @@ def scan_wait_for(wait_for: Any) -> Dependencies:
         items = list(wait_for)
     else:
         raise UsageError(
-            f"wait_for takes a list of futures; got {type(wait_for).__name__} {wait_for!r}"
+            f"wait_for takes a list of futures; got {type(wait_for).__name__} {safe_repr(wait_for)}"
         )
     found: dict[Any, bool] = {}
     for item in items:
@@ -220,7 +221,7 @@ def _is_container(value: Any) -> bool:
 def _wait_for_error(item: Any, inner: Any, why: str = "") -> UsageError:
     return UsageError(
         "wait_for takes futures, containers of futures (a list, a dict, a dataclass, ...) "
-        f"and allow_failure(...) around either; got {type(item).__name__} {item!r}{why}"
+        f"and allow_failure(...) around either; got {type(item).__name__} {safe_repr(item)}{why}"
         + (" (a State: pass the future of its run instead)" if type(inner) is State else "")
     )
 

@@ -27,6 +27,7 @@ from .._limits._backends import backend_for, portable_limits
 from .._limits._taking import LimitLease, acquire_task_limits, refuse_loop_thread
 from .._loaded import loaded
 from .._logging import log_prints_var
+from .._text import safe_repr
 from ..exceptions import RunCancelled, UsageError
 from ..runners._call import Call, RunIdentity, expect_start, forget_start
 from . import _offload as offload
@@ -137,7 +138,9 @@ def _annotated(resources: Any, task: Task[Any, Any], key: str) -> dict[str, floa
             resources = resources(key)
         return amounts(resources, what) or {}
     except Exception as exc:
-        refused = exc if isinstance(exc, UsageError) else UsageError(f"{what} raised {exc!r}")
+        refused = (
+            exc if isinstance(exc, UsageError) else UsageError(f"{what} raised {safe_repr(exc)}")
+        )
         raise CallRefused(refused) from None
 
 
@@ -199,6 +202,8 @@ class AsyncDriver:
                         clock.stopped = True
                 if outcome.events:  # of resource blocks the call entered far away
                     run.record.events.extend(outcome.events)
+                if outcome.subflow_runs:  # flow runs its code ran there
+                    run.adopt_subflow_runs(outcome.subflow_runs)
                 if outcome.crashed:
                     raise CallCrashed(outcome.error or RuntimeError("the runner lost the call"))
                 return outcome.result()
@@ -214,6 +219,8 @@ class AsyncDriver:
                 abandoned_var.reset(told)
             if call is not None and call.stopped_events:  # its cleanups, far away
                 run.record.events.extend(call.stopped_events)
+            if call is not None and call.stopped_subflow_runs:  # flow runs it ran there
+                run.adopt_subflow_runs(call.stopped_subflow_runs)
             self.give_back()
 
     def give_back(self) -> None:

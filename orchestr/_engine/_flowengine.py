@@ -378,7 +378,7 @@ async def _run(
     record = run.record
     record.started = time.time()
     if settings.history:
-        record_flow_run(record, settings)
+        record_flow_run(record, settings, sent_home=run.sent_home)
     cancelled = anyio.get_cancelled_exc_class()
     by_name = run.flow.parameters.arguments
     try:

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._history._recorder import record_sent_home
 from .._logging import task_run_logger
 from ..exceptions import ResourceClosedError
 from ..futures import COMPACT, TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord, _task_run_counters
 from ..settings import get_settings
 from ..states import State, StateType
-from ._context import in_cleanup
+from ._context import in_cleanup, remote_call_var, remote_subflows_var
 from ._drivers import BlockingDriver
 from ._interrupts import cancelled_error, wait_event
 from ._loop import LoopHandle
@@ -118,6 +119,16 @@ class FlowRun:
             parent.record.subflow_runs.append(self.record)
             with parent.lock:
                 parent.children.add(self)
+        elif (far := remote_subflows_var.get()) is not None:
+            # Task code far from its flow run (a worker process, a Dask worker) called
+            # this flow: a subflow run of that flow run, whose record goes home with the
+            # call's outcome (see sent_home()).
+            identity = remote_call_var.get()
+            if identity is not None:
+                self.record.parent = FlowRunRecord.stand_in(
+                    identity.flow_name, identity.flow_run_id, identity.flow_run_name
+                )
+                far.append(self.record)
         self.execute_job = execute_job
         # The validated call (args, kwargs), once validated: orchestr.runtime reads it.
         self.arguments: tuple[tuple[Any, ...], dict[str, Any]] | None = None
@@ -179,6 +190,23 @@ class FlowRun:
         # blocks does not keep every value they yielded alive until it ends; an entry
         # goes when its value does (its id may be reused).
         self.closed_resources: dict[int, tuple[Callable[[], Any], str]] = {}
+
+    @property
+    def sent_home(self) -> bool:
+        """Whether this run is (or is nested in) a subflow run of task code far from its
+        flow run: its record goes home with the call's outcome, and is recorded there."""
+        run = self
+        while run.parent is not None:
+            run = run.parent
+        return run.record.parent is not None
+
+    def adopt_subflow_runs(self, records: list[FlowRunRecord]) -> None:
+        """Take ``records`` (finished flow runs that task code of this run ran far away,
+        back with its call's outcome) as subflow runs, recorded in this run's history."""
+        for record in records:
+            record.parent = self.record
+            self.record.subflow_runs.append(record)
+            record_sent_home(record, self.record)
 
     def bind_loop(self) -> None:
         """Attach the run to the event loop of the calling thread."""

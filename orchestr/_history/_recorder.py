@@ -25,9 +25,14 @@ At exit, what is still queued is written before the interpreter goes (``atexit``
 a database another process holds locked is waited for only as long as the
 ``history_exit_timeout_seconds`` setting says (2 s by default): what could not be
 written by then is dropped, and one warning per path says how many state changes went.
-A forked child starts with an empty queue and no thread. A process that may end without
-running ``atexit`` (a process pool's worker ends by ``os._exit``) writes what it recorded
-before it could (:func:`write_recorded`, after each call that started flow runs).
+A forked child starts with an empty queue and no thread.
+A flow run that task code runs far from its flow run (a worker process, a Dask worker)
+is recorded not there but with its flow run, when its record comes home with the call's
+outcome (:func:`record_sent_home`: its start, its final state, its task runs' and its
+subflow runs', and the snapshot of its parameters taken where it ran).
+A process that may end without running ``atexit`` (a process pool's worker ends by
+``os._exit``) writes what it recorded before it could (:func:`write_recorded`, after
+each call that started flow runs not sent home so).
 
 Nothing here raises into a run: a database that cannot be written is reported once
 (:mod:`._writer`) and the runs go on. Every change dropped is counted, so that
@@ -61,6 +66,7 @@ __all__ = [
     "flush",
     "note_dropped",
     "record_flow_run",
+    "record_sent_home",
     "write_recorded",
 ]
 
@@ -121,6 +127,9 @@ _queue: deque[Any] = deque()
 # Flow runs being recorded, until the writer has taken their final state (their task
 # runs' items find them here).
 _recorded: dict[FlowRunRecord, Recorded] = {}
+# Flow runs sent home (see record_flow_run) whose parameters are taken at their first
+# change, as a recorded run's are.
+_snapshot_wanted: set[FlowRunRecord] = set()
 # Flow runs whose final state the writer took, by id, kept a little longer (the latest
 # ENDED_KEPT, until the writer next goes idle) for a task run's change queued just after
 # its flow run's end: one whose observer found the flow run still recorded, then was
@@ -152,12 +161,18 @@ writer_started = False  # the writer thread has made its Writer (its imports are
 flow_runs_recorded = 0
 
 
-def record_flow_run(record: FlowRunRecord, settings: Settings) -> None:
+def record_flow_run(record: FlowRunRecord, settings: Settings, *, sent_home: bool = False) -> None:
     """Record ``record`` (a flow run about to make its first state change), its task
-    runs and its changes in the history under ``settings.home``."""
+    runs and its changes in the history under ``settings.home``. One ``sent_home`` (a
+    subflow run of task code far from its flow run, or one nested in it) is recorded
+    where its record goes, with its flow run (:func:`record_sent_home`): here, only
+    the snapshot of its parameters is taken, which travels with it."""
     global flow_runs_recorded
     if not _installed:
         _install()
+    if sent_home:
+        _snapshot_wanted.add(record)
+        return
     flow_runs_recorded += 1
     # Its id is made here, in the run's thread (ids are made on first use): the writer
     # thread making it could race the run's own first use and record another.
@@ -184,6 +199,9 @@ def _observe(record: Any, state: State[Any]) -> None:
         return
     recorded = _recorded.get(record)
     if recorded is None or recorded.final_queued:
+        if recorded is None and record in _snapshot_wanted:  # one sent home
+            _snapshot_wanted.discard(record)
+            record._parameters = _parameters_of(record)
         return
     snapshot = None
     if not recorded.snapshot_taken:
@@ -196,6 +214,40 @@ def _observe(record: Any, state: State[Any]) -> None:
     _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot, final))
     if not _running:
         _start()
+
+
+def record_sent_home(record: FlowRunRecord, parent: FlowRunRecord) -> None:
+    """Record ``record``, a finished flow run that task code of ``parent`` ran far away
+    (its record came back with the call's outcome), as a subflow run of ``parent``, in
+    the history ``parent`` is recorded in (nowhere if it is not), with its task runs and
+    subflow runs. Its changes are its start and its final state (the record keeps no
+    others), its parameters the snapshot taken where it ran."""
+    recorded = _recorded.get(parent)
+    if recorded is None:
+        return
+    _queue_finished(record, recorded.settings)
+    if not _running:
+        _start()
+
+
+def _queue_finished(record: FlowRunRecord, settings: Settings) -> None:
+    # (Not counted in flow_runs_recorded: no call here started it.)
+    record.id  # noqa: B018  # (made here, not in the writer thread: see record_flow_run)
+    recorded = _recorded[record] = Recorded(record, settings)
+    recorded.snapshot_taken = recorded.final_queued = True
+    now = _now()
+    started = record.started or now
+    _queue.append((record, "Running", started, 1, recorded, record._parameters or {}, False))
+    for task_run in record.task_runs:
+        if task_run.state_type.is_final:
+            _queue.append(task_run)
+        else:
+            at = task_run.ended or task_run.started or now
+            _queue.append((task_run, task_run.state_name, at, task_run.attempts))
+    for subflow_run in record.subflow_runs:
+        _queue_finished(subflow_run, settings)
+    ended = record.ended or now
+    _queue.append((record, record.state_name, ended, record.attempts, recorded, None, True))
 
 
 def recorded_of(item: Any) -> Recorded | None:
@@ -477,6 +529,7 @@ def _forget() -> None:
     exit_dropped.clear()
     _recorded = {}
     _ended.clear()
+    _snapshot_wanted.clear()
     _lock = threading.Lock()
     _wake = threading.Event()
     _running = False

@@ -43,7 +43,8 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from .._tracebacks import is_internal_file
+from .._text import describe_error
+from .._tracebacks import is_internal_file, own_attribute
 
 __all__ = [
     "MASK",
@@ -452,12 +453,7 @@ def error_text(error: BaseException | None) -> str | None:
     """``ExcType: message`` (masked URLs, bounded), or None."""
     if error is None:
         return None
-    try:
-        message = str(error)
-    except Exception:
-        message = "(its message could not be read)"
-    name = _type_name(error)
-    text = f"{name}: {message}" if message else name
+    text = describe_error(error)
     text = _PYDANTIC_INPUT.sub(r"\g<1>]", mask_url(text))
     return storable(text if len(text) <= _MAX_ERROR else text[: _MAX_ERROR - 3] + "...")
 
@@ -488,7 +484,7 @@ def note_origin(error: BaseException | None) -> None:
     through on its way out (the caller of a flow run that failed with a group of task
     failures, which has no line of the user's code of its own), and the history's writer
     reads it later."""
-    if error is None or isinstance(getattr(error, _ORIGIN_FOUND, None), str):
+    if error is None or isinstance(own_attribute(error, _ORIGIN_FOUND), str):
         return
     found = error_origin(error)
     if found is not None:
@@ -502,7 +498,7 @@ def error_origin(error: BaseException | None) -> str | None:
     """``path/to/file.py:LINE in function``: the line of the user's code that raised
     ``error`` (or the exception it was raised from, or, for a group, the first one in it
     that shows one), if its traceback shows one; the one :func:`note_origin` kept."""
-    found = getattr(error, _ORIGIN_FOUND, None)
+    found = None if error is None else own_attribute(error, _ORIGIN_FOUND)
     if isinstance(found, str):
         return found
     seen: set[int] = set()
@@ -512,7 +508,7 @@ def error_origin(error: BaseException | None) -> str | None:
         if id(exc) in seen:
             continue
         seen.add(id(exc))
-        kept = getattr(exc, _ORIGIN_FOUND, None)  # a member's kept one (raised in a worker)
+        kept = own_attribute(exc, _ORIGIN_FOUND)  # a member's kept one (raised in a worker)
         found = kept if isinstance(kept, str) else _last_user_frame(exc)
         if found is not None:
             return found

@@ -36,6 +36,7 @@ from .._engine._context import (
     task_run_var,
 )
 from .._engine._loop import run_on_loop
+from .._text import describe_error
 from ..exceptions import (
     CleanupTimeoutError,
     OrchestrError,
@@ -517,7 +518,7 @@ class Resource(Generic[T]):
         if not isinstance(exc, Exception) or isinstance(exc, OrchestrError):
             return exc  # interrupts and orchestr's own errors (misuse) stay as they are
         return ResourceSetupError(
-            f"setup of resource {self.name!r} failed: {type(exc).__name__}: {exc}", self.name
+            f"setup of resource {self.name!r} failed: {describe_error(exc)}", self.name
         )
 
     def _open(self, value: T, start: float) -> T:
@@ -593,7 +594,7 @@ class Resource(Generic[T]):
         if error is not None:
             self._events.emit("cleanup.failed", duration=duration, error=error)
             cleanup_error = ResourceCleanupError(
-                f"cleanup of resource {self.name!r} failed: {type(error).__name__}: {error}",
+                f"cleanup of resource {self.name!r} failed: {describe_error(error)}",
                 self.name,
             )
             cleanup_error.__cause__ = error

@@ -13,6 +13,7 @@ from typing import Any
 
 from .._engine._context import flow_run_var, remote_events_var, task_run_var
 from .._logging import flow_run_logger, task_run_logger
+from .._text import describe_error
 from ..records import FlowRunRecord, RunEvent
 
 __all__ = ["ResourceEvents", "event_level", "log_event"]
@@ -87,6 +88,6 @@ def log_event(logger: Any, what: str, event: RunEvent, where: str = "", level: i
         return
     took = "" if event.duration is None else f" in {event.duration * 1000:.1f} ms"
     error = event.error
-    failure = "" if error is None else f": {type(error).__name__}: {error}"
+    failure = "" if error is None else f": {describe_error(error)}"
     place = f" on {where}" if where else ""
     logger.log(level, "%s %r%s: %s%s%s", what, event.subject, place, kind, took, failure)

@@ -119,7 +119,8 @@ class TaskRunner(abc.ABC):
         """Execute ``call`` and return its outcome; an exception the call raised is in
         the outcome, not raised. Cancelling the await cancels the call: a runner that
         can stop it does (a worker process interrupts it, lets its blocks clean up, and
-        ends; the events of those cleanups go in ``call.stopped_events`` before the
+        ends; the events of those cleanups go in ``call.stopped_events``, and the
+        records of the flow runs it ran in ``call.stopped_subflow_runs``, before the
         cancellation propagates); one that cannot abandons it and does not wait for it
         at shutdown. Called on the flow run's event loop (any
         number at once, from asyncio or trio loops): it must not block the loop."""

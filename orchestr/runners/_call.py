@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     import uuid
 
     from .._limits._backends import PortableLimits
-    from ..records import RunEvent
+    from ..records import FlowRunRecord, RunEvent
 
 __all__ = ["Call", "Outcome", "RunIdentity", "call_started", "expect_start", "forget_start"]
 
@@ -235,6 +235,7 @@ class Call(_Value):
         "resources",
         "abandoned",
         "stopped_events",
+        "stopped_subflow_runs",
     )
 
     def __init__(
@@ -248,6 +249,7 @@ class Call(_Value):
         resources: Mapping[str, float] | None = None,
         abandoned: bool = False,
         stopped_events: list[RunEvent] | None = None,
+        stopped_subflow_runs: list[FlowRunRecord] | None = None,
     ) -> None:
         self.fn = fn
         self.args = args
@@ -266,6 +268,9 @@ class Call(_Value):
         #: it there softly (a worker process interrupts it): the run events of the
         #: resource blocks it cleaned up as it stopped, which its flow run records.
         self.stopped_events = stopped_events
+        #: ... and the records of the flow runs its code ran there, which its flow run
+        #: takes as subflow runs (see Outcome.subflow_runs).
+        self.stopped_subflow_runs = stopped_subflow_runs
 
     @property
     def is_async(self) -> bool:
@@ -275,10 +280,12 @@ class Call(_Value):
 class Outcome(_Value):
     """What happened to a call: ``value`` or ``error``; ``crashed`` when the executor
     failed under it (a worker died) rather than the call raising; when it ran
-    (``time.time()``); and the run events of the resource blocks it entered far away
-    (``events``), which its flow run records as its own."""
+    (``time.time()``); the run events of the resource blocks it entered far away
+    (``events``), which its flow run records as its own; and the records of the flow
+    runs its code ran there (``subflow_runs``, None when none), which its flow run
+    takes as its subflow runs."""
 
-    __slots__ = ("value", "error", "crashed", "started", "ended", "events")
+    __slots__ = ("value", "error", "crashed", "started", "ended", "events", "subflow_runs")
 
     def __init__(
         self,
@@ -288,6 +295,7 @@ class Outcome(_Value):
         started: float | None = None,
         ended: float | None = None,
         events: list[RunEvent] | None = None,
+        subflow_runs: list[FlowRunRecord] | None = None,
     ) -> None:
         self.value = value
         self.error = error
@@ -295,6 +303,7 @@ class Outcome(_Value):
         self.started = started
         self.ended = ended
         self.events = [] if events is None else events
+        self.subflow_runs = subflow_runs
 
     def result(self) -> Any:
         """The value, or raise the error."""

@@ -203,10 +203,12 @@ def far_side(
             f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
             f"does not pickle ({type(exc).__name__}: {exc}); {advice}"
         )
-        try:  # the block events of the call still come home
-            return dumps((None, bad, False, outcome.started, outcome.ended, outcome.events))
+        # The block events and the flow runs of the call still come home.
+        fields = (outcome.started, outcome.ended, outcome.events, outcome.subflow_runs)
+        try:
+            return dumps((None, bad, False, *fields))
         except Exception:
-            return dumps((None, bad, False, outcome.started, outcome.ended, []))
+            return dumps((None, bad, False, outcome.started, outcome.ended, [], None))
 
 
 def load_outcome(body: bytes, key: str) -> Outcome:

@@ -18,8 +18,9 @@ worker never waits for the round trip between calls).
   resource blocks clean up, sends its outcome (with their events) and then ends with the
   processes it started (its process group, SIGKILL); a new worker takes its place when
   needed. The stopped ``run()`` waits for that, shielded (a second signal to the flow
-  run ends the wait and kills the worker), hands the events to the engine
-  (``Call.stopped_events``) and raises its cancellation as before: the task run ends
+  run ends the wait and kills the worker), hands the events and the records of the flow
+  runs the call ran to the engine (``Call.stopped_events``, ``stopped_subflow_runs``)
+  and raises its cancellation as before: the task run ends
   ``TimedOut`` or ``Cancelled``, after its cleanups. A call still queued on a worker is
   skipped there instead. The worker decides which (its receiver thread knows what runs),
   so a stop never hits the call after the one meant. A worker that does not answer a
@@ -313,8 +314,10 @@ class _Pool:
             waiter.answered = anyio.Event()
             if self._cancel(waiter):
                 stopped = await self._settle(waiter)
-                if stopped is not None and stopped.events:
-                    call.stopped_events = stopped.events  # the engine records them
+                if stopped is not None:  # the engine records them
+                    if stopped.events:
+                        call.stopped_events = stopped.events
+                    call.stopped_subflow_runs = stopped.subflow_runs
             raise
         if waiter.outcome is None:  # still waiting here when the pool was shut down
             raise _shut_down()

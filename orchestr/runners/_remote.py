@@ -21,8 +21,16 @@ frames hidden, becomes a note; its frames, as plain data, make it known at home 
 raised far away, whose every frame of orchestr's there (a re-raise) is hidden; and the line
 of the user's code that raised it is what the run history records as its origin.
 
-A flow run the call started is written to the run history before the outcome goes back:
-a process pool's worker ends by ``os._exit``, which skips the history's exit flush.
+A flow that the call's code runs is a subflow run of the call's flow run (the engine
+gives its record a stand-in of that run as its parent): its finished record goes home
+with the outcome (``Outcome.subflow_runs``, its errors made to travel as the call's),
+where the flow run takes it as a subflow run and records it in its run history, as it
+does a subflow run in a thread. Here, it is not recorded: the history that matters is
+the flow run's (another machine's, for a Dask worker), and it would be there twice.
+
+A flow run the call started otherwise (in a thread of its own, which has no context of
+the call) is written to the run history before the outcome goes back: a process pool's
+worker ends by ``os._exit``, which skips the history's exit flush.
 """
 
 from __future__ import annotations
@@ -34,13 +42,13 @@ from collections.abc import Callable
 from contextvars import copy_context
 from typing import Any
 
-from .._engine._context import remote_call_var, remote_events_var
+from .._engine._context import remote_call_var, remote_events_var, remote_subflows_var
 from .._history import _recorder
 from .._history._values import note_origin
 from .._logging import identity_logger, log_prints_var, route_prints
 from .._tracebacks import hide_frames, keep_far_frames, start_at
 from ..exceptions import OrchestrError
-from ..records import RunEvent
+from ..records import FlowRunRecord, RunEvent
 from ._call import Call, Outcome, RunIdentity
 from ._travel import NOTE_START, travel_problem
 
@@ -61,7 +69,7 @@ def run_call(call: Call, on_running: Callable[[], object] | None = None) -> Outc
     task's timeout counts from then: a cold worker's imports are not the task running."""
     started_flows = _recorder.flow_runs_recorded
     outcome = copy_context().run(_run_in_context, call, on_running)
-    if _recorder.flow_runs_recorded != started_flows:  # the task called a flow
+    if _recorder.flow_runs_recorded != started_flows:  # a flow run not sent home
         try:
             _recorder.write_recorded()
         except Exception:  # the history never fails a run (it warns on its own)
@@ -74,6 +82,8 @@ def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outc
     remote_call_var.set(identity)
     events: list[RunEvent] = []
     remote_events_var.set(events)
+    subflow_runs: list[FlowRunRecord] = []
+    remote_subflows_var.set(subflow_runs)
     if identity.log_prints:
         route_prints(True, lambda: identity_logger(identity))
     else:
@@ -96,19 +106,60 @@ def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outc
         start_at(exc, _awaited.__code__)
         error = transportable(exc, identity)
         return Outcome(
-            error=error, started=started, ended=time.time(), events=_sendable(events, identity)
+            error=error,
+            started=started,
+            ended=time.time(),
+            events=_sendable(events, identity),
+            subflow_runs=_sendable_runs(subflow_runs, identity, {id(exc): error}),
         )
     return Outcome(
-        value=value, started=started, ended=time.time(), events=_sendable(events, identity)
+        value=value,
+        started=started,
+        ended=time.time(),
+        events=_sendable(events, identity),
+        subflow_runs=_sendable_runs(subflow_runs, identity, {}) if subflow_runs else None,
     )
 
 
-def _sendable(events: list[RunEvent], identity: RunIdentity) -> list[RunEvent]:
+def _sendable(
+    events: list[RunEvent], identity: RunIdentity, sent: dict[int, BaseException] | None = None
+) -> list[RunEvent]:
     """The events, each error made to survive the trip (as the call's own)."""
     for event in events:
         if event.error is not None:
-            event.error = transportable(event.error, identity)
+            event.error = _sent(event.error, identity, sent)
     return events
+
+
+def _sendable_runs(
+    records: list[FlowRunRecord], identity: RunIdentity, sent: dict[int, BaseException]
+) -> list[FlowRunRecord] | None:
+    """The flow runs' records (and those of their task runs and subflow runs), each
+    error made to survive the trip as the call's own; ``sent``: each error made so by
+    the original's id (the same error is often the call's and its flow run's), which
+    is made so once."""
+    if not records:
+        return None
+    for record in records:
+        if record.error is not None:
+            record.error = _sent(record.error, identity, sent)
+        for task_run in record.task_runs:
+            if task_run.error is not None:
+                task_run.error = _sent(task_run.error, identity, sent)
+        _sendable(record.events, identity, sent)
+        _sendable_runs(record.subflow_runs, identity, sent)
+    return records
+
+
+def _sent(
+    error: BaseException, identity: RunIdentity, sent: dict[int, BaseException] | None
+) -> BaseException:
+    if sent is None:
+        return transportable(error, identity)
+    found = sent.get(id(error))
+    if found is None:
+        found = sent[id(error)] = transportable(error, identity)
+    return found
 
 
 async def _awaited(call: Call, on_running: Callable[[], object] | None) -> Any:
