@@ -21,6 +21,7 @@ from typing import Any, Generic, ParamSpec, Self, TypeVar
 from ._binding import bind
 from ._checks import MAX_SECONDS, as_float, is_number, seconds, whole
 from ._options import Hook, RetryCondition, RetryDelay, RunName, check_option_names
+from ._text import describe_error, safe_repr
 from .exceptions import NotAFunctionError, ParameterBindError, ReservedParameterError, UsageError
 
 __all__ = [
@@ -536,10 +537,12 @@ def run_name_for(defn: Definition[Any, Any], args: tuple[Any, ...], kwargs: dict
                 name = namer(parameters=bound_parameters(defn, args, kwargs))
     except Exception as exc:
         raise UsageError(
-            f"{option} of {_where(defn)} could not make a run name: {type(exc).__name__}: {exc}"
+            f"{option} of {_where(defn)} could not make a run name: {describe_error(exc)}"
         ) from exc
     if not isinstance(name, str) or not name:
-        raise UsageError(f"{option} of {_where(defn)} must give a non-empty string, got {name!r}")
+        raise UsageError(
+            f"{option} of {_where(defn)} must give a non-empty string, got {safe_repr(name)}"
+        )
     return name
 
 

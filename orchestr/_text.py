@@ -11,6 +11,7 @@ record or its real error, so every such text is made here:
   fails, a placeholder that says so: ``<QuotaError instance; str() raised
   AttributeError: 'str' object has no attribute 'name'>``;
 * :func:`describe_error` gives ``ExcType: message`` (or ``ExcType``) for messages;
+* :func:`format_exception` gives an error's traceback text, as ``traceback`` prints it;
 * :func:`type_name` gives an object's type's name (a metaclass may make it odd).
 
 The common case costs one ``try`` around the call: nothing more is done unless it fails.
@@ -18,7 +19,7 @@ The common case costs one ``try`` around the call: nothing more is done unless i
 
 from __future__ import annotations
 
-__all__ = ["describe_error", "safe_repr", "safe_str", "type_name"]
+__all__ = ["describe_error", "format_exception", "safe_repr", "safe_str", "type_name"]
 
 # How much of the message of the error raised by a failing __str__/__repr__ a placeholder
 # shows.
@@ -58,6 +59,21 @@ def describe_error(error: BaseException) -> str:
     name = type_name(error)
     text = safe_str(error)
     return f"{name}: {text}" if text else name
+
+
+def format_exception(error: BaseException) -> str:
+    """``"".join(traceback.format_exception(error))``; when that fails (an error whose
+    ``__getattr__`` raises, read for its notes), its frames and :func:`describe_error`."""
+    import traceback  # (deferred: an error's traceback is not text at every import)
+
+    try:
+        return "".join(traceback.format_exception(error))
+    except Exception as exc:
+        frames = "".join(traceback.format_tb(error.__traceback__))
+        return (
+            f"Traceback (most recent call last):\n{frames}{describe_error(error)}\n"
+            f"(its traceback could not be formatted in full: {type_name(exc)})\n"
+        )
 
 
 def _exact(text: str) -> str:

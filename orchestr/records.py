@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
 
+from ._text import describe_error
 from .states import State, StateType
 
 if TYPE_CHECKING:
@@ -226,7 +227,7 @@ class RunEvent:
 
     def __repr__(self) -> str:
         extra = f" {self.duration * 1000:.1f}ms" if self.duration is not None else ""
-        err = f" {type(self.error).__name__}: {self.error}" if self.error else ""
+        err = f" {describe_error(self.error)}" if self.error is not None else ""
         return f"<RunEvent {self.kind} {self.subject!r}{extra}{err}>"
 
 
@@ -313,7 +314,7 @@ class FlowRunRecord(RunRecord):
         """A readable multi-line account of the run, for logs and examples."""
         lines = [f"flow run {self.name!r}: {self.state_name}" + _took(self)]
         for tr in self.task_runs:
-            err = f"  {type(tr.error).__name__}: {tr.error}" if tr.error else ""
+            err = f"  {describe_error(tr.error)}" if tr.error is not None else ""
             tries = f" ({tr.attempts} attempts)" if tr.attempts > 1 else ""
             lines.append(f"  task run {tr.name!r}: {tr.state_name}{tries}{_took(tr)}{err}")
         for sub in self.subflow_runs:

@@ -25,6 +25,7 @@ from .._logging import (
     run_logger,
     task_run_logger,
 )
+from .._text import safe_repr
 from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageError
 from ..futures import _future_of
 from ..records import RunRecord, TaskRunRecord
@@ -483,8 +484,8 @@ async def run_hook(
         # Sync hook code that waited on its cancelled flow run: stopped, as any sync
         # code there is; not an error escaping into the run's task group.
         run_logger(record).warning(
-            "Hook %r was stopped (%s); the run's state stays %s",
-            getattr(hook, "__name__", hook),
+            "Hook %s was stopped (%s); the run's state stays %s",
+            _hook_name(hook),
             exc,
             state.name,
         )
@@ -497,10 +498,17 @@ async def run_hook(
 def _hook_raised(hook: Any, record: RunRecord, state: State[Any]) -> None:
     log_handled_error(
         run_logger(record),
-        "Hook %r raised; the run's state stays %s",
-        getattr(hook, "__name__", hook),
+        "Hook %s raised; the run's state stays %s",
+        _hook_name(hook),
         state.name,
     )
+
+
+def _hook_name(hook: Any) -> str:
+    """``'name'`` of a hook function; a hook object without one, as its repr (which may
+    be the user's, and fail: see orchestr._text)."""
+    name = getattr(hook, "__name__", None)
+    return repr(name) if type(name) is str else safe_repr(hook)
 
 
 def _log_final(record: TaskRunRecord, state: State[Any]) -> None:

@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .._logging import run_label
+from .._text import describe_error
 from .._tracebacks import far_frames, is_internal_file, origin_of
 from ..records import FlowRunRecord, RunRecord, TaskRunRecord
 from ._format import (
@@ -239,7 +240,7 @@ def _failures(failures: list[Failure]) -> RenderableType:
     items = []
     for failure in failures[:_MOST_FAILURES]:
         error = failure.error
-        described = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        described = describe_error(error)
         headline = Text.assemble(
             f"{visible(failure.label)} ",
             (failure.state_name, state_style(failure.state_name)),

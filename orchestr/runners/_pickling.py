@@ -36,6 +36,7 @@ import types
 from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
+from .._text import describe_error, safe_str, type_name
 from ..exceptions import SerializationError
 from . import _travel
 from ._call import Call, Outcome, _identity
@@ -167,11 +168,11 @@ def _unpicklable_part(call: Call, where: str, exc: Exception, advice: str) -> Se
         except Exception as error:
             return SerializationError(
                 f"task run {name!r} cannot be sent to {where}: {what} "
-                f"({type(value).__name__}) does not pickle ({type(error).__name__}: {error}); "
+                f"({type_name(value)}) does not pickle ({describe_error(error)}); "
                 f"pass picklable values (module-level functions and classes, plain data), or "
                 f"{advice}"
             )
-    return SerializationError(f"task run {name!r} cannot be sent to {where}: {exc}")
+    return SerializationError(f"task run {name!r} cannot be sent to {where}: {safe_str(exc)}")
 
 
 def far_side(
@@ -201,7 +202,7 @@ def far_side(
         shown = outcome.value if outcome.error is None else outcome.error
         bad = SerializationError(
             f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
-            f"does not pickle ({type(exc).__name__}: {exc}); {advice}"
+            f"does not pickle ({describe_error(exc)}); {advice}"
         )
         # The block events and the flow runs of the call still come home.
         fields = (outcome.started, outcome.ended, outcome.events, outcome.subflow_runs)
@@ -222,7 +223,7 @@ def load_outcome(body: bytes, key: str) -> Outcome:
         return Outcome(
             error=SerializationError(
                 f"the outcome of call {key!r} came back but cannot be rebuilt here: "
-                f"{type(exc).__name__}: {exc}"
+                f"{describe_error(exc)}"
             )
         )
     assert isinstance(outcome, Outcome)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import os
 import time
-import traceback
 from collections.abc import Callable
 from contextvars import copy_context
 from typing import Any
@@ -46,6 +45,7 @@ from .._engine._context import remote_call_var, remote_events_var, remote_subflo
 from .._history import _recorder
 from .._history._values import note_origin
 from .._logging import identity_logger, log_prints_var, route_prints
+from .._text import describe_error, format_exception
 from .._tracebacks import hide_frames, keep_far_frames, start_at
 from ..exceptions import OrchestrError
 from ..records import FlowRunRecord, RunEvent
@@ -173,20 +173,33 @@ def transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     :class:`RemoteError` telling its story. Either way it takes along what only this
     side knows: its traceback here (orchestr's frames hidden), as a note and as frames
     (see ``orchestr._tracebacks.keep_far_frames``), and the line of the user's code that
-    raised it, which its run's history records at home."""
+    raised it, which its run's history records at home. An error that refuses even that
+    (a ``__getattr__`` that raises, read for its notes) is told by a RemoteError with the
+    text that can be made of it: the worker must live on to send it."""
+    try:
+        return _transportable(exc, identity)
+    except Exception as failed:
+        return RemoteError(
+            f"task run {identity.task_run_name!r} raised {describe_error(exc)} (it could "
+            f"not be made ready to be sent back: {describe_error(failed)})\n"
+            + format_exception(exc)
+        )
+
+
+def _transportable(exc: BaseException, identity: RunIdentity) -> BaseException:
     hide_frames(exc)  # the note, and the frames it takes along, are the user's
     problem = travel_problem(exc)
     sent: BaseException
     if problem is not None:
-        text = "".join(traceback.format_exception(exc))
+        text = format_exception(exc)
         # With the original's traceback, for its origin and frames, found below.
         sent = RemoteError(
-            f"task run {identity.task_run_name!r} raised {type(exc).__name__}: {exc} "
+            f"task run {identity.task_run_name!r} raised {describe_error(exc)} "
             f"(the exception could not be sent back as it is: {problem})\n" + text
         ).with_traceback(exc.__traceback__)
     else:
         # Its traceback and causes do not travel: their text does, as a note.
-        frames = "".join(traceback.format_exception(exc))
+        frames = format_exception(exc)
         exc.add_note(f"{NOTE_START}the call ran (process {os.getpid()}):\n{frames.rstrip()}")
         sent = exc
     note_origin(sent)  # found here, where its traceback is; kept with it, it travels

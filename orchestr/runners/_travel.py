@@ -23,8 +23,9 @@ import operator
 import os
 import pickle
 import threading
-import traceback
 from typing import Any
+
+from .._text import describe_error, format_exception
 
 __all__ = [
     "PROTOCOL",
@@ -80,7 +81,7 @@ def _with_causes(exc: BaseException, state: Any) -> Any:
         return state  # a state of its own making: left as it is
     if any(isinstance(note, str) and note.startswith(NOTE_START) for note in notes or ()):
         return state
-    text = "".join(traceback.format_exception(exc)).rstrip()
+    text = format_exception(exc).rstrip()
     note = f"{NOTE_START}it was raised (process {os.getpid()}):\n{text}"
     return {**state, "__notes__": [*(notes or ()), note]}
 
@@ -227,5 +228,5 @@ def travel_problem(exc: BaseException) -> str | None:
 
 
 def described(error: BaseException) -> str:
-    """``error`` as ``Type: message``."""
-    return f"{type(error).__name__}: {error}"
+    """``error`` as ``Type: message`` (never raising: see orchestr._text)."""
+    return describe_error(error)
