@@ -273,6 +273,21 @@ class FlowRunRecord(RunRecord):
         record.state_name = "Running"
         return record
 
+    def _errors_replaced(self, replaced: Callable[[BaseException], BaseException]) -> None:
+        """Each error of this finished run, its task runs', its events' and its subflow
+        runs', replaced by ``replaced(error)``: made to travel home with a far call's
+        outcome. (Here, with the records: no other code assigns a record's state.)"""
+        if self.error is not None:
+            self.error = replaced(self.error)
+        for task_run in self.task_runs:
+            if task_run.error is not None:
+                task_run.error = replaced(task_run.error)
+        for event in self.events:
+            if event.error is not None:
+                event.error = replaced(event.error)
+        for subflow_run in self.subflow_runs:
+            subflow_run._errors_replaced(replaced)
+
     def _summary(self) -> FlowRunRecord:
         """This run without its task runs, subflow runs, events and error, as it is now
         (one object per record, so that the task runs pickled together share it)."""

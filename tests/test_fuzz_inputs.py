@@ -364,7 +364,7 @@ COMMON_ORACLES: dict[str, Callable[[Any], bool | None]] = {
         v is None
         or callable(v)
         or _delay(v)
-        or (isinstance(v, list | tuple) and all(_delay(item) for item in v))
+        or (isinstance(v, list | tuple) and bool(v) and all(_delay(item) for item in v))
     ),
     "retry_jitter_factor": lambda v: v is None or (_is_real(v) and 0 <= _float(v) < math.inf),
     "retry_condition_fn": lambda v: v is None or callable(v),

@@ -141,13 +141,7 @@ def _sendable_runs(
     if not records:
         return None
     for record in records:
-        if record.error is not None:
-            record.error = _sent(record.error, identity, sent)
-        for task_run in record.task_runs:
-            if task_run.error is not None:
-                task_run.error = _sent(task_run.error, identity, sent)
-        _sendable(record.events, identity, sent)
-        _sendable_runs(record.subflow_runs, identity, sent)
+        record._errors_replaced(lambda error: _sent(error, identity, sent))
     return records
 
 
