@@ -306,3 +306,35 @@ def test_an_argument_that_cannot_be_rebuilt_there_is_named(
     message = str(missing)
     assert "its argument 'value' (at value.error) could not be unpickled there" in message
     assert "exception_arguments_gone.Local cannot be imported there" in message
+
+
+class ExitsWhenMadeAgain(Exception):
+    """Its __init__ exits the second time it runs in a process: a rebuild by calling it
+    must not be what decides how it travels (it killed the worker process)."""
+
+    made = 0
+
+    def __init__(self, message: str) -> None:
+        type(self).made += 1
+        if type(self).made > 1:
+            raise SystemExit("made twice")
+        super().__init__(message)
+
+
+@task
+def raises_once() -> None:
+    ExitsWhenMadeAgain.made = 0  # (a worker process may run this more than once)
+    raise ExitsWhenMadeAgain("the real error")
+
+
+def test_an_exception_whose_init_exits_when_called_again_still_comes_home() -> None:
+    """The worker tries a rebuild by its __init__ to choose how it sends the error: a
+    SystemExit from it means "rebuilt by its state", not a dead worker (Crashed)."""
+
+    @flow(task_runner=ProcessPoolTaskRunner(1))
+    async def main() -> BaseException | None:
+        return (await raises_once.submit().wait()).exception
+
+    error = anyio.run(main)
+    assert type(error) is ExitsWhenMadeAgain, repr(error)
+    assert str(error) == "the real error"

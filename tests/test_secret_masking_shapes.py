@@ -258,6 +258,15 @@ GRID_SECRET_NAMES = [
     "last_used_token",
     "tokens_per_second",  # no measuring word at its end: masked, on the safe side
     "cookie_max_age",
+    # A measuring word that may describe the secret itself, after a singular: masked.
+    "token_used",
+    "password_used",
+    "api_key_used",
+    "credentials_used",  # (credentials: the plural of credential, but one secret's name)
+    "session_token_remaining",
+    "secret_number",
+    "password_max",
+    "secret_num",
 ]
 # Names that count or measure their secrets, and names whose letters only look alike.
 GRID_SHOWN_NAMES = [

@@ -292,6 +292,23 @@ def test_the_applications_own_handler_is_told_of_a_signal_the_run_took(
                 os.kill(os.getpid(), signum)
                 time.sleep(10)
 
+        @resource
+        async def signals_in_cleanup(signum):
+            try:
+                yield
+            finally:
+                os.kill(os.getpid(), signum)
+                events.append("cleanup")
+
+        @flow
+        async def cancelled_by_its_caller(signum):
+            async with signals_in_cleanup(signum):
+                await anyio.sleep(10)
+
+        async def with_a_deadline(signum):
+            with anyio.move_on_after(0.1):
+                await cancelled_by_its_caller(signum)
+
         @flow
         async def async_flow(signum, *, times=1):
             async with held():
@@ -331,6 +348,12 @@ def test_the_applications_own_handler_is_told_of_a_signal_the_run_took(
             signal.default_int_handler,
         )
         case(
+            "caller-cancelled",
+            lambda: anyio.run(with_a_deadline, signal.SIGTERM),
+            signal.SIGTERM,
+            handler,
+        )
+        case(
             "trio-default",
             lambda: anyio.run(async_flow, signal.SIGINT, backend="trio"),
             signal.SIGINT,
@@ -345,6 +368,7 @@ def test_the_applications_own_handler_is_told_of_a_signal_the_run_took(
         "trio-sigint ['cleanup', 'handler SIGINT', 'KeyboardInterrupt'] True",
         "raises ['cleanup', 'exits', 'SystemExit'] True",
         "asyncio.run ['cleanup', 'KeyboardInterrupt'] True",
+        "caller-cancelled ['cleanup', 'handler SIGTERM'] True",
         "trio-default ['cleanup', 'KeyboardInterrupt'] True",
     ], done.stderr
 

@@ -162,7 +162,13 @@ def test_hooks_retry_conditions_and_resources_that_raise_it(
     async def hooked(x: int) -> int:
         return x
 
-    @task(retries=2, retry_condition_fn=stray_condition)
+    failure_hooks: list[str] = []
+
+    @task(
+        retries=2,
+        retry_condition_fn=stray_condition,
+        on_failure=[lambda t, r, s: failure_hooks.append(s.name)],
+    )
     async def fails() -> None:
         raise ValueError("retry me?")
 
@@ -209,6 +215,11 @@ def test_hooks_retry_conditions_and_resources_that_raise_it(
     assert hooked_state.result() == 7
     assert_stray_crash(failed_state)
     assert failed_state.record.attempts == 1  # a crash is not retried
+    assert failure_hooks == ["Crashed"]  # its hooks ran, as for any crash
+    crash_lines = [
+        r for r in caplog.records if r.getMessage().startswith("Finished in state Crashed")
+    ]
+    assert any(r.__dict__.get("task_run_name") == failed_state.record.name for r in crash_lines)
     hook_lines = [r for r in caplog.records if "Hook 'stray_hook' raised" in r.getMessage()]
     assert len(hook_lines) == 2, [r.getMessage() for r in caplog.records]  # task's and flow's
     assert_stray_crash(setup)
@@ -272,17 +283,21 @@ async def test_a_future_cancelled_elsewhere_crashes_only_the_code_that_awaited_i
 
 # -- and real cancellations still cancel -----------------------------------------------------
 def test_a_cancellation_from_outside_still_cancels(run: Any) -> None:
+    """A caller's cancel scope: the flow run and its task runs end Cancelled (were the
+    check to take this cancellation for a stray one, they would end Crashed)."""
     started = anyio.Event()
+    futures: list[Any] = []
+    flow_states: list[StateType] = []
 
     @task
     async def waits() -> None:
         started.set()
         await anyio.sleep_forever()
 
-    @flow
+    @flow(on_cancellation=[lambda f, r, s: flow_states.append(s.type)])
     async def main() -> None:
-        fut = waits.submit()
-        await fut
+        futures.append(waits.submit())
+        await futures[0]
 
     async def caller() -> None:
         with anyio.fail_after(10):
@@ -291,7 +306,10 @@ def test_a_cancellation_from_outside_still_cancels(run: Any) -> None:
                 await started.wait()
                 group.cancel_scope.cancel()
 
-    run(caller)  # cancelled quietly, as a cancellation is: no crash raised
+    run(caller)
+    assert flow_states == [StateType.CANCELLED]
+    (future,) = futures
+    assert future.state.type is StateType.CANCELLED, future.state
 
 
 async def test_a_cancelled_future_and_an_asyncio_cancel_still_cancel() -> None:

@@ -103,12 +103,14 @@ async def run_attempts(
             # (it has one if its attempts ended with no call coming back: a bad run name).
             driver.give_back()
         except BaseException as exc:
-            # Cancellation, or an interrupt that keeps propagating to the caller.
-            state = _interrupted_state(record, exc, driver, future)
-            _finish(run, record, future, state)
-            if future is not None and stray_cancellation(exc):
-                return state  # code's own error (a retry condition's): the run's end
-            raise
+            if future is None or not stray_cancellation(exc):
+                # Cancellation, or an interrupt that keeps propagating to the caller.
+                _finish(run, record, future, _interrupted_state(record, exc, driver, future))
+                raise
+            # Code's own error (a retry condition's): the run's end, with its hooks and
+            # its log line, as any crash.
+            state = crashed_state(record, exc)
+            driver.give_back()
         if future is not None and future._final is not None:
             # Finished from outside while it ran (fut.cancel() on a sync run in a
             # thread): what it did afterwards is discarded: no hooks, no log.

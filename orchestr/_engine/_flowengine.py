@@ -108,6 +108,7 @@ async def run_flow_async(
         return flow.fn(*args, **kwargs)  # type: ignore[no-any-return]
 
     token = flow_run_var.set(run)
+    handling = None
     try:
         # Registered before the settings load (a first call imports pydantic): a signal
         # that comes meanwhile is not lost.
@@ -124,10 +125,13 @@ async def run_flow_async(
                     log_prints_var.reset(prints)
     finally:
         flow_run_var.reset(token)
+        if handling is not None and handling.passed_on:
+            # Ended by its caller's cancellation (or an interrupt) too: the application's
+            # handler still hears of the signal.
+            handling.pass_on()
     if run.signal is not None:
         with anyio.CancelScope(shield=True):
             await _interrupts.others_signalled_ended()
-    handling.pass_on()
     try:
         return _deliver(run, state, return_state)
     except BaseException as exc:
@@ -267,7 +271,7 @@ def run_flow_sync(
                     run.loop.call_soon(run.request_cancel)
     if fresh_thread:
         server.join()
-    handling.pass_on()
+    handling.pass_on()  # (the thread's outcome, even an exception, is handed over below)
     if interrupt is not None and run.signal is None:
         raise interrupt
     ok, value = outcome[0]

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import sys
 from collections.abc import Callable, Coroutine, Iterable, Sized
@@ -100,8 +101,14 @@ def call_task_async(
     tags = run_tags(task.tags)
     call = _call_inline(task, tags, args, kwargs, return_state, wait_for, blocking=False)
     # Named for Python's warning about a call never awaited (a forgotten `await`).
-    call.__qualname__ = f"{task.name} (an inline call of task {task.name!r}: await it)"  # type: ignore[attr-defined]
+    call.__qualname__ = _unawaited_name(task.name)  # type: ignore[attr-defined]
     return call
+
+
+@functools.lru_cache(maxsize=1024)
+def _unawaited_name(name: str) -> str:
+    # Made once per task name: it is set on every inline async call.
+    return f"{name} (an inline call of task {name!r}: await it)"
 
 
 def call_task_blocking(

@@ -130,6 +130,9 @@ _MEASURES = frozenset(
         "usage",
     }
 )
+# Measuring words that may also describe the secret itself (a token_used is a token; a
+# secret_number is a PIN): a count only after a secret's plural (tokens_used).
+_AFTER_A_PLURAL = frozenset({"used", "remaining", "num", "number", "max", "min"})
 # ... one that ends in a secret's plural with a counting word before it (max_tokens,
 # num_api_keys, number_of_secrets), ...
 _COUNTING = frozenset({"max", "min", "num", "n", "number", "total", "count"})
@@ -195,14 +198,17 @@ def _names_a_secret(words: list[str]) -> bool:
 
 def _counts(words: list[str]) -> bool:
     """Whether a name naming secrets counts or measures them (shown): it ends in a
-    measuring word (token_count, tokens_used, password_min_length), or in a secret's
+    measuring word (token_count, password_min_length; used, remaining, num, number, max
+    and min only after a plural: tokens_used, not token_used), or in a secret's
     plural with a counting word before it (max_tokens, num_api_keys), or in "tokens"
     right after a language model's kind of tokens (prompt_tokens, completion_tokens)."""
     if len(words) < 2:
         return False  # tokens, secrets: the secrets themselves
     last = words[-1]
     if last in _MEASURES:
-        return True
+        before = words[-2]
+        counted = _singular(before) != before and before != "credentials"  # (one secret)
+        return last not in _AFTER_A_PLURAL or counted
     if _singular(last) == last:
         return False  # no plural at the end: a secret (access_token, new_password)
     if any(w in _COUNTING for w in words[:-1]):

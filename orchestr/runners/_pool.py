@@ -61,7 +61,18 @@ class WorkerPool:
             if len(self._threads) >= self.max_workers + self._lent:
                 return
             thread = self._new_thread()
-        thread.start()
+        self._start(thread)
+
+    def _start(self, thread: threading.Thread) -> None:
+        """Start a worker made by :meth:`_new_thread`; one that cannot start (no more
+        threads in this process) is not counted, idle, for ever."""
+        try:
+            thread.start()
+        except BaseException:
+            with self._lock:
+                self._threads.remove(thread)
+                self._idle -= 1
+            raise
 
     def _new_thread(self) -> threading.Thread:
         """With the lock held: a new worker (the caller checked the limit), idle until
@@ -107,9 +118,10 @@ class WorkerPool:
             # Calls queued that no idle worker will take: one more thread, for them.
             wanted = self._pending > self._idle
             thread = self._new_thread() if wanted else None
-        if thread is not None:
-            thread.start()
         try:
+            if thread is not None:
+                # (Over max_workers + lent-before: this lender's place is the one it takes.)
+                self._start(thread)
             yield
         finally:
             with self._lock:

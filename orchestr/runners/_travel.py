@@ -62,7 +62,9 @@ def reduce_exception(exc: BaseException) -> Any:
     state = _with_causes(exc, reduced[2] if len(reduced) > 2 else {})
     try:
         rebuilt = cls is type(exc) and _same(cls(*args), exc)
-    except Exception:  # its __init__ takes other arguments: rebuilt by its state
+    except KeyboardInterrupt:
+        raise
+    except BaseException:  # its __init__ takes other arguments (or exits): by its state
         rebuilt = False
     if rebuilt:
         return (cls, args, state) if state else (cls, args)
@@ -216,7 +218,9 @@ def travel_problem(exc: BaseException) -> str | None:
         return f"it does not pickle ({described(error)}); {_PICKLE_ADVICE}"
     try:
         back = pickle.loads(sent)
-    except Exception as error:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as error:  # (a rebuild that calls sys.exit() too)
         failed = described(error)
     else:
         if _same(back, exc):
