@@ -19,6 +19,8 @@ The common case costs one ``try`` around the call: nothing more is done unless i
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 __all__ = ["describe_error", "format_exception", "safe_repr", "safe_str", "type_name"]
 
 # How much of the message of the error raised by a failing __str__/__repr__ a placeholder
@@ -37,19 +39,19 @@ def type_name(obj: object) -> str:
 
 def safe_str(obj: object) -> str:
     """``str(obj)``; a placeholder naming the failure if that raises."""
-    try:
-        text = str(obj)
-    except Exception as exc:
-        return _placeholder(obj, "str", exc)
-    return text if type(text) is str else _exact(text)
+    return _text_of(obj, str, "str")
 
 
 def safe_repr(obj: object) -> str:
     """``repr(obj)``; a placeholder naming the failure if that raises (or gives no text)."""
+    return _text_of(obj, repr, "repr")
+
+
+def _text_of(obj: object, make: Callable[[object], str], how: str) -> str:
     try:
-        text = repr(obj)
+        text = make(obj)
     except Exception as exc:
-        return _placeholder(obj, "repr", exc)
+        return _placeholder(obj, how, exc)
     return text if type(text) is str else _exact(text)
 
 
