@@ -7,7 +7,9 @@ import logging
 import os
 import shutil
 import signal
+import sys
 import tempfile
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -126,6 +128,46 @@ def _leaves_nothing_behind(request: pytest.FixtureRequest) -> Any:
         grace=5.0, ignore_threads=LIBRARY_THREADS, ignore_files=files, ignore_signals=signals
     ):
         yield
+    if not _profiled_call_returns(timeout=10):
+        pytest.fail(
+            "after this test a function called under a profiler never returned: the "
+            "interpreter was left with an event pending that no thread takes (a withdrawn "
+            "thread interrupt leaves one on Python < 3.13); see test_interpreter_state.py"
+        )
+
+
+class _Rescued(BaseException):
+    """Sent to a probe thread that is stuck, to end it."""
+
+
+def _profiled_call_returns(timeout: float) -> bool:
+    """Whether a function called under a profiler returns (in a thread of its own, which
+    is stopped if it does not, so that one test's damage fails that test only)."""
+    returned = threading.Event()
+
+    def probe() -> None:
+        sys.setprofile(lambda frame, event, arg: None)
+        try:
+            returned.is_set()  # a call, made under the profiler
+            returned.set()
+        except _Rescued:
+            pass
+        finally:
+            sys.setprofile(None)
+
+    thread = threading.Thread(target=probe, name="profiled-call-probe", daemon=True)
+    thread.start()
+    if returned.wait(timeout):
+        thread.join()
+        return True
+    import ctypes
+
+    # Taking this exception also clears what was left pending, for the next tests.
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(_Rescued)
+    )
+    thread.join(timeout)
+    return False
 
 
 @pytest.fixture(scope="session")

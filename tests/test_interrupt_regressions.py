@@ -10,7 +10,6 @@ Everything that interrupts a sync flow, or may hang, runs in a real subprocess
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import queue
@@ -681,21 +680,11 @@ def test_an_interrupt_never_lands_in_a_garbage_collector_callback(kind: str) -> 
         if event == "call" and frame.f_code.co_name == names.get(kind):
             verdicts.append(_interrupts._may_interrupt(frame))
 
-    # Earlier tests' garbage is collected first, and the collector is off while the
-    # profile is on: the finalizer under test runs by its reference count, and no other
-    # finalizer (a Dask client's, a loop's, left by another test) runs under the profile
-    # hook, where one hung this test in CI.
-    gc.collect()
-    gc.disable()
-    # The profile hook finds the weak references' callbacks; a finalizer notes its own
-    # frame, and runs without the hook (under it, this test hung in CI's xdist workers).
-    if kind != "__del__":
-        sys.setprofile(profile)
+    sys.setprofile(profile)
     try:
         del obj
     finally:
         sys.setprofile(None)
-        gc.enable()
     verdicts.extend(_interrupts._may_interrupt(frame) for frame in _gc_frames)
     _gc_frames.clear()
     assert verdicts, "no callback ran"

@@ -65,10 +65,10 @@ __all__ = [
     "Body",
     "CleanupInterrupted",
     "Request",
+    "absorb_thread_interrupt",
     "call_user",
     "cancelled_error",
     "checkpoint",
-    "clear_thread_interrupt",
     "in_cleanup_code",
     "interrupt_for",
     "interrupt_thread",
@@ -434,11 +434,32 @@ def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> None:
     )
 
 
-def clear_thread_interrupt(thread_id: int) -> None:
-    """Withdraw an interrupt sent with :func:`interrupt_thread` that has not fired yet."""
+class _Absorbed(BaseException):
+    """What :func:`absorb_thread_interrupt` sends its own thread, and catches."""
+
+
+def absorb_thread_interrupt() -> None:
+    """In the (non-main) thread an interrupt was sent to with :func:`interrupt_thread`:
+    make sure it can no longer land, whether it has landed already or not.
+
+    Not by withdrawing it (``PyThreadState_SetAsyncExc(id, NULL)``): before Python 3.13
+    that leaves the interpreter's "asynchronous exception pending" flag set, since only
+    a thread that takes a pending exception clears it. Every thread would then stop at
+    every check of the flag for the rest of the process, and on 3.11 any function called
+    under a profiler or tracer (cProfile, coverage, a debugger) would spin there for
+    ever. This thread replaces what may be pending with an exception of its own and
+    takes it at its next check, here, which clears the flag as Python means it to."""
     import ctypes  # deferred, as above
 
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(thread_id), None)
+    thread_id = ctypes.c_ulong(threading.get_ident())
+    try:
+        if ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(_Absorbed)):
+            # It fires at the next check: on return from that C call, else at the loop's
+            # first jump back (in a non-main thread no signal handler can raise first).
+            while True:
+                pass
+    except _Absorbed:
+        pass
 
 
 # -- SIGINT and SIGTERM ------------------------------------------------------------------------

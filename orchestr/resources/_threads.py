@@ -105,7 +105,7 @@ class Watchdog:
     In the main thread the interrupt is a request to ``_interrupts`` (raised there by a
     signal handler, never once the cleanup has returned); elsewhere it is sent to the
     thread, and the cleanup's caller catches it wherever it lands before the watchdog
-    is disarmed, and withdraws it if it has not landed by then.
+    is disarmed, and takes it itself if it has not landed by then.
     """
 
     def __init__(self, timeout: float, inside: FrameType) -> None:
@@ -173,8 +173,9 @@ class Watchdog:
         self._done.set()
         self._timer.join()  # leave no watchdog thread behind
         if self.fired and not self._main:
-            # It may not have landed yet: withdraw it (it can no longer be re-sent).
-            _interrupts.clear_thread_interrupt(self._thread_id)
+            # It may not have landed yet (it can no longer be re-sent): this thread
+            # takes it here, if it is still pending.
+            _interrupts.absorb_thread_interrupt()
         _interrupts.withdraw(self._request)
 
 
