@@ -124,16 +124,35 @@ def _leaves_nothing_behind(request: pytest.FixtureRequest) -> Any:
     signals = (signal.SIGALRM, *(known.kwargs.get("signals", ()) if known else ()))
     files = ("pipe:",) if known and known.kwargs.get("pipes") else ()
     # pytest-timeout's SIGALRM handler comes and goes around the test: not the test's.
+    hooks = _interpreter_hooks()
     with no_leaks(
         grace=5.0, ignore_threads=LIBRARY_THREADS, ignore_files=files, ignore_signals=signals
     ):
         yield
+    changed = {name: value for name, value in _interpreter_hooks().items() if hooks[name] != value}
+    assert not changed, f"the test changed process-wide settings and left them: {changed}"
     if not _profiled_call_returns(timeout=10):
         pytest.fail(
             "after this test a function called under a profiler never returned: the "
             "interpreter was left with an event pending that no thread takes (a withdrawn "
             "thread interrupt leaves one on Python < 3.13); see test_interpreter_state.py"
         )
+
+
+def _interpreter_hooks() -> dict[str, Any]:
+    """Process-wide settings that orchestr or a test could change and leave changed."""
+    wakeup_fd = signal.set_wakeup_fd(-1)  # (outside any event loop: no wake-up is lost)
+    signal.set_wakeup_fd(wakeup_fd)
+    return {
+        "signal.set_wakeup_fd": wakeup_fd,
+        "sys.getprofile": sys.getprofile(),
+        "sys.gettrace": sys.gettrace(),
+        "threading.getprofile": threading.getprofile(),
+        "threading.gettrace": threading.gettrace(),
+        "sys.excepthook": sys.excepthook,
+        "sys.getrecursionlimit": sys.getrecursionlimit(),
+        "sys.getswitchinterval": sys.getswitchinterval(),
+    }
 
 
 class _Rescued(BaseException):

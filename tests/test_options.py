@@ -460,7 +460,7 @@ OPTION_ORACLES: dict[str, Callable[[Any], bool | None]] = {
         v is None
         or callable(v)
         or _delay_ok(v)
-        or (isinstance(v, list | tuple) and all(_delay_ok(i) for i in v))
+        or (isinstance(v, list | tuple) and len(v) > 0 and all(_delay_ok(i) for i in v))
     ),
     "retry_jitter_factor": lambda v: v is None or _finite_non_negative(v),
     "retry_condition_fn": lambda v: v is None or callable(v),
