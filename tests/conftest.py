@@ -135,7 +135,7 @@ def _leaves_nothing_behind(request: pytest.FixtureRequest) -> Any:
         pytest.fail(
             "after this test a function called under a profiler never returned: the "
             "interpreter was left with an event pending that no thread takes (a withdrawn "
-            "thread interrupt leaves one on Python < 3.13); see test_interpreter_state.py"
+            "thread interrupt leaves one on Python 3.11); see test_interpreter_state.py"
         )
 
 

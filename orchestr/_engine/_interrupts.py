@@ -442,13 +442,14 @@ def absorb_thread_interrupt() -> None:
     """In the (non-main) thread an interrupt was sent to with :func:`interrupt_thread`:
     make sure it can no longer land, whether it has landed already or not.
 
-    Not by withdrawing it (``PyThreadState_SetAsyncExc(id, NULL)``): before Python 3.13
-    that leaves the interpreter's "asynchronous exception pending" flag set, since only
-    a thread that takes a pending exception clears it. Every thread would then stop at
-    every check of the flag for the rest of the process, and on 3.11 any function called
-    under a profiler or tracer (cProfile, coverage, a debugger) would spin there for
-    ever. This thread replaces what may be pending with an exception of its own and
-    takes it at its next check, here, which clears the flag as Python means it to."""
+    Not by withdrawing it (``PyThreadState_SetAsyncExc(id, NULL)``): on Python 3.11
+    (3.13 keeps the flag per thread) that leaves the interpreter's "asynchronous
+    exception pending" flag set, since only a thread that takes a pending exception
+    clears it. Every thread would then stop at every check of the flag for the rest of
+    the process, and any function called under a profiler or tracer (cProfile, coverage,
+    a debugger) would spin there for ever. This thread replaces what may be pending with
+    an exception of its own and takes it at its next check, here, which clears the flag
+    as Python means it to."""
     import ctypes  # deferred, as above
 
     thread_id = ctypes.c_ulong(threading.get_ident())
