@@ -1,8 +1,9 @@
 """What users name and pass is shown by the ``orchestr`` command as it is: flow run,
 task run, task and resource names, parameter values and error messages holding Rich
-markup (``[/etc]``, ``[bold]x``), an emoji code, an ANSI escape, a carriage return or
-wide characters are neither parsed (no ``MarkupError`` traceback, no brackets eaten)
-nor sent to the terminal as control codes (shown as ``repr`` shows them, ``\\x1b``).
+markup (``[/etc]``, ``[bold]x``), an emoji code, an ANSI escape, a carriage return, a
+bidirectional control or wide characters are neither parsed (no ``MarkupError``
+traceback, no brackets eaten) nor sent to the terminal as control codes (shown as
+``repr`` shows them, ``\\x1b``).
 
 Real subprocesses running the console script on tests/cli_hostile_flows.py, through
 pipes (``--plain``) and on a pseudo-terminal (the live display), then ``runs list`` and
@@ -34,14 +35,14 @@ HOSTILE = {
     "style-tag": "[bold]x",
     "emoji-code": ":smile:",
     "ansi": "\x1b[31mred\x1b[0m",
-    "carriage-return": "a\rb",
+    "carriage-return-bidi": "a\rb\u202ec",
     "wide": "🚀漢字",
 }
 
 
 def shown(text: str) -> str:
     """How the CLI shows ``text``: control characters as ``repr`` writes them."""
-    return text.replace("\x1b", "\\x1b").replace("\r", "\\r")
+    return text.replace("\x1b", "\\x1b").replace("\r", "\\r").replace("\u202e", "\\u202e")
 
 
 def _no_crash(done: subprocess.CompletedProcess[str]) -> None:
@@ -49,6 +50,7 @@ def _no_crash(done: subprocess.CompletedProcess[str]) -> None:
         assert "MarkupError" not in stream, stream
         assert "orchestr/cli/" not in stream, stream  # no traceback through the CLI
         assert "\x1b" not in stream, stream  # through pipes: no control codes at all
+        assert "\u202e" not in stream, stream
 
 
 @dataclass
@@ -164,7 +166,7 @@ def test_runs_show_of_a_completed_run_shows_everything_as_given(history: History
     text = shown(history.text)
     out = done.stdout
     assert f"flow run 'backup-{text}' of flow 'completes': Completed" in out
-    parameter = json.dumps(history.text, ensure_ascii=False)
+    parameter = shown(json.dumps(history.text, ensure_ascii=False))
     assert re.search(rf"^parameters\s+text={re.escape(parameter)}\s*$", out, re.M), out
     assert re.search(rf"^{re.escape(f'run-{text}')}\s+Completed\s+1\s", out, re.M), out
     # The subflow's bar: its label may fold onto a second line ("subflow").
@@ -182,7 +184,7 @@ def test_runs_show_of_a_failed_run_shows_the_error_as_given(history: History) ->
     text = shown(history.text)
     out = done.stdout
     assert f"flow run 'broken-{text}' of flow 'fails': Failed" in out
-    parameter = json.dumps(history.text, ensure_ascii=False)
+    parameter = shown(json.dumps(history.text, ensure_ascii=False))
     assert re.search(rf"^parameters\s+text={re.escape(parameter)}\s*$", out, re.M), out
     assert re.search(rf"^error\s+.*ValueError: refused {re.escape(text)}\s*$", out, re.M), out
     assert f"fail{text}-0 Failed: ValueError: refused {text}" in out
@@ -195,6 +197,13 @@ def test_control_characters_are_shown_as_escapes_and_markup_is_not_parsed() -> N
 
     assert visible("a\x1b[31mb\rc\x7f\x9b\x00") == "a\\x1b[31mb\\rc\\x7f\\x9b\\x00"
     assert visible("line\n\tnext") == "line\n\tnext"
+    # Bidirectional controls and line separators reorder or break what follows them;
+    # the zero-width joiner of an emoji sequence and wide spaces are shown as they are.
+    assert visible("a\u202eb\u2066c\u200fd\u2028e") == "a\\u202eb\\u2066c\\u200fd\\u2028e"
+    assert (
+        visible("\U0001f468\u200d\U0001f469\u3000\u6f22")
+        == "\U0001f468\u200d\U0001f469\u3000\u6f22"
+    )
     assert literal("[bold]x :smile:").plain == "[bold]x :smile:"
     out = console()
     with out.capture() as captured:

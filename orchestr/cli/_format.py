@@ -54,13 +54,24 @@ _STYLES = {
 
 _PIPE_WIDTH = 120
 
-# Control characters a terminal would act on (C0 but newline and tab, DEL, C1: ESC
-# starts colours and cursor moves, CR overwrites the line, 0x9b is a one-byte CSI),
-# mapped to the escape Python's repr gives them.
+# Characters a terminal would act on rather than show, mapped to the escape Python's
+# repr gives them: C0 but newline and tab, DEL and C1 (ESC starts colours and cursor
+# moves, CR overwrites the line, 0x9b is a one-byte CSI); the bidirectional controls
+# and line separators, which reorder or break what follows them ("Trojan Source").
+# Other format characters stay: the zero-width joiner builds emoji sequences.
 _CONTROLS = {
-    code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0)) if code not in (9, 10)
+    code: repr(chr(code))[1:-1]
+    for code in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x061C,
+        0x200E,
+        0x200F,
+        *range(0x2028, 0x202F),
+        *range(0x2066, 0x206A),
+    )
+    if code not in (9, 10)
 }
-_CONTROLS[ord("\r")] = "\\r"
 
 
 def console() -> Console:
@@ -76,8 +87,8 @@ def console() -> Console:
 
 def visible(value: object) -> str:
     """``value`` as text whose control characters are shown as ``repr`` shows them
-    (``\\x1b``, ``\\r``) rather than acted on by the terminal; newlines and tabs are
-    kept. Text already passed through ``repr`` is left as it was."""
+    (``\\x1b``, ``\\r``, ``\\u202e``) rather than acted on by the terminal; newlines
+    and tabs are kept. Text already passed through ``repr`` is left as it was."""
     return str(value).translate(_CONTROLS)
 
 
