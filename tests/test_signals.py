@@ -368,7 +368,7 @@ def test_the_applications_own_handler_is_told_of_a_signal_the_run_took(
         "trio-sigint ['cleanup', 'handler SIGINT', 'KeyboardInterrupt'] True",
         "raises ['cleanup', 'exits', 'SystemExit'] True",
         "asyncio.run ['cleanup', 'KeyboardInterrupt'] True",
-        "caller-cancelled ['cleanup', 'handler SIGTERM'] True",
+        "caller-cancelled ['cleanup', 'handler SIGTERM', 'Terminated'] True",
         "trio-default ['cleanup', 'KeyboardInterrupt'] True",
     ], done.stderr
 
@@ -819,3 +819,60 @@ def test_a_signal_while_a_sync_hook_waits_ends_the_run_as_signalled(
     # Stopped at its wait (RunCancelled), or told that the task it waited for was
     # cancelled (TaskRunCancelledError): logged either way, the run's state kept.
     assert re.search(r"Hook 'waits' (was stopped|raised)", done.stderr), done.stderr
+
+
+@pytest.mark.parametrize("order", ["cancelled, then signalled", "signalled, then cancelled"])
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_a_signal_to_a_run_its_caller_cancelled_is_not_swallowed(
+    tmp_path: Path, backend: str, name: str, order: str
+) -> None:
+    """An async flow run whose caller cancelled it (a deadline around the call) and that
+    took a signal, before or after that cancellation: the call raises the signal's
+    exception once its cleanup has run, not the cancellation, which the caller's scope
+    would take (the program went on after its SIGTERM or Ctrl-C)."""
+    signal_in = "cleanup" if order.startswith("cancelled") else "body"
+    done = _run_program(
+        tmp_path,
+        f"""
+        import os, signal
+        import anyio
+        from orchestr import flow, resource
+        from orchestr.exceptions import Terminated
+
+        def send():
+            os.kill(os.getpid(), signal.{name})
+
+        @resource
+        async def held():
+            try:
+                yield
+            finally:
+                if "{signal_in}" == "cleanup":
+                    send()
+                with anyio.CancelScope(shield=True):
+                    await anyio.sleep(0.4)
+                print("cleaned up")
+
+        @flow
+        async def main():
+            async with held():
+                if "{signal_in}" == "body":
+                    send()
+                await anyio.sleep(10)
+
+        async def caller():
+            with anyio.move_on_after(0.2):
+                await main()
+            print("went on after the signal")
+
+        try:
+            anyio.run(caller, backend="{backend}")
+        except (Terminated, KeyboardInterrupt) as exc:
+            print("raised", type(exc).__name__)
+        """,
+    )
+    expected = "Terminated" if name == "SIGTERM" else "KeyboardInterrupt"
+    assert done.stdout.split("\n")[:2] == ["cleaned up", f"raised {expected}"], (
+        done.stdout + done.stderr
+    )

@@ -109,6 +109,7 @@ async def run_flow_async(
 
     token = flow_run_var.set(run)
     handling = None
+    cancelled_too = False
     try:
         # Registered before the settings load (a first call imports pydantic): a signal
         # that comes meanwhile is not lost.
@@ -123,6 +124,13 @@ async def run_flow_async(
             finally:
                 if prints is not None:
                     log_prints_var.reset(prints)
+    except anyio.get_cancelled_exc_class():
+        if run.signal is None:
+            raise
+        # Cancelled by its caller too: the signal's exception, raised below, not the
+        # cancellation, which the caller's scope would take (and the program would go on
+        # after its SIGTERM or Ctrl-C).
+        cancelled_too = True
     finally:
         flow_run_var.reset(token)
         if handling is not None and handling.passed_on:
@@ -132,6 +140,8 @@ async def run_flow_async(
     if run.signal is not None:
         with anyio.CancelScope(shield=True):
             await _interrupts.others_signalled_ended()
+        if cancelled_too:
+            raise hide_frames(_interrupts.interrupt_for(run.signal))
     try:
         return _deliver(run, state, return_state)
     except BaseException as exc:
