@@ -15,6 +15,11 @@ Each flow run nests three resources, one of each kind, in a seeded order:
 - ``agen``: an ``@resource`` async generator;
 - ``amanager``: a ``@resource_manager`` with async setup and cleanup.
 
+In three async plans in ten the caller puts a deadline around each flow call (anyio's
+``move_on_after``, at 30-100% of the flow's estimated time): the run is cancelled from
+outside, and a signal that lands before that or in the cleanup after it must still end
+the process as the signal does.
+
 Setups and cleanups take 50-300 ms (sleeps, busy Python loops, or both), so signals land
 inside them. Sync task runs (``time.sleep`` or busy loops) and async task runs
 (``anyio.sleep``) are submitted at every level; some fail their first attempts and retry
@@ -130,6 +135,10 @@ class Plan:
     scenario: str
     seed: int
     flows: tuple[FlowSpec, ...]
+    # Async scenarios: a deadline the caller puts around each flow call (anyio's
+    # move_on_after), cancelling the run from outside; a signal may land before it or
+    # in the cleanup after it, and must still end the process as the signal would.
+    caller_deadline: float | None = None
 
     @property
     def is_async(self) -> bool:
@@ -145,6 +154,11 @@ class Plan:
 
     def estimated_seconds(self) -> float:
         each = [f.estimated_seconds() for f in self.flows]
+        if self.caller_deadline is not None:
+            each = [
+                min(one, self.caller_deadline + sum(r.cleanup.seconds for r in f.resources))
+                for one, f in zip(each, self.flows, strict=True)
+            ]
         return max(each) if self.concurrent else sum(each)
 
 
@@ -189,7 +203,11 @@ def make_plan(scenario: str, seed: int) -> Plan:
                 retry_delay=round(rng.uniform(0.2, 0.5), 3) if retries else 0.0,
             )
         )
-    return Plan(scenario, seed, tuple(flows))
+    caller_deadline = None
+    if scenario.startswith("async") and rng.random() < 0.3:  # (drawn after the flows)
+        longest = max(f.estimated_seconds() for f in flows)
+        caller_deadline = round(rng.uniform(0.3, 1.0) * longest, 3)
+    return Plan(scenario, seed, tuple(flows), caller_deadline)
 
 
 # -- the journal --------------------------------------------------------------------------------
@@ -541,12 +559,16 @@ def main(argv: list[str]) -> None:
 
     async def call_async(fn: Any) -> None:
         note("flow call", fn.name)
-        try:
-            await fn()
-        except BaseException as exc:
-            note("flow raised", fn.name, describe(exc))
-            raise
-        note("flow returned", fn.name)
+        deadline = plan.caller_deadline
+        with anyio.move_on_after(float("inf") if deadline is None else deadline) as caller:
+            try:
+                await fn()
+            except BaseException as exc:
+                note("flow raised", fn.name, describe(exc))
+                raise
+            note("flow returned", fn.name)
+        if caller.cancelled_caught:
+            note("caller cancelled", fn.name)
 
     async def both() -> None:
         async with anyio.create_task_group() as group:
