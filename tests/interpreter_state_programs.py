@@ -4,7 +4,8 @@ a task's or a flow's timeout, a signal), then checks that the interpreter is lef
 was found: functions called under a profiler, a tracer and cProfile return, in the main
 thread and in a new one.
 
-``python interpreter_state_programs.py <scenario>`` prints one JSON line: what the
+``python interpreter_state_programs.py <scenario> [--traced]`` (``--traced``: the
+scenario runs under a trace function in every thread) prints one JSON line: what the
 scenario saw, then ``"left as found"`` once every check returned. A check that never
 returns leaves the program running (the test's bounded wait reports it).
 """
@@ -145,9 +146,20 @@ def _checks() -> None:
     cProfile.Profile().runcall(_nothing)
 
 
+def _trace_everything(frame: Any, event: str, arg: Any) -> Any:
+    return _trace_everything
+
+
 def main() -> None:
     scenario = sys.argv[1]
+    if "--traced" in sys.argv:
+        # As under coverage's Python tracer or a debugger: every line of every thread
+        # runs the trace function, where an interrupt may land too.
+        sys.settrace(_trace_everything)
+        threading.settrace(_trace_everything)
     outcome = SCENARIOS[scenario]()
+    sys.settrace(None)
+    threading.settrace(None)  # type: ignore[arg-type]
     print(json.dumps({"scenario": scenario, "outcome": outcome, **_seen}), flush=True)
     _checks()
     thread = threading.Thread(target=_checks)

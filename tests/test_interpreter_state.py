@@ -1,7 +1,8 @@
 """Each of orchestr's ways of interrupting code (a cleanup's watchdog in a worker thread
 or the main thread, a task's or a flow's timeout, a signal) leaves the interpreter as it
 found it: afterwards a function called under a profiler, a tracer or cProfile returns,
-in the main thread and in a new one.
+in the main thread and in a new one. Each also runs under a trace function in every
+thread, as under coverage or a debugger.
 
 A withdrawn thread interrupt once left Python 3.11's "asynchronous exception pending"
 flag set for good, after which any profiled or traced call spun for ever: a user's
@@ -35,11 +36,14 @@ EXPECTED = {
 }
 
 
+@pytest.mark.parametrize("traced", [False, True], ids=["", "under-a-tracer"])
 @pytest.mark.parametrize("scenario", sorted(EXPECTED))
-def test_the_interpreter_is_left_as_found(scenario: str) -> None:
+def test_the_interpreter_is_left_as_found(scenario: str, traced: bool) -> None:
+    """Under a tracer (coverage's Python tracer, a debugger) too: the interrupt still
+    lands where it should, and the scenario ends as without one."""
     try:
         done = subprocess.run(
-            [sys.executable, str(PROGRAM), scenario],
+            [sys.executable, str(PROGRAM), scenario, *(["--traced"] if traced else [])],
             capture_output=True,
             text=True,
             timeout=30,
