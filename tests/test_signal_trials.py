@@ -122,9 +122,11 @@ class Trial:
     def describe(self) -> str:
         second = f", again {self.gap:.2f} s later" if self.gap is not None else ""
         where = " to a thread other than the main one" if self.to_thread else ""
+        deadline = make_plan(self.scenario, self.seed).caller_deadline
+        caller = f"; the caller's deadline {deadline:.2f} s" if deadline is not None else ""
         return (
             f"{self.scenario} on {self.runner} (seed {self.seed}): {self.signal_name}{where} "
-            f"{self.delay:.2f} s after start{second}.\n  reproduce: "
+            f"{self.delay:.2f} s after start{second}{caller}.\n  reproduce: "
             f"ORCHESTR_SIGNAL_TRIAL_SEEDS={self.key} pytest tests/test_signal_trials.py  "
             f"(or: python tests/test_signal_trials.py {self.key})\n  program: python "
             f"tests/signal_trial_program.py {self.scenario} {self.seed} <journal> <token> "
