@@ -179,12 +179,10 @@ def _profiled_call_returns(timeout: float) -> bool:
     if returned.wait(timeout):
         thread.join()
         return True
-    import ctypes
+    from orchestr._engine._interrupts import interrupt_thread
 
     # Taking this exception also clears what was left pending, for the next tests.
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
-        ctypes.c_ulong(thread.ident or 0), ctypes.py_object(_Rescued)
-    )
+    interrupt_thread(thread.ident or 0, _Rescued)
     thread.join(timeout)
     return False
 

@@ -116,8 +116,9 @@ class FlowSpec:
     retries: int
     retry_delay: float  # flow retry delay (the first attempt fails on purpose if retries)
 
-    def estimated_seconds(self) -> float:
-        """Roughly how long one run takes, to spread signal delays over it."""
+    def estimated_seconds(self, caller_deadline: float | None = None) -> float:
+        """Roughly how long one run takes, to spread signal delays over it (cut short by
+        the caller's deadline, its cleanups still run)."""
         setups = sum(r.setup.seconds for r in self.resources)
         cleanups = sum(r.cleanup.seconds for r in self.resources)
         tasks = max(
@@ -125,9 +126,10 @@ class FlowSpec:
             default=0.0,
         )
         attempt = setups + tasks + cleanups
-        if self.retries:
-            return 2 * attempt + self.retry_delay
-        return attempt
+        whole = 2 * attempt + self.retry_delay if self.retries else attempt
+        if caller_deadline is not None:
+            return min(whole, caller_deadline + cleanups)
+        return whole
 
 
 @dataclass(frozen=True)
@@ -153,12 +155,7 @@ class Plan:
         return self.scenario.startswith("async-pair")
 
     def estimated_seconds(self) -> float:
-        each = [f.estimated_seconds() for f in self.flows]
-        if self.caller_deadline is not None:
-            each = [
-                min(one, self.caller_deadline + sum(r.cleanup.seconds for r in f.resources))
-                for one, f in zip(each, self.flows, strict=True)
-            ]
+        each = [f.estimated_seconds(self.caller_deadline) for f in self.flows]
         return max(each) if self.concurrent else sum(each)
 
 
@@ -559,8 +556,7 @@ def main(argv: list[str]) -> None:
 
     async def call_async(fn: Any) -> None:
         note("flow call", fn.name)
-        deadline = plan.caller_deadline
-        with anyio.move_on_after(float("inf") if deadline is None else deadline) as caller:
+        with anyio.move_on_after(plan.caller_deadline) as caller:
             try:
                 await fn()
             except BaseException as exc:

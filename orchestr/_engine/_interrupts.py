@@ -423,15 +423,17 @@ def cancelled_error(
 
 
 # -- other threads (cleanup watchdogs only) ----------------------------------------------------
-def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> None:
-    """Raise ``exc_type()`` in another (non-main) thread at its next bytecode. Only for an
-    interrupt confined to a section that catches it (a cleanup's watchdog)."""
+def interrupt_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
+    """Raise ``exc_type()`` in a (non-main) thread at its next bytecode; whether that
+    thread exists. Only for an interrupt confined to a section that catches it (a
+    cleanup's watchdog)."""
     # Deferred: only interrupted threads need ctypes (it costs `import orchestr` time).
     import ctypes
 
-    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+    found = ctypes.pythonapi.PyThreadState_SetAsyncExc(
         ctypes.c_ulong(thread_id), ctypes.py_object(exc_type)
     )
+    return bool(found)
 
 
 class _Absorbed(BaseException):
@@ -450,13 +452,11 @@ def absorb_thread_interrupt() -> None:
     a debugger) would spin there for ever. This thread replaces what may be pending with
     an exception of its own and takes it at its next check, here, which clears the flag
     as Python means it to."""
-    import ctypes  # deferred, as above
-
-    thread_id = ctypes.c_ulong(threading.get_ident())
     try:
-        if ctypes.pythonapi.PyThreadState_SetAsyncExc(thread_id, ctypes.py_object(_Absorbed)):
-            # It fires at the next check: on return from that C call, else at the loop's
-            # first jump back (in a non-main thread no signal handler can raise first).
+        if interrupt_thread(threading.get_ident(), _Absorbed):
+            # It fires at the next check: on return from the C call that sent it, else at
+            # the loop's first jump back (in a non-main thread no signal handler can raise
+            # first).
             while True:
                 pass
     except _Absorbed:
