@@ -3,7 +3,8 @@
 Issue 11 asks that time per task at 100,000 tasks stay within 1.1x of that at 6,250
 (async tasks, sync tasks, ``.map()``) with the run history on, and that the other load
 shapes (1,000 concurrent flow runs, 10,000 resource blocks, a barrier over 50,000
-futures, a 10,000-task chain, subflows 200 deep) be linear, bounded in memory and fully
+futures, a 10,000-task chain, subflows 200 deep; and here a chain of 10,000 waits in
+tasks' code, the wait graph's worst case) be linear, bounded in memory and fully
 recorded, on the default runners and on ``ProcessPoolTaskRunner`` and a 2-worker Dask
 ``LocalCluster`` (smaller sizes). This script prints, for every shape and size:
 
@@ -215,6 +216,42 @@ def shape_chain(runner: Any) -> Any:
     return chain
 
 
+class Links:
+    """The chain's futures, where dependency resolution does not look (an attribute):
+    each task waits for the one before in its code, not as an argument."""
+
+    def __init__(self, n: int) -> None:
+        self.futures: list[Any] = []
+        self.held = anyio.Event()
+        self.waiting = 0
+        self.all_waiting = anyio.Event()
+        self.n = n
+
+
+@task
+async def link(links: Links, i: int) -> int:
+    if i == 0:
+        await links.held.wait()
+        return 0
+    links.waiting += 1
+    if links.waiting == links.n - 1:
+        links.all_waiting.set()  # this run's wait starts before the flow's code resumes
+    return await links.futures[i - 1] + 1
+
+
+def shape_waits(runner: Any) -> Any:
+    @flow
+    async def waits(n: int) -> int:
+        links = Links(n)
+        links.futures.extend(link.submit(links, i) for i in range(n))
+        if n > 1:
+            await links.all_waiting.wait()  # every run waits, the first one held
+        links.held.set()
+        return await links.futures[-1]
+
+    return waits
+
+
 def shape_subflows(runner: Any) -> Any:
     t = anoop if runner is None else snoop
 
@@ -241,6 +278,10 @@ SHAPES: dict[str, tuple[Callable[[Any], Any], str]] = {
     "barrier": (shape_barrier, "n tasks, then one task with wait_for= all n, then wait(all n)"),
     "chain": (shape_chain, "n tasks, each taking the previous one's future"),
     "subflows": (shape_subflows, "a flow calling itself n deep, one task per level"),
+    "waits": (
+        shape_waits,
+        "n tasks, each awaiting the one before in its code, all waiting before the first ends",
+    ),
 }
 SYNC_SHAPES = {"sync"}
 TASK_SHAPES = {"async", "sync", "map"}  # the task curve's
@@ -280,6 +321,27 @@ async def raw_chain(n: int) -> None:
         x = await _noop(x) + 1
 
 
+async def raw_waits(n: int) -> None:
+    done = [anyio.Event() for _ in range(n + 1)]
+    waiting = [0]
+    all_waiting = anyio.Event()
+
+    async def link(i: int) -> None:
+        if i:
+            waiting[0] += 1
+            if waiting[0] == n - 1:
+                all_waiting.set()
+        await done[i].wait()  # done[0]: the first link's hold
+        done[i + 1].set()
+
+    async with anyio.create_task_group() as tg:
+        for i in range(n):
+            tg.start_soon(link, i)
+        if n > 1:
+            await all_waiting.wait()
+        done[0].set()
+
+
 async def raw_subflows(n: int) -> None:
     async def level(depth: int) -> None:
         async with anyio.create_task_group() as tg:  # a flow run's own task group
@@ -297,6 +359,7 @@ BASELINES: dict[str, tuple[Callable[[int], Any], str]] = {
     "flows": (raw_flows, f"n task groups of {TASKS_PER_FLOW} coroutines in one"),
     "chain": (raw_chain, "n awaited coroutines one after another"),
     "subflows": (raw_subflows, "a coroutine awaiting itself n deep, a task group per level"),
+    "waits": (raw_waits, "n coroutines, each waiting for the one before's event"),
 }
 
 
@@ -729,6 +792,7 @@ def main() -> int:
             "barrier": [12_500, 50_000],
             "chain": [2_500, 10_000],
             "subflows": [50, 200],
+            "waits": [2_500, 10_000],
         }
         for shape, sizes in plan.items():
             if q:

@@ -159,7 +159,8 @@ class MappingError(UsageError, ValueError):
 
 
 class CyclicDependencyError(UsageError):
-    """Raised when a task run would wait for itself."""
+    """Raised when a task run would wait for itself: directly, or through a cycle of
+    unfinished runs each waiting for the next (the message names them in order)."""
 
 
 class ParameterValidationError(OrchestrError, ValueError):

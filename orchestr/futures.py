@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, SupportsIndex, TypeV
 import anyio
 
 from ._engine._context import abandoned_var, flow_run_var, hook_var, in_cleanup, task_run_var
+from ._engine._cycles import close_wait, open_wait, refuse_endless_race, waiting_run
 from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
@@ -58,6 +59,7 @@ from .states import State, _short_repr
 
 if TYPE_CHECKING:
     from ._engine._context import TaskRunContext
+    from ._engine._deps import Dependencies
     from ._engine._flowrun import FlowRun
 
 __all__ = ["AsCompleted", "DoneAndNotDone", "FutureList", "TaskFuture", "as_completed", "wait"]
@@ -160,6 +162,9 @@ class TaskFuture(Generic[R]):
         "_callbacks",
         "_canceller",
         "_cancel_reason",
+        "_upstreams",
+        "_waits",
+        "_waited",
     )
 
     def __init__(self, record: TaskRunRecord, run: FlowRun) -> None:
@@ -183,6 +188,12 @@ class TaskFuture(Generic[R]):
         # Who cancelled the run (fut.cancel(), a resource block left by an interrupt), for
         # its state's message.
         self._cancel_reason: str | None = None
+        # The run's edges in the wait graph (``_engine/_cycles.py``): the upstreams it
+        # was submitted with, until it is final, and what its code waits for right now;
+        # and whether any edge points at it.
+        self._upstreams: Dependencies | None = None
+        self._waits: list[TaskFuture[Any]] | None = None
+        self._waited = False  # some run has waited for this one (either way)
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -268,8 +279,11 @@ class TaskFuture(Generic[R]):
     async def _wait_state(self, timeout: float | None) -> State[R]:
         if self._final is None:
             _refuse_self_wait(self)
-            with anyio.move_on_after(math.inf if timeout is None else timeout):
+            if timeout is None:
                 await self._wait_async()
+            else:
+                with anyio.move_on_after(timeout):
+                    await self._until_final()
         return self._current_state()
 
     # -- waiting from sync code ---------------------------------------------------------
@@ -341,8 +355,41 @@ class TaskFuture(Generic[R]):
 
     # -- engine side --------------------------------------------------------------------
     async def _wait_async(self) -> None:
+        """Wait until final, as the code of the current run, if any: a wait that would
+        close a cycle of runs raises :class:`CyclicDependencyError` (see
+        ``_engine/_cycles.py``)."""
         if self._final is not None:
             return
+        waiter = waiting_run()
+        if waiter is not None:
+            open_wait(waiter, self)
+        try:
+            event, wake = self._wake_on_final()
+            try:
+                await event.wait()
+            finally:
+                if not event.is_set():
+                    self._discard_done_callback(wake)
+        finally:
+            if waiter is not None:
+                close_wait(waiter, self)
+
+    async def _until_final(self) -> None:
+        """Wait until final: a wait of the engine's, or one with a time limit, which
+        no cycle can make endless."""
+        if self._final is not None:
+            return
+        event, wake = self._wake_on_final()
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():
+                self._discard_done_callback(wake)
+
+    def _wake_on_final(self) -> tuple[anyio.Event, Callable[[TaskFuture[R]], None]]:
+        """An event (of this loop) set once the run is final, and the done callback
+        that sets it, for a waiter that gives up to take back. (The two waits above
+        share it rather than one awaiting the other: a coroutine less per wait.)"""
         event = anyio.Event()
         loop = self._run.loop
         call = loop.call if loop.on_loop_thread() else LoopHandle.current().call
@@ -351,11 +398,7 @@ class TaskFuture(Generic[R]):
             call(event.set)
 
         self.add_done_callback(wake)
-        try:
-            await event.wait()
-        finally:
-            if not event.is_set():
-                self._discard_done_callback(wake)
+        return event, wake
 
     def _refuse_loop_thread(self, call: str) -> None:
         # Only while the loop runs: once it has ended (anyio.run() returned), its thread
@@ -373,12 +416,19 @@ class TaskFuture(Generic[R]):
         a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         self._refuse_loop_thread("a blocking wait")
         run = self._run
-        with self._done_event() as event, lending_worker():
-            if cancellable:
-                with run.thread_waiter(event):
+        waiter = waiting_run() if timeout is None and self._final is None else None
+        if waiter is not None:
+            open_wait(waiter, self)
+        try:
+            with self._done_event() as event, lending_worker():
+                if cancellable:
+                    with run.thread_waiter(event):
+                        wait_event(event, timeout)
+                else:
                     wait_event(event, timeout)
-            else:
-                wait_event(event, timeout)
+        finally:
+            if waiter is not None:
+                close_wait(waiter, self)
         if self._final is None:
             if cancellable and run.cancel_requested and not in_cleanup():
                 # The interrupt meant for this thread (a signal's), else RunCancelled.
@@ -492,9 +542,13 @@ class FutureList(list[TaskFuture[R]]):
         for future in self:
             if future._final is None:
                 _refuse_self_wait(future)
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
+        if timeout is None:
             for future in self:
                 await future._wait_async()
+        else:
+            with anyio.move_on_after(timeout):
+                for future in self:
+                    await future._until_final()
         return [_state_seen(future) for future in self]
 
     def _wait_blocking_states(self, call: str, timeout: float | None) -> list[State[R]]:
@@ -634,9 +688,13 @@ def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> _D
 
 
 async def _wait_async(futures: list[TaskFuture[Any]], timeout: float | None) -> DoneAndNotDone:
-    with anyio.move_on_after(math.inf if timeout is None else timeout):
+    if timeout is None:
         for future in futures:
             await future._wait_async()
+    else:
+        with anyio.move_on_after(timeout):
+            for future in futures:
+                await future._until_final()
     return _done_and_not_done(futures)
 
 
@@ -667,7 +725,7 @@ class AsCompleted(Generic[R]):
                 _refuse_self_wait(future)
 
     def __aiter__(self) -> AsyncIterator[TaskFuture[R]]:
-        return self._async_iter()
+        return _Completions(self)
 
     def __iter__(self) -> Iterator[TaskFuture[R]]:
         if in_async_code():
@@ -685,31 +743,6 @@ class AsCompleted(Generic[R]):
             f"{left} of {len(self._pending)} task runs did not finish within {self._timeout} s"
         )
 
-    async def _async_iter(self) -> AsyncIterator[TaskFuture[R]]:
-        pending = self._pending
-        finished: deque[TaskFuture[R]] = deque()
-        wakeup = [anyio.Event()]
-        loop = LoopHandle.current()
-
-        def on_done(future: TaskFuture[R]) -> None:
-            finished.append(future)
-            loop.call(lambda: wakeup[0].set())
-
-        for future in pending:
-            future.add_done_callback(on_done)
-        timeout = self._timeout
-        deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
-        for _ in range(len(pending)):
-            while not finished:
-                wakeup[0] = anyio.Event()
-                if finished:
-                    break
-                with anyio.move_on_after(deadline - anyio.current_time()):
-                    await wakeup[0].wait()
-                if not finished and anyio.current_time() >= deadline:
-                    raise self._timed_out()
-            yield finished.popleft()
-
     def _blocking_iter(self) -> Iterator[TaskFuture[R]]:
         _stop_if_caller_cancelled()
         pending = self._pending
@@ -725,16 +758,84 @@ class AsCompleted(Generic[R]):
         timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         run = flow_run_var.get()
+        waiter = waiting_run() if timeout is None else None
         for _ in range(len(pending)):
             while not finished:
                 wakeup.clear()
                 if finished:
                     break
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                _block(wakeup, left, run)
+                with _racing(waiter, pending):
+                    _block(wakeup, left, run)
                 if not finished and deadline is not None and time.monotonic() >= deadline:
                     raise self._timed_out()
             yield finished.popleft()
+
+
+class _Completions(Generic[R]):
+    """``async for`` over :class:`AsCompleted`. An iterator object, not an async
+    generator: a loop left early (``break``, ``return``) leaves no generator for the
+    collector to finalize, which trio warns about."""
+
+    __slots__ = ("_deadline", "_finished", "_left", "_of", "_waiter", "_wakeup")
+
+    def __init__(self, of: AsCompleted[R]) -> None:
+        self._of = of
+        self._left = len(of._pending)
+        self._finished: deque[TaskFuture[R]] = deque()
+        self._wakeup = anyio.Event()
+        finished, loop = self._finished, LoopHandle.current()
+
+        def on_done(future: TaskFuture[R]) -> None:
+            finished.append(future)
+            loop.call(lambda: self._wakeup.set())  # the event of the wait under way
+
+        for future in of._pending:
+            future.add_done_callback(on_done)
+        timeout = of._timeout
+        self._deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+        self._waiter = waiting_run() if timeout is None else None
+
+    def __aiter__(self) -> _Completions[R]:
+        return self
+
+    async def __anext__(self) -> TaskFuture[R]:
+        if not self._left:
+            raise StopAsyncIteration
+        finished, deadline = self._finished, self._deadline
+        while not finished:
+            self._wakeup = anyio.Event()
+            if finished:
+                break
+            with (
+                _racing(self._waiter, self._of._pending),
+                anyio.move_on_after(deadline - anyio.current_time()),
+            ):
+                await self._wakeup.wait()
+            if not finished and anyio.current_time() >= deadline:
+                raise self._of._timed_out()
+        self._left -= 1
+        return finished.popleft()
+
+
+@contextmanager
+def _racing(waiter: TaskFuture[Any] | None, futures: list[TaskFuture[Any]]) -> Iterator[None]:
+    """``waiter``'s code (None: a flow's, or a wait with a timeout) waits for whichever
+    of ``futures`` finishes first: refused if that could never happen (see
+    ``_engine/_cycles.py``)."""
+    if waiter is None:
+        yield
+        return
+    unfinished = [future for future in futures if future._final is None]
+    refuse_endless_race(waiter, unfinished)
+    if len(unfinished) != 1:
+        yield
+        return
+    open_wait(waiter, unfinished[0])
+    try:
+        yield
+    finally:
+        close_wait(waiter, unfinished[0])
 
 
 def _stop_if_caller_cancelled(starting: bool = False) -> None:

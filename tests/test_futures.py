@@ -3,11 +3,13 @@ callbacks, the wait()/as_completed() helpers and FutureList."""
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
 import threading
 import time
+import warnings
 from typing import Any
 
 import anyio
@@ -836,6 +838,42 @@ def test_as_completed_yields_each_future_once(run: Any) -> None:
 
     yielded, fut = run(main)
     assert yielded == [fut]
+
+
+@pytest.mark.parametrize("leave", ["break", "return", "raise"])
+def test_leaving_an_as_completed_loop_early_leaves_nothing_behind(run: Any, leave: str) -> None:
+    """``async for`` over as_completed() left at the first future (break, return, an
+    error) warns of nothing, on trio too (an async generator collected unexhausted
+    would), and the runs not waited for still finish."""
+    gate = anyio.Event()
+
+    @flow
+    async def main() -> tuple[Any, Any]:
+        quick = async_value.submit("quick")
+        slow = wait_event.submit(gate, "slow")
+
+        async def first() -> Any:
+            async for fut in orchestr.as_completed([slow, quick]):
+                if leave == "return":
+                    return await fut
+                if leave == "raise":
+                    raise LookupError(await fut)
+                break
+            return await fut
+
+        with anyio.fail_after(WAIT):
+            try:
+                got = await first()
+            except LookupError as exc:
+                got = exc.args[0]
+            gc.collect()  # an abandoned async generator would be finalized (and warn) here
+            await anyio.lowlevel.checkpoint()
+            gate.set()
+            return got, await slow
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert run(main) == ("quick", "slow")
 
 
 # -- FutureList -------------------------------------------------------------------------------

@@ -303,7 +303,7 @@ class Dispatcher:
                 cleanup.shield(scope, run.loop)
                 try:
                     await run.execute_job(run, job)
-                    await job.future._wait_async()  # a sync run goes on in a worker thread
+                    await job.future._until_final()  # a sync run goes on in a worker thread
                 finally:
                     cleanup.unshield(scope)
         finally:

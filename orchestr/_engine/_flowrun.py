@@ -298,6 +298,7 @@ class FlowRun:
                 else:
                     future._final = state
                 future._finishing = None
+                future._upstreams = None  # no longer an edge of the wait graph
                 callbacks, future._callbacks = future._callbacks, None
             self.active.discard(future)
         if callbacks:

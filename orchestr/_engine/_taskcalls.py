@@ -311,6 +311,10 @@ def _submit(
         _refuse_cycle(task, upstreams)
     record = run.new_task_record(task.name, tags)
     future: TaskFuture[Any] = TaskFuture(record, run)
+    if upstreams:
+        future._upstreams = upstreams
+        for upstream, _ in upstreams:
+            upstream._waited = True
     try:
         run.active.add(future)
         scope = scope_var.get()
@@ -628,7 +632,7 @@ async def _start(run: FlowRun, job: Job) -> None:
     args, kwargs = job.args, job.kwargs
     if upstreams.needs_resolving:
         for upstream, _ in upstreams:
-            await upstream._wait_async()
+            await upstream._until_final()  # an edge of the wait graph already (_upstreams)
         blocked = not_completed_upstream(record, upstreams)
         if blocked is not None:
             run.finish(future, not_run_state(record, blocked))

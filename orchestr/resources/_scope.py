@@ -69,7 +69,7 @@ class FutureScope:
 
     async def _wait_all(self) -> None:
         for future in self.futures:
-            await future._wait_async()
+            await future._until_final()  # bounded by the grace period: not a cycle's edge
 
     def settle_blocking(self, interrupted: str | None) -> None:
         """Wait (blocking this thread) until every registered future is final; as
