@@ -5,21 +5,32 @@ hanging (and the flow with them). Waits that can end anyway (a timeout, the firs
 several) and the engine's own waits are not refused.
 
 The futures travel in a Box: a future in a container the engine does not search (or in
-a global) is how such a cycle comes about in real code. Every test bounds its run, so a
-hang fails it instead of the suite."""
+a global) is how such a cycle comes about in real code. Every flow has a timeout, so a
+hang fails its test instead of the suite (a deadline in the flow's code would not do:
+the flow's exit waits for its runs, which would wait for each other)."""
 
 from __future__ import annotations
 
+import dataclasses
+import os
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import anyio
 import pytest
+from hypothesis import HealthCheck, Phase, given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 import orchestr
 from orchestr import FutureList, State, allow_failure, flow, resource_manager, task
-from orchestr.exceptions import CyclicDependencyError, FutureTimeoutError
+from orchestr.exceptions import (
+    CyclicDependencyError,
+    FutureTimeoutError,
+    UpstreamNotCompletedError,
+)
 
 WAIT = 10  # seconds: the bound on a run that must end (it ends in milliseconds)
 
@@ -133,7 +144,7 @@ def test_an_async_run_waiting_for_a_run_that_waits_for_it_is_refused(
     and the other run ends as its upstream's failure says (NotRun, or runs with
     allow_failure)."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         waiter = async_waiter.submit(box, way)  # starts once this code yields
@@ -156,7 +167,7 @@ def test_a_sync_run_waiting_for_a_run_that_waits_for_it_is_refused(
 ) -> None:
     """The same for a sync task's blocking waits, in its worker thread."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         waiter = sync_waiter.submit(box, way)
@@ -172,7 +183,7 @@ def test_a_sync_run_waiting_for_a_run_that_waits_for_it_is_refused(
 def test_a_sync_flow_s_runs_closing_a_cycle_are_refused() -> None:
     """A sync flow (its own loop, sync tasks in threads), called as users call it."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     def main() -> Kept:
         box = Box()
         waiter = sync_waiter.submit(box, "fut.result()")
@@ -200,7 +211,7 @@ def test_two_async_runs_awaiting_each_other_in_code(run: Any) -> None:
     """Both waits are in code: the second to wait closes the cycle and gets the error;
     the first then gets the second's failure (its own wait ended)."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         box.others["go"] = anyio.Event()
@@ -229,7 +240,7 @@ def test_two_sync_runs_waiting_for_each_other_at_once(run: Any, attempt: int) ->
     """Two threads close one cycle at the same moment: each records its wait before it
     looks, so at least one sees the cycle; neither hangs."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         barrier = threading.Barrier(2)
@@ -253,7 +264,7 @@ def test_a_cycle_of_three_runs_is_named_in_order(run: Any) -> None:
     """a waits (code) for b, b for c (wait_for), c for a (argument): the message walks
     the cycle from the wait that closes it."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         a = awaits_in_box.submit(box, "b")
@@ -285,7 +296,7 @@ def test_a_long_cycle_is_found_and_its_message_stays_short(run: Any) -> None:
     hops."""
     size = 200
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         chain = [link_in_chain.submit(box, i) for i in range(size - 1)]
@@ -327,7 +338,7 @@ def test_a_wait_in_an_inline_call_or_subflow_is_its_caller_s(run: Any, how: str)
     """Code called inline (a task, a subflow) holds up the submitted run that called it:
     its wait closes the cycle of that run."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         caller = calls_nested.submit(box, how)
@@ -365,7 +376,7 @@ def test_a_resource_block_waiting_for_a_run_that_waits_for_its_run(run: Any) -> 
     for the task: whichever wait closes the cycle is refused, nothing hangs, and the
     cleanup runs."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         box.others["self"] = Box()
@@ -423,7 +434,7 @@ def test_a_wait_with_a_timeout_closes_no_cycle(run: Any, way: str) -> None:
     """A wait with a timeout ends anyway: it is neither refused nor an edge. The waiter
     times out, finishes, and the run waiting for it then runs."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         waiter = sync_timed_waiter.submit(box) if way == "sync" else timed_waiter.submit(box, way)
@@ -448,7 +459,7 @@ def test_as_completed_is_refused_only_when_every_run_waits_back(run: Any) -> Non
     """as_completed() takes whichever finishes first: with one run that does not wait
     back it goes on; with all of them waiting back it is refused."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         waiter = waits_for_first.submit(box)
@@ -491,7 +502,7 @@ def test_the_engine_s_wait_for_a_submitted_run_s_upstreams_is_not_the_submitter_
     """A run submitted in a task waits for its upstreams in the engine, not in the
     submitter's code: an upstream awaiting the submitter meanwhile closes no cycle."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         box.others["go"] = anyio.Event()
@@ -515,7 +526,7 @@ def test_returning_the_state_of_a_run_that_waits_for_it_is_refused(run: Any) -> 
     for it: if that run waits for this one, the wait is refused (the run fails, and
     does not hang)."""
 
-    @flow
+    @flow(timeout_seconds=WAIT)
     async def main() -> Kept:
         box = Box()
         waiter = returns_state_of.submit(box)
@@ -527,3 +538,155 @@ def test_returning_the_state_of_a_run_that_waits_for_it_is_refused(run: Any) -> 
     assert not mine.is_completed(), mine
     assert isinstance(mine.exception, CyclicDependencyError), repr(mine.exception)
     assert other.is_not_run()
+
+
+# -- random wait graphs -----------------------------------------------------------------------
+GRAPH_EXAMPLES = int(os.environ.get("ORCHESTR_WAIT_GRAPH_EXAMPLES", "60"))
+GRAPHS = hypothesis_settings(
+    max_examples=GRAPH_EXAMPLES,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+    # No shrinking: a graph has at most 6 runs (readable as drawn), and an engine that
+    # hangs on one would make every shrink step wait out GRAPH_WAIT.
+    phases=[Phase.explicit, Phase.generate],
+)
+GRAPH_WAIT = 3  # seconds: a graph's runs end in milliseconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Node:
+    """One task run of a drawn graph: its kind, the earlier runs it is submitted to wait
+    for (``upstreams``, passed as ``link``), the runs its code then waits for in turn
+    (``waits``, in the form ``form``)."""
+
+    kind: str
+    upstreams: tuple[int, ...]
+    link: str
+    waits: tuple[int, ...]
+    form: str
+
+
+@st.composite
+def wait_graphs(draw: st.DrawFn) -> list[Node]:
+    size = draw(st.integers(2, 6))
+    nodes = []
+    for index in range(size):
+        kind = draw(st.sampled_from(["async", "sync"]))
+        upstreams = (
+            draw(st.lists(st.integers(0, index - 1), max_size=2, unique=True)) if index else []
+        )
+        others = [other for other in range(size) if other != index]
+        waits = draw(st.lists(st.sampled_from(others), max_size=2, unique=True))
+        forms = GRAPH_ASYNC_FORMS if kind == "async" else GRAPH_SYNC_FORMS
+        nodes.append(
+            Node(
+                kind,
+                tuple(upstreams),
+                draw(st.sampled_from(["argument", "wait_for"])),
+                tuple(waits),
+                draw(st.sampled_from(sorted(forms))),
+            )
+        )
+    return nodes
+
+
+GRAPH_ASYNC_FORMS: dict[str, Callable[[Any], Any]] = {
+    "await": lambda fut: fut,
+    "wait()": lambda fut: fut.wait(),
+    "orchestr.wait": lambda fut: orchestr.wait([fut]),
+    "as_completed": _as_completed,
+}
+GRAPH_SYNC_FORMS: dict[str, Callable[[Any], Any]] = {
+    "result()": lambda fut: fut.result(),
+    "wait()": lambda fut: fut.wait(),
+    "FutureList": lambda fut: FutureList([fut]).result(),
+}
+
+
+@task
+async def async_node(box: Box, index: int, *upstream_results: Any) -> int:
+    node = box.others["nodes"][index]
+    for other in node.waits:
+        await GRAPH_ASYNC_FORMS[node.form](box.others["futures"][other])
+    return index
+
+
+@task
+def sync_node(box: Box, index: int, *upstream_results: Any) -> int:
+    assert box.ready.wait(WAIT)
+    node = box.others["nodes"][index]
+    for other in node.waits:
+        GRAPH_SYNC_FORMS[node.form](box.others["futures"][other])
+    return index
+
+
+def _has_cycle(nodes: list[Node]) -> bool:
+    edges = {i: set(node.upstreams) | set(node.waits) for i, node in enumerate(nodes)}
+    state = dict.fromkeys(edges, 0)  # 0 new, 1 on the path, 2 done
+
+    def visit(i: int) -> bool:
+        state[i] = 1
+        for j in edges[i]:
+            if state[j] == 1 or (state[j] == 0 and visit(j)):
+                return True
+        state[i] = 2
+        return False
+
+    return any(state[i] == 0 and visit(i) for i in edges)
+
+
+HOP = re.compile(
+    r"'([^']+)' waits for '([^']+)' \((in its code|as an argument or in its wait_for)\)"
+)
+
+
+@GRAPHS
+@given(nodes=wait_graphs())
+def test_random_wait_graphs_end_and_only_cycles_are_refused(run: Any, nodes: list[Node]) -> None:
+    """Runs waiting for each other at submit time and in their code, in any shape: every
+    run ends. A graph with no cycle completes every run; a graph with a cycle refuses at
+    least one wait, and every refusal names edges the graph has."""
+
+    @flow(timeout_seconds=GRAPH_WAIT)
+    async def main() -> Kept:
+        box = Box()
+        box.others["nodes"] = nodes
+        futures: list[Any] = []
+        for index, node in enumerate(nodes):
+            body = async_node if node.kind == "async" else sync_node
+            ups = [futures[i] for i in node.upstreams]
+            if node.link == "argument":
+                futures.append(body.submit(box, index, *ups))
+            else:
+                futures.append(body.submit(box, index, wait_for=ups))
+        box.others["futures"] = futures
+        box.ready.set()
+        with anyio.fail_after(GRAPH_WAIT):
+            states = [await future.wait() for future in futures]
+        return Kept(states, [future.name for future in futures])
+
+    states, names = run(main).items
+    index_of = {name: i for i, name in enumerate(names)}
+    if not _has_cycle(nodes):
+        assert all(state.is_completed() for state in states), (nodes, states)
+        return
+    errors = {id(leaf): leaf for s in states for leaf in _leaves(s.exception)}
+    refusals = [e for e in errors.values() if isinstance(e, CyclicDependencyError)]
+    assert refusals, (nodes, states)
+    for refusal in refusals:
+        for waiter, waited, how in HOP.findall(str(refusal)):
+            node = nodes[index_of[waiter]]
+            edges = node.waits if how == "in its code" else node.upstreams
+            assert index_of[waited] in edges, (str(refusal), nodes)
+    for state in states:  # nothing else failed: a refusal, or a run it held up
+        if not (state.is_completed() or state.is_not_run()):
+            for leaf in _leaves(state.exception):  # a refusal, or a NotRun's error awaited
+                assert leaf in refusals or isinstance(leaf, UpstreamNotCompletedError), state
+
+
+def _leaves(error: BaseException | None) -> list[BaseException | None]:
+    """The errors in an error (FutureList.result() raises the runs' in a group)."""
+    if isinstance(error, BaseExceptionGroup):
+        return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
+    return [error]
