@@ -23,14 +23,16 @@ handles it) like any error of its code. The edge is added before the graph is wa
 of two threads closing one cycle at once, at least one sees the other's edge (and
 ``_waited`` flag).
 
-Not edges: a wait with a timeout, ``as_completed()`` (it takes whichever finishes),
-and the engine's own waits (a dispatched run's upstreams are ``_upstreams`` already).
+Not edges: a wait with a timeout, ``as_completed()`` while more than one of its runs is
+left (it takes whichever finishes first; see :func:`refuse_endless_race`), and the
+engine's own waits (a dispatched run's upstreams are ``_upstreams`` already).
 A wait under a deadline of the caller's own (``anyio.fail_after``) is an edge: orchestr
 cannot see that deadline, and the cycle is a bug in any case.
 """
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING, Any
 
 from ..exceptions import CyclicDependencyError
@@ -78,7 +80,10 @@ def open_wait(waiter: TaskFuture[Any], target: TaskFuture[Any]) -> None:
 def close_wait(waiter: TaskFuture[Any], target: TaskFuture[Any]) -> None:
     waits = waiter._waits
     if waits is not None:
-        waits.remove(target)
+        # Missing only if two threads of one run made its first list at once (threads
+        # of the body's own): one record was lost, which can only miss a cycle.
+        with contextlib.suppress(ValueError):
+            waits.remove(target)
 
 
 def refuse_endless_race(waiter: TaskFuture[Any], targets: list[TaskFuture[Any]]) -> None:
