@@ -42,7 +42,13 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, SupportsIndex, TypeV
 import anyio
 
 from ._engine._context import abandoned_var, flow_run_var, hook_var, in_cleanup, task_run_var
-from ._engine._cycles import close_wait, open_wait, refuse_endless_race, waiting_run
+from ._engine._cycles import (
+    close_wait,
+    open_wait,
+    refuse_endless_race,
+    submission_order,
+    waiting_run,
+)
 from ._engine._interrupts import cancelled_error, wait_event
 from ._engine._loop import LoopHandle, in_async_code
 from .exceptions import (
@@ -165,6 +171,7 @@ class TaskFuture(Generic[R]):
         "_upstreams",
         "_waits",
         "_waited",
+        "_order",
     )
 
     def __init__(self, record: TaskRunRecord, run: FlowRun) -> None:
@@ -192,8 +199,9 @@ class TaskFuture(Generic[R]):
         # was submitted with, until it is final, and what its code waits for right now;
         # and whether any edge points at it.
         self._upstreams: Dependencies | None = None
-        self._waits: list[TaskFuture[Any]] | None = None
+        self._waits: dict[TaskFuture[Any], list[list[str] | None]] | None = None
         self._waited = False  # some run has waited for this one (either way)
+        self._order = next(submission_order)
 
     # -- reading ------------------------------------------------------------------------
     @property
@@ -354,15 +362,16 @@ class TaskFuture(Generic[R]):
                 self._callbacks.remove(fn)
 
     # -- engine side --------------------------------------------------------------------
-    async def _wait_async(self) -> None:
+    async def _wait_async(self, refusable: bool = True) -> None:
         """Wait until final, as the code of the current run, if any: a wait that would
         close a cycle of runs raises :class:`CyclicDependencyError` (see
-        ``_engine/_cycles.py``)."""
+        ``_engine/_cycles.py``), unless not ``refusable`` (the engine's wait for that
+        code: a subflow's exit)."""
         if self._final is not None:
             return
         waiter = waiting_run()
         if waiter is not None:
-            open_wait(waiter, self)
+            open_wait(waiter, self, refusable)
         try:
             event, wake = self._wake_on_final()
             try:
@@ -759,13 +768,13 @@ class AsCompleted(Generic[R]):
         deadline = None if timeout is None else time.monotonic() + timeout
         run = flow_run_var.get()
         waiter = waiting_run() if timeout is None else None
-        for _ in range(len(pending)):
+        for yielded in range(len(pending)):
             while not finished:
                 wakeup.clear()
                 if finished:
                     break
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                with _racing(waiter, pending):
+                with _racing(waiter, pending, len(pending) - yielded):
                     _block(wakeup, left, run)
                 if not finished and deadline is not None and time.monotonic() >= deadline:
                     raise self._timed_out()
@@ -808,7 +817,7 @@ class _Completions(Generic[R]):
             if finished:
                 break
             with (
-                _racing(self._waiter, self._of._pending),
+                _racing(self._waiter, self._of._pending, self._left),
                 anyio.move_on_after(deadline - anyio.current_time()),
             ):
                 await self._wakeup.wait()
@@ -819,23 +828,29 @@ class _Completions(Generic[R]):
 
 
 @contextmanager
-def _racing(waiter: TaskFuture[Any] | None, futures: list[TaskFuture[Any]]) -> Iterator[None]:
+def _racing(
+    waiter: TaskFuture[Any] | None, futures: list[TaskFuture[Any]], left: int
+) -> Iterator[None]:
     """``waiter``'s code (None: a flow's, or a wait with a timeout) waits for whichever
-    of ``futures`` finishes first: refused if that could never happen (see
-    ``_engine/_cycles.py``)."""
+    of ``futures`` finishes first, ``left`` of them not taken yet: refused if that
+    could never happen (see ``_engine/_cycles.py``)."""
     if waiter is None:
         yield
         return
-    unfinished = [future for future in futures if future._final is None]
-    refuse_endless_race(waiter, unfinished)
-    if len(unfinished) != 1:
-        yield
+    if left == 1:  # the one left: an ordinary wait
+        last = next((future for future in futures if future._final is None), None)
+        if last is None:
+            yield
+            return
+        open_wait(waiter, last)
+        try:
+            yield
+        finally:
+            close_wait(waiter, last)
         return
-    open_wait(waiter, unfinished[0])
-    try:
-        yield
-    finally:
-        close_wait(waiter, unfinished[0])
+    if waiter._waited:  # (else nothing waits for it: no cycle, and no list made)
+        refuse_endless_race(waiter, [future for future in futures if future._final is None])
+    yield
 
 
 def _stop_if_caller_cancelled(starting: bool = False) -> None:

@@ -591,16 +591,36 @@ def wait_graphs(draw: st.DrawFn) -> list[Node]:
     return nodes
 
 
+@flow
+async def subflow_given(value: Any) -> Any:
+    return value  # given a future: the subflow's call waits for it
+
+
+@flow
+async def subflow_awaiting(held: Box) -> Any:
+    return await held.future
+
+
+async def _in_subflow_body(fut: Any) -> Any:
+    held = Box()
+    held.future = fut
+    return await subflow_awaiting(held)
+
+
 GRAPH_ASYNC_FORMS: dict[str, Callable[[Any], Any]] = {
     "await": lambda fut: fut,
     "wait()": lambda fut: fut.wait(),
     "orchestr.wait": lambda fut: orchestr.wait([fut]),
     "as_completed": _as_completed,
+    "inline task": _async_inline,
+    "subflow argument": lambda fut: subflow_given(fut),
+    "subflow body": _in_subflow_body,
 }
 GRAPH_SYNC_FORMS: dict[str, Callable[[Any], Any]] = {
     "result()": lambda fut: fut.result(),
     "wait()": lambda fut: fut.wait(),
     "FutureList": lambda fut: FutureList([fut]).result(),
+    "inline task": lambda fut: sync_echo(fut),
 }
 
 
@@ -690,3 +710,92 @@ def _leaves(error: BaseException | None) -> list[BaseException | None]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in _leaves(inner)]
     return [error]
+
+
+# -- waits that no longer hold their run up ---------------------------------------------------
+@task(timeout_seconds=0.3, retries=1, retry_delay_seconds=0)
+def retried_after_a_stuck_wait(box: Box) -> str:
+    box.log.append("attempt")
+    if len(box.log) == 1:
+        assert box.ready.wait(WAIT)
+        return box.others["x"].result()  # stuck: abandoned at the timeout, waits on
+    box.others["second attempt"].set()
+    assert box.others["q waits"].wait(WAIT)  # the second attempt, until Q waits for it
+    return "second attempt"
+
+
+@task
+async def awaits_key(box: Box, key: str) -> Any:
+    return await box.others[key]
+
+
+@task
+async def awaits_the_second_attempt(box: Box) -> Any:
+    assert await anyio.to_thread.run_sync(box.others["second attempt"].wait, WAIT)
+    box.others["q waits"].set()  # (this run's wait starts before the attempt's thread runs)
+    return await box.others["r"]
+
+
+def test_an_abandoned_attempt_s_wait_closes_no_cycle(run: Any) -> None:
+    """A sync attempt abandoned at its timeout still waits in its thread, but its run
+    does not (it is retried): that wait is no edge. X waits for Q, the abandoned attempt
+    of R for X, and Q for R, whose second attempt completes: no cycle, nothing refused."""
+
+    @flow(timeout_seconds=WAIT)
+    async def main() -> Kept:
+        box = Box()
+        box.others["q waits"] = threading.Event()
+        box.others["second attempt"] = threading.Event()
+        box.others["r"] = r = retried_after_a_stuck_wait.submit(box)
+        box.others["x"] = x = awaits_key.submit(box, "q")
+        box.others["q"] = q = awaits_the_second_attempt.submit(box)
+        box.ready.set()
+        return Kept(await r.wait(), await q.wait(), await x.wait())
+
+    states = run(main).items
+    assert [state.name for state in states] == ["Completed"] * 3, states
+
+
+@task
+async def says_then_awaits(box: Box, key: str) -> Any:
+    box.others["run waits"].set()  # (its wait starts before this code yields)
+    return await box.others[key]
+
+
+@flow(timeout_seconds=1)
+async def subflow_submitting(box: Box, first: str) -> None:
+    if first == "exit":
+        box.future = awaits_in_box.submit(box, "task")  # waits for the task running this
+    else:
+        box.future = says_then_awaits.submit(box, "task")
+        await box.others["run waits"].wait()
+
+
+@task
+async def runs_subflow(box: Box, first: str) -> Kept:
+    return Kept(await subflow_submitting(box, first, return_state=True))
+
+
+@pytest.mark.parametrize("first", ["exit", "run"])
+def test_a_cycle_through_a_subflow_s_exit_ends_cleanly(run: Any, first: str) -> None:
+    """A subflow's exit waits for its runs on behalf of the task that called it; one of
+    them waits for that task. The exit is never refused (a flow run's end must not fail
+    in the engine): the cycle is refused in the run's wait if the exit waited first, and
+    ends at the subflow's timeout if the run did. Never Crashed, no run left running."""
+
+    @flow(timeout_seconds=WAIT)
+    async def main() -> Kept:
+        box = Box()
+        box.others["run waits"] = anyio.Event()
+        box.others["task"] = caller = runs_subflow.submit(box, first)
+        (sub,) = (await caller).items
+        inner = await box.future.wait()
+        return Kept(sub, inner)
+
+    sub, inner = run(main).items
+    if first == "exit":  # the run's wait closes the cycle: refused
+        assert sub.name == "Failed", sub
+        _cycle_error(inner)
+    else:  # the exit's wait closes it: not refused; the subflow's timeout ends it
+        assert sub.name == "TimedOut", sub
+        assert inner.is_cancelled(), inner

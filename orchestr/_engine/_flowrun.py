@@ -605,7 +605,11 @@ class FlowRun:
         submitted while waiting."""
         active = self.active
         while active:
-            await next(iter(active))._wait_async()
+            # A subflow's, in a task: a wait of that task's, recorded for the other runs
+            # to see (one waiting for the task closes a cycle), never refused here (a
+            # flow run's own end must not fail in the engine; before this wait, its
+            # runs are the ones a refusal reaches).
+            await next(iter(active))._wait_async(refusable=False)
 
     async def cancel_outstanding(self, grace: float) -> None:
         """Give every unfinished task run a final state. Call shielded, after the task
