@@ -170,7 +170,8 @@ class TaskFuture(Generic[R]):
         "_cancel_reason",
         "_upstreams",
         "_waits",
-        "_waited",
+        "_downstreams",
+        "_waiters",
         "_order",
     )
 
@@ -197,10 +198,11 @@ class TaskFuture(Generic[R]):
         self._cancel_reason: str | None = None
         # The run's edges in the wait graph (``_engine/_cycles.py``): the upstreams it
         # was submitted with, until it is final, and what its code waits for right now;
-        # and whether any edge points at it.
+        # and, until it is final, the runs submitted to wait for it and whose code did.
         self._upstreams: Dependencies | None = None
         self._waits: dict[TaskFuture[Any], list[list[str] | None]] | None = None
-        self._waited = False  # some run has waited for this one (either way)
+        self._downstreams: list[TaskFuture[Any]] | None = None  # (the edges' other ends)
+        self._waiters: dict[TaskFuture[Any], None] | None = None
         self._order = next(submission_order)
 
     # -- reading ------------------------------------------------------------------------
@@ -848,7 +850,7 @@ def _racing(
         finally:
             close_wait(waiter, last)
         return
-    if waiter._waited:  # (else nothing waits for it: no cycle, and no list made)
+    if waiter._downstreams or waiter._waiters:  # (else nothing waits for it: no cycle)
         refuse_endless_race(waiter, [future for future in futures if future._final is None])
     yield
 

@@ -11,11 +11,13 @@ Two kinds of edge, both kept on the waiting run's future:
   resource block or a subflow waiting for its runs). An inline call's or a subflow's
   wait is its submitted caller's: that is the run it holds up.
 
-The graph is walked only from a waiter that some run waits for (``_waited``, set by
-either kind of edge and never cleared), and only if some wait of code under way points
-at a run submitted after its waiter (a cycle needs one: upstreams point back in
-submission order). Runs awaiting runs submitted before them (chains, fan-ins) are
-never walked: a walk from each new wait would cost the whole chain below it.
+Each run also keeps who waits for it (``_downstreams``: runs submitted with it as an
+upstream; ``_waiters``: runs whose code waited for it), until it is final, so that the
+graph is searched from both ends: a wait in a long chain (a pipeline, with a reduce
+waiting for every link) costs about what waits for the waiter, not the chain below. It
+is searched only if something waits for the waiter at all, and only if some wait of
+code under way points at a run submitted after its waiter (a cycle needs one: upstreams
+point back in submission order).
 
 A wait made by a sync attempt that was abandoned at its timeout is no edge once it is
 abandoned: its thread still waits, but its run does not (it is retried, or ended).
@@ -24,22 +26,21 @@ A cycle's last edge is always a wait of some run's code (upstreams only point at
 submitted before), so checking there finds every cycle: the run that would close it
 gets :class:`~orchestr.exceptions.CyclicDependencyError` at that wait, and fails (or
 handles it) like any error of its code. The edge is added before the graph is walked:
-of two threads closing one cycle at once, at least one sees the other's edge (and
-``_waited`` flag).
+of two threads closing one cycle at once, at least one sees the other's edge.
 
 Not edges: a wait with a timeout, ``as_completed()`` while more than one of its runs is
 left (it takes whichever finishes first; see :func:`refuse_endless_race`), and the
 engine's own waits (a dispatched run's upstreams are ``_upstreams`` already). A
 subflow's exit, waiting for its runs on behalf of the task that called it, is an edge
 but is never refused itself (``refuse=False``): a flow run's end must not fail in the
-engine, so a cycle it closes waits for the subflow's timeout.
+engine, so a cycle it closes waits for the subflow's timeout. (It waits for one run at a
+time: only that one is its edge.)
 A wait under a deadline of the caller's own (``anyio.fail_after``) is an edge: orchestr
 cannot see that deadline, and the cycle is a bug in any case.
 """
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import threading
 from typing import TYPE_CHECKING, Any
@@ -99,15 +100,19 @@ def open_wait(waiter: TaskFuture[Any], target: TaskFuture[Any], refuse: bool = T
     forward = target._order > waiter._order
     if forward:
         _count_forward(1)
-    target._waited = True
-    waits = waiter._waits
-    if waits is None:
-        waits = waiter._waits = {}
     # What tells whether the attempt making the wait was abandoned at its timeout: its
     # thread waits on, but the run does not (it is retried, or ended).
     attempt = abandoned_var.get()
-    waits.setdefault(target, []).append(attempt)
-    if not refuse or not waiter._waited or not (forward or _forward):
+    with waiter._lock:  # (threads of one run: an abandoned attempt and its retry)
+        waits = waiter._waits
+        if waits is None:
+            waits = waiter._waits = {}
+        waits.setdefault(target, []).append(attempt)
+    waiters = target._waiters
+    if waiters is None:
+        waiters = target._waiters = {}
+    waiters[waiter] = None  # (kept until the target is final; _waits says if live)
+    if not refuse or not (waiter._downstreams or waiter._waiters) or not (forward or _forward):
         return  # nobody waits for the waiter, or no wait could lead back: no cycle
     hops = _path_back(target, waiter)
     if hops is not None:
@@ -119,19 +124,17 @@ def close_wait(waiter: TaskFuture[Any], target: TaskFuture[Any]) -> None:
     """The wait :func:`open_wait` recorded (in this context) has ended."""
     if target._order > waiter._order:
         _count_forward(-1)
-    waits = waiter._waits
-    attempts = None if waits is None else waits.get(target)
-    if waits is None or attempts is None:
-        # Only if two threads of one run made its first record at once (threads of the
-        # body's own): one record was lost, which can only miss a cycle.
-        return
     attempt = abandoned_var.get()
-    for index, recorded in enumerate(attempts):
-        if recorded is attempt:
-            del attempts[index]
-            break
-    if not attempts:
-        with contextlib.suppress(KeyError):
+    with waiter._lock:
+        waits = waiter._waits
+        attempts = None if waits is None else waits.get(target)
+        if waits is None or attempts is None:
+            return
+        for index, recorded in enumerate(attempts):
+            if recorded is attempt:
+                del attempts[index]
+                break
+        if not attempts:
             del waits[target]
 
 
@@ -141,7 +144,7 @@ def refuse_endless_race(waiter: TaskFuture[Any], targets: list[TaskFuture[Any]])
     one of them waits for ``waiter``. Checked at the wait only; the wait is no edge for
     the other runs' checks while more than one target is left (it ends if any one
     finishes), and an ordinary one (:func:`open_wait`) once only one is."""
-    if not waiter._waited:
+    if not (waiter._downstreams or waiter._waiters):
         return
     if not _forward and all(target._order < waiter._order for target in targets):
         return
@@ -166,6 +169,7 @@ def refuse_endless_race(waiter: TaskFuture[Any], targets: list[TaskFuture[Any]])
 
 
 def _edges(future: TaskFuture[Any]) -> list[tuple[TaskFuture[Any], str]]:
+    """What an unfinished run waits for, and how."""
     edges = []
     upstreams = future._upstreams
     if upstreams is not None:
@@ -178,38 +182,86 @@ def _edges(future: TaskFuture[Any]) -> list[tuple[TaskFuture[Any], str]]:
     return edges
 
 
-def _path_back(
-    start: TaskFuture[Any], waiter: TaskFuture[Any]
-) -> list[tuple[TaskFuture[Any], TaskFuture[Any], str]] | None:
+def _edges_in(future: TaskFuture[Any]) -> list[tuple[TaskFuture[Any], str]]:
+    """The unfinished runs that wait for an unfinished run, and how."""
+    edges = []
+    downstreams = future._downstreams
+    if downstreams:
+        edges = [(run, _UPSTREAM) for run in tuple(downstreams) if run._final is None]
+    waiters = future._waiters
+    if waiters:
+        for run in tuple(waiters):
+            waits = run._waits
+            attempts = None if waits is None or run._final is not None else waits.get(future)
+            if attempts is not None and any(not attempt for attempt in tuple(attempts)):
+                edges.append((run, _IN_CODE))
+    return edges
+
+
+Hop = tuple["TaskFuture[Any]", "TaskFuture[Any]", str]
+
+
+def _path_back(start: TaskFuture[Any], waiter: TaskFuture[Any]) -> list[Hop] | None:
     """The hops (from, to, how) from ``start`` back to ``waiter`` over unfinished runs,
-    or None if there is no such path."""
-    came_from: dict[TaskFuture[Any], tuple[TaskFuture[Any], str]] = {}
-    seen = {start}
-    stack = [start]
-    while stack:
-        node = stack.pop()
-        if node._final is not None:
-            continue
-        for after, how in _edges(node):
-            if after is waiter:
-                hops = [(node, after, how)]
-                while node is not start:
-                    before, how = came_from[node]
-                    hops.append((before, node, how))
-                    node = before
-                hops.reverse()
-                return hops
-            if after not in seen:
-                seen.add(after)
-                came_from[after] = (node, how)
-                stack.append(after)
+    or None if there is no such path. Searched from both ends at once, a run on each
+    side in turn: what ``start`` waits for may be a long chain (a pipeline) while little
+    waits for ``waiter``, or the other way round; either way the search ends when the
+    smaller side is done."""
+    ahead: dict[TaskFuture[Any], tuple[TaskFuture[Any], str] | None] = {start: None}
+    behind: dict[TaskFuture[Any], tuple[TaskFuture[Any], str] | None] = {waiter: None}
+    forward, backward = [start], [waiter]
+    ahead_turn = True
+    while forward and backward:
+        ahead_turn = not ahead_turn  # one run each side in turn: the smaller side ends it
+        if ahead_turn:
+            node = forward.pop()
+            if node._final is not None:
+                continue
+            for after, how in _edges(node):
+                if after not in ahead:
+                    ahead[after] = (node, how)
+                    if after in behind:
+                        return _hops(after, ahead, behind)
+                    forward.append(after)
+        else:
+            node = backward.pop()
+            if node._final is not None:
+                continue
+            for before, how in _edges_in(node):
+                if before not in behind:
+                    behind[before] = (node, how)
+                    if before in ahead:
+                        return _hops(before, ahead, behind)
+                    backward.append(before)
     return None
+
+
+def _hops(
+    meeting: TaskFuture[Any],
+    ahead: dict[TaskFuture[Any], tuple[TaskFuture[Any], str] | None],
+    behind: dict[TaskFuture[Any], tuple[TaskFuture[Any], str] | None],
+) -> list[Hop]:
+    """The path through ``meeting``: from the start to it (``ahead``), then on to the
+    waiter (``behind``)."""
+    hops: list[Hop] = []
+    node, step = meeting, ahead[meeting]
+    while step is not None:
+        before, how = step
+        hops.append((before, node, how))
+        node, step = before, ahead[before]
+    hops.reverse()
+    node, step = meeting, behind[meeting]
+    while step is not None:
+        after, how = step
+        hops.append((node, after, how))
+        node, step = after, behind[after]
+    return hops
 
 
 def _message(
     waiter: TaskFuture[Any],
     target: TaskFuture[Any],
-    hops: list[tuple[TaskFuture[Any], TaskFuture[Any], str]],
+    hops: list[Hop],
     also: str = "",
 ) -> str:
     said = [f"{a.name!r} waits for {b.name!r} ({how})" for a, b, how in hops]

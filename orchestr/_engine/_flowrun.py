@@ -298,7 +298,8 @@ class FlowRun:
                 else:
                     future._final = state
                 future._finishing = None
-                future._upstreams = None  # no longer an edge of the wait graph
+                # No longer in the wait graph (nor holding the runs at its edges' ends).
+                future._upstreams = future._downstreams = future._waiters = None
                 callbacks, future._callbacks = future._callbacks, None
             self.active.discard(future)
         if callbacks:

@@ -314,7 +314,11 @@ def _submit(
     if upstreams:
         future._upstreams = upstreams
         for upstream, _ in upstreams:
-            upstream._waited = True
+            if upstream._final is None:
+                if upstream._downstreams is None:
+                    upstream._downstreams = [future]
+                else:
+                    upstream._downstreams.append(future)
     try:
         run.active.add(future)
         scope = scope_var.get()
