@@ -259,5 +259,7 @@ def test_workers_that_cannot_start_crash_their_calls_and_leave_nothing(
     assert [name for name, _ in states] == ["Crashed"] * 3
     assert all("failed to start" in message for _, message in states), states
     # One failed import per worker started (at most one per call), and the fork
-    # server's own: not one per respawn of a loop.
-    assert done.stderr.count("this main module fails in a worker") <= 4, done.stderr[-3000:]
+    # server's own: not one per respawn of a loop. (Counted by the error's own line: a
+    # traceback also quotes the source line that raises it.)
+    failed_imports = done.stderr.count("RuntimeError: this main module fails in a worker")
+    assert 1 <= failed_imports <= 4, done.stderr[-3000:]
