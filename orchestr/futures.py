@@ -30,6 +30,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Coroutine,
     Generator,
     Iterable,
     Iterator,
@@ -364,43 +365,29 @@ class TaskFuture(Generic[R]):
                 self._callbacks.remove(fn)
 
     # -- engine side --------------------------------------------------------------------
-    async def _wait_async(self, refusable: bool = True) -> None:
+    def _wait_async(self, refusable: bool = True) -> Coroutine[Any, Any, None]:
         """Wait until final, as the code of the current run, if any: a wait that would
         close a cycle of runs raises :class:`CyclicDependencyError` (see
         ``_engine/_cycles.py``), unless not ``refusable`` (the engine's wait for that
-        code: a subflow's exit)."""
-        if self._final is not None:
-            return
-        waiter = waiting_run()
-        if waiter is not None:
-            open_wait(waiter, self, refusable)
+        code: a subflow's exit). A flow's own code gets :meth:`_until_final` itself (no
+        coroutine more per wait)."""
+        waiter = waiting_run() if self._final is None else None
+        if waiter is None:
+            return self._until_final()
+        return self._wait_as(waiter, refusable)
+
+    async def _wait_as(self, waiter: TaskFuture[Any], refusable: bool) -> None:
+        open_wait(waiter, self, refusable)
         try:
-            event, wake = self._wake_on_final()
-            try:
-                await event.wait()
-            finally:
-                if not event.is_set():
-                    self._discard_done_callback(wake)
+            await self._until_final()
         finally:
-            if waiter is not None:
-                close_wait(waiter, self)
+            close_wait(waiter, self)
 
     async def _until_final(self) -> None:
         """Wait until final: a wait of the engine's, or one with a time limit, which
         no cycle can make endless."""
         if self._final is not None:
             return
-        event, wake = self._wake_on_final()
-        try:
-            await event.wait()
-        finally:
-            if not event.is_set():
-                self._discard_done_callback(wake)
-
-    def _wake_on_final(self) -> tuple[anyio.Event, Callable[[TaskFuture[R]], None]]:
-        """An event (of this loop) set once the run is final, and the done callback
-        that sets it, for a waiter that gives up to take back. (The two waits above
-        share it rather than one awaiting the other: a coroutine less per wait.)"""
         event = anyio.Event()
         loop = self._run.loop
         call = loop.call if loop.on_loop_thread() else LoopHandle.current().call
@@ -409,7 +396,11 @@ class TaskFuture(Generic[R]):
             call(event.set)
 
         self.add_done_callback(wake)
-        return event, wake
+        try:
+            await event.wait()
+        finally:
+            if not event.is_set():
+                self._discard_done_callback(wake)
 
     def _refuse_loop_thread(self, call: str) -> None:
         # Only while the loop runs: once it has ended (anyio.run() returned), its thread
