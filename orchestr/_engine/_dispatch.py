@@ -10,7 +10,10 @@ A :class:`Dispatcher` lives for one attempt: made before the attempt's task grou
 started in it, stopped after the exit barrier, closed once the task group has exited. A
 new attempt gets a new one, so nothing carries over between attempts. Whatever is still
 queued when it closes, or reaches it afterwards (from a thread the attempt abandoned),
-ends Cancelled: never lost.
+ends Cancelled: never lost. Its task is spawned by the attempt's first submission (or a
+cleanup's hold), in the context the attempt started it in, not when it starts: a flow
+run that submits nothing (a subflow that calls its tasks inline, say) does not pay for
+a task and two turns of the loop (a fifth of an empty flow call).
 
 On a runner that is not local, a started run waits in this process until a worker takes
 it (about 8 KiB each: its coroutines, cancel scope, waiter), so 100,000 started at once
@@ -46,7 +49,7 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine
-from contextvars import Context
+from contextvars import Context, copy_context
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -125,6 +128,7 @@ class Dispatcher:
     """The queue of one attempt's submitted runs, and the task that starts them."""
 
     __slots__ = (
+        "_context",
         "_doorbell",
         "_for_cleanups",
         "_grace",
@@ -135,6 +139,7 @@ class Dispatcher:
         "_room",
         "_rung",
         "_served_out",
+        "_spawned",
         "_stopping",
         "_task_group",
         "_warned",
@@ -165,8 +170,11 @@ class Dispatcher:
         self._for_cleanups = 0
         self._holds = 0
         self._grace = False  # serving cleanups in the grace period (serve_cleanups_in)
-        # The attempt's task group, and whether the dispatcher task has ended.
+        # The attempt's task group and context (start()), whether the dispatcher task
+        # has been spawned in it, and whether it has ended (or was never needed).
         self._task_group: anyio.abc.TaskGroup | None = None
+        self._context: Context | None = None
+        self._spawned = False
         self._served_out = False
 
     def enqueue(self, job: Job) -> None:
@@ -195,18 +203,31 @@ class Dispatcher:
             self.run.loop.call(self._ring)
 
     def _ring(self) -> None:
-        # On the loop thread. Setting an event is safe even from a plain callback, where
-        # anyio could not spawn a task: that is why a dispatcher task waits for it.
+        # On the loop thread: in the submitting task, or in a plain callback (a thread's
+        # submission), which runs in no task of the attempt's: hence _spawn()'s context.
         if self._doorbell is not None:
+            if not self._spawned and not self._stopping:
+                self._spawn()
             self._doorbell.set()
 
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
-        """Start the dispatcher task in the attempt's task group (from a task)."""
+        """Ready the dispatcher in the attempt's task group (from the attempt's task); its
+        task is spawned by the first ring (see the module's docstring)."""
         self._doorbell = anyio.Event()
         self._task_group = task_group
-        if self.pending:
+        self._context = copy_context()
+        if self.pending:  # (rung before there was a doorbell)
+            self._spawn()
             self._doorbell.set()
-        task_group.start_soon(self._dispatch, task_group)
+
+    def _spawn(self) -> None:
+        """Spawn the dispatcher task in the attempt's task group (loop thread, before
+        :meth:`stop`), with the attempt's context variables: as if the attempt's task had
+        spawned it, whoever rang."""
+        assert self._task_group is not None
+        assert self._context is not None
+        self._spawned = True
+        self._context.run(self._task_group.start_soon, self._dispatch, self._task_group)
 
     async def _dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
         try:
@@ -226,7 +247,11 @@ class Dispatcher:
         cancelled attempt's dispatcher starts what it submits, from any thread; one that
         has ended starts again while the attempt's task group is open."""
         self._holds += 1
-        if self._served_out and not self.closed and self._task_group is not None:
+        if not self._spawned and not self._stopping and self._task_group is not None:
+            # Cancelled, the attempt's task group then waits for the cleanup to end (the
+            # dispatcher serves until it does), as it would with a dispatcher started.
+            self._spawn()
+        elif self._served_out and not self.closed and self._task_group is not None:
             self._served_out = False
             self._task_group.start_soon(self._serve_again, self._task_group, name=_TASK_NAME)
 
@@ -424,6 +449,15 @@ class Dispatcher:
         cancelled attempt, once the body has ended: it still starts what cleanups under
         way submit, then ends)."""
         self._stopping = True
+        if not self._spawned and self._task_group is not None:
+            if self.pending or self._holds:  # (a thread's ring still on its way)
+                self._spawn()
+            else:  # never needed: as if it had started and ended now
+                scope = self.run.scope
+                if scope is not None and scope.cancel_called:
+                    self._why = self.run.why_cancelled()  # (see _dispatch)
+                self._served_out = True
+                return
         if self._doorbell is not None:
             self._doorbell.set()
 
