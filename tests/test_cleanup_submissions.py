@@ -603,3 +603,86 @@ def test_an_async_setup_is_not_cut_short_and_what_it_made_is_cleaned_up(
             "resource.cleanup.started",
             "resource.cleanup.finished",
         ]
+
+
+@pytest.mark.parametrize("ending", ["timeout", "cancel"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_task_runs_cleanup_that_submits_after_the_body_ended_gets_its_run(
+    run: Any, backend: str, kind: str, ending: str
+) -> None:
+    """A task run's cleanup (in a thread, or on the loop) that submits only after the
+    cancelled body has ended, once the attempt has stopped taking ordinary submissions
+    (the order forced, not left to timing): its run is still started and awaited."""
+    cleanup_started = threading.Event()
+    body_done = threading.Event()
+    got: list[str] = []
+    token: list[Any] = []
+
+    if kind == "sync":
+
+        @resource(cleanup_timeout=CLEANUP_TIMEOUT)
+        def table() -> Iterator[str]:
+            try:
+                yield "t"
+            finally:
+                cleanup_started.set()
+                assert body_done.wait(10)
+                # One turn of the loop: the step in which the body ended (and the
+                # attempt stopped) is over before this submits.
+                anyio.from_thread.run_sync(lambda: None, token=token[0])
+                got.append(drop.submit("t").result())
+
+    else:
+
+        @resource(cleanup_timeout=CLEANUP_TIMEOUT)
+        async def table() -> AsyncIterator[str]:
+            try:
+                yield "t"
+            finally:
+                cleanup_started.set()
+                await anyio.to_thread.run_sync(body_done.wait, 10.0)
+                got.append(await adrop.submit("t"))
+
+    @task
+    async def holder() -> None:
+        async with table():
+            await anyio.sleep(BODY_WAIT)
+
+    entered = threading.Event()
+
+    @flow(timeout_seconds=FLOW_TIMEOUT if ending == "timeout" else None)
+    async def main() -> None:
+        token.append(anyio.lowlevel.current_token())
+        holder.submit()
+        entered.set()
+        try:
+            await anyio.sleep(BODY_WAIT)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(cleanup_started.wait, 10.0)
+            body_done.set()
+
+    async def call() -> State[Any] | None:
+        with anyio.fail_after(15):
+            if ending == "timeout":
+                return await main(return_state=True)  # type: ignore[no-any-return]
+            async with anyio.create_task_group() as tg:
+
+                async def cancel_once_entered() -> None:
+                    await anyio.to_thread.run_sync(entered.wait, 10.0)
+                    tg.cancel_scope.cancel()
+
+                tg.start_soon(cancel_once_entered)
+                await main(return_state=True)
+            return None
+
+    started = time.monotonic()
+    state = run(call)
+    took = time.monotonic() - started
+    assert got == [("dropped t" if kind == "sync" else "adropped t")]
+    assert took < CLEANUP_TIMEOUT / 2, f"the cleanup waited {took:.1f} s"
+    if state is not None:
+        assert state.name == "TimedOut"
+        runs = {r.task_name: r for r in state.record.task_runs}
+        late = runs["drop" if kind == "sync" else "adrop"]
+        assert late.state_type is StateType.COMPLETED, late.state

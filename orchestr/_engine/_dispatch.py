@@ -247,11 +247,7 @@ class Dispatcher:
         cancelled attempt's dispatcher starts what it submits, from any thread; one that
         has ended starts again while the attempt's task group is open."""
         self._holds += 1
-        if not self._spawned and not self._stopping and self._task_group is not None:
-            # Cancelled, the attempt's task group then waits for the cleanup to end (the
-            # dispatcher serves until it does), as it would with a dispatcher started.
-            self._spawn()
-        elif self._served_out and not self.closed and self._task_group is not None:
+        if self._served_out and not self.closed and self._task_group is not None:
             self._served_out = False
             self._task_group.start_soon(self._serve_again, self._task_group, name=_TASK_NAME)
 

@@ -48,6 +48,7 @@ from ..exceptions import (
 )
 from ..futures import _stop_if_caller_cancelled
 from ..resources._worker_cleanup import end_worker_resources, with_cleanup_errors
+from ..runners._base import TaskRunner
 from ..runners._pool import lending_worker
 from ..settings import get_settings
 from ..states import State, StateType, _describe
@@ -73,7 +74,6 @@ from ._transitions import set_state
 
 if TYPE_CHECKING:
     from ..flows import Flow
-    from ..runners import TaskRunner
     from ._finalstate import Stop
 
     Body = Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]
@@ -481,6 +481,8 @@ async def _start(run: FlowRun, runner: TaskRunner) -> State[Any] | None:
     second signal, by the flow's timeout (which bounds the start on its own: the body's
     time counts from when the body starts) or by its parent's deadline; the runner is
     then shut down (a third signal leaves it as it is)."""
+    if type(runner).start is TaskRunner.start:
+        return None  # nothing to start (the thread pool's): nothing to bound or stop
     timeout = run.flow.timeout_seconds
     own_at = math.inf if timeout is None else time.monotonic() + timeout
     cancelled = anyio.get_cancelled_exc_class()
@@ -646,12 +648,15 @@ async def _attempt(
         if isinstance(body_error, Exception):
             run.body_error = body_error
         with anyio.CancelScope(shield=True):
-            await _wind_down(run, cancel=True)
+            await _wind_down(run)
         raise
     finally:
         run.scope = None
-    with anyio.CancelScope(shield=True):
-        await _wind_down(run, cancel=scope.cancel_called)
+    if scope.cancel_called:
+        with anyio.CancelScope(shield=True):
+            await _wind_down(run)
+    else:
+        dispatcher.close()  # nothing is left to finish
     stopped = _stopped_by(run, scope, deadline_at, ended_at, body_error)
     return final_state(run, value, body_error, stopped, first_task_run)
 
@@ -684,14 +689,11 @@ def _stopped_by(
     return "cancel" if cancelled_at < deadline_at else "timeout"
 
 
-async def _wind_down(run: FlowRun, cancel: bool) -> None:
-    """After an attempt's task group exited: nothing more starts in it; finish what is
-    left (if cancelled). While sync runs get their grace period, a resource cleanup in
-    one of their threads may still start runs (its own): in a task group of their own."""
+async def _wind_down(run: FlowRun) -> None:
+    """After a cancelled attempt's task group exited: nothing more starts in it; finish
+    what is left. While sync runs get their grace period, a resource cleanup in one of
+    their threads may still start runs (its own): in a task group of their own."""
     dispatcher = run.dispatcher
-    if not cancel:
-        dispatcher.close()
-        return
     async with anyio.create_task_group() as task_group:
         dispatcher.serve_cleanups_in(task_group)
         try:
