@@ -10,10 +10,12 @@ A :class:`Dispatcher` lives for one attempt: made before the attempt's task grou
 started in it, stopped after the exit barrier, closed once the task group has exited. A
 new attempt gets a new one, so nothing carries over between attempts. Whatever is still
 queued when it closes, or reaches it afterwards (from a thread the attempt abandoned),
-ends Cancelled: never lost. Its task is spawned by the attempt's first submission (or a
-cleanup's hold), in the context the attempt started it in, not when it starts: a flow
-run that submits nothing (a subflow that calls its tasks inline, say) does not pay for
-a task and two turns of the loop (a fifth of an empty flow call).
+ends Cancelled: never lost. Its task is spawned by the attempt's first submission, in
+the context the attempt started it in, not when the attempt starts: a flow run that
+submits nothing (a subflow that calls its tasks inline, say) does not pay for a task
+and two turns of the loop (a fifth of an empty flow call). Stopped before any
+submission, it counts as started and ended then, unless a submission's ring is still
+on its way or a cleanup holds it: then it is spawned to serve them, as it would have.
 
 On a runner that is not local, a started run waits in this process until a worker takes
 it (about 8 KiB each: its coroutines, cancel scope, waiter), so 100,000 started at once
@@ -446,7 +448,7 @@ class Dispatcher:
         way submit, then ends)."""
         self._stopping = True
         if not self._spawned and self._task_group is not None:
-            if self.pending or self._holds:  # (a thread's ring still on its way)
+            if self.pending or self._holds:  # (a thread's ring on its way; a cleanup)
                 self._spawn()
             else:  # never needed: as if it had started and ended now
                 scope = self.run.scope
