@@ -14,7 +14,7 @@ import pytest
 from shared_tasks import async_value, sync_value
 
 from orchestr import FlowRunRecord, State, TaskRunRecord, flow, override_settings, task
-from orchestr.exceptions import CrashedError
+from orchestr.exceptions import CrashedError, UsageError
 from orchestr.states import StateType
 
 WAIT_HOOKS = 10  # seconds: the bound on a flow whose hooks call tasks and subflows
@@ -883,3 +883,111 @@ def test_a_burst_of_slow_sync_hooks_runs_in_a_bounded_number_of_threads(backend:
 
     assert anyio.run(main, backend=backend) == list(range(200))
     assert 1 <= busiest[0] <= 40
+
+
+@task
+def plain_sync(x: int) -> int:
+    return x * 10
+
+
+@task
+async def plain_async(x: int) -> int:
+    return x * 10
+
+
+@task(timeout_seconds=5)
+def sync_with_timeout(x: int) -> int:
+    return x * 10
+
+
+# What a flow's on_running hook submits, and whether it can start there (before the
+# attempt): only a sync task that goes straight to a worker thread can.
+HOOK_SUBMISSIONS = {
+    "sync task": (lambda: plain_sync.submit(1), True),
+    "sync task, keyword": (lambda: plain_sync.submit(x=1), True),
+    "async task": (lambda: plain_async.submit(1), False),
+    "sync task with a timeout": (lambda: sync_with_timeout.submit(1), False),
+    "map of an async task": (lambda: plain_async.map([1, 2]), False),
+}
+
+
+@pytest.mark.parametrize("what", list(HOOK_SUBMISSIONS))
+@pytest.mark.parametrize("hook_kind", ["sync hook", "async hook"])
+@pytest.mark.parametrize("flow_kind", ["async flow", "sync flow"])
+def test_what_a_flows_on_running_hook_submits_starts_or_is_refused_by_name(
+    backend: str, what: str, hook_kind: str, flow_kind: str
+) -> None:
+    """The hooks run before the attempt starts, on every attempt: a run that could only
+    start with the attempt is refused with a UsageError naming the task and the run
+    (the hook's error is logged, the flow goes on), never an internal AttributeError,
+    a crashed task run, or a hook left waiting for ever."""
+    submit, starts = HOOK_SUBMISSIONS[what]
+    outcomes: list[Any] = []
+
+    def note_result() -> None:
+        got = submit()
+        results = (
+            [f.result(timeout=WAIT_HOOKS) for f in got]
+            if isinstance(got, list)
+            else [got.result(timeout=WAIT_HOOKS)]
+        )
+        outcomes.append(results)
+
+    def sync_hook(f: Any, r: Any, s: Any) -> None:
+        try:
+            note_result()
+        except Exception as exc:
+            outcomes.append(exc)
+
+    async def async_hook(f: Any, r: Any, s: Any) -> None:
+        try:
+            got = submit()
+            futures = got if isinstance(got, list) else [got]
+            with anyio.fail_after(WAIT_HOOKS):
+                outcomes.append([await future for future in futures])
+        except Exception as exc:
+            outcomes.append(exc)
+
+    hook = sync_hook if hook_kind == "sync hook" else async_hook
+    attempts: list[int] = []
+
+    def body() -> str:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise ValueError("first attempt fails")
+        return "body ran"
+
+    if flow_kind == "async flow":
+
+        @flow(on_running=[hook], retries=1, timeout_seconds=WAIT_HOOKS)
+        async def main() -> str:
+            return body()
+
+        async def call() -> Any:
+            return await main(return_state=True)
+
+        with override_settings(backend=backend):
+            state = anyio.run(call, backend=backend)
+    else:
+
+        @flow(on_running=[hook], retries=1, timeout_seconds=WAIT_HOOKS)
+        def main() -> str:
+            return body()
+
+        with override_settings(backend=backend):
+            state = main(return_state=True)
+
+    assert state.type is StateType.COMPLETED, state
+    assert state.result() == "body ran"
+    assert len(outcomes) == 2  # a hook call per attempt
+    for outcome in outcomes:
+        if starts:
+            assert outcome == [10]
+        else:
+            assert isinstance(outcome, UsageError), outcome
+            assert "on_running hook of flow run" in str(outcome)
+            assert "main-" in str(outcome)
+            assert str(outcome).startswith(("plain_async.submit()", "sync_with_timeout"))
+    ran = [r for r in state.record.task_runs]
+    assert all(r.state_type is StateType.COMPLETED for r in ran), ran
+    assert len(ran) == (2 if starts else 0)

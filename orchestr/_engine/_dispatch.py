@@ -141,7 +141,6 @@ class Dispatcher:
         "_room",
         "_rung",
         "_served_out",
-        "_spawned",
         "_stopping",
         "_task_group",
         "_warned",
@@ -149,6 +148,7 @@ class Dispatcher:
         "closed",
         "pending",
         "run",
+        "spawned",
     )
 
     def __init__(self, run: FlowRun) -> None:
@@ -176,7 +176,7 @@ class Dispatcher:
         # has been spawned in it, and whether it has ended (or was never needed).
         self._task_group: anyio.abc.TaskGroup | None = None
         self._context: Context | None = None
-        self._spawned = False
+        self.spawned = False
         self._served_out = False
 
     def enqueue(self, job: Job) -> None:
@@ -208,7 +208,7 @@ class Dispatcher:
         # On the loop thread: in the submitting task, or in a plain callback (a thread's
         # submission), which runs in no task of the attempt's: hence _spawn()'s context.
         if self._doorbell is not None:
-            if not self._spawned and not self._stopping:
+            if not self.spawned and not self._stopping:
                 self._spawn()
             self._doorbell.set()
 
@@ -228,7 +228,7 @@ class Dispatcher:
         spawned it, whoever rang."""
         assert self._task_group is not None
         assert self._context is not None
-        self._spawned = True
+        self.spawned = True
         self._context.run(self._task_group.start_soon, self._dispatch, self._task_group)
 
     async def _dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
@@ -447,7 +447,7 @@ class Dispatcher:
         cancelled attempt, once the body has ended: it still starts what cleanups under
         way submit, then ends)."""
         self._stopping = True
-        if not self._spawned and self._task_group is not None:
+        if not self.spawned and self._task_group is not None:
             if self.pending or self._holds:  # (a thread's ring on its way; a cleanup)
                 self._spawn()
             else:  # never needed: as if it had started and ended now

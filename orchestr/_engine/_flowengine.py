@@ -554,7 +554,11 @@ async def _each_attempt(
         record.attempts = attempt
         set_state(record, StateType.RUNNING)
         if flow.on_running_hooks:
-            await run_running_hooks(flow, record, AsyncDriver(run, inline=False))
+            run.running_hooks = True
+            try:
+                await run_running_hooks(flow, record, AsyncDriver(run, inline=False))
+            finally:
+                run.running_hooks = False
         state = await _attempt(run, args, kwargs, body)
         # A timed-out attempt cancelled its own runs (setting cancel_requested); that
         # is a failure to retry, not a cancellation of the flow run.
@@ -640,6 +644,12 @@ async def _attempt(
                 finally:
                     # Cancelled, it still starts what cleanups under way submit, then ends.
                     dispatcher.stop()
+            # A flow call is a checkpoint, where its caller's cancellation or its own
+            # deadline reaches it even if the body never awaited (or awaited shielded).
+            # Leaving the task group is not one when nothing was submitted (no
+            # dispatcher task to wait for), nor on trio when a deadline passed while the
+            # body held the loop (the dispatcher task was already on its way out).
+            await anyio.lowlevel.checkpoint()
     except BaseException:
         # Cancelled from outside the run, or an interrupt escaping its task group (a
         # task's hook called sys.exit()): finish every task run and shut the runner

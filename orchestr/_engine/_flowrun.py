@@ -93,6 +93,7 @@ class FlowRun:
         "parent",
         "record",
         "runner",
+        "running_hooks",
         "scope",
         "setting_up",
         "signal",
@@ -140,6 +141,8 @@ class FlowRun:
         self.worker_resources: Session | None = None
         # Set per attempt too; once the attempt has ended it cancels what reaches it.
         self.dispatcher: Dispatcher = None  # type: ignore[assignment]
+        # The on_running hooks of an attempt are running: it has no dispatcher yet.
+        self.running_hooks = False
         self.scope: anyio.CancelScope | None = None
         self.active: set[TaskFuture[Any]] = set()  # submitted and not final yet
         # The context snapshot of the latest submission, shared by the next ones while

@@ -309,6 +309,8 @@ def _submit(
     upstreams = find_upstreams(args, kwargs, waits) if args or kwargs else waits
     if upstreams:
         _refuse_cycle(task, upstreams)
+    if run.running_hooks:
+        _refuse_before_attempt(run, task, tags, upstreams)
     record = run.new_task_record(task.name, tags)
     future: TaskFuture[Any] = TaskFuture(record, run)
     if upstreams:
@@ -336,6 +338,24 @@ def _submit(
         run.finish(future, crashed_state(record, exc))
         raise
     return future
+
+
+def _refuse_before_attempt(
+    run: FlowRun, task: Task[Any, Any], tags: frozenset[str], upstreams: Dependencies
+) -> None:
+    """A flow run's ``on_running`` hooks run before its attempt starts: what they submit
+    can start only if it goes straight to a worker thread (see _dispatch). Anything else
+    would wait for the attempt, and a hook waiting for it would wait for ever."""
+    if _whole_run_in_thread(task, tags, run.runner) and all(
+        upstream._final is not None for upstream, _ in upstreams
+    ):
+        return
+    raise UsageError(
+        f"{task.name}.submit() was called in an on_running hook of flow run "
+        f"{run.record.name!r}, which runs before the run's attempt starts: only a sync "
+        "task with no timeout, no limits and no unfinished upstreams can start there (in "
+        f"a worker thread); call {task.name}(...) inline, or submit it from the flow's body"
+    )
 
 
 def _dispatch(
