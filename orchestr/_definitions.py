@@ -145,8 +145,16 @@ class Definition(Generic[P, R]):
         """What ``Task.with_options`` / ``Flow.with_options`` do (each typed by its own
         options)."""
         check_option_names(self.kind, changes, f"{self.kind} {self.name!r}")
-        # A bound copy's source is its bound method: the new copy stays bound.
-        return type(self)(self._source, **(self._given | dict(changes)))
+        options = self._given | dict(changes)
+        bound_from = self.__dict__.get("_bound_from")
+        if bound_from is None:
+            return type(self)(self._source, **options)
+        # A bound copy: the new definition is made as the method's was (its options,
+        # a run name naming {self}, are checked against the function with self), then
+        # bound to the same instance or class.
+        definition, target = bound_from
+        unbound: Self = type(definition)(definition._source, **options)
+        return unbound._bound_to(target)
 
     def _add_hook(self, option: str, fn: H) -> H:
         """A hook added decorator style (``@t.on_failure``): kept with the options given
@@ -187,9 +195,14 @@ class Definition(Generic[P, R]):
             target = owner if owner is not None else type(instance)
         else:
             return self
+        return self._bound_to(target)
+
+    def _bound_to(self, target: Any) -> Self:
+        """A copy whose calls pass ``target`` (an instance or a class) first."""
         bound = copy.copy(self)
         bound.fn = bound._source = types.MethodType(self.fn, target)
         bound.__dict__["__wrapped__"] = bound.fn  # inspect.signature() shows no self
+        bound.__dict__["_bound_from"] = (self, target)
         bound._binding = _FIXED
         shared = self._bound_calls
         if shared is None:

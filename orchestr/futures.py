@@ -302,7 +302,8 @@ class TaskFuture(Generic[R]):
         """Block until the run finishes; return its result or raise its error. For sync
         code (a sync flow body or a sync task); on the event loop thread it raises
         :class:`BlockingCallError` (even when the run has finished, so that such code
-        fails every time, not only when it is unlucky)."""
+        fails every time, not only when it is unlucky), except in a done callback, which
+        may read a finished run's result wherever it runs."""
         self._refuse_loop_thread("fut.result()")
         if timeout is not None:
             timeout = _checked_timeout("fut.result()", timeout)
@@ -404,8 +405,13 @@ class TaskFuture(Generic[R]):
 
     def _refuse_loop_thread(self, call: str) -> None:
         # Only while the loop runs: once it has ended (anyio.run() returned), its thread
-        # is plain sync code, and a future kept from the run is final.
-        if self._run.loop.running_here():
+        # is plain sync code, and a future kept from the run is final. A done callback
+        # reading a final future never blocks, and runs on the loop or in a worker
+        # thread by timing (whichever finished the run, or the thread adding it to a
+        # run already final): it may read one anywhere, so that it works every time.
+        if self._run.loop.running_here() and not (
+            self._final is not None and _in_done_callback.get()
+        ):
             raise BlockingCallError(
                 f"{call} was called on the event loop thread that runs task run "
                 f"{self.name!r}; it would block that loop (and the run, if unfinished). "

@@ -1340,3 +1340,71 @@ def test_a_future_kept_after_its_async_flow_returned_reads_from_plain_sync_code(
     assert future.wait_blocking().result() == 7
     assert orchestr.wait([future]).done == {future}
     assert [f.result() for f in orchestr.as_completed([future])] == [7]
+
+
+@pytest.mark.parametrize("when", ["added before it finished", "added after it finished"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_done_callback_reads_its_finished_future_in_whatever_thread_it_runs(
+    run: Any, kind: str, when: str
+) -> None:
+    """A done callback runs in the thread that finished the run, or at once in the one
+    adding it to a run already final: the loop's, for an async task, or by timing. In
+    every case it may read the finished future (``f.result()``, ``f.wait_blocking()``):
+    before, the same callback worked in a worker thread and raised BlockingCallError
+    on the loop. A wait there for a run that has not finished is still refused."""
+    seen: list[Any] = []
+    gate = threading.Event()
+    release = threading.Event()  # the run ends only once the callback is in place
+
+    @task
+    def sync_double(x: int) -> int:
+        assert release.wait(WAIT)
+        return 2 * x
+
+    @task
+    async def async_double(x: int) -> int:
+        with anyio.fail_after(WAIT):
+            while not release.is_set():
+                await anyio.sleep(0.005)
+        return 2 * x
+
+    @task
+    def held() -> int:
+        assert gate.wait(WAIT)
+        return 0
+
+    double = sync_double if kind == "sync" else async_double
+
+    @flow(timeout_seconds=WAIT)
+    async def main() -> list[Any]:
+        unfinished = held.submit()
+
+        def callback(f: TaskFuture[int]) -> None:
+            seen.append((f.result(), f.wait_blocking().name))
+            try:
+                unfinished.result(timeout=0.01)
+            except BlockingCallError:
+                seen.append("refused on the loop")
+            except FutureTimeoutError:
+                seen.append("waited in a thread")
+
+        fut = double.submit(21)
+        if when == "added after it finished":
+            release.set()
+            await fut
+            fut.add_done_callback(callback)  # at once, here: on the loop's thread
+        else:
+            fut.add_done_callback(callback)
+            release.set()
+            await fut
+        with anyio.fail_after(WAIT):
+            while len(seen) < 2:
+                await anyio.sleep(0.01)
+        gate.set()
+        await unfinished
+        return seen
+
+    got = run(main)
+    assert got[0] == (42, "Completed")
+    on_loop = when == "added after it finished" or kind == "async"
+    assert got[1] == ("refused on the loop" if on_loop else "waited in a thread")

@@ -396,3 +396,66 @@ def test_a_task_in_a_class_body_needs_self_like_a_function() -> None:
     with pytest.raises(UsageError):
         Holder().bound(1)  # the instance fills x: one argument too many
     assert Holder().fixed(1) == 1
+
+
+class Named:
+    """Methods whose run names read the instance or the class."""
+
+    label = "svc"
+
+    @task(task_run_name="get-{self.label}-{k}")
+    def get(self, k: str) -> str:
+        return f"{self.label}:{k}"
+
+    @task(task_run_name="aget-{self.label}-{k}")
+    async def aget(self, k: str) -> str:
+        return f"{self.label}:{k}"
+
+    @task(task_run_name="kind-{cls.__name__}-{k}")
+    @classmethod
+    def kind(cls, k: str) -> str:
+        return f"{cls.__name__}:{k}"
+
+    @flow(flow_run_name="sync-{self.label}-{k}")
+    def sync_run(self, k: str) -> list[str]:
+        get = self.get.with_options(retries=1)
+        return [get(k), get.submit(k).result(timeout=WAIT), *get.map([k]).result()]
+
+    @flow(flow_run_name="async-{self.label}-{k}")
+    async def async_run(self, k: str) -> list[str]:
+        aget = self.aget.with_options(retries=1)
+        return [await aget(k), await aget.submit(k), *(await aget.map([k]))]
+
+
+@pytest.mark.parametrize("kind", ["sync flow", "async flow"])
+def test_with_options_on_bound_copies_keeps_run_names_that_read_self(
+    run: Any, backend: str, kind: str
+) -> None:
+    """A bound copy's with_options() copy is made as the method's definition was (a run
+    name naming {self} or {cls} is checked against the function with self), then bound
+    to the same instance: its runs are named from the instance. It failed with "names
+    {self}, but get(k) has no parameter 'self'"."""
+    named = Named()
+    named.label = "mine"
+    if kind == "sync flow":
+        sync_run = named.sync_run.with_options(retries=1)
+        with override_settings(backend=backend):
+            state = sync_run("x", return_state=True)
+        word = "sync"
+    else:
+        async_run = named.async_run.with_options(retries=1)
+
+        async def main() -> State[Any]:
+            return await async_run("x", return_state=True)  # type: ignore[no-any-return]
+
+        state = run(main)
+        word = "async"
+    assert state.result() == ["mine:x"] * 3
+    assert state.record.name == f"{word}-mine-x"
+    task_word = "get" if kind == "sync flow" else "aget"
+    assert [r.name for r in state.record.task_runs] == [f"{task_word}-mine-x"] * 3
+    assert all(r.state_type is StateType.COMPLETED for r in state.record.task_runs)
+    assert named.sync_run.with_options(retries=1).retries == 1
+    kind_copy = Named.kind.with_options(retries=2)
+    assert (kind_copy.retries, kind_copy("k")) == (2, "Named:k")
+    assert Named().get.with_options(name="other").name == "other"

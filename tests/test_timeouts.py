@@ -550,3 +550,72 @@ def test_a_flow_timeout_stays_a_timeout_when_its_thread_pauses_while_setting_it(
     with override_settings(backend=backend):
         state = main(return_state=True)
     assert state.name == "TimedOut", state
+
+
+TASK_TIMEOUT = 0.1
+
+
+async def _ends_late(how: str) -> str:
+    """An async task's body that ends only past TASK_TIMEOUT, in the given way."""
+    if how == "holds the loop and returns":
+        time.sleep(TASK_TIMEOUT * 3)  # no await: the cancellation cannot reach it
+        return "finished"
+    try:
+        await anyio.sleep(10)
+    except BaseException:
+        if how == "raises its own error":
+            raise ValueError("its own error, as it was cancelled") from None
+    return "swallowed the cancellation"
+
+
+LATE_ENDINGS = ["holds the loop and returns", "swallows the cancellation", "raises its own error"]
+
+
+@pytest.mark.parametrize("how", LATE_ENDINGS)
+@pytest.mark.parametrize("call", ["submit", "inline", "map"])
+def test_an_async_task_that_ends_past_its_timeout_timed_out(run: Any, how: str, call: str) -> None:
+    """However it ended (the deadline could not cancel it), an attempt that ended past
+    its timeout is TimedOut, as a flow's body is and as the process pool and Dask say of
+    the same task: not Completed with its late value, nor Failed with its own error."""
+
+    @task(timeout_seconds=TASK_TIMEOUT)
+    async def late(how: str) -> str:
+        return await _ends_late(how)
+
+    @task(timeout_seconds=10)
+    async def in_time(how: str) -> str:
+        return "in time"
+
+    def seen(state: State[Any]) -> tuple[str, StateType, Any]:
+        # (Plain values: returned States would decide the flow's own state.)
+        return state.name, state.type, state.result() if state.is_completed() else None
+
+    @flow(timeout_seconds=10)
+    async def main() -> list[Any]:
+        if call == "submit":
+            states = [await late.submit(how).wait(), await in_time.submit(how).wait()]
+        elif call == "map":
+            states = [await f.wait() for f in late.map([how])]
+            states.append(await in_time.submit(how).wait())
+        else:
+            states = []
+        if states:
+            return [seen(state) for state in states]
+        outcomes: list[Any] = []
+        for t in (late, in_time):
+            try:
+                outcomes.append(await t(how))
+            except RunTimedOut as exc:
+                outcomes.append(exc)
+        return outcomes
+
+    got = run(main)
+    if call == "inline":
+        assert isinstance(got[0], RunTimedOut), got
+        assert f"exceeded its timeout of {TASK_TIMEOUT} s" in str(got[0])
+        assert got[1] == "in time"
+        return
+    assert got == [
+        ("TimedOut", StateType.FAILED, None),
+        ("Completed", StateType.COMPLETED, "in time"),
+    ]

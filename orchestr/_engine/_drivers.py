@@ -174,8 +174,19 @@ class AsyncDriver:
         if task.is_async and (self.inline or run is None or run.runner.local):
             if timeout is None:
                 return await task.fn(*args, **kwargs)
-            with anyio.CancelScope(deadline=anyio.current_time() + timeout):
-                return await task.fn(*args, **kwargs)
+            deadline = anyio.current_time() + timeout
+            with anyio.CancelScope(deadline=deadline):
+                try:
+                    value = await task.fn(*args, **kwargs)
+                except Exception:
+                    if anyio.current_time() < deadline:
+                        raise
+                else:
+                    if anyio.current_time() < deadline:
+                        return value
+            # Ended past its deadline, however (it held the loop, or took the cancellation
+            # for an error of its own): timed out, as a flow's body is, and as the runners
+            # that stop a call at its deadline say.
             raise AttemptTimedOut(timeout, abandoned=False)
         assert run is not None, "calls reach a runner only inside flow runs"
         runner = run.runner
