@@ -372,7 +372,11 @@ class TaskFuture(Generic[R]):
         ``_engine/_cycles.py``), unless not ``refusable`` (the engine's wait for that
         code: a subflow's exit). A flow's own code gets :meth:`_until_final` itself (no
         coroutine more per wait)."""
-        waiter = waiting_run() if self._final is None else None
+        if self._final is not None:
+            return self._until_final()
+        if refusable:
+            self._refuse_held_loop()
+        waiter = waiting_run()
         if waiter is None:
             return self._until_final()
         return self._wait_as(waiter, refusable)
@@ -418,12 +422,33 @@ class TaskFuture(Generic[R]):
                 + _async_spelling()
             )
 
+    def _refuse_held_loop(self, by: str = "a wait") -> None:
+        """Refuse an endless wait for this run (not final) while a sync flow's body holds
+        the thread of the loop it runs on: nothing there runs until that flow ends,
+        which may be waiting for this (a future given to it inside ``quote()``, or
+        reached through an object: a future in its arguments is refused at the call).
+        Code's waits and submissions ask; the engine's own waits do not (they are the
+        consequences of a submission that asked)."""
+        loop = self._run.loop
+        holder = None if loop is None else loop.held_by
+        if holder is None:
+            return
+        raise BlockingCallError(
+            f"{by} for task run {self.name!r} was refused: it runs on the event loop of "
+            f"flow run {self._run.record.name!r}, whose thread sync flow run "
+            f"{holder.record.name!r} holds (a sync flow called from async code), so it "
+            "could not go on until that flow run ends; make that flow async and await "
+            "it, or give it only futures that have finished"
+        )
+
     def _wait_blocking(self, timeout: float | None, cancellable: bool = True) -> bool:
         """Block until final or ``timeout``; returns whether final. A point where
         interrupts may land (see ``_engine/_interrupts.py``). When the run is cancelled,
         a ``cancellable`` wait raises RunCancelled instead of waiting on."""
         self._refuse_loop_thread("a blocking wait")
         run = self._run
+        if timeout is None and self._final is None:
+            self._refuse_held_loop()
         waiter = waiting_run() if timeout is None and self._final is None else None
         if waiter is not None:
             open_wait(waiter, self)

@@ -187,11 +187,28 @@ def run_flow_sync(
     _stop_if_caller_cancelled(starting=True)
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     parent = run.parent
-    if parent is not None and parent.loop is not None and parent.loop.on_loop_thread():
-        # Called on its parent's loop thread (a sync subflow of an async flow): the
-        # parent's loop waits for it, so the parent's deadline cannot fire meanwhile;
-        # this run honours it instead.
-        run.inherited_deadline_at = parent.deadline_at
+    if parent is None or parent.loop is None or not parent.loop.on_loop_thread():
+        return _run_flow_sync(run, flow, args, kwargs, return_state)
+    # Called on its parent's loop thread (a sync subflow of an async flow): the parent's
+    # loop waits for it, so the parent's deadline cannot fire meanwhile; this run honours
+    # it instead. Nothing on that loop runs meanwhile: a wait for a run there is refused
+    # (see TaskFuture._refuse_held_loop), not left to wait for ever.
+    run.inherited_deadline_at = parent.deadline_at
+    loop = parent.loop
+    held, loop.held_by = loop.held_by, run
+    try:
+        return _run_flow_sync(run, flow, args, kwargs, return_state)
+    finally:
+        loop.held_by = held
+
+
+def _run_flow_sync(
+    run: FlowRun,
+    flow: Flow[Any, Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    return_state: bool,
+) -> Any:
     caller = CallerThread(run)
     # Sync subflows nest their bodies in the calling thread: past some depth, the body
     # runs in a fresh thread instead (see _deep_stack).

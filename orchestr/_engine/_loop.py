@@ -56,7 +56,7 @@ T = TypeVar("T")
 class LoopHandle:
     """A way back into the event loop running in the thread that created it."""
 
-    __slots__ = ("__weakref__", "_native", "_schedule", "thread_id", "token")
+    __slots__ = ("__weakref__", "_native", "_schedule", "held_by", "thread_id", "token")
 
     def __init__(self) -> None:
         # Also kept for blocking calls into the loop: anyio.from_thread.run(token=...).
@@ -66,6 +66,9 @@ class LoopHandle:
             getattr(native, "call_soon_threadsafe", None) or native.run_sync_soon  # type: ignore[attr-defined]
         )
         self.thread_id = get_ident()
+        # The sync flow run whose body holds this loop's thread (a sync subflow called
+        # from async code), if any: nothing else on the loop runs until it ends.
+        self.held_by: Any = None
 
     @classmethod
     def current(cls) -> LoopHandle:

@@ -309,6 +309,9 @@ def _submit(
     upstreams = find_upstreams(args, kwargs, waits) if args or kwargs else waits
     if upstreams:
         _refuse_cycle(task, upstreams)
+        for upstream, _ in upstreams:
+            if upstream._final is None:
+                upstream._refuse_held_loop(f"{task.name}.submit()'s wait")
     if run.running_hooks:
         _refuse_before_attempt(run, task, tags, upstreams)
     record = run.new_task_record(task.name, tags)
