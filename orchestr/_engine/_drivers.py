@@ -181,9 +181,11 @@ class AsyncDriver:
                 except Exception:
                     if anyio.current_time() < deadline:
                         raise
-                else:
-                    if anyio.current_time() < deadline:
-                        return value
+                    # Its own error, past its deadline: timed out (below), with the
+                    # error kept as the timeout's context.
+                    raise AttemptTimedOut(timeout, abandoned=False)  # noqa: B904
+                if anyio.current_time() < deadline:
+                    return value
             # Ended past its deadline, however (it held the loop, or took the cancellation
             # for an error of its own): timed out, as a flow's body is, and as the runners
             # that stop a call at its deadline say.
