@@ -324,7 +324,9 @@ def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State
     elif timed_out.abandoned:
         message += "; its thread cannot be interrupted and was abandoned (still running)"
         task_run_logger(record).warning("%s", message)
-    return State(StateType.FAILED, name="TimedOut", error=RunTimedOut(message), record=record)
+    error = RunTimedOut(message)
+    error.__context__ = timed_out.raised  # (its code's error past the deadline, if any)
+    return State(StateType.FAILED, name="TimedOut", error=error, record=record)
 
 
 def _interrupted_state(

@@ -59,12 +59,20 @@ class AttemptTimedOut(Exception):
     """Raised when an attempt ran past its task's ``timeout_seconds`` (internal: the
     attempt loop turns it into a ``TimedOut`` state)."""
 
-    def __init__(self, seconds: float, abandoned: bool, maybe_unstarted: bool = False) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        abandoned: bool,
+        maybe_unstarted: bool = False,
+        raised: Exception | None = None,
+    ) -> None:
         super().__init__(seconds)
         self.seconds = seconds
         self.abandoned = abandoned
         # The runner does not say when a call starts (Dask): it may never have.
         self.maybe_unstarted = maybe_unstarted
+        # An error the code raised past its deadline (kept as the timeout's context).
+        self.raised = raised
 
 
 class CallRefused(Exception):
@@ -178,12 +186,10 @@ class AsyncDriver:
             with anyio.CancelScope(deadline=deadline):
                 try:
                     value = await task.fn(*args, **kwargs)
-                except Exception:
+                except Exception as exc:
                     if anyio.current_time() < deadline:
                         raise
-                    # Its own error, past its deadline: timed out (below), with the
-                    # error kept as the timeout's context.
-                    raise AttemptTimedOut(timeout, abandoned=False)  # noqa: B904
+                    raise AttemptTimedOut(timeout, abandoned=False, raised=exc) from None
                 if anyio.current_time() < deadline:
                     return value
             # Ended past its deadline, however (it held the loop, or took the cancellation
