@@ -591,7 +591,7 @@ def test_an_async_task_that_ends_past_its_timeout_timed_out(run: Any, how: str, 
         # context: the code's own error past its deadline, if it raised one.
         if state.is_completed():
             return state.name, state.type, state.result()
-        context = state.exception().__context__  # type: ignore[union-attr]
+        context = state.exception.__context__  # type: ignore[union-attr]
         return state.name, state.type, None if context is None else str(context)
 
     @flow(timeout_seconds=10)
