@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]
 import _weakrefset
+import gc
 import os
 import signal
 import sys
@@ -175,11 +176,28 @@ _FINALIZER_FILES = frozenset(
 )
 
 
+def _gc_callback_codes() -> set[CodeType]:
+    """The code of the functions in ``gc.callbacks`` (Hypothesis times the collector
+    with one): they run at any collection, and Python swallows what they raise."""
+    codes = set()
+    for callback in gc.callbacks:
+        code = getattr(getattr(callback, "__func__", callback), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    return codes
+
+
 def _may_interrupt(frame: FrameType | None) -> bool:
     decided: bool | None = None  # by the innermost marked or orchestr frame
+    gc_callbacks = _gc_callback_codes() if gc.callbacks else ()
     while frame is not None:
         code = frame.f_code
-        if code in _shielded or code.co_name == "__del__" or code.co_filename in _FINALIZER_FILES:
+        if (
+            code in _shielded
+            or code.co_name == "__del__"
+            or code.co_filename in _FINALIZER_FILES
+            or code in gc_callbacks
+        ):
             return False  # (Python would swallow an exception raised in a finalizer)
         if decided is None:
             if code in _interruptible:
