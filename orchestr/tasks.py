@@ -23,6 +23,7 @@ from ._engine._taskcalls import (
     submit_task,
 )
 from ._options import TaskOptions, check_option_names
+from ._tracebacks import hide_frames
 from .exceptions import UsageError
 from .futures import (
     FutureList,
@@ -110,11 +111,15 @@ class Task(Definition[P, R]):
         self._check_call(args, kwargs, "()")
         return_state = checked_return_state(self, kwargs.pop("return_state", False))
         wait_for = kwargs.pop("wait_for", None)
-        if not self.is_async:
-            return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
-        if in_async_code():
+        if self.is_async and in_async_code():
             return call_task_async(self, args, kwargs, return_state, wait_for)  # type: ignore[return-value]
-        return call_async_task_from_sync(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+        try:
+            if not self.is_async:
+                return call_task_blocking(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+            return call_async_task_from_sync(self, args, kwargs, return_state, wait_for)  # type: ignore[no-any-return]
+        except Exception as exc:
+            # Its error without orchestr's frames between this call and the task's code.
+            raise hide_frames(exc)  # noqa: B904 - the same error, re-raised
 
     # Two shapes per kind of task, because PEP 612 forbids a keyword (wait_for) between
     # P.args and P.kwargs: calls without wait_for are checked against the function's

@@ -19,6 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import orchestr
@@ -338,3 +339,125 @@ def test_hidden_frames_keep_the_raise_site_of_errors_orchestr_did_not_mean() -> 
     assert [f.name for f in traceback.extract_tb(meant.__traceback__)] == [
         "test_hidden_frames_keep_the_raise_site_of_errors_orchestr_did_not_mean"
     ]
+
+
+@task
+def sync_fails() -> None:
+    raise LookupError("sync task failed")
+
+
+@task
+async def async_fails() -> None:
+    raise LookupError("async task failed")
+
+
+INLINE_CALLS = [
+    "sync task in a sync flow",
+    "async task in an async flow",
+    "sync task in an async flow",
+    "sync task outside flows",
+    "async task in a sync flow",
+    "async task from async code outside flows",
+]
+
+
+@pytest.mark.parametrize("where", INLINE_CALLS)
+def test_an_inline_calls_error_reaches_its_caller_with_one_orchestr_frame(
+    backend: str, where: str
+) -> None:
+    """An inline task call's error keeps the caller's frame and the task's own, with at
+    most one of orchestr's between them (the call's re-raise), as a flow call's does:
+    before, three to six (the engine's driver, its delivery, the state's result)."""
+    caught: list[BaseException] = []
+
+    def calls_sync() -> None:
+        try:
+            sync_fails()
+        except LookupError as exc:
+            caught.append(exc)
+
+    async def calls_async() -> None:
+        try:
+            await async_fails()
+        except LookupError as exc:
+            caught.append(exc)
+
+    def calls_async_from_sync() -> None:
+        try:
+            async_fails()
+        except LookupError as exc:
+            caught.append(exc)
+
+    with override_settings(backend=backend):
+        if where == "sync task in a sync flow":
+            flow(calls_sync)()
+        elif where == "async task in an async flow":
+            anyio.run(flow(calls_async), backend=backend)
+        elif where == "sync task in an async flow":
+
+            async def body() -> None:
+                calls_sync()  # inline on the loop: a sync task called from async code
+
+            anyio.run(flow(body), backend=backend)
+        elif where == "sync task outside flows":
+            calls_sync()
+        elif where == "async task in a sync flow":
+            flow(calls_async_from_sync)()  # its result, on the flow run's loop
+        else:
+            anyio.run(calls_async, backend=backend)
+    assert len(caught) == 1
+    frames = traceback.extract_tb(caught[0].__traceback__)
+    names = [frame.name for frame in frames]
+    caller = names.index(next(n for n in names if n.startswith("calls_")))
+    between = [f for f in frames[caller + 1 : -1] if f.filename.startswith(ORCHESTR_DIR)]
+    assert len(between) <= 1, [(f.filename, f.name) for f in frames]
+    assert names[-1] in ("sync_fails", "async_fails")
+
+
+OUTSIDE_FLOWS = {
+    "sync": """
+        from orchestr import task
+
+        @task
+        def load(x):
+            raise ValueError(f"bad value {x}")
+
+        load(1)
+    """,
+    "async": """
+        import asyncio
+        from orchestr import task
+
+        @task
+        async def load(x):
+            raise ValueError(f"bad value {x}")
+
+        asyncio.run(load(1))
+    """,
+}
+
+
+@pytest.mark.parametrize("level", ["default", "CRITICAL"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_task_called_outside_flows_logs_as_a_flow_run_does(
+    tmp_path: Path, kind: str, level: str
+) -> None:
+    """Outside flows a task call is the run: its failure is logged through orchestr's
+    console handler (time, level, run name), once, and the logging level setting hides
+    it; the error raised keeps one orchestr frame. Before, the line went to Python's
+    last-resort handler (no time, level or name; no setting could hide it) and the
+    traceback showed six of orchestr's frames."""
+    env = {} if level == "default" else {"ORCHESTR_LOGGING_LEVEL": level}
+    done = _run(tmp_path, OUTSIDE_FLOWS[kind], **env)
+    assert done.returncode == 1
+    lines = _log_lines(done.stderr)
+    if level == "default":
+        assert [(m["level"], m["label"], m["msg"]) for m in lines] == [
+            ("ERROR", "Task run 'load-0'", "Finished in state Failed: ValueError: bad value 1")
+        ], done.stderr
+    else:
+        assert lines == [], done.stderr
+        assert "Finished in state" not in done.stderr
+    raised = _tracebacks(done.stderr)[-1]
+    assert raised[-1][1] == "load"
+    assert len(_orchestr_frames(raised)) <= 1, raised

@@ -24,6 +24,7 @@ import anyio
 
 from .._limits._registry import has_limits
 from .._limits._tags import run_tags
+from .._tracebacks import hide_frames
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
     BlockingCallError,
@@ -138,6 +139,15 @@ async def _call_inline(
     run = flow_run_var.get()
     if run is not None and run.closed_resources:
         run.refuse_closed_resources(task.name, args, kwargs)
+    if run is None and remote_call_var.get() is None:
+        # Outside flows the call is the run: its log lines go where a flow run's go
+        # (orchestr's console handler, at the logging level setting), not to Python's
+        # last-resort handler.
+        from .._logging import configure_logging
+        from ..settings import get_settings
+
+        settings = get_settings()
+        configure_logging(settings.logging_level, settings.setup_logging)
     upstreams = find_upstreams(args, kwargs, scan_wait_for(wait_for))
     driver: AsyncDriver | BlockingDriver
     if blocking:
@@ -177,7 +187,12 @@ async def _call_inline(
             if record.state_type.is_final:
                 _observe(record)
             raise
-    return _deliver(record, state, return_state)
+    try:
+        return _deliver(record, state, return_state)
+    except Exception as exc:
+        # The run's error, without the frames it went through here: the caller's frame,
+        # this one, then the task's own (as for a flow call's error).
+        raise hide_frames(exc)  # noqa: B904 - the same error, re-raised
 
 
 def call_async_task_from_sync(
