@@ -274,6 +274,8 @@ class TaskFuture(Generic[R]):
             _refuse_self_wait(self)
             await self._wait_async()
         _observe(self._record)
+        if self._final is not COMPACT:
+            await _cancellation_first()
         return self._result()
 
     def wait(self, timeout: float | None = None) -> _StateOrAwaitable[R]:
@@ -316,6 +318,10 @@ class TaskFuture(Generic[R]):
                     f"(it is {self._record.state_name}); it keeps running"
                 )
         _observe(self._record)
+        if self._final is not COMPACT:
+            # The wait ended with the run: maybe by the cancellation of this code's own
+            # run (which ended that one too), which this code meets as itself.
+            _stop_if_caller_cancelled()
         return self._result(raise_on_failure)
 
     def wait_blocking(self, timeout: float | None = None) -> State[R]:
@@ -559,7 +565,10 @@ class FutureList(list[TaskFuture[R]]):
         return self._results().__await__()
 
     async def _results(self) -> list[R]:
-        return _results_or_raise(await self._wait_states(None))
+        states = await self._wait_states(None)
+        if not all(state.is_completed() for state in states):
+            await _cancellation_first()
+        return _results_or_raise(states)
 
     def wait(self, timeout: float | None = None) -> _StatesOrAwaitable[R]:
         """Wait until every run is final (or ``timeout`` seconds passed) and return their
@@ -607,6 +616,8 @@ class FutureList(list[TaskFuture[R]]):
                     f"(it is {state.name}); it keeps running"
                 )
         if raise_on_failure:
+            if not all(state.is_completed() for state in states):
+                _stop_if_caller_cancelled()  # (as in TaskFuture.result())
             return _results_or_raise(states)
         return [state.result(raise_on_failure=False) for state in states]
 
@@ -686,6 +697,16 @@ def _async_spelling() -> str:
             "worker thread), or make it async and await"
         )
     return "In async code use `await fut` or `await fut.wait()`"
+
+
+async def _cancellation_first() -> None:
+    """Before raising a run's error from an ``await``: a cancellation of the awaiting
+    code that is under way is raised instead. It may be what ended the run (the flow
+    run's caller cancelled it, and with it its task runs), and the awaiting code is to
+    meet it as itself, not as a failure of the run it awaited: an ``await`` of a run
+    already ended does not block (no checkpoint, where it would have been delivered),
+    and on trio a wait woken by the run's end resumes without one."""
+    await anyio.lowlevel.checkpoint_if_cancelled()
 
 
 def _results_or_raise(states: list[State[R]]) -> list[R]:

@@ -10,9 +10,12 @@ the runner lost (a dead worker process: ``CallCrashed``) is retried like a failu
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
+
+import anyio
 
 from .._checks import MAX_SECONDS
 from .._definitions import check_retry_delay, run_name_for
@@ -34,7 +37,7 @@ from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, t
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
-from ._outcomes import cancelled_state, crashed_state, stray_cancellation
+from ._outcomes import cancellation_echo, cancelled_state, crashed_state, stray_cancellation
 from ._transitions import announce_final, set_state, write_final
 
 if TYPE_CHECKING:
@@ -193,6 +196,20 @@ async def _attempts(
         except CallRefused as refused:  # as would every retry
             return State(StateType.FAILED, error=refused.error, record=record)
         except Exception as exc:
+            if (
+                cancellation_echo(exc)
+                and isinstance(driver, AsyncDriver)
+                and anyio.current_effective_deadline() == -math.inf
+            ):
+                # A run cancelled by the cancellation under way (its flow run's caller
+                # cancelled it, and its runs with it), read: that cancellation decides.
+                # Cancelled, never retried, the error kept as its context.
+                run = driver.run
+                cancelled = cancelled_state(
+                    record, "its caller was cancelled" if run is None else run.why_cancelled()
+                )
+                cancelled._error.__context__ = exc  # type: ignore[union-attr]
+                return cancelled
             failed = State(StateType.FAILED, error=exc, record=record)
         except BaseException as exc:
             return crashed_state(record, exc)
@@ -346,6 +363,7 @@ def _interrupted_state(
             why = future._cancel_reason
         elif driver.run is not None:
             why = driver.run.why_cancelled()
+            driver.run.cancel_seen()
         else:
             why = "its flow run was cancelled"
         return cancelled_state(record, why)

@@ -238,6 +238,7 @@ class Dispatcher:
             # The attempt was cancelled or timed out: say so in the states of the runs
             # it never started (after its scope is gone, the run cannot tell which).
             self._why = self.run.why_cancelled()
+            self.run.cancel_seen()  # (a cancellation from outside: not told of yet)
             with self.run.forcible():
                 await self._serve_cleanups(task_group)
             raise

@@ -68,7 +68,7 @@ from ._loop import (
     run_new_loop,
     unawaited,
 )
-from ._outcomes import stray_cancellation
+from ._outcomes import cancellation_echo, stray_cancellation
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -443,7 +443,10 @@ async def _run(
             )
             # An error the body raised as the cancellation came (in the cancellation's
             # __context__ chain): kept, not lost (rule 7).
-            error.__context__ = _raised_meanwhile(run.body_outcome or exc)
+            outcome = run.body_outcome
+            error.__context__ = (
+                outcome if isinstance(outcome, Exception) else _raised_meanwhile(outcome or exc)
+            )
             ended = State(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
@@ -667,13 +670,18 @@ async def _attempt(
             # dispatcher task to wait for), nor on trio when a deadline passed while the
             # body held the loop (the dispatcher task was already on its way out).
             await anyio.lowlevel.checkpoint()
-    except BaseException:
+    except BaseException as exc:
         # Cancelled from outside the run, or an interrupt escaping its task group (a
         # task's hook called sys.exit()): finish every task run and shut the runner
         # down, then let it propagate. A body that had already failed keeps its error:
-        # the run failed before the cancellation came (rule 7).
+        # the run failed before the cancellation came (rule 7). Unless its error only
+        # reports that cancellation: a task run it cancelled, read (the cancellation's
+        # context then).
         if isinstance(body_error, Exception):
-            run.body_error = body_error
+            if isinstance(exc, cancelled) and cancellation_echo(body_error):
+                run.body_outcome = body_error
+            else:
+                run.body_error = body_error
         with anyio.CancelScope(shield=True):
             await _wind_down(run)
         raise

@@ -384,6 +384,15 @@ class FlowRun:
                 scope.cancel()
         self._to_children(self._child_cancel)
 
+    def cancel_seen(self) -> None:
+        """One of the run's task runs met the run's cancellation (its caller's, one the
+        run has not been told of yet): its sync code in threads meets ``RunCancelled``
+        from now on, as after :meth:`request_cancel`, not the errors of the runs that
+        cancellation ends (see ``_stop_if_caller_cancelled``). Loop thread."""
+        if not self.cancel_requested:
+            self.cancel_requested = True
+            self._wake(self._thread_waiters)
+
     def _signalled(self) -> bool:
         """Whether a signal came to this run or to one of its parents."""
         run: FlowRun | None = self

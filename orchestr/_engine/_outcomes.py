@@ -25,6 +25,16 @@ def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:
     return State(StateType.CANCELLED, message=why, error=error, record=record)
 
 
+def cancellation_echo(error: BaseException) -> bool:
+    """Whether ``error`` only reports cancelled task runs (a ``TaskRunCancelledError``,
+    or a group of nothing else): raised by code that read runs a cancellation ended,
+    while that cancellation was under way, it is the cancellation's echo, not a failure
+    of the code's own."""
+    if isinstance(error, BaseExceptionGroup):
+        return all(cancellation_echo(inner) for inner in error.exceptions)
+    return isinstance(error, TaskRunCancelledError)
+
+
 def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:
     what = _describe(exc)
     if stray_cancellation(exc):
