@@ -141,6 +141,7 @@ _lock = threading.Lock()  # starting and ending the writer thread
 _wake = threading.Event()
 _running = False
 _exiting = False
+_exited = False  # _at_exit has written what was queued: later flow runs write their own
 _urgent = False  # a flush() is waiting: write now
 _installed = False
 _thread: threading.Thread | None = None
@@ -212,8 +213,31 @@ def _observe(record: Any, state: State[Any]) -> None:
     if final:
         note_origin(record.error)  # now, before the error's traceback grows
     _queue.append((record, state.name, _now(), record.attempts, recorded, snapshot, final))
-    if not _running:
+    if final and _exited:
+        _write_late()
+    elif not _running:
         _start()
+
+
+def _write_late() -> None:
+    """A flow run that ended after :func:`_at_exit` wrote the history (one run by an
+    ``atexit`` function registered before orchestr's, which Python calls after it): its
+    changes are written now, in its own thread, as at exit; none is left behind
+    unwritten, and none is written twice (the lock)."""
+    global exit_deadline
+    with _lock:
+        if not _queue:
+            return
+        exit_deadline = time.monotonic() + _exit_timeout()
+        exit_dropped.clear()
+        from ._writer import Writer
+
+        writer = Writer()
+        try:
+            _drain(writer)
+        finally:
+            writer.close()
+    _report_exit_drops(False)
 
 
 def record_sent_home(record: FlowRunRecord, parent: FlowRunRecord) -> None:
@@ -305,9 +329,15 @@ def _install() -> None:
 
 
 def _start() -> None:
-    global _running, _thread
+    global _exited, _running, _thread
     with _lock:
         if _running or _exiting:
+            return
+        if not threading.main_thread().is_alive():
+            # The interpreter is shutting down (an atexit function's flow run, the first
+            # of the process: _at_exit, registered now, would never be called): no
+            # thread, which would be stopped mid-write; each flow run writes its own.
+            _exited = True
             return
         thread = threading.Thread(target=_write_until_idle, name=THREAD_NAME, daemon=True)
         _running = True
@@ -449,10 +479,11 @@ def _at_exit() -> None:
     """Write what is still queued before the interpreter goes: waiting for a database
     another process holds locked at most ``history_exit_timeout_seconds``; then report
     what could not be written."""
-    global _exiting, exit_deadline
+    global _exited, _exiting, exit_deadline
     _exiting = True
     thread = _thread
     if thread is None and not _queue:
+        _exited = True
         return  # nothing was recorded in this process
     exit_deadline = time.monotonic() + _exit_timeout()
     if thread is not None and thread.is_alive():
@@ -478,6 +509,7 @@ def _at_exit() -> None:
         finally:
             writer.close()
     _report_exit_drops(stuck)
+    _exited = not stuck  # (behind a stuck writer, a late run's changes would wait too)
 
 
 def _exit_timeout() -> float:

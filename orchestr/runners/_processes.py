@@ -50,6 +50,7 @@ worker ends after it), "done", "skipped" and "log".
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 import pickle
 import signal
@@ -140,6 +141,21 @@ class ProcessPoolTaskRunner(TaskRunner):
         return 1024 if self._bound == "auto" else self._bound
 
     async def start(self) -> None:
+        process = multiprocessing.current_process()
+        if process.daemon:
+            # Its workers could not start: multiprocessing refuses children to daemonic
+            # processes, with an AssertionError at each call that reads as the task's own.
+            run = flow_run_var.get()
+            raise UsageError(
+                f"ProcessPoolTaskRunner cannot start worker processes in process "
+                f"{process.name!r} (pid {os.getpid()}): it is daemonic (a "
+                "ProcessPoolTaskRunner or Dask worker, say), and a daemonic process may not "
+                "start processes of its own"
+                + ("" if run is None else f" (flow run {run.record.name!r})")
+                + "; for a flow called in such a worker, leave task_runner unset (its task "
+                "runs then run in threads there), or call that flow from the flow that "
+                "submitted the task, where its process pool can start"
+            )
         self._pool = _Pool(self.max_workers, self.start_method)
 
     async def run(self, call: Call) -> Outcome:
