@@ -560,6 +560,22 @@ class FutureList(list[TaskFuture[R]]):
             return FutureList(super().__getitem__(index))
         return super().__getitem__(index)
 
+    # Joined or repeated, futures are futures still: ``await (evens + odds)``. (A list
+    # of anything else joined in is refused, naming the item, when awaited or waited.)
+    def __add__(self, other: list[TaskFuture[R]], /) -> FutureList[R]:  # type: ignore[override]
+        return FutureList(list.__add__(self, other))
+
+    def __radd__(self, other: list[TaskFuture[R]], /) -> FutureList[R]:
+        return FutureList(list.__add__(other, self))
+
+    def __mul__(self, times: SupportsIndex, /) -> FutureList[R]:
+        return FutureList(list.__mul__(self, times))
+
+    __rmul__ = __mul__
+
+    def copy(self) -> FutureList[R]:
+        return FutureList(self)
+
     def __await__(self) -> Generator[Any, None, list[R]]:
         _check_future_list(self, "`await futures` (a FutureList)")
         return self._results().__await__()
