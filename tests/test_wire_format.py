@@ -315,7 +315,7 @@ def test_a_result_that_does_not_pickle_comes_back_as_an_error() -> None:
     outcome = load_outcome(far_side(payload, "k", "return plain data"), "k")
     assert isinstance(outcome.error, SerializationError)
     assert str(outcome.error) == (
-        "the result of call 'k' (lock) cannot be sent back: it does not pickle "
+        "the result of task run 'combine-7' (lock) cannot be sent back: it does not pickle "
         "(TypeError: cannot pickle '_thread.lock' object); return plain data"
     )
     assert outcome.started is not None

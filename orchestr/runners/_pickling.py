@@ -291,11 +291,13 @@ def far_side(
     ``on_running`` is called as the task's function starts (see ``run_call``);
     ``prepare`` is given the rebuilt call first, to change how it runs (a process
     pool's worker wraps its function so that a stop can interrupt it)."""
+    run = f"call {key!r}"
     try:
         call = load_call(payload)
     except BaseException as exc:
         outcome = Outcome(error=_not_rebuilt(payload, key, exc))
     else:
+        run = f"task run {call.identity.task_run_name!r}"
         if prepare is not None:
             prepare(call)
         outcome = run_call(call, on_running)
@@ -305,7 +307,7 @@ def far_side(
         what = "result" if outcome.error is None else "exception"
         shown = outcome.value if outcome.error is None else outcome.error
         bad = SerializationError(
-            f"the {what} of call {key!r} ({type(shown).__name__}) cannot be sent back: it "
+            f"the {what} of {run} ({type(shown).__name__}) cannot be sent back: it "
             f"does not pickle ({describe_error(exc)}); {advice}"
         )
         # The block events and the flow runs of the call still come home.
