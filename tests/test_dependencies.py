@@ -233,7 +233,8 @@ def test_results_that_do_not_fit_their_container_fail_only_that_run(
     run: Any, upstream: Any, downstream: Any
 ) -> None:
     """An upstream result that cannot go where its future was (an unhashable list in a
-    set) fails that downstream run with the TypeError, noting the run; the flow goes on."""
+    set) fails that downstream run with a UsageError naming the argument (the TypeError
+    its cause), noting the run; the flow goes on."""
     seen: dict[str, Any] = {}
 
     @flow
@@ -252,7 +253,8 @@ def test_results_that_do_not_fit_their_container_fail_only_that_run(
     for key in ("state", "inline"):
         state = seen[key]
         assert state.is_failed()
-        assert isinstance(state.exception, TypeError)
+        assert isinstance(state.exception, UsageError)
+        assert isinstance(state.exception.__cause__, TypeError)
         assert "unhashable" in str(state.exception)
         assert any(repr(state.run_name) in note for note in state.exception.__notes__)
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from typing import TYPE_CHECKING, Any, cast
 
 from .._logging import flow_run_logger
-from .._text import safe_repr
+from .._text import describe_error, safe_repr, type_name
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import BlockingCallError, UpstreamNotCompletedError, UsageError
 from ..futures import FutureList, TaskFuture, _future_of, _observe, _refuse_self_wait
@@ -427,9 +427,26 @@ def resolve_arguments(
         if allowed:
             _observe(future._record)
     done: dict[int, Any] = {}
-    new_args = tuple(_resolve(value, 0, False, done) for value in args)
-    new_kwargs = {key: _resolve(value, 0, False, done) for key, value in kwargs.items()}
-    return new_args, new_kwargs
+    new_args = []
+    for index, value in enumerate(args):
+        try:
+            new_args.append(_resolve(value, 0, False, done))
+        except _Unrebuildable as error:
+            raise _argument_error(f"positional argument #{index}", value, error) from error.cause
+    new_kwargs = {}
+    for key, value in kwargs.items():
+        try:
+            new_kwargs[key] = _resolve(value, 0, False, done)
+        except _Unrebuildable as error:
+            raise _argument_error(f"argument {key!r}", value, error) from error.cause
+    return tuple(new_args), new_kwargs
+
+
+def _argument_error(where: str, given: Any, error: _Unrebuildable) -> UsageError:
+    return UsageError(
+        f"{where} ({_a(type_name(given))}) cannot be passed with the results of the futures "
+        f"in it: {error.reason}; {error.advice}"
+    )
 
 
 def collect_returned(value: Any) -> list[Any]:
@@ -475,11 +492,19 @@ def _collect(obj: Any, found: dict[Any, None], depth: int, seen: set[int]) -> No
     # allow_failure, unmapped, quote: not looked into.
 
 
-def resolve_returned(value: Any) -> Any:
+def resolve_returned(value: Any, what: str = "the flow run") -> Any:
     """A flow's return value with futures and (completed) states replaced by results.
     ``quote(x)`` stays as it is (as in Prefect: the caller calls ``.unquote()``), and so
-    does ``opaque(x)`` around anything but a future or a State."""
-    return _resolve(value, 0, True, {})
+    does ``opaque(x)`` around anything but a future or a State. A container that cannot
+    be rebuilt with the results in it (an unhashable result in a set) raises a
+    UsageError naming ``what`` (the run) and the result."""
+    try:
+        return _resolve(value, 0, True, {})
+    except _Unrebuildable as error:
+        raise UsageError(
+            f"{what} returned {_a(type_name(value))} that cannot be rebuilt with the "
+            f"results of the futures in it: {error.reason}; {error.advice}"
+        ) from error.cause
 
 
 def _resolve(obj: Any, depth: int, returned: bool, done: dict[int, Any]) -> Any:
@@ -530,7 +555,11 @@ def _rebuilt(
             return obj
         if kind is FutureList:  # its results are a plain list
             return values
-        return kind(*values) if category == _NAMEDTUPLE else kind(values)
+        try:
+            return kind(*values) if category == _NAMEDTUPLE else kind(values)
+        except Exception as exc:
+            members = kind is set or kind is frozenset
+            raise _Unrebuildable(kind, list(obj), values, exc, members) from None
     if category == _DICT:
         items = [
             (_resolve(k, depth, returned, done), _resolve(v, depth, returned, done))
@@ -538,7 +567,15 @@ def _rebuilt(
         ]
         if all(a is k and b is v for (a, b), (k, v) in zip(items, obj.items(), strict=True)):
             return obj
-        return dict(items) if kind is dict else _refilled(obj, items)
+        try:
+            return dict(items) if kind is dict else _refilled(obj, items)
+        except Exception as exc:
+            if any(not _hashable(k) for k, _ in items):  # (the old keys are all hashable)
+                keys = [k for k, _ in obj.items()]
+                raise _Unrebuildable(kind, keys, [k for k, _ in items], exc, True) from None
+            olds = [part for pair in obj.items() for part in pair]
+            news = [part for pair in items for part in pair]
+            raise _Unrebuildable(kind, olds, news, exc, False) from None
     return _refilled_fields(obj, kind, category, depth, returned, done)
 
 
@@ -590,12 +627,100 @@ def _refilled_fields(
             changed[name] = new
     if not changed:
         return obj
-    if category == _MODEL:
-        return obj.model_copy(update=changed)
-    new_obj = copy.copy(obj)
-    for name, value in changed.items():
-        object.__setattr__(new_obj, name, value)
+    try:
+        if category == _MODEL:
+            return obj.model_copy(update=changed)
+        new_obj = copy.copy(obj)
+        for name, value in changed.items():
+            object.__setattr__(new_obj, name, value)
+    except Exception as exc:
+        olds = [_field(obj, name, None) for name in changed]
+        raise _Unrebuildable(kind, olds, list(changed.values()), exc, False) from None
     return new_obj
+
+
+# -- containers that cannot be rebuilt ------------------------------------------------------
+class _Unrebuildable(Exception):
+    """Raised inside the search when a container cannot be rebuilt with the results put
+    in it (an unhashable result in a set or as a dict key, a dict subclass that refuses
+    new items, a type whose constructor takes other arguments). Turned into a UsageError
+    naming the argument or returned value that holds it, with ``cause`` (what the
+    container raised) as its cause. ``olds`` and ``news``: the container's items before
+    and after resolving; ``hashed``: whether they are members or keys (the first
+    unhashable new one is then named as the reason)."""
+
+    def __init__(
+        self, kind: type, olds: list[Any], news: list[Any], cause: Exception, hashed: bool
+    ) -> None:
+        self.cause = cause
+        name = _kind_name(kind)
+        role = "a key of" if issubclass(kind, dict) else "a member of"
+        for old, new in zip(olds, news, strict=True):
+            if hashed and new is not old and not _hashable(new):
+                self.reason = f"{_gave(old, new)} {role} {_a(name)} ({describe_error(cause)})"
+                self.advice = (
+                    "collect the results in a list or tuple instead"
+                    if role == "a member of"
+                    else "use the results as values rather than keys"
+                ) + ", or make the task return something hashable (a tuple, a frozenset)"
+                break
+        else:
+            runs = _runs_of([old for old, new in zip(olds, news, strict=True) if new is not old])
+            self.reason = (
+                f"{_a(name)} could not be rebuilt with the result of {runs} "
+                f"({describe_error(cause)})"
+            )
+            self.advice = (
+                f"build the {name} yourself from the results (`await fut` in async code, "
+                "`fut.result()` in sync code), or pass them in a plain list, tuple or dict"
+            )
+        super().__init__(self.reason)
+
+
+def _hashable(value: Any) -> bool:
+    try:
+        hash(value)
+    except Exception:
+        return False
+    return True
+
+
+def _gave(old: Any, new: Any) -> str:
+    """What put the unhashable ``new`` where ``old`` was, up to "cannot be": "task run
+    'x-0' returned a list, which cannot be"; "a tuple holding the result of task run
+    'x-0' cannot be"."""
+    inner = _peeled(old, False)[0]
+    if type(inner) is opaque:
+        inner = inner.value
+    if type(inner) is TaskFuture or type(inner) is State:
+        return f"{_runs_of([inner])} returned {_a(type_name(new))}, which cannot be"
+    return f"{_a(type_name(old))} holding the result of {_runs_of([old])} cannot be"
+
+
+def _runs_of(values: list[Any]) -> str:
+    """The task runs whose futures (or States) are in ``values``: "task run 'x-0'"."""
+    found: dict[Any, bool] = {}
+    for value in values:
+        _scan(value, found, False, 0)
+    names: list[str] = []
+    for key in found:
+        if type(key) is TaskFuture:
+            names.append(repr(key._record.name))
+        elif type(key) is State:
+            names.append(repr(key.record.name) if key.record is not None else "a State")
+    if not names:
+        return "its futures"
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return f"task run{'s' if len(names) > 1 else ''} {shown}"
+
+
+def _kind_name(kind: type) -> str:
+    name = getattr(kind, "__name__", None)
+    return name if type(name) is str else "object"
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in ('a', 'e', 'i', 'o', 'u') else 'a'} {name}"
 
 
 # -- subflows with wait_for -------------------------------------------------------------------
@@ -664,7 +789,10 @@ class _FlowAfterUpstreams:
         blocked = _flow_blocked(self.upstreams)
         if blocked is not None:
             return _not_run_flow(self.flow, blocked, self.return_state)
-        args, kwargs = resolve_arguments(self.args, self.kwargs, self.upstreams)
+        try:
+            args, kwargs = resolve_arguments(self.args, self.kwargs, self.upstreams)
+        except UsageError as error:  # a container that cannot hold its futures' results
+            return _unbuildable_flow(self.flow, error, self.return_state)
         return self.call(args, kwargs, self.return_state)
 
     async def run_async(self) -> Any:
@@ -691,14 +819,32 @@ def _flow_blocked(upstreams: Dependencies) -> TaskFuture[Any] | State[Any] | Non
     return None
 
 
-def _not_run_flow(
-    flow: Flow[Any, Any], blocked: TaskFuture[Any] | State[Any], return_state: bool
-) -> Any:
-    """Record the flow's run as NotRun (under its parent run, if any) and deliver it."""
+def _unbuildable_flow(flow: Flow[Any, Any], error: UsageError, return_state: bool) -> Any:
+    """Record the flow's run as Failed, before its body ran, with the error of an
+    argument that cannot hold its futures' results, and deliver it."""
+    record = _unstarted_flow_record(flow)
+    error.add_note(f"while passing upstream results to flow run {record.name!r}")
+    state: State[Any] = State(StateType.FAILED, message=str(error), error=error, record=record)
+    set_state(record, state)
+    if _flow_log.isEnabledFor(logging.INFO):
+        flow_run_logger(record).info("Finished in state %r", state)
+    return state if return_state else state.result()
+
+
+def _unstarted_flow_record(flow: Flow[Any, Any]) -> FlowRunRecord:
+    """The record of a flow run that does not start (under its parent run, if any)."""
     parent = flow_run_var.get()
     record = FlowRunRecord(flow.name, None if parent is None else parent.record)
     if parent is not None:
         parent.record.subflow_runs.append(record)
+    return record
+
+
+def _not_run_flow(
+    flow: Flow[Any, Any], blocked: TaskFuture[Any] | State[Any], return_state: bool
+) -> Any:
+    """Record the flow's run as NotRun (under its parent run, if any) and deliver it."""
+    record = _unstarted_flow_record(flow)
     what = f"flow run {record.name!r} did not run"
     if isinstance(blocked, State):
         error = _state_not_completed(what, None, blocked)

@@ -132,7 +132,11 @@ def _aggregate(run: FlowRun, value: Any, returned: list[Any]) -> State[Any]:
         )
     bad = [s for s in states if not s.is_completed()]
     if not bad:
-        return State(StateType.COMPLETED, data=resolve_returned(value), record=record)
+        try:
+            data = resolve_returned(value, what)
+        except UsageError as error:  # a container that cannot hold the results
+            return State(StateType.FAILED, message=str(error), error=error, record=record)
+        return State(StateType.COMPLETED, data=data, record=record)
     failed = [s for s in bad if s.type is not StateType.CANCELLED]
     kind, verb = (StateType.FAILED, "failed") if failed else (StateType.CANCELLED, "cancelled")
     message = f"{len(failed or bad)}/{len(states)} states {verb}"
