@@ -200,7 +200,7 @@ def _add_console(level: int) -> None:
     global _console, _level_given, _level_before
     package = _PACKAGE_LOGGER
     if _console is None:
-        handler = logging.StreamHandler()
+        handler = _ConsoleHandler()
         handler.setFormatter(
             ConsoleFormatter(_FORMAT, datefmt="%H:%M:%S", defaults={"run_label": "orchestr"})
         )
@@ -221,6 +221,48 @@ def _remove_console() -> None:
         _PACKAGE_LOGGER.setLevel(_level_before)  # unless someone set another since
     _console = None
     _level_given = None
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """orchestr's console handler: writes to ``sys.stderr`` as it is when a record is
+    emitted, as ``logging.lastResort`` does, not as it was when the handler was made (a
+    first run under ``contextlib.redirect_stderr``, or pytest's capture, would keep the
+    later runs' lines). Nothing when it is gone or closed (``None``, a closed buffer):
+    never a ``Logging error`` print, never an error raised into a run."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # (no stream of its own to keep)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _writable(sys.stderr):
+            super().emit(record)
+
+    def flush(self) -> None:
+        if _writable(sys.stderr):
+            try:
+                super().flush()
+            except (OSError, ValueError):  # closed since, by another thread
+                pass
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        # logging prints the failure to sys.stderr: not when that is what failed (closed
+        # by another thread since emit() looked), where the print would raise.
+        if _writable(sys.stderr):
+            try:
+                super().handleError(record)
+            except Exception:
+                pass
+
+
+def _writable(stream: Any) -> bool:
+    try:
+        return stream is not None and not stream.closed
+    except Exception:  # no closed attribute (a minimal file-like object): try it
+        return stream is not None
 
 
 class ConsoleFormatter(logging.Formatter):

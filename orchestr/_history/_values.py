@@ -1,11 +1,14 @@
 """What the run history keeps of values and errors.
 
 A flow run's parameters become a JSON-safe snapshot, taken as the run starts: numbers,
-strings, lists and dicts as they are (bounded: long strings and collections are cut,
-nesting stops at a depth; an int too long to show, one of more than 640 digits, as its
-size), other objects as their ``repr``. Secrets are masked, never
-stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
-parameter's, a dict key's, a field's) looks like a secret (``password``, ``db_pass``,
+strings, lists and dicts as they are (any mapping as a dict; tuples, sets and deques as
+lists; a named tuple, a dataclass, an attrs class or a pydantic model as a dict of its
+fields, by name; bounded: long strings and collections are cut, nesting stops at a
+depth, where a container is kept as its masked repr; an int too long to show, one of
+more than 640 digits, as its size), other objects as their ``repr``. Secrets are masked,
+never stored: pydantic's ``SecretStr`` / ``SecretBytes`` values, any value whose name (a
+parameter's, any mapping's key's, a record's field's: one rule, :func:`_secret_key`,
+for both the history and the log line) looks like a secret (``password``, ``db_pass``,
 ``api_key``, ``token``, ``bearer``, ``secret``, ``credentials``, ...: whole words of the
 name, singular or plural, so ``passenger_count`` and ``bypass`` are shown, and so are
 names counting them, ``token_count`` and ``max_tokens``), the password of a URL
@@ -33,6 +36,7 @@ the state observer takes the snapshot.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 import itertools
@@ -298,11 +302,20 @@ def _safe(value: Any, depth: int) -> Any:
     if isinstance(value, os.PathLike):
         path = os.fspath(value)
         return _text(path) if isinstance(path, str) else _safe(path, depth)
-    if depth >= _MAX_DEPTH:
-        return _text(repr(value))
+    fields = _fields(value)
+    if depth >= _MAX_DEPTH:  # a container's repr would show its secrets: the masked one
+        holds = fields is not None or isinstance(value, (Mapping, *_SEQUENCES))
+        return _text(masked_repr(value) if holds else repr(value))
     if isinstance(value, Mapping):
         return _mapping(value.items(), len(value), depth)
-    if isinstance(value, list | tuple | set | frozenset):
+    dump = getattr(value, "model_dump", None)  # a pydantic model: as it dumps itself
+    if fields is not None and callable(dump) and not isinstance(value, type):
+        dumped = dump()
+        if isinstance(dumped, Mapping):
+            return _mapping(dumped.items(), len(dumped), depth)
+    if fields is not None:  # a named tuple's, a dataclass's, an attrs class's: by name
+        return _mapping(fields, len(fields), depth)
+    if isinstance(value, _SEQUENCES):
         items: Any = value
         if isinstance(value, set | frozenset):  # in a stable order: the ones shown only
             items = sorted(itertools.islice(value, _MAX_ITEMS), key=repr)
@@ -312,15 +325,49 @@ def _safe(value: Any, depth: int) -> Any:
         if len(value) > _MAX_ITEMS:
             shown.append(f"... ({len(value) - _MAX_ITEMS} more)")
         return shown
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        fields = [(f.name, getattr(value, f.name, None)) for f in dataclasses.fields(value)]
-        return _mapping(fields, len(fields), depth)
-    dump = getattr(value, "model_dump", None)  # a pydantic model: its fields, by name
-    if callable(dump) and not isinstance(value, type):
-        dumped = dump()
-        if isinstance(dumped, Mapping):
-            return _mapping(dumped.items(), len(dumped), depth)
     return _text(repr(value))
+
+
+# The containers of unnamed items the snapshot keeps as lists (their subclasses too).
+_SEQUENCES = (list, tuple, set, frozenset, collections.deque)
+
+
+def _fields(value: Any, in_repr: bool = False) -> list[tuple[str, Any]] | None:
+    """The fields of a record, by name: a named tuple's (``typing.NamedTuple``,
+    ``collections.namedtuple``), a dataclass instance's, an attrs instance's, a pydantic
+    model's (and the extra ones it allows); None for any other value. The names the
+    history and the log line mask by, as they mask a mapping's keys (:func:`_secret_key`).
+    ``in_repr``: only the fields its own repr shows (not a ``field(repr=False)``)."""
+    kind = type(value)
+    if isinstance(value, type):
+        return None
+    names = getattr(kind, "_fields", None)
+    if isinstance(value, tuple) and isinstance(names, tuple):
+        if all(type(name) is str for name in names):
+            return list(zip(names, value, strict=False))
+        return None
+    if dataclasses.is_dataclass(value):
+        shown = [f.name for f in dataclasses.fields(value) if f.repr or not in_repr]
+        return [(name, getattr(value, name, None)) for name in shown]
+    attributes = getattr(kind, "__attrs_attrs__", None)
+    if isinstance(attributes, tuple):
+        shown = [a.name for a in attributes if getattr(a, "repr", True) or not in_repr]
+        return [(name, getattr(value, name, None)) for name in shown if isinstance(name, str)]
+    model = getattr(kind, "model_fields", None)
+    if isinstance(model, Mapping) and callable(getattr(value, "model_dump", None)):
+        shown = [n for n, f in model.items() if getattr(f, "repr", True) or not in_repr]
+        found = [(name, getattr(value, name, None)) for name in shown if isinstance(name, str)]
+        extra = getattr(value, "__pydantic_extra__", None)
+        if isinstance(extra, Mapping):
+            found += [(name, item) for name, item in extra.items() if isinstance(name, str)]
+        return found
+    return None
+
+
+def _secret_key(key: Any) -> bool:
+    """Whether a mapping's key (or a field's name) names a secret, by its text: a
+    string's own, any other key's ``repr`` (``b'token'``), as the history keeps it."""
+    return is_secret_name(key if isinstance(key, str) else _key_name(key))
 
 
 def _text(text: str) -> str:
@@ -347,7 +394,7 @@ def _mapping(items: Any, size: int, depth: int) -> dict[str, Any]:
             shown["..."] = f"({size - _MAX_ITEMS} more)"
             break
         name = storable(_short(str(key))) if isinstance(key, str) else _key_name(key)
-        shown[name] = MASK if is_secret_name(name) else json_safe(item, depth + 1)
+        shown[name] = MASK if _secret_key(key) else json_safe(item, depth + 1)
     return shown
 
 
@@ -370,8 +417,10 @@ _SHORT_REPR = 100
 def masked_repr(value: Any, name: str = "") -> str:
     """``repr(value)`` shortened like ``reprlib`` does (as the engine's log lines show
     values), with the secrets :func:`json_safe` masks masked: a value named like a
-    secret, dict items and fields so named, ``SecretStr`` (its own repr), URL passwords
-    (masked in the whole text before it is cut)."""
+    secret, the items of any mapping and the fields of any record (:func:`_fields`) so
+    named, shown by their names (``OrderedDict({'token': **********})``, ``Creds(user='u',
+    password=**********)``), ``SecretStr`` (its own repr), URL passwords (masked in the
+    whole text before it is cut)."""
     if name and is_secret_name(name):
         return MASK
     global _reprs
@@ -396,25 +445,49 @@ def _masking_repr() -> Any:
                 return str(super().repr_int(x, level))
             return _int_size(x)  # its repr may raise (too many digits), and is too long
 
-        def repr_dict(self, x: Any, level: int) -> str:
+        def repr1(self, x: Any, level: int) -> str:
+            # By what a value is, not by its type's name (reprlib's way): a mapping of
+            # any kind, a record and a subclass of a sequence show their items masked;
+            # their own reprs (an OrderedDict's, a namedtuple's) would show them all.
+            fields = _fields(x, in_repr=True)
+            if fields is not None:
+                return self._record(type(x).__name__, fields, level)
+            if isinstance(x, Mapping):
+                return self._mapping(x, level)
+            kind = type(x)
+            for base in _SEQUENCES:
+                if isinstance(x, base) and kind is not base:
+                    shown = getattr(self, "repr_" + base.__name__)(x, level)
+                    return f"{kind.__name__}({shown})"
+            return str(super().repr1(x, level))
+
+        def _mapping(self, x: Any, level: int) -> str:
             if not x:
-                return "{}"
-            if level <= 0:
-                return "{" + self.fillvalue + "}"
-            pieces = []
-            for key in itertools.islice(x, self.maxdict):
-                secret = isinstance(key, str) and is_secret_name(key)
-                shown = MASK if secret else self.repr1(x[key], level - 1)
-                pieces.append(f"{self.repr1(key, level - 1)}: {shown}")
-            if len(x) > self.maxdict:
-                pieces.append(self.fillvalue)
-            return "{" + ", ".join(pieces) + "}"
+                shown = "{}"
+            elif level <= 0:
+                shown = "{" + self.fillvalue + "}"
+            else:
+                pieces = [
+                    f"{self.repr1(key, level - 1)}: {self._item(key, item, level - 1)}"
+                    for key, item in itertools.islice(x.items(), self.maxdict)
+                ]
+                if len(x) > self.maxdict:
+                    pieces.append(self.fillvalue)
+                shown = "{" + ", ".join(pieces) + "}"
+            return shown if type(x) is dict else f"{type(x).__name__}({shown})"
+
+        def _record(self, name: str, fields: list[tuple[str, Any]], level: int) -> str:
+            if level <= 0 and fields:
+                return f"{name}({self.fillvalue})"
+            shown = ", ".join(
+                f"{field}={self._item(field, item, level - 1)}" for field, item in fields
+            )
+            return f"{name}({shown})"
+
+        def _item(self, key: Any, item: Any, level: int) -> str:
+            return MASK if _secret_key(key) else self.repr1(item, level)
 
         def repr_instance(self, x: Any, level: int) -> str:
-            fields = _field_names(x)
-            if any(is_secret_name(field) for field in fields):
-                shown = ", ".join(f"{field}={self._field(x, field, level - 1)}" for field in fields)
-                return f"{type(x).__name__}({shown})"
             try:
                 text = mask_url(repr(x))
             except Exception:
@@ -425,9 +498,6 @@ def _masking_repr() -> Any:
                 text = text[:i] + self.fillvalue + text[len(text) - j :]
             return text
 
-        def _field(self, x: Any, field: str, level: int) -> str:
-            return MASK if is_secret_name(field) else self.repr1(getattr(x, field, None), level)
-
     found = MaskingRepr()
     found.maxlevel = 3
     found.maxstring = 60
@@ -436,20 +506,10 @@ def _masking_repr() -> Any:
     return found
 
 
-def _field_names(value: Any) -> list[str]:
-    """The fields of a dataclass instance or a pydantic model, else none."""
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return [f.name for f in dataclasses.fields(value)]
-    fields = getattr(type(value), "model_fields", None)
-    if isinstance(fields, Mapping) and callable(getattr(value, "model_dump", None)):
-        return [name for name in fields if isinstance(name, str)]
-    return []
-
-
 def parameters_snapshot(parameters: Mapping[str, Any]) -> dict[str, Any]:
     """The history's copy of a flow run's parameters (see :func:`json_safe`)."""
     return {
-        name: MASK if is_secret_name(name) else json_safe(value, 1)
+        name: MASK if _secret_key(name) else json_safe(value, 1)
         for name, value in parameters.items()
     }
 
