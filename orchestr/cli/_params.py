@@ -9,7 +9,9 @@ one JSON object, whose values are validated the same way; ``--param`` wins over 
 
 Every mistake is checked before the run starts, so it is reported as bad input (exit
 code 2) naming the parameter, never as a failed run: an unknown name, a missing required
-parameter, a value that does not validate, a file that is not a JSON object. The names
+parameter, a value that does not validate (or whose validator raises), a hint pydantic
+cannot build a validator for, a file that is not a JSON object. A parameter whose default
+is pydantic's ``Field(...)`` has the field's default and its constraints, as in a call. The names
 of the flow call's own keywords (``return_state``, ``wait_for``) and of the flow's
 ``*args`` and ``**kwargs`` are refused too: none of them can be given as ``KEY=VALUE``.
 """
@@ -24,7 +26,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .._engine._params import _type_hints
+from .._engine._params import (
+    _type_hints,
+    constrained,
+    field_of,
+    first_line,
+    hint_advice,
+    hint_text,
+)
+from ..exceptions import ParameterValidationError
 from ..flows import Flow
 from ._errors import BadInput
 from ._hints import default_text, type_text
@@ -62,19 +72,46 @@ class FlowParameter:
 
 
 def parameters_of(flow: Flow[Any, Any]) -> list[FlowParameter]:
-    """The flow's parameters in signature order, with resolved hints."""
+    """The flow's parameters in signature order, with resolved hints (a ``Field(...)``
+    default's constraints joined to its hint, and its default as the default)."""
     signature = inspect.signature(flow.fn)
     hints = _type_hints(flow.fn, signature)
-    return [
-        FlowParameter(p.name, p.kind, hints.get(p.name, _EMPTY), p.default)
-        for p in signature.parameters.values()
-    ]
+    parameters = []
+    for p in signature.parameters.values():
+        hint, default = hints.get(p.name, _EMPTY), p.default
+        field = field_of(default)
+        if field is not None:
+            hint = constrained(Any if hint is _EMPTY else hint, field)
+            default = _field_default(field)
+        parameters.append(FlowParameter(p.name, p.kind, hint, default))
+    return parameters
+
+
+class _Computed:
+    """A default its ``default_factory`` computes, as ``--help`` shows it when the
+    factory cannot be called before the run."""
+
+    def __repr__(self) -> str:
+        return "computed by its default_factory"
+
+
+def _field_default(field: Any) -> Any:
+    if field.is_required():
+        return _EMPTY
+    try:
+        return field.get_default(call_default_factory=True, validated_data={})
+    except Exception:  # --help must still list the parameter; the run computes it
+        return _Computed()
 
 
 def flow_arguments(
     flow: Flow[Any, Any], pairs: tuple[str, ...], params_file: Path | None
 ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The call's arguments: the file's values, then each ``key=value``, validated."""
+    try:  # a hint the flow's own validation cannot use: before any value is read
+        flow.parameters.check()
+    except ParameterValidationError as exc:
+        raise BadInput(str(exc)) from None
     parameters = {p.name: p for p in parameters_of(flow)}
     extra = next((p for p in parameters.values() if p.kind is inspect.Parameter.VAR_KEYWORD), None)
     values: dict[str, Any] = {}
@@ -170,11 +207,20 @@ def _validated(parameter: FlowParameter, value: Any, shown: str, *, text: bool) 
     # Deferred, as in the flow's own validation: pydantic is a tenth of a second to import.
     from pydantic import ValidationError
 
-    validate = _validator(parameter.hint)
+    try:
+        validate = _validator(parameter.hint)
+    except Exception as exc:  # pydantic cannot build a schema (or warned, -W error)
+        raise BadInput(
+            f"{shown}: parameter {parameter.name!r} has a type hint pydantic cannot "
+            f"validate, {hint_text(parameter.hint)} ({first_line(exc)}); "
+            f"{hint_advice(parameter.hint)}"
+        ) from None
     try:
         return validate(value)
     except ValidationError as first:
         error = first
+    except Exception as exc:  # a validator raising TypeError, say
+        raise _raised(parameter, shown, exc) from None
     if text:
         try:
             decoded = json.loads(value)
@@ -185,6 +231,8 @@ def _validated(parameter: FlowParameter, value: Any, shown: str, *, text: bool) 
                 return validate(decoded)
             except ValidationError as second:
                 error = second
+            except Exception as exc:
+                raise _raised(parameter, shown, exc) from None
     problems = "; ".join(
         (f"at {'.'.join(map(str, e['loc'][1:]))}: " if e["loc"][1:] else "") + e["msg"]
         for e in error.errors(include_url=False)
@@ -193,6 +241,12 @@ def _validated(parameter: FlowParameter, value: Any, shown: str, *, text: bool) 
         f"{shown} is not a valid {parameter.type_text}: {problems}"
         + (_json_hint(parameter) if text else "")
     ) from None
+
+
+def _raised(parameter: FlowParameter, shown: str, exc: Exception) -> BadInput:
+    return BadInput(
+        f"{shown} is not a valid {parameter.type_text}: its validation raised {first_line(exc)}"
+    )
 
 
 def _json_hint(parameter: FlowParameter) -> str:
