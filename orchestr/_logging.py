@@ -232,17 +232,25 @@ class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def __init__(self) -> None:
         logging.Handler.__init__(self)  # (no stream of its own to keep)
+        self._chosen: Any = None  # a stream set with setStream(): kept, as it says
 
     @property  # type: ignore[override]
     def stream(self) -> Any:
-        return sys.stderr
+        chosen = self._chosen
+        return sys.stderr if chosen is None else chosen
+
+    @stream.setter
+    def stream(self, stream: Any) -> None:
+        # StreamHandler.setStream() (and a user's handler.stream = ...) choose a stream
+        # for good; None goes back to sys.stderr of the moment.
+        self._chosen = stream
 
     def emit(self, record: logging.LogRecord) -> None:
-        if _writable(sys.stderr):
+        if _writable(self.stream):
             super().emit(record)
 
     def flush(self) -> None:
-        if _writable(sys.stderr):
+        if _writable(self.stream):
             try:
                 super().flush()
             except (OSError, ValueError):  # closed since, by another thread

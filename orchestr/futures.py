@@ -227,6 +227,13 @@ class TaskFuture(Generic[R]):
             self._final = final
         return final  # type: ignore[return-value]
 
+    def _completed(self) -> bool:
+        """Whether the run is final and Completed (compact or not)."""
+        final = self._final
+        if final is COMPACT:
+            return True
+        return final is not None and final.is_completed()  # type: ignore[attr-defined]
+
     def _result(self, raise_on_failure: bool = True) -> R:
         """The result of a final run (or its error raised), made no State for."""
         if self._final is COMPACT:
@@ -274,7 +281,7 @@ class TaskFuture(Generic[R]):
             _refuse_self_wait(self)
             await self._wait_async()
         _observe(self._record)
-        if self._final is not COMPACT:
+        if not self._completed():
             await _cancellation_first()
         return self._result()
 
@@ -318,7 +325,7 @@ class TaskFuture(Generic[R]):
                     f"(it is {self._record.state_name}); it keeps running"
                 )
         _observe(self._record)
-        if self._final is not COMPACT:
+        if not self._completed():
             # The wait ended with the run: maybe by the cancellation of this code's own
             # run (which ended that one too), which this code meets as itself.
             _stop_if_caller_cancelled()

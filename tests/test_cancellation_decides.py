@@ -324,3 +324,113 @@ def test_a_sync_task_reading_a_run_its_flows_cancellation_ended_meets_run_cancel
         "slow": "Cancelled",
         "waiter": "Cancelled",
     }, [(tr.name, tr.state_name, tr.message) for tr in record.task_runs]
+
+
+# -- what the cancellation does not decide ------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_body_that_failed_on_its_own_before_the_cancellation_ends_failed(backend: str) -> None:
+    """The body cancelled one of its runs itself and awaited it (its own failure), then
+    the caller's deadline came while the exit barrier waited for another run: Failed with
+    the body's error, as before the cancellation (rule 7), not Cancelled."""
+    ended: list[State[Any]] = []
+
+    def keep(f: Any, run: Any, state: State[Any]) -> None:
+        ended.append(state)
+
+    async def main() -> None:
+        caller = anyio.CancelScope()
+
+        @task
+        async def slow(i: int) -> int:
+            await anyio.sleep(BOUND)
+            return i
+
+        @task
+        async def cuts_the_caller() -> None:
+            caller.cancel()  # the caller's deadline, after the body failed
+
+        @flow(timeout_seconds=BOUND, on_failure=[keep], on_cancellation=[keep])
+        async def body() -> None:
+            slow.submit(1)  # the exit barrier waits for it
+            own = slow.submit(2)
+            own.cancel()
+            try:
+                await own  # the body's own failure
+            finally:
+                cuts_the_caller.submit()
+
+        with anyio.fail_after(BOUND):
+            with caller:
+                await body()
+
+    anyio.run(main, backend=backend)
+    (state,) = ended
+    assert state.type is StateType.FAILED, state
+    assert isinstance(state.exception, TaskRunCancelledError)
+    assert "cancelled by fut.cancel()" in str(state.exception)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_tasks_own_failure_that_meets_the_cancellation_ends_failed(backend: str) -> None:
+    """A task's code cancelled a run and awaited it (its own failure); the caller's
+    cancellation came while that error unwound through a shielded cleanup: the task run
+    failed first, and ends Failed."""
+    records: list[Any] = []
+
+    def keep(f: Any, run: Any, state: State[Any]) -> None:
+        records.append(run)
+
+    async def main() -> None:
+        caller = anyio.CancelScope()
+
+        @task
+        async def slow() -> None:
+            await anyio.sleep(BOUND)
+
+        @task
+        async def reader(upstream: TaskFuture[None]) -> None:
+            try:
+                upstream.cancel()
+                await upstream
+            finally:
+                with anyio.CancelScope(shield=True):
+                    caller.cancel()
+                    await anyio.sleep(0.01)  # unwinding: the cancellation is under way
+
+        @flow(timeout_seconds=BOUND, on_failure=[keep], on_cancellation=[keep])
+        async def body() -> None:
+            await reader.submit(quote(slow.submit()))
+
+        with anyio.fail_after(BOUND):
+            with caller:
+                await body()
+
+    anyio.run(main, backend=backend)
+    (record,) = records
+    states = {tr.name.split("-")[0]: tr.state_name for tr in record.task_runs}
+    assert states == {"slow": "Cancelled", "reader": "Failed"}, states
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("read_state", [False, True], ids=["as finished", "its state read"])
+def test_a_completed_run_awaited_in_a_cancelled_scope_gives_its_result(
+    backend: str, read_state: bool
+) -> None:
+    """Only a run's error gives way to a cancellation under way: a Completed run's
+    result is returned (no checkpoint), whether its state was read or not."""
+
+    @task
+    async def one() -> int:
+        return 1
+
+    @flow(timeout_seconds=BOUND)
+    async def body() -> Any:
+        future = one.submit()
+        await future
+        if read_state:
+            assert future.state.is_completed()
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            return await future
+
+    assert anyio.run(body, backend=backend) == 1

@@ -243,3 +243,30 @@ def test_each_test_s_lines_reach_its_own_capsys(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert "2 passed" in done.stdout
     assert "Logging error" not in done.stdout + done.stderr
+
+
+@KINDS
+def test_a_stream_chosen_with_set_stream_is_kept_until_set_back(kind: str) -> None:
+    """``StreamHandler.setStream()`` on orchestr's console handler (as on any
+    StreamHandler): the later runs' lines go to that stream; ``setStream(None)`` goes
+    back to ``sys.stderr`` of the moment. (It raised: the stream had no setter.)"""
+    found, stderr = _program(
+        """
+        import logging
+        run("one", IS_ASYNC)
+        (console,) = [h for h in logging.getLogger("orchestr").handlers
+                      if isinstance(h, logging.StreamHandler)]
+        chosen = io.StringIO()
+        found["old"] = console.setStream(chosen) is sys.stderr
+        run("two", IS_ASYNC)
+        found["chosen"] = chosen.getvalue()
+        console.setStream(None)
+        run("three", IS_ASYNC)
+        """,
+        kind,
+    )
+    assert found["old"] is True
+    assert len(_lines(found["chosen"], "two")) == 2
+    assert _lines(stderr, "two") == []
+    assert len(_lines(stderr, "one")) == 2
+    assert len(_lines(stderr, "three")) == 2, stderr

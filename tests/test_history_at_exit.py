@@ -99,3 +99,71 @@ def test_flow_runs_of_an_atexit_function_registered_first_are_recorded(
     expected += [("late_sync", "Completed"), ("late_async", "Completed")]
     assert _query(db, "SELECT flow_name, state FROM flow_runs ORDER BY started") == expected
     assert _query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'") == [(500,)]
+
+
+AFTER_MAIN = """
+import threading
+
+from orchestr import flow, history, task
+
+main_ended = threading.Event()
+
+
+@task
+def step(i: int) -> int:
+    return i
+
+
+@flow(name="in_thread")
+def in_thread(n: int) -> int:
+    return sum(f.result() for f in [step.submit(i) for i in range(n)])
+
+
+gate = threading.Event()
+holding = threading.Event()
+
+
+@flow(name="held")
+def held() -> bool:
+    holding.set()
+    return gate.wait(60)
+
+
+def worker() -> None:
+    assert main_ended.wait(60)
+    while threading.main_thread().is_alive():  # until the interpreter stopped it
+        threading.Event().wait(0.01)
+    results = [in_thread(50) for _ in range(3)]
+    holder = threading.Thread(target=held)  # a run still going while flush() waits
+    holder.start()
+    assert holding.wait(60)
+    flushed = history.flush(5)
+    gate.set()
+    holder.join(60)
+    print("flushed", flushed, results, flush=True)
+
+
+{before}
+threading.Thread(target=worker).start()  # not a daemon: the interpreter waits for it
+main_ended.set()
+"""
+
+
+@pytest.mark.timeout(WAIT * 2)
+@pytest.mark.parametrize("before", [True, False], ids=["after a flow run", "the first runs"])
+def test_flow_runs_in_threads_after_the_main_thread_ended_are_recorded(
+    tmp_path: Path, before: bool
+) -> None:
+    """A server-like program: its main thread returns while a non-daemon thread goes on
+    running flows. Every run is written, and flush() in that thread returns True while
+    another run is still going (it waited for that run's end, and timed out, when the
+    recorder took the main thread's end for the interpreter's)."""
+    home = tmp_path / "home"
+    done = _program(AFTER_MAIN.format(before="in_thread(5)" if before else ""), home)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "flushed True [1225, 1225, 1225]" in done.stdout, (done.stdout, done.stderr[-2000:])
+    db = home / "history.db"
+    rows = _query(db, "SELECT flow_name, state FROM flow_runs ORDER BY started")
+    assert rows == [("in_thread", "Completed")] * (4 if before else 3) + [("held", "Completed")]
+    tasks = _query(db, "SELECT COUNT(*) FROM task_runs WHERE state = 'Completed'")
+    assert tasks == [(155 if before else 150,)]

@@ -114,3 +114,44 @@ def test_a_name_also_bound_at_module_level_is_not_refused(tmp_path: Path) -> Non
     guarded = "    from guarded_tasks import work  # (again, as scripts do)\n"
     outcomes = _run(tmp_path, top, guarded, "forkserver")
     assert [outcome[0] for outcome in outcomes.values()] == ["Completed", "Completed"], outcomes
+
+
+IN_PROCESS_DASK = """\
+if __name__ == "__main__":
+    from orchestr import flow, task
+    from orchestr.dask import DaskTaskRunner
+
+    @task
+    def double(x: int) -> int:
+        return 2 * x
+
+    runner = DaskTaskRunner(cluster_kwargs={"processes": False, "n_workers": 1})
+
+    @flow(task_runner=runner)
+    def main() -> int:
+        return double.submit(21).result()
+
+    print("result", main())
+"""
+
+
+@pytest.mark.timeout(WAIT * 2)
+def test_a_guarded_task_runs_on_dask_workers_in_this_process(tmp_path: Path) -> None:
+    """Dask workers that are threads of this process (processes=False) find a task the
+    guard defines: not refused (the check is for runners whose far side is another
+    process)."""
+    pytest.importorskip("distributed")
+    program = tmp_path / "guarded_dask.py"
+    program.write_text(IN_PROCESS_DASK)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
+    env["ORCHESTR_HISTORY"] = "false"
+    done = subprocess.run(
+        [sys.executable, str(program)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=WAIT,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "result 42" in done.stdout, done.stdout

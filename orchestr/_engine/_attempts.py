@@ -186,9 +186,9 @@ async def _attempts(
             failed = crashed_state(record, crash.error)
         except RunCancelled:
             run = driver.run
-            return cancelled_state(
-                record, "its caller was cancelled" if run is None else run.why_cancelled()
-            )
+            if run is None:
+                return cancelled_state(record, "its caller was cancelled")
+            return cancelled_state(record, run.why_cancelled(), by_run=run.cancel_requested)
         except SerializationError as exc:
             # A call (or its outcome) that cannot travel fails the same way every time:
             # never retried.
@@ -206,7 +206,9 @@ async def _attempts(
                 # Cancelled, never retried, the error kept as its context.
                 run = driver.run
                 cancelled = cancelled_state(
-                    record, "its caller was cancelled" if run is None else run.why_cancelled()
+                    record,
+                    "its caller was cancelled" if run is None else run.why_cancelled(),
+                    by_run=run is not None,
                 )
                 cancelled._error.__context__ = exc  # type: ignore[union-attr]
                 return cancelled
@@ -362,8 +364,8 @@ def _interrupted_state(
         elif future._cancel_reason is not None:
             why = future._cancel_reason
         elif driver.run is not None:
-            why = driver.run.why_cancelled()
             driver.run.cancel_seen()
+            return cancelled_state(record, driver.run.why_cancelled(), by_run=True)
         else:
             why = "its flow run was cancelled"
         return cancelled_state(record, why)

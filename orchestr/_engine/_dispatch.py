@@ -488,13 +488,14 @@ class Dispatcher:
 
     def _cancel_unstarted(self, job: Job) -> None:
         run = self.run
+        by_run = True  # cancelled because its flow run was
         if self._why is not None:
             why = f"{self._why} before it started"
         elif run.cancel_requested:
             why = f"{run.why_cancelled()} before it started"
         else:
-            why = ENDED_FIRST
-        run.finish(job.future, cancelled_state(job.future._record, why))
+            why, by_run = ENDED_FIRST, False
+        run.finish(job.future, cancelled_state(job.future._record, why, by_run=by_run))
 
 
 def room_on(runner: TaskRunner) -> int | None:

@@ -678,7 +678,13 @@ async def _attempt(
         # reports that cancellation: a task run it cancelled, read (the cancellation's
         # context then).
         if isinstance(body_error, Exception):
-            if isinstance(exc, cancelled) and cancellation_echo(body_error):
+            seen_at = run.cancel_seen_at
+            if (
+                isinstance(exc, cancelled)
+                and cancellation_echo(body_error)
+                and seen_at is not None
+                and ended_at >= seen_at
+            ):
                 run.body_outcome = body_error
             else:
                 run.body_error = body_error

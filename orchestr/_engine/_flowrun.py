@@ -75,6 +75,7 @@ class FlowRun:
         "cancel_reason",
         "cancelled_at",
         "cancel_requested",
+        "cancel_seen_at",
         "closed",
         "closed_resources",
         "deadline_at",
@@ -150,6 +151,9 @@ class FlowRun:
         self.last_context: Context | None = None
         self.closed = False
         self.cancel_requested = False
+        # When one of its task runs (or its dispatcher) first met its cancellation
+        # (time.monotonic()): see cancel_seen.
+        self.cancel_seen_at: float | None = None
         self.signal: int | None = None  # the signal that interrupted the run, if any
         self.signal_count = 0  # SIGINT / SIGTERM received: 1 cancels, 2 escalates, 3 forces
         # Why the run was cancelled, when something other than a signal or its timeout
@@ -389,6 +393,8 @@ class FlowRun:
         run has not been told of yet): its sync code in threads meets ``RunCancelled``
         from now on, as after :meth:`request_cancel`, not the errors of the runs that
         cancellation ends (see ``_stop_if_caller_cancelled``). Loop thread."""
+        if self.cancel_seen_at is None:
+            self.cancel_seen_at = time.monotonic()
         if not self.cancel_requested:
             self.cancel_requested = True
             self._wake(self._thread_waiters)
@@ -635,7 +641,10 @@ class FlowRun:
         why = self.why_cancelled()
         for future in list(self.active):
             if future._record.state_type is StateType.PENDING:
-                self.finish(future, cancelled_state(future._record, f"{why} before it started"))
+                self.finish(
+                    future,
+                    cancelled_state(future._record, f"{why} before it started", by_run=True),
+                )
         if self.active:
             with self.grace_period(grace):
                 await self.barrier()
@@ -645,7 +654,10 @@ class FlowRun:
                 "when a second signal came" if self.escalated else f"{grace:g} s",
                 why,
             )
-            self.finish(future, cancelled_state(future._record, f"{why}; abandoned in its thread"))
+            self.finish(
+                future,
+                cancelled_state(future._record, f"{why}; abandoned in its thread", by_run=True),
+            )
 
 
 def _listed(names: list[str], most: int = 5) -> str:

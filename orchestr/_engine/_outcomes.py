@@ -20,19 +20,25 @@ __all__ = [
 ]
 
 
-def cancelled_state(record: TaskRunRecord, why: str) -> State[Any]:
+def cancelled_state(record: TaskRunRecord, why: str, *, by_run: bool = False) -> State[Any]:
+    """A Cancelled state; ``by_run``: cancelled because its flow run was (its caller's
+    deadline, a signal, a timeout), not on its own (``fut.cancel()``, its block's end):
+    its error is then that cancellation's echo (see :func:`cancellation_echo`)."""
     error = TaskRunCancelledError(f"task run {record.name!r} was cancelled: {why}", record)
+    if by_run:
+        error._echo = True  # type: ignore[attr-defined]
     return State(StateType.CANCELLED, message=why, error=error, record=record)
 
 
 def cancellation_echo(error: BaseException) -> bool:
-    """Whether ``error`` only reports cancelled task runs (a ``TaskRunCancelledError``,
-    or a group of nothing else): raised by code that read runs a cancellation ended,
-    while that cancellation was under way, it is the cancellation's echo, not a failure
-    of the code's own."""
+    """Whether ``error`` only reports task runs that their flow run's cancellation
+    cancelled (a ``TaskRunCancelledError`` made ``by_run``, or a group of nothing
+    else): code that raises it read runs that cancellation ended, so it is the
+    cancellation's echo, not a failure of the code's own. (One of a run cancelled on
+    its own, by ``fut.cancel()``, is the code's own failure.)"""
     if isinstance(error, BaseExceptionGroup):
         return all(cancellation_echo(inner) for inner in error.exceptions)
-    return isinstance(error, TaskRunCancelledError)
+    return isinstance(error, TaskRunCancelledError) and getattr(error, "_echo", False)
 
 
 def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:

@@ -34,6 +34,7 @@ from ..exceptions import ParameterValidationError
 __all__ = [
     "ParameterValidator",
     "constrained",
+    "field_default",
     "field_of",
     "first_line",
     "hint_advice",
@@ -143,9 +144,7 @@ class ParameterValidator:
                     f"which is required (its default, Field(...), has none): pass it"
                 )
             try:
-                values[name] = field.get_default(
-                    call_default_factory=True, validated_data=dict(passed)
-                )
+                values[name] = field_default(field, dict(passed))
             except Exception as exc:
                 raise ParameterValidationError(
                     f"the default_factory of parameter {name!r} of flow "
@@ -229,9 +228,17 @@ def _shown_default(field: Any) -> Any:
     if field.is_required():
         return field
     try:
-        return field.get_default(call_default_factory=True)
+        return field_default(field, {})
     except Exception:
         return field
+
+
+def field_default(field: Any, validated_data: dict[str, Any]) -> Any:
+    """The default of a pydantic ``Field``, its ``default_factory`` called: given the
+    other arguments when it takes them (pydantic >= 2.10; older ones have neither)."""
+    if getattr(field, "default_factory_takes_data", False):
+        return field.get_default(call_default_factory=True, validated_data=validated_data)
+    return field.get_default(call_default_factory=True)
 
 
 def _adapter(name: str, fields: dict[str, Any]) -> Callable[[Any], dict[str, Any]]:

@@ -659,7 +659,8 @@ async def execute_job(run: FlowRun, job: Job) -> None:
             # group, which would take it for one and stop the flow's body.
             run.finish(future, crashed_state(future._record, exc))
             return
-        run.finish(future, cancelled_state(future._record, run.why_cancelled()))
+        run.cancel_seen()
+        run.finish(future, cancelled_state(future._record, run.why_cancelled(), by_run=True))
         raise
     finally:
         future._canceller = None
@@ -721,7 +722,7 @@ def run_in_thread(
         return
     record = future._record
     if run.cancel_requested and not in_cleanup():
-        run.finish(future, cancelled_state(record, run.why_cancelled()))
+        run.finish(future, cancelled_state(record, run.why_cancelled(), by_run=True))
         return
     try:
         drive(run_attempts(run, task, record, future, args, kwargs, run.worker_driver))

@@ -318,26 +318,26 @@ def _parameters_of(record: FlowRunRecord) -> dict[str, Any]:
 
 
 def _install() -> None:
-    global _installed
+    global _exited, _installed
     with _lock:
         if _installed:
             return
         observe(_observe)
         atexit.register(_at_exit)
         os.register_at_fork(after_in_child=_forget)
+        if not threading.main_thread().is_alive():
+            # The first run recorded starts as the interpreter shuts down: maybe in an
+            # atexit function, and then _at_exit, registered now, is never called. No
+            # writer thread (it could be stopped mid-write): each flow run writes its
+            # own changes as it ends, as after _at_exit.
+            _exited = True
         _installed = True
 
 
 def _start() -> None:
-    global _exited, _running, _thread
+    global _running, _thread
     with _lock:
-        if _running or _exiting:
-            return
-        if not threading.main_thread().is_alive():
-            # The interpreter is shutting down (an atexit function's flow run, the first
-            # of the process: _at_exit, registered now, would never be called): no
-            # thread, which would be stopped mid-write; each flow run writes its own.
-            _exited = True
+        if _running or _exiting or _exited:
             return
         thread = threading.Thread(target=_write_until_idle, name=THREAD_NAME, daemon=True)
         _running = True
@@ -465,6 +465,9 @@ def _written(bound: float | None) -> bool:
     """Whether everything queued before the call was written within ``bound``."""
     global _urgent
     if not (_running or _queue):
+        return True
+    if _exited:  # no writer thread any more (or ever): written here
+        _write_late()  # (what was queued before the call, at least)
         return True
     marker = threading.Event()
     _queue.append(marker)

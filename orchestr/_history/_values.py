@@ -302,7 +302,7 @@ def _safe(value: Any, depth: int) -> Any:
     if isinstance(value, os.PathLike):
         path = os.fspath(value)
         return _text(path) if isinstance(path, str) else _safe(path, depth)
-    fields = _fields(value)
+    fields = None if kind in _PLAIN or kind is dict else _fields(value)
     if depth >= _MAX_DEPTH:  # a container's repr would show its secrets: the masked one
         holds = fields is not None or isinstance(value, (Mapping, *_SEQUENCES))
         return _text(masked_repr(value) if holds else repr(value))
@@ -330,6 +330,9 @@ def _safe(value: Any, depth: int) -> Any:
 
 # The containers of unnamed items the snapshot keeps as lists (their subclasses too).
 _SEQUENCES = (list, tuple, set, frozenset, collections.deque)
+# Exactly these types are no mapping, record or subclass: reprlib shows them (their
+# items through repr1 again). Not dict: its keys are masked by name.
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex, list, tuple, set, frozenset})
 
 
 def _fields(value: Any, in_repr: bool = False) -> list[tuple[str, Any]] | None:
@@ -449,6 +452,11 @@ def _masking_repr() -> Any:
             # By what a value is, not by its type's name (reprlib's way): a mapping of
             # any kind, a record and a subclass of a sequence show their items masked;
             # their own reprs (an OrderedDict's, a namedtuple's) would show them all.
+            # The builtins first, which are none of those (most values are).
+            if type(x) in _PLAIN:
+                return str(super().repr1(x, level))
+            if type(x) is dict:
+                return self._mapping(x, level)
             fields = _fields(x, in_repr=True)
             if fields is not None:
                 return self._record(type(x).__name__, fields, level)

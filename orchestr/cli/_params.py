@@ -29,6 +29,7 @@ from typing import Any
 from .._engine._params import (
     _type_hints,
     constrained,
+    field_default,
     field_of,
     first_line,
     hint_advice,
@@ -99,7 +100,7 @@ def _field_default(field: Any) -> Any:
     if field.is_required():
         return _EMPTY
     try:
-        return field.get_default(call_default_factory=True, validated_data={})
+        return field_default(field, {})
     except Exception:  # --help must still list the parameter; the run computes it
         return _Computed()
 

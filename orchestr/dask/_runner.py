@@ -443,7 +443,9 @@ class DaskTaskRunner(TaskRunner):
         bridge, client = self._bridge, self._client
         if bridge is None or client is None:
             raise UsageError("DaskTaskRunner.run() was called before start()")
-        payload = dump_call(call, "a Dask worker", SEND_ADVICE)
+        # (Its workers may be threads of this process, processes=False, which find a task
+        # defined under the main module's guard: not refused here.)
+        payload = dump_call(call, "a Dask worker", SEND_ADVICE, main_guard=False)
         level = logging.getLogger("orchestr").getEffectiveLevel()
         scope = self._scope
         try:

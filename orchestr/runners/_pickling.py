@@ -105,8 +105,6 @@ def _function_slot(fn: Any) -> Any:
     where = _task_holding(fn)
     if where is None:
         return fn
-    if where[0] == "__main__":
-        refuse_guarded(where[1])
     if "." not in where[1]:  # the check above reads one name: a task in a class is
         # found the long way each time (rare)
         if len(_found) >= _FOUND_MAX:
@@ -150,11 +148,22 @@ def load_call(payload: bytes) -> Call:
     return Call(fn, args, kwargs, _identity(*identity), key, backend, resources, abandoned)
 
 
-def dump_call(call: Call, where: str, advice: str = "create the object inside the task") -> bytes:
+def dump_call(
+    call: Call,
+    where: str,
+    advice: str = "create the object inside the task",
+    *,
+    main_guard: bool = True,
+) -> bytes:
     """``call`` pickled for ``where`` ("a worker process"); SerializationError naming
     the function or argument that does not pickle, ending with ``advice`` (the runner
-    knows what else works there)."""
+    knows what else works there). ``main_guard``: refuse a task of the main module that
+    only its ``__main__`` guard defines (see ``_main_guard``); False for a runner whose
+    far side may be this process."""
     try:
+        fn = call.fn
+        if main_guard and getattr(fn, "__module__", None) == "__main__":
+            refuse_guarded(fn.__qualname__)
         return dumps(_call_fields(call))
     except Guarded as exc:
         name = call.identity.task_run_name
