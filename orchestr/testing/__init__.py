@@ -51,8 +51,9 @@ __all__ = [
 def fast_retries(delay: float = 0.0) -> Iterator[None]:
     """Replace every retry delay (tasks and flows) by ``delay`` seconds inside the block.
 
-    It is a context variable, so it reaches task runs started inside the block, in any
-    thread, and nothing outside it. ``delay`` is a finite number of seconds >= 0,
+    It is a context variable, so it reaches the runs started inside the block (in
+    orchestr's worker threads too), and nothing outside it; a thread the caller starts
+    has a context of its own (enter the block there, or start it in a copy of this one). ``delay`` is a finite number of seconds >= 0,
     checked here (a UsageError naming it), not when a retry comes.
     """
     checked = seconds(delay, "fast_retries(delay)", zero=True, infinite=False, none=False)
@@ -169,12 +170,20 @@ def _history_files() -> tuple[str, ...]:
 
 
 def _services() -> tuple[str, ...]:
-    """Threads of orchestr that serve the whole process and end by themselves when idle
-    (the run history's writer, the threads of orchestr's own blocking calls): not leaks."""
+    """Threads that serve the whole process, not the block: orchestr's (the run
+    history's writer, the threads of orchestr's own blocking calls, which end by
+    themselves when idle) and, once a Dask runner has loaded ``distributed``, its
+    process-wide ones (its offload executor's thread and its profiler's, which live as
+    long as the process): not leaks."""
     from .._engine._offload import THREAD_NAME as OFFLOAD_THREAD
     from .._history._recorder import THREAD_NAME
 
+    if "distributed" in sys.modules:
+        return (THREAD_NAME, OFFLOAD_THREAD, *_DASK_SERVICES)
     return (THREAD_NAME, OFFLOAD_THREAD)
+
+
+_DASK_SERVICES = ("Dask-Offload", "Profile")
 
 
 @contextmanager
