@@ -227,9 +227,12 @@ def test_temporary_clusters_starting_at_once_all_start(
     "form", ["import string", "class", "factory", "coroutine factory", "positional"]
 )
 def test_cluster_class_as_import_string_class_or_factory(
-    run: Callable[..., Any], form: str
+    run: Callable[..., Any], form: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Each way of naming the cluster makes it, with cluster_kwargs."""
+    """Each way of naming the cluster makes it, with cluster_kwargs; and its dashboard
+    line says alike, whichever way, whether one is served (a factory's LocalCluster
+    was announced with no word that bokeh is missing)."""
+    caplog.set_level(logging.INFO, logger="orchestr")
     kwargs = {**IN_PROCESS, "threads_per_worker": 3}
     if form == "positional":
         runner = DaskTaskRunner("distributed.LocalCluster", kwargs)
@@ -255,6 +258,10 @@ def test_cluster_class_as_import_string_class_or_factory(
         assert seen[0]["scheduler"].startswith("inproc://")
 
     run(go)
+    lines = [r.getMessage() for r in caplog.records if "Dask dashboard is at" in r.getMessage()]
+    assert len(lines) == 1, lines
+    bokeh = importlib.util.find_spec("bokeh") is not None
+    assert lines[0].endswith(NEEDS_BOKEH) is not bokeh, lines
 
 
 # -- cluster_class that cannot make a cluster ------------------------------------------------

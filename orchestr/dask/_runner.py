@@ -233,10 +233,11 @@ class DaskTaskRunner(TaskRunner):
         if link:
             note = ""
             if self._scheduler_here or (
-                self._cluster is not None and is_local_cluster(self._factory)
+                self._cluster is not None and is_local_cluster(type(self._cluster))
             ):
-                # (The scheduler runs in this process: a temporary LocalCluster's, or
-                # an existing one made here, whose run_on_scheduler would log a traceback.)
+                # (The scheduler runs in this process: a temporary LocalCluster's, made
+                # by its class or a factory, or an existing one made here, whose
+                # run_on_scheduler would log a traceback.)
                 if bokeh_missing():
                     note = " (it needs bokeh, not installed here: pip install bokeh)"
             elif self._scheduler_lacks_bokeh:
