@@ -195,8 +195,12 @@ class FlowRun:
         # resource's name). Handing one to a task is refused (rule 12). Mostly a weak
         # reference (see remember_closed_resource), so a flow that works through many
         # blocks does not keep every value they yielded alive until it ends; an entry
-        # goes when its value does (its id may be reused).
-        self.closed_resources: dict[int, tuple[Callable[[], Any], str]] = {}
+        # goes when its value does (its id may be reused). One record for a flow run and
+        # its subflow runs: a value closed in one is closed for all (a parameter of a
+        # subflow, a subflow's return value).
+        self.closed_resources: dict[int, tuple[Callable[[], Any], str]] = (
+            {} if parent is None else parent.closed_resources
+        )
 
     @property
     def sent_home(self) -> bool:
@@ -255,6 +259,14 @@ class FlowRun:
             closed[key] = (weakref.ref(value, partial(_forget, closed, key)), name)
         else:  # held (so its id is not reused while it is here)
             closed[key] = (partial(_itself, value), name)
+
+    def forget_closed_resource(self, value: Any) -> None:
+        """A block (entered again, or lending a reused object) has just yielded
+        ``value``: it is live again, so it is no longer refused as closed."""
+        key = id(value)
+        found = self.closed_resources.get(key)
+        if found is not None and found[0]() is value:
+            self.closed_resources.pop(key, None)
 
     def refuse_closed_resources(
         self, task_name: str, args: tuple[Any, ...], kwargs: dict[str, Any]

@@ -177,7 +177,7 @@ async def _call_inline(
     record = _new_record(task, tags, run)
     state = _blocked_state(record, upstreams)
     if state is None and upstreams.needs_resolving:
-        args, kwargs, state = _resolved(record, args, kwargs, upstreams)
+        args, kwargs, state = _resolved(run, record, args, kwargs, upstreams)
     if state is None:
         try:
             state = await run_attempts(run, task, record, None, args, kwargs, driver)
@@ -266,13 +266,21 @@ def _blocked_state(record: TaskRunRecord, upstreams: list[Upstream]) -> State[An
 
 
 def _resolved(
-    record: TaskRunRecord, args: tuple[Any, ...], kwargs: dict[str, Any], upstreams: list[Upstream]
+    run: FlowRun | None,
+    record: TaskRunRecord,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    upstreams: list[Upstream],
 ) -> tuple[tuple[Any, ...], dict[str, Any], State[Any] | None]:
     """The arguments with their upstreams' results, or (recorded, as ``_blocked_state``
     does) the Failed state of a run whose arguments cannot hold them, e.g. an unhashable
-    result in a set: that fails this run, not the engine code starting it."""
+    result in a set, or that a result is a closed resource's value: that fails this run,
+    not the engine code starting it."""
     try:
         args, kwargs = resolve_arguments(args, kwargs, upstreams)
+        if run is not None and run.closed_resources:
+            # An upstream's result may be a closed resource's value (rule 12).
+            run.refuse_closed_resources(record.task_name, args, kwargs)
     except Exception as exc:
         exc.add_note(f"while passing upstream results to task run {record.name!r}")
         state: State[Any] = State(StateType.FAILED, error=exc, record=record)
@@ -398,7 +406,7 @@ def _dispatch(
     if settled and _whole_run_in_thread(task, future._record.tags, runner):
         if upstreams.needs_resolving:
             record = future._record
-            args, kwargs, failed = _resolved(record, args, kwargs, upstreams)
+            args, kwargs, failed = _resolved(run, record, args, kwargs, upstreams)
             if failed is not None:
                 run.finish(future, failed)
                 return
@@ -680,7 +688,7 @@ async def _start(run: FlowRun, job: Job) -> None:
         if blocked is not None:
             run.finish(future, not_run_state(record, blocked))
             return
-        args, kwargs, failed = _resolved(record, args, kwargs, upstreams)
+        args, kwargs, failed = _resolved(run, record, args, kwargs, upstreams)
         if failed is not None:
             run.finish(future, failed)
             return

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import enum
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from contextlib import nullcontext
@@ -63,6 +64,13 @@ T = TypeVar("T")
 # run or not: what ``orchestr.testing.no_leaks`` reports as left open. Plain dict
 # operations, atomic under the GIL; blocks open and close in any thread.
 _open_blocks: dict[int, str] = {}
+
+# The values that open blocks yielded, by id: how many open blocks yield each (a pool's
+# reused object, a connection an inner ``scope(conn)`` block yields again). A value
+# still yielded by an open block is live: the end of another block does not mark it
+# closed. (Each open block holds its value, so an id here is not reused meanwhile.)
+_open_values: dict[int, int] = {}
+_open_values_lock = threading.Lock()
 
 
 def open_blocks() -> list[str]:
@@ -152,20 +160,8 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        scope = self._leave_scope()
-        arrived: BaseException | None = None  # an interrupt that came while we waited
-        if exc is not None and not isinstance(exc, Exception):
-            with anyio.CancelScope(shield=True):
-                await scope.settle(self._why_left(exc))
-        else:
-            try:
-                # Not shielded: a timeout or a cancellation may end this wait.
-                await scope.settle(None)
-            except BaseException as interrupt:
-                arrived = interrupt
-                with anyio.CancelScope(shield=True):
-                    await scope.settle(self._why_left(interrupt))
-        scope.closed = True
+        # An interrupt that came while it waited for the block's runs, if any.
+        arrived = await self._leave_scope().wait_at_exit(exc)
         if arrived is not None:
             exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
         with anyio.CancelScope(shield=True):
@@ -390,17 +386,8 @@ class Resource(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool:
-        scope = self._leave_scope()
-        arrived: BaseException | None = None  # an interrupt that came while we waited
-        if exc is not None and not isinstance(exc, Exception):
-            scope.settle_blocking(self._why_left(exc))
-        else:
-            try:
-                scope.settle_blocking(None)  # interruptible: a timeout or signal may end it
-            except BaseException as interrupt:
-                arrived = interrupt
-                scope.settle_blocking(self._why_left(interrupt))
-        scope.closed = True
+        # An interrupt that came while it waited for the block's runs, if any.
+        arrived = self._leave_scope().wait_at_exit_blocking(exc)
         if arrived is not None:
             exc_type, exc, tb = type(arrived), arrived, arrived.__traceback__
         if self._lifecycle.cleanup_is_async:
@@ -530,9 +517,15 @@ class Resource(Generic[T]):
         self._token = scope_var.set(self._scope)
         self._state = _Phase.OPEN
         _open_blocks[id(self)] = self.name
+        with _open_values_lock:
+            _open_values[id(value)] = _open_values.get(id(value), 0) + 1
         run = self._run = flow_run_var.get()
         if run is not None:
             run.open_resources[id(self)] = self.name
+            if run.closed_resources:
+                # Yielded again (the same resource entered again, a reused pooled
+                # object): live while this block is open.
+                run.forget_closed_resource(value)
         return value
 
     def _leave_scope(self) -> FutureScope:
@@ -541,15 +534,6 @@ class Resource(Generic[T]):
         scope_var.reset(self._token)
         self._token = None
         return self._scope
-
-    def _why_left(self, interrupt: BaseException) -> str:
-        """Why the task runs of a block left by ``interrupt`` are cancelled."""
-        run = flow_run_var.get()
-        # (On asyncio a timeout's cancellation can reach the block before the run has
-        # marked itself cancelled: its deadline says why all the same.)
-        if run is not None and (run.cancel_requested or run.deadline_passed()):
-            return run.why_cancelled()
-        return f"the block of resource {self.name!r} was left by {type(interrupt).__name__}"
 
     def _timeout(self) -> float:
         if self.cleanup_timeout is not None:
@@ -603,9 +587,18 @@ class Resource(Generic[T]):
         return None
 
     def _register_closed_value(self) -> None:
+        """Remember the block's value as closed in its flow run, unless it is not the
+        block's to close: the resource was given it (the caller's), or another block
+        still open yields it too."""
+        value = self._value
+        key = id(value)
+        with _open_values_lock:
+            left = _open_values.pop(key, 1) - 1
+            if left:
+                _open_values[key] = left
         run = flow_run_var.get()
-        if run is not None and not self._lifecycle.was_given(self._value):
-            run.remember_closed_resource(self._value, self.name)
+        if run is not None and not left and not self._lifecycle.was_given(value):
+            run.remember_closed_resource(value, self.name)
 
     def _conclude(
         self, exc: BaseException | None, suppress: bool, error: ResourceCleanupError | None

@@ -129,7 +129,7 @@ def resource_manager(
         @functools.wraps(cls, updated=())
         def factory(*args: Any, **kwargs: Any) -> Resource[Any]:
             return Resource(
-                ManagerLifecycle(cls(*args, **kwargs)),
+                ManagerLifecycle(cls(*args, **kwargs), args, kwargs),
                 name=resource_name,
                 cleanup_timeout=timeout,
             )

@@ -67,7 +67,7 @@ class GeneratorLifecycle(Lifecycle):
         self._gen: Generator[Any] | None = None
 
     def was_given(self, value: Any) -> bool:
-        return any(value is given for given in (*self._args, *self._kwargs.values()))
+        return _is_one_of(value, self._args, self._kwargs)
 
     @shielded
     def setup(self) -> Any:
@@ -114,7 +114,7 @@ class AsyncGeneratorLifecycle(Lifecycle):
         self._gen: AsyncGenerator[Any] | None = None
 
     def was_given(self, value: Any) -> bool:
-        return any(value is given for given in (*self._args, *self._kwargs.values()))
+        return _is_one_of(value, self._args, self._kwargs)
 
     @shielded
     async def setup(self) -> Any:
@@ -151,12 +151,17 @@ class ManagerLifecycle(Lifecycle):
     """An instance of a ``@resource_manager`` class: ``setup()`` (optional) makes the
     resource, ``cleanup(resource)`` releases it. Either may be sync or async."""
 
-    def __init__(self, manager: Any) -> None:
+    def __init__(self, manager: Any, args: Any = (), kwargs: Any = None) -> None:
         self._manager = manager
+        self._args = args  # what the class was called with: the caller's objects
+        self._kwargs = {} if kwargs is None else kwargs
         setup = getattr(manager, "setup", None)
         self._setup = setup
         self.setup_is_async = setup is not None and inspect.iscoroutinefunction(setup)
         self.cleanup_is_async = inspect.iscoroutinefunction(manager.cleanup)
+
+    def was_given(self, value: Any) -> bool:
+        return _is_one_of(value, self._args, self._kwargs)
 
     @shielded
     def setup(self) -> Any:
@@ -196,6 +201,18 @@ class ContextManagerLifecycle(Lifecycle):
         use_async = self._async and (in_async_block or not self._sync)
         self.setup_is_async = self.cleanup_is_async = use_async
 
+    def was_given(self, value: Any) -> bool:
+        # A @contextmanager / @asynccontextmanager one keeps the arguments its function
+        # was called with: what it yields back of them is the caller's, as for @resource.
+        # (The context manager itself is not: leaving the block exits it.)
+        cm = self._cm
+        if type(cm).__module__ != "contextlib":
+            return False
+        args, kwargs = getattr(cm, "args", ()), getattr(cm, "kwds", None)
+        if not isinstance(args, tuple) or not isinstance(kwargs, dict):
+            return False
+        return _is_one_of(value, args, kwargs)
+
     @shielded
     def setup(self) -> Any:
         return self._cm.__aenter__() if self.setup_is_async else self._cm.__enter__()
@@ -209,6 +226,11 @@ class ContextManagerLifecycle(Lifecycle):
     @shielded
     async def _aexit(self, *exc_info: Any) -> bool:
         return bool(await self._cm.__aexit__(*exc_info))
+
+
+def _is_one_of(value: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    """Whether ``value`` is (the very object of) one of the arguments."""
+    return any(value is given for given in (*args, *kwargs.values()))
 
 
 def _never_yielded(name: str) -> ResourceDefinitionError:

@@ -32,6 +32,7 @@ import inspect
 import logging
 import threading
 from collections.abc import Awaitable, Callable
+from contextvars import Token
 from types import TracebackType
 from typing import Any, Generic, NamedTuple, TypeVar
 
@@ -40,7 +41,7 @@ import anyio.lowlevel
 
 from .._checks import seconds
 from .._engine import _offload as offload
-from .._engine._context import flow_run_var
+from .._engine._context import SubmissionScope, flow_run_var, scope_var
 from .._engine._drivers import drive
 from .._engine._interrupts import shielded
 from .._engine._loop import awaited, blocking_stalls_a_loop, run_on_loop
@@ -48,6 +49,7 @@ from .._semaphore import Semaphore
 from ..exceptions import PoolTimeoutError, ResourceClosedError, UsageError
 from ._block import Resource
 from ._lifecycles import Lifecycle
+from ._scope import FutureScope
 from ._threads import where_no_loop
 
 __all__ = ["Pool", "PoolCheckout", "PoolStatistics"]
@@ -341,14 +343,20 @@ class Pool(Resource["Pool[T]"], Generic[T]):
 
 
 class PoolCheckout(Generic[T]):
-    """One checkout from a pool; made by :meth:`Pool.acquire`, entered once."""
+    """One checkout from a pool; made by :meth:`Pool.acquire`, entered once. Its block
+    is scope-aware as a resource's is (DESIGN rule 10): leaving it waits for the runs
+    submitted inside it before the object goes back to the pool, so no other checkout
+    gets the object while those runs still use it."""
 
-    __slots__ = ("_obj", "_pool", "_timeout")
+    __slots__ = ("_obj", "_pool", "_previous", "_scope", "_timeout", "_token")
 
     def __init__(self, pool: Pool[T], timeout: float | None) -> None:
         self._pool = pool
         self._timeout = _checked_timeout(f"timeout of {pool.name}.acquire()", timeout)
         self._obj: T | _Missing = _NONE
+        self._scope: FutureScope | None = None
+        self._token: Token[SubmissionScope | None] | None = None
+        self._previous: SubmissionScope | None = None
 
     def _claim(self) -> None:
         if not isinstance(self._obj, _Missing):
@@ -367,6 +375,7 @@ class PoolCheckout(Generic[T]):
         except BaseException:
             self._release()
             raise
+        self._enter_scope()
         return obj
 
     async def __aexit__(
@@ -375,11 +384,17 @@ class PoolCheckout(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release()
+        try:
+            arrived = await self._leave_scope().wait_at_exit(exc)
+        finally:
+            self._release()
+        if arrived is not None:
+            raise arrived
 
     def __enter__(self) -> T:
         self._claim()
         obj = self._obj = drive(self._pool._checkout(self._timeout, blocking=True))
+        self._enter_scope()
         return obj
 
     def __exit__(
@@ -388,7 +403,30 @@ class PoolCheckout(Generic[T]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._release()
+        try:
+            arrived = self._leave_scope().wait_at_exit_blocking(exc)
+        finally:
+            self._release()
+        if arrived is not None:
+            raise arrived
+
+    def _enter_scope(self) -> None:
+        """Runs submitted inside the block register with it, as in a resource's block."""
+        self._scope = FutureScope(self._pool.name)
+        self._previous = scope_var.get()
+        self._token = scope_var.set(self._scope)
+
+    def _leave_scope(self) -> FutureScope:
+        scope, token = self._scope, self._token
+        assert scope is not None
+        assert token is not None
+        self._scope = self._token = None
+        try:
+            scope_var.reset(token)
+        except ValueError:  # left in another context (scope(pool.acquire()) in a thread)
+            scope_var.set(self._previous)
+        self._previous = None
+        return scope
 
     def _release(self) -> None:
         obj, self._obj = self._obj, _NONE

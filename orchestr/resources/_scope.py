@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._engine._context import flow_run_var
 from ..exceptions import ResourceClosedError
 from ..futures import TaskFuture
 from ..settings import get_settings
@@ -45,6 +46,48 @@ class FutureScope:
                 self.name,
             )
         self.futures.append(future)
+
+    async def wait_at_exit(self, exc: BaseException | None) -> BaseException | None:
+        """Leaving the block (with ``exc``, its error or None): wait for its runs, then
+        close the scope. Returns an interrupt that came while waiting (not shielded: a
+        timeout or a cancellation may end the wait; its runs are then settled as
+        interrupted), for the caller to raise once it has let go of what it holds."""
+        arrived: BaseException | None = None
+        if exc is not None and not isinstance(exc, Exception):
+            with anyio.CancelScope(shield=True):
+                await self.settle(self.why_left(exc))
+        else:
+            try:
+                await self.settle(None)
+            except BaseException as interrupt:
+                arrived = interrupt
+                with anyio.CancelScope(shield=True):
+                    await self.settle(self.why_left(interrupt))
+        self.closed = True
+        return arrived
+
+    def wait_at_exit_blocking(self, exc: BaseException | None) -> BaseException | None:
+        """:meth:`wait_at_exit` for a sync block: blocks this thread."""
+        arrived: BaseException | None = None
+        if exc is not None and not isinstance(exc, Exception):
+            self.settle_blocking(self.why_left(exc))
+        else:
+            try:
+                self.settle_blocking(None)  # interruptible: a timeout or signal may end it
+            except BaseException as interrupt:
+                arrived = interrupt
+                self.settle_blocking(self.why_left(interrupt))
+        self.closed = True
+        return arrived
+
+    def why_left(self, interrupt: BaseException) -> str:
+        """Why the task runs of a block left by ``interrupt`` are cancelled."""
+        run = flow_run_var.get()
+        # (On asyncio a timeout's cancellation can reach the block before the run has
+        # marked itself cancelled: its deadline says why all the same.)
+        if run is not None and (run.cancel_requested or run.deadline_passed()):
+            return run.why_cancelled()
+        return f"the block of resource {self.name!r} was left by {type(interrupt).__name__}"
 
     async def settle(self, interrupted: str | None) -> None:
         """Wait (on the loop) until every registered future is final. ``interrupted``:

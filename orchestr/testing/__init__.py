@@ -53,8 +53,9 @@ def fast_retries(delay: float = 0.0) -> Iterator[None]:
 
     It is a context variable, so it reaches the runs started inside the block (in
     orchestr's worker threads too), and nothing outside it; a thread the caller starts
-    has a context of its own (enter the block there, or start it in a copy of this one). ``delay`` is a finite number of seconds >= 0,
-    checked here (a UsageError naming it), not when a retry comes.
+    has a context of its own (enter the block there, or start it in a copy of this one).
+    ``delay`` is a finite number of seconds >= 0, checked here (a UsageError naming it),
+    not when a retry comes.
     """
     checked = seconds(delay, "fast_retries(delay)", zero=True, infinite=False, none=False)
     token = retry_delay_override_var.set(checked)
