@@ -386,3 +386,44 @@ def test_a_closed_value_through_a_subflow_is_refused(run: Any) -> None:
         return seen
 
     assert run(anyio.to_thread.run_sync, main) == ["database", "database"]
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync subflow", "async subflow"])
+def test_a_subflow_call_given_a_closed_value_is_refused_before_its_body(
+    run: Any, is_async: bool
+) -> None:
+    """The subflow call itself is refused, naming the resource and the argument: its run
+    ends Failed, return_state=True returns that state, and its body never runs (it used
+    to start, and only the first task given the value was refused)."""
+    ran: list[str] = []
+
+    if is_async:
+
+        @flow(name="child")
+        async def child(conn: Conn, label: str = "x") -> str:
+            ran.append("child")
+            return label
+
+    else:
+
+        @flow(name="child")
+        def child(conn: Conn, label: str = "x") -> str:  # type: ignore[misc]
+            ran.append("child")
+            return label
+
+    @flow
+    async def main() -> list[Any]:
+        async with database() as conn:
+            assert await _called(child, conn, label="inside") == "inside"  # open: runs
+        state = await _called(child, conn, return_state=True)
+        return [state.type.value, type(state.exception).__name__, str(state.exception)]
+
+    async def _called(subflow: Any, *args: Any, **kwargs: Any) -> Any:
+        if is_async:
+            return await subflow(*args, **kwargs)
+        return await anyio.to_thread.run_sync(lambda: subflow(*args, **kwargs))
+
+    kind, error, message = run(main)
+    assert (kind, error) == ("FAILED", "ResourceClosedError")
+    assert "flow 'child' was given resource 'database' (argument #0)" in message, message
+    assert ran == ["child"]  # the call inside the block only

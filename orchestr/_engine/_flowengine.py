@@ -41,6 +41,7 @@ from ..exceptions import (
     OrchestrError,
     ParameterValidationError,
     ResourceCleanupError,
+    ResourceClosedError,
     RunCancelled,
     RunTimedOut,
     TaskRunCancelledError,
@@ -416,11 +417,13 @@ async def _run(
         try:
             record._arguments = (by_name, args, kwargs)  # as given, if validation fails
             args, kwargs = run.flow.parameters(args, kwargs)
+            if run.closed_resources:  # (a subflow's: its parent's, shared)
+                run.refuse_closed_resources(f"flow {run.flow.name!r}", args, kwargs)
             record._arguments = (by_name, args, kwargs)
             run.arguments = (args, kwargs)
             if run.flow.run_name is not None:
                 record._given_name = run_name_for(run.flow, args, kwargs)
-        except (ParameterValidationError, UsageError) as exc:
+        except (ParameterValidationError, UsageError, ResourceClosedError) as exc:
             log_flow_begin(record, run.flow, args, kwargs)
             state: State[Any] = State(StateType.FAILED, error=exc, record=record)
         else:
