@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import logging
 import math
+import sys
 from collections import deque
 from collections.abc import Callable, Coroutine
 from contextvars import Context, copy_context
@@ -229,6 +230,14 @@ class Dispatcher:
         assert self._task_group is not None
         assert self._context is not None
         self.spawned = True
+        sniffio = sys.modules.get("sniffio")
+        if sniffio is not None:
+            # Rung from a plain callback (a thread's submission), where anyio finds its
+            # event loop by sniffio's variable alone: no task to tell it. Set under
+            # anyio.run(), not under asyncio.run() (the dispatcher never started then).
+            native = self.run.loop.token.native_token  # type: ignore[union-attr]
+            library = "asyncio" if hasattr(native, "create_task") else "trio"
+            self._context.run(sniffio.current_async_library_cvar.set, library)
         self._context.run(self._task_group.start_soon, self._dispatch, self._task_group)
 
     async def _dispatch(self, task_group: anyio.abc.TaskGroup) -> None:
