@@ -283,6 +283,23 @@ def _unwrap(fn: Any) -> tuple[Any, str]:
     return fn, _FIXED
 
 
+def _refuse_stacking(defn: Definition[Any, Any], kind: str) -> None:
+    """``@task`` on a task (or ``@flow`` on a task, ``@task`` on a flow): refused, as every
+    call would make nested runs with multiplied retries."""
+    name = defn.name
+    if defn.kind == kind:
+        hint = (
+            f"apply @{kind} once; to change the options of {kind} {name!r}, use "
+            f"{name}.with_options(...) (e.g. {name}.with_options(retries=3))"
+        )
+    else:
+        hint = (
+            f"decorate the plain function with @{kind} instead (it is {name}.fn), or call "
+            f"the {defn.kind} from the body of a function decorated with @{kind}"
+        )
+    raise UsageError(f"@{kind} was applied to {name!r}, which is already a {defn.kind}; {hint}")
+
+
 def _function_name(fn: Callable[..., Any]) -> str:
     inner = fn.func if isinstance(fn, functools.partial) else fn
     return getattr(inner, "__name__", type(inner).__name__)
@@ -306,6 +323,9 @@ def _is_async(fn: Any) -> bool:
 
 
 def _check_function(fn: Any, kind: str) -> None:
+    inner = fn.func if isinstance(fn, functools.partial) else fn
+    if isinstance(inner, Definition):
+        _refuse_stacking(inner, kind)
     if isinstance(fn, type):
         hint = " (to manage a resource with a class, use @resource_manager)" if kind else ""
         raise NotAFunctionError(

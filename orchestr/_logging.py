@@ -192,8 +192,11 @@ def configure_logging(level: str, enabled: bool) -> None:
 
 
 def _level_number(level: str) -> int:
-    # The setting's pattern allows only names logging knows (WARN, FATAL too).
-    return logging.getLevelNamesMapping()[level.upper()]
+    # The setting's pattern allows only names logging knows (WARN, FATAL too). NOTSET
+    # means everything, as on a handler; on a logger, NOTSET would inherit the root's
+    # level (WARNING) instead, so the logger gets the lowest level that is set: 1.
+    number = logging.getLevelNamesMapping()[level.upper()]
+    return number if number != logging.NOTSET else 1
 
 
 def _add_console(level: int) -> None:

@@ -28,7 +28,9 @@ __all__ = [
     "check_option_names",
 ]
 
-RetryDelay = float | Sequence[float] | Callable[[int], float]
+# A callable's argument: the attempt (giving its delay), or as in Prefect the number of
+# retries (giving the list of delays, as exponential_backoff()'s does).
+RetryDelay = float | Sequence[float] | Callable[[int], float] | Callable[[int], list[float]]
 RetryCondition = Callable[[Any, Any, Any], Any]
 Hook = Callable[[Any, Any, Any], Any]
 RunName = str | Callable[[], str] | Callable[[dict[str, Any]], str]
@@ -52,7 +54,7 @@ class _CommonOptions(TypedDict, total=False):
 class TaskOptions(_CommonOptions, total=False):
     """The options of ``@task``."""
 
-    tags: Iterable[str]
+    tags: Iterable[str] | None
     task_run_name: RunName | None
     worker_resources: Mapping[str, float] | None
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Coroutine, Iterable
+from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from ._definitions import Definition, H, RunName, _hooks
@@ -90,10 +91,22 @@ class Flow(Definition[P, R]):
 
     # Typed as submit() is: PEP 612 forbids a keyword between P.args and P.kwargs, so a
     # call with return_state=True or wait_for= is typed by its result only (an async
-    # flow's State awaited, a sync one's given); other calls by the signature.
+    # flow's State awaited, a sync one's given); other calls by the signature. An async
+    # def returns Coroutine to mypy but CoroutineType to pyright, and R is invariant: the
+    # async overloads come in both.
     @overload
     def __call__(  # type: ignore[overload-overlap]
         self: Flow[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Flow[..., CoroutineType[Any, Any, T]],
         /,
         *args: Any,
         return_state: Literal[True],

@@ -65,6 +65,8 @@ from .runners._pool import lending_worker
 from .states import State, _short_repr
 
 if TYPE_CHECKING:
+    import uuid
+
     from ._engine._context import TaskRunContext
     from ._engine._deps import Dependencies
     from ._engine._flowrun import FlowRun
@@ -243,6 +245,12 @@ class TaskFuture(Generic[R]):
     @property
     def record(self) -> TaskRunRecord:
         return self._record
+
+    @property
+    def task_run_id(self) -> uuid.UUID:
+        """The task run's id, as Prefect's ``PrefectFuture.task_run_id``: its record's
+        ``id`` (made on first access)."""
+        return self._record.id
 
     @property
     def name(self) -> str:

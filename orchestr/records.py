@@ -17,6 +17,7 @@ a worker process costs a few hundred bytes, not the whole flow run.
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Self
@@ -32,6 +33,7 @@ __all__ = ["FlowRunRecord", "RunEvent", "RunRecord", "TaskRunRecord"]
 # Task run numbers, per task name, for the whole process: task run names are unique
 # across concurrent flow runs (and runs outside flows).
 _task_run_counters: dict[str, Iterator[int]] = {}
+_id_lock = threading.Lock()  # a record's id is made once (see RunRecord.id)
 
 
 def _next_task_run_index(task_name: str) -> int:
@@ -71,13 +73,18 @@ class RunRecord:
 
     @property
     def id(self) -> uuid.UUID:
-        # Made on first access: most task runs never need one.
-        if self._id is None:
+        # Made on first access: most task runs never need one. Once: two threads reading
+        # it first at the same moment (the run's, a log line's in a worker) get one id.
+        found = self._id
+        if found is None:
             # Deferred: uuid (with platform) is ~2 ms of `import orchestr`.
             import uuid
 
-            self._id = uuid.uuid4()
-        return self._id
+            with _id_lock:
+                found = self._id
+                if found is None:
+                    found = self._id = uuid.uuid4()
+        return found
 
     @property
     def name(self) -> str:

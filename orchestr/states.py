@@ -307,19 +307,50 @@ def _describe(error: BaseException | None) -> str:
 
 
 # -- constructors, for users who build or return states themselves -----------------------
+def _check_message(ctor: str, message: object) -> None:
+    """Refuse, at the call, a message that is not text (``Completed(1, 2)``)."""
+    if message is not None and not isinstance(message, str):
+        raise UsageError(
+            f"{ctor}(message=...) must be a str or None, got {_short_repr(message)} "
+            f"({type_name(message)}); pass the text to show, as {ctor}(message='...')"
+        )
+
+
+def _check_error(ctor: str, error: object, message: object) -> None:
+    """Refuse, at the call, an error that is not an exception instance: a string
+    (``Failed("disk full")``) is a message, a class (``Failed(ValueError)``) must be
+    instantiated."""
+    if error is not None and not isinstance(error, BaseException):
+        if isinstance(error, str):
+            hint = f"for a reason, pass it as the message: {ctor}(message={_short_repr(error)})"
+        elif isinstance(error, type) and issubclass(error, BaseException):
+            hint = f"pass an instance: {ctor}({error.__name__}('what went wrong'))"
+        else:
+            hint = f"pass an exception instance, e.g. {ctor}(ValueError('what went wrong'))"
+        raise UsageError(
+            f"{ctor}(error=...) must be an exception instance or None, got "
+            f"{_short_repr(error)} ({type_name(error)}); {hint}"
+        )
+    _check_message(ctor, message)
+
+
 def Pending(message: str | None = None) -> State[Any]:
+    _check_message("Pending", message)
     return State(StateType.PENDING, message=message)
 
 
 def Running(message: str | None = None) -> State[Any]:
+    _check_message("Running", message)
     return State(StateType.RUNNING, message=message)
 
 
 def Retrying(message: str | None = None) -> State[Any]:
+    _check_message("Retrying", message)
     return State(StateType.RETRYING, message=message)
 
 
 def Completed(data: R | None = None, message: str | None = None) -> State[R]:
+    _check_message("Completed", message)
     return State(StateType.COMPLETED, data=data, message=message)
 
 
@@ -333,28 +364,33 @@ def Failed(
     *,
     data: Any = None,
 ) -> State[Any]:
+    _check_error("Failed", error, message)
     return State(StateType.FAILED, name=name, error=error, message=message, data=data)
 
 
 def TimedOut(
     error: BaseException | None = None, message: str | None = None, *, data: Any = None
 ) -> State[Any]:
+    _check_error("TimedOut", error, message)
     return State(StateType.FAILED, name="TimedOut", error=error, message=message, data=data)
 
 
 def Crashed(
     error: BaseException | None = None, message: str | None = None, *, data: Any = None
 ) -> State[Any]:
+    _check_error("Crashed", error, message)
     return State(StateType.CRASHED, error=error, message=message, data=data)
 
 
 def Cancelled(
     error: BaseException | None = None, message: str | None = None, *, data: Any = None
 ) -> State[Any]:
+    _check_error("Cancelled", error, message)
     return State(StateType.CANCELLED, error=error, message=message, data=data)
 
 
 def NotRun(
     error: BaseException | None = None, message: str | None = None, *, data: Any = None
 ) -> State[Any]:
+    _check_error("NotRun", error, message)
     return State(StateType.NOT_RUN, error=error, message=message, data=data)

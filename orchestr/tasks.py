@@ -8,6 +8,7 @@ submits one run per element. The engine does the work; this module is the defini
 from __future__ import annotations
 
 from collections.abc import Callable, Coroutine, Iterable
+from types import CoroutineType
 from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
 from ._checks import amounts
@@ -48,7 +49,9 @@ class Task(Definition[P, R]):
 
     def __init__(self, fn: Callable[P, R], **options: Unpack[TaskOptions]) -> None:
         super().__init__(fn, options)
-        tags: Any = options.get("tags", ())
+        tags: Any = options.get("tags")
+        if tags is None:  # None: no tags (Prefect's default), as other options' None
+            tags = ()
         if isinstance(tags, str):
             tags = (tags,)
         tags = tuple(tags) if isinstance(tags, Iterable) else (tags,)
@@ -74,10 +77,22 @@ class Task(Definition[P, R]):
 
     # Typed as submit() is: PEP 612 forbids a keyword between P.args and P.kwargs, so a
     # call with return_state=True or wait_for= is typed by its result only (an async
-    # task's State awaited, a sync one's given); other calls by the signature.
+    # task's State awaited, a sync one's given); other calls by the signature. An async
+    # def returns Coroutine to mypy but CoroutineType to pyright, and R is invariant: the
+    # async overloads (here, in submit() and in map()) come in both.
     @overload
     def __call__(  # type: ignore[overload-overlap]
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> Coroutine[Any, Any, State[T]]: ...
+
+    @overload
+    def __call__(  # type: ignore[overload-overlap]
+        self: Task[..., CoroutineType[Any, Any, T]],
         /,
         *args: Any,
         return_state: Literal[True],
@@ -138,6 +153,16 @@ class Task(Definition[P, R]):
 
     @overload
     def submit(  # type: ignore[overload-overlap]
+        self: Task[..., CoroutineType[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StateOrAwaitable[T]: ...
+
+    @overload
+    def submit(  # type: ignore[overload-overlap]
         self: Task[..., T],
         /,
         *args: Any,
@@ -152,11 +177,25 @@ class Task(Definition[P, R]):
     ) -> TaskFuture[T]: ...
 
     @overload
+    def submit(
+        self: Task[P, CoroutineType[Any, Any, T]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> TaskFuture[T]: ...
+
+    @overload
     def submit(self: Task[P, T], /, *args: P.args, **kwargs: P.kwargs) -> TaskFuture[T]: ...
 
     @overload
     def submit(
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        wait_for: Iterable[Any],
+        **kwargs: Any,
+    ) -> TaskFuture[T]: ...
+
+    @overload
+    def submit(
+        self: Task[..., CoroutineType[Any, Any, T]],
         /,
         *args: Any,
         wait_for: Iterable[Any],
@@ -201,6 +240,16 @@ class Task(Definition[P, R]):
 
     @overload
     def map(
+        self: Task[..., CoroutineType[Any, Any, T]],
+        /,
+        *args: Any,
+        return_state: Literal[True],
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> _StatesOrAwaitable[T]: ...
+
+    @overload
+    def map(
         self: Task[..., T],
         /,
         *args: Any,
@@ -212,6 +261,15 @@ class Task(Definition[P, R]):
     @overload
     def map(
         self: Task[..., Coroutine[Any, Any, T]],
+        /,
+        *args: Any,
+        wait_for: Iterable[Any] | None = None,
+        **kwargs: Any,
+    ) -> FutureList[T]: ...
+
+    @overload
+    def map(
+        self: Task[..., CoroutineType[Any, Any, T]],
         /,
         *args: Any,
         wait_for: Iterable[Any] | None = None,

@@ -438,6 +438,8 @@ def _hooks_ok(value: Any) -> bool:
 
 
 def _tags_ok(value: Any) -> bool:
+    if value is None:  # no tags, as Prefect's default
+        return True
     if isinstance(value, str):
         return value != ""
     if not isinstance(value, list | tuple | frozenset | dict | bytes):

@@ -4,6 +4,7 @@ results."""
 from __future__ import annotations
 
 import gc
+import threading
 import uuid
 import weakref
 from typing import Any
@@ -374,3 +375,26 @@ def test_copies_of_records_keep_their_real_links(run: Any) -> None:
     assert [t.name for t in deep.task_runs] == [t.name for t in record.task_runs]
     assert all(t.flow_run is deep for t in deep.task_runs)
     assert isinstance(deep.task_runs[1].error, ValueError)
+
+
+def test_a_records_id_is_made_once_when_threads_read_it_first_at_once() -> None:
+    """Two threads reading a new record's id first at the same moment (the run's own, a
+    log line's in a worker thread) get the same id, not one each."""
+    records = [TaskRunRecord.__new__(TaskRunRecord) for _ in range(300)]
+    for record in records:
+        record._id = None
+    seen: list[list[object]] = [[] for _ in records]
+    barrier = threading.Barrier(6)
+
+    def read() -> None:
+        barrier.wait(10)
+        for index, record in enumerate(records):
+            seen[index].append(record.id)
+
+    threads = [threading.Thread(target=read) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert all(len(set(ids)) == 1 for ids in seen), [len(set(ids)) for ids in seen][:20]
+    assert len({ids[0] for ids in seen}) == len(records)

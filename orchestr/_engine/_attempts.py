@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+import types
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
@@ -28,6 +29,7 @@ from .._logging import (
     run_logger,
     task_run_logger,
 )
+from .._options import RetryDelay
 from .._text import safe_repr
 from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageError
 from ..futures import _future_of
@@ -70,7 +72,7 @@ class RetryOptions(Protocol):
     def retries(self) -> int: ...
 
     @property
-    def retry_delay_seconds(self) -> float | Sequence[float] | Callable[[int], float]: ...
+    def retry_delay_seconds(self) -> RetryDelay: ...
 
     @property
     def retry_jitter_factor(self) -> float | None: ...
@@ -174,6 +176,8 @@ async def _attempts(
                 value = await driver.call(task, record, args, kwargs)
             if isinstance(value, State):
                 value = await _settled(record, value, driver)
+            elif type(value) is _Coroutine and not task.is_async:
+                return _coroutine_returned(task, record, value)
         except _EndedElsewhere:
             return record.state
         except propagate as exc:
@@ -268,6 +272,25 @@ def _returned_state(record: TaskRunRecord, returned: State[Any]) -> State[Any]:
         return State(kind, name=final.name, message=final.message, error=error, record=record)
     name = final.name if kind is StateType.FAILED else None
     return State(StateType.FAILED, name=name, message=final.message, error=error, record=record)
+
+
+_Coroutine = types.CoroutineType
+
+
+def _coroutine_returned(task: Task[Any, Any], record: TaskRunRecord, value: Any) -> State[Any]:
+    """A sync task whose function returned a coroutine (an async function behind a sync
+    decorator): its body would run later, or never, outside the run: no retries, timeout
+    or recorded failure. Failed, never retried, the coroutine closed (no 'never awaited'
+    warning in its place)."""
+    value.close()
+    error = UsageError(
+        f"task {task.name!r} returned a coroutine: its function is sync but gives an "
+        "awaitable (an async function behind a sync decorator?), whose body would run "
+        "outside its task run (no retries, timeout or recorded failure); decorate the async "
+        "function itself, or make the decorator async (functools.wraps keeps a function's "
+        "name, not whether it is async)"
+    )
+    return State(StateType.FAILED, error=error, record=record)
 
 
 class _EndedElsewhere(Exception):

@@ -154,12 +154,14 @@ class Resource(Generic[T]):
             raise error from exc
         return self._open(value, start)
 
+    # -> bool | None, as contextlib's context managers: type checkers read a plain bool as
+    # "may swallow the error" (a `return` inside the block would need another after it).
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
         # An interrupt that came while it waited for the block's runs, if any.
         arrived = await self._leave_scope().wait_at_exit(exc)
         if arrived is not None:
@@ -373,7 +375,7 @@ class Resource(Generic[T]):
         exc_type: type[BaseException] | None,
         exc: BaseException | None,
         tb: TracebackType | None,
-    ) -> bool:
+    ) -> bool | None:
         outcome = self._exit_sync(exc_type, exc, tb)
         interrupt = _interrupts.take_interrupt()  # one that came during the cleanup
         if interrupt is not None:
