@@ -328,6 +328,8 @@ def _hooks(value: Any) -> bool | None:
 
 
 def _tags(value: Any) -> bool | None:
+    if value is None:  # no tags, as Prefect's default
+        return True
     if isinstance(value, str):
         return value != ""  # a tag names a limit: never empty
     if isinstance(value, RaisesIter | RaisesLen | Iterator) or _hostile(value):
