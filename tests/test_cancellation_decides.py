@@ -75,6 +75,23 @@ class Seen:
         self.hooks.append(("on_cancellation", run.name, state.type))
 
 
+def _keeper(records: list[Any]) -> Callable[[Any, Any, State[Any]], None]:
+    """An end hook keeping each run's record in ``records``."""
+
+    def keep(flow_or_task: Any, run: Any, state: State[Any]) -> None:
+        records.append(run)
+
+    return keep
+
+
+async def _cut_by(caller: anyio.CancelScope, called: Callable[[], Awaitable[Any]]) -> None:
+    """Call ``called()`` in the caller's cancel scope, which the code cancels (as a
+    caller's deadline would), the whole bounded."""
+    with anyio.fail_after(BOUND):
+        with caller:
+            await called()
+
+
 async def _ended_cancelled(futures: FutureList[Any]) -> None:
     """Wait, shielded from the cancellation under way, until the runs have ended: as a
     busy loop may run them to their end before the waiting code resumes."""
@@ -115,14 +132,11 @@ def test_a_body_meeting_its_callers_cancellation_ends_cancelled(
         async def parent() -> Any:
             return await body()
 
-        def keep(f: Any, run: Any, state: State[Any]) -> None:
-            records.append(run)
+        keep = _keeper(records)
 
         called = parent if where == "subflow" else body
         called = called.with_options(on_cancellation=[seen.cancelled, keep])
-        with anyio.fail_after(BOUND):
-            with caller:
-                await called()
+        await _cut_by(caller, called)
         assert caller.cancelled_caught, "the cancellation reached the caller"
 
     anyio.run(main, backend=backend)
@@ -170,8 +184,7 @@ def test_a_task_meeting_its_flows_cancellation_ends_cancelled(
             await _ended_cancelled(upstream[0])
             return await FORMS[form](upstream[0])
 
-        def keep(f: Any, run: Any, state: State[Any]) -> None:
-            records.append(run)
+        keep = _keeper(records)
 
         @flow(
             timeout_seconds=BOUND, on_failure=[seen.failed], on_cancellation=[seen.cancelled, keep]
@@ -180,9 +193,7 @@ def test_a_task_meeting_its_flows_cancellation_ends_cancelled(
             upstream.append(slow.map([1, 2]))
             return await waiter.submit()
 
-        with anyio.fail_after(BOUND):
-            with caller:
-                await body()
+        await _cut_by(caller, body)
         assert caller.cancelled_caught
 
     anyio.run(main, backend=backend)
@@ -303,17 +314,14 @@ def test_a_sync_task_reading_a_run_its_flows_cancellation_ended_meets_run_cancel
                 met.append(exc)
                 raise
 
-        def keep(f: Any, run: Any, state: State[Any]) -> None:
-            records.append(run)
+        keep = _keeper(records)
 
         @flow(timeout_seconds=BOUND, on_failure=[keep], on_cancellation=[keep])
         async def body() -> Any:
             upstream.append(slow.map([1, 2]))
             return await waiter.submit()
 
-        with anyio.fail_after(BOUND):
-            with caller:
-                await body()
+        await _cut_by(caller, body)
         assert caller.cancelled_caught
 
     anyio.run(main, backend=backend)
@@ -359,9 +367,7 @@ def test_a_body_that_failed_on_its_own_before_the_cancellation_ends_failed(backe
             finally:
                 cuts_the_caller.submit()
 
-        with anyio.fail_after(BOUND):
-            with caller:
-                await body()
+        await _cut_by(caller, body)
 
     anyio.run(main, backend=backend)
     (state,) = ended
@@ -377,8 +383,7 @@ def test_a_tasks_own_failure_that_meets_the_cancellation_ends_failed(backend: st
     failed first, and ends Failed."""
     records: list[Any] = []
 
-    def keep(f: Any, run: Any, state: State[Any]) -> None:
-        records.append(run)
+    keep = _keeper(records)
 
     async def main() -> None:
         caller = anyio.CancelScope()
@@ -401,9 +406,7 @@ def test_a_tasks_own_failure_that_meets_the_cancellation_ends_failed(backend: st
         async def body() -> None:
             await reader.submit(quote(slow.submit()))
 
-        with anyio.fail_after(BOUND):
-            with caller:
-                await body()
+        await _cut_by(caller, body)
 
     anyio.run(main, backend=backend)
     (record,) = records

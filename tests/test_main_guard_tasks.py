@@ -59,22 +59,28 @@ def work(x: int) -> int:
 """
 
 
-def _run(tmp_path: Path, top: str, guarded: str, start_method: str) -> dict[str, list[str]]:
-    program = tmp_path / "guarded_program.py"
-    program.write_text(PROGRAM.format(top=top, guarded=guarded or "    pass"))
+def _program_output(program: Path, *args: str) -> str:
+    """Run ``program`` (its own main module) in its folder; its stdout, once it exited 0."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
     env["ORCHESTR_HISTORY"] = "false"
     env["ORCHESTR_LOGGING_LEVEL"] = "CRITICAL"
     done = subprocess.run(
-        [sys.executable, str(program), start_method],
+        [sys.executable, str(program), *args],
         capture_output=True,
         text=True,
         env=env,
-        cwd=tmp_path,
+        cwd=program.parent,
         timeout=WAIT,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.splitlines()[-1])  # type: ignore[no-any-return]
+    return done.stdout
+
+
+def _run(tmp_path: Path, top: str, guarded: str, start_method: str) -> dict[str, list[str]]:
+    program = tmp_path / "guarded_program.py"
+    program.write_text(PROGRAM.format(top=top, guarded=guarded or "    pass"))
+    output = _program_output(program, start_method)
+    return json.loads(output.splitlines()[-1])  # type: ignore[no-any-return]
 
 
 @pytest.mark.timeout(WAIT * 2)
@@ -143,15 +149,5 @@ def test_a_guarded_task_runs_on_dask_workers_in_this_process(tmp_path: Path) -> 
     pytest.importorskip("distributed")
     program = tmp_path / "guarded_dask.py"
     program.write_text(IN_PROCESS_DASK)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ORCHESTR_")}
-    env["ORCHESTR_HISTORY"] = "false"
-    done = subprocess.run(
-        [sys.executable, str(program)],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=WAIT,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "result 42" in done.stdout, done.stdout
+    output = _program_output(program)
+    assert "result 42" in output, output

@@ -230,14 +230,20 @@ def _write_late() -> None:
             return
         exit_deadline = time.monotonic() + _exit_timeout()
         exit_dropped.clear()
-        from ._writer import Writer
-
-        writer = Writer()
-        try:
-            _drain(writer)
-        finally:
-            writer.close()
+        _drain_here()
     _report_exit_drops(False)
+
+
+def _drain_here() -> None:
+    """Write what is queued in this thread, with a writer of its own (at exit, and
+    after it: no writer thread)."""
+    from ._writer import Writer
+
+    writer = Writer()
+    try:
+        _drain(writer)
+    finally:
+        writer.close()
 
 
 def record_sent_home(record: FlowRunRecord, parent: FlowRunRecord) -> None:
@@ -504,13 +510,7 @@ def _at_exit() -> None:
                 break  # it wrote nothing, and takes nothing from the queue: written here
     stuck = thread is not None and thread.is_alive() and writer_started
     if _queue and not stuck:
-        from ._writer import Writer
-
-        writer = Writer()
-        try:
-            _drain(writer)
-        finally:
-            writer.close()
+        _drain_here()
     _report_exit_drops(stuck)
     _exited = not stuck  # (behind a stuck writer, a late run's changes would wait too)
 
