@@ -1,6 +1,7 @@
 """Rules 1, 4, 6 and 12 for containers that cannot be rebuilt with the results of the
 futures in them (an unhashable result in a set or as a dict key, a dict subclass that
-refuses the new items, a named tuple or dataclass that cannot be remade): passed to a
+refuses the new items, a named tuple or dataclass that cannot be remade; results that
+are equal keys of one dict, where an entry would be lost): passed to a
 task (positional, keyword, ``*args``, ``**kwargs``, nested, through ``allow_failure``,
 inline, to a ``.map()`` through ``unmapped``, to a subflow) or returned from a flow,
 the run ends ``Failed`` with a UsageError naming the argument (or returned value), the
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
-from collections import OrderedDict, namedtuple
+from collections import OrderedDict, defaultdict, namedtuple
 from collections.abc import Callable
 from typing import Any
 
@@ -97,6 +98,7 @@ class Shape:
     # what arrives (None: the very same object).
     good: Callable[[Any], Any] | None
     expected: Callable[[Any], Any] | None
+    bad: Any = dataclasses.field(default_factory=lambda: list(BAD))  # a result that misfits
 
 
 SHAPES: dict[str, Shape] = {
@@ -141,6 +143,31 @@ SHAPES: dict[str, Shape] = {
         TypeError,
         None,
         lambda good: OrderedDict([(GOOD, "v")]),
+    ),
+    # A result equal to another key: one of the dict's entries would be lost.
+    "dict-key-collision": Shape(
+        lambda fut: {fut: "v", "k": 2},
+        ("gave a key equal to another ('k') of a dict", "one of its entries would be lost"),
+        type(None),
+        None,
+        lambda good: {GOOD: "v", "k": 2},
+        bad="k",
+    ),
+    "ordereddict-key-collision": Shape(
+        lambda fut: OrderedDict([("k", 2), (fut, "v")]),
+        ("a key equal to another ('k') of an OrderedDict", "entries would be lost"),
+        type(None),
+        None,
+        lambda good: OrderedDict([("k", 2), (GOOD, "v")]),
+        bad="k",
+    ),
+    "defaultdict-key-collision": Shape(
+        lambda fut: defaultdict(list, {fut: [1], 1.0 + 1: [2]}),
+        ("a key equal to another (2) of a defaultdict", "entries would be lost"),
+        type(None),
+        None,
+        lambda good: defaultdict(list, {GOOD: [1], 2.0: [2]}),
+        bad=2,
     ),
     "validating-dict": Shape(
         lambda fut: ScalarDict(k=fut),
@@ -333,7 +360,7 @@ def test_a_container_that_cannot_be_rebuilt_fails_its_run_with_a_clear_error(
     scenario = async_scenario if kind == "async" else sync_scenario
     ran.clear()
 
-    flow_state = _outcome(kind, backend, scenario(place, shape.make, BAD))
+    flow_state = _outcome(kind, backend, scenario(place, shape.make, shape.bad))
     if place in RETURNED:
         state, upstream = flow_state, None
     else:
@@ -412,6 +439,41 @@ def test_a_flow_returning_an_unbuildable_set_raises_the_usage_error(backend: str
         main()
     assert "cannot be a member of a set" in str(info.value)
     assert isinstance(info.value.__cause__, TypeError)
+
+
+@pytest.mark.parametrize("returned", [False, True], ids=["argument", "returned"])
+def test_two_futures_with_equal_results_as_keys_name_both_runs(
+    backend: str, returned: bool
+) -> None:
+    """Two futures whose results are equal, as keys of one dict: the run given it (or
+    the flow returning it) fails naming both runs, where Prefect keeps one entry and
+    drops the other without a word. Equal results in a set collapse, as members of a set
+    do: nothing is lost that the set could hold."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> Any:
+        first, second = async_value.submit(7), async_value.submit(7)
+        with anyio.fail_after(WAIT):
+            seen["names"] = (first.name, second.name)
+            if returned:
+                return {first: "a", second: "b"}
+            seen["set"] = (await async_take.submit({first, second})).__getitem__(0)
+            return Box(await async_take.submit({first: "a", second: "b"}).wait(), "")
+
+    async def go() -> State[Any]:
+        return await main(return_state=True)
+
+    with override_settings(backend=backend):
+        flow_state = anyio.run(go, backend=backend)
+    state = flow_state if returned else flow_state.result().state
+    assert state.is_failed(), state
+    text = _text(state.exception)
+    assert type(state.exception) is UsageError, text
+    first, second = seen["names"]
+    assert f"task runs {first!r}, {second!r} gave equal keys (7) of a dict" in text, text
+    if not returned:
+        assert seen["set"] == {7}
 
 
 @pytest.mark.parametrize("result", [BAD, GOOD], ids=["unhashable", "hashable"])

@@ -568,7 +568,7 @@ def _rebuilt(
         if all(a is k and b is v for (a, b), (k, v) in zip(items, obj.items(), strict=True)):
             return obj
         try:
-            return dict(items) if kind is dict else _refilled(obj, items)
+            new = dict(items) if kind is dict else _refilled(obj, items)
         except Exception as exc:
             if any(not _hashable(k) for k, _ in items):  # (the old keys are all hashable)
                 keys = [k for k, _ in obj.items()]
@@ -576,6 +576,9 @@ def _rebuilt(
             olds = [part for pair in obj.items() for part in pair]
             news = [part for pair in items for part in pair]
             raise _Unrebuildable(kind, olds, news, exc, False) from None
+        if len(new) < len(items):  # results that are equal keys: an entry would be lost
+            raise _Unrebuildable.collided(kind, list(obj), [k for k, _ in items])
+        return new
     return _refilled_fields(obj, kind, category, depth, returned, done)
 
 
@@ -642,8 +645,9 @@ def _refilled_fields(
 # -- containers that cannot be rebuilt ------------------------------------------------------
 class _Unrebuildable(Exception):
     """Raised inside the search when a container cannot be rebuilt with the results put
-    in it (an unhashable result in a set or as a dict key, a dict subclass that refuses
-    new items, a type whose constructor takes other arguments). Turned into a UsageError
+    in it (an unhashable result in a set or as a dict key, results that are equal keys
+    of one dict, a dict subclass that refuses new items, a type whose constructor takes
+    other arguments). Turned into a UsageError
     naming the argument or returned value that holds it, with ``cause`` (what the
     container raised) as its cause. ``olds`` and ``news``: the container's items before
     and after resolving; ``hashed``: whether they are members or keys (the first
@@ -652,7 +656,7 @@ class _Unrebuildable(Exception):
     def __init__(
         self, kind: type, olds: list[Any], news: list[Any], cause: Exception, hashed: bool
     ) -> None:
-        self.cause = cause
+        self.cause: Exception | None = cause
         name = _kind_name(kind)
         role = "a key of" if issubclass(kind, dict) else "a member of"
         for old, new in zip(olds, news, strict=True):
@@ -675,6 +679,25 @@ class _Unrebuildable(Exception):
                 "`fut.result()` in sync code), or pass them in a plain list, tuple or dict"
             )
         super().__init__(self.reason)
+
+    @classmethod
+    def collided(cls, kind: type, olds: list[Any], news: list[Any]) -> _Unrebuildable:
+        """Results that became equal keys of a dict: one entry would be dropped."""
+        groups: dict[Any, list[Any]] = {}
+        for old, new in zip(olds, news, strict=True):
+            groups.setdefault(new, []).append(old)
+        key, group = next((k, g) for k, g in groups.items() if len(g) > 1)
+        error = cls.__new__(cls)
+        error.cause = None
+        runs = _runs_of(group)
+        gave = "equal keys" if runs.startswith("task runs") else "a key equal to another"
+        error.reason = (
+            f"{runs} gave {gave} ({safe_repr(key)[:80]}) of {_a(_kind_name(kind))}, so one "
+            "of its entries would be lost"
+        )
+        error.advice = "use the results as values rather than keys, or make the keys differ"
+        Exception.__init__(error, error.reason)
+        return error
 
 
 def _hashable(value: Any) -> bool:
