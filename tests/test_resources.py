@@ -1015,6 +1015,80 @@ def test_resource_manager_without_cleanup_is_refused() -> None:
                 return 1
 
 
+class _Releaser:
+    """A callable object as a class's cleanup: not bound, called with the resource."""
+
+    def __init__(self) -> None:
+        self.released: list[Any] = []
+
+    def __call__(self, resource: Any) -> None:
+        self.released.append(resource)
+
+
+_MISFITS = {  # class bodies whose setup() or cleanup(resource) orchestr cannot call
+    "cleanup(self)": ("cleanup", "def cleanup(self):\n    pass"),
+    "cleanup(self, a, b)": ("cleanup", "def cleanup(self, a, b):\n    pass"),
+    "static cleanup()": ("cleanup", "@staticmethod\ndef cleanup():\n    pass"),
+    "classmethod cleanup(cls)": ("cleanup", "@classmethod\ndef cleanup(cls):\n    pass"),
+    "async cleanup(self, *, r)": ("cleanup", "async def cleanup(self, *, r):\n    pass"),
+    "setup(self, x)": (
+        "setup",
+        "def setup(self, x):\n    return x\ndef cleanup(self, r):\n    pass",
+    ),
+}
+_FITS = {  # ... and bodies it can: each records the resource its cleanup got
+    "cleanup(self, r)": "def cleanup(self, r):\n    GOT.append(r)",
+    "cleanup(self, *args)": "def cleanup(self, *args):\n    GOT.append(args[0])",
+    "async cleanup(self, r, extra=None)": (
+        "async def cleanup(self, r, extra=None):\n    GOT.append(r)"
+    ),
+    "static cleanup(r)": "@staticmethod\ndef cleanup(r):\n    GOT.append(r)",
+    "classmethod cleanup(cls, r)": "@classmethod\ndef cleanup(cls, r):\n    GOT.append(r)",
+    "setup(self, x=1)": (
+        "def setup(self, x=1):\n    return self\ndef cleanup(self, r):\n    GOT.append(r)"
+    ),
+    "a callable object": "cleanup = RELEASER",
+}
+
+
+def _manager_class(body: str, got: list[Any] | None = None) -> type:
+    namespace: dict[str, Any] = {"GOT": got, "RELEASER": _Releaser()}
+    indented = "\n".join("    " + line for line in body.splitlines())
+    exec(f"class Conn:\n{indented}\n", namespace)
+    return namespace["Conn"]  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("shape", sorted(_MISFITS))
+def test_resource_manager_whose_methods_misfit_is_refused_at_decoration(shape: str) -> None:
+    """A setup() or cleanup() that cannot be called as orchestr calls it (setup(),
+    cleanup(resource)) fails at decoration, naming the class, the method and the form to
+    write: found at the end of the first block instead, the resource leaked there."""
+    method, body = _MISFITS[shape]
+    form = "def setup(self)" if method == "setup" else "def cleanup(self, resource)"
+    with pytest.raises(ResourceDefinitionError, match=rf"class Conn: its {method}\(\)") as info:
+        resource_manager(_manager_class(body))
+    assert form in str(info.value)
+
+
+@pytest.mark.parametrize("shape", sorted(_FITS))
+def test_resource_manager_methods_that_fit_are_called_with_the_resource(
+    run: Any, shape: str
+) -> None:
+    """Every form of setup() and cleanup() that can take the call is accepted and gets
+    the resource (without setup, the instance)."""
+    got: list[Any] = []
+    factory = resource_manager(_manager_class(_FITS[shape], got))
+
+    @flow
+    async def main() -> Any:
+        async with factory() as conn:
+            return conn
+
+    conn = run(main)
+    releaser = getattr(type(conn), "cleanup", None)
+    assert (releaser.released if isinstance(releaser, _Releaser) else got) == [conn]
+
+
 def test_resource_on_a_plain_function_is_refused() -> None:
     """@resource on a function that is not a generator fails at decoration."""
     with pytest.raises(ResourceDefinitionError, match="not_a_generator is not one"):

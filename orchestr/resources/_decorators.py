@@ -125,6 +125,18 @@ def resource_manager(
             raise ResourceDefinitionError(
                 f"@resource_manager class {cls.__name__}: setup must be a method", resource_name
             )
+        # Called as setup() and cleanup(resource): a misfit fails here, not at the end of
+        # the first block (a cleanup that cannot take the resource would leak it there).
+        for method, count, call, form in (
+            ("setup", 0, "setup()", "setup(self)"),
+            ("cleanup", 1, "cleanup(resource)", "cleanup(self, resource)"),
+        ):
+            if hasattr(cls, method) and not _takes(cls, method, count):
+                raise ResourceDefinitionError(
+                    f"@resource_manager class {cls.__name__}: its {method}() cannot be called "
+                    f"as {call}, as orchestr calls it; define it as def {form}",
+                    resource_name,
+                )
 
         @functools.wraps(cls, updated=())
         def factory(*args: Any, **kwargs: Any) -> Resource[Any]:
@@ -137,6 +149,21 @@ def resource_manager(
         return factory
 
     return wrap(cls) if cls is not None else wrap
+
+
+def _takes(cls: type, method: str, count: int) -> bool:
+    """Whether ``cls``'s ``method`` can be called on an instance with ``count``
+    positional arguments (True when its signature cannot be read: a builtin)."""
+    bound = inspect.isfunction(inspect.getattr_static(cls, method))  # self comes first
+    try:
+        signature = inspect.signature(getattr(cls, method))
+    except (TypeError, ValueError):
+        return True
+    try:
+        signature.bind(*([None] * (count + bound)))
+    except TypeError:
+        return False
+    return True
 
 
 def _name_of(cm: Any) -> str:
