@@ -4,13 +4,16 @@ It is that code's error, a crash (a ``BaseException`` escaped it), never a cance
 of the run: the other task runs go on, the flow's body goes on, and no flow ends with a
 silent result. Every place user code runs: task bodies (submitted, mapped, inline), flow
 bodies, subflows, hooks, retry conditions, resource setups and cleanups; async and sync
-flows; asyncio and trio (where only the raised-by-hand kind exists). Real cancellations
-still cancel (the last tests)."""
+flows; asyncio and trio (there, asyncio's kind raised by hand and trio's own
+``Cancelled``, caught in a scope of the code's own and raised again past it). Real
+cancellations still cancel (the last tests)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
+from collections.abc import Iterator
 from typing import Any
 
 import anyio
@@ -22,9 +25,49 @@ from orchestr.states import State, StateType
 
 NOTHING_CANCELLED = "raised by the code while nothing cancelled it"
 
+# The kind of stray cancellation the tests given ``stray_kind`` raise: asyncio's
+# CancelledError raised by hand (on both backends), or, on trio, a real Cancelled that
+# the code caught in a cancel scope of its own and raised again past it.
+KIND: list[type[BaseException]] = [asyncio.CancelledError]
+
+
+def _escaped_trio_cancelled() -> BaseException:
+    """A real trio ``Cancelled``, caught in its own scope and kept (made by a trio.run of
+    its own, in a thread: any code can keep one this way)."""
+    import trio
+
+    kept: list[BaseException] = []
+
+    async def catch() -> None:
+        with trio.move_on_after(0):
+            try:
+                await trio.sleep(10)
+            except trio.Cancelled as exc:
+                kept.append(exc)
+                raise
+
+    maker = threading.Thread(target=trio.run, args=(catch,))
+    maker.start()
+    maker.join(10)
+    return kept[0]
+
+
+@pytest.fixture(params=["asyncio-raised", "trio-escaped"])
+def stray_kind(request: pytest.FixtureRequest, backend: str) -> Iterator[None]:
+    if request.param == "trio-escaped":
+        if backend != "trio":
+            pytest.skip("trio's Cancelled escapes only trio's own scopes")
+        import trio
+
+        KIND[0] = trio.Cancelled
+    yield
+    KIND[0] = asyncio.CancelledError
+
 
 def stray() -> None:
-    raise asyncio.CancelledError()
+    if KIND[0] is asyncio.CancelledError:
+        raise asyncio.CancelledError()
+    raise _escaped_trio_cancelled()
 
 
 @task
@@ -43,10 +86,10 @@ def assert_stray_crash(state: State[Any]) -> None:
     assert state.type is StateType.CRASHED, (state.type, state.message)
     assert NOTHING_CANCELLED in (state.message or ""), state.message
     assert isinstance(state.exception, CrashedError)
-    assert isinstance(state.exception.__cause__, asyncio.CancelledError)
+    assert isinstance(state.exception.__cause__, KIND[0])
 
 
-def test_a_submitted_or_mapped_run_that_raises_it_crashes_alone(run: Any) -> None:
+def test_a_submitted_or_mapped_run_that_raises_it_crashes_alone(run: Any, stray_kind: None) -> None:
     states: list[State[Any]] = []  # (returned, they would make the flow's outcome)
 
     @flow
@@ -68,7 +111,7 @@ def test_a_submitted_or_mapped_run_that_raises_it_crashes_alone(run: Any) -> Non
         assert_stray_crash(each)
 
 
-def test_in_a_sync_flow_too(run: Any) -> None:
+def test_in_a_sync_flow_too(run: Any, stray_kind: None) -> None:
     states: list[State[Any]] = []
 
     @flow
@@ -83,7 +126,7 @@ def test_in_a_sync_flow_too(run: Any) -> None:
     assert_stray_crash(crashed)
 
 
-def test_an_inline_call_raises_it_to_its_caller_as_itself(run: Any) -> None:
+def test_an_inline_call_raises_it_to_its_caller_as_itself(run: Any, stray_kind: None) -> None:
     """Caught, the flow goes on; uncaught, the flow crashes (it is not cancelled)."""
     seen: list[str] = []
 
@@ -91,7 +134,7 @@ def test_an_inline_call_raises_it_to_its_caller_as_itself(run: Any) -> None:
     async def catches(x: int = 1) -> int:
         try:
             await raises_stray(x, key="k")
-        except asyncio.CancelledError:
+        except KIND[0]:
             seen.append("caught")
         return await double(x)
 
@@ -113,7 +156,7 @@ def test_an_inline_call_raises_it_to_its_caller_as_itself(run: Any) -> None:
     assert "flow run" in str(through.exception), through.exception
 
 
-def test_a_flow_body_or_subflow_that_raises_it_crashes(run: Any) -> None:
+def test_a_flow_body_or_subflow_that_raises_it_crashes(run: Any, stray_kind: None) -> None:
     @flow
     async def sub(x: int) -> None:
         await anyio.lowlevel.checkpoint()
@@ -124,7 +167,7 @@ def test_a_flow_body_or_subflow_that_raises_it_crashes(run: Any) -> None:
         running = double.submit(21)
         try:
             await sub(1)
-        except asyncio.CancelledError:  # as itself, as from a function call
+        except KIND[0]:  # as itself, as from a function call
             return f"sub crashed; {await running}"
         return "not reached"
 
@@ -144,7 +187,7 @@ def test_a_flow_body_or_subflow_that_raises_it_crashes(run: Any) -> None:
 
 
 def test_hooks_retry_conditions_and_resources_that_raise_it(
-    run: Any, caplog: pytest.LogCaptureFixture
+    run: Any, caplog: pytest.LogCaptureFixture, stray_kind: None
 ) -> None:
     """A hook that raises it is logged and changes nothing (as any hook error); a retry
     condition that raises it crashes its run; a resource setup or cleanup that raises it
@@ -225,6 +268,46 @@ def test_hooks_retry_conditions_and_resources_that_raise_it(
     assert_stray_crash(setup)
     assert_stray_crash(cleanup)
     assert cleaned == ["outer", "inner", "outer"], cleaned
+
+
+def test_a_flows_retry_condition_or_run_name_that_raises_it_crashes_the_flow(
+    run: Any, stray_kind: None
+) -> None:
+    """Not "cancelled by its caller": the flow run crashes, its state is returned with
+    return_state=True, and without it the call raises the code's exception as itself."""
+
+    def stray_condition(*args: Any) -> bool:
+        stray()
+        return True
+
+    def stray_name() -> str:
+        stray()
+        return "never"
+
+    @flow(retries=2, retry_condition_fn=stray_condition)
+    async def retried() -> None:
+        raise ValueError("retry me?")
+
+    @flow(flow_run_name=stray_name)
+    async def named() -> int:
+        return 1
+
+    async def caller() -> list[Any]:
+        outcomes: list[Any] = []
+        with anyio.fail_after(10):
+            for each in (retried, named):
+                outcomes.append(await each(return_state=True))
+                try:
+                    await each()
+                except BaseException as exc:  # (the stray kind is a BaseException)
+                    outcomes.append(exc)
+        return outcomes
+
+    retried_state, retried_raised, named_state, named_raised = run(caller)
+    for state, raised in ((retried_state, retried_raised), (named_state, named_raised)):
+        assert_stray_crash(state)
+        assert type(raised) is KIND[0], repr(raised)
+    assert retried_state.record.attempts == 1  # a crash is not retried
 
 
 # -- asyncio's real kind: a future cancelled by someone else ---------------------------------

@@ -39,7 +39,13 @@ from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, t
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
 from ._finalstate import final_returned, returned_error
 from ._interrupts import CleanupInterrupted
-from ._outcomes import cancellation_echo, cancelled_state, crashed_state, stray_cancellation
+from ._outcomes import (
+    cancellation_echo,
+    cancelled_state,
+    crashed_state,
+    stray_cancellation,
+    unconverted,
+)
 from ._transitions import announce_final, set_state, write_final
 
 if TYPE_CHECKING:
@@ -216,7 +222,7 @@ async def _attempts(
                 )
                 cancelled._error.__context__ = exc  # type: ignore[union-attr]
                 return cancelled
-            failed = State(StateType.FAILED, error=exc, record=record)
+            failed = State(StateType.FAILED, error=unconverted(exc), record=record)
         except BaseException as exc:
             return crashed_state(record, exc)
         else:

@@ -34,6 +34,7 @@ from . import _offload as offload
 from ._context import abandoned_var, flow_run_var, hook_var, task_run_var
 from ._interrupts import CleanupInterrupted, call_user, wait_event
 from ._loop import LoopHandle, awaited, run_new_loop
+from ._outcomes import unconverted
 
 if TYPE_CHECKING:
     from ..futures import TaskFuture
@@ -99,8 +100,14 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
         coro.send(None)
     except StopIteration as stop:
         return stop.value  # type: ignore[no-any-return]
-    coro.close()
-    raise RuntimeError("orchestr bug: a blocking-driver coroutine suspended")
+    except RuntimeError as exc:
+        error = unconverted(exc)
+        if error is exc:
+            raise
+    else:
+        coro.close()
+        raise RuntimeError("orchestr bug: a blocking-driver coroutine suspended")
+    raise error  # the code's own StopIteration, raised out of the handler: its context kept
 
 
 def task_call(

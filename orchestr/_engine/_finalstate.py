@@ -61,8 +61,7 @@ def final_state(
         )
     if body_error is not None and not isinstance(body_error, (Exception, RunCancelled)):
         what = _describe(body_error)
-        cancelled = loaded("asyncio", "CancelledError")
-        if cancelled is not None and isinstance(body_error, cancelled):
+        if _is_the_stop(body_error):  # a loop's cancellation exception, then a stray one
             what += f" ({STRAY})"  # (a cancellation's never gets here: see stray_cancellation)
         error = CrashedError(f"flow run {record.name!r} crashed: {what}")
         error.__cause__ = body_error

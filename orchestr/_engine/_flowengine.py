@@ -69,7 +69,7 @@ from ._loop import (
     run_new_loop,
     unawaited,
 )
-from ._outcomes import cancellation_echo, stray_cancellation
+from ._outcomes import cancellation_echo, crashed_state, stray_cancellation, unconverted
 from ._taskcalls import execute_job
 from ._transitions import set_state
 
@@ -431,10 +431,16 @@ async def _run(
             log_flow_begin(record, run.flow, args, kwargs)
             state = await _attempts(run, args, kwargs, body)
     except BaseException as exc:
-        # The run does not return a state: record one (and run its hooks) first.
-        if isinstance(exc, cancelled) and run.body_error is not None:
+        # The run does not return a state: record one (and run its hooks) first. Unless
+        # code of its own raised a cancellation nothing asked for (a run-name callable,
+        # a retry condition): that code's crash, returned as the body's would be.
+        stray = stray_cancellation(exc)
+        ended: State[Any]
+        if stray:
+            ended = crashed_state(record, exc)
+        elif isinstance(exc, cancelled) and run.body_error is not None:
             # The body failed, then the caller's cancellation came while the run ended.
-            ended: State[Any] = State(
+            ended = State(
                 StateType.FAILED,
                 message=_describe(run.body_error),
                 error=run.body_error,
@@ -460,6 +466,9 @@ async def _run(
         with anyio.CancelScope(shield=True):
             await _end(run, ended)
         run.ended()
+        if stray:
+            run.escaped = exc  # (to the caller as itself, unless return_state=True)
+            return ended
         raise
     await _end(run, state)
     run.ended()
@@ -656,7 +665,7 @@ async def _attempt(
                         ended_at = run.body_ended or time.monotonic()
                         scope.cancel()
                     except BaseException as exc:
-                        body_error = exc
+                        body_error = unconverted(exc) if isinstance(exc, Exception) else exc
                         ended_at = run.body_ended or time.monotonic()
                         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                             run.interrupt = exc

@@ -4,11 +4,13 @@ cancellation from code that only raised the exception one raises."""
 
 from __future__ import annotations
 
+import math
+import os
 import sys
 from typing import Any
 
 from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
-from ..records import TaskRunRecord
+from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 
 __all__ = [
@@ -41,11 +43,14 @@ def cancellation_echo(error: BaseException) -> bool:
     return isinstance(error, TaskRunCancelledError) and getattr(error, "_echo", False)
 
 
-def crashed_state(record: TaskRunRecord, exc: BaseException) -> State[Any]:
+def crashed_state(record: TaskRunRecord | FlowRunRecord, exc: BaseException) -> State[Any]:
     what = _describe(exc)
     if stray_cancellation(exc):
         what += f" ({STRAY})"
-    error = CrashedError(f"task run {record.name!r} crashed: {what}", record)
+    if isinstance(record, FlowRunRecord):  # (a flow run's error names no task run)
+        error = CrashedError(f"flow run {record.name!r} crashed: {what}")
+    else:
+        error = CrashedError(f"task run {record.name!r} crashed: {what}", record)
     error.__cause__ = exc
     return State(StateType.CRASHED, message=what, error=error, record=record)
 
@@ -58,21 +63,46 @@ def not_run_state(record: TaskRunRecord, error: UpstreamNotCompletedError) -> St
     return State(StateType.NOT_RUN, message=str(error), error=error, record=record)
 
 
+_OWN_FILES = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+
+
+def unconverted(exc: Exception) -> Exception:
+    """``exc``, or the code's own ``StopIteration`` if Python turned it into a
+    ``RuntimeError`` ("coroutine raised StopIteration", PEP 479) as it left one of
+    orchestr's coroutines, which sync code runs under: a plain call raises the
+    ``StopIteration``. (One that left the code's own coroutine or generator stays a
+    ``RuntimeError``, as in a plain call.)"""
+    cause = exc.__cause__
+    if type(exc) is RuntimeError and isinstance(cause, StopIteration):
+        tb = cause.__traceback__  # its first frame: the coroutine it left
+        if tb is not None and tb.tb_frame.f_code.co_filename.startswith(_OWN_FILES):
+            return cause
+    return exc
+
+
 def stray_cancellation(exc: BaseException) -> bool:
-    """Whether ``exc`` is an asyncio ``CancelledError`` that no cancellation of the
-    running task raised: the application's code awaited a future that something else
-    cancelled (a client library's own request, say), or raised one itself. It is that
+    """Whether ``exc`` is a cancellation exception that no cancellation of the running
+    task raised: the application's code awaited a future that something else cancelled
+    (a client library's own request, say), or raised one itself (on trio, a
+    ``Cancelled`` it caught in its own scope and raised again past it). It is that
     code's error (a crash: a ``BaseException`` escaped it), not a cancellation of the
     run, which would stop runs that were never cancelled and end a flow with no result.
-    (trio's ``Cancelled`` comes only from its cancel scopes.) Asked only once the
-    exception has been caught: nothing on the hot path."""
+    Asked only once the exception has been caught: nothing on the hot path."""
     asyncio = sys.modules.get("asyncio")
-    if asyncio is None or not isinstance(exc, asyncio.CancelledError):
-        return False
-    try:
-        task = asyncio.current_task()
-    except RuntimeError:  # no asyncio loop here (trio's code, a thread's): not its own
-        return True
-    # A cancellation (anyio's cancel scopes included) counts itself on the task until
-    # its scope has caught it.
-    return task is None or task.cancelling() == 0
+    if asyncio is not None and isinstance(exc, asyncio.CancelledError):
+        try:
+            task = asyncio.current_task()
+        except RuntimeError:  # no asyncio loop here (trio's code, a thread's): not its own
+            return True
+        # A cancellation (anyio's cancel scopes included) counts itself on the task until
+        # its scope has caught it.
+        return task is None or task.cancelling() == 0
+    trio = sys.modules.get("trio")
+    if trio is not None and isinstance(exc, trio.Cancelled):
+        # trio delivers its Cancelled only inside the cancelled scope, where the
+        # effective deadline is -inf; caught anywhere else, nothing here raised it.
+        try:
+            return bool(trio.current_effective_deadline() != -math.inf)
+        except RuntimeError:  # not in a trio task (a worker thread)
+            return True
+    return False
