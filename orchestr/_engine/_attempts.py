@@ -33,7 +33,7 @@ from .._options import RetryDelay
 from .._text import safe_repr
 from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageError
 from ..futures import _future_of
-from ..records import RunRecord, TaskRunRecord
+from ..records import FlowRunRecord, RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
@@ -43,6 +43,7 @@ from ._outcomes import (
     cancellation_echo,
     cancelled_state,
     crashed_state,
+    loop_cancellation,
     stray_cancellation,
     unconverted,
 )
@@ -528,7 +529,8 @@ async def run_hook(
     driver: AsyncDriver | BlockingDriver,
 ) -> None:
     """Call ``hook(owner, record, state)`` for a task or flow run; one that raises is
-    logged and changes nothing."""
+    logged and changes nothing. (A flow run's hook that raises KeyboardInterrupt or
+    SystemExit, sys.exit(): its caller gets it once the run has ended, as the body's.)"""
     try:
         await driver.call_hook(hook, owner, record, state)
     except Exception:
@@ -543,9 +545,19 @@ async def run_hook(
             state.name,
         )
     except BaseException as exc:
-        if not stray_cancellation(exc):
+        if loop_cancellation(exc) and not stray_cancellation(exc):
+            # The run's cancellation reached the hook (or, on asyncio, one the hook
+            # raised while that cancellation was under way: the two look alike there).
+            run_logger(record).warning(
+                "Hook %s was cancelled; the run's state stays %s", _hook_name(hook), state.name
+            )
             raise
-        _hook_raised(hook, record, state)  # its own error (see stray_cancellation)
+        # The hook's own: a stray cancellation, an interrupt it raised, any other.
+        run = driver.run
+        interrupt = isinstance(exc, (KeyboardInterrupt, SystemExit))
+        if interrupt and isinstance(record, FlowRunRecord) and run is not None:
+            run.hook_interrupt = run.hook_interrupt or exc
+        _hook_raised(hook, record, state)
 
 
 def _hook_raised(hook: Any, record: RunRecord, state: State[Any]) -> None:

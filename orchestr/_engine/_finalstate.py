@@ -11,7 +11,6 @@ from __future__ import annotations
 import signal
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._loaded import loaded
 from .._tracebacks import hide_frames
 from ..exceptions import (
     CrashedError,
@@ -25,7 +24,7 @@ from ..exceptions import (
 from ..futures import TaskFuture, _future_of, _observe
 from ..states import State, StateType, _describe
 from ._deps import collect_returned, resolve_returned
-from ._outcomes import STRAY
+from ._outcomes import STRAY, loop_cancellation
 
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
@@ -210,12 +209,4 @@ def _stopped_where(error: BaseException, stopped: BaseException | None) -> None:
 def _is_the_stop(exc: BaseException | None) -> bool:
     if exc is None:
         return False
-    if isinstance(exc, RunCancelled):
-        return True
-    # The event loops' cancellations, looked up only where loaded (import orchestr
-    # loads neither asyncio nor trio).
-    cancelled = loaded("asyncio", "CancelledError")
-    if cancelled is not None and isinstance(exc, cancelled):
-        return True
-    cancelled = loaded("trio", "Cancelled")
-    return cancelled is not None and isinstance(exc, cancelled)
+    return isinstance(exc, RunCancelled) or loop_cancellation(exc)

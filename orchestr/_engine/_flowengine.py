@@ -388,6 +388,8 @@ def _deliver(run: FlowRun, state: State[Any], return_state: bool) -> Any:
     raised = run.interrupt
     if raised is not None and state.type is StateType.CRASHED:
         raise raised  # one the body raised keeps propagating
+    if run.hook_interrupt is not None:
+        raise run.hook_interrupt  # sys.exit() in a hook of the run's: the program's to take
     if return_state:
         return state
     # Any other BaseException the body let escape (an application's own, pytest's skip(),
@@ -771,17 +773,19 @@ async def _end(run: FlowRun, state: State[Any]) -> None:
         StateType.CANCELLED: flow.on_cancellation_hooks,
         StateType.CRASHED: flow.on_crashed_hooks,
     }.get(state.type, ())
-    if hooks:
-        driver = AsyncDriver(run, inline=False)
-        for hook in hooks:
-            await run_hook(hook, flow, record, state, driver)
-    if state.type is StateType.COMPLETED:
-        level = logging.INFO
-    elif state.type in (StateType.FAILED, StateType.CRASHED):
-        level = logging.ERROR
-    else:
-        level = logging.WARNING
-    # Checked first: building the run logger and the line is most of the cost of an
-    # empty flow call when nobody reads INFO.
-    if _log.isEnabledFor(level):
-        log_flow_end(record, state, level)
+    try:
+        if hooks:
+            driver = AsyncDriver(run, inline=False)
+            for hook in hooks:
+                await run_hook(hook, flow, record, state, driver)
+    finally:  # (a cancellation that reached a hook still leaves the run's last line)
+        if state.type is StateType.COMPLETED:
+            level = logging.INFO
+        elif state.type in (StateType.FAILED, StateType.CRASHED):
+            level = logging.ERROR
+        else:
+            level = logging.WARNING
+        # Checked first: building the run logger and the line is most of the cost of an
+        # empty flow call when nobody reads INFO.
+        if _log.isEnabledFor(level):
+            log_flow_end(record, state, level)

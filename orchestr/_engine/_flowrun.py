@@ -83,6 +83,7 @@ class FlowRun:
         "escalated",
         "escaped",
         "forced",
+        "hook_interrupt",
         "interrupt",
         "execute_job",
         "flow",
@@ -179,6 +180,9 @@ class FlowRun:
         # Any BaseException not an Exception the body let escape: the caller gets it as
         # itself, as from a function call (without return_state).
         self.escaped: BaseException | None = None
+        # A KeyboardInterrupt or SystemExit (sys.exit()) one of the run's own hooks
+        # raised: logged, the state kept, then raised to the caller as the body's is.
+        self.hook_interrupt: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
         self.forced = False  # a third signal came (see force())

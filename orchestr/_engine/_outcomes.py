@@ -9,6 +9,7 @@ import os
 import sys
 from typing import Any
 
+from .._loaded import loaded
 from ..exceptions import CrashedError, TaskRunCancelledError, UpstreamNotCompletedError
 from ..records import FlowRunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
@@ -61,6 +62,17 @@ STRAY = "raised by the code while nothing cancelled it: a future cancelled elsew
 
 def not_run_state(record: TaskRunRecord, error: UpstreamNotCompletedError) -> State[Any]:
     return State(StateType.NOT_RUN, message=str(error), error=error, record=record)
+
+
+def loop_cancellation(exc: BaseException) -> bool:
+    """Whether ``exc`` is an event loop's cancellation exception (asyncio's
+    ``CancelledError``, trio's ``Cancelled``), looked up only where loaded (import
+    orchestr loads neither), whether or not a cancellation raised it."""
+    cancelled = loaded("asyncio", "CancelledError")
+    if cancelled is not None and isinstance(exc, cancelled):
+        return True
+    cancelled = loaded("trio", "Cancelled")
+    return cancelled is not None and isinstance(exc, cancelled)
 
 
 _OWN_FILES = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
