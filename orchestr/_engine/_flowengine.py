@@ -461,7 +461,7 @@ async def _run(
             ended = State(
                 StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
             )
-        else:  # an interrupt escaping a task run, e.g. sys.exit() in a hook
+        else:  # an interrupt escaping the run (an inline task run's sys.exit() in its body)
             error = CrashedError(f"flow run {record.name!r} crashed: {_describe(exc)}")
             error.__cause__ = exc
             ended = State(StateType.CRASHED, message=_describe(exc), error=error, record=record)
