@@ -188,6 +188,16 @@ def stragglers(n: int = 8) -> None:
     wrap_up()
 
 
+@flow
+def knock_on(n: int = 4) -> None:
+    """Two failed task runs, then n runs not run after the first: what `orchestr runs
+    show --max-rows` lists first among the errors."""
+    first = explode.submit(2)
+    for _ in range(n):
+        double.submit(first).wait()
+    explode.submit(2).wait()
+
+
 class Colour(enum.Enum):
     red = "red"
     blue = "blue"

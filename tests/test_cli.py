@@ -1356,6 +1356,23 @@ def test_runs_show_keeps_the_failed_the_slowest_and_the_last_when_cutting(home: 
     assert "left out" not in every.stdout
 
 
+def test_runs_show_lists_the_failures_first_when_cutting_errors(home: Path) -> None:
+    """More task runs with errors than `--max-rows`: the runs' own failures are listed
+    first (not the runs not run after them), and the rest counted; `--max-rows 0` lists
+    every one."""
+    pytest.importorskip("orchestr.history")
+    run_id = Recorded(home).run("cli_flows.py:knock_on", ExitCode.COMPLETED)  # (all seen)
+    done = orchestr_cli("runs", "show", run_id[:8], "--max-rows", "2", home=home)
+    assert done.returncode == 0, done.stderr
+    listed = re.findall(r"✗ (\w+-\d+) (\w+):", done.stdout)
+    assert [state for _, state in listed] == ["Failed", "Failed"], done.stdout
+    assert "… 4 more errors left out (4 NotRun)" in done.stdout
+    every = orchestr_cli("runs", "show", run_id[:8], "--max-rows", "0", home=home)
+    listed = re.findall(r"✗ (\w+-\d+) (\w+):", every.stdout)
+    assert sorted(state for _, state in listed) == ["Failed"] * 2 + ["NotRun"] * 4
+    assert "errors left out" not in every.stdout
+
+
 def _not_a_database(home: Path) -> None:
     (home / "history.db").write_text("notes, not a database\n" * 100)
 

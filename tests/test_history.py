@@ -433,7 +433,8 @@ def test_list_runs_filters_and_orders_newest_first(run: Any, home: Path) -> None
 
 
 def test_get_run_by_prefix_or_name_and_clear_errors(run: Any, home: Path) -> None:
-    """get_run takes a full id, a unique prefix (any case) or the run's name; an unknown
+    """get_run takes a full id (text, or a record's UUID), a unique prefix (any case) or
+    the run's name; an unknown
     or ambiguous one raises HistoryError naming it (and the candidates)."""
 
     async def main() -> list[Any]:
@@ -446,6 +447,7 @@ def test_get_run_by_prefix_or_name_and_clear_errors(run: Any, home: Path) -> Non
     assert history.get_run(first).flow_run.id == first
     assert history.get_run(first[:13].upper()).flow_run.id == first
     assert history.get_run(states[0].record.name).flow_run.id == first
+    assert history.get_run(states[0].record.id).flow_run.id == first  # the UUID itself
     # 20 ids over 16 hex digits: some first digit is shared.
     shared = next(d for d in "0123456789abcdef" if sum(i.startswith(d) for i in ids) > 1)
     with pytest.raises(HistoryError, match="matches several flow runs") as ambiguous:

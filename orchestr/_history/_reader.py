@@ -16,6 +16,7 @@ import math
 import os
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -217,11 +218,13 @@ def list_runs(
         return _flow_rows(conn, found)
 
 
-def get_run(run_id: str, *, path: Path | str | None = None) -> RunDetail:
-    """The flow run whose id is ``run_id`` or starts with it (a unique prefix, such as
-    the eight hex digits of a run's name; with or without the id's dashes), or whose
-    name is ``run_id``, in full. Raises
+def get_run(run_id: str | uuid.UUID, *, path: Path | str | None = None) -> RunDetail:
+    """The flow run whose id is ``run_id`` (a ``record.id``, or its text) or starts
+    with it (a unique prefix, such as the eight hex digits of a run's name; with or
+    without the id's dashes), or whose name is ``run_id``, in full. Raises
     :class:`~orchestr.exceptions.HistoryError` if no run or several runs match."""
+    if isinstance(run_id, uuid.UUID):  # as records give it
+        run_id = str(run_id)
     wanted = _dashed(_text(run_id, "run_id").strip().lower())
     if not wanted:
         raise UsageError("run_id of get_run() must not be empty")

@@ -254,7 +254,7 @@ def runs_list(
     type=click.IntRange(min=0),
     default=60,
     show_default=True,
-    help="Task runs drawn in the timeline (0: all).",
+    help="Task runs drawn in the timeline, and task run errors listed (0: all).",
 )
 def runs_show(run_id: str, max_rows: int) -> None:
     """One flow run: its task runs (states, attempts, durations, errors), a timeline of

@@ -172,8 +172,19 @@ def show_command(run_id: str, *, max_rows: int) -> None:
         out.print(Text("no task runs", style="dim"))
     failures = [r for r in task_runs if r.error]
     if failures:
+        shown_errors, errors_left_out = _first_errors(failures, max_rows)
         out.print()
-        out.print(_failures(failures))
+        out.print(_failures(shown_errors))
+        if errors_left_out:
+            out.print(
+                Text(
+                    f"… {len(errors_left_out)} more errors left out "
+                    f"({visible(counts_text(r.state for r in errors_left_out))}):"
+                    " shown first are the failures, then the runs not run or cancelled"
+                    " (--max-rows 0 shows all)",
+                    style="dim",
+                )
+            )
     if detail.events:
         out.print()
         out.print(_events(detail.events, detail.flow_run.started))
@@ -211,6 +222,20 @@ def _header(row: Any) -> RenderableType:
         if origin:
             facts.add_row("raised at", literal(origin))
     return Group(title, facts)
+
+
+# Errors listed first: the runs' own failures, before those of runs that only followed
+# another's end (not run after a failed upstream, cancelled with their flow run).
+_ERROR_ORDER = {"NotRun": 1, "Cancelled": 2}
+
+
+def _first_errors(runs: list[Any], max_rows: int) -> tuple[list[Any], list[Any]]:
+    """At most ``max_rows`` of the task runs with errors (all if 0), failures first,
+    each kind in the runs' order; and those left out."""
+    if max_rows <= 0 or len(runs) <= max_rows:
+        return runs, []
+    ordered = sorted(runs, key=lambda run: _ERROR_ORDER.get(run.state, 0))
+    return ordered[:max_rows], ordered[max_rows:]
 
 
 def _failures(runs: list[Any]) -> RenderableType:
