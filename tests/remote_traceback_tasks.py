@@ -5,6 +5,7 @@ the line the run history must record as the failure's origin.
 
 from __future__ import annotations
 
+import json
 import threading
 
 import anyio.lowlevel
@@ -38,3 +39,10 @@ async def async_fails(tag: str) -> None:
 @task
 def unpicklable_fails() -> None:
     raise HoldsALock()  # RAISES unpicklable_fails
+
+
+@task
+def reduced_fails() -> None:
+    # An exception with a __reduce__ of its own that leaves its __dict__ (and so its
+    # notes) behind, as json's does.
+    raise json.JSONDecodeError("reduced unobserved", "{", 1)  # RAISES reduced_fails

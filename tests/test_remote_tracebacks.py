@@ -14,7 +14,8 @@ that raised it"):
 
 One flow run per flow colour (sync, async), runner and backend, shared by the tests that
 check what it showed: sync and async tasks whose failures are observed (their futures
-read) or not, a task called inline, and one whose exception does not pickle; each
+read) or not, a task called inline, one whose exception does not pickle and one whose
+exception pickles by a ``__reduce__`` of its own (json's ``JSONDecodeError``); each
 compared with the same flow's run on the thread runner. Tasks live in
 tests/remote_traceback_tasks.py (workers import it).
 """
@@ -67,6 +68,7 @@ TASK_OF = {
     "sync unobserved": "sync_fails",
     "async unobserved": "async_fails",
     "unpicklable unobserved": "unpicklable_fails",
+    "reduced unobserved": "reduced_fails",
     "sync observed": "sync_fails",
     "async observed": "async_fails",
     "sync inline": "sync_fails",
@@ -77,6 +79,7 @@ RAISER = {
     "sync_fails": "_connect",
     "async_fails": "async_fails",
     "unpicklable_fails": "unpicklable_fails",
+    "reduced_fails": "reduced_fails",
 }
 
 
@@ -137,11 +140,10 @@ class Seen:
         detail = history.get_run(str(run_id))
         self.flow_row = detail.flow_run
         for row in detail.task_runs:
-            key = (
-                "unpicklable unobserved"
-                if row.task_name == "unpicklable_fails"
-                else str(row.error).split(": ", 1)[1]
-            )
+            if row.task_name in ("unpicklable_fails", "reduced_fails"):
+                key = f"{row.task_name.split('_')[0]} unobserved"
+            else:
+                key = str(row.error).split(": ", 1)[1]
             self.rows[key] = row
         assert set(self.rows) == set(self.errors), (self.rows, self.errors)
 
@@ -172,6 +174,7 @@ def async_flow(runner: TaskRunner, seen: Seen) -> Any:
         seen.futures["sync unobserved"] = tasks.sync_fails.submit("unobserved")
         seen.futures["async unobserved"] = tasks.async_fails.submit("unobserved")
         seen.futures["unpicklable unobserved"] = tasks.unpicklable_fails.submit()
+        seen.futures["reduced unobserved"] = tasks.reduced_fails.submit()
         for kind, task_ in (("sync", tasks.sync_fails), ("async", tasks.async_fails)):
             fut = seen.futures[f"{kind} observed"] = task_.submit("observed")
             try:
@@ -192,6 +195,7 @@ def sync_flow(runner: TaskRunner, seen: Seen) -> Any:
         seen.futures["sync unobserved"] = tasks.sync_fails.submit("unobserved")
         seen.futures["async unobserved"] = tasks.async_fails.submit("unobserved")
         seen.futures["unpicklable unobserved"] = tasks.unpicklable_fails.submit()
+        seen.futures["reduced unobserved"] = tasks.reduced_fails.submit()
         for kind, task_ in (("sync", tasks.sync_fails), ("async", tasks.async_fails)):
             fut = seen.futures[f"{kind} observed"] = task_.submit("observed")
             try:

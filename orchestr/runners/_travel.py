@@ -57,6 +57,16 @@ def reduce_exception(exc: BaseException) -> Any:
     if not _reduced_by_builtin(type(exc)):  # its own __reduce__: not ours to replace,
         if isinstance(reduced, tuple) and len(reduced) > 2:  # but its state may tell
             return (*reduced[:2], _with_causes(exc, reduced[2]), *reduced[3:])
+        if (
+            isinstance(reduced, tuple)
+            and len(reduced) == 2
+            and type(exc).__setstate__ is BaseException.__setstate__
+        ):
+            # It leaves its __dict__ behind (json's JSONDecodeError): what orchestr put
+            # there travels as a state (set back by BaseException.__setstate__).
+            state = _with_causes(exc, _carried(exc))
+            if state:
+                return (*reduced, state)
         return reduced
     cls, args = reduced[0], reduced[1]
     state = _with_causes(exc, reduced[2] if len(reduced) > 2 else {})
@@ -69,6 +79,16 @@ def reduce_exception(exc: BaseException) -> Any:
     if rebuilt:
         return (cls, args, state) if state else (cls, args)
     return _rebuilt_exception, (type(exc), args, state or {})
+
+
+def _carried(exc: BaseException) -> dict[str, Any]:
+    """What orchestr put on ``exc`` to travel with it: its notes (the traceback where
+    the call ran), its origin and far frames. Nothing else of its ``__dict__``: its own
+    ``__reduce__`` may leave that behind on purpose (a handle that does not pickle)."""
+    found = getattr(exc, "__dict__", None)
+    if not isinstance(found, dict):
+        return {}
+    return {k: v for k, v in found.items() if k == "__notes__" or k.startswith("_orchestr_")}
 
 
 def _with_causes(exc: BaseException, state: Any) -> Any:
