@@ -67,11 +67,26 @@ def _full() -> bool:
 
 
 def _keeps_raise_site(error: BaseException) -> bool:
-    # orchestr raises OrchestrErrors (and RunCancelled, its interrupt) on purpose, with
+    # orchestr raises OrchestrErrors (and RunCancelled, its interrupt, and the
+    # KeyboardInterrupt or Terminated a flow call raises after a signal) on purpose, with
     # messages that say what went wrong; anything else raised in its frames needs the
     # frames to be understood. Not one raised far away, which orchestr's frames here only
     # re-raise (its frames there were trimmed there, by this same rule).
-    return not isinstance(error, (OrchestrError, RunCancelled)) and not _raised_far(error)
+    return (
+        not isinstance(error, (OrchestrError, RunCancelled))
+        and not own_attribute(error, _ON_PURPOSE)
+        and not _raised_far(error)
+    )
+
+
+_ON_PURPOSE = "_orchestr_on_purpose"
+
+
+def on_purpose(error: BaseException) -> BaseException:
+    """Mark ``error``, of a kind not orchestr's own, as raised by orchestr on purpose
+    (where its frames say nothing to the user); returns it."""
+    setattr(error, _ON_PURPOSE, True)
+    return error
 
 
 def _raised_far(error: BaseException) -> bool:

@@ -876,3 +876,44 @@ def test_a_signal_to_a_run_its_caller_cancelled_is_not_swallowed(
     assert done.stdout.split("\n")[:2] == ["cleaned up", f"raised {expected}"], (
         done.stdout + done.stderr
     )
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_the_keyboard_interrupt_after_sigint_shows_one_frame_of_orchestrs(
+    kind: str, tmp_path: Path
+) -> None:
+    """The KeyboardInterrupt a flow call raises after Ctrl-C is raised by orchestr on
+    purpose: its traceback shows the caller's frames and the call, as a body's error
+    does, not the engine's frames that delivered it."""
+    flow_code = {
+        "sync": "@flow\ndef main():\n    interrupt_me()\n\nmain()\n",
+        "async": (
+            "@flow\nasync def main():\n    interrupt_me()\n    await anyio.sleep(10)\n\n"
+            "anyio.run(main)\n"
+        ),
+    }[kind]
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading, time
+            import anyio
+            from orchestr import flow
+
+            def interrupt_me():
+                threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                if not {is_async}:
+                    time.sleep(10)
+            """
+        ).format(is_async=kind == "async")
+        + flow_code
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    shown = done.stderr[done.stderr.rindex("Traceback (most recent call last)") :]
+    assert shown.rstrip().endswith("KeyboardInterrupt"), shown
+    # One frame of orchestr's: the call's raise, as for any error a flow call raises.
+    ours = re.findall(r'File "([^"]*)", line \d+', shown)
+    ours = [path for path in ours if "/orchestr/" in path and "site-packages" not in path]
+    assert len(ours) == 1, shown
+    assert 'program.py", line' in shown, shown

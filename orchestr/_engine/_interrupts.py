@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 import anyio
 
 from .._loaded import loaded
+from .._tracebacks import on_purpose
 from ..exceptions import RunCancelled, Terminated
 
 if TYPE_CHECKING:
@@ -502,8 +503,8 @@ _received: list[int] = []  # the signals the registered runs took, each once, in
 def interrupt_for(signum: int) -> BaseException:
     """The exception a flow call raises after a signal interrupted its run."""
     if signum == signal.SIGINT:
-        return KeyboardInterrupt()
-    return Terminated(f"terminated by {signal.Signals(signum).name}")
+        return on_purpose(KeyboardInterrupt())
+    return on_purpose(Terminated(f"terminated by {signal.Signals(signum).name}"))
 
 
 class _Registration:
