@@ -510,16 +510,23 @@ class RecordingBackend(LimitBackend):
         return self.inner.acquire_blocking(limit, amount)
 
 
+class ClusterishRunner(ThreadPoolTaskRunner):
+    """A thread pool runner whose limits are enforced by ``backend``."""
+
+    def __init__(self, backend: LimitBackend, max_workers: int | None = None) -> None:
+        super().__init__(max_workers)
+        self.backend = backend
+
+    def duplicate(self) -> ClusterishRunner:
+        return ClusterishRunner(self.backend, self.max_workers)
+
+    def limit_backend(self) -> LimitBackend:
+        return self.backend
+
+
 def test_a_runner_can_supply_the_limit_backend(run: Any) -> None:
     """TaskRunner.limit_backend() decides where tag limits and concurrency() are enforced."""
     backend = RecordingBackend()
-
-    class ClusterishRunner(ThreadPoolTaskRunner):
-        def duplicate(self) -> ClusterishRunner:
-            return ClusterishRunner(self.max_workers)
-
-        def limit_backend(self) -> LimitBackend:
-            return backend
 
     @task(tags=["shared"])
     async def tagged() -> None:
@@ -530,7 +537,7 @@ def test_a_runner_can_supply_the_limit_backend(run: Any) -> None:
         with concurrency("shared"):
             pass
 
-    @flow(task_runner=ClusterishRunner())
+    @flow(task_runner=ClusterishRunner(backend))
     async def main() -> None:
         await tagged.submit()
         await sync_user.submit()
@@ -543,16 +550,19 @@ def test_a_runner_can_supply_the_limit_backend(run: Any) -> None:
 def test_a_run_waiting_for_a_slot_is_pending_and_its_duration_starts_when_it_runs(
     run: Any,
 ) -> None:
-    """While a run waits for a concurrency slot it is Pending, not Running, and its
-    recorded start is when it got the slot."""
+    """While a run waits for a concurrency slot it is Pending, not Running, it has made
+    no attempt and has no start; its recorded start is when it got the slot. One
+    cancelled while it waited ends Cancelled having made no attempt."""
+    backend = RecordingBackend()
+    seen: dict[str, Any] = {}
 
     @task(tags=["one-at-a-time"])
     async def hold(release: anyio.Event, started: anyio.Event) -> None:
         started.set()
         await release.wait()
 
-    @flow
-    async def main() -> tuple[StateType, StateType, float, float]:
+    @flow(task_runner=ClusterishRunner(backend))
+    async def main() -> None:
         with limits(concurrency={"one-at-a-time": 1}):
             release = anyio.Event()
             first_started, second_started = anyio.Event(), anyio.Event()
@@ -560,25 +570,31 @@ def test_a_run_waiting_for_a_slot_is_pending_and_its_duration_starts_when_it_run
             with anyio.fail_after(5):
                 await first_started.wait()
             second = hold.submit(release, second_started)
+            third = hold.submit(release, anyio.Event())
             with anyio.fail_after(5):
-                # attempts is counted just before the limit is waited for: from then on
-                # the second run is waiting for the slot the first one holds.
-                while second.record.attempts == 0:
+                # Both have asked for the slot the first one holds.
+                while len(backend.calls) < 3:
                     await anyio.lowlevel.checkpoint()
-            waiting = second.state.type
-            running = first.state.type
-            released_at = time.time()
+            seen["waiting"] = (second.state.type, second.record.attempts, second.record.started)
+            seen["running"] = first.state.type
+            third.cancel()
+            seen["released_at"] = time.time()
             release.set()
             with anyio.fail_after(5):
                 await first
                 await second
-        assert second.record.started is not None
-        return waiting, running, released_at, second.record.started
+                seen["cancelled"] = await third.wait()
+            seen["second_started"] = second.record.started
+            seen["second_attempts"] = second.record.attempts
 
-    waiting, running, released_at, second_start = run(main)
-    assert waiting is StateType.PENDING
-    assert running is StateType.RUNNING
-    assert second_start >= released_at
+    run(main)
+    assert seen["waiting"] == (StateType.PENDING, 0, None)
+    assert seen["running"] is StateType.RUNNING
+    assert seen["second_started"] >= seen["released_at"]
+    assert seen["second_attempts"] == 1
+    cancelled = seen["cancelled"]
+    assert cancelled.type is StateType.CANCELLED, cancelled
+    assert (cancelled.record.attempts, cancelled.record.started) == (0, None)
 
 
 # -- a cancelled sync task's abandoned thread does not keep a limit ---------------------------

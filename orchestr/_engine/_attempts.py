@@ -172,11 +172,11 @@ async def _attempts(
             # overwriting that final state.
             return record.state
         attempt += 1
-        record.attempts = attempt
         try:
             if tags and has_limits(tags):
-                value = await _call_limited(task, record, args, kwargs, driver)
+                value = await _call_limited(task, record, attempt, args, kwargs, driver)
             else:
+                record.attempts = attempt
                 _start_attempt(record)
                 if task.on_running_hooks:
                     await run_running_hooks(task, record, driver)
@@ -330,15 +330,18 @@ def _follow(future: TaskFuture[Any], record: TaskRunRecord) -> None:
 async def _call_limited(
     task: Task[Any, Any],
     record: TaskRunRecord,
+    attempt: int,
     args: Any,
     kwargs: Any,
     driver: AsyncDriver | BlockingDriver,
 ) -> Any:
     """One attempt of a limited task run: it holds the limits its tags name (see
     ``orchestr.limits``), released however the attempt ends. While it waits for them
-    the run stays Pending (or Retrying), and its duration starts when it runs."""
+    the run stays Pending (or Retrying), and neither its duration nor the attempt has
+    started: a run cancelled meanwhile made no attempt."""
     lease = await driver.acquire_limits(task, record)
     try:
+        record.attempts = attempt
         _start_attempt(record)
         if task.on_running_hooks:
             await run_running_hooks(task, record, driver)
