@@ -917,3 +917,58 @@ def test_the_keyboard_interrupt_after_sigint_shows_one_frame_of_orchestrs(
     ours = [path for path in ours if "/orchestr/" in path and "site-packages" not in path]
     assert len(ours) == 1, shown
     assert 'program.py", line' in shown, shown
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_subflow_is_cancelled_with_its_parent_by_a_signal_and_says_so(
+    kind: str, tmp_path: Path
+) -> None:
+    """Ctrl-C during a subflow: the parent run is Crashed ('interrupted by SIGINT'), the
+    subflow Cancelled, saying its parent received SIGINT, whether it is sync (its body
+    in the main thread takes the signal too) or async (on its parent's loop); its task
+    runs say the same."""
+    calls = {
+        "sync": (
+            "@flow(flow_run_name='child')\ndef child():\n    work.submit().result()\n\n"
+            "@flow\ndef parent():\n    child()\n\nparent()\n"
+        ),
+        "async": (
+            "@flow(flow_run_name='child')\nasync def child():\n    await work.submit()\n\n"
+            "@flow\nasync def parent():\n    await child()\n\nanyio.run(parent)\n"
+        ),
+    }[kind]
+    script = tmp_path / "program.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, signal, threading
+            import anyio
+            from orchestr import flow, task
+
+            @task
+            async def work():
+                threading.Timer(0.2, lambda: os.kill(os.getpid(), signal.SIGINT)).start()
+                await anyio.sleep(10)
+            """
+        )
+        + calls
+    )
+    env = dict(os.environ, ORCHESTR_HOME=str(tmp_path / "home"))
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=30, env=env
+    )
+    assert done.returncode in (130, -signal.SIGINT), done.stderr
+    from orchestr import history
+
+    rows = {row.name: row for row in history.list_runs(path=tmp_path / "home" / "history.db")}
+    (parent,) = [row for name, row in rows.items() if name.startswith("parent-")]
+    assert (parent.state, parent.error) == (
+        "Crashed",
+        f"CrashedError: flow run {parent.name!r} was interrupted by SIGINT",
+    )
+    child = rows["child"]
+    assert child.state == "Cancelled", child
+    assert f"its parent flow run {parent.name!r} received SIGINT" in (child.error or ""), child
+    (work,) = history.get_run(child.id, path=tmp_path / "home" / "history.db").task_runs
+    assert work.state == "Cancelled", work
+    assert f"its parent flow run {parent.name!r} received SIGINT" in (work.error or ""), work

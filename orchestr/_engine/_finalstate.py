@@ -50,6 +50,16 @@ def final_state(
     ``_flowengine._stopped_by``)."""
     record = run.record
     if run.signal is not None:
+        signalled = run.parent_signalled()
+        if signalled is not None:
+            # A subflow whose body took its parent's signal (it ran in the main thread):
+            # cancelled with its parent, as one on the parent's loop is.
+            cancelled = TaskRunCancelledError(
+                f"flow run {record.name!r} was cancelled: {signalled}"
+            )
+            if isinstance(body_error, Exception):
+                cancelled.__context__ = body_error
+            return State(StateType.CANCELLED, message=signalled, error=cancelled, record=record)
         name = signal.Signals(run.signal).name
         error = CrashedError(f"flow run {record.name!r} was interrupted by {name}")
         # What the body raised before or because of the signal is kept, not lost.

@@ -449,8 +449,12 @@ async def _run(
                 record=record,
             )
         elif isinstance(exc, cancelled):
+            # (A subflow whose parent took a signal: cancelled by it, which says so.)
+            signalled = run.parent_signalled()
             error: BaseException = TaskRunCancelledError(
-                f"flow run {record.name!r} was cancelled by its caller"
+                f"flow run {record.name!r} was cancelled: {signalled}"
+                if signalled
+                else f"flow run {record.name!r} was cancelled by its caller"
             )
             # An error the body raised as the cancellation came (in the cancellation's
             # __context__ chain): kept, not lost (rule 7).
@@ -458,9 +462,8 @@ async def _run(
             error.__context__ = (
                 outcome if isinstance(outcome, Exception) else _raised_meanwhile(outcome or exc)
             )
-            ended = State(
-                StateType.CANCELLED, message="cancelled by its caller", error=error, record=record
-            )
+            why = signalled or "cancelled by its caller"
+            ended = State(StateType.CANCELLED, message=why, error=error, record=record)
         else:  # an interrupt escaping the run (an inline task run's sys.exit() in its body)
             error = CrashedError(f"flow run {record.name!r} crashed: {_describe(exc)}")
             error.__cause__ = exc

@@ -465,15 +465,26 @@ class FlowRun:
 
     def why_cancelled(self) -> str:
         """Why the run's task runs are being cancelled, for their states' messages."""
-        if self.signal is not None:
-            return f"its flow run received {signal.Signals(self.signal).name}"
+        if self.signal is not None:  # (a subflow's body that took its parent's signal)
+            name = signal.Signals(self.signal).name
+            return self.parent_signalled() or f"its flow run received {name}"
         if self.cancel_reason is not None:
             return self.cancel_reason
         if self.deadline_passed():
             return f"its flow run timed out after {self.flow.timeout_seconds} s"
         if self.parent is not None and self.parent.cancel_requested:
-            return f"its parent flow run {self.parent.record.name!r} was cancelled"
+            return self.parent_signalled() or (
+                f"its parent flow run {self.parent.record.name!r} was cancelled"
+            )
         return "its flow run was cancelled"
+
+    def parent_signalled(self) -> str | None:
+        """Why a subflow is cancelled when its parent took SIGINT or SIGTERM, else None."""
+        parent = self.parent
+        if parent is None or parent.signal is None:
+            return None
+        name = signal.Signals(parent.signal).name
+        return f"its parent flow run {parent.record.name!r} received {name}"
 
     # -- signals -------------------------------------------------------------------------
     def signalled(self, signum: int) -> None:
