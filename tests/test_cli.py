@@ -777,6 +777,16 @@ def test_async_flow_by_module_name_completes_on_either_backend(home: Path, backe
     assert re.search(r"^double\s+4\s+4\s", done.stdout, re.MULTILINE)
 
 
+def test_the_summary_says_its_task_run_counts_take_in_the_subflows(home: Path) -> None:
+    """The summary counts the task runs of the run and its subflows (the run's own log
+    line and `runs show` count its own): with subflows, it says so."""
+    done = orchestr_cli("run", "cli_flows.py:parent", "-p", "k=2", home=home)
+    assert done.returncode == ExitCode.COMPLETED, done.stderr
+    assert "task runs, with its subflows': 4 Completed" in done.stdout  # 2 + the child's 2
+    assert "subflow runs: 1 Completed" in done.stdout
+    assert "; task runs: 2 Completed" in done.stderr  # the run's own line: its own two
+
+
 def test_failed_run_exits_1_and_the_summary_shows_the_error_and_its_line(home: Path) -> None:
     """A failed task run fails the run: exit 1; the summary counts the runs by state and
     names the failure with its error and the line of user code that raised it."""

@@ -57,11 +57,11 @@ def summary(record: FlowRunRecord | None, *, interrupted: str | None) -> Rendera
         return Text(f"Interrupted by {interrupted} before the flow run started.", style="bold red")
     task_runs = list(_task_runs(record))
     parts: list[RenderableType] = [Text(), _headline(record)]
-    if task_runs:
-        parts.append(
-            Text.assemble(("task runs: ", "bold"), counts_text(r.state_name for r in task_runs))
-        )
     subflows = list(_flow_runs(record))[1:]
+    if task_runs:
+        # Its subflows' too (the run's own log line and `runs show` count its own): said.
+        label = "task runs, with its subflows': " if subflows else "task runs: "
+        parts.append(Text.assemble((label, "bold"), counts_text(r.state_name for r in task_runs)))
     if subflows:
         parts.append(
             Text.assemble(("subflow runs: ", "bold"), counts_text(r.state_name for r in subflows))
