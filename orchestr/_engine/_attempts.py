@@ -183,7 +183,7 @@ async def _attempts(
                 value = await driver.call(task, record, args, kwargs)
             if isinstance(value, State):
                 value = await _settled(record, value, driver)
-            elif type(value) is _Coroutine and not task.is_async:
+            elif type(value) is types.CoroutineType and not task.is_async:
                 return _coroutine_returned(task, record, value)
         except _EndedElsewhere:
             return record.state
@@ -279,9 +279,6 @@ def _returned_state(record: TaskRunRecord, returned: State[Any]) -> State[Any]:
         return State(kind, name=final.name, message=final.message, error=error, record=record)
     name = final.name if kind is StateType.FAILED else None
     return State(StateType.FAILED, name=name, message=final.message, error=error, record=record)
-
-
-_Coroutine = types.CoroutineType
 
 
 def _coroutine_returned(task: Task[Any, Any], record: TaskRunRecord, value: Any) -> State[Any]:
