@@ -207,11 +207,7 @@ async def _attempts(
         except CallRefused as refused:  # as would every retry
             return State(StateType.FAILED, error=refused.error, record=record)
         except Exception as exc:
-            if (
-                cancellation_echo(exc)
-                and isinstance(driver, AsyncDriver)
-                and anyio.current_effective_deadline() == -math.inf
-            ):
+            if cancellation_echo(exc) and _being_cancelled(driver):
                 # A run cancelled by the cancellation under way (its flow run's caller
                 # cancelled it, and its runs with it), read: that cancellation decides.
                 # Cancelled, never retried, the error kept as its context.
@@ -362,6 +358,14 @@ def _finish(
 
 
 # -- states the attempt loop ends in ----------------------------------------------------------
+def _being_cancelled(driver: AsyncDriver | BlockingDriver) -> bool:
+    """Whether the cancellation of the attempt's flow run is under way, where the
+    attempt's code runs: on the loop, its scope is cancelled; in a thread, the run."""
+    if isinstance(driver, AsyncDriver):
+        return anyio.current_effective_deadline() == -math.inf
+    return driver.run is not None and driver.run.cancel_requested
+
+
 def _timed_out_state(record: TaskRunRecord, timed_out: AttemptTimedOut) -> State[Any]:
     message = f"task run {record.name!r} exceeded its timeout of {timed_out.seconds} s"
     if timed_out.abandoned and timed_out.maybe_unstarted:

@@ -29,12 +29,21 @@ from ._outcomes import STRAY, loop_cancellation
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
-__all__ = ["Stop", "final_returned", "final_state", "returned_error"]
+__all__ = ["Stop", "final_returned", "final_state", "parents_echo", "returned_error"]
 
 _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 
 
 Stop = Literal["timeout", "cancel"]
+
+
+def parents_echo(run: FlowRun, error: TaskRunCancelledError) -> TaskRunCancelledError:
+    """``error``, marked as the echo of its parent's cancellation (see
+    ``cancellation_echo``) when the subflow run was cancelled with its parent: code of
+    the parent's run that only raises it was stopped by that cancellation, not failed."""
+    if run.parent is not None and run.parent.cancel_requested:
+        error._echo = True  # type: ignore[attr-defined]
+    return error
 
 
 def final_state(
@@ -54,8 +63,8 @@ def final_state(
         if signalled is not None:
             # A subflow whose body took its parent's signal (it ran in the main thread):
             # cancelled with its parent, as one on the parent's loop is.
-            cancelled = TaskRunCancelledError(
-                f"flow run {record.name!r} was cancelled: {signalled}"
+            cancelled = parents_echo(
+                run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {signalled}")
             )
             if isinstance(body_error, Exception):
                 cancelled.__context__ = body_error
@@ -79,11 +88,15 @@ def final_state(
         # Before the timeout check: the body's RunCancelled made the run cancel its own
         # scope above (a sync subflow whose parent was cancelled or timed out), which is
         # no timeout of this run. Its own timeout cancels the body call instead.
-        cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
+        cancelled = parents_echo(
+            run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
+        )
         return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
     if stopped == "cancel":
         why = run.why_cancelled()
-        cancelled = TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {why}")
+        cancelled = parents_echo(
+            run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {why}")
+        )
         _stopped_where(cancelled, body_error if body_error is not None else run.body_outcome)
         return State(StateType.CANCELLED, message=why, error=cancelled, record=record)
     if stopped == "timeout":

@@ -59,7 +59,7 @@ from ._caller import CallerThread, relay_signals
 from ._context import flow_run_var
 from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
-from ._finalstate import final_state
+from ._finalstate import final_state, parents_echo
 from ._flowrun import FlowRun
 from ._loop import (
     LoopHandle,
@@ -189,6 +189,11 @@ def run_flow_sync(
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     parent = run.parent
     if parent is None or parent.loop is None or not parent.loop.on_loop_thread():
+        if parent is not None and parent.dispatcher is not None:
+            # In another thread than its parent's loop: the parent's dispatcher task
+            # meets the parent's cancellation and passes it on here (its scope does not
+            # reach this run's loop), even while the body only waits for this thread.
+            parent.dispatcher.watch()
         return _run_flow_sync(run, flow, args, kwargs, return_state)
     # Called on its parent's loop thread (a sync subflow of an async flow): the parent's
     # loop waits for it, so the parent's deadline cannot fire meanwhile; this run honours
@@ -451,10 +456,13 @@ async def _run(
         elif isinstance(exc, cancelled):
             # (A subflow whose parent took a signal: cancelled by it, which says so.)
             signalled = run.parent_signalled()
-            error: BaseException = TaskRunCancelledError(
-                f"flow run {record.name!r} was cancelled: {signalled}"
-                if signalled
-                else f"flow run {record.name!r} was cancelled by its caller"
+            error: BaseException = parents_echo(
+                run,
+                TaskRunCancelledError(
+                    f"flow run {record.name!r} was cancelled: {signalled}"
+                    if signalled
+                    else f"flow run {record.name!r} was cancelled by its caller"
+                ),
             )
             # An error the body raised as the cancellation came (in the cancellation's
             # __context__ chain): kept, not lost (rule 7).

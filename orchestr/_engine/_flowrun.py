@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from .._history._recorder import record_sent_home
-from .._logging import task_run_logger
+from .._logging import flow_run_logger, task_run_logger
 from ..exceptions import ResourceClosedError
 from ..futures import COMPACT, TaskFuture, _run_done_callback
 from ..records import FlowRunRecord, TaskRunRecord, _task_run_counters
@@ -61,6 +61,7 @@ class FlowRun:
     """One flow run while it runs."""
 
     __slots__ = (
+        "_children_gone",
         "_escalation_waiters",
         "_force_scopes",
         "_grace_scopes",
@@ -118,6 +119,8 @@ class FlowRun:
         # Subflow runs under way: a cancellation of this run reaches them too, even a
         # sync subflow's, which runs on a loop of its own.
         self.children: set[FlowRun] = set()
+        # Set (on this run's loop) when the last of them has ended, once waited for.
+        self._children_gone: anyio.Event | None = None
         if parent is not None:
             parent.record.subflow_runs.append(self.record)
             with parent.lock:
@@ -414,6 +417,12 @@ class FlowRun:
         if not self.cancel_requested:
             self.cancel_requested = True
             self._wake(self._thread_waiters)
+        self.tell_subflows_elsewhere()
+
+    def tell_subflows_elsewhere(self) -> None:
+        """Cancel the subflow runs on loops of their own (sync ones, in threads), as
+        :meth:`request_cancel` does: this run's scope, cancelled, does not reach them."""
+        self._to_children(self._child_cancel, elsewhere=True)
 
     def _signalled(self) -> bool:
         """Whether a signal came to this run or to one of its parents."""
@@ -427,11 +436,14 @@ class FlowRun:
     def _child_cancel(self, child: FlowRun) -> None:
         child.request_cancel(f"its parent flow run {self.record.name!r} was cancelled")
 
-    def _to_children(self, action: Callable[[FlowRun], None]) -> None:
-        """Apply ``action`` to each running subflow run, on that run's own loop."""
+    def _to_children(self, action: Callable[[FlowRun], None], elsewhere: bool = False) -> None:
+        """Apply ``action`` to each running subflow run, on that run's own loop (only to
+        those on other loops than this run's, if ``elsewhere``)."""
         with self.lock:
             children = list(self.children)
         for child in children:
+            if elsewhere and child.loop is not None and child.loop is self.loop:
+                continue
             if child.loop is None:
                 # Its attempt checks before the body starts; its runner's start, when it
                 # begins (see starting_runner).
@@ -445,11 +457,26 @@ class FlowRun:
                 child.loop.call_soon(partial(action, child))
 
     def ended(self) -> None:
-        """The run has its final state: its parent no longer passes cancellations on."""
+        """The run has its final state: its parent no longer passes cancellations on
+        (nor waits for it: see :meth:`subflows_ended`)."""
         parent = self.parent
         if parent is not None:
             with parent.lock:
                 parent.children.discard(self)
+                gone = None if parent.children else parent._children_gone
+            if gone is not None and parent.loop is not None:
+                parent.loop.call_soon(gone.set)
+
+    async def subflows_ended(self) -> None:
+        """Wait until every subflow run under way has ended: sync ones run on loops of
+        their own, in threads this run's body may no longer wait for (it was cancelled
+        while awaiting ``asyncio.to_thread(subflow)``). Loop thread."""
+        while True:
+            with self.lock:
+                if not self.children:
+                    return
+                gone = self._children_gone = anyio.Event()
+            await gone.wait()
 
     def deadline_passed(self) -> bool:
         """Whether the run's timeout has come (read on its loop's thread; elsewhere,
@@ -665,6 +692,7 @@ class FlowRun:
         abandoned."""
         self.cancel_requested = True
         self._wake(self._thread_waiters)
+        self.tell_subflows_elsewhere()
         why = self.why_cancelled()
         for future in list(self.active):
             if future._record.state_type is StateType.PENDING:
@@ -672,9 +700,18 @@ class FlowRun:
                     future,
                     cancelled_state(future._record, f"{why} before it started", by_run=True),
                 )
-        if self.active:
+        if self.active or self.children:
             with self.grace_period(grace):
                 await self.barrier()
+                await self.subflows_ended()
+        with self.lock:
+            left = [child.record.name for child in self.children]
+        if left:  # (each records its own end, when it comes)
+            flow_run_logger(self.record).warning(
+                "Subflow run(s) %s still running in their threads after %s; no longer waited for",
+                _listed([repr(name) for name in left]),
+                "a second signal came" if self.escalated else f"{grace:g} s",
+            )
         for future in list(self.active):
             task_run_logger(future._record).warning(
                 "Still running in a thread %s after %s; marked Cancelled and its thread abandoned",
