@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, NamedTuple, SupportsIndex, TypeV
 
 import anyio
 
+from ._definitions import _is_async
 from ._engine._context import abandoned_var, flow_run_var, hook_var, in_cleanup, task_run_var
 from ._engine._cycles import (
     close_wait,
@@ -300,7 +301,7 @@ class TaskFuture(Generic[R]):
         Async code awaits it (``await fut.wait()``); in sync code it blocks and returns
         the state (as :meth:`wait_blocking`)."""
         timeout = _checked_timeout("fut.wait()", timeout)
-        if in_async_code():
+        if _async_code():
             return self._wait_state(timeout)  # type: ignore[return-value]
         return self._wait_blocking_state("fut.wait()", timeout)  # type: ignore[return-value]
 
@@ -369,7 +370,19 @@ class TaskFuture(Generic[R]):
 
     def add_done_callback(self, fn: Callable[[TaskFuture[R]], object]) -> None:
         """Call ``fn(future)`` once the run is final, in the thread that finished it
-        (or now, if it already is). An exception from ``fn`` is logged and ignored."""
+        (or now, if it already is). An exception from ``fn`` is logged and ignored.
+        ``fn`` is a sync function (an async one would never be awaited)."""
+        if not callable(fn) or _is_async(fn):
+            raise UsageError(
+                f"add_done_callback() takes a sync function called with the future once "
+                f"its run is final, got {_short_repr(fn)}"
+                + (
+                    " (an async function, whose coroutine nothing would await): in async "
+                    "code, await the future, or use as_completed()"
+                    if callable(fn)
+                    else ""
+                )
+            )
         with self._lock:
             if self._final is None:
                 if self._callbacks is None:
@@ -538,6 +551,13 @@ def _run_done_callback(fn: Callable[[TaskFuture[Any]], object], future: TaskFutu
 _in_done_callback: ContextVar[bool] = ContextVar("orchestr.done_callback", default=False)
 
 
+def _async_code() -> bool:
+    """Whether the calling code gets awaitables (see ``in_async_code``): never a done
+    callback's, a sync function wherever it runs (on the loop or in a worker thread, by
+    timing), so that it gets the same thing every time."""
+    return not _in_done_callback.get() and in_async_code()
+
+
 def _observe(record: TaskRunRecord) -> None:
     """Mark a run's outcome as seen by user code; a NotRun's error carries its upstream's
     error as its cause, so seeing it counts as seeing the upstream's too."""
@@ -607,7 +627,7 @@ class FutureList(list[TaskFuture[R]]):
         failures. Async code awaits it; sync code gets the list."""
         timeout = _checked_timeout("FutureList.wait()", timeout)
         _check_future_list(self, "FutureList.wait()")
-        if in_async_code():
+        if _async_code():
             return self._wait_states(timeout)  # type: ignore[return-value]
         return self._wait_blocking_states("FutureList.wait()", timeout)  # type: ignore[return-value]
 
@@ -760,7 +780,7 @@ def wait(futures: Iterable[TaskFuture[Any]], timeout: float | None = None) -> _D
     for future in futures:
         if future._final is None:
             _refuse_self_wait(future)
-    if in_async_code():
+    if _async_code():
         return _wait_async(futures, timeout)  # type: ignore[return-value]
     _stop_if_caller_cancelled()
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -813,7 +833,7 @@ class AsCompleted(Generic[R]):
         return _Completions(self)
 
     def __iter__(self) -> Iterator[TaskFuture[R]]:
-        if in_async_code():
+        if _async_code():
             raise BlockingCallError(
                 "`for future in as_completed(...)` blocks, and this is async code on the "
                 "event loop thread; use `async for future in as_completed(...)`"

@@ -1025,6 +1025,33 @@ def test_cancelling_a_running_async_run_says_so(run: Any) -> None:
     assert run(main) == "cancelled by fut.cancel()"
 
 
+@pytest.mark.parametrize("given", ["async function", "not callable"])
+def test_add_done_callback_refuses_what_it_cannot_call(run: Any, given: str) -> None:
+    """An async function (whose coroutine nothing would await) or something that is not
+    callable: refused at the call, naming it, not failing later in orchestr's frames."""
+
+    async def notify(f: TaskFuture[Any]) -> None:
+        raise AssertionError("never called")
+
+    callback: Any = notify if given == "async function" else "notify"
+    errors: list[UsageError] = []
+
+    @flow(timeout_seconds=WAIT)
+    async def main() -> int:
+        fut = async_value.submit(1)
+        with pytest.raises(UsageError) as info:
+            fut.add_done_callback(callback)
+        errors.append(info.value)
+        return await fut  # type: ignore[no-any-return]
+
+    assert run(main) == 1
+    (error,) = errors
+    assert "add_done_callback() takes a sync function" in str(error)
+    assert ("never be awaited" in str(error) or "nothing would await" in str(error)) is (
+        given == "async function"
+    )
+
+
 def test_waits_that_give_up_leave_no_callback_behind(run: Any) -> None:
     """Polling a long run with timed waits does not pile callbacks onto its future."""
 
@@ -1380,7 +1407,8 @@ def test_a_done_callback_reads_its_finished_future_in_whatever_thread_it_runs(
         unfinished = held.submit()
 
         def callback(f: TaskFuture[int]) -> None:
-            seen.append((f.result(), f.wait_blocking().name))
+            # A sync function: f.wait() blocks and gives the state, on the loop too.
+            seen.append((f.result(), f.wait_blocking().name, type(f.wait()).__name__))
             try:
                 unfinished.result(timeout=0.01)
             except BlockingCallError:
@@ -1405,6 +1433,6 @@ def test_a_done_callback_reads_its_finished_future_in_whatever_thread_it_runs(
         return seen
 
     got = run(main)
-    assert got[0] == (42, "Completed")
+    assert got[0] == (42, "Completed", "State")
     on_loop = when == "added after it finished" or kind == "async"
     assert got[1] == ("refused on the loop" if on_loop else "waited in a thread")

@@ -328,6 +328,40 @@ def test_map_without_an_iterable_raises(run: Any, args: Any, kwargs: Any) -> Non
         assert type(args[0]).__name__ in str(error)
 
 
+class ZeroDimensional:
+    """Iterable and sized by its type, but not as it is (a 0-d numpy array)."""
+
+    def __len__(self) -> int:
+        raise TypeError("len() of unsized object")
+
+    def __iter__(self) -> Any:
+        raise TypeError("iteration over a 0-d array")
+
+
+@pytest.mark.parametrize("where", ["positional", "keyword"])
+def test_map_over_a_value_that_cannot_be_iterated_raises_naming_it(run: Any, where: str) -> None:
+    """A value iterable by its type but not as it is: MappingError naming the argument
+    and why, the TypeError as its cause; nothing is submitted."""
+    seen: dict[str, Any] = {}
+
+    @flow
+    async def main() -> None:
+        args, kwargs = (
+            ([ZeroDimensional()], {}) if where == "positional" else ([], {"key": ZeroDimensional()})
+        )
+        with pytest.raises(MappingError) as info:
+            echo.map([1, 2], *args, **kwargs)
+        seen["error"] = info.value
+
+    state = run(lambda: main(return_state=True))
+    error = seen["error"]
+    named = "#1" if where == "positional" else "'key'"
+    assert f"echo.map(): {named} (ZeroDimensional) cannot be iterated" in str(error), error
+    assert "iteration over a 0-d array" in str(error)
+    assert isinstance(error.__cause__, TypeError)
+    assert state.record.task_runs == []
+
+
 def test_map_over_different_lengths_raises_naming_them(run: Any) -> None:
     """Iterables of different lengths: MappingError naming each argument's length;
     nothing is submitted."""

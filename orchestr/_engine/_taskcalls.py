@@ -24,6 +24,7 @@ import anyio
 
 from .._limits._registry import has_limits
 from .._limits._tags import run_tags
+from .._text import describe_error
 from .._tracebacks import hide_frames
 from ..annotations import allow_failure, opaque, quote, unmapped
 from ..exceptions import (
@@ -476,7 +477,14 @@ def map_task(
         elif _mappable(inner):
             iterable: Iterable[Any] = inner
             if isinstance(iterable, Sized):
-                mapped[key] = list(iterable)
+                try:
+                    mapped[key] = list(iterable)
+                except TypeError as exc:  # iterable by its type, not as it is (a 0-d array)
+                    raise MappingError(
+                        f"{task.name}.map(): {_arg_name(key)} ({type(inner).__name__}) cannot "
+                        f"be iterated ({describe_error(exc)}); pass a list or other iterable "
+                        "of values, or unmapped(...) to pass it whole to every run"
+                    ) from exc
             else:
                 unsized[key] = iterable
                 mapped[key] = []  # read below, once the known lengths bound it
