@@ -870,7 +870,9 @@ class AsCompleted(Generic[R]):
                 if finished:
                     break
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
-                with _racing(waiter, pending, len(pending) - yielded):
+                # Lending its worker's place, as any blocking wait does: the runs waited
+                # for may need that pool's threads.
+                with _racing(waiter, pending, len(pending) - yielded), lending_worker():
                     _block(wakeup, left, run)
                 if not finished and deadline is not None and time.monotonic() >= deadline:
                     raise self._timed_out()

@@ -466,7 +466,15 @@ WAIT_FORMS = {
     "each-wait": lambda futures: [f.wait().result() for f in futures],
     "list-wait": lambda futures: [s.result() for s in futures.wait()],
     "orchestr-wait": lambda futures: [f.result() for f in _waited(futures)],
+    "as-completed": lambda futures: [f.result() for f in _completed(futures)],
 }
+
+
+def _completed(futures: Any) -> Any:
+    from orchestr import as_completed
+
+    assert sorted(map(id, as_completed(futures))) == sorted(map(id, futures))
+    return futures
 
 
 def _waited(futures: Any) -> Any:
