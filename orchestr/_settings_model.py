@@ -387,8 +387,9 @@ def _build_model() -> Any:
             # ``X | None``: pydantic's nullable schema, whose errors are X's alone (as a
             # union, None's "Input should be None" came too, or instead).
             return Annotated[typing.Optional[made], BeforeValidator(_blank_is_none)]  # noqa: UP045
-        if origin is list:
-            return list[constrained(typing.get_args(hint)[0], constraints)]  # type: ignore[misc]
+        if origin is list:  # (a list of retry delays: an empty one gives no delay to use)
+            item = constrained(typing.get_args(hint)[0], constraints)
+            return Annotated[list[item], PydanticField(min_length=1)]  # type: ignore[valid-type]
         if hint in (int, float):
             options: dict[str, Any] = dict(constraints)
             checks = [BeforeValidator(refuse_bool)]

@@ -7,11 +7,12 @@ submits one run per element. The engine does the work; this module is the defini
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Coroutine, Iterable
 from types import CoroutineType
 from typing import Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
-from ._checks import amounts
+from ._checks import amounts, is_number
 from ._definitions import Definition, RunName
 from ._engine import _interrupts
 from ._engine._loop import in_async_code
@@ -342,8 +343,8 @@ def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
     ``retry_delay_seconds=exponential_backoff(10)`` with ``retries=3``, 10, 20 and 40
     seconds. What it returns is called with the number of retries and gives the list of
     delays (at most 50, the last one repeating), as Prefect calls it."""
-    factor = float(backoff_factor)
-    if not factor >= 0 or factor == float("inf") or isinstance(backoff_factor, bool):
+    factor = float(backoff_factor) if is_number(backoff_factor) else math.nan  # not "1"
+    if not factor >= 0 or factor == float("inf"):
         raise UsageError(
             f"backoff_factor of exponential_backoff must be a finite number >= 0, got "
             f"{backoff_factor!r}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import math
 import random
 import re
 import threading
@@ -18,7 +19,7 @@ import pytest
 from orchestr import State, TaskFuture, flow, override_settings, task
 from orchestr._checks import MAX_SECONDS
 from orchestr._engine._attempts import retry_delay
-from orchestr.exceptions import FailedRunsGroup, TaskRunCancelledError
+from orchestr.exceptions import FailedRunsGroup, TaskRunCancelledError, UsageError
 from orchestr.states import StateType
 from orchestr.testing import fast_retries
 
@@ -218,6 +219,11 @@ def test_exponential_backoff_is_prefects(run: Any, caplog: pytest.LogCaptureFixt
 
     backoff = exponential_backoff(backoff_factor=0.001)
     assert _task_retry_delays(run, caplog, backoff) == [0.001, 0.002, 0.004]
+    # A factor that is not a finite number >= 0 (a string too, as retry_delay_seconds
+    # refuses "1") is refused at once, naming it.
+    for bad in ("1", True, None, -1, math.nan, math.inf):
+        with pytest.raises(UsageError, match="backoff_factor of exponential_backoff"):
+            exponential_backoff(bad)  # type: ignore[arg-type]
 
 
 def test_jitter_end_to_end(caplog: pytest.LogCaptureFixture) -> None:
@@ -309,14 +315,25 @@ def test_async_retry_condition_on_sync_task(run: Any) -> None:
     assert run(main) == [StateType.FAILED, 2, StateType.FAILED, 2]
 
 
-def test_retry_condition_that_raises_is_logged_and_stops(
-    run: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    """An exception inside retry_condition_fn is logged with its traceback and stops
-    retrying; the run keeps the attempt's own error."""
+class Ambiguous:
+    """A verdict whose truth value raises (as a numpy array's does)."""
 
-    def broken(task_: Any, record: Any, state: State[Any]) -> bool:
-        raise ZeroDivisionError("condition bug")
+    def __bool__(self) -> bool:
+        raise ZeroDivisionError("the truth value is ambiguous")
+
+
+@pytest.mark.parametrize("how", ["raises", "ambiguous verdict"])
+def test_retry_condition_that_raises_is_logged_and_stops(
+    run: Any, caplog: pytest.LogCaptureFixture, how: str
+) -> None:
+    """An exception inside retry_condition_fn, or from the truth value of what it
+    returned, is logged with its traceback and stops retrying; the run keeps the
+    attempt's own error (before, an ambiguous verdict crashed the run, unlogged)."""
+
+    def broken(task_: Any, record: Any, state: State[Any]) -> Any:
+        if how == "raises":
+            raise ZeroDivisionError("condition bug")
+        return Ambiguous()
 
     @task(retries=3, retry_condition_fn=broken)
     def fails() -> None:

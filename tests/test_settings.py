@@ -134,6 +134,8 @@ def test_override_settings_validates_restores_and_refuses_unknown_names() -> Non
         {"task_default_retries": True},
         {"cancel_grace_seconds": float("nan")},
         {"flow_default_retry_delay_seconds": [1, -1]},
+        {"flow_default_retry_delay_seconds": []},  # no delay to use (the decorator's rule)
+        {"task_default_retry_delay_seconds": []},
         {"cleanup_timeout_seconds": float("inf")},
     ):
         with pytest.raises(pydantic.ValidationError) as error, override_settings(**bad):

@@ -485,13 +485,13 @@ async def should_retry(
     try:
         # Through the driver: an async condition of a sync run needs a loop of its own.
         verdict = await driver.call_hook(condition, owner, record, state)
+        return bool(verdict)  # (a truth value may raise too: a numpy array's)
     except Exception:
         run_logger(record).exception("retry_condition_fn raised; not retrying")
         return False
     except RunCancelled as exc:  # it waited on its cancelled flow run
         run_logger(record).warning("retry_condition_fn was stopped (%s); not retrying", exc)
         return False
-    return bool(verdict)
 
 
 def log_retry(
