@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 import pytest
 
-from orchestr import State, TaskFuture, flow, override_settings, task
+from orchestr import State, TaskFuture, ThreadPoolTaskRunner, flow, override_settings, task
 from orchestr._checks import MAX_SECONDS
 from orchestr._engine._attempts import retry_delay
 from orchestr.exceptions import FailedRunsGroup, TaskRunCancelledError, UsageError
@@ -860,3 +860,44 @@ def test_a_sync_task_abandoned_by_a_timed_out_attempt_submits_nothing(run: Any) 
     assert refused == ["RunCancelled"]
     assert state.record.attempts == 2
     assert [r.task_name for r in state.record.task_runs] == ["straggler", "quick"]
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_cancelling_a_run_in_its_retry_delay_ends_the_delay(run: Any, kind: str) -> None:
+    """``fut.cancel()`` while a run sleeps its retry delay: Cancelled at once, "during
+    its retry delay", and its worker is free at once (a sync run's thread slept the
+    delay out, holding the only worker, and outlived its flow run)."""
+
+    @task(retries=3, retry_delay_seconds=30)
+    def sync_flaky() -> None:
+        raise ConnectionError("try again")
+
+    @task(retries=3, retry_delay_seconds=30)
+    async def async_flaky() -> None:
+        raise ConnectionError("try again")
+
+    @task
+    def quick() -> str:
+        return "ran"
+
+    flaky = sync_flaky if kind == "sync" else async_flaky
+
+    @flow(task_runner=ThreadPoolTaskRunner(max_workers=1), timeout_seconds=10)
+    async def main() -> tuple[Any, ...]:
+        fut = flaky.submit()
+        with anyio.fail_after(5):
+            while fut.state.name != "Retrying":
+                await anyio.sleep(0.01)
+        assert fut.cancel()
+        started = time.monotonic()
+        ran = await quick.submit()
+        state = await fut.wait()  # (plain values out: a returned State decides the flow)
+        return state.type, state.message, fut.record.attempts, ran, time.monotonic() - started
+
+    kind_, message, attempts, ran, waited = run(main)
+    assert kind_ is StateType.CANCELLED
+    # (An async run is cancelled in its delay as anywhere: through its cancel scope.)
+    said = "cancelled by fut.cancel()" + (" during its retry delay" if kind == "sync" else "")
+    assert message == said, message
+    assert attempts == 1
+    assert (ran, waited < 5) == ("ran", True), waited

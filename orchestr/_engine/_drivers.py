@@ -15,7 +15,7 @@ import inspect
 import threading
 import time
 from collections.abc import Callable, Coroutine, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from contextvars import copy_context
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -365,11 +365,15 @@ class BlockingDriver:
         return await acquire_task_limits(tags, backend_for(self.run), blocking=True)
 
     async def sleep(self, seconds: float) -> None:
-        wakeup = threading.Event()  # set only by the run's cancellation
-        if self.run is None:
-            wait_event(wakeup, seconds)
-        else:
-            self.run.block(wakeup, seconds)
+        # Woken by the flow run's cancellation, and by the task run's own: fut.cancel()
+        # marks a sync run final at once, and its thread must not sleep the delay out.
+        context = task_run_var.get()
+        future = None if context is None else context.future
+        with nullcontext(threading.Event()) if future is None else future._done_event() as wakeup:
+            if self.run is None:
+                wait_event(wakeup, seconds)
+            else:
+                self.run.block(wakeup, seconds)
 
     def give_back(self) -> None:
         """Nothing to give back: a run on this driver holds no dispatcher's place."""

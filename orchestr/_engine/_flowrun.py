@@ -342,7 +342,11 @@ class FlowRun:
             return True
         record = future._record
         running = record.state_type is not StateType.PENDING
-        if running:
+        if record.state_type is StateType.RETRYING:
+            # In its retry delay, which the cancel wakes (see BlockingDriver.sleep): its
+            # thread ends there, as it is.
+            why += " during its retry delay"
+        elif running:
             task_run_logger(record).warning(
                 "Executing in a thread, which cannot be interrupted; marked Cancelled (%s) "
                 "and its thread abandoned",
