@@ -901,3 +901,38 @@ def test_cancelling_a_run_in_its_retry_delay_ends_the_delay(run: Any, kind: str)
     assert message == said, message
     assert attempts == 1
     assert (ran, waited < 5) == ("ran", True), waited
+
+
+def test_a_slow_sync_retry_condition_does_not_hold_a_timed_out_flow(backend: str) -> None:
+    """A sync retry condition is part of its run's attempt: the flow's timeout stops
+    waiting for it (its thread is left to end on its own), as it stops an async one;
+    before, the flow ran on until the condition returned, past its timeout and its
+    cancel grace. Hooks, which run even in a cancelled scope, are not affected."""
+    release = threading.Event()
+    asked = threading.Event()
+
+    def slow_condition(task_: Any, record: Any, state: State[Any]) -> bool:
+        asked.set()
+        release.wait(10)  # an HTTP call to decide, say
+        return True
+
+    @task(retries=2, retry_condition_fn=slow_condition)
+    async def fails() -> None:
+        raise ConnectionError("down")
+
+    @flow(timeout_seconds=0.3)
+    async def main() -> None:
+        await fails.submit()
+
+    async def timed() -> tuple[State[Any], float]:
+        started = time.monotonic()
+        return await main(return_state=True), time.monotonic() - started
+
+    try:
+        with override_settings(cancel_grace_seconds=0.5):
+            state, took = anyio.run(timed, backend=backend)
+    finally:
+        release.set()
+    assert asked.is_set()
+    assert state.name == "TimedOut", state
+    assert took < 3, took

@@ -484,7 +484,8 @@ async def should_retry(
         return True
     try:
         # Through the driver: an async condition of a sync run needs a loop of its own.
-        verdict = await driver.call_hook(condition, owner, record, state)
+        # Part of the attempt: a timeout or cancellation meanwhile stops waiting for it.
+        verdict = await driver.call_hook(condition, owner, record, state, shielded=False)
         return bool(verdict)  # (a truth value may raise too: a numpy array's)
     except Exception:
         run_logger(record).exception("retry_condition_fn raised; not retrying")

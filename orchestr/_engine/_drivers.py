@@ -268,12 +268,14 @@ class AsyncDriver:
     async def sleep(self, seconds: float) -> None:
         await anyio.sleep(seconds)
 
-    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
+    async def call_hook(self, hook: Callable[..., Any], *args: Any, shielded: bool = True) -> Any:
         """Call a hook or retry condition, sync or async; return what it returned.
 
         An async one is awaited here. A sync one is sync code, which may block (call an
         async task, wait on a future): it runs in one of orchestr's threads, never on the
-        loop that runs what it waits for."""
+        loop that runs what it waits for. Not ``shielded`` (a retry condition, part of
+        its attempt), a cancellation meanwhile abandons its thread at once, as it stops
+        an async one."""
         # A hook of a run that a hook's code started (called, submitted): it takes no
         # place among the loop's thread calls, for which the hooks waiting for its run
         # may hold every one (a deadlock). Hooks of other runs do: a burst of slow ones
@@ -283,11 +285,16 @@ class AsyncDriver:
             if _is_async(hook):
                 turned_async()
                 return await hook(*args)
-            # Shielded: it runs even in a cancelled scope, as it did on the loop (a task
-            # that caught its cancellation and raised still gets its hooks); only a third
-            # signal stops waiting for it.
-            with anyio.CancelScope(shield=True):
-                outcome = await offload.run_sync(hook, *args, forcible=True, limited=not nested)
+            if shielded:
+                # It runs even in a cancelled scope, as it did on the loop (a task that
+                # caught its cancellation and raised still gets its hooks); only a third
+                # signal stops waiting for it.
+                with anyio.CancelScope(shield=True):
+                    outcome = await offload.run_sync(hook, *args, forcible=True, limited=not nested)
+            else:
+                outcome = await offload.run_sync(
+                    hook, *args, abandon_on_cancel=True, limited=not nested
+                )
             if inspect.isawaitable(outcome):  # a sync callable that returned a coroutine
                 turned_async()
                 outcome = await outcome
@@ -378,8 +385,9 @@ class BlockingDriver:
     def give_back(self) -> None:
         """Nothing to give back: a run on this driver holds no dispatcher's place."""
 
-    async def call_hook(self, hook: Callable[..., Any], *args: Any) -> Any:
-        """Call a hook or retry condition, sync or async; return what it returned."""
+    async def call_hook(self, hook: Callable[..., Any], *args: Any, shielded: bool = True) -> Any:
+        """Call a hook or retry condition, sync or async; return what it returned (in
+        this thread, which no cancellation stops: ``shielded`` changes nothing)."""
         with _hook_code() as turned_async:
             outcome = call_user(hook, *args)
             if inspect.isawaitable(outcome):
