@@ -311,3 +311,93 @@ def test_a_parent_timeout_reaches_a_sync_subflow_waiting_for_its_task_runs(
     assert state.name == "TimedOut"
     (sub,) = state.record.subflow_runs
     assert sub.state_type is StateType.CANCELLED
+
+
+# -- a subflow returning a future of its parent's ---------------------------------------------
+@task
+def released(gate: threading.Event) -> int:
+    assert gate.wait(10)
+    return 7
+
+
+def _returns_it(kind: str, shape: str) -> Any:
+    """A subflow given its parent's unfinished future inside quote(): it lets the run go
+    on a moment later, notes whether the run was finished, and returns the future (as it
+    is, or in a dict)."""
+
+    def give_back(fut: Any, gate: threading.Event, seen: list[bool]) -> Any:
+        seen.append(fut.done())  # (quote() is taken off at the call, as for a task)
+        threading.Timer(0.2, gate.set).start()
+        return fut if shape == "future" else {"out": fut}
+
+    if kind == "sync":
+
+        @flow(timeout_seconds=10)
+        def child(q: Any, gate: Any, seen: Any) -> Any:  # (Any: passed as they are)
+            return give_back(q, gate, seen)
+
+        return child
+
+    @flow(timeout_seconds=10)
+    async def async_child(q: Any, gate: Any, seen: Any) -> Any:
+        return give_back(q, gate, seen)
+
+    return async_child
+
+
+@pytest.mark.parametrize("shape", ["future", "in a dict"])
+@pytest.mark.parametrize("kinds", ["sync in sync", "async in sync", "async in async"])
+def test_a_subflow_returning_its_parents_unfinished_future_gives_its_result(
+    backend: str, kinds: str, shape: str
+) -> None:
+    """A returned future is the run's outcome, its parent's too: the subflow's exit waits
+    for it (before: a UsageError telling the user to return the future itself, which
+    they did)."""
+    from orchestr import quote
+
+    child_kind, _, parent_kind = kinds.partition(" in ")
+    child = _returns_it(child_kind, shape)
+    seen: list[bool] = []
+    gate = threading.Event()
+    expected = 7 if shape == "future" else {"out": 7}
+
+    if parent_kind == "sync":
+
+        @flow(timeout_seconds=10)
+        def parent() -> Any:
+            return child(quote(released.submit(gate)), gate, seen)
+
+        with override_settings(backend=backend):
+            got = parent()
+    else:
+
+        @flow(timeout_seconds=10)
+        async def async_parent() -> Any:
+            return await child(quote(released.submit(gate)), gate, seen)
+
+        got = anyio.run(async_parent, backend=backend)
+    assert seen == [False]  # unfinished when the subflow returned it
+    assert got == expected
+
+
+def test_a_sync_subflow_holding_its_async_parents_loop_cannot_return_its_future(
+    backend: str,
+) -> None:
+    """A sync subflow called on its async parent's loop thread holds that loop: waiting
+    there for the parent's future is refused with the held-loop error naming the remedy
+    (before: an internal ExceptionGroup crashed the subflow)."""
+    from orchestr import quote
+    from orchestr.exceptions import BlockingCallError
+
+    child = _returns_it("sync", "future")
+    gate = threading.Event()
+
+    @flow(timeout_seconds=10)
+    async def async_parent() -> State[Any]:
+        return child(quote(released.submit(gate)), gate, [], return_state=True)  # type: ignore[no-any-return]
+
+    state: State[Any] = anyio.run(lambda: async_parent(return_state=True), backend=backend)
+    (sub,) = state.record.subflow_runs  # type: ignore[union-attr]
+    assert sub.state_type is StateType.FAILED, (sub.state_name, sub.message)
+    assert isinstance(sub.error, BlockingCallError), repr(sub.error)
+    assert "make that flow async and await it" in str(sub.error)

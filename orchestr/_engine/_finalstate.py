@@ -183,7 +183,9 @@ def final_returned(what: str, item: TaskFuture[Any] | State[Any]) -> State[Any]:
             return final
     elif item.is_final():  # type: ignore[union-attr]
         return item  # type: ignore[return-value]
-    if future is not None:
+    if future is item:  # (one of another flow run's, whose wait was stopped)
+        error = UsageError(f"{what} returned the future of task run {future.name!r}, unfinished")
+    elif future is not None:
         error = UsageError(
             f"{what} returned the state of task run {future.name!r}, read before that run "
             "finished, and it has not finished yet; return the future itself, or wait for "

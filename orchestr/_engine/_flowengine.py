@@ -38,6 +38,7 @@ from .._tracebacks import hide_frames
 from ..exceptions import (
     BlockingCallError,
     CrashedError,
+    CyclicDependencyError,
     OrchestrError,
     ParameterValidationError,
     ResourceCleanupError,
@@ -47,7 +48,7 @@ from ..exceptions import (
     TaskRunCancelledError,
     UsageError,
 )
-from ..futures import _stop_if_caller_cancelled
+from ..futures import TaskFuture, _future_of, _stop_if_caller_cancelled
 from ..resources._worker_cleanup import end_worker_resources, with_cleanup_errors
 from ..runners._base import TaskRunner
 from ..runners._pool import lending_worker
@@ -57,6 +58,7 @@ from . import _interrupts
 from ._attempts import log_retry, next_retry_delay, run_hook, run_running_hooks, should_retry
 from ._caller import CallerThread, relay_signals
 from ._context import flow_run_var
+from ._deps import collect_returned
 from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
 from ._finalstate import final_state, parents_echo
@@ -686,6 +688,8 @@ async def _attempt(
                             run.escaped = exc
                             scope.cancel()  # an interrupt: stop everything, wait for nothing
                     await run.barrier()
+                    if body_error is None:
+                        body_error = await _returned_final(value)
                 finally:
                     # Cancelled, it still starts what cleanups under way submit, then ends.
                     dispatcher.stop()
@@ -753,6 +757,21 @@ def _stopped_by(
     if not (scope.cancelled_caught or (not ended_first and time.monotonic() >= first)):
         return None
     return "cancel" if cancelled_at < deadline_at else "timeout"
+
+
+async def _returned_final(value: Any) -> Exception | None:
+    """Wait for the runs of other flow runs whose futures the body returned (its
+    parent's, given inside ``quote()``): the exit barrier waited for the run's own only,
+    and a returned future is the run's outcome. A wait that would close a cycle of runs,
+    or wait for the loop this run's thread holds, is the run's error (returned)."""
+    for item in collect_returned(value):
+        future = item if type(item) is TaskFuture else _future_of(item)
+        if future is not None and future._final is None:
+            try:
+                await future._wait_async()
+            except (CyclicDependencyError, BlockingCallError) as exc:  # (a held loop's)
+                return exc
+    return None
 
 
 async def _wind_down(run: FlowRun) -> None:
