@@ -825,6 +825,10 @@ class AsCompleted(Generic[R]):
     def __init__(self, futures: Iterable[TaskFuture[R]], timeout: float | None) -> None:
         self._pending = list(dict.fromkeys(_futures_given("as_completed()", futures)))
         self._timeout = timeout
+
+    def _refuse_self_wait(self) -> None:
+        """Before a wait with nothing finished to give: the caller's own run among those
+        not finished would never finish (the finished ones were given first)."""
         for future in self._pending:
             if future._final is None:
                 _refuse_self_wait(future)
@@ -869,6 +873,7 @@ class AsCompleted(Generic[R]):
                 wakeup.clear()
                 if finished:
                     break
+                self._refuse_self_wait()
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
                 # Lending its worker's place, as any blocking wait does: the runs waited
                 # for may need that pool's threads.
@@ -914,6 +919,7 @@ class _Completions(Generic[R]):
             self._wakeup = anyio.Event()
             if finished:
                 break
+            self._of._refuse_self_wait()
             with (
                 _racing(self._waiter, self._of._pending, self._left),
                 anyio.move_on_after(deadline - anyio.current_time()),

@@ -880,6 +880,53 @@ async def _drain(iterator: Any) -> list[Any]:
     return [item async for item in iterator]
 
 
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_as_completed_over_its_own_future_gives_the_finished_ones_first(
+    run: Any, kind: str
+) -> None:
+    """as_completed([other, own]), ``other`` finished: ``other`` is given first, and the
+    wait that would be for the caller's own run then raises CyclicDependencyError
+    (before, it raised at once, and the finished run was lost to the loop)."""
+
+    @task
+    async def async_self(box: Box, other: Any) -> list[str]:
+        seen = []
+        try:
+            async for done in orchestr.as_completed([other.value, box.value]):
+                seen.append(done.name)
+        except CyclicDependencyError:
+            seen.append("refused")
+        return seen
+
+    @task
+    def sync_self(box: Box, other: Any) -> list[str]:
+        box.ready.wait(WAIT)
+        seen = []
+        try:
+            for done in orchestr.as_completed([other.value, box.value], timeout=WAIT):
+                seen.append(done.name)
+        except CyclicDependencyError:
+            seen.append("refused")
+        return seen
+
+    me_task = sync_self if kind == "sync" else async_self
+
+    @flow
+    async def main() -> tuple[list[str], str]:
+        box, other = Box(), Box()
+        first = echo.submit(1)
+        await first
+        other.value = first
+        fut = me_task.submit(box, other)
+        box.value = fut
+        box.ready.set()
+        with anyio.fail_after(WAIT):
+            return await fut, first.name
+
+    seen, first_name = run(main)
+    assert seen == [first_name, "refused"]
+
+
 def test_cyclic_dependency_error_is_a_usage_error() -> None:
     """CyclicDependencyError is a UsageError (an OrchestrError)."""
     assert issubclass(CyclicDependencyError, UsageError)
