@@ -4,6 +4,7 @@ results."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import uuid
 import weakref
@@ -398,3 +399,38 @@ def test_a_records_id_is_made_once_when_threads_read_it_first_at_once() -> None:
         thread.join(30)
     assert all(len(set(ids)) == 1 for ids in seen), [len(set(ids)) for ids in seen][:20]
     assert len({ids[0] for ids in seen}) == len(records)
+
+
+def test_a_wall_clock_stepped_back_never_makes_a_negative_duration(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Records keep wall-clock times; when the system clock is stepped back while runs
+    go on (an NTP correction), a run's end is never before its start: durations are 0
+    at worst, in the records and in the end line, never negative."""
+    import time as time_module
+
+    real_time = time_module.time
+    offset = [0.0]
+    monkeypatch.setattr(time_module, "time", lambda: real_time() + offset[0])
+
+    @task
+    def stepped_back() -> int:
+        offset[0] = -10.0  # the clock steps back while the task runs
+        return 1
+
+    @flow(timeout_seconds=10)
+    def main() -> float | None:
+        fut = stepped_back.submit()
+        fut.result()
+        return fut.record.duration
+
+    with caplog.at_level(logging.INFO, logger="orchestr"):
+        state = main(return_state=True)
+    task_duration = state.result()
+    assert task_duration is not None
+    assert task_duration >= 0, task_duration
+    assert state.record.duration is not None
+    assert state.record.duration >= 0, state.record.duration
+    ends = [r.getMessage() for r in caplog.records if "Finished in state" in r.getMessage()]
+    assert ends, caplog.records
+    assert not any(" in -" in line for line in ends), ends

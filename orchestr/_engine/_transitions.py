@@ -81,7 +81,10 @@ def write_final(record: RunRecord, state: State[Any]) -> None:
     # runs once per task run.
     error = state._error if state._error is not None else state.exception
     record.error = error
-    record.ended = state.timestamp
+    ended = state.timestamp
+    started = record.started
+    # Wall-clock times: a clock stepped back (NTP) must not make a negative duration.
+    record.ended = ended if started is None or ended >= started else started
     if error is not None and (error.__traceback__ is not None or error.__cause__ is not None):
         # The first run to record an error is its origin (later runs it fails report it
         # without repeating its traceback); orchestr's frames leave its traceback. (Not
