@@ -624,3 +624,60 @@ def test_an_async_task_that_ends_past_its_timeout_timed_out(run: Any, how: str, 
         ("TimedOut", StateType.FAILED, own),
         ("Completed", StateType.COMPLETED, "in time"),
     ]
+
+
+@pytest.mark.parametrize("parent_kind", ["sync", "async"])
+@pytest.mark.parametrize("child_kind", ["sync", "async"])
+def test_what_a_parents_timeout_cancels_says_the_parent_timed_out(
+    backend: str, parent_kind: str, child_kind: str
+) -> None:
+    """A parent's timeout: its subflow, sync or async, is Cancelled saying its parent
+    timed out (it said 'cancelled by its caller' or 'was cancelled', by kind), and a sync
+    task run abandoned in its thread says its flow run timed out (an async flow's said
+    'was cancelled')."""
+    release = threading.Event()
+
+    @task
+    def stuck() -> None:
+        release.wait(10)
+
+    @flow
+    def sync_child() -> None:
+        stuck.submit().result()
+
+    @flow
+    async def async_child() -> None:
+        await anyio.sleep(10)
+
+    child = sync_child if child_kind == "sync" else async_child
+
+    @flow(timeout_seconds=0.3)
+    def sync_parent() -> None:
+        stuck.submit()
+        child()
+
+    @flow(timeout_seconds=0.3)
+    async def async_parent() -> None:
+        stuck.submit()
+        if child_kind == "sync":
+            await anyio.to_thread.run_sync(child)
+        else:
+            await child()
+
+    try:
+        with override_settings(backend=backend, cancel_grace_seconds=0.2):
+            if parent_kind == "sync":
+                state = sync_parent(return_state=True)
+            else:
+                state = anyio.run(lambda: async_parent(return_state=True), backend=backend)
+    finally:
+        release.set()
+    assert state.name == "TimedOut", state
+    name = state.record.name
+    (sub,) = state.record.subflow_runs
+    assert (sub.state_name, sub.message) == ("Cancelled", f"its parent flow run {name!r} timed out")
+    (abandoned,) = state.record.task_runs
+    assert abandoned.state_name == "Cancelled"
+    assert (abandoned.message or "").startswith("its flow run timed out after 0.3 s"), (
+        abandoned.message
+    )

@@ -456,13 +456,13 @@ async def _run(
                 record=record,
             )
         elif isinstance(exc, cancelled):
-            # (A subflow whose parent took a signal: cancelled by it, which says so.)
-            signalled = run.parent_signalled()
+            # (A subflow whose parent took a signal or timed out: it says so.)
+            stopped = run.parent_stopped()
             error: BaseException = parents_echo(
                 run,
                 TaskRunCancelledError(
-                    f"flow run {record.name!r} was cancelled: {signalled}"
-                    if signalled
+                    f"flow run {record.name!r} was cancelled: {stopped}"
+                    if stopped
                     else f"flow run {record.name!r} was cancelled by its caller"
                 ),
             )
@@ -472,7 +472,7 @@ async def _run(
             error.__context__ = (
                 outcome if isinstance(outcome, Exception) else _raised_meanwhile(outcome or exc)
             )
-            why = signalled or "cancelled by its caller"
+            why = stopped or "cancelled by its caller"
             ended = State(StateType.CANCELLED, message=why, error=error, record=record)
         else:  # an interrupt escaping the run (an inline task run's sys.exit() in its body)
             error = CrashedError(f"flow run {record.name!r} crashed: {_describe(exc)}")

@@ -438,7 +438,8 @@ class FlowRun:
         return False
 
     def _child_cancel(self, child: FlowRun) -> None:
-        child.request_cancel(f"its parent flow run {self.record.name!r} was cancelled")
+        why = child.parent_stopped() or f"its parent flow run {self.record.name!r} was cancelled"
+        child.request_cancel(why)
 
     def _to_children(self, action: Callable[[FlowRun], None], elsewhere: bool = False) -> None:
         """Apply ``action`` to each running subflow run, on that run's own loop (only to
@@ -483,16 +484,10 @@ class FlowRun:
             await gone.wait()
 
     def deadline_passed(self) -> bool:
-        """Whether the run's timeout has come (read on its loop's thread; elsewhere,
-        False)."""
-        scope = self.scope
-        return (
-            scope is not None
-            and scope.deadline != math.inf
-            and self.loop is not None
-            and self.loop.on_loop_thread()
-            and anyio.current_time() >= scope.deadline
-        )
+        """Whether the attempt's deadline (its timeout's, or its parent's it honours)
+        has come: from any thread, and after the attempt's scope is gone (the messages
+        of the runs a timed-out attempt cancels in its wind-down)."""
+        return self.deadline_at != math.inf and time.monotonic() >= self.deadline_at
 
     def why_cancelled(self) -> str:
         """Why the run's task runs are being cancelled, for their states' messages."""
@@ -516,6 +511,14 @@ class FlowRun:
             return None
         name = signal.Signals(parent.signal).name
         return f"its parent flow run {parent.record.name!r} received {name}"
+
+    def parent_stopped(self) -> str | None:
+        """Why a subflow on its parent's loop was cancelled by the parent's signal or
+        timeout, else None (its caller's cancellation, the parent's body, or another)."""
+        parent = self.parent
+        if parent is not None and parent.signal is None and parent.deadline_passed():
+            return f"its parent flow run {parent.record.name!r} timed out"
+        return self.parent_signalled()
 
     # -- signals -------------------------------------------------------------------------
     def signalled(self, signum: int) -> None:
