@@ -119,6 +119,11 @@ class Definition(Generic[P, R]):
 
     # -- options --------------------------------------------------------------------------
     @property
+    def isasync(self) -> bool:
+        """Whether the function is async (Prefect's name for :attr:`is_async`)."""
+        return self.is_async
+
+    @property
     def retries(self) -> int:
         """Retries after a failed attempt (the ``*_default_retries`` setting when the
         decorator left it unset)."""

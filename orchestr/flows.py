@@ -8,7 +8,7 @@ runs as its subflow. The engine does the work; this module is the definition.
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from types import CoroutineType
 from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, Unpack, overload
 
@@ -50,17 +50,32 @@ class Flow(Definition[P, R]):
                 f"validate_parameters of flow {self.name!r} must be True or False, "
                 f"got {validate_parameters!r}"
             )
-        self.validate_parameters = validate_parameters
+        # (Prefect's name: validate_parameters() is the method that validates.)
+        self.should_validate_parameters = validate_parameters
         self.task_runner = _runner(self.name, task_runner)
         # Whether this flow names a runner of its own: a subflow that does not runs its
         # tasks on its parent run's started runner (see docs/guide/runners.md).
         self.declares_runner = task_runner is not None
-        self.parameters = ParameterValidator(self.fn, self.name, self.validate_parameters)
+        self.parameters = ParameterValidator(self.fn, self.name, validate_parameters)
         self._bound_parameters: ParameterValidator | None = None
 
     def with_options(self, **changes: Unpack[FlowOptions]) -> Flow[P, R]:
         """A copy with some options changed, e.g. ``nightly.with_options(retries=2)``."""
         return self._with_options(changes)
+
+    def validate_parameters(self, parameters: Mapping[str, Any]) -> dict[str, Any]:
+        """Parameters given by name, validated and coerced from the function's type hints
+        as a call's are (Prefect's method): those given, in the function's order.
+        :class:`~orchestr.exceptions.ParameterValidationError` names a bad one. With
+        ``validate_parameters=False`` on the flow, they come back as given."""
+        if not isinstance(parameters, Mapping):
+            raise UsageError(
+                f"validate_parameters() of flow {self.name!r} takes a mapping of parameters "
+                f"by name, got {type(parameters).__name__}"
+            )
+        args, kwargs = self.parameters((), dict(parameters))
+        given = self.parameters.arguments(args, kwargs)
+        return {name: value for name, value in given.items() if name in parameters}
 
     @property
     def flow_run_name(self) -> RunName | None:
@@ -73,7 +88,7 @@ class Flow(Definition[P, R]):
         validator = self._bound_parameters
         if validator is None:
             validator = ParameterValidator(
-                self.fn, self.name, self.validate_parameters, skip_first=True
+                self.fn, self.name, self.should_validate_parameters, skip_first=True
             )
             self._bound_parameters = validator
         bound.parameters = validator

@@ -335,3 +335,30 @@ def _plain(states: list[State[Any]]) -> list[tuple[str, str, str, int]]:
         (s.type.value, type(s.exception).__name__, str(s.exception), s.record.attempts)
         for s in states
     ]
+
+
+def test_flow_validate_parameters_is_prefects_method() -> None:
+    """``Flow.validate_parameters(parameters)`` validates and coerces parameters given by
+    name, as Prefect's does (the option's value is ``should_validate_parameters``, its
+    name there too); a bad one raises ParameterValidationError naming it; with
+    ``validate_parameters=False`` they come back as given. ``isasync`` is ``is_async``."""
+    from orchestr.exceptions import ParameterValidationError
+
+    @flow
+    def typed(x: int, y: float = 1.0, *, z: str = "a") -> int:
+        return x
+
+    @task
+    async def async_task() -> None:
+        pass
+
+    assert typed.should_validate_parameters is True
+    assert typed.validate_parameters({"x": "3", "z": "b"}) == {"x": 3, "z": "b"}
+    with pytest.raises(ParameterValidationError, match="x"):
+        typed.validate_parameters({"x": "abc"})
+    with pytest.raises(UsageError, match="mapping of parameters"):
+        typed.validate_parameters(["3"])  # type: ignore[arg-type]
+    loose = typed.with_options(validate_parameters=False)
+    assert loose.should_validate_parameters is False
+    assert loose.validate_parameters({"x": "3"}) == {"x": "3"}
+    assert (typed.isasync, async_task.isasync) == (False, True)
