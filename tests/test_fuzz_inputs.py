@@ -1134,6 +1134,8 @@ def _setting_takes(name: str, value: Any) -> bool | None:
         return value >= _COUNTS[name] if type(value) is int else None
     if name in _DURATIONS:
         if name in _LISTED and type(value) is list:
+            if not value:
+                return False  # no delay to use (the decorator refuses [] too)
             each = [_duration_takes(name, item) for item in value]
             return False if False in each else (None if None in each else True)
         return _duration_takes(name, value)
@@ -1148,7 +1150,7 @@ def _variable_takes(name: str, text: str) -> bool | None:
     if name in _DURATIONS and (plain or re.fullmatch(r"-?[0-9]+\.[0-9]+|nan|inf", text)):
         return _duration_takes(name, float(text)) if abs(float(text)) <= 1e300 else None
     if name in _LISTED and text in ("[]", "[nan]", "[1e400]"):
-        return text == "[]"
+        return False  # no delay to use, not a number, beyond any wait
     if name == "backend":
         return text in ("asyncio", "trio")
     if name == "logging_level" and text.isascii():

@@ -754,7 +754,7 @@ def _settings(defn: Any) -> dict[str, Any]:
         "run_name": defn.run_name,
         "tags": getattr(defn, "tags", None),
         "worker_resources": getattr(defn, "worker_resources", None),
-        "validate": getattr(defn, "validate_parameters", None),
+        "validate": getattr(defn, "should_validate_parameters", None),
         "runner": getattr(defn, "task_runner", None),
     }
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from orchestr import TaskRunner, ThreadPoolTaskRunner, flow, runtime, task, unmapped
 from orchestr.exceptions import UsageError
 from orchestr.runners import Call, Outcome, run_call
-from orchestr.states import State, StateType
+from orchestr.states import StateType
 
 
 class RecordingRunner(ThreadPoolTaskRunner):
@@ -264,14 +264,15 @@ def test_async_only_flows_start_no_worker_threads(run: Any) -> None:
     assert not [n for n in names if n.startswith("orchestr-worker")]
 
 
-def test_an_interrupt_from_a_task_hook_goes_no_further_and_the_runner_shuts_down(
+def test_an_interrupt_from_a_task_hook_still_finishes_runs_and_shuts_the_runner_down(
     run: Any,
 ) -> None:
-    """sys.exit() in a task's hook is logged and goes no further (a task run's hook runs
-    where its body does): the task run keeps its final state, the flow run completes, and
-    the runner is shut down."""
+    """sys.exit() in a submitted task's hook interrupts the flow run (it cannot propagate
+    from where the hook runs): the task run keeps its final state, the runner is shut
+    down, the flow run is recorded Cancelled, and the call raises the SystemExit."""
     journal: list[str] = []
     futures: list[Any] = []
+    records: list[Any] = []
 
     def leave(task_: Any, record: Any, state: Any) -> None:
         raise SystemExit(3)
@@ -280,20 +281,25 @@ def test_an_interrupt_from_a_task_hook_goes_no_further_and_the_runner_shuts_down
     async def quick() -> int:
         return 1
 
-    @flow(task_runner=RecordingRunner(journal))
-    async def main() -> int:
+    def on_cancellation(flow_: Any, record: Any, state: Any) -> None:
+        records.append(record)
+
+    @flow(task_runner=RecordingRunner(journal), on_cancellation=on_cancellation)
+    async def main() -> None:
         futures.append(quick.submit())
-        return await futures[0]  # type: ignore[no-any-return]
+        await anyio.sleep(5)
 
-    async def go() -> State[Any]:
+    async def go() -> None:
         with anyio.fail_after(5):
-            return await main(return_state=True)
+            await main()
 
-    state = run(go)
-    assert state.is_completed(), state
-    assert state.result() == 1
+    with pytest.raises(SystemExit) as caught:
+        run(go)
+    assert caught.value.code == 3
     assert journal[-1] == "shutdown"
+    assert futures[0].done()
     assert futures[0].state.is_completed()
+    assert [r.state_name for r in records] == ["Cancelled"]
 
 
 # -- runner lifetime: retries and subflows ------------------------------------------------------

@@ -175,7 +175,6 @@ def goods(name: str) -> list[Good]:
                 [g.expected for g in items],
             )
         )
-        found.append(Good([], "[]", []))
     return found
 
 
@@ -191,6 +190,7 @@ def bads(name: str) -> list[Bad]:
             text = None if bad.text is None else f"[{good.text},{bad.text}]"
             found.append(Bad([good.value, bad.value], text, item=1))
         found.append(Bad([[good.value]], json.dumps([[good.expected]]), item=0))
+        found.append(Bad([], "[]"))  # a list with nothing in it: nothing to use
     return found
 
 

@@ -1,7 +1,7 @@
 """Rule 7 and the exit barrier for sync subflows on loops of their own: an async flow
 whose timeout passes, or whose caller cancels it, while a sync subflow runs in another
 thread (called by a sync task in a worker thread, or from the body through
-``anyio.to_thread`` / ``asyncio.to_thread``) tells that subflow, which ends
+``asyncio.to_thread``, which the body stops waiting for) tells that subflow, which ends
 ``Cancelled`` saying its parent was cancelled, and the parent's call returns only once
 the subflow has ended (its record final, nothing of it left running, no worker thread
 left behind). A task run that only raises that subflow's cancellation ends
@@ -60,7 +60,6 @@ def assert_cancelled_with_its_parent(parent: State[Any], took: float) -> None:
 
 WAYS: dict[str, Callable[[], Any]] = {
     "a sync task": lambda: calls_inner.submit(),
-    "anyio.to_thread": lambda: anyio.to_thread.run_sync(inner),
     "asyncio.to_thread": lambda: asyncio.to_thread(inner),
 }
 
@@ -117,3 +116,37 @@ def test_a_sync_flows_task_that_only_raises_its_subflows_cancellation_is_cancell
     assert_cancelled_with_its_parent(state, took)
     (caller_run,) = state.record.task_runs  # type: ignore[union-attr]
     assert caller_run.state_type is StateType.CANCELLED, (caller_run.state_name, caller_run.error)
+
+
+@task
+async def short_nap() -> str:
+    await anyio.sleep(0.3)
+    return "napped"
+
+
+@flow
+def runs_to_its_end() -> str:
+    return short_nap.submit().result()  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("shield", ["anyio.to_thread", "a cancel scope's shield"])
+def test_a_sync_subflow_the_body_waits_for_through_a_shield_runs_to_its_end(
+    backend: str, shield: str
+) -> None:
+    """A body that waits for its sync subflow through a shield (anyio.to_thread.run_sync
+    waits for its thread as a shield does; or a CancelScope(shield=True)) keeps it from
+    its flow run's cancellation, as an async subflow under a shield is kept: it runs to
+    its end, and the parent ends after it."""
+
+    @flow(timeout_seconds=0.1)
+    async def outer() -> None:
+        if shield == "anyio.to_thread":
+            await anyio.to_thread.run_sync(runs_to_its_end)
+        else:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(runs_to_its_end, abandon_on_cancel=True)
+
+    state = anyio.run(lambda: outer(return_state=True), backend=backend)
+    assert state.name == "TimedOut", state
+    sub = _only_subflow(state.record)  # type: ignore[arg-type]
+    assert sub.state_type is StateType.COMPLETED, (sub.state_name, sub.message)

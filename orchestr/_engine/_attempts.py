@@ -33,7 +33,7 @@ from .._options import RetryDelay
 from .._text import safe_repr
 from ..exceptions import RunCancelled, RunTimedOut, SerializationError, UsageError
 from ..futures import _future_of
-from ..records import FlowRunRecord, RunRecord, TaskRunRecord
+from ..records import RunRecord, TaskRunRecord
 from ..states import State, StateType, _describe
 from ._context import TaskRunContext, abandoned_var, retry_delay_override_var, task_run_var
 from ._drivers import AsyncDriver, AttemptTimedOut, BlockingDriver, CallCrashed, CallRefused
@@ -219,7 +219,9 @@ async def _attempts(
                 )
                 cancelled._error.__context__ = exc  # type: ignore[union-attr]
                 return cancelled
-            failed = State(StateType.FAILED, error=unconverted(exc), record=record)
+            # (An async task's own RuntimeError for a StopIteration is Python's, kept.)
+            error = exc if task.is_async else unconverted(exc)
+            failed = State(StateType.FAILED, error=error, record=record)
         except BaseException as exc:
             return crashed_state(record, exc)
         else:
@@ -231,7 +233,11 @@ async def _attempts(
             failed = returned  # like a raise: retries apply
         if record.is_final():  # cancelled while this attempt ran (see above)
             return record.state
-        if attempt > task.retries or not await should_retry(task, record, failed, driver):
+        if (
+            attempt > task.retries
+            or _being_cancelled(driver)  # never retried: its condition is not asked
+            or not await should_retry(task, record, failed, driver)
+        ):
             return failed
         delay = next_retry_delay(task, record, attempt, failed)
         if isinstance(delay, State):  # retry_delay_seconds gave no delay: fails the run
@@ -557,12 +563,30 @@ async def run_hook(
                 "Hook %s was cancelled; the run's state stays %s", _hook_name(hook), state.name
             )
             raise
-        # The hook's own: a stray cancellation, an interrupt it raised, any other.
-        run = driver.run
-        interrupt = isinstance(exc, (KeyboardInterrupt, SystemExit))
-        if interrupt and isinstance(record, FlowRunRecord) and run is not None:
-            run.hook_interrupt = run.hook_interrupt or exc
-        _hook_raised(hook, record, state)
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            if isinstance(exc, driver.propagate):
+                raise  # an inline run's hook, in its caller's code: an interrupt there
+            # Ctrl-C or sys.exit() in a hook where it cannot propagate (a worker thread,
+            # the loop, a flow run's end): the flow run is interrupted, and its call
+            # raises it once the run has ended.
+            _hook_raised(hook, record, state)
+            _interrupt_flow_run(driver.run, record, hook, exc)
+            return
+        _hook_raised(hook, record, state)  # the hook's own error (a stray cancellation too)
+
+
+def _interrupt_flow_run(
+    run: FlowRun | None, record: RunRecord, hook: Any, exc: BaseException
+) -> None:
+    """A hook's KeyboardInterrupt or SystemExit: kept for the flow run's call to raise;
+    a task run's hook cancels the flow run too (a flow run's own hooks run at its end)."""
+    if run is None:
+        return
+    if run.hook_interrupt is None:
+        run.hook_interrupt = exc
+    if isinstance(record, TaskRunRecord) and run.loop is not None:
+        why = f"hook {_hook_name(hook)} of task run {record.name!r} raised {_describe(exc)}"
+        run.loop.call(partial(run.request_cancel, why))
 
 
 def _hook_raised(hook: Any, record: RunRecord, state: State[Any]) -> None:

@@ -213,13 +213,6 @@ class Dispatcher:
                 self._spawn()
             self._doorbell.set()
 
-    def watch(self) -> None:
-        """A subflow run on a loop of its own began (a sync one, in another thread): the
-        dispatcher task runs, if it did not yet, to meet the attempt's cancellation and
-        pass it on to that run (see ``FlowRun.cancel_seen``). Any thread."""
-        if not self.spawned and not self.closed:
-            self.run.loop.call(self._ring)
-
     def start(self, task_group: anyio.abc.TaskGroup) -> None:
         """Ready the dispatcher in the attempt's task group (from the attempt's task); its
         task is spawned by the first ring (see the module's docstring)."""

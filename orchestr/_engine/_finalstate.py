@@ -52,6 +52,7 @@ def final_state(
     body_error: BaseException | None,
     stopped: Stop | None,
     first_task_run: int,
+    returned: list[Any] | None = None,
 ) -> State[Any]:
     """Rule 7, in order: interrupts, timeouts and cancellations, body errors, returned
     futures and states, unobserved task failures, success. ``stopped``: the attempt's
@@ -110,7 +111,8 @@ def final_state(
         return State(
             StateType.FAILED, message=_describe(body_error), error=body_error, record=record
         )
-    returned = collect_returned(value)
+    if returned is None:  # (else the attempt walked the value already)
+        returned = collect_returned(value)
     if returned:
         return _aggregate(run, value, returned)
     unobserved = [

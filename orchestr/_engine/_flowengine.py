@@ -191,11 +191,6 @@ def run_flow_sync(
     run = FlowRun(flow, flow_run_var.get(), execute_job)
     parent = run.parent
     if parent is None or parent.loop is None or not parent.loop.on_loop_thread():
-        if parent is not None and parent.dispatcher is not None:
-            # In another thread than its parent's loop: the parent's dispatcher task
-            # meets the parent's cancellation and passes it on here (its scope does not
-            # reach this run's loop), even while the body only waits for this thread.
-            parent.dispatcher.watch()
         return _run_flow_sync(run, flow, args, kwargs, return_state)
     # Called on its parent's loop thread (a sync subflow of an async flow): the parent's
     # loop waits for it, so the parent's deadline cannot fire meanwhile; this run honours
@@ -484,6 +479,8 @@ async def _run(
         if stray:
             run.escaped = exc  # (to the caller as itself, unless return_state=True)
             return ended
+        if run.hook_interrupt is not None:  # sys.exit() in a hook: not lost to the caller's
+            raise run.hook_interrupt from exc  # cancellation, whose scope would take it
         raise
     await _end(run, state)
     run.ended()
@@ -653,6 +650,7 @@ async def _attempt(
         run.cancel_reason = f"its parent flow run {run.parent.record.name!r} timed out"  # type: ignore[union-attr]
     run.body_ended = run.body_outcome = run.interrupt = run.escaped = None
     value: Any = None
+    returned: list[Any] | None = None  # the futures and states in value, once walked
     body_error: BaseException | None = None
     ended_at = math.inf  # when the body returned or raised (time.monotonic())
     dispatcher = run.dispatcher = Dispatcher(run)
@@ -680,7 +678,9 @@ async def _attempt(
                         ended_at = run.body_ended or time.monotonic()
                         scope.cancel()
                     except BaseException as exc:
-                        body_error = unconverted(exc) if isinstance(exc, Exception) else exc
+                        body_error = exc
+                        if isinstance(exc, Exception) and not run.flow.is_async:
+                            body_error = unconverted(exc)  # (a sync body's StopIteration)
                         ended_at = run.body_ended or time.monotonic()
                         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                             run.interrupt = exc
@@ -689,7 +689,8 @@ async def _attempt(
                             scope.cancel()  # an interrupt: stop everything, wait for nothing
                     await run.barrier()
                     if body_error is None:
-                        body_error = await _returned_final(value)
+                        returned = collect_returned(value)
+                        body_error = await _returned_final(returned)
                 finally:
                     # Cancelled, it still starts what cleanups under way submit, then ends.
                     dispatcher.stop()
@@ -728,7 +729,7 @@ async def _attempt(
     else:
         dispatcher.close()  # nothing is left to finish
     stopped = _stopped_by(run, scope, deadline_at, ended_at, body_error)
-    return final_state(run, value, body_error, stopped, first_task_run)
+    return final_state(run, value, body_error, stopped, first_task_run, returned)
 
 
 def _stopped_by(
@@ -759,12 +760,12 @@ def _stopped_by(
     return "cancel" if cancelled_at < deadline_at else "timeout"
 
 
-async def _returned_final(value: Any) -> Exception | None:
+async def _returned_final(returned: list[Any]) -> Exception | None:
     """Wait for the runs of other flow runs whose futures the body returned (its
     parent's, given inside ``quote()``): the exit barrier waited for the run's own only,
     and a returned future is the run's outcome. A wait that would close a cycle of runs,
     or wait for the loop this run's thread holds, is the run's error (returned)."""
-    for item in collect_returned(value):
+    for item in returned:  # (the futures and states in it: collect_returned)
         future = item if type(item) is TaskFuture else _future_of(item)
         if future is not None and future._final is None:
             try:

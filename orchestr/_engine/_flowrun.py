@@ -421,12 +421,6 @@ class FlowRun:
         if not self.cancel_requested:
             self.cancel_requested = True
             self._wake(self._thread_waiters)
-        self.tell_subflows_elsewhere()
-
-    def tell_subflows_elsewhere(self) -> None:
-        """Cancel the subflow runs on loops of their own (sync ones, in threads), as
-        :meth:`request_cancel` does: this run's scope, cancelled, does not reach them."""
-        self._to_children(self._child_cancel, elsewhere=True)
 
     def _signalled(self) -> bool:
         """Whether a signal came to this run or to one of its parents."""
@@ -699,7 +693,12 @@ class FlowRun:
         abandoned."""
         self.cancel_requested = True
         self._wake(self._thread_waiters)
-        self.tell_subflows_elsewhere()
+        # Its subflow runs on loops of their own (sync ones, in threads the body no
+        # longer waits for) are told, as request_cancel tells them: this run's scope,
+        # cancelled, does not reach them. (Not before the body has left: one it waits
+        # for inside a shield, or through anyio.to_thread, which waits as a shield
+        # does, runs on as an async subflow there would.)
+        self._to_children(self._child_cancel, elsewhere=True)
         why = self.why_cancelled()
         for future in list(self.active):
             if future._record.state_type is StateType.PENDING:

@@ -57,10 +57,13 @@ def reduce_exception(exc: BaseException) -> Any:
     if not _reduced_by_builtin(type(exc)):  # its own __reduce__: not ours to replace,
         if isinstance(reduced, tuple) and len(reduced) > 2:  # but its state may tell
             return (*reduced[:2], _with_causes(exc, reduced[2]), *reduced[3:])
+        cls = type(exc)
         if (
             isinstance(reduced, tuple)
             and len(reduced) == 2
-            and type(exc).__setstate__ is BaseException.__setstate__
+            and reduced[0] is cls  # (what it rebuilds is of the class it reads state for)
+            and cls.__setstate__ is BaseException.__setstate__
+            and cls.__setattr__ is BaseException.__setattr__  # (not a frozen dataclass's)
         ):
             # It leaves its __dict__ behind (json's JSONDecodeError): what orchestr put
             # there travels as a state (set back by BaseException.__setstate__).
