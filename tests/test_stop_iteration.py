@@ -124,3 +124,26 @@ def test_a_process_pool_task_fails_with_it_too() -> None:
     empty, one = states
     assert_failed_with_stop(empty)
     assert one.result() == 2
+
+
+def test_an_async_task_awaiting_such_a_run_fails_with_what_its_await_raised(run: Any) -> None:
+    """An async task whose ``await fut`` raised Python's RuntimeError (its run failed
+    with a StopIteration) fails with that RuntimeError: what its code saw, not the
+    StopIteration it never saw."""
+
+    @task
+    async def awaits(fut: Any) -> Any:
+        return await fut.value
+
+    class Box:
+        def __init__(self, value: Any) -> None:
+            self.value = value
+
+    @flow(timeout_seconds=30)
+    async def main() -> tuple[str, str]:
+        failed = first_of.submit([])
+        await failed.wait()
+        state = await awaits.submit(Box(failed)).wait()
+        return type(state.exception).__name__, type(state.exception.__cause__).__name__
+
+    assert run(main) == ("RuntimeError", "StopIteration")
