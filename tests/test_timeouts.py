@@ -641,9 +641,13 @@ def test_what_a_parents_timeout_cancels_says_the_parent_timed_out(
     def stuck() -> None:
         release.wait(10)
 
+    @task
+    async def waits() -> None:
+        await anyio.sleep(10)
+
     @flow
     def sync_child() -> None:
-        stuck.submit().result()
+        waits.submit().result()  # (an async run: cancelled at once, no grace to wait)
 
     @flow
     async def async_child() -> None:
@@ -659,8 +663,8 @@ def test_what_a_parents_timeout_cancels_says_the_parent_timed_out(
     @flow(timeout_seconds=0.3)
     async def async_parent() -> None:
         stuck.submit()
-        if child_kind == "sync":
-            await anyio.to_thread.run_sync(child)
+        if child_kind == "sync":  # (a wait the timeout stops; anyio's default waits on)
+            await anyio.to_thread.run_sync(child, abandon_on_cancel=True)
         else:
             await child()
 
