@@ -183,8 +183,9 @@ class FlowRun:
         # Any BaseException not an Exception the body let escape: the caller gets it as
         # itself, as from a function call (without return_state).
         self.escaped: BaseException | None = None
-        # A KeyboardInterrupt or SystemExit (sys.exit()) one of the run's own hooks
-        # raised: logged, the state kept, then raised to the caller as the body's is.
+        # A KeyboardInterrupt or SystemExit (sys.exit()) a hook raised where it could not
+        # propagate (the run's own hooks, a submitted task run's): logged, the hook's
+        # run's state kept, then raised to this run's caller once it has ended.
         self.hook_interrupt: BaseException | None = None
         # A second signal: stop waiting for task runs still executing (see escalate()).
         self.escalated = False
