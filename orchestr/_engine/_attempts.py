@@ -540,8 +540,9 @@ async def run_hook(
     driver: AsyncDriver | BlockingDriver,
 ) -> None:
     """Call ``hook(owner, record, state)`` for a task or flow run; one that raises is
-    logged and changes nothing. (A flow run's hook that raises KeyboardInterrupt or
-    SystemExit, sys.exit(): its caller gets it once the run has ended, as the body's.)"""
+    logged and changes nothing. An interrupt (KeyboardInterrupt, SystemExit) still
+    reaches the program: in an inline run's caller's code at once, else through the
+    flow run (see :func:`_interrupt_flow_run`)."""
     try:
         await driver.call_hook(hook, owner, record, state)
     except Exception:
