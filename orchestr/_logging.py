@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any
 
-from ._engine._context import flow_run_var, remote_call_var, task_run_var
+from ._engine._context import code_task_run, flow_run_var, remote_call_var
 from ._history._values import masked_repr
 from ._text import describe_error, safe_str
 from ._tracebacks import chain_of, claim, far_frames, origin_of, trim_summary
@@ -79,7 +79,7 @@ def get_run_logger(**extra: Any) -> logging.LoggerAdapter[Any]:
     another process. Outside any run, the plain ``orchestr`` logger (so task functions
     can still be called in tests). Keyword arguments are extra fields on every record it
     logs (as in Prefect), over the run's own."""
-    task_ctx = task_run_var.get()
+    task_ctx = code_task_run()  # (not in a subflow's body: its flow run's logger there)
     if task_ctx is not None:
         logger = task_run_logger(task_ctx.record)
     elif (flow_run := flow_run_var.get()) is not None:

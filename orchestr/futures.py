@@ -976,7 +976,10 @@ def _stop_if_caller_cancelled(starting: bool = False) -> None:
     # This code's own run (submitted or called inline) final while its code still runs:
     # it was abandoned (cancelled, or timed out); or its attempt was, the run retried.
     ended = abandoned_var.get()
-    abandoned = bool(ended) or (task is not None and task.record.is_final())
+    # (Or asked to stop, not final yet: a sync run of a resource block left by an
+    # interrupt, which waits for it before it cleans up.)
+    asked = None if task is None or task.future is None else task.future._cancel_reason
+    abandoned = bool(ended) or (task is not None and task.record.is_final()) or asked is not None
     if not abandoned and (run is None or not run.cancel_requested):
         return  # (the usual case: first, and cheap)
     if starting and run is not None and run.loop is not None and run.loop.on_loop_thread():
@@ -984,6 +987,8 @@ def _stop_if_caller_cancelled(starting: bool = False) -> None:
     if in_cleanup() or _in_done_callback.get() or _in_hook(task, run):
         return
     if task is not None and abandoned:
+        if not ended and not task.record.is_final():
+            raise cancelled_error(task.record.name, "task run", f"was cancelled: {asked}")
         # Its attempt's end, unless the run's own end says it (a run not retried).
         how = (
             ended[0] if ended and not task.record.is_final() else f"ended {task.record.state_name}"

@@ -25,7 +25,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._definitions import bound_parameters
-from ._engine._context import flow_run_var, remote_call_var, task_run_var
+from ._engine._context import (
+    code_task_run,
+    flow_run_var,
+    in_subflow_body,
+    remote_call_var,
+)
 from ._public import show_public_module as _show_public_module
 
 if TYPE_CHECKING:
@@ -96,36 +101,36 @@ class TaskRunContext:
 
     @property
     def id(self) -> uuid.UUID | None:
-        current = task_run_var.get()
+        current = code_task_run()
         if current is not None:
             return current.record.id
-        remote = remote_call_var.get()
+        remote = None if in_subflow_body() else remote_call_var.get()
         return None if remote is None else remote.task_run_id
 
     @property
     def name(self) -> str | None:
-        current = task_run_var.get()
+        current = code_task_run()
         if current is not None:
             return current.record.name
-        remote = remote_call_var.get()
+        remote = None if in_subflow_body() else remote_call_var.get()
         return None if remote is None else remote.task_run_name
 
     @property
     def task_name(self) -> str | None:
-        current = task_run_var.get()
+        current = code_task_run()
         if current is not None:
             return current.record.task_name
-        remote = remote_call_var.get()
+        remote = None if in_subflow_body() else remote_call_var.get()
         return None if remote is None else remote.task_name
 
     @property
     def tags(self) -> frozenset[str]:
         """The run's tags: its task's own plus those of the ``tags()`` blocks it was
         created in."""
-        current = task_run_var.get()
+        current = code_task_run()
         if current is not None:
             return current.record.tags
-        remote = remote_call_var.get()
+        remote = None if in_subflow_body() else remote_call_var.get()
         return frozenset() if remote is None else remote.tags
 
     @property
@@ -133,7 +138,7 @@ class TaskRunContext:
         """The task run's parameters by name, defaults included (a new dict each time);
         empty outside task runs, and in another process (a process pool's or a Dask
         worker), as :attr:`FlowRunContext.parameters` is."""
-        current = task_run_var.get()
+        current = code_task_run()
         if current is None or current.args is None:  # (None once the run has ended)
             return {}
         return bound_parameters(current.task, current.args, current.kwargs or {})
@@ -141,10 +146,10 @@ class TaskRunContext:
     @property
     def attempt(self) -> int | None:
         """Which attempt of the task run is running: 1, then 2 on the first retry, ..."""
-        current = task_run_var.get()
+        current = code_task_run()
         if current is not None:
             return current.record.attempts
-        remote = remote_call_var.get()
+        remote = None if in_subflow_body() else remote_call_var.get()
         return None if remote is None else remote.attempt
 
     @property

@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from orchestr.exceptions import (
     ResourceDefinitionError,
     ResourceErrorGroup,
     ResourceSetupError,
+    RunCancelled,
     UsageError,
 )
 from orchestr.states import StateType
@@ -1433,3 +1435,57 @@ def test_runs_cancelled_by_a_timeout_in_a_block_say_so_on_both_backends(run: Any
     (future,) = futures
     assert future.state.is_cancelled()
     assert future.state.message == "its flow run timed out after 0.2 s"
+
+
+@pytest.mark.parametrize("stop", ["caller", "timeout"])
+def test_a_block_left_by_its_flows_cancellation_tells_its_sync_runs_first(
+    run: Any, stop: str
+) -> None:
+    """An async flow's block left by the caller's cancellation (or the flow's timeout):
+    the sync runs submitted inside it get RunCancelled at their next call into orchestr,
+    at once, and the block cleans up after they stopped (they were told only once the
+    whole cancel grace had passed, and the cleanup ran while they still ran)."""
+    order: list[str] = []
+    started = threading.Event()
+
+    @resource
+    async def conn() -> AsyncIterator[str]:
+        try:
+            yield "conn"
+        finally:
+            order.append("cleanup")
+
+    @task
+    def tick() -> int:
+        return 1
+
+    @task
+    def cooperative() -> None:
+        started.set()
+        try:
+            for _ in range(400):  # 20 s of work, calling orchestr every 50 ms
+                time.sleep(0.05)
+                tick()
+        except RunCancelled:
+            order.append("task told")
+            raise
+
+    @flow(timeout_seconds=0.5 if stop == "timeout" else None)
+    async def main() -> None:
+        async with conn():
+            cooperative.submit()
+            await anyio.sleep(30)
+
+    async def caller() -> float:
+        began = time.monotonic()
+        with override_settings(cancel_grace_seconds=10), anyio.move_on_after(20):
+            async with anyio.create_task_group() as group:
+                group.start_soon(partial(main, return_state=True))
+                await anyio.to_thread.run_sync(started.wait, 10)
+                if stop == "caller":
+                    group.cancel_scope.cancel()
+        return time.monotonic() - began
+
+    took = run(caller)
+    assert order == ["task told", "cleanup"], order
+    assert took < 5, took

@@ -4,6 +4,7 @@ flow_run_name options that name runs."""
 from __future__ import annotations
 
 import gc
+import logging
 import threading
 import weakref
 from functools import partial
@@ -14,7 +15,7 @@ import anyio.lowlevel
 import anyio.to_thread
 import pytest
 
-from orchestr import State, flow, override_settings, runtime, task
+from orchestr import State, flow, get_run_logger, override_settings, runtime, task
 from orchestr.exceptions import UsageError
 from orchestr.states import StateType
 from orchestr.testing import fast_retries
@@ -669,3 +670,59 @@ def test_a_task_runs_arguments_are_not_kept_after_it_ended(run: Any, parent: Any
         return ref() is None
 
     assert run(main) is True
+
+
+@pytest.mark.parametrize("sub_kind", ["sync", "async"])
+@pytest.mark.parametrize("caller", ["inline task", "submitted task"])
+def test_a_subflow_called_by_task_code_is_its_own_run_there(
+    run: Any, sub_kind: str, caller: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """In the body of a subflow that task code called, the innermost run is the
+    subflow's: runtime.task_run says no task run (its caller's was given, with its
+    attempt and parameters), and get_run_logger() logs as the subflow's flow run (it
+    logged as the calling task run, under the parent flow run)."""
+    seen: list[tuple[Any, ...]] = []
+
+    def look() -> None:
+        get_run_logger().info("from the subflow")
+        seen.append(
+            (
+                runtime.flow_run.name,
+                runtime.task_run.name,
+                runtime.task_run.attempt,
+                runtime.task_run.parameters,
+            )
+        )
+
+    @flow(flow_run_name="the-sub")
+    def sync_sub() -> None:
+        look()
+
+    @flow(flow_run_name="the-sub")
+    async def async_sub() -> None:
+        look()
+
+    @task
+    def calls_sync(x: int) -> None:
+        sync_sub()
+
+    @task
+    async def calls_async(x: int) -> None:
+        await async_sub()
+
+    calls = calls_sync if sub_kind == "sync" else calls_async
+
+    @flow
+    async def parent() -> None:
+        if caller == "inline task":
+            await calls(1) if calls is calls_async else await anyio.to_thread.run_sync(calls, 1)
+        else:
+            await calls.submit(1)
+
+    with caplog.at_level(logging.INFO, logger="orchestr"):
+        run(parent)
+    assert seen == [("the-sub", None, None, {})]
+    (line,) = [r for r in caplog.records if r.getMessage() == "from the subflow"]
+    assert line.name == "orchestr.flow_runs"
+    assert line.__dict__.get("flow_run_name") == "the-sub"
+    assert "task_run_name" not in line.__dict__

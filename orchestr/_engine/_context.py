@@ -153,6 +153,33 @@ retry_delay_override_var: ContextVar[float | None] = ContextVar(
 # Set where a call runs away from its flow run (a worker process; a Dask worker): the
 # run it belongs to, so that its code finds its logger and orchestr.runtime there.
 remote_call_var: ContextVar[RunIdentity | None] = ContextVar("orchestr.remote_call", default=None)
+
+
+def code_task_run() -> TaskRunContext | None:
+    """The task run whose code is running, or None: outside task runs, and in the body
+    of a subflow that task code called (the subflow's run is the innermost: the task run
+    in the context is its caller's)."""
+    task = task_run_var.get()
+    if task is None:
+        return None
+    run = flow_run_var.get()
+    if run is not None and task.record.flow_run is not run.record:
+        return None  # a subflow's body, called by that task's code
+    return task
+
+
+def in_subflow_body() -> bool:
+    """Whether the running code is the body of a subflow that task code called (here, or
+    in a worker process, where the call's identity is its caller's)."""
+    run = flow_run_var.get()
+    if run is None:
+        return False
+    task = task_run_var.get()
+    if task is not None:
+        return task.record.flow_run is not run.record
+    return remote_call_var.get() is not None
+
+
 # There too: the run events of resource blocks the call entered, which its outcome
 # carries home to the flow run's record.
 remote_events_var: ContextVar[list[RunEvent] | None] = ContextVar(

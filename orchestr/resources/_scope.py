@@ -140,12 +140,17 @@ class FutureScope:
 
     def _cancel_cancellable(self, why: str) -> None:
         """Cancel at once what stops at once: runs not started yet, and runs on the loop
-        (async tasks), which stop at their next ``await``."""
+        (async tasks), which stop at their next ``await``. Sync runs executing in
+        threads are asked to stop: their code gets RunCancelled at its next call into
+        orchestr (the block still waits for them, within the grace, before it cleans
+        up)."""
         for future in self.futures:
-            if not future.done() and (
-                future._canceller is not None or future._record.state_type is StateType.PENDING
-            ):
+            if future.done():
+                continue
+            if future._canceller is not None or future._record.state_type is StateType.PENDING:
                 future._run.cancel_future(future, why)
+            elif future._cancel_reason is None:
+                future._cancel_reason = why
 
     def _abandon_rest(self, why: str) -> None:
         for future in self.futures:
