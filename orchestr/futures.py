@@ -467,6 +467,13 @@ class TaskFuture(Generic[R]):
         holder = None if loop is None else loop.held_by
         if holder is None:
             return
+        # Only the holder's own code (its body, its runs, its subflows') would wait for
+        # ever; other code (a sibling task in a worker thread) waits until it ends.
+        code_of = flow_run_var.get()
+        while code_of is not None and code_of is not holder:
+            code_of = code_of.parent
+        if code_of is None:
+            return
         raise BlockingCallError(
             f"{by} for task run {self.name!r} was refused: it runs on the event loop of "
             f"flow run {self._run.record.name!r}, whose thread sync flow run "

@@ -12,6 +12,8 @@ holds (the same sync flow called from a worker thread, by a sync task).
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 import anyio
@@ -134,3 +136,33 @@ def test_a_finished_future_is_no_wait(run: Any) -> None:
         return child(quote(done))  # type: ignore[no-any-return]
 
     assert run(parent) == 6
+
+
+def test_a_sibling_waiting_for_the_held_loop_waits_until_it_is_free(run: Any) -> None:
+    """A sync subflow called from async code holds its parent's loop; a sibling task in
+    a worker thread (not the subflow's code) that waits for a run on that loop waits
+    until the subflow ends, and goes on: no deadlock was possible (it was refused with
+    BlockingCallError, by timing)."""
+    holding = threading.Event()
+
+    @flow
+    def holds_the_loop() -> str:
+        holding.set()
+        time.sleep(0.3)  # the loop's thread stays held meanwhile
+        return "sub done"
+
+    @task
+    async def on_loop() -> str:
+        return "on loop"
+
+    @task
+    def sibling() -> str:
+        assert holding.wait(10)
+        return on_loop()  # an async task, inline from a worker thread: runs on the loop
+
+    @flow(timeout_seconds=30)
+    async def parent() -> tuple[str, str]:
+        fut = sibling.submit()
+        return holds_the_loop(), await fut
+
+    assert run(parent) == ("sub done", "on loop")
