@@ -671,8 +671,13 @@ SAME_LOOP_BOUND = 60.0  # seconds for the whole program (its runs: 30 s each at 
 
 
 @pytest.mark.timeout(SAME_LOOP_BOUND + 30)
-@pytest.mark.parametrize("workers", ["threads", "processes"])
-def test_an_asynchronous_cluster_on_the_flows_own_loop_serves_every_mode(workers: str) -> None:
+@pytest.mark.parametrize(
+    ("workers", "entry"),
+    [("threads", "asyncio.run"), ("processes", "asyncio.run"), ("threads", "anyio.run")],
+)
+def test_an_asynchronous_cluster_on_the_flows_own_loop_serves_every_mode(
+    workers: str, entry: str
+) -> None:
     """An asynchronous LocalCluster started on the loop that awaits the flow (as in a
     notebook, or prefect-dask's tests): cluster=, address= and the current client (an
     asynchronous one) all run the tasks. The runner used to ask the scheduler for its
@@ -680,10 +685,12 @@ def test_an_asynchronous_cluster_on_the_flows_own_loop_serves_every_mode(workers
     came: the program hung for ever (anyio.fail_after cannot fire on a blocked loop), so
     it runs in a process of its own, killed past its bound. A sync flow called on the
     cluster's loop blocks it itself: its run crashes within connect_timeout (and a
-    second, for the scheduler's answer), not for ever."""
+    second, for the scheduler's answer), not for ever. Under anyio.run() (the docs'
+    idiom) too: its in-process workers ran async tasks in a context naming the flow's
+    loop library, and anyio.run() there refused every one."""
     modes = [*SAME_LOOP_MODES, "sync-on-loop"]
     out, err = _program_within(
-        SAME_LOOP_BOUND, sys.executable, "dask_same_loop_program.py", workers, *modes
+        SAME_LOOP_BOUND, sys.executable, "dask_same_loop_program.py", workers, entry, *modes
     )
     expected = [f"{mode}: {3 if mode.endswith('-async') else 4}" for mode in SAME_LOOP_MODES]
     assert out.splitlines() == [*expected, "sync-on-loop: CRASHED ClusterError", "all done"], err

@@ -36,6 +36,7 @@ worker ends by ``os._exit``, which skips the history's exit flush.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections.abc import Callable
 from contextvars import copy_context
@@ -94,6 +95,12 @@ def _run_in_context(call: Call, on_running: Callable[[], object] | None) -> Outc
             # Deferred: anyio.run is all a worker needs of anyio, only for async calls.
             import anyio
 
+            # A worker thread in the flow's process may run in a copy of a context that
+            # names the flow's event loop library (an in-process Dask cluster made on
+            # the flow's loop): anyio.run() would take it for a loop running here.
+            sniffio = sys.modules.get("sniffio")
+            if sniffio is not None:
+                sniffio.current_async_library_cvar.set(None)
             value = anyio.run(_awaited, call, on_running, backend=call.backend)
         else:
             if on_running is not None:
