@@ -91,6 +91,14 @@ def make_nothing(**kwargs: Any) -> None:
     """A factory that forgets to return its cluster."""
 
 
+def make_client() -> distributed.Client:
+    """prefect-dask's common mistake: a zero-argument factory that returns a Client (and
+    makes a cluster of its own for it)."""
+    return distributed.Client(
+        processes=False, n_workers=1, threads_per_worker=1, dashboard_address="127.0.0.1:0"
+    )
+
+
 def make_failing(**kwargs: Any) -> distributed.LocalCluster:
     raise RuntimeError("no cluster today")
 

@@ -17,6 +17,7 @@ shared ``dask_address`` cluster.
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import json
 import logging
@@ -54,6 +55,7 @@ from dask_runner_tasks import (
     SyncAdaptCluster,
     add,
     add_async,
+    make_client,
     make_failing,
     make_local_cluster,
     make_local_cluster_async,
@@ -313,6 +315,7 @@ def test_a_cluster_class_module_that_fails_to_import_is_named(broken_module: str
     ("factory", "message"),
     [
         (make_nothing, r"make_nothing of DaskTaskRunner made a NoneType, not a Dask cluster"),
+        (make_client, r"make_client of DaskTaskRunner made a Client, not a Dask cluster"),
         (make_failing, r"make_failing could not be started \(RuntimeError: no cluster today"),
     ],
 )
@@ -342,6 +345,15 @@ def test_a_factory_that_makes_no_cluster_crashes_the_run_with_a_cluster_error(
     assert state.type is StateType.CRASHED
     assert isinstance(state.exception, ClusterError)
     assert _client_threads() == []
+    # What it made was closed, the cluster it made for itself too (its IO loop's thread
+    # gone, no cluster or client left open).
+    gc.collect()
+    left = [
+        o for o in gc.get_objects() if isinstance(o, (distributed.Client, distributed.SpecCluster))
+    ]
+    assert [
+        o for o in left if str(getattr(o, "status", "")) not in ("Status.closed", "closed")
+    ] == []
 
 
 # -- adaptive scaling -----------------------------------------------------------------------

@@ -95,6 +95,7 @@ async def start_cluster(
             f"the Dask cluster {what} could not be started{given} ({_causes(exc)}){advice}"
         ) from exc
     if not hasattr(cluster, "scheduler_address"):
+        await _close_not_a_cluster(cluster)
         raise ClusterError(
             f"cluster_class {what} of DaskTaskRunner made a {type(cluster).__name__}, "
             "not a Dask cluster (it has no scheduler_address): it must return a cluster "
@@ -244,6 +245,27 @@ def takes(factory: Callable[..., Any], keyword: str) -> bool:
         or (p.name == keyword and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD))
         for p in parameters
     )
+
+
+async def _close_not_a_cluster(made: Any) -> None:
+    """Close what a factory made that is not a cluster (a ``Client``, prefect-dask's
+    common mistake), and the cluster it made for itself: no process or port is left."""
+    inner = getattr(made, "cluster", None)
+    close = getattr(made, "close", None)
+    try:
+        if callable(close):
+            if synchronous(made):
+                await in_a_thread(close)
+            else:
+                closing = close()
+                if inspect.isawaitable(closing):
+                    await closing
+    except Exception as exc:  # the refusal is what gets reported
+        logging.getLogger("orchestr").warning(
+            "closing the %s the cluster factory made failed: %s", type(made).__name__, exc
+        )
+    if inner is not None and hasattr(inner, "scheduler_address"):
+        await close_half_started(inner)
 
 
 async def close_half_started(cluster: Any) -> None:
