@@ -1467,3 +1467,28 @@ def test_a_flow_whose_own_task_is_cancelled_exits_4_with_its_summary(home: Path)
     assert done.returncode == ExitCode.CANCELLED, (done.stdout, done.stderr)
     assert "Traceback" not in done.stdout + done.stderr
     assert "Cancelled" in done.stdout
+
+
+def test_the_cli_masks_secret_parameters_as_the_log_line_does(home: Path, tmp_path: Path) -> None:
+    """A parameter named like a secret is masked where the CLI shows it: a value that
+    does not validate (its error line), one given twice, and defaults in `run --help`
+    (secret-named keys of a container and URL passwords too), as the log line and the
+    history mask them (they were printed in clear)."""
+    flows = tmp_path / "deploy.py"
+    flows.write_text(
+        "from orchestr import flow\n"
+        "@flow\n"
+        "def deploy(password: int = 0, api_token: str = 'tok-DEFAULT-SECRET',\n"
+        "           db_url: str = 'postgres://u:DBPASS@h/db', cfg: dict = {'api_key': 'AK'}):\n"
+        "    return 1\n"
+    )
+    bad = orchestr_cli("run", str(flows), "-p", "password=hunter2", home=home)
+    assert bad.returncode == ExitCode.USAGE
+    assert "--param password=********** is not a valid int" in bad.stderr, bad.stderr
+    twice = orchestr_cli("run", str(flows), "-p", "api_token=a1", "-p", "api_token=b2", home=home)
+    assert "was given twice (********** and **********)" in twice.stderr, twice.stderr
+    shown = orchestr_cli("run", str(flows), "--help", home=home).stdout
+    for secret in ("hunter2", "tok-DEFAULT-SECRET", "DBPASS", "'AK'", '"AK"', "a1", "b2"):
+        assert secret not in shown + bad.stderr + twice.stderr, secret
+    assert "default: postgres://u:**********@h/db" in shown
+    assert '{"api_key": "**********"}' in shown

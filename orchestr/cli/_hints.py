@@ -85,6 +85,19 @@ def default_text(value: Any) -> str:
         return _unshown(value)
 
 
+def shown_default(name: str, value: Any) -> str:
+    """:func:`default_text` with the secrets masked, as the log line and the history
+    mask them: a parameter named like a secret, secret-named keys and fields of a
+    container, URL passwords and connection strings' secrets."""
+    from .._history._values import MASK, is_secret_name, json_safe, mask_url
+
+    if is_secret_name(name):
+        return MASK
+    if not isinstance(value, (str, bytes, enum.Enum, int, float)) and value is not None:
+        value = json_safe(value)  # (its secret-named keys and fields masked)
+    return mask_url(default_text(value))
+
+
 def _unshown(value: Any) -> str:
     return f"<{type(value).__name__}: not shown>"
 

@@ -35,10 +35,11 @@ from .._engine._params import (
     hint_advice,
     hint_text,
 )
+from .._history._values import masked_repr
 from ..exceptions import ParameterValidationError
 from ..flows import Flow
 from ._errors import BadInput
-from ._hints import default_text, type_text
+from ._hints import shown_default, type_text
 
 __all__ = ["FlowParameter", "flow_arguments", "parameters_of"]
 
@@ -69,7 +70,7 @@ class FlowParameter:
 
     @property
     def default_text(self) -> str:
-        return "required" if self.default is _EMPTY else default_text(self.default)
+        return "required" if self.default is _EMPTY else shown_default(self.name, self.default)
 
 
 def parameters_of(flow: Flow[Any, Any]) -> list[FlowParameter]:
@@ -128,11 +129,14 @@ def flow_arguments(
             raise BadInput(f"--param {pair!r} is not KEY=VALUE (e.g. --param n=3)")
         if name in texts:  # (not silently the last: which one was meant?)
             raise BadInput(
-                f"--param {name} was given twice ({texts[name]!r} and {text!r}); give it once"
+                f"--param {name} was given twice ({masked_repr(texts[name], name)} and "
+                f"{masked_repr(text, name)}); give it once"
             )
         texts[name] = text
         target = _parameter(flow, parameters, extra, name, "given with --param")
-        values[name] = _validated(target, text, f"--param {name}={text!r}", text=True)
+        # (The value shown masked as the log line and the history show it.)
+        shown = f"--param {name}={masked_repr(text, name)}"
+        values[name] = _validated(target, text, shown, text=True)
     missing = [p.name for p in parameters.values() if p.required and p.name not in values]
     if missing:
         given = " ".join(f"--param {name}=VALUE" for name in missing)
