@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import signal
 import sqlite3
 import subprocess
@@ -1522,3 +1523,29 @@ def test_a_history_on_a_read_only_file_system_is_read(home: Path) -> None:
     finally:
         # Lazily: should a reader still hold the file open.
         subprocess.run(["umount", "-l", str(home)], capture_output=True, check=False)
+
+
+def test_prune_refuses_a_history_made_by_a_newer_orchestr(run: Any, tmp_path: Path) -> None:
+    """A history made by a newer orchestr is read, never written: prune() says so,
+    naming the path and the versions, and the file is left as it is (it deleted rows,
+    orphaning whatever a newer orchestr keys by run id in tables of its own)."""
+    from orchestr._history import _schema
+
+    home = tmp_path / "home"
+    db = home / "history.db"
+
+    async def main() -> str:
+        return await quick("x")
+
+    with override_settings(home=home):
+        run(main)
+        assert history.flush(FLUSH_BOUND)
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO schema_version VALUES (?, 0)", (_schema.VERSION + 1,))
+    conn.commit()
+    conn.close()
+    before = db.read_bytes()
+    with pytest.raises(HistoryError, match=rf"{re.escape(str(db))} was made by a newer orchestr"):
+        history.prune(0, path=db)
+    assert db.read_bytes() == before
+    assert len(history.list_runs(path=db)) == 1  # still read

@@ -306,6 +306,14 @@ def prune(older_than: float | datetime.timedelta, *, path: Path | str | None = N
     with _reading(path, "prune()") as conn:
         if conn is None:
             return 0
+        where = _shown(path)
+        found = _schema.version_of(conn, where)
+        if found > _schema.VERSION:  # read, never written: what it keys by run is its own
+            raise HistoryError(
+                f"the run history at {where} was made by a newer orchestr (schema version "
+                f"{found}, this one's is {_schema.VERSION}): it is read here, never "
+                "written; prune it with that orchestr"
+            )
         try:
             conn.execute("BEGIN IMMEDIATE")
             try:
