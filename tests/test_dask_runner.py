@@ -1012,3 +1012,27 @@ def test_runners_with_the_same_configuration_are_equal() -> None:
     assert all(other != runner for other in different)
     assert runner != object()
     assert runner != "DaskTaskRunner()"
+
+
+def test_asking_an_existing_scheduler_about_its_dashboard_logs_nothing_there(
+    run: Callable[..., Any], tmp_path: Path
+) -> None:
+    """A flow run on a scheduler of another process asks it whether it can serve its
+    dashboard (bokeh) with a function that never raises: the scheduler's log holds no
+    'Run Failed' warning and traceback for it (it did, once per flow run, where bokeh was
+    not installed)."""
+    from dask_processes import cli_cluster
+
+    with cli_cluster(tmp_path) as cluster:
+
+        @flow(task_runner=DaskTaskRunner(address=cluster.address))
+        async def main() -> int:
+            return await add.submit(1, 2)  # type: ignore[no-any-return]
+
+        async def go() -> int:
+            with anyio.fail_after(BOUND):
+                return await main()  # type: ignore[no-any-return]
+
+        assert run(go) == 3
+    log = (tmp_path / "scheduler.log").read_text()
+    assert "Run Failed" not in log, log

@@ -347,13 +347,15 @@ class DaskTaskRunner(TaskRunner):
             # no dashboard without bokeh there (a page not found): asked, not assumed
             # (a round trip; none for a scheduler with no dashboard at all), within
             # connect_timeout (the start goes on without the answer).
-            # (A function of the standard library's: the scheduler may not have orchestr.)
+            # (A function of the standard library's: the scheduler may not have orchestr.
+            # One that never raises: a function that raises there has its traceback
+            # logged by the scheduler, in its log, once per flow run.)
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    await self._client.run_on_scheduler(importlib.metadata.version, "bokeh")
-                self._scheduler_lacks_bokeh = False
-            except importlib.metadata.PackageNotFoundError:
-                self._scheduler_lacks_bokeh = True
+                    installed = await self._client.run_on_scheduler(
+                        importlib.metadata.packages_distributions
+                    )
+                self._scheduler_lacks_bokeh = "bokeh" not in installed
             except Exception:  # (a scheduler that refuses pickled functions, or is slow)
                 self._scheduler_lacks_bokeh = None
 
