@@ -1036,3 +1036,21 @@ def test_asking_an_existing_scheduler_about_its_dashboard_logs_nothing_there(
         assert run(go) == 3
     log = (tmp_path / "scheduler.log").read_text()
     assert "Run Failed" not in log, log
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        (None, None, None, {"n_workers": 1, "processes": False}),  # cluster_kwargs there
+        (None, None, None, None, {"minimum": 1}),
+        (None, None, None, {}, None, {"timeout": 3}),
+    ],
+    ids=["4", "5", "6"],
+)
+def test_a_prefect_dask_positional_call_past_the_third_is_refused(arguments: Any) -> None:
+    """prefect-dask's positional order (cluster, address, cluster_class, cluster_kwargs,
+    ...) put cluster_kwargs where client_kwargs is here: a 4th positional argument and
+    beyond is refused with a UsageError saying to give them by keyword (the 4th was
+    taken silently for client_kwargs, and the run crashed on Client's arguments)."""
+    with pytest.raises(UsageError, match="give client_kwargs, address and the options after"):
+        DaskTaskRunner(*arguments)

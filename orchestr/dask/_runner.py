@@ -126,13 +126,22 @@ class DaskTaskRunner(TaskRunner):
         cluster_class: str | Callable[..., Any] | None = None,
         cluster_kwargs: Mapping[str, Any] | None = None,
         adapt_kwargs: Mapping[str, Any] | None = None,
+        *more: Any,
         client_kwargs: Mapping[str, Any] | None = None,
         address: str | None = None,
-        *,
         cluster: Any = None,
         connect_timeout: float = 10.0,
         max_calls_in_flight: CallBound = "auto",
     ) -> None:
+        if more:
+            # prefect-dask's 4th positional is cluster_kwargs: a dict there would be
+            # taken for client_kwargs here, silently.
+            raise UsageError(
+                f"DaskTaskRunner got {3 + len(more)} positional arguments: give "
+                "client_kwargs, address and the options after them by keyword (the "
+                "positional order is cluster_class, cluster_kwargs, adapt_kwargs; "
+                "prefect-dask's differs: cluster, address, cluster_class, cluster_kwargs, ...)"
+            )
         given = [n for n, v in (("address", address), ("cluster", cluster)) if v is not None]
         if cluster_class is not None:
             given.append("cluster_class")
