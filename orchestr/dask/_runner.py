@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-import importlib.metadata
+import importlib.util
 import inspect
 import logging
 import threading
@@ -361,10 +361,8 @@ class DaskTaskRunner(TaskRunner):
             # logged by the scheduler, in its log, once per flow run.)
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    installed = await self._client.run_on_scheduler(
-                        importlib.metadata.packages_distributions
-                    )
-                self._scheduler_lacks_bokeh = "bokeh" not in installed
+                    spec = await self._client.run_on_scheduler(importlib.util.find_spec, "bokeh")
+                self._scheduler_lacks_bokeh = spec is None
             except Exception:  # (a scheduler that refuses pickled functions, or is slow)
                 self._scheduler_lacks_bokeh = None
 
