@@ -29,7 +29,7 @@ from ._outcomes import STRAY, loop_cancellation
 if TYPE_CHECKING:
     from ._flowrun import FlowRun
 
-__all__ = ["Stop", "final_returned", "final_state", "parents_echo", "returned_error"]
+__all__ = ["Stop", "final_returned", "final_state", "flow_cancelled", "returned_error"]
 
 _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 
@@ -37,10 +37,12 @@ _UNOBSERVED = (StateType.FAILED, StateType.CRASHED, StateType.NOT_RUN)
 Stop = Literal["timeout", "cancel"]
 
 
-def parents_echo(run: FlowRun, error: TaskRunCancelledError) -> TaskRunCancelledError:
-    """``error``, marked as the echo of its parent's cancellation (see
-    ``cancellation_echo``) when the subflow run was cancelled with its parent: code of
-    the parent's run that only raises it was stopped by that cancellation, not failed."""
+def flow_cancelled(run: FlowRun, tail: str) -> TaskRunCancelledError:
+    """A cancelled flow run's error, ``flow run 'x' was cancelled`` + ``tail``; for a
+    subflow run cancelled with its parent, marked as the echo of that cancellation (see
+    ``cancellation_echo``): code of the parent's run that only raises it was stopped by
+    that cancellation, not failed."""
+    error = TaskRunCancelledError(f"flow run {run.record.name!r} was cancelled{tail}")
     if run.parent is not None and run.parent.cancel_requested:
         error._echo = True  # type: ignore[attr-defined]
     return error
@@ -64,9 +66,7 @@ def final_state(
         if signalled is not None:
             # A subflow whose body took its parent's signal (it ran in the main thread):
             # cancelled with its parent, as one on the parent's loop is.
-            cancelled = parents_echo(
-                run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {signalled}")
-            )
+            cancelled = flow_cancelled(run, f": {signalled}")
             if isinstance(body_error, Exception):
                 cancelled.__context__ = body_error
             return State(StateType.CANCELLED, message=signalled, error=cancelled, record=record)
@@ -89,15 +89,11 @@ def final_state(
         # Before the timeout check: the body's RunCancelled made the run cancel its own
         # scope above (a sync subflow whose parent was cancelled or timed out), which is
         # no timeout of this run. Its own timeout cancels the body call instead.
-        cancelled = parents_echo(
-            run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled")
-        )
+        cancelled = flow_cancelled(run, "")
         return State(StateType.CANCELLED, message="cancelled", error=cancelled, record=record)
     if stopped == "cancel":
         why = run.why_cancelled()
-        cancelled = parents_echo(
-            run, TaskRunCancelledError(f"flow run {record.name!r} was cancelled: {why}")
-        )
+        cancelled = flow_cancelled(run, f": {why}")
         _stopped_where(cancelled, body_error if body_error is not None else run.body_outcome)
         return State(StateType.CANCELLED, message=why, error=cancelled, record=record)
     if stopped == "timeout":

@@ -45,7 +45,6 @@ from ..exceptions import (
     ResourceClosedError,
     RunCancelled,
     RunTimedOut,
-    TaskRunCancelledError,
     UsageError,
 )
 from ..futures import TaskFuture, _future_of, _stop_if_caller_cancelled
@@ -61,7 +60,7 @@ from ._context import flow_run_var
 from ._deps import collect_returned
 from ._dispatch import Dispatcher, room_on
 from ._drivers import AsyncDriver
-from ._finalstate import final_state, parents_echo
+from ._finalstate import final_state, flow_cancelled
 from ._flowrun import FlowRun
 from ._loop import (
     LoopHandle,
@@ -453,13 +452,8 @@ async def _run(
         elif isinstance(exc, cancelled):
             # (A subflow whose parent took a signal or timed out: it says so.)
             stopped = run.parent_stopped()
-            error: BaseException = parents_echo(
-                run,
-                TaskRunCancelledError(
-                    f"flow run {record.name!r} was cancelled: {stopped}"
-                    if stopped
-                    else f"flow run {record.name!r} was cancelled by its caller"
-                ),
+            error: BaseException = flow_cancelled(
+                run, f": {stopped}" if stopped else " by its caller"
             )
             # An error the body raised as the cancellation came (in the cancellation's
             # __context__ chain): kept, not lost (rule 7).
