@@ -1485,10 +1485,12 @@ def test_the_cli_masks_secret_parameters_as_the_log_line_does(home: Path, tmp_pa
     bad = orchestr_cli("run", str(flows), "-p", "password=hunter2", home=home)
     assert bad.returncode == ExitCode.USAGE
     assert "--param password=********** is not a valid int" in bad.stderr, bad.stderr
-    twice = orchestr_cli("run", str(flows), "-p", "api_token=a1", "-p", "api_token=b2", home=home)
+    twice = orchestr_cli(
+        "run", str(flows), "-p", "api_token=A1-TWICE", "-p", "api_token=B2-TWICE", home=home
+    )
     assert "was given twice (********** and **********)" in twice.stderr, twice.stderr
     shown = orchestr_cli("run", str(flows), "--help", home=home).stdout
-    for secret in ("hunter2", "tok-DEFAULT-SECRET", "DBPASS", "'AK'", '"AK"', "a1", "b2"):
+    for secret in ("hunter2", "tok-DEFAULT-SECRET", "DBPASS", "'AK'", '"AK"', "A1-", "B2-"):
         assert secret not in shown + bad.stderr + twice.stderr, secret
     assert "default: postgres://u:**********@h/db" in shown
     assert '{"api_key": "**********"}' in shown
