@@ -747,20 +747,40 @@ def test_ctrl_c_while_the_flow_file_imports_exits_130(home: Path) -> None:
     assert "Traceback" not in stdout + stderr
 
 
-def test_a_module_that_fails_to_import_shows_the_users_frames_only(home: Path) -> None:
+@pytest.mark.parametrize(
+    ("raises", "shown"),
+    [
+        ("CONFIG['timeout']", "KeyError: 'timeout'"),
+        # A BaseException that is no interrupt (an application's own, a CancelledError):
+        # it showed orchestr's and click's frames and exited 1 ("the run failed").
+        ("(_ for _ in ()).throw(Stop('no config'))", "Stop: no config"),
+        ("(_ for _ in ()).throw(asyncio.CancelledError())", "CancelledError"),
+    ],
+    ids=["KeyError", "own BaseException", "CancelledError"],
+)
+@pytest.mark.parametrize("target", ["file", "module"])
+def test_a_module_that_fails_to_import_shows_the_users_frames_only(
+    home: Path, raises: str, shown: str, target: str
+) -> None:
     """A flow file that raises while importing: exit code 2, the error and the user's
-    line, none of orchestr's or importlib's frames."""
+    line, none of orchestr's or importlib's frames, whatever it raised (not an
+    interrupt), given as a file or as a module."""
     broken = _write(
         home / "broken_flows.py",
-        "from orchestr import flow\n\nCONFIG = {}\nTIMEOUT = CONFIG['timeout']\n",
+        "import asyncio\nfrom orchestr import flow\nclass Stop(BaseException): pass\n"
+        f"CONFIG = {{}}\nTIMEOUT = {raises}\n",
     )
-    done = orchestr_cli("run", f"{broken}:main", home=home)
-    assert done.returncode == ExitCode.USAGE
+    if target == "file":
+        done = orchestr_cli("run", f"{broken}:main", home=home)
+    else:
+        done = orchestr_cli("run", "broken_flows:main", home=home, cwd=home)
+    assert done.returncode == ExitCode.USAGE, done.stderr
     assert "failed to import" in done.stderr
-    assert "KeyError: 'timeout'" in done.stderr
-    assert f'File "{broken}", line 4' in done.stderr
+    assert shown in done.stderr
+    assert 'broken_flows.py", line 5' in done.stderr
     assert "importlib" not in done.stderr
     assert "orchestr/cli" not in done.stderr
+    assert "click" not in done.stderr
 
 
 # -- running: sync and async flows, exit codes, the summary -------------------------------

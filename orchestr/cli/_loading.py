@@ -101,8 +101,10 @@ def _import_file(where: str) -> ModuleType:
         spec.loader.exec_module(module)
     except BaseException as exc:
         sys.modules.pop(name, None)
-        if not isinstance(exc, Exception):
-            raise
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise  # Ctrl-C, or the file exits: as Python itself would
+        # Any other (an application's own BaseException, a CancelledError): the file
+        # failed to import, shown with its frames only.
         raise BadInput(_import_failure(where, exc) + _as_a_module(path, exc)) from None
     return module
 
@@ -197,7 +199,9 @@ def _import_module(where: str) -> ModuleType:
                 f"no module named {where!r} (searched the current directory too)"
             ) from None
         raise BadInput(_import_failure(where, exc)) from None
-    except Exception as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:
         raise BadInput(_import_failure(where, exc)) from None
 
 
@@ -212,7 +216,14 @@ def _import_failure(where: str, exc: BaseException) -> str:
 
 
 def _machinery(filename: str) -> bool:
-    return filename.startswith(_CLI_DIR) or filename.startswith("<frozen importlib")
+    return (
+        filename.startswith(_CLI_DIR)
+        or filename.startswith("<frozen importlib")
+        or filename.startswith(_IMPORTLIB_DIR)  # (import_module's own frame)
+    )
+
+
+_IMPORTLIB_DIR = os.path.join(os.path.dirname(importlib.__file__), "")
 
 
 def _find_flow(module: ModuleType, where: str, name: str | None) -> Flow[Any, Any]:
