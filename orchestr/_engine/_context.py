@@ -159,13 +159,7 @@ def code_task_run() -> TaskRunContext | None:
     """The task run whose code is running, or None: outside task runs, and in the body
     of a subflow that task code called (the subflow's run is the innermost: the task run
     in the context is its caller's)."""
-    task = task_run_var.get()
-    if task is None:
-        return None
-    run = flow_run_var.get()
-    if run is not None and task.record.flow_run is not run.record:
-        return None  # a subflow's body, called by that task's code
-    return task
+    return None if in_subflow_body() else task_run_var.get()
 
 
 def in_subflow_body() -> bool:
